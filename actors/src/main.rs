@@ -1,0 +1,2 @@
+//! The `moe-node` binary.
+fn main() {}

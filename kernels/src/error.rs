@@ -1,0 +1,34 @@
+//! The one error type of this crate.
+
+/// Everything a kernel can refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A ggml type id this build cannot decode.
+    #[error("unsupported ggml tensor type {name} (id {id})")]
+    UnsupportedType {
+        /// Numeric ggml type id.
+        id: u32,
+        /// Its ggml name, or "unknown".
+        name: &'static str,
+    },
+    /// A row length that is not a whole number of blocks.
+    #[error("row of {elems} elements is not a multiple of the {ty} block size {block}")]
+    RowNotBlockAligned {
+        /// The type.
+        ty: &'static str,
+        /// Elements per row.
+        elems: usize,
+        /// Elements per block.
+        block: usize,
+    },
+    /// A buffer whose length does not match the shape it is used with.
+    #[error("{what}: expected {expected} bytes/elements, got {got}")]
+    LengthMismatch {
+        /// Which buffer.
+        what: &'static str,
+        /// Expected length.
+        expected: usize,
+        /// Actual length.
+        got: usize,
+    },
+}

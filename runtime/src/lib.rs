@@ -1,0 +1,23 @@
+//! # moe-runtime
+//!
+//! The model side of moe-node, without actors: everything a router or expert process computes
+//! or parses, as plain library code.
+//!
+//! ```text
+//! gguf        GGUF v3 reader over mmap (+ multi-file splits) and writer
+//! config      ModelConfig: typed hyper-parameters parsed once from GGUF metadata
+//! tokenizer   byte-level BPE (gpt2 model) with the gpt-2 / deepseek-v3 / kimi-k2 pre-tokenizers
+//! synth       random-weight models with Kimi K2.5's structure, written as GGUF
+//! placement   expert placement files (TOML) parsed into typed, validated structures
+//! wire        the data-plane protocol: frames, limits, handshake, authentication
+//! error       RuntimeError, the crate's one error enum
+//! ```
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod placement;
+pub mod synth;
+pub mod tokenizer;
+pub mod wire;
+
+pub use error::RuntimeError;
