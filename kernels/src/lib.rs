@@ -23,9 +23,11 @@
 mod dequant;
 mod error;
 mod matmul;
+mod quantize;
 mod types;
 
 pub use dequant::{dequantize_row, dequantize_rows};
 pub use error::KernelError;
 pub use matmul::{set_num_threads, QMatrix};
+pub use quantize::quantize_row;
 pub use types::GgmlType;
