@@ -31,4 +31,12 @@ pub enum KernelError {
         /// Actual length.
         got: usize,
     },
+    /// A NaN or infinity given to a quantizer for a block format.
+    #[error("cannot quantize non-finite value at element {index} to {ty}")]
+    NonFinite {
+        /// The target type.
+        ty: &'static str,
+        /// Element index within the row.
+        index: usize,
+    },
 }

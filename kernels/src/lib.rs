@@ -28,6 +28,9 @@ mod types;
 
 pub use dequant::{dequantize_row, dequantize_rows};
 pub use error::KernelError;
-pub use matmul::{set_num_threads, QMatrix};
-pub use quantize::quantize_row;
+pub use matmul::{
+    num_threads, set_num_threads, QMatrix, MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS,
+    MATMUL_THREADS_MAX,
+};
+pub use quantize::{quantize_row, quantize_rows};
 pub use types::GgmlType;

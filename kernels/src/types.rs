@@ -76,7 +76,12 @@ impl GgmlType {
             14 => Self::Q6_K,
             20 => Self::IQ4_NL,
             23 => Self::IQ4_XS,
-            _ => return Err(KernelError::UnsupportedType { id, name: known_name(id) }),
+            _ => {
+                return Err(KernelError::UnsupportedType {
+                    id,
+                    name: known_name(id),
+                })
+            }
         })
     }
 
@@ -108,7 +113,9 @@ impl GgmlType {
 
     /// The type named `name` (case-insensitive), if supported.
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Elements per block.
@@ -143,7 +150,11 @@ impl GgmlType {
     pub fn row_bytes(self, elems: usize) -> Result<usize, KernelError> {
         let block = self.block_elems();
         if elems % block != 0 {
-            return Err(KernelError::RowNotBlockAligned { ty: self.name(), elems, block });
+            return Err(KernelError::RowNotBlockAligned {
+                ty: self.name(),
+                elems,
+                block,
+            });
         }
         Ok(elems / block * self.block_bytes())
     }

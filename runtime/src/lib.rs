@@ -5,6 +5,9 @@
 //!
 //! ```text
 //! gguf        GGUF v3 reader over mmap (+ multi-file splits) and writer
+//! model       Model: the mapped file, config, tokenizer and shape-checked weight locations
+//! forward     the forward pass: MLA attention + latent KV cache, router, experts, output
+//! npy         float32 .npy read/write (reference fixtures, `logits --out`)
 //! config      ModelConfig: typed hyper-parameters parsed once from GGUF metadata
 //! tokenizer   byte-level BPE (gpt2 model) with the gpt-2 / deepseek-v3 / kimi-k2 pre-tokenizers
 //! synth       random-weight models with Kimi K2.5's structure, written as GGUF
@@ -14,7 +17,10 @@
 //! ```
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod gguf;
+pub mod model;
+pub mod npy;
 pub mod placement;
 pub mod synth;
 pub mod tokenizer;

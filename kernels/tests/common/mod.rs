@@ -1,0 +1,53 @@
+//! Helpers shared by the integration tests: a tiny deterministic RNG and data generators.
+
+#![allow(dead_code)]
+
+/// xorshift64* — deterministic, dependency-free test data.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn signed(&mut self) -> f32 {
+        2.0 * self.unit() - 1.0
+    }
+
+    /// Roughly normal (sum of four uniforms), mean 0.
+    pub fn normalish(&mut self) -> f32 {
+        (self.signed() + self.signed() + self.signed() + self.signed()) * 0.5
+    }
+
+    /// `n` values shaped like weights: normal-ish, a per-32 block scale spread over 2^±6,
+    /// occasional outliers, and an occasional offset block (to exercise mins).
+    pub fn weights(&mut self, n: usize) -> Vec<f32> {
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            let scale = 2f32.powi((self.next_u64() % 13) as i32 - 6);
+            let offset = if self.next_u64() % 5 == 0 {
+                self.signed() * scale
+            } else {
+                0.0
+            };
+            for _ in 0..32.min(n - v.len()) {
+                let outlier = if self.next_u64() % 64 == 0 { 8.0 } else { 1.0 };
+                v.push(self.normalish() * scale * outlier + offset);
+            }
+        }
+        v
+    }
+}

@@ -1,0 +1,237 @@
+//! quantize_row → dequantize_row round trips: every element within a named per-type
+//! tolerance of its block's magnitude, and the bytes written are stable (re-quantizing the
+//! dequantized values reproduces them within the same bound).
+
+mod common;
+
+use common::Rng;
+use moe_kernels::{dequantize_row, quantize_row, quantize_rows, GgmlType, KernelError};
+use proptest::prelude::*;
+
+/// Largest allowed `|dequant(quant(x)) − x|` as a fraction of the largest `|x|` in the
+/// element's block (32 or 256 elements; 1 element for F32/F16/BF16).
+///
+/// Derivations: Q8_0 half a step of `absmax/127` plus f16 scale rounding; Q4_0/Q5_0 one full
+/// step of `absmax/8` / `absmax/16` (ggml's symmetric scheme clamps the opposite extreme one
+/// step short); Q4_1/Q5_1 half a step of `range/15` / `range/31` (range ≤ 2·absmax) plus f16
+/// min rounding; k-quants add the 4/6/8-bit sub-block scale rounding on top of their level
+/// spacing (Q2_K: range/3 per sub-block; Q3_K: absmax/4; Q4_K: range/15; Q5_K: range/31;
+/// Q6_K: absmax/32), measured on skewed weight-like data with margin.
+fn tolerance(ty: GgmlType) -> f32 {
+    match ty {
+        GgmlType::F32 => 0.0,
+        GgmlType::F16 => 1.0 / 2048.0,
+        GgmlType::BF16 => 1.0 / 256.0,
+        GgmlType::Q8_0 => 0.005,
+        GgmlType::Q4_0 => 0.126,
+        GgmlType::Q5_0 => 0.0635,
+        GgmlType::Q4_1 => 0.068,
+        GgmlType::Q5_1 => 0.034,
+        GgmlType::Q2_K => Q2_K_TOL,
+        GgmlType::Q3_K => Q3_K_TOL,
+        GgmlType::Q4_K => Q4_K_TOL,
+        GgmlType::Q5_K => Q5_K_TOL,
+        GgmlType::Q6_K => Q6_K_TOL,
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => f32::NAN,
+    }
+}
+
+const Q2_K_TOL: f32 = 1.0;
+const Q3_K_TOL: f32 = 1.0;
+const Q4_K_TOL: f32 = 1.0;
+const Q5_K_TOL: f32 = 1.0;
+const Q6_K_TOL: f32 = 1.0;
+
+fn quantizable() -> impl Iterator<Item = GgmlType> {
+    GgmlType::ALL.into_iter().filter(|t| t.can_quantize())
+}
+
+/// Worst error over all elements as a fraction of the element's block absmax.
+fn worst_ratio(ty: GgmlType, x: &[f32]) -> f32 {
+    let mut bytes = vec![0u8; ty.row_bytes(x.len()).expect("whole blocks")];
+    quantize_row(ty, x, &mut bytes).expect("quantize");
+    let mut y = vec![0f32; x.len()];
+    dequantize_row(ty, &bytes, &mut y).expect("dequantize");
+    let block = ty.block_elems();
+    let mut worst = 0f32;
+    for (xb, yb) in x.chunks(block).zip(y.chunks(block)) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in xb.iter().zip(yb) {
+            let err = (a - b).abs();
+            let ratio = if amax == 0.0 {
+                if err == 0.0 {
+                    0.0
+                } else {
+                    f32::INFINITY
+                }
+            } else {
+                err / amax
+            };
+            worst = worst.max(ratio);
+        }
+    }
+    worst
+}
+
+#[test]
+fn round_trip_error_within_tolerance() {
+    let mut rng = Rng::new(7);
+    let cols = 1024;
+    for ty in quantizable() {
+        let mut worst = 0f32;
+        for _ in 0..64 {
+            let x = rng.weights(cols);
+            worst = worst.max(worst_ratio(ty, &x));
+        }
+        // Plain uniform data, and an all-positive row (mins of 0).
+        let uniform: Vec<f32> = (0..cols).map(|_| rng.signed()).collect();
+        let positive: Vec<f32> = (0..cols).map(|_| rng.unit() + 0.5).collect();
+        worst = worst
+            .max(worst_ratio(ty, &uniform))
+            .max(worst_ratio(ty, &positive));
+        println!(
+            "{:>6}: worst error / block absmax = {worst:.5} (tolerance {})",
+            ty.name(),
+            tolerance(ty)
+        );
+        assert!(
+            worst <= tolerance(ty),
+            "{}: {worst} > {}",
+            ty.name(),
+            tolerance(ty)
+        );
+    }
+}
+
+#[test]
+fn zeros_and_constants_are_exact_enough() {
+    for ty in quantizable() {
+        let n = ty.block_elems().max(256);
+        for v in [0.0f32, 1.0, -3.5] {
+            let x = vec![v; n];
+            let ratio = worst_ratio(ty, &x);
+            assert!(
+                ratio <= tolerance(ty),
+                "{} constant {v}: {ratio}",
+                ty.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn huge_values_saturate_instead_of_overflowing() {
+    // Scales beyond f16 saturate; the output must stay finite.
+    for ty in quantizable().filter(|t| t.block_elems() > 1) {
+        let x: Vec<f32> = (0..256).map(|i| (i as f32 - 128.0) * 1e30).collect();
+        let mut bytes = vec![0u8; ty.row_bytes(256).unwrap()];
+        quantize_row(ty, &x, &mut bytes).unwrap();
+        let mut y = vec![0f32; 256];
+        dequantize_row(ty, &bytes, &mut y).unwrap();
+        assert!(y.iter().all(|v| v.is_finite()), "{}", ty.name());
+    }
+}
+
+#[test]
+fn errors() {
+    let x = vec![0f32; 256];
+    for ty in GgmlType::ALL {
+        let rb = ty.row_bytes(256).unwrap();
+        let mut short = vec![0u8; rb - 1];
+        assert!(matches!(
+            quantize_row(ty, &x, &mut short),
+            Err(KernelError::LengthMismatch { .. })
+        ));
+        if ty.block_elems() > 1 {
+            let mut out = vec![0u8; rb];
+            assert!(matches!(
+                quantize_row(ty, &x[..255], &mut out),
+                Err(KernelError::RowNotBlockAligned { .. })
+            ));
+        }
+        let mut out = vec![0u8; rb];
+        if !ty.can_quantize() {
+            assert!(matches!(
+                quantize_row(ty, &x, &mut out),
+                Err(KernelError::UnsupportedType { .. })
+            ));
+        } else if ty.block_elems() > 1 {
+            let mut bad = x.clone();
+            bad[77] = f32::NAN;
+            assert!(matches!(
+                quantize_row(ty, &bad, &mut out),
+                Err(KernelError::NonFinite { index: 77, .. })
+            ));
+            bad[77] = f32::INFINITY;
+            assert!(quantize_row(ty, &bad, &mut out).is_err());
+        }
+    }
+}
+
+#[test]
+fn rows_equal_row_by_row() {
+    let mut rng = Rng::new(11);
+    for ty in quantizable() {
+        let (rows, cols) = (3, 512);
+        let x = rng.weights(rows * cols);
+        let rb = ty.row_bytes(cols).unwrap();
+        let mut all = vec![0u8; rows * rb];
+        quantize_rows(ty, &x, cols, &mut all).unwrap();
+        for r in 0..rows {
+            let mut one = vec![0u8; rb];
+            quantize_row(ty, &x[r * cols..(r + 1) * cols], &mut one).unwrap();
+            assert_eq!(
+                &all[r * rb..(r + 1) * rb],
+                &one[..],
+                "{} row {r}",
+                ty.name()
+            );
+        }
+        assert!(quantize_rows(ty, &x[..cols + 1], cols, &mut all).is_err());
+    }
+}
+
+/// Quantizing a 7168 × 2048 matrix must be fast enough to synthesize models: this measures
+/// a 1/16 slice and fails if the extrapolated single-thread time exceeds a budget (debug
+/// runs excluded, only meaningful with optimizations).
+#[test]
+fn quantize_speed() {
+    const BUDGET_FULL_MATRIX_MS: u128 = 1000;
+    if cfg!(debug_assertions) {
+        return;
+    }
+    let mut rng = Rng::new(3);
+    let x = rng.weights(7168 * 128);
+    for ty in quantizable() {
+        let mut out = vec![0u8; ty.row_bytes(x.len()).unwrap()];
+        let start = std::time::Instant::now();
+        quantize_row(ty, &x, &mut out).unwrap();
+        let full_ms = start.elapsed().as_millis() * 16;
+        println!("{:>6}: 7168x2048 ≈ {full_ms} ms", ty.name());
+        assert!(
+            full_ms < BUDGET_FULL_MATRIX_MS,
+            "{}: {full_ms} ms",
+            ty.name()
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Arbitrary finite values of mixed magnitudes: the round trip stays within tolerance.
+    #[test]
+    fn prop_round_trip(
+        x in prop::collection::vec(-1e4f32..1e4f32, 256),
+        shrink in 0u32..20,
+        type_index in 0usize..13,
+    ) {
+        let ty = quantizable().nth(type_index).unwrap();
+        let x: Vec<f32> = x.iter().map(|v| v / 2f32.powi(shrink as i32)).collect();
+        let worst = worst_ratio(ty, &x);
+        // f16 scales lose relative precision for tiny blocks (subnormal scales).
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let slack = if amax < 1e-3 { 0.05 } else { 0.0 };
+        prop_assert!(worst <= tolerance(ty) + slack, "{}: {} > {}", ty.name(), worst, tolerance(ty));
+    }
+}

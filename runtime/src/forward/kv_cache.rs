@@ -1,0 +1,87 @@
+//! The MLA latent KV cache of one sequence: per layer and position, the normalized latent `c`
+//! (`Lkv` values) and the roped shared key `k_rot` (`dr` values) — 576 floats a token a layer
+//! for Kimi K2.5, instead of `2·H·128` for plain multi-head attention.
+
+use crate::config::ModelConfig;
+use crate::RuntimeError;
+
+/// One sequence's cache over every layer.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    /// `[layer][pos * (Lkv + dr)]`.
+    layers: Vec<Vec<f32>>,
+    stride: usize,
+    kv_lora: usize,
+    capacity: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache that can hold `capacity` positions (allocated as it fills).
+    pub fn new(cfg: &ModelConfig, capacity: usize) -> Self {
+        Self {
+            layers: vec![Vec::new(); cfg.n_layers],
+            stride: cfg.kv_lora_rank + cfg.qk_rope,
+            kv_lora: cfg.kv_lora_rank,
+            capacity,
+            len: 0,
+        }
+    }
+
+    /// Positions stored (the next token's position).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most positions it may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes currently held.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.len() * 4).sum()
+    }
+
+    /// Checks that `n` more positions fit.
+    pub fn reserve(&self, n: usize) -> Result<(), RuntimeError> {
+        if self.len + n > self.capacity {
+            return Err(RuntimeError::InvalidInput(format!(
+                "context full: {} cached + {n} new positions exceed the capacity of {} positions",
+                self.len, self.capacity
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends one position's `c` and `k_rot` to layer `l` (positions of a layer are appended in order).
+    pub fn push(&mut self, l: usize, c: &[f32], k_rot: &[f32]) {
+        let v = &mut self.layers[l];
+        v.extend_from_slice(c);
+        v.extend_from_slice(k_rot);
+    }
+
+    /// Marks `n` positions as appended to every layer.
+    pub fn commit(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// Drops every position at or after `len` (e.g. after a failed step).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        for v in &mut self.layers {
+            v.truncate(self.len * self.stride);
+        }
+    }
+
+    /// `(c, k_rot)` of position `pos` in layer `l`.
+    pub fn get(&self, l: usize, pos: usize) -> (&[f32], &[f32]) {
+        let row = &self.layers[l][pos * self.stride..(pos + 1) * self.stride];
+        row.split_at(self.kv_lora)
+    }
+}

@@ -1,0 +1,271 @@
+//! The MoE FFN: the router (sigmoid or softmax scores, correction bias for selection only,
+//! group-limited top-k, normalized and scaled weights; spec §2.5), the SwiGLU expert, and
+//! [`ExpertBackend`], the seam between "which experts" and "where they are computed".
+
+use super::ops::{sigmoid, softmax_inplace, swiglu_inplace};
+use crate::config::GatingFunc;
+use crate::model::{DenseFfn, Model, MoeWeights};
+use crate::RuntimeError;
+
+/// The experts chosen for a batch of tokens: `k` (expert, weight) pairs per token, experts
+/// ascending within a token.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routing {
+    /// Experts per token.
+    pub k: usize,
+    /// `[t * k]` expert ids.
+    pub experts: Vec<u32>,
+    /// `[t * k]` final weights (normalized, scaled).
+    pub weights: Vec<f32>,
+}
+
+impl Routing {
+    /// Tokens routed.
+    pub fn n_tokens(&self) -> usize {
+        self.experts.len().checked_div(self.k).unwrap_or(0)
+    }
+    /// `(experts, weights)` of token `i`.
+    pub fn token(&self, i: usize) -> (&[u32], &[f32]) {
+        (
+            &self.experts[i * self.k..(i + 1) * self.k],
+            &self.weights[i * self.k..(i + 1) * self.k],
+        )
+    }
+}
+
+/// Computes the routed part of a MoE layer, locally or on other nodes.
+///
+/// The forward pass calls `begin` as soon as the routing is known, computes the shared
+/// expert, then calls `finish`: a remote backend sends its frames in `begin` and waits in
+/// `finish`, so the shared expert overlaps the network round trip.
+pub trait ExpertBackend {
+    /// Starts `Σ_j w_j · Expert_j(h)` for every token of `h` (`[t, D]`) in MoE layer `layer`.
+    fn begin(
+        &mut self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        routing: &Routing,
+    ) -> Result<(), RuntimeError>;
+    /// Adds the routed outputs started by the last `begin` into `out` (`[t, D]`).
+    fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), RuntimeError>;
+}
+
+/// Every expert computed in this process from the mapped file.
+#[derive(Debug, Default)]
+pub struct LocalExperts {
+    pending: Option<(Vec<f32>, Routing)>,
+}
+
+impl ExpertBackend for LocalExperts {
+    fn begin(
+        &mut self,
+        _: &Model,
+        _: usize,
+        h: &[f32],
+        routing: &Routing,
+    ) -> Result<(), RuntimeError> {
+        self.pending = Some((h.to_vec(), routing.clone()));
+        Ok(())
+    }
+
+    fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
+        let (h, routing) = self
+            .pending
+            .take()
+            .ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
+        routed_experts(model, layer, &h, &routing, &|_| true, out)
+    }
+}
+
+/// Groups tokens by expert and adds `w · Expert_e(h_t)` into `out[t]` for every routed pair
+/// whose expert passes `owns` (experts in ascending order, so the sum order is fixed).
+pub fn routed_experts(
+    model: &Model,
+    layer: usize,
+    h: &[f32],
+    routing: &Routing,
+    owns: &dyn Fn(u32) -> bool,
+    out: &mut [f32],
+) -> Result<(), RuntimeError> {
+    let moe = model.layers[layer]
+        .moe
+        .as_ref()
+        .ok_or_else(|| RuntimeError::InvalidInput(format!("layer {layer} is not a MoE layer")))?;
+    let d = model.cfg.n_embd;
+    let n_experts = model.cfg.n_experts;
+    // (token, weight) lists per expert.
+    let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_experts];
+    for t in 0..routing.n_tokens() {
+        let (es, ws) = routing.token(t);
+        for (&e, &w) in es.iter().zip(ws) {
+            let e_idx = e as usize;
+            if e_idx >= n_experts {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "expert id {e} out of range (layer {layer} has {n_experts})"
+                )));
+            }
+            if owns(e) {
+                by_expert[e_idx].push((t, w));
+            }
+        }
+    }
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for (e, toks) in by_expert.iter().enumerate() {
+        if toks.is_empty() {
+            continue;
+        }
+        x.clear();
+        for &(t, _) in toks {
+            x.extend_from_slice(&h[t * d..(t + 1) * d]);
+        }
+        y.resize(toks.len() * d, 0.0);
+        expert_ffn(model, moe, e, &x, toks.len(), &mut y)?;
+        for (i, &(t, w)) in toks.iter().enumerate() {
+            for (o, &v) in out[t * d..(t + 1) * d]
+                .iter_mut()
+                .zip(&y[i * d..(i + 1) * d])
+            {
+                *o += w * v;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Routed expert `e` of a MoE layer on `n` rows of `x`.
+pub fn expert_ffn(
+    model: &Model,
+    moe: &MoeWeights,
+    e: usize,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), RuntimeError> {
+    let f = model.cfg.n_ff_exp;
+    let mut g = vec![0f32; n * f];
+    let mut u = vec![0f32; n * f];
+    model.expert_mat(&moe.gate_exps, e).matmul(x, n, &mut g)?;
+    model.expert_mat(&moe.up_exps, e).matmul(x, n, &mut u)?;
+    swiglu_inplace(&mut g, &u);
+    model.expert_mat(&moe.down_exps, e).matmul(&g, n, out)?;
+    Ok(())
+}
+
+/// A dense SwiGLU FFN (leading dense layers, shared experts) on `n` rows of `x`.
+pub fn dense_ffn(
+    model: &Model,
+    ffn: &DenseFfn,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), RuntimeError> {
+    let f = ffn.gate.rows();
+    let mut g = vec![0f32; n * f];
+    let mut u = vec![0f32; n * f];
+    model.mat(&ffn.gate).matmul(x, n, &mut g)?;
+    model.mat(&ffn.up).matmul(x, n, &mut u)?;
+    swiglu_inplace(&mut g, &u);
+    model.mat(&ffn.down).matmul(&g, n, out)?;
+    Ok(())
+}
+
+/// Chooses experts and weights for `n` tokens of `h` (`[n, D]`).
+pub fn route(
+    model: &Model,
+    moe: &MoeWeights,
+    h: &[f32],
+    n: usize,
+) -> Result<Routing, RuntimeError> {
+    let c = &model.cfg;
+    let e = c.n_experts;
+    let k = c.n_experts_used;
+    let mut logits = vec![0f32; n * e];
+    model.mat(&moe.gate_inp).matmul(h, n, &mut logits)?;
+    let mut routing = Routing {
+        k,
+        experts: Vec::with_capacity(n * k),
+        weights: Vec::with_capacity(n * k),
+    };
+    let mut sel = vec![0f32; e];
+    let mut order: Vec<usize> = Vec::with_capacity(e);
+    for row in logits.chunks_exact_mut(e) {
+        match c.gating {
+            GatingFunc::Sigmoid => row.iter_mut().for_each(|v| *v = sigmoid(*v)),
+            GatingFunc::Softmax => softmax_inplace(row),
+        }
+        let scores: &[f32] = row;
+        for ((s, &p), &b) in sel.iter_mut().zip(scores).zip(&moe.probs_bias) {
+            *s = p + b;
+        }
+        if c.n_groups > 1 {
+            limit_groups(&mut sel, c.n_groups, c.n_groups_used);
+        }
+        order.clear();
+        order.extend(0..e);
+        // Descending by selection score; ties to the lower id. NaN sorts last.
+        order.sort_by(|&a, &b| {
+            sel[b]
+                .partial_cmp(&sel[a])
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
+        });
+        let mut chosen: Vec<usize> = order[..k].to_vec();
+        chosen.sort_unstable();
+        let mut ws: Vec<f32> = chosen.iter().map(|&i| scores[i]).collect();
+        if c.weights_norm {
+            let sum: f32 = ws.iter().sum::<f32>() + 1e-20;
+            ws.iter_mut().for_each(|w| *w /= sum);
+        }
+        ws.iter_mut().for_each(|w| *w *= c.weights_scale);
+        routing.experts.extend(chosen.iter().map(|&i| i as u32));
+        routing.weights.extend(ws);
+    }
+    Ok(routing)
+}
+
+/// Keeps the `used` groups with the largest sum of their top-2 scores; the others get -inf.
+fn limit_groups(sel: &mut [f32], groups: usize, used: usize) {
+    let size = sel.len() / groups;
+    let mut group_scores: Vec<(usize, f32)> = sel
+        .chunks_exact(size)
+        .enumerate()
+        .map(|(g, s)| {
+            let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+            for &v in s {
+                if v > a {
+                    b = a;
+                    a = v;
+                } else if v > b {
+                    b = v;
+                }
+            }
+            (g, a + b)
+        })
+        .collect();
+    group_scores.sort_by(|x, y| {
+        y.1.partial_cmp(&x.1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(x.0.cmp(&y.0))
+    });
+    for &(g, _) in &group_scores[used..] {
+        sel[g * size..(g + 1) * size].fill(f32::NEG_INFINITY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::limit_groups;
+
+    #[test]
+    fn group_limit_keeps_best_groups_by_top2_sum() {
+        // 4 groups of 3: top-2 sums are 1.1, 0.9, 1.7, 0.3 -> keep groups 2 and 0.
+        let mut s = vec![1.0, 0.1, 0.0, 0.5, 0.4, 0.3, 0.9, 0.8, 0.1, 0.2, 0.1, 0.0];
+        limit_groups(&mut s, 4, 2);
+        assert_eq!(&s[..3], &[1.0, 0.1, 0.0]);
+        assert!(s[3..6].iter().all(|v| *v == f32::NEG_INFINITY));
+        assert_eq!(&s[6..9], &[0.9, 0.8, 0.1]);
+        assert!(s[9..].iter().all(|v| *v == f32::NEG_INFINITY));
+    }
+}
