@@ -20,27 +20,32 @@ use proptest::prelude::*;
 fn tolerance(ty: GgmlType) -> f32 {
     match ty {
         GgmlType::F32 => 0.0,
-        GgmlType::F16 => 1.0 / 2048.0,
-        GgmlType::BF16 => 1.0 / 256.0,
+        GgmlType::F16 => 1.0 / 2000.0,
+        GgmlType::BF16 => 1.0 / 250.0,
         GgmlType::Q8_0 => 0.005,
         GgmlType::Q4_0 => 0.126,
         GgmlType::Q5_0 => 0.0635,
         GgmlType::Q4_1 => 0.068,
         GgmlType::Q5_1 => 0.034,
-        GgmlType::Q2_K => Q2_K_TOL,
-        GgmlType::Q3_K => Q3_K_TOL,
-        GgmlType::Q4_K => Q4_K_TOL,
-        GgmlType::Q5_K => Q5_K_TOL,
-        GgmlType::Q6_K => Q6_K_TOL,
+        GgmlType::Q2_K => 0.36,
+        GgmlType::Q3_K => 0.27,
+        GgmlType::Q4_K => 0.072,
+        GgmlType::Q5_K => 0.036,
+        GgmlType::Q6_K => 0.034,
         GgmlType::IQ4_NL | GgmlType::IQ4_XS => f32::NAN,
     }
 }
 
-const Q2_K_TOL: f32 = 1.0;
-const Q3_K_TOL: f32 = 1.0;
-const Q4_K_TOL: f32 = 1.0;
-const Q5_K_TOL: f32 = 1.0;
-const Q6_K_TOL: f32 = 1.0;
+
+/// Below f16's smallest normal (2^-14) its spacing is absolute, so F16's relative bound is
+/// taken against at least that magnitude.
+fn magnitude_floor(ty: GgmlType) -> f32 {
+    if ty == GgmlType::F16 {
+        2f32.powi(-14)
+    } else {
+        0.0
+    }
+}
 
 fn quantizable() -> impl Iterator<Item = GgmlType> {
     GgmlType::ALL.into_iter().filter(|t| t.can_quantize())
@@ -55,7 +60,7 @@ fn worst_ratio(ty: GgmlType, x: &[f32]) -> f32 {
     let block = ty.block_elems();
     let mut worst = 0f32;
     for (xb, yb) in x.chunks(block).zip(y.chunks(block)) {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())).max(magnitude_floor(ty));
         for (a, b) in xb.iter().zip(yb) {
             let err = (a - b).abs();
             let ratio = if amax == 0.0 {
@@ -77,6 +82,7 @@ fn worst_ratio(ty: GgmlType, x: &[f32]) -> f32 {
 fn round_trip_error_within_tolerance() {
     let mut rng = Rng::new(7);
     let cols = 1024;
+    let mut failures: Vec<String> = Vec::new();
     for ty in quantizable() {
         let mut worst = 0f32;
         for _ in 0..64 {
@@ -94,13 +100,11 @@ fn round_trip_error_within_tolerance() {
             ty.name(),
             tolerance(ty)
         );
-        assert!(
-            worst <= tolerance(ty),
-            "{}: {worst} > {}",
-            ty.name(),
-            tolerance(ty)
-        );
+        if worst > tolerance(ty) {
+            failures.push(format!("{}: {worst} > {}", ty.name(), tolerance(ty)));
+        }
     }
+    assert!(failures.is_empty(), "{failures:?}");
 }
 
 #[test]
@@ -192,32 +196,33 @@ fn rows_equal_row_by_row() {
 }
 
 /// Quantizing a 7168 × 2048 matrix must be fast enough to synthesize models: this measures
-/// a 1/16 slice and fails if the extrapolated single-thread time exceeds a budget (debug
-/// runs excluded, only meaningful with optimizations).
+/// a 1/16 slice and fails if the extrapolated single-thread time exceeds a budget (the
+/// workspace's test profile is optimized).
 #[test]
 fn quantize_speed() {
-    const BUDGET_FULL_MATRIX_MS: u128 = 1000;
-    if cfg!(debug_assertions) {
-        return;
-    }
+    const BUDGET_FULL_MATRIX_MS: f64 = 1000.0;
     let mut rng = Rng::new(3);
     let x = rng.weights(7168 * 128);
     for ty in quantizable() {
         let mut out = vec![0u8; ty.row_bytes(x.len()).unwrap()];
         let start = std::time::Instant::now();
         quantize_row(ty, &x, &mut out).unwrap();
-        let full_ms = start.elapsed().as_millis() * 16;
-        println!("{:>6}: 7168x2048 ≈ {full_ms} ms", ty.name());
+        let full_ms = start.elapsed().as_secs_f64() * 1e3 * 16.0;
+        println!("{:>6}: 7168x2048 ≈ {full_ms:.0} ms", ty.name());
         assert!(
             full_ms < BUDGET_FULL_MATRIX_MS,
-            "{}: {full_ms} ms",
+            "{}: {full_ms:.0} ms",
             ty.name()
         );
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Arbitrary finite values of mixed magnitudes: the round trip stays within tolerance.
     #[test]
@@ -229,9 +234,7 @@ proptest! {
         let ty = quantizable().nth(type_index).unwrap();
         let x: Vec<f32> = x.iter().map(|v| v / 2f32.powi(shrink as i32)).collect();
         let worst = worst_ratio(ty, &x);
-        // f16 scales lose relative precision for tiny blocks (subnormal scales).
-        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let slack = if amax < 1e-3 { 0.05 } else { 0.0 };
-        prop_assert!(worst <= tolerance(ty) + slack, "{}: {} > {}", ty.name(), worst, tolerance(ty));
+        // Blocks stay above ~0.01 in magnitude, so f16 scales are normal numbers.
+        prop_assert!(worst <= tolerance(ty), "{}: {} > {}", ty.name(), worst, tolerance(ty));
     }
 }

@@ -8,6 +8,7 @@
 //! model       Model: the mapped file, config, tokenizer and shape-checked weight locations
 //! forward     the forward pass: MLA attention + latent KV cache, router, experts, output
 //! npy         float32 .npy read/write (reference fixtures, `logits --out`)
+//! sampling    greedy / temperature / top-k / top-p / min-p / repetition penalty, seeded
 //! config      ModelConfig: typed hyper-parameters parsed once from GGUF metadata
 //! tokenizer   byte-level BPE (gpt2 model) with the gpt-2 / deepseek-v3 / kimi-k2 pre-tokenizers
 //! synth       random-weight models with Kimi K2.5's structure, written as GGUF
@@ -22,6 +23,7 @@ pub mod gguf;
 pub mod model;
 pub mod npy;
 pub mod placement;
+pub mod sampling;
 pub mod synth;
 pub mod tokenizer;
 pub mod wire;

@@ -50,6 +50,7 @@
 
 mod bpe;
 mod byte_level;
+mod from_gguf;
 pub mod pretokenize;
 mod special;
 mod stream;

@@ -51,29 +51,42 @@ pub(crate) fn dot_rows_fn(ty: GgmlType) -> DotRowsFn {
     }
 }
 
-/// How the kernel body multiplies and adds: separately (portable) or fused (FMA targets).
-trait MulAdd {
-    /// `a · b + c`.
-    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+/// The dot products a row kernel body is built from.
+trait DotKernel {
+    /// `Σ a[i]·b[i]` over `min(a.len(), b.len())`.
+    fn dot(a: &[f32], b: &[f32]) -> f32;
+    /// `[dot(w[0], x), .., dot(w[3], x)]`, each bit-identical to [`DotKernel::dot`].
+    fn dot4(w: [&[f32]; ROW_TILE], x: &[f32]) -> [f32; ROW_TILE];
 }
 
-/// `a * b + c` rounded twice; what every target has.
-struct Separate;
-impl MulAdd for Separate {
+/// Plain Rust with [`LANES`] accumulators, vectorized by LLVM where it can.
+struct Portable;
+impl DotKernel for Portable {
     #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot(a, b)
+    }
+    #[inline(always)]
+    fn dot4(w: [&[f32]; ROW_TILE], x: &[f32]) -> [f32; ROW_TILE] {
+        dot4(w, x)
     }
 }
 
-/// One rounding; only used where the FMA instruction is enabled (else it is a libm call).
+/// AVX2 + FMA intrinsics; only instantiated inside [`dot_rows_avx2_fma`].
 #[cfg(target_arch = "x86_64")]
-struct Fused;
+struct Avx2Fma;
 #[cfg(target_arch = "x86_64")]
-impl MulAdd for Fused {
+impl DotKernel for Avx2Fma {
     #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: `Avx2Fma` is only used by `dot_rows_avx2_fma`, which runs only after the
+        // CPU was found to support AVX2 and FMA.
+        unsafe { avx2::dot(a, b) }
+    }
+    #[inline(always)]
+    fn dot4(w: [&[f32]; ROW_TILE], x: &[f32]) -> [f32; ROW_TILE] {
+        // SAFETY: as in `dot` above.
+        unsafe { avx2::dot4(w, x) }
     }
 }
 
@@ -92,10 +105,10 @@ pub(crate) fn dot_rows_dequantized(
         unsafe { dot_rows_avx2_fma(w, rows, x, n_tokens, out) };
         return;
     }
-    dot_rows_body::<Separate>(w, rows, x, n_tokens, out);
+    dot_rows_body::<Portable>(w, rows, x, n_tokens, out);
 }
 
-/// [`dot_rows_body`] compiled for AVX2 + FMA.
+/// [`dot_rows_body`] compiled for AVX2 + FMA (dequantization included).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -108,11 +121,11 @@ unsafe fn dot_rows_avx2_fma(
     n_tokens: usize,
     out: &mut [&mut [f32]],
 ) {
-    dot_rows_body::<Fused>(w, rows, x, n_tokens, out);
+    dot_rows_body::<Avx2Fma>(w, rows, x, n_tokens, out);
 }
 
 #[inline(always)]
-fn dot_rows_body<M: MulAdd>(
+fn dot_rows_body<D: DotKernel>(
     w: &QMatrix<'_>,
     rows: Range<usize>,
     x: &[f32],
@@ -133,14 +146,14 @@ fn dot_rows_body<M: MulAdd>(
             let (w1, rest) = rest.split_at(cols);
             let (w2, w3) = rest.split_at(cols);
             for (t, o) in out.iter_mut().enumerate().take(n_tokens) {
-                let d = dot4::<M>([w0, w1, w2, w3], &x[t * cols..(t + 1) * cols]);
+                let d = D::dot4([w0, w1, w2, w3], &x[t * cols..(t + 1) * cols]);
                 o[i..i + ROW_TILE].copy_from_slice(&d);
             }
         } else {
             for k in 0..n {
                 let wk = &scratch[k * cols..(k + 1) * cols];
                 for (t, o) in out.iter_mut().enumerate().take(n_tokens) {
-                    o[i + k] = dot::<M>(wk, &x[t * cols..(t + 1) * cols]);
+                    o[i + k] = D::dot(wk, &x[t * cols..(t + 1) * cols]);
                 }
             }
         }
@@ -154,50 +167,148 @@ fn reduce(acc: [f32; LANES]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
+/// `s` as whole groups of [`LANES`] (the tail, `s.len() % LANES` elements, is dropped).
+#[inline(always)]
+fn lanes(s: &[f32]) -> impl Iterator<Item = &[f32; LANES]> {
+    // chunks_exact yields exactly LANES elements, so the fallback is never taken; the
+    // fixed-size arrays let LLVM drop bounds checks and vectorize the lane loops.
+    s.chunks_exact(LANES).map(|c| <&[f32; LANES]>::try_from(c).unwrap_or(&[0.0; LANES]))
+}
+
+/// `acc[l] += w[l] · x[l]` for every lane.
+#[inline(always)]
+fn mul_add_lanes(acc: &mut [f32; LANES], w: &[f32; LANES], x: &[f32; LANES]) {
+    for l in 0..LANES {
+        acc[l] += w[l] * x[l];
+    }
+}
+
 /// `Σ a[i]·b[i]` over `min(a.len(), b.len())` with [`LANES`] independent accumulators.
 #[inline(always)]
-fn dot<M: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ta, tb) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for k in 0..LANES {
-            acc[k] = M::mul_add(x[k], y[k], acc[k]);
-        }
+    for (x, y) in lanes(a).zip(lanes(b)) {
+        mul_add_lanes(&mut acc, x, y);
     }
+    let main = n - n % LANES;
     let mut tail = 0f32;
-    for (x, y) in ta.iter().zip(tb) {
-        tail = M::mul_add(*x, *y, tail);
+    for (x, y) in a[main..].iter().zip(&b[main..]) {
+        tail += *x * *y;
     }
     reduce(acc) + tail
 }
 
-/// Four dot products of `w[k]` with one `x`, sharing each load of `x`.
+/// Four dot products of `w[k]` with one `x`, sharing each load of `x`. Each row's sum is
+/// formed exactly as [`dot`] forms it.
 #[inline(always)]
-fn dot4<M: MulAdd>(w: [&[f32]; ROW_TILE], x: &[f32]) -> [f32; ROW_TILE] {
+fn dot4(w: [&[f32]; ROW_TILE], x: &[f32]) -> [f32; ROW_TILE] {
     let n = x.len().min(w.iter().map(|r| r.len()).min().unwrap_or(0));
     let x = &x[..n];
-    let w = w.map(|r| &r[..n]);
-    let mut acc = [[0f32; LANES]; ROW_TILE];
-    let main = n - n % LANES;
-    for c in (0..main).step_by(LANES) {
-        let xs = &x[c..c + LANES];
-        for (k, a) in acc.iter_mut().enumerate() {
-            let ws = &w[k][c..c + LANES];
-            for l in 0..LANES {
-                a[l] = M::mul_add(ws[l], xs[l], a[l]);
-            }
-        }
+    let [w0, w1, w2, w3] = w.map(|r| &r[..n]);
+    let (mut a0, mut a1, mut a2, mut a3) = ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let rows = lanes(w0).zip(lanes(w1)).zip(lanes(w2)).zip(lanes(w3));
+    for (xs, (((r0, r1), r2), r3)) in lanes(x).zip(rows) {
+        mul_add_lanes(&mut a0, r0, xs);
+        mul_add_lanes(&mut a1, r1, xs);
+        mul_add_lanes(&mut a2, r2, xs);
+        mul_add_lanes(&mut a3, r3, xs);
     }
+    let main = n - n % LANES;
     let mut res = [0f32; ROW_TILE];
-    for (k, r) in res.iter_mut().enumerate() {
+    for ((r, acc), wk) in res.iter_mut().zip([a0, a1, a2, a3]).zip([w0, w1, w2, w3]) {
         let mut tail = 0f32;
-        for c in main..n {
-            tail = M::mul_add(w[k][c], x[c], tail);
+        for (wv, xv) in wk[main..].iter().zip(&x[main..]) {
+            tail += *wv * *xv;
         }
-        *r = reduce(acc[k]) + tail;
+        *r = reduce(acc) + tail;
     }
     res
+}
+
+/// The AVX2 + FMA dot products: the same lane assignment, reduction order and tail as the
+/// portable ones, with fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_storeu_ps};
+
+    use super::{reduce, LANES, ROW_TILE};
+
+    /// The 8 lanes of `v`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn to_array(v: __m256) -> [f32; LANES] {
+        let mut out = [0f32; LANES];
+        // SAFETY: `out` has room for the 8 f32 an unaligned 256-bit store writes.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    }
+
+    /// `Σ a[i]·b[i]`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let main = n - n % LANES;
+        let zero = [0f32; LANES];
+        // SAFETY: `zero` holds 8 f32.
+        let mut acc = unsafe { _mm256_loadu_ps(zero.as_ptr()) };
+        let mut c = 0;
+        while c < main {
+            // SAFETY: c + 8 <= main <= n, and n is within both slices.
+            acc = unsafe {
+                _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c)), _mm256_loadu_ps(b.as_ptr().add(c)), acc)
+            };
+            c += LANES;
+        }
+        let mut tail = 0f32;
+        for (x, y) in a[main..n].iter().zip(&b[main..n]) {
+            tail = x.mul_add(*y, tail);
+        }
+        // SAFETY: this function's own requirement.
+        reduce(unsafe { to_array(acc) }) + tail
+    }
+
+    /// Four dot products sharing each load of `x`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot4(w: [&[f32]; ROW_TILE], x: &[f32]) -> [f32; ROW_TILE] {
+        let n = x.len().min(w.iter().map(|r| r.len()).min().unwrap_or(0));
+        let main = n - n % LANES;
+        let zero = [0f32; LANES];
+        // SAFETY: `zero` holds 8 f32.
+        let z = unsafe { _mm256_loadu_ps(zero.as_ptr()) };
+        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+        let [w0, w1, w2, w3] = w;
+        let mut c = 0;
+        while c < main {
+            // SAFETY: c + 8 <= main <= n, and n is within `x` and every row of `w`.
+            unsafe {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(c));
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.as_ptr().add(c)), xv, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.as_ptr().add(c)), xv, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.as_ptr().add(c)), xv, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.as_ptr().add(c)), xv, a3);
+            }
+            c += LANES;
+        }
+        let mut res = [0f32; ROW_TILE];
+        for ((r, acc), wk) in res.iter_mut().zip([a0, a1, a2, a3]).zip(w) {
+            let mut tail = 0f32;
+            for (wv, xv) in wk[main..n].iter().zip(&x[main..n]) {
+                tail = wv.mul_add(*xv, tail);
+            }
+            // SAFETY: this function's own requirement.
+            *r = reduce(unsafe { to_array(acc) }) + tail;
+        }
+        res
+    }
 }

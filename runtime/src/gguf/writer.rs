@@ -93,10 +93,10 @@ pub fn tensor_nbytes(ty: GgmlType, ne: &[u64]) -> Result<u64, RuntimeError> {
             ty.name()
         )));
     }
-    let row = ne0 / block * ty.block_bytes() as u64;
     ne[1..]
         .iter()
-        .try_fold(row, |acc, &d| acc.checked_mul(d))
+        .try_fold(ne0 / block, |acc, &d| acc.checked_mul(d))
+        .and_then(|blocks| blocks.checked_mul(ty.block_bytes() as u64))
         .ok_or_else(|| bad("tensor size overflows u64".into()))
 }
 

@@ -83,8 +83,9 @@ impl MergeTable {
         for (rank, merge) in merges.iter().enumerate() {
             // llama.cpp searches the separator from index 1, so a left part may start with ' '.
             let split = merge
-                .get(1..)
-                .and_then(|rest| rest.find(' '))
+                .bytes()
+                .skip(1)
+                .position(|b| b == b' ')
                 .map(|i| i + 1)
                 .ok_or_else(|| RuntimeError::TokenizerInvalid {
                     key: "tokenizer.ggml.merges",

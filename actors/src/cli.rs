@@ -1,0 +1,7 @@
+//! Subcommands.
+
+pub mod common;
+pub mod logits;
+pub mod run;
+pub mod synth;
+pub mod tokenize;

@@ -1,0 +1,394 @@
+//! The hello handshake: versions and model fingerprints compared, then mutual proof of the
+//! cluster secret, then per-direction frame keys for the session.
+//!
+//! Each side sends its `Hello` (nonce included) before checking the other's, so that a
+//! version or fingerprint mismatch is seen by both sides with both values, each reporting it
+//! and sending an `Error` frame before closing. Then the client proves the secret first; the
+//! server answers with its own proof only after checking the client's, so a peer without
+//! the secret learns nothing but "refused" and gets nothing computed. Proofs cover the
+//! SHA-256 transcript of both hello frames, which binds names, shards and both nonces.
+//!
+//! Hello frames are not MAC'd (no key yet); what they claim is authenticated by the proofs.
+//! An attacker on the path can still forge an early `Error` frame: that only ends a link it
+//! could have cut anyway.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::frame::{decode_handshake_frame, derive_key, encode_frame, RecvMac, SendMac, SessionMac};
+use super::io::{read_frame, write_frame};
+use super::limits::{HANDSHAKE_FRAME_BYTES_MAX, HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION};
+use super::message::{AuthProof, ErrorCode, ErrorMessage, Hello, Message, ModelShape, ShardSummary};
+use crate::placement::{ExpertSet, NodeName};
+use crate::RuntimeError;
+
+/// The shortest cluster secret accepted, in bytes.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
+/// The longest cluster secret accepted, in bytes.
+const CLUSTER_SECRET_BYTES_MAX: usize = 4096;
+
+const TRANSCRIPT_LABEL: &[u8] = b"moe-node handshake v1";
+const CLIENT_PROOF_LABEL: &[u8] = b"moe-node client proof";
+const SERVER_PROOF_LABEL: &[u8] = b"moe-node server proof";
+const SESSION_LABEL: &[u8] = b"moe-node session key";
+const CLIENT_TO_SERVER_LABEL: &[u8] = b"client to server";
+const SERVER_TO_CLIENT_LABEL: &[u8] = b"server to client";
+
+/// Hex digits of a fingerprint shown in a mismatch error.
+const FINGERPRINT_HEX_SHOWN: usize = 16;
+
+/// The cluster secret every node of a cluster shares (from a file or the environment, read
+/// by the binary). Never printed.
+#[derive(Clone)]
+pub struct ClusterSecret(Vec<u8>);
+
+impl ClusterSecret {
+    /// Wraps `bytes`; fails when shorter than [`CLUSTER_SECRET_BYTES_MIN`] or over 4096 bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, RuntimeError> {
+        let bytes = bytes.into();
+        if bytes.len() < CLUSTER_SECRET_BYTES_MIN {
+            return Err(RuntimeError::ClusterSecret(format!(
+                "{} bytes, at least CLUSTER_SECRET_BYTES_MIN = {CLUSTER_SECRET_BYTES_MIN} needed",
+                bytes.len()
+            )));
+        }
+        if bytes.len() > CLUSTER_SECRET_BYTES_MAX {
+            return Err(RuntimeError::ClusterSecret(format!(
+                "{} bytes, at most {CLUSTER_SECRET_BYTES_MAX} accepted",
+                bytes.len()
+            )));
+        }
+        Ok(Self(bytes))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterSecret({} bytes, redacted)", self.0.len())
+    }
+}
+
+/// What this node says about itself and checks of its peers.
+#[derive(Clone, Debug)]
+pub struct HandshakeConfig {
+    /// This node's name.
+    pub node_name: NodeName,
+    /// This node's model fingerprint (GGUF metadata + tensor table hash).
+    pub model_fingerprint: [u8; 32],
+    /// The shared secret.
+    pub secret: ClusterSecret,
+    /// The experts this node owns.
+    pub shards: ShardSummary,
+    /// This node's model shape, to check the peer's shard lists and later frames.
+    pub shape: ModelShape,
+    /// How long each read or write of the handshake may take.
+    pub step_timeout: Duration,
+}
+
+impl HandshakeConfig {
+    /// A config with the default step timeout, [`HANDSHAKE_TIMEOUT_MS`].
+    pub fn new(
+        node_name: NodeName,
+        model_fingerprint: [u8; 32],
+        secret: ClusterSecret,
+        shards: ShardSummary,
+        shape: ModelShape,
+    ) -> Self {
+        Self {
+            node_name,
+            model_fingerprint,
+            secret,
+            shards,
+            shape,
+            step_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        }
+    }
+}
+
+/// The experts a peer says it owns, parsed against this node's model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerShards {
+    /// Owned in every MoE layer without an override.
+    pub all_layers: ExpertSet,
+    /// Per model layer index, sets replacing `all_layers`.
+    pub overrides: BTreeMap<usize, ExpertSet>,
+}
+
+/// An authenticated peer, as its hello described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its node name.
+    pub name: NodeName,
+    /// Its protocol version (equal to ours).
+    pub protocol_version: u32,
+    /// Its model fingerprint (equal to ours).
+    pub model_fingerprint: [u8; 32],
+    /// The experts it owns.
+    pub shards: PeerShards,
+}
+
+/// Connects as the client (the side that opened the connection): sends its hello first.
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    config: &HandshakeConfig,
+) -> Result<(PeerInfo, SessionMac), RuntimeError> {
+    handshake(stream, config, Side::Client).await
+}
+
+/// Accepts as the server (the side that accepted the connection): reads the client's hello
+/// first, and proves the secret only after the client has.
+pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    config: &HandshakeConfig,
+) -> Result<(PeerInfo, SessionMac), RuntimeError> {
+    handshake(stream, config, Side::Server).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// The stream and the handshake's unkeyed frame counters.
+struct Link<'a, S> {
+    stream: &'a mut S,
+    send: SendMac,
+    recv: RecvMac,
+    config: &'a HandshakeConfig,
+    /// The peer's name once its hello is in, for messages.
+    peer: String,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Link<'_, S> {
+    async fn send_frame(&mut self, frame: &[u8], step: &'static str) -> Result<(), RuntimeError> {
+        within(self.config.step_timeout, step, write_frame(self.stream, frame)).await
+    }
+
+    async fn send(&mut self, message: &Message, step: &'static str) -> Result<(), RuntimeError> {
+        let frame = encode_frame(message, &mut self.send)?;
+        self.send_frame(&frame, step).await
+    }
+
+    /// Sends an error frame, best effort: the caller is about to fail anyway.
+    async fn refuse(&mut self, code: ErrorCode, reason: &str) {
+        let _ = self.send(&Message::Error(ErrorMessage::new(code, reason)), "sending a refusal").await;
+    }
+
+    /// Reads one frame; returns it raw (for the transcript) with its message.
+    async fn receive(&mut self, step: &'static str) -> Result<(Vec<u8>, Message), RuntimeError> {
+        let frame = within(
+            self.config.step_timeout,
+            step,
+            read_frame(self.stream, HANDSHAKE_FRAME_BYTES_MAX),
+        )
+        .await?;
+        let message = decode_handshake_frame(&frame, &mut self.recv, &self.config.shape)?;
+        if let Message::Error(error) = &message {
+            return Err(self.refused(error));
+        }
+        Ok((frame, message))
+    }
+
+    /// The error for a peer's `Error` frame.
+    fn refused(&self, error: &ErrorMessage) -> RuntimeError {
+        match error.code {
+            ErrorCode::AuthFailed => RuntimeError::AuthFailed {
+                peer: self.peer.clone(),
+                detail: format!(
+                    "rejected our proof of the cluster secret (the two nodes' secrets differ): {}",
+                    error.message
+                ),
+            },
+            _ => RuntimeError::PeerRefused { peer: self.peer.clone(), reason: error.message.clone() },
+        }
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    step: &'static str,
+    work: impl Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    tokio::time::timeout(limit, work).await.map_err(|_| RuntimeError::HandshakeTimeout {
+        step,
+        ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+    })?
+}
+
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    config: &HandshakeConfig,
+    side: Side,
+) -> Result<(PeerInfo, SessionMac), RuntimeError> {
+    let mut link = Link {
+        stream,
+        send: SendMac::unkeyed(),
+        recv: RecvMac::unkeyed(),
+        config,
+        peer: String::new(),
+    };
+    let hello = Message::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        model_fingerprint: config.model_fingerprint,
+        node_name: config.node_name.to_string(),
+        nonce: fresh_nonce()?,
+        shards: config.shards.clone(),
+    });
+    let my_hello = encode_frame(&hello, &mut link.send)?;
+
+    // Hellos: the client speaks first; each side sends its hello before judging the peer's.
+    if side == Side::Client {
+        link.send_frame(&my_hello, "sending hello").await?;
+    }
+    let (peer_hello_frame, peer_hello) = match link.receive("waiting for the peer's hello").await? {
+        (frame, Message::Hello(hello)) => (frame, hello),
+        (_, other) => {
+            let reason = format!("expected Hello, got {}", other.kind());
+            link.refuse(ErrorCode::Other, &reason).await;
+            return Err(RuntimeError::FrameInvalid(reason));
+        }
+    };
+    link.peer = peer_hello.node_name.clone();
+    if side == Side::Server {
+        link.send_frame(&my_hello, "sending hello").await?;
+    }
+    if let Err((code, error)) = check_hello(&peer_hello, config) {
+        link.refuse(code, &error.to_string()).await;
+        return Err(error);
+    }
+    let shards = match parse_shards(&peer_hello.shards, config.shape.n_experts) {
+        Ok(shards) => shards,
+        Err(error) => {
+            link.refuse(ErrorCode::Other, &error.to_string()).await;
+            return Err(error);
+        }
+    };
+
+    // Proofs over the transcript of both hellos, client's first.
+    let (client_hello, server_hello) = match side {
+        Side::Client => (&my_hello, &peer_hello_frame),
+        Side::Server => (&peer_hello_frame, &my_hello),
+    };
+    let transcript = Sha256::new()
+        .chain_update(TRANSCRIPT_LABEL)
+        .chain_update(client_hello)
+        .chain_update(server_hello)
+        .finalize();
+    let proof = |label: &[u8]| config.secret.mac().chain_update(label).chain_update(transcript);
+    let (my_label, peer_label) = match side {
+        Side::Client => (CLIENT_PROOF_LABEL, SERVER_PROOF_LABEL),
+        Side::Server => (SERVER_PROOF_LABEL, CLIENT_PROOF_LABEL),
+    };
+    let my_proof = Message::AuthProof(AuthProof { hmac: proof(my_label).finalize().into_bytes().into() });
+
+    if side == Side::Client {
+        link.send(&my_proof, "sending the proof").await?;
+    }
+    let peer_proof = match link.receive("waiting for the peer's proof").await? {
+        (_, Message::AuthProof(p)) => p,
+        (_, other) => {
+            let reason = format!("expected AuthProof, got {}", other.kind());
+            link.refuse(ErrorCode::Other, &reason).await;
+            return Err(RuntimeError::FrameInvalid(reason));
+        }
+    };
+    // Constant-time comparison.
+    if proof(peer_label).verify_slice(&peer_proof.hmac).is_err() {
+        let error = RuntimeError::AuthFailed {
+            peer: link.peer.clone(),
+            detail: "did not prove the cluster secret".into(),
+        };
+        link.refuse(ErrorCode::AuthFailed, &format!("{} refused: {error}", config.node_name))
+            .await;
+        return Err(error);
+    }
+    if side == Side::Server {
+        link.send(&my_proof, "sending the proof").await?;
+    }
+
+    let session = config.secret.mac().chain_update(SESSION_LABEL).chain_update(transcript);
+    let session: [u8; 32] = session.finalize().into_bytes().into();
+    let client_to_server = derive_key(&session, CLIENT_TO_SERVER_LABEL);
+    let server_to_client = derive_key(&session, SERVER_TO_CLIENT_LABEL);
+    let (send_key, recv_key) = match side {
+        Side::Client => (client_to_server, server_to_client),
+        Side::Server => (server_to_client, client_to_server),
+    };
+    let name = NodeName::new(&peer_hello.node_name).map_err(RuntimeError::FrameInvalid)?;
+    Ok((
+        PeerInfo {
+            name,
+            protocol_version: peer_hello.protocol_version,
+            model_fingerprint: peer_hello.model_fingerprint,
+            shards,
+        },
+        SessionMac { send: SendMac::new(send_key), recv: RecvMac::new(recv_key) },
+    ))
+}
+
+/// Version first (a different version may mean a different everything), then fingerprint.
+fn check_hello(peer: &Hello, config: &HandshakeConfig) -> Result<(), (ErrorCode, RuntimeError)> {
+    if peer.protocol_version != PROTOCOL_VERSION {
+        return Err((
+            ErrorCode::ProtocolMismatch,
+            RuntimeError::ProtocolMismatch {
+                peer: peer.node_name.clone(),
+                ours: PROTOCOL_VERSION,
+                theirs: peer.protocol_version,
+            },
+        ));
+    }
+    if peer.model_fingerprint != config.model_fingerprint {
+        return Err((
+            ErrorCode::FingerprintMismatch,
+            RuntimeError::FingerprintMismatch {
+                peer: peer.node_name.clone(),
+                ours: hex_prefix(&config.model_fingerprint),
+                theirs: hex_prefix(&peer.model_fingerprint),
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn parse_shards(summary: &ShardSummary, n_experts: usize) -> Result<PeerShards, RuntimeError> {
+    let all_layers = ExpertSet::parse(&summary.all_layers, n_experts)?;
+    let mut overrides = BTreeMap::new();
+    for entry in &summary.overrides {
+        let set = ExpertSet::parse(&entry.experts, n_experts)?;
+        if overrides.insert(usize::from(entry.layer), set).is_some() {
+            return Err(RuntimeError::FrameInvalid(format!(
+                "hello: layer {} is overridden twice in the shard summary",
+                entry.layer
+            )));
+        }
+    }
+    Ok(PeerShards { all_layers, overrides })
+}
+
+fn hex_prefix(bytes: &[u8; 32]) -> String {
+    bytes.iter().take(FINGERPRINT_HEX_SHOWN / 2).map(|b| format!("{b:02x}")).collect()
+}
+
+fn fresh_nonce() -> Result<[u8; 32], RuntimeError> {
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| {
+        RuntimeError::WireIo(std::io::Error::other(format!("no OS randomness for a nonce: {e}")))
+    })?;
+    Ok(nonce)
+}
+
+#[cfg(test)]
+mod tests;
