@@ -1,6 +1,7 @@
 //! Subcommands.
 
 pub mod common;
+pub mod generate;
 pub mod logits;
 pub mod run;
 pub mod synth;

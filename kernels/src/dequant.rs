@@ -71,18 +71,18 @@ pub fn dequantize_rows(
     dst: &mut [f32],
 ) -> Result<(), KernelError> {
     let row_bytes = ty.row_bytes(cols)?;
-    if cols == 0 || dst.len() % cols != 0 {
+    let n_rows = dst
+        .len()
+        .checked_div(cols)
+        .filter(|r| r * cols == dst.len());
+    let Some(n_rows) = n_rows else {
         return Err(KernelError::LengthMismatch {
-            what: "dequantize_rows destination (a multiple of cols)",
-            expected: if cols == 0 {
-                0
-            } else {
-                dst.len() / cols * cols
-            },
+            what: "dequantize_rows destination (a multiple of a non-zero cols)",
+            expected: cols,
             got: dst.len(),
         });
-    }
-    let expected = dst.len() / cols * row_bytes;
+    };
+    let expected = n_rows * row_bytes;
     if src.len() != expected {
         return Err(KernelError::LengthMismatch {
             what: "dequantize_rows source",

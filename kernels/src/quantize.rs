@@ -137,18 +137,18 @@ pub fn quantize_rows(
     dst: &mut [u8],
 ) -> Result<(), KernelError> {
     let row_bytes = ty.row_bytes(cols)?;
-    if cols == 0 || src.len() % cols != 0 {
+    let n_rows = src
+        .len()
+        .checked_div(cols)
+        .filter(|r| r * cols == src.len());
+    let Some(n_rows) = n_rows else {
         return Err(KernelError::LengthMismatch {
-            what: "quantize_rows source (a multiple of cols)",
-            expected: if cols == 0 {
-                0
-            } else {
-                src.len() / cols * cols
-            },
+            what: "quantize_rows source (a multiple of a non-zero cols)",
+            expected: cols,
             got: src.len(),
         });
-    }
-    let expected = src.len() / cols * row_bytes;
+    };
+    let expected = n_rows * row_bytes;
     if dst.len() != expected {
         return Err(KernelError::LengthMismatch {
             what: "quantize_rows destination",

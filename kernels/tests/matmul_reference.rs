@@ -37,7 +37,14 @@ fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
 }
 
 /// `(y, Σ|w·x|)` by naive loops over the dequantized matrix.
-fn reference(ty: GgmlType, bytes: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
+fn reference(
+    ty: GgmlType,
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let mut w = vec![0f32; rows * cols];
     dequantize_rows(ty, bytes, cols, &mut w).unwrap();
     let mut y = vec![0f32; n * rows];
@@ -79,8 +86,18 @@ fn check(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) {
                 mag[i]
             );
             // Each row is summed the same way whichever thread owns it.
-            assert_eq!(one[i].to_bits(), many[i].to_bits(), "{} threads differ at {i}", ty.name());
-            assert_eq!(one[i].to_bits(), default[i].to_bits(), "{} default threads differ at {i}", ty.name());
+            assert_eq!(
+                one[i].to_bits(),
+                many[i].to_bits(),
+                "{} threads differ at {i}",
+                ty.name()
+            );
+            assert_eq!(
+                one[i].to_bits(),
+                default[i].to_bits(),
+                "{} default threads differ at {i}",
+                ty.name()
+            );
         }
     }
 }
@@ -139,7 +156,13 @@ fn shape_errors() {
 fn matmul_throughput() {
     let (rows, cols) = (2048, 7168);
     let mut rng = Rng::new(1);
-    for ty in [GgmlType::Q4_K, GgmlType::Q2_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::BF16] {
+    for ty in [
+        GgmlType::Q4_K,
+        GgmlType::Q2_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_0,
+        GgmlType::BF16,
+    ] {
         let bytes = weights(ty, rows, cols, &mut rng);
         let m = QMatrix::new(ty, rows, cols, &bytes).unwrap();
         for n in [1usize, 8] {

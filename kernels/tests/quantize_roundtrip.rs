@@ -36,7 +36,6 @@ fn tolerance(ty: GgmlType) -> f32 {
     }
 }
 
-
 /// Below f16's smallest normal (2^-14) its spacing is absolute, so F16's relative bound is
 /// taken against at least that magnitude.
 fn magnitude_floor(ty: GgmlType) -> f32 {
@@ -60,7 +59,10 @@ fn worst_ratio(ty: GgmlType, x: &[f32]) -> f32 {
     let block = ty.block_elems();
     let mut worst = 0f32;
     for (xb, yb) in x.chunks(block).zip(y.chunks(block)) {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())).max(magnitude_floor(ty));
+        let amax = xb
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(magnitude_floor(ty));
         for (a, b) in xb.iter().zip(yb) {
             let err = (a - b).abs();
             let ratio = if amax == 0.0 {

@@ -19,6 +19,18 @@ pub const HIDDEN_DIM_MAX: usize = 65536;
 pub const LAYERS_MAX: usize = 1024;
 /// Most routed experts per layer accepted.
 pub const EXPERTS_MAX: usize = 4096;
+/// Most attention heads accepted.
+pub const HEADS_MAX: usize = 1024;
+/// Largest q/k/v head dimension accepted (`qk_nope`, `qk_rope`, `v_head`).
+pub const HEAD_DIM_MAX: usize = 4096;
+/// Largest low-rank (q or KV latent) width accepted.
+pub const LORA_RANK_MAX: usize = 65536;
+/// Largest dense or expert FFN width accepted.
+pub const FFN_DIM_MAX: usize = 1 << 20;
+/// Most shared experts per MoE layer accepted.
+pub const SHARED_EXPERTS_MAX: usize = 64;
+/// Largest vocabulary accepted.
+pub const VOCAB_MAX: usize = 1 << 22;
 
 /// How router logits become expert scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +255,38 @@ impl ModelConfig {
         }
         if self.n_heads == 0 || self.kv_lora_rank == 0 || self.vocab == 0 {
             return bad("head_count, kv_lora_rank and vocab_size must be non-zero".into());
+        }
+        // Every width below sizes an allocation or a product of widths (weight shapes, the
+        // rope table), so each is bounded before any of that happens.
+        let limits = [
+            ("attention.head_count", self.n_heads, HEADS_MAX),
+            ("rope.dimension_count", self.qk_rope, HEAD_DIM_MAX),
+            (
+                "key_length_mla - rope.dimension_count",
+                self.qk_nope,
+                HEAD_DIM_MAX,
+            ),
+            ("attention.value_length_mla", self.v_head, HEAD_DIM_MAX),
+            ("attention.kv_lora_rank", self.kv_lora_rank, LORA_RANK_MAX),
+            (
+                "attention.q_lora_rank",
+                self.q_lora_rank.unwrap_or(0),
+                LORA_RANK_MAX,
+            ),
+            ("feed_forward_length", self.n_ff, FFN_DIM_MAX),
+            ("expert_feed_forward_length", self.n_ff_exp, FFN_DIM_MAX),
+            ("expert_shared_count", self.n_shared, SHARED_EXPERTS_MAX),
+            ("vocab_size", self.vocab, VOCAB_MAX),
+        ];
+        for (key, value, max) in limits {
+            if value > max {
+                return bad(format!("{key} {value} exceeds the limit of {max}"));
+            }
+        }
+        if self.qk_nope + self.qk_rope == 0 || self.v_head == 0 {
+            return bad(
+                "attention head dims (key_length_mla, value_length_mla) must be non-zero".into(),
+            );
         }
         Ok(())
     }

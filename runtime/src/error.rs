@@ -44,6 +44,24 @@ pub enum RuntimeError {
         /// Expected vs got.
         message: String,
     },
+    /// A routed expert none of whose owners is live.
+    #[error("expert {expert} of layer {layer} has no live owner (owners: {owners})")]
+    NoLiveOwner {
+        /// Model layer.
+        layer: usize,
+        /// Expert id.
+        expert: usize,
+        /// Names of its owners, all down.
+        owners: String,
+    },
+    /// An expert node failed a step (connection lost, silent, refused, timed out).
+    #[error("expert node {node} failed: {reason}")]
+    PeerFailed {
+        /// Its name.
+        node: String,
+        /// What happened.
+        reason: String,
+    },
     /// A bad argument from a caller (token id out of range, context full, ...).
     #[error("{0}")]
     InvalidInput(String),

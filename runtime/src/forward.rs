@@ -19,7 +19,7 @@ mod ops;
 mod rope;
 
 pub use kv_cache::KvCache;
-pub use moe::{ExpertBackend, LocalExperts, Routing};
+pub use moe::{apply_routes, ExpertBackend, LocalExperts, Route, Routing};
 pub use rope::Rope;
 
 use crate::model::Model;

@@ -13,10 +13,12 @@
 //! tokenizer   byte-level BPE (gpt2 model) with the gpt-2 / deepseek-v3 / kimi-k2 pre-tokenizers
 //! synth       random-weight models with Kimi K2.5's structure, written as GGUF
 //! placement   expert placement files (TOML) parsed into typed, validated structures
+//! dispatch    one MoE step split over a placement's live owners
 //! wire        the data-plane protocol: frames, limits, handshake, authentication
 //! error       RuntimeError, the crate's one error enum
 //! ```
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod forward;
 pub mod gguf;

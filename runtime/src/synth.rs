@@ -539,13 +539,21 @@ fn checked_shape(opts: &SynthOptions) -> Result<SynthShape, RuntimeError> {
             opts.skew
         )));
     }
-    // Refuse a type the quantizer cannot write before creating any file.
-    let probe = vec![0.0f32; opts.ty.block_elems()];
-    let mut out = vec![0u8; opts.ty.block_bytes()];
-    quantize_row(opts.ty, &probe, &mut out).map_err(|e| {
-        RuntimeError::Synth(format!("cannot write {} tensors: {e}", opts.ty.name()))
-    })?;
     Ok(shape)
+}
+
+/// Refuses, before any file is created, a storage type the quantizer cannot write.
+fn check_quantizable(plan: &[PlannedTensor]) -> Result<(), RuntimeError> {
+    let mut types: Vec<GgmlType> = plan.iter().map(|t| t.ty).collect();
+    types.sort_by_key(|t| t.id());
+    types.dedup();
+    for ty in types {
+        let probe = vec![0.0f32; ty.block_elems()];
+        let mut out = vec![0u8; ty.block_bytes()];
+        quantize_row(ty, &probe, &mut out)
+            .map_err(|e| RuntimeError::Synth(format!("cannot write {} tensors: {e}", ty.name())))?;
+    }
+    Ok(())
 }
 
 /// Writes a random-weight model described by `opts` to `out` (via `<out>.partial`, renamed when
@@ -555,6 +563,7 @@ pub fn synthesize(opts: &SynthOptions, out: &Path) -> Result<SynthSummary, Runti
     let shape = checked_shape(opts)?;
     let vocab = build_vocab(shape.vocab)?;
     let plan = tensor_plan(&shape, opts.ty, opts.skew);
+    check_quantizable(&plan)?;
 
     let mut writer = GgufWriter::new();
     for (key, value) in metadata(opts, &shape, &vocab) {

@@ -61,7 +61,7 @@
 //! use moe_runtime::wire::{decode_frame, encode_frame, Heartbeat, Message, ModelShape, SessionMac};
 //!
 //! // Both ends of one session (the handshake derives these from the cluster secret).
-//! let (mut router, mut expert) = SessionMac::pair_for_tests([7; 32]);
+//! let (mut router, mut expert) = SessionMac::pair_from_key([7; 32]);
 //! let frame = encode_frame(&Message::Heartbeat(Heartbeat { counter: 1 }), &mut router.send)?;
 //! let shape = ModelShape { n_experts: 384, hidden_dim: 7168 };
 //! let message = decode_frame(&frame, &mut expert.recv, &shape)?;
@@ -87,6 +87,6 @@ pub use hidden::{decode_hidden, encode_hidden};
 pub use io::{read_frame, read_frame_sync, write_frame, write_frame_sync};
 pub use limits::*;
 pub use message::{
-    ArchivedMessage, AuthProof, ErrorCode, ErrorMessage, ExpertReply, ExpertRequest,
-    ExpertRoute, Heartbeat, Hello, LayerShards, Message, ModelShape, ShardSummary, WireDtype,
+    ArchivedMessage, AuthProof, ErrorCode, ErrorMessage, ExpertReply, ExpertRequest, ExpertRoute,
+    Heartbeat, Hello, LayerShards, Message, ModelShape, ShardSummary, WireDtype,
 };

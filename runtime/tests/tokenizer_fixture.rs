@@ -12,18 +12,31 @@ fn fixtures() -> PathBuf {
 }
 
 fn strings(file: &GgufFile, key: &str) -> Vec<String> {
-    let value = file.metadata(key).unwrap_or_else(|| panic!("{key} missing"));
-    let items = value.as_array().unwrap_or_else(|| panic!("{key} is not an array"));
-    items.iter().map(|v| v.as_str().expect("string element").to_owned()).collect()
+    let value = file
+        .metadata(key)
+        .unwrap_or_else(|| panic!("{key} missing"));
+    let items = value
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} is not an array"));
+    items
+        .iter()
+        .map(|v| v.as_str().expect("string element").to_owned())
+        .collect()
 }
 
 fn id(file: &GgufFile, key: &str) -> Option<u32> {
-    file.metadata(key).and_then(Value::as_u64).map(|v| u32::try_from(v).unwrap())
+    file.metadata(key)
+        .and_then(Value::as_u64)
+        .map(|v| u32::try_from(v).unwrap())
 }
 
 /// The vocabulary of a GGUF file, read the way llama.cpp's `llama_vocab::load` reads it.
 fn spec_from_gguf(file: &GgufFile) -> TokenizerSpec {
-    let text = |key: &str| file.metadata(key).and_then(Value::as_str).map(str::to_owned);
+    let text = |key: &str| {
+        file.metadata(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     let token_types = file
         .metadata("tokenizer.ggml.token_type")
         .and_then(Value::as_array)
@@ -74,13 +87,24 @@ fn check_fixture(dir: &str, gguf: &str) {
     let tok = Tokenizer::new(spec_from_gguf(&file)).unwrap();
     assert_eq!(tok.pre_tokenizer(), PreTokenizerKind::Gpt2);
     assert_eq!(tok.vocab_size(), 1024);
-    assert_eq!((tok.bos(), tok.eos(), tok.add_bos()), (Some(1022), Some(1023), false));
+    assert_eq!(
+        (tok.bos(), tok.eos(), tok.add_bos()),
+        (Some(1022), Some(1023), false)
+    );
     assert_eq!(tok.token_to_id("<|eos|>"), Some(1023));
     let cases = manifest_cases(&root);
     assert!(!cases.is_empty(), "{dir}: no cases in the manifest");
     for (prompt, tokens) in &cases {
-        assert_eq!(&tok.encode(prompt, true), tokens, "{dir}/{gguf}: {prompt:?}");
-        assert_eq!(&tok.encode(prompt, false), tokens, "{dir}/{gguf}: {prompt:?}");
+        assert_eq!(
+            &tok.encode(prompt, true),
+            tokens,
+            "{dir}/{gguf}: {prompt:?}"
+        );
+        assert_eq!(
+            &tok.encode(prompt, false),
+            tokens,
+            "{dir}/{gguf}: {prompt:?}"
+        );
         assert_eq!(tok.decode(tokens), prompt.as_bytes());
         let mut stream = StreamDecoder::new(&tok);
         let mut streamed: String = tokens.iter().map(|&t| stream.push(t)).collect();

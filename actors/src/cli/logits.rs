@@ -6,16 +6,20 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use moe_runtime::forward::{KvCache, LocalExperts, Observer, Routing, SeqInput};
+use moe_runtime::forward::{KvCache, Observer, Routing, SeqInput};
 use moe_runtime::npy;
 
 use super::common::ModelArgs;
+use super::run::expert_backend;
+use crate::cluster::args::RouterArgs;
 
 /// Arguments of `logits`.
 #[derive(Debug, clap::Args)]
 pub struct LogitsArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    cluster: RouterArgs,
     /// Comma-separated token ids, e.g. `1,2,3`.
     #[arg(long, value_delimiter = ',', required = true)]
     tokens: Vec<u32>,
@@ -55,10 +59,11 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
     if t == 0 {
         bail!("--tokens is empty");
     }
+    let mut experts = expert_backend(&model, &a.cluster)?;
     let mut cache = KvCache::new(&model.cfg, t.max(a.model.ctx_size));
     let mut cap = Capture { want_hidden: a.hidden.is_some(), ..Default::default() };
     let logits = model
-        .forward(&mut [SeqInput { cache: &mut cache, tokens: &a.tokens, all_logits: true }], &mut LocalExperts::default(), &mut cap)?
+        .forward(&mut [SeqInput { cache: &mut cache, tokens: &a.tokens, all_logits: true }], experts.as_mut(), &mut cap)?
         .remove(0);
     npy::write_f32(&a.out, &[t, model.cfg.vocab], &logits)?;
     if let Some(path) = &a.routing {

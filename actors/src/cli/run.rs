@@ -1,114 +1,114 @@
-//! `moe-node run`: prompt in, streamed text out, then prompt and generation speed.
+//! `moe-node run`: prompt in, streamed text out, then prompt and generation speed. With
+//! `--placement`, the routed experts run on the placement's nodes.
 
 use std::io::Write;
-use std::time::Instant;
 
-use anyhow::bail;
-use moe_runtime::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
+use moe_runtime::forward::{ExpertBackend, LocalExperts};
 use moe_runtime::sampling::{Sampler, SamplingParams};
-use moe_runtime::tokenizer::{StreamDecoder, Tokenizer};
+use moe_runtime::tokenizer::Tokenizer;
 
 use super::common::ModelArgs;
+use super::generate::{generate, GenRequest};
+use crate::cluster::args::RouterArgs;
+use crate::cluster::remote_experts::RemoteExperts;
+
+/// Sampling options shared by the generating commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temp: f32,
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Top-p (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// Validated parameters.
+    pub fn params(&self) -> anyhow::Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..Default::default()
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
 
 /// Arguments of `run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    cluster: RouterArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Prompt text (special tokens in it are parsed as special).
     #[arg(long, short = 'p')]
     prompt: String,
     /// Tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
     n_predict: usize,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.0)]
-    temp: f32,
-    /// Top-k (0 = off).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Top-p (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Min-p (0 = off).
-    #[arg(long, default_value_t = 0.0)]
-    min_p: f32,
-    /// Repetition penalty (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// Sampling seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Keep generating past the end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
 }
 
+/// The expert backend a model-running command uses: local, or the placement's nodes.
+pub fn expert_backend(model: &moe_runtime::model::Model, cluster: &RouterArgs) -> anyhow::Result<Box<dyn ExpertBackend>> {
+    Ok(match cluster.load(&model.cfg)? {
+        None => Box::new(LocalExperts::default()),
+        Some((placement, secret)) => Box::new(RemoteExperts::connect(model, placement, secret, &cluster.node_name, cluster.wire_dtype)?),
+    })
+}
+
 /// Generates and streams to stdout; statistics go to stderr.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    let params = SamplingParams {
-        temperature: a.temp,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repeat_penalty: a.repeat_penalty,
-        seed: a.seed,
-        ..Default::default()
-    };
-    params.validate()?;
+    let params = a.sampling.params()?;
     let model = a.model.load()?;
     let tok = Tokenizer::from_gguf(model.file())?;
+    let mut experts = expert_backend(&model, &a.cluster)?;
     let mut prompt = Vec::new();
     if tok.add_bos() {
         prompt.extend(tok.bos());
     }
     prompt.extend(tok.encode(&a.prompt, true));
-    if prompt.is_empty() {
-        bail!("the prompt is empty");
-    }
-    let mut cache = KvCache::new(&model.cfg, a.model.ctx_size);
-    let mut experts = LocalExperts::default();
-    let mut sampler = Sampler::new(params);
-    let mut history = prompt.clone();
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;
     out.flush()?;
-
-    let t0 = Instant::now();
-    let mut logits = model
-        .forward(&mut [SeqInput { cache: &mut cache, tokens: &prompt, all_logits: false }], &mut experts, &mut NoObserver)?
-        .remove(0);
-    let prompt_s = t0.elapsed().as_secs_f64();
-
-    let mut stream = StreamDecoder::new(&tok);
-    let t1 = Instant::now();
-    let mut generated = 0;
-    for _ in 0..a.n_predict {
-        let next = sampler.sample(&logits, &history);
-        if !a.ignore_eos && Some(next) == tok.eos() {
-            break;
-        }
-        generated += 1;
-        history.push(next);
-        write!(out, "{}", stream.push(next))?;
-        out.flush()?;
-        if generated == a.n_predict || cache.len() >= cache.capacity() {
-            break;
-        }
-        logits = model
-            .forward(&mut [SeqInput { cache: &mut cache, tokens: &[next], all_logits: false }], &mut experts, &mut NoObserver)?
-            .remove(0);
-    }
-    writeln!(out, "{}", stream.flush())?;
-    let gen_s = t1.elapsed().as_secs_f64();
+    let req = GenRequest { prompt: &prompt, max_tokens: a.n_predict, ignore_eos: a.ignore_eos, ctx_size: a.model.ctx_size };
+    let mut sampler = Sampler::new(params);
+    let stats = generate(&model, &tok, experts.as_mut(), &mut sampler, &req, &mut |text| {
+        let _ = write!(out, "{text}");
+        let _ = out.flush();
+    })?;
+    writeln!(out)?;
     eprintln!(
         "prompt: {} tokens in {:.3} s ({:.2} tokens/s) | generation: {} tokens in {:.3} s ({:.2} tokens/s)",
-        prompt.len(),
-        prompt_s,
-        prompt.len() as f64 / prompt_s.max(1e-9),
-        generated,
-        gen_s,
-        generated as f64 / gen_s.max(1e-9)
+        stats.prompt_tokens,
+        stats.prompt_s,
+        stats.prompt_tokens as f64 / stats.prompt_s.max(1e-9),
+        stats.generated.len(),
+        stats.gen_s,
+        stats.generated.len() as f64 / stats.gen_s.max(1e-9)
     );
     Ok(())
 }

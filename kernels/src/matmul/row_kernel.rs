@@ -8,9 +8,13 @@
 //! fused kernel that dots straight from a type's quantized blocks plugs in by returning it
 //! from [`dot_rows_fn`] for that type.
 //!
-//! On x86-64 with AVX2 and FMA (detected at run time) the same code is compiled a second
-//! time with those features and fused multiply-adds; results differ from the portable path
-//! only by rounding (both are f32 accumulations of the same exact products' inputs).
+//! Two dot-product implementations behind [`DotKernel`]: portable Rust (vectorized by LLVM
+//! at opt-level 3; the workspace's opt-level-2 dev/test profiles leave it scalar) and, on
+//! x86-64 with AVX2 and FMA detected at run time, intrinsics with fused multiply-adds (the
+//! whole row kernel, dequantization included, is compiled for those features). Both use the
+//! same lane assignment and reduction order, so they differ only by the FMA's single
+//! rounding; within one implementation `dot4` equals `dot` bit for bit, so the thread split
+//! never changes a result.
 
 use std::ops::Range;
 
@@ -79,7 +83,7 @@ struct Avx2Fma;
 impl DotKernel for Avx2Fma {
     #[inline(always)]
     fn dot(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: `Avx2Fma` is only used by `dot_rows_avx2_fma`, which runs only after the
+        // SAFETY: `Avx2Fma` is only used (by `dot_rows_avx2_fma` and the tests) after the
         // CPU was found to support AVX2 and FMA.
         unsafe { avx2::dot(a, b) }
     }
@@ -172,7 +176,8 @@ fn reduce(acc: [f32; LANES]) -> f32 {
 fn lanes(s: &[f32]) -> impl Iterator<Item = &[f32; LANES]> {
     // chunks_exact yields exactly LANES elements, so the fallback is never taken; the
     // fixed-size arrays let LLVM drop bounds checks and vectorize the lane loops.
-    s.chunks_exact(LANES).map(|c| <&[f32; LANES]>::try_from(c).unwrap_or(&[0.0; LANES]))
+    s.chunks_exact(LANES)
+        .map(|c| <&[f32; LANES]>::try_from(c).unwrap_or(&[0.0; LANES]))
 }
 
 /// `acc[l] += w[l] · x[l]` for every lane.
@@ -207,7 +212,8 @@ fn dot4(w: [&[f32]; ROW_TILE], x: &[f32]) -> [f32; ROW_TILE] {
     let n = x.len().min(w.iter().map(|r| r.len()).min().unwrap_or(0));
     let x = &x[..n];
     let [w0, w1, w2, w3] = w.map(|r| &r[..n]);
-    let (mut a0, mut a1, mut a2, mut a3) = ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let (mut a0, mut a1, mut a2, mut a3) =
+        ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
     let rows = lanes(w0).zip(lanes(w1)).zip(lanes(w2)).zip(lanes(w3));
     for (xs, (((r0, r1), r2), r3)) in lanes(x).zip(rows) {
         mul_add_lanes(&mut a0, r0, xs);
@@ -263,7 +269,11 @@ mod avx2 {
         while c < main {
             // SAFETY: c + 8 <= main <= n, and n is within both slices.
             acc = unsafe {
-                _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c)), _mm256_loadu_ps(b.as_ptr().add(c)), acc)
+                _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(c)),
+                    _mm256_loadu_ps(b.as_ptr().add(c)),
+                    acc,
+                )
             };
             c += LANES;
         }
@@ -310,5 +320,68 @@ mod avx2 {
             *r = reduce(unsafe { to_array(acc) }) + tail;
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Allowed `|dot − exact|` as a fraction of `Σ|a·b|` (f64 reference).
+    const DOT_REL_TOL: f64 = 1e-6;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic, no dependencies.
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn exact(a: &[f32], b: &[f32]) -> (f64, f64) {
+        let dot = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let mag = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 * *y as f64).abs())
+            .sum();
+        (dot, mag)
+    }
+
+    /// Every dot kernel present on this machine: within tolerance of an f64 reference, and
+    /// `dot4` bit-identical to `dot` row by row (so thread splits never change results).
+    fn check<D: DotKernel>(name: &str) {
+        for n in [0usize, 1, 7, 8, 9, 31, 256, 1000] {
+            let x = data(n, 1);
+            let w: Vec<Vec<f32>> = (0..4).map(|k| data(n, 10 + k)).collect();
+            let four = D::dot4([&w[0], &w[1], &w[2], &w[3]], &x);
+            for k in 0..4 {
+                let one = D::dot(&w[k], &x);
+                assert_eq!(one.to_bits(), four[k].to_bits(), "{name} n={n} row {k}");
+                let (want, mag) = exact(&w[k], &x);
+                let err = (one as f64 - want).abs();
+                assert!(
+                    err <= DOT_REL_TOL * mag + 1e-30,
+                    "{name} n={n}: {one} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn portable_dots() {
+        check::<Portable>("portable");
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_fma_dots() {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            check::<Avx2Fma>("avx2+fma");
+        }
     }
 }

@@ -117,8 +117,8 @@ fn pack_scale_min_k4(sc: &[u8; 8], m: &[u8; 8], s: &mut [u8]) {
 /// Q2_K: `scales[16]; qs[64]; d f16; dmin f16`.
 pub(crate) fn q2_k(x: &[f32; 256], b: &mut [u8; 84]) {
     let p = with_min::<16>(x, 3.0, 15.0);
-    for j in 0..16 {
-        b[j] = p.sc[j] | (p.m[j] << 4);
+    for ((s, sc), m) in b[..16].iter_mut().zip(p.sc).zip(p.m) {
+        *s = sc | (m << 4);
     }
     for (e, &q) in p.q.iter().enumerate() {
         let (n, s, l) = (e / 128, (e / 32) % 4, e % 32);

@@ -58,57 +58,60 @@ pub struct LocalExperts {
 }
 
 impl ExpertBackend for LocalExperts {
-    fn begin(
-        &mut self,
-        _: &Model,
-        _: usize,
-        h: &[f32],
-        routing: &Routing,
-    ) -> Result<(), RuntimeError> {
+    fn begin(&mut self, _: &Model, _: usize, h: &[f32], routing: &Routing) -> Result<(), RuntimeError> {
         self.pending = Some((h.to_vec(), routing.clone()));
         Ok(())
     }
 
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
-        let (h, routing) = self
-            .pending
-            .take()
-            .ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
-        routed_experts(model, layer, &h, &routing, &|_| true, out)
+        let (h, routing) = self.pending.take().ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
+        apply_routes(model, layer, &h, &routing.routes(), out)
     }
 }
 
-/// Groups tokens by expert and adds `w · Expert_e(h_t)` into `out[t]` for every routed pair
-/// whose expert passes `owns` (experts in ascending order, so the sum order is fixed).
-pub fn routed_experts(
-    model: &Model,
-    layer: usize,
-    h: &[f32],
-    routing: &Routing,
-    owns: &dyn Fn(u32) -> bool,
-    out: &mut [f32],
-) -> Result<(), RuntimeError> {
-    let moe = model.layers[layer]
-        .moe
-        .as_ref()
-        .ok_or_else(|| RuntimeError::InvalidInput(format!("layer {layer} is not a MoE layer")))?;
+/// One routed (token, expert, weight) triple.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Route {
+    /// Row of the batch.
+    pub token: u32,
+    /// Expert id.
+    pub expert: u32,
+    /// Final weight.
+    pub weight: f32,
+}
+
+impl Routing {
+    /// Every (token, expert, weight) triple, token-major.
+    pub fn routes(&self) -> Vec<Route> {
+        (0..self.n_tokens())
+            .flat_map(|t| {
+                let (es, ws) = self.token(t);
+                es.iter().zip(ws).map(move |(&expert, &weight)| Route { token: t as u32, expert, weight })
+            })
+            .collect()
+    }
+}
+
+/// Adds `weight · Expert_e(h[token])` into `out[token]` for every route: tokens are grouped
+/// by expert, experts run in ascending order (a fixed summation order), each expert once on
+/// all its tokens. `h` and `out` are `[t, D]`.
+pub fn apply_routes(model: &Model, layer: usize, h: &[f32], routes: &[Route], out: &mut [f32]) -> Result<(), RuntimeError> {
+    let moe = model.layers.get(layer).and_then(|l| l.moe.as_ref()).ok_or_else(|| RuntimeError::InvalidInput(format!("layer {layer} is not a MoE layer")))?;
     let d = model.cfg.n_embd;
     let n_experts = model.cfg.n_experts;
-    // (token, weight) lists per expert.
+    let n_tokens = h.len() / d;
+    if out.len() != h.len() {
+        return Err(RuntimeError::InvalidInput(format!("routed output has {} values, input {}", out.len(), h.len())));
+    }
     let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_experts];
-    for t in 0..routing.n_tokens() {
-        let (es, ws) = routing.token(t);
-        for (&e, &w) in es.iter().zip(ws) {
-            let e_idx = e as usize;
-            if e_idx >= n_experts {
-                return Err(RuntimeError::InvalidInput(format!(
-                    "expert id {e} out of range (layer {layer} has {n_experts})"
-                )));
-            }
-            if owns(e) {
-                by_expert[e_idx].push((t, w));
-            }
+    for r in routes {
+        let (t, e) = (r.token as usize, r.expert as usize);
+        if e >= n_experts || t >= n_tokens {
+            return Err(RuntimeError::InvalidInput(format!(
+                "route (token {t}, expert {e}) out of range ({n_tokens} tokens, {n_experts} experts in layer {layer})"
+            )));
         }
+        by_expert[e].push((t, r.weight));
     }
     let mut x = Vec::new();
     let mut y = Vec::new();
@@ -123,10 +126,7 @@ pub fn routed_experts(
         y.resize(toks.len() * d, 0.0);
         expert_ffn(model, moe, e, &x, toks.len(), &mut y)?;
         for (i, &(t, w)) in toks.iter().enumerate() {
-            for (o, &v) in out[t * d..(t + 1) * d]
-                .iter_mut()
-                .zip(&y[i * d..(i + 1) * d])
-            {
+            for (o, &v) in out[t * d..(t + 1) * d].iter_mut().zip(&y[i * d..(i + 1) * d]) {
                 *o += w * v;
             }
         }

@@ -421,7 +421,7 @@ fn parse_header_inner(buf: &[u8], shard: usize) -> Result<Header, String> {
         }
         if offset.checked_add(size).is_none_or(|end| end > data_len) {
             return Err(format!(
-                "tensor {name:?} ({} bytes at data offset {offset}) extends past the end of the file (data section is {data_len} bytes)",
+                "tensor {name:?} ({} bytes at data offset {offset}) extends past the end of the file (data section is {data_len} bytes): the file is truncated or its tensor table is corrupt",
                 size
             ));
         }

@@ -47,12 +47,18 @@ pub struct SessionMac {
 impl SendMac {
     /// Frames sealed with a 32-byte direction key, sequence numbers from 0.
     pub fn new(key: [u8; 32]) -> Self {
-        Self { mac: Some(keyed(&key)), next_seq: 0 }
+        Self {
+            mac: Some(keyed(&key)),
+            next_seq: 0,
+        }
     }
 
     /// The handshake's sealer: sequence numbers from 0, all-zero MAC field.
     pub(crate) fn unkeyed() -> Self {
-        Self { mac: None, next_seq: 0 }
+        Self {
+            mac: None,
+            next_seq: 0,
+        }
     }
 
     /// The sequence number the next frame will carry.
@@ -64,12 +70,18 @@ impl SendMac {
 impl RecvMac {
     /// Opens frames sealed with `key`, expecting sequence numbers from 0.
     pub fn new(key: [u8; 32]) -> Self {
-        Self { mac: Some(keyed(&key)), next_seq: 0 }
+        Self {
+            mac: Some(keyed(&key)),
+            next_seq: 0,
+        }
     }
 
     /// The handshake's opener: checks sequence numbers, requires an all-zero MAC field.
     pub(crate) fn unkeyed() -> Self {
-        Self { mac: None, next_seq: 0 }
+        Self {
+            mac: None,
+            next_seq: 0,
+        }
     }
 
     /// The sequence number the next frame must carry.
@@ -84,38 +96,53 @@ impl SessionMac {
     pub fn pair_from_key(key: [u8; 32]) -> (SessionMac, SessionMac) {
         let other = derive_key(&key, b"moe-node test pair: second direction");
         (
-            SessionMac { send: SendMac::new(key), recv: RecvMac::new(other) },
-            SessionMac { send: SendMac::new(other), recv: RecvMac::new(key) },
+            SessionMac {
+                send: SendMac::new(key),
+                recv: RecvMac::new(other),
+            },
+            SessionMac {
+                send: SendMac::new(other),
+                recv: RecvMac::new(key),
+            },
         )
-    }
-
-    /// Same as [`SessionMac::pair_from_key`]; the name the module example uses.
-    pub fn pair_for_tests(key: [u8; 32]) -> (SessionMac, SessionMac) {
-        Self::pair_from_key(key)
     }
 }
 
 impl std::fmt::Debug for SendMac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SendMac {{ keyed: {}, next_seq: {} }}", self.mac.is_some(), self.next_seq)
+        write!(
+            f,
+            "SendMac {{ keyed: {}, next_seq: {} }}",
+            self.mac.is_some(),
+            self.next_seq
+        )
     }
 }
 
 impl std::fmt::Debug for RecvMac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RecvMac {{ keyed: {}, next_seq: {} }}", self.mac.is_some(), self.next_seq)
+        write!(
+            f,
+            "RecvMac {{ keyed: {}, next_seq: {} }}",
+            self.mac.is_some(),
+            self.next_seq
+        )
     }
 }
 
 impl std::fmt::Debug for SessionMac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionMac").field("send", &self.send).field("recv", &self.recv).finish()
+        f.debug_struct("SessionMac")
+            .field("send", &self.send)
+            .field("recv", &self.recv)
+            .finish()
     }
 }
 
 fn keyed(key: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length, so this never fails; an empty MAC is never used.
-    <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
 }
 
 /// HMAC-SHA256(key, label): the KDF of the handshake and of test pairs.
@@ -129,8 +156,9 @@ pub(crate) fn derive_key(key: &[u8], label: &[u8]) -> [u8; 32] {
 ///
 /// Fails only when the frame would exceed [`FRAME_BYTES_MAX`].
 pub fn encode_frame(message: &Message, mac: &mut SendMac) -> Result<Vec<u8>, RuntimeError> {
-    let archive = rkyv::to_bytes::<rancor::Error>(message)
-        .map_err(|e| RuntimeError::FrameInvalid(format!("cannot archive {}: {e}", message.kind())))?;
+    let archive = rkyv::to_bytes::<rancor::Error>(message).map_err(|e| {
+        RuntimeError::FrameInvalid(format!("cannot archive {}: {e}", message.kind()))
+    })?;
     seal_frame(&archive, mac)
 }
 
@@ -179,7 +207,13 @@ pub(crate) fn decode_handshake_frame(
     mac: &mut RecvMac,
     shape: &ModelShape,
 ) -> Result<Message, RuntimeError> {
-    decode_frame_limited(frame, mac, shape, HANDSHAKE_FRAME_BYTES_MAX, "HANDSHAKE_FRAME_BYTES_MAX")
+    decode_frame_limited(
+        frame,
+        mac,
+        shape,
+        HANDSHAKE_FRAME_BYTES_MAX,
+        "HANDSHAKE_FRAME_BYTES_MAX",
+    )
 }
 
 fn decode_frame_limited(
@@ -190,14 +224,22 @@ fn decode_frame_limited(
     limit_name: &'static str,
 ) -> Result<Message, RuntimeError> {
     let Some((prefix, body)) = frame.split_first_chunk::<LEN_BYTES>() else {
-        return Err(RuntimeError::FrameTruncated { expected: FRAME_BYTES_MIN });
+        return Err(RuntimeError::FrameTruncated {
+            expected: FRAME_BYTES_MIN,
+        });
     };
     let body_len = u32::from_le_bytes(*prefix) as usize;
     if body_len > limit {
-        return Err(RuntimeError::FrameTooLarge { bytes: body_len as u64, limit_name, limit });
+        return Err(RuntimeError::FrameTooLarge {
+            bytes: body_len as u64,
+            limit_name,
+            limit,
+        });
     }
     if body.len() < body_len || body_len < SEQ_BYTES + MAC_BYTES {
-        return Err(RuntimeError::FrameTruncated { expected: LEN_BYTES + body_len.max(SEQ_BYTES + MAC_BYTES) });
+        return Err(RuntimeError::FrameTruncated {
+            expected: LEN_BYTES + body_len.max(SEQ_BYTES + MAC_BYTES),
+        });
     }
     if body.len() > body_len {
         return Err(RuntimeError::FrameInvalid(format!(
@@ -206,7 +248,9 @@ fn decode_frame_limited(
         )));
     }
     let Some((sealed, tag)) = frame.split_last_chunk::<MAC_BYTES>() else {
-        return Err(RuntimeError::FrameTruncated { expected: FRAME_BYTES_MIN });
+        return Err(RuntimeError::FrameTruncated {
+            expected: FRAME_BYTES_MIN,
+        });
     };
     match &mac.mac {
         Some(keyed) => {
@@ -219,11 +263,16 @@ fn decode_frame_limited(
         None => {}
     }
     let Some((with_archive, seq)) = sealed.split_last_chunk::<SEQ_BYTES>() else {
-        return Err(RuntimeError::FrameTruncated { expected: FRAME_BYTES_MIN });
+        return Err(RuntimeError::FrameTruncated {
+            expected: FRAME_BYTES_MIN,
+        });
     };
     let seq = u64::from_le_bytes(*seq);
     if seq != mac.next_seq {
-        return Err(RuntimeError::FrameSequence { expected: mac.next_seq, got: seq });
+        return Err(RuntimeError::FrameSequence {
+            expected: mac.next_seq,
+            got: seq,
+        });
     }
     mac.next_seq = mac.next_seq.wrapping_add(1);
     let archive = with_archive.get(LEN_BYTES..).unwrap_or_default();

@@ -20,10 +20,14 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::frame::{decode_handshake_frame, derive_key, encode_frame, RecvMac, SendMac, SessionMac};
+use super::frame::{
+    decode_handshake_frame, derive_key, encode_frame, RecvMac, SendMac, SessionMac,
+};
 use super::io::{read_frame, write_frame};
 use super::limits::{HANDSHAKE_FRAME_BYTES_MAX, HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION};
-use super::message::{AuthProof, ErrorCode, ErrorMessage, Hello, Message, ModelShape, ShardSummary};
+use super::message::{
+    AuthProof, ErrorCode, ErrorMessage, Hello, Message, ModelShape, ShardSummary,
+};
 use crate::placement::{ExpertSet, NodeName};
 use crate::RuntimeError;
 
@@ -173,7 +177,12 @@ struct Link<'a, S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<'_, S> {
     async fn send_frame(&mut self, frame: &[u8], step: &'static str) -> Result<(), RuntimeError> {
-        within(self.config.step_timeout, step, write_frame(self.stream, frame)).await
+        within(
+            self.config.step_timeout,
+            step,
+            write_frame(self.stream, frame),
+        )
+        .await
     }
 
     async fn send(&mut self, message: &Message, step: &'static str) -> Result<(), RuntimeError> {
@@ -183,7 +192,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<'_, S> {
 
     /// Sends an error frame, best effort: the caller is about to fail anyway.
     async fn refuse(&mut self, code: ErrorCode, reason: &str) {
-        let _ = self.send(&Message::Error(ErrorMessage::new(code, reason)), "sending a refusal").await;
+        let _ = self
+            .send(
+                &Message::Error(ErrorMessage::new(code, reason)),
+                "sending a refusal",
+            )
+            .await;
     }
 
     /// Reads one frame; returns it raw (for the transcript) with its message.
@@ -211,7 +225,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<'_, S> {
                     error.message
                 ),
             },
-            _ => RuntimeError::PeerRefused { peer: self.peer.clone(), reason: error.message.clone() },
+            _ => RuntimeError::PeerRefused {
+                peer: self.peer.clone(),
+                reason: error.message.clone(),
+            },
         }
     }
 }
@@ -221,10 +238,12 @@ async fn within<T>(
     step: &'static str,
     work: impl Future<Output = Result<T, RuntimeError>>,
 ) -> Result<T, RuntimeError> {
-    tokio::time::timeout(limit, work).await.map_err(|_| RuntimeError::HandshakeTimeout {
-        step,
-        ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-    })?
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| RuntimeError::HandshakeTimeout {
+            step,
+            ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        })?
 }
 
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
@@ -286,12 +305,20 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .chain_update(client_hello)
         .chain_update(server_hello)
         .finalize();
-    let proof = |label: &[u8]| config.secret.mac().chain_update(label).chain_update(transcript);
+    let proof = |label: &[u8]| {
+        config
+            .secret
+            .mac()
+            .chain_update(label)
+            .chain_update(transcript)
+    };
     let (my_label, peer_label) = match side {
         Side::Client => (CLIENT_PROOF_LABEL, SERVER_PROOF_LABEL),
         Side::Server => (SERVER_PROOF_LABEL, CLIENT_PROOF_LABEL),
     };
-    let my_proof = Message::AuthProof(AuthProof { hmac: proof(my_label).finalize().into_bytes().into() });
+    let my_proof = Message::AuthProof(AuthProof {
+        hmac: proof(my_label).finalize().into_bytes().into(),
+    });
 
     if side == Side::Client {
         link.send(&my_proof, "sending the proof").await?;
@@ -310,15 +337,22 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             peer: link.peer.clone(),
             detail: "did not prove the cluster secret".into(),
         };
-        link.refuse(ErrorCode::AuthFailed, &format!("{} refused: {error}", config.node_name))
-            .await;
+        link.refuse(
+            ErrorCode::AuthFailed,
+            &format!("{} refused: {error}", config.node_name),
+        )
+        .await;
         return Err(error);
     }
     if side == Side::Server {
         link.send(&my_proof, "sending the proof").await?;
     }
 
-    let session = config.secret.mac().chain_update(SESSION_LABEL).chain_update(transcript);
+    let session = config
+        .secret
+        .mac()
+        .chain_update(SESSION_LABEL)
+        .chain_update(transcript);
     let session: [u8; 32] = session.finalize().into_bytes().into();
     let client_to_server = derive_key(&session, CLIENT_TO_SERVER_LABEL);
     let server_to_client = derive_key(&session, SERVER_TO_CLIENT_LABEL);
@@ -334,7 +368,10 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             model_fingerprint: peer_hello.model_fingerprint,
             shards,
         },
-        SessionMac { send: SendMac::new(send_key), recv: RecvMac::new(recv_key) },
+        SessionMac {
+            send: SendMac::new(send_key),
+            recv: RecvMac::new(recv_key),
+        },
     ))
 }
 
@@ -375,17 +412,26 @@ fn parse_shards(summary: &ShardSummary, n_experts: usize) -> Result<PeerShards, 
             )));
         }
     }
-    Ok(PeerShards { all_layers, overrides })
+    Ok(PeerShards {
+        all_layers,
+        overrides,
+    })
 }
 
 fn hex_prefix(bytes: &[u8; 32]) -> String {
-    bytes.iter().take(FINGERPRINT_HEX_SHOWN / 2).map(|b| format!("{b:02x}")).collect()
+    bytes
+        .iter()
+        .take(FINGERPRINT_HEX_SHOWN / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn fresh_nonce() -> Result<[u8; 32], RuntimeError> {
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| {
-        RuntimeError::WireIo(std::io::Error::other(format!("no OS randomness for a nonce: {e}")))
+        RuntimeError::WireIo(std::io::Error::other(format!(
+            "no OS randomness for a nonce: {e}"
+        )))
     })?;
     Ok(nonce)
 }

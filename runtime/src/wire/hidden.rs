@@ -12,7 +12,9 @@ use crate::RuntimeError;
 pub fn encode_hidden(values: &[f32], dtype: WireDtype, out: &mut Vec<u8>) {
     out.reserve(values.len() * dtype.size_bytes());
     match dtype {
-        WireDtype::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        WireDtype::F32 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         WireDtype::Bf16 => values
             .iter()
             .for_each(|&v| out.extend_from_slice(&bf16::from_f32(v).to_le_bytes())),
@@ -22,9 +24,13 @@ pub fn encode_hidden(values: &[f32], dtype: WireDtype, out: &mut Vec<u8>) {
 /// Appends the elements of `bytes` (in `dtype`, little-endian) to `out` as f32.
 ///
 /// Fails when `bytes` is not a whole number of elements.
-pub fn decode_hidden(bytes: &[u8], dtype: WireDtype, out: &mut Vec<f32>) -> Result<(), RuntimeError> {
+pub fn decode_hidden(
+    bytes: &[u8],
+    dtype: WireDtype,
+    out: &mut Vec<f32>,
+) -> Result<(), RuntimeError> {
     let size = dtype.size_bytes();
-    if bytes.len() % size != 0 {
+    if !bytes.chunks_exact(size).remainder().is_empty() {
         return Err(RuntimeError::FrameInvalid(format!(
             "{} bytes is not a whole number of {dtype} elements",
             bytes.len()
@@ -33,10 +39,14 @@ pub fn decode_hidden(bytes: &[u8], dtype: WireDtype, out: &mut Vec<f32>) -> Resu
     out.reserve(bytes.len() / size);
     match dtype {
         WireDtype::F32 => out.extend(
-            bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         ),
         WireDtype::Bf16 => out.extend(
-            bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
         ),
     }
     Ok(())
@@ -48,7 +58,7 @@ mod tests {
 
     #[test]
     fn f32_is_exact() {
-        let values = [0.0, -1.5, f32::MAX, f32::MIN_POSITIVE, 1e-30, 3.1415927];
+        let values = [0.0, -1.5, f32::MAX, f32::MIN_POSITIVE, 1e-30, 3.25];
         let mut bytes = Vec::new();
         encode_hidden(&values, WireDtype::F32, &mut bytes);
         assert_eq!(bytes.len(), 24);

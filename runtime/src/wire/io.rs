@@ -35,7 +35,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
     let mut frame = allocate(prefix, frame_bytes_max)?;
     let expected = frame.len();
-    reader.read_exact(frame.get_mut(4..).unwrap_or_default()).await.map_err(|e| truncated(e, expected))?;
+    reader
+        .read_exact(frame.get_mut(4..).unwrap_or_default())
+        .await
+        .map_err(|e| truncated(e, expected))?;
     Ok(frame)
 }
 
@@ -44,12 +47,18 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
     frame: &[u8],
 ) -> Result<(), RuntimeError> {
-    writer.write_all(frame).await.map_err(RuntimeError::WireIo)?;
+    writer
+        .write_all(frame)
+        .await
+        .map_err(RuntimeError::WireIo)?;
     writer.flush().await.map_err(RuntimeError::WireIo)
 }
 
 /// [`read_frame`] over a blocking reader.
-pub fn read_frame_sync<R: Read>(reader: &mut R, frame_bytes_max: usize) -> Result<Vec<u8>, RuntimeError> {
+pub fn read_frame_sync<R: Read>(
+    reader: &mut R,
+    frame_bytes_max: usize,
+) -> Result<Vec<u8>, RuntimeError> {
     let mut prefix = [0u8; 4];
     let mut filled = 0;
     while filled < prefix.len() {
@@ -64,7 +73,9 @@ pub fn read_frame_sync<R: Read>(reader: &mut R, frame_bytes_max: usize) -> Resul
     }
     let mut frame = allocate(prefix, frame_bytes_max)?;
     let expected = frame.len();
-    reader.read_exact(frame.get_mut(4..).unwrap_or_default()).map_err(|e| truncated(e, expected))?;
+    reader
+        .read_exact(frame.get_mut(4..).unwrap_or_default())
+        .map_err(|e| truncated(e, expected))?;
     Ok(frame)
 }
 
@@ -84,7 +95,11 @@ fn allocate(prefix: [u8; 4], frame_bytes_max: usize) -> Result<Vec<u8>, RuntimeE
             HANDSHAKE_FRAME_BYTES_MAX => "HANDSHAKE_FRAME_BYTES_MAX",
             _ => "the reader's frame limit",
         };
-        return Err(RuntimeError::FrameTooLarge { bytes: body_len as u64, limit_name, limit });
+        return Err(RuntimeError::FrameTooLarge {
+            bytes: body_len as u64,
+            limit_name,
+            limit,
+        });
     }
     let mut frame = vec![0u8; 4 + body_len];
     if let Some(head) = frame.get_mut(..4) {
@@ -114,7 +129,10 @@ mod tests {
         let mut reader = wire.as_slice();
         assert_eq!(read_frame_sync(&mut reader, 16).unwrap(), frame);
         assert_eq!(read_frame_sync(&mut reader, 16).unwrap(), frame);
-        assert!(matches!(read_frame_sync(&mut reader, 16), Err(RuntimeError::PeerClosed)));
+        assert!(matches!(
+            read_frame_sync(&mut reader, 16),
+            Err(RuntimeError::PeerClosed)
+        ));
     }
 
     #[test]
@@ -136,8 +154,15 @@ mod tests {
         // u32::MAX announced with no body behind it: refused on the prefix alone.
         let mut huge: &[u8] = &[0xff, 0xff, 0xff, 0xff];
         match read_frame_sync(&mut huge, usize::MAX) {
-            Err(RuntimeError::FrameTooLarge { bytes, limit_name, limit }) => {
-                assert_eq!((bytes, limit_name, limit), (u32::MAX as u64, "FRAME_BYTES_MAX", FRAME_BYTES_MAX));
+            Err(RuntimeError::FrameTooLarge {
+                bytes,
+                limit_name,
+                limit,
+            }) => {
+                assert_eq!(
+                    (bytes, limit_name, limit),
+                    (u32::MAX as u64, "FRAME_BYTES_MAX", FRAME_BYTES_MAX)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -145,7 +170,10 @@ mod tests {
         let mut reader: &[u8] = &just_over;
         assert!(matches!(
             read_frame_sync(&mut reader, HANDSHAKE_FRAME_BYTES_MAX),
-            Err(RuntimeError::FrameTooLarge { limit_name: "HANDSHAKE_FRAME_BYTES_MAX", .. })
+            Err(RuntimeError::FrameTooLarge {
+                limit_name: "HANDSHAKE_FRAME_BYTES_MAX",
+                ..
+            })
         ));
     }
 
@@ -157,11 +185,20 @@ mod tests {
         assert_eq!(read_frame(&mut b, 100).await.unwrap(), frame);
 
         a.write_all(&[200, 0, 0, 0]).await.unwrap();
-        assert!(matches!(read_frame(&mut b, 100).await, Err(RuntimeError::FrameTooLarge { bytes: 200, .. })));
+        assert!(matches!(
+            read_frame(&mut b, 100).await,
+            Err(RuntimeError::FrameTooLarge { bytes: 200, .. })
+        ));
 
         a.write_all(&[5, 0, 0, 0, 1]).await.unwrap();
         drop(a);
-        assert!(matches!(read_frame(&mut b, 100).await, Err(RuntimeError::FrameTruncated { expected: 9 })));
-        assert!(matches!(read_frame(&mut b, 100).await, Err(RuntimeError::PeerClosed)));
+        assert!(matches!(
+            read_frame(&mut b, 100).await,
+            Err(RuntimeError::FrameTruncated { expected: 9 })
+        ));
+        assert!(matches!(
+            read_frame(&mut b, 100).await,
+            Err(RuntimeError::PeerClosed)
+        ));
     }
 }

@@ -142,7 +142,10 @@ impl ShardSummary {
 
     /// The same experts in every MoE layer.
     pub fn uniform(set: &ExpertSet) -> Self {
-        Self { all_layers: set.to_string(), overrides: Vec::new() }
+        Self {
+            all_layers: set.to_string(),
+            overrides: Vec::new(),
+        }
     }
 }
 
@@ -203,7 +206,11 @@ impl ExpertRequest {
     }
 
     /// Appends one token: its hidden state (converted to `dtype`) and its routes.
-    pub fn push_token(&mut self, hidden: &[f32], routes: &[ExpertRoute]) -> Result<(), RuntimeError> {
+    pub fn push_token(
+        &mut self,
+        hidden: &[f32],
+        routes: &[ExpertRoute],
+    ) -> Result<(), RuntimeError> {
         if hidden.len() != self.hidden_dim as usize {
             return Err(RuntimeError::InvalidInput(format!(
                 "hidden state of {} elements, the request's hidden_dim is {}",
@@ -212,22 +219,35 @@ impl ExpertRequest {
             )));
         }
         if routes.is_empty() || routes.len() > EXPERTS_PER_TOKEN_MAX {
-            return Err(limit_error("routes per token", routes.len(), "EXPERTS_PER_TOKEN_MAX", EXPERTS_PER_TOKEN_MAX));
+            return Err(limit_error(
+                "routes per token",
+                routes.len(),
+                "EXPERTS_PER_TOKEN_MAX",
+                EXPERTS_PER_TOKEN_MAX,
+            ));
         }
         if self.n_tokens as usize >= TOKENS_PER_FRAME_MAX {
-            return Err(limit_error("n_tokens", TOKENS_PER_FRAME_MAX + 1, "TOKENS_PER_FRAME_MAX", TOKENS_PER_FRAME_MAX));
+            return Err(limit_error(
+                "n_tokens",
+                TOKENS_PER_FRAME_MAX + 1,
+                "TOKENS_PER_FRAME_MAX",
+                TOKENS_PER_FRAME_MAX,
+            ));
         }
         super::hidden::encode_hidden(hidden, self.dtype, &mut self.hidden);
         self.routes.extend_from_slice(routes);
-        self.token_offsets.push(u32::try_from(self.routes.len()).unwrap_or(u32::MAX));
+        self.token_offsets
+            .push(u32::try_from(self.routes.len()).unwrap_or(u32::MAX));
         self.n_tokens += 1;
         Ok(())
     }
 
     /// Token `token`'s routes (empty past the last token).
     pub fn routes_of(&self, token: usize) -> &[ExpertRoute] {
-        let (Some(&start), Some(&end)) = (self.token_offsets.get(token), self.token_offsets.get(token + 1))
-        else {
+        let (Some(&start), Some(&end)) = (
+            self.token_offsets.get(token),
+            self.token_offsets.get(token + 1),
+        ) else {
             return &[];
         };
         self.routes.get(start as usize..end as usize).unwrap_or(&[])
@@ -236,7 +256,9 @@ impl ExpertRequest {
     /// Token `token`'s hidden state in wire bytes (empty past the last token).
     pub fn hidden_of(&self, token: usize) -> &[u8] {
         let row = self.hidden_dim as usize * self.dtype.size_bytes();
-        self.hidden.get(token * row..(token + 1) * row).unwrap_or(&[])
+        self.hidden
+            .get(token * row..(token + 1) * row)
+            .unwrap_or(&[])
     }
 }
 
@@ -294,12 +316,25 @@ impl ErrorMessage {
         while !message.is_char_boundary(end) {
             end -= 1;
         }
-        Self { code, message: message.get(..end).unwrap_or_default().to_string() }
+        Self {
+            code,
+            message: message.get(..end).unwrap_or_default().to_string(),
+        }
     }
 }
 
-fn limit_error(field: &'static str, value: usize, limit_name: &'static str, limit: usize) -> RuntimeError {
-    RuntimeError::FrameLimit { field, value: value as u64, limit_name, limit: limit as u64 }
+fn limit_error(
+    field: &'static str,
+    value: usize,
+    limit_name: &'static str,
+    limit: usize,
+) -> RuntimeError {
+    RuntimeError::FrameLimit {
+        field,
+        value: value as u64,
+        limit_name,
+        limit: limit as u64,
+    }
 }
 
 fn invalid(reason: impl Into<String>) -> RuntimeError {
@@ -308,23 +343,44 @@ fn invalid(reason: impl Into<String>) -> RuntimeError {
 
 /// Checks an archived message against the limits and `shape`; after this, building the
 /// owned message allocates at most what the frame already holds and every index is valid.
-pub(crate) fn check_archived(message: &ArchivedMessage, shape: &ModelShape) -> Result<(), RuntimeError> {
+pub(crate) fn check_archived(
+    message: &ArchivedMessage,
+    shape: &ModelShape,
+) -> Result<(), RuntimeError> {
     match message {
         ArchivedMessage::Hello(hello) => {
             NodeName::new(hello.node_name.as_str())
                 .map_err(|reason| invalid(format!("hello: {reason}")))?;
             let shards = &hello.shards;
-            check_len("shards.overrides", shards.overrides.len(), "SHARD_OVERRIDES_MAX", SHARD_OVERRIDES_MAX)?;
-            check_len("shards.all_layers", shards.all_layers.len(), "SHARDS_TEXT_BYTES_MAX", SHARDS_TEXT_BYTES_MAX)?;
+            check_len(
+                "shards.overrides",
+                shards.overrides.len(),
+                "SHARD_OVERRIDES_MAX",
+                SHARD_OVERRIDES_MAX,
+            )?;
+            check_len(
+                "shards.all_layers",
+                shards.all_layers.len(),
+                "SHARDS_TEXT_BYTES_MAX",
+                SHARDS_TEXT_BYTES_MAX,
+            )?;
             for entry in shards.overrides.iter() {
-                check_len("shards.overrides.experts", entry.experts.len(), "SHARDS_TEXT_BYTES_MAX", SHARDS_TEXT_BYTES_MAX)?;
+                check_len(
+                    "shards.overrides.experts",
+                    entry.experts.len(),
+                    "SHARDS_TEXT_BYTES_MAX",
+                    SHARDS_TEXT_BYTES_MAX,
+                )?;
             }
             Ok(())
         }
         ArchivedMessage::AuthProof(_) | ArchivedMessage::Heartbeat(_) => Ok(()),
-        ArchivedMessage::Error(error) => {
-            check_len("error.message", error.message.len(), "ERROR_MESSAGE_BYTES_MAX", ERROR_MESSAGE_BYTES_MAX)
-        }
+        ArchivedMessage::Error(error) => check_len(
+            "error.message",
+            error.message.len(),
+            "ERROR_MESSAGE_BYTES_MAX",
+            ERROR_MESSAGE_BYTES_MAX,
+        ),
         ArchivedMessage::ExpertRequest(request) => check_request(request, shape),
         ArchivedMessage::ExpertReply(reply) => {
             let dtype = archived_dtype(&reply.dtype);
@@ -340,7 +396,12 @@ pub(crate) fn check_archived(message: &ArchivedMessage, shape: &ModelShape) -> R
     }
 }
 
-fn check_len(field: &'static str, value: usize, limit_name: &'static str, limit: usize) -> Result<(), RuntimeError> {
+fn check_len(
+    field: &'static str,
+    value: usize,
+    limit_name: &'static str,
+    limit: usize,
+) -> Result<(), RuntimeError> {
     if value > limit {
         return Err(limit_error(field, value, limit_name, limit));
     }
@@ -367,8 +428,18 @@ fn check_tensor(
     if n_tokens == 0 {
         return Err(invalid("n_tokens is 0"));
     }
-    check_len("n_tokens", n_tokens, "TOKENS_PER_FRAME_MAX", TOKENS_PER_FRAME_MAX)?;
-    check_len("hidden_dim", hidden_dim as usize, "HIDDEN_DIM_MAX", HIDDEN_DIM_MAX)?;
+    check_len(
+        "n_tokens",
+        n_tokens,
+        "TOKENS_PER_FRAME_MAX",
+        TOKENS_PER_FRAME_MAX,
+    )?;
+    check_len(
+        "hidden_dim",
+        hidden_dim as usize,
+        "HIDDEN_DIM_MAX",
+        HIDDEN_DIM_MAX,
+    )?;
     if hidden_dim as usize != shape.hidden_dim {
         return Err(invalid(format!(
             "hidden_dim {hidden_dim}, this node's model has {}",
@@ -392,7 +463,14 @@ fn check_tensor(
 fn check_request(request: &ArchivedExpertRequest, shape: &ModelShape) -> Result<(), RuntimeError> {
     let n_tokens = request.n_tokens.to_native();
     let dtype = archived_dtype(&request.dtype);
-    check_tensor(n_tokens, request.hidden_dim.to_native(), dtype, request.hidden.len(), "hidden", shape)?;
+    check_tensor(
+        n_tokens,
+        request.hidden_dim.to_native(),
+        dtype,
+        request.hidden.len(),
+        "hidden",
+        shape,
+    )?;
     let offsets = request.token_offsets.as_slice();
     let routes = request.routes.as_slice();
     if offsets.len() != n_tokens as usize + 1 {
@@ -405,7 +483,10 @@ fn check_request(request: &ArchivedExpertRequest, shape: &ModelShape) -> Result<
         return Err(invalid("token offsets do not start at 0"));
     }
     if offsets.last().map(|o| o.to_native() as usize) != Some(routes.len()) {
-        return Err(invalid(format!("token offsets do not end at the {} routes", routes.len())));
+        return Err(invalid(format!(
+            "token offsets do not end at the {} routes",
+            routes.len()
+        )));
     }
     for (token, pair) in offsets.windows(2).enumerate() {
         let [start, end] = pair else { continue };
@@ -415,9 +496,16 @@ fn check_request(request: &ArchivedExpertRequest, shape: &ModelShape) -> Result<
                 "token {token}: offsets {start}..{end} are not increasing (every token needs a route)"
             )));
         }
-        check_len("routes per token", end - start, "EXPERTS_PER_TOKEN_MAX", EXPERTS_PER_TOKEN_MAX)?;
+        check_len(
+            "routes per token",
+            end - start,
+            "EXPERTS_PER_TOKEN_MAX",
+            EXPERTS_PER_TOKEN_MAX,
+        )?;
         let Some(token_routes) = routes.get(start..end) else {
-            return Err(invalid(format!("token {token}: routes {start}..{end} out of range")));
+            return Err(invalid(format!(
+                "token {token}: routes {start}..{end} out of range"
+            )));
         };
         for (i, route) in token_routes.iter().enumerate() {
             let expert = route.expert.to_native();
@@ -429,10 +517,18 @@ fn check_request(request: &ArchivedExpertRequest, shape: &ModelShape) -> Result<
             }
             let weight = route.weight.to_native();
             if !weight.is_finite() {
-                return Err(invalid(format!("token {token}: expert {expert} has weight {weight}")));
+                return Err(invalid(format!(
+                    "token {token}: expert {expert} has weight {weight}"
+                )));
             }
-            if token_routes.iter().take(i).any(|r| r.expert.to_native() == expert) {
-                return Err(invalid(format!("token {token}: expert {expert} appears twice")));
+            if token_routes
+                .iter()
+                .take(i)
+                .any(|r| r.expert.to_native() == expert)
+            {
+                return Err(invalid(format!(
+                    "token {token}: expert {expert} appears twice"
+                )));
             }
         }
     }

@@ -1,0 +1,53 @@
+//! Cluster options shared by the roles and the model-running commands.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use moe_runtime::config::ModelConfig;
+use moe_runtime::placement::Placement;
+use moe_runtime::wire::{ClusterSecret, WireDtype};
+
+/// Options that turn a model-running command into a router with remote experts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// Expert placement (TOML): which node owns which experts; makes this process a router.
+    #[arg(long)]
+    pub placement: Option<PathBuf>,
+    /// File holding the cluster secret (at least 16 bytes; surrounding whitespace ignored).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Encoding of hidden states on the wire.
+    #[arg(long, default_value = "f32")]
+    pub wire_dtype: WireDtype,
+    /// This router's node name in handshakes.
+    #[arg(long, default_value = "router")]
+    pub node_name: String,
+}
+
+impl RouterArgs {
+    /// The placement and secret, when a placement is given.
+    pub fn load(&self, cfg: &ModelConfig) -> anyhow::Result<Option<(Placement, ClusterSecret)>> {
+        let Some(path) = &self.placement else {
+            if self.secret_file.is_some() {
+                bail!("--secret-file needs --placement");
+            }
+            return Ok(None);
+        };
+        let secret_path = self.secret_file.as_deref().context("--placement needs --secret-file")?;
+        let placement = load_placement(path, cfg)?;
+        Ok(Some((placement, read_secret(secret_path)?)))
+    }
+}
+
+/// Parses a placement file against a model.
+pub fn load_placement(path: &Path, cfg: &ModelConfig) -> anyhow::Result<Placement> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading placement {}", path.display()))?;
+    Placement::parse(&text, &cfg.moe_layers(), cfg.n_experts).with_context(|| format!("placement {}", path.display()))
+}
+
+/// Reads the cluster secret from a file.
+pub fn read_secret(path: &Path) -> anyhow::Result<ClusterSecret> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading secret file {}", path.display()))?;
+    let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+    ClusterSecret::new(trimmed).with_context(|| format!("secret file {}", path.display()))
+}

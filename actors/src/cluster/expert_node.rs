@@ -1,0 +1,167 @@
+//! `moe-node --role expert`: serves this node's experts to authenticated routers.
+//!
+//! Per accepted connection: the handshake (nothing is read past a failed one), then three
+//! tasks — a reader that checks every frame (length, MAC, sequence, archive, limits) and
+//! answers heartbeats at once, a worker that hands requests to the shard actor, and a writer
+//! that owns the sending key. A bad frame drops that connection only; other peers go on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use moe_runtime::model::Model;
+use moe_runtime::placement::{ExpertSet, NodeName, Placement};
+use moe_runtime::wire::{
+    decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorCode, ErrorMessage, HandshakeConfig,
+    Heartbeat, Message, ModelShape, RecvMac, SendMac, ShardSummary, FRAME_BYTES_MAX, PEER_TIMEOUT_MS,
+};
+use ractor::{Actor, ActorRef};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::args::{load_placement, read_secret};
+use super::expert_shard::{ExpertShardMsg, ShardSpec};
+use super::supervisor::{NodeSupervisorActor, NodeSupervisorMsg};
+
+/// Requests a connection may read ahead of its worker.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 2;
+/// Frames queued for one connection's writer.
+pub const WRITER_QUEUE_FRAMES_MAX: usize = 8;
+/// Concurrent connections an expert node accepts.
+pub const CONNECTIONS_MAX: usize = 64;
+
+/// Options of `--role expert`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExpertArgs {
+    /// Experts owned in every MoE layer, e.g. `0-95,200,310-320`.
+    #[arg(long)]
+    pub shards: Option<String>,
+    /// This node's name (also selects its entry in --placement).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Data-plane listen address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+}
+
+/// Runs an expert node until killed.
+pub fn run(model_path: PathBuf, threads: usize, placement: Option<PathBuf>, secret_file: Option<PathBuf>, a: ExpertArgs) -> anyhow::Result<()> {
+    moe_kernels::set_num_threads(threads);
+    let secret_file = secret_file.context("--role expert needs --secret-file")?;
+    let secret = read_secret(&secret_file)?;
+    let model = Arc::new(Model::open(&model_path).with_context(|| format!("loading {}", model_path.display()))?);
+    let cfg = &model.cfg;
+    let name = a.node.clone().unwrap_or_else(|| "expert".to_string());
+    let node_name = NodeName::new(&name).map_err(anyhow::Error::msg)?;
+    let (owned, summary) = match (&a.shards, &placement) {
+        (Some(_), Some(_)) => bail!("give either --shards or --placement with --node, not both"),
+        (None, None) => bail!("--role expert needs --shards or --placement with --node"),
+        (Some(text), None) => {
+            let set = ExpertSet::parse(text, cfg.n_experts).context("--shards")?;
+            let owned = (0..cfg.n_layers).map(|l| cfg.is_moe_layer(l).then(|| set.clone())).collect();
+            (owned, ShardSummary::uniform(&set))
+        }
+        (None, Some(path)) => {
+            let p: Placement = load_placement(path, cfg)?;
+            let idx = p.node_index(&name).with_context(|| format!("node {name:?} is not in placement {}", path.display()))?;
+            let node = p.node(idx).context("placement node")?;
+            let owned = (0..cfg.n_layers).map(|l| cfg.is_moe_layer(l).then(|| node.experts_in(l).clone())).collect();
+            (owned, ShardSummary::of_node(node))
+        }
+    };
+    let shard = Arc::new(ShardSpec { owned });
+    let shape = ModelShape { n_experts: cfg.n_experts, hidden_dim: cfg.n_embd };
+    let hs = HandshakeConfig::new(node_name, model.file().fingerprint(), secret, summary, shape);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        let (supervisor, _) = Actor::spawn(None, NodeSupervisorActor, (model.clone(), shard)).await?;
+        println!("listening on {}", listener.local_addr()?);
+        let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                eprintln!("refusing {peer}: {CONNECTIONS_MAX} connections already open");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (hs, supervisor) = (hs.clone(), supervisor.clone());
+            tokio::spawn(async move {
+                if let Err(e) = serve_connection(stream, &hs, supervisor).await {
+                    eprintln!("connection from {peer} closed: {e:#}");
+                }
+                drop(permit);
+            });
+        }
+    })
+}
+
+async fn serve_connection<S>(mut stream: S, hs: &HandshakeConfig, supervisor: ActorRef<NodeSupervisorMsg>) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (peer, mac) = server_handshake(&mut stream, hs).await.context("handshake refused")?;
+    eprintln!("peer {} connected", peer.name.as_str());
+    let (mut rd, wr) = tokio::io::split(stream);
+    let (out_tx, out_rx) = mpsc::channel::<Message>(WRITER_QUEUE_FRAMES_MAX);
+    let (req_tx, mut req_rx) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
+    let writer = tokio::spawn(write_loop(wr, mac.send, out_rx));
+    let worker_out = out_tx.clone();
+    let worker = tokio::spawn(async move {
+        while let Some(req) = req_rx.recv().await {
+            let shard = ractor::call!(supervisor, NodeSupervisorMsg::CurrentShard)?;
+            let reply = match ractor::call!(shard, ExpertShardMsg::Compute, Box::new(req)) {
+                Ok(Ok(reply)) => Message::ExpertReply(reply),
+                Ok(Err(reason)) => Message::Error(ErrorMessage::new(ErrorCode::Other, &reason)),
+                Err(e) => Message::Error(ErrorMessage::new(ErrorCode::Other, &format!("expert shard failed: {e}"))),
+            };
+            if worker_out.send(reply).await.is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
+    let result = read_loop(&mut rd, mac.recv, &hs.shape, &out_tx, &req_tx, peer.name.as_str()).await;
+    drop(req_tx);
+    drop(out_tx);
+    let _ = worker.await;
+    let _ = writer.await;
+    result
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    mut mac: RecvMac,
+    shape: &ModelShape,
+    out: &mpsc::Sender<Message>,
+    requests: &mpsc::Sender<moe_runtime::wire::ExpertRequest>,
+    peer: &str,
+) -> anyhow::Result<()> {
+    let silence = Duration::from_millis(PEER_TIMEOUT_MS);
+    loop {
+        let frame = match tokio::time::timeout(silence, read_frame(rd, FRAME_BYTES_MAX)).await {
+            Err(_) => bail!("peer {peer} silent for {PEER_TIMEOUT_MS} ms"),
+            Ok(Err(e)) => return Err(e).with_context(|| format!("reading from {peer}")),
+            Ok(Ok(f)) => f,
+        };
+        match decode_frame(&frame, &mut mac, shape).with_context(|| format!("bad frame from {peer}"))? {
+            Message::ExpertRequest(req) => requests.send(req).await.context("worker gone")?,
+            Message::Heartbeat(hb) => out.send(Message::Heartbeat(Heartbeat { counter: hb.counter })).await.context("writer gone")?,
+            Message::Error(e) => bail!("peer {peer} sent an error: {}", e.message),
+            other => bail!("unexpected {} frame from {peer}", other.kind()),
+        }
+    }
+}
+
+/// Encodes and writes queued messages with this direction's key.
+pub async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut mac: SendMac, mut rx: mpsc::Receiver<Message>) -> anyhow::Result<()> {
+    while let Some(msg) = rx.recv().await {
+        let frame = encode_frame(&msg, &mut mac)?;
+        write_frame(&mut wr, &frame).await?;
+    }
+    Ok(())
+}

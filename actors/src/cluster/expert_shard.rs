@@ -1,0 +1,88 @@
+//! `ExpertShardActor`: owns nothing but the model handle and this node's expert sets; turns
+//! an [`ExpertRequest`] into its [`ExpertReply`].
+//!
+//! Every request is checked against the shard before any compute: an expert this node does
+//! not own, a layer that is not a MoE layer or a hidden size that does not match is an error
+//! reply, never a wrong answer.
+
+use std::sync::Arc;
+
+use moe_runtime::forward::{apply_routes, Route};
+use moe_runtime::model::Model;
+use moe_runtime::placement::ExpertSet;
+use moe_runtime::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+/// What this node owns, per model layer.
+#[derive(Debug, Clone)]
+pub struct ShardSpec {
+    /// `owned[layer]` (None for dense layers).
+    pub owned: Vec<Option<ExpertSet>>,
+}
+
+/// Messages of [`ExpertShardActor`].
+pub enum ExpertShardMsg {
+    /// Compute a request; the reply port gets the reply or a reason.
+    Compute(Box<ExpertRequest>, RpcReplyPort<Result<ExpertReply, String>>),
+}
+
+/// State: the model and the shard.
+pub struct ExpertShardState {
+    model: Arc<Model>,
+    shard: Arc<ShardSpec>,
+}
+
+/// Computes expert requests (one at a time per actor).
+pub struct ExpertShardActor;
+
+impl Actor for ExpertShardActor {
+    type Msg = ExpertShardMsg;
+    type State = ExpertShardState;
+    type Arguments = (Arc<Model>, Arc<ShardSpec>);
+
+    async fn pre_start(&self, _: ActorRef<Self::Msg>, (model, shard): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ExpertShardState { model, shard })
+    }
+
+    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ExpertShardMsg::Compute(req, port) => {
+                let result = tokio::task::block_in_place(|| compute(&state.model, &state.shard, &req));
+                // The connection may be gone; nothing to do then.
+                let _ = port.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The weighted partial sums of one request.
+pub fn compute(model: &Model, shard: &ShardSpec, req: &ExpertRequest) -> Result<ExpertReply, String> {
+    let layer = req.layer as usize;
+    let d = model.cfg.n_embd;
+    let owned = shard
+        .owned
+        .get(layer)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| format!("layer {layer} is not a MoE layer of this model"))?;
+    if req.hidden_dim as usize != d {
+        return Err(format!("hidden_dim {} does not match the model's {d}", req.hidden_dim));
+    }
+    let n = req.n_tokens as usize;
+    let mut h = Vec::with_capacity(n * d);
+    decode_hidden(&req.hidden, req.dtype, &mut h).map_err(|e| e.to_string())?;
+    let mut routes = Vec::with_capacity(req.routes.len());
+    for t in 0..n {
+        for r in req.routes_of(t) {
+            if !owned.contains(r.expert as usize) {
+                return Err(format!("expert {} of layer {layer} is not owned by this node", r.expert));
+            }
+            routes.push(Route { token: t as u32, expert: r.expert as u32, weight: r.weight });
+        }
+    }
+    let mut out = vec![0f32; n * d];
+    apply_routes(model, layer, &h, &routes, &mut out).map_err(|e| e.to_string())?;
+    let mut partials = Vec::new();
+    encode_hidden(&out, req.dtype, &mut partials);
+    Ok(ExpertReply { step_id: req.step_id, layer: req.layer, dtype: req.dtype, n_tokens: req.n_tokens, hidden_dim: req.hidden_dim, partials })
+}

@@ -1,0 +1,260 @@
+//! `PeerLinkActor`: the router's link to one expert node.
+//!
+//! It connects and authenticates (client side of the handshake), sends heartbeats every
+//! `HEARTBEAT_INTERVAL_MS`, declares the peer down when its connection closes or it is
+//! silent for `PEER_TIMEOUT_MS`, fails every in-flight step at that moment with an error
+//! naming the node, and keeps reconnecting with a capped backoff until the node is back.
+//! Steps arrive from the engine thread; replies go back on the step's own channel.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moe_runtime::wire::{
+    client_handshake, decode_frame, read_frame, ExpertReply, ExpertRequest, HandshakeConfig, Heartbeat, Message,
+    FRAME_BYTES_MAX, HEARTBEAT_INTERVAL_MS, PEER_TIMEOUT_MS,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::expert_node::write_loop;
+
+/// Frames queued for the link's writer.
+pub const LINK_QUEUE_FRAMES_MAX: usize = 8;
+/// Longest wait between reconnection attempts.
+pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
+/// Time allowed for TCP connect.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+/// Where a step's reply goes.
+pub type ReplyTx = std::sync::mpsc::SyncSender<Result<ExpertReply, String>>;
+
+/// What the engine thread can see of a link without asking the actor.
+#[derive(Debug)]
+pub struct LinkShared {
+    /// The node's name.
+    pub name: String,
+    /// Whether the link is connected and authenticated.
+    pub up: AtomicBool,
+    /// Why it is down, if it is.
+    pub last_error: Mutex<String>,
+}
+
+/// Messages of [`PeerLinkActor`].
+pub enum PeerLinkMsg {
+    /// Send one step's request; the reply (or the failure) goes to the sender.
+    Dispatch(Box<ExpertRequest>, ReplyTx),
+    /// Periodic: heartbeat, silence check, reconnect.
+    Tick,
+    /// A connection attempt `gen` succeeded.
+    Connected(u64, mpsc::Sender<Message>, tokio::task::AbortHandle),
+    /// A connection attempt `gen` failed.
+    ConnectFailed(u64, String),
+    /// A frame on connection `gen`.
+    Frame(u64, Message),
+    /// Connection `gen` closed.
+    Closed(u64, String),
+    /// The engine gave up on this node (step timeout): drop the connection and reconnect.
+    Reset(String),
+}
+
+struct Conn {
+    gen: u64,
+    tx: mpsc::Sender<Message>,
+    reader: tokio::task::AbortHandle,
+}
+
+/// State of one link.
+pub struct PeerLinkState {
+    addr: SocketAddr,
+    hs: HandshakeConfig,
+    shared: Arc<LinkShared>,
+    conn: Option<Conn>,
+    connecting: bool,
+    gen: u64,
+    pending: HashMap<u64, ReplyTx>,
+    last_heard: Instant,
+    next_attempt: Instant,
+    backoff_ms: u64,
+    heartbeats: u64,
+}
+
+/// The router's link to one expert node.
+pub struct PeerLinkActor;
+
+impl PeerLinkState {
+    fn fail_all(&mut self, reason: &str) {
+        for (_, tx) in self.pending.drain() {
+            let _ = tx.send(Err(reason.to_string()));
+        }
+    }
+
+    fn down(&mut self, reason: String) {
+        if let Some(c) = self.conn.take() {
+            c.reader.abort();
+            eprintln!("link to {} down: {reason}", self.shared.name);
+        }
+        self.shared.up.store(false, Ordering::SeqCst);
+        *self.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = reason.clone();
+        self.fail_all(&format!("node {}: {reason}", self.shared.name));
+    }
+}
+
+impl Actor for PeerLinkActor {
+    type Msg = PeerLinkMsg;
+    type State = PeerLinkState;
+    type Arguments = (SocketAddr, HandshakeConfig, Arc<LinkShared>);
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, (addr, hs, shared): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS / 4), || PeerLinkMsg::Tick);
+        let _ = myself.cast(PeerLinkMsg::Tick);
+        let now = Instant::now();
+        Ok(PeerLinkState {
+            addr,
+            hs,
+            shared,
+            conn: None,
+            connecting: false,
+            gen: 0,
+            pending: HashMap::new(),
+            last_heard: now,
+            next_attempt: now,
+            backoff_ms: 50,
+            heartbeats: 0,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PeerLinkMsg::Dispatch(req, tx) => match &st.conn {
+                None => {
+                    let why = st.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let _ = tx.send(Err(format!("node {} is down: {why}", st.shared.name)));
+                }
+                Some(c) => {
+                    let step = req.step_id;
+                    if c.tx.try_send(Message::ExpertRequest(*req)).is_err() {
+                        let _ = tx.send(Err(format!("node {}: send queue full or closed", st.shared.name)));
+                    } else {
+                        st.pending.insert(step, tx);
+                    }
+                }
+            },
+            PeerLinkMsg::Tick => {
+                let now = Instant::now();
+                if let Some(c) = &st.conn {
+                    if now.duration_since(st.last_heard) > Duration::from_millis(PEER_TIMEOUT_MS) {
+                        st.down(format!("silent for more than {PEER_TIMEOUT_MS} ms"));
+                    } else {
+                        st.heartbeats += 1;
+                        let _ = c.tx.try_send(Message::Heartbeat(Heartbeat { counter: st.heartbeats }));
+                    }
+                } else if !st.connecting && now >= st.next_attempt {
+                    st.connecting = true;
+                    st.gen += 1;
+                    tokio::spawn(connect(myself.clone(), st.gen, st.addr, st.hs.clone()));
+                }
+            }
+            PeerLinkMsg::Connected(gen, tx, reader) => {
+                st.connecting = false;
+                if gen != st.gen {
+                    reader.abort();
+                    return Ok(());
+                }
+                st.conn = Some(Conn { gen, tx, reader });
+                st.last_heard = Instant::now();
+                st.backoff_ms = 50;
+                st.shared.up.store(true, Ordering::SeqCst);
+                eprintln!("link to {} up ({})", st.shared.name, st.addr);
+            }
+            PeerLinkMsg::ConnectFailed(gen, reason) => {
+                if gen == st.gen {
+                    st.connecting = false;
+                    let changed = *st.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) != reason;
+                    if changed {
+                        eprintln!("cannot connect to {} at {}: {reason}", st.shared.name, st.addr);
+                    }
+                    *st.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+                    st.next_attempt = Instant::now() + Duration::from_millis(st.backoff_ms);
+                    st.backoff_ms = (st.backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
+                }
+            }
+            PeerLinkMsg::Frame(gen, frame) => {
+                if st.conn.as_ref().map(|c| c.gen) != Some(gen) {
+                    return Ok(());
+                }
+                st.last_heard = Instant::now();
+                match frame {
+                    Message::ExpertReply(reply) => {
+                        if let Some(tx) = st.pending.remove(&reply.step_id) {
+                            let _ = tx.send(Ok(reply));
+                        }
+                    }
+                    Message::Heartbeat(_) => {}
+                    Message::Error(e) => {
+                        // The node refused a request: fail the in-flight steps with its words.
+                        st.fail_all(&format!("node {} refused the step: {}", st.shared.name, e.message));
+                    }
+                    other => st.down(format!("unexpected {} frame", other.kind())),
+                }
+            }
+            PeerLinkMsg::Closed(gen, reason) => {
+                if st.conn.as_ref().map(|c| c.gen) == Some(gen) {
+                    st.down(reason);
+                    st.next_attempt = Instant::now();
+                }
+            }
+            PeerLinkMsg::Reset(reason) => {
+                st.down(reason);
+                st.next_attempt = Instant::now();
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn connect(link: ActorRef<PeerLinkMsg>, gen: u64, addr: SocketAddr, hs: HandshakeConfig) {
+    let attempt = async {
+        let mut stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT_MS} ms"))?
+            .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (_, mac) = client_handshake(&mut stream, &hs).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((stream, mac))
+    };
+    match attempt.await {
+        Err(reason) => {
+            let _ = link.cast(PeerLinkMsg::ConnectFailed(gen, reason));
+        }
+        Ok((stream, mac)) => {
+            let (mut rd, wr) = tokio::io::split(stream);
+            let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES_MAX);
+            tokio::spawn(write_loop(wr, mac.send, rx));
+            let shape = hs.shape;
+            let mut recv = mac.recv;
+            let reader_link = link.clone();
+            let reader = tokio::spawn(async move {
+                let reason = loop {
+                    let frame = match read_frame(&mut rd, FRAME_BYTES_MAX).await {
+                        Ok(f) => f,
+                        Err(e) => break format!("connection lost: {e}"),
+                    };
+                    match decode_frame(&frame, &mut recv, &shape) {
+                        Ok(m) => {
+                            if reader_link.cast(PeerLinkMsg::Frame(gen, m)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => break format!("bad frame: {e}"),
+                    }
+                };
+                let _ = reader_link.cast(PeerLinkMsg::Closed(gen, reason));
+            });
+            let _ = link.cast(PeerLinkMsg::Connected(gen, tx, reader.abort_handle()));
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `RemoteExperts`: the forward pass's [`ExpertBackend`] over a placement.
+//!
+//! `begin` plans the step (each routed pair to its least-loaded live owner) and sends ONE
+//! request per remote node holding each needed token's hidden state once; `finish` computes
+//! the experts of `local` nodes in-process, then collects the replies. A node that fails or
+//! does not answer within `STEP_TIMEOUT_MS` has its share re-planned onto live replicas;
+//! without one the step fails with an error naming the node. Partial sums are added in
+//! node-index order, so the result does not depend on which reply arrives first.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use moe_runtime::dispatch::{plan_routes, NodeWork};
+use moe_runtime::forward::{apply_routes, ExpertBackend, Route, Routing};
+use moe_runtime::model::Model;
+use moe_runtime::placement::{NodeAddr, NodeIndex, NodeName, Placement};
+use moe_runtime::wire::{decode_hidden, ClusterSecret, ExpertRequest, ExpertRoute, HandshakeConfig, ModelShape, ShardSummary, WireDtype};
+use moe_runtime::RuntimeError;
+use ractor::{Actor, ActorRef};
+
+use super::peer_link::{LinkShared, PeerLinkActor, PeerLinkMsg};
+
+/// Longest wait for one node's reply to one step.
+pub const STEP_TIMEOUT_MS: u64 = 30_000;
+/// How long [`RemoteExperts::connect`] waits for every link to come up.
+pub const CLUSTER_READY_TIMEOUT_MS: u64 = 15_000;
+
+struct Link {
+    actor: ActorRef<PeerLinkMsg>,
+    shared: Arc<LinkShared>,
+}
+
+struct InFlight {
+    work: NodeWork,
+    rx: std::sync::mpsc::Receiver<Result<moe_runtime::wire::ExpertReply, String>>,
+}
+
+struct PendingStep {
+    h: Vec<f32>,
+    local: Vec<NodeWork>,
+    remote: Vec<InFlight>,
+}
+
+/// Routed experts computed by the nodes of a placement.
+pub struct RemoteExperts {
+    placement: Placement,
+    links: Vec<Option<Link>>,
+    dtype: WireDtype,
+    step: u64,
+    pending: Option<PendingStep>,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl RemoteExperts {
+    /// Starts one link actor per remote node and waits until all are up.
+    pub fn connect(model: &Model, placement: Placement, secret: ClusterSecret, name: &str, dtype: WireDtype) -> anyhow::Result<Self> {
+        let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?);
+        let shape = ModelShape { n_experts: model.cfg.n_experts, hidden_dim: model.cfg.n_embd };
+        let empty = moe_runtime::placement::ExpertSet::empty(model.cfg.n_experts)?;
+        let hs = HandshakeConfig::new(
+            NodeName::new(name).map_err(anyhow::Error::msg)?,
+            model.file().fingerprint(),
+            secret,
+            ShardSummary::uniform(&empty),
+            shape,
+        );
+        let mut links = Vec::new();
+        for node in placement.nodes() {
+            let addr: SocketAddr = match &node.addr {
+                NodeAddr::Local => {
+                    links.push(None);
+                    continue;
+                }
+                NodeAddr::Socket(a) => *a,
+                other => {
+                    use std::net::ToSocketAddrs;
+                    other
+                        .to_string()
+                        .to_socket_addrs()
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .with_context(|| format!("cannot resolve the address of node {}", node.name.as_str()))?
+                }
+            };
+            let shared = Arc::new(LinkShared { name: node.name.as_str().to_string(), up: false.into(), last_error: Mutex::new("not connected yet".into()) });
+            let actor = rt.block_on(Actor::spawn(None, PeerLinkActor, (addr, hs.clone(), shared.clone())))?.0;
+            links.push(Some(Link { actor, shared }));
+        }
+        let deadline = Instant::now() + Duration::from_millis(CLUSTER_READY_TIMEOUT_MS);
+        loop {
+            let down: Vec<String> = links
+                .iter()
+                .flatten()
+                .filter(|l| !l.shared.up.load(Ordering::SeqCst))
+                .map(|l| format!("{} ({})", l.shared.name, l.shared.last_error.lock().unwrap_or_else(|e| e.into_inner())))
+                .collect();
+            if down.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("expert nodes not reachable after {CLUSTER_READY_TIMEOUT_MS} ms: {}", down.join("; "));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { placement, links, dtype, step: 0, pending: None, rt })
+    }
+
+    /// Whether node `n` can take work now.
+    fn is_live(&self, n: NodeIndex) -> bool {
+        match self.links.get(n.0 as usize) {
+            Some(Some(l)) => l.shared.up.load(Ordering::SeqCst),
+            Some(None) => true,
+            None => false,
+        }
+    }
+
+    fn send(&mut self, layer: usize, h: &[f32], d: usize, work: NodeWork) -> Result<InFlight, RuntimeError> {
+        self.step += 1;
+        let mut req = ExpertRequest::new(self.step, layer as u16, self.dtype, d as u32);
+        let mut routes: Vec<ExpertRoute> = Vec::new();
+        let mut i = 0;
+        for (row_idx, &row) in work.rows.iter().enumerate() {
+            routes.clear();
+            while i < work.routes.len() && work.routes[i].token as usize == row_idx {
+                routes.push(ExpertRoute { expert: work.routes[i].expert as u16, weight: work.routes[i].weight });
+                i += 1;
+            }
+            req.push_token(&h[row as usize * d..(row as usize + 1) * d], &routes)?;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let link = self.links[work.node.0 as usize].as_ref().ok_or_else(|| RuntimeError::InvalidInput("local node has no link".into()))?;
+        if link.actor.cast(PeerLinkMsg::Dispatch(Box::new(req), tx.clone())).is_err() {
+            let _ = tx.send(Err(format!("node {}: link actor stopped", link.shared.name)));
+        }
+        Ok(InFlight { work, rx })
+    }
+
+    fn node_name(&self, n: NodeIndex) -> String {
+        self.placement.node(n).map(|n| n.name.as_str().to_string()).unwrap_or_default()
+    }
+}
+
+impl Drop for RemoteExperts {
+    fn drop(&mut self) {
+        for l in self.links.iter().flatten() {
+            l.actor.stop(None);
+        }
+        let _ = &self.rt;
+    }
+}
+
+impl ExpertBackend for RemoteExperts {
+    fn begin(&mut self, model: &Model, layer: usize, h: &[f32], routing: &Routing) -> Result<(), RuntimeError> {
+        let plan = plan_routes(routing.routes(), layer, &self.placement, &|n| self.is_live(n))?;
+        let d = model.cfg.n_embd;
+        let (mut local, mut remote) = (Vec::new(), Vec::new());
+        for work in plan {
+            if self.links[work.node.0 as usize].is_none() {
+                local.push(work);
+            } else {
+                remote.push(self.send(layer, h, d, work)?);
+            }
+        }
+        self.pending = Some(PendingStep { h: h.to_vec(), local, remote });
+        Ok(())
+    }
+
+    fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
+        let PendingStep { h, local, mut remote } = self.pending.take().ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
+        let d = model.cfg.n_embd;
+        // (node, batch rows, partial sums) from every node that computed part of the step.
+        let mut parts: Vec<(NodeIndex, Vec<u32>, Vec<f32>)> = Vec::new();
+        for work in local {
+            let mut partial = vec![0f32; h.len()];
+            apply_routes(model, layer, &h, &work.batch_routes(), &mut partial)?;
+            let rows = work.rows.clone();
+            let compact: Vec<f32> = rows.iter().flat_map(|&r| partial[r as usize * d..(r as usize + 1) * d].to_vec()).collect();
+            parts.push((work.node, rows, compact));
+        }
+        let mut failed: Vec<NodeIndex> = Vec::new();
+        while let Some(inflight) = remote.pop() {
+            let node = inflight.work.node;
+            let result = match inflight.rx.recv_timeout(Duration::from_millis(STEP_TIMEOUT_MS)) {
+                Ok(Ok(reply)) if reply.n_tokens as usize == inflight.work.rows.len() => {
+                    let mut partial = Vec::new();
+                    decode_hidden(&reply.partials, reply.dtype, &mut partial).map(|_| partial).map_err(|e| e.to_string())
+                }
+                Ok(Ok(reply)) => Err(format!("reply has {} tokens, request had {}", reply.n_tokens, inflight.work.rows.len())),
+                Ok(Err(reason)) => Err(reason),
+                Err(_) => {
+                    let reason = format!("no reply within {STEP_TIMEOUT_MS} ms");
+                    if let Some(Some(l)) = self.links.get(node.0 as usize) {
+                        let _ = l.actor.cast(PeerLinkMsg::Reset(reason.clone()));
+                    }
+                    Err(reason)
+                }
+            };
+            match result {
+                Ok(partial) if partial.len() == inflight.work.rows.len() * d => parts.push((node, inflight.work.rows, partial)),
+                Ok(_) => return Err(RuntimeError::PeerFailed { node: self.node_name(node), reason: "reply of the wrong size".into() }),
+                Err(reason) => {
+                    // Re-plan this node's share onto the other live owners, if any.
+                    failed.push(node);
+                    let routes: Vec<Route> = inflight.work.batch_routes();
+                    let failed_now = failed.clone();
+                    let plan = plan_routes(routes, layer, &self.placement, &|n| !failed_now.contains(&n) && self.is_live(n))
+                        .map_err(|e| RuntimeError::PeerFailed { node: self.node_name(node), reason: format!("{reason}; {e}") })?;
+                    eprintln!("node {} failed a step ({reason}); re-sent to replicas", self.node_name(node));
+                    for work in plan {
+                        if self.links[work.node.0 as usize].is_none() {
+                            let mut partial = vec![0f32; h.len()];
+                            apply_routes(model, layer, &h, &work.batch_routes(), &mut partial)?;
+                            let compact = work.rows.iter().flat_map(|&r| partial[r as usize * d..(r as usize + 1) * d].to_vec()).collect();
+                            parts.push((work.node, work.rows, compact));
+                        } else {
+                            remote.push(self.send(layer, &h, d, work)?);
+                        }
+                    }
+                }
+            }
+        }
+        parts.sort_by_key(|p| p.0);
+        for (_, rows, partial) in parts {
+            for (i, &r) in rows.iter().enumerate() {
+                for (o, &v) in out[r as usize * d..(r as usize + 1) * d].iter_mut().zip(&partial[i * d..(i + 1) * d]) {
+                    *o += v;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! `moe-node --role router`: owns attention, dense layers, gates, shared experts, output and
+//! sampling; routed experts run on the placement's nodes. Until the HTTP API exists it serves
+//! generation requests as JSON lines on stdin, one answer line each on stdout:
+//!
+//! ```text
+//! in:  {"prompt": "Hello", "max_tokens": 16, "temperature": 0.0, "seed": 0, "ignore_eos": false}
+//! out: {"text": "...", "tokens": [..], "prompt_tokens": 3}   or   {"error": "..."}
+//! ```
+//! A failed request (e.g. an expert node died without a replica) answers with an error naming
+//! the node; the router keeps serving and its links reconnect when the node is back.
+
+use std::io::{BufRead, Write};
+
+use anyhow::Context;
+use moe_runtime::sampling::{Sampler, SamplingParams};
+use moe_runtime::tokenizer::Tokenizer;
+use serde::Deserialize;
+
+use super::args::RouterArgs;
+use super::remote_experts::RemoteExperts;
+use crate::cli::common::ModelArgs;
+use crate::cli::generate::{generate, GenRequest};
+
+/// Longest request line accepted, in bytes.
+pub const REQUEST_LINE_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    prompt: String,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: usize,
+    #[serde(default)]
+    temperature: f32,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    ignore_eos: bool,
+}
+
+fn default_max_tokens() -> usize {
+    16
+}
+
+/// Serves requests from stdin until it closes.
+pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
+    let model = model_args.load()?;
+    let tok = Tokenizer::from_gguf(model.file())?;
+    let (placement, secret) = cluster.load(&model.cfg)?.context("--role router needs --placement and --secret-file")?;
+    let mut experts = RemoteExperts::connect(&model, placement, secret, &cluster.node_name, cluster.wire_dtype)?;
+    let stdout = std::io::stdout();
+    writeln!(stdout.lock(), "{}", serde_json::json!({ "ready": true }))?;
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = if line.len() > REQUEST_LINE_BYTES_MAX {
+            serde_json::json!({ "error": format!("request line longer than {REQUEST_LINE_BYTES_MAX} bytes") })
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }),
+                Ok(r) => {
+                    let params = SamplingParams { temperature: r.temperature, seed: r.seed, ..Default::default() };
+                    let mut prompt = Vec::new();
+                    if tok.add_bos() {
+                        prompt.extend(tok.bos());
+                    }
+                    prompt.extend(tok.encode(&r.prompt, true));
+                    let req = GenRequest { prompt: &prompt, max_tokens: r.max_tokens, ignore_eos: r.ignore_eos, ctx_size: model_args.ctx_size };
+                    let mut text = String::new();
+                    match params.validate().and_then(|_| {
+                        generate(&model, &tok, &mut experts, &mut Sampler::new(params.clone()), &req, &mut |t| text.push_str(t))
+                    }) {
+                        Ok(stats) => serde_json::json!({ "text": text, "tokens": stats.generated, "prompt_tokens": prompt.len() }),
+                        Err(e) => serde_json::json!({ "error": e.to_string() }),
+                    }
+                }
+            }
+        };
+        let mut out = stdout.lock();
+        writeln!(out, "{answer}")?;
+        out.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! libFuzzer target: `moe_runtime::wire::decode_frame` on arbitrary and mutated frames.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| moe_fuzz::frame_decode(data));

@@ -1,0 +1,4 @@
+//! libFuzzer target: `moe_runtime::placement::Placement::parse` and `ExpertSet::parse`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| moe_fuzz::placement_parse(data));
