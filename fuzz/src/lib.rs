@@ -4,6 +4,10 @@
 //! Each body must never panic on any input: a panic is a bug in the code under test (or a
 //! broken invariant asserted here).
 
+mod gguf_reader;
+
+pub use gguf_reader::{gguf_reader, gguf_seed_model, gguf_seeds};
+
 use moe_runtime::placement::{ExpertSet, Placement};
 use moe_runtime::wire::{
     decode_frame, encode_frame, seal_frame, AuthProof, ErrorCode, ErrorMessage, ExpertReply,
@@ -12,7 +16,10 @@ use moe_runtime::wire::{
 };
 
 /// The receiver's model in the frame target: small, so valid requests are easy to reach.
-pub const FUZZ_SHAPE: ModelShape = ModelShape { n_experts: 16, hidden_dim: 4 };
+pub const FUZZ_SHAPE: ModelShape = ModelShape {
+    n_experts: 16,
+    hidden_dim: 4,
+};
 /// The MoE layers and experts per layer in the placement target.
 pub const FUZZ_MOE_LAYERS: [usize; 3] = [1, 2, 5];
 /// Experts per MoE layer in the placement target.
@@ -23,10 +30,25 @@ const KEY: [u8; 32] = [0x5a; 32];
 /// One valid message of each kind, the starting points of mode 2 and good seeds.
 pub fn sample_messages() -> Vec<Message> {
     let mut request = ExpertRequest::new(7, 2, WireDtype::Bf16, 4);
-    let _ = request.push_token(&[1.0, -2.0, 0.5, 3.0], &[ExpertRoute { expert: 3, weight: 0.7 }]);
+    let _ = request.push_token(
+        &[1.0, -2.0, 0.5, 3.0],
+        &[ExpertRoute {
+            expert: 3,
+            weight: 0.7,
+        }],
+    );
     let _ = request.push_token(
         &[0.0; 4],
-        &[ExpertRoute { expert: 15, weight: 0.2 }, ExpertRoute { expert: 0, weight: 0.1 }],
+        &[
+            ExpertRoute {
+                expert: 15,
+                weight: 0.2,
+            },
+            ExpertRoute {
+                expert: 0,
+                weight: 0.1,
+            },
+        ],
     );
     vec![
         Message::Hello(Hello {
@@ -36,7 +58,10 @@ pub fn sample_messages() -> Vec<Message> {
             nonce: [2; 32],
             shards: ShardSummary {
                 all_layers: "0-7,9".into(),
-                overrides: vec![LayerShards { layer: 2, experts: "1-3".into() }],
+                overrides: vec![LayerShards {
+                    layer: 2,
+                    experts: "1-3".into(),
+                }],
             },
         }),
         Message::AuthProof(AuthProof { hmac: [3; 32] }),
@@ -100,7 +125,9 @@ fn same(a: &Message, b: &Message) -> bool {
 fn rkyv_bytes(message: &Message) -> Option<Vec<u8>> {
     // A frame is [u32 len][archive][u64 seq][32 mac]; take the archive back out.
     let frame = encode_frame(message, &mut SendMac::new(KEY)).ok()?;
-    frame.get(4..frame.len().checked_sub(40)?).map(<[u8]>::to_vec)
+    frame
+        .get(4..frame.len().checked_sub(40)?)
+        .map(<[u8]>::to_vec)
 }
 
 /// Placement and expert-list parsing. Text that parses must satisfy the placement's
@@ -108,13 +135,17 @@ fn rkyv_bytes(message: &Message) -> Option<Vec<u8>> {
 pub fn placement_parse(data: &[u8]) -> Option<()> {
     let text = std::str::from_utf8(data).ok()?;
     if let Ok(set) = ExpertSet::parse(text, FUZZ_N_EXPERTS) {
-        let again = ExpertSet::parse(&set.to_string(), FUZZ_N_EXPERTS).expect("formatted set parses");
+        let again =
+            ExpertSet::parse(&set.to_string(), FUZZ_N_EXPERTS).expect("formatted set parses");
         assert_eq!(again, set);
     }
     let placement = Placement::parse(text, &FUZZ_MOE_LAYERS, FUZZ_N_EXPERTS).ok()?;
     for &layer in &FUZZ_MOE_LAYERS {
         for expert in 0..FUZZ_N_EXPERTS {
-            assert!(!placement.owners(layer, expert).is_empty(), "unowned expert accepted");
+            assert!(
+                !placement.owners(layer, expert).is_empty(),
+                "unowned expert accepted"
+            );
         }
     }
     let again = Placement::parse(&placement.to_toml(), &FUZZ_MOE_LAYERS, FUZZ_N_EXPERTS)

@@ -255,10 +255,11 @@ impl Placement {
         owner_starts.push(0u32);
         for &layer in &moe_layers {
             let mut unowned = ExpertSet::empty(n_experts)?;
+            let sets: Vec<&ExpertSet> = nodes.iter().map(|n| n.experts_in(layer)).collect();
             for expert in 0..n_experts {
                 let before = owner_list.len();
-                for (i, node) in nodes.iter().enumerate() {
-                    if node.experts_in(layer).contains(expert) {
+                for (i, set) in sets.iter().enumerate() {
+                    if set.contains(expert) {
                         // check_nodes bounded the node count by NODES_MAX < u16::MAX.
                         owner_list.push(NodeIndex(i as u16));
                     }

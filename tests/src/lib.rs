@@ -13,6 +13,8 @@
 //! assert!(out.status.success());
 //! ```
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -41,6 +41,9 @@ pub struct LinkShared {
     pub up: AtomicBool,
     /// Why it is down, if it is.
     pub last_error: Mutex<String>,
+    /// The peer answered but refused the handshake (secret, model or version mismatch):
+    /// retrying will not help until an operator fixes it.
+    pub refused: AtomicBool,
 }
 
 /// Messages of [`PeerLinkActor`].
@@ -51,8 +54,8 @@ pub enum PeerLinkMsg {
     Tick,
     /// A connection attempt `gen` succeeded.
     Connected(u64, mpsc::Sender<Message>, tokio::task::AbortHandle),
-    /// A connection attempt `gen` failed.
-    ConnectFailed(u64, String),
+    /// A connection attempt `gen` failed; `true` when the peer refused the handshake.
+    ConnectFailed(u64, String, bool),
     /// A frame on connection `gen`.
     Frame(u64, Message),
     /// Connection `gen` closed.
@@ -168,10 +171,12 @@ impl Actor for PeerLinkActor {
                 st.last_heard = Instant::now();
                 st.backoff_ms = 50;
                 st.shared.up.store(true, Ordering::SeqCst);
+                st.shared.refused.store(false, Ordering::SeqCst);
                 eprintln!("link to {} up ({})", st.shared.name, st.addr);
             }
-            PeerLinkMsg::ConnectFailed(gen, reason) => {
+            PeerLinkMsg::ConnectFailed(gen, reason, refused) => {
                 if gen == st.gen {
+                    st.shared.refused.store(refused, Ordering::SeqCst);
                     st.connecting = false;
                     let changed = *st.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) != reason;
                     if changed {
@@ -220,15 +225,15 @@ async fn connect(link: ActorRef<PeerLinkMsg>, gen: u64, addr: SocketAddr, hs: Ha
     let attempt = async {
         let mut stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(addr))
             .await
-            .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT_MS} ms"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| (format!("connect timed out after {CONNECT_TIMEOUT_MS} ms"), false))?
+            .map_err(|e| (e.to_string(), false))?;
         let _ = stream.set_nodelay(true);
-        let (_, mac) = client_handshake(&mut stream, &hs).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((stream, mac))
+        let (_, mac) = client_handshake(&mut stream, &hs).await.map_err(|e| (e.to_string(), true))?;
+        Ok::<_, (String, bool)>((stream, mac))
     };
     match attempt.await {
-        Err(reason) => {
-            let _ = link.cast(PeerLinkMsg::ConnectFailed(gen, reason));
+        Err((reason, refused)) => {
+            let _ = link.cast(PeerLinkMsg::ConnectFailed(gen, reason, refused));
         }
         Ok((stream, mac)) => {
             let (mut rd, wr) = tokio::io::split(stream);

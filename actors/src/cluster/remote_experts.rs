@@ -85,7 +85,7 @@ impl RemoteExperts {
                         .with_context(|| format!("cannot resolve the address of node {}", node.name.as_str()))?
                 }
             };
-            let shared = Arc::new(LinkShared { name: node.name.as_str().to_string(), up: false.into(), last_error: Mutex::new("not connected yet".into()) });
+            let shared = Arc::new(LinkShared { name: node.name.as_str().to_string(), up: false.into(), last_error: Mutex::new("not connected yet".into()), refused: false.into() });
             let actor = rt.block_on(Actor::spawn(None, PeerLinkActor, (addr, hs.clone(), shared.clone())))?.0;
             links.push(Some(Link { actor, shared }));
         }
@@ -99,6 +99,9 @@ impl RemoteExperts {
                 .collect();
             if down.is_empty() {
                 break;
+            }
+            if let Some(l) = links.iter().flatten().find(|l| l.shared.refused.load(Ordering::SeqCst)) {
+                bail!("expert node {} refused this router: {}", l.shared.name, l.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()));
             }
             if Instant::now() > deadline {
                 bail!("expert nodes not reachable after {CLUSTER_READY_TIMEOUT_MS} ms: {}", down.join("; "));

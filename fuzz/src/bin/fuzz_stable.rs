@@ -57,19 +57,28 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let target = args.get(1).map(String::as_str).unwrap_or("");
     let iterations: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let mut rng = Rng(args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng(args
+        .get(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0x9e37_79b9_7f4a_7c15)
+        | 1);
     let seeds: Vec<Vec<u8>> = match target {
         "frame_decode" => (0u8..6)
             .flat_map(|pick| [vec![0u8], vec![1], vec![2, pick]])
             .collect(),
-        "placement_parse" => PLACEMENT_SEEDS.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        "placement_parse" => PLACEMENT_SEEDS
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
+        "gguf_reader" => moe_fuzz::gguf_seeds(),
         _ => {
-            eprintln!("usage: fuzz_stable frame_decode|placement_parse [iterations] [seed]");
+            eprintln!("usage: fuzz_stable frame_decode|placement_parse|gguf_reader [iterations] [seed]");
             return ExitCode::FAILURE;
         }
     };
     let body: fn(&[u8]) -> Option<()> = match target {
         "frame_decode" => moe_fuzz::frame_decode,
+        "gguf_reader" => moe_fuzz::gguf_reader,
         _ => moe_fuzz::placement_parse,
     };
     let mut accepted = 0u64;

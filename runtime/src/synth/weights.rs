@@ -35,6 +35,15 @@ pub enum Init {
         /// Standard deviation, typically `1/sqrt(fan_in)`.
         std: f32,
     },
+    /// The output head: N(0, std²) per row, except rows `pad_rows.0..pad_rows.1` (the
+    /// vocabulary's `[PAD]` tokens), which are zero, so a random model's greedy output is
+    /// made of real tokens as a trained model's is.
+    OutputHead {
+        /// Standard deviation of the live rows.
+        std: f32,
+        /// First and one-past-last padding row.
+        pad_rows: (u64, u64),
+    },
     /// `1 + N(0, spread²)`: RMSNorm weights.
     NearOne {
         /// Standard deviation around 1.
@@ -101,6 +110,10 @@ pub fn fill_row(key: u64, init: Init, row: u64, out: &mut [f32]) {
         let z = approx_normal(mix(key.wrapping_add(counter.wrapping_mul(GOLDEN_GAMMA))));
         *o = match init {
             Init::Normal { std } => z * std,
+            Init::OutputHead { std, pad_rows } if !(pad_rows.0..pad_rows.1).contains(&row) => {
+                z * std
+            }
+            Init::OutputHead { .. } => 0.0,
             Init::NearOne { spread } => 1.0 + z * spread,
             Init::RouterBias { skew, noise } => z * noise + zipf_bias(skew, c, n),
         };
@@ -250,6 +263,23 @@ mod tests {
         assert_ne!(a, b, "rows differ");
         assert_ne!(tensor_key(7, "a"), tensor_key(7, "b"));
         assert_ne!(tensor_key(7, "a"), tensor_key(8, "a"));
+    }
+
+    #[test]
+    fn output_head_zeroes_pad_rows() {
+        let init = Init::OutputHead {
+            std: 1.0,
+            pad_rows: (2, 4),
+        };
+        let mut r = vec![0.0f32; 64];
+        for row in 0..6 {
+            fill_row(9, init, row, &mut r);
+            assert_eq!(
+                r.iter().all(|&x| x == 0.0),
+                (2..4).contains(&row),
+                "row {row}"
+            );
+        }
     }
 
     #[test]

@@ -220,10 +220,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<'_, S> {
         match error.code {
             ErrorCode::AuthFailed => RuntimeError::AuthFailed {
                 peer: self.peer.clone(),
-                detail: format!(
-                    "rejected our proof of the cluster secret (the two nodes' secrets differ): {}",
-                    error.message
-                ),
+                detail: "rejected our proof of the cluster secret (the two nodes' secrets differ)"
+                    .into(),
             },
             _ => RuntimeError::PeerRefused {
                 peer: self.peer.clone(),
@@ -339,7 +337,10 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         };
         link.refuse(
             ErrorCode::AuthFailed,
-            &format!("{} refused: {error}", config.node_name),
+            &format!(
+                "node {} could not verify your proof of the cluster secret",
+                config.node_name
+            ),
         )
         .await;
         return Err(error);

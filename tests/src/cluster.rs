@@ -1,0 +1,172 @@
+//! Real multi-process clusters on 127.0.0.1 for the end-to-end tests: expert nodes bound to
+//! port 0 (the test reads the `listening on` line), placement and secret files in a private
+//! temp directory, every child killed when its handle drops.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::moe_node_bin;
+
+/// How long a node may take to print `listening on`.
+pub const NODE_START_TIMEOUT_MS: u64 = 30_000;
+
+/// A private directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("moe-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    /// Writes `text` to `name` inside and returns the path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `moe-node` child; killed on drop. Its stdout lines arrive on a channel, its
+/// stderr is collected.
+pub struct Node {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Node {
+    /// Starts `moe-node args...`.
+    pub fn spawn(args: &[String]) -> Self {
+        let mut child = Command::new(moe_node_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn moe-node");
+        let (tx, lines) = channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let stdin = child.stdin.take();
+        Self { child, stdin, lines, stderr }
+    }
+
+    /// The next stdout line, or None after `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Writes one line to the child's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to child");
+        stdin.flush().expect("flush child stdin");
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Polls until stderr contains `needle` or the deadline passes.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An expert node with its address.
+pub struct Expert {
+    /// The process.
+    pub node: Node,
+    /// `IP:port` it listens on.
+    pub addr: String,
+}
+
+/// Starts `moe-node --role expert` and waits for its `listening on` line.
+pub fn start_expert(model: &Path, secret: &Path, shards: &str, name: &str, listen: &str) -> Expert {
+    let args: Vec<String> = [
+        "--role", "expert", "--model", &model.to_string_lossy(), "--shards", shards, "--node", name,
+        "--secret-file", &secret.to_string_lossy(), "--listen", listen, "--threads", "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let node = Node::spawn(&args);
+    let line = node
+        .next_line(Duration::from_millis(NODE_START_TIMEOUT_MS))
+        .unwrap_or_else(|| panic!("expert {name} did not start: {}", node.stderr()));
+    let addr = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    Expert { node, addr }
+}
+
+/// A placement file text: one `[[node]]` per (name, addr, shards, extra TOML lines).
+pub fn placement_toml(nodes: &[(&str, &str, &str, &str)]) -> String {
+    let mut s = String::new();
+    for (name, addr, shards, extra) in nodes {
+        s.push_str(&format!("[[node]]\nname = \"{name}\"\naddr = \"{addr}\"\nshards = \"{shards}\"\n{extra}\n"));
+    }
+    s
+}
+
+/// The secret used by tests.
+pub const TEST_SECRET: &str = "moe-node-test-cluster-secret-0123456789";
