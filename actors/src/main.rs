@@ -71,7 +71,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         return match role {
             Role::Expert => cluster::expert_node::run(model, cli.threads, cli.router.placement, cli.router.secret_file, cli.expert),
             Role::Router => {
-                let args = cli::common::ModelArgs { model, threads: cli.threads, ctx_size: cli.ctx_size };
+                let args = cli::common::ModelArgs { model: Some(model), threads: cli.threads, ctx_size: cli.ctx_size };
                 cluster::router::run(&args, &cli.router)
             }
         };

@@ -11,7 +11,8 @@
 //!   (`ffn_gate_inp`, which llama-quantize never quantizes) and `exp_probs_b`; a matrix whose
 //!   rows are not whole blocks of `ty` falls back as llama-quantize does ([`fallback_type`]);
 //! - the **values**: deterministic from the seed, scaled `1/sqrt(fan_in)` so activations stay
-//!   near unit scale, norms near 1 (`synth/weights.rs`).
+//!   near unit scale, embeddings N(0, 1), norms near 1, output-head rows of `[PAD]` tokens zero
+//!   so generated text is made of real tokens (`synth/weights.rs`).
 //!
 //! Quantization itself is `moe_kernels::quantize_row`'s job; file layout is `gguf::GgufWriter`'s.
 //! Tensor data is generated, quantized and written a chunk of rows at a time, so even
@@ -300,7 +301,13 @@ pub fn llama_file_type(ty: GgmlType) -> u32 {
 }
 
 /// The tensors of a model of shape `shape` in file order, with storage types for `ty`.
-pub fn tensor_plan(shape: &SynthShape, ty: GgmlType, skew: f32) -> Vec<PlannedTensor> {
+/// `pad_rows`: the vocabulary's `[PAD]` id range, whose output-head rows are zero.
+pub fn tensor_plan(
+    shape: &SynthShape,
+    ty: GgmlType,
+    skew: f32,
+    pad_rows: (u64, u64),
+) -> Vec<PlannedTensor> {
     let s = shape;
     let inv_sqrt = |fan_in: usize| Init::Normal {
         std: 1.0 / (fan_in as f32).sqrt(),
@@ -325,12 +332,11 @@ pub fn tensor_plan(shape: &SynthShape, ty: GgmlType, skew: f32) -> Vec<PlannedTe
         Init::Normal { std: 1.0 },
     );
     push("output_norm.weight".into(), false, &[s.hidden], norm);
-    push(
-        "output.weight".into(),
-        true,
-        &[s.hidden, s.vocab],
-        inv_sqrt(s.hidden),
-    );
+    let head = Init::OutputHead {
+        std: 1.0 / (s.hidden as f32).sqrt(),
+        pad_rows,
+    };
+    push("output.weight".into(), true, &[s.hidden, s.vocab], head);
     for l in 0..s.layers {
         let n = |t: &str| format!("blk.{l}.{t}");
         let qk_head = s.qk_nope + s.qk_rope;
@@ -562,7 +568,7 @@ pub fn synthesize(opts: &SynthOptions, out: &Path) -> Result<SynthSummary, Runti
     let start = Instant::now();
     let shape = checked_shape(opts)?;
     let vocab = build_vocab(shape.vocab)?;
-    let plan = tensor_plan(&shape, opts.ty, opts.skew);
+    let plan = tensor_plan(&shape, opts.ty, opts.skew, vocab.pad_rows());
     check_quantizable(&plan)?;
 
     let mut writer = GgufWriter::new();
@@ -598,7 +604,12 @@ mod tests {
 
     #[test]
     fn plan_matches_the_converter_for_kimi() {
-        let plan = tensor_plan(&SynthPreset::KimiK25Full.shape(), GgmlType::Q4_K, 0.0);
+        let plan = tensor_plan(
+            &SynthPreset::KimiK25Full.shape(),
+            GgmlType::Q4_K,
+            0.0,
+            (0, 0),
+        );
         // 60 MoE blocks x 18 + 1 dense x 13 + 3 = 1096, as llama.cpp prints for Kimi K2.
         assert_eq!(plan.len(), 1096);
         let find = |n: &str| plan.iter().find(|t| t.name == n).unwrap();

@@ -56,6 +56,22 @@ pub struct SynthVocab {
     pub eot: u32,
 }
 
+impl SynthVocab {
+    /// The id range of the `[PAD]` tokens (empty when there are none).
+    pub fn pad_rows(&self) -> (u64, u64) {
+        let first = self
+            .token_types
+            .iter()
+            .position(|&t| t == TOKEN_TYPE_UNUSED);
+        let count = self
+            .token_types
+            .iter()
+            .filter(|&&t| t == TOKEN_TYPE_UNUSED)
+            .count();
+        first.map_or((0, 0), |f| (f as u64, (f + count) as u64))
+    }
+}
+
 /// GPT-2's byte-to-unicode table, in GPT-2's order: `(byte, char)` with printable bytes first.
 pub fn gpt2_byte_chars() -> Vec<(u8, char)> {
     let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
@@ -230,6 +246,10 @@ mod tests {
             assert!(ids.contains_key(format!("{l}{r}").as_str()), "{m}");
         }
         assert_eq!(build_vocab(1024).unwrap().merges, v.merges, "deterministic");
+        let (first, end) = v.pad_rows();
+        assert_eq!(end, 1024 - SPECIAL_TOKENS.len() as u64);
+        assert_eq!(v.tokens[first as usize], format!("[PAD{first}]"));
+        assert_eq!(v.token_types[first as usize - 1], TOKEN_TYPE_NORMAL);
     }
 
     #[test]
