@@ -79,12 +79,11 @@ pub fn gpt2_byte_chars() -> Vec<(u8, char)> {
         .filter(|&b| printable(b))
         .filter_map(|b| Some((b as u8, char::from_u32(b)?)))
         .collect();
-    let mut n = 0;
-    for b in (0u32..256).filter(|&b| !printable(b)) {
-        if let Some(c) = char::from_u32(256 + n) {
+    let unprintable = (0u32..256).filter(|&b| !printable(b));
+    for (n, b) in unprintable.enumerate() {
+        if let Some(c) = char::from_u32(256 + n as u32) {
             out.push((b as u8, c));
         }
-        n += 1;
     }
     out
 }

@@ -191,14 +191,17 @@ pub fn write_tensors(
         let writer = s.spawn(move || {
             for buf in rx {
                 if let Err(e) = data.write_tensor_data(&buf) {
-                    return Err((e, Some(data)));
+                    return Err((e, Some(Box::new(data))));
                 }
                 // The pool is bounded; a full pool just drops the buffer.
                 let _ = free_tx.try_send(buf);
             }
             if data.current_tensor().is_some() {
                 // The producer stopped early: its error is the one to report.
-                return Err((RuntimeError::Synth("generation stopped".into()), Some(data)));
+                return Err((
+                    RuntimeError::Synth("generation stopped".into()),
+                    Some(Box::new(data)),
+                ));
             }
             data.finish().map_err(|e| (e, None))
         });
