@@ -5,16 +5,22 @@
 //!
 //! ```text
 //! main.rs          argument parsing (clap) and dispatch
-//! cli/             subcommands: run, logits, tokenize, synth (+ shared options, generation)
+//! cli/             subcommands: run, logits, tokenize, synth, placement (+ shared options,
+//!                  generation, `--record-routing`)
 //! cluster/         roles and actors: expert node, router, peer links, remote experts
+//! telemetry.rs     Prometheus metrics: names, `--metrics-addr` endpoint, typed helpers
 //! ```
 //!
 //! `moe-node --role expert --model F --shards 0-95 --secret-file S` serves experts;
 //! `moe-node --role router --model F --placement P --secret-file S` routes to them; every
-//! model-running subcommand takes `--placement P --secret-file S` to do the same.
+//! model-running subcommand takes `--placement P --secret-file S` to do the same;
+//! `moe-node serve --model F --http ADDR` (or `--role router ... --http ADDR`) serves the
+//! OpenAI API.
 
 mod cli;
 mod cluster;
+mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 
@@ -41,6 +47,11 @@ struct Cli {
     router: cluster::args::RouterArgs,
     #[command(flatten)]
     expert: cluster::expert_node::ExpertArgs,
+    /// HTTP API options (for --role router; without --http it serves JSON lines on stdin).
+    #[command(flatten)]
+    serve: serve::ServeOptions,
+    #[command(flatten)]
+    metrics: telemetry::MetricsArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -63,24 +74,39 @@ enum Command {
     Tokenize(cli::tokenize::TokenizeArgs),
     /// Write a random-weight model with Kimi K2.5's structure as GGUF.
     Synth(cli::synth::SynthArgs),
+    /// Plan placements from routing traces (`plan`) and replay traces against them (`simulate`).
+    Placement(cli::placement::PlacementArgs),
+    /// Serve the OpenAI-compatible HTTP API (completions, chat, models, health).
+    Serve(serve::ServeArgs),
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if let Some(role) = cli.role {
         let model = cli.model.context("--role needs --model")?;
         return match role {
-            Role::Expert => cluster::expert_node::run(model, cli.threads, cli.router.placement, cli.router.secret_file, cli.expert),
+            Role::Expert => {
+                cli.metrics.start("expert", cli.expert.node.as_deref().unwrap_or(cluster::expert_node::DEFAULT_NODE_NAME))?;
+                cluster::expert_node::run(model, cli.threads, cli.router.placement, cli.router.secret_file, cli.expert)
+            }
             Role::Router => {
+                cli.metrics.start("router", &cli.router.node_name)?;
                 let args = cli::common::ModelArgs { model: Some(model), threads: cli.threads, ctx_size: cli.ctx_size };
-                cluster::router::run(&args, &cli.router)
+                if cli.serve.http.is_some() {
+                    anyhow::ensure!(cli.router.placement.is_some(), "--role router needs --placement and --secret-file");
+                    serve::run(&args, &cli.router, &cli.serve)
+                } else {
+                    cluster::router::run(&args, &cli.router)
+                }
             }
         };
     }
-    match cli.command.context("give a subcommand (run, logits, tokenize, synth) or --role; see --help")? {
+    match cli.command.context("give a subcommand (run, logits, tokenize, synth, serve) or --role; see --help")? {
         Command::Run(a) => cli::run::run(a),
         Command::Logits(a) => cli::logits::run(a),
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Synth(a) => cli::synth::run(a),
+        Command::Placement(a) => cli::placement::run(a),
+        Command::Serve(a) => serve::run_command(a),
     }
 }
 

@@ -39,8 +39,8 @@ pub fn gguf_reader(data: &[u8]) -> Option<()> {
     Some(())
 }
 
-/// Builds every weight view `Model` hands out (their constructors `expect` what the loader
-/// checked, so a loader that accepts a bad shape panics here).
+/// Builds every weight view `Model` hands out: the whole file is in memory, so each must
+/// succeed (a loader that accepted a shape its views cannot hold fails here).
 fn touch_weights(model: &Model) {
     let mats = |ffn: &DenseFfn| [ffn.gate.clone(), ffn.up.clone(), ffn.down.clone()];
     let mut all = vec![model.tok_embd.clone(), model.output.clone()];
@@ -51,7 +51,7 @@ fn touch_weights(model: &Model) {
         let k_heads = [&a.k_b, &a.v_b];
         for w in k_heads {
             for h in [0, model.cfg.n_heads - 1] {
-                std::hint::black_box(model.expert_mat(w, h));
+                std::hint::black_box(model.expert_mat(w, h).expect("a loaded head is viewable"));
             }
         }
         all.extend(layer.dense.iter().flat_map(mats));
@@ -60,13 +60,15 @@ fn touch_weights(model: &Model) {
             all.extend(moe.shared.iter().flat_map(mats));
             for w in [&moe.gate_exps, &moe.up_exps, &moe.down_exps] {
                 for e in [0, model.cfg.n_experts - 1] {
-                    std::hint::black_box(model.expert_mat(w, e));
+                    std::hint::black_box(
+                        model.expert_mat(w, e).expect("a loaded expert is viewable"),
+                    );
                 }
             }
         }
     }
     for m in &all {
-        std::hint::black_box(model.mat(m));
+        std::hint::black_box(model.mat(m).expect("a loaded weight is viewable"));
     }
 }
 

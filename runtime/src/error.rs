@@ -62,6 +62,12 @@ pub enum RuntimeError {
         /// What happened.
         reason: String,
     },
+    /// Bytes this process did not map (e.g. an expert another node owns).
+    #[error("{what} is not mapped in this process (owned by another node?)")]
+    NotMapped {
+        /// The tensor (and expert) asked for.
+        what: String,
+    },
     /// A bad argument from a caller (token id out of range, context full, ...).
     #[error("{0}")]
     InvalidInput(String),
@@ -236,6 +242,17 @@ pub enum RuntimeError {
         /// The values this runtime implements, comma-separated.
         supported: &'static str,
     },
+    /// A routing trace that is malformed or exceeds a limit (line 0 = the stream as a whole).
+    #[error("routing trace line {line}: {message}")]
+    TraceFormat {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong: the record, the value, and what was expected (or which limit).
+        message: String,
+    },
+    /// A placement plan that cannot be made (capacities, node list, replicas).
+    #[error("placement plan: {0}")]
+    Plan(String),
     /// A tokenizer vocabulary that is inconsistent or exceeds a limit (the detail says
     /// which entry and what was expected).
     #[error("tokenizer: {key}: {detail}")]

@@ -89,7 +89,7 @@ impl Model {
         }
         let t_all: usize = batch.iter().map(|s| s.tokens.len()).sum();
         let mut x = vec![0f32; t_all * d];
-        let embd = self.mat(&self.tok_embd);
+        let embd = self.mat(&self.tok_embd)?;
         for (row, &tok) in x
             .chunks_exact_mut(d)
             .zip(batch.iter().flat_map(|s| s.tokens.iter()))
@@ -148,7 +148,7 @@ impl Model {
         }
         ops::rms_norm(&x, &self.output_norm, c.rms_eps, &mut xn);
         obs.hidden(c.n_layers, &xn);
-        let head = self.mat(&self.output);
+        let head = self.mat(&self.output)?;
         rows.into_iter()
             .map(|r| {
                 let n = r.len();

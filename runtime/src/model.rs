@@ -11,7 +11,8 @@ use moe_kernels::QMatrix;
 
 use crate::config::ModelConfig;
 use crate::forward::Rope;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::placement::ExpertSet;
 use crate::RuntimeError;
 
 /// A loaded model: file, config, tokenizer and weight locations.
@@ -40,7 +41,57 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// Which weights a process maps: the rest of the file is neither mapped nor read.
+#[derive(Debug, Clone)]
+pub enum WeightSet {
+    /// Everything (a single process).
+    All,
+    /// A router: every weight except routed experts, of which only `local[layer]`.
+    Router {
+        /// Experts computed in-process, per model layer (None or empty: none).
+        local: Vec<Option<ExpertSet>>,
+    },
+    /// An expert node: the experts `owned[layer]`, plus the small 1-D tensors (norms,
+    /// router bias) that model validation reads.
+    Experts {
+        /// Experts this node owns, per model layer.
+        owned: Vec<Option<ExpertSet>>,
+    },
+}
+
+impl WeightSet {
+    /// Byte ranges of `info` (relative to its start) that this set maps.
+    fn ranges(&self, info: &TensorInfo) -> Vec<std::ops::Range<usize>> {
+        let everything = vec![0..info.size];
+        let (sets, others) = match self {
+            Self::All => return everything,
+            Self::Router { local } => (local, everything),
+            Self::Experts { owned } => (owned, if info.n_dims == 1 { everything } else { Vec::new() }),
+        };
+        if !info.name.ends_with("_exps.weight") {
+            return others;
+        }
+        let layer = info.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse::<usize>().ok());
+        let Some(set) = layer.and_then(|l| sets.get(l)).and_then(Option::as_ref) else { return Vec::new() };
+        let per_expert = info.size / (info.ne[2].max(1) as usize);
+        set.ranges().map(|r| r.start() * per_expert..(r.end() + 1) * per_expert).collect()
+    }
+}
+
 impl Model {
+    /// Opens a model mapping only the weights in `set` (see [`WeightSet`]).
+    pub fn open_with(path: impl AsRef<std::path::Path>, set: &WeightSet) -> Result<Self, RuntimeError> {
+        let path = path.as_ref();
+        let file = match set {
+            WeightSet::All => GgufFile::open(path)?,
+            partial => GgufFile::open_mapped(path, &|info| partial.ranges(info))?,
+        };
+        Self::from_file(file).map_err(|e| match e {
+            RuntimeError::Io { .. } | RuntimeError::Gguf { .. } => e,
+            other => RuntimeError::gguf(path, other.to_string()),
+        })
+    }
+
     /// Opens and validates a model file (or split set).
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, RuntimeError> {
         let file = GgufFile::open(path.as_ref())?;
@@ -83,13 +134,13 @@ impl Model {
         &self.file
     }
 
-    /// A borrowed view of a 2-D weight.
-    pub fn mat(&self, m: &Mat) -> QMatrix<'_> {
+    /// A borrowed view of a 2-D weight (an error if this process did not map it).
+    pub fn mat(&self, m: &Mat) -> Result<QMatrix<'_>, RuntimeError> {
         m.view(&self.file)
     }
 
-    /// Expert `e` of a stacked expert tensor.
-    pub fn expert_mat(&self, w: &ExpertsWeight, e: usize) -> QMatrix<'_> {
+    /// Expert `e` of a stacked expert tensor (an error if this process did not map it).
+    pub fn expert_mat(&self, w: &ExpertsWeight, e: usize) -> Result<QMatrix<'_>, RuntimeError> {
         w.expert(&self.file, e)
     }
 }

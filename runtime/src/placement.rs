@@ -7,12 +7,17 @@
 //! replicas), [`Placement::experts_of`] the experts a node owns in one layer.
 //!
 //! It leaves to others: liveness and load (the router picks the least-loaded *live* owner
-//! among `owners`), loading the weights, and planning placements from load statistics.
+//! among `owners`) and loading the weights. Planning from load statistics lives beside it:
+//! routing traces are recorded and read by [`trace`], turned into placements by [`plan`] and
+//! replayed against placements by [`simulate`].
 //!
 //! ```text
 //! placement/expert_set.rs   ExpertSet: bitset over expert ids, "0-95,200,310-320" text form
 //! placement/node.rs         NodeName, NodeAddr (IP:port, host:port or "local")
 //! placement/file.rs         the TOML file: serde shapes, spans -> line numbers, checks
+//! placement/trace.rs        routing traces: line format, writer (a forward Observer), reader
+//! placement/plan.rs         the planner: replicate hot experts, pack by load and node speed
+//! placement/simulate.rs     replay a trace against placements with a compute + network model
 //! ```
 //!
 //! The file format, one `[[node]]` table per node:
@@ -51,6 +56,9 @@
 mod expert_set;
 mod file;
 mod node;
+pub mod plan;
+pub mod simulate;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -155,6 +163,17 @@ impl Placement {
             });
         }
         Self::build(entries, moe_layers, n_experts)
+    }
+
+    /// Builds a placement from nodes with per-layer sets (e.g. a planner's output), with the
+    /// same checks as a file. Errors name the entry's `location`.
+    pub fn from_nodes(
+        nodes: Vec<PlacementNode>,
+        moe_layers: &[usize],
+        n_experts: usize,
+    ) -> Result<Placement, RuntimeError> {
+        let moe_layers = check_model(moe_layers, n_experts)?;
+        Self::build(nodes, moe_layers, n_experts)
     }
 
     /// The nodes, in file order ([`NodeIndex`] `i` is `nodes()[i]`).

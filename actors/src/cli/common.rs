@@ -3,7 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use moe_runtime::model::Model;
+use moe_runtime::config::ModelConfig;
+use moe_runtime::gguf::GgufFile;
+use moe_runtime::model::{Model, WeightSet};
+use moe_runtime::placement::{ExpertSet, NodeAddr, NodeIndex};
+
+use crate::cluster::args::{load_placement, RouterArgs};
 
 /// Where the model is and how to compute it.
 #[derive(Debug, clap::Args)]
@@ -23,12 +28,38 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Opens the model and applies the thread setting.
     pub fn load(&self) -> anyhow::Result<Model> {
+        self.load_for(None)
+    }
+
+    /// Opens the model for a router using `cluster`'s placement, if any: routed experts of
+    /// remote nodes are not mapped at all, only those of `local` nodes.
+    pub fn load_for(&self, cluster: Option<&RouterArgs>) -> anyhow::Result<Model> {
         moe_kernels::set_num_threads(self.threads);
         let path = match &self.model {
             Some(p) => p.clone(),
             None => default_model()?,
         };
-        Model::open(&path).with_context(|| format!("loading {}", path.display()))
+        let set = match cluster.and_then(|c| c.placement.as_ref()) {
+            None => WeightSet::All,
+            Some(placement) => {
+                let header = GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                let cfg = ModelConfig::from_gguf(&header)?;
+                let p = load_placement(placement, &cfg)?;
+                let local = (0..cfg.n_layers)
+                    .map(|l| {
+                        let mut set = ExpertSet::empty(cfg.n_experts).ok()?;
+                        for (i, node) in p.nodes().iter().enumerate() {
+                            if node.addr == NodeAddr::Local {
+                                set.union_with(p.experts_of(NodeIndex(i as u16), l)?);
+                            }
+                        }
+                        Some(set)
+                    })
+                    .collect();
+                WeightSet::Router { local }
+            }
+        };
+        Model::open_with(&path, &set).with_context(|| format!("loading {}", path.display()))
     }
 }
 

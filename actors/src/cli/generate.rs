@@ -8,6 +8,8 @@ use moe_runtime::sampling::Sampler;
 use moe_runtime::tokenizer::{StreamDecoder, Tokenizer};
 use moe_runtime::RuntimeError;
 
+use crate::telemetry;
+
 /// Prompt tokens processed per forward call (bounds activation memory and frame sizes).
 pub const PREFILL_CHUNK_TOKENS: usize = 512;
 
@@ -49,12 +51,14 @@ pub fn generate(
     if req.prompt.is_empty() {
         return Err(RuntimeError::InvalidInput("the prompt is empty".into()));
     }
+    let mut metrics = telemetry::Generation::start(req.prompt.len());
     let mut cache = KvCache::new(&model.cfg, req.ctx_size);
     cache.reserve(req.prompt.len())?;
     let t0 = Instant::now();
     let mut logits = Vec::new();
     for chunk in req.prompt.chunks(PREFILL_CHUNK_TOKENS) {
         logits = model.forward(&mut [SeqInput { cache: &mut cache, tokens: chunk, all_logits: false }], experts, &mut NoObserver)?.remove(0);
+        metrics.kv_cache(cache.len(), cache.capacity(), cache.bytes());
     }
     let mut stats = GenStats { prompt_tokens: req.prompt.len(), prompt_s: t0.elapsed().as_secs_f64(), ..Default::default() };
     let mut history = req.prompt.to_vec();
@@ -67,13 +71,16 @@ pub fn generate(
         }
         stats.generated.push(next);
         history.push(next);
+        metrics.token();
         on_text(&stream.push(next));
         if stats.generated.len() == req.max_tokens || cache.len() >= cache.capacity() {
             break;
         }
         logits = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &[next], all_logits: false }], experts, &mut NoObserver)?.remove(0);
+        metrics.kv_cache(cache.len(), cache.capacity(), cache.bytes());
     }
     on_text(&stream.flush());
     stats.gen_s = t1.elapsed().as_secs_f64();
+    metrics.finish();
     Ok(stats)
 }

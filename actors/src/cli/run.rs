@@ -61,6 +61,8 @@ pub struct RunArgs {
     cluster: RouterArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    metrics: crate::telemetry::MetricsArgs,
     /// Prompt text (special tokens in it are parsed as special).
     #[arg(long, short = 'p')]
     prompt: String,
@@ -74,16 +76,17 @@ pub struct RunArgs {
 
 /// The expert backend a model-running command uses: local, or the placement's nodes.
 pub fn expert_backend(model: &moe_runtime::model::Model, cluster: &RouterArgs) -> anyhow::Result<Box<dyn ExpertBackend>> {
-    Ok(match cluster.load(&model.cfg)? {
+    let backend: Box<dyn ExpertBackend> = match cluster.load(&model.cfg)? {
         None => Box::new(LocalExperts::default()),
         Some((placement, secret)) => Box::new(RemoteExperts::connect(model, placement, secret, &cluster.node_name, cluster.wire_dtype)?),
-    })
+    };
+    super::record::with_recording(backend, model, cluster.record_routing.as_deref())
 }
 
 /// Generates and streams to stdout; statistics go to stderr.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let params = a.sampling.params()?;
-    let model = a.model.load()?;
+    let model = a.model.load_for(Some(&a.cluster))?;
     let tok = Tokenizer::from_gguf(model.file())?;
     let mut experts = expert_backend(&model, &a.cluster)?;
     let mut prompt = Vec::new();

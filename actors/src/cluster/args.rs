@@ -22,6 +22,9 @@ pub struct RouterArgs {
     /// This router's node name in handshakes.
     #[arg(long, default_value = "router")]
     pub node_name: String,
+    /// Append every MoE layer's routing to this routing trace (for `moe-node placement`).
+    #[arg(long)]
+    pub record_routing: Option<PathBuf>,
 }
 
 impl RouterArgs {

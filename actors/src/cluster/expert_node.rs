@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use moe_runtime::model::Model;
+use moe_runtime::config::ModelConfig;
+use moe_runtime::gguf::GgufFile;
+use moe_runtime::model::{Model, WeightSet};
 use moe_runtime::placement::{ExpertSet, NodeName, Placement};
 use moe_runtime::wire::{
     decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorCode, ErrorMessage, HandshakeConfig,
@@ -25,6 +27,7 @@ use tokio::sync::mpsc;
 use super::args::{load_placement, read_secret};
 use super::expert_shard::{ExpertShardMsg, ShardSpec};
 use super::supervisor::{NodeSupervisorActor, NodeSupervisorMsg};
+use crate::telemetry::{self, ErrorKind, PeerMetrics};
 
 /// Requests a connection may read ahead of its worker.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 2;
@@ -32,6 +35,8 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 2;
 pub const WRITER_QUEUE_FRAMES_MAX: usize = 8;
 /// Concurrent connections an expert node accepts.
 pub const CONNECTIONS_MAX: usize = 64;
+/// The node name when `--node` is not given.
+pub const DEFAULT_NODE_NAME: &str = "expert";
 
 /// Options of `--role expert`.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,16 +57,17 @@ pub fn run(model_path: PathBuf, threads: usize, placement: Option<PathBuf>, secr
     moe_kernels::set_num_threads(threads);
     let secret_file = secret_file.context("--role expert needs --secret-file")?;
     let secret = read_secret(&secret_file)?;
-    let model = Arc::new(Model::open(&model_path).with_context(|| format!("loading {}", model_path.display()))?);
-    let cfg = &model.cfg;
-    let name = a.node.clone().unwrap_or_else(|| "expert".to_string());
+    // The header first: the config decides the shard sets, which decide what gets mapped.
+    let header = GgufFile::open(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
+    let cfg = &ModelConfig::from_gguf(&header).with_context(|| format!("loading {}", model_path.display()))?;
+    let name = a.node.clone().unwrap_or_else(|| DEFAULT_NODE_NAME.to_string());
     let node_name = NodeName::new(&name).map_err(anyhow::Error::msg)?;
-    let (owned, summary) = match (&a.shards, &placement) {
+    let (owned, summary): (Vec<Option<ExpertSet>>, _) = match (&a.shards, &placement) {
         (Some(_), Some(_)) => bail!("give either --shards or --placement with --node, not both"),
         (None, None) => bail!("--role expert needs --shards or --placement with --node"),
         (Some(text), None) => {
             let set = ExpertSet::parse(text, cfg.n_experts).context("--shards")?;
-            let owned = (0..cfg.n_layers).map(|l| cfg.is_moe_layer(l).then(|| set.clone())).collect();
+            let owned: Vec<Option<ExpertSet>> = (0..cfg.n_layers).map(|l| cfg.is_moe_layer(l).then(|| set.clone())).collect();
             (owned, ShardSummary::uniform(&set))
         }
         (None, Some(path)) => {
@@ -72,6 +78,12 @@ pub fn run(model_path: PathBuf, threads: usize, placement: Option<PathBuf>, secr
             (owned, ShardSummary::of_node(node))
         }
     };
+    let model = Arc::new(
+        Model::open_with(&model_path, &WeightSet::Experts { owned: owned.clone() })
+            .with_context(|| format!("loading {}", model_path.display()))?,
+    );
+    drop(header);
+    eprintln!("mapped {} of {} bytes (own experts and norms)", model.file().mapped_bytes(), file_bytes(&model_path));
     let shard = Arc::new(ShardSpec { owned });
     let shape = ModelShape { n_experts: cfg.n_experts, hidden_dim: cfg.n_embd };
     let hs = HandshakeConfig::new(node_name, model.file().fingerprint(), secret, summary, shape);
@@ -80,6 +92,7 @@ pub fn run(model_path: PathBuf, threads: usize, placement: Option<PathBuf>, secr
     rt.block_on(async move {
         let listener = TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let (supervisor, _) = Actor::spawn(None, NodeSupervisorActor, (model.clone(), shard)).await?;
+        telemetry::register_unknown_peer();
         println!("listening on {}", listener.local_addr()?);
         let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
         loop {
@@ -100,24 +113,43 @@ pub fn run(model_path: PathBuf, threads: usize, placement: Option<PathBuf>, secr
     })
 }
 
+fn file_bytes(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
 async fn serve_connection<S>(mut stream: S, hs: &HandshakeConfig, supervisor: ActorRef<NodeSupervisorMsg>) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (peer, mac) = server_handshake(&mut stream, hs).await.context("handshake refused")?;
+    let (peer, mac) = match server_handshake(&mut stream, hs).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            telemetry::peer_error(telemetry::UNKNOWN_PEER, ErrorKind::Handshake);
+            return Err(e).context("handshake refused");
+        }
+    };
     eprintln!("peer {} connected", peer.name.as_str());
+    let metrics = PeerMetrics::new(peer.name.as_str());
+    metrics.connection_opened();
     let (mut rd, wr) = tokio::io::split(stream);
     let (out_tx, out_rx) = mpsc::channel::<Message>(WRITER_QUEUE_FRAMES_MAX);
     let (req_tx, mut req_rx) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
-    let writer = tokio::spawn(write_loop(wr, mac.send, out_rx));
+    let writer = tokio::spawn(write_loop(wr, mac.send, out_rx, metrics.clone()));
     let worker_out = out_tx.clone();
+    let worker_metrics = metrics.clone();
     let worker = tokio::spawn(async move {
         while let Some(req) = req_rx.recv().await {
             let shard = ractor::call!(supervisor, NodeSupervisorMsg::CurrentShard)?;
             let reply = match ractor::call!(shard, ExpertShardMsg::Compute, Box::new(req)) {
                 Ok(Ok(reply)) => Message::ExpertReply(reply),
-                Ok(Err(reason)) => Message::Error(ErrorMessage::new(ErrorCode::Other, &reason)),
-                Err(e) => Message::Error(ErrorMessage::new(ErrorCode::Other, &format!("expert shard failed: {e}"))),
+                Ok(Err(reason)) => {
+                    worker_metrics.error(ErrorKind::Compute);
+                    Message::Error(ErrorMessage::new(ErrorCode::Other, &reason))
+                }
+                Err(e) => {
+                    worker_metrics.error(ErrorKind::Compute);
+                    Message::Error(ErrorMessage::new(ErrorCode::Other, &format!("expert shard failed: {e}")))
+                }
             };
             if worker_out.send(reply).await.is_err() {
                 break;
@@ -125,11 +157,12 @@ where
         }
         anyhow::Ok(())
     });
-    let result = read_loop(&mut rd, mac.recv, &hs.shape, &out_tx, &req_tx, peer.name.as_str()).await;
+    let result = read_loop(&mut rd, mac.recv, &hs.shape, &out_tx, &req_tx, peer.name.as_str(), &metrics).await;
     drop(req_tx);
     drop(out_tx);
     let _ = worker.await;
     let _ = writer.await;
+    metrics.connection_closed();
     result
 }
 
@@ -140,28 +173,50 @@ async fn read_loop<R: AsyncRead + Unpin>(
     out: &mpsc::Sender<Message>,
     requests: &mpsc::Sender<moe_runtime::wire::ExpertRequest>,
     peer: &str,
+    metrics: &PeerMetrics,
 ) -> anyhow::Result<()> {
     let silence = Duration::from_millis(PEER_TIMEOUT_MS);
     loop {
         let frame = match tokio::time::timeout(silence, read_frame(rd, FRAME_BYTES_MAX)).await {
-            Err(_) => bail!("peer {peer} silent for {PEER_TIMEOUT_MS} ms"),
-            Ok(Err(e)) => return Err(e).with_context(|| format!("reading from {peer}")),
+            Err(_) => {
+                metrics.error(ErrorKind::Timeout);
+                bail!("peer {peer} silent for {PEER_TIMEOUT_MS} ms")
+            }
+            Ok(Err(e)) => {
+                metrics.error(if matches!(e, moe_runtime::RuntimeError::FrameTooLarge { .. }) { ErrorKind::BadFrame } else { ErrorKind::Closed });
+                return Err(e).with_context(|| format!("reading from {peer}"));
+            }
             Ok(Ok(f)) => f,
         };
-        match decode_frame(&frame, &mut mac, shape).with_context(|| format!("bad frame from {peer}"))? {
+        metrics.frame_received(frame.len());
+        let message = match decode_frame(&frame, &mut mac, shape) {
+            Ok(m) => m,
+            Err(e) => {
+                metrics.error(ErrorKind::BadFrame);
+                return Err(e).with_context(|| format!("bad frame from {peer}"));
+            }
+        };
+        match message {
             Message::ExpertRequest(req) => requests.send(req).await.context("worker gone")?,
             Message::Heartbeat(hb) => out.send(Message::Heartbeat(Heartbeat { counter: hb.counter })).await.context("writer gone")?,
-            Message::Error(e) => bail!("peer {peer} sent an error: {}", e.message),
-            other => bail!("unexpected {} frame from {peer}", other.kind()),
+            Message::Error(e) => {
+                metrics.error(ErrorKind::StepRefused);
+                bail!("peer {peer} sent an error: {}", e.message)
+            }
+            other => {
+                metrics.error(ErrorKind::BadFrame);
+                bail!("unexpected {} frame from {peer}", other.kind())
+            }
         }
     }
 }
 
-/// Encodes and writes queued messages with this direction's key.
-pub async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut mac: SendMac, mut rx: mpsc::Receiver<Message>) -> anyhow::Result<()> {
+/// Encodes and writes queued messages with this direction's key, counting them in `metrics`.
+pub async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut mac: SendMac, mut rx: mpsc::Receiver<Message>, metrics: PeerMetrics) -> anyhow::Result<()> {
     while let Some(msg) = rx.recv().await {
         let frame = encode_frame(&msg, &mut mac)?;
         write_frame(&mut wr, &frame).await?;
+        metrics.frame_sent(frame.len());
     }
     Ok(())
 }

@@ -13,6 +13,8 @@ use moe_runtime::placement::ExpertSet;
 use moe_runtime::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::telemetry;
+
 /// What this node owns, per model layer.
 #[derive(Debug, Clone)]
 pub struct ShardSpec {
@@ -47,7 +49,11 @@ impl Actor for ExpertShardActor {
     async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match msg {
             ExpertShardMsg::Compute(req, port) => {
+                let started = std::time::Instant::now();
                 let result = tokio::task::block_in_place(|| compute(&state.model, &state.shard, &req));
+                if result.is_ok() {
+                    telemetry::expert_compute_done(req.layer as usize, req.n_tokens as usize, started.elapsed().as_secs_f64());
+                }
                 // The connection may be gone; nothing to do then.
                 let _ = port.send(result);
             }

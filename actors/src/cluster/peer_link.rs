@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::expert_node::write_loop;
+use crate::telemetry::{ErrorKind, PeerMetrics};
 
 /// Frames queued for the link's writer.
 pub const LINK_QUEUE_FRAMES_MAX: usize = 8;
@@ -58,8 +59,8 @@ pub enum PeerLinkMsg {
     ConnectFailed(u64, String, bool),
     /// A frame on connection `gen`.
     Frame(u64, Message),
-    /// Connection `gen` closed.
-    Closed(u64, String),
+    /// Connection `gen` closed, for a reason of `kind`.
+    Closed(u64, String, ErrorKind),
     /// The engine gave up on this node (step timeout): drop the connection and reconnect.
     Reset(String),
 }
@@ -78,7 +79,9 @@ pub struct PeerLinkState {
     conn: Option<Conn>,
     connecting: bool,
     gen: u64,
-    pending: HashMap<u64, ReplyTx>,
+    /// Steps awaiting a reply, with when they were handed to the link.
+    pending: HashMap<u64, (ReplyTx, Instant)>,
+    metrics: PeerMetrics,
     last_heard: Instant,
     next_attempt: Instant,
     backoff_ms: u64,
@@ -90,16 +93,19 @@ pub struct PeerLinkActor;
 
 impl PeerLinkState {
     fn fail_all(&mut self, reason: &str) {
-        for (_, tx) in self.pending.drain() {
+        for (_, (tx, _)) in self.pending.drain() {
             let _ = tx.send(Err(reason.to_string()));
         }
+        self.metrics.set_in_flight(0);
     }
 
-    fn down(&mut self, reason: String) {
+    fn down(&mut self, reason: String, kind: ErrorKind) {
         if let Some(c) = self.conn.take() {
             c.reader.abort();
             eprintln!("link to {} down: {reason}", self.shared.name);
         }
+        self.metrics.error(kind);
+        self.metrics.set_up(false);
         self.shared.up.store(false, Ordering::SeqCst);
         *self.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = reason.clone();
         self.fail_all(&format!("node {}: {reason}", self.shared.name));
@@ -115,6 +121,9 @@ impl Actor for PeerLinkActor {
         myself.send_interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS / 4), || PeerLinkMsg::Tick);
         let _ = myself.cast(PeerLinkMsg::Tick);
         let now = Instant::now();
+        let metrics = PeerMetrics::new(&shared.name);
+        metrics.set_up(false);
+        metrics.set_in_flight(0);
         Ok(PeerLinkState {
             addr,
             hs,
@@ -123,6 +132,7 @@ impl Actor for PeerLinkActor {
             connecting: false,
             gen: 0,
             pending: HashMap::new(),
+            metrics,
             last_heard: now,
             next_attempt: now,
             backoff_ms: 50,
@@ -140,9 +150,11 @@ impl Actor for PeerLinkActor {
                 Some(c) => {
                     let step = req.step_id;
                     if c.tx.try_send(Message::ExpertRequest(*req)).is_err() {
+                        st.metrics.error(ErrorKind::StepTimeout);
                         let _ = tx.send(Err(format!("node {}: send queue full or closed", st.shared.name)));
                     } else {
-                        st.pending.insert(step, tx);
+                        st.pending.insert(step, (tx, Instant::now()));
+                        st.metrics.set_in_flight(st.pending.len());
                     }
                 }
             },
@@ -150,7 +162,7 @@ impl Actor for PeerLinkActor {
                 let now = Instant::now();
                 if let Some(c) = &st.conn {
                     if now.duration_since(st.last_heard) > Duration::from_millis(PEER_TIMEOUT_MS) {
-                        st.down(format!("silent for more than {PEER_TIMEOUT_MS} ms"));
+                        st.down(format!("silent for more than {PEER_TIMEOUT_MS} ms"), ErrorKind::Timeout);
                     } else {
                         st.heartbeats += 1;
                         let _ = c.tx.try_send(Message::Heartbeat(Heartbeat { counter: st.heartbeats }));
@@ -158,7 +170,7 @@ impl Actor for PeerLinkActor {
                 } else if !st.connecting && now >= st.next_attempt {
                     st.connecting = true;
                     st.gen += 1;
-                    tokio::spawn(connect(myself.clone(), st.gen, st.addr, st.hs.clone()));
+                    tokio::spawn(connect(myself.clone(), st.gen, st.addr, st.hs.clone(), st.metrics.clone()));
                 }
             }
             PeerLinkMsg::Connected(gen, tx, reader) => {
@@ -172,10 +184,12 @@ impl Actor for PeerLinkActor {
                 st.backoff_ms = 50;
                 st.shared.up.store(true, Ordering::SeqCst);
                 st.shared.refused.store(false, Ordering::SeqCst);
+                st.metrics.set_up(true);
                 eprintln!("link to {} up ({})", st.shared.name, st.addr);
             }
             PeerLinkMsg::ConnectFailed(gen, reason, refused) => {
                 if gen == st.gen {
+                    st.metrics.error(if refused { ErrorKind::Handshake } else { ErrorKind::Connect });
                     st.shared.refused.store(refused, Ordering::SeqCst);
                     st.connecting = false;
                     let changed = *st.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) != reason;
@@ -194,26 +208,29 @@ impl Actor for PeerLinkActor {
                 st.last_heard = Instant::now();
                 match frame {
                     Message::ExpertReply(reply) => {
-                        if let Some(tx) = st.pending.remove(&reply.step_id) {
+                        if let Some((tx, sent)) = st.pending.remove(&reply.step_id) {
+                            st.metrics.round_trip(sent.elapsed().as_secs_f64());
+                            st.metrics.set_in_flight(st.pending.len());
                             let _ = tx.send(Ok(reply));
                         }
                     }
                     Message::Heartbeat(_) => {}
                     Message::Error(e) => {
                         // The node refused a request: fail the in-flight steps with its words.
+                        st.metrics.error(ErrorKind::StepRefused);
                         st.fail_all(&format!("node {} refused the step: {}", st.shared.name, e.message));
                     }
-                    other => st.down(format!("unexpected {} frame", other.kind())),
+                    other => st.down(format!("unexpected {} frame", other.kind()), ErrorKind::BadFrame),
                 }
             }
-            PeerLinkMsg::Closed(gen, reason) => {
+            PeerLinkMsg::Closed(gen, reason, kind) => {
                 if st.conn.as_ref().map(|c| c.gen) == Some(gen) {
-                    st.down(reason);
+                    st.down(reason, kind);
                     st.next_attempt = Instant::now();
                 }
             }
             PeerLinkMsg::Reset(reason) => {
-                st.down(reason);
+                st.down(reason, ErrorKind::StepTimeout);
                 st.next_attempt = Instant::now();
             }
         }
@@ -221,7 +238,7 @@ impl Actor for PeerLinkActor {
     }
 }
 
-async fn connect(link: ActorRef<PeerLinkMsg>, gen: u64, addr: SocketAddr, hs: HandshakeConfig) {
+async fn connect(link: ActorRef<PeerLinkMsg>, gen: u64, addr: SocketAddr, hs: HandshakeConfig, metrics: PeerMetrics) {
     let attempt = async {
         let mut stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(addr))
             .await
@@ -238,26 +255,27 @@ async fn connect(link: ActorRef<PeerLinkMsg>, gen: u64, addr: SocketAddr, hs: Ha
         Ok((stream, mac)) => {
             let (mut rd, wr) = tokio::io::split(stream);
             let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES_MAX);
-            tokio::spawn(write_loop(wr, mac.send, rx));
+            tokio::spawn(write_loop(wr, mac.send, rx, metrics.clone()));
             let shape = hs.shape;
             let mut recv = mac.recv;
             let reader_link = link.clone();
             let reader = tokio::spawn(async move {
-                let reason = loop {
+                let (reason, kind) = loop {
                     let frame = match read_frame(&mut rd, FRAME_BYTES_MAX).await {
                         Ok(f) => f,
-                        Err(e) => break format!("connection lost: {e}"),
+                        Err(e) => break (format!("connection lost: {e}"), ErrorKind::Closed),
                     };
+                    metrics.frame_received(frame.len());
                     match decode_frame(&frame, &mut recv, &shape) {
                         Ok(m) => {
                             if reader_link.cast(PeerLinkMsg::Frame(gen, m)).is_err() {
                                 return;
                             }
                         }
-                        Err(e) => break format!("bad frame: {e}"),
+                        Err(e) => break (format!("bad frame: {e}"), ErrorKind::BadFrame),
                     }
                 };
-                let _ = reader_link.cast(PeerLinkMsg::Closed(gen, reason));
+                let _ = reader_link.cast(PeerLinkMsg::Closed(gen, reason, kind));
             });
             let _ = link.cast(PeerLinkMsg::Connected(gen, tx, reader.abort_handle()));
         }

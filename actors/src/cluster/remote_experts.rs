@@ -22,6 +22,7 @@ use moe_runtime::RuntimeError;
 use ractor::{Actor, ActorRef};
 
 use super::peer_link::{LinkShared, PeerLinkActor, PeerLinkMsg};
+use crate::telemetry;
 
 /// Longest wait for one node's reply to one step.
 pub const STEP_TIMEOUT_MS: u64 = 30_000;
@@ -39,9 +40,33 @@ struct InFlight {
 }
 
 struct PendingStep {
+    started: Instant,
     h: Vec<f32>,
     local: Vec<NodeWork>,
     remote: Vec<InFlight>,
+}
+
+/// Reports which of a router's links are down (for health checks on other threads).
+#[derive(Clone)]
+pub struct LinkHealth {
+    links: Vec<Arc<LinkShared>>,
+}
+
+impl std::fmt::Debug for LinkHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkHealth").field("links", &self.links.len()).finish()
+    }
+}
+
+impl LinkHealth {
+    /// `name (last error)` of every remote node whose link is not up; empty when all are.
+    pub fn down(&self) -> Vec<String> {
+        self.links
+            .iter()
+            .filter(|l| !l.up.load(Ordering::SeqCst))
+            .map(|l| format!("{} ({})", l.name, l.last_error.lock().unwrap_or_else(|e| e.into_inner())))
+            .collect()
+    }
 }
 
 /// Routed experts computed by the nodes of a placement.
@@ -111,6 +136,11 @@ impl RemoteExperts {
         Ok(Self { placement, links, dtype, step: 0, pending: None, rt })
     }
 
+    /// A handle that tells, from any thread, which remote nodes are down.
+    pub fn link_health(&self) -> LinkHealth {
+        LinkHealth { links: self.links.iter().flatten().map(|l| l.shared.clone()).collect() }
+    }
+
     /// Whether node `n` can take work now.
     fn is_live(&self, n: NodeIndex) -> bool {
         match self.links.get(n.0 as usize) {
@@ -144,6 +174,31 @@ impl RemoteExperts {
     fn node_name(&self, n: NodeIndex) -> String {
         self.placement.node(n).map(|n| n.name.as_str().to_string()).unwrap_or_default()
     }
+
+    /// Counts a step's plan: tokens per node over every node owning experts of `layer`.
+    fn record_plan(&self, layer: usize, plan: &[NodeWork]) {
+        let tokens: Vec<(&str, usize)> = self
+            .placement
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.placement.experts_of(NodeIndex(*i as u16), layer).is_some_and(|set| !set.is_empty()))
+            .map(|(i, node)| {
+                let rows = plan.iter().find(|w| w.node.0 as usize == i).map_or(0, |w| w.rows.len());
+                (node.name.as_str(), rows)
+            })
+            .collect();
+        telemetry::dispatch_planned(layer, &tokens);
+    }
+}
+
+/// Computes a `local` node's share in-process: the partial sums of its rows, compacted.
+fn compute_local(model: &Model, layer: usize, h: &[f32], d: usize, work: &NodeWork) -> Result<Vec<f32>, RuntimeError> {
+    let started = Instant::now();
+    let mut partial = vec![0f32; h.len()];
+    apply_routes(model, layer, h, &work.batch_routes(), &mut partial)?;
+    telemetry::expert_compute_done(layer, work.rows.len(), started.elapsed().as_secs_f64());
+    Ok(work.rows.iter().flat_map(|&r| partial[r as usize * d..(r as usize + 1) * d].to_vec()).collect())
 }
 
 impl Drop for RemoteExperts {
@@ -157,7 +212,9 @@ impl Drop for RemoteExperts {
 
 impl ExpertBackend for RemoteExperts {
     fn begin(&mut self, model: &Model, layer: usize, h: &[f32], routing: &Routing) -> Result<(), RuntimeError> {
+        let started = Instant::now();
         let plan = plan_routes(routing.routes(), layer, &self.placement, &|n| self.is_live(n))?;
+        self.record_plan(layer, &plan);
         let d = model.cfg.n_embd;
         let (mut local, mut remote) = (Vec::new(), Vec::new());
         for work in plan {
@@ -167,21 +224,18 @@ impl ExpertBackend for RemoteExperts {
                 remote.push(self.send(layer, h, d, work)?);
             }
         }
-        self.pending = Some(PendingStep { h: h.to_vec(), local, remote });
+        self.pending = Some(PendingStep { started, h: h.to_vec(), local, remote });
         Ok(())
     }
 
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
-        let PendingStep { h, local, mut remote } = self.pending.take().ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
+        let PendingStep { started, h, local, mut remote } = self.pending.take().ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
         let d = model.cfg.n_embd;
         // (node, batch rows, partial sums) from every node that computed part of the step.
         let mut parts: Vec<(NodeIndex, Vec<u32>, Vec<f32>)> = Vec::new();
         for work in local {
-            let mut partial = vec![0f32; h.len()];
-            apply_routes(model, layer, &h, &work.batch_routes(), &mut partial)?;
-            let rows = work.rows.clone();
-            let compact: Vec<f32> = rows.iter().flat_map(|&r| partial[r as usize * d..(r as usize + 1) * d].to_vec()).collect();
-            parts.push((work.node, rows, compact));
+            let compact = compute_local(model, layer, &h, d, &work)?;
+            parts.push((work.node, work.rows, compact));
         }
         let mut failed: Vec<NodeIndex> = Vec::new();
         while let Some(inflight) = remote.pop() {
@@ -214,9 +268,7 @@ impl ExpertBackend for RemoteExperts {
                     eprintln!("node {} failed a step ({reason}); re-sent to replicas", self.node_name(node));
                     for work in plan {
                         if self.links[work.node.0 as usize].is_none() {
-                            let mut partial = vec![0f32; h.len()];
-                            apply_routes(model, layer, &h, &work.batch_routes(), &mut partial)?;
-                            let compact = work.rows.iter().flat_map(|&r| partial[r as usize * d..(r as usize + 1) * d].to_vec()).collect();
+                            let compact = compute_local(model, layer, &h, d, &work)?;
                             parts.push((work.node, work.rows, compact));
                         } else {
                             remote.push(self.send(layer, &h, d, work)?);
@@ -233,6 +285,7 @@ impl ExpertBackend for RemoteExperts {
                 }
             }
         }
+        telemetry::layer_step_done(layer, started.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -44,10 +44,11 @@ fn default_max_tokens() -> usize {
 
 /// Serves requests from stdin until it closes.
 pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
-    let model = model_args.load()?;
+    let model = model_args.load_for(Some(cluster))?;
     let tok = Tokenizer::from_gguf(model.file())?;
     let (placement, secret) = cluster.load(&model.cfg)?.context("--role router needs --placement and --secret-file")?;
-    let mut experts = RemoteExperts::connect(&model, placement, secret, &cluster.node_name, cluster.wire_dtype)?;
+    let remote = RemoteExperts::connect(&model, placement, secret, &cluster.node_name, cluster.wire_dtype)?;
+    let mut experts = crate::cli::record::with_recording(Box::new(remote), &model, cluster.record_routing.as_deref())?;
     let stdout = std::io::stdout();
     writeln!(stdout.lock(), "{}", serde_json::json!({ "ready": true }))?;
     let stdin = std::io::stdin();
@@ -71,7 +72,7 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
                     let req = GenRequest { prompt: &prompt, max_tokens: r.max_tokens, ignore_eos: r.ignore_eos, ctx_size: model_args.ctx_size };
                     let mut text = String::new();
                     match params.validate().and_then(|_| {
-                        generate(&model, &tok, &mut experts, &mut Sampler::new(params.clone()), &req, &mut |t| text.push_str(t))
+                        generate(&model, &tok, experts.as_mut(), &mut Sampler::new(params.clone()), &req, &mut |t| text.push_str(t))
                     }) {
                         Ok(stats) => serde_json::json!({ "text": text, "tokens": stats.generated, "prompt_tokens": prompt.len() }),
                         Err(e) => serde_json::json!({ "error": e.to_string() }),

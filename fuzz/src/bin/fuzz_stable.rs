@@ -72,7 +72,9 @@ fn main() -> ExitCode {
             .collect(),
         "gguf_reader" => moe_fuzz::gguf_seeds(),
         _ => {
-            eprintln!("usage: fuzz_stable frame_decode|placement_parse|gguf_reader [iterations] [seed]");
+            eprintln!(
+                "usage: fuzz_stable frame_decode|placement_parse|gguf_reader [iterations] [seed]"
+            );
             return ExitCode::FAILURE;
         }
     };

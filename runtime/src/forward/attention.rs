@@ -30,16 +30,16 @@ pub fn attention(
     match &w.q_a {
         Some(q_a) => {
             let mut cq = vec![0f32; t * q_a.rows()];
-            model.mat(q_a).matmul(x, t, &mut cq)?;
+            model.mat(q_a)?.matmul(x, t, &mut cq)?;
             rms_norm_inplace(&mut cq, &w.q_a_norm, LATENT_NORM_EPS);
-            model.mat(&w.q_b).matmul(&cq, t, &mut q)?;
+            model.mat(&w.q_b)?.matmul(&cq, t, &mut q)?;
         }
-        None => model.mat(&w.q_b).matmul(x, t, &mut q)?,
+        None => model.mat(&w.q_b)?.matmul(x, t, &mut q)?,
     }
 
     // [c | k_rot] = kv_a(x) : [t, Lkv+dr]; c normalized, k_rot roped; appended to the cache.
     let mut kv = vec![0f32; t * (lkv + dr)];
-    model.mat(&w.kv_a).matmul(x, t, &mut kv)?;
+    model.mat(&w.kv_a)?.matmul(x, t, &mut kv)?;
     let mut latent = vec![0f32; lkv];
     for (i, row) in kv.chunks_exact_mut(lkv + dr).enumerate() {
         let (cpart, rpart) = row.split_at_mut(lkv);
@@ -63,7 +63,7 @@ pub fn attention(
         }
         // q_abs = Wkb_h · q_nope : [t, Lkv]
         model
-            .expert_mat(&w.k_b, head)
+            .expert_mat(&w.k_b, head)?
             .matmul(&q_nope, t, &mut q_abs)?;
         for i in 0..t {
             let q_rot = &q[(i * h + head) * qk + dn..(i * h + head + 1) * qk];
@@ -85,12 +85,12 @@ pub fn attention(
             }
         }
         // o_h = Wvb_h · ctx : [t, dv]
-        model.expert_mat(&w.v_b, head).matmul(&ctx, t, &mut o_h)?;
+        model.expert_mat(&w.v_b, head)?.matmul(&ctx, t, &mut o_h)?;
         for i in 0..t {
             o[(i * h + head) * dv..(i * h + head + 1) * dv]
                 .copy_from_slice(&o_h[i * dv..(i + 1) * dv]);
         }
     }
-    model.mat(&w.output).matmul(&o, t, out)?;
+    model.mat(&w.output)?.matmul(&o, t, out)?;
     Ok(())
 }

@@ -146,10 +146,10 @@ pub fn expert_ffn(
     let f = model.cfg.n_ff_exp;
     let mut g = vec![0f32; n * f];
     let mut u = vec![0f32; n * f];
-    model.expert_mat(&moe.gate_exps, e).matmul(x, n, &mut g)?;
-    model.expert_mat(&moe.up_exps, e).matmul(x, n, &mut u)?;
+    model.expert_mat(&moe.gate_exps, e)?.matmul(x, n, &mut g)?;
+    model.expert_mat(&moe.up_exps, e)?.matmul(x, n, &mut u)?;
     swiglu_inplace(&mut g, &u);
-    model.expert_mat(&moe.down_exps, e).matmul(&g, n, out)?;
+    model.expert_mat(&moe.down_exps, e)?.matmul(&g, n, out)?;
     Ok(())
 }
 
@@ -164,10 +164,10 @@ pub fn dense_ffn(
     let f = ffn.gate.rows();
     let mut g = vec![0f32; n * f];
     let mut u = vec![0f32; n * f];
-    model.mat(&ffn.gate).matmul(x, n, &mut g)?;
-    model.mat(&ffn.up).matmul(x, n, &mut u)?;
+    model.mat(&ffn.gate)?.matmul(x, n, &mut g)?;
+    model.mat(&ffn.up)?.matmul(x, n, &mut u)?;
     swiglu_inplace(&mut g, &u);
-    model.mat(&ffn.down).matmul(&g, n, out)?;
+    model.mat(&ffn.down)?.matmul(&g, n, out)?;
     Ok(())
 }
 
@@ -182,7 +182,7 @@ pub fn route(
     let e = c.n_experts;
     let k = c.n_experts_used;
     let mut logits = vec![0f32; n * e];
-    model.mat(&moe.gate_inp).matmul(h, n, &mut logits)?;
+    model.mat(&moe.gate_inp)?.matmul(h, n, &mut logits)?;
     let mut routing = Routing {
         k,
         experts: Vec::with_capacity(n * k),

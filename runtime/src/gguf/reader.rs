@@ -28,19 +28,60 @@ pub const GGUF_DIMS_MAX: u32 = 4;
 /// Most shards in a split set.
 pub const GGUF_SPLITS_MAX: usize = 1024;
 
-/// Bytes backing one shard: a read-only map of a file, or owned bytes (tests, fuzzing).
+/// Bytes backing one shard: a read-only map of a whole file, owned bytes (tests, fuzzing),
+/// or maps of selected byte ranges only ([`GgufFile::open_mapped`]).
 enum Backing {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
+    Regions(Vec<Region>),
+}
+
+/// A mapped range of a file: file bytes `[start, start + len)` are `map[delta..delta + len]`.
+struct Region {
+    start: usize,
+    len: usize,
+    delta: usize,
+    map: memmap2::Mmap,
 }
 
 impl Backing {
-    fn bytes(&self) -> &[u8] {
+    /// File bytes `[offset, offset + len)`, if mapped.
+    fn range(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
         match self {
-            Self::Mapped(m) => m,
-            Self::Owned(v) => v,
+            Self::Mapped(m) => m.get(offset..end),
+            Self::Owned(v) => v.get(offset..end),
+            Self::Regions(regions) => {
+                let i = regions.partition_point(|r| r.start <= offset).checked_sub(1)?;
+                let r = &regions[i];
+                if end > r.start + r.len {
+                    return None;
+                }
+                r.map.get(r.delta + offset - r.start..r.delta + end - r.start)
+            }
         }
     }
+
+    /// Bytes mapped or held.
+    fn mapped_bytes(&self) -> usize {
+        match self {
+            Self::Mapped(m) => m.len(),
+            Self::Owned(v) => v.len(),
+            Self::Regions(regions) => regions.iter().map(|r| r.len).sum(),
+        }
+    }
+}
+
+/// Maps `[start, start + len)` of `file` (page-aligned underneath).
+fn map_region(file: &std::fs::File, path: &Path, start: usize, len: usize) -> Result<Region, RuntimeError> {
+    const PAGE_BYTES: usize = 4096;
+    let aligned = start / PAGE_BYTES * PAGE_BYTES;
+    let delta = start - aligned;
+    // SAFETY: as in `GgufFile::open`: a read-only private map of a model file that is not
+    // modified while in use.
+    let map = unsafe { memmap2::MmapOptions::new().offset(aligned as u64).len(delta + len).map(file) }
+        .map_err(|source| RuntimeError::Io { path: path.display().to_string(), source })?;
+    Ok(Region { start, len, delta, map })
 }
 
 /// Where a tensor lives.
@@ -133,6 +174,44 @@ impl GgufFile {
         Self::from_backings(paths, shards)
     }
 
+    /// Opens `path` like [`GgufFile::open`], then keeps mapped only the byte ranges `plan`
+    /// returns for each tensor (relative to the tensor's first byte; empty = not mapped).
+    /// The rest of the file is neither mapped nor read: an expert node maps its own experts
+    /// only, a router none of the experts it does not compute. Accessing an unmapped range
+    /// is an error naming the tensor, never a fault.
+    pub fn open_mapped(path: impl AsRef<Path>, plan: &dyn Fn(&TensorInfo) -> Vec<std::ops::Range<usize>>) -> Result<Self, RuntimeError> {
+        let mut file = Self::open(path)?;
+        for (shard, path) in file.paths.clone().iter().enumerate() {
+            let handle = std::fs::File::open(path).map_err(|source| RuntimeError::Io { path: path.display().to_string(), source })?;
+            let mut regions = Vec::new();
+            for info in file.tensors.iter().filter(|t| t.shard == shard) {
+                for r in plan(info) {
+                    let (start, end) = (r.start.min(info.size), r.end.min(info.size));
+                    if start < end {
+                        regions.push(map_region(&handle, path, info.offset + start, end - start)?);
+                    }
+                }
+            }
+            regions.sort_by_key(|r| r.start);
+            file.shards[shard] = Backing::Regions(regions);
+        }
+        Ok(file)
+    }
+
+    /// Bytes of the file(s) this process has mapped (or holds).
+    pub fn mapped_bytes(&self) -> usize {
+        self.shards.iter().map(Backing::mapped_bytes).sum()
+    }
+
+    /// File bytes `[offset, offset + len)` of shard `shard`, or an error naming `what` when
+    /// that range is not mapped in this process.
+    pub fn range(&self, what: &str, shard: usize, offset: usize, len: usize) -> Result<&[u8], RuntimeError> {
+        self.shards
+            .get(shard)
+            .and_then(|b| b.range(offset, len))
+            .ok_or_else(|| RuntimeError::NotMapped { what: what.to_string() })
+    }
+
     /// Parses a single-file GGUF held in memory (tests and fuzzing).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, RuntimeError> {
         Self::from_backings(vec![PathBuf::from("<memory>")], vec![Backing::Owned(bytes)])
@@ -143,8 +222,13 @@ impl GgufFile {
         let mut tensors = Vec::new();
         let mut hasher = Sha256::new();
         for (i, (shard, path)) in shards.iter().zip(&paths).enumerate() {
-            let header = parse_header(shard.bytes(), i).map_err(|e| e.in_file(path))?;
-            hasher.update(&shard.bytes()[..header.header_len]);
+            let bytes = match shard {
+                Backing::Mapped(m) => &m[..],
+                Backing::Owned(v) => &v[..],
+                Backing::Regions(_) => return Err(RuntimeError::gguf(path, "cannot parse a partially mapped file")),
+            };
+            let header = parse_header(bytes, i).map_err(|e| e.in_file(path))?;
+            hasher.update(&bytes[..header.header_len]);
             if i == 0 {
                 metadata = header.metadata;
             }
@@ -222,18 +306,13 @@ impl GgufFile {
             .ok_or_else(|| RuntimeError::MissingTensor {
                 name: name.to_string(),
             })?;
-        Ok(self.view(info))
+        let data = self.range(&info.name, info.shard, info.offset, info.size)?;
+        Ok(TensorView { info, data })
     }
 
-    /// A tensor by name, if present.
+    /// A tensor by name, if present and mapped.
     pub fn tensor_opt(&self, name: &str) -> Option<TensorView<'_>> {
-        self.tensor_info(name).map(|info| self.view(info))
-    }
-
-    fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
-        // Bounds were checked against this shard's length in `parse_header`.
-        let data = &self.shards[info.shard].bytes()[info.offset..info.offset + info.size];
-        TensorView { info, data }
+        self.tensor(name).ok()
     }
 }
 

@@ -33,9 +33,9 @@ impl Mat {
     pub fn bytes(&self) -> usize {
         self.size
     }
-    pub(super) fn view<'a>(&self, file: &'a GgufFile) -> QMatrix<'a> {
-        let data = shard_bytes(file, &self.name, self.shard, self.offset, self.size);
-        QMatrix::new(self.ty, self.rows, self.cols, data).expect("shape checked at load")
+    pub(super) fn view<'a>(&self, file: &'a GgufFile) -> Result<QMatrix<'a>, RuntimeError> {
+        let data = file.range(&self.name, self.shard, self.offset, self.size)?;
+        Ok(QMatrix::new(self.ty, self.rows, self.cols, data)?)
     }
 }
 
@@ -66,35 +66,18 @@ impl ExpertsWeight {
     pub fn shard(&self) -> usize {
         self.shard
     }
-    pub(super) fn expert<'a>(&self, file: &'a GgufFile, e: usize) -> QMatrix<'a> {
-        assert!(
-            e < self.n_experts,
-            "expert {e} out of range for {}",
-            self.name
-        );
-        let data = shard_bytes(
-            file,
-            &self.name,
-            self.shard,
-            self.expert_offset(e),
-            self.expert_bytes,
-        );
-        QMatrix::new(self.ty, self.rows, self.cols, data).expect("shape checked at load")
+    pub(super) fn expert<'a>(&self, file: &'a GgufFile, e: usize) -> Result<QMatrix<'a>, RuntimeError> {
+        if e >= self.n_experts {
+            return Err(RuntimeError::InvalidInput(format!(
+                "expert {e} out of range for {} ({} experts)",
+                self.name, self.n_experts
+            )));
+        }
+        let data = file
+            .range(&self.name, self.shard, self.expert_offset(e), self.expert_bytes)
+            .map_err(|_| RuntimeError::NotMapped { what: format!("expert {e} of {}", self.name) })?;
+        Ok(QMatrix::new(self.ty, self.rows, self.cols, data)?)
     }
-}
-
-fn shard_bytes<'a>(
-    file: &'a GgufFile,
-    name: &str,
-    shard: usize,
-    offset: usize,
-    size: usize,
-) -> &'a [u8] {
-    // Locations come from this file's own tensor table, bounds-checked at parse time.
-    let t = file.tensor(name).expect("tensor located at load");
-    debug_assert_eq!(t.info.shard, shard);
-    let start = offset - t.info.offset;
-    &t.data[start..start + size]
 }
 
 /// MLA attention weights of one layer.

@@ -1,0 +1,132 @@
+//! `moe-node serve --http ADDR` (and `--role router --http ADDR`): an OpenAI-compatible HTTP
+//! API over continuous batching.
+//!
+//! ```text
+//! serve.rs           options, startup: engine thread, chat template, HTTP listener
+//! serve/engine.rs    the engine thread: admission queue, one batched forward per step
+//! serve/routes.rs    axum routes and handlers (completions, chat, models, health)
+//! serve/openai.rs    request fields, validation, response JSON
+//! serve/chat_template.rs  the GGUF's Jinja chat template via minijinja (ChatML default)
+//! serve/stop.rs      stop strings over streamed text
+//! serve/api_error.rs OpenAI-style error objects
+//! ```
+//!
+//! ```sh
+//! moe-node serve --model M.gguf --http 127.0.0.1:8080     # prints `http listening on IP:PORT`
+//! curl -s localhost:8080/v1/completions -d '{"prompt": "Hello", "max_tokens": 8}'
+//! ```
+//!
+//! Threads: the engine owns the model on its own OS thread (compute never runs on the async
+//! runtime); two tokio workers serve HTTP. Every queue between them is bounded: the admission
+//! queue (`--admission-queue`, 429 when full) and each request's piece channel.
+
+pub mod api_error;
+pub mod chat_template;
+pub mod engine;
+pub mod openai;
+pub mod routes;
+pub mod stop;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::cli::common::ModelArgs;
+use crate::cluster::args::RouterArgs;
+use chat_template::ChatTemplate;
+use engine::{EngineLimits, ADMISSION_QUEUE_MAX, MAX_ACTIVE_SEQUENCES};
+
+/// Largest `max_tokens` a request may ask for (default of `--max-tokens-limit`).
+pub const COMPLETION_TOKENS_MAX: usize = 4096;
+/// Longest API key file, in bytes.
+pub const API_KEY_FILE_BYTES_MAX: u64 = 4096;
+/// HTTP worker threads (the model computes on the engine thread, not on these).
+pub const HTTP_WORKER_THREADS: usize = 2;
+
+/// HTTP serving options (shared by `serve` and `--role router`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeOptions {
+    /// Serve the OpenAI-compatible HTTP API on this address (port 0 picks a free port).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// File holding the API key clients must send as `Authorization: Bearer KEY`.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Model name listed by /v1/models (default: the GGUF's general.name, else the file name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Sequences decoded together in one batch.
+    #[arg(long, default_value_t = MAX_ACTIVE_SEQUENCES)]
+    pub max_active_sequences: usize,
+    /// Requests that may wait for a sequence slot; more get 429.
+    #[arg(long, default_value_t = ADMISSION_QUEUE_MAX)]
+    pub admission_queue: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = COMPLETION_TOKENS_MAX)]
+    pub max_tokens_limit: usize,
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    cluster: RouterArgs,
+    #[command(flatten)]
+    serve: ServeOptions,
+}
+
+/// `moe-node serve`.
+pub fn run_command(a: ServeArgs) -> anyhow::Result<()> {
+    run(&a.model, &a.cluster, &a.serve)
+}
+
+/// Loads the model (and connects to the expert nodes of a placement), then serves HTTP until
+/// the process is stopped.
+pub fn run(model_args: &ModelArgs, cluster: &RouterArgs, opts: &ServeOptions) -> anyhow::Result<()> {
+    let addr = opts.http.context("serving needs --http ADDR")?;
+    anyhow::ensure!(opts.max_active_sequences >= 1, "--max-active-sequences must be at least 1");
+    anyhow::ensure!(opts.admission_queue >= 1, "--admission-queue must be at least 1");
+    anyhow::ensure!(opts.max_tokens_limit >= 1, "--max-tokens-limit must be at least 1");
+    anyhow::ensure!(model_args.ctx_size >= 2, "--ctx-size must be at least 2");
+    let api_key = opts.api_key_file.as_deref().map(read_api_key).transpose()?;
+    let limits = EngineLimits { max_active: opts.max_active_sequences, queue: opts.admission_queue, ctx_size: model_args.ctx_size };
+    let (engine, info) = engine::start(model_args, cluster, limits)?;
+    let tok = &info.tokenizer;
+    let token_text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
+    let template = ChatTemplate::new(info.chat_template.as_deref(), token_text(tok.bos()), token_text(tok.eos()))?;
+    if !template.from_model {
+        eprintln!("the model has no tokenizer.chat_template: chat prompts use the default ChatML template");
+    }
+    let model_name = opts.served_model_name.clone().or(info.name.clone()).unwrap_or_else(|| {
+        model_args.model.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "moe-node-default".into())
+    });
+    let state = Arc::new(routes::AppState {
+        engine,
+        tokenizer: info.tokenizer.clone(),
+        template: Arc::new(template),
+        model_name,
+        ctx_size: model_args.ctx_size,
+        max_tokens_limit: opts.max_tokens_limit,
+        api_key,
+        next_id: AtomicU64::new(0),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(HTTP_WORKER_THREADS).enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        println!("http listening on {}", listener.local_addr()?);
+        axum::serve(listener, routes::app(state)).await.context("HTTP server")
+    })
+}
+
+fn read_api_key(path: &std::path::Path) -> anyhow::Result<String> {
+    let len = std::fs::metadata(path).with_context(|| format!("reading API key file {}", path.display()))?.len();
+    anyhow::ensure!(len <= API_KEY_FILE_BYTES_MAX, "API key file {} has {len} bytes; at most {API_KEY_FILE_BYTES_MAX}", path.display());
+    let key = std::fs::read_to_string(path).with_context(|| format!("reading API key file {}", path.display()))?.trim().to_string();
+    anyhow::ensure!(!key.is_empty(), "API key file {} is empty", path.display());
+    Ok(key)
+}

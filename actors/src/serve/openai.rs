@@ -1,0 +1,408 @@
+//! The OpenAI request bodies this server accepts and the JSON it answers with.
+//!
+//! Decides: which fields exist, their types (a field of the wrong type is a 400), their
+//! ranges, and the defaults OpenAI documents (`temperature` 1, `top_p` 1, `n` 1, 16 tokens
+//! for a completion). Unknown fields are ignored, as OpenAI does, and so is `model`: this
+//! server serves one model whatever name a request gives. Leaves tokenization, the
+//! chat template and the context check to the handlers.
+//!
+//! Extensions beyond OpenAI's set (vLLM / llama.cpp names): `top_k`, `min_p`,
+//! `repetition_penalty`, `ignore_eos`; every choice also carries `token_ids`, the generated
+//! token ids of that piece.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use moe_runtime::sampling::SamplingParams;
+
+use super::api_error::ApiError;
+
+/// Most stop strings per request (OpenAI's limit).
+pub const STOP_SEQUENCES_MAX: usize = 4;
+/// Longest stop string, in bytes.
+pub const STOP_SEQUENCE_BYTES_MAX: usize = 256;
+/// Most chat messages per request.
+pub const CHAT_MESSAGES_MAX: usize = 4096;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` and no choices.
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// The generation fields shared by both endpoints.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationFields {
+    /// Most tokens to generate.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Sampling temperature (0 = greedy); OpenAI's default is 1.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Extension: keep the k most likely tokens (0 = off).
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    /// Extension: drop tokens below `min_p` × the top probability.
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    /// Extension: llama.cpp's repetition penalty (1 = off).
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    /// Generator seed (random when absent).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Stop strings: the output ends before the first one.
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    /// Choices per request; only 1 is supported.
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Streaming options.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Only 0 is supported.
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// Only 0 is supported.
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    /// Extension: keep generating past the end-of-sequence token.
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    /// The prompt, used as is (no chat template).
+    pub prompt: Prompt,
+    /// Only `false` is supported.
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub gen: GenerationFields,
+}
+
+/// A completion prompt: text or token ids, alone or as a one-element list (n = 1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    /// Text.
+    Text(String),
+    /// Token ids.
+    Tokens(Vec<u32>),
+    /// A list of texts (exactly one is supported).
+    Texts(Vec<String>),
+    /// A list of token id lists (exactly one is supported).
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// OpenAI's newer name for `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub gen: GenerationFields,
+}
+
+/// One chat message. Fields beyond `role` and `content` (name, tool_calls, ...) reach the
+/// chat template unchanged.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, ...
+    pub role: String,
+    /// Text, or a list of content parts of which only `text` parts are supported.
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    /// Other fields.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// A message's content.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// Plain text.
+    Text(String),
+    /// Content parts.
+    Parts(Vec<ContentPart>),
+}
+
+/// One content part.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    /// Its type; only `text` is supported.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl ChatMessage {
+    /// The message as the chat template sees it: `content` as one string (text parts joined).
+    pub fn template_value(&self) -> Result<Value, ApiError> {
+        let content = match &self.content {
+            None => Value::Null,
+            Some(MessageContent::Text(t)) => Value::String(t.clone()),
+            Some(MessageContent::Parts(parts)) => {
+                let mut s = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => s.push_str(t),
+                        (kind, _) => return Err(ApiError::invalid(format!("content part of type {kind:?} is not supported (only text parts)"), Some("messages"))),
+                    }
+                }
+                Value::String(s)
+            }
+        };
+        let mut m = self.extra.clone();
+        m.insert("role".into(), Value::String(self.role.clone()));
+        m.insert("content".into(), content);
+        Ok(Value::Object(m))
+    }
+}
+
+/// The validated generation settings of a request (prompt excluded).
+#[derive(Debug, Clone)]
+pub struct GenerationSettings {
+    /// Most tokens to generate, when the request named it.
+    pub max_tokens: Option<usize>,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Stream the answer.
+    pub stream: bool,
+    /// Send a usage chunk at the end of a stream.
+    pub include_usage: bool,
+    /// Continue past the end-of-sequence token.
+    pub ignore_eos: bool,
+}
+
+impl GenerationFields {
+    /// Checks every field and fills in defaults; `max_tokens_limit` bounds `max_tokens`.
+    pub fn settings(&self, max_tokens: Option<u64>, max_tokens_limit: usize, fallback_seed: u64) -> Result<GenerationSettings, ApiError> {
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(ApiError::invalid(format!("n = {n} is not supported; only n = 1"), Some("n")));
+            }
+        }
+        for (v, name) in [(self.presence_penalty, "presence_penalty"), (self.frequency_penalty, "frequency_penalty")] {
+            if v.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::invalid(format!("{name} is not supported (only 0); use repetition_penalty"), Some(name)));
+            }
+        }
+        let max_tokens = match max_tokens {
+            None => None,
+            Some(0) => return Err(ApiError::invalid("max_tokens must be at least 1", Some("max_tokens"))),
+            Some(m) if m > max_tokens_limit as u64 => {
+                return Err(ApiError::invalid(format!("max_tokens = {m} is over this server's limit of {max_tokens_limit}"), Some("max_tokens")))
+            }
+            Some(m) => Some(m as usize),
+        };
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > STOP_SEQUENCES_MAX {
+            return Err(ApiError::invalid(format!("{} stop strings given; at most {STOP_SEQUENCES_MAX}", stop.len()), Some("stop")));
+        }
+        if let Some(s) = stop.iter().find(|s| s.len() > STOP_SEQUENCE_BYTES_MAX) {
+            return Err(ApiError::invalid(format!("a stop string of {} bytes; at most {STOP_SEQUENCE_BYTES_MAX}", s.len()), Some("stop")));
+        }
+        let sampling = SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k: self.top_k.unwrap_or(0) as usize,
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            repeat_penalty: self.repetition_penalty.unwrap_or(1.0),
+            seed: self.seed.unwrap_or(fallback_seed),
+            ..Default::default()
+        };
+        sampling.validate().map_err(|e| ApiError::invalid(e.to_string(), None))?;
+        Ok(GenerationSettings {
+            max_tokens,
+            sampling,
+            stop,
+            stream: self.stream.unwrap_or(false),
+            include_usage: self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+        })
+    }
+}
+
+/// Why a choice ended, in OpenAI's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context capacity.
+    Length,
+}
+
+impl FinishReason {
+    /// `"stop"` or `"length"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+}
+
+impl Usage {
+    /// OpenAI's `usage` object.
+    pub fn json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+}
+
+/// Which endpoint a response belongs to (they differ only in object names and choice shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/completions`.
+    Completions,
+    /// `/v1/chat/completions`.
+    Chat,
+}
+
+/// What every response object of one request repeats.
+#[derive(Debug, Clone)]
+pub struct ResponseMeta {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// `cmpl-...` or `chatcmpl-...`.
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The served model name.
+    pub model: String,
+}
+
+impl ResponseMeta {
+    /// A complete (non-streamed) response.
+    pub fn full(&self, text: &str, token_ids: &[u32], finish: FinishReason, usage: Usage) -> Value {
+        let choice = match self.endpoint {
+            Endpoint::Completions => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_str(), "token_ids": token_ids }),
+            Endpoint::Chat => json!({
+                "index": 0,
+                "message": { "role": "assistant", "content": text },
+                "logprobs": null,
+                "finish_reason": finish.as_str(),
+                "token_ids": token_ids,
+            }),
+        };
+        json!({
+            "id": self.id,
+            "object": self.object(false),
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage.json(),
+        })
+    }
+
+    /// One streamed chunk: a text piece, the opening role (chat), or the finish.
+    pub fn chunk(&self, text: Option<&str>, token_ids: &[u32], first: bool, finish: Option<FinishReason>) -> Value {
+        let finish = finish.map(FinishReason::as_str);
+        let choice = match self.endpoint {
+            Endpoint::Completions => json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish, "token_ids": token_ids }),
+            Endpoint::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), "assistant".into());
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), t.into());
+                }
+                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish, "token_ids": token_ids })
+            }
+        };
+        json!({ "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice] })
+    }
+
+    /// The last chunk of a stream with `include_usage`: no choices, the usage.
+    pub fn usage_chunk(&self, usage: Usage) -> Value {
+        json!({ "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [], "usage": usage.json() })
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Completions, _) => "text_completion",
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(v: Value) -> Result<GenerationFields, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn wrong_types_are_refused_and_unknown_fields_ignored() {
+        assert!(fields(json!({ "temperature": "hot" })).is_err());
+        assert!(fields(json!({ "max_tokens": -1 })).is_err());
+        assert!(fields(json!({ "stop": 3 })).is_err());
+        assert!(fields(json!({ "whatever": [1, 2], "user": "u" })).is_ok());
+        assert!(serde_json::from_value::<ChatRequest>(json!({ "messages": "hi" })).is_err());
+        assert!(serde_json::from_value::<CompletionRequest>(json!({ "prompt": {"a": 1} })).is_err());
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let f = fields(json!({})).unwrap();
+        assert!(f.settings(Some(100), 100, 0).is_ok());
+        let e = f.settings(Some(101), 100, 0).unwrap_err();
+        assert_eq!(e.param, Some("max_tokens"));
+        assert!(fields(json!({ "n": 2 })).unwrap().settings(None, 10, 0).is_err());
+        assert!(fields(json!({ "stop": ["a", "b", "c", "d", "e"] })).unwrap().settings(None, 10, 0).is_err());
+        assert!(fields(json!({ "temperature": -1.0 })).unwrap().settings(None, 10, 0).is_err());
+        let s = fields(json!({ "stop": "x", "seed": 5 })).unwrap().settings(None, 10, 0).unwrap();
+        assert_eq!((s.stop, s.sampling.seed, s.sampling.temperature), (vec!["x".to_string()], 5, 1.0));
+    }
+}
