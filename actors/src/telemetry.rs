@@ -209,8 +209,10 @@ pub fn install(addr: SocketAddr, role: &str, node_name: &str) -> anyhow::Result<
     HANDLE.set(handle.clone()).map_err(|_| anyhow::anyhow!("metrics already installed"))?;
     describe_all();
     gauge!(NODE_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    for outcome in [Outcome::Ok, Outcome::Error] {
-        counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str()).absolute(0);
+    if role != "expert" {
+        for outcome in [Outcome::Ok, Outcome::Error] {
+            counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str()).absolute(0);
+        }
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
@@ -307,6 +309,15 @@ fn describe_all() {
     describe_counter!(EXPERT_TOKENS_TOTAL, "Tokens whose routed experts this node computed.");
 }
 
+/// Which end of a link a [`PeerMetrics`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// The router's link to an expert node: also steps in flight and round trips.
+    Router,
+    /// An expert node's connection from a router.
+    Expert,
+}
+
 /// Counters and gauges of one link with one peer, registered once (with zero error counters
 /// for every [`ErrorKind`], so dashboards see the series before the first error).
 #[derive(Clone)]
@@ -317,17 +328,19 @@ pub struct PeerMetrics {
     received_bytes: Counter,
     received_frames: Counter,
     up: Gauge,
-    in_flight: Gauge,
-    round_trip: Histogram,
+    /// Router end only.
+    dispatch: Option<(Gauge, Histogram)>,
 }
 
 impl PeerMetrics {
-    /// The metrics of the link with `peer`.
-    pub fn new(peer: &str) -> Self {
+    /// The metrics of the link with `peer`, seen from `end`.
+    pub fn new(peer: &str, end: LinkEnd) -> Self {
         for kind in ErrorKind::ALL {
             counter!(PEER_ERRORS_TOTAL, "peer" => peer.to_string(), "kind" => kind.as_str()).absolute(0);
         }
         let p = || peer.to_string();
+        let dispatch = (end == LinkEnd::Router)
+            .then(|| (gauge!(STEPS_IN_FLIGHT, "peer" => p()), histogram!(DISPATCH_ROUND_TRIP_SECONDS, "peer" => p())));
         Self {
             peer: p(),
             sent_bytes: counter!(PEER_SENT_BYTES_TOTAL, "peer" => p()),
@@ -335,8 +348,7 @@ impl PeerMetrics {
             received_bytes: counter!(PEER_RECEIVED_BYTES_TOTAL, "peer" => p()),
             received_frames: counter!(PEER_RECEIVED_FRAMES_TOTAL, "peer" => p()),
             up: gauge!(PEER_UP, "peer" => p()),
-            in_flight: gauge!(STEPS_IN_FLIGHT, "peer" => p()),
-            round_trip: histogram!(DISPATCH_ROUND_TRIP_SECONDS, "peer" => p()),
+            dispatch,
         }
     }
 
@@ -369,12 +381,16 @@ impl PeerMetrics {
 
     /// Router: steps awaiting a reply now.
     pub fn set_in_flight(&self, steps: usize) {
-        self.in_flight.set(steps as f64);
+        if let Some((in_flight, _)) = &self.dispatch {
+            in_flight.set(steps as f64);
+        }
     }
 
     /// Router: a step's reply came `seconds` after it was handed to the link.
     pub fn round_trip(&self, seconds: f64) {
-        self.round_trip.record(seconds);
+        if let Some((_, round_trip)) = &self.dispatch {
+            round_trip.record(seconds);
+        }
     }
 
     /// One error of `kind`.
@@ -514,7 +530,7 @@ mod tests {
     #[test]
     fn endpoint_serves_every_family_and_refuses_other_paths() {
         let addr = install("127.0.0.1:0".parse().unwrap(), "test", "t1").unwrap();
-        let peer = PeerMetrics::new("e1");
+        let peer = PeerMetrics::new("e1", LinkEnd::Router);
         peer.frame_sent(100);
         peer.round_trip(0.01);
         layer_step_done(1, 0.002);

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod cluster;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

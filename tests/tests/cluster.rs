@@ -153,6 +153,13 @@ fn wrong_secret_and_model_mismatch_are_refused_on_both_sides() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("fingerprint"), "router side: {err}");
     assert!(e.node.wait_stderr("fingerprint", Duration::from_secs(10)), "expert side: {}", e.node.stderr());
+
+    // A placement that gives a node experts it does not serve is refused at connect time.
+    let partial = start_expert(&q8, &secret, "0-127", "e2", "127.0.0.1:0");
+    let lying = dir.write("lying.toml", &placement_toml(&[("e2", &partial.addr, "0-383", "")]));
+    let out = moe_node(&["run", "--model", &s(&q8), "--prompt", "hi", "-n", "2", "--placement", &s(&lying), "--secret-file", &s(&secret)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("does not own what the placement gives it"), "{err}");
 }
 
 #[test]

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use super::args::{load_placement, read_secret};
 use super::expert_shard::{ExpertShardMsg, ShardSpec};
 use super::supervisor::{NodeSupervisorActor, NodeSupervisorMsg};
-use crate::telemetry::{self, ErrorKind, PeerMetrics};
+use crate::telemetry::{self, ErrorKind, LinkEnd, PeerMetrics};
 
 /// Requests a connection may read ahead of its worker.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 2;
@@ -129,7 +129,7 @@ where
         }
     };
     eprintln!("peer {} connected", peer.name.as_str());
-    let metrics = PeerMetrics::new(peer.name.as_str());
+    let metrics = PeerMetrics::new(peer.name.as_str(), LinkEnd::Expert);
     metrics.connection_opened();
     let (mut rd, wr) = tokio::io::split(stream);
     let (out_tx, out_rx) = mpsc::channel::<Message>(WRITER_QUEUE_FRAMES_MAX);

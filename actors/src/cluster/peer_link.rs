@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use moe_runtime::placement::ExpertSet;
 use moe_runtime::wire::{
-    client_handshake, decode_frame, read_frame, ExpertReply, ExpertRequest, HandshakeConfig, Heartbeat, Message,
+    client_handshake, PeerInfo, decode_frame, read_frame, ExpertReply, ExpertRequest, HandshakeConfig, Heartbeat, Message,
     FRAME_BYTES_MAX, HEARTBEAT_INTERVAL_MS, PEER_TIMEOUT_MS,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -21,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::expert_node::write_loop;
-use crate::telemetry::{ErrorKind, PeerMetrics};
+use crate::telemetry::{ErrorKind, LinkEnd, PeerMetrics};
 
 /// Frames queued for the link's writer.
 pub const LINK_QUEUE_FRAMES_MAX: usize = 8;
@@ -75,6 +76,7 @@ struct Conn {
 pub struct PeerLinkState {
     addr: SocketAddr,
     hs: HandshakeConfig,
+    expected: Arc<ExpectedShards>,
     shared: Arc<LinkShared>,
     conn: Option<Conn>,
     connecting: bool,
@@ -115,18 +117,19 @@ impl PeerLinkState {
 impl Actor for PeerLinkActor {
     type Msg = PeerLinkMsg;
     type State = PeerLinkState;
-    type Arguments = (SocketAddr, HandshakeConfig, Arc<LinkShared>);
+    type Arguments = (SocketAddr, HandshakeConfig, Arc<LinkShared>, Arc<ExpectedShards>);
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, (addr, hs, shared): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, (addr, hs, shared, expected): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS / 4), || PeerLinkMsg::Tick);
         let _ = myself.cast(PeerLinkMsg::Tick);
         let now = Instant::now();
-        let metrics = PeerMetrics::new(&shared.name);
+        let metrics = PeerMetrics::new(&shared.name, LinkEnd::Router);
         metrics.set_up(false);
         metrics.set_in_flight(0);
         Ok(PeerLinkState {
             addr,
             hs,
+            expected,
             shared,
             conn: None,
             connecting: false,
@@ -170,7 +173,7 @@ impl Actor for PeerLinkActor {
                 } else if !st.connecting && now >= st.next_attempt {
                     st.connecting = true;
                     st.gen += 1;
-                    tokio::spawn(connect(myself.clone(), st.gen, st.addr, st.hs.clone(), st.metrics.clone()));
+                    tokio::spawn(connect(myself.clone(), st.gen, st.addr, st.hs.clone(), st.metrics.clone(), st.expected.clone()));
                 }
             }
             PeerLinkMsg::Connected(gen, tx, reader) => {
@@ -238,14 +241,41 @@ impl Actor for PeerLinkActor {
     }
 }
 
-async fn connect(link: ActorRef<PeerLinkMsg>, gen: u64, addr: SocketAddr, hs: HandshakeConfig, metrics: PeerMetrics) {
+/// What the placement says a node owns: `(model layer, experts)` for every MoE layer.
+pub type ExpectedShards = Vec<(usize, ExpertSet)>;
+
+/// Checks that a peer owns at least what the placement gives it.
+fn check_shards(peer: &PeerInfo, expected: &ExpectedShards) -> Result<(), String> {
+    for (layer, want) in expected {
+        let has = peer.shards.overrides.get(layer).unwrap_or(&peer.shards.all_layers);
+        let missing: Vec<usize> = want.iter().filter(|&e| !has.contains(e)).collect();
+        if let Some(first) = missing.first() {
+            return Err(format!(
+                "node {} does not own what the placement gives it: {} experts of layer {layer} missing (first {first}); it owns {has}",
+                peer.name.as_str(),
+                missing.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn connect(
+    link: ActorRef<PeerLinkMsg>,
+    gen: u64,
+    addr: SocketAddr,
+    hs: HandshakeConfig,
+    metrics: PeerMetrics,
+    expected: Arc<ExpectedShards>,
+) {
     let attempt = async {
         let mut stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(addr))
             .await
             .map_err(|_| (format!("connect timed out after {CONNECT_TIMEOUT_MS} ms"), false))?
             .map_err(|e| (e.to_string(), false))?;
         let _ = stream.set_nodelay(true);
-        let (_, mac) = client_handshake(&mut stream, &hs).await.map_err(|e| (e.to_string(), true))?;
+        let (peer, mac) = client_handshake(&mut stream, &hs).await.map_err(|e| (e.to_string(), true))?;
+        check_shards(&peer, &expected).map_err(|e| (e, true))?;
         Ok::<_, (String, bool)>((stream, mac))
     };
     match attempt.await {

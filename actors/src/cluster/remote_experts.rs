@@ -111,7 +111,13 @@ impl RemoteExperts {
                 }
             };
             let shared = Arc::new(LinkShared { name: node.name.as_str().to_string(), up: false.into(), last_error: Mutex::new("not connected yet".into()), refused: false.into() });
-            let actor = rt.block_on(Actor::spawn(None, PeerLinkActor, (addr, hs.clone(), shared.clone())))?.0;
+            let idx = NodeIndex(links.len() as u16);
+            let expected: Vec<(usize, moe_runtime::placement::ExpertSet)> = placement
+                .moe_layers()
+                .iter()
+                .filter_map(|&l| placement.experts_of(idx, l).map(|s| (l, s.clone())))
+                .collect();
+            let actor = rt.block_on(Actor::spawn(None, PeerLinkActor, (addr, hs.clone(), shared.clone(), Arc::new(expected))))?.0;
             links.push(Some(Link { actor, shared }));
         }
         let deadline = Instant::now() + Duration::from_millis(CLUSTER_READY_TIMEOUT_MS);

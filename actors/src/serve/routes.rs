@@ -161,7 +161,14 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
             ApiError::invalid(format!("cannot read the request body: {}", r.body_text()), None)
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None).with_code("invalid_json"))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let err = ApiError::invalid(format!("invalid request body: {e}"), None);
+        if e.is_data() {
+            err
+        } else {
+            err.with_code("invalid_json")
+        }
+    })
 }
 
 fn check_key(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -5,14 +5,19 @@
 //!
 //! 1. **Load**: how often the trace routed a token to each expert.
 //! 2. **Replicas**: `replicas` extra copies go one at a time to the expert with the highest
-//!    load per copy (ties to the lower id), never more copies than nodes; a replicated
-//!    expert's load is split evenly between its copies (the router's least-loaded-owner rule
-//!    splits it about evenly at run time).
+//!    load per copy (ties to the lower id), never more copies than nodes; for packing, a
+//!    replicated expert's load is split evenly between its copies.
 //! 3. **Packing**: copies in decreasing load (ties: lower expert id first) go, longest
 //!    processing time first, to the node where `(node load + copy load) / node speed` is
 //!    smallest (ties: fewer experts held, then lower node index), among nodes that have room
-//!    and do not already hold that expert. A copy that finds no such node is an error if it
-//!    is an expert's first copy, and is dropped if it is an extra replica.
+//!    and do not already hold that expert. Experts the trace never chose add no load and go
+//!    to the node holding the fewest experts instead, so memory stays even. A copy that finds
+//!    no such node is an error if it is an expert's first copy, and is dropped if it is an
+//!    extra replica.
+//!
+//! The packing assumes a replicated expert's load splits evenly; the router's rule splits it
+//! per step by pair counts, regardless of speed. The balance printed before and after
+//! ([`Balance`]) therefore replays the trace with the router's rule itself.
 //!
 //! Room per node and layer: `--mem-gib` over (per-expert bytes × MoE layers), and at most
 //! [`PlanOptions::max_experts_factor`] times an even share of the layer's copies, so cold
@@ -26,6 +31,7 @@
 use std::collections::BTreeMap;
 
 use super::trace::Trace;
+use crate::dispatch::plan_step;
 use super::{ExpertSet, NodeAddr, NodeIndex, NodeName, Placement, PlacementNode, NODES_MAX};
 use crate::RuntimeError;
 
@@ -62,7 +68,8 @@ impl Default for PlanOptions {
 
 /// How evenly a placement spreads a trace's load, per MoE layer: the mean over nodes of
 /// (node load / node speed) divided by its maximum; 1 is perfect, 1/nodes is everything on
-/// one node. A replicated expert's load counts evenly split between its owners.
+/// one node. Node load is the (token, expert) pairs it computes when the trace is replayed
+/// with the router's dispatch rule ([`crate::dispatch::plan_step`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Balance {
     /// `(model layer, balance factor)` per MoE layer.
@@ -103,26 +110,28 @@ pub struct Plan {
     pub replicas_placed: Vec<usize>,
 }
 
-/// The balance of `placement` on per-layer expert `loads` (in `placement.moe_layers()`
-/// order) with node `speeds` (in node order).
-pub fn balance(placement: &Placement, loads: &[Vec<u64>], speeds: &[f64]) -> Balance {
+/// The balance of `placement` on `trace` with node `speeds` (in node order), replaying every
+/// record with the router's dispatch rule. The placement must be for the trace's model.
+pub fn balance(placement: &Placement, trace: &Trace, speeds: &[f64]) -> Result<Balance, RuntimeError> {
+    let h = &trace.header;
     let n = placement.nodes().len();
-    let per_layer = placement
-        .moe_layers()
+    let mut pairs = vec![vec![0f64; n]; h.moe_layers.len()];
+    for record in &trace.records {
+        let Some(slot) = h.slot(record.layer) else {
+            continue;
+        };
+        let work = plan_step(&trace.routing_of(record), record.layer, placement, &|_: NodeIndex| true)?;
+        for w in work {
+            pairs[slot][usize::from(w.node.0)] += w.routes.len() as f64;
+        }
+    }
+    let per_layer = h
+        .moe_layers
         .iter()
-        .zip(loads)
-        .map(|(&layer, load)| {
-            let mut node_load = vec![0f64; n];
-            for (e, &l) in load.iter().enumerate() {
-                let owners = placement.owners(layer, e);
-                for o in owners {
-                    node_load[usize::from(o.0)] += l as f64 / owners.len() as f64;
-                }
-            }
-            (layer, balance_factor(&node_load, speeds))
-        })
+        .zip(&pairs)
+        .map(|(&layer, node_load)| (layer, balance_factor(node_load, speeds)))
         .collect();
-    Balance { per_layer }
+    Ok(Balance { per_layer })
 }
 
 /// mean(load / speed) / max(load / speed); 1 when nothing is loaded.
@@ -234,8 +243,8 @@ pub fn plan(trace: &Trace, nodes: &[NodeSpec], opts: &PlanOptions) -> Result<Pla
     let placement = placement_of(nodes, &h.moe_layers, h.n_experts, &sets)?;
     let contiguous = contiguous(nodes, &h.moe_layers, h.n_experts)?;
     Ok(Plan {
-        before: balance(&contiguous, &loads, &speeds),
-        after: balance(&placement, &loads, &speeds),
+        before: balance(&contiguous, trace, &speeds)?,
+        after: balance(&placement, trace, &speeds)?,
         placement,
         contiguous,
         caps,
@@ -281,13 +290,17 @@ fn pack_layer(
         .map_err(|e| e.to_string())?;
     let mut placed_extra = 0;
     for (w, e, c) in items {
-        let best = (0..n_nodes)
-            .filter(|&n| held[n] < caps[n] && !sets[n].contains(e))
-            .min_by(|&a, &b| {
+        let room = (0..n_nodes).filter(|&n| held[n] < caps[n] && !sets[n].contains(e));
+        let best = if w > 0.0 {
+            room.min_by(|&a, &b| {
                 let ta = (node_load[a] + w) / speeds[a];
                 let tb = (node_load[b] + w) / speeds[b];
                 ta.total_cmp(&tb).then(held[a].cmp(&held[b])).then(a.cmp(&b))
-            });
+            })
+        } else {
+            // Experts the trace never chose add no load: spread them to even out memory.
+            room.min_by_key(|&n| (held[n], n))
+        };
         match best {
             Some(n) => {
                 sets[n].insert(e).map_err(|e| e.to_string())?;
@@ -416,11 +429,17 @@ mod tests {
         assert!(p.before.mean() < 0.6, "contiguous {}", p.before.mean());
         assert!(p.after.mean() > 0.9, "planned {}", p.after.mean());
         assert!(p.after.min() > p.before.min());
-        // Replicating the hottest experts helps further (expert 0 alone is ~20% of load).
+        // With replicas of the hottest experts it still beats the contiguous split. (It does
+        // not beat the plan without replicas here: in one-token steps the router gives a
+        // replicated pair to the lowest-index owner on ties, not half to each.)
         let r = PlanOptions { replicas: 8, ..Default::default() };
         let pr = plan(&trace, &nodes(&[1.0, 1.0, 1.0, 1.0]), &r).unwrap();
-        assert!(pr.after.mean() >= p.after.mean(), "{} < {}", pr.after.mean(), p.after.mean());
+        assert!(pr.after.mean() > p.before.mean() + 0.2, "{} vs {}", pr.after.mean(), p.before.mean());
         assert_eq!(pr.replicas_placed, vec![8, 8]);
+        for &layer in pr.placement.moe_layers() {
+            let copies: usize = (0..64).map(|e| pr.placement.owners(layer, e).len()).sum();
+            assert_eq!(copies, 64 + 8);
+        }
     }
 
     #[test]
