@@ -30,7 +30,14 @@ if [[ ! -f "$MODEL" ]]; then
 fi
 WORK="$(mktemp -d)"
 PIDS=()
-stop_experts() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; PIDS=(); }
+# CPU seconds (user + system) each running expert node has used, space-separated.
+expert_cpu() {
+  local pid tck; tck=$(getconf CLK_TCK)
+  for pid in "${PIDS[@]}"; do
+    awk -v t="$tck" '{printf "%.3f ", ($14 + $15) / t}' "/proc/$pid/stat"
+  done
+}
+stop_experts() { local pid; for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; PIDS=(); }
 cleanup() { stop_experts; rm -rf "$WORK"; }
 trap cleanup EXIT
 head -c 48 /dev/urandom | base64 > "$WORK/secret"
@@ -58,8 +65,9 @@ echo "### placement simulate (loopback: 40 Gbit/s, 0.03 ms)"
 
 # Starts e1..e4 for placement file $1 and writes the router's copy with real addresses to $2.
 start_cluster() {
-  local plan="$1" out="$2" text
+  local plan="$1" out="$2" text n
   text="$(cat "$plan")"
+  rm -f "$WORK"/e?.out  # a previous cluster's "listening on" must not be read
   for n in e1 e2 e3 e4; do
     "$BIN" --role expert --model "$MODEL" --placement "$plan" --node "$n" --secret-file "$WORK/secret" \
       --listen 127.0.0.1:0 --threads 1 > "$WORK/$n.out" 2> "$WORK/$n.err" &
@@ -67,7 +75,7 @@ start_cluster() {
   done
   for n in e1 e2 e3 e4; do
     local deadline=$((SECONDS + 120))
-    until grep -q "listening on" "$WORK/$n.out"; do
+    until grep -qs "listening on" "$WORK/$n.out"; do
       (( SECONDS < deadline )) || { echo "expert $n did not start" >&2; cat "$WORK/$n.err" >&2; exit 1; }
       sleep 0.2
     done
@@ -93,14 +101,22 @@ for rep in $(seq 1 "$REPS"); do
     extra=()
     # The first run also records the benchmark's own routing, to predict exactly this workload.
     [[ $rep == 1 && $p == contiguous ]] && extra=(--record-routing "$WORK/bench.trace")
-    timed_run "$WORK/$p-live.toml" "${extra[@]}" >> "$WORK/$p.times"
+    cpu0=$(expert_cpu)
+    timed=$(timed_run "$WORK/$p-live.toml" "${extra[@]}")
+    cpu1=$(expert_cpu)
+    # Expert CPU seconds during the run: the busiest node's and the sum over nodes.
+    cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {n = split(a, x); split(b, y); m = 0; s = 0;
+      for (i = 1; i <= n; i++) { d = y[i] - x[i]; s += d; if (d > m) m = d } printf "%.3f %.3f", m, s}')
+    echo "$timed $cpu" >> "$WORK/$p.times"
     stop_experts
-    echo "rep $rep $p: $(tail -1 "$WORK/$p.times")" >&2
+    echo "rep $rep $p: prompt_s gen_s max_node_cpu_s sum_cpu_s = $(tail -1 "$WORK/$p.times")" >&2
   done
 done
 
 c_pp=$(awk '{print $1}' "$WORK/contiguous.times" | median); p_pp=$(awk '{print $1}' "$WORK/planned.times" | median)
 c_tg=$(awk '{print $2}' "$WORK/contiguous.times" | median); p_tg=$(awk '{print $2}' "$WORK/planned.times" | median)
+c_mx=$(awk '{print $3}' "$WORK/contiguous.times" | median); p_mx=$(awk '{print $3}' "$WORK/planned.times" | median)
+c_sum=$(awk '{print $4}' "$WORK/contiguous.times" | median); p_sum=$(awk '{print $4}' "$WORK/planned.times" | median)
 pred_default=$(awk '/^predicted time \/ first/ {print $NF}' "$WORK/sim-default.txt")
 pred_loop=$(awk '/^predicted time \/ first/ {print $NF}' "$WORK/sim-loopback.txt")
 echo
@@ -117,6 +133,8 @@ echo "| | contiguous | planned | planned / contiguous |"
 echo "|---|---|---|---|"
 echo "| measured prompt processing, $prompt_tokens tokens (s) | $c_pp | $p_pp | $(ratio "$p_pp" "$c_pp") |"
 echo "| measured generation, $N_PREDICT tokens (s) | $c_tg | $p_tg | $(ratio "$p_tg" "$c_tg") |"
+echo "| measured busiest expert node CPU (s) | $c_mx | $p_mx | $(ratio "$p_mx" "$c_mx") |"
+echo "| measured expert CPU, all nodes (s) | $c_sum | $p_sum | $(ratio "$p_sum" "$c_sum") |"
 echo "| predicted MoE time, recorded trace, default constants | | | $pred_default |"
 echo "| predicted MoE time, recorded trace, loopback constants | | | $pred_loop |"
 echo "| predicted MoE time, benchmark's own routing, loopback | | | $pred_bench |"

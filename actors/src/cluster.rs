@@ -4,11 +4,12 @@
 //! args.rs            --role/--shards/--placement/--secret-file options, secret loading
 //! expert_node.rs     `--role expert`: listener, handshake, one connection task set per peer
 //! expert_shard.rs    ExpertShardActor: computes the weighted partial sums of a request
+//! live_shard.rs     LiveShard: owned experts + their mapped model, swapped by live re-placement
 //! supervisor.rs      NodeSupervisorActor: owns the shard actor, restarts it when it fails
 //! peer_link.rs       PeerLinkActor (router side): one per remote node; connect, handshake,
 //!                    heartbeats, reconnect, in-flight steps and their failure
 //! remote_experts.rs  RemoteExperts: the forward pass's ExpertBackend over the links
-//! router.rs          `--role router`: serves generation requests (JSON lines on stdin)
+//! router.rs          `--role router` without `--http`: generation requests as JSON lines on stdin
 //! ```
 //!
 //! Flow control: the router's engine has at most one step in flight per link (it waits for
@@ -20,6 +21,7 @@
 pub mod args;
 pub mod expert_node;
 pub mod expert_shard;
+pub mod live_shard;
 pub mod peer_link;
 pub mod remote_experts;
 pub mod router;

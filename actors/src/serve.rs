@@ -4,7 +4,7 @@
 //! ```text
 //! serve.rs           options, startup: engine thread, chat template, HTTP listener
 //! serve/engine.rs    the engine thread: admission queue, one batched forward per step
-//! serve/routes.rs    axum routes and handlers (completions, chat, models, health)
+//! serve/routes.rs    axum routes and handlers (completions, chat, models, health, metrics)
 //! serve/openai.rs    request fields, validation, response JSON
 //! serve/chat_template.rs  the GGUF's Jinja chat template via minijinja (ChatML default)
 //! serve/stop.rs      stop strings over streamed text
@@ -19,6 +19,9 @@
 //! Threads: the engine owns the model on its own OS thread (compute never runs on the async
 //! runtime); two tokio workers serve HTTP. Every queue between them is bounded: the admission
 //! queue (`--admission-queue`, 429 when full) and each request's piece channel.
+//!
+//! Metrics: with `--metrics-addr ADDR` the Prometheus exporter of `telemetry.rs` is installed
+//! (its own listener on ADDR) and `GET /metrics` on the API address answers the same text.
 
 pub mod api_error;
 pub mod chat_template;
@@ -78,10 +81,14 @@ pub struct ServeArgs {
     cluster: RouterArgs,
     #[command(flatten)]
     serve: ServeOptions,
+    #[command(flatten)]
+    metrics: crate::telemetry::MetricsArgs,
 }
 
 /// `moe-node serve`.
 pub fn run_command(a: ServeArgs) -> anyhow::Result<()> {
+    let role = if a.cluster.placement.is_some() { "router" } else { "run" };
+    a.metrics.start(role, &a.cluster.node_name)?;
     run(&a.model, &a.cluster, &a.serve)
 }
 

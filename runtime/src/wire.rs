@@ -88,5 +88,6 @@ pub use io::{read_frame, read_frame_sync, write_frame, write_frame_sync};
 pub use limits::*;
 pub use message::{
     ArchivedMessage, AuthProof, ErrorCode, ErrorMessage, ExpertReply, ExpertRequest, ExpertRoute,
-    Heartbeat, Hello, LayerShards, Message, ModelShape, ShardSummary, WireDtype,
+    Heartbeat, Hello, LayerShards, Message, ModelShape, Reassign, ReassignAck, ReassignPhase,
+    ShardSummary, WireDtype,
 };

@@ -5,7 +5,8 @@ client cannot send what a check needs). Exits non-zero on the first failure.
     python3 tests/python/serve_checks.py --base-url http://127.0.0.1:PORT/v1 \
         --expect expect.json [--api-key KEY] CHECK...
 
-CHECKs: models, greedy, chat, stop, concurrent, bad_requests, auth, disconnect, queue_full.
+CHECKs: models, greedy, chat, stop, concurrent, bad_requests, auth, disconnect, queue_full,
+batching (a router started with --metrics-addr: steps per MoE layer from /metrics).
 `expect.json` holds the fixture's `prompt`, `greedy_text`, `greedy_tokens`, and the server's
 `ctx_size` and `max_tokens_limit`. `disconnect` and `queue_full` need a server started with
 `--max-active-sequences 1 --admission-queue 1`.
@@ -23,8 +24,6 @@ import openai
 
 # How long a freed sequence may take to leave /health's count, seconds.
 FREE_DEADLINE_S = 5.0
-# Tokens a long-running request asks for (it is cancelled long before it ends).
-LONG_MAX_TOKENS = 3000
 
 
 class Failure(Exception):
@@ -210,6 +209,37 @@ def check_concurrent(srv):
     print(f"concurrent: 16 requests, up to {overlap} at once, each gave exactly its tokens alone")
 
 
+def layer_steps(srv):
+    """{layer: MoE layer steps so far} from the router's /metrics."""
+    status, text = srv.raw("GET", "/metrics")
+    check(status == 200 and isinstance(text, str), f"/metrics: {status} {str(text)[:200]}")
+    steps = {}
+    for line in text.splitlines():
+        if line.startswith("moe_layer_step_seconds_count{"):
+            labels, value = line.rsplit(" ", 1)
+            layer = labels.split('layer="', 1)[1].split('"', 1)[0]
+            steps[layer] = float(value)
+    check(steps, "no moe_layer_step_seconds_count in /metrics")
+    return steps
+
+
+def check_batching(srv):
+    """16 concurrent requests share steps: each MoE layer runs far fewer steps than tokens."""
+    n, tokens = 16, 16
+    before = layer_steps(srv)
+    kw = dict(prompt=srv.expect["prompt"], temperature=0, max_tokens=tokens, extra_body={"ignore_eos": True})
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(lambda _: stream_completion(srv, **kw), range(n)))
+    check(all(len(r[1]) == tokens for r in results), "a request generated another number of tokens")
+    after = layer_steps(srv)
+    deltas = {l: after[l] - before.get(l, 0) for l in after}
+    alone = n * tokens  # one prompt step and tokens-1 decode steps per request, one at a time
+    worst = max(deltas.values())
+    check(len(set(deltas.values())) == 1, f"MoE layers ran different step counts: {deltas}")
+    check(worst <= alone / 4, f"{n} concurrent requests took {worst:.0f} steps per MoE layer; one at a time takes {alone}")
+    print(f"batching: {n} x {tokens} tokens in {worst:.0f} steps per MoE layer (one at a time: {alone})")
+
+
 def check_bad_requests(srv):
     e, p = srv.expect, srv.prefix
     cases = [
@@ -275,9 +305,14 @@ def wait_idle(srv, what):
     raise Failure(f"{what}: still busy after {FREE_DEADLINE_S} s: {srv.health()}")
 
 
+def long_max_tokens(e):
+    """max_tokens of a request that runs for seconds (it is cancelled long before it ends)."""
+    return e["ctx_size"] - len(e["prompt_tokens"])
+
+
 def check_disconnect(srv):
     e = srv.expect
-    body = {"prompt": e["prompt"], "max_tokens": LONG_MAX_TOKENS, "temperature": 0, "ignore_eos": True}
+    body = {"prompt": e["prompt"], "max_tokens": long_max_tokens(e), "temperature": 0, "ignore_eos": True}
     conn, resp = srv.open_stream(body)
     check(resp.status == 200, f"stream status {resp.status}")
     t0 = time.monotonic()
@@ -289,8 +324,10 @@ def check_disconnect(srv):
     conn.close()
     t_close = time.monotonic()
     freed = wait_idle(srv, "after a disconnect")
-    # Running to the end would take about LONG_MAX_TOKENS / tokens-per-event events.
-    print(f"disconnect: sequence freed {1000 * (freed - t_close):.0f} ms after the client left (about {per_event * 1000:.1f} ms per event)")
+    # Running to the end would take about one event per token.
+    to_end = per_event * body["max_tokens"]
+    check(freed - t_close < to_end / 2, f"freed after {freed - t_close:.2f} s: no sooner than running to the end (~{to_end:.1f} s)")
+    print(f"disconnect: sequence freed {1000 * (freed - t_close):.0f} ms after the client left (running to the end: ~{to_end:.1f} s)")
     # The single slot is free: a new request runs at once.
     text, ids, finish, _ = stream_completion(srv, prompt=e["prompt"], temperature=0, max_tokens=16)
     check(ids == e["greedy_tokens"], "after a disconnect the next request gives other tokens")
@@ -310,7 +347,7 @@ def check_disconnect(srv):
 
 def check_queue_full(srv):
     e = srv.expect
-    body = {"prompt": e["prompt"], "max_tokens": LONG_MAX_TOKENS, "temperature": 0, "ignore_eos": True}
+    body = {"prompt": e["prompt"], "max_tokens": long_max_tokens(e), "temperature": 0, "ignore_eos": True}
     running, resp = srv.open_stream(body)  # takes the one sequence slot
     read_sse_events(resp, 2)
     waiting, resp2 = srv.open_stream(body)  # waits in the one-place queue
@@ -343,6 +380,7 @@ CHECKS = {
     "auth": check_auth,
     "disconnect": check_disconnect,
     "queue_full": check_queue_full,
+    "batching": check_batching,
 }
 
 

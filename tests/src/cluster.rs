@@ -121,6 +121,12 @@ impl Node {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends SIGHUP (e.g. to make a router re-read its placement).
+    pub fn hangup(&self) {
+        let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

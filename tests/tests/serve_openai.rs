@@ -2,7 +2,8 @@
 //! (`tests/python/serve_checks.py`): greedy streaming equals the fixture's greedy continuation,
 //! 16 concurrent streams give exactly the tokens each gives alone, chat and stop strings, bad
 //! requests answered with 4xx error objects, the API key, a full admission queue (429), a
-//! disconnecting client freeing its sequence, and /health following the expert nodes.
+//! disconnecting client freeing its sequence, concurrent requests sharing each MoE layer's
+//! steps (the router's /metrics), and /health following the expert nodes.
 //!
 //! Needs `python3` with the `openai` package (`.ci/run` installs it).
 
@@ -161,7 +162,7 @@ fn router_with_two_expert_nodes_serves_the_openai_api() {
     let limit = MAX_TOKENS_LIMIT.to_string();
     let args: Vec<String> = [
         "--role", "router", "--model", &s(&model), "--placement", &s(&placement), "--secret-file", &s(&secret), "--http", "127.0.0.1:0",
-        "--ctx-size", &ctx, "--max-tokens-limit", &limit,
+        "--ctx-size", &ctx, "--max-tokens-limit", &limit, "--metrics-addr", "127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -169,7 +170,7 @@ fn router_with_two_expert_nodes_serves_the_openai_api() {
     let mut server = serve(&args);
     let body = wait_health(&server.addr, 200);
     assert!(body.contains("\"ok\""), "{body}");
-    python_checks(&mut server, &expect, None, &["models", "greedy", "concurrent", "bad_requests"]);
+    python_checks(&mut server, &expect, None, &["models", "greedy", "concurrent", "batching", "bad_requests"]);
     // /health is ready only while every expert node is reachable.
     experts[1].node.kill();
     let body = wait_health(&server.addr, 503);

@@ -17,7 +17,8 @@ use moe_runtime::model::{Model, WeightSet};
 use moe_runtime::placement::{ExpertSet, NodeName, Placement};
 use moe_runtime::wire::{
     decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorCode, ErrorMessage, HandshakeConfig,
-    Heartbeat, Message, ModelShape, RecvMac, SendMac, ShardSummary, FRAME_BYTES_MAX, PEER_TIMEOUT_MS,
+    ExpertRequest, Heartbeat, Message, ModelShape, PeerShards, Reassign, ReassignAck, RecvMac, SendMac, ShardSummary,
+    FRAME_BYTES_MAX, PEER_TIMEOUT_MS,
 };
 use ractor::{Actor, ActorRef};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::args::{load_placement, read_secret};
 use super::expert_shard::{ExpertShardMsg, ShardSpec};
+use super::live_shard::LiveShard;
 use super::supervisor::{NodeSupervisorActor, NodeSupervisorMsg};
 use crate::telemetry::{self, ErrorKind, LinkEnd, PeerMetrics};
 
@@ -87,11 +89,13 @@ pub fn run(model_path: PathBuf, threads: usize, placement: Option<PathBuf>, secr
     let shard = Arc::new(ShardSpec { owned });
     let shape = ModelShape { n_experts: cfg.n_experts, hidden_dim: cfg.n_embd };
     let hs = HandshakeConfig::new(node_name, model.file().fingerprint(), secret, summary, shape);
+    let layers = (cfg.n_layers, cfg.moe_layers());
+    let live = Arc::new(LiveShard::new(model_path.clone(), model, shard));
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-        let (supervisor, _) = Actor::spawn(None, NodeSupervisorActor, (model.clone(), shard)).await?;
+        let (supervisor, _) = Actor::spawn(None, NodeSupervisorActor, live.clone()).await?;
         telemetry::register_unknown_peer();
         println!("listening on {}", listener.local_addr()?);
         let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
@@ -102,9 +106,13 @@ pub fn run(model_path: PathBuf, threads: usize, placement: Option<PathBuf>, secr
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (hs, supervisor) = (hs.clone(), supervisor.clone());
+            // A node re-placed since start advertises what it owns now.
+            let mut hs = hs.clone();
+            hs.shards = live.summary();
+            let supervisor = supervisor.clone();
+            let layers = layers.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_connection(stream, &hs, supervisor).await {
+                if let Err(e) = serve_connection(stream, &hs, supervisor, &layers).await {
                     eprintln!("connection from {peer} closed: {e:#}");
                 }
                 drop(permit);
@@ -117,7 +125,20 @@ fn file_bytes(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-async fn serve_connection<S>(mut stream: S, hs: &HandshakeConfig, supervisor: ActorRef<NodeSupervisorMsg>) -> anyhow::Result<()>
+/// What a connection's worker does next, in arrival order.
+pub enum Work {
+    /// Compute a step.
+    Request(ExpertRequest),
+    /// Apply a re-placement phase.
+    Reassign(Reassign),
+}
+
+async fn serve_connection<S>(
+    mut stream: S,
+    hs: &HandshakeConfig,
+    supervisor: ActorRef<NodeSupervisorMsg>,
+    shape_layers: &(usize, Vec<usize>),
+) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -134,12 +155,30 @@ where
     let (mut rd, wr) = tokio::io::split(stream);
     let (out_tx, out_rx) = mpsc::channel::<Message>(WRITER_QUEUE_FRAMES_MAX);
     let (req_tx, mut req_rx) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
+    let (n_experts, n_layers, moe_layers) = (hs.shape.n_experts, shape_layers.0, shape_layers.1.clone());
     let writer = tokio::spawn(write_loop(wr, mac.send, out_rx, metrics.clone()));
     let worker_out = out_tx.clone();
     let worker_metrics = metrics.clone();
     let worker = tokio::spawn(async move {
-        while let Some(req) = req_rx.recv().await {
+        while let Some(work) = req_rx.recv().await {
             let shard = ractor::call!(supervisor, NodeSupervisorMsg::CurrentShard)?;
+            let req = match work {
+                Work::Request(req) => req,
+                Work::Reassign(r) => {
+                    let result = match PeerShards::parse(&r.shards, n_experts) {
+                        Err(e) => Err(e.to_string()),
+                        Ok(sets) => {
+                            let per_layer = (0..n_layers).map(|l| moe_layers.contains(&l).then(|| sets.in_layer(l).clone())).collect();
+                            ractor::call!(shard, ExpertShardMsg::Reassign, r.phase, per_layer).unwrap_or_else(|e| Err(e.to_string()))
+                        }
+                    };
+                    let ack = ReassignAck { epoch: r.epoch, error: result.err().unwrap_or_default() };
+                    if worker_out.send(Message::ReassignAck(ack)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let reply = match ractor::call!(shard, ExpertShardMsg::Compute, Box::new(req)) {
                 Ok(Ok(reply)) => Message::ExpertReply(reply),
                 Ok(Err(reason)) => {
@@ -171,7 +210,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut mac: RecvMac,
     shape: &ModelShape,
     out: &mpsc::Sender<Message>,
-    requests: &mpsc::Sender<moe_runtime::wire::ExpertRequest>,
+    requests: &mpsc::Sender<Work>,
     peer: &str,
     metrics: &PeerMetrics,
 ) -> anyhow::Result<()> {
@@ -197,7 +236,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         match message {
-            Message::ExpertRequest(req) => requests.send(req).await.context("worker gone")?,
+            Message::ExpertRequest(req) => requests.send(Work::Request(req)).await.context("worker gone")?,
+            Message::Reassign(r) => requests.send(Work::Reassign(r)).await.context("worker gone")?,
             Message::Heartbeat(hb) => out.send(Message::Heartbeat(Heartbeat { counter: hb.counter })).await.context("writer gone")?,
             Message::Error(e) => {
                 metrics.error(ErrorKind::StepRefused);

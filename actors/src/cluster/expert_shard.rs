@@ -10,9 +10,10 @@ use std::sync::Arc;
 use moe_runtime::forward::{apply_routes, Route};
 use moe_runtime::model::Model;
 use moe_runtime::placement::ExpertSet;
-use moe_runtime::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest};
+use moe_runtime::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest, ReassignPhase};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::live_shard::LiveShard;
 use crate::telemetry;
 
 /// What this node owns, per model layer.
@@ -26,12 +27,13 @@ pub struct ShardSpec {
 pub enum ExpertShardMsg {
     /// Compute a request; the reply port gets the reply or a reason.
     Compute(Box<ExpertRequest>, RpcReplyPort<Result<ExpertReply, String>>),
+    /// One phase of a live re-placement: the new sets per model layer.
+    Reassign(ReassignPhase, Vec<Option<ExpertSet>>, RpcReplyPort<Result<String, String>>),
 }
 
-/// State: the model and the shard.
+/// State: the node's live shard (model + owned experts).
 pub struct ExpertShardState {
-    model: Arc<Model>,
-    shard: Arc<ShardSpec>,
+    live: Arc<LiveShard>,
 }
 
 /// Computes expert requests (one at a time per actor).
@@ -40,21 +42,30 @@ pub struct ExpertShardActor;
 impl Actor for ExpertShardActor {
     type Msg = ExpertShardMsg;
     type State = ExpertShardState;
-    type Arguments = (Arc<Model>, Arc<ShardSpec>);
+    type Arguments = Arc<LiveShard>;
 
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, (model, shard): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ExpertShardState { model, shard })
+    async fn pre_start(&self, _: ActorRef<Self::Msg>, live: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ExpertShardState { live })
     }
 
     async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match msg {
             ExpertShardMsg::Compute(req, port) => {
                 let started = std::time::Instant::now();
-                let result = tokio::task::block_in_place(|| compute(&state.model, &state.shard, &req));
+                let (model, shard) = state.live.current();
+                let result = tokio::task::block_in_place(|| compute(&model, &shard, &req));
                 if result.is_ok() {
                     telemetry::expert_compute_done(req.layer as usize, req.n_tokens as usize, started.elapsed().as_secs_f64());
                 }
                 // The connection may be gone; nothing to do then.
+                let _ = port.send(result);
+            }
+            ExpertShardMsg::Reassign(phase, sets, port) => {
+                let result = tokio::task::block_in_place(|| state.live.reassign(phase, sets));
+                match &result {
+                    Ok(note) => eprintln!("reassigned: {note}"),
+                    Err(e) => eprintln!("reassign refused: {e}"),
+                }
                 let _ = port.send(result);
             }
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use moe_runtime::placement::ExpertSet;
 use moe_runtime::wire::{
-    client_handshake, PeerInfo, decode_frame, read_frame, ExpertReply, ExpertRequest, HandshakeConfig, Heartbeat, Message,
+    client_handshake, PeerInfo, Reassign, ReassignAck, decode_frame, read_frame, ExpertReply, ExpertRequest, HandshakeConfig, Heartbeat, Message,
     FRAME_BYTES_MAX, HEARTBEAT_INTERVAL_MS, PEER_TIMEOUT_MS,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -64,6 +64,10 @@ pub enum PeerLinkMsg {
     Closed(u64, String, ErrorKind),
     /// The engine gave up on this node (step timeout): drop the connection and reconnect.
     Reset(String),
+    /// Send one phase of a live re-placement; the node's ack (or the failure) goes back.
+    Reassign(Reassign, std::sync::mpsc::SyncSender<Result<ReassignAck, String>>),
+    /// What the placement now gives this node (checked on every reconnect).
+    SetExpected(Arc<ExpectedShards>),
 }
 
 struct Conn {
@@ -83,6 +87,7 @@ pub struct PeerLinkState {
     gen: u64,
     /// Steps awaiting a reply, with when they were handed to the link.
     pending: HashMap<u64, (ReplyTx, Instant)>,
+    reassigns: HashMap<u64, std::sync::mpsc::SyncSender<Result<ReassignAck, String>>>,
     metrics: PeerMetrics,
     last_heard: Instant,
     next_attempt: Instant,
@@ -96,6 +101,9 @@ pub struct PeerLinkActor;
 impl PeerLinkState {
     fn fail_all(&mut self, reason: &str) {
         for (_, (tx, _)) in self.pending.drain() {
+            let _ = tx.send(Err(reason.to_string()));
+        }
+        for (_, tx) in self.reassigns.drain() {
             let _ = tx.send(Err(reason.to_string()));
         }
         self.metrics.set_in_flight(0);
@@ -135,6 +143,7 @@ impl Actor for PeerLinkActor {
             connecting: false,
             gen: 0,
             pending: HashMap::new(),
+            reassigns: HashMap::new(),
             metrics,
             last_heard: now,
             next_attempt: now,
@@ -218,6 +227,11 @@ impl Actor for PeerLinkActor {
                         }
                     }
                     Message::Heartbeat(_) => {}
+                    Message::ReassignAck(ack) => {
+                        if let Some(tx) = st.reassigns.remove(&ack.epoch) {
+                            let _ = tx.send(Ok(ack));
+                        }
+                    }
                     Message::Error(e) => {
                         // The node refused a request: fail the in-flight steps with its words.
                         st.metrics.error(ErrorKind::StepRefused);
@@ -236,6 +250,20 @@ impl Actor for PeerLinkActor {
                 st.down(reason, ErrorKind::StepTimeout);
                 st.next_attempt = Instant::now();
             }
+            PeerLinkMsg::Reassign(r, tx) => match &st.conn {
+                None => {
+                    let _ = tx.send(Err(format!("node {} is down", st.shared.name)));
+                }
+                Some(c) => {
+                    let epoch = r.epoch;
+                    if c.tx.try_send(Message::Reassign(r)).is_err() {
+                        let _ = tx.send(Err(format!("node {}: send queue full or closed", st.shared.name)));
+                    } else {
+                        st.reassigns.insert(epoch, tx);
+                    }
+                }
+            },
+            PeerLinkMsg::SetExpected(expected) => st.expected = expected,
         }
         Ok(())
     }

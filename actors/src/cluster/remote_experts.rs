@@ -21,6 +21,8 @@ use moe_runtime::wire::{decode_hidden, ClusterSecret, ExpertRequest, ExpertRoute
 use moe_runtime::RuntimeError;
 use ractor::{Actor, ActorRef};
 
+mod replace;
+
 use super::peer_link::{LinkShared, PeerLinkActor, PeerLinkMsg};
 use crate::telemetry;
 
@@ -77,6 +79,10 @@ pub struct RemoteExperts {
     step: u64,
     pending: Option<PendingStep>,
     rt: Arc<tokio::runtime::Runtime>,
+    /// New placements from the SIGHUP watcher, applied at the next step boundary.
+    reload: Option<std::sync::mpsc::Receiver<Placement>>,
+    /// Counter of live re-placements (the wire's `Reassign::epoch`).
+    epoch: u64,
 }
 
 impl RemoteExperts {
@@ -139,7 +145,7 @@ impl RemoteExperts {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { placement, links, dtype, step: 0, pending: None, rt })
+        Ok(Self { placement, links, dtype, step: 0, pending: None, rt, reload: None, epoch: 0 })
     }
 
     /// A handle that tells, from any thread, which remote nodes are down.
@@ -218,6 +224,8 @@ impl Drop for RemoteExperts {
 
 impl ExpertBackend for RemoteExperts {
     fn begin(&mut self, model: &Model, layer: usize, h: &[f32], routing: &Routing) -> Result<(), RuntimeError> {
+        // A step boundary: every earlier step has finished on the placement it started with.
+        self.apply_reloaded_placement();
         let started = Instant::now();
         let plan = plan_routes(routing.routes(), layer, &self.placement, &|n| self.is_live(n))?;
         self.record_plan(layer, &plan);

@@ -1,6 +1,7 @@
 //! `moe-node --role router`: owns attention, dense layers, gates, shared experts, output and
-//! sampling; routed experts run on the placement's nodes. Until the HTTP API exists it serves
-//! generation requests as JSON lines on stdin, one answer line each on stdout:
+//! sampling; routed experts run on the placement's nodes. With `--http ADDR` it serves the
+//! OpenAI API (`serve.rs`); without, it serves generation requests as JSON lines on stdin, one
+//! answer line each on stdout:
 //!
 //! ```text
 //! in:  {"prompt": "Hello", "max_tokens": 16, "temperature": 0.0, "seed": 0, "ignore_eos": false}
@@ -47,7 +48,11 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
     let model = model_args.load_for(Some(cluster))?;
     let tok = Tokenizer::from_gguf(model.file())?;
     let (placement, secret) = cluster.load(&model.cfg)?.context("--role router needs --placement and --secret-file")?;
-    let remote = RemoteExperts::connect(&model, placement, secret, &cluster.node_name, cluster.wire_dtype)?;
+    let mut remote = RemoteExperts::connect(&model, placement, secret, &cluster.node_name, cluster.wire_dtype)?;
+    if let Some(path) = &cluster.placement {
+        // Live re-placement: `kill -HUP` re-reads the placement file.
+        remote.watch_placement(path.clone(), model.cfg.moe_layers(), model.cfg.n_experts)?;
+    }
     let mut experts = crate::cli::record::with_recording(Box::new(remote), &model, cluster.record_routing.as_deref())?;
     let stdout = std::io::stdout();
     writeln!(stdout.lock(), "{}", serde_json::json!({ "ready": true }))?;

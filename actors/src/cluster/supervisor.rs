@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use moe_runtime::model::Model;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::expert_shard::{ExpertShardActor, ExpertShardMsg, ShardSpec};
+use super::expert_shard::{ExpertShardActor, ExpertShardMsg};
+use super::live_shard::LiveShard;
 
 /// Messages of [`NodeSupervisorActor`].
 pub enum NodeSupervisorMsg {
@@ -17,8 +17,7 @@ pub enum NodeSupervisorMsg {
 
 /// State: what a restarted child needs, and the child.
 pub struct NodeSupervisorState {
-    model: Arc<Model>,
-    shard: Arc<ShardSpec>,
+    live: Arc<LiveShard>,
     child: ActorRef<ExpertShardMsg>,
     restarts: u64,
 }
@@ -29,11 +28,11 @@ pub struct NodeSupervisorActor;
 impl Actor for NodeSupervisorActor {
     type Msg = NodeSupervisorMsg;
     type State = NodeSupervisorState;
-    type Arguments = (Arc<Model>, Arc<ShardSpec>);
+    type Arguments = Arc<LiveShard>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, (model, shard): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        let (child, _) = Actor::spawn_linked(None, ExpertShardActor, (model.clone(), shard.clone()), myself.get_cell()).await?;
-        Ok(NodeSupervisorState { model, shard, child, restarts: 0 })
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, live: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        let (child, _) = Actor::spawn_linked(None, ExpertShardActor, live.clone(), myself.get_cell()).await?;
+        Ok(NodeSupervisorState { live, child, restarts: 0 })
     }
 
     async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
@@ -55,7 +54,7 @@ impl Actor for NodeSupervisorActor {
             state.restarts += 1;
             eprintln!("expert shard actor failed ({reason}); restart #{}", state.restarts);
             let (child, _) =
-                Actor::spawn_linked(None, ExpertShardActor, (state.model.clone(), state.shard.clone()), myself.get_cell()).await?;
+                Actor::spawn_linked(None, ExpertShardActor, state.live.clone(), myself.get_cell()).await?;
             state.child = child;
         }
         Ok(())

@@ -96,6 +96,33 @@ mod tests {
     }
 
     #[test]
+    fn deepseek_v3_style_template_renders() {
+        // The constructs of DeepSeek-V3's template: namespace, `is none`, `in`, split()[-1].
+        let src = "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}\
+{% set ns = namespace(is_first_sp=true, system_prompt='') %}\
+{%- for message in messages %}{%- if message['role'] == 'system' %}{%- if ns.is_first_sp %}\
+{% set ns.system_prompt = ns.system_prompt + message['content'] %}{% set ns.is_first_sp = false %}\
+{%- else %}{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}{%- endif %}{%- endif %}{%- endfor %}\
+{{ bos_token }}{{ ns.system_prompt }}\
+{%- for message in messages %}{%- if message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}{%- endif %}\
+{%- if message['role'] == 'assistant' and message['content'] is not none %}{%- set content = message['content'] -%}\
+{%- if '</think>' in content %}{%- set content = content.split('</think>')[-1] -%}{%- endif %}\
+{{ '<｜Assistant｜>' + content + eos_token }}{%- endif %}{%- endfor -%}\
+{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}";
+        let t = ChatTemplate::new(Some(src), "<｜begin▁of▁sentence｜>".into(), "<｜end▁of▁sentence｜>".into()).unwrap();
+        let msgs = [
+            json!({"role": "system", "content": "S"}),
+            json!({"role": "user", "content": "Hi"}),
+            json!({"role": "assistant", "content": "<think>x</think>Yo"}),
+            json!({"role": "user", "content": "Q"}),
+        ];
+        assert_eq!(
+            t.render(&msgs).unwrap(),
+            "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜>Yo<｜end▁of▁sentence｜><｜User｜>Q<｜Assistant｜>"
+        );
+    }
+
+    #[test]
     fn broken_templates_are_load_errors() {
         assert!(ChatTemplate::new(Some("{% for %}"), String::new(), String::new()).is_err());
     }

@@ -31,6 +31,7 @@ use super::stop::StopMatcher;
 use crate::cli::common::ModelArgs;
 use crate::cluster::args::RouterArgs;
 use crate::cluster::remote_experts::{LinkHealth, RemoteExperts};
+use crate::telemetry;
 
 /// Sequences decoded together (the default of `--max-active-sequences`).
 pub const MAX_ACTIVE_SEQUENCES: usize = 16;
@@ -249,6 +250,8 @@ struct Sequence {
     outbox: Piece,
     pieces: mpsc::Sender<Piece>,
     done: Option<oneshot::Sender<Result<Finished, String>>>,
+    /// Request metrics (TTFT, inter-token latency, KV cache); an unfinished one counts as an error.
+    metrics: Option<telemetry::Generation>,
 }
 
 struct Engine {
@@ -292,6 +295,7 @@ impl Engine {
     fn admit(&mut self, job: GenerationJob) {
         let GenerationJob { prompt, max_tokens, sampling, stop, ignore_eos, pieces, done } = job;
         self.seqs.push(Sequence {
+            metrics: Some(telemetry::Generation::start(prompt.len())),
             history: prompt.clone(),
             prompt,
             prefilled: 0,
@@ -354,6 +358,9 @@ impl Engine {
                 for (&i, logits) in in_batch.iter().zip(&logits) {
                     let end_tokens = &self.end_tokens;
                     let s = &mut self.seqs[i];
+                    if let Some(m) = &mut s.metrics {
+                        m.kv_cache(s.cache.len(), s.cache.capacity(), s.cache.bytes());
+                    }
                     if s.next_input.take().is_none() {
                         s.prefilled += s.feed.len();
                         if s.prefilled < s.prompt.len() {
@@ -393,6 +400,9 @@ impl Sequence {
             return Some(FinishReason::Stop);
         }
         self.generated += 1;
+        if let Some(m) = &mut self.metrics {
+            m.token();
+        }
         self.history.push(t);
         self.outbox.token_ids.push(t);
         let text = self.decoder.push(t);
@@ -424,6 +434,9 @@ impl Sequence {
         let usage = Usage { prompt_tokens: self.prompt.len(), completion_tokens: self.generated };
         if let Some(done) = self.done.take() {
             let _ = done.send(Ok(Finished { tail: std::mem::take(&mut self.outbox), finish, usage }));
+        }
+        if let Some(m) = self.metrics.take() {
+            m.finish();
         }
     }
 }

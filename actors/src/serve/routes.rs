@@ -5,6 +5,7 @@
 //! POST /v1/chat/completions   messages through the chat template, JSON or SSE stream
 //! GET  /v1/models             the one served model
 //! GET  /health                200 when the engine runs and every expert node is reachable, else 503
+//! GET  /metrics               Prometheus text (when started with --metrics-addr), else 404
 //! ```
 //!
 //! Decides: what a request means (tokens, limits against the context) and how answers are
@@ -67,6 +68,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)
@@ -84,6 +86,16 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "unavailable", "reason": reason, "active_sequences": active, "queued_requests": queued })),
         )
+            .into_response(),
+    }
+}
+
+async fn metrics() -> Response {
+    match crate::telemetry::render() {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => ApiError::invalid("metrics are off: start the server with --metrics-addr ADDR", None)
+            .with_status(StatusCode::NOT_FOUND)
+            .with_code("metrics_off")
             .into_response(),
     }
 }

@@ -31,8 +31,8 @@
 use std::collections::BTreeMap;
 
 use super::trace::Trace;
-use crate::dispatch::plan_step;
 use super::{ExpertSet, NodeAddr, NodeIndex, NodeName, Placement, PlacementNode, NODES_MAX};
+use crate::dispatch::plan_step;
 use crate::RuntimeError;
 
 /// One node the planner may place experts on.
@@ -86,10 +86,7 @@ impl Balance {
     }
     /// The worst layer's factor.
     pub fn min(&self) -> f64 {
-        self.per_layer
-            .iter()
-            .map(|&(_, b)| b)
-            .fold(1.0, f64::min)
+        self.per_layer.iter().map(|&(_, b)| b).fold(1.0, f64::min)
     }
 }
 
@@ -112,7 +109,11 @@ pub struct Plan {
 
 /// The balance of `placement` on `trace` with node `speeds` (in node order), replaying every
 /// record with the router's dispatch rule. The placement must be for the trace's model.
-pub fn balance(placement: &Placement, trace: &Trace, speeds: &[f64]) -> Result<Balance, RuntimeError> {
+pub fn balance(
+    placement: &Placement,
+    trace: &Trace,
+    speeds: &[f64],
+) -> Result<Balance, RuntimeError> {
     let h = &trace.header;
     let n = placement.nodes().len();
     let mut pairs = vec![vec![0f64; n]; h.moe_layers.len()];
@@ -120,7 +121,12 @@ pub fn balance(placement: &Placement, trace: &Trace, speeds: &[f64]) -> Result<B
         let Some(slot) = h.slot(record.layer) else {
             continue;
         };
-        let work = plan_step(&trace.routing_of(record), record.layer, placement, &|_: NodeIndex| true)?;
+        let work = plan_step(
+            &trace.routing_of(record),
+            record.layer,
+            placement,
+            &|_: NodeIndex| true,
+        )?;
         for w in work {
             pairs[slot][usize::from(w.node.0)] += w.routes.len() as f64;
         }
@@ -173,7 +179,10 @@ fn check_nodes(nodes: &[NodeSpec]) -> Result<(), RuntimeError> {
             nodes.len()
         )));
     }
-    if let Some(bad) = nodes.iter().find(|n| !(n.speed.is_finite() && n.speed > 0.0)) {
+    if let Some(bad) = nodes
+        .iter()
+        .find(|n| !(n.speed.is_finite() && n.speed > 0.0))
+    {
         return Err(RuntimeError::Plan(format!(
             "node {}: speed {} must be a positive number",
             bad.name, bad.speed
@@ -295,7 +304,9 @@ fn pack_layer(
             room.min_by(|&a, &b| {
                 let ta = (node_load[a] + w) / speeds[a];
                 let tb = (node_load[b] + w) / speeds[b];
-                ta.total_cmp(&tb).then(held[a].cmp(&held[b])).then(a.cmp(&b))
+                ta.total_cmp(&tb)
+                    .then(held[a].cmp(&held[b]))
+                    .then(a.cmp(&b))
             })
         } else {
             // Experts the trace never chose add no load: spread them to even out memory.
@@ -312,7 +323,7 @@ fn pack_layer(
             None => {
                 return Err(format!(
                     "no node has room for expert {e} (per-layer caps {caps:?}, held {held:?})"
-                ))
+                ));
             }
         }
     }
@@ -384,7 +395,9 @@ mod tests {
         let total: f64 = weights.iter().sum();
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
         let mut records = Vec::new();
@@ -403,7 +416,11 @@ mod tests {
                     }
                 }
                 experts.sort_unstable();
-                records.push(TraceRecord { step, layer, experts });
+                records.push(TraceRecord {
+                    step,
+                    layer,
+                    experts,
+                });
             }
         }
         Trace { header, records }
@@ -425,16 +442,29 @@ mod tests {
     #[test]
     fn planned_balance_beats_contiguous_on_a_skewed_trace() {
         let trace = skewed_trace(64, 4, 400, 7);
-        let p = plan(&trace, &nodes(&[1.0, 1.0, 1.0, 1.0]), &PlanOptions::default()).unwrap();
+        let p = plan(
+            &trace,
+            &nodes(&[1.0, 1.0, 1.0, 1.0]),
+            &PlanOptions::default(),
+        )
+        .unwrap();
         assert!(p.before.mean() < 0.6, "contiguous {}", p.before.mean());
         assert!(p.after.mean() > 0.9, "planned {}", p.after.mean());
         assert!(p.after.min() > p.before.min());
         // With replicas of the hottest experts it still beats the contiguous split. (It does
         // not beat the plan without replicas here: in one-token steps the router gives a
         // replicated pair to the lowest-index owner on ties, not half to each.)
-        let r = PlanOptions { replicas: 8, ..Default::default() };
+        let r = PlanOptions {
+            replicas: 8,
+            ..Default::default()
+        };
         let pr = plan(&trace, &nodes(&[1.0, 1.0, 1.0, 1.0]), &r).unwrap();
-        assert!(pr.after.mean() > p.before.mean() + 0.2, "{} vs {}", pr.after.mean(), p.before.mean());
+        assert!(
+            pr.after.mean() > p.before.mean() + 0.2,
+            "{} vs {}",
+            pr.after.mean(),
+            p.before.mean()
+        );
         assert_eq!(pr.replicas_placed, vec![8, 8]);
         for &layer in pr.placement.moe_layers() {
             let copies: usize = (0..64).map(|e| pr.placement.owners(layer, e).len()).sum();
@@ -445,7 +475,10 @@ mod tests {
     #[test]
     fn plans_are_deterministic_and_own_every_expert() {
         let trace = skewed_trace(48, 4, 300, 3);
-        let opts = PlanOptions { replicas: 5, ..Default::default() };
+        let opts = PlanOptions {
+            replicas: 5,
+            ..Default::default()
+        };
         let specs = nodes(&[1.0, 1.0, 0.5]);
         let a = plan(&trace, &specs, &opts).unwrap();
         let b = plan(&trace, &specs, &opts).unwrap();
@@ -483,7 +516,10 @@ mod tests {
         let mib = 1u64 << 20;
         specs[0].mem_bytes = Some(40 * mib);
         specs[1].mem_bytes = Some(20 * mib);
-        let opts = PlanOptions { replicas: 30, ..Default::default() };
+        let opts = PlanOptions {
+            replicas: 30,
+            ..Default::default()
+        };
         let p = plan(&trace, &specs, &opts).unwrap();
         assert_eq!(p.caps[..2], [20, 10]);
         for &layer in p.placement.moe_layers() {
@@ -512,7 +548,9 @@ mod tests {
     #[test]
     fn contiguous_split_matches_shards_ranges() {
         let p = contiguous(&nodes(&[1.0, 1.0, 1.0]), &[1], 8).unwrap();
-        let sets: Vec<String> = (0..3).map(|i| p.experts_of(NodeIndex(i), 1).unwrap().to_string()).collect();
+        let sets: Vec<String> = (0..3)
+            .map(|i| p.experts_of(NodeIndex(i), 1).unwrap().to_string())
+            .collect();
         assert_eq!(sets, ["0-2", "3-5", "6-7"]);
     }
 }

@@ -191,7 +191,12 @@ pub fn simulate(
         let slot = h.slot(record.layer).ok_or_else(|| {
             RuntimeError::InvalidInput(format!("trace layer {} is not a MoE layer", record.layer))
         })?;
-        let work = plan_step(&trace.routing_of(record), record.layer, placement, &|_: NodeIndex| true)?;
+        let work = plan_step(
+            &trace.routing_of(record),
+            record.layer,
+            placement,
+            &|_: NodeIndex| true,
+        )?;
         let mut compute_us = 0f64;
         let mut layer_bytes = 0u64;
         let mut any_remote = false;
@@ -230,16 +235,35 @@ mod tests {
         // 4 experts, k = 2, one MoE layer (1), hidden 10; node a owns 0-1, b owns 1-3 (1 is
         // a replica). Step 0: tokens (0,1), (0,2); step 1: token (1,3).
         let trace = Trace {
-            header: TraceHeader { n_experts: 4, k: 2, hidden: 10, expert_bytes: 0, moe_layers: vec![1] },
+            header: TraceHeader {
+                n_experts: 4,
+                k: 2,
+                hidden: 10,
+                expert_bytes: 0,
+                moe_layers: vec![1],
+            },
             records: vec![
-                TraceRecord { step: 0, layer: 1, experts: vec![0, 1, 0, 2] },
-                TraceRecord { step: 1, layer: 1, experts: vec![1, 3] },
+                TraceRecord {
+                    step: 0,
+                    layer: 1,
+                    experts: vec![0, 1, 0, 2],
+                },
+                TraceRecord {
+                    step: 1,
+                    layer: 1,
+                    experts: vec![1, 3],
+                },
             ],
         };
         let text = "[[node]]\nname = \"a\"\naddr = \"local\"\nshards = \"0-1\"\n\
                     [[node]]\nname = \"b\"\naddr = \"127.0.0.1:1\"\nshards = \"1-3\"\n";
         let placement = Placement::parse(text, &[1], 4).unwrap();
-        let model = CostModel { pair_us: 100.0, link_gbit: 8e-6, latency_ms: 1.0, wire_bytes: 4 };
+        let model = CostModel {
+            pair_us: 100.0,
+            link_gbit: 8e-6,
+            latency_ms: 1.0,
+            wire_bytes: 4,
+        };
         let r = simulate(&trace, &placement, &[1.0, 0.5], &model).unwrap();
         // Step 0: a gets (t0,e0), (t1,e0) first (single owner), b gets (t1,e2); then the
         // replicated (t0,e1) goes to the less-loaded b (1 < 2). a: 2 pairs, 2 rows;
@@ -255,7 +279,11 @@ mod tests {
         // 200 µs. Network: link 8e-6 Gbit/s = 1000 B/s; step 0 2 ms + 312 ms, step 1 2 ms +
         // 220 ms.
         assert!((r.compute_s - 600e-6).abs() < 1e-12, "{}", r.compute_s);
-        assert!((r.network_s - (0.004 + 0.532)).abs() < 1e-9, "{}", r.network_s);
+        assert!(
+            (r.network_s - (0.004 + 0.532)).abs() < 1e-9,
+            "{}",
+            r.network_s
+        );
         assert!((r.mean_step_ms() - (0.6 + 536.0) / 2.0).abs() < 1e-6);
         assert_eq!(r.layer_max_mean(0), (3, 3.0));
         // Node b is half as fast: normalized loads 3 and 6, balance 4.5 / 6.
@@ -265,13 +293,29 @@ mod tests {
     #[test]
     fn mismatched_placements_and_speeds_are_refused() {
         let trace = Trace {
-            header: TraceHeader { n_experts: 4, k: 2, hidden: 10, expert_bytes: 0, moe_layers: vec![1] },
+            header: TraceHeader {
+                n_experts: 4,
+                k: 2,
+                hidden: 10,
+                expert_bytes: 0,
+                moe_layers: vec![1],
+            },
             records: vec![],
         };
-        let p = Placement::parse("[[node]]\nname = \"a\"\naddr = \"local\"\nshards = \"0-7\"\n", &[1], 8).unwrap();
+        let p = Placement::parse(
+            "[[node]]\nname = \"a\"\naddr = \"local\"\nshards = \"0-7\"\n",
+            &[1],
+            8,
+        )
+        .unwrap();
         let m = CostModel::for_expert_bytes(1000, DEFAULT_MEM_GBPS);
         assert!(simulate(&trace, &p, &[1.0], &m).is_err());
-        let p = Placement::parse("[[node]]\nname = \"a\"\naddr = \"local\"\nshards = \"0-3\"\n", &[1], 4).unwrap();
+        let p = Placement::parse(
+            "[[node]]\nname = \"a\"\naddr = \"local\"\nshards = \"0-3\"\n",
+            &[1],
+            4,
+        )
+        .unwrap();
         assert!(simulate(&trace, &p, &[1.0, 1.0], &m).is_err());
         assert!(simulate(&trace, &p, &[1.0], &m).is_ok());
     }

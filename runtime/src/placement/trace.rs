@@ -262,7 +262,7 @@ impl<W: Write> TraceWriter<W> {
         let slot = h
             .slot(layer)
             .ok_or_else(|| fail(format!("layer {layer} is not a MoE layer of the trace")))?;
-        if routing.k != h.k || routing.experts.len() % h.k.max(1) != 0 {
+        if routing.k != h.k || !routing.experts.len().is_multiple_of(h.k.max(1)) {
             return Err(fail(format!(
                 "routing of layer {layer} has k = {} and {} experts, the trace has k = {}",
                 routing.k,
@@ -294,7 +294,7 @@ impl<W: Write> TraceWriter<W> {
             .map_err(|e| io_error(&what, e))?;
         if Some(&layer) == self.header.moe_layers.last() {
             self.steps_done += 1;
-            if self.steps_done % COUNTS_EVERY_STEPS == 0 {
+            if self.steps_done.is_multiple_of(COUNTS_EVERY_STEPS) {
                 self.write_counts()?;
             }
             self.out.flush().map_err(|e| io_error(&what, e))?;
@@ -491,7 +491,7 @@ pub fn read_trace(input: impl Read, what: &str) -> Result<Trace, RuntimeError> {
             Some(other) => {
                 return Err(fail(format!(
                     "unknown record {other:?} (expected \"r\" or \"c\")"
-                )))
+                )));
             }
             None => return Err(fail("empty record".into())),
         }
@@ -535,7 +535,9 @@ fn parse_header(text: &str) -> Result<TraceHeader, String> {
             .split_once('=')
             .ok_or_else(|| format!("header field {field:?} is not key=value"))?;
         let slot_taken = match key {
-            "n_experts" => n_experts.replace(number::<usize>(Some(value), key)?).is_some(),
+            "n_experts" => n_experts
+                .replace(number::<usize>(Some(value), key)?)
+                .is_some(),
             "k" => k.replace(number::<usize>(Some(value), key)?).is_some(),
             "hidden" => hidden.replace(number::<usize>(Some(value), key)?).is_some(),
             "expert_bytes" => expert_bytes
@@ -616,7 +618,14 @@ mod tests {
         let t = read_trace(&bytes[..], "mem").unwrap();
         assert_eq!(t.header, header());
         assert_eq!(t.records.len(), 2 * (COUNTS_EVERY_STEPS as usize + 4));
-        assert_eq!(t.records[0], TraceRecord { step: 0, layer: 1, experts: vec![0, 3, 0, 5] });
+        assert_eq!(
+            t.records[0],
+            TraceRecord {
+                step: 0,
+                layer: 1,
+                experts: vec![0, 3, 0, 5]
+            }
+        );
         assert_eq!(t.records[3].step, 1);
         assert_eq!(t.steps().count(), COUNTS_EVERY_STEPS as usize + 4);
         assert_eq!(t.n_tokens(), 2 + COUNTS_EVERY_STEPS + 3);
@@ -627,14 +636,23 @@ mod tests {
     #[test]
     fn writer_refuses_routing_the_header_does_not_describe() {
         let mut w = TraceWriter::new(Vec::new(), header(), "mem").unwrap();
-        assert!(w.record(3, &routing(&[0, 1])).unwrap_err().to_string().contains("layer 3"));
-        assert!(w.record(1, &routing(&[0, 9])).unwrap_err().to_string().contains("expert 9"));
+        assert!(w
+            .record(3, &routing(&[0, 1]))
+            .unwrap_err()
+            .to_string()
+            .contains("layer 3"));
+        assert!(w
+            .record(1, &routing(&[0, 9]))
+            .unwrap_err()
+            .to_string()
+            .contains("expert 9"));
         Observer::routing(&mut w, 5, &routing(&[0, 1]));
         assert!(w.finish().is_err());
     }
 
     fn read_err(body: &str) -> String {
-        let text = format!("moe-trace 1 n_experts=8 k=2 hidden=64 expert_bytes=0 moe_layers=1,2\n{body}");
+        let text =
+            format!("moe-trace 1 n_experts=8 k=2 hidden=64 expert_bytes=0 moe_layers=1,2\n{body}");
         read_trace(text.as_bytes(), "t").unwrap_err().to_string()
     }
 
@@ -649,7 +667,10 @@ mod tests {
             ("r 1 1 1 0 1\nr 0 1 1 0 1\n", "line 3: step 0 after step 1"),
             ("r 0 2 1 0 1\nr 0 1 1 0 1\n", "layers increase"),
             ("r 0 1 1 0 x\n", "\"x\" is not a non-negative integer"),
-            ("r 0 1 1 0 1\nc 1 2 1 0 0 0 0 0 0\n", "chosen 2 times, the routes before it say 1"),
+            (
+                "r 0 1 1 0 1\nc 1 2 1 0 0 0 0 0 0\n",
+                "chosen 2 times, the routes before it say 1",
+            ),
             ("r 0 1 1 0 1\nc 1 1 1\n", "2 counts, expected n_experts = 8"),
             ("x 1\n", "unknown record"),
             ("r 0 1 1 0 1", "no newline"),
@@ -668,10 +689,22 @@ mod tests {
             ("", "empty"),
             ("r 0 1 1 0 1\n", "first record must be the header"),
             ("moe-trace 2 n_experts=8\n", "version 2"),
-            ("moe-trace 1 n_experts=8 k=2 hidden=64 moe_layers=1\n", "expert_bytes"),
-            ("moe-trace 1 n_experts=8 k=9 hidden=64 expert_bytes=0 moe_layers=1\n", "k = 9"),
-            ("moe-trace 1 n_experts=8 k=2 hidden=64 expert_bytes=0 moe_layers=2,1\n", "ascend"),
-            ("moe-trace 1 n_experts=8 k=2 hidden=64 expert_bytes=0 moe_layers=1 extra=1\n", "unknown header field"),
+            (
+                "moe-trace 1 n_experts=8 k=2 hidden=64 moe_layers=1\n",
+                "expert_bytes",
+            ),
+            (
+                "moe-trace 1 n_experts=8 k=9 hidden=64 expert_bytes=0 moe_layers=1\n",
+                "k = 9",
+            ),
+            (
+                "moe-trace 1 n_experts=8 k=2 hidden=64 expert_bytes=0 moe_layers=2,1\n",
+                "ascend",
+            ),
+            (
+                "moe-trace 1 n_experts=8 k=2 hidden=64 expert_bytes=0 moe_layers=1 extra=1\n",
+                "unknown header field",
+            ),
         ];
         for (text, needle) in bad {
             let err = read_trace(text.as_bytes(), "t").unwrap_err().to_string();

@@ -129,6 +129,18 @@ pub struct PeerShards {
     pub overrides: BTreeMap<usize, ExpertSet>,
 }
 
+impl PeerShards {
+    /// Parses a shard summary (hello, reassign) against a model with `n_experts` experts.
+    pub fn parse(summary: &ShardSummary, n_experts: usize) -> Result<Self, RuntimeError> {
+        parse_shards(summary, n_experts)
+    }
+
+    /// The experts owned in model layer `layer`.
+    pub fn in_layer(&self, layer: usize) -> &ExpertSet {
+        self.overrides.get(&layer).unwrap_or(&self.all_layers)
+    }
+}
+
 /// An authenticated peer, as its hello described it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {

@@ -74,6 +74,39 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// A refusal with its reason, sent before closing.
     Error(ErrorMessage),
+    /// Router -> expert node: change the experts this node owns (live re-placement).
+    Reassign(Reassign),
+    /// Expert node -> router: the outcome of a [`Reassign`].
+    ReassignAck(ReassignAck),
+}
+
+/// The two phases of a live re-placement, per node.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReassignPhase {
+    /// Map `shards` in addition to what the node owns now; it keeps serving both.
+    Prepare,
+    /// Own exactly `shards`; release everything else (after the router has switched).
+    Commit,
+}
+
+/// Router -> expert node: a new shard assignment.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Reassign {
+    /// Identifies this re-placement; the ack repeats it.
+    pub epoch: u64,
+    /// Which phase.
+    pub phase: ReassignPhase,
+    /// The node's experts in the new placement.
+    pub shards: ShardSummary,
+}
+
+/// Expert node -> router: the outcome of a [`Reassign`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReassignAck {
+    /// The request's epoch.
+    pub epoch: u64,
+    /// Empty on success, else why the node refused (it then keeps its old experts).
+    pub error: String,
 }
 
 impl Message {
@@ -86,6 +119,8 @@ impl Message {
             Self::ExpertReply(_) => "ExpertReply",
             Self::Heartbeat(_) => "Heartbeat",
             Self::Error(_) => "Error",
+            Self::Reassign(_) => "Reassign",
+            Self::ReassignAck(_) => "ReassignAck",
         }
     }
 }
@@ -351,29 +386,15 @@ pub(crate) fn check_archived(
         ArchivedMessage::Hello(hello) => {
             NodeName::new(hello.node_name.as_str())
                 .map_err(|reason| invalid(format!("hello: {reason}")))?;
-            let shards = &hello.shards;
-            check_len(
-                "shards.overrides",
-                shards.overrides.len(),
-                "SHARD_OVERRIDES_MAX",
-                SHARD_OVERRIDES_MAX,
-            )?;
-            check_len(
-                "shards.all_layers",
-                shards.all_layers.len(),
-                "SHARDS_TEXT_BYTES_MAX",
-                SHARDS_TEXT_BYTES_MAX,
-            )?;
-            for entry in shards.overrides.iter() {
-                check_len(
-                    "shards.overrides.experts",
-                    entry.experts.len(),
-                    "SHARDS_TEXT_BYTES_MAX",
-                    SHARDS_TEXT_BYTES_MAX,
-                )?;
-            }
-            Ok(())
+            check_shards(&hello.shards)
         }
+        ArchivedMessage::Reassign(reassign) => check_shards(&reassign.shards),
+        ArchivedMessage::ReassignAck(ack) => check_len(
+            "reassign_ack.error",
+            ack.error.len(),
+            "ERROR_MESSAGE_BYTES_MAX",
+            ERROR_MESSAGE_BYTES_MAX,
+        ),
         ArchivedMessage::AuthProof(_) | ArchivedMessage::Heartbeat(_) => Ok(()),
         ArchivedMessage::Error(error) => check_len(
             "error.message",
@@ -394,6 +415,31 @@ pub(crate) fn check_archived(
             )
         }
     }
+}
+
+/// Checks the text lengths of a shard summary (hello, reassign).
+fn check_shards(shards: &ArchivedShardSummary) -> Result<(), RuntimeError> {
+    check_len(
+        "shards.overrides",
+        shards.overrides.len(),
+        "SHARD_OVERRIDES_MAX",
+        SHARD_OVERRIDES_MAX,
+    )?;
+    check_len(
+        "shards.all_layers",
+        shards.all_layers.len(),
+        "SHARDS_TEXT_BYTES_MAX",
+        SHARDS_TEXT_BYTES_MAX,
+    )?;
+    for entry in shards.overrides.iter() {
+        check_len(
+            "shards.overrides.experts",
+            entry.experts.len(),
+            "SHARDS_TEXT_BYTES_MAX",
+            SHARDS_TEXT_BYTES_MAX,
+        )?;
+    }
+    Ok(())
 }
 
 fn check_len(
