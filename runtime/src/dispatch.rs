@@ -1,7 +1,7 @@
 //! Dispatch planning for one MoE layer step: which node computes which (token, expert) pair.
 //!
 //! Decides: for every routed pair, one live owner from the placement — the owner with the
-//! fewest pairs assigned so far in this step (ties to the lower node index), so replicas
+//! fewest pairs assigned so far in this step (ties rotate with token and expert), so replicas
 //! share a step's load; and per node, the batch rows it needs, each once. Leaves to others:
 //! sending, timeouts, and summing the replies (in node-index order, so results do not depend
 //! on arrival order).
@@ -63,7 +63,15 @@ pub fn plan_routes(
         }
     }
     for (route, live) in replicated {
-        let chosen = live.into_iter().min_by_key(|n| (assigned[n.0 as usize], n.0)).unwrap_or(NodeIndex(0));
+        // Ties go to the owner picked by (token + expert) mod owners, so a one-token decode
+        // step still spreads its replicated experts over their owners.
+        let start = (route.token as usize + route.expert as usize) % live.len();
+        let chosen = live
+            .iter()
+            .enumerate()
+            .min_by_key(|&(i, n)| (assigned[n.0 as usize], (i + live.len() - start) % live.len()))
+            .map(|(_, &n)| n)
+            .unwrap_or(NodeIndex(0));
         assigned[chosen.0 as usize] += 1;
         per_node[chosen.0 as usize].push(route);
     }
