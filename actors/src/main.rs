@@ -29,7 +29,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Expert-parallel runtime for trillion-parameter MoE models (Kimi K2.5, Kimi K2, DeepSeek-V3).
 #[derive(Debug, Parser)]
-#[command(name = "moe-node", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "moe-node",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// Run as a cluster node instead of a subcommand.
     #[arg(long, value_enum)]
@@ -85,14 +90,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         let model = cli.model.context("--role needs --model")?;
         return match role {
             Role::Expert => {
-                cli.metrics.start("expert", cli.expert.node.as_deref().unwrap_or(cluster::expert_node::DEFAULT_NODE_NAME))?;
-                cluster::expert_node::run(model, cli.threads, cli.router.placement, cli.router.secret_file, cli.expert)
+                cli.metrics.start(
+                    "expert",
+                    cli.expert
+                        .node
+                        .as_deref()
+                        .unwrap_or(cluster::expert_node::DEFAULT_NODE_NAME),
+                )?;
+                cluster::expert_node::run(
+                    model,
+                    cli.threads,
+                    cli.router.placement,
+                    cli.router.secret_file,
+                    cli.expert,
+                )
             }
             Role::Router => {
                 cli.metrics.start("router", &cli.router.node_name)?;
-                let args = cli::common::ModelArgs { model: Some(model), threads: cli.threads, ctx_size: cli.ctx_size };
+                let args = cli::common::ModelArgs {
+                    model: Some(model),
+                    threads: cli.threads,
+                    ctx_size: cli.ctx_size,
+                };
                 if cli.serve.http.is_some() {
-                    anyhow::ensure!(cli.router.placement.is_some(), "--role router needs --placement and --secret-file");
+                    anyhow::ensure!(
+                        cli.router.placement.is_some(),
+                        "--role router needs --placement and --secret-file"
+                    );
                     serve::run(&args, &cli.router, &cli.serve)
                 } else {
                     cluster::router::run(&args, &cli.router)
@@ -100,7 +124,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         };
     }
-    match cli.command.context("give a subcommand (run, logits, tokenize, synth, serve) or --role; see --help")? {
+    match cli
+        .command
+        .context("give a subcommand (run, logits, tokenize, synth, serve) or --role; see --help")?
+    {
         Command::Run(a) => cli::run::run(a),
         Command::Logits(a) => cli::logits::run(a),
         Command::Tokenize(a) => cli::tokenize::run(a),

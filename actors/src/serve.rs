@@ -87,31 +87,65 @@ pub struct ServeArgs {
 
 /// `moe-node serve`.
 pub fn run_command(a: ServeArgs) -> anyhow::Result<()> {
-    let role = if a.cluster.placement.is_some() { "router" } else { "run" };
+    let role = if a.cluster.placement.is_some() {
+        "router"
+    } else {
+        "run"
+    };
     a.metrics.start(role, &a.cluster.node_name)?;
     run(&a.model, &a.cluster, &a.serve)
 }
 
 /// Loads the model (and connects to the expert nodes of a placement), then serves HTTP until
 /// the process is stopped.
-pub fn run(model_args: &ModelArgs, cluster: &RouterArgs, opts: &ServeOptions) -> anyhow::Result<()> {
+pub fn run(
+    model_args: &ModelArgs,
+    cluster: &RouterArgs,
+    opts: &ServeOptions,
+) -> anyhow::Result<()> {
     let addr = opts.http.context("serving needs --http ADDR")?;
-    anyhow::ensure!(opts.max_active_sequences >= 1, "--max-active-sequences must be at least 1");
-    anyhow::ensure!(opts.admission_queue >= 1, "--admission-queue must be at least 1");
-    anyhow::ensure!(opts.max_tokens_limit >= 1, "--max-tokens-limit must be at least 1");
+    anyhow::ensure!(
+        opts.max_active_sequences >= 1,
+        "--max-active-sequences must be at least 1"
+    );
+    anyhow::ensure!(
+        opts.admission_queue >= 1,
+        "--admission-queue must be at least 1"
+    );
+    anyhow::ensure!(
+        opts.max_tokens_limit >= 1,
+        "--max-tokens-limit must be at least 1"
+    );
     anyhow::ensure!(model_args.ctx_size >= 2, "--ctx-size must be at least 2");
     let api_key = opts.api_key_file.as_deref().map(read_api_key).transpose()?;
-    let limits = EngineLimits { max_active: opts.max_active_sequences, queue: opts.admission_queue, ctx_size: model_args.ctx_size };
+    let limits = EngineLimits {
+        max_active: opts.max_active_sequences,
+        queue: opts.admission_queue,
+        ctx_size: model_args.ctx_size,
+    };
     let (engine, info) = engine::start(model_args, cluster, limits)?;
     let tok = &info.tokenizer;
     let token_text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
-    let template = ChatTemplate::new(info.chat_template.as_deref(), token_text(tok.bos()), token_text(tok.eos()))?;
+    let template = ChatTemplate::new(
+        info.chat_template.as_deref(),
+        token_text(tok.bos()),
+        token_text(tok.eos()),
+    )?;
     if !template.from_model {
         eprintln!("the model has no tokenizer.chat_template: chat prompts use the default ChatML template");
     }
-    let model_name = opts.served_model_name.clone().or(info.name.clone()).unwrap_or_else(|| {
-        model_args.model.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "moe-node-default".into())
-    });
+    let model_name = opts
+        .served_model_name
+        .clone()
+        .or(info.name.clone())
+        .unwrap_or_else(|| {
+            model_args
+                .model
+                .as_ref()
+                .and_then(|p| p.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "moe-node-default".into())
+        });
     let state = Arc::new(routes::AppState {
         engine,
         tokenizer: info.tokenizer.clone(),
@@ -122,18 +156,34 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs, opts: &ServeOptions) ->
         api_key,
         next_id: AtomicU64::new(0),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(HTTP_WORKER_THREADS).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(HTTP_WORKER_THREADS)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         println!("http listening on {}", listener.local_addr()?);
-        axum::serve(listener, routes::app(state)).await.context("HTTP server")
+        axum::serve(listener, routes::app(state))
+            .await
+            .context("HTTP server")
     })
 }
 
 fn read_api_key(path: &std::path::Path) -> anyhow::Result<String> {
-    let len = std::fs::metadata(path).with_context(|| format!("reading API key file {}", path.display()))?.len();
-    anyhow::ensure!(len <= API_KEY_FILE_BYTES_MAX, "API key file {} has {len} bytes; at most {API_KEY_FILE_BYTES_MAX}", path.display());
-    let key = std::fs::read_to_string(path).with_context(|| format!("reading API key file {}", path.display()))?.trim().to_string();
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading API key file {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= API_KEY_FILE_BYTES_MAX,
+        "API key file {} has {len} bytes; at most {API_KEY_FILE_BYTES_MAX}",
+        path.display()
+    );
+    let key = std::fs::read_to_string(path)
+        .with_context(|| format!("reading API key file {}", path.display()))?
+        .trim()
+        .to_string();
     anyhow::ensure!(!key.is_empty(), "API key file {} is empty", path.display());
     Ok(key)
 }

@@ -31,7 +31,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -89,7 +92,8 @@ pub const EXPERT_TOKENS_TOTAL: &str = "moe_expert_tokens_total";
 
 /// Histogram buckets of every `_seconds` histogram: 50 µs to 60 s.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 /// Upkeep (histogram draining) interval of the recorder.
 pub const UPKEEP_INTERVAL_MS: u64 = 5_000;
@@ -185,7 +189,9 @@ pub struct MetricsArgs {
 impl MetricsArgs {
     /// Installs the exporter when `--metrics-addr` is given and prints `metrics on IP:PORT`.
     pub fn start(&self, role: &str, node_name: &str) -> anyhow::Result<Option<SocketAddr>> {
-        let Some(addr) = self.metrics_addr else { return Ok(None) };
+        let Some(addr) = self.metrics_addr else {
+            return Ok(None);
+        };
         let bound = install(addr, role, node_name)?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "metrics on {bound}")?;
@@ -197,7 +203,8 @@ impl MetricsArgs {
 /// Installs the global recorder and serves `/metrics` on `addr` from a thread of its own;
 /// returns the bound address.
 pub fn install(addr: SocketAddr, role: &str, node_name: &str) -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding the metrics address {addr}"))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("binding the metrics address {addr}"))?;
     let bound = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let handle = PrometheusBuilder::new()
@@ -206,7 +213,9 @@ pub fn install(addr: SocketAddr, role: &str, node_name: &str) -> anyhow::Result<
         .add_global_label("node_name", node_name)
         .install_recorder()
         .context("installing the metrics recorder")?;
-    HANDLE.set(handle.clone()).map_err(|_| anyhow::anyhow!("metrics already installed"))?;
+    HANDLE
+        .set(handle.clone())
+        .map_err(|_| anyhow::anyhow!("metrics already installed"))?;
     describe_all();
     gauge!(NODE_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     if role != "expert" {
@@ -214,27 +223,34 @@ pub fn install(addr: SocketAddr, role: &str, node_name: &str) -> anyhow::Result<
             counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str()).absolute(0);
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
-        rt.block_on(async move {
-            let upkeep = handle.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(UPKEEP_INTERVAL_MS)).await;
-                    upkeep.run_upkeep();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let upkeep = handle.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(UPKEEP_INTERVAL_MS)).await;
+                        upkeep.run_upkeep();
+                    }
+                });
+                if let Err(e) = serve(listener, handle).await {
+                    eprintln!("metrics endpoint stopped: {e:#}");
                 }
-            });
-            if let Err(e) = serve(listener, handle).await {
-                eprintln!("metrics endpoint stopped: {e:#}");
-            }
-        })
-    })?;
+            })
+        })?;
     Ok(bound)
 }
 
 /// The current metrics in Prometheus text format, if a recorder is installed (for an HTTP
 /// server that serves `/metrics` on its own port).
-#[allow(dead_code, reason = "for the HTTP API to mount /metrics on its own port")]
+#[allow(
+    dead_code,
+    reason = "for the HTTP API to mount /metrics on its own port"
+)]
 pub fn render() -> Option<String> {
     HANDLE.get().map(PrometheusHandle::render)
 }
@@ -244,10 +260,16 @@ async fn serve(listener: std::net::TcpListener, handle: PrometheusHandle) -> any
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS_MAX));
     loop {
         let (stream, _) = listener.accept().await?;
-        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let handle = handle.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_millis(METRICS_REQUEST_TIMEOUT_MS), answer(stream, &handle)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_millis(METRICS_REQUEST_TIMEOUT_MS),
+                answer(stream, &handle),
+            )
+            .await;
             drop(permit);
         });
     }
@@ -255,7 +277,10 @@ async fn serve(listener: std::net::TcpListener, handle: PrometheusHandle) -> any
 
 /// Reads one request head and answers it: the metrics for `GET /metrics` (or `/`), 404
 /// for other paths, 400 for anything that is not a GET within the size limit.
-async fn answer(mut stream: tokio::net::TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+async fn answer(
+    mut stream: tokio::net::TcpStream,
+    handle: &PrometheusHandle,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -270,7 +295,10 @@ async fn answer(mut stream: tokio::net::TcpStream, handle: &PrometheusHandle) ->
     let (status, body) = match (parts.next(), parts.next()) {
         (Some("GET"), Some(path)) => match path.split('?').next() {
             Some("/metrics" | "/") => ("200 OK", handle.render()),
-            _ => ("404 Not Found", "not found; metrics are at /metrics\n".to_string()),
+            _ => (
+                "404 Not Found",
+                "not found; metrics are at /metrics\n".to_string(),
+            ),
         },
         _ => ("400 Bad Request", "bad request\n".to_string()),
     };
@@ -289,24 +317,80 @@ fn describe_all() {
     describe_gauge!(REQUESTS_IN_FLIGHT, "Generation requests running now.");
     describe_counter!(PROMPT_TOKENS_TOTAL, "Prompt tokens of started requests.");
     describe_counter!(GENERATED_TOKENS_TOTAL, "Tokens generated.");
-    describe_histogram!(TIME_TO_FIRST_TOKEN_SECONDS, Unit::Seconds, "From the start of a generation to its first token.");
-    describe_histogram!(INTER_TOKEN_LATENCY_SECONDS, Unit::Seconds, "Between consecutive tokens of a generation.");
-    describe_gauge!(KV_CACHE_USED_TOKENS, "KV cache positions in use over running generations.");
-    describe_gauge!(KV_CACHE_CAPACITY_TOKENS, "KV cache positions reserved over running generations.");
-    describe_gauge!(KV_CACHE_BYTES, Unit::Bytes, "KV cache bytes held over running generations.");
-    describe_histogram!(LAYER_STEP_SECONDS, Unit::Seconds, "One MoE layer step on the router: dispatch, local experts, all replies.");
-    describe_counter!(ROUTED_TOKENS_TOTAL, "Tokens sent to each node, per MoE layer.");
-    describe_gauge!(LAYER_LOAD_IMBALANCE_RATIO, "Last step's max/mean tokens over the nodes owning experts of the layer.");
-    describe_gauge!(STEPS_IN_FLIGHT, "Steps sent to a peer and not answered yet.");
-    describe_histogram!(DISPATCH_ROUND_TRIP_SECONDS, Unit::Seconds, "From handing a step to a peer link to its reply.");
-    describe_gauge!(PEER_UP, "Router: 1 while the link to the peer is up. Expert: open connections from the peer.");
-    describe_counter!(PEER_ERRORS_TOTAL, "Errors on the link with a peer, by kind.");
-    describe_counter!(PEER_SENT_BYTES_TOTAL, Unit::Bytes, "Frame bytes written to a peer.");
-    describe_counter!(PEER_RECEIVED_BYTES_TOTAL, Unit::Bytes, "Frame bytes read from a peer.");
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN_SECONDS,
+        Unit::Seconds,
+        "From the start of a generation to its first token."
+    );
+    describe_histogram!(
+        INTER_TOKEN_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Between consecutive tokens of a generation."
+    );
+    describe_gauge!(
+        KV_CACHE_USED_TOKENS,
+        "KV cache positions in use over running generations."
+    );
+    describe_gauge!(
+        KV_CACHE_CAPACITY_TOKENS,
+        "KV cache positions reserved over running generations."
+    );
+    describe_gauge!(
+        KV_CACHE_BYTES,
+        Unit::Bytes,
+        "KV cache bytes held over running generations."
+    );
+    describe_histogram!(
+        LAYER_STEP_SECONDS,
+        Unit::Seconds,
+        "One MoE layer step on the router: dispatch, local experts, all replies."
+    );
+    describe_counter!(
+        ROUTED_TOKENS_TOTAL,
+        "Tokens sent to each node, per MoE layer."
+    );
+    describe_gauge!(
+        LAYER_LOAD_IMBALANCE_RATIO,
+        "Last step's max/mean tokens over the nodes owning experts of the layer."
+    );
+    describe_gauge!(
+        STEPS_IN_FLIGHT,
+        "Steps sent to a peer and not answered yet."
+    );
+    describe_histogram!(
+        DISPATCH_ROUND_TRIP_SECONDS,
+        Unit::Seconds,
+        "From handing a step to a peer link to its reply."
+    );
+    describe_gauge!(
+        PEER_UP,
+        "Router: 1 while the link to the peer is up. Expert: open connections from the peer."
+    );
+    describe_counter!(
+        PEER_ERRORS_TOTAL,
+        "Errors on the link with a peer, by kind."
+    );
+    describe_counter!(
+        PEER_SENT_BYTES_TOTAL,
+        Unit::Bytes,
+        "Frame bytes written to a peer."
+    );
+    describe_counter!(
+        PEER_RECEIVED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Frame bytes read from a peer."
+    );
     describe_counter!(PEER_SENT_FRAMES_TOTAL, "Frames written to a peer.");
     describe_counter!(PEER_RECEIVED_FRAMES_TOTAL, "Frames read from a peer.");
-    describe_histogram!(EXPERT_COMPUTE_SECONDS, Unit::Seconds, "Computing one request's routed experts on this node.");
-    describe_counter!(EXPERT_TOKENS_TOTAL, "Tokens whose routed experts this node computed.");
+    describe_histogram!(
+        EXPERT_COMPUTE_SECONDS,
+        Unit::Seconds,
+        "Computing one request's routed experts on this node."
+    );
+    describe_counter!(
+        EXPERT_TOKENS_TOTAL,
+        "Tokens whose routed experts this node computed."
+    );
 }
 
 /// Which end of a link a [`PeerMetrics`] describes.
@@ -336,11 +420,16 @@ impl PeerMetrics {
     /// The metrics of the link with `peer`, seen from `end`.
     pub fn new(peer: &str, end: LinkEnd) -> Self {
         for kind in ErrorKind::ALL {
-            counter!(PEER_ERRORS_TOTAL, "peer" => peer.to_string(), "kind" => kind.as_str()).absolute(0);
+            counter!(PEER_ERRORS_TOTAL, "peer" => peer.to_string(), "kind" => kind.as_str())
+                .absolute(0);
         }
         let p = || peer.to_string();
-        let dispatch = (end == LinkEnd::Router)
-            .then(|| (gauge!(STEPS_IN_FLIGHT, "peer" => p()), histogram!(DISPATCH_ROUND_TRIP_SECONDS, "peer" => p())));
+        let dispatch = (end == LinkEnd::Router).then(|| {
+            (
+                gauge!(STEPS_IN_FLIGHT, "peer" => p()),
+                histogram!(DISPATCH_ROUND_TRIP_SECONDS, "peer" => p()),
+            )
+        });
         Self {
             peer: p(),
             sent_bytes: counter!(PEER_SENT_BYTES_TOTAL, "peer" => p()),
@@ -422,9 +511,11 @@ pub fn layer_step_done(layer: usize, seconds: f64) {
 pub fn dispatch_planned(layer: usize, tokens_per_node: &[(&str, usize)]) {
     let layer_label = layer.to_string();
     for &(node, tokens) in tokens_per_node {
-        counter!(ROUTED_TOKENS_TOTAL, "node" => node.to_string(), "layer" => layer_label.clone()).increment(tokens as u64);
+        counter!(ROUTED_TOKENS_TOTAL, "node" => node.to_string(), "layer" => layer_label.clone())
+            .increment(tokens as u64);
     }
-    gauge!(LAYER_LOAD_IMBALANCE_RATIO, "layer" => layer_label).set(load_imbalance(tokens_per_node.iter().map(|t| t.1)));
+    gauge!(LAYER_LOAD_IMBALANCE_RATIO, "layer" => layer_label)
+        .set(load_imbalance(tokens_per_node.iter().map(|t| t.1)));
 }
 
 /// max/mean of `tokens`; 1 for no nodes or no tokens.
@@ -460,15 +551,22 @@ impl Generation {
     pub fn start(prompt_tokens: usize) -> Self {
         gauge!(REQUESTS_IN_FLIGHT).increment(1.0);
         counter!(PROMPT_TOKENS_TOTAL).increment(prompt_tokens as u64);
-        Self { started: Instant::now(), last_token: None, finished: false, kv: (0.0, 0.0, 0.0) }
+        Self {
+            started: Instant::now(),
+            last_token: None,
+            finished: false,
+            kv: (0.0, 0.0, 0.0),
+        }
     }
 
     /// One token was sampled.
     pub fn token(&mut self) {
         let now = Instant::now();
         match self.last_token {
-            None => histogram!(TIME_TO_FIRST_TOKEN_SECONDS).record(now.duration_since(self.started).as_secs_f64()),
-            Some(prev) => histogram!(INTER_TOKEN_LATENCY_SECONDS).record(now.duration_since(prev).as_secs_f64()),
+            None => histogram!(TIME_TO_FIRST_TOKEN_SECONDS)
+                .record(now.duration_since(self.started).as_secs_f64()),
+            Some(prev) => histogram!(INTER_TOKEN_LATENCY_SECONDS)
+                .record(now.duration_since(prev).as_secs_f64()),
         }
         self.last_token = Some(now);
         counter!(GENERATED_TOKENS_TOTAL).increment(1);
@@ -493,7 +591,11 @@ impl Drop for Generation {
     fn drop(&mut self) {
         self.kv_cache(0, 0, 0);
         gauge!(REQUESTS_IN_FLIGHT).decrement(1.0);
-        let outcome = if self.finished { Outcome::Ok } else { Outcome::Error };
+        let outcome = if self.finished {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
         counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str()).increment(1);
     }
 }
@@ -514,13 +616,27 @@ mod tests {
     #[test]
     fn names_follow_the_conventions() {
         let counters = [
-            REQUESTS_TOTAL, PROMPT_TOKENS_TOTAL, GENERATED_TOKENS_TOTAL, ROUTED_TOKENS_TOTAL, PEER_ERRORS_TOTAL,
-            PEER_SENT_BYTES_TOTAL, PEER_RECEIVED_BYTES_TOTAL, PEER_SENT_FRAMES_TOTAL, PEER_RECEIVED_FRAMES_TOTAL, EXPERT_TOKENS_TOTAL,
+            REQUESTS_TOTAL,
+            PROMPT_TOKENS_TOTAL,
+            GENERATED_TOKENS_TOTAL,
+            ROUTED_TOKENS_TOTAL,
+            PEER_ERRORS_TOTAL,
+            PEER_SENT_BYTES_TOTAL,
+            PEER_RECEIVED_BYTES_TOTAL,
+            PEER_SENT_FRAMES_TOTAL,
+            PEER_RECEIVED_FRAMES_TOTAL,
+            EXPERT_TOKENS_TOTAL,
         ];
         for c in counters {
             assert!(c.starts_with("moe_") && c.ends_with("_total"), "{c}");
         }
-        let histograms = [TIME_TO_FIRST_TOKEN_SECONDS, INTER_TOKEN_LATENCY_SECONDS, LAYER_STEP_SECONDS, DISPATCH_ROUND_TRIP_SECONDS, EXPERT_COMPUTE_SECONDS];
+        let histograms = [
+            TIME_TO_FIRST_TOKEN_SECONDS,
+            INTER_TOKEN_LATENCY_SECONDS,
+            LAYER_STEP_SECONDS,
+            DISPATCH_ROUND_TRIP_SECONDS,
+            EXPERT_COMPUTE_SECONDS,
+        ];
         for h in histograms {
             assert!(h.starts_with("moe_") && h.ends_with("_seconds"), "{h}");
         }
@@ -551,13 +667,34 @@ mod tests {
         };
         let text = get("/metrics");
         assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
-        for name in [REQUESTS_TOTAL, GENERATED_TOKENS_TOTAL, PEER_SENT_BYTES_TOTAL, ROUTED_TOKENS_TOTAL, LAYER_LOAD_IMBALANCE_RATIO, EXPERT_TOKENS_TOTAL] {
+        for name in [
+            REQUESTS_TOTAL,
+            GENERATED_TOKENS_TOTAL,
+            PEER_SENT_BYTES_TOTAL,
+            ROUTED_TOKENS_TOTAL,
+            LAYER_LOAD_IMBALANCE_RATIO,
+            EXPERT_TOKENS_TOTAL,
+        ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
-        for name in [LAYER_STEP_SECONDS, DISPATCH_ROUND_TRIP_SECONDS, TIME_TO_FIRST_TOKEN_SECONDS, INTER_TOKEN_LATENCY_SECONDS, EXPERT_COMPUTE_SECONDS] {
-            assert!(text.contains(&format!("{name}_bucket{{")), "{name} is not a histogram in:\n{text}");
+        for name in [
+            LAYER_STEP_SECONDS,
+            DISPATCH_ROUND_TRIP_SECONDS,
+            TIME_TO_FIRST_TOKEN_SECONDS,
+            INTER_TOKEN_LATENCY_SECONDS,
+            EXPERT_COMPUTE_SECONDS,
+        ] {
+            assert!(
+                text.contains(&format!("{name}_bucket{{")),
+                "{name} is not a histogram in:\n{text}"
+            );
         }
-        assert!(text.contains("moe_layer_load_imbalance_ratio{role=\"test\",node_name=\"t1\",layer=\"1\"} 1.5"), "{text}");
+        assert!(
+            text.contains(
+                "moe_layer_load_imbalance_ratio{role=\"test\",node_name=\"t1\",layer=\"1\"} 1.5"
+            ),
+            "{text}"
+        );
         assert!(text.contains("moe_peer_errors_total{role=\"test\",node_name=\"t1\",peer=\"e1\",kind=\"bad_frame\"} 0"), "{text}");
         assert!(get("/other").starts_with("HTTP/1.1 404"));
     }

@@ -149,7 +149,7 @@ impl GgmlType {
     /// Bytes of a row of `elems` elements, or an error if `elems` is not whole blocks.
     pub fn row_bytes(self, elems: usize) -> Result<usize, KernelError> {
         let block = self.block_elems();
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(KernelError::RowNotBlockAligned {
                 ty: self.name(),
                 elems,

@@ -14,7 +14,7 @@ struct Vectors {
 }
 
 fn hex(s: &str) -> Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("odd hex length {}", s.len());
     }
     (0..s.len())

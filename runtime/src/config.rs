@@ -236,14 +236,14 @@ impl ModelConfig {
                 self.n_experts_used, self.n_experts
             ));
         }
-        if self.qk_rope % 2 != 0 {
+        if !self.qk_rope.is_multiple_of(2) {
             return bad(format!(
                 "rope.dimension_count {} must be even",
                 self.qk_rope
             ));
         }
         if self.n_groups > 1 {
-            if self.n_experts % self.n_groups != 0 || self.n_groups_used > self.n_groups {
+            if !self.n_experts.is_multiple_of(self.n_groups) || self.n_groups_used > self.n_groups {
                 return bad(format!(
                     "expert groups: {} experts in {} groups, {} used, is not a valid split",
                     self.n_experts, self.n_groups, self.n_groups_used

@@ -45,8 +45,16 @@ pub fn plan_routes(
         let owners = placement.owners(layer, route.expert as usize);
         let live: Vec<NodeIndex> = owners.iter().copied().filter(|&n| is_live(n)).collect();
         if live.is_empty() {
-            let names: Vec<&str> = owners.iter().filter_map(|&n| placement.node(n)).map(|n| n.name.as_str()).collect();
-            return Err(RuntimeError::NoLiveOwner { layer, expert: route.expert as usize, owners: names.join(", ") });
+            let names: Vec<&str> = owners
+                .iter()
+                .filter_map(|&n| placement.node(n))
+                .map(|n| n.name.as_str())
+                .collect();
+            return Err(RuntimeError::NoLiveOwner {
+                layer,
+                expert: route.expert as usize,
+                owners: names.join(", "),
+            });
         }
         Ok(live)
     };
@@ -69,7 +77,12 @@ pub fn plan_routes(
         let chosen = live
             .iter()
             .enumerate()
-            .min_by_key(|&(i, n)| (assigned[n.0 as usize], (i + live.len() - start) % live.len()))
+            .min_by_key(|&(i, n)| {
+                (
+                    assigned[n.0 as usize],
+                    (i + live.len() - start) % live.len(),
+                )
+            })
             .map(|(_, &n)| n)
             .unwrap_or(NodeIndex(0));
         assigned[chosen.0 as usize] += 1;
@@ -88,9 +101,16 @@ pub fn plan_routes(
             rows.dedup();
             let routes = routes
                 .into_iter()
-                .map(|r| Route { token: rows.binary_search(&r.token).unwrap_or_default() as u32, ..r })
+                .map(|r| Route {
+                    token: rows.binary_search(&r.token).unwrap_or_default() as u32,
+                    ..r
+                })
                 .collect();
-            NodeWork { node: NodeIndex(i as u16), rows, routes }
+            NodeWork {
+                node: NodeIndex(i as u16),
+                rows,
+                routes,
+            }
         })
         .collect())
 }
@@ -98,7 +118,13 @@ pub fn plan_routes(
 impl NodeWork {
     /// The routes with batch rows instead of indices into `rows`.
     pub fn batch_routes(&self) -> Vec<Route> {
-        self.routes.iter().map(|r| Route { token: self.rows[r.token as usize], ..*r }).collect()
+        self.routes
+            .iter()
+            .map(|r| Route {
+                token: self.rows[r.token as usize],
+                ..*r
+            })
+            .collect()
     }
 }
 
@@ -122,7 +148,11 @@ shards = "2-7"
 
     fn routing() -> Routing {
         // token 0 -> experts 0, 2, 3, 5; token 1 -> 2, 3, 6, 7
-        Routing { k: 4, experts: vec![0, 2, 3, 5, 2, 3, 6, 7], weights: vec![1.0; 8] }
+        Routing {
+            k: 4,
+            experts: vec![0, 2, 3, 5, 2, 3, 6, 7],
+            weights: vec![1.0; 8],
+        }
     }
 
     #[test]
@@ -145,11 +175,17 @@ shards = "2-7"
     #[test]
     fn dead_owner_moves_work_to_replica_or_fails_naming_owners() {
         let b_down = |n: NodeIndex| n.0 != 1;
-        let only_a = Routing { k: 2, experts: vec![2, 3], weights: vec![1.0, 1.0] };
+        let only_a = Routing {
+            k: 2,
+            experts: vec![2, 3],
+            weights: vec![1.0, 1.0],
+        };
         let plan = plan_step(&only_a, 1, &placement(), &b_down).unwrap();
         assert_eq!(plan.len(), 1);
         assert_eq!(plan[0].node, NodeIndex(0));
-        let err = plan_step(&routing(), 1, &placement(), &b_down).unwrap_err().to_string();
+        let err = plan_step(&routing(), 1, &placement(), &b_down)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expert 5") && err.contains("b"), "{err}");
     }
 }

@@ -62,25 +62,43 @@ pub enum WeightSet {
 impl WeightSet {
     /// Byte ranges of `info` (relative to its start) that this set maps.
     fn ranges(&self, info: &TensorInfo) -> Vec<std::ops::Range<usize>> {
-        let everything = vec![0..info.size];
+        let everything: Vec<std::ops::Range<usize>> = std::iter::once(0..info.size).collect();
         let (sets, others) = match self {
             Self::All => return everything,
             Self::Router { local } => (local, everything),
-            Self::Experts { owned } => (owned, if info.n_dims == 1 { everything } else { Vec::new() }),
+            Self::Experts { owned } => (
+                owned,
+                if info.n_dims == 1 {
+                    everything
+                } else {
+                    Vec::new()
+                },
+            ),
         };
         if !info.name.ends_with("_exps.weight") {
             return others;
         }
-        let layer = info.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse::<usize>().ok());
-        let Some(set) = layer.and_then(|l| sets.get(l)).and_then(Option::as_ref) else { return Vec::new() };
+        let layer = info
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse::<usize>().ok());
+        let Some(set) = layer.and_then(|l| sets.get(l)).and_then(Option::as_ref) else {
+            return Vec::new();
+        };
         let per_expert = info.size / (info.ne[2].max(1) as usize);
-        set.ranges().map(|r| r.start() * per_expert..(r.end() + 1) * per_expert).collect()
+        set.ranges()
+            .map(|r| r.start() * per_expert..(r.end() + 1) * per_expert)
+            .collect()
     }
 }
 
 impl Model {
     /// Opens a model mapping only the weights in `set` (see [`WeightSet`]).
-    pub fn open_with(path: impl AsRef<std::path::Path>, set: &WeightSet) -> Result<Self, RuntimeError> {
+    pub fn open_with(
+        path: impl AsRef<std::path::Path>,
+        set: &WeightSet,
+    ) -> Result<Self, RuntimeError> {
         let path = path.as_ref();
         let file = match set {
             WeightSet::All => GgufFile::open(path)?,

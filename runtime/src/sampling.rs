@@ -25,7 +25,15 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
     }
 }
 
@@ -79,7 +87,11 @@ impl Sampler {
             seen.dedup();
             for t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
             }
         }
@@ -87,13 +99,24 @@ impl Sampler {
             return argmax(&logits);
         }
         // Candidates sorted by logit, descending (ties: lower id first).
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        cand.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        cand.sort_by(|a, b| {
+            b.1.partial_cmp(&a.1)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.0.cmp(&b.0))
+        });
         if p.top_k > 0 {
             cand.truncate(p.top_k.max(1));
         }
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|&(_, l)| (((l - max) / p.temperature) as f64).exp())
+            .collect();
         normalize(&mut probs);
         if p.top_p < 1.0 {
             let mut acc = 0.0;
@@ -173,13 +196,21 @@ mod tests {
 
     #[test]
     fn repetition_penalty_moves_the_argmax() {
-        let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            repeat_penalty: 2.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&logits(), &[1]), 4);
     }
 
     #[test]
     fn top_k_one_is_greedy_at_any_temperature() {
-        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, seed: 7, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            seed: 7,
+            ..Default::default()
+        });
         for _ in 0..50 {
             assert_eq!(s.sample(&logits(), &[]), 1);
         }
@@ -188,14 +219,24 @@ mod tests {
     #[test]
     fn top_p_and_min_p_restrict_the_support() {
         // top_p 0.5 over probabilities ~[.06,.38,.14,.03,.35]: keeps tokens 1 and 4.
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.5, seed: 3, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 3,
+            ..Default::default()
+        });
         let mut seen = [0usize; 5];
         for _ in 0..400 {
             seen[s.sample(&logits(), &[]) as usize] += 1;
         }
         assert_eq!(seen[0] + seen[2] + seen[3], 0, "{seen:?}");
         assert!(seen[1] > 0 && seen[4] > 0, "{seen:?}");
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, min_p: 0.5, seed: 3, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            min_p: 0.5,
+            seed: 3,
+            ..Default::default()
+        });
         for _ in 0..400 {
             let t = s.sample(&logits(), &[]);
             assert!(t == 1 || t == 4, "min_p kept token {t}");
@@ -204,11 +245,18 @@ mod tests {
 
     #[test]
     fn same_seed_same_draws() {
-        let p = SamplingParams { temperature: 1.0, seed: 42, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            seed: 42,
+            ..Default::default()
+        };
         let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p));
         let xs: Vec<u32> = (0..32).map(|_| a.sample(&logits(), &[])).collect();
         let ys: Vec<u32> = (0..32).map(|_| b.sample(&logits(), &[])).collect();
         assert_eq!(xs, ys);
-        assert!(xs.iter().any(|&t| t != xs[0]), "temperature 1 should not be constant");
+        assert!(
+            xs.iter().any(|&t| t != xs[0]),
+            "temperature 1 should not be constant"
+        );
     }
 }

@@ -26,12 +26,21 @@ fn fixture_models() -> Vec<(PathBuf, Vec<Vec<u32>>)> {
     let mut out = Vec::new();
     for dir in ["kimi-k25-tiny", "kimi-k25-kq"] {
         let root = fixtures().join(dir);
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap()).unwrap();
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap())
+                .unwrap();
         let prompts: Vec<Vec<u32>> = m["cases"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| c["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
+            .map(|c| {
+                c["tokens"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_u64().unwrap() as u32)
+                    .collect()
+            })
             .collect();
         for (_, file) in m["files"].as_object().unwrap() {
             out.push((root.join(file["gguf"].as_str().unwrap()), prompts.clone()));
@@ -44,11 +53,33 @@ fn fixture_models() -> Vec<(PathBuf, Vec<Vec<u32>>)> {
 fn alone(model: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = KvCache::new(&model.cfg, CTX_POSITIONS);
     let mut out = Vec::new();
-    let mut logits = model.forward(&mut [SeqInput { cache: &mut cache, tokens: prompt, all_logits: false }], &mut LocalExperts::default(), &mut NoObserver).unwrap().remove(0);
+    let mut logits = model
+        .forward(
+            &mut [SeqInput {
+                cache: &mut cache,
+                tokens: prompt,
+                all_logits: false,
+            }],
+            &mut LocalExperts::default(),
+            &mut NoObserver,
+        )
+        .unwrap()
+        .remove(0);
     for _ in 0..DECODE_STEPS {
         let next = argmax(&logits);
         out.push(logits);
-        logits = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &[next], all_logits: false }], &mut LocalExperts::default(), &mut NoObserver).unwrap().remove(0);
+        logits = model
+            .forward(
+                &mut [SeqInput {
+                    cache: &mut cache,
+                    tokens: &[next],
+                    all_logits: false,
+                }],
+                &mut LocalExperts::default(),
+                &mut NoObserver,
+            )
+            .unwrap()
+            .remove(0);
     }
     out.push(logits);
     out
@@ -70,7 +101,14 @@ fn batched(model: &Model, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
     let mut step = 0;
     loop {
         if step < prompts.len() {
-            seqs.push(Seq { prompt: prompts[step].clone(), prefilled: 0, next: None, cache: KvCache::new(&model.cfg, CTX_POSITIONS), logits: Vec::new(), feed: Vec::new() });
+            seqs.push(Seq {
+                prompt: prompts[step].clone(),
+                prefilled: 0,
+                next: None,
+                cache: KvCache::new(&model.cfg, CTX_POSITIONS),
+                logits: Vec::new(),
+                feed: Vec::new(),
+            });
         }
         step += 1;
         let mut budget = PREFILL_BUDGET_TOKENS;
@@ -83,7 +121,8 @@ fn batched(model: &Model, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
                 s.feed.push(t);
             } else if s.prefilled < s.prompt.len() && budget > 0 {
                 let n = budget.min(s.prompt.len() - s.prefilled);
-                s.feed.extend_from_slice(&s.prompt[s.prefilled..s.prefilled + n]);
+                s.feed
+                    .extend_from_slice(&s.prompt[s.prefilled..s.prefilled + n]);
                 budget -= n;
             }
         }
@@ -95,10 +134,16 @@ fn batched(model: &Model, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
         for (i, s) in seqs.iter_mut().enumerate() {
             if !s.feed.is_empty() {
                 which.push(i);
-                batch.push(SeqInput { cache: &mut s.cache, tokens: &s.feed, all_logits: false });
+                batch.push(SeqInput {
+                    cache: &mut s.cache,
+                    tokens: &s.feed,
+                    all_logits: false,
+                });
             }
         }
-        let logits = model.forward(&mut batch, &mut LocalExperts::default(), &mut NoObserver).unwrap();
+        let logits = model
+            .forward(&mut batch, &mut LocalExperts::default(), &mut NoObserver)
+            .unwrap();
         drop(batch);
         for (i, l) in which.into_iter().zip(logits) {
             let s = &mut seqs[i];
@@ -128,7 +173,11 @@ fn batched_chunked_decoding_gives_the_same_bits_as_alone() {
             let want = alone(&model, prompt);
             assert_eq!(got.len(), want.len(), "{}: prompt {p}", path.display());
             for (step, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(bits(g) == bits(w), "{}: prompt {p}, step {step}: batched logits differ from alone", path.display());
+                assert!(
+                    bits(g) == bits(w),
+                    "{}: prompt {p}, step {step}: batched logits differ from alone",
+                    path.display()
+                );
             }
         }
     }

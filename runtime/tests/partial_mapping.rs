@@ -9,12 +9,18 @@ use moe_runtime::placement::ExpertSet;
 use moe_runtime::RuntimeError;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/kimi-k25-kq/kimi-k25-kq-Q4_K_M.gguf")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/kimi-k25-kq/kimi-k25-kq-Q4_K_M.gguf")
 }
 
 fn sets(model: &Model, text: &str) -> Vec<Option<ExpertSet>> {
     (0..model.cfg.n_layers)
-        .map(|l| model.cfg.is_moe_layer(l).then(|| ExpertSet::parse(text, model.cfg.n_experts).unwrap()))
+        .map(|l| {
+            model
+                .cfg
+                .is_moe_layer(l)
+                .then(|| ExpertSet::parse(text, model.cfg.n_experts).unwrap())
+        })
         .collect()
 }
 
@@ -27,20 +33,50 @@ fn expert_node_maps_its_experts_and_computes_them_exactly() {
 
     // Experts 0-127 of the one MoE layer's three expert tensors, plus 1-D tensors.
     let moe = full.layers[1].moe.as_ref().unwrap();
-    let expert_bytes: usize = [&moe.gate_exps, &moe.up_exps, &moe.down_exps].iter().map(|w| w.expert_bytes()).sum();
+    let expert_bytes: usize = [&moe.gate_exps, &moe.up_exps, &moe.down_exps]
+        .iter()
+        .map(|w| w.expert_bytes())
+        .sum();
     let mapped = node.file().mapped_bytes();
     assert!(mapped >= 128 * expert_bytes, "mapped {mapped}");
-    assert!(mapped < 128 * expert_bytes + 64 * 1024, "mapped {mapped} of {file_bytes}: more than its experts and norms");
+    assert!(
+        mapped < 128 * expert_bytes + 64 * 1024,
+        "mapped {mapped} of {file_bytes}: more than its experts and norms"
+    );
 
     // Owned experts compute bit-identically; an expert it does not own is an error.
     let d = full.cfg.n_embd;
-    let h: Vec<f32> = (0..2 * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0).collect();
-    let routes = [Route { token: 0, expert: 3, weight: 0.5 }, Route { token: 1, expert: 127, weight: 1.5 }];
+    let h: Vec<f32> = (0..2 * d)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0)
+        .collect();
+    let routes = [
+        Route {
+            token: 0,
+            expert: 3,
+            weight: 0.5,
+        },
+        Route {
+            token: 1,
+            expert: 127,
+            weight: 1.5,
+        },
+    ];
     let (mut a, mut b) = (vec![0f32; 2 * d], vec![0f32; 2 * d]);
     apply_routes(&full, 1, &h, &routes, &mut a).unwrap();
     apply_routes(&node, 1, &h, &routes, &mut b).unwrap();
     assert_eq!(a, b);
-    let err = apply_routes(&node, 1, &h, &[Route { token: 0, expert: 200, weight: 1.0 }], &mut b).unwrap_err();
+    let err = apply_routes(
+        &node,
+        1,
+        &h,
+        &[Route {
+            token: 0,
+            expert: 200,
+            weight: 1.0,
+        }],
+        &mut b,
+    )
+    .unwrap_err();
     assert!(matches!(err, RuntimeError::NotMapped { .. }), "{err}");
     assert!(err.to_string().contains("expert 200"), "{err}");
     // Attention weights are not mapped on an expert node either.
@@ -53,9 +89,18 @@ fn router_maps_no_remote_experts() {
     let none: Vec<Option<ExpertSet>> = vec![None; full.cfg.n_layers];
     let router = Model::open_with(fixture(), &WeightSet::Router { local: none }).unwrap();
     let moe = full.layers[1].moe.as_ref().unwrap();
-    let all_experts: usize = [&moe.gate_exps, &moe.up_exps, &moe.down_exps].iter().map(|w| w.expert_bytes() * full.cfg.n_experts).sum();
+    let all_experts: usize = [&moe.gate_exps, &moe.up_exps, &moe.down_exps]
+        .iter()
+        .map(|w| w.expert_bytes() * full.cfg.n_experts)
+        .sum();
     let file_bytes = std::fs::metadata(fixture()).unwrap().len() as usize;
     let mapped = router.file().mapped_bytes();
-    assert!(mapped <= file_bytes - all_experts, "router mapped {mapped} bytes; non-expert bytes are {}", file_bytes - all_experts);
-    assert!(router.expert_mat(&router.layers[1].moe.as_ref().unwrap().up_exps, 0).is_err());
+    assert!(
+        mapped <= file_bytes - all_experts,
+        "router mapped {mapped} bytes; non-expert bytes are {}",
+        file_bytes - all_experts
+    );
+    assert!(router
+        .expert_mat(&router.layers[1].moe.as_ref().unwrap().up_exps, 0)
+        .is_err());
 }

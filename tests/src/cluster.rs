@@ -84,7 +84,12 @@ impl Node {
             }
         });
         let stdin = child.stdin.take();
-        Self { child, stdin, lines, stderr }
+        Self {
+            child,
+            stdin,
+            lines,
+            stderr,
+        }
     }
 
     /// The next stdout line, or None after `timeout`.
@@ -101,7 +106,10 @@ impl Node {
 
     /// Everything it wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Polls until stderr contains `needle` or the deadline passes.
@@ -123,7 +131,10 @@ impl Node {
 
     /// Sends SIGHUP (e.g. to make a router re-read its placement).
     pub fn hangup(&self) {
-        let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().expect("run kill");
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
         assert!(status.success(), "kill -HUP failed");
     }
 
@@ -151,8 +162,20 @@ pub struct Expert {
 /// Starts `moe-node --role expert` and waits for its `listening on` line.
 pub fn start_expert(model: &Path, secret: &Path, shards: &str, name: &str, listen: &str) -> Expert {
     let args: Vec<String> = [
-        "--role", "expert", "--model", &model.to_string_lossy(), "--shards", shards, "--node", name,
-        "--secret-file", &secret.to_string_lossy(), "--listen", listen, "--threads", "1",
+        "--role",
+        "expert",
+        "--model",
+        &model.to_string_lossy(),
+        "--shards",
+        shards,
+        "--node",
+        name,
+        "--secret-file",
+        &secret.to_string_lossy(),
+        "--listen",
+        listen,
+        "--threads",
+        "1",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -161,15 +184,59 @@ pub fn start_expert(model: &Path, secret: &Path, shards: &str, name: &str, liste
     let line = node
         .next_line(Duration::from_millis(NODE_START_TIMEOUT_MS))
         .unwrap_or_else(|| panic!("expert {name} did not start: {}", node.stderr()));
-    let addr = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
     Expert { node, addr }
+}
+
+/// Starts `moe-node --role router` (JSON-line requests on stdin) and waits until it is ready.
+pub fn start_router(model: &Path, placement: &Path, secret: &Path) -> Node {
+    let args: Vec<String> = [
+        "--role",
+        "router",
+        "--model",
+        &model.to_string_lossy(),
+        "--placement",
+        &placement.to_string_lossy(),
+        "--secret-file",
+        &secret.to_string_lossy(),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let r = Node::spawn(&args);
+    let ready = r
+        .next_line(Duration::from_millis(NODE_START_TIMEOUT_MS))
+        .unwrap_or_else(|| panic!("router not ready: {}", r.stderr()));
+    assert!(ready.contains("ready"), "{ready}");
+    r
+}
+
+impl Node {
+    /// Sends one JSON-line request to a router and parses its answer line.
+    pub fn ask(&mut self, request: &str, timeout: Duration) -> serde_json::Value {
+        self.send_line(request);
+        self.answer(timeout)
+    }
+
+    /// Parses the next answer line of a router.
+    pub fn answer(&self, timeout: Duration) -> serde_json::Value {
+        let line = self
+            .next_line(timeout)
+            .unwrap_or_else(|| panic!("router gave no answer: {}", self.stderr()));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad answer {line:?}: {e}"))
+    }
 }
 
 /// A placement file text: one `[[node]]` per (name, addr, shards, extra TOML lines).
 pub fn placement_toml(nodes: &[(&str, &str, &str, &str)]) -> String {
     let mut s = String::new();
     for (name, addr, shards, extra) in nodes {
-        s.push_str(&format!("[[node]]\nname = \"{name}\"\naddr = \"{addr}\"\nshards = \"{shards}\"\n{extra}\n"));
+        s.push_str(&format!(
+            "[[node]]\nname = \"{name}\"\naddr = \"{addr}\"\nshards = \"{shards}\"\n{extra}\n"
+        ));
     }
     s
 }

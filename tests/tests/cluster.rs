@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use moe_runtime::npy;
-use moe_tests::cluster::{placement_toml, start_expert, Expert, Node, TempDir, TEST_SECRET};
+use moe_tests::cluster::{
+    placement_toml, start_expert, start_router, Expert, TempDir, TEST_SECRET,
+};
 use moe_tests::{fixtures_dir, moe_node, moe_node_ok};
 use serde_json::Value;
 
@@ -24,22 +26,37 @@ fn fixture_files() -> Vec<(PathBuf, Vec<Case>)> {
     let mut out = Vec::new();
     for dir in ["kimi-k25-tiny", "kimi-k25-kq"] {
         let root = fixtures_dir().join(dir);
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap()).unwrap();
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap())
+                .unwrap();
         for (_, file) in m["files"].as_object().unwrap() {
             let cases = file.get("cases").unwrap_or(&m["cases"]).as_array().unwrap();
-            let ties = file.get("near_ties").and_then(Value::as_array).cloned().unwrap_or_default();
+            let ties = file
+                .get("near_ties")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             let cases = cases
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    let tokens: Vec<u32> = c["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+                    let tokens: Vec<u32> = c["tokens"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.as_u64().unwrap() as u32)
+                        .collect();
                     let limit = ties
                         .iter()
                         .filter(|t| t["case"].as_u64() == Some(i as u64))
                         .map(|t| t["position"].as_u64().unwrap() as usize)
                         .min()
                         .unwrap_or(tokens.len());
-                    Case { prompt: c["prompt"].as_str().unwrap().to_string(), tokens, limit }
+                    Case {
+                        prompt: c["prompt"].as_str().unwrap().to_string(),
+                        tokens,
+                        limit,
+                    }
                 })
                 .collect();
             out.push((root.join(file["gguf"].as_str().unwrap()), cases));
@@ -52,22 +69,60 @@ fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn logits(model: &Path, tokens: &[u32], dir: &TempDir, tag: &str, cluster: Option<(&Path, &Path)>) -> (Vec<f32>, Value) {
+fn logits(
+    model: &Path,
+    tokens: &[u32],
+    dir: &TempDir,
+    tag: &str,
+    cluster: Option<(&Path, &Path)>,
+) -> (Vec<f32>, Value) {
     let out = dir.path().join(format!("{tag}.npy"));
     let routing = dir.path().join(format!("{tag}.json"));
     let toks: Vec<String> = tokens.iter().map(u32::to_string).collect();
-    let mut args = vec!["logits".into(), "--model".into(), s(model), "--tokens".into(), toks.join(","), "--out".into(), s(&out), "--routing".into(), s(&routing)];
+    let mut args = vec![
+        "logits".into(),
+        "--model".into(),
+        s(model),
+        "--tokens".into(),
+        toks.join(","),
+        "--out".into(),
+        s(&out),
+        "--routing".into(),
+        s(&routing),
+    ];
     if let Some((p, secret)) = cluster {
-        args.extend(["--placement".into(), s(p), "--secret-file".into(), s(secret)]);
+        args.extend([
+            "--placement".into(),
+            s(p),
+            "--secret-file".into(),
+            s(secret),
+        ]);
     }
     moe_node_ok(&args);
-    (npy::read_f32(&out).unwrap().data, serde_json::from_str(&std::fs::read_to_string(&routing).unwrap()).unwrap())
+    (
+        npy::read_f32(&out).unwrap().data,
+        serde_json::from_str(&std::fs::read_to_string(&routing).unwrap()).unwrap(),
+    )
 }
 
 fn run_greedy(model: &Path, prompt: &str, cluster: Option<(&Path, &Path)>) -> String {
-    let mut args = vec!["run".into(), "--model".into(), s(model), "--prompt".into(), prompt.into(), "-n".into(), "16".into(), "--ignore-eos".into()];
+    let mut args = vec![
+        "run".into(),
+        "--model".into(),
+        s(model),
+        "--prompt".into(),
+        prompt.into(),
+        "-n".into(),
+        "16".into(),
+        "--ignore-eos".into(),
+    ];
     if let Some((p, secret)) = cluster {
-        args.extend(["--placement".into(), s(p), "--secret-file".into(), s(secret)]);
+        args.extend([
+            "--placement".into(),
+            s(p),
+            "--secret-file".into(),
+            s(secret),
+        ]);
     }
     moe_node_ok(&args)
 }
@@ -80,25 +135,55 @@ fn three_experts(model: &Path, secret: &Path) -> Vec<Expert> {
 }
 
 /// Compares a cluster run with the single process on every case of one model.
-fn assert_cluster_matches(model: &Path, cases: &[Case], placement: &Path, secret: &Path, dir: &TempDir) {
+fn assert_cluster_matches(
+    model: &Path,
+    cases: &[Case],
+    placement: &Path,
+    secret: &Path,
+    dir: &TempDir,
+) {
     let vocab_of = |n: usize, t: usize| n / t;
     for (ci, case) in cases.iter().enumerate() {
         let what = format!("{} case {ci}", model.display());
         let (single, single_routing) = logits(model, &case.tokens, dir, "single", None);
-        let (clustered, cluster_routing) = logits(model, &case.tokens, dir, "cluster", Some((placement, secret)));
+        let (clustered, cluster_routing) = logits(
+            model,
+            &case.tokens,
+            dir,
+            "cluster",
+            Some((placement, secret)),
+        );
         let (again, _) = logits(model, &case.tokens, dir, "again", Some((placement, secret)));
-        assert_eq!(clustered.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), again.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{what}: repeated cluster run differs");
+        assert_eq!(
+            clustered.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            again.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{what}: repeated cluster run differs"
+        );
         let vocab = vocab_of(single.len(), case.tokens.len());
         let n = case.limit * vocab;
-        let max = single[..n].iter().zip(&clustered[..n]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(max <= CLUSTER_LOGIT_TOL, "{what}: cluster logits differ by {max:e}");
+        let max = single[..n]
+            .iter()
+            .zip(&clustered[..n])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            max <= CLUSTER_LOGIT_TOL,
+            "{what}: cluster logits differ by {max:e}"
+        );
         for (layer, r) in single_routing.as_object().unwrap() {
             for pos in 0..case.limit {
-                assert_eq!(r["experts"][pos], cluster_routing[layer]["experts"][pos], "{what}: routing layer {layer} pos {pos}");
+                assert_eq!(
+                    r["experts"][pos], cluster_routing[layer]["experts"][pos],
+                    "{what}: routing layer {layer} pos {pos}"
+                );
             }
         }
         if case.limit == case.tokens.len() {
-            assert_eq!(run_greedy(model, &case.prompt, None), run_greedy(model, &case.prompt, Some((placement, secret))), "{what}: greedy");
+            assert_eq!(
+                run_greedy(model, &case.prompt, None),
+                run_greedy(model, &case.prompt, Some((placement, secret))),
+                "{what}: greedy"
+            );
         }
     }
 }
@@ -109,8 +194,11 @@ fn three_expert_nodes_match_the_single_process_on_every_fixture() {
     let secret = dir.write("secret", TEST_SECRET);
     for (model, cases) in fixture_files() {
         let experts = three_experts(&model, &secret);
-        let nodes: Vec<(&str, &str, &str, &str)> =
-            vec![("e1", &experts[0].addr, "0-127", ""), ("e2", &experts[1].addr, "128-255", ""), ("e3", &experts[2].addr, "256-383", "")];
+        let nodes: Vec<(&str, &str, &str, &str)> = vec![
+            ("e1", &experts[0].addr, "0-127", ""),
+            ("e2", &experts[1].addr, "128-255", ""),
+            ("e3", &experts[2].addr, "256-383", ""),
+        ];
         let placement = dir.write("p.toml", &placement_toml(&nodes));
         assert_cluster_matches(&model, &cases, &placement, &secret, &dir);
     }
@@ -121,17 +209,53 @@ fn per_layer_placement_and_replicas_match_the_single_process() {
     let dir = TempDir::new("cluster-layers");
     let secret = dir.write("secret", TEST_SECRET);
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
-    let cases = fixture_files().into_iter().find(|(m, _)| *m == model).unwrap().1;
+    let cases = fixture_files()
+        .into_iter()
+        .find(|(m, _)| *m == model)
+        .unwrap()
+        .1;
     // Every node serves every expert; the placement decides who owns what per layer, with
     // overlaps (replicas) and a local share computed in the router.
-    let experts: Vec<Expert> = ["e1", "e2"].iter().map(|n| start_expert(&model, &secret, "0-383", n, "127.0.0.1:0")).collect();
+    let experts: Vec<Expert> = ["e1", "e2"]
+        .iter()
+        .map(|n| start_expert(&model, &secret, "0-383", n, "127.0.0.1:0"))
+        .collect();
     let text = placement_toml(&[
-        ("e1", &experts[0].addr, "0-200", "layers = { \"2\" = \"0-99\" }"),
-        ("e2", &experts[1].addr, "150-383", "layers = { \"2\" = \"100-383\", \"3\" = \"0-383\" }"),
+        (
+            "e1",
+            &experts[0].addr,
+            "0-200",
+            "layers = { \"2\" = \"0-99\" }",
+        ),
+        (
+            "e2",
+            &experts[1].addr,
+            "150-383",
+            "layers = { \"2\" = \"100-383\", \"3\" = \"0-383\" }",
+        ),
         ("r", "local", "300-383", ""),
     ]);
     let placement = dir.write("layers.toml", &text);
     assert_cluster_matches(&model, &cases, &placement, &secret, &dir);
+}
+
+/// Runs a 2-token generation that must fail; returns its stderr.
+fn refused_run(model: &Path, placement: &Path, secret: &Path) -> String {
+    let out = moe_node(&[
+        "run",
+        "--model",
+        &s(model),
+        "--prompt",
+        "hi",
+        "-n",
+        "2",
+        "--placement",
+        &s(placement),
+        "--secret-file",
+        &s(secret),
+    ]);
+    assert!(!out.status.success(), "the run should have been refused");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -144,22 +268,34 @@ fn wrong_secret_and_model_mismatch_are_refused_on_both_sides() {
     let e = start_expert(&q8, &secret, "0-383", "e1", "127.0.0.1:0");
     let placement = dir.write("p.toml", &placement_toml(&[("e1", &e.addr, "0-383", "")]));
 
-    let out = moe_node(&["run", "--model", &s(&q8), "--prompt", "hi", "-n", "2", "--placement", &s(&placement), "--secret-file", &s(&wrong)]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("authentication failed"), "router side: {err}");
-    assert!(e.node.wait_stderr("did not prove the cluster secret", Duration::from_secs(10)), "expert side: {}", e.node.stderr());
+    let err = refused_run(&q8, &placement, &wrong);
+    assert!(err.contains("authentication failed"), "router side: {err}");
+    assert!(
+        e.node
+            .wait_stderr("did not prove the cluster secret", Duration::from_secs(10)),
+        "expert side: {}",
+        e.node.stderr()
+    );
 
-    let out = moe_node(&["run", "--model", &s(&bf16), "--prompt", "hi", "-n", "2", "--placement", &s(&placement), "--secret-file", &s(&secret)]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("fingerprint"), "router side: {err}");
-    assert!(e.node.wait_stderr("fingerprint", Duration::from_secs(10)), "expert side: {}", e.node.stderr());
+    let err = refused_run(&bf16, &placement, &secret);
+    assert!(err.contains("fingerprint"), "router side: {err}");
+    assert!(
+        e.node.wait_stderr("fingerprint", Duration::from_secs(10)),
+        "expert side: {}",
+        e.node.stderr()
+    );
 
     // A placement that gives a node experts it does not serve is refused at connect time.
     let partial = start_expert(&q8, &secret, "0-127", "e2", "127.0.0.1:0");
-    let lying = dir.write("lying.toml", &placement_toml(&[("e2", &partial.addr, "0-383", "")]));
-    let out = moe_node(&["run", "--model", &s(&q8), "--prompt", "hi", "-n", "2", "--placement", &s(&lying), "--secret-file", &s(&secret)]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("does not own what the placement gives it"), "{err}");
+    let lying = dir.write(
+        "lying.toml",
+        &placement_toml(&[("e2", &partial.addr, "0-383", "")]),
+    );
+    let err = refused_run(&q8, &lying, &secret);
+    assert!(
+        err.contains("does not own what the placement gives it"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -176,27 +312,18 @@ fn garbage_and_oversized_frames_drop_only_that_connection() {
     let mut c2 = std::net::TcpStream::connect(&e.addr).unwrap();
     c2.write_all(&64u32.to_le_bytes()).unwrap();
     c2.write_all(&[0xA5; 64]).unwrap();
-    assert!(e.node.wait_stderr("handshake refused", Duration::from_secs(10)), "{}", e.node.stderr());
+    assert!(
+        e.node
+            .wait_stderr("handshake refused", Duration::from_secs(10)),
+        "{}",
+        e.node.stderr()
+    );
     // The node still serves a real router.
     let single = run_greedy(&model, "def fibonacci(n):", None);
-    assert_eq!(run_greedy(&model, "def fibonacci(n):", Some((&placement, &secret))), single);
-}
-
-fn router(model: &Path, placement: &Path, secret: &Path) -> Node {
-    let args: Vec<String> = ["--role", "router", "--model", &s(model), "--placement", &s(placement), "--secret-file", &s(secret), "--ctx-size", "4096"]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-    let r = Node::spawn(&args);
-    let ready = r.next_line(Duration::from_secs(30)).unwrap_or_else(|| panic!("router not ready: {}", r.stderr()));
-    assert!(ready.contains("ready"), "{ready}");
-    r
-}
-
-fn ask(r: &mut Node, req: &str, timeout: Duration) -> Value {
-    r.send_line(req);
-    let line = r.next_line(timeout).unwrap_or_else(|| panic!("router gave no answer: {}", r.stderr()));
-    serde_json::from_str(&line).unwrap()
+    assert_eq!(
+        run_greedy(&model, "def fibonacci(n):", Some((&placement, &secret))),
+        single
+    );
 }
 
 #[test]
@@ -205,12 +332,15 @@ fn killed_expert_without_replica_fails_the_request_and_the_router_recovers() {
     let secret = dir.write("secret", TEST_SECRET);
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
     let mut experts = three_experts(&model, &secret);
-    let nodes: Vec<(&str, &str, &str, &str)> =
-        vec![("e1", &experts[0].addr, "0-127", ""), ("e2", &experts[1].addr, "128-255", ""), ("e3", &experts[2].addr, "256-383", "")];
+    let nodes: Vec<(&str, &str, &str, &str)> = vec![
+        ("e1", &experts[0].addr, "0-127", ""),
+        ("e2", &experts[1].addr, "128-255", ""),
+        ("e3", &experts[2].addr, "256-383", ""),
+    ];
     let placement = dir.write("p.toml", &placement_toml(&nodes));
-    let mut r = router(&model, &placement, &secret);
+    let mut r = start_router(&model, &placement, &secret);
     let short = r#"{"prompt": "def fibonacci(n):", "max_tokens": 16, "ignore_eos": true}"#;
-    let good = ask(&mut r, short, Duration::from_secs(30));
+    let good = r.ask(short, Duration::from_secs(30));
     assert!(good["tokens"].as_array().unwrap().len() == 16, "{good}");
 
     // A long generation (seconds), with e2 killed while it runs.
@@ -218,9 +348,13 @@ fn killed_expert_without_replica_fails_the_request_and_the_router_recovers() {
     std::thread::sleep(Duration::from_millis(300));
     let e2_addr = experts[1].addr.clone();
     experts[1].node.kill();
-    let answer = r.next_line(Duration::from_secs(15)).expect("the request fails within the timeout");
+    let answer = r
+        .next_line(Duration::from_secs(15))
+        .expect("the request fails within the timeout");
     let answer: Value = serde_json::from_str(&answer).unwrap();
-    let err = answer["error"].as_str().unwrap_or_else(|| panic!("expected an error, got {answer}"));
+    let err = answer["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error, got {answer}"));
     assert!(err.contains("e2"), "error names the node: {err}");
     assert!(r.is_running(), "router stays up");
 
@@ -228,12 +362,15 @@ fn killed_expert_without_replica_fails_the_request_and_the_router_recovers() {
     experts[1] = start_expert(&model, &secret, "128-255", "e2", &e2_addr);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let a = ask(&mut r, short, Duration::from_secs(30));
+        let a = r.ask(short, Duration::from_secs(30));
         if a.get("tokens").is_some() {
             assert_eq!(a["tokens"], good["tokens"]);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "router did not recover: {a}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "router did not recover: {a}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -243,18 +380,24 @@ fn killed_expert_with_replica_completes_with_the_same_tokens() {
     let dir = TempDir::new("cluster-replica");
     let secret = dir.write("secret", TEST_SECRET);
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
-    let mut experts: Vec<Expert> =
-        [("e1", "0-191"), ("e2", "192-383"), ("e3", "192-383")].iter().map(|(n, sh)| start_expert(&model, &secret, sh, n, "127.0.0.1:0")).collect();
-    let nodes: Vec<(&str, &str, &str, &str)> =
-        vec![("e1", &experts[0].addr, "0-191", ""), ("e2", &experts[1].addr, "192-383", ""), ("e3", &experts[2].addr, "192-383", "")];
+    let mut experts: Vec<Expert> = [("e1", "0-191"), ("e2", "192-383"), ("e3", "192-383")]
+        .iter()
+        .map(|(n, sh)| start_expert(&model, &secret, sh, n, "127.0.0.1:0"))
+        .collect();
+    let nodes: Vec<(&str, &str, &str, &str)> = vec![
+        ("e1", &experts[0].addr, "0-191", ""),
+        ("e2", &experts[1].addr, "192-383", ""),
+        ("e3", &experts[2].addr, "192-383", ""),
+    ];
     let placement = dir.write("p.toml", &placement_toml(&nodes));
-    let mut r = router(&model, &placement, &secret);
+    let mut r = start_router(&model, &placement, &secret);
     let long = r#"{"prompt": "def fibonacci(n):", "max_tokens": 1500, "ignore_eos": true}"#;
-    let reference = ask(&mut r, long, Duration::from_secs(120));
+    let reference = r.ask(long, Duration::from_secs(120));
     assert!(reference.get("tokens").is_some(), "{reference}");
     r.send_line(long);
     std::thread::sleep(Duration::from_millis(300));
     experts[1].node.kill();
-    let answer: Value = serde_json::from_str(&r.next_line(Duration::from_secs(120)).expect("an answer")).unwrap();
+    let answer: Value =
+        serde_json::from_str(&r.next_line(Duration::from_secs(120)).expect("an answer")).unwrap();
     assert_eq!(answer["tokens"], reference["tokens"], "{answer}");
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use moe_runtime::gguf::GgufFile;
 use moe_runtime::tokenizer::Tokenizer;
-use moe_tests::cluster::{placement_toml, start_expert, Node, TempDir, NODE_START_TIMEOUT_MS, TEST_SECRET};
+use moe_tests::cluster::{
+    placement_toml, start_expert, Node, TempDir, NODE_START_TIMEOUT_MS, TEST_SECRET,
+};
 use moe_tests::fixtures_dir;
 use serde_json::{json, Value};
 
@@ -45,9 +47,14 @@ fn serve(args: &[String]) -> Server {
     let deadline = Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = node.next_line(left).unwrap_or_else(|| panic!("server did not start: {}", node.stderr()));
+        let line = node
+            .next_line(left)
+            .unwrap_or_else(|| panic!("server did not start: {}", node.stderr()));
         if let Some(addr) = line.strip_prefix("http listening on ") {
-            return Server { addr: addr.to_string(), node };
+            return Server {
+                addr: addr.to_string(),
+                node,
+            };
         }
     }
 }
@@ -55,10 +62,20 @@ fn serve(args: &[String]) -> Server {
 fn serve_args(model: &Path, extra: &[&str]) -> Vec<String> {
     let ctx = CTX_SIZE.to_string();
     let limit = MAX_TOKENS_LIMIT.to_string();
-    let mut a: Vec<String> = ["serve", "--model", &s(model), "--http", "127.0.0.1:0", "--ctx-size", &ctx, "--max-tokens-limit", &limit]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut a: Vec<String> = [
+        "serve",
+        "--model",
+        &s(model),
+        "--http",
+        "127.0.0.1:0",
+        "--ctx-size",
+        &ctx,
+        "--max-tokens-limit",
+        &limit,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
@@ -66,9 +83,17 @@ fn serve_args(model: &Path, extra: &[&str]) -> Vec<String> {
 /// What the checks compare with: the fixture's first case and its greedy continuation.
 fn write_expectations(dir: &TempDir, model: &Path) -> PathBuf {
     let root = model.parent().unwrap();
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap()).unwrap();
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap())
+            .unwrap();
     let case = &m["cases"][0];
-    let ids = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect() };
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect()
+    };
     let greedy = ids(&case["greedy_continuation"]);
     let tok = Tokenizer::from_gguf(&GgufFile::open(model).unwrap()).unwrap();
     let expect = json!({
@@ -87,7 +112,11 @@ fn write_expectations(dir: &TempDir, model: &Path) -> PathBuf {
 fn python_checks(server: &mut Server, expect: &Path, api_key: Option<&str>, checks: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/serve_checks.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(&script).arg("--base-url").arg(format!("http://{}/v1", server.addr)).arg("--expect").arg(expect);
+    cmd.arg(&script)
+        .arg("--base-url")
+        .arg(format!("http://{}/v1", server.addr))
+        .arg("--expect")
+        .arg(expect);
     if let Some(k) = api_key {
         cmd.arg("--api-key").arg(k);
     }
@@ -101,19 +130,38 @@ fn python_checks(server: &mut Server, expect: &Path, api_key: Option<&str>, chec
         out.status,
         server.node.stderr()
     );
-    assert!(server.node.is_running(), "the server died: {}", server.node.stderr());
-    assert!(!server.node.stderr().contains("panicked"), "the server panicked: {}", server.node.stderr());
+    assert!(
+        server.node.is_running(),
+        "the server died: {}",
+        server.node.stderr()
+    );
+    assert!(
+        !server.node.stderr().contains("panicked"),
+        "the server panicked: {}",
+        server.node.stderr()
+    );
 }
 
 /// `GET path` over plain HTTP/1.1: (status, body).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut c = TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     c.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -124,7 +172,10 @@ fn wait_health(addr: &str, want: u16) -> String {
         if status == want {
             return body;
         }
-        assert!(Instant::now() < deadline, "/health stayed {status} ({body}), want {want}");
+        assert!(
+            Instant::now() < deadline,
+            "/health stayed {status} ({body}), want {want}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -135,7 +186,19 @@ fn single_process_serves_the_openai_api() {
     let model = tiny_model();
     let expect = write_expectations(&dir, &model);
     let mut server = serve(&serve_args(&model, &[]));
-    python_checks(&mut server, &expect, None, &["models", "greedy", "chat", "stop", "concurrent", "bad_requests"]);
+    python_checks(
+        &mut server,
+        &expect,
+        None,
+        &[
+            "models",
+            "greedy",
+            "chat",
+            "stop",
+            "concurrent",
+            "bad_requests",
+        ],
+    );
 }
 
 #[test]
@@ -145,8 +208,23 @@ fn full_queue_disconnects_and_api_key() {
     let expect = write_expectations(&dir, &model);
     let key = "serve-test-api-key-0123";
     let key_file = dir.write("key", &format!("{key}\n"));
-    let mut server = serve(&serve_args(&model, &["--max-active-sequences", "1", "--admission-queue", "1", "--api-key-file", &s(&key_file)]));
-    python_checks(&mut server, &expect, Some(key), &["auth", "disconnect", "queue_full"]);
+    let mut server = serve(&serve_args(
+        &model,
+        &[
+            "--max-active-sequences",
+            "1",
+            "--admission-queue",
+            "1",
+            "--api-key-file",
+            &s(&key_file),
+        ],
+    ));
+    python_checks(
+        &mut server,
+        &expect,
+        Some(key),
+        &["auth", "disconnect", "queue_full"],
+    );
 }
 
 #[test]
@@ -155,14 +233,36 @@ fn router_with_two_expert_nodes_serves_the_openai_api() {
     let model = tiny_model();
     let expect = write_expectations(&dir, &model);
     let secret = dir.write("secret", TEST_SECRET);
-    let mut experts: Vec<_> =
-        [("e1", "0-191"), ("e2", "192-383")].iter().map(|(n, sh)| start_expert(&model, &secret, sh, n, "127.0.0.1:0")).collect();
-    let placement = dir.write("p.toml", &placement_toml(&[("e1", &experts[0].addr, "0-191", ""), ("e2", &experts[1].addr, "192-383", "")]));
+    let mut experts: Vec<_> = [("e1", "0-191"), ("e2", "192-383")]
+        .iter()
+        .map(|(n, sh)| start_expert(&model, &secret, sh, n, "127.0.0.1:0"))
+        .collect();
+    let placement = dir.write(
+        "p.toml",
+        &placement_toml(&[
+            ("e1", &experts[0].addr, "0-191", ""),
+            ("e2", &experts[1].addr, "192-383", ""),
+        ]),
+    );
     let ctx = CTX_SIZE.to_string();
     let limit = MAX_TOKENS_LIMIT.to_string();
     let args: Vec<String> = [
-        "--role", "router", "--model", &s(&model), "--placement", &s(&placement), "--secret-file", &s(&secret), "--http", "127.0.0.1:0",
-        "--ctx-size", &ctx, "--max-tokens-limit", &limit, "--metrics-addr", "127.0.0.1:0",
+        "--role",
+        "router",
+        "--model",
+        &s(&model),
+        "--placement",
+        &s(&placement),
+        "--secret-file",
+        &s(&secret),
+        "--http",
+        "127.0.0.1:0",
+        "--ctx-size",
+        &ctx,
+        "--max-tokens-limit",
+        &limit,
+        "--metrics-addr",
+        "127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -170,11 +270,23 @@ fn router_with_two_expert_nodes_serves_the_openai_api() {
     let mut server = serve(&args);
     let body = wait_health(&server.addr, 200);
     assert!(body.contains("\"ok\""), "{body}");
-    python_checks(&mut server, &expect, None, &["models", "greedy", "concurrent", "batching", "bad_requests"]);
+    python_checks(
+        &mut server,
+        &expect,
+        None,
+        &["models", "greedy", "concurrent", "batching", "bad_requests"],
+    );
     // /health is ready only while every expert node is reachable.
     experts[1].node.kill();
     let body = wait_health(&server.addr, 503);
-    assert!(body.contains("e2"), "/health does not name the dead node: {body}");
-    assert!(server.node.is_running(), "router died with an expert node: {}", server.node.stderr());
+    assert!(
+        body.contains("e2"),
+        "/health does not name the dead node: {body}"
+    );
+    assert!(
+        server.node.is_running(),
+        "router died with an expert node: {}",
+        server.node.stderr()
+    );
     experts.clear();
 }

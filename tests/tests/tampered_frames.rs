@@ -7,8 +7,8 @@ use std::time::Duration;
 use moe_runtime::gguf::GgufFile;
 use moe_runtime::placement::{ExpertSet, NodeName};
 use moe_runtime::wire::{
-    client_handshake, encode_frame, read_frame, ClusterSecret, HandshakeConfig, Heartbeat, Message, ModelShape, ShardSummary,
-    FRAME_BYTES_MAX,
+    client_handshake, encode_frame, read_frame, ClusterSecret, HandshakeConfig, Heartbeat, Message,
+    ModelShape, ShardSummary, FRAME_BYTES_MAX,
 };
 use moe_tests::cluster::{placement_toml, start_expert, Expert, TempDir, TEST_SECRET};
 use moe_tests::{fixtures_dir, moe_node_ok};
@@ -18,7 +18,10 @@ use tokio::net::TcpStream;
 /// Connects and authenticates like a router, then sends `tamper(valid heartbeat frame)`.
 async fn send_tampered(model: &Path, addr: &str, tamper: impl Fn(Vec<u8>) -> Vec<u8>) -> String {
     let file = GgufFile::open(model).unwrap();
-    let shape = ModelShape { n_experts: 384, hidden_dim: 128 };
+    let shape = ModelShape {
+        n_experts: 384,
+        hidden_dim: 128,
+    };
     let hs = HandshakeConfig::new(
         NodeName::new("tamperer").unwrap(),
         file.fingerprint(),
@@ -31,12 +34,19 @@ async fn send_tampered(model: &Path, addr: &str, tamper: impl Fn(Vec<u8>) -> Vec
     // One good heartbeat first: the node answers it.
     let good = encode_frame(&Message::Heartbeat(Heartbeat { counter: 1 }), &mut mac.send).unwrap();
     stream.write_all(&good).await.unwrap();
-    read_frame(&mut stream, FRAME_BYTES_MAX).await.expect("heartbeat answered");
+    read_frame(&mut stream, FRAME_BYTES_MAX)
+        .await
+        .expect("heartbeat answered");
     let frame = encode_frame(&Message::Heartbeat(Heartbeat { counter: 2 }), &mut mac.send).unwrap();
     stream.write_all(&tamper(frame)).await.unwrap();
     let _ = stream.shutdown().await;
     // The node closes the connection: the next read ends.
-    match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut stream, FRAME_BYTES_MAX)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame(&mut stream, FRAME_BYTES_MAX),
+    )
+    .await
+    {
         Ok(Err(e)) => e.to_string(),
         Ok(Ok(_)) => panic!("the node answered a tampered frame"),
         Err(_) => panic!("the node kept the connection open"),
@@ -44,7 +54,11 @@ async fn send_tampered(model: &Path, addr: &str, tamper: impl Fn(Vec<u8>) -> Vec
 }
 
 fn check(e: &Expert, needle: &str) {
-    assert!(e.node.wait_stderr(needle, Duration::from_secs(10)), "expected {needle:?} in: {}", e.node.stderr());
+    assert!(
+        e.node.wait_stderr(needle, Duration::from_secs(10)),
+        "expected {needle:?} in: {}",
+        e.node.stderr()
+    );
 }
 
 #[test]
@@ -53,7 +67,10 @@ fn tampered_frames_drop_only_their_connection() {
     let secret = dir.write("secret", TEST_SECRET);
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
     let e = start_expert(&model, &secret, "0-383", "e1", "127.0.0.1:0");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     // A flipped byte inside the archive: the MAC check fails.
     rt.block_on(send_tampered(&model, &e.addr, |mut f| {
@@ -63,21 +80,42 @@ fn tampered_frames_drop_only_their_connection() {
     }));
     check(&e, "bad frame from tamperer");
     // A frame cut short (the length says more than arrives before the stream ends).
-    rt.block_on(send_tampered(&model, &e.addr, |f| f[..f.len() - 10].to_vec()));
+    rt.block_on(send_tampered(&model, &e.addr, |f| {
+        f[..f.len() - 10].to_vec()
+    }));
     check(&e, "reading from tamperer");
     // A length prefix over FRAME_BYTES_MAX: refused before allocating.
-    rt.block_on(send_tampered(&model, &e.addr, |_| ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes().to_vec()));
+    rt.block_on(send_tampered(&model, &e.addr, |_| {
+        ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes().to_vec()
+    }));
     check(&e, "FRAME_BYTES_MAX");
 
     // The node still serves a real router, with the right answer.
     let placement = dir.write("p.toml", &placement_toml(&[("e1", &e.addr, "0-383", "")]));
     let m = model.to_string_lossy().to_string();
     let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = ["run", "--model", &m, "--prompt", "def fibonacci(n):", "-n", "8", "--ignore-eos"].iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = [
+            "run",
+            "--model",
+            &m,
+            "--prompt",
+            "def fibonacci(n):",
+            "-n",
+            "8",
+            "--ignore-eos",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
     let single = moe_node_ok(&args(&[]));
-    let clustered = moe_node_ok(&args(&["--placement", &placement.to_string_lossy(), "--secret-file", &secret.to_string_lossy()]));
+    let clustered = moe_node_ok(&args(&[
+        "--placement",
+        &placement.to_string_lossy(),
+        "--secret-file",
+        &secret.to_string_lossy(),
+    ]));
     assert_eq!(single, clustered);
 }

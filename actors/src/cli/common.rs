@@ -42,7 +42,8 @@ impl ModelArgs {
         let set = match cluster.and_then(|c| c.placement.as_ref()) {
             None => WeightSet::All,
             Some(placement) => {
-                let header = GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                let header =
+                    GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
                 let cfg = ModelConfig::from_gguf(&header)?;
                 let p = load_placement(placement, &cfg)?;
                 let local = (0..cfg.n_layers)
@@ -73,7 +74,11 @@ pub fn default_model() -> anyhow::Result<PathBuf> {
         let tmp = dir.join(format!("default-tiny.{}.partial", std::process::id()));
         let s = moe_runtime::synth::synthesize(&moe_runtime::synth::SynthOptions::default(), &tmp)?;
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-        eprintln!("no --model given: synthesized the default tiny model at {} ({} bytes)", path.display(), s.file_bytes);
+        eprintln!(
+            "no --model given: synthesized the default tiny model at {} ({} bytes)",
+            path.display(),
+            s.file_bytes
+        );
     }
     Ok(path)
 }

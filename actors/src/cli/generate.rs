@@ -57,10 +57,24 @@ pub fn generate(
     let t0 = Instant::now();
     let mut logits = Vec::new();
     for chunk in req.prompt.chunks(PREFILL_CHUNK_TOKENS) {
-        logits = model.forward(&mut [SeqInput { cache: &mut cache, tokens: chunk, all_logits: false }], experts, &mut NoObserver)?.remove(0);
+        logits = model
+            .forward(
+                &mut [SeqInput {
+                    cache: &mut cache,
+                    tokens: chunk,
+                    all_logits: false,
+                }],
+                experts,
+                &mut NoObserver,
+            )?
+            .remove(0);
         metrics.kv_cache(cache.len(), cache.capacity(), cache.bytes());
     }
-    let mut stats = GenStats { prompt_tokens: req.prompt.len(), prompt_s: t0.elapsed().as_secs_f64(), ..Default::default() };
+    let mut stats = GenStats {
+        prompt_tokens: req.prompt.len(),
+        prompt_s: t0.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
     let mut history = req.prompt.to_vec();
     let mut stream = StreamDecoder::new(tok);
     let t1 = Instant::now();
@@ -76,7 +90,17 @@ pub fn generate(
         if stats.generated.len() == req.max_tokens || cache.len() >= cache.capacity() {
             break;
         }
-        logits = model.forward(&mut [SeqInput { cache: &mut cache, tokens: &[next], all_logits: false }], experts, &mut NoObserver)?.remove(0);
+        logits = model
+            .forward(
+                &mut [SeqInput {
+                    cache: &mut cache,
+                    tokens: &[next],
+                    all_logits: false,
+                }],
+                experts,
+                &mut NoObserver,
+            )?
+            .remove(0);
         metrics.kv_cache(cache.len(), cache.capacity(), cache.bytes());
     }
     on_text(&stream.flush());

@@ -61,9 +61,20 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
     }
     let mut experts = expert_backend(&model, &a.cluster)?;
     let mut cache = KvCache::new(&model.cfg, t.max(a.model.ctx_size));
-    let mut cap = Capture { want_hidden: a.hidden.is_some(), ..Default::default() };
+    let mut cap = Capture {
+        want_hidden: a.hidden.is_some(),
+        ..Default::default()
+    };
     let logits = model
-        .forward(&mut [SeqInput { cache: &mut cache, tokens: &a.tokens, all_logits: true }], experts.as_mut(), &mut cap)?
+        .forward(
+            &mut [SeqInput {
+                cache: &mut cache,
+                tokens: &a.tokens,
+                all_logits: true,
+            }],
+            experts.as_mut(),
+            &mut cap,
+        )?
         .remove(0);
     npy::write_f32(&a.out, &[t, model.cfg.vocab], &logits)?;
     if let Some(path) = &a.routing {
@@ -73,13 +84,21 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
             .map(|(layer, r)| {
                 let experts: Vec<&[u32]> = (0..t).map(|i| r.token(i).0).collect();
                 let weights: Vec<&[f32]> = (0..t).map(|i| r.token(i).1).collect();
-                (layer.to_string(), serde_json::json!({ "experts": experts, "weights": weights }))
+                (
+                    layer.to_string(),
+                    serde_json::json!({ "experts": experts, "weights": weights }),
+                )
             })
             .collect();
-        std::fs::write(path, serde_json::to_string(&json)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.hidden {
-        npy::write_f32(path, &[model.cfg.n_layers + 1, t, model.cfg.n_embd], &cap.hidden)?;
+        npy::write_f32(
+            path,
+            &[model.cfg.n_layers + 1, t, model.cfg.n_embd],
+            &cap.hidden,
+        )?;
     }
     Ok(())
 }

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use moe_runtime::placement::plan::{plan, speeds_of, Balance, NodeSpec, PlanOptions};
 use moe_runtime::placement::simulate::{
-    simulate, CostModel, SimReport, DEFAULT_LATENCY_MS, DEFAULT_LINK_GBIT, DEFAULT_MEM_GBPS, FRAME_OVERHEAD_BYTES,
+    simulate, CostModel, SimReport, DEFAULT_LATENCY_MS, DEFAULT_LINK_GBIT, DEFAULT_MEM_GBPS,
+    FRAME_OVERHEAD_BYTES,
 };
 use moe_runtime::placement::trace::{read_trace_file, Trace};
 use moe_runtime::placement::{NodeAddr, NodeName, Placement};
@@ -107,7 +108,9 @@ pub fn run(a: PlacementArgs) -> anyhow::Result<()> {
 fn name_values(text: &str, flag: &str) -> anyhow::Result<Vec<(String, String)>> {
     let mut out: Vec<(String, String)> = Vec::new();
     for item in text.split(',').filter(|s| !s.trim().is_empty()) {
-        let (name, value) = item.split_once('=').with_context(|| format!("{flag}: {item:?} is not name=value"))?;
+        let (name, value) = item
+            .split_once('=')
+            .with_context(|| format!("{flag}: {item:?} is not name=value"))?;
         let name = name.trim().to_string();
         if out.iter().any(|(n, _)| *n == name) {
             bail!("{flag}: node {name:?} given twice");
@@ -121,15 +124,21 @@ fn name_numbers(text: &str, flag: &str) -> anyhow::Result<BTreeMap<String, f64>>
     name_values(text, flag)?
         .into_iter()
         .map(|(n, v)| {
-            let x: f64 = v.parse().with_context(|| format!("{flag}: {n}={v}: not a number"))?;
-            anyhow::ensure!(x.is_finite() && x > 0.0, "{flag}: {n}={v}: must be positive");
+            let x: f64 = v
+                .parse()
+                .with_context(|| format!("{flag}: {n}={v}: not a number"))?;
+            anyhow::ensure!(
+                x.is_finite() && x > 0.0,
+                "{flag}: {n}={v}: must be positive"
+            );
             Ok((n, x))
         })
         .collect()
 }
 
 fn load_trace(path: &std::path::Path) -> anyhow::Result<Trace> {
-    let trace = read_trace_file(path).with_context(|| format!("reading routing trace {}", path.display()))?;
+    let trace = read_trace_file(path)
+        .with_context(|| format!("reading routing trace {}", path.display()))?;
     if trace.records.is_empty() {
         bail!("routing trace {} has no route records", path.display());
     }
@@ -167,8 +176,13 @@ fn run_plan(a: PlanArgs) -> anyhow::Result<()> {
     }
     let mut nodes = Vec::new();
     for (name, speed) in &speeds {
-        let speed: f64 = speed.parse().with_context(|| format!("--nodes: {name}={speed}: not a number"))?;
-        let addr_text = addrs.get(name).cloned().unwrap_or_else(|| format!("{name}:{DEFAULT_NODE_PORT}"));
+        let speed: f64 = speed
+            .parse()
+            .with_context(|| format!("--nodes: {name}={speed}: not a number"))?;
+        let addr_text = addrs
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| format!("{name}:{DEFAULT_NODE_PORT}"));
         nodes.push(NodeSpec {
             name: NodeName::new(name).map_err(|e| anyhow::anyhow!("--nodes: {e}"))?,
             addr: NodeAddr::parse(&addr_text).map_err(|e| anyhow::anyhow!("node {name}: {e}"))?,
@@ -176,33 +190,60 @@ fn run_plan(a: PlanArgs) -> anyhow::Result<()> {
             mem_bytes: mem.get(name).map(|g| (g * (1u64 << 30) as f64) as u64),
         });
     }
-    let opts = PlanOptions { replicas: a.replicas, max_experts_factor: a.max_experts_factor };
+    let opts = PlanOptions {
+        replicas: a.replicas,
+        max_experts_factor: a.max_experts_factor,
+    };
     let p = plan(&trace, &nodes, &opts)?;
     print!("{}", plan_table(&trace, &a, &nodes, &p));
-    std::fs::write(&a.out, p.placement.to_toml()).with_context(|| format!("writing {}", a.out.display()))?;
+    std::fs::write(&a.out, p.placement.to_toml())
+        .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {}", a.out.display());
     if let Some(path) = &a.contiguous_out {
-        std::fs::write(path, p.contiguous.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, p.contiguous.to_toml())
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
 
-fn plan_table(trace: &Trace, a: &PlanArgs, nodes: &[NodeSpec], p: &moe_runtime::placement::plan::Plan) -> String {
+fn plan_table(
+    trace: &Trace,
+    a: &PlanArgs,
+    nodes: &[NodeSpec],
+    p: &moe_runtime::placement::plan::Plan,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", trace_summary(trace, &a.trace));
-    let _ = writeln!(s, "replicas asked {} per layer, placed {:?}", a.replicas, p.replicas_placed);
-    let _ = writeln!(s, "{:<8} {:>6} {:>16}", "node", "speed", "experts/layer max");
+    let _ = writeln!(
+        s,
+        "replicas asked {} per layer, placed {:?}",
+        a.replicas, p.replicas_placed
+    );
+    let _ = writeln!(
+        s,
+        "{:<8} {:>6} {:>16}",
+        "node", "speed", "experts/layer max"
+    );
     for (n, cap) in nodes.iter().zip(&p.caps) {
         let _ = writeln!(s, "{:<8} {:>6.2} {:>16}", n.name.as_str(), n.speed, cap);
     }
-    let _ = writeln!(s, "balance factor per MoE layer = mean/max over nodes of load/speed (1 = even):");
+    let _ = writeln!(
+        s,
+        "balance factor per MoE layer = mean/max over nodes of load/speed (1 = even):"
+    );
     let _ = writeln!(s, "{:<8} {:>12} {:>12}", "layer", "contiguous", "planned");
     for ((layer, before), (_, after)) in p.before.per_layer.iter().zip(&p.after.per_layer) {
         let _ = writeln!(s, "{:<8} {:>12.3} {:>12.3}", layer, before, after);
     }
     let row = |s: &mut String, name: &str, f: fn(&Balance) -> f64| {
-        let _ = writeln!(s, "{:<8} {:>12.3} {:>12.3}", name, f(&p.before), f(&p.after));
+        let _ = writeln!(
+            s,
+            "{:<8} {:>12.3} {:>12.3}",
+            name,
+            f(&p.before),
+            f(&p.after)
+        );
     };
     row(&mut s, "mean", Balance::mean);
     row(&mut s, "min", Balance::min);
@@ -229,16 +270,25 @@ fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
     model.wire_bytes = a.wire_bytes;
     let mut columns: Vec<(String, Placement, SimReport)> = Vec::new();
     for path in &a.placement {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading placement {}", path.display()))?;
-        let placement = Placement::parse(&text, &h.moe_layers, h.n_experts).with_context(|| format!("placement {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading placement {}", path.display()))?;
+        let placement = Placement::parse(&text, &h.moe_layers, h.n_experts)
+            .with_context(|| format!("placement {}", path.display()))?;
         for name in speeds.keys() {
             if placement.node_index(name).is_none() {
-                bail!("--speeds names {name:?}, which placement {} does not list", path.display());
+                bail!(
+                    "--speeds names {name:?}, which placement {} does not list",
+                    path.display()
+                );
             }
         }
         let node_speeds = speeds_of(&placement, &speeds);
-        let report = simulate(&trace, &placement, &node_speeds, &model).with_context(|| format!("simulating {}", path.display()))?;
-        let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+        let report = simulate(&trace, &placement, &node_speeds, &model)
+            .with_context(|| format!("simulating {}", path.display()))?;
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
         columns.push((label, placement, report));
     }
     let mut s = String::new();
@@ -257,7 +307,12 @@ fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         model.pair_us, model.link_gbit, model.latency_ms, h.hidden, model.wire_bytes
     );
     let _ = writeln!(s);
-    let width = columns.iter().map(|(l, _, _)| l.len()).max().unwrap_or(0).max(16);
+    let width = columns
+        .iter()
+        .map(|(l, _, _)| l.len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     let line = |s: &mut String, name: &str, cells: Vec<String>| {
         let _ = write!(s, "{name:<28}");
         for c in cells {
@@ -265,9 +320,20 @@ fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         }
         let _ = writeln!(s);
     };
-    line(&mut s, "", columns.iter().map(|(l, _, _)| l.clone()).collect());
+    line(
+        &mut s,
+        "",
+        columns.iter().map(|(l, _, _)| l.clone()).collect(),
+    );
     let balance = |r: &SimReport| r.balance().iter().sum::<f64>() / r.balance().len().max(1) as f64;
-    line(&mut s, "balance (mean/max, avg)", columns.iter().map(|(_, _, r)| format!("{:.3}", balance(r))).collect());
+    line(
+        &mut s,
+        "balance (mean/max, avg)",
+        columns
+            .iter()
+            .map(|(_, _, r)| format!("{:.3}", balance(r)))
+            .collect(),
+    );
     for (slot, layer) in h.moe_layers.iter().enumerate() {
         line(
             &mut s,
@@ -296,21 +362,59 @@ fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
             columns
                 .iter()
                 .map(|(_, p, r)| match p.node_index(name) {
-                    Some(i) => format!("{}/{}", r.node_pairs[usize::from(i.0)], r.node_rows[usize::from(i.0)]),
+                    Some(i) => format!(
+                        "{}/{}",
+                        r.node_pairs[usize::from(i.0)],
+                        r.node_rows[usize::from(i.0)]
+                    ),
                     None => "-".into(),
                 })
                 .collect(),
         );
     }
-    line(&mut s, "wire bytes", columns.iter().map(|(_, _, r)| r.wire_bytes.to_string()).collect());
-    line(&mut s, "predicted compute s", columns.iter().map(|(_, _, r)| format!("{:.6}", r.compute_s)).collect());
-    line(&mut s, "predicted network s", columns.iter().map(|(_, _, r)| format!("{:.6}", r.network_s)).collect());
-    line(&mut s, "predicted step ms (mean)", columns.iter().map(|(_, _, r)| format!("{:.4}", r.mean_step_ms())).collect());
-    let base = columns.first().map(|(_, _, r)| r.predicted_s()).unwrap_or(1.0);
+    line(
+        &mut s,
+        "wire bytes",
+        columns
+            .iter()
+            .map(|(_, _, r)| r.wire_bytes.to_string())
+            .collect(),
+    );
+    line(
+        &mut s,
+        "predicted compute s",
+        columns
+            .iter()
+            .map(|(_, _, r)| format!("{:.6}", r.compute_s))
+            .collect(),
+    );
+    line(
+        &mut s,
+        "predicted network s",
+        columns
+            .iter()
+            .map(|(_, _, r)| format!("{:.6}", r.network_s))
+            .collect(),
+    );
+    line(
+        &mut s,
+        "predicted step ms (mean)",
+        columns
+            .iter()
+            .map(|(_, _, r)| format!("{:.4}", r.mean_step_ms()))
+            .collect(),
+    );
+    let base = columns
+        .first()
+        .map(|(_, _, r)| r.predicted_s())
+        .unwrap_or(1.0);
     line(
         &mut s,
         "predicted time / first",
-        columns.iter().map(|(_, _, r)| format!("{:.3}", r.predicted_s() / base.max(1e-300))).collect(),
+        columns
+            .iter()
+            .map(|(_, _, r)| format!("{:.3}", r.predicted_s() / base.max(1e-300)))
+            .collect(),
     );
     print!("{s}");
     Ok(())

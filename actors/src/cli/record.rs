@@ -23,14 +23,27 @@ pub struct RecordingExperts {
 impl RecordingExperts {
     /// Creates (truncates) `path` and writes the trace header for `model`.
     pub fn new(inner: Box<dyn ExpertBackend>, model: &Model, path: &Path) -> anyhow::Result<Self> {
-        let file = File::create(path).with_context(|| format!("creating routing trace {}", path.display()))?;
-        let writer = TraceWriter::new(BufWriter::new(file), TraceHeader::of_model(model), &path.display().to_string())?;
-        Ok(Self { inner, writer: Some(writer), path: path.to_path_buf() })
+        let file = File::create(path)
+            .with_context(|| format!("creating routing trace {}", path.display()))?;
+        let writer = TraceWriter::new(
+            BufWriter::new(file),
+            TraceHeader::of_model(model),
+            &path.display().to_string(),
+        )?;
+        Ok(Self {
+            inner,
+            writer: Some(writer),
+            path: path.to_path_buf(),
+        })
     }
 }
 
 /// `backend`, recording into `record` when given.
-pub fn with_recording(backend: Box<dyn ExpertBackend>, model: &Model, record: Option<&Path>) -> anyhow::Result<Box<dyn ExpertBackend>> {
+pub fn with_recording(
+    backend: Box<dyn ExpertBackend>,
+    model: &Model,
+    record: Option<&Path>,
+) -> anyhow::Result<Box<dyn ExpertBackend>> {
     Ok(match record {
         None => backend,
         Some(path) => Box::new(RecordingExperts::new(backend, model, path)?),
@@ -38,10 +51,19 @@ pub fn with_recording(backend: Box<dyn ExpertBackend>, model: &Model, record: Op
 }
 
 impl ExpertBackend for RecordingExperts {
-    fn begin(&mut self, model: &Model, layer: usize, h: &[f32], routing: &Routing) -> Result<(), RuntimeError> {
+    fn begin(
+        &mut self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        routing: &Routing,
+    ) -> Result<(), RuntimeError> {
         if let Some(writer) = &mut self.writer {
             if let Err(e) = writer.record(layer, routing) {
-                eprintln!("warning: routing trace {}: {e}; recording stopped", self.path.display());
+                eprintln!(
+                    "warning: routing trace {}: {e}; recording stopped",
+                    self.path.display()
+                );
                 self.writer = None;
             }
         }

@@ -75,10 +75,19 @@ pub struct RunArgs {
 }
 
 /// The expert backend a model-running command uses: local, or the placement's nodes.
-pub fn expert_backend(model: &moe_runtime::model::Model, cluster: &RouterArgs) -> anyhow::Result<Box<dyn ExpertBackend>> {
+pub fn expert_backend(
+    model: &moe_runtime::model::Model,
+    cluster: &RouterArgs,
+) -> anyhow::Result<Box<dyn ExpertBackend>> {
     let backend: Box<dyn ExpertBackend> = match cluster.load(&model.cfg)? {
         None => Box::new(LocalExperts::default()),
-        Some((placement, secret)) => Box::new(RemoteExperts::connect(model, placement, secret, &cluster.node_name, cluster.wire_dtype)?),
+        Some((placement, secret)) => Box::new(RemoteExperts::connect(
+            model,
+            placement,
+            secret,
+            &cluster.node_name,
+            cluster.wire_dtype,
+        )?),
     };
     super::record::with_recording(backend, model, cluster.record_routing.as_deref())
 }
@@ -97,12 +106,24 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;
     out.flush()?;
-    let req = GenRequest { prompt: &prompt, max_tokens: a.n_predict, ignore_eos: a.ignore_eos, ctx_size: a.model.ctx_size };
+    let req = GenRequest {
+        prompt: &prompt,
+        max_tokens: a.n_predict,
+        ignore_eos: a.ignore_eos,
+        ctx_size: a.model.ctx_size,
+    };
     let mut sampler = Sampler::new(params);
-    let stats = generate(&model, &tok, experts.as_mut(), &mut sampler, &req, &mut |text| {
-        let _ = write!(out, "{text}");
-        let _ = out.flush();
-    })?;
+    let stats = generate(
+        &model,
+        &tok,
+        experts.as_mut(),
+        &mut sampler,
+        &req,
+        &mut |text| {
+            let _ = write!(out, "{text}");
+            let _ = out.flush();
+        },
+    )?;
     writeln!(out)?;
     eprintln!(
         "prompt: {} tokens in {:.3} s ({:.2} tokens/s) | generation: {} tokens in {:.3} s ({:.2} tokens/s)",

@@ -31,9 +31,16 @@ pub struct SynthArgs {
 
 /// Writes the model and prints a one-line summary.
 pub fn run(a: SynthArgs) -> anyhow::Result<()> {
-    let preset = SynthPreset::from_name(&a.preset).ok_or_else(|| anyhow!("unknown preset {:?} (tiny, small, kimi-k25-full)", a.preset))?;
+    let preset = SynthPreset::from_name(&a.preset)
+        .ok_or_else(|| anyhow!("unknown preset {:?} (tiny, small, kimi-k25-full)", a.preset))?;
     let ty = GgmlType::from_name(&a.ty).ok_or_else(|| anyhow!("unknown tensor type {:?}", a.ty))?;
-    let opts = SynthOptions { preset, ty, layers: a.layers, seed: a.seed, skew: a.skew };
+    let opts = SynthOptions {
+        preset,
+        ty,
+        layers: a.layers,
+        seed: a.seed,
+        skew: a.skew,
+    };
     let s = synthesize(&opts, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
         "wrote {}: preset {}, {} layers, {} tensors, {:.3} G params, {:.2} GB, in {:.1} s",

@@ -25,7 +25,8 @@ pub struct TokenizeArgs {
 
 /// Prints the ids as one JSON array.
 pub fn run(a: TokenizeArgs) -> anyhow::Result<()> {
-    let file = GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
+    let file =
+        GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
     let tok = Tokenizer::from_gguf(&file)?;
     let mut ids = Vec::new();
     if a.add_bos && tok.add_bos() {

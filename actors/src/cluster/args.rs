@@ -36,7 +36,10 @@ impl RouterArgs {
             }
             return Ok(None);
         };
-        let secret_path = self.secret_file.as_deref().context("--placement needs --secret-file")?;
+        let secret_path = self
+            .secret_file
+            .as_deref()
+            .context("--placement needs --secret-file")?;
         let placement = load_placement(path, cfg)?;
         Ok(Some((placement, read_secret(secret_path)?)))
     }
@@ -44,13 +47,16 @@ impl RouterArgs {
 
 /// Parses a placement file against a model.
 pub fn load_placement(path: &Path, cfg: &ModelConfig) -> anyhow::Result<Placement> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading placement {}", path.display()))?;
-    Placement::parse(&text, &cfg.moe_layers(), cfg.n_experts).with_context(|| format!("placement {}", path.display()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading placement {}", path.display()))?;
+    Placement::parse(&text, &cfg.moe_layers(), cfg.n_experts)
+        .with_context(|| format!("placement {}", path.display()))
 }
 
 /// Reads the cluster secret from a file.
 pub fn read_secret(path: &Path) -> anyhow::Result<ClusterSecret> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading secret file {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading secret file {}", path.display()))?;
     let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
     ClusterSecret::new(trimmed).with_context(|| format!("secret file {}", path.display()))
 }

@@ -16,9 +16,9 @@ use moe_runtime::gguf::GgufFile;
 use moe_runtime::model::{Model, WeightSet};
 use moe_runtime::placement::{ExpertSet, NodeName, Placement};
 use moe_runtime::wire::{
-    decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorCode, ErrorMessage, HandshakeConfig,
-    ExpertRequest, Heartbeat, Message, ModelShape, PeerShards, Reassign, ReassignAck, RecvMac, SendMac, ShardSummary,
-    FRAME_BYTES_MAX, PEER_TIMEOUT_MS,
+    decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorCode, ErrorMessage,
+    ExpertRequest, HandshakeConfig, Heartbeat, Message, ModelShape, PeerShards, Reassign,
+    ReassignAck, RecvMac, SendMac, ShardSummary, FRAME_BYTES_MAX, PEER_TIMEOUT_MS,
 };
 use ractor::{Actor, ActorRef};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -55,46 +55,85 @@ pub struct ExpertArgs {
 }
 
 /// Runs an expert node until killed.
-pub fn run(model_path: PathBuf, threads: usize, placement: Option<PathBuf>, secret_file: Option<PathBuf>, a: ExpertArgs) -> anyhow::Result<()> {
+pub fn run(
+    model_path: PathBuf,
+    threads: usize,
+    placement: Option<PathBuf>,
+    secret_file: Option<PathBuf>,
+    a: ExpertArgs,
+) -> anyhow::Result<()> {
     moe_kernels::set_num_threads(threads);
     let secret_file = secret_file.context("--role expert needs --secret-file")?;
     let secret = read_secret(&secret_file)?;
     // The header first: the config decides the shard sets, which decide what gets mapped.
-    let header = GgufFile::open(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
-    let cfg = &ModelConfig::from_gguf(&header).with_context(|| format!("loading {}", model_path.display()))?;
-    let name = a.node.clone().unwrap_or_else(|| DEFAULT_NODE_NAME.to_string());
+    let header =
+        GgufFile::open(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
+    let cfg = &ModelConfig::from_gguf(&header)
+        .with_context(|| format!("loading {}", model_path.display()))?;
+    let name = a
+        .node
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NODE_NAME.to_string());
     let node_name = NodeName::new(&name).map_err(anyhow::Error::msg)?;
     let (owned, summary): (Vec<Option<ExpertSet>>, _) = match (&a.shards, &placement) {
         (Some(_), Some(_)) => bail!("give either --shards or --placement with --node, not both"),
         (None, None) => bail!("--role expert needs --shards or --placement with --node"),
         (Some(text), None) => {
             let set = ExpertSet::parse(text, cfg.n_experts).context("--shards")?;
-            let owned: Vec<Option<ExpertSet>> = (0..cfg.n_layers).map(|l| cfg.is_moe_layer(l).then(|| set.clone())).collect();
+            let owned: Vec<Option<ExpertSet>> = (0..cfg.n_layers)
+                .map(|l| cfg.is_moe_layer(l).then(|| set.clone()))
+                .collect();
             (owned, ShardSummary::uniform(&set))
         }
         (None, Some(path)) => {
             let p: Placement = load_placement(path, cfg)?;
-            let idx = p.node_index(&name).with_context(|| format!("node {name:?} is not in placement {}", path.display()))?;
+            let idx = p
+                .node_index(&name)
+                .with_context(|| format!("node {name:?} is not in placement {}", path.display()))?;
             let node = p.node(idx).context("placement node")?;
-            let owned = (0..cfg.n_layers).map(|l| cfg.is_moe_layer(l).then(|| node.experts_in(l).clone())).collect();
+            let owned = (0..cfg.n_layers)
+                .map(|l| cfg.is_moe_layer(l).then(|| node.experts_in(l).clone()))
+                .collect();
             (owned, ShardSummary::of_node(node))
         }
     };
     let model = Arc::new(
-        Model::open_with(&model_path, &WeightSet::Experts { owned: owned.clone() })
-            .with_context(|| format!("loading {}", model_path.display()))?,
+        Model::open_with(
+            &model_path,
+            &WeightSet::Experts {
+                owned: owned.clone(),
+            },
+        )
+        .with_context(|| format!("loading {}", model_path.display()))?,
     );
     drop(header);
-    eprintln!("mapped {} of {} bytes (own experts and norms)", model.file().mapped_bytes(), file_bytes(&model_path));
+    eprintln!(
+        "mapped {} of {} bytes (own experts and norms)",
+        model.file().mapped_bytes(),
+        file_bytes(&model_path)
+    );
     let shard = Arc::new(ShardSpec { owned });
-    let shape = ModelShape { n_experts: cfg.n_experts, hidden_dim: cfg.n_embd };
-    let hs = HandshakeConfig::new(node_name, model.file().fingerprint(), secret, summary, shape);
+    let shape = ModelShape {
+        n_experts: cfg.n_experts,
+        hidden_dim: cfg.n_embd,
+    };
+    let hs = HandshakeConfig::new(
+        node_name,
+        model.file().fingerprint(),
+        secret,
+        summary,
+        shape,
+    );
     let layers = (cfg.n_layers, cfg.moe_layers());
     let live = Arc::new(LiveShard::new(model_path.clone(), model, shard));
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        let listener = TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding {}", a.listen))?;
         let (supervisor, _) = Actor::spawn(None, NodeSupervisorActor, live.clone()).await?;
         telemetry::register_unknown_peer();
         println!("listening on {}", listener.local_addr()?);
@@ -155,7 +194,8 @@ where
     let (mut rd, wr) = tokio::io::split(stream);
     let (out_tx, out_rx) = mpsc::channel::<Message>(WRITER_QUEUE_FRAMES_MAX);
     let (req_tx, mut req_rx) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
-    let (n_experts, n_layers, moe_layers) = (hs.shape.n_experts, shape_layers.0, shape_layers.1.clone());
+    let (n_experts, n_layers, moe_layers) =
+        (hs.shape.n_experts, shape_layers.0, shape_layers.1.clone());
     let writer = tokio::spawn(write_loop(wr, mac.send, out_rx, metrics.clone()));
     let worker_out = out_tx.clone();
     let worker_metrics = metrics.clone();
@@ -168,11 +208,17 @@ where
                     let result = match PeerShards::parse(&r.shards, n_experts) {
                         Err(e) => Err(e.to_string()),
                         Ok(sets) => {
-                            let per_layer = (0..n_layers).map(|l| moe_layers.contains(&l).then(|| sets.in_layer(l).clone())).collect();
-                            ractor::call!(shard, ExpertShardMsg::Reassign, r.phase, per_layer).unwrap_or_else(|e| Err(e.to_string()))
+                            let per_layer = (0..n_layers)
+                                .map(|l| moe_layers.contains(&l).then(|| sets.in_layer(l).clone()))
+                                .collect();
+                            ractor::call!(shard, ExpertShardMsg::Reassign, r.phase, per_layer)
+                                .unwrap_or_else(|e| Err(e.to_string()))
                         }
                     };
-                    let ack = ReassignAck { epoch: r.epoch, error: result.err().unwrap_or_default() };
+                    let ack = ReassignAck {
+                        epoch: r.epoch,
+                        error: result.err().unwrap_or_default(),
+                    };
                     if worker_out.send(Message::ReassignAck(ack)).await.is_err() {
                         break;
                     }
@@ -187,7 +233,10 @@ where
                 }
                 Err(e) => {
                     worker_metrics.error(ErrorKind::Compute);
-                    Message::Error(ErrorMessage::new(ErrorCode::Other, &format!("expert shard failed: {e}")))
+                    Message::Error(ErrorMessage::new(
+                        ErrorCode::Other,
+                        &format!("expert shard failed: {e}"),
+                    ))
                 }
             };
             if worker_out.send(reply).await.is_err() {
@@ -196,7 +245,16 @@ where
         }
         anyhow::Ok(())
     });
-    let result = read_loop(&mut rd, mac.recv, &hs.shape, &out_tx, &req_tx, peer.name.as_str(), &metrics).await;
+    let result = read_loop(
+        &mut rd,
+        mac.recv,
+        &hs.shape,
+        &out_tx,
+        &req_tx,
+        peer.name.as_str(),
+        &metrics,
+    )
+    .await;
     drop(req_tx);
     drop(out_tx);
     let _ = worker.await;
@@ -222,7 +280,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 bail!("peer {peer} silent for {PEER_TIMEOUT_MS} ms")
             }
             Ok(Err(e)) => {
-                metrics.error(if matches!(e, moe_runtime::RuntimeError::FrameTooLarge { .. }) { ErrorKind::BadFrame } else { ErrorKind::Closed });
+                metrics.error(
+                    if matches!(e, moe_runtime::RuntimeError::FrameTooLarge { .. }) {
+                        ErrorKind::BadFrame
+                    } else {
+                        ErrorKind::Closed
+                    },
+                );
                 return Err(e).with_context(|| format!("reading from {peer}"));
             }
             Ok(Ok(f)) => f,
@@ -236,9 +300,20 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         match message {
-            Message::ExpertRequest(req) => requests.send(Work::Request(req)).await.context("worker gone")?,
-            Message::Reassign(r) => requests.send(Work::Reassign(r)).await.context("worker gone")?,
-            Message::Heartbeat(hb) => out.send(Message::Heartbeat(Heartbeat { counter: hb.counter })).await.context("writer gone")?,
+            Message::ExpertRequest(req) => requests
+                .send(Work::Request(req))
+                .await
+                .context("worker gone")?,
+            Message::Reassign(r) => requests
+                .send(Work::Reassign(r))
+                .await
+                .context("worker gone")?,
+            Message::Heartbeat(hb) => out
+                .send(Message::Heartbeat(Heartbeat {
+                    counter: hb.counter,
+                }))
+                .await
+                .context("writer gone")?,
             Message::Error(e) => {
                 metrics.error(ErrorKind::StepRefused);
                 bail!("peer {peer} sent an error: {}", e.message)
@@ -252,7 +327,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
 }
 
 /// Encodes and writes queued messages with this direction's key, counting them in `metrics`.
-pub async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut mac: SendMac, mut rx: mpsc::Receiver<Message>, metrics: PeerMetrics) -> anyhow::Result<()> {
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut mac: SendMac,
+    mut rx: mpsc::Receiver<Message>,
+    metrics: PeerMetrics,
+) -> anyhow::Result<()> {
     while let Some(msg) = rx.recv().await {
         let frame = encode_frame(&msg, &mut mac)?;
         write_frame(&mut wr, &frame).await?;

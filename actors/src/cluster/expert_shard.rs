@@ -26,9 +26,16 @@ pub struct ShardSpec {
 /// Messages of [`ExpertShardActor`].
 pub enum ExpertShardMsg {
     /// Compute a request; the reply port gets the reply or a reason.
-    Compute(Box<ExpertRequest>, RpcReplyPort<Result<ExpertReply, String>>),
+    Compute(
+        Box<ExpertRequest>,
+        RpcReplyPort<Result<ExpertReply, String>>,
+    ),
     /// One phase of a live re-placement: the new sets per model layer.
-    Reassign(ReassignPhase, Vec<Option<ExpertSet>>, RpcReplyPort<Result<String, String>>),
+    Reassign(
+        ReassignPhase,
+        Vec<Option<ExpertSet>>,
+        RpcReplyPort<Result<String, String>>,
+    ),
 }
 
 /// State: the node's live shard (model + owned experts).
@@ -44,18 +51,31 @@ impl Actor for ExpertShardActor {
     type State = ExpertShardState;
     type Arguments = Arc<LiveShard>;
 
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, live: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        live: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(ExpertShardState { live })
     }
 
-    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ExpertShardMsg::Compute(req, port) => {
                 let started = std::time::Instant::now();
                 let (model, shard) = state.live.current();
                 let result = tokio::task::block_in_place(|| compute(&model, &shard, &req));
                 if result.is_ok() {
-                    telemetry::expert_compute_done(req.layer as usize, req.n_tokens as usize, started.elapsed().as_secs_f64());
+                    telemetry::expert_compute_done(
+                        req.layer as usize,
+                        req.n_tokens as usize,
+                        started.elapsed().as_secs_f64(),
+                    );
                 }
                 // The connection may be gone; nothing to do then.
                 let _ = port.send(result);
@@ -74,7 +94,11 @@ impl Actor for ExpertShardActor {
 }
 
 /// The weighted partial sums of one request.
-pub fn compute(model: &Model, shard: &ShardSpec, req: &ExpertRequest) -> Result<ExpertReply, String> {
+pub fn compute(
+    model: &Model,
+    shard: &ShardSpec,
+    req: &ExpertRequest,
+) -> Result<ExpertReply, String> {
     let layer = req.layer as usize;
     let d = model.cfg.n_embd;
     let owned = shard
@@ -83,7 +107,10 @@ pub fn compute(model: &Model, shard: &ShardSpec, req: &ExpertRequest) -> Result<
         .and_then(Option::as_ref)
         .ok_or_else(|| format!("layer {layer} is not a MoE layer of this model"))?;
     if req.hidden_dim as usize != d {
-        return Err(format!("hidden_dim {} does not match the model's {d}", req.hidden_dim));
+        return Err(format!(
+            "hidden_dim {} does not match the model's {d}",
+            req.hidden_dim
+        ));
     }
     let n = req.n_tokens as usize;
     let mut h = Vec::with_capacity(n * d);
@@ -92,14 +119,28 @@ pub fn compute(model: &Model, shard: &ShardSpec, req: &ExpertRequest) -> Result<
     for t in 0..n {
         for r in req.routes_of(t) {
             if !owned.contains(r.expert as usize) {
-                return Err(format!("expert {} of layer {layer} is not owned by this node", r.expert));
+                return Err(format!(
+                    "expert {} of layer {layer} is not owned by this node",
+                    r.expert
+                ));
             }
-            routes.push(Route { token: t as u32, expert: r.expert as u32, weight: r.weight });
+            routes.push(Route {
+                token: t as u32,
+                expert: r.expert as u32,
+                weight: r.weight,
+            });
         }
     }
     let mut out = vec![0f32; n * d];
     apply_routes(model, layer, &h, &routes, &mut out).map_err(|e| e.to_string())?;
     let mut partials = Vec::new();
     encode_hidden(&out, req.dtype, &mut partials);
-    Ok(ExpertReply { step_id: req.step_id, layer: req.layer, dtype: req.dtype, n_tokens: req.n_tokens, hidden_dim: req.hidden_dim, partials })
+    Ok(ExpertReply {
+        step_id: req.step_id,
+        layer: req.layer,
+        dtype: req.dtype,
+        n_tokens: req.n_tokens,
+        hidden_dim: req.hidden_dim,
+        partials,
+    })
 }

@@ -25,12 +25,18 @@ pub struct LiveShard {
 impl LiveShard {
     /// Wraps a loaded model and its shard.
     pub fn new(path: PathBuf, model: Arc<Model>, shard: Arc<ShardSpec>) -> Self {
-        Self { path, current: RwLock::new((model, shard)) }
+        Self {
+            path,
+            current: RwLock::new((model, shard)),
+        }
     }
 
     /// The model and shard to compute the next request with.
     pub fn current(&self) -> (Arc<Model>, Arc<ShardSpec>) {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The owned experts as a hello/reassign summary (one override per MoE layer).
@@ -39,10 +45,18 @@ impl LiveShard {
     }
 
     /// Applies one phase of a re-placement; on error nothing changes.
-    pub fn reassign(&self, phase: ReassignPhase, new: Vec<Option<ExpertSet>>) -> Result<String, String> {
+    pub fn reassign(
+        &self,
+        phase: ReassignPhase,
+        new: Vec<Option<ExpertSet>>,
+    ) -> Result<String, String> {
         let (_, old) = self.current();
         if new.len() != old.owned.len() {
-            return Err(format!("reassign lists {} layers, the model has {}", new.len(), old.owned.len()));
+            return Err(format!(
+                "reassign lists {} layers, the model has {}",
+                new.len(),
+                old.owned.len()
+            ));
         }
         let owned: Vec<Option<ExpertSet>> = match phase {
             ReassignPhase::Commit => new,
@@ -60,10 +74,19 @@ impl LiveShard {
                 })
                 .collect(),
         };
-        let model = Model::open_with(&self.path, &WeightSet::Experts { owned: owned.clone() }).map_err(|e| e.to_string())?;
+        let model = Model::open_with(
+            &self.path,
+            &WeightSet::Experts {
+                owned: owned.clone(),
+            },
+        )
+        .map_err(|e| e.to_string())?;
         let mapped = model.file().mapped_bytes();
         let shard = Arc::new(ShardSpec { owned });
-        let note = format!("{phase:?}: now owns {}; {mapped} bytes mapped", summary_text(&shard));
+        let note = format!(
+            "{phase:?}: now owns {}; {mapped} bytes mapped",
+            summary_text(&shard)
+        );
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(model), shard);
         Ok(note)
     }
@@ -76,11 +99,21 @@ fn summary_of(shard: &ShardSpec) -> ShardSummary {
             .owned
             .iter()
             .enumerate()
-            .filter_map(|(l, s)| s.as_ref().map(|s| LayerShards { layer: l as u16, experts: s.to_string() }))
+            .filter_map(|(l, s)| {
+                s.as_ref().map(|s| LayerShards {
+                    layer: l as u16,
+                    experts: s.to_string(),
+                })
+            })
             .collect(),
     }
 }
 
 fn summary_text(shard: &ShardSpec) -> String {
-    summary_of(shard).overrides.iter().map(|o| format!("layer {}: {}", o.layer, o.experts)).collect::<Vec<_>>().join("; ")
+    summary_of(shard)
+        .overrides
+        .iter()
+        .map(|o| format!("layer {}: {}", o.layer, o.experts))
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use moe_runtime::placement::ExpertSet;
 use moe_runtime::wire::{
-    client_handshake, PeerInfo, Reassign, ReassignAck, decode_frame, read_frame, ExpertReply, ExpertRequest, HandshakeConfig, Heartbeat, Message,
-    FRAME_BYTES_MAX, HEARTBEAT_INTERVAL_MS, PEER_TIMEOUT_MS,
+    client_handshake, decode_frame, read_frame, ExpertReply, ExpertRequest, HandshakeConfig,
+    Heartbeat, Message, PeerInfo, Reassign, ReassignAck, FRAME_BYTES_MAX, HEARTBEAT_INTERVAL_MS,
+    PEER_TIMEOUT_MS,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::TcpStream;
@@ -65,7 +66,10 @@ pub enum PeerLinkMsg {
     /// The engine gave up on this node (step timeout): drop the connection and reconnect.
     Reset(String),
     /// Send one phase of a live re-placement; the node's ack (or the failure) goes back.
-    Reassign(Reassign, std::sync::mpsc::SyncSender<Result<ReassignAck, String>>),
+    Reassign(
+        Reassign,
+        std::sync::mpsc::SyncSender<Result<ReassignAck, String>>,
+    ),
     /// What the placement now gives this node (checked on every reconnect).
     SetExpected(Arc<ExpectedShards>),
 }
@@ -117,7 +121,11 @@ impl PeerLinkState {
         self.metrics.error(kind);
         self.metrics.set_up(false);
         self.shared.up.store(false, Ordering::SeqCst);
-        *self.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = reason.clone();
+        *self
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = reason.clone();
         self.fail_all(&format!("node {}: {reason}", self.shared.name));
     }
 }
@@ -125,10 +133,21 @@ impl PeerLinkState {
 impl Actor for PeerLinkActor {
     type Msg = PeerLinkMsg;
     type State = PeerLinkState;
-    type Arguments = (SocketAddr, HandshakeConfig, Arc<LinkShared>, Arc<ExpectedShards>);
+    type Arguments = (
+        SocketAddr,
+        HandshakeConfig,
+        Arc<LinkShared>,
+        Arc<ExpectedShards>,
+    );
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, (addr, hs, shared, expected): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS / 4), || PeerLinkMsg::Tick);
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (addr, hs, shared, expected): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS / 4), || {
+            PeerLinkMsg::Tick
+        });
         let _ = myself.cast(PeerLinkMsg::Tick);
         let now = Instant::now();
         let metrics = PeerMetrics::new(&shared.name, LinkEnd::Router);
@@ -152,18 +171,31 @@ impl Actor for PeerLinkActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             PeerLinkMsg::Dispatch(req, tx) => match &st.conn {
                 None => {
-                    let why = st.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let why = st
+                        .shared
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
                     let _ = tx.send(Err(format!("node {} is down: {why}", st.shared.name)));
                 }
                 Some(c) => {
                     let step = req.step_id;
                     if c.tx.try_send(Message::ExpertRequest(*req)).is_err() {
                         st.metrics.error(ErrorKind::StepTimeout);
-                        let _ = tx.send(Err(format!("node {}: send queue full or closed", st.shared.name)));
+                        let _ = tx.send(Err(format!(
+                            "node {}: send queue full or closed",
+                            st.shared.name
+                        )));
                     } else {
                         st.pending.insert(step, (tx, Instant::now()));
                         st.metrics.set_in_flight(st.pending.len());
@@ -174,15 +206,27 @@ impl Actor for PeerLinkActor {
                 let now = Instant::now();
                 if let Some(c) = &st.conn {
                     if now.duration_since(st.last_heard) > Duration::from_millis(PEER_TIMEOUT_MS) {
-                        st.down(format!("silent for more than {PEER_TIMEOUT_MS} ms"), ErrorKind::Timeout);
+                        st.down(
+                            format!("silent for more than {PEER_TIMEOUT_MS} ms"),
+                            ErrorKind::Timeout,
+                        );
                     } else {
                         st.heartbeats += 1;
-                        let _ = c.tx.try_send(Message::Heartbeat(Heartbeat { counter: st.heartbeats }));
+                        let _ = c.tx.try_send(Message::Heartbeat(Heartbeat {
+                            counter: st.heartbeats,
+                        }));
                     }
                 } else if !st.connecting && now >= st.next_attempt {
                     st.connecting = true;
                     st.gen += 1;
-                    tokio::spawn(connect(myself.clone(), st.gen, st.addr, st.hs.clone(), st.metrics.clone(), st.expected.clone()));
+                    tokio::spawn(connect(
+                        myself.clone(),
+                        st.gen,
+                        st.addr,
+                        st.hs.clone(),
+                        st.metrics.clone(),
+                        st.expected.clone(),
+                    ));
                 }
             }
             PeerLinkMsg::Connected(gen, tx, reader) => {
@@ -201,14 +245,29 @@ impl Actor for PeerLinkActor {
             }
             PeerLinkMsg::ConnectFailed(gen, reason, refused) => {
                 if gen == st.gen {
-                    st.metrics.error(if refused { ErrorKind::Handshake } else { ErrorKind::Connect });
+                    st.metrics.error(if refused {
+                        ErrorKind::Handshake
+                    } else {
+                        ErrorKind::Connect
+                    });
                     st.shared.refused.store(refused, Ordering::SeqCst);
                     st.connecting = false;
-                    let changed = *st.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) != reason;
+                    let changed = *st
+                        .shared
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        != reason;
                     if changed {
-                        eprintln!("cannot connect to {} at {}: {reason}", st.shared.name, st.addr);
+                        eprintln!(
+                            "cannot connect to {} at {}: {reason}",
+                            st.shared.name, st.addr
+                        );
                     }
-                    *st.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+                    *st.shared
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = reason;
                     st.next_attempt = Instant::now() + Duration::from_millis(st.backoff_ms);
                     st.backoff_ms = (st.backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
                 }
@@ -235,9 +294,15 @@ impl Actor for PeerLinkActor {
                     Message::Error(e) => {
                         // The node refused a request: fail the in-flight steps with its words.
                         st.metrics.error(ErrorKind::StepRefused);
-                        st.fail_all(&format!("node {} refused the step: {}", st.shared.name, e.message));
+                        st.fail_all(&format!(
+                            "node {} refused the step: {}",
+                            st.shared.name, e.message
+                        ));
                     }
-                    other => st.down(format!("unexpected {} frame", other.kind()), ErrorKind::BadFrame),
+                    other => st.down(
+                        format!("unexpected {} frame", other.kind()),
+                        ErrorKind::BadFrame,
+                    ),
                 }
             }
             PeerLinkMsg::Closed(gen, reason, kind) => {
@@ -257,7 +322,10 @@ impl Actor for PeerLinkActor {
                 Some(c) => {
                     let epoch = r.epoch;
                     if c.tx.try_send(Message::Reassign(r)).is_err() {
-                        let _ = tx.send(Err(format!("node {}: send queue full or closed", st.shared.name)));
+                        let _ = tx.send(Err(format!(
+                            "node {}: send queue full or closed",
+                            st.shared.name
+                        )));
                     } else {
                         st.reassigns.insert(epoch, tx);
                     }
@@ -275,7 +343,11 @@ pub type ExpectedShards = Vec<(usize, ExpertSet)>;
 /// Checks that a peer owns at least what the placement gives it.
 fn check_shards(peer: &PeerInfo, expected: &ExpectedShards) -> Result<(), String> {
     for (layer, want) in expected {
-        let has = peer.shards.overrides.get(layer).unwrap_or(&peer.shards.all_layers);
+        let has = peer
+            .shards
+            .overrides
+            .get(layer)
+            .unwrap_or(&peer.shards.all_layers);
         let missing: Vec<usize> = want.iter().filter(|&e| !has.contains(e)).collect();
         if let Some(first) = missing.first() {
             return Err(format!(
@@ -297,12 +369,22 @@ async fn connect(
     expected: Arc<ExpectedShards>,
 ) {
     let attempt = async {
-        let mut stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(addr))
-            .await
-            .map_err(|_| (format!("connect timed out after {CONNECT_TIMEOUT_MS} ms"), false))?
-            .map_err(|e| (e.to_string(), false))?;
+        let mut stream = tokio::time::timeout(
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| {
+            (
+                format!("connect timed out after {CONNECT_TIMEOUT_MS} ms"),
+                false,
+            )
+        })?
+        .map_err(|e| (e.to_string(), false))?;
         let _ = stream.set_nodelay(true);
-        let (peer, mac) = client_handshake(&mut stream, &hs).await.map_err(|e| (e.to_string(), true))?;
+        let (peer, mac) = client_handshake(&mut stream, &hs)
+            .await
+            .map_err(|e| (e.to_string(), true))?;
         check_shards(&peer, &expected).map_err(|e| (e, true))?;
         Ok::<_, (String, bool)>((stream, mac))
     };

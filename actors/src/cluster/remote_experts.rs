@@ -17,7 +17,10 @@ use moe_runtime::dispatch::{plan_routes, NodeWork};
 use moe_runtime::forward::{apply_routes, ExpertBackend, Route, Routing};
 use moe_runtime::model::Model;
 use moe_runtime::placement::{NodeAddr, NodeIndex, NodeName, Placement};
-use moe_runtime::wire::{decode_hidden, ClusterSecret, ExpertRequest, ExpertRoute, HandshakeConfig, ModelShape, ShardSummary, WireDtype};
+use moe_runtime::wire::{
+    decode_hidden, ClusterSecret, ExpertRequest, ExpertRoute, HandshakeConfig, ModelShape,
+    ShardSummary, WireDtype,
+};
 use moe_runtime::RuntimeError;
 use ractor::{Actor, ActorRef};
 
@@ -56,7 +59,9 @@ pub struct LinkHealth {
 
 impl std::fmt::Debug for LinkHealth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkHealth").field("links", &self.links.len()).finish()
+        f.debug_struct("LinkHealth")
+            .field("links", &self.links.len())
+            .finish()
     }
 }
 
@@ -66,7 +71,13 @@ impl LinkHealth {
         self.links
             .iter()
             .filter(|l| !l.up.load(Ordering::SeqCst))
-            .map(|l| format!("{} ({})", l.name, l.last_error.lock().unwrap_or_else(|e| e.into_inner())))
+            .map(|l| {
+                format!(
+                    "{} ({})",
+                    l.name,
+                    l.last_error.lock().unwrap_or_else(|e| e.into_inner())
+                )
+            })
             .collect()
     }
 }
@@ -87,9 +98,23 @@ pub struct RemoteExperts {
 
 impl RemoteExperts {
     /// Starts one link actor per remote node and waits until all are up.
-    pub fn connect(model: &Model, placement: Placement, secret: ClusterSecret, name: &str, dtype: WireDtype) -> anyhow::Result<Self> {
-        let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?);
-        let shape = ModelShape { n_experts: model.cfg.n_experts, hidden_dim: model.cfg.n_embd };
+    pub fn connect(
+        model: &Model,
+        placement: Placement,
+        secret: ClusterSecret,
+        name: &str,
+        dtype: WireDtype,
+    ) -> anyhow::Result<Self> {
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?,
+        );
+        let shape = ModelShape {
+            n_experts: model.cfg.n_experts,
+            hidden_dim: model.cfg.n_embd,
+        };
         let empty = moe_runtime::placement::ExpertSet::empty(model.cfg.n_experts)?;
         let hs = HandshakeConfig::new(
             NodeName::new(name).map_err(anyhow::Error::msg)?,
@@ -113,17 +138,30 @@ impl RemoteExperts {
                         .to_socket_addrs()
                         .ok()
                         .and_then(|mut a| a.next())
-                        .with_context(|| format!("cannot resolve the address of node {}", node.name.as_str()))?
+                        .with_context(|| {
+                            format!("cannot resolve the address of node {}", node.name.as_str())
+                        })?
                 }
             };
-            let shared = Arc::new(LinkShared { name: node.name.as_str().to_string(), up: false.into(), last_error: Mutex::new("not connected yet".into()), refused: false.into() });
+            let shared = Arc::new(LinkShared {
+                name: node.name.as_str().to_string(),
+                up: false.into(),
+                last_error: Mutex::new("not connected yet".into()),
+                refused: false.into(),
+            });
             let idx = NodeIndex(links.len() as u16);
             let expected: Vec<(usize, moe_runtime::placement::ExpertSet)> = placement
                 .moe_layers()
                 .iter()
                 .filter_map(|&l| placement.experts_of(idx, l).map(|s| (l, s.clone())))
                 .collect();
-            let actor = rt.block_on(Actor::spawn(None, PeerLinkActor, (addr, hs.clone(), shared.clone(), Arc::new(expected))))?.0;
+            let actor = rt
+                .block_on(Actor::spawn(
+                    None,
+                    PeerLinkActor,
+                    (addr, hs.clone(), shared.clone(), Arc::new(expected)),
+                ))?
+                .0;
             links.push(Some(Link { actor, shared }));
         }
         let deadline = Instant::now() + Duration::from_millis(CLUSTER_READY_TIMEOUT_MS);
@@ -132,25 +170,64 @@ impl RemoteExperts {
                 .iter()
                 .flatten()
                 .filter(|l| !l.shared.up.load(Ordering::SeqCst))
-                .map(|l| format!("{} ({})", l.shared.name, l.shared.last_error.lock().unwrap_or_else(|e| e.into_inner())))
+                .map(|l| {
+                    format!(
+                        "{} ({})",
+                        l.shared.name,
+                        l.shared
+                            .last_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                    )
+                })
                 .collect();
             if down.is_empty() {
                 break;
             }
-            if let Some(l) = links.iter().flatten().find(|l| l.shared.refused.load(Ordering::SeqCst)) {
-                bail!("expert node {} refused this router: {}", l.shared.name, l.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()));
+            if let Some(l) = links
+                .iter()
+                .flatten()
+                .find(|l| l.shared.refused.load(Ordering::SeqCst))
+            {
+                bail!(
+                    "expert node {} refused this router: {}",
+                    l.shared.name,
+                    l.shared
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                );
             }
             if Instant::now() > deadline {
-                bail!("expert nodes not reachable after {CLUSTER_READY_TIMEOUT_MS} ms: {}", down.join("; "));
+                bail!(
+                    "expert nodes not reachable after {CLUSTER_READY_TIMEOUT_MS} ms: {}",
+                    down.join("; ")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { placement, links, dtype, step: 0, pending: None, rt, reload: None, epoch: 0 })
+        Ok(Self {
+            placement,
+            links,
+            dtype,
+            step: 0,
+            pending: None,
+            rt,
+            reload: None,
+            epoch: 0,
+        })
     }
 
     /// A handle that tells, from any thread, which remote nodes are down.
     pub fn link_health(&self) -> LinkHealth {
-        LinkHealth { links: self.links.iter().flatten().map(|l| l.shared.clone()).collect() }
+        LinkHealth {
+            links: self
+                .links
+                .iter()
+                .flatten()
+                .map(|l| l.shared.clone())
+                .collect(),
+        }
     }
 
     /// Whether node `n` can take work now.
@@ -162,7 +239,13 @@ impl RemoteExperts {
         }
     }
 
-    fn send(&mut self, layer: usize, h: &[f32], d: usize, work: NodeWork) -> Result<InFlight, RuntimeError> {
+    fn send(
+        &mut self,
+        layer: usize,
+        h: &[f32],
+        d: usize,
+        work: NodeWork,
+    ) -> Result<InFlight, RuntimeError> {
         self.step += 1;
         let mut req = ExpertRequest::new(self.step, layer as u16, self.dtype, d as u32);
         let mut routes: Vec<ExpertRoute> = Vec::new();
@@ -170,21 +253,36 @@ impl RemoteExperts {
         for (row_idx, &row) in work.rows.iter().enumerate() {
             routes.clear();
             while i < work.routes.len() && work.routes[i].token as usize == row_idx {
-                routes.push(ExpertRoute { expert: work.routes[i].expert as u16, weight: work.routes[i].weight });
+                routes.push(ExpertRoute {
+                    expert: work.routes[i].expert as u16,
+                    weight: work.routes[i].weight,
+                });
                 i += 1;
             }
             req.push_token(&h[row as usize * d..(row as usize + 1) * d], &routes)?;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let link = self.links[work.node.0 as usize].as_ref().ok_or_else(|| RuntimeError::InvalidInput("local node has no link".into()))?;
-        if link.actor.cast(PeerLinkMsg::Dispatch(Box::new(req), tx.clone())).is_err() {
-            let _ = tx.send(Err(format!("node {}: link actor stopped", link.shared.name)));
+        let link = self.links[work.node.0 as usize]
+            .as_ref()
+            .ok_or_else(|| RuntimeError::InvalidInput("local node has no link".into()))?;
+        if link
+            .actor
+            .cast(PeerLinkMsg::Dispatch(Box::new(req), tx.clone()))
+            .is_err()
+        {
+            let _ = tx.send(Err(format!(
+                "node {}: link actor stopped",
+                link.shared.name
+            )));
         }
         Ok(InFlight { work, rx })
     }
 
     fn node_name(&self, n: NodeIndex) -> String {
-        self.placement.node(n).map(|n| n.name.as_str().to_string()).unwrap_or_default()
+        self.placement
+            .node(n)
+            .map(|n| n.name.as_str().to_string())
+            .unwrap_or_default()
     }
 
     /// Counts a step's plan: tokens per node over every node owning experts of `layer`.
@@ -194,9 +292,16 @@ impl RemoteExperts {
             .nodes()
             .iter()
             .enumerate()
-            .filter(|(i, _)| self.placement.experts_of(NodeIndex(*i as u16), layer).is_some_and(|set| !set.is_empty()))
+            .filter(|(i, _)| {
+                self.placement
+                    .experts_of(NodeIndex(*i as u16), layer)
+                    .is_some_and(|set| !set.is_empty())
+            })
             .map(|(i, node)| {
-                let rows = plan.iter().find(|w| w.node.0 as usize == i).map_or(0, |w| w.rows.len());
+                let rows = plan
+                    .iter()
+                    .find(|w| w.node.0 as usize == i)
+                    .map_or(0, |w| w.rows.len());
                 (node.name.as_str(), rows)
             })
             .collect();
@@ -205,12 +310,22 @@ impl RemoteExperts {
 }
 
 /// Computes a `local` node's share in-process: the partial sums of its rows, compacted.
-fn compute_local(model: &Model, layer: usize, h: &[f32], d: usize, work: &NodeWork) -> Result<Vec<f32>, RuntimeError> {
+fn compute_local(
+    model: &Model,
+    layer: usize,
+    h: &[f32],
+    d: usize,
+    work: &NodeWork,
+) -> Result<Vec<f32>, RuntimeError> {
     let started = Instant::now();
     let mut partial = vec![0f32; h.len()];
     apply_routes(model, layer, h, &work.batch_routes(), &mut partial)?;
     telemetry::expert_compute_done(layer, work.rows.len(), started.elapsed().as_secs_f64());
-    Ok(work.rows.iter().flat_map(|&r| partial[r as usize * d..(r as usize + 1) * d].to_vec()).collect())
+    Ok(work
+        .rows
+        .iter()
+        .flat_map(|&r| partial[r as usize * d..(r as usize + 1) * d].to_vec())
+        .collect())
 }
 
 impl Drop for RemoteExperts {
@@ -223,11 +338,19 @@ impl Drop for RemoteExperts {
 }
 
 impl ExpertBackend for RemoteExperts {
-    fn begin(&mut self, model: &Model, layer: usize, h: &[f32], routing: &Routing) -> Result<(), RuntimeError> {
+    fn begin(
+        &mut self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        routing: &Routing,
+    ) -> Result<(), RuntimeError> {
         // A step boundary: every earlier step has finished on the placement it started with.
         self.apply_reloaded_placement();
         let started = Instant::now();
-        let plan = plan_routes(routing.routes(), layer, &self.placement, &|n| self.is_live(n))?;
+        let plan = plan_routes(routing.routes(), layer, &self.placement, &|n| {
+            self.is_live(n)
+        })?;
         self.record_plan(layer, &plan);
         let d = model.cfg.n_embd;
         let (mut local, mut remote) = (Vec::new(), Vec::new());
@@ -238,12 +361,25 @@ impl ExpertBackend for RemoteExperts {
                 remote.push(self.send(layer, h, d, work)?);
             }
         }
-        self.pending = Some(PendingStep { started, h: h.to_vec(), local, remote });
+        self.pending = Some(PendingStep {
+            started,
+            h: h.to_vec(),
+            local,
+            remote,
+        });
         Ok(())
     }
 
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
-        let PendingStep { started, h, local, mut remote } = self.pending.take().ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
+        let PendingStep {
+            started,
+            h,
+            local,
+            mut remote,
+        } = self
+            .pending
+            .take()
+            .ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
         let d = model.cfg.n_embd;
         // (node, batch rows, partial sums) from every node that computed part of the step.
         let mut parts: Vec<(NodeIndex, Vec<u32>, Vec<f32>)> = Vec::new();
@@ -254,12 +390,21 @@ impl ExpertBackend for RemoteExperts {
         let mut failed: Vec<NodeIndex> = Vec::new();
         while let Some(inflight) = remote.pop() {
             let node = inflight.work.node;
-            let result = match inflight.rx.recv_timeout(Duration::from_millis(STEP_TIMEOUT_MS)) {
+            let result = match inflight
+                .rx
+                .recv_timeout(Duration::from_millis(STEP_TIMEOUT_MS))
+            {
                 Ok(Ok(reply)) if reply.n_tokens as usize == inflight.work.rows.len() => {
                     let mut partial = Vec::new();
-                    decode_hidden(&reply.partials, reply.dtype, &mut partial).map(|_| partial).map_err(|e| e.to_string())
+                    decode_hidden(&reply.partials, reply.dtype, &mut partial)
+                        .map(|_| partial)
+                        .map_err(|e| e.to_string())
                 }
-                Ok(Ok(reply)) => Err(format!("reply has {} tokens, request had {}", reply.n_tokens, inflight.work.rows.len())),
+                Ok(Ok(reply)) => Err(format!(
+                    "reply has {} tokens, request had {}",
+                    reply.n_tokens,
+                    inflight.work.rows.len()
+                )),
                 Ok(Err(reason)) => Err(reason),
                 Err(_) => {
                     let reason = format!("no reply within {STEP_TIMEOUT_MS} ms");
@@ -270,16 +415,31 @@ impl ExpertBackend for RemoteExperts {
                 }
             };
             match result {
-                Ok(partial) if partial.len() == inflight.work.rows.len() * d => parts.push((node, inflight.work.rows, partial)),
-                Ok(_) => return Err(RuntimeError::PeerFailed { node: self.node_name(node), reason: "reply of the wrong size".into() }),
+                Ok(partial) if partial.len() == inflight.work.rows.len() * d => {
+                    parts.push((node, inflight.work.rows, partial))
+                }
+                Ok(_) => {
+                    return Err(RuntimeError::PeerFailed {
+                        node: self.node_name(node),
+                        reason: "reply of the wrong size".into(),
+                    })
+                }
                 Err(reason) => {
                     // Re-plan this node's share onto the other live owners, if any.
                     failed.push(node);
                     let routes: Vec<Route> = inflight.work.batch_routes();
                     let failed_now = failed.clone();
-                    let plan = plan_routes(routes, layer, &self.placement, &|n| !failed_now.contains(&n) && self.is_live(n))
-                        .map_err(|e| RuntimeError::PeerFailed { node: self.node_name(node), reason: format!("{reason}; {e}") })?;
-                    eprintln!("node {} failed a step ({reason}); re-sent to replicas", self.node_name(node));
+                    let plan = plan_routes(routes, layer, &self.placement, &|n| {
+                        !failed_now.contains(&n) && self.is_live(n)
+                    })
+                    .map_err(|e| RuntimeError::PeerFailed {
+                        node: self.node_name(node),
+                        reason: format!("{reason}; {e}"),
+                    })?;
+                    eprintln!(
+                        "node {} failed a step ({reason}); re-sent to replicas",
+                        self.node_name(node)
+                    );
                     for work in plan {
                         if self.links[work.node.0 as usize].is_none() {
                             let compact = compute_local(model, layer, &h, d, &work)?;
@@ -294,7 +454,10 @@ impl ExpertBackend for RemoteExperts {
         parts.sort_by_key(|p| p.0);
         for (_, rows, partial) in parts {
             for (i, &r) in rows.iter().enumerate() {
-                for (o, &v) in out[r as usize * d..(r as usize + 1) * d].iter_mut().zip(&partial[i * d..(i + 1) * d]) {
+                for (o, &v) in out[r as usize * d..(r as usize + 1) * d]
+                    .iter_mut()
+                    .zip(&partial[i * d..(i + 1) * d])
+                {
                     *o += v;
                 }
             }

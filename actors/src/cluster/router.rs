@@ -47,13 +47,25 @@ fn default_max_tokens() -> usize {
 pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
     let model = model_args.load_for(Some(cluster))?;
     let tok = Tokenizer::from_gguf(model.file())?;
-    let (placement, secret) = cluster.load(&model.cfg)?.context("--role router needs --placement and --secret-file")?;
-    let mut remote = RemoteExperts::connect(&model, placement, secret, &cluster.node_name, cluster.wire_dtype)?;
+    let (placement, secret) = cluster
+        .load(&model.cfg)?
+        .context("--role router needs --placement and --secret-file")?;
+    let mut remote = RemoteExperts::connect(
+        &model,
+        placement,
+        secret,
+        &cluster.node_name,
+        cluster.wire_dtype,
+    )?;
     if let Some(path) = &cluster.placement {
         // Live re-placement: `kill -HUP` re-reads the placement file.
         remote.watch_placement(path.clone(), model.cfg.moe_layers(), model.cfg.n_experts)?;
     }
-    let mut experts = crate::cli::record::with_recording(Box::new(remote), &model, cluster.record_routing.as_deref())?;
+    let mut experts = crate::cli::record::with_recording(
+        Box::new(remote),
+        &model,
+        cluster.record_routing.as_deref(),
+    )?;
     let stdout = std::io::stdout();
     writeln!(stdout.lock(), "{}", serde_json::json!({ "ready": true }))?;
     let stdin = std::io::stdin();
@@ -68,18 +80,36 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
             match serde_json::from_str::<Request>(&line) {
                 Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }),
                 Ok(r) => {
-                    let params = SamplingParams { temperature: r.temperature, seed: r.seed, ..Default::default() };
+                    let params = SamplingParams {
+                        temperature: r.temperature,
+                        seed: r.seed,
+                        ..Default::default()
+                    };
                     let mut prompt = Vec::new();
                     if tok.add_bos() {
                         prompt.extend(tok.bos());
                     }
                     prompt.extend(tok.encode(&r.prompt, true));
-                    let req = GenRequest { prompt: &prompt, max_tokens: r.max_tokens, ignore_eos: r.ignore_eos, ctx_size: model_args.ctx_size };
+                    let req = GenRequest {
+                        prompt: &prompt,
+                        max_tokens: r.max_tokens,
+                        ignore_eos: r.ignore_eos,
+                        ctx_size: model_args.ctx_size,
+                    };
                     let mut text = String::new();
                     match params.validate().and_then(|_| {
-                        generate(&model, &tok, experts.as_mut(), &mut Sampler::new(params.clone()), &req, &mut |t| text.push_str(t))
+                        generate(
+                            &model,
+                            &tok,
+                            experts.as_mut(),
+                            &mut Sampler::new(params.clone()),
+                            &req,
+                            &mut |t| text.push_str(t),
+                        )
                     }) {
-                        Ok(stats) => serde_json::json!({ "text": text, "tokens": stats.generated, "prompt_tokens": prompt.len() }),
+                        Ok(stats) => {
+                            serde_json::json!({ "text": text, "tokens": stats.generated, "prompt_tokens": prompt.len() })
+                        }
                         Err(e) => serde_json::json!({ "error": e.to_string() }),
                     }
                 }

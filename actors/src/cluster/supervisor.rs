@@ -30,12 +30,26 @@ impl Actor for NodeSupervisorActor {
     type State = NodeSupervisorState;
     type Arguments = Arc<LiveShard>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, live: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        let (child, _) = Actor::spawn_linked(None, ExpertShardActor, live.clone(), myself.get_cell()).await?;
-        Ok(NodeSupervisorState { live, child, restarts: 0 })
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        live: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (child, _) =
+            Actor::spawn_linked(None, ExpertShardActor, live.clone(), myself.get_cell()).await?;
+        Ok(NodeSupervisorState {
+            live,
+            child,
+            restarts: 0,
+        })
     }
 
-    async fn handle(&self, _: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeSupervisorMsg::CurrentShard(port) => {
                 let _ = port.send(state.child.clone());
@@ -44,17 +58,32 @@ impl Actor for NodeSupervisorActor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, evt: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let reason = match &evt {
             SupervisionEvent::ActorFailed(_, reason) => Some(reason.to_string()),
-            SupervisionEvent::ActorTerminated(_, _, reason) => Some(reason.clone().unwrap_or_else(|| "stopped".into())),
+            SupervisionEvent::ActorTerminated(_, _, reason) => {
+                Some(reason.clone().unwrap_or_else(|| "stopped".into()))
+            }
             _ => None,
         };
         if let Some(reason) = reason {
             state.restarts += 1;
-            eprintln!("expert shard actor failed ({reason}); restart #{}", state.restarts);
-            let (child, _) =
-                Actor::spawn_linked(None, ExpertShardActor, state.live.clone(), myself.get_cell()).await?;
+            eprintln!(
+                "expert shard actor failed ({reason}); restart #{}",
+                state.restarts
+            );
+            let (child, _) = Actor::spawn_linked(
+                None,
+                ExpertShardActor,
+                state.live.clone(),
+                myself.get_cell(),
+            )
+            .await?;
             state.child = child;
         }
         Ok(())

@@ -24,7 +24,13 @@ pub struct ApiError {
 impl ApiError {
     /// 400: the request is wrong.
     pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into(), kind: "invalid_request_error", param, code: None }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param,
+            code: None,
+        }
     }
 
     /// The same error with a machine-readable code.
@@ -52,7 +58,13 @@ impl ApiError {
 
     /// 503: the engine cannot take or finish work.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), kind: "server_error", param: None, code: Some("unavailable") }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: Some("unavailable"),
+        }
     }
 
     /// 401: missing or wrong API key.

@@ -17,7 +17,8 @@ use minijinja::{Environment, ErrorKind};
 use serde_json::Value;
 
 /// The template used when the GGUF has no `tokenizer.chat_template`: ChatML.
-pub const DEFAULT_CHAT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n\
+pub const DEFAULT_CHAT_TEMPLATE: &str =
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n\
 {{ message['content'] }}<|im_end|>\n{% endfor %}\
 {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
@@ -37,7 +38,9 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("from_model", &self.from_model).finish()
+        f.debug_struct("ChatTemplate")
+            .field("from_model", &self.from_model)
+            .finish()
     }
 }
 
@@ -47,22 +50,37 @@ impl ChatTemplate {
         let from_model = source.is_some();
         let source = source.unwrap_or(DEFAULT_CHAT_TEMPLATE);
         if source.len() > CHAT_TEMPLATE_BYTES_MAX {
-            anyhow::bail!("the chat template has {} bytes; at most {CHAT_TEMPLATE_BYTES_MAX} are accepted", source.len());
+            anyhow::bail!(
+                "the chat template has {} bytes; at most {CHAT_TEMPLATE_BYTES_MAX} are accepted",
+                source.len()
+            );
         }
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|e| anyhow::anyhow!("the chat template does not compile: {e}"))?;
-        Ok(Self { env, bos, eos, from_model })
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| anyhow::anyhow!("the chat template does not compile: {e}"))?;
+        Ok(Self {
+            env,
+            bos,
+            eos,
+            from_model,
+        })
     }
 
     /// Renders a conversation (messages as JSON objects with `role` and `content`).
     pub fn render(&self, messages: &[Value]) -> Result<String, String> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| e.to_string())?;
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| e.to_string())?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => true,
@@ -81,7 +99,12 @@ mod tests {
     #[test]
     fn default_template_is_chatml() {
         let t = ChatTemplate::new(None, String::new(), String::new()).unwrap();
-        let out = t.render(&[json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "Hi"})]).unwrap();
+        let out = t
+            .render(&[
+                json!({"role": "system", "content": "Be brief."}),
+                json!({"role": "user", "content": "Hi"}),
+            ])
+            .unwrap();
         assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     }
 
@@ -90,8 +113,14 @@ mod tests {
         // trim_blocks/lstrip_blocks, Python string methods, raise_exception, bos_token.
         let src = "{{ bos_token }}{% for m in messages %}\n  {% if m['role'] not in ['user', 'assistant'] %}{{ raise_exception('bad role ' + m['role']) }}{% endif %}\n[{{ m['role'].upper() }}] {{ m['content'].strip() }}\n{% endfor %}";
         let t = ChatTemplate::new(Some(src), "<s>".into(), "</s>".into()).unwrap();
-        assert_eq!(t.render(&[json!({"role": "user", "content": "  hi "})]).unwrap(), "<s>[USER] hi\n");
-        let e = t.render(&[json!({"role": "robot", "content": "x"})]).unwrap_err();
+        assert_eq!(
+            t.render(&[json!({"role": "user", "content": "  hi "})])
+                .unwrap(),
+            "<s>[USER] hi\n"
+        );
+        let e = t
+            .render(&[json!({"role": "robot", "content": "x"})])
+            .unwrap_err();
         assert!(e.contains("bad role robot"), "{e}");
     }
 
@@ -109,7 +138,12 @@ mod tests {
 {%- if '</think>' in content %}{%- set content = content.split('</think>')[-1] -%}{%- endif %}\
 {{ '<｜Assistant｜>' + content + eos_token }}{%- endif %}{%- endfor -%}\
 {% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}";
-        let t = ChatTemplate::new(Some(src), "<｜begin▁of▁sentence｜>".into(), "<｜end▁of▁sentence｜>".into()).unwrap();
+        let t = ChatTemplate::new(
+            Some(src),
+            "<｜begin▁of▁sentence｜>".into(),
+            "<｜end▁of▁sentence｜>".into(),
+        )
+        .unwrap();
         let msgs = [
             json!({"role": "system", "content": "S"}),
             json!({"role": "user", "content": "Hi"}),

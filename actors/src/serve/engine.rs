@@ -96,10 +96,30 @@ pub struct JobReceiver {
 
 impl GenerationJob {
     /// A job and the receiver its client reads.
-    pub fn new(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams, stop: Vec<String>, ignore_eos: bool) -> (Self, JobReceiver) {
+    pub fn new(
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        sampling: SamplingParams,
+        stop: Vec<String>,
+        ignore_eos: bool,
+    ) -> (Self, JobReceiver) {
         let (ptx, prx) = mpsc::channel(PIECES_PER_REQUEST_MAX);
         let (dtx, drx) = oneshot::channel();
-        (Self { prompt, max_tokens, sampling, stop, ignore_eos, pieces: ptx, done: dtx }, JobReceiver { pieces: prx, done: drx })
+        (
+            Self {
+                prompt,
+                max_tokens,
+                sampling,
+                stop,
+                ignore_eos,
+                pieces: ptx,
+                done: dtx,
+            },
+            JobReceiver {
+                pieces: prx,
+                done: drx,
+            },
+        )
     }
 }
 
@@ -166,14 +186,26 @@ impl EngineHandle {
         if self.admit.is_closed() {
             return Some("the engine has stopped".into());
         }
-        let down = self.health.as_ref().map(LinkHealth::down).unwrap_or_default();
+        let down = self
+            .health
+            .as_ref()
+            .map(LinkHealth::down)
+            .unwrap_or_default();
         (!down.is_empty()).then(|| format!("expert nodes unreachable: {}", down.join("; ")))
     }
 }
 
 /// Loads the model and the expert backend on a new thread and starts the engine there.
-pub fn start(model_args: &ModelArgs, cluster: &RouterArgs, limits: EngineLimits) -> anyhow::Result<(EngineHandle, ModelInfo)> {
-    let model_args = ModelArgs { model: model_args.model.clone(), threads: model_args.threads, ctx_size: limits.ctx_size };
+pub fn start(
+    model_args: &ModelArgs,
+    cluster: &RouterArgs,
+    limits: EngineLimits,
+) -> anyhow::Result<(EngineHandle, ModelInfo)> {
+    let model_args = ModelArgs {
+        model: model_args.model.clone(),
+        threads: model_args.threads,
+        ctx_size: limits.ctx_size,
+    };
     let cluster = cluster.clone();
     let (admit, admit_rx) = mpsc::channel(limits.queue.max(1));
     let active = Arc::new(AtomicUsize::new(0));
@@ -185,17 +217,38 @@ pub fn start(model_args: &ModelArgs, cluster: &RouterArgs, limits: EngineLimits)
             let loaded = (|| -> anyhow::Result<(Engine, ModelInfo, Option<LinkHealth>)> {
                 let model = model_args.load()?;
                 let tokenizer = Arc::new(Tokenizer::from_gguf(model.file())?);
-                let (experts, health): (Box<dyn ExpertBackend>, _) = match cluster.load(&model.cfg)? {
-                    None => (Box::new(LocalExperts::default()), None),
-                    Some((placement, secret)) => {
-                        let remote = RemoteExperts::connect(&model, placement, secret, &cluster.node_name, cluster.wire_dtype)?;
-                        let health = remote.link_health();
-                        (Box::new(remote), Some(health))
-                    }
+                let (experts, health): (Box<dyn ExpertBackend>, _) =
+                    match cluster.load(&model.cfg)? {
+                        None => (Box::new(LocalExperts::default()), None),
+                        Some((placement, secret)) => {
+                            let remote = RemoteExperts::connect(
+                                &model,
+                                placement,
+                                secret,
+                                &cluster.node_name,
+                                cluster.wire_dtype,
+                            )?;
+                            let health = remote.link_health();
+                            (Box::new(remote), Some(health))
+                        }
+                    };
+                let meta_str = |k: &str| {
+                    model
+                        .file()
+                        .metadata(k)
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
                 };
-                let meta_str = |k: &str| model.file().metadata(k).and_then(|v| v.as_str()).map(str::to_string);
-                let info = ModelInfo { tokenizer: tokenizer.clone(), chat_template: meta_str("tokenizer.chat_template"), name: meta_str("general.name") };
-                let eot = model.file().metadata("tokenizer.ggml.eot_token_id").and_then(|v| v.as_u64()).map(|v| v as u32);
+                let info = ModelInfo {
+                    tokenizer: tokenizer.clone(),
+                    chat_template: meta_str("tokenizer.chat_template"),
+                    name: meta_str("general.name"),
+                };
+                let eot = model
+                    .file()
+                    .metadata("tokenizer.ggml.eot_token_id")
+                    .and_then(|v| v.as_u64())
+                    .map(|v| v as u32);
                 let end_tokens = tokenizer.eos().into_iter().chain(eot).collect();
                 let engine = Engine {
                     model,
@@ -222,8 +275,17 @@ pub fn start(model_args: &ModelArgs, cluster: &RouterArgs, limits: EngineLimits)
             }
         })
         .context("starting the engine thread")?;
-    let (info, health) = ready_rx.recv().context("the engine thread died while loading")??;
-    Ok((EngineHandle { admit, active, health }, info))
+    let (info, health) = ready_rx
+        .recv()
+        .context("the engine thread died while loading")??;
+    Ok((
+        EngineHandle {
+            admit,
+            active,
+            health,
+        },
+        info,
+    ))
 }
 
 /// One request's generation state.
@@ -293,7 +355,15 @@ impl Engine {
     }
 
     fn admit(&mut self, job: GenerationJob) {
-        let GenerationJob { prompt, max_tokens, sampling, stop, ignore_eos, pieces, done } = job;
+        let GenerationJob {
+            prompt,
+            max_tokens,
+            sampling,
+            stop,
+            ignore_eos,
+            pieces,
+            done,
+        } = job;
         self.seqs.push(Sequence {
             metrics: Some(telemetry::Generation::start(prompt.len())),
             history: prompt.clone(),
@@ -324,7 +394,8 @@ impl Engine {
                 s.feed.push(t);
             } else if s.prefilled < s.prompt.len() && budget > 0 {
                 let n = budget.min(s.prompt.len() - s.prefilled);
-                s.feed.extend_from_slice(&s.prompt[s.prefilled..s.prefilled + n]);
+                s.feed
+                    .extend_from_slice(&s.prompt[s.prefilled..s.prefilled + n]);
                 budget -= n;
             }
         }
@@ -333,13 +404,19 @@ impl Engine {
         for (i, s) in self.seqs.iter_mut().enumerate() {
             if !s.feed.is_empty() {
                 in_batch.push(i);
-                batch.push(SeqInput { cache: &mut s.cache, tokens: &s.feed, all_logits: false });
+                batch.push(SeqInput {
+                    cache: &mut s.cache,
+                    tokens: &s.feed,
+                    all_logits: false,
+                });
             }
         }
         if batch.is_empty() {
             return;
         }
-        let result = self.model.forward(&mut batch, self.experts.as_mut(), &mut NoObserver);
+        let result = self
+            .model
+            .forward(&mut batch, self.experts.as_mut(), &mut NoObserver);
         drop(batch);
         let mut ended = vec![false; self.seqs.len()];
         match result {
@@ -431,9 +508,16 @@ impl Sequence {
                 self.outbox.text.push_str(&self.stop.flush());
             }
         }
-        let usage = Usage { prompt_tokens: self.prompt.len(), completion_tokens: self.generated };
+        let usage = Usage {
+            prompt_tokens: self.prompt.len(),
+            completion_tokens: self.generated,
+        };
         if let Some(done) = self.done.take() {
-            let _ = done.send(Ok(Finished { tail: std::mem::take(&mut self.outbox), finish, usage }));
+            let _ = done.send(Ok(Finished {
+                tail: std::mem::take(&mut self.outbox),
+                finish,
+                usage,
+            }));
         }
         if let Some(m) = self.metrics.take() {
             m.finish();

@@ -175,7 +175,14 @@ impl ChatMessage {
                 for p in parts {
                     match (p.kind.as_str(), &p.text) {
                         ("text", Some(t)) => s.push_str(t),
-                        (kind, _) => return Err(ApiError::invalid(format!("content part of type {kind:?} is not supported (only text parts)"), Some("messages"))),
+                        (kind, _) => {
+                            return Err(ApiError::invalid(
+                                format!(
+                                "content part of type {kind:?} is not supported (only text parts)"
+                            ),
+                                Some("messages"),
+                            ))
+                        }
                     }
                 }
                 Value::String(s)
@@ -207,22 +214,44 @@ pub struct GenerationSettings {
 
 impl GenerationFields {
     /// Checks every field and fills in defaults; `max_tokens_limit` bounds `max_tokens`.
-    pub fn settings(&self, max_tokens: Option<u64>, max_tokens_limit: usize, fallback_seed: u64) -> Result<GenerationSettings, ApiError> {
+    pub fn settings(
+        &self,
+        max_tokens: Option<u64>,
+        max_tokens_limit: usize,
+        fallback_seed: u64,
+    ) -> Result<GenerationSettings, ApiError> {
         if let Some(n) = self.n {
             if n != 1 {
-                return Err(ApiError::invalid(format!("n = {n} is not supported; only n = 1"), Some("n")));
+                return Err(ApiError::invalid(
+                    format!("n = {n} is not supported; only n = 1"),
+                    Some("n"),
+                ));
             }
         }
-        for (v, name) in [(self.presence_penalty, "presence_penalty"), (self.frequency_penalty, "frequency_penalty")] {
+        for (v, name) in [
+            (self.presence_penalty, "presence_penalty"),
+            (self.frequency_penalty, "frequency_penalty"),
+        ] {
             if v.is_some_and(|v| v != 0.0) {
-                return Err(ApiError::invalid(format!("{name} is not supported (only 0); use repetition_penalty"), Some(name)));
+                return Err(ApiError::invalid(
+                    format!("{name} is not supported (only 0); use repetition_penalty"),
+                    Some(name),
+                ));
             }
         }
         let max_tokens = match max_tokens {
             None => None,
-            Some(0) => return Err(ApiError::invalid("max_tokens must be at least 1", Some("max_tokens"))),
+            Some(0) => {
+                return Err(ApiError::invalid(
+                    "max_tokens must be at least 1",
+                    Some("max_tokens"),
+                ))
+            }
             Some(m) if m > max_tokens_limit as u64 => {
-                return Err(ApiError::invalid(format!("max_tokens = {m} is over this server's limit of {max_tokens_limit}"), Some("max_tokens")))
+                return Err(ApiError::invalid(
+                    format!("max_tokens = {m} is over this server's limit of {max_tokens_limit}"),
+                    Some("max_tokens"),
+                ))
             }
             Some(m) => Some(m as usize),
         };
@@ -232,10 +261,22 @@ impl GenerationFields {
             Some(Stop::Many(v)) => v.clone(),
         };
         if stop.len() > STOP_SEQUENCES_MAX {
-            return Err(ApiError::invalid(format!("{} stop strings given; at most {STOP_SEQUENCES_MAX}", stop.len()), Some("stop")));
+            return Err(ApiError::invalid(
+                format!(
+                    "{} stop strings given; at most {STOP_SEQUENCES_MAX}",
+                    stop.len()
+                ),
+                Some("stop"),
+            ));
         }
         if let Some(s) = stop.iter().find(|s| s.len() > STOP_SEQUENCE_BYTES_MAX) {
-            return Err(ApiError::invalid(format!("a stop string of {} bytes; at most {STOP_SEQUENCE_BYTES_MAX}", s.len()), Some("stop")));
+            return Err(ApiError::invalid(
+                format!(
+                    "a stop string of {} bytes; at most {STOP_SEQUENCE_BYTES_MAX}",
+                    s.len()
+                ),
+                Some("stop"),
+            ));
         }
         let sampling = SamplingParams {
             temperature: self.temperature.unwrap_or(1.0),
@@ -246,13 +287,19 @@ impl GenerationFields {
             seed: self.seed.unwrap_or(fallback_seed),
             ..Default::default()
         };
-        sampling.validate().map_err(|e| ApiError::invalid(e.to_string(), None))?;
+        sampling
+            .validate()
+            .map_err(|e| ApiError::invalid(e.to_string(), None))?;
         Ok(GenerationSettings {
             max_tokens,
             sampling,
             stop,
             stream: self.stream.unwrap_or(false),
-            include_usage: self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
             ignore_eos: self.ignore_eos.unwrap_or(false),
         })
     }
@@ -323,7 +370,9 @@ impl ResponseMeta {
     /// A complete (non-streamed) response.
     pub fn full(&self, text: &str, token_ids: &[u32], finish: FinishReason, usage: Usage) -> Value {
         let choice = match self.endpoint {
-            Endpoint::Completions => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_str(), "token_ids": token_ids }),
+            Endpoint::Completions => {
+                json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_str(), "token_ids": token_ids })
+            }
             Endpoint::Chat => json!({
                 "index": 0,
                 "message": { "role": "assistant", "content": text },
@@ -343,10 +392,18 @@ impl ResponseMeta {
     }
 
     /// One streamed chunk: a text piece, the opening role (chat), or the finish.
-    pub fn chunk(&self, text: Option<&str>, token_ids: &[u32], first: bool, finish: Option<FinishReason>) -> Value {
+    pub fn chunk(
+        &self,
+        text: Option<&str>,
+        token_ids: &[u32],
+        first: bool,
+        finish: Option<FinishReason>,
+    ) -> Value {
         let finish = finish.map(FinishReason::as_str);
         let choice = match self.endpoint {
-            Endpoint::Completions => json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish, "token_ids": token_ids }),
+            Endpoint::Completions => {
+                json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish, "token_ids": token_ids })
+            }
             Endpoint::Chat => {
                 let mut delta = serde_json::Map::new();
                 if first {
@@ -390,7 +447,9 @@ mod tests {
         assert!(fields(json!({ "stop": 3 })).is_err());
         assert!(fields(json!({ "whatever": [1, 2], "user": "u" })).is_ok());
         assert!(serde_json::from_value::<ChatRequest>(json!({ "messages": "hi" })).is_err());
-        assert!(serde_json::from_value::<CompletionRequest>(json!({ "prompt": {"a": 1} })).is_err());
+        assert!(
+            serde_json::from_value::<CompletionRequest>(json!({ "prompt": {"a": 1} })).is_err()
+        );
     }
 
     #[test]
@@ -399,10 +458,25 @@ mod tests {
         assert!(f.settings(Some(100), 100, 0).is_ok());
         let e = f.settings(Some(101), 100, 0).unwrap_err();
         assert_eq!(e.param, Some("max_tokens"));
-        assert!(fields(json!({ "n": 2 })).unwrap().settings(None, 10, 0).is_err());
-        assert!(fields(json!({ "stop": ["a", "b", "c", "d", "e"] })).unwrap().settings(None, 10, 0).is_err());
-        assert!(fields(json!({ "temperature": -1.0 })).unwrap().settings(None, 10, 0).is_err());
-        let s = fields(json!({ "stop": "x", "seed": 5 })).unwrap().settings(None, 10, 0).unwrap();
-        assert_eq!((s.stop, s.sampling.seed, s.sampling.temperature), (vec!["x".to_string()], 5, 1.0));
+        assert!(fields(json!({ "n": 2 }))
+            .unwrap()
+            .settings(None, 10, 0)
+            .is_err());
+        assert!(fields(json!({ "stop": ["a", "b", "c", "d", "e"] }))
+            .unwrap()
+            .settings(None, 10, 0)
+            .is_err());
+        assert!(fields(json!({ "temperature": -1.0 }))
+            .unwrap()
+            .settings(None, 10, 0)
+            .is_err());
+        let s = fields(json!({ "stop": "x", "seed": 5 }))
+            .unwrap()
+            .settings(None, 10, 0)
+            .unwrap();
+        assert_eq!(
+            (s.stop, s.sampling.seed, s.sampling.temperature),
+            (vec!["x".to_string()], 5, 1.0)
+        );
     }
 }

@@ -34,7 +34,10 @@ use serde_json::json;
 use super::api_error::ApiError;
 use super::chat_template::ChatTemplate;
 use super::engine::{EngineHandle, GenerationJob, JobReceiver, SubmitError};
-use super::openai::{ChatRequest, CompletionRequest, Endpoint, GenerationSettings, Prompt, ResponseMeta, CHAT_MESSAGES_MAX};
+use super::openai::{
+    ChatRequest, CompletionRequest, Endpoint, GenerationSettings, Prompt, ResponseMeta,
+    CHAT_MESSAGES_MAX,
+};
 
 /// Largest request body, in bytes (413 beyond).
 pub const REQUEST_BODY_BYTES_MAX: usize = 4 << 20;
@@ -75,7 +78,9 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::invalid("no such route", None).with_status(StatusCode::NOT_FOUND).with_code("not_found")
+    ApiError::invalid("no such route", None)
+        .with_status(StatusCode::NOT_FOUND)
+        .with_code("not_found")
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
@@ -93,14 +98,20 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
 async fn metrics() -> Response {
     match crate::telemetry::render() {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        None => ApiError::invalid("metrics are off: start the server with --metrics-addr ADDR", None)
-            .with_status(StatusCode::NOT_FOUND)
-            .with_code("metrics_off")
-            .into_response(),
+        None => ApiError::invalid(
+            "metrics are off: start the server with --metrics-addr ADDR",
+            None,
+        )
+        .with_status(StatusCode::NOT_FOUND)
+        .with_code("metrics_off")
+        .into_response(),
     }
 }
 
-async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+async fn models(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
     check_key(&st, &headers)?;
     Ok(Json(json!({
         "object": "list",
@@ -108,54 +119,103 @@ async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<J
     })))
 }
 
-async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let r = async {
         check_key(&st, &headers)?;
         let req: CompletionRequest = parse_body(body)?;
         if req.echo == Some(true) {
             return Err(ApiError::invalid("echo is not supported", Some("echo")));
         }
-        let settings = req.gen.settings(req.gen.max_tokens, st.max_tokens_limit, fresh_seed(&st))?;
+        let settings =
+            req.gen
+                .settings(req.gen.max_tokens, st.max_tokens_limit, fresh_seed(&st))?;
         let prompt = match req.prompt {
             Prompt::Text(t) => Ok(t),
             Prompt::Texts(mut v) if v.len() == 1 => Ok(v.remove(0)),
             Prompt::Tokens(t) => Err(t),
             Prompt::TokenLists(mut v) if v.len() == 1 => Err(v.remove(0)),
-            _ => return Err(ApiError::invalid("a list of several prompts is not supported (n = 1)", Some("prompt"))),
+            _ => {
+                return Err(ApiError::invalid(
+                    "a list of several prompts is not supported (n = 1)",
+                    Some("prompt"),
+                ))
+            }
         };
         let tokens = match prompt {
             Ok(text) => {
                 let tok = st.tokenizer.clone();
-                tokio::task::spawn_blocking(move || encode_with_bos(&tok, &text)).await.map_err(|e| ApiError::unavailable(e.to_string()))?
+                tokio::task::spawn_blocking(move || encode_with_bos(&tok, &text))
+                    .await
+                    .map_err(|e| ApiError::unavailable(e.to_string()))?
             }
             Err(ids) => {
-                if let Some(bad) = ids.iter().find(|&&t| t as usize >= st.tokenizer.vocab_size()) {
-                    return Err(ApiError::invalid(format!("token id {bad} is outside the vocabulary of {}", st.tokenizer.vocab_size()), Some("prompt")));
+                if let Some(bad) = ids
+                    .iter()
+                    .find(|&&t| t as usize >= st.tokenizer.vocab_size())
+                {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "token id {bad} is outside the vocabulary of {}",
+                            st.tokenizer.vocab_size()
+                        ),
+                        Some("prompt"),
+                    ));
                 }
                 ids
             }
         };
-        generate(&st, Endpoint::Completions, tokens, settings, COMPLETION_DEFAULT_MAX_TOKENS).await
+        generate(
+            &st,
+            Endpoint::Completions,
+            tokens,
+            settings,
+            COMPLETION_DEFAULT_MAX_TOKENS,
+        )
+        .await
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn chat_completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let r = async {
         check_key(&st, &headers)?;
         let req: ChatRequest = parse_body(body)?;
         if req.messages.is_empty() || req.messages.len() > CHAT_MESSAGES_MAX {
-            return Err(ApiError::invalid(format!("{} messages given; 1 to {CHAT_MESSAGES_MAX} are accepted", req.messages.len()), Some("messages")));
+            return Err(ApiError::invalid(
+                format!(
+                    "{} messages given; 1 to {CHAT_MESSAGES_MAX} are accepted",
+                    req.messages.len()
+                ),
+                Some("messages"),
+            ));
         }
         let max_tokens = req.max_completion_tokens.or(req.gen.max_tokens);
-        let settings = req.gen.settings(max_tokens, st.max_tokens_limit, fresh_seed(&st))?;
-        let messages = req.messages.iter().map(|m| m.template_value()).collect::<Result<Vec<_>, _>>()?;
+        let settings = req
+            .gen
+            .settings(max_tokens, st.max_tokens_limit, fresh_seed(&st))?;
+        let messages = req
+            .messages
+            .iter()
+            .map(|m| m.template_value())
+            .collect::<Result<Vec<_>, _>>()?;
         let (tok, template) = (st.tokenizer.clone(), st.template.clone());
-        let tokens = tokio::task::spawn_blocking(move || template.render(&messages).map(|text| encode_with_bos(&tok, &text)))
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?
-            .map_err(|e| ApiError::invalid(e, Some("messages")))?;
+        let tokens = tokio::task::spawn_blocking(move || {
+            template
+                .render(&messages)
+                .map(|text| encode_with_bos(&tok, &text))
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .map_err(|e| ApiError::invalid(e, Some("messages")))?;
         generate(&st, Endpoint::Chat, tokens, settings, st.max_tokens_limit).await
     }
     .await;
@@ -166,11 +226,17 @@ async fn chat_completions(State(st): State<Arc<AppState>>, headers: HeaderMap, b
 fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::invalid(format!("the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes"), None)
-                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-                .with_code("request_too_large")
+            ApiError::invalid(
+                format!("the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes"),
+                None,
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            .with_code("request_too_large")
         } else {
-            ApiError::invalid(format!("cannot read the request body: {}", r.body_text()), None)
+            ApiError::invalid(
+                format!("cannot read the request body: {}", r.body_text()),
+                None,
+            )
         }
     })?;
     serde_json::from_slice(&bytes).map_err(|e| {
@@ -184,10 +250,21 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
 }
 
 fn check_key(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &st.api_key else { return Ok(()) };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let Some(key) = &st.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     // Compare without an early exit, so the time does not tell how much of the key matched.
-    let same = given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let same = given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if same {
         Ok(())
     } else {
@@ -209,12 +286,24 @@ fn encode_with_bos(tok: &Tokenizer, text: &str) -> Vec<u32> {
 
 /// A seed for a request that names none: different for every request.
 fn fresh_seed(st: &AppState) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    now ^ st.next_id.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    now ^ st
+        .next_id
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Checks the prompt against the context, queues the job, and answers (JSON or SSE).
-async fn generate(st: &AppState, endpoint: Endpoint, prompt: Vec<u32>, settings: GenerationSettings, default_max_tokens: usize) -> Result<Response, ApiError> {
+async fn generate(
+    st: &AppState,
+    endpoint: Endpoint,
+    prompt: Vec<u32>,
+    settings: GenerationSettings,
+    default_max_tokens: usize,
+) -> Result<Response, ApiError> {
     if prompt.is_empty() {
         return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
     }
@@ -240,19 +329,45 @@ async fn generate(st: &AppState, endpoint: Endpoint, prompt: Vec<u32>, settings:
     let n = st.next_id.fetch_add(1, Ordering::Relaxed);
     let meta = ResponseMeta {
         endpoint,
-        id: format!("{}-{n:016x}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }),
-        created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        id: format!(
+            "{}-{n:016x}",
+            if endpoint == Endpoint::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            }
+        ),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         model: st.model_name.clone(),
     };
-    let (job, rx) = GenerationJob::new(prompt, max_tokens, settings.sampling, settings.stop, settings.ignore_eos);
+    let (job, rx) = GenerationJob::new(
+        prompt,
+        max_tokens,
+        settings.sampling,
+        settings.stop,
+        settings.ignore_eos,
+    );
     st.engine.submit(job).map_err(|e| match e {
         SubmitError::QueueFull(waiting) => ApiError::queue_full(waiting),
         SubmitError::Stopped => ApiError::unavailable("the engine has stopped"),
     })?;
     if settings.stream {
-        let state = StreamState { meta, rx, include_usage: settings.include_usage, phase: Phase::Start, queue: VecDeque::new() };
-        let events = futures_util::stream::unfold(state, |mut s| async move { s.next_event().await.map(|e| (Ok::<_, Infallible>(e), s)) });
-        Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+        let state = StreamState {
+            meta,
+            rx,
+            include_usage: settings.include_usage,
+            phase: Phase::Start,
+            queue: VecDeque::new(),
+        };
+        let events = futures_util::stream::unfold(state, |mut s| async move {
+            s.next_event().await.map(|e| (Ok::<_, Infallible>(e), s))
+        });
+        Ok(Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response())
     } else {
         collect_answer(meta, rx).await
     }
@@ -272,7 +387,9 @@ async fn collect_answer(meta: ResponseMeta, mut rx: JobReceiver) -> Result<Respo
             ids.extend(f.tail.token_ids);
             Ok(Json(meta.full(&text, &ids, f.finish, f.usage)).into_response())
         }
-        Ok(Err(reason)) => Err(ApiError::unavailable(format!("generation failed: {reason}"))),
+        Ok(Err(reason)) => Err(ApiError::unavailable(format!(
+            "generation failed: {reason}"
+        ))),
         Err(_) => Err(ApiError::unavailable("the engine stopped")),
     }
 }
@@ -306,26 +423,46 @@ impl StreamState {
             match self.phase {
                 Phase::Start => {
                     if self.meta.endpoint == Endpoint::Chat {
-                        self.queue.push_back(Self::data(self.meta.chunk(Some(""), &[], true, None)));
+                        self.queue.push_back(Self::data(self.meta.chunk(
+                            Some(""),
+                            &[],
+                            true,
+                            None,
+                        )));
                     }
                     self.phase = Phase::Pieces;
                 }
                 Phase::Pieces => match self.rx.pieces.recv().await {
-                    Some(p) => self.queue.push_back(Self::data(self.meta.chunk(Some(&p.text), &p.token_ids, false, None))),
+                    Some(p) => self.queue.push_back(Self::data(self.meta.chunk(
+                        Some(&p.text),
+                        &p.token_ids,
+                        false,
+                        None,
+                    ))),
                     None => self.phase = Phase::End,
                 },
                 Phase::End => {
                     match (&mut self.rx.done).await {
                         Ok(Ok(f)) => {
                             let text = (!f.tail.text.is_empty()).then_some(f.tail.text.as_str());
-                            self.queue.push_back(Self::data(self.meta.chunk(text, &f.tail.token_ids, false, Some(f.finish))));
+                            self.queue.push_back(Self::data(self.meta.chunk(
+                                text,
+                                &f.tail.token_ids,
+                                false,
+                                Some(f.finish),
+                            )));
                             if self.include_usage {
-                                self.queue.push_back(Self::data(self.meta.usage_chunk(f.usage)));
+                                self.queue
+                                    .push_back(Self::data(self.meta.usage_chunk(f.usage)));
                             }
                             self.queue.push_back(Event::default().data("[DONE]"));
                         }
-                        Ok(Err(reason)) => self.queue.push_back(Self::data(ApiError::unavailable(format!("generation failed: {reason}")).body())),
-                        Err(_) => self.queue.push_back(Self::data(ApiError::unavailable("the engine stopped").body())),
+                        Ok(Err(reason)) => self.queue.push_back(Self::data(
+                            ApiError::unavailable(format!("generation failed: {reason}")).body(),
+                        )),
+                        Err(_) => self.queue.push_back(Self::data(
+                            ApiError::unavailable("the engine stopped").body(),
+                        )),
                     }
                     self.phase = Phase::Closed;
                 }

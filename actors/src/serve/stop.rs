@@ -23,19 +23,33 @@ pub struct StopOutcome {
 impl StopMatcher {
     /// A matcher for `stops` (empty strings are ignored).
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new() }
+        Self {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+        }
     }
 
     /// Adds newly decoded text.
     pub fn push(&mut self, text: &str) -> StopOutcome {
         self.held.push_str(text);
         if self.stops.is_empty() {
-            return StopOutcome { release: std::mem::take(&mut self.held), stopped: false };
+            return StopOutcome {
+                release: std::mem::take(&mut self.held),
+                stopped: false,
+            };
         }
         // The earliest stop string occurrence ends the output.
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             self.held.truncate(at);
-            return StopOutcome { release: std::mem::take(&mut self.held), stopped: true };
+            return StopOutcome {
+                release: std::mem::take(&mut self.held),
+                stopped: true,
+            };
         }
         // Hold back the longest suffix that is a proper prefix of some stop string.
         let keep = self
@@ -46,7 +60,10 @@ impl StopMatcher {
             .unwrap_or(0);
         let cut = self.held.len() - keep;
         let rest = self.held.split_off(cut);
-        StopOutcome { release: std::mem::replace(&mut self.held, rest), stopped: false }
+        StopOutcome {
+            release: std::mem::replace(&mut self.held, rest),
+            stopped: false,
+        }
     }
 
     /// Everything still held (generation ended for another reason).
@@ -61,7 +78,11 @@ fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let max = (stop.len() - 1).min(text.len());
     (1..=max)
         .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n)
+                && stop.is_char_boundary(n)
+                && text.ends_with(&stop[..n])
+        })
         .unwrap_or(0)
 }
 
@@ -88,7 +109,13 @@ mod tests {
         let mut m = StopMatcher::new(vec!["END".into()]);
         assert_eq!(m.push("abc E").release, "abc ");
         assert_eq!(m.push("N").release, "");
-        assert_eq!(m.push("D tail"), StopOutcome { release: String::new(), stopped: true });
+        assert_eq!(
+            m.push("D tail"),
+            StopOutcome {
+                release: String::new(),
+                stopped: true
+            }
+        );
     }
 
     #[test]

@@ -38,13 +38,17 @@ impl Rng {
         let mut v = Vec::with_capacity(n);
         while v.len() < n {
             let scale = 2f32.powi((self.next_u64() % 13) as i32 - 6);
-            let offset = if self.next_u64() % 5 == 0 {
+            let offset = if self.next_u64().is_multiple_of(5) {
                 self.signed() * scale
             } else {
                 0.0
             };
             for _ in 0..32.min(n - v.len()) {
-                let outlier = if self.next_u64() % 64 == 0 { 8.0 } else { 1.0 };
+                let outlier = if self.next_u64().is_multiple_of(64) {
+                    8.0
+                } else {
+                    1.0
+                };
                 v.push(self.normalish() * scale * outlier + offset);
             }
         }

@@ -58,13 +58,22 @@ pub struct LocalExperts {
 }
 
 impl ExpertBackend for LocalExperts {
-    fn begin(&mut self, _: &Model, _: usize, h: &[f32], routing: &Routing) -> Result<(), RuntimeError> {
+    fn begin(
+        &mut self,
+        _: &Model,
+        _: usize,
+        h: &[f32],
+        routing: &Routing,
+    ) -> Result<(), RuntimeError> {
         self.pending = Some((h.to_vec(), routing.clone()));
         Ok(())
     }
 
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
-        let (h, routing) = self.pending.take().ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
+        let (h, routing) = self
+            .pending
+            .take()
+            .ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
         apply_routes(model, layer, &h, &routing.routes(), out)
     }
 }
@@ -86,7 +95,11 @@ impl Routing {
         (0..self.n_tokens())
             .flat_map(|t| {
                 let (es, ws) = self.token(t);
-                es.iter().zip(ws).map(move |(&expert, &weight)| Route { token: t as u32, expert, weight })
+                es.iter().zip(ws).map(move |(&expert, &weight)| Route {
+                    token: t as u32,
+                    expert,
+                    weight,
+                })
             })
             .collect()
     }
@@ -95,13 +108,27 @@ impl Routing {
 /// Adds `weight · Expert_e(h[token])` into `out[token]` for every route: tokens are grouped
 /// by expert, experts run in ascending order (a fixed summation order), each expert once on
 /// all its tokens. `h` and `out` are `[t, D]`.
-pub fn apply_routes(model: &Model, layer: usize, h: &[f32], routes: &[Route], out: &mut [f32]) -> Result<(), RuntimeError> {
-    let moe = model.layers.get(layer).and_then(|l| l.moe.as_ref()).ok_or_else(|| RuntimeError::InvalidInput(format!("layer {layer} is not a MoE layer")))?;
+pub fn apply_routes(
+    model: &Model,
+    layer: usize,
+    h: &[f32],
+    routes: &[Route],
+    out: &mut [f32],
+) -> Result<(), RuntimeError> {
+    let moe = model
+        .layers
+        .get(layer)
+        .and_then(|l| l.moe.as_ref())
+        .ok_or_else(|| RuntimeError::InvalidInput(format!("layer {layer} is not a MoE layer")))?;
     let d = model.cfg.n_embd;
     let n_experts = model.cfg.n_experts;
     let n_tokens = h.len() / d;
     if out.len() != h.len() {
-        return Err(RuntimeError::InvalidInput(format!("routed output has {} values, input {}", out.len(), h.len())));
+        return Err(RuntimeError::InvalidInput(format!(
+            "routed output has {} values, input {}",
+            out.len(),
+            h.len()
+        )));
     }
     let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_experts];
     for r in routes {
@@ -126,7 +153,10 @@ pub fn apply_routes(model: &Model, layer: usize, h: &[f32], routes: &[Route], ou
         y.resize(toks.len() * d, 0.0);
         expert_ffn(model, moe, e, &x, toks.len(), &mut y)?;
         for (i, &(t, w)) in toks.iter().enumerate() {
-            for (o, &v) in out[t * d..(t + 1) * d].iter_mut().zip(&y[i * d..(i + 1) * d]) {
+            for (o, &v) in out[t * d..(t + 1) * d]
+                .iter_mut()
+                .zip(&y[i * d..(i + 1) * d])
+            {
                 *o += w * v;
             }
         }

@@ -52,12 +52,15 @@ impl Backing {
             Self::Mapped(m) => m.get(offset..end),
             Self::Owned(v) => v.get(offset..end),
             Self::Regions(regions) => {
-                let i = regions.partition_point(|r| r.start <= offset).checked_sub(1)?;
+                let i = regions
+                    .partition_point(|r| r.start <= offset)
+                    .checked_sub(1)?;
                 let r = &regions[i];
                 if end > r.start + r.len {
                     return None;
                 }
-                r.map.get(r.delta + offset - r.start..r.delta + end - r.start)
+                r.map
+                    .get(r.delta + offset - r.start..r.delta + end - r.start)
             }
         }
     }
@@ -73,15 +76,33 @@ impl Backing {
 }
 
 /// Maps `[start, start + len)` of `file` (page-aligned underneath).
-fn map_region(file: &std::fs::File, path: &Path, start: usize, len: usize) -> Result<Region, RuntimeError> {
+fn map_region(
+    file: &std::fs::File,
+    path: &Path,
+    start: usize,
+    len: usize,
+) -> Result<Region, RuntimeError> {
     const PAGE_BYTES: usize = 4096;
     let aligned = start / PAGE_BYTES * PAGE_BYTES;
     let delta = start - aligned;
     // SAFETY: as in `GgufFile::open`: a read-only private map of a model file that is not
     // modified while in use.
-    let map = unsafe { memmap2::MmapOptions::new().offset(aligned as u64).len(delta + len).map(file) }
-        .map_err(|source| RuntimeError::Io { path: path.display().to_string(), source })?;
-    Ok(Region { start, len, delta, map })
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(aligned as u64)
+            .len(delta + len)
+            .map(file)
+    }
+    .map_err(|source| RuntimeError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Region {
+        start,
+        len,
+        delta,
+        map,
+    })
 }
 
 /// Where a tensor lives.
@@ -179,10 +200,16 @@ impl GgufFile {
     /// The rest of the file is neither mapped nor read: an expert node maps its own experts
     /// only, a router none of the experts it does not compute. Accessing an unmapped range
     /// is an error naming the tensor, never a fault.
-    pub fn open_mapped(path: impl AsRef<Path>, plan: &dyn Fn(&TensorInfo) -> Vec<std::ops::Range<usize>>) -> Result<Self, RuntimeError> {
+    pub fn open_mapped(
+        path: impl AsRef<Path>,
+        plan: &dyn Fn(&TensorInfo) -> Vec<std::ops::Range<usize>>,
+    ) -> Result<Self, RuntimeError> {
         let mut file = Self::open(path)?;
         for (shard, path) in file.paths.clone().iter().enumerate() {
-            let handle = std::fs::File::open(path).map_err(|source| RuntimeError::Io { path: path.display().to_string(), source })?;
+            let handle = std::fs::File::open(path).map_err(|source| RuntimeError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
             let mut regions = Vec::new();
             for info in file.tensors.iter().filter(|t| t.shard == shard) {
                 for r in plan(info) {
@@ -205,11 +232,19 @@ impl GgufFile {
 
     /// File bytes `[offset, offset + len)` of shard `shard`, or an error naming `what` when
     /// that range is not mapped in this process.
-    pub fn range(&self, what: &str, shard: usize, offset: usize, len: usize) -> Result<&[u8], RuntimeError> {
+    pub fn range(
+        &self,
+        what: &str,
+        shard: usize,
+        offset: usize,
+        len: usize,
+    ) -> Result<&[u8], RuntimeError> {
         self.shards
             .get(shard)
             .and_then(|b| b.range(offset, len))
-            .ok_or_else(|| RuntimeError::NotMapped { what: what.to_string() })
+            .ok_or_else(|| RuntimeError::NotMapped {
+                what: what.to_string(),
+            })
     }
 
     /// Parses a single-file GGUF held in memory (tests and fuzzing).
@@ -225,7 +260,12 @@ impl GgufFile {
             let bytes = match shard {
                 Backing::Mapped(m) => &m[..],
                 Backing::Owned(v) => &v[..],
-                Backing::Regions(_) => return Err(RuntimeError::gguf(path, "cannot parse a partially mapped file")),
+                Backing::Regions(_) => {
+                    return Err(RuntimeError::gguf(
+                        path,
+                        "cannot parse a partially mapped file",
+                    ))
+                }
             };
             let header = parse_header(bytes, i).map_err(|e| e.in_file(path))?;
             hasher.update(&bytes[..header.header_len]);

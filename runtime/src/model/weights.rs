@@ -66,7 +66,11 @@ impl ExpertsWeight {
     pub fn shard(&self) -> usize {
         self.shard
     }
-    pub(super) fn expert<'a>(&self, file: &'a GgufFile, e: usize) -> Result<QMatrix<'a>, RuntimeError> {
+    pub(super) fn expert<'a>(
+        &self,
+        file: &'a GgufFile,
+        e: usize,
+    ) -> Result<QMatrix<'a>, RuntimeError> {
         if e >= self.n_experts {
             return Err(RuntimeError::InvalidInput(format!(
                 "expert {e} out of range for {} ({} experts)",
@@ -74,8 +78,15 @@ impl ExpertsWeight {
             )));
         }
         let data = file
-            .range(&self.name, self.shard, self.expert_offset(e), self.expert_bytes)
-            .map_err(|_| RuntimeError::NotMapped { what: format!("expert {e} of {}", self.name) })?;
+            .range(
+                &self.name,
+                self.shard,
+                self.expert_offset(e),
+                self.expert_bytes,
+            )
+            .map_err(|_| RuntimeError::NotMapped {
+                what: format!("expert {e} of {}", self.name),
+            })?;
         Ok(QMatrix::new(self.ty, self.rows, self.cols, data)?)
     }
 }

@@ -4,14 +4,28 @@ use super::{Tokenizer, TokenizerSpec};
 use crate::gguf::{GgufFile, Value};
 use crate::RuntimeError;
 
-fn strings(file: &GgufFile, key: &'static str, required: bool) -> Result<Vec<String>, RuntimeError> {
+fn strings(
+    file: &GgufFile,
+    key: &'static str,
+    required: bool,
+) -> Result<Vec<String>, RuntimeError> {
     match file.metadata(key) {
         None if !required => Ok(Vec::new()),
-        None => Err(RuntimeError::TokenizerInvalid { key, detail: "missing".into() }),
+        None => Err(RuntimeError::TokenizerInvalid {
+            key,
+            detail: "missing".into(),
+        }),
         Some(v) => v
             .as_array()
-            .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| RuntimeError::TokenizerInvalid { key, detail: "not an array of strings".into() }),
+            .and_then(|a| {
+                a.iter()
+                    .map(|s| s.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| RuntimeError::TokenizerInvalid {
+                key,
+                detail: "not an array of strings".into(),
+            }),
     }
 }
 
@@ -22,7 +36,10 @@ fn id(file: &GgufFile, key: &'static str) -> Result<Option<u32>, RuntimeError> {
             .as_u64()
             .and_then(|x| u32::try_from(x).ok())
             .map(Some)
-            .ok_or_else(|| RuntimeError::TokenizerInvalid { key, detail: format!("not a token id: {v:?}") }),
+            .ok_or_else(|| RuntimeError::TokenizerInvalid {
+                key,
+                detail: format!("not a token id: {v:?}"),
+            }),
     }
 }
 
@@ -31,24 +48,43 @@ impl Tokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Self, RuntimeError> {
         let model = match file.metadata("tokenizer.ggml.model") {
             Some(Value::String(s)) => s.clone(),
-            _ => return Err(RuntimeError::TokenizerInvalid { key: "tokenizer.ggml.model", detail: "missing or not a string".into() }),
+            _ => {
+                return Err(RuntimeError::TokenizerInvalid {
+                    key: "tokenizer.ggml.model",
+                    detail: "missing or not a string".into(),
+                })
+            }
         };
         let token_types = match file.metadata("tokenizer.ggml.token_type") {
             None => Vec::new(),
             Some(v) => v
                 .as_array()
-                .and_then(|a| a.iter().map(|x| x.as_i64().and_then(|i| i32::try_from(i).ok())).collect::<Option<Vec<_>>>())
-                .ok_or_else(|| RuntimeError::TokenizerInvalid { key: "tokenizer.ggml.token_type", detail: "not an integer array".into() })?,
+                .and_then(|a| {
+                    a.iter()
+                        .map(|x| x.as_i64().and_then(|i| i32::try_from(i).ok()))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| RuntimeError::TokenizerInvalid {
+                    key: "tokenizer.ggml.token_type",
+                    detail: "not an integer array".into(),
+                })?,
         };
         let spec = TokenizerSpec {
             model,
             tokens: strings(file, "tokenizer.ggml.tokens", true)?,
             token_types,
             merges: strings(file, "tokenizer.ggml.merges", false)?,
-            pre: file.metadata("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default").to_owned(),
+            pre: file
+                .metadata("tokenizer.ggml.pre")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_owned(),
             bos: id(file, "tokenizer.ggml.bos_token_id")?,
             eos: id(file, "tokenizer.ggml.eos_token_id")?,
-            add_bos: file.metadata("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
+            add_bos: file
+                .metadata("tokenizer.ggml.add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         };
         Self::new(spec)
     }

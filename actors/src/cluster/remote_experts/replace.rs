@@ -27,7 +27,12 @@ pub const REASSIGN_TIMEOUT_MS: u64 = 60_000;
 
 impl RemoteExperts {
     /// Reloads `path` on every SIGHUP (for a model with these MoE layers and experts).
-    pub fn watch_placement(&mut self, path: PathBuf, moe_layers: Vec<usize>, n_experts: usize) -> anyhow::Result<()> {
+    pub fn watch_placement(
+        &mut self,
+        path: PathBuf,
+        moe_layers: Vec<usize>,
+        n_experts: usize,
+    ) -> anyhow::Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let mut hup = {
             let _guard = self.rt.enter();
@@ -37,11 +42,19 @@ impl RemoteExperts {
             while hup.recv().await.is_some() {
                 let parsed = std::fs::read_to_string(&path)
                     .map_err(|e| e.to_string())
-                    .and_then(|text| Placement::parse(&text, &moe_layers, n_experts).map_err(|e| e.to_string()));
+                    .and_then(|text| {
+                        Placement::parse(&text, &moe_layers, n_experts).map_err(|e| e.to_string())
+                    });
                 match parsed {
-                    Err(e) => eprintln!("refused new placement {}: {e}; keeping the current one", path.display()),
+                    Err(e) => eprintln!(
+                        "refused new placement {}: {e}; keeping the current one",
+                        path.display()
+                    ),
                     Ok(p) => {
-                        eprintln!("new placement {} parsed; applying at the next step", path.display());
+                        eprintln!(
+                            "new placement {} parsed; applying at the next step",
+                            path.display()
+                        );
                         if tx.try_send(p).is_err() {
                             eprintln!("a re-placement is already pending; this one is dropped");
                         }
@@ -55,7 +68,9 @@ impl RemoteExperts {
 
     /// Applies a pending new placement, if any (called at step boundaries).
     pub(super) fn apply_reloaded_placement(&mut self) {
-        let Some(new) = self.reload.as_ref().and_then(|rx| rx.try_recv().ok()) else { return };
+        let Some(new) = self.reload.as_ref().and_then(|rx| rx.try_recv().ok()) else {
+            return;
+        };
         match self.replace_placement(new) {
             Ok(()) => eprintln!("placement replaced (epoch {})", self.epoch),
             Err(e) => eprintln!("refused new placement: {e}; keeping the current one"),
@@ -66,15 +81,28 @@ impl RemoteExperts {
     pub fn replace_placement(&mut self, new: Placement) -> Result<(), String> {
         let old_nodes = self.placement.nodes();
         let same_nodes = old_nodes.len() == new.nodes().len()
-            && old_nodes.iter().zip(new.nodes()).all(|(a, b)| a.name == b.name && a.addr == b.addr);
+            && old_nodes
+                .iter()
+                .zip(new.nodes())
+                .all(|(a, b)| a.name == b.name && a.addr == b.addr);
         if !same_nodes {
-            return Err("live re-placement cannot add, remove, rename or move nodes; restart the router".into());
+            return Err(
+                "live re-placement cannot add, remove, rename or move nodes; restart the router"
+                    .into(),
+            );
         }
         for (i, link) in self.links.iter().enumerate() {
             let idx = NodeIndex(i as u16);
-            let moved = self.placement.moe_layers().iter().any(|&l| self.placement.experts_of(idx, l) != new.experts_of(idx, l));
+            let moved = self
+                .placement
+                .moe_layers()
+                .iter()
+                .any(|&l| self.placement.experts_of(idx, l) != new.experts_of(idx, l));
             if link.is_none() && moved {
-                return Err(format!("the local node {}'s experts cannot change live; restart the router", old_nodes[i].name.as_str()));
+                return Err(format!(
+                    "the local node {}'s experts cannot change live; restart the router",
+                    old_nodes[i].name.as_str()
+                ));
             }
         }
         self.epoch += 1;
@@ -88,8 +116,14 @@ impl RemoteExperts {
         for (i, link) in self.links.iter().enumerate() {
             if let Some(link) = link {
                 let idx = NodeIndex(i as u16);
-                let expected = new.moe_layers().iter().filter_map(|&l| new.experts_of(idx, l).map(|s| (l, s.clone()))).collect();
-                let _ = link.actor.cast(PeerLinkMsg::SetExpected(std::sync::Arc::new(expected)));
+                let expected = new
+                    .moe_layers()
+                    .iter()
+                    .filter_map(|&l| new.experts_of(idx, l).map(|s| (l, s.clone())))
+                    .collect();
+                let _ = link
+                    .actor
+                    .cast(PeerLinkMsg::SetExpected(std::sync::Arc::new(expected)));
             }
         }
         // Old steps are done: nodes may release what they no longer own. A node that fails
@@ -106,10 +140,18 @@ impl RemoteExperts {
         let mut waiting = Vec::new();
         for (i, link) in self.links.iter().enumerate() {
             let Some(link) = link else { continue };
-            let Some(node) = placement.node(NodeIndex(i as u16)) else { continue };
+            let Some(node) = placement.node(NodeIndex(i as u16)) else {
+                continue;
+            };
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let msg = Reassign { epoch: self.epoch, phase, shards: ShardSummary::of_node(node) };
-            link.actor.cast(PeerLinkMsg::Reassign(msg, tx)).map_err(|e| format!("node {}: {e}", link.shared.name))?;
+            let msg = Reassign {
+                epoch: self.epoch,
+                phase,
+                shards: ShardSummary::of_node(node),
+            };
+            link.actor
+                .cast(PeerLinkMsg::Reassign(msg, tx))
+                .map_err(|e| format!("node {}: {e}", link.shared.name))?;
             waiting.push((link.shared.name.clone(), rx));
         }
         for (name, rx) in waiting {
@@ -117,7 +159,11 @@ impl RemoteExperts {
                 Ok(Ok(ack)) if ack.error.is_empty() => {}
                 Ok(Ok(ack)) => return Err(format!("node {name} refused {phase:?}: {}", ack.error)),
                 Ok(Err(e)) => return Err(format!("node {name}: {e}")),
-                Err(_) => return Err(format!("node {name} did not answer {phase:?} within {REASSIGN_TIMEOUT_MS} ms")),
+                Err(_) => {
+                    return Err(format!(
+                        "node {name} did not answer {phase:?} within {REASSIGN_TIMEOUT_MS} ms"
+                    ))
+                }
             }
         }
         Ok(())
