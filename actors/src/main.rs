@@ -71,6 +71,8 @@ enum Role {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// llama-bench-style throughput table (pp512 / tg128) for comparisons with llama.cpp.
+    Bench(cli::bench::BenchArgs),
     /// Generate text from a prompt, streaming it, and report tokens/s.
     Run(cli::run::RunArgs),
     /// Teacher-forced float32 logits [T, vocab] as .npy (the verification interface).
@@ -129,6 +131,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .context("give a subcommand (run, logits, tokenize, synth, serve) or --role; see --help")?
     {
         Command::Run(a) => cli::run::run(a),
+        Command::Bench(a) => cli::bench::run(a),
         Command::Logits(a) => cli::logits::run(a),
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Synth(a) => cli::synth::run(a),
