@@ -26,11 +26,6 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Opens the model and applies the thread setting.
-    pub fn load(&self) -> anyhow::Result<Model> {
-        self.load_for(None)
-    }
-
     /// Opens the model for a router using `cluster`'s placement, if any: routed experts of
     /// remote nodes are not mapped at all, only those of `local` nodes.
     pub fn load_for(&self, cluster: Option<&RouterArgs>) -> anyhow::Result<Model> {

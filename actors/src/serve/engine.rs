@@ -215,23 +215,36 @@ pub fn start(
         .name("engine".into())
         .spawn(move || {
             let loaded = (|| -> anyhow::Result<(Engine, ModelInfo, Option<LinkHealth>)> {
-                let model = model_args.load()?;
+                let model = model_args.load_for(Some(&cluster))?;
                 let tokenizer = Arc::new(Tokenizer::from_gguf(model.file())?);
                 let (experts, health): (Box<dyn ExpertBackend>, _) =
                     match cluster.load(&model.cfg)? {
                         None => (Box::new(LocalExperts::default()), None),
                         Some((placement, secret)) => {
-                            let remote = RemoteExperts::connect(
+                            let mut remote = RemoteExperts::connect(
                                 &model,
                                 placement,
                                 secret,
                                 &cluster.node_name,
                                 cluster.wire_dtype,
                             )?;
+                            if let Some(path) = &cluster.placement {
+                                // Live re-placement: `kill -HUP` re-reads the placement file.
+                                remote.watch_placement(
+                                    path.clone(),
+                                    model.cfg.moe_layers(),
+                                    model.cfg.n_experts,
+                                )?;
+                            }
                             let health = remote.link_health();
                             (Box::new(remote), Some(health))
                         }
                     };
+                let experts = crate::cli::record::with_recording(
+                    experts,
+                    &model,
+                    cluster.record_routing.as_deref(),
+                )?;
                 let meta_str = |k: &str| {
                     model
                         .file()
