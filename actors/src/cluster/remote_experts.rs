@@ -329,11 +329,11 @@ fn compute_local(
 }
 
 impl Drop for RemoteExperts {
+    /// Stops the link actors; the runtime they run on is dropped with `self` afterwards.
     fn drop(&mut self) {
         for l in self.links.iter().flatten() {
             l.actor.stop(None);
         }
-        let _ = &self.rt;
     }
 }
 
