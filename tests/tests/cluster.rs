@@ -401,3 +401,71 @@ fn killed_expert_with_replica_completes_with_the_same_tokens() {
         serde_json::from_str(&r.next_line(Duration::from_secs(120)).expect("an answer")).unwrap();
     assert_eq!(answer["tokens"], reference["tokens"], "{answer}");
 }
+
+/// `--wire-dtype bf16` rounds hidden states and partial sums to bf16 on the wire: the logits
+/// move (so the option is in force) but the predictions stay: argmax agrees on at least
+/// `BF16_ARGMAX_AGREEMENT_MIN` of all positions of all cases.
+#[test]
+fn bf16_wire_keeps_the_predictions() {
+    const BF16_ARGMAX_AGREEMENT_MIN: f64 = 0.9;
+    let dir = TempDir::new("cluster-bf16");
+    let secret = dir.write("secret", TEST_SECRET);
+    let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
+    let cases = fixture_files()
+        .into_iter()
+        .find(|(m, _)| *m == model)
+        .unwrap()
+        .1;
+    let experts = three_experts(&model, &secret);
+    let nodes: Vec<(&str, &str, &str, &str)> = vec![
+        ("e1", &experts[0].addr, "0-127", ""),
+        ("e2", &experts[1].addr, "128-255", ""),
+        ("e3", &experts[2].addr, "256-383", ""),
+    ];
+    let placement = dir.write("p.toml", &placement_toml(&nodes));
+    let (mut agree, mut total, mut max_diff) = (0usize, 0usize, 0f32);
+    for case in &cases {
+        let (single, _) = logits(&model, &case.tokens, &dir, "single", None);
+        let toks: Vec<String> = case.tokens.iter().map(u32::to_string).collect();
+        let out = dir.path().join("bf16.npy");
+        moe_node_ok(&[
+            "logits",
+            "--model",
+            &s(&model),
+            "--tokens",
+            &toks.join(","),
+            "--out",
+            &s(&out),
+            "--placement",
+            &s(&placement),
+            "--secret-file",
+            &s(&secret),
+            "--wire-dtype",
+            "bf16",
+        ]);
+        let bf16 = npy::read_f32(&out).unwrap().data;
+        let vocab = single.len() / case.tokens.len();
+        for (a, b) in single.chunks_exact(vocab).zip(bf16.chunks_exact(vocab)) {
+            let am = |v: &[f32]| {
+                v.iter()
+                    .enumerate()
+                    .fold(0, |m, (i, &x)| if x > v[m] { i } else { m })
+            };
+            agree += usize::from(am(a) == am(b));
+            total += 1;
+            max_diff = a
+                .iter()
+                .zip(b)
+                .fold(max_diff, |m, (x, y)| m.max((x - y).abs()));
+        }
+    }
+    assert!(
+        max_diff > 0.0,
+        "bf16 on the wire changed nothing: is the option ignored?"
+    );
+    let rate = agree as f64 / total as f64;
+    assert!(
+        rate >= BF16_ARGMAX_AGREEMENT_MIN,
+        "argmax agreement {rate:.3} (max |diff| {max_diff})"
+    );
+}
