@@ -17,6 +17,7 @@ use std::path::Path;
 use moe_runtime::gguf::GgufFile;
 use moe_runtime::npy;
 use moe_runtime::tokenizer::Tokenizer;
+use moe_tests::fixtures::{fixture_cases, ids};
 use moe_tests::{fixtures_dir, moe_node, moe_node_ok};
 use serde_json::Value;
 
@@ -26,14 +27,6 @@ const LOGIT_ABS_TOL: f32 = 2e-3;
 const HIDDEN_REL_TOL: f32 = 1e-4;
 /// Tokens `run` generates, the length of every `greedy_continuation`.
 const CONTINUATION_TOKENS: usize = 16;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an array of token ids")
-        .iter()
-        .map(|t| t.as_u64().expect("a token id") as u32)
-        .collect()
-}
 
 /// A path as a command-line argument (fixture and scratch paths are UTF-8).
 fn path_str(p: &Path) -> &str {
@@ -63,52 +56,36 @@ struct Case<'a> {
 
 /// Runs every check on every case of every GGUF in fixture folder `dir`; returns a report.
 fn check_fixture_dir(dir: &str) -> Vec<String> {
-    let root = fixtures_dir().join(dir);
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap())
-            .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let mut report = Vec::new();
-    for (tag, file) in manifest["files"].as_object().unwrap() {
-        let gguf = root.join(file["gguf"].as_str().unwrap());
-        let ref_dir = root.join(file["reference"].as_str().unwrap());
-        let cases = file
-            .get("cases")
-            .unwrap_or(&manifest["cases"])
-            .as_array()
-            .unwrap();
-        let near_ties = file
-            .get("near_ties")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&gguf).unwrap()).unwrap();
-        for (ci, case) in cases.iter().enumerate() {
-            let tokens = ids(&case["tokens"]);
-            let limit = near_ties
-                .iter()
-                .filter(|t| t["case"].as_u64() == Some(ci as u64))
-                .map(|t| t["position"].as_u64().unwrap() as usize)
-                .min()
-                .unwrap_or(tokens.len());
-            let c = Case {
-                what: format!("{dir}/{tag} case {ci}"),
-                gguf: &gguf,
-                ref_dir: &ref_dir,
-                case,
-                tokens,
-                limit,
-            };
-            check_tokenize(&c);
-            let max_diff = check_logits(&c, &scratch.path().join(format!("{tag}-{ci}")));
-            let continuation = check_run(&c, &tokenizer);
-            report.push(format!(
-                "{}: tokenize ok, {} of {} positions checked, max|dlogit| {max_diff:.2e}, continuation {continuation}",
-                c.what,
-                c.limit,
-                c.tokens.len()
-            ));
+    let mut tokenizer: Option<(std::path::PathBuf, Tokenizer)> = None;
+    for (ci, fc) in fixture_cases(dir).into_iter().enumerate() {
+        if tokenizer
+            .as_ref()
+            .map(|(p, _)| p != &fc.gguf)
+            .unwrap_or(true)
+        {
+            let t = Tokenizer::from_gguf(&GgufFile::open(&fc.gguf).unwrap()).unwrap();
+            tokenizer = Some((fc.gguf.clone(), t));
         }
+        let tokenizer = &tokenizer.as_ref().unwrap().1;
+        let c = Case {
+            what: fc.what.clone(),
+            gguf: &fc.gguf,
+            ref_dir: &fc.ref_dir,
+            case: &fc.json,
+            tokens: fc.tokens.clone(),
+            limit: fc.limit,
+        };
+        check_tokenize(&c);
+        let max_diff = check_logits(&c, &scratch.path().join(format!("case-{ci}")));
+        let continuation = check_run(&c, tokenizer);
+        report.push(format!(
+            "{}: tokenize ok, {} of {} positions checked, max|dlogit| {max_diff:.2e}, continuation {continuation}",
+            c.what,
+            c.limit,
+            c.tokens.len()
+        ));
     }
     report
 }

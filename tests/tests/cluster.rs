@@ -9,57 +9,20 @@ use moe_runtime::npy;
 use moe_tests::cluster::{
     placement_toml, start_expert, start_router, Expert, TempDir, TEST_SECRET,
 };
+use moe_tests::fixtures::{all_fixture_cases, FixtureCase};
 use moe_tests::{fixtures_dir, moe_node, moe_node_ok};
 use serde_json::Value;
 
 /// Largest |cluster logit - single-process logit| (partial sums are added in another order).
 const CLUSTER_LOGIT_TOL: f32 = 1e-5;
 
-struct Case {
-    tokens: Vec<u32>,
-    prompt: String,
-    /// Positions before the first near tie (all, if none).
-    limit: usize,
-}
-
-fn fixture_files() -> Vec<(PathBuf, Vec<Case>)> {
-    let mut out = Vec::new();
-    for dir in ["kimi-k25-tiny", "kimi-k25-kq"] {
-        let root = fixtures_dir().join(dir);
-        let m: Value =
-            serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap())
-                .unwrap();
-        for (_, file) in m["files"].as_object().unwrap() {
-            let cases = file.get("cases").unwrap_or(&m["cases"]).as_array().unwrap();
-            let ties = file
-                .get("near_ties")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let cases = cases
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let tokens: Vec<u32> = c["tokens"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|t| t.as_u64().unwrap() as u32)
-                        .collect();
-                    let limit = ties
-                        .iter()
-                        .filter(|t| t["case"].as_u64() == Some(i as u64))
-                        .map(|t| t["position"].as_u64().unwrap() as usize)
-                        .min()
-                        .unwrap_or(tokens.len());
-                    Case {
-                        prompt: c["prompt"].as_str().unwrap().to_string(),
-                        tokens,
-                        limit,
-                    }
-                })
-                .collect();
-            out.push((root.join(file["gguf"].as_str().unwrap()), cases));
+/// The fixture cases grouped by GGUF file, in manifest order.
+fn fixture_files() -> Vec<(PathBuf, Vec<FixtureCase>)> {
+    let mut out: Vec<(PathBuf, Vec<FixtureCase>)> = Vec::new();
+    for case in all_fixture_cases() {
+        match out.last_mut() {
+            Some((gguf, cases)) if *gguf == case.gguf => cases.push(case),
+            _ => out.push((case.gguf.clone(), vec![case])),
         }
     }
     out
@@ -137,7 +100,7 @@ fn three_experts(model: &Path, secret: &Path) -> Vec<Expert> {
 /// Compares a cluster run with the single process on every case of one model.
 fn assert_cluster_matches(
     model: &Path,
-    cases: &[Case],
+    cases: &[FixtureCase],
     placement: &Path,
     secret: &Path,
     dir: &TempDir,
