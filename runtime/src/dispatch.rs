@@ -116,6 +116,37 @@ pub fn plan_routes(
 }
 
 impl NodeWork {
+    /// Splits into parts of at most `max_rows` rows each (at least 1), in row order, each
+    /// with its own routes re-indexed: for frames that must stay under the wire's limits.
+    pub fn split(self, max_rows: usize) -> Vec<NodeWork> {
+        let max_rows = max_rows.max(1);
+        if self.rows.len() <= max_rows {
+            return vec![self];
+        }
+        self.rows
+            .chunks(max_rows)
+            .enumerate()
+            .map(|(i, rows)| {
+                let start = (i * max_rows) as u32;
+                let end = start + rows.len() as u32;
+                let routes = self
+                    .routes
+                    .iter()
+                    .filter(|r| (start..end).contains(&r.token))
+                    .map(|r| Route {
+                        token: r.token - start,
+                        ..*r
+                    })
+                    .collect();
+                NodeWork {
+                    node: self.node,
+                    rows: rows.to_vec(),
+                    routes,
+                }
+            })
+            .collect()
+    }
+
     /// The routes with batch rows instead of indices into `rows`.
     pub fn batch_routes(&self) -> Vec<Route> {
         self.routes
@@ -169,6 +200,22 @@ shards = "2-7"
             rows.dedup();
             assert_eq!(rows, w.rows);
             assert!(w.routes.iter().all(|r| (r.token as usize) < w.rows.len()));
+        }
+    }
+
+    #[test]
+    fn split_keeps_every_route_with_its_row() {
+        let plan = plan_step(&routing(), 1, &placement(), &|_| true).unwrap();
+        for work in plan {
+            let all = work.batch_routes();
+            let parts = work.clone().split(1);
+            assert_eq!(parts.len(), work.rows.len());
+            let mut again: Vec<Route> = parts.iter().flat_map(NodeWork::batch_routes).collect();
+            again.sort_by_key(|r| (r.token, r.expert));
+            let mut want = all.clone();
+            want.sort_by_key(|r| (r.token, r.expert));
+            assert_eq!(again, want);
+            assert_eq!(work.clone().split(100), vec![work]);
         }
     }
 

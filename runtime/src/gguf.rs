@@ -13,8 +13,8 @@ mod value;
 mod writer;
 
 pub use reader::{
-    GgufFile, TensorInfo, TensorView, GGUF_DIMS_MAX, GGUF_KV_MAX, GGUF_NAME_BYTES_MAX,
-    GGUF_SPLITS_MAX, GGUF_STRING_BYTES_MAX, GGUF_TENSORS_MAX,
+    GgufFile, TensorInfo, TensorView, GGUF_ARRAY_ELEMS_MAX, GGUF_DIMS_MAX, GGUF_KV_MAX,
+    GGUF_NAME_BYTES_MAX, GGUF_SPLITS_MAX, GGUF_STRING_BYTES_MAX, GGUF_TENSORS_MAX,
 };
 pub use value::{Value, ValueType};
 pub use writer::{

@@ -350,6 +350,21 @@ fn absurd_counts_are_refused_before_allocating() {
         largest <= SMALL_PARSE_ALLOC_BYTES_MAX,
         "array: allocated {largest} bytes at once"
     );
+    // One element over GGUF_ARRAY_ELEMS_MAX is refused by the limit itself; at the limit, by
+    // the bytes that are there.
+    let max = moe_runtime::gguf::GGUF_ARRAY_ELEMS_MAX;
+    for (count, needle) in [
+        (max + 1, "GGUF_ARRAY_ELEMS_MAX"),
+        (max, "more than the file holds"),
+    ] {
+        let mut bytes = small_file();
+        put_u64(&mut bytes, count_at, count);
+        parse_err(
+            "array at the element limit",
+            bytes,
+            &["tokenizer.ggml.tokens", needle],
+        );
+    }
 }
 
 #[test]

@@ -289,6 +289,14 @@ fn garbage_and_oversized_frames_drop_only_that_connection() {
     );
 }
 
+/// The kill must land during the generation: if the answer is already there, the test would
+/// prove nothing, so it fails and says why.
+fn assert_still_generating(r: &moe_tests::cluster::Node) {
+    if let Some(line) = r.next_line(Duration::ZERO) {
+        panic!("the generation finished before the kill (raise max_tokens): {line}");
+    }
+}
+
 #[test]
 fn killed_expert_without_replica_fails_the_request_and_the_router_recovers() {
     let dir = TempDir::new("cluster-kill");
@@ -309,6 +317,7 @@ fn killed_expert_without_replica_fails_the_request_and_the_router_recovers() {
     // A long generation (seconds), with e2 killed while it runs.
     r.send_line(r#"{"prompt": "def fibonacci(n):", "max_tokens": 3000, "ignore_eos": true}"#);
     std::thread::sleep(Duration::from_millis(300));
+    assert_still_generating(&r);
     let e2_addr = experts[1].addr.clone();
     experts[1].node.kill();
     let answer = r
@@ -359,6 +368,7 @@ fn killed_expert_with_replica_completes_with_the_same_tokens() {
     assert!(reference.get("tokens").is_some(), "{reference}");
     r.send_line(long);
     std::thread::sleep(Duration::from_millis(300));
+    assert_still_generating(&r);
     experts[1].node.kill();
     let answer: Value =
         serde_json::from_str(&r.next_line(Duration::from_secs(120)).expect("an answer")).unwrap();

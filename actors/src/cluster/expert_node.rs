@@ -35,8 +35,12 @@ use crate::telemetry::{self, ErrorKind, LinkEnd, PeerMetrics};
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 2;
 /// Frames queued for one connection's writer.
 pub const WRITER_QUEUE_FRAMES_MAX: usize = 8;
-/// Concurrent connections an expert node accepts.
+/// Authenticated connections an expert node keeps at once.
 pub const CONNECTIONS_MAX: usize = 64;
+/// Handshakes in progress at once (unauthenticated peers hold only these).
+pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 16;
+/// Pause after a failed `accept` before the next one.
+pub const ACCEPT_RETRY_MS: u64 = 100;
 /// The node name when `--node` is not given.
 pub const DEFAULT_NODE_NAME: &str = "expert";
 
@@ -138,12 +142,25 @@ pub fn run(
         telemetry::register_unknown_peer();
         println!("listening on {}", listener.local_addr()?);
         let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
         loop {
-            let (stream, peer) = listener.accept().await?;
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                eprintln!("refusing {peer}: {CONNECTIONS_MAX} connections already open");
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE, ECONNABORTED, ...: transient; the node keeps serving its peers.
+                    eprintln!("accept failed: {e}; retrying in {ACCEPT_RETRY_MS} ms");
+                    tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                    continue;
+                }
+            };
+            // Unauthenticated peers only hold handshake slots, never connection slots.
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                eprintln!(
+                    "refusing {peer}: {HANDSHAKES_IN_FLIGHT_MAX} handshakes already in progress"
+                );
                 continue;
             };
+            let slots = slots.clone();
             let _ = stream.set_nodelay(true);
             // A node re-placed since start advertises what it owns now.
             let mut hs = hs.clone();
@@ -151,10 +168,11 @@ pub fn run(
             let supervisor = supervisor.clone();
             let layers = layers.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_connection(stream, &hs, supervisor, &layers).await {
+                if let Err(e) =
+                    serve_connection(stream, &hs, supervisor, &layers, permit, slots).await
+                {
                     eprintln!("connection from {peer} closed: {e:#}");
                 }
-                drop(permit);
             });
         }
     })
@@ -177,6 +195,8 @@ async fn serve_connection<S>(
     hs: &HandshakeConfig,
     supervisor: ActorRef<NodeSupervisorMsg>,
     shape_layers: &(usize, Vec<usize>),
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -187,6 +207,10 @@ where
             telemetry::peer_error(telemetry::UNKNOWN_PEER, ErrorKind::Handshake);
             return Err(e).context("handshake refused");
         }
+    };
+    drop(handshake_permit);
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        bail!("{CONNECTIONS_MAX} authenticated connections already open");
     };
     eprintln!("peer {} connected", peer.name.as_str());
     let metrics = PeerMetrics::new(peer.name.as_str(), LinkEnd::Expert);

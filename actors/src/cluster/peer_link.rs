@@ -97,6 +97,7 @@ pub struct PeerLinkState {
     next_attempt: Instant,
     backoff_ms: u64,
     heartbeats: u64,
+    last_heartbeat: Instant,
 }
 
 /// The router's link to one expert node.
@@ -168,6 +169,7 @@ impl Actor for PeerLinkActor {
             next_attempt: now,
             backoff_ms: 50,
             heartbeats: 0,
+            last_heartbeat: now,
         })
     }
 
@@ -210,8 +212,11 @@ impl Actor for PeerLinkActor {
                             format!("silent for more than {PEER_TIMEOUT_MS} ms"),
                             ErrorKind::Timeout,
                         );
-                    } else {
+                    } else if now.duration_since(st.last_heartbeat)
+                        >= Duration::from_millis(HEARTBEAT_INTERVAL_MS)
+                    {
                         st.heartbeats += 1;
+                        st.last_heartbeat = now;
                         let _ = c.tx.try_send(Message::Heartbeat(Heartbeat {
                             counter: st.heartbeats,
                         }));

@@ -19,7 +19,7 @@ use moe_runtime::model::Model;
 use moe_runtime::placement::{NodeAddr, NodeIndex, NodeName, Placement};
 use moe_runtime::wire::{
     decode_hidden, ClusterSecret, ExpertRequest, ExpertRoute, HandshakeConfig, ModelShape,
-    ShardSummary, WireDtype,
+    ShardSummary, WireDtype, EXPERTS_PER_TOKEN_MAX, FRAME_BYTES_MAX, TOKENS_PER_FRAME_MAX,
 };
 use moe_runtime::RuntimeError;
 use ractor::{Actor, ActorRef};
@@ -105,6 +105,13 @@ impl RemoteExperts {
         name: &str,
         dtype: WireDtype,
     ) -> anyhow::Result<Self> {
+        if model.cfg.n_embd > moe_runtime::wire::HIDDEN_DIM_MAX {
+            bail!(
+                "hidden size {} exceeds the wire's HIDDEN_DIM_MAX ({}): this model cannot run with remote experts",
+                model.cfg.n_embd,
+                moe_runtime::wire::HIDDEN_DIM_MAX
+            );
+        }
         let rt = Arc::new(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -278,6 +285,16 @@ impl RemoteExperts {
         Ok(InFlight { work, rx })
     }
 
+    /// Token rows one request frame may carry: under `TOKENS_PER_FRAME_MAX`, and with its
+    /// hidden states (plus up to `EXPERTS_PER_TOKEN_MAX` routes each) in half of
+    /// `FRAME_BYTES_MAX`, which leaves room for the archive's own overhead.
+    fn rows_per_frame(&self, d: usize) -> usize {
+        let row_bytes = d * self.dtype.size_bytes() + EXPERTS_PER_TOKEN_MAX * 8 + 4;
+        TOKENS_PER_FRAME_MAX
+            .min((FRAME_BYTES_MAX / 2) / row_bytes.max(1))
+            .max(1)
+    }
+
     fn node_name(&self, n: NodeIndex) -> String {
         self.placement
             .node(n)
@@ -358,7 +375,9 @@ impl ExpertBackend for RemoteExperts {
             if self.links[work.node.0 as usize].is_none() {
                 local.push(work);
             } else {
-                remote.push(self.send(layer, h, d, work)?);
+                for part in work.split(self.rows_per_frame(d)) {
+                    remote.push(self.send(layer, h, d, part)?);
+                }
             }
         }
         self.pending = Some(PendingStep {
@@ -381,6 +400,8 @@ impl ExpertBackend for RemoteExperts {
             .take()
             .ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
         let d = model.cfg.n_embd;
+        // One deadline for the whole step, re-sends to replicas included.
+        let deadline = started + Duration::from_millis(STEP_TIMEOUT_MS);
         // (node, batch rows, partial sums) from every node that computed part of the step.
         let mut parts: Vec<(NodeIndex, Vec<u32>, Vec<f32>)> = Vec::new();
         for work in local {
@@ -392,7 +413,7 @@ impl ExpertBackend for RemoteExperts {
             let node = inflight.work.node;
             let result = match inflight
                 .rx
-                .recv_timeout(Duration::from_millis(STEP_TIMEOUT_MS))
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
                 Ok(Ok(reply)) if reply.n_tokens as usize == inflight.work.rows.len() => {
                     let mut partial = Vec::new();
@@ -445,7 +466,9 @@ impl ExpertBackend for RemoteExperts {
                             let compact = compute_local(model, layer, &h, d, &work)?;
                             parts.push((work.node, work.rows, compact));
                         } else {
-                            remote.push(self.send(layer, &h, d, work)?);
+                            for part in work.split(self.rows_per_frame(d)) {
+                                remote.push(self.send(layer, &h, d, part)?);
+                            }
                         }
                     }
                 }

@@ -43,6 +43,31 @@ fn default_max_tokens() -> usize {
     16
 }
 
+/// The next line of `input` (None at the end), reading at most `REQUEST_LINE_BYTES_MAX` bytes
+/// of it into memory; `true` when the line was longer (the rest is read and dropped).
+fn read_request_line(input: &mut impl BufRead) -> std::io::Result<Option<(String, bool)>> {
+    let mut buf = Vec::new();
+    let n = std::io::Read::take(&mut *input, REQUEST_LINE_BYTES_MAX as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let too_long = buf.last() != Some(&b'\n') && n > REQUEST_LINE_BYTES_MAX;
+    if too_long {
+        // Skip to the end of the line without keeping it.
+        let mut sink = Vec::new();
+        loop {
+            sink.clear();
+            let m = std::io::Read::take(&mut *input, 64 * 1024).read_until(b'\n', &mut sink)?;
+            if m == 0 || sink.last() == Some(&b'\n') {
+                break;
+            }
+        }
+        return Ok(Some((String::new(), true)));
+    }
+    Ok(Some((String::from_utf8_lossy(&buf).into_owned(), false)))
+}
+
 /// Serves requests from stdin until it closes.
 pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
     let model = model_args.load_for(Some(cluster))?;
@@ -68,13 +93,12 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
     )?;
     let stdout = std::io::stdout();
     writeln!(stdout.lock(), "{}", serde_json::json!({ "ready": true }))?;
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let line = line?;
-        if line.trim().is_empty() {
+    let mut stdin = std::io::stdin().lock();
+    while let Some((line, too_long)) = read_request_line(&mut stdin)? {
+        if line.trim().is_empty() && !too_long {
             continue;
         }
-        let answer = if line.len() > REQUEST_LINE_BYTES_MAX {
+        let answer = if too_long {
             serde_json::json!({ "error": format!("request line longer than {REQUEST_LINE_BYTES_MAX} bytes") })
         } else {
             match serde_json::from_str::<Request>(&line) {

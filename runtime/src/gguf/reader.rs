@@ -23,6 +23,8 @@ pub const GGUF_STRING_BYTES_MAX: u64 = 256 << 20;
 pub const GGUF_TENSORS_MAX: u64 = 1 << 20;
 /// Most metadata entries in one file.
 pub const GGUF_KV_MAX: u64 = 1 << 20;
+/// Most elements of one metadata array (vocabularies have ~10^5 tokens and merges).
+pub const GGUF_ARRAY_ELEMS_MAX: u64 = 1 << 24;
 /// Most dimensions of a tensor (ggml's GGML_MAX_DIMS).
 pub const GGUF_DIMS_MAX: u32 = 4;
 /// Most shards in a split set.
@@ -602,6 +604,11 @@ fn read_value(
             let n = c.u64(&what())?;
             // Every element takes at least one byte (8 for a string's length).
             let min = et.scalar_size().unwrap_or(8) as u64;
+            if n > GGUF_ARRAY_ELEMS_MAX {
+                return Err(format!(
+                    "metadata {key:?} declares {n} array elements, over the limit of {GGUF_ARRAY_ELEMS_MAX} (GGUF_ARRAY_ELEMS_MAX)"
+                ));
+            }
             if n.saturating_mul(min) > c.remaining() {
                 return Err(format!("truncated: metadata {key:?} declares {n} array elements, more than the file holds"));
             }
