@@ -16,7 +16,7 @@ use moe_runtime::gguf::GgufFile;
 use moe_runtime::model::{Model, WeightSet};
 use moe_runtime::placement::{ExpertSet, NodeName, Placement};
 use moe_runtime::wire::{
-    decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorCode, ErrorMessage,
+    decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorMessage,
     ExpertRequest, HandshakeConfig, Heartbeat, Message, ModelShape, PeerShards, Reassign,
     ReassignAck, RecvMac, SendMac, ShardSummary, FRAME_BYTES_MAX, PEER_TIMEOUT_MS,
 };
@@ -249,16 +249,17 @@ where
                     continue;
                 }
             };
+            let step_id = req.step_id;
             let reply = match ractor::call!(shard, ExpertShardMsg::Compute, Box::new(req)) {
                 Ok(Ok(reply)) => Message::ExpertReply(reply),
                 Ok(Err(reason)) => {
                     worker_metrics.error(ErrorKind::Compute);
-                    Message::Error(ErrorMessage::new(ErrorCode::Other, &reason))
+                    Message::Error(ErrorMessage::for_step(step_id, &reason))
                 }
                 Err(e) => {
                     worker_metrics.error(ErrorKind::Compute);
-                    Message::Error(ErrorMessage::new(
-                        ErrorCode::Other,
+                    Message::Error(ErrorMessage::for_step(
+                        step_id,
                         &format!("expert shard failed: {e}"),
                     ))
                 }

@@ -297,12 +297,18 @@ impl Actor for PeerLinkActor {
                         }
                     }
                     Message::Error(e) => {
-                        // The node refused a request: fail the in-flight steps with its words.
+                        // The node refused a request: fail that step (or, for an error about
+                        // the connection, every step in flight) with its words.
                         st.metrics.error(ErrorKind::StepRefused);
-                        st.fail_all(&format!(
-                            "node {} refused the step: {}",
-                            st.shared.name, e.message
-                        ));
+                        let reason =
+                            format!("node {} refused the step: {}", st.shared.name, e.message);
+                        match st.pending.remove(&e.step_id) {
+                            Some((tx, _)) if e.step_id != 0 => {
+                                let _ = tx.send(Err(reason));
+                                st.metrics.set_in_flight(st.pending.len());
+                            }
+                            _ => st.fail_all(&reason),
+                        }
                     }
                     other => st.down(
                         format!("unexpected {} frame", other.kind()),

@@ -342,6 +342,8 @@ pub struct ErrorMessage {
     pub code: ErrorCode,
     /// For people, at most [`ERROR_MESSAGE_BYTES_MAX`] bytes.
     pub message: String,
+    /// The refused request's `step_id`, or 0 when the error is about the connection.
+    pub step_id: u64,
 }
 
 impl ErrorMessage {
@@ -354,6 +356,15 @@ impl ErrorMessage {
         Self {
             code,
             message: message.get(..end).unwrap_or_default().to_string(),
+            step_id: 0,
+        }
+    }
+
+    /// The refusal of one request: only that step fails, the connection stays.
+    pub fn for_step(step_id: u64, message: &str) -> Self {
+        Self {
+            step_id,
+            ..Self::new(ErrorCode::Other, message)
         }
     }
 }

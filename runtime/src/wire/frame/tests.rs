@@ -266,6 +266,7 @@ fn frame_bytes_max_is_enforced_on_both_ends() {
     let big = Message::Error(ErrorMessage {
         code: ErrorCode::Other,
         message: "x".repeat(HANDSHAKE_FRAME_BYTES_MAX),
+        step_id: 0,
     });
     let frame = encode_frame(&big, &mut SendMac::unkeyed()).unwrap();
     assert!(matches!(
@@ -461,6 +462,7 @@ fn error_message_bytes_max() {
     let over = ErrorMessage {
         code: ErrorCode::Other,
         message: "x".repeat(ERROR_MESSAGE_BYTES_MAX + 1),
+        step_id: 0,
     };
     assert_eq!(
         over_limit(Message::Error(over)).1,
