@@ -54,6 +54,8 @@ use crate::RuntimeError;
 pub const TRACE_VERSION: u32 = 1;
 /// The longest line accepted, in bytes.
 pub const TRACE_LINE_BYTES_MAX: usize = 8 << 20;
+/// Most (layer, expert) counters a trace header may ask for (Kimi K2.5: 60 x 384 = 23040).
+pub const TRACE_COUNTERS_MAX: usize = 1 << 20;
 /// The most tokens one route record may hold.
 pub const TRACE_RECORD_TOKENS_MAX: usize = 1 << 16;
 /// The most (token, expert) routes a whole trace may hold (4 bytes each in memory).
@@ -129,6 +131,13 @@ impl TraceHeader {
         if self.moe_layers.is_empty() || self.moe_layers.len() > MOE_LAYERS_MAX {
             return Err(format!(
                 "moe_layers must list 1 to MOE_LAYERS_MAX = {MOE_LAYERS_MAX} layers"
+            ));
+        }
+        if self.moe_layers.len().saturating_mul(self.n_experts) > TRACE_COUNTERS_MAX {
+            return Err(format!(
+                "{} MoE layers x {} experts exceed TRACE_COUNTERS_MAX = {TRACE_COUNTERS_MAX} counters",
+                self.moe_layers.len(),
+                self.n_experts
             ));
         }
         if self.moe_layers.windows(2).any(|w| w[0] >= w[1])
@@ -710,6 +719,14 @@ mod tests {
             let err = read_trace(text.as_bytes(), "t").unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
+        // The largest expert count over every allowed layer: refused before allocating.
+        let layers: Vec<String> = (0..MOE_LAYERS_MAX).map(|l| l.to_string()).collect();
+        let huge = format!(
+            "moe-trace 1 n_experts={EXPERTS_PER_LAYER_MAX} k=2 hidden=64 expert_bytes=0 moe_layers={}\n",
+            layers.join(",")
+        );
+        let err = read_trace(huge.as_bytes(), "t").unwrap_err().to_string();
+        assert!(err.contains("TRACE_COUNTERS_MAX"), "{err}");
         let long = format!("# {}\n", "x".repeat(TRACE_LINE_BYTES_MAX));
         let err = read_err(&long);
         assert!(err.contains("TRACE_LINE_BYTES_MAX"), "{err}");
