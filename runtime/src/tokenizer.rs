@@ -267,6 +267,21 @@ impl Tokenizer {
         })
     }
 
+    /// A prompt as a model sees it: BOS first when the vocabulary asks for it
+    /// (`add_bos_token`) and the text does not already begin with it, then the text with
+    /// special tokens parsed.
+    pub fn encode_prompt(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            let bos_text = self.bos.and_then(|b| self.token_text(b));
+            if !bos_text.is_some_and(|b| text.starts_with(b)) {
+                ids.extend(self.bos);
+            }
+        }
+        ids.extend(self.encode(text, true));
+        ids
+    }
+
     /// The token ids of `text`, without BOS/EOS. With `parse_special`, the texts of control
     /// tokens (e.g. `<|im_end|>`) become those tokens; without it they are encoded as plain
     /// text. User-defined tokens are always recognised.

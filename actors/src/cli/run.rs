@@ -3,14 +3,13 @@
 
 use std::io::Write;
 
-use moe_runtime::forward::{ExpertBackend, LocalExperts};
+use moe_runtime::forward::ExpertBackend;
 use moe_runtime::sampling::{Sampler, SamplingParams};
 use moe_runtime::tokenizer::Tokenizer;
 
 use super::common::ModelArgs;
 use super::generate::{generate, GenRequest};
 use crate::cluster::args::RouterArgs;
-use crate::cluster::remote_experts::RemoteExperts;
 
 /// Sampling options shared by the generating commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -79,17 +78,7 @@ pub fn expert_backend(
     model: &moe_runtime::model::Model,
     cluster: &RouterArgs,
 ) -> anyhow::Result<Box<dyn ExpertBackend>> {
-    let backend: Box<dyn ExpertBackend> = match cluster.load(&model.cfg)? {
-        None => Box::new(LocalExperts::default()),
-        Some((placement, secret)) => Box::new(RemoteExperts::connect(
-            model,
-            placement,
-            secret,
-            &cluster.node_name,
-            cluster.wire_dtype,
-        )?),
-    };
-    super::record::with_recording(backend, model, cluster.record_routing.as_deref())
+    Ok(cluster.backend(model)?.0)
 }
 
 /// Generates and streams to stdout; statistics go to stderr.
@@ -98,11 +87,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let model = a.model.load_for(Some(&a.cluster))?;
     let tok = Tokenizer::from_gguf(model.file())?;
     let mut experts = expert_backend(&model, &a.cluster)?;
-    let mut prompt = Vec::new();
-    if tok.add_bos() {
-        prompt.extend(tok.bos());
-    }
-    prompt.extend(tok.encode(&a.prompt, true));
+    let prompt = tok.encode_prompt(&a.prompt);
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;
     out.flush()?;

@@ -4,6 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use moe_runtime::config::ModelConfig;
+use moe_runtime::forward::{ExpertBackend, LocalExperts};
+use moe_runtime::model::Model;
+
+use super::remote_experts::{LinkHealth, RemoteExperts};
 use moe_runtime::placement::Placement;
 use moe_runtime::wire::{ClusterSecret, WireDtype};
 
@@ -42,6 +46,42 @@ impl RouterArgs {
             .context("--placement needs --secret-file")?;
         let placement = load_placement(path, cfg)?;
         Ok(Some((placement, read_secret(secret_path)?)))
+    }
+}
+
+impl RouterArgs {
+    /// The routed-expert backend: every expert in-process without a placement; else the
+    /// placement's nodes (with SIGHUP re-placement, and `--record-routing` in both cases).
+    /// The link health handle is there when experts are remote.
+    pub fn backend(
+        &self,
+        model: &Model,
+    ) -> anyhow::Result<(Box<dyn ExpertBackend>, Option<LinkHealth>)> {
+        let (backend, health): (Box<dyn ExpertBackend>, _) = match self.load(&model.cfg)? {
+            None => (Box::new(LocalExperts::default()), None),
+            Some((placement, secret)) => {
+                let mut remote = RemoteExperts::connect(
+                    model,
+                    placement,
+                    secret,
+                    &self.node_name,
+                    self.wire_dtype,
+                )?;
+                if let Some(path) = &self.placement {
+                    // Live re-placement: `kill -HUP` re-reads the placement file.
+                    remote.watch_placement(
+                        path.clone(),
+                        model.cfg.moe_layers(),
+                        model.cfg.n_experts,
+                    )?;
+                }
+                let health = remote.link_health();
+                (Box::new(remote), Some(health))
+            }
+        };
+        let backend =
+            crate::cli::record::with_recording(backend, model, self.record_routing.as_deref())?;
+        Ok((backend, health))
     }
 }
 

@@ -157,11 +157,7 @@ impl RemoteExperts {
                 refused: false.into(),
             });
             let idx = NodeIndex(links.len() as u16);
-            let expected: Vec<(usize, moe_runtime::placement::ExpertSet)> = placement
-                .moe_layers()
-                .iter()
-                .filter_map(|&l| placement.experts_of(idx, l).map(|s| (l, s.clone())))
-                .collect();
+            let expected = expected_shards(&placement, idx);
             let actor = rt
                 .block_on(Actor::spawn(
                     None,
@@ -343,6 +339,15 @@ fn compute_local(
         .iter()
         .flat_map(|&r| partial[r as usize * d..(r as usize + 1) * d].to_vec())
         .collect())
+}
+
+/// What `placement` gives node `idx` in every MoE layer (checked on each connect).
+fn expected_shards(placement: &Placement, idx: NodeIndex) -> super::peer_link::ExpectedShards {
+    placement
+        .moe_layers()
+        .iter()
+        .filter_map(|&l| placement.experts_of(idx, l).map(|s| (l, s.clone())))
+        .collect()
 }
 
 impl Drop for RemoteExperts {

@@ -12,13 +12,11 @@
 
 use std::io::{BufRead, Write};
 
-use anyhow::Context;
 use moe_runtime::sampling::{Sampler, SamplingParams};
 use moe_runtime::tokenizer::Tokenizer;
 use serde::Deserialize;
 
 use super::args::RouterArgs;
-use super::remote_experts::RemoteExperts;
 use crate::cli::common::ModelArgs;
 use crate::cli::generate::{generate, GenRequest};
 
@@ -72,25 +70,10 @@ fn read_request_line(input: &mut impl BufRead) -> std::io::Result<Option<(String
 pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
     let model = model_args.load_for(Some(cluster))?;
     let tok = Tokenizer::from_gguf(model.file())?;
-    let (placement, secret) = cluster
-        .load(&model.cfg)?
-        .context("--role router needs --placement and --secret-file")?;
-    let mut remote = RemoteExperts::connect(
-        &model,
-        placement,
-        secret,
-        &cluster.node_name,
-        cluster.wire_dtype,
-    )?;
-    if let Some(path) = &cluster.placement {
-        // Live re-placement: `kill -HUP` re-reads the placement file.
-        remote.watch_placement(path.clone(), model.cfg.moe_layers(), model.cfg.n_experts)?;
+    if cluster.placement.is_none() {
+        anyhow::bail!("--role router needs --placement and --secret-file");
     }
-    let mut experts = crate::cli::record::with_recording(
-        Box::new(remote),
-        &model,
-        cluster.record_routing.as_deref(),
-    )?;
+    let (mut experts, _) = cluster.backend(&model)?;
     let stdout = std::io::stdout();
     writeln!(stdout.lock(), "{}", serde_json::json!({ "ready": true }))?;
     let mut stdin = std::io::stdin().lock();
@@ -109,11 +92,7 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
                         seed: r.seed,
                         ..Default::default()
                     };
-                    let mut prompt = Vec::new();
-                    if tok.add_bos() {
-                        prompt.extend(tok.bos());
-                    }
-                    prompt.extend(tok.encode(&r.prompt, true));
+                    let prompt = tok.encode_prompt(&r.prompt);
                     let req = GenRequest {
                         prompt: &prompt,
                         max_tokens: r.max_tokens,

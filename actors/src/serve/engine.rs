@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use moe_runtime::forward::{ExpertBackend, KvCache, LocalExperts, NoObserver, SeqInput};
+use moe_runtime::forward::{ExpertBackend, KvCache, NoObserver, SeqInput};
 use moe_runtime::model::Model;
 use moe_runtime::sampling::{Sampler, SamplingParams};
 use moe_runtime::tokenizer::{StreamDecoder, Tokenizer};
@@ -30,7 +30,7 @@ use super::openai::{FinishReason, Usage};
 use super::stop::StopMatcher;
 use crate::cli::common::ModelArgs;
 use crate::cluster::args::RouterArgs;
-use crate::cluster::remote_experts::{LinkHealth, RemoteExperts};
+use crate::cluster::remote_experts::LinkHealth;
 use crate::telemetry;
 
 /// Sequences decoded together (the default of `--max-active-sequences`).
@@ -217,34 +217,7 @@ pub fn start(
             let loaded = (|| -> anyhow::Result<(Engine, ModelInfo, Option<LinkHealth>)> {
                 let model = model_args.load_for(Some(&cluster))?;
                 let tokenizer = Arc::new(Tokenizer::from_gguf(model.file())?);
-                let (experts, health): (Box<dyn ExpertBackend>, _) =
-                    match cluster.load(&model.cfg)? {
-                        None => (Box::new(LocalExperts::default()), None),
-                        Some((placement, secret)) => {
-                            let mut remote = RemoteExperts::connect(
-                                &model,
-                                placement,
-                                secret,
-                                &cluster.node_name,
-                                cluster.wire_dtype,
-                            )?;
-                            if let Some(path) = &cluster.placement {
-                                // Live re-placement: `kill -HUP` re-reads the placement file.
-                                remote.watch_placement(
-                                    path.clone(),
-                                    model.cfg.moe_layers(),
-                                    model.cfg.n_experts,
-                                )?;
-                            }
-                            let health = remote.link_health();
-                            (Box::new(remote), Some(health))
-                        }
-                    };
-                let experts = crate::cli::record::with_recording(
-                    experts,
-                    &model,
-                    cluster.record_routing.as_deref(),
-                )?;
+                let (experts, health) = cluster.backend(&model)?;
                 let meta_str = |k: &str| {
                     model
                         .file()

@@ -148,7 +148,7 @@ async fn completions(
         let tokens = match prompt {
             Ok(text) => {
                 let tok = st.tokenizer.clone();
-                tokio::task::spawn_blocking(move || encode_with_bos(&tok, &text))
+                tokio::task::spawn_blocking(move || tok.encode_prompt(&text))
                     .await
                     .map_err(|e| ApiError::unavailable(e.to_string()))?
             }
@@ -211,7 +211,7 @@ async fn chat_completions(
         let tokens = tokio::task::spawn_blocking(move || {
             template
                 .render(&messages)
-                .map(|text| encode_with_bos(&tok, &text))
+                .map(|text| tok.encode_prompt(&text))
         })
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?
@@ -270,18 +270,6 @@ fn check_key(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::unauthorized())
     }
-}
-
-fn encode_with_bos(tok: &Tokenizer, text: &str) -> Vec<u32> {
-    let mut ids = Vec::new();
-    if tok.add_bos() {
-        let bos_text = tok.bos().and_then(|b| tok.token_text(b));
-        if !bos_text.is_some_and(|b| text.starts_with(b)) {
-            ids.extend(tok.bos());
-        }
-    }
-    ids.extend(tok.encode(text, true));
-    ids
 }
 
 /// A seed for a request that names none: different for every request.

@@ -116,11 +116,7 @@ impl RemoteExperts {
         for (i, link) in self.links.iter().enumerate() {
             if let Some(link) = link {
                 let idx = NodeIndex(i as u16);
-                let expected = new
-                    .moe_layers()
-                    .iter()
-                    .filter_map(|&l| new.experts_of(idx, l).map(|s| (l, s.clone())))
-                    .collect();
+                let expected = super::expected_shards(&new, idx);
                 let _ = link
                     .actor
                     .cast(PeerLinkMsg::SetExpected(std::sync::Arc::new(expected)));
