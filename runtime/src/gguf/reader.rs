@@ -351,11 +351,6 @@ impl GgufFile {
         let data = self.range(&info.name, info.shard, info.offset, info.size)?;
         Ok(TensorView { info, data })
     }
-
-    /// A tensor by name, if present and mapped.
-    pub fn tensor_opt(&self, name: &str) -> Option<TensorView<'_>> {
-        self.tensor(name).ok()
-    }
 }
 
 /// All shard paths of a split set (`-00001-of-00003`), or just `path`.

@@ -62,10 +62,6 @@ impl ExpertsWeight {
     pub fn expert_offset(&self, e: usize) -> usize {
         self.offset + e * self.expert_bytes
     }
-    /// Which shard of a split set holds it.
-    pub fn shard(&self) -> usize {
-        self.shard
-    }
     pub(super) fn expert<'a>(
         &self,
         file: &'a GgufFile,
