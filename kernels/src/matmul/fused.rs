@@ -358,7 +358,8 @@ fn body<F: Format, D: Dots>(
     // `QMatrix::new` accepted `cols` for this type, so rows are whole blocks; say so loudly
     // if a caller ever breaks that (an invariant, not data).
     assert!(
-        cols % F::BLOCK_ELEMS == 0 && row_bytes == cols / F::BLOCK_ELEMS * F::BLOCK_BYTES,
+        cols / F::BLOCK_ELEMS * F::BLOCK_ELEMS == cols
+            && row_bytes == cols / F::BLOCK_ELEMS * F::BLOCK_BYTES,
         "fused kernel: row of {cols} elements is not whole blocks"
     );
 
@@ -625,6 +626,7 @@ mod avx2 {
     /// The CPU must support AVX2 and FMA.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // `g` indexes four scale rows and the offsets.
     pub(super) unsafe fn dot4<const G: usize>(
         q: [&[f32]; ROW_TILE],
         scale: [&[f32]; ROW_TILE],
