@@ -19,6 +19,7 @@ mod iq4xs;
 mod kquants;
 mod legacy;
 
+pub(crate) use kquants::{scale_min_k4, scales12};
 pub(crate) use legacy::IQ4_NL_GRID;
 
 use crate::{GgmlType, KernelError};

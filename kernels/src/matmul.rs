@@ -4,12 +4,16 @@
 //! Decides: how the work is split. Rows are cut into one contiguous range per thread
 //! (multiples of the row tile), each thread runs the per-type row kernel of
 //! `matmul/row_kernel.rs` on its range, and products below [`MATMUL_PARALLEL_MIN_MACS`]
-//! stay on the calling thread, where spawning would cost more than it saves. Threads are
-//! scoped (`std::thread::scope`) per call: no pool to own or shut down.
+//! stay on the calling thread, where handing off would cost more than it saves. The calling
+//! thread runs the first range; the others are queued on rayon's global pool of persistent
+//! (parked when idle) workers, so no thread is spawned per call. [`set_num_threads`] still
+//! decides how many ranges a matmul is cut into; the global pool (one worker per core, or
+//! `RAYON_NUM_THREADS`) decides how many run at once. Results never depend on the split.
 //!
 //! Leaves to the row kernels: the arithmetic. Activations and accumulation are f32; weights
 //! are never rounded further than their stored format.
 
+mod fused;
 mod row_kernel;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -190,10 +194,18 @@ impl<'a> QMatrix<'a> {
 
         let mut jobs = outs.into_iter().enumerate();
         let first = jobs.next();
-        std::thread::scope(|s| {
+        if n_ranges == 1 {
+            if let Some((_, mut out)) = first {
+                kernel(self, 0..self.rows, x, n_tokens, &mut out);
+            }
+            return Ok(());
+        }
+        // Ranges after the first go to the persistent pool; the calling thread runs the first
+        // and then waits for (or helps with) the rest.
+        rayon::in_place_scope(|s| {
             for (k, mut out) in jobs {
                 let rows = k * per..((k + 1) * per).min(self.rows);
-                s.spawn(move || kernel(self, rows, x, n_tokens, &mut out));
+                s.spawn(move |_| kernel(self, rows, x, n_tokens, &mut out));
             }
             if let Some((_, mut out)) = first {
                 kernel(self, 0..per.min(self.rows), x, n_tokens, &mut out);

@@ -21,7 +21,7 @@ pub(crate) fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
 
 /// The 12 packed scale bytes of a Q4_K/Q5_K block starting at byte 4.
 #[inline(always)]
-fn scales12(b: &[u8]) -> [u8; 12] {
+pub(crate) fn scales12(b: &[u8]) -> [u8; 12] {
     let mut s = [0u8; 12];
     s.copy_from_slice(&b[4..16]);
     s

@@ -1,12 +1,13 @@
 //! Row kernels: the per-type seam where `QMatrix::matmul` does its arithmetic.
 //!
 //! A row kernel computes, for a contiguous range of weight rows and every token,
-//! `out[t][i] = Σ_c W[rows.start + i, c] · x[t · cols + c]`. Today every type uses
-//! [`dot_rows_dequantized`]: it dequantizes [`ROW_TILE`] rows at a time into a scratch buffer
-//! (exactly, see `dequant.rs`) and dots them against each token with 8 independent f32
-//! accumulators per row, so one read of a token's activations serves the whole tile. A
-//! fused kernel that dots straight from a type's quantized blocks plugs in by returning it
-//! from [`dot_rows_fn`] for that type.
+//! `out[t][i] = Σ_c W[rows.start + i, c] · x[t · cols + c]`. Q4_K, Q6_K and Q8_0 use the
+//! fused kernels of `fused.rs` (dots from the integer codes with per-group scales); every
+//! other type uses [`dot_rows_dequantized`]: it dequantizes [`ROW_TILE`] rows at a time into
+//! a scratch buffer (exactly, see `dequant.rs`) and dots them against each token with 8
+//! independent f32 accumulators per row, so one read of a token's activations serves the
+//! whole tile. Another fused kernel plugs in by returning it from [`dot_rows_fn`] for its
+//! type.
 //!
 //! Two dot-product implementations behind [`DotKernel`]: portable Rust (vectorized by LLVM
 //! at opt-level 3; the workspace's opt-level-2 dev/test profiles leave it scalar) and, on
@@ -34,9 +35,12 @@ pub(crate) type DotRowsFn = fn(&QMatrix<'_>, Range<usize>, &[f32], usize, &mut [
 
 /// The row kernel for weights of type `ty`.
 pub(crate) fn dot_rows_fn(ty: GgmlType) -> DotRowsFn {
-    // Every type goes through exact dequantization today; a fused kernel for one type
-    // replaces its arm here.
+    // The hot types have fused kernels (`fused.rs`); the rest go through exact
+    // dequantization.
     match ty {
+        GgmlType::Q4_K => super::fused::dot_rows_q4_k,
+        GgmlType::Q6_K => super::fused::dot_rows_q6_k,
+        GgmlType::Q8_0 => super::fused::dot_rows_q8_0,
         GgmlType::F32
         | GgmlType::F16
         | GgmlType::BF16
@@ -44,12 +48,9 @@ pub(crate) fn dot_rows_fn(ty: GgmlType) -> DotRowsFn {
         | GgmlType::Q4_1
         | GgmlType::Q5_0
         | GgmlType::Q5_1
-        | GgmlType::Q8_0
         | GgmlType::Q2_K
         | GgmlType::Q3_K
-        | GgmlType::Q4_K
         | GgmlType::Q5_K
-        | GgmlType::Q6_K
         | GgmlType::IQ4_NL
         | GgmlType::IQ4_XS => dot_rows_dequantized,
     }
