@@ -674,22 +674,13 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matmul::row_kernel::tests::data;
     use crate::{dequantize_row, quantize_row, GgmlType};
 
     /// Allowed `|fused − dequantize-then-dot|` as a fraction of `Σ_c |W[r,c]·x[c]|` plus
     /// `Σ_g |dmin·m|·|Σ_{c in g} x[c]|`-scale terms: both are f32 sums over `cols` products
     /// in different orders, so their distance is a few f32 roundings of the magnitude.
     const FUSED_REL_TOL: f64 = 1e-5;
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     /// For each fused type: every row (tile rows and tail rows) and token of the fused
     /// kernel, both implementations, against dequantize-then-dot in f64.

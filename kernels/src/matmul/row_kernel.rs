@@ -325,13 +325,14 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Allowed `|dot − exact|` as a fraction of `Σ|a·b|` (f64 reference).
     const DOT_REL_TOL: f64 = 1e-6;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-0.5, 0.5) from `seed` (shared by the kernel tests).
+    pub(in crate::matmul) fn data(n: usize, seed: u32) -> Vec<f32> {
         // A small LCG: deterministic, no dependencies.
         let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..n)
