@@ -37,7 +37,7 @@ use crate::dequant::{f16_to_f32, scale_min_k4, scales12};
 const LANES: usize = 8;
 
 /// A block format the fused kernel decodes.
-trait Format {
+pub(super) trait Format {
     /// Bytes of one block.
     const BLOCK_BYTES: usize;
     /// Elements of one block (a multiple of [`Format::GROUP`]).
@@ -60,7 +60,7 @@ trait Format {
 }
 
 /// Q4_K: `d f16; dmin f16; scales[12]; qs[128]`, 8 groups of 32 with offsets.
-struct Q4K;
+pub(super) struct Q4K;
 impl Format for Q4K {
     const BLOCK_BYTES: usize = 144;
     const BLOCK_ELEMS: usize = 256;
@@ -101,7 +101,7 @@ fn q4k_scales(b: &[u8], scale: &mut [f32], min: &mut [f32]) {
 }
 
 /// Q6_K: `ql[128]; qh[64]; scales i8[16]; d f16`, 16 groups of 16, codes `q − 32`.
-struct Q6K;
+pub(super) struct Q6K;
 impl Format for Q6K {
     const BLOCK_BYTES: usize = 210;
     const BLOCK_ELEMS: usize = 256;
@@ -141,7 +141,7 @@ fn q6k_scales(b: &[u8], scale: &mut [f32]) {
 }
 
 /// Q8_0: `d f16; qs i8[32]`, one group of 32 per block.
-struct Q80;
+pub(super) struct Q80;
 impl Format for Q80 {
     const BLOCK_BYTES: usize = 34;
     const BLOCK_ELEMS: usize = 32;
@@ -165,42 +165,9 @@ impl Format for Q80 {
     }
 }
 
-/// Row kernel for Q4_K weights.
-pub(crate) fn dot_rows_q4_k(
-    w: &QMatrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    n_tokens: usize,
-    out: &mut [&mut [f32]],
-) {
-    dispatch::<Q4K>(w, rows, x, n_tokens, out);
-}
-
-/// Row kernel for Q6_K weights.
-pub(crate) fn dot_rows_q6_k(
-    w: &QMatrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    n_tokens: usize,
-    out: &mut [&mut [f32]],
-) {
-    dispatch::<Q6K>(w, rows, x, n_tokens, out);
-}
-
-/// Row kernel for Q8_0 weights.
-pub(crate) fn dot_rows_q8_0(
-    w: &QMatrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    n_tokens: usize,
-    out: &mut [&mut [f32]],
-) {
-    dispatch::<Q80>(w, rows, x, n_tokens, out);
-}
-
 /// AVX2 + FMA when the CPU has them, the portable body otherwise.
 #[inline(always)]
-fn dispatch<F: Format>(
+pub(super) fn dot_rows<F: Format>(
     w: &QMatrix<'_>,
     rows: Range<usize>,
     x: &[f32],

@@ -38,9 +38,9 @@ pub(crate) fn dot_rows_fn(ty: GgmlType) -> DotRowsFn {
     // The hot types have fused kernels (`fused.rs`); the rest go through exact
     // dequantization.
     match ty {
-        GgmlType::Q4_K => super::fused::dot_rows_q4_k,
-        GgmlType::Q6_K => super::fused::dot_rows_q6_k,
-        GgmlType::Q8_0 => super::fused::dot_rows_q8_0,
+        GgmlType::Q4_K => super::fused::dot_rows::<super::fused::Q4K>,
+        GgmlType::Q6_K => super::fused::dot_rows::<super::fused::Q6K>,
+        GgmlType::Q8_0 => super::fused::dot_rows::<super::fused::Q80>,
         GgmlType::F32
         | GgmlType::F16
         | GgmlType::BF16
