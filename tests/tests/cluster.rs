@@ -90,11 +90,28 @@ fn run_greedy(model: &Path, prompt: &str, cluster: Option<(&Path, &Path)>) -> St
     moe_node_ok(&args)
 }
 
-fn three_experts(model: &Path, secret: &Path) -> Vec<Expert> {
-    [("e1", "0-127"), ("e2", "128-255"), ("e3", "256-383")]
+/// The contiguous three-way split of 384 experts.
+const THREE_WAY: [(&str, &str); 3] = [("e1", "0-127"), ("e2", "128-255"), ("e3", "256-383")];
+
+/// Starts one expert node per `(name, shards)` and writes `p.toml` giving each exactly its
+/// shards; returns the nodes and the placement path.
+fn start_cluster(
+    model: &Path,
+    secret: &Path,
+    dir: &TempDir,
+    specs: &[(&str, &str)],
+) -> (Vec<Expert>, PathBuf) {
+    let experts: Vec<Expert> = specs
         .iter()
         .map(|(name, shards)| start_expert(model, secret, shards, name, "127.0.0.1:0"))
-        .collect()
+        .collect();
+    let nodes: Vec<(&str, &str, &str, &str)> = specs
+        .iter()
+        .zip(&experts)
+        .map(|((name, shards), e)| (*name, e.addr.as_str(), *shards, ""))
+        .collect();
+    let placement = dir.write("p.toml", &placement_toml(&nodes));
+    (experts, placement)
 }
 
 /// Compares a cluster run with the single process on every case of one model.
@@ -156,13 +173,7 @@ fn three_expert_nodes_match_the_single_process_on_every_fixture() {
     let dir = TempDir::new("cluster-eq");
     let secret = dir.write("secret", TEST_SECRET);
     for (model, cases) in fixture_files() {
-        let experts = three_experts(&model, &secret);
-        let nodes: Vec<(&str, &str, &str, &str)> = vec![
-            ("e1", &experts[0].addr, "0-127", ""),
-            ("e2", &experts[1].addr, "128-255", ""),
-            ("e3", &experts[2].addr, "256-383", ""),
-        ];
-        let placement = dir.write("p.toml", &placement_toml(&nodes));
+        let (_experts, placement) = start_cluster(&model, &secret, &dir, &THREE_WAY);
         assert_cluster_matches(&model, &cases, &placement, &secret, &dir);
     }
 }
@@ -302,13 +313,7 @@ fn killed_expert_without_replica_fails_the_request_and_the_router_recovers() {
     let dir = TempDir::new("cluster-kill");
     let secret = dir.write("secret", TEST_SECRET);
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
-    let mut experts = three_experts(&model, &secret);
-    let nodes: Vec<(&str, &str, &str, &str)> = vec![
-        ("e1", &experts[0].addr, "0-127", ""),
-        ("e2", &experts[1].addr, "128-255", ""),
-        ("e3", &experts[2].addr, "256-383", ""),
-    ];
-    let placement = dir.write("p.toml", &placement_toml(&nodes));
+    let (mut experts, placement) = start_cluster(&model, &secret, &dir, &THREE_WAY);
     let mut r = start_router(&model, &placement, &secret);
     let short = r#"{"prompt": "def fibonacci(n):", "max_tokens": 16, "ignore_eos": true}"#;
     let good = r.ask(short, Duration::from_secs(30));
@@ -352,16 +357,12 @@ fn killed_expert_with_replica_completes_with_the_same_tokens() {
     let dir = TempDir::new("cluster-replica");
     let secret = dir.write("secret", TEST_SECRET);
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
-    let mut experts: Vec<Expert> = [("e1", "0-191"), ("e2", "192-383"), ("e3", "192-383")]
-        .iter()
-        .map(|(n, sh)| start_expert(&model, &secret, sh, n, "127.0.0.1:0"))
-        .collect();
-    let nodes: Vec<(&str, &str, &str, &str)> = vec![
-        ("e1", &experts[0].addr, "0-191", ""),
-        ("e2", &experts[1].addr, "192-383", ""),
-        ("e3", &experts[2].addr, "192-383", ""),
-    ];
-    let placement = dir.write("p.toml", &placement_toml(&nodes));
+    let (mut experts, placement) = start_cluster(
+        &model,
+        &secret,
+        &dir,
+        &[("e1", "0-191"), ("e2", "192-383"), ("e3", "192-383")],
+    );
     let mut r = start_router(&model, &placement, &secret);
     let long = r#"{"prompt": "def fibonacci(n):", "max_tokens": 1500, "ignore_eos": true}"#;
     let reference = r.ask(long, Duration::from_secs(120));
@@ -389,13 +390,7 @@ fn bf16_wire_keeps_the_predictions() {
         .find(|(m, _)| *m == model)
         .unwrap()
         .1;
-    let experts = three_experts(&model, &secret);
-    let nodes: Vec<(&str, &str, &str, &str)> = vec![
-        ("e1", &experts[0].addr, "0-127", ""),
-        ("e2", &experts[1].addr, "128-255", ""),
-        ("e3", &experts[2].addr, "256-383", ""),
-    ];
-    let placement = dir.write("p.toml", &placement_toml(&nodes));
+    let (_experts, placement) = start_cluster(&model, &secret, &dir, &THREE_WAY);
     let (mut agree, mut total, mut max_diff) = (0usize, 0usize, 0f32);
     for case in &cases {
         let (single, _) = logits(&model, &case.tokens, &dir, "single", None);
