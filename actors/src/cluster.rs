@@ -3,6 +3,8 @@
 //! ```text
 //! args.rs            --role/--shards/--placement/--secret-file options, secret loading
 //! expert_node.rs     `--role expert`: listener, handshake, one connection task set per peer
+//! handshake_slots.rs how many unauthenticated connections a node holds, per address, and
+//!                    which gives way to a newcomer
 //! expert_shard.rs    ExpertShardActor: computes the weighted partial sums of a request
 //! live_shard.rs     LiveShard: owned experts + their mapped model, swapped by live re-placement
 //! supervisor.rs      NodeSupervisorActor: owns the shard actor, restarts it when it fails
@@ -21,6 +23,7 @@
 pub mod args;
 pub mod expert_node;
 pub mod expert_shard;
+pub mod handshake_slots;
 pub mod live_shard;
 pub mod peer_link;
 pub mod remote_experts;

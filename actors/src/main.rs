@@ -104,6 +104,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     cli.threads,
                     cli.router.placement,
                     cli.router.secret_file,
+                    cli.router.wire_encrypt,
                     cli.expert,
                 )
             }

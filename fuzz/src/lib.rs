@@ -11,7 +11,7 @@ pub use gguf_reader::{gguf_reader, gguf_seed_model, gguf_seeds};
 use moe_runtime::placement::{ExpertSet, Placement};
 use moe_runtime::wire::{
     decode_frame, encode_frame, seal_frame, AuthProof, ErrorCode, ErrorMessage, ExpertReply,
-    ExpertRequest, ExpertRoute, Heartbeat, Hello, LayerShards, Message, ModelShape, SendMac,
+    ExpertRequest, ExpertRoute, Heartbeat, Hello, Identity, LayerShards, Message, ModelShape, SendMac,
     SessionMac, ShardSummary, WireDtype, PROTOCOL_VERSION,
 };
 
@@ -53,9 +53,12 @@ pub fn sample_messages() -> Vec<Message> {
     vec![
         Message::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
+            nonce: [2; 32],
+            encrypt: false,
+        }),
+        Message::Identity(Identity {
             model_fingerprint: [1; 32],
             node_name: "e1".into(),
-            nonce: [2; 32],
             shards: ShardSummary {
                 all_layers: "0-7,9".into(),
                 overrides: vec![LayerShards {

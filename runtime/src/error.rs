@@ -273,6 +273,22 @@ impl RuntimeError {
         }
     }
 
+    /// Whether a handshake failed because the peer (or this side) refused it on its merits:
+    /// a wrong secret, another protocol or model, link options or shards that do not match.
+    /// Retrying will not help until an operator changes something. Everything else (a reset,
+    /// a close, a timeout, a garbled frame) is a transport failure worth retrying.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::AuthFailed { .. }
+                | Self::FingerprintMismatch { .. }
+                | Self::ProtocolMismatch { .. }
+                | Self::PeerRefused { .. }
+                | Self::ClusterSecret(_)
+                | Self::ExpertSetSyntax { .. }
+        )
+    }
+
     /// Attaches a file name to a `GgufFormat` error.
     pub(crate) fn in_file(self, path: &Path) -> Self {
         match self {

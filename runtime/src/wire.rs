@@ -23,7 +23,8 @@
 //!                (checked against FRAME_BYTES_MAX, HANDSHAKE_FRAME_BYTES_MAX during the
 //!                handshake, before anything is allocated)
 //! 4        A     archive: rkyv 0.8 archive of one `Message` (rkyv's default format:
-//!                little-endian, aligned fields, 32-bit relative pointers, root at the end)
+//!                little-endian, aligned fields, 32-bit relative pointers, root at the end);
+//!                on an encrypted link, XORed with the direction's ChaCha20 keystream
 //! 4+A      8     seq: u64, this direction's frame counter: 0, 1, 2, ... per key
 //! 12+A     32    mac: HMAC-SHA256(direction key, bytes[0 .. 12+A]); all zero in the
 //!                handshake's frames, which are authenticated by the proofs instead
@@ -45,15 +46,19 @@
 //! # Handshake (see `handshake.rs`)
 //!
 //! ```text
-//! client -> server  Hello { version, fingerprint, name, nonce_c, shards }
-//! server -> client  Hello { version, fingerprint, name, nonce_s, shards }
-//!                   each side checks version, then fingerprint; on mismatch it sends
+//! client -> server  Hello { version, nonce_c, encrypt }
+//! server -> client  Hello { version, nonce_s, encrypt }
+//!                   each side checks version and encrypt; on mismatch it sends
 //!                   Error and closes, and the other side sees the same mismatch
 //! client -> server  AuthProof { HMAC(secret, "client proof" | transcript) }
 //! server -> client  AuthProof { HMAC(secret, "server proof" | transcript) }   (or Error)
+//! both              Identity { fingerprint, name, shards }, the first keyed frame
 //! ```
 //! `transcript` is SHA-256 over both hello frames as sent; per-direction frame keys are
 //! derived from the secret and the transcript, so both nonces make every session's keys new.
+//! Nothing about a node (name, model, shards) crosses the wire before the peer has proven
+//! the secret. With `encrypt`, every frame after the proofs has its archive encrypted
+//! (ChaCha20, nonce = sequence number) and MAC'd over the ciphertext.
 //!
 //! # Example
 //!
@@ -88,6 +93,6 @@ pub use io::{read_frame, read_frame_sync, write_frame, write_frame_sync};
 pub use limits::*;
 pub use message::{
     ArchivedMessage, AuthProof, ErrorCode, ErrorMessage, ExpertReply, ExpertRequest, ExpertRoute,
-    Heartbeat, Hello, LayerShards, Message, ModelShape, Reassign, ReassignAck, ReassignPhase,
+    Heartbeat, Hello, Identity, LayerShards, Message, ModelShape, Reassign, ReassignAck, ReassignPhase,
     ShardSummary, WireDtype,
 };

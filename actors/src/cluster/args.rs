@@ -23,6 +23,10 @@ pub struct RouterArgs {
     /// Encoding of hidden states on the wire.
     #[arg(long, default_value = "f32")]
     pub wire_dtype: WireDtype,
+    /// Encrypt every frame after the handshake (ChaCha20 under the session keys; the MAC
+    /// covers the ciphertext). Every node of a cluster must be started with the same choice.
+    #[arg(long)]
+    pub wire_encrypt: bool,
     /// This router's node name in handshakes.
     #[arg(long, default_value = "router")]
     pub node_name: String,
@@ -66,6 +70,7 @@ impl RouterArgs {
                     secret,
                     &self.node_name,
                     self.wire_dtype,
+                    self.wire_encrypt,
                 )?;
                 if let Some(path) = &self.placement {
                     // Live re-placement: `kill -HUP` re-reads the placement file.
@@ -93,10 +98,11 @@ pub fn load_placement(path: &Path, cfg: &ModelConfig) -> anyhow::Result<Placemen
         .with_context(|| format!("placement {}", path.display()))
 }
 
-/// Reads the cluster secret from a file.
+/// Reads the cluster secret from a file (bytes as they are, see
+/// [`ClusterSecret::from_file_bytes`]).
 pub fn read_secret(path: &Path) -> anyhow::Result<ClusterSecret> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading secret file {}", path.display()))?;
-    let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
-    ClusterSecret::new(trimmed).with_context(|| format!("secret file {}", path.display()))
+    ClusterSecret::from_file_bytes(&bytes)
+        .with_context(|| format!("secret file {}", path.display()))
 }

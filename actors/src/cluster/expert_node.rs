@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::args::{load_placement, read_secret};
 use super::expert_shard::{ExpertShardMsg, ShardSpec};
+use super::handshake_slots::{HandshakeSlot, HandshakeSlots};
 use super::live_shard::LiveShard;
 use super::supervisor::{NodeSupervisorActor, NodeSupervisorMsg};
 use crate::telemetry::{self, ErrorKind, LinkEnd, PeerMetrics};
@@ -37,8 +38,6 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 2;
 pub const WRITER_QUEUE_FRAMES_MAX: usize = 8;
 /// Authenticated connections an expert node keeps at once.
 pub const CONNECTIONS_MAX: usize = 64;
-/// Handshakes in progress at once (unauthenticated peers hold only these).
-pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 16;
 /// Pause after a failed `accept` before the next one.
 pub const ACCEPT_RETRY_MS: u64 = 100;
 /// The node name when `--node` is not given.
@@ -64,6 +63,7 @@ pub fn run(
     threads: usize,
     placement: Option<PathBuf>,
     secret_file: Option<PathBuf>,
+    encrypt: bool,
     a: ExpertArgs,
 ) -> anyhow::Result<()> {
     moe_kernels::set_num_threads(threads);
@@ -121,13 +121,10 @@ pub fn run(
         n_experts: cfg.n_experts,
         hidden_dim: cfg.n_embd,
     };
-    let hs = HandshakeConfig::new(
-        node_name,
-        model.file().fingerprint(),
-        secret,
-        summary,
-        shape,
-    );
+    let hs = HandshakeConfig {
+        encrypt,
+        ..HandshakeConfig::new(node_name, model.file().fingerprint(), secret, summary, shape)
+    };
     let layers = (cfg.n_layers, cfg.moe_layers());
     let live = Arc::new(LiveShard::new(model_path.clone(), model, shard));
 
@@ -142,7 +139,7 @@ pub fn run(
         telemetry::register_unknown_peer();
         println!("listening on {}", listener.local_addr()?);
         let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
+        let handshakes = Arc::new(HandshakeSlots::default());
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -154,12 +151,10 @@ pub fn run(
                 }
             };
             // Unauthenticated peers only hold handshake slots, never connection slots.
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                eprintln!(
-                    "refusing {peer}: {HANDSHAKES_IN_FLIGHT_MAX} handshakes already in progress"
-                );
-                continue;
-            };
+            let (permit, evicted) = handshakes.admit(peer.ip());
+            if let Some(limit) = evicted {
+                eprintln!("{peer} connects: an older handshake gave way ({limit})");
+            }
             let slots = slots.clone();
             let _ = stream.set_nodelay(true);
             // A node re-placed since start advertises what it owns now.
@@ -195,13 +190,19 @@ async fn serve_connection<S>(
     hs: &HandshakeConfig,
     supervisor: ActorRef<NodeSupervisorMsg>,
     shape_layers: &(usize, Vec<usize>),
-    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    handshake_permit: HandshakeSlot,
     slots: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (peer, mac) = match server_handshake(&mut stream, hs).await {
+    let handshake = tokio::select! {
+        result = server_handshake(&mut stream, hs) => result,
+        () = handshake_permit.evicted() => {
+            bail!("handshake ended: a newer connection took its slot")
+        }
+    };
+    let (peer, mac) = match handshake {
         Ok(accepted) => accepted,
         Err(e) => {
             telemetry::peer_error(telemetry::UNKNOWN_PEER, ErrorKind::Handshake);

@@ -395,7 +395,7 @@ async fn connect(
         let _ = stream.set_nodelay(true);
         let (peer, mac) = client_handshake(&mut stream, &hs)
             .await
-            .map_err(|e| (e.to_string(), true))?;
+            .map_err(|e| (e.to_string(), e.is_refusal()))?;
         check_shards(&peer, &expected).map_err(|e| (e, true))?;
         Ok::<_, (String, bool)>((stream, mac))
     };

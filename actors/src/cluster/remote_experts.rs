@@ -104,6 +104,7 @@ impl RemoteExperts {
         secret: ClusterSecret,
         name: &str,
         dtype: WireDtype,
+        encrypt: bool,
     ) -> anyhow::Result<Self> {
         if model.cfg.n_embd > moe_runtime::wire::HIDDEN_DIM_MAX {
             bail!(
@@ -123,13 +124,16 @@ impl RemoteExperts {
             hidden_dim: model.cfg.n_embd,
         };
         let empty = moe_runtime::placement::ExpertSet::empty(model.cfg.n_experts)?;
-        let hs = HandshakeConfig::new(
-            NodeName::new(name).map_err(anyhow::Error::msg)?,
-            model.file().fingerprint(),
-            secret,
-            ShardSummary::uniform(&empty),
-            shape,
-        );
+        let hs = HandshakeConfig {
+            encrypt,
+            ..HandshakeConfig::new(
+                NodeName::new(name).map_err(anyhow::Error::msg)?,
+                model.file().fingerprint(),
+                secret,
+                ShardSummary::uniform(&empty),
+                shape,
+            )
+        };
         let mut links = Vec::new();
         for node in placement.nodes() {
             let addr: SocketAddr = match &node.addr {

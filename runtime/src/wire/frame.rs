@@ -1,6 +1,13 @@
 //! Frames: sealing an archive with its length, sequence number and MAC, and opening one
 //! with every check of the layout in `wire.rs`, in that order.
+//!
+//! On an encrypted link (`--wire-encrypt`) the archive bytes are XORed with a ChaCha20
+//! keystream under the direction's encryption key, with the frame's sequence number as the
+//! nonce (never reused: one key per direction and session, one frame per number), and the MAC
+//! covers the ciphertext (encrypt-then-MAC): nothing is decrypted before the MAC holds.
 
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::ChaCha20;
 use hmac::{Hmac, Mac};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -21,18 +28,29 @@ const FRAME_BYTES_MIN: usize = LEN_BYTES + SEQ_BYTES + MAC_BYTES;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The sending half of a link's frame authentication: this direction's key and the next
-/// sequence number. Owned by the one task that writes the link.
+/// The sending half of a link's frame protection: this direction's MAC key (and encryption
+/// key on an encrypted link) and the next sequence number. Owned by the one task that writes
+/// the link.
 pub struct SendMac {
     mac: Option<HmacSha256>,
+    cipher_key: Option<[u8; 32]>,
     next_seq: u64,
 }
 
-/// The receiving half: the peer's direction key and the sequence number expected next.
+/// The receiving half: the peer's direction keys and the sequence number expected next.
 /// Owned by the one task that reads the link.
 pub struct RecvMac {
     mac: Option<HmacSha256>,
+    cipher_key: Option<[u8; 32]>,
     next_seq: u64,
+}
+
+/// XORs `bytes` with the ChaCha20 keystream of `key` and sequence number `seq` (the same call
+/// encrypts and decrypts).
+fn apply_keystream(key: &[u8; 32], seq: u64, bytes: &mut [u8]) {
+    let mut nonce = [0u8; 12];
+    nonce[..8].copy_from_slice(&seq.to_le_bytes());
+    ChaCha20::new(key.into(), &nonce.into()).apply_keystream(bytes);
 }
 
 /// Both halves of one end of an authenticated link, as the handshake returns them; split
@@ -49,7 +67,16 @@ impl SendMac {
     pub fn new(key: [u8; 32]) -> Self {
         Self {
             mac: Some(keyed(&key)),
+            cipher_key: None,
             next_seq: 0,
+        }
+    }
+
+    /// Frames MAC'd with `mac_key` and encrypted with `cipher_key`, sequence numbers from 0.
+    pub fn encrypted(mac_key: [u8; 32], cipher_key: [u8; 32]) -> Self {
+        Self {
+            cipher_key: Some(cipher_key),
+            ..Self::new(mac_key)
         }
     }
 
@@ -57,6 +84,7 @@ impl SendMac {
     pub(crate) fn unkeyed() -> Self {
         Self {
             mac: None,
+            cipher_key: None,
             next_seq: 0,
         }
     }
@@ -72,7 +100,16 @@ impl RecvMac {
     pub fn new(key: [u8; 32]) -> Self {
         Self {
             mac: Some(keyed(&key)),
+            cipher_key: None,
             next_seq: 0,
+        }
+    }
+
+    /// Frames MAC'd with `mac_key` and encrypted with `cipher_key`, sequence numbers from 0.
+    pub fn encrypted(mac_key: [u8; 32], cipher_key: [u8; 32]) -> Self {
+        Self {
+            cipher_key: Some(cipher_key),
+            ..Self::new(mac_key)
         }
     }
 
@@ -80,6 +117,7 @@ impl RecvMac {
     pub(crate) fn unkeyed() -> Self {
         Self {
             mac: None,
+            cipher_key: None,
             next_seq: 0,
         }
     }
@@ -112,8 +150,9 @@ impl std::fmt::Debug for SendMac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "SendMac {{ keyed: {}, next_seq: {} }}",
+            "SendMac {{ keyed: {}, encrypted: {}, next_seq: {} }}",
             self.mac.is_some(),
+            self.cipher_key.is_some(),
             self.next_seq
         )
     }
@@ -123,8 +162,9 @@ impl std::fmt::Debug for RecvMac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "RecvMac {{ keyed: {}, next_seq: {} }}",
+            "RecvMac {{ keyed: {}, encrypted: {}, next_seq: {} }}",
             self.mac.is_some(),
+            self.cipher_key.is_some(),
             self.next_seq
         )
     }
@@ -178,6 +218,9 @@ pub fn seal_frame(archive: &[u8], mac: &mut SendMac) -> Result<Vec<u8>, RuntimeE
     // FRAME_BYTES_MAX < u32::MAX, checked above.
     frame.extend_from_slice(&(body_len as u32).to_le_bytes());
     frame.extend_from_slice(archive);
+    if let Some(key) = &mac.cipher_key {
+        apply_keystream(key, mac.next_seq, &mut frame[LEN_BYTES..]);
+    }
     frame.extend_from_slice(&mac.next_seq.to_le_bytes());
     match &mac.mac {
         Some(keyed) => {
@@ -279,6 +322,9 @@ fn decode_frame_limited(
     // The archive sits at offset 4 of the frame; rkyv needs it aligned, so it is copied.
     let mut aligned = AlignedVec::<16>::with_capacity(archive.len());
     aligned.extend_from_slice(archive);
+    if let Some(key) = &mac.cipher_key {
+        apply_keystream(key, seq, &mut aligned);
+    }
     let archived = rkyv::access::<ArchivedMessage, rancor::Error>(&aligned)
         .map_err(|e| RuntimeError::FrameInvalid(format!("archive check failed: {e}")))?;
     check_archived(archived, shape)?;

@@ -1,12 +1,22 @@
-//! The hello handshake: versions and model fingerprints compared, then mutual proof of the
-//! cluster secret, then per-direction frame keys for the session.
+//! The hello handshake: versions and link options compared, then mutual proof of the cluster
+//! secret, then per-direction frame keys for the session, then identities under those keys.
 //!
-//! Each side sends its `Hello` (nonce included) before checking the other's, so that a
-//! version or fingerprint mismatch is seen by both sides with both values, each reporting it
-//! and sending an `Error` frame before closing. Then the client proves the secret first; the
-//! server answers with its own proof only after checking the client's, so a peer without
-//! the secret learns nothing but "refused" and gets nothing computed. Proofs cover the
-//! SHA-256 transcript of both hello frames, which binds names, shards and both nonces.
+//! ```text
+//! client -> server  Hello { version, nonce_c, encrypt }          unkeyed
+//! server -> client  Hello { version, nonce_s, encrypt }          unkeyed
+//! client -> server  AuthProof { HMAC(secret, "client proof" | transcript) }
+//! server -> client  AuthProof { HMAC(secret, "server proof" | transcript) }   (or Error)
+//! both              Identity { fingerprint, name, shards }       under the session keys
+//! ```
+//!
+//! Each side sends its `Hello` before checking the other's, so that a version mismatch is
+//! seen by both sides with both values, each reporting it and sending an `Error` frame before
+//! closing; identities are exchanged the same way for the model fingerprint. The client
+//! proves the secret first; the server answers with its own proof only after checking the
+//! client's. A peer without the secret learns the protocol version, a nonce and whether the
+//! link would be encrypted: never a node name, model fingerprint or shard list, and nothing
+//! computed. `transcript` is SHA-256 over both hello frames as sent; the session key is
+//! derived from the secret and the transcript, so both nonces make every session's keys new.
 //!
 //! Hello frames are not MAC'd (no key yet); what they claim is authenticated by the proofs.
 //! An attacker on the path can still forge an early `Error` frame: that only ends a link it
@@ -24,9 +34,11 @@ use super::frame::{
     decode_handshake_frame, derive_key, encode_frame, RecvMac, SendMac, SessionMac,
 };
 use super::io::{read_frame, write_frame};
-use super::limits::{HANDSHAKE_FRAME_BYTES_MAX, HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION};
+use super::limits::{
+    HANDSHAKE_FRAME_BYTES_MAX, HANDSHAKE_HELLO_TIMEOUT_MS, HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION,
+};
 use super::message::{
-    AuthProof, ErrorCode, ErrorMessage, Hello, Message, ModelShape, ShardSummary,
+    AuthProof, ErrorCode, ErrorMessage, Hello, Identity, Message, ModelShape, ShardSummary,
 };
 use crate::placement::{ExpertSet, NodeName};
 use crate::RuntimeError;
@@ -42,6 +54,11 @@ const SERVER_PROOF_LABEL: &[u8] = b"moe-node server proof";
 const SESSION_LABEL: &[u8] = b"moe-node session key";
 const CLIENT_TO_SERVER_LABEL: &[u8] = b"client to server";
 const SERVER_TO_CLIENT_LABEL: &[u8] = b"server to client";
+const CLIENT_TO_SERVER_CIPHER_LABEL: &[u8] = b"client to server cipher";
+const SERVER_TO_CLIENT_CIPHER_LABEL: &[u8] = b"server to client cipher";
+
+/// How a peer is named in errors before its identity is authenticated.
+const UNAUTHENTICATED_PEER: &str = "(unauthenticated)";
 
 /// Hex digits of a fingerprint shown in a mismatch error.
 const FINGERPRINT_HEX_SHOWN: usize = 16;
@@ -55,6 +72,11 @@ impl ClusterSecret {
     /// Wraps `bytes`; fails when shorter than [`CLUSTER_SECRET_BYTES_MIN`] or over 4096 bytes.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, RuntimeError> {
         let bytes = bytes.into();
+        if bytes.is_empty() {
+            return Err(RuntimeError::ClusterSecret(format!(
+                "empty, at least CLUSTER_SECRET_BYTES_MIN = {CLUSTER_SECRET_BYTES_MIN} bytes needed"
+            )));
+        }
         if bytes.len() < CLUSTER_SECRET_BYTES_MIN {
             return Err(RuntimeError::ClusterSecret(format!(
                 "{} bytes, at least CLUSTER_SECRET_BYTES_MIN = {CLUSTER_SECRET_BYTES_MIN} needed",
@@ -68,6 +90,13 @@ impl ClusterSecret {
             )));
         }
         Ok(Self(bytes))
+    }
+
+    /// The secret as a secret file holds it: every byte as it is (binary secrets keep all
+    /// their entropy; nothing is decoded as text), less leading and trailing ASCII whitespace
+    /// (the newline `echo` or an editor adds). Empty or too short after trimming is refused.
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Self, RuntimeError> {
+        Self::new(bytes.trim_ascii())
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -98,6 +127,11 @@ pub struct HandshakeConfig {
     pub shape: ModelShape,
     /// How long each read or write of the handshake may take.
     pub step_timeout: Duration,
+    /// How long a server waits for an accepted peer's whole hello (a peer that connects and
+    /// says nothing frees its slot after this).
+    pub hello_timeout: Duration,
+    /// Whether frames after the handshake are encrypted (both sides must agree).
+    pub encrypt: bool,
 }
 
 impl HandshakeConfig {
@@ -116,6 +150,8 @@ impl HandshakeConfig {
             shards,
             shape,
             step_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+            hello_timeout: Duration::from_millis(HANDSHAKE_HELLO_TIMEOUT_MS),
+            encrypt: false,
         }
     }
 }
@@ -212,10 +248,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<'_, S> {
             .await;
     }
 
-    /// Reads one frame; returns it raw (for the transcript) with its message.
+    /// Reads one frame within the step timeout; returns it raw (for the transcript) with its
+    /// message.
     async fn receive(&mut self, step: &'static str) -> Result<(Vec<u8>, Message), RuntimeError> {
+        self.receive_within(self.config.step_timeout, step).await
+    }
+
+    /// [`Link::receive`] within `limit`.
+    async fn receive_within(
+        &mut self,
+        limit: Duration,
+        step: &'static str,
+    ) -> Result<(Vec<u8>, Message), RuntimeError> {
         let frame = within(
-            self.config.step_timeout,
+            limit,
             step,
             read_frame(self.stream, HANDSHAKE_FRAME_BYTES_MAX),
         )
@@ -266,14 +312,12 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         send: SendMac::unkeyed(),
         recv: RecvMac::unkeyed(),
         config,
-        peer: String::new(),
+        peer: UNAUTHENTICATED_PEER.into(),
     };
     let hello = Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
-        model_fingerprint: config.model_fingerprint,
-        node_name: config.node_name.to_string(),
         nonce: fresh_nonce()?,
-        shards: config.shards.clone(),
+        encrypt: config.encrypt,
     });
     let my_hello = encode_frame(&hello, &mut link.send)?;
 
@@ -281,7 +325,15 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     if side == Side::Client {
         link.send_frame(&my_hello, "sending hello").await?;
     }
-    let (peer_hello_frame, peer_hello) = match link.receive("waiting for the peer's hello").await? {
+    let first_wait = match side {
+        Side::Client => config.step_timeout,
+        Side::Server => config.hello_timeout,
+    };
+    let (peer_hello_frame, peer_hello) = match link
+        .receive_within(first_wait, "waiting for the peer's hello")
+        .await
+        .map_err(not_our_hello)?
+    {
         (frame, Message::Hello(hello)) => (frame, hello),
         (_, other) => {
             let reason = format!("expected Hello, got {}", other.kind());
@@ -289,7 +341,6 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(RuntimeError::FrameInvalid(reason));
         }
     };
-    link.peer = peer_hello.node_name.clone();
     if side == Side::Server {
         link.send_frame(&my_hello, "sending hello").await?;
     }
@@ -297,13 +348,6 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         link.refuse(code, &error.to_string()).await;
         return Err(error);
     }
-    let shards = match parse_shards(&peer_hello.shards, config.shape.n_experts) {
-        Ok(shards) => shards,
-        Err(error) => {
-            link.refuse(ErrorCode::Other, &error.to_string()).await;
-            return Err(error);
-        }
-    };
 
     // Proofs over the transcript of both hellos, client's first.
     let (client_hello, server_hello) = match side {
@@ -349,10 +393,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         };
         link.refuse(
             ErrorCode::AuthFailed,
-            &format!(
-                "node {} could not verify your proof of the cluster secret",
-                config.node_name
-            ),
+            "this node could not verify your proof of the cluster secret",
         )
         .await;
         return Err(error);
@@ -361,56 +402,152 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         link.send(&my_proof, "sending the proof").await?;
     }
 
+    // Both sides proved the secret: from here every frame is under the session keys.
     let session = config
         .secret
         .mac()
         .chain_update(SESSION_LABEL)
         .chain_update(transcript);
     let session: [u8; 32] = session.finalize().into_bytes().into();
-    let client_to_server = derive_key(&session, CLIENT_TO_SERVER_LABEL);
-    let server_to_client = derive_key(&session, SERVER_TO_CLIENT_LABEL);
-    let (send_key, recv_key) = match side {
+    let keys = |label: &[u8], cipher_label: &[u8]| {
+        (
+            derive_key(&session, label),
+            config.encrypt.then(|| derive_key(&session, cipher_label)),
+        )
+    };
+    let client_to_server = keys(CLIENT_TO_SERVER_LABEL, CLIENT_TO_SERVER_CIPHER_LABEL);
+    let server_to_client = keys(SERVER_TO_CLIENT_LABEL, SERVER_TO_CLIENT_CIPHER_LABEL);
+    let (send_keys, recv_keys) = match side {
         Side::Client => (client_to_server, server_to_client),
         Side::Server => (server_to_client, client_to_server),
     };
-    let name = NodeName::new(&peer_hello.node_name).map_err(RuntimeError::FrameInvalid)?;
+    link.send = match send_keys {
+        (mac, Some(cipher)) => SendMac::encrypted(mac, cipher),
+        (mac, None) => SendMac::new(mac),
+    };
+    link.recv = match recv_keys {
+        (mac, Some(cipher)) => RecvMac::encrypted(mac, cipher),
+        (mac, None) => RecvMac::new(mac),
+    };
+
+    // Identities: the client's first; the server answers with its own only when it accepts
+    // the client's (else with an Error naming what is wrong), so the client always learns
+    // the server's verdict before it treats the link as up.
+    let identity = Message::Identity(Identity {
+        model_fingerprint: config.model_fingerprint,
+        node_name: config.node_name.to_string(),
+        shards: config.shards.clone(),
+    });
+    if side == Side::Client {
+        link.send(&identity, "sending the identity").await?;
+    }
+    let peer_identity = match link.receive("waiting for the peer's identity").await? {
+        (_, Message::Identity(identity)) => identity,
+        (_, other) => {
+            let reason = format!("expected Identity, got {}", other.kind());
+            link.refuse(ErrorCode::Other, &reason).await;
+            return Err(RuntimeError::FrameInvalid(reason));
+        }
+    };
+    link.peer = peer_identity.node_name.clone();
+    if let Err((code, error, to_peer)) = check_identity(&peer_identity, config) {
+        link.refuse(code, &to_peer).await;
+        return Err(error);
+    }
+    let shards = match parse_shards(&peer_identity.shards, config.shape.n_experts) {
+        Ok(shards) => shards,
+        Err(error) => {
+            link.refuse(ErrorCode::Other, &error.to_string()).await;
+            return Err(error);
+        }
+    };
+    if side == Side::Server {
+        link.send(&identity, "sending the identity").await?;
+    }
+    let name = NodeName::new(&peer_identity.node_name).map_err(RuntimeError::FrameInvalid)?;
     Ok((
         PeerInfo {
             name,
             protocol_version: peer_hello.protocol_version,
-            model_fingerprint: peer_hello.model_fingerprint,
+            model_fingerprint: peer_identity.model_fingerprint,
             shards,
         },
         SessionMac {
-            send: SendMac::new(send_key),
-            recv: RecvMac::new(recv_key),
+            send: link.send,
+            recv: link.recv,
         },
     ))
 }
 
-/// Version first (a different version may mean a different everything), then fingerprint.
+/// The hello: protocol version first (a different version may mean a different everything),
+/// then the link options both sides must share.
 fn check_hello(peer: &Hello, config: &HandshakeConfig) -> Result<(), (ErrorCode, RuntimeError)> {
     if peer.protocol_version != PROTOCOL_VERSION {
         return Err((
             ErrorCode::ProtocolMismatch,
             RuntimeError::ProtocolMismatch {
-                peer: peer.node_name.clone(),
+                peer: UNAUTHENTICATED_PEER.into(),
                 ours: PROTOCOL_VERSION,
                 theirs: peer.protocol_version,
             },
         ));
     }
-    if peer.model_fingerprint != config.model_fingerprint {
+    if peer.encrypt != config.encrypt {
+        let on_off = |on: bool| if on { "on" } else { "off" };
         return Err((
-            ErrorCode::FingerprintMismatch,
-            RuntimeError::FingerprintMismatch {
-                peer: peer.node_name.clone(),
-                ours: hex_prefix(&config.model_fingerprint),
-                theirs: hex_prefix(&peer.model_fingerprint),
+            ErrorCode::Other,
+            RuntimeError::PeerRefused {
+                peer: UNAUTHENTICATED_PEER.into(),
+                reason: format!(
+                    "wire encryption differs: ours {}, theirs {} (give every node of a cluster the same --wire-encrypt)",
+                    on_off(config.encrypt),
+                    on_off(peer.encrypt)
+                ),
             },
         ));
     }
     Ok(())
+}
+
+/// The authenticated identity: both sides must run the same model. On a mismatch: the code
+/// and error for this side, and the words for the peer (naming both nodes, so that they read
+/// right from either end).
+fn check_identity(
+    peer: &Identity,
+    config: &HandshakeConfig,
+) -> Result<(), (ErrorCode, RuntimeError, String)> {
+    if peer.model_fingerprint != config.model_fingerprint {
+        let (ours, theirs) = (
+            hex_prefix(&config.model_fingerprint),
+            hex_prefix(&peer.model_fingerprint),
+        );
+        let to_peer = format!(
+            "model fingerprint mismatch: node {:?} runs {ours}…, node {:?} runs {theirs}…",
+            config.node_name.as_str(),
+            peer.node_name
+        );
+        return Err((
+            ErrorCode::FingerprintMismatch,
+            RuntimeError::FingerprintMismatch {
+                peer: peer.node_name.clone(),
+                ours,
+                theirs,
+            },
+            to_peer,
+        ));
+    }
+    Ok(())
+}
+
+/// A first frame that does not read as a hello of this protocol is most likely a node of
+/// another release: say so.
+fn not_our_hello(error: RuntimeError) -> RuntimeError {
+    match error {
+        RuntimeError::FrameInvalid(detail) => RuntimeError::FrameInvalid(format!(
+            "the peer's first frame is not a protocol-{PROTOCOL_VERSION} hello (a node of another moe-node release?): {detail}"
+        )),
+        other => other,
+    }
 }
 
 fn parse_shards(summary: &ShardSummary, n_experts: usize) -> Result<PeerShards, RuntimeError> {

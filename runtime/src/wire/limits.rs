@@ -5,7 +5,7 @@
 //! (2048 tokens x 7168 x 4 bytes of f32 is 58.7 MB).
 
 /// The wire protocol version this build speaks; both sides of a link must be equal.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame after the handshake, length prefix excluded, in bytes.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -26,6 +26,9 @@ pub const SHARD_OVERRIDES_MAX: usize = 256;
 
 /// How long each handshake step may wait for the peer, in milliseconds.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// How long an expert node waits for an accepted connection's whole hello, in milliseconds:
+/// a router sends it at once; a connection that stays silent frees its handshake slot.
+pub const HANDSHAKE_HELLO_TIMEOUT_MS: u64 = 1_000;
 /// How often an idle link sends a heartbeat, in milliseconds.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 /// How long a link may receive nothing before its peer is declared dead, in milliseconds.

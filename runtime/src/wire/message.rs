@@ -62,7 +62,7 @@ impl std::fmt::Display for WireDtype {
 /// Everything one frame can carry.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Message {
-    /// The first frame each side sends.
+    /// The first frame each side sends (unauthenticated: version, nonce, options only).
     Hello(Hello),
     /// The handshake's proof of the cluster secret.
     AuthProof(AuthProof),
@@ -78,6 +78,8 @@ pub enum Message {
     Reassign(Reassign),
     /// Expert node -> router: the outcome of a [`Reassign`].
     ReassignAck(ReassignAck),
+    /// Each side's first frame after the proofs, under the session keys: who it is.
+    Identity(Identity),
 }
 
 /// The two phases of a live re-placement, per node.
@@ -121,21 +123,34 @@ impl Message {
             Self::Error(_) => "Error",
             Self::Reassign(_) => "Reassign",
             Self::ReassignAck(_) => "ReassignAck",
+            Self::Identity(_) => "Identity",
         }
     }
 }
 
-/// A node introducing itself.
+/// The first frame of each side, before either has proven the secret: only what the
+/// handshake needs, so that a peer without the secret learns nothing about the node.
+///
+/// Its layout stays as it is in every later protocol version, so that a node of another
+/// version can always read the version and report the mismatch.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Hello {
     /// The sender's [`PROTOCOL_VERSION`].
     pub protocol_version: u32,
+    /// 32 fresh random bytes; both nonces go into the proofs and the session keys.
+    pub nonce: [u8; 32],
+    /// Whether the sender encrypts its frames after the handshake (both sides must agree).
+    pub encrypt: bool,
+}
+
+/// A node introducing itself, sent only after both sides proved the cluster secret, under
+/// the session keys (MAC'd, and encrypted when the link is).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Identity {
     /// SHA-256 of the model's metadata and tensor table: both sides must run the same model.
     pub model_fingerprint: [u8; 32],
     /// The sender's node name (a valid `NodeName`).
     pub node_name: String,
-    /// 32 fresh random bytes; both nonces go into the proofs and the session keys.
-    pub nonce: [u8; 32],
     /// The experts the sender owns (empty for a router without a local shard).
     pub shards: ShardSummary,
 }
@@ -394,11 +409,12 @@ pub(crate) fn check_archived(
     shape: &ModelShape,
 ) -> Result<(), RuntimeError> {
     match message {
-        ArchivedMessage::Hello(hello) => {
-            NodeName::new(hello.node_name.as_str())
-                .map_err(|reason| invalid(format!("hello: {reason}")))?;
-            check_shards(&hello.shards)
+        ArchivedMessage::Identity(identity) => {
+            NodeName::new(identity.node_name.as_str())
+                .map_err(|reason| invalid(format!("identity: {reason}")))?;
+            check_shards(&identity.shards)
         }
+        ArchivedMessage::Hello(_) => Ok(()),
         ArchivedMessage::Reassign(reassign) => check_shards(&reassign.shards),
         ArchivedMessage::ReassignAck(ack) => check_len(
             "reassign_ack.error",

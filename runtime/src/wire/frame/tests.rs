@@ -38,9 +38,12 @@ fn every_message() -> Vec<Message> {
     vec![
         Message::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
+            nonce: [9; 32],
+            encrypt: true,
+        }),
+        Message::Identity(Identity {
             model_fingerprint: [7; 32],
             node_name: "expert-1".into(),
-            nonce: [9; 32],
             shards: ShardSummary {
                 all_layers: "0-95".into(),
                 overrides: vec![LayerShards {
@@ -98,8 +101,8 @@ fn every_message_round_trips_in_sequence() {
         let frame = encode_frame(&message, &mut b.send).unwrap();
         assert_eq!(decode_frame(&frame, &mut a.recv, &SHAPE).unwrap(), message);
     }
-    assert_eq!(a.send.next_seq(), 7);
-    assert_eq!(b.recv.next_seq(), 7);
+    assert_eq!(a.send.next_seq(), 8);
+    assert_eq!(b.recv.next_seq(), 8);
 }
 
 #[test]
@@ -394,12 +397,10 @@ fn hidden_dim_max() {
     ));
 }
 
-fn hello(name: &str, shards: ShardSummary) -> Message {
-    Message::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
+fn identity(name: &str, shards: ShardSummary) -> Message {
+    Message::Identity(Identity {
         model_fingerprint: [0; 32],
         node_name: name.into(),
-        nonce: [0; 32],
         shards,
     })
 }
@@ -407,17 +408,17 @@ fn hello(name: &str, shards: ShardSummary) -> Message {
 #[test]
 fn node_name_bytes_max() {
     use crate::placement::NODE_NAME_BYTES_MAX;
-    round_trip(&hello(
+    round_trip(&identity(
         &"n".repeat(NODE_NAME_BYTES_MAX),
         ShardSummary::default(),
     ))
     .unwrap();
-    let reason = invalid(hello(
+    let reason = invalid(identity(
         &"n".repeat(NODE_NAME_BYTES_MAX + 1),
         ShardSummary::default(),
     ));
     assert!(reason.contains("NODE_NAME_BYTES_MAX"), "{reason}");
-    assert!(invalid(hello("bad name", ShardSummary::default())).contains("' '"));
+    assert!(invalid(identity("bad name", ShardSummary::default())).contains("' '"));
 }
 
 #[test]
@@ -427,12 +428,12 @@ fn shards_text_bytes_max_and_overrides_max() {
         all_layers: text(SHARDS_TEXT_BYTES_MAX),
         overrides: vec![],
     };
-    round_trip(&hello("e", at)).unwrap();
+    round_trip(&identity("e", at)).unwrap();
     let over = ShardSummary {
         all_layers: text(SHARDS_TEXT_BYTES_MAX + 1),
         overrides: vec![],
     };
-    assert_eq!(over_limit(hello("e", over)).1, "SHARDS_TEXT_BYTES_MAX");
+    assert_eq!(over_limit(identity("e", over)).1, "SHARDS_TEXT_BYTES_MAX");
     let entry = |n: usize| LayerShards {
         layer: 1,
         experts: text(n),
@@ -441,17 +442,17 @@ fn shards_text_bytes_max_and_overrides_max() {
         all_layers: String::new(),
         overrides: vec![entry(SHARDS_TEXT_BYTES_MAX + 1)],
     };
-    assert_eq!(over_limit(hello("e", over)).1, "SHARDS_TEXT_BYTES_MAX");
+    assert_eq!(over_limit(identity("e", over)).1, "SHARDS_TEXT_BYTES_MAX");
     let at = ShardSummary {
         all_layers: String::new(),
         overrides: vec![entry(1); SHARD_OVERRIDES_MAX],
     };
-    round_trip(&hello("e", at)).unwrap();
+    round_trip(&identity("e", at)).unwrap();
     let over = ShardSummary {
         all_layers: String::new(),
         overrides: vec![entry(1); SHARD_OVERRIDES_MAX + 1],
     };
-    assert_eq!(over_limit(hello("e", over)).1, "SHARD_OVERRIDES_MAX");
+    assert_eq!(over_limit(identity("e", over)).1, "SHARD_OVERRIDES_MAX");
 }
 
 #[test]

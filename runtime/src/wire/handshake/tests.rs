@@ -117,12 +117,13 @@ async fn wrong_secret_fails_on_both_sides() {
     let server_error = server.unwrap_err();
     assert_eq!(
         server_error.to_string(),
-        "authentication failed: peer \"router\" did not prove the cluster secret"
+        "authentication failed: peer \"(unauthenticated)\" did not prove the cluster secret"
     );
     let client_error = client.unwrap_err();
     match &client_error {
         RuntimeError::AuthFailed { peer, detail } => {
-            assert_eq!(peer, "e1");
+            // Names are exchanged only after both proofs: a failed proof learns none.
+            assert_eq!(peer, "(unauthenticated)");
             assert!(
                 detail.starts_with("rejected our proof of the cluster secret"),
                 "{detail}"
@@ -139,11 +140,12 @@ async fn fingerprint_mismatch_fails_on_both_sides_with_both_prefixes() {
         &config("e1", SECRET, 0xcd, ""),
     )
     .await;
+    // The server judges the client's identity first and refuses with both nodes' values.
     match client.unwrap_err() {
-        RuntimeError::FingerprintMismatch { peer, ours, theirs } => {
+        RuntimeError::PeerRefused { reason, .. } => {
             assert_eq!(
-                (peer.as_str(), ours.as_str(), theirs.as_str()),
-                ("e1", "abababababababab", "cdcdcdcdcdcdcdcd")
+                reason,
+                "model fingerprint mismatch: node \"e1\" runs cdcdcdcdcdcdcdcd…, node \"router\" runs abababababababab…"
             );
         }
         other => panic!("{other:?}"),
@@ -157,14 +159,23 @@ async fn fingerprint_mismatch_fails_on_both_sides_with_both_prefixes() {
 
 /// A peer speaking `version`: sends its hello (first when `client`), returns what it read.
 async fn old_peer(stream: &mut DuplexStream, version: u32, client: bool) -> Vec<Message> {
+    other_peer(stream, version, false, client).await
+}
+
+/// A peer that sends a hello with `version` and `encrypt` (first when `client`) and returns
+/// every handshake frame it reads until the other side closes.
+async fn other_peer(
+    stream: &mut DuplexStream,
+    version: u32,
+    encrypt: bool,
+    client: bool,
+) -> Vec<Message> {
     let mut send = SendMac::unkeyed();
     let mut recv = RecvMac::unkeyed();
     let hello = Message::Hello(Hello {
         protocol_version: version,
-        model_fingerprint: [1; 32],
-        node_name: "old".into(),
         nonce: [0; 32],
-        shards: ShardSummary::default(),
+        encrypt,
     });
     let hello_frame = encode_frame(&hello, &mut send).unwrap();
     let mut seen = Vec::new();
@@ -192,7 +203,7 @@ async fn version_mismatch_is_reported_and_sent_as_error_frame() {
     });
     assert_eq!(
         result.unwrap_err().to_string(),
-        format!("protocol version mismatch with peer \"old\": ours {PROTOCOL_VERSION}, theirs 7")
+        format!("protocol version mismatch with peer \"(unauthenticated)\": ours {PROTOCOL_VERSION}, theirs 7")
     );
     assert!(matches!(&seen[..], [Message::Hello(_), Message::Error(e)]
         if e.code == ErrorCode::ProtocolMismatch && e.message.contains("theirs 7")));
@@ -221,10 +232,10 @@ async fn version_mismatch_is_reported_and_sent_as_error_frame() {
 #[tokio::test]
 async fn silent_peer_times_out() {
     let (_a, mut b) = tokio::io::duplex(1 << 16);
-    let mut me = config("e1", SECRET, 1, "");
+    let mut me = config("router", SECRET, 1, "");
     me.step_timeout = Duration::from_millis(50);
     assert!(matches!(
-        server_handshake(&mut b, &me).await,
+        client_handshake(&mut b, &me).await,
         Err(RuntimeError::HandshakeTimeout {
             step: "waiting for the peer's hello",
             ms: 50
@@ -258,6 +269,160 @@ async fn shards_past_the_model_are_refused_on_both_sides() {
         "{s:?}"
     );
     assert!(matches!(c, Err(RuntimeError::PeerRefused { .. })), "{c:?}");
+}
+
+/// Everything a server sends to a peer that has not proven the secret, as raw bytes.
+async fn bytes_sent_to_a_stranger(server: &HandshakeConfig) -> Vec<u8> {
+    let (mut a, mut b) = tokio::io::duplex(1 << 16);
+    let stranger = async {
+        let mut send = SendMac::unkeyed();
+        let hello = Message::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            nonce: [5; 32],
+            encrypt: server.encrypt,
+        });
+        write_frame(&mut a, &encode_frame(&hello, &mut send).unwrap())
+            .await
+            .unwrap();
+        let proof = Message::AuthProof(AuthProof { hmac: [0; 32] });
+        write_frame(&mut a, &encode_frame(&proof, &mut send).unwrap())
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut a, &mut seen)
+            .await
+            .unwrap();
+        seen
+    };
+    let (seen, result) = tokio::join!(stranger, async {
+        let r = server_handshake(&mut b, server).await;
+        drop(b);
+        r
+    });
+    assert!(matches!(result, Err(RuntimeError::AuthFailed { .. })));
+    seen
+}
+
+#[tokio::test]
+async fn a_peer_without_the_secret_learns_no_name_model_or_shards() {
+    let fingerprint = 0x5a;
+    let server = config("expert-secret-name", SECRET, fingerprint, "17-42");
+    let seen = bytes_sent_to_a_stranger(&server).await;
+    let contains = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+    assert!(!seen.is_empty(), "the server answers with its hello and a refusal");
+    assert!(!contains(b"expert-secret-name"), "node name leaked");
+    assert!(!contains(&[fingerprint; 16]), "model fingerprint leaked");
+    assert!(!contains(b"17-42"), "shards leaked");
+}
+
+#[tokio::test]
+async fn encrypted_links_hide_the_archive_and_still_carry_it() {
+    let mut router = config("router", SECRET, 1, "");
+    let mut expert = config("e1", SECRET, 1, "0-95");
+    router.encrypt = true;
+    expert.encrypt = true;
+    let (client, server) = run(&router, &expert).await;
+    let (info, mut router_mac) = client.unwrap();
+    let (_, mut expert_mac) = server.unwrap();
+    assert_eq!(info.name.as_str(), "e1");
+
+    let mut request = ExpertRequest::new(1, 3, WireDtype::F32, 8);
+    let hidden = [0.25_f32, -1.5, 3.0, 1e-3, 7.0, -2.0, 0.5, 42.0];
+    request
+        .push_token(
+            &hidden,
+            &[ExpertRoute {
+                expert: 7,
+                weight: 1.0,
+            }],
+        )
+        .unwrap();
+    let message = Message::ExpertRequest(request);
+    let frame = encode_frame(&message, &mut router_mac.send).unwrap();
+    // The hidden state's f32 bytes do not appear in the frame in clear.
+    let clear: Vec<u8> = hidden.iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert!(!frame.windows(clear.len()).any(|w| w == clear));
+    assert_eq!(
+        decode_frame(&frame, &mut expert_mac.recv, &SHAPE).unwrap(),
+        message
+    );
+    // A flipped ciphertext bit fails the MAC before anything is decrypted or parsed.
+    let frame = encode_frame(&message, &mut router_mac.send).unwrap();
+    let mut tampered = frame.clone();
+    tampered[8] ^= 1;
+    assert!(matches!(
+        decode_frame(&tampered, &mut expert_mac.recv, &SHAPE),
+        Err(RuntimeError::FrameMac)
+    ));
+}
+
+#[tokio::test]
+async fn encryption_must_be_chosen_alike_on_both_sides() {
+    let mut router = config("router", SECRET, 1, "");
+    router.encrypt = true;
+    let (client, server) = run(&router, &config("e1", SECRET, 1, "0-95")).await;
+    for outcome in [client, server] {
+        let error = outcome.unwrap_err().to_string();
+        assert!(error.contains("wire encryption differs"), "{error}");
+        assert!(error.contains("--wire-encrypt"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_silent_peer_frees_the_server_after_the_hello_timeout() {
+    let (_a, mut b) = tokio::io::duplex(1 << 16);
+    let mut me = config("e1", SECRET, 1, "");
+    me.hello_timeout = Duration::from_millis(30);
+    me.step_timeout = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        server_handshake(&mut b, &me).await,
+        Err(RuntimeError::HandshakeTimeout {
+            step: "waiting for the peer's hello",
+            ms: 30
+        })
+    ));
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn transport_failures_are_retried_and_refusals_are_not() {
+    assert!(!RuntimeError::PeerClosed.is_refusal());
+    assert!(!RuntimeError::WireIo(std::io::ErrorKind::ConnectionReset.into()).is_refusal());
+    assert!(!RuntimeError::HandshakeTimeout { step: "x", ms: 1 }.is_refusal());
+    assert!(RuntimeError::AuthFailed {
+        peer: String::new(),
+        detail: String::new()
+    }
+    .is_refusal());
+}
+
+#[test]
+fn secret_files_are_read_as_bytes() {
+    // Two binary secrets that a lossy UTF-8 decoding would make equal (all U+FFFD).
+    let a: Vec<u8> = (0x80..0x90).collect();
+    let b = vec![0xff; 16];
+    let mac = |s: &ClusterSecret| s.mac().chain_update(b"x").finalize().into_bytes();
+    let (sa, sb) = (
+        ClusterSecret::from_file_bytes(&a).unwrap(),
+        ClusterSecret::from_file_bytes(&b).unwrap(),
+    );
+    assert_ne!(mac(&sa), mac(&sb));
+    // Only surrounding ASCII whitespace is trimmed; bytes inside are kept.
+    let with_newline = ClusterSecret::from_file_bytes(b"  0123456789abcdef\n").unwrap();
+    let plain = ClusterSecret::new(b"0123456789abcdef".to_vec()).unwrap();
+    assert_eq!(mac(&with_newline), mac(&plain));
+    let inner_space = ClusterSecret::from_file_bytes(b"0123456789 abcdef").unwrap();
+    assert_ne!(mac(&inner_space), mac(&plain));
+    // Empty, whitespace-only and short files are refused, naming the problem.
+    for bad in [&b""[..], b" \n\t\r\n", b"short\n"] {
+        let error = ClusterSecret::from_file_bytes(bad).unwrap_err().to_string();
+        assert!(error.contains("cluster secret"), "{error}");
+    }
+    assert!(ClusterSecret::from_file_bytes(b"\n")
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
 }
 
 #[test]
