@@ -161,7 +161,19 @@ pub struct Expert {
 
 /// Starts `moe-node --role expert` and waits for its `listening on` line.
 pub fn start_expert(model: &Path, secret: &Path, shards: &str, name: &str, listen: &str) -> Expert {
-    let args: Vec<String> = [
+    start_expert_with(model, secret, shards, name, listen, &[])
+}
+
+/// [`start_expert`] with `extra` options (e.g. `--wire-encrypt`).
+pub fn start_expert_with(
+    model: &Path,
+    secret: &Path,
+    shards: &str,
+    name: &str,
+    listen: &str,
+    extra: &[&str],
+) -> Expert {
+    let mut args: Vec<String> = [
         "--role",
         "expert",
         "--model",
@@ -180,6 +192,7 @@ pub fn start_expert(model: &Path, secret: &Path, shards: &str, name: &str, liste
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
     let node = Node::spawn(&args);
     let line = node
         .next_line(Duration::from_millis(NODE_START_TIMEOUT_MS))
