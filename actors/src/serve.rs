@@ -9,6 +9,7 @@
 //! serve/chat_template.rs  the GGUF's Jinja chat template via minijinja (ChatML default)
 //! serve/stop.rs      stop strings over streamed text
 //! serve/api_error.rs OpenAI-style error objects
+//! serve/http_limits.rs connections: cap, header and body timeouts, body size, API key
 //! ```
 //!
 //! ```sh
@@ -18,7 +19,9 @@
 //!
 //! Threads: the engine owns the model on its own OS thread (compute never runs on the async
 //! runtime); two tokio workers serve HTTP. Every queue between them is bounded: the admission
-//! queue (`--admission-queue`, 429 when full) and each request's piece channel.
+//! queue (`--admission-queue`, 429 when full) and each request's piece channel. So is what
+//! clients hold of the HTTP side: connections, header and body times, body sizes
+//! (`http_limits.rs`).
 //!
 //! Metrics: with `--metrics-addr ADDR` the Prometheus exporter of `telemetry.rs` is installed
 //! (its own listener on ADDR) and `GET /metrics` on the API address answers the same text.
@@ -26,6 +29,7 @@
 pub mod api_error;
 pub mod chat_template;
 pub mod engine;
+pub mod http_limits;
 pub mod openai;
 pub mod routes;
 pub mod stop;
@@ -34,6 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -41,6 +46,10 @@ use crate::cli::common::ModelArgs;
 use crate::cluster::args::RouterArgs;
 use chat_template::ChatTemplate;
 use engine::{EngineLimits, ADMISSION_QUEUE_MAX, MAX_ACTIVE_SEQUENCES};
+use http_limits::{
+    ApiKey, BodyLimits, ConnectionLimits, HTTP_BODY_READ_TIMEOUT_MS, HTTP_CONNECTIONS_MAX,
+    HTTP_HEADER_READ_TIMEOUT_MS,
+};
 
 /// Largest `max_tokens` a request may ask for (default of `--max-tokens-limit`).
 pub const COMPLETION_TOKENS_MAX: usize = 4096;
@@ -70,6 +79,17 @@ pub struct ServeOptions {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = COMPLETION_TOKENS_MAX)]
     pub max_tokens_limit: usize,
+    /// Most HTTP connections at once (lowered to fit `ulimit -n`); over it, a new connection
+    /// closes the oldest idle one, or gets 503 when every one is busy.
+    #[arg(long, default_value_t = HTTP_CONNECTIONS_MAX)]
+    pub http_connections_max: usize,
+    /// Milliseconds a client may take to send a request head; also how long a connection
+    /// may stay idle between requests.
+    #[arg(long, default_value_t = HTTP_HEADER_READ_TIMEOUT_MS)]
+    pub http_header_timeout_ms: u64,
+    /// Milliseconds a client may take to send a request body (408 beyond).
+    #[arg(long, default_value_t = HTTP_BODY_READ_TIMEOUT_MS)]
+    pub http_body_timeout_ms: u64,
 }
 
 /// Arguments of `serve`.
@@ -117,7 +137,20 @@ pub fn run(
         "--max-tokens-limit must be at least 1"
     );
     anyhow::ensure!(model_args.ctx_size >= 2, "--ctx-size must be at least 2");
-    let api_key = opts.api_key_file.as_deref().map(read_api_key).transpose()?;
+    anyhow::ensure!(
+        opts.http_connections_max >= 1,
+        "--http-connections-max must be at least 1"
+    );
+    anyhow::ensure!(
+        opts.http_header_timeout_ms >= 1 && opts.http_body_timeout_ms >= 1,
+        "--http-header-timeout-ms and --http-body-timeout-ms must be at least 1"
+    );
+    let api_key = opts
+        .api_key_file
+        .as_deref()
+        .map(read_api_key)
+        .transpose()?
+        .map(|k| ApiKey::new(&k));
     let limits = EngineLimits {
         max_active: opts.max_active_sequences,
         queue: opts.admission_queue,
@@ -153,7 +186,6 @@ pub fn run(
         model_name,
         ctx_size: model_args.ctx_size,
         max_tokens_limit: opts.max_tokens_limit,
-        api_key,
         next_id: AtomicU64::new(0),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -164,10 +196,17 @@ pub fn run(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
+        let body = BodyLimits {
+            bytes_max: routes::REQUEST_BODY_BYTES_MAX,
+            timeout: Duration::from_millis(opts.http_body_timeout_ms),
+        };
+        let connections = ConnectionLimits {
+            header_timeout: Duration::from_millis(opts.http_header_timeout_ms),
+            connections_max: http_limits::connection_cap(opts.http_connections_max),
+        };
         println!("http listening on {}", listener.local_addr()?);
-        axum::serve(listener, routes::app(state))
-            .await
-            .context("HTTP server")
+        http_limits::serve(listener, routes::app(state, api_key, body), connections).await;
+        Ok(())
     })
 }
 

@@ -41,3 +41,67 @@ pub fn url_encode(s: &str) -> String {
     }
     out
 }
+
+/// Sends `request` (raw bytes) on a fresh connection to `addr` and reads the answer until the
+/// server closes the connection, the head and a `Content-Length` body have arrived, or
+/// `timeout` passes: the status code (0 when nothing arrived) and the body.
+pub fn exchange(addr: &str, request: &[u8], timeout: Duration) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(request)?;
+    read_response(&mut stream, timeout)
+}
+
+/// Reads one HTTP/1 response from `stream` (see [`exchange`]); a body without
+/// `Content-Length` is read until the connection closes.
+pub fn read_response(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            // A reset after the answer arrived (the server closed with unread input).
+            Err(_) if !raw.is_empty() => break,
+            Err(e) => return Err(e),
+        }
+        if complete_response(&raw) || raw.len() as u64 >= RESPONSE_BYTES_MAX {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// Whether `raw` holds a whole response head and its `Content-Length` body.
+fn complete_response(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| body.len() >= len)
+}

@@ -78,6 +78,41 @@ impl ApiError {
         }
     }
 
+    /// 413: the request body is (or is announced as) larger than `max` bytes.
+    pub fn too_large(announced: Option<u64>, max: usize) -> Self {
+        let message = match announced {
+            Some(n) => format!("the request body is announced as {n} bytes (Content-Length); at most {max} are accepted"),
+            None => format!("the request body is larger than {max} bytes"),
+        };
+        Self::invalid(message, None)
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            .with_code("request_too_large")
+    }
+
+    /// 408: the request body did not arrive within `timeout`.
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::invalid(
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+            None,
+        )
+        .with_status(StatusCode::REQUEST_TIMEOUT)
+        .with_code("request_timeout")
+    }
+
+    /// 503: the server holds its most connections (`cap`) and every one is busy.
+    pub fn too_many_connections(cap: usize) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("the server is busy: all of its {cap} connections are serving requests; retry later"),
+            kind: "server_error",
+            param: None,
+            code: Some("too_many_connections"),
+        }
+    }
+
     /// The error object as JSON (also sent as an SSE event when a stream fails).
     pub fn body(&self) -> serde_json::Value {
         json!({ "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code } })

@@ -24,6 +24,11 @@ pub const STOP_SEQUENCE_BYTES_MAX: usize = 256;
 /// Most chat messages per request.
 pub const CHAT_MESSAGES_MAX: usize = 4096;
 
+/// Most bytes of prompt text per context position: a prompt longer than `ctx_size ×` this
+/// is refused before it is tokenized, as it cannot fit the context (text averages 3 to 5
+/// bytes per token; 32 leaves room for long runs of spaces, digits or rare characters).
+pub const PROMPT_BYTES_PER_TOKEN_MAX: usize = 32;
+
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -114,6 +119,91 @@ pub enum Prompt {
     Texts(Vec<String>),
     /// A list of token id lists (exactly one is supported).
     TokenLists(Vec<Vec<u32>>),
+}
+
+/// A completion's one prompt, checked against the context and the vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptInput {
+    /// Text, not yet tokenized, of at most `ctx_size × PROMPT_BYTES_PER_TOKEN_MAX` bytes.
+    Text(String),
+    /// Token ids, fewer than `ctx_size`, each in the vocabulary.
+    Tokens(Vec<u32>),
+}
+
+impl Prompt {
+    /// The one prompt (n = 1), refused before any tokenizing when it cannot fit a context of
+    /// `ctx_size` positions: text by its length in bytes, token ids by their count (then
+    /// each id against `vocab_size`).
+    pub fn checked(self, ctx_size: usize, vocab_size: usize) -> Result<PromptInput, ApiError> {
+        let prompt = match self {
+            Prompt::Text(t) => PromptInput::Text(t),
+            Prompt::Texts(mut v) if v.len() == 1 => PromptInput::Text(v.remove(0)),
+            Prompt::Tokens(t) => PromptInput::Tokens(t),
+            Prompt::TokenLists(mut v) if v.len() == 1 => PromptInput::Tokens(v.remove(0)),
+            _ => {
+                return Err(ApiError::invalid(
+                    "a list of several prompts is not supported (n = 1)",
+                    Some("prompt"),
+                ))
+            }
+        };
+        match &prompt {
+            PromptInput::Text(t) => check_prompt_bytes(t.len(), ctx_size)?,
+            PromptInput::Tokens(ids) => {
+                check_prompt_tokens(ids.len(), ctx_size)?;
+                if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab_size) {
+                    return Err(ApiError::invalid(
+                        format!("token id {bad} is outside the vocabulary of {vocab_size}"),
+                        Some("prompt"),
+                    ));
+                }
+            }
+        }
+        Ok(prompt)
+    }
+}
+
+/// 400 `context_length_exceeded` when a prompt text of `bytes` bytes has more than
+/// `ctx_size × PROMPT_BYTES_PER_TOKEN_MAX`: it would have too many tokens for the context.
+pub fn check_prompt_bytes(bytes: usize, ctx_size: usize) -> Result<(), ApiError> {
+    let max = ctx_size.saturating_mul(PROMPT_BYTES_PER_TOKEN_MAX);
+    if bytes > max {
+        return Err(ApiError::invalid(
+            format!(
+                "the prompt has {bytes} bytes; this server's context of {ctx_size} positions takes \
+                 prompts of at most {max} bytes ({PROMPT_BYTES_PER_TOKEN_MAX} bytes per position)"
+            ),
+            Some("prompt"),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    Ok(())
+}
+
+/// 400 `context_length_exceeded` when a prompt of `tokens` tokens leaves no position of a
+/// `ctx_size` context for the answer.
+pub fn check_prompt_tokens(tokens: usize, ctx_size: usize) -> Result<(), ApiError> {
+    if tokens >= ctx_size {
+        return Err(ApiError::invalid(
+            format!("the prompt has {tokens} tokens; this server's context holds {ctx_size} positions, the answer included"),
+            Some("prompt"),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    Ok(())
+}
+
+/// Parses a JSON request body; every failure is a 400 with an error object (`invalid_json`
+/// for malformed JSON, no code for a well-formed body with wrong fields).
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let err = ApiError::invalid(format!("invalid request body: {e}"), None);
+        if e.is_data() {
+            err
+        } else {
+            err.with_code("invalid_json")
+        }
+    })
 }
 
 /// `POST /v1/chat/completions`.

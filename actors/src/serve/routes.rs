@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,9 +34,10 @@ use serde_json::json;
 use super::api_error::ApiError;
 use super::chat_template::ChatTemplate;
 use super::engine::{EngineHandle, GenerationJob, JobReceiver, SubmitError};
+use super::http_limits::{self, ApiKey, BodyLimits};
 use super::openai::{
-    ChatRequest, CompletionRequest, Endpoint, GenerationSettings, Prompt, ResponseMeta,
-    CHAT_MESSAGES_MAX,
+    check_prompt_bytes, check_prompt_tokens, parse_json, ChatRequest, CompletionRequest, Endpoint,
+    GenerationSettings, PromptInput, ResponseMeta, CHAT_MESSAGES_MAX,
 };
 
 /// Largest request body, in bytes (413 beyond).
@@ -58,18 +59,18 @@ pub struct AppState {
     pub ctx_size: usize,
     /// Largest `max_tokens` accepted.
     pub max_tokens_limit: usize,
-    /// Required bearer token, if any.
-    pub api_key: Option<String>,
     /// Response ids and seed salt.
     pub next_id: AtomicU64,
 }
 
-/// The application: routes, body limit, shared state.
-pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+/// The application: routes, the API key (`/v1/*` only) checked before the body is read
+/// within `body`'s limits, shared state.
+pub fn app(state: Arc<AppState>, api_key: Option<ApiKey>, body: BodyLimits) -> Router {
+    let v1 = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
+        .route("/v1/models", get(models));
+    http_limits::guard(v1, api_key, body)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -108,11 +109,7 @@ async fn metrics() -> Response {
     }
 }
 
-async fn models(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    check_key(&st, &headers)?;
+async fn models(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(json!({
         "object": "list",
         "data": [{ "id": st.model_name, "object": "model", "created": 0, "owned_by": "moe-node", "max_model_len": st.ctx_size }],
@@ -121,11 +118,9 @@ async fn models(
 
 async fn completions(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let r = async {
-        check_key(&st, &headers)?;
         let req: CompletionRequest = parse_body(body)?;
         if req.echo == Some(true) {
             return Err(ApiError::invalid("echo is not supported", Some("echo")));
@@ -133,40 +128,15 @@ async fn completions(
         let settings =
             req.gen
                 .settings(req.gen.max_tokens, st.max_tokens_limit, fresh_seed(&st))?;
-        let prompt = match req.prompt {
-            Prompt::Text(t) => Ok(t),
-            Prompt::Texts(mut v) if v.len() == 1 => Ok(v.remove(0)),
-            Prompt::Tokens(t) => Err(t),
-            Prompt::TokenLists(mut v) if v.len() == 1 => Err(v.remove(0)),
-            _ => {
-                return Err(ApiError::invalid(
-                    "a list of several prompts is not supported (n = 1)",
-                    Some("prompt"),
-                ))
-            }
-        };
-        let tokens = match prompt {
-            Ok(text) => {
+        // Sized against the context before anything is tokenized.
+        let tokens = match req.prompt.checked(st.ctx_size, st.tokenizer.vocab_size())? {
+            PromptInput::Text(text) => {
                 let tok = st.tokenizer.clone();
                 tokio::task::spawn_blocking(move || tok.encode_prompt(&text))
                     .await
                     .map_err(|e| ApiError::unavailable(e.to_string()))?
             }
-            Err(ids) => {
-                if let Some(bad) = ids
-                    .iter()
-                    .find(|&&t| t as usize >= st.tokenizer.vocab_size())
-                {
-                    return Err(ApiError::invalid(
-                        format!(
-                            "token id {bad} is outside the vocabulary of {}",
-                            st.tokenizer.vocab_size()
-                        ),
-                        Some("prompt"),
-                    ));
-                }
-                ids
-            }
+            PromptInput::Tokens(ids) => ids,
         };
         generate(
             &st,
@@ -183,11 +153,9 @@ async fn completions(
 
 async fn chat_completions(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let r = async {
-        check_key(&st, &headers)?;
         let req: ChatRequest = parse_body(body)?;
         if req.messages.is_empty() || req.messages.len() > CHAT_MESSAGES_MAX {
             return Err(ApiError::invalid(
@@ -207,15 +175,17 @@ async fn chat_completions(
             .iter()
             .map(|m| m.template_value())
             .collect::<Result<Vec<_>, _>>()?;
-        let (tok, template) = (st.tokenizer.clone(), st.template.clone());
+        let (tok, template, ctx) = (st.tokenizer.clone(), st.template.clone(), st.ctx_size);
         let tokens = tokio::task::spawn_blocking(move || {
-            template
+            let text = template
                 .render(&messages)
-                .map(|text| tok.encode_prompt(&text))
+                .map_err(|e| ApiError::invalid(e, Some("messages")))?;
+            // Sized against the context before it is tokenized.
+            check_prompt_bytes(text.len(), ctx)?;
+            Ok::<_, ApiError>(tok.encode_prompt(&text))
         })
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .map_err(|e| ApiError::invalid(e, Some("messages")))?;
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
         generate(&st, Endpoint::Chat, tokens, settings, st.max_tokens_limit).await
     }
     .await;
@@ -226,12 +196,7 @@ async fn chat_completions(
 fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::invalid(
-                format!("the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes"),
-                None,
-            )
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-            .with_code("request_too_large")
+            ApiError::too_large(None, REQUEST_BODY_BYTES_MAX)
         } else {
             ApiError::invalid(
                 format!("cannot read the request body: {}", r.body_text()),
@@ -239,37 +204,7 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
             )
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let err = ApiError::invalid(format!("invalid request body: {e}"), None);
-        if e.is_data() {
-            err
-        } else {
-            err.with_code("invalid_json")
-        }
-    })
-}
-
-fn check_key(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &st.api_key else {
-        return Ok(());
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Compare without an early exit, so the time does not tell how much of the key matched.
-    let same = given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
+    parse_json(&bytes)
 }
 
 /// A seed for a request that names none: different for every request.
@@ -296,13 +231,7 @@ async fn generate(
         return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
     }
     let ctx = st.ctx_size;
-    if prompt.len() >= ctx {
-        return Err(ApiError::invalid(
-            format!("the prompt has {} tokens; this server's context holds {ctx} positions, the answer included", prompt.len()),
-            Some("prompt"),
-        )
-        .with_code("context_length_exceeded"));
-    }
+    check_prompt_tokens(prompt.len(), ctx)?;
     let max_tokens = match settings.max_tokens {
         Some(m) if prompt.len() + m > ctx => {
             return Err(ApiError::invalid(

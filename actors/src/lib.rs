@@ -1,0 +1,11 @@
+//! The HTTP request layer of `moe-node serve` as a library, for the fuzz targets: OpenAI
+//! error objects, request bodies and their checks, connection and body limits. The binary
+//! (`main.rs`) compiles the same files as modules of `serve`; nothing here depends on the
+//! engine or the model.
+
+#[path = "serve/api_error.rs"]
+pub mod api_error;
+#[path = "serve/http_limits.rs"]
+pub mod http_limits;
+#[path = "serve/openai.rs"]
+pub mod openai;
