@@ -146,6 +146,28 @@ impl SessionMac {
     }
 }
 
+impl SessionMac {
+    /// [`SessionMac::pair_from_key`] with encryption (cipher keys derived from `key`), for
+    /// tests and benchmarks.
+    pub fn encrypted_pair_from_key(key: [u8; 32]) -> (SessionMac, SessionMac) {
+        let other = derive_key(&key, b"moe-node test pair: second direction");
+        let (ka, kb) = (
+            derive_key(&key, b"moe-node test pair: cipher a"),
+            derive_key(&key, b"moe-node test pair: cipher b"),
+        );
+        (
+            SessionMac {
+                send: SendMac::encrypted(key, ka),
+                recv: RecvMac::encrypted(other, kb),
+            },
+            SessionMac {
+                send: SendMac::encrypted(other, kb),
+                recv: RecvMac::encrypted(key, ka),
+            },
+        )
+    }
+}
+
 impl std::fmt::Debug for SendMac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
