@@ -93,6 +93,6 @@ pub use io::{read_frame, read_frame_sync, write_frame, write_frame_sync};
 pub use limits::*;
 pub use message::{
     ArchivedMessage, AuthProof, ErrorCode, ErrorMessage, ExpertReply, ExpertRequest, ExpertRoute,
-    Heartbeat, Hello, Identity, LayerShards, Message, ModelShape, Reassign, ReassignAck, ReassignPhase,
-    ShardSummary, WireDtype,
+    Heartbeat, Hello, Identity, LayerShards, Message, ModelShape, Reassign, ReassignAck,
+    ReassignPhase, ShardSummary, WireDtype,
 };

@@ -123,7 +123,13 @@ pub fn run(
     };
     let hs = HandshakeConfig {
         encrypt,
-        ..HandshakeConfig::new(node_name, model.file().fingerprint(), secret, summary, shape)
+        ..HandshakeConfig::new(
+            node_name,
+            model.file().fingerprint(),
+            secret,
+            summary,
+            shape,
+        )
     };
     let layers = (cfg.n_layers, cfg.moe_layers());
     let live = Arc::new(LiveShard::new(model_path.clone(), model, shard));

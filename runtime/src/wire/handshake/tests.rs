@@ -309,7 +309,10 @@ async fn a_peer_without_the_secret_learns_no_name_model_or_shards() {
     let server = config("expert-secret-name", SECRET, fingerprint, "17-42");
     let seen = bytes_sent_to_a_stranger(&server).await;
     let contains = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
-    assert!(!seen.is_empty(), "the server answers with its hello and a refusal");
+    assert!(
+        !seen.is_empty(),
+        "the server answers with its hello and a refusal"
+    );
     assert!(!contains(b"expert-secret-name"), "node name leaked");
     assert!(!contains(&[fingerprint; 16]), "model fingerprint leaked");
     assert!(!contains(b"17-42"), "shards leaked");
