@@ -68,6 +68,25 @@ pub enum RuntimeError {
         /// The tensor (and expert) asked for.
         what: String,
     },
+    /// NaN or infinite values where the forward pass needs finite ones: corrupt weights, an
+    /// overflow, or an expert node that sent garbage. `rows` says which token rows of the
+    /// forward call's batch (its sequences' new tokens, in order) hold them, so a caller
+    /// batching several sequences can fail only the sequences concerned.
+    #[error(
+        "non-finite values ({value}) in {what}: {} token row(s) of the batch, the first at row {} \
+         (corrupt weights, an overflow, or a faulty expert node)",
+        .rows.len(),
+        .rows.first().copied().unwrap_or_default()
+    )]
+    NonFinite {
+        /// What held them, naming the layer (and the node for partial sums), e.g.
+        /// "the attention output of layer 3".
+        what: String,
+        /// The first non-finite value found (NaN, inf or -inf).
+        value: f32,
+        /// Batch rows holding non-finite values, ascending.
+        rows: Vec<usize>,
+    },
     /// A bad argument from a caller (token id out of range, context full, ...).
     #[error("{0}")]
     InvalidInput(String),

@@ -1,6 +1,11 @@
 //! Token sampling: repetition penalty, then temperature; greedy at temperature 0, otherwise
 //! top-k, top-p and min-p filters over the softmax and a draw from a seeded generator.
 //! The order follows llama.cpp's default sampler chain (penalties, top-k, top-p, min-p, temp).
+//!
+//! Non-finite logits never panic and never win: a NaN ranks below every number (it is never
+//! drawn unless every logit is NaN), `+inf` logits share all the probability. The forward
+//! pass refuses non-finite logits itself ([`crate::RuntimeError::NonFinite`]), so this only
+//! guards other callers.
 
 use crate::RuntimeError;
 
@@ -77,9 +82,14 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` given the `history` of tokens so far.
+    ///
+    /// NaN logits count as `-inf`; if every logit is NaN or `-inf` the lowest id is returned.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
         let mut logits = logits.to_vec();
+        for l in logits.iter_mut().filter(|l| l.is_nan()) {
+            *l = f32::NEG_INFINITY;
+        }
         if p.repeat_penalty != 1.0 {
             let start = history.len().saturating_sub(p.repeat_last_n);
             let mut seen: Vec<u32> = history[start..].to_vec();
@@ -105,18 +115,26 @@ impl Sampler {
             .map(|(i, &l)| (i as u32, l))
             .collect();
         cand.sort_by(|a, b| {
-            b.1.partial_cmp(&a.1)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.0.cmp(&b.0))
+            crate::forward::moe::desc_nan_last((a.1, a.0 as usize), (b.1, b.0 as usize))
         });
         if p.top_k > 0 {
             cand.truncate(p.top_k.max(1));
         }
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand
-            .iter()
-            .map(|&(_, l)| (((l - max) / p.temperature) as f64).exp())
-            .collect();
+        if max == f32::NEG_INFINITY {
+            // Every logit is -inf (or was NaN): nothing to draw from.
+            return cand[0].0;
+        }
+        let mut probs: Vec<f64> = if max.is_finite() {
+            cand.iter()
+                .map(|&(_, l)| (((l - max) / p.temperature) as f64).exp())
+                .collect()
+        } else {
+            // `+inf` logits share the mass (`l - max` would be NaN).
+            cand.iter()
+                .map(|&(_, l)| if l == max { 1.0 } else { 0.0 })
+                .collect()
+        };
         normalize(&mut probs);
         if p.top_p < 1.0 {
             let mut acc = 0.0;
@@ -152,15 +170,15 @@ fn normalize(p: &mut [f64]) {
     p.iter_mut().for_each(|q| *q /= s);
 }
 
-/// Index of the largest value (first on ties).
+/// Index of the largest value (first on ties); NaNs are skipped (0 when every value is NaN).
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
+    let mut best: Option<usize> = None;
     for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
+        if !x.is_nan() && best.is_none_or(|b| x > v[b]) {
+            best = Some(i);
         }
     }
-    best as u32
+    best.unwrap_or(0) as u32
 }
 
 /// splitmix64: small, fast, seedable; enough for sampling.
@@ -241,6 +259,83 @@ mod tests {
             let t = s.sample(&logits(), &[]);
             assert!(t == 1 || t == 4, "min_p kept token {t}");
         }
+    }
+
+    #[test]
+    fn greedy_skips_nan_logits() {
+        let mut s = Sampler::new(SamplingParams::default());
+        assert_eq!(s.sample(&[f32::NAN, 1.0, 3.0, f32::NAN, 2.9], &[]), 2);
+        assert_eq!(s.sample(&[1.0, f32::NAN, 0.5], &[]), 0);
+        assert_eq!(s.sample(&[f32::NAN; 4], &[]), 0);
+        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY, -1.0]), 2);
+    }
+
+    /// 1024 logits, every third NaN (what a NaN row in the output head gives).
+    fn logits_with_nans() -> Vec<f32> {
+        (0..1024)
+            .map(|i| {
+                if i % 3 == 0 {
+                    f32::NAN
+                } else {
+                    ((i * 7919) % 1021) as f32 / 200.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sampling_at_temperature_never_panics_or_draws_a_nan_logit() {
+        let logits = logits_with_nans();
+        let best_finite = argmax(&logits);
+        assert!(!logits[best_finite as usize].is_nan());
+        for (temperature, top_k, top_p, min_p) in [
+            (1.0, 0, 1.0, 0.0),
+            (0.7, 40, 0.9, 0.05),
+            (5.0, 0, 1.0, 0.0),
+            (0.3, 1, 1.0, 0.0),
+        ] {
+            for seed in 0..20 {
+                let mut s = Sampler::new(SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    repeat_penalty: 1.1,
+                    seed,
+                    ..Default::default()
+                });
+                let t = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    s.sample(&logits, &[1, 2, 3])
+                }))
+                .unwrap_or_else(|_| {
+                    panic!("sampling NaN logits panicked (temperature {temperature})")
+                });
+                assert!(
+                    !logits[t as usize].is_nan(),
+                    "drew token {t}, whose logit is NaN"
+                );
+                if top_k == 1 {
+                    assert_eq!(t, best_finite);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn infinite_logits_share_the_mass_and_all_nan_gives_the_lowest_id() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            seed: 5,
+            ..Default::default()
+        });
+        let logits = [0.0, f32::INFINITY, f32::NEG_INFINITY, f32::INFINITY, 3.0];
+        let mut seen = [0usize; 5];
+        for _ in 0..200 {
+            seen[s.sample(&logits, &[]) as usize] += 1;
+        }
+        assert_eq!(seen[0] + seen[2] + seen[4], 0, "{seen:?}");
+        assert!(seen[1] > 0 && seen[3] > 0, "{seen:?}");
+        assert_eq!(s.sample(&[f32::NAN; 6], &[]), 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`ExpertBackend`], the seam between "which experts" and "where they are computed".
 
 use super::ops::{sigmoid, softmax_inplace, swiglu_inplace};
-use crate::config::GatingFunc;
+use crate::config::{GatingFunc, ModelConfig};
 use crate::model::{DenseFfn, Model, MoeWeights};
 use crate::RuntimeError;
 
@@ -201,46 +201,81 @@ pub fn dense_ffn(
     Ok(())
 }
 
-/// Chooses experts and weights for `n` tokens of `h` (`[n, D]`).
+/// Chooses experts and weights for `n` tokens of `h` (`[n, D]`) in MoE layer `layer`.
 pub fn route(
     model: &Model,
     moe: &MoeWeights,
+    layer: usize,
     h: &[f32],
     n: usize,
 ) -> Result<Routing, RuntimeError> {
-    let c = &model.cfg;
+    let mut logits = vec![0f32; n * model.cfg.n_experts];
+    model.mat(&moe.gate_inp)?.matmul(h, n, &mut logits)?;
+    select_experts(&model.cfg, layer, &moe.probs_bias, logits)
+}
+
+/// Orders selection scores descending, NaN last, ties (and NaNs among themselves) to the lower
+/// index: a total order, so sorting can neither panic nor misplace other entries. Equal to
+/// the `partial_cmp` order for non-NaN values (`-0.0 == 0.0` included).
+pub(crate) fn desc_nan_last(a: (f32, usize), b: (f32, usize)) -> std::cmp::Ordering {
+    let by_value = match (a.0.is_nan(), b.0.is_nan()) {
+        (false, false) => b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal),
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+    };
+    by_value.then(a.1.cmp(&b.1))
+}
+
+/// Chooses experts and weights from router logits (`[n, n_experts]`, `ffn_gate_inp · h`) of
+/// MoE layer `layer`, with selection bias `bias` (`[n_experts]`).
+///
+/// Non-finite gate logits or a NaN selection score (a NaN bias) are refused with
+/// [`RuntimeError::NonFinite`] naming the layer and the token rows: a NaN would otherwise
+/// silently pick arbitrary experts (or, with softmax gating, poison every weight of the token).
+pub fn select_experts(
+    c: &ModelConfig,
+    layer: usize,
+    bias: &[f32],
+    mut logits: Vec<f32>,
+) -> Result<Routing, RuntimeError> {
     let e = c.n_experts;
     let k = c.n_experts_used;
-    let mut logits = vec![0f32; n * e];
-    model.mat(&moe.gate_inp)?.matmul(h, n, &mut logits)?;
+    super::check_finite(&logits, e, 0, || {
+        format!("the gate logits (router scores) of MoE layer {layer}")
+    })?;
     let mut routing = Routing {
         k,
-        experts: Vec::with_capacity(n * k),
-        weights: Vec::with_capacity(n * k),
+        experts: Vec::with_capacity(logits.len() / e.max(1) * k),
+        weights: Vec::with_capacity(logits.len() / e.max(1) * k),
     };
     let mut sel = vec![0f32; e];
     let mut order: Vec<usize> = Vec::with_capacity(e);
-    for row in logits.chunks_exact_mut(e) {
+    for (t, row) in logits.chunks_exact_mut(e).enumerate() {
         match c.gating {
             GatingFunc::Sigmoid => row.iter_mut().for_each(|v| *v = sigmoid(*v)),
             GatingFunc::Softmax => softmax_inplace(row),
         }
         let scores: &[f32] = row;
-        for ((s, &p), &b) in sel.iter_mut().zip(scores).zip(&moe.probs_bias) {
+        for ((s, &p), &b) in sel.iter_mut().zip(scores).zip(bias) {
             *s = p + b;
+        }
+        if let Some(&v) = sel.iter().find(|v| v.is_nan()) {
+            return Err(RuntimeError::NonFinite {
+                what: format!(
+                    "the expert selection scores (gate score + exp_probs_b bias) of MoE layer {layer}"
+                ),
+                value: v,
+                rows: vec![t],
+            });
         }
         if c.n_groups > 1 {
             limit_groups(&mut sel, c.n_groups, c.n_groups_used);
         }
         order.clear();
         order.extend(0..e);
-        // Descending by selection score; ties to the lower id. NaN sorts last.
-        order.sort_by(|&a, &b| {
-            sel[b]
-                .partial_cmp(&sel[a])
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
-        });
+        // Descending by selection score; ties to the lower id.
+        order.sort_by(|&a, &b| desc_nan_last((sel[a], a), (sel[b], b)));
         let mut chosen: Vec<usize> = order[..k].to_vec();
         chosen.sort_unstable();
         let mut ws: Vec<f32> = chosen.iter().map(|&i| scores[i]).collect();
@@ -256,6 +291,7 @@ pub fn route(
 }
 
 /// Keeps the `used` groups with the largest sum of their top-2 scores; the others get -inf.
+/// A group whose sum is NaN ranks last.
 fn limit_groups(sel: &mut [f32], groups: usize, used: usize) {
     let size = sel.len() / groups;
     let mut group_scores: Vec<(usize, f32)> = sel
@@ -274,11 +310,7 @@ fn limit_groups(sel: &mut [f32], groups: usize, used: usize) {
             (g, a + b)
         })
         .collect();
-    group_scores.sort_by(|x, y| {
-        y.1.partial_cmp(&x.1)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(x.0.cmp(&y.0))
-    });
+    group_scores.sort_by(|x, y| desc_nan_last((x.1, x.0), (y.1, y.0)));
     for &(g, _) in &group_scores[used..] {
         sel[g * size..(g + 1) * size].fill(f32::NEG_INFINITY);
     }
@@ -286,7 +318,126 @@ fn limit_groups(sel: &mut [f32], groups: usize, used: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::limit_groups;
+    use super::{desc_nan_last, limit_groups, select_experts};
+    use crate::config::{GatingFunc, ModelConfig};
+    use crate::RuntimeError;
+
+    /// A router config: `e` experts, top-`k`, no groups.
+    fn cfg(e: usize, k: usize, gating: GatingFunc) -> ModelConfig {
+        ModelConfig {
+            n_layers: 1,
+            n_embd: 8,
+            n_ff: 8,
+            n_heads: 1,
+            q_lora_rank: None,
+            kv_lora_rank: 8,
+            qk_nope: 8,
+            qk_rope: 8,
+            v_head: 8,
+            vocab: 8,
+            rms_eps: 1e-6,
+            rope_theta: 10000.0,
+            yarn: None,
+            context_length: 64,
+            n_experts: e,
+            n_experts_used: k,
+            n_groups: 1,
+            n_groups_used: 1,
+            gating,
+            weights_norm: true,
+            weights_scale: 2.5,
+            n_dense_lead: 0,
+            n_ff_exp: 8,
+            n_shared: 0,
+        }
+    }
+
+    /// `t` rows of `e` distinct finite gate logits.
+    fn gate_logits(t: usize, e: usize) -> Vec<f32> {
+        (0..t * e)
+            .map(|i| ((i * 7919) % 1013) as f32 / 250.0 - 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn finite_gate_logits_pick_the_top_k() {
+        let c = cfg(16, 4, GatingFunc::Sigmoid);
+        let mut logits = vec![0f32; 16];
+        for (i, &e) in [3usize, 9, 12, 14].iter().enumerate() {
+            logits[e] = 5.0 - i as f32;
+        }
+        let r = select_experts(&c, 1, &[0.0; 16], logits).unwrap();
+        assert_eq!(r.experts, vec![3, 9, 12, 14]);
+        let sum: f32 = r.weights.iter().sum();
+        assert!((sum - 2.5).abs() < 1e-5, "{sum}");
+    }
+
+    #[test]
+    fn nan_gate_logits_are_an_error_naming_the_layer_and_rows() {
+        for gating in [GatingFunc::Sigmoid, GatingFunc::Softmax] {
+            let (t, e) = (4, 64);
+            let mut logits = gate_logits(t, e);
+            // Token 1: a few NaN experts among finite ones (a corrupt gate row); token 3: Inf.
+            for j in [5, 17, 40] {
+                logits[e + j] = f32::NAN;
+            }
+            logits[3 * e + 2] = f32::INFINITY;
+            let got = std::panic::catch_unwind(|| {
+                select_experts(&cfg(e, 8, gating), 7, &[0.0; 64], logits)
+            })
+            .expect("routing NaN gate logits must not panic");
+            match got {
+                Err(RuntimeError::NonFinite { what, value, rows }) => {
+                    assert!(what.contains("MoE layer 7"), "{what}");
+                    assert!(value.is_nan(), "{value}");
+                    assert_eq!(rows, vec![1, 3]);
+                }
+                other => panic!("{gating:?}: want a NonFinite error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn nan_selection_bias_is_an_error() {
+        let (t, e) = (2, 32);
+        let mut bias = vec![0.01f32; e];
+        bias[9] = f32::NAN;
+        let got = select_experts(&cfg(e, 4, GatingFunc::Sigmoid), 2, &bias, gate_logits(t, e));
+        match got {
+            Err(RuntimeError::NonFinite { what, rows, .. }) => {
+                assert!(
+                    what.contains("bias") && what.contains("MoE layer 2"),
+                    "{what}"
+                );
+                assert_eq!(rows, vec![0]);
+            }
+            other => panic!("want a NonFinite error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn score_order_with_nans_is_total_nan_last() {
+        // Enough entries that the standard sort checks its comparator (a comparator that
+        // calls NaN "equal" to everything is not a total order and may make it panic).
+        let mut scores: Vec<f32> = (0..2000).map(|i| ((i * 7919) % 2003) as f32).collect();
+        for i in (0..2000).step_by(3) {
+            scores[i] = f32::NAN;
+        }
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| desc_nan_last((scores[a], a), (scores[b], b)));
+        let finite = scores.iter().filter(|v| !v.is_nan()).count();
+        assert!(order[..finite].iter().all(|&i| !scores[i].is_nan()));
+        assert!(order[..finite]
+            .windows(2)
+            .all(|w| scores[w[0]] > scores[w[1]] || (scores[w[0]] == scores[w[1]] && w[0] < w[1])));
+        assert!(order[finite..].windows(2).all(|w| w[0] < w[1]));
+        // Non-NaN values keep the partial_cmp order: -0.0 and 0.0 tie, broken by index.
+        assert_eq!(desc_nan_last((-0.0, 1), (0.0, 2)), std::cmp::Ordering::Less);
+        assert_eq!(
+            desc_nan_last((0.0, 3), (-0.0, 2)),
+            std::cmp::Ordering::Greater
+        );
+    }
 
     #[test]
     fn group_limit_keeps_best_groups_by_top2_sum() {
