@@ -484,6 +484,36 @@ impl ExpertBackend for RemoteExperts {
             }
         }
         parts.sort_by_key(|p| p.0);
+        // Partial sums must be finite: a NaN or Inf from one node (a faulty or compromised
+        // expert node, corrupt weights) would otherwise poison every later layer of its tokens.
+        // Only reads the values; the error names the node(s) and the batch rows concerned.
+        let (mut bad_rows, mut bad_nodes, mut first) = (Vec::new(), Vec::new(), None);
+        for (node, rows, partial) in &parts {
+            if let Some((rs, v)) = moe_runtime::forward::non_finite_rows(partial, d) {
+                first.get_or_insert(v);
+                let name = self.node_name(*node);
+                if !bad_nodes.contains(&name) {
+                    bad_nodes.push(name);
+                }
+                bad_rows.extend(
+                    rs.into_iter()
+                        .filter_map(|i| rows.get(i))
+                        .map(|&r| r as usize),
+                );
+            }
+        }
+        if let Some(value) = first {
+            bad_rows.sort_unstable();
+            bad_rows.dedup();
+            return Err(RuntimeError::NonFinite {
+                what: format!(
+                    "the partial sums from expert node {} for MoE layer {layer}",
+                    bad_nodes.join(", ")
+                ),
+                value,
+                rows: bad_rows,
+            });
+        }
         for (_, rows, partial) in parts {
             for (i, &r) in rows.iter().enumerate() {
                 for (o, &v) in out[r as usize * d..(r as usize + 1) * d]

@@ -12,20 +12,35 @@
 //! Batching never changes a sequence's tokens: attention runs per sequence on its own cache
 //! and every other operation is row-independent (see `runtime/tests/batch_invariance.rs`).
 //!
+//! Failures stay local. A step that fails fails only its requests, with an error naming the
+//! cause ([`JobError`]: 503 when an expert node without a replica is down, else 500), and the
+//! engine goes on with the next step. Non-finite values (NaN/Inf from corrupt weights or a
+//! faulty expert node) are attributed to the rows holding them: only those sequences fail,
+//! the others (whose caches the failed forward call left untouched) simply run again in the
+//! next step. A panic inside a step is caught: every in-flight request fails with a 500
+//! naming the panic, all per-sequence state is dropped, and the engine keeps serving new
+//! requests with the same model and expert backend. Should the engine loop itself panic
+//! (outside a step), the process exits with status [`ENGINE_PANIC_EXIT_CODE`] so that a
+//! supervisor restarts it, instead of lingering with every request answered 503.
+//!
 //! Decides: scheduling, sequence lifetime, stop conditions. Leaves request parsing and
 //! validation (prompt length, `max_tokens`) to the HTTP handlers, which submit only jobs
 //! that fit the context.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::http::StatusCode;
 use moe_runtime::forward::{ExpertBackend, KvCache, NoObserver, SeqInput};
 use moe_runtime::model::Model;
 use moe_runtime::sampling::{Sampler, SamplingParams};
 use moe_runtime::tokenizer::{StreamDecoder, Tokenizer};
+use moe_runtime::RuntimeError;
 use tokio::sync::{mpsc, oneshot};
 
+use super::api_error::ApiError;
 use super::openai::{FinishReason, Usage};
 use super::stop::StopMatcher;
 use crate::cli::common::ModelArgs;
@@ -41,6 +56,8 @@ pub const ADMISSION_QUEUE_MAX: usize = 64;
 pub const PREFILL_TOKENS_PER_STEP_MAX: usize = crate::cli::generate::PREFILL_CHUNK_TOKENS;
 /// Text pieces buffered for one client; beyond that the engine coalesces them.
 pub const PIECES_PER_REQUEST_MAX: usize = 16;
+/// Exit status of the process when the engine loop panics outside a step (EX_SOFTWARE).
+pub const ENGINE_PANIC_EXIT_CODE: i32 = 70;
 
 /// Generated text and the token ids that produced it.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +85,73 @@ pub struct Finished {
     pub usage: Usage,
 }
 
+/// Why a job failed: a message naming the cause, and whose fault it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobError {
+    /// 503 when retrying later may help (an expert node is down), else 500.
+    pub status: StatusCode,
+    /// Machine-readable cause: `unavailable`, `non_finite_values`, `engine_panic`, `internal_error`.
+    pub code: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl JobError {
+    /// The error of a request whose step failed with `e`.
+    fn from_runtime(e: &RuntimeError) -> Self {
+        match e {
+            RuntimeError::PeerFailed { .. } | RuntimeError::NoLiveOwner { .. } => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "unavailable",
+                message: e.to_string(),
+            },
+            RuntimeError::NonFinite { what, value, .. } => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "non_finite_values",
+                message: format!(
+                    "the model produced non-finite values ({value}) in {what} for this request \
+                     (corrupt weights, an overflow, or a faulty expert node)"
+                ),
+            },
+            _ => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal_error",
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// The error of a request in flight when a step panicked.
+    fn panicked(reason: &str) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "engine_panic",
+            message: format!(
+                "internal error: the engine panicked ({reason}); the requests in flight failed, \
+                 the server goes on"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        Self {
+            status: e.status,
+            message: format!("generation failed: {}", e.message),
+            kind: "server_error",
+            param: None,
+            code: Some(e.code),
+        }
+    }
+}
+
 /// One generation request, as the engine takes it.
 #[derive(Debug)]
 pub struct GenerationJob {
@@ -82,7 +166,7 @@ pub struct GenerationJob {
     /// Continue past end-of-sequence tokens.
     pub ignore_eos: bool,
     pieces: mpsc::Sender<Piece>,
-    done: oneshot::Sender<Result<Finished, String>>,
+    done: oneshot::Sender<Result<Finished, JobError>>,
 }
 
 /// The client side of a job: pieces as they come, then the end. Dropping it cancels the job.
@@ -91,7 +175,7 @@ pub struct JobReceiver {
     /// Text pieces; closed when the job ends.
     pub pieces: mpsc::Receiver<Piece>,
     /// The end: how it finished, or why it failed.
-    pub done: oneshot::Receiver<Result<Finished, String>>,
+    pub done: oneshot::Receiver<Result<Finished, JobError>>,
 }
 
 impl GenerationJob {
@@ -254,8 +338,16 @@ pub fn start(
                     let _ = ready_tx.send(Err(e));
                 }
                 Ok((engine, info, health)) => {
-                    if ready_tx.send(Ok((info, health))).is_ok() {
-                        engine.run();
+                    if ready_tx.send(Ok((info, health))).is_ok()
+                        && std::panic::catch_unwind(AssertUnwindSafe(|| engine.run())).is_err()
+                    {
+                        // Steps catch their own panics; this is the loop around them. Without
+                        // an engine the server could only answer 503: exit so a supervisor
+                        // restarts it.
+                        eprintln!(
+                            "engine: the engine loop panicked; exiting with status {ENGINE_PANIC_EXIT_CODE}"
+                        );
+                        std::process::exit(ENGINE_PANIC_EXIT_CODE);
                     }
                 }
             }
@@ -297,7 +389,7 @@ struct Sequence {
     /// Output not yet handed to the client's channel.
     outbox: Piece,
     pieces: mpsc::Sender<Piece>,
-    done: Option<oneshot::Sender<Result<Finished, String>>>,
+    done: Option<oneshot::Sender<Result<Finished, JobError>>>,
     /// Request metrics (TTFT, inter-token latency, KV cache); an unfinished one counts as an error.
     metrics: Option<telemetry::Generation>,
 }
@@ -335,9 +427,32 @@ impl Engine {
             self.seqs.retain(|s| !s.pieces.is_closed());
             self.active.store(self.seqs.len(), Ordering::SeqCst);
             if !self.seqs.is_empty() {
-                self.step();
+                if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
+                    self.recover_from_panic(payload.as_ref());
+                }
             }
         }
+    }
+
+    /// After a step panicked: fails every request in flight (their caches and samplers may
+    /// be half-updated), drops all per-sequence state and lets the loop go on. The model is
+    /// read-only and the expert backends start each layer afresh in `begin`.
+    fn recover_from_panic(&mut self, payload: &(dyn std::any::Any + Send)) {
+        let reason = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic payload".into());
+        eprintln!(
+            "engine: a step panicked ({reason}); failing its {} requests in flight and going on",
+            self.seqs.len()
+        );
+        for mut s in self.seqs.drain(..) {
+            if let Some(done) = s.done.take() {
+                let _ = done.send(Err(JobError::panicked(&reason)));
+            }
+        }
+        self.active.store(0, Ordering::SeqCst);
     }
 
     fn admit(&mut self, job: GenerationJob) {
@@ -407,12 +522,25 @@ impl Engine {
         let mut ended = vec![false; self.seqs.len()];
         match result {
             Err(e) => {
-                // The step failed as a whole (e.g. an expert node without a replica died):
-                // every sequence in it fails; the others go on.
-                eprintln!("engine: a step of {} sequences failed: {e}", in_batch.len());
-                for &i in &in_batch {
+                // Non-finite values name the batch rows holding them: only their sequences
+                // fail. The others' caches were left as they were; they run again next step.
+                let culprits = self.sequences_of_rows(&e, &in_batch);
+                let failing = culprits.as_deref().unwrap_or(&in_batch);
+                if culprits.is_some() {
+                    eprintln!(
+                        "engine: {e}; failing {} of the step's {} sequences, retrying the others",
+                        failing.len(),
+                        in_batch.len()
+                    );
+                } else {
+                    // The step failed as a whole (e.g. an expert node without a replica died):
+                    // every sequence in it fails; the others go on.
+                    eprintln!("engine: a step of {} sequences failed: {e}", in_batch.len());
+                }
+                let err = JobError::from_runtime(&e);
+                for &i in failing {
                     if let Some(done) = self.seqs[i].done.take() {
-                        let _ = done.send(Err(e.to_string()));
+                        let _ = done.send(Err(err.clone()));
                     }
                     ended[i] = true;
                 }
@@ -452,6 +580,26 @@ impl Engine {
             i += 1;
             !ended[i - 1]
         });
+    }
+}
+
+impl Engine {
+    /// For an error that names batch rows (non-finite values), the indices (into `seqs`) of
+    /// the sequences whose fed tokens those rows are; `None` when it names none.
+    fn sequences_of_rows(&self, e: &RuntimeError, in_batch: &[usize]) -> Option<Vec<usize>> {
+        let RuntimeError::NonFinite { rows, .. } = e else {
+            return None;
+        };
+        let mut found = Vec::new();
+        let mut start = 0;
+        for &i in in_batch {
+            let end = start + self.seqs[i].feed.len();
+            if rows.iter().any(|r| (start..end).contains(r)) {
+                found.push(i);
+            }
+            start = end;
+        }
+        (!found.is_empty()).then_some(found)
     }
 }
 
@@ -508,5 +656,180 @@ impl Sequence {
         if let Some(m) = self.metrics.take() {
             m.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use moe_runtime::forward::LocalExperts;
+
+    use super::*;
+
+    /// What a test backend does on top of computing the experts in-process.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fault {
+        /// Panic in the first `begin`.
+        PanicOnce,
+        /// Write a NaN into batch row 0 of the first MoE output.
+        NanInRowZeroOnce,
+    }
+
+    struct FaultyExperts {
+        inner: LocalExperts,
+        fault: Option<Fault>,
+    }
+
+    impl ExpertBackend for FaultyExperts {
+        fn begin(
+            &mut self,
+            model: &Model,
+            layer: usize,
+            h: &[f32],
+            routing: &moe_runtime::forward::Routing,
+        ) -> Result<(), RuntimeError> {
+            if self.fault == Some(Fault::PanicOnce) {
+                self.fault = None;
+                panic!("injected test panic");
+            }
+            self.inner.begin(model, layer, h, routing)
+        }
+
+        fn finish(
+            &mut self,
+            model: &Model,
+            layer: usize,
+            out: &mut [f32],
+        ) -> Result<(), RuntimeError> {
+            self.inner.finish(model, layer, out)?;
+            if self.fault == Some(Fault::NanInRowZeroOnce) {
+                self.fault = None;
+                out[3] = f32::NAN;
+            }
+            Ok(())
+        }
+    }
+
+    /// An engine on the tiny reference model with `fault`, running on its own thread, and
+    /// the sender its jobs go to. Dropping the sender stops it.
+    fn start_test_engine(
+        fault: Fault,
+    ) -> (mpsc::Sender<GenerationJob>, std::thread::JoinHandle<()>) {
+        let (admit, admit_rx) = mpsc::channel(8);
+        // The engine is not Send (its expert backend need not be): build it on its thread.
+        let thread = std::thread::spawn(move || {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/fixtures/kimi-k25-tiny/kimi-k25-tiny-BF16.gguf");
+            let model = Model::open(&path).expect("the tiny reference model");
+            let tokenizer = Arc::new(Tokenizer::from_gguf(model.file()).unwrap());
+            let engine = Engine {
+                model,
+                experts: Box::new(FaultyExperts {
+                    inner: LocalExperts::default(),
+                    fault: Some(fault),
+                }),
+                tokenizer,
+                end_tokens: Vec::new(),
+                ctx_size: 64,
+                max_active: 4,
+                admit_rx,
+                active: Arc::new(AtomicUsize::new(0)),
+                seqs: Vec::new(),
+            };
+            engine.run()
+        });
+        (admit, thread)
+    }
+
+    fn job(prompt: &[u32]) -> (GenerationJob, JobReceiver) {
+        GenerationJob::new(
+            prompt.to_vec(),
+            4,
+            SamplingParams::default(),
+            Vec::new(),
+            true,
+        )
+    }
+
+    /// Waits for a job's end: its tokens, or its error.
+    fn outcome(mut rx: JobReceiver) -> Result<Vec<u32>, JobError> {
+        let mut ids = Vec::new();
+        while let Some(p) = rx.pieces.blocking_recv() {
+            ids.extend(p.token_ids);
+        }
+        let f = rx
+            .done
+            .blocking_recv()
+            .expect("the engine dropped the job without an answer (did its thread die?)")?;
+        ids.extend(f.tail.token_ids);
+        Ok(ids)
+    }
+
+    #[test]
+    fn a_panicking_step_fails_its_requests_and_the_engine_goes_on() {
+        let (admit, thread) = start_test_engine(Fault::PanicOnce);
+        let (j, rx) = job(&[1022, 447, 283, 72]);
+        admit.blocking_send(j).unwrap();
+        let err = outcome(rx).expect_err("the panicking step's request must fail");
+        assert_eq!(err.code, "engine_panic", "{err:?}");
+        assert_eq!(err.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(err.message.contains("injected test panic"), "{err:?}");
+        // The engine still serves.
+        let (j, rx) = job(&[1022, 447, 283, 72]);
+        admit
+            .blocking_send(j)
+            .expect("the engine must still take jobs after a panic");
+        assert_eq!(outcome(rx).expect("a later request succeeds").len(), 4);
+        drop(admit);
+        thread
+            .join()
+            .expect("the engine thread ends without panicking");
+    }
+
+    #[test]
+    fn non_finite_values_fail_only_the_sequence_they_come_from() {
+        let (admit, thread) = start_test_engine(Fault::NanInRowZeroOnce);
+        // Both queued before the first step, so they share it; row 0 is the first prompt's.
+        let (a, rx_a) = job(&[1022, 447, 283, 72]);
+        let (b, rx_b) = job(&[1022, 65, 266, 985, 422]);
+        admit.blocking_send(a).unwrap();
+        admit.blocking_send(b).unwrap();
+        let err = outcome(rx_a).expect_err("the sequence with the NaN must fail");
+        assert_eq!(err.code, "non_finite_values", "{err:?}");
+        assert!(
+            err.message.contains("non-finite") && err.message.contains("MoE output of layer"),
+            "{err:?}"
+        );
+        let api = ApiError::from(err);
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let b_tokens = outcome(rx_b).expect("the other sequence of the step goes on");
+        // ... with exactly the tokens it gets alone.
+        let (c, rx_c) = job(&[1022, 65, 266, 985, 422]);
+        admit.blocking_send(c).unwrap();
+        assert_eq!(b_tokens, outcome(rx_c).unwrap());
+        drop(admit);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn job_errors_map_to_statuses() {
+        let peer = JobError::from_runtime(&RuntimeError::PeerFailed {
+            node: "e2".into(),
+            reason: "connection lost".into(),
+        });
+        assert_eq!(peer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(peer.message.contains("e2"));
+        let nan = JobError::from_runtime(&RuntimeError::NonFinite {
+            what: "the output logits".into(),
+            value: f32::NAN,
+            rows: vec![0],
+        });
+        let body = ApiError::from(nan).body();
+        assert_eq!(body["error"]["code"], "non_finite_values");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("non-finite values (NaN) in the output logits"));
     }
 }

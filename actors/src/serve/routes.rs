@@ -304,9 +304,7 @@ async fn collect_answer(meta: ResponseMeta, mut rx: JobReceiver) -> Result<Respo
             ids.extend(f.tail.token_ids);
             Ok(Json(meta.full(&text, &ids, f.finish, f.usage)).into_response())
         }
-        Ok(Err(reason)) => Err(ApiError::unavailable(format!(
-            "generation failed: {reason}"
-        ))),
+        Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(ApiError::unavailable("the engine stopped")),
     }
 }
@@ -374,9 +372,7 @@ impl StreamState {
                             }
                             self.queue.push_back(Event::default().data("[DONE]"));
                         }
-                        Ok(Err(reason)) => self.queue.push_back(Self::data(
-                            ApiError::unavailable(format!("generation failed: {reason}")).body(),
-                        )),
+                        Ok(Err(e)) => self.queue.push_back(Self::data(ApiError::from(e).body())),
                         Err(_) => self.queue.push_back(Self::data(
                             ApiError::unavailable("the engine stopped").body(),
                         )),
