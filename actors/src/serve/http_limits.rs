@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
@@ -60,6 +60,11 @@ pub const HTTP_RESERVED_FILES: u64 = 64;
 /// How long a new connection waits for the place of the idle connection it closed, in
 /// milliseconds.
 pub const HTTP_EVICTION_WAIT_MS: u64 = 1_000;
+/// How long a connection answered before its body was read (401, 408, 413) goes on reading
+/// and discarding that body before it closes, in milliseconds.
+pub const HTTP_LINGER_MS: u64 = 5_000;
+/// Most body bytes read and discarded after such an early answer.
+pub const HTTP_LINGER_BYTES_MAX: usize = 16 << 20;
 /// How long the accept loop pauses after an accept error other than a failed handshake
 /// (out of file descriptors, ...), in milliseconds.
 pub const HTTP_ACCEPT_RETRY_MS: u64 = 50;
@@ -137,7 +142,12 @@ pub async fn require_key(State(key): State<Arc<ApiKey>>, req: Request, next: Nex
     if key.accepts(given) {
         next.run(req).await
     } else {
-        closing(ApiError::unauthorized(), req.headers())
+        let (parts, body) = req.into_parts();
+        answer_early(
+            ApiError::unauthorized(),
+            &parts.headers,
+            body.into_data_stream(),
+        )
     }
 }
 
@@ -145,18 +155,16 @@ pub async fn require_key(State(key): State<Arc<ApiKey>>, req: Request, next: Nex
 /// `Content-Length` over the limit is 413 before anything is read; a body that grows past
 /// the limit is 413 when it does; a body not complete within the timeout is 408.
 pub async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
-    if let Some(len) = content_length(req.headers()) {
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    if let Some(len) = content_length(&parts.headers) {
         if len > limits.bytes_max as u64 {
-            return closing(
-                ApiError::too_large(Some(len), limits.bytes_max),
-                req.headers(),
-            );
+            let err = ApiError::too_large(Some(len), limits.bytes_max);
+            return answer_early(err, &parts.headers, stream);
         }
     }
-    let (parts, body) = req.into_parts();
     let read = async {
         let mut data = Vec::new();
-        let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 ApiError::invalid(format!("cannot read the request body: {e}"), None)
@@ -168,10 +176,15 @@ pub async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Nex
         }
         Ok(data)
     };
-    match tokio::time::timeout(limits.timeout, read).await {
+    let read = tokio::time::timeout(limits.timeout, read).await;
+    match read {
         Ok(Ok(data)) => next.run(Request::from_parts(parts, Body::from(data))).await,
-        Ok(Err(e)) => closing(e, &parts.headers),
-        Err(_) => closing(ApiError::body_timeout(limits.timeout), &parts.headers),
+        Ok(Err(e)) => answer_early(e, &parts.headers, stream),
+        Err(_) => answer_early(
+            ApiError::body_timeout(limits.timeout),
+            &parts.headers,
+            stream,
+        ),
     }
 }
 
@@ -203,17 +216,34 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// An error answered before (all of) the body was read: the connection closes after it, as
-/// the rest of the body cannot be told from a next request.
-fn closing(err: ApiError, request_headers: &HeaderMap) -> Response {
+/// An error answered before (all of) the body was read. The connection closes after it, as
+/// the rest of the body cannot be told from a next request; until then the rest of the body
+/// is read and discarded for a while (`HTTP_LINGER_MS`, `HTTP_LINGER_BYTES_MAX`), so that a
+/// client still sending gets to read the answer instead of a connection reset.
+fn answer_early(err: ApiError, request_headers: &HeaderMap, rest: BodyDataStream) -> Response {
     let unread_body = request_headers.contains_key(header::TRANSFER_ENCODING)
         || content_length(request_headers).is_some_and(|n| n > 0);
     let mut res = err.into_response();
     if unread_body {
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        tokio::spawn(linger(rest));
     }
     res
+}
+
+/// Reads and discards `rest` for at most `HTTP_LINGER_MS` and `HTTP_LINGER_BYTES_MAX`.
+async fn linger(mut rest: BodyDataStream) {
+    let drain = async {
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = rest.next().await {
+            read += chunk.len();
+            if read > HTTP_LINGER_BYTES_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(HTTP_LINGER_MS), drain).await;
 }
 
 /// The connection cap for `requested`: lowered, with a note on stderr, so that the
