@@ -122,15 +122,17 @@ pub enum ErrorKind {
     BadFrame,
     /// The peer answered a step with an error.
     StepRefused,
-    /// A step got no reply within `STEP_TIMEOUT_MS`, or could not be queued.
+    /// A step got no reply within `STEP_TIMEOUT_MS`.
     StepTimeout,
+    /// A step could not be queued: the link's send queue was full or closed.
+    SendQueueFull,
     /// Computing a request failed on this node.
     Compute,
 }
 
 impl ErrorKind {
     /// Every kind, for pre-registering zero counters.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         Self::Connect,
         Self::Handshake,
         Self::Timeout,
@@ -138,6 +140,7 @@ impl ErrorKind {
         Self::BadFrame,
         Self::StepRefused,
         Self::StepTimeout,
+        Self::SendQueueFull,
         Self::Compute,
     ];
 
@@ -151,6 +154,7 @@ impl ErrorKind {
             Self::BadFrame => "bad_frame",
             Self::StepRefused => "step_refused",
             Self::StepTimeout => "step_timeout",
+            Self::SendQueueFull => "send_queue_full",
             Self::Compute => "compute",
         }
     }

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use moe_runtime::config::ModelConfig;
 use moe_runtime::gguf::GgufFile;
 use moe_runtime::placement::{ExpertSet, NodeName};
 use moe_runtime::wire::{
@@ -18,15 +19,16 @@ use tokio::net::TcpStream;
 /// Connects and authenticates like a router, then sends `tamper(valid heartbeat frame)`.
 async fn send_tampered(model: &Path, addr: &str, tamper: impl Fn(Vec<u8>) -> Vec<u8>) -> String {
     let file = GgufFile::open(model).unwrap();
+    let cfg = ModelConfig::from_gguf(&file).unwrap();
     let shape = ModelShape {
-        n_experts: 384,
-        hidden_dim: 128,
+        n_experts: cfg.n_experts,
+        hidden_dim: cfg.n_embd,
     };
     let hs = HandshakeConfig::new(
         NodeName::new("tamperer").unwrap(),
         file.fingerprint(),
         ClusterSecret::new(TEST_SECRET.as_bytes().to_vec()).unwrap(),
-        ShardSummary::uniform(&ExpertSet::empty(384).unwrap()),
+        ShardSummary::uniform(&ExpertSet::empty(cfg.n_experts).unwrap()),
         shape,
     );
     let mut stream = TcpStream::connect(addr).await.unwrap();

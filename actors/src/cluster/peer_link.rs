@@ -193,7 +193,7 @@ impl Actor for PeerLinkActor {
                 Some(c) => {
                     let step = req.step_id;
                     if c.tx.try_send(Message::ExpertRequest(*req)).is_err() {
-                        st.metrics.error(ErrorKind::StepTimeout);
+                        st.metrics.error(ErrorKind::SendQueueFull);
                         let _ = tx.send(Err(format!(
                             "node {}: send queue full or closed",
                             st.shared.name
