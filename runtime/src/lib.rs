@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! gguf        GGUF v3 reader over mmap (+ multi-file splits) and writer
-//! model       Model: the mapped file, config, tokenizer and shape-checked weight locations
+//! model       Model: the mapped file, config and shape-checked weight locations
 //! forward     the forward pass: MLA attention + latent KV cache, router, experts, output
 //! npy         float32 .npy read/write (reference fixtures, `logits --out`)
 //! sampling    greedy / temperature / top-k / top-p / min-p / repetition penalty, seeded

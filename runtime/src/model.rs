@@ -15,7 +15,7 @@ use crate::gguf::{GgufFile, TensorInfo};
 use crate::placement::ExpertSet;
 use crate::RuntimeError;
 
-/// A loaded model: file, config, tokenizer and weight locations.
+/// A loaded model: file, config and weight locations (the tokenizer is loaded separately).
 pub struct Model {
     file: GgufFile,
     /// Hyper-parameters.

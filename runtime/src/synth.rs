@@ -259,9 +259,8 @@ pub struct SynthSummary {
 /// `ty` itself if `ne0` is whole blocks of it, else Q2_K/Q3_K → Q4_0, Q4_K → Q5_0,
 /// Q5_K → Q5_1, Q6_K → Q8_0, IQ4_XS → IQ4_NL, and F16 when even that does not fit
 /// (`tensor_type_fallback` in llama.cpp's `src/llama-quant.cpp`).
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; the MSRV is 1.85
 pub fn fallback_type(ty: GgmlType, ne0: u64) -> GgmlType {
-    let fits = |t: GgmlType| ne0 % t.block_elems() as u64 == 0;
+    let fits = |t: GgmlType| ne0.is_multiple_of(t.block_elems() as u64);
     if fits(ty) {
         return ty;
     }

@@ -2,7 +2,8 @@
 //! line-oriented text file that the planner and the simulator read.
 //!
 //! This module decides the file format, writes it (a [`TraceWriter`] is a forward
-//! [`Observer`], so any command that runs the model can record) and reads it back with
+//! [`Observer`]; the commands' `--record-routing` wraps their expert backend in the actors
+//! crate's `cli/record.rs`, which feeds every layer's routing to one) and reads it back with
 //! limits ([`read_trace`]). What the routes mean for load is left to [`super::plan`] and
 //! [`super::simulate`].
 //!
