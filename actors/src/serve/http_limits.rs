@@ -40,7 +40,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use super::api_error::ApiError;
@@ -396,29 +396,12 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits)
             }
         };
         let place = match places.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let closed = connections
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .close_oldest_idle();
-                let wait = Duration::from_millis(HTTP_EVICTION_WAIT_MS);
-                match closed {
-                    true => {
-                        match tokio::time::timeout(wait, places.clone().acquire_owned()).await {
-                            Ok(Ok(p)) => p,
-                            _ => {
-                                refuse(stream, limits.connections_max);
-                                continue;
-                            }
-                        }
-                    }
-                    false => {
-                        refuse(stream, limits.connections_max);
-                        continue;
-                    }
-                }
-            }
+            Ok(place) => Some(place),
+            Err(_) => make_room(&connections, &places).await,
+        };
+        let Some(place) = place else {
+            refuse(stream, limits.connections_max);
+            continue;
         };
         let busy = Arc::new(AtomicUsize::new(0));
         let close = Arc::new(Notify::new());
@@ -458,6 +441,26 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits)
             drop(place);
         });
     }
+}
+
+/// Closes the oldest idle connection and takes its place; `None` when every connection is
+/// busy (or the closed one does not let go within `HTTP_EVICTION_WAIT_MS`).
+async fn make_room(
+    connections: &Mutex<Connections>,
+    places: &Arc<Semaphore>,
+) -> Option<OwnedSemaphorePermit> {
+    let closed = connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .close_oldest_idle();
+    if !closed {
+        return None;
+    }
+    let wait = Duration::from_millis(HTTP_EVICTION_WAIT_MS);
+    tokio::time::timeout(wait, places.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Answers a connection over the cap with 503 (if its socket takes the few bytes at once)
