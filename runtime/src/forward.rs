@@ -5,6 +5,7 @@
 //! ops.rs        rms_norm, swiglu, softmax, dot
 //! rope.rs       YaRN frequencies, adjacent-pair rotation
 //! kv_cache.rs   the MLA latent cache of one sequence
+//! prefix_cache.rs  prompt prefixes' KV kept in blocks for reuse by later prompts
 //! attention.rs  absorbed MLA attention
 //! moe.rs        router, experts, ExpertBackend (local or remote experts)
 //! ```
@@ -22,10 +23,12 @@ mod attention;
 mod kv_cache;
 pub mod moe;
 mod ops;
+mod prefix_cache;
 mod rope;
 
 pub use kv_cache::KvCache;
 pub use moe::{apply_routes, ExpertBackend, LocalExperts, Route, Routing};
+pub use prefix_cache::{PrefixCache, Reused, PREFIX_BLOCK_TOKENS};
 pub use rope::Rope;
 
 use crate::model::Model;

@@ -19,10 +19,20 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache that can hold `capacity` positions (allocated as it fills).
     pub fn new(cfg: &ModelConfig, capacity: usize) -> Self {
+        Self::with_shape(cfg.n_layers, cfg.kv_lora_rank, cfg.qk_rope, capacity)
+    }
+
+    /// [`KvCache::new`] from the three sizes it needs.
+    pub(crate) fn with_shape(
+        n_layers: usize,
+        kv_lora: usize,
+        rope: usize,
+        capacity: usize,
+    ) -> Self {
         Self {
-            layers: vec![Vec::new(); cfg.n_layers],
-            stride: cfg.kv_lora_rank + cfg.qk_rope,
-            kv_lora: cfg.kv_lora_rank,
+            layers: vec![Vec::new(); n_layers],
+            stride: kv_lora + rope,
+            kv_lora,
             capacity,
             len: 0,
         }
@@ -83,5 +93,48 @@ impl KvCache {
     pub fn get(&self, l: usize, pos: usize) -> (&[f32], &[f32]) {
         let row = &self.layers[l][pos * self.stride..(pos + 1) * self.stride];
         row.split_at(self.kv_lora)
+    }
+
+    /// Layers in the cache.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The stored rows of positions `positions` in layer `l` (`Lkv + dr` values a position),
+    /// for copying a prefix out ([`crate::forward::PrefixCache`]).
+    ///
+    /// # Panics
+    /// If `positions` reaches past [`KvCache::len`] or `l` is not a layer.
+    pub fn rows(&self, l: usize, positions: std::ops::Range<usize>) -> &[f32] {
+        assert!(positions.end <= self.len, "rows past the cached positions");
+        &self.layers[l][positions.start * self.stride..positions.end * self.stride]
+    }
+
+    /// Appends `n` positions given as each layer's rows (`layer_rows[l]` holds `n` rows of
+    /// layer `l`, as [`KvCache::rows`] returns them). Checks everything before changing
+    /// anything.
+    pub fn extend_rows(&mut self, n: usize, layer_rows: &[&[f32]]) -> Result<(), RuntimeError> {
+        self.reserve(n)?;
+        if layer_rows.len() != self.layers.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "cached prefix has {} layers, the model {}",
+                layer_rows.len(),
+                self.layers.len()
+            )));
+        }
+        let want = n * self.stride;
+        if let Some(bad) = layer_rows.iter().find(|rows| rows.len() != want) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "cached prefix rows: {} values for {n} positions of {} values",
+                bad.len(),
+                self.stride
+            )));
+        }
+        for (v, rows) in self.layers.iter_mut().zip(layer_rows) {
+            v.truncate(self.len * self.stride);
+            v.extend_from_slice(rows);
+        }
+        self.len += n;
+        Ok(())
     }
 }
