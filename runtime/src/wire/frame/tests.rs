@@ -257,7 +257,10 @@ fn garbage_archives_with_valid_macs_are_refused_without_panic() {
         }
     }
     // Nearly all of them are refused (a valid tag with valid fields is rare).
-    assert!(refused >= 500, "only {refused} of 600 garbage archives refused");
+    assert!(
+        refused >= 500,
+        "only {refused} of 600 garbage archives refused"
+    );
 }
 
 #[test]
