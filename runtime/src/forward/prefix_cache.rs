@@ -264,7 +264,11 @@ mod tests {
         };
         let longer = |p: &[u32]| [p, &[7]].concat();
         assert_eq!(hit(&mut pc, &longer(&b)), 64, "b stays whole");
-        assert_eq!(hit(&mut pc, &longer(&a)), 32, "a's root stays, its child went");
+        assert_eq!(
+            hit(&mut pc, &longer(&a)),
+            32,
+            "a's root stays, its child went"
+        );
         assert_eq!(hit(&mut pc, &longer(&d)), 32);
     }
 
