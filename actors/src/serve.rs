@@ -51,6 +51,8 @@ use http_limits::{
     HTTP_HEADER_READ_TIMEOUT_MS,
 };
 
+/// Prompt tokens the prefix cache keeps by default (`--cache-tokens`).
+pub const PREFIX_CACHE_TOKENS: usize = 16384;
 /// Largest `max_tokens` a request may ask for (default of `--max-tokens-limit`).
 pub const COMPLETION_TOKENS_MAX: usize = 4096;
 /// Longest API key file, in bytes.
@@ -79,6 +81,11 @@ pub struct ServeOptions {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = COMPLETION_TOKENS_MAX)]
     pub max_tokens_limit: usize,
+    /// Prompt tokens whose KV the prefix cache keeps for reuse by later requests (least
+    /// recently used blocks go first; 0 turns prefix reuse off). A token costs
+    /// `n_layers × (kv_lora_rank + qk_rope) × 4` bytes: 140 KB for Kimi K2.5.
+    #[arg(long, default_value_t = PREFIX_CACHE_TOKENS)]
+    pub cache_tokens: usize,
     /// Most HTTP connections at once (lowered to fit `ulimit -n`); over it, a new connection
     /// closes the oldest idle one, or gets 503 when every one is busy.
     #[arg(long, default_value_t = HTTP_CONNECTIONS_MAX)]
@@ -155,6 +162,7 @@ pub fn run(
         max_active: opts.max_active_sequences,
         queue: opts.admission_queue,
         ctx_size: model_args.ctx_size,
+        cache_tokens: opts.cache_tokens,
     };
     let (engine, info) = engine::start(model_args, cluster, limits)?;
     let tok = &info.tokenizer;

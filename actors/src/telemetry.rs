@@ -47,6 +47,8 @@ pub const REQUESTS_TOTAL: &str = "moe_requests_total";
 pub const REQUESTS_IN_FLIGHT: &str = "moe_requests_in_flight";
 /// Prompt tokens of started requests.
 pub const PROMPT_TOKENS_TOTAL: &str = "moe_prompt_tokens_total";
+/// Prompt tokens whose KV came from the prefix cache instead of being computed.
+pub const PROMPT_TOKENS_CACHED_TOTAL: &str = "moe_prompt_tokens_cached_total";
 /// Tokens generated (sampled).
 pub const GENERATED_TOKENS_TOTAL: &str = "moe_generated_tokens_total";
 /// From the start of a generation to its first sampled token.
@@ -320,6 +322,10 @@ fn describe_all() {
     describe_counter!(REQUESTS_TOTAL, "Generation requests finished, by outcome.");
     describe_gauge!(REQUESTS_IN_FLIGHT, "Generation requests running now.");
     describe_counter!(PROMPT_TOKENS_TOTAL, "Prompt tokens of started requests.");
+    describe_counter!(
+        PROMPT_TOKENS_CACHED_TOTAL,
+        "Prompt tokens reused from the prefix cache (not computed)."
+    );
     describe_counter!(GENERATED_TOKENS_TOTAL, "Tokens generated.");
     describe_histogram!(
         TIME_TO_FIRST_TOKEN_SECONDS,
@@ -563,6 +569,11 @@ impl Generation {
         }
     }
 
+    /// `tokens` of the prompt came from the prefix cache.
+    pub fn prompt_cached(&mut self, tokens: usize) {
+        counter!(PROMPT_TOKENS_CACHED_TOTAL).increment(tokens as u64);
+    }
+
     /// One token was sampled.
     pub fn token(&mut self) {
         let now = Instant::now();
@@ -622,6 +633,7 @@ mod tests {
         let counters = [
             REQUESTS_TOTAL,
             PROMPT_TOKENS_TOTAL,
+            PROMPT_TOKENS_CACHED_TOTAL,
             GENERATED_TOKENS_TOTAL,
             ROUTED_TOKENS_TOTAL,
             PEER_ERRORS_TOTAL,

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::http::StatusCode;
-use moe_runtime::forward::{ExpertBackend, KvCache, NoObserver, SeqInput};
+use moe_runtime::forward::{ExpertBackend, KvCache, NoObserver, PrefixCache, SeqInput};
 use moe_runtime::model::Model;
 use moe_runtime::sampling::{Sampler, SamplingParams};
 use moe_runtime::tokenizer::{StreamDecoder, Tokenizer};
@@ -165,6 +165,9 @@ pub struct GenerationJob {
     pub stop: Vec<String>,
     /// Continue past end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// Reuse a cached prefix of the prompt and keep this prompt's for later requests
+    /// (llama-server's `cache_prompt`; true unless the request says otherwise).
+    pub cache_prompt: bool,
     pieces: mpsc::Sender<Piece>,
     done: oneshot::Sender<Result<Finished, JobError>>,
 }
@@ -196,6 +199,7 @@ impl GenerationJob {
                 sampling,
                 stop,
                 ignore_eos,
+                cache_prompt: true,
                 pieces: ptx,
                 done: dtx,
             },
@@ -216,6 +220,8 @@ pub struct EngineLimits {
     pub queue: usize,
     /// KV cache capacity per sequence, positions.
     pub ctx_size: usize,
+    /// Prompt tokens whose KV the prefix cache may keep (0 = no prefix reuse).
+    pub cache_tokens: usize,
 }
 
 /// What the HTTP side learns about the loaded model.
@@ -330,6 +336,7 @@ pub fn start(
                     admit_rx,
                     active: active_engine,
                     seqs: Vec::new(),
+                    prefix: PrefixCache::new(limits.cache_tokens),
                 };
                 Ok((engine, info, health))
             })();
@@ -371,6 +378,10 @@ struct Sequence {
     prompt: Vec<u32>,
     /// Prompt tokens already in the cache.
     prefilled: usize,
+    /// Prompt tokens restored from the prefix cache.
+    cached: usize,
+    /// Whether the prompt's KV goes into the prefix cache once computed.
+    cache_prompt: bool,
     cache: KvCache,
     /// Sampled but not yet fed to the model.
     next_input: Option<u32>,
@@ -405,6 +416,8 @@ struct Engine {
     admit_rx: mpsc::Receiver<GenerationJob>,
     active: Arc<AtomicUsize>,
     seqs: Vec<Sequence>,
+    /// KV of earlier prompts' prefixes (the cache of `--cache-tokens`).
+    prefix: PrefixCache,
 }
 
 impl Engine {
@@ -462,15 +475,33 @@ impl Engine {
             sampling,
             stop,
             ignore_eos,
+            cache_prompt,
             pieces,
             done,
         } = job;
+        let mut metrics = telemetry::Generation::start(prompt.len());
+        let mut cache = KvCache::new(&self.model.cfg, self.ctx_size);
+        let cached = if cache_prompt {
+            // A failed restore leaves the cache empty: the prompt is computed in full.
+            match self.prefix.restore(&prompt, &mut cache) {
+                Ok(reused) => reused.tokens,
+                Err(e) => {
+                    eprintln!("engine: prefix cache not used: {e}");
+                    0
+                }
+            }
+        } else {
+            0
+        };
+        metrics.prompt_cached(cached);
         self.seqs.push(Sequence {
-            metrics: Some(telemetry::Generation::start(prompt.len())),
+            metrics: Some(metrics),
             history: prompt.clone(),
             prompt,
-            prefilled: 0,
-            cache: KvCache::new(&self.model.cfg, self.ctx_size),
+            prefilled: cached,
+            cached,
+            cache_prompt,
+            cache,
             next_input: None,
             feed: Vec::new(),
             generated: 0,
@@ -556,6 +587,9 @@ impl Engine {
                         s.prefilled += s.feed.len();
                         if s.prefilled < s.prompt.len() {
                             continue;
+                        }
+                        if s.cache_prompt {
+                            self.prefix.insert(&s.prompt, &s.cache);
                         }
                     }
                     if let Some(finish) = s.on_logits(logits, end_tokens) {
@@ -645,6 +679,7 @@ impl Sequence {
         let usage = Usage {
             prompt_tokens: self.prompt.len(),
             completion_tokens: self.generated,
+            cached_tokens: self.cached,
         };
         if let Some(done) = self.done.take() {
             let _ = done.send(Ok(Finished {

@@ -92,6 +92,10 @@ pub struct GenerationFields {
     /// Extension: keep generating past the end-of-sequence token.
     #[serde(default)]
     pub ignore_eos: Option<bool>,
+    /// Extension (llama-server's name): reuse a cached prefix of the prompt and keep this
+    /// prompt's KV for later requests (default true).
+    #[serde(default)]
+    pub cache_prompt: Option<bool>,
 }
 
 /// `POST /v1/completions`.
@@ -300,6 +304,8 @@ pub struct GenerationSettings {
     pub include_usage: bool,
     /// Continue past the end-of-sequence token.
     pub ignore_eos: bool,
+    /// Use and fill the prefix cache.
+    pub cache_prompt: bool,
 }
 
 impl GenerationFields {
@@ -391,6 +397,7 @@ impl GenerationFields {
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            cache_prompt: self.cache_prompt.unwrap_or(true),
         })
     }
 }
@@ -421,6 +428,8 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 impl Usage {
@@ -430,6 +439,7 @@ impl Usage {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": { "cached_tokens": self.cached_tokens },
         })
     }
 }

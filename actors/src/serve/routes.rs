@@ -260,13 +260,14 @@ async fn generate(
             .unwrap_or(0),
         model: st.model_name.clone(),
     };
-    let (job, rx) = GenerationJob::new(
+    let (mut job, rx) = GenerationJob::new(
         prompt,
         max_tokens,
         settings.sampling,
         settings.stop,
         settings.ignore_eos,
     );
+    job.cache_prompt = settings.cache_prompt;
     st.engine.submit(job).map_err(|e| match e {
         SubmitError::QueueFull(waiting) => ApiError::queue_full(waiting),
         SubmitError::Stopped => ApiError::unavailable("the engine has stopped"),

