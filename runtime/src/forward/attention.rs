@@ -1,12 +1,22 @@
 //! MLA attention in its absorbed form (spec §2.2): the cache holds only the normalized latent
 //! `c` and the roped shared key; `attn_k_b` is folded into the query and `attn_v_b` applied to
 //! the attention-weighted latent.
+//!
+//! The per-head query absorption and value projection are matmuls (threaded inside); the
+//! score and context loops run every (head, new position) pair as one job on the rayon pool,
+//! each computed exactly as it would be alone, so results do not depend on the thread count.
+
+use rayon::prelude::*;
 
 use super::ops::{dot, rms_norm, rms_norm_inplace, softmax_inplace};
 use super::KvCache;
 use crate::config::LATENT_NORM_EPS;
 use crate::model::Model;
 use crate::RuntimeError;
+
+/// Multiply-adds of the score and context loops below which attention stays on the calling
+/// thread (handing (head, position) pairs to the pool costs more than it saves).
+pub const ATTENTION_PARALLEL_MIN_MACS: usize = 1 << 16;
 
 /// Attention of layer `l` for `t` consecutive new tokens of one sequence starting at
 /// `cache.len()`: `x` is the normalized input `[t, D]`, `out` receives `[t, D]`. Appends the
@@ -18,6 +28,19 @@ pub fn attention(
     t: usize,
     cache: &mut KvCache,
     out: &mut [f32],
+) -> Result<(), RuntimeError> {
+    attention_with(model, l, x, t, cache, out, ATTENTION_PARALLEL_MIN_MACS)
+}
+
+/// [`attention`] with the size from which the (head, position) jobs go to the pool.
+fn attention_with(
+    model: &Model,
+    l: usize,
+    x: &[f32],
+    t: usize,
+    cache: &mut KvCache,
+    out: &mut [f32],
+    parallel_min_macs: usize,
 ) -> Result<(), RuntimeError> {
     let c = &model.cfg;
     let w = &model.layers[l].attn;
@@ -49,43 +72,61 @@ pub fn attention(
     }
 
     let scale = c.attn_scale();
+    // q_abs[head][i] = Wkb_head · q_nope[i] : [H, t, Lkv]; q_rot roped in place.
     let mut q_nope = vec![0f32; t * dn];
-    let mut q_abs = vec![0f32; t * lkv];
-    let mut ctx = vec![0f32; t * lkv];
-    let mut o_h = vec![0f32; t * dv];
-    let mut o = vec![0f32; t * h * dv];
-    let mut scores = Vec::with_capacity(pos0 + t);
-    for head in 0..h {
+    let mut q_abs = vec![0f32; h * t * lkv];
+    for (head, q_abs_h) in q_abs.chunks_exact_mut(t * lkv).enumerate() {
         for i in 0..t {
             let src = &mut q[(i * h + head) * qk..(i * h + head + 1) * qk];
             q_nope[i * dn..(i + 1) * dn].copy_from_slice(&src[..dn]);
             model.rope.apply(&mut src[dn..], pos0 + i);
         }
-        // q_abs = Wkb_h · q_nope : [t, Lkv]
         model
             .expert_mat(&w.k_b, head)?
-            .matmul(&q_nope, t, &mut q_abs)?;
-        for i in 0..t {
-            let q_rot = &q[(i * h + head) * qk + dn..(i * h + head + 1) * qk];
-            let qa = &q_abs[i * lkv..(i + 1) * lkv];
-            let n_ctx = pos0 + i + 1;
-            scores.clear();
-            for s in 0..n_ctx {
-                let (cs, ks) = cache.get(l, s);
-                scores.push((dot(qa, cs) + dot(q_rot, ks)) * scale);
-            }
-            softmax_inplace(&mut scores);
-            let acc = &mut ctx[i * lkv..(i + 1) * lkv];
-            acc.fill(0.0);
-            for (s, &p) in scores.iter().enumerate() {
-                let (cs, _) = cache.get(l, s);
-                for (a, &v) in acc.iter_mut().zip(cs) {
-                    *a += p * v;
-                }
+            .matmul(&q_nope, t, q_abs_h)?;
+    }
+    // ctx[head][i] = softmax(scores) · c over positions 0..=pos0+i, every (head, i) on the
+    // pool at once (each is computed exactly as alone: the same bits on any thread count).
+    let mut ctx = vec![0f32; h * t * lkv];
+    let cache = &*cache;
+    let q = &q;
+    let q_abs = &q_abs;
+    let one = |scores: &mut Vec<f32>, (k, acc): (usize, &mut [f32])| {
+        let (head, i) = (k / t, k % t);
+        let q_rot = &q[(i * h + head) * qk + dn..(i * h + head + 1) * qk];
+        let qa = &q_abs[k * lkv..(k + 1) * lkv];
+        let n_ctx = pos0 + i + 1;
+        scores.clear();
+        for s in 0..n_ctx {
+            let (cs, ks) = cache.get(l, s);
+            scores.push((dot(qa, cs) + dot(q_rot, ks)) * scale);
+        }
+        softmax_inplace(scores);
+        acc.fill(0.0);
+        for (s, &p) in scores.iter().enumerate() {
+            let (cs, _) = cache.get(l, s);
+            for (a, &v) in acc.iter_mut().zip(cs) {
+                *a += p * v;
             }
         }
-        // o_h = Wvb_h · ctx : [t, dv]
-        model.expert_mat(&w.v_b, head)?.matmul(&ctx, t, &mut o_h)?;
+    };
+    let work = h * t * (pos0 + t) * (lkv + dr);
+    if work < parallel_min_macs {
+        let mut scores = Vec::with_capacity(pos0 + t);
+        ctx.chunks_exact_mut(lkv)
+            .enumerate()
+            .for_each(|job| one(&mut scores, job));
+    } else {
+        ctx.par_chunks_exact_mut(lkv).enumerate().for_each_init(
+            || Vec::with_capacity(pos0 + t),
+            |scores, job| one(scores, job),
+        );
+    }
+    // o[i][head] = Wvb_head · ctx[head][i] : [t, H*dv]
+    let mut o_h = vec![0f32; t * dv];
+    let mut o = vec![0f32; t * h * dv];
+    for (head, ctx_h) in ctx.chunks_exact(t * lkv).enumerate() {
+        model.expert_mat(&w.v_b, head)?.matmul(ctx_h, t, &mut o_h)?;
         for i in 0..t {
             o[(i * h + head) * dv..(i * h + head + 1) * dv]
                 .copy_from_slice(&o_h[i * dv..(i + 1) * dv]);
@@ -93,4 +134,55 @@ pub fn attention(
     }
     model.mat(&w.output)?.matmul(&o, t, out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pool path gives the same bits as the calling thread alone, for a prompt chunk at
+    /// several cache lengths (including ones that are not multiples of anything) and a decode
+    /// step, on every layer of the tiny reference model.
+    #[test]
+    fn pooled_attention_equals_sequential_attention_bit_for_bit() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
+        let model = Model::open(&path).expect("the tiny fixture model");
+        let d = model.cfg.n_embd;
+        let x_of = |t: usize, seed: usize| -> Vec<f32> {
+            (0..t * d)
+                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 0.5)
+                .collect()
+        };
+        for (pos0, t) in [(0usize, 7usize), (13, 5), (61, 1), (100, 19)] {
+            for l in 0..model.cfg.n_layers {
+                let mut caches = [KvCache::new(&model.cfg, 256), KvCache::new(&model.cfg, 256)];
+                let mut outs = [vec![0f32; t * d], vec![0f32; t * d]];
+                for (k, (cache, out)) in caches.iter_mut().zip(&mut outs).enumerate() {
+                    let threshold = if k == 0 { usize::MAX } else { 0 };
+                    if pos0 > 0 {
+                        let mut prefix_out = vec![0f32; pos0 * d];
+                        attention_with(
+                            &model,
+                            l,
+                            &x_of(pos0, 1),
+                            pos0,
+                            cache,
+                            &mut prefix_out,
+                            threshold,
+                        )
+                        .unwrap();
+                        cache.commit(pos0);
+                    }
+                    attention_with(&model, l, &x_of(t, 2), t, cache, out, threshold).unwrap();
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&outs[0]),
+                    bits(&outs[1]),
+                    "layer {l}, pos0 {pos0}, t {t}"
+                );
+            }
+        }
+    }
 }
