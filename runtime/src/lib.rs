@@ -9,6 +9,7 @@
 //! forward     the forward pass: MLA attention + latent KV cache, router, experts, output
 //! npy         float32 .npy read/write (reference fixtures, `logits --out`)
 //! sampling    greedy / temperature / top-k / top-p / min-p / repetition penalty, seeded
+//! draft       prompt-lookup (n-gram) draft tokens for speculative decoding
 //! config      ModelConfig: typed hyper-parameters parsed once from GGUF metadata
 //! tokenizer   byte-level BPE (gpt2 model) with the gpt-2 / deepseek-v3 / kimi-k2 pre-tokenizers
 //! synth       random-weight models with Kimi K2.5's structure, written as GGUF
@@ -19,6 +20,7 @@
 //! ```
 pub mod config;
 pub mod dispatch;
+pub mod draft;
 pub mod error;
 pub mod forward;
 pub mod gguf;

@@ -8,7 +8,7 @@ use moe_runtime::sampling::{Sampler, SamplingParams};
 use moe_runtime::tokenizer::Tokenizer;
 
 use super::common::ModelArgs;
-use super::generate::{generate, GenRequest};
+use super::generate::{generate, GenRequest, SpeculativeArgs};
 use crate::cluster::args::RouterArgs;
 
 /// Sampling options shared by the generating commands.
@@ -61,6 +61,8 @@ pub struct RunArgs {
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
+    speculative: SpeculativeArgs,
+    #[command(flatten)]
     metrics: crate::telemetry::MetricsArgs,
     /// Prompt text (special tokens in it are parsed as special).
     #[arg(long, short = 'p')]
@@ -96,6 +98,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         max_tokens: a.n_predict,
         ignore_eos: a.ignore_eos,
         ctx_size: a.model.ctx_size,
+        draft_max: a.speculative.draft_max(),
     };
     let mut sampler = Sampler::new(params);
     let stats = generate(
@@ -111,13 +114,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     )?;
     writeln!(out)?;
     eprintln!(
-        "prompt: {} tokens in {:.3} s ({:.2} tokens/s) | generation: {} tokens in {:.3} s ({:.2} tokens/s)",
+        "prompt: {} tokens in {:.3} s ({:.2} tokens/s) | generation: {} tokens in {:.3} s ({:.2} tokens/s){}",
         stats.prompt_tokens,
         stats.prompt_s,
         stats.prompt_tokens as f64 / stats.prompt_s.max(1e-9),
         stats.generated.len(),
         stats.gen_s,
-        stats.generated.len() as f64 / stats.gen_s.max(1e-9)
+        stats.generated.len() as f64 / stats.gen_s.max(1e-9),
+        stats.speculation_summary()
     );
     Ok(())
 }

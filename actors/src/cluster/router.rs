@@ -98,6 +98,7 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
                         max_tokens: r.max_tokens,
                         ignore_eos: r.ignore_eos,
                         ctx_size: model_args.ctx_size,
+                        draft_max: 0,
                     };
                     let mut text = String::new();
                     match params.validate().and_then(|_| {
