@@ -49,6 +49,12 @@ pub const REQUESTS_IN_FLIGHT: &str = "moe_requests_in_flight";
 pub const PROMPT_TOKENS_TOTAL: &str = "moe_prompt_tokens_total";
 /// Prompt tokens whose KV came from the prefix cache instead of being computed.
 pub const PROMPT_TOKENS_CACHED_TOTAL: &str = "moe_prompt_tokens_cached_total";
+/// Draft tokens proposed for speculative decoding.
+pub const DRAFT_TOKENS_TOTAL: &str = "moe_draft_tokens_total";
+/// Draft tokens accepted (equal to what plain decoding samples).
+pub const DRAFT_ACCEPTED_TOKENS_TOTAL: &str = "moe_draft_accepted_tokens_total";
+/// Decode forward calls (a step emits 1 + its accepted draft tokens).
+pub const DECODE_STEPS_TOTAL: &str = "moe_decode_steps_total";
 /// Tokens generated (sampled).
 pub const GENERATED_TOKENS_TOTAL: &str = "moe_generated_tokens_total";
 /// From the start of a generation to its first sampled token.
@@ -326,6 +332,15 @@ fn describe_all() {
         PROMPT_TOKENS_CACHED_TOTAL,
         "Prompt tokens reused from the prefix cache (not computed)."
     );
+    describe_counter!(DRAFT_TOKENS_TOTAL, "Draft tokens proposed (speculative decoding).");
+    describe_counter!(
+        DRAFT_ACCEPTED_TOKENS_TOTAL,
+        "Draft tokens accepted (speculative decoding)."
+    );
+    describe_counter!(
+        DECODE_STEPS_TOTAL,
+        "Decode forward calls; generated tokens over this is tokens per step."
+    );
     describe_counter!(GENERATED_TOKENS_TOTAL, "Tokens generated.");
     describe_histogram!(
         TIME_TO_FIRST_TOKEN_SECONDS,
@@ -569,6 +584,17 @@ impl Generation {
         }
     }
 
+    /// A decode step verified `drafted` draft tokens (0 without speculation).
+    pub fn decode_step(&mut self, drafted: usize) {
+        counter!(DECODE_STEPS_TOTAL).increment(1);
+        counter!(DRAFT_TOKENS_TOTAL).increment(drafted as u64);
+    }
+
+    /// A draft token was accepted.
+    pub fn draft_accepted(&mut self) {
+        counter!(DRAFT_ACCEPTED_TOKENS_TOTAL).increment(1);
+    }
+
     /// `tokens` of the prompt came from the prefix cache.
     pub fn prompt_cached(&mut self, tokens: usize) {
         counter!(PROMPT_TOKENS_CACHED_TOTAL).increment(tokens as u64);
@@ -634,6 +660,9 @@ mod tests {
             REQUESTS_TOTAL,
             PROMPT_TOKENS_TOTAL,
             PROMPT_TOKENS_CACHED_TOTAL,
+            DRAFT_TOKENS_TOTAL,
+            DRAFT_ACCEPTED_TOKENS_TOTAL,
+            DECODE_STEPS_TOTAL,
             GENERATED_TOKENS_TOTAL,
             ROUTED_TOKENS_TOTAL,
             PEER_ERRORS_TOTAL,

@@ -171,6 +171,7 @@ pub fn generate(
                 // The drafted token is what plain decoding samples: its position is valid
                 // and the next row is the logits after it.
                 stats.accepted += 1;
+                metrics.draft_accepted();
                 continue;
             }
             // The correction (or the token after a fully accepted draft): the positions of
@@ -202,6 +203,7 @@ pub fn generate(
         metrics.kv_cache(cache.len(), cache.capacity(), cache.bytes());
         stats.decode_steps += 1;
         stats.drafted += draft.len();
+        metrics.decode_step(draft.len());
     }
     on_text(&stream.flush());
     stats.gen_s = t1.elapsed().as_secs_f64();
