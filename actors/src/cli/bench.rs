@@ -1,7 +1,10 @@
 //! `moe-node bench`: llama-bench-style throughput, so numbers sit beside llama.cpp's
-//! (`pp512`, `tg128`): prompt processing of `-p` tokens in one sequence, then generation of
-//! `-n` tokens one at a time, each repeated `-r` times from an empty cache, as a markdown
-//! table. Token ids are a fixed pseudo-random sequence over the non-special vocabulary.
+//! (`pp512`, `tg128`, `tg32 @ d4096`): prompt processing of `-p` tokens in one sequence, then
+//! generation of `-n` tokens one at a time, each repeated `-r` times, as a markdown table.
+//! With `-d 0,4096` each test also runs after that many context tokens are already in the
+//! cache (prefilled once per depth, untimed, and copied for every repetition), as
+//! llama-bench's `-d`. Token ids are a fixed pseudo-random sequence over the non-special
+//! vocabulary.
 
 use std::time::Instant;
 
@@ -30,6 +33,20 @@ pub struct BenchArgs {
     /// Repetitions.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
+    /// Context depths: tokens already in the cache before each test (comma-separated).
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    depths: Vec<usize>,
+}
+
+/// One result row.
+struct Row {
+    test: String,
+    samples: Vec<f64>,
 }
 
 /// Runs the benchmark and prints the table.
@@ -50,43 +67,81 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             (state % (vocab * 3 / 4)) as u32
         })
         .collect();
-    let ctx = a.n_prompt + a.n_gen + 1;
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    for _ in 0..a.repetitions {
-        if a.n_prompt > 0 {
-            let mut cache = KvCache::new(&model.cfg, ctx);
-            let t = Instant::now();
-            for chunk in prompt.chunks(PREFILL_CHUNK_TOKENS) {
-                model.forward(
-                    &mut [SeqInput {
-                        cache: &mut cache,
-                        tokens: chunk,
-                        all_logits: false,
-                    }],
-                    experts.as_mut(),
-                    &mut NoObserver,
-                )?;
-            }
-            pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+    let max_depth = a.depths.iter().copied().max().unwrap_or(0);
+    let ctx = max_depth + a.n_prompt + a.n_gen + 1;
+    // Context tokens for the depths: the same generator, continued.
+    let context: Vec<u32> = (0..max_depth)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % (vocab * 3 / 4)) as u32
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for &depth in &a.depths {
+        let mut at_depth = KvCache::new(&model.cfg, ctx);
+        for chunk in context[..depth].chunks(PREFILL_CHUNK_TOKENS) {
+            model.forward(
+                &mut [SeqInput {
+                    cache: &mut at_depth,
+                    tokens: chunk,
+                    all_logits: false,
+                }],
+                experts.as_mut(),
+                &mut NoObserver,
+            )?;
         }
-        if a.n_gen > 0 {
-            let mut cache = KvCache::new(&model.cfg, ctx);
-            let mut next = prompt.first().copied().unwrap_or(0);
-            let t = Instant::now();
-            for _ in 0..a.n_gen {
-                let logits = model.forward(
-                    &mut [SeqInput {
-                        cache: &mut cache,
-                        tokens: &[next],
-                        all_logits: false,
-                    }],
-                    experts.as_mut(),
-                    &mut NoObserver,
-                )?;
-                next = argmax(&logits[0]);
+        let suffix = if depth > 0 {
+            format!(" @ d{depth}")
+        } else {
+            String::new()
+        };
+        let (mut pp, mut tg) = (Vec::new(), Vec::new());
+        for _ in 0..a.repetitions {
+            if a.n_prompt > 0 {
+                let mut cache = at_depth.clone();
+                let t = Instant::now();
+                for chunk in prompt.chunks(PREFILL_CHUNK_TOKENS) {
+                    model.forward(
+                        &mut [SeqInput {
+                            cache: &mut cache,
+                            tokens: chunk,
+                            all_logits: false,
+                        }],
+                        experts.as_mut(),
+                        &mut NoObserver,
+                    )?;
+                }
+                pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
             }
-            tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+            if a.n_gen > 0 {
+                let mut cache = at_depth.clone();
+                let mut next = prompt.first().copied().unwrap_or(0);
+                let t = Instant::now();
+                for _ in 0..a.n_gen {
+                    let logits = model.forward(
+                        &mut [SeqInput {
+                            cache: &mut cache,
+                            tokens: &[next],
+                            all_logits: false,
+                        }],
+                        experts.as_mut(),
+                        &mut NoObserver,
+                    )?;
+                    next = argmax(&logits[0]);
+                }
+                tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+            }
         }
+        rows.push(Row {
+            test: format!("pp{}{suffix}", a.n_prompt),
+            samples: pp,
+        });
+        rows.push(Row {
+            test: format!("tg{}{suffix}", a.n_gen),
+            samples: tg,
+        });
     }
     let name = a
         .model
@@ -101,10 +156,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         "moe-node"
     };
-    for (test, v) in [
-        (format!("pp{}", a.n_prompt), &pp),
-        (format!("tg{}", a.n_gen), &tg),
-    ] {
+    for Row { test, samples: v } in rows {
         if v.is_empty() {
             continue;
         }
