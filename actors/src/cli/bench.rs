@@ -24,12 +24,22 @@ pub struct BenchArgs {
     model: ModelArgs,
     #[command(flatten)]
     cluster: RouterArgs,
-    /// Prompt tokens (pp).
-    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
-    n_prompt: usize,
-    /// Generated tokens (tg).
-    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
-    n_gen: usize,
+    /// Prompt tokens (pp), comma-separated for several tests (0 = none).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    n_prompt: Vec<usize>,
+    /// Generated tokens (tg), comma-separated for several tests (0 = none).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    n_gen: Vec<usize>,
     /// Repetitions.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -51,33 +61,28 @@ struct Row {
 
 /// Runs the benchmark and prints the table.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    if a.repetitions == 0 || (a.n_prompt == 0 && a.n_gen == 0) {
+    let n_prompts: Vec<usize> = a.n_prompt.iter().copied().filter(|&p| p > 0).collect();
+    let n_gens: Vec<usize> = a.n_gen.iter().copied().filter(|&n| n > 0).collect();
+    if a.repetitions == 0 || (n_prompts.is_empty() && n_gens.is_empty()) {
         bail!("nothing to measure: give -r >= 1 and -p or -n > 0");
     }
     let model = a.model.load_for(Some(&a.cluster))?;
     let mut experts = expert_backend(&model, &a.cluster)?;
     let vocab = model.cfg.vocab as u64;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let prompt: Vec<u32> = (0..a.n_prompt)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            // Stay clear of the specials kept at the end of the vocabularies synth writes.
-            (state % (vocab * 3 / 4)) as u32
-        })
-        .collect();
-    let max_depth = a.depths.iter().copied().max().unwrap_or(0);
-    let ctx = max_depth + a.n_prompt + a.n_gen + 1;
+    let mut next_id = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // Stay clear of the specials kept at the end of the vocabularies synth writes.
+        (state % (vocab * 3 / 4)) as u32
+    };
+    let max_of = |v: &[usize]| v.iter().copied().max().unwrap_or(0);
+    let prompt: Vec<u32> = (0..max_of(&n_prompts)).map(|_| next_id()).collect();
+    let max_depth = max_of(&a.depths);
+    let ctx = max_depth + max_of(&n_prompts) + max_of(&n_gens) + 1;
     // Context tokens for the depths: the same generator, continued.
-    let context: Vec<u32> = (0..max_depth)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % (vocab * 3 / 4)) as u32
-        })
-        .collect();
+    let context: Vec<u32> = (0..max_depth).map(|_| next_id()).collect();
     let mut rows = Vec::new();
     for &depth in &a.depths {
         let mut at_depth = KvCache::new(&model.cfg, ctx);
@@ -97,12 +102,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         } else {
             String::new()
         };
-        let (mut pp, mut tg) = (Vec::new(), Vec::new());
-        for _ in 0..a.repetitions {
-            if a.n_prompt > 0 {
+        for &p in &n_prompts {
+            let mut samples = Vec::new();
+            for _ in 0..a.repetitions {
                 let mut cache = at_depth.clone();
                 let t = Instant::now();
-                for chunk in prompt.chunks(PREFILL_CHUNK_TOKENS) {
+                for chunk in prompt[..p].chunks(PREFILL_CHUNK_TOKENS) {
                     model.forward(
                         &mut [SeqInput {
                             cache: &mut cache,
@@ -113,13 +118,20 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                         &mut NoObserver,
                     )?;
                 }
-                pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+                samples.push(p as f64 / t.elapsed().as_secs_f64());
             }
-            if a.n_gen > 0 {
+            rows.push(Row {
+                test: format!("pp{p}{suffix}"),
+                samples,
+            });
+        }
+        for &g in &n_gens {
+            let mut samples = Vec::new();
+            for _ in 0..a.repetitions {
                 let mut cache = at_depth.clone();
                 let mut next = prompt.first().copied().unwrap_or(0);
                 let t = Instant::now();
-                for _ in 0..a.n_gen {
+                for _ in 0..g {
                     let logits = model.forward(
                         &mut [SeqInput {
                             cache: &mut cache,
@@ -131,17 +143,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     )?;
                     next = argmax(&logits[0]);
                 }
-                tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+                samples.push(g as f64 / t.elapsed().as_secs_f64());
             }
+            rows.push(Row {
+                test: format!("tg{g}{suffix}"),
+                samples,
+            });
         }
-        rows.push(Row {
-            test: format!("pp{}{suffix}", a.n_prompt),
-            samples: pp,
-        });
-        rows.push(Row {
-            test: format!("tg{}{suffix}", a.n_gen),
-            samples: tg,
-        });
     }
     let name = a
         .model
