@@ -86,6 +86,9 @@ pub struct ServeOptions {
     /// `n_layers × (kv_lora_rank + qk_rope) × 4` bytes: 140 KB for Kimi K2.5.
     #[arg(long, default_value_t = PREFIX_CACHE_TOKENS)]
     pub cache_tokens: usize,
+    /// Speculative decoding for every sequence (output identical to plain decoding).
+    #[command(flatten)]
+    pub speculative: crate::cli::generate::SpeculativeArgs,
     /// Most HTTP connections at once (lowered to fit `ulimit -n`); over it, a new connection
     /// closes the oldest idle one, or gets 503 when every one is busy.
     #[arg(long, default_value_t = HTTP_CONNECTIONS_MAX)]
@@ -163,6 +166,7 @@ pub fn run(
         queue: opts.admission_queue,
         ctx_size: model_args.ctx_size,
         cache_tokens: opts.cache_tokens,
+        draft_max: opts.speculative.draft_max(),
     };
     let (engine, info) = engine::start(model_args, cluster, limits)?;
     let tok = &info.tokenizer;

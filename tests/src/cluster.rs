@@ -227,6 +227,22 @@ pub fn start_router(model: &Path, placement: &Path, secret: &Path) -> Node {
     r
 }
 
+/// Starts `moe-node` with `args` (a `serve` or `--role router --http` command line) and waits
+/// for its `http listening on` line; returns the process and its HTTP address.
+pub fn start_http_server(args: &[String]) -> (Node, String) {
+    let node = Node::spawn(args);
+    let deadline = std::time::Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = node
+            .next_line(left)
+            .unwrap_or_else(|| panic!("server did not start: {}", node.stderr()));
+        if let Some(addr) = line.strip_prefix("http listening on ") {
+            return (node, addr.to_string());
+        }
+    }
+}
+
 impl Node {
     /// Sends one JSON-line request to a router and parses its answer line.
     pub fn ask(&mut self, request: &str, timeout: Duration) -> serde_json::Value {

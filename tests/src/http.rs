@@ -105,3 +105,21 @@ fn complete_response(raw: &[u8]) -> bool {
         .and_then(|(_, v)| v.trim().parse::<usize>().ok())
         .is_some_and(|len| body.len() >= len)
 }
+
+/// `POST {path}` with a JSON body; fails the test unless the answer is 200 with JSON.
+pub fn post_json(
+    addr: &str,
+    path: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> serde_json::Value {
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = exchange(addr, request.as_bytes(), timeout)
+        .unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"));
+    assert_eq!(status, 200, "POST {path}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}"))
+}

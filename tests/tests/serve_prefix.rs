@@ -4,11 +4,11 @@
 //! seed, in the exact and in the fast numeric mode.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moe_tests::cluster::{Node, NODE_START_TIMEOUT_MS};
+use moe_tests::cluster::{start_http_server, Node};
 use moe_tests::fixtures_dir;
-use moe_tests::http::exchange;
+use moe_tests::http::post_json;
 use serde_json::{json, Value};
 
 /// How long one completion may take on a loaded machine.
@@ -26,28 +26,11 @@ fn serve(model: &Path, extra: &[&str]) -> (Node, String) {
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    let node = Node::spawn(&args);
-    let deadline = Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = node
-            .next_line(left)
-            .unwrap_or_else(|| panic!("server did not start: {}", node.stderr()));
-        if let Some(addr) = line.strip_prefix("http listening on ") {
-            return (node, addr.to_string());
-        }
-    }
+    start_http_server(&args)
 }
 
 fn complete(addr: &str, body: &Value) -> Value {
-    let body = body.to_string();
-    let request = format!(
-        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let (status, text) = exchange(addr, request.as_bytes(), REQUEST_TIMEOUT).unwrap();
-    assert_eq!(status, 200, "{text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    post_json(addr, "/v1/completions", body, REQUEST_TIMEOUT)
 }
 
 fn cached(answer: &Value) -> u64 {

@@ -4,8 +4,13 @@
 //! models rarely repeat themselves, so acceptance is low here; what counts is that both the
 //! accepting and the rejecting path ran and changed nothing).
 
+use std::time::Duration;
+
+use moe_tests::cluster::start_http_server;
 use moe_tests::fixtures::all_fixture_cases;
-use moe_tests::moe_node;
+use moe_tests::http::post_json;
+use moe_tests::{fixtures_dir, moe_node};
+use serde_json::json;
 
 /// A prompt that repeats itself, so prompt lookup has something to propose.
 const COPY_HEAVY: &str =
@@ -66,4 +71,69 @@ fn speculative_output_equals_plain_decoding_on_every_fixture() {
         }
     }
     assert!(accepted > 0, "no draft token was ever accepted");
+}
+
+/// `serve --speculative ngram` gives every concurrent sequence the tokens plain serving
+/// gives, greedy and seeded.
+#[test]
+fn speculative_serving_equals_plain_serving() {
+    let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
+    let start = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "serve",
+            "--model",
+            &model.to_string_lossy(),
+            "--http",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        start_http_server(&args)
+    };
+    let (_plain, plain_addr) = start(&[]);
+    let (_spec, spec_addr) = start(&[
+        "--speculative",
+        "ngram",
+        "--draft-max",
+        "5",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    let requests = [
+        json!({"prompt": COPY_HEAVY, "max_tokens": 120, "temperature": 0, "ignore_eos": true}),
+        json!({"prompt": "hello hello hello", "max_tokens": 120, "temperature": 0.8, "seed": 5, "ignore_eos": true}),
+    ];
+    let answers = |addr: &str| -> Vec<serde_json::Value> {
+        // Both requests at once, so speculation runs inside a batch of two sequences.
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = requests
+                .iter()
+                .map(|r| {
+                    sc.spawn(move || {
+                        post_json(addr, "/v1/completions", r, Duration::from_secs(300))["choices"]
+                            [0]["token_ids"]
+                            .clone()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    assert_eq!(answers(&spec_addr), answers(&plain_addr));
+    // Drafts were really verified (and some accepted) on the speculating server.
+    let (status, metrics) =
+        moe_tests::http::get(&spec_addr, "/metrics", Duration::from_secs(10)).unwrap();
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
+    };
+    assert!(value("moe_draft_tokens_total") > 0.0);
+    assert!(value("moe_draft_accepted_tokens_total") > 0.0);
 }

@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::http::StatusCode;
+use moe_runtime::draft::ngram_draft;
 use moe_runtime::forward::{ExpertBackend, KvCache, NoObserver, PrefixCache, SeqInput};
 use moe_runtime::model::Model;
 use moe_runtime::sampling::{Sampler, SamplingParams};
@@ -222,6 +223,8 @@ pub struct EngineLimits {
     pub ctx_size: usize,
     /// Prompt tokens whose KV the prefix cache may keep (0 = no prefix reuse).
     pub cache_tokens: usize,
+    /// Draft tokens verified per decode step (0 = no speculative decoding).
+    pub draft_max: usize,
 }
 
 /// What the HTTP side learns about the loaded model.
@@ -326,18 +329,15 @@ pub fn start(
                     .and_then(|v| v.as_u64())
                     .map(|v| v as u32);
                 let end_tokens = tokenizer.eos().into_iter().chain(eot).collect();
-                let engine = Engine {
+                let engine = Engine::new(
                     model,
                     experts,
                     tokenizer,
                     end_tokens,
-                    ctx_size: limits.ctx_size,
-                    max_active: limits.max_active.max(1),
+                    &limits,
                     admit_rx,
-                    active: active_engine,
-                    seqs: Vec::new(),
-                    prefix: PrefixCache::new(limits.cache_tokens),
-                };
+                    active_engine,
+                );
                 Ok((engine, info, health))
             })();
             match loaded {
@@ -385,6 +385,8 @@ struct Sequence {
     cache: KvCache,
     /// Sampled but not yet fed to the model.
     next_input: Option<u32>,
+    /// Draft tokens fed this step after `next_input` (speculative decoding).
+    draft: Vec<u32>,
     /// This step's input tokens.
     feed: Vec<u32>,
     /// Prompt and generated tokens (the repetition penalty's window).
@@ -418,9 +420,36 @@ struct Engine {
     seqs: Vec<Sequence>,
     /// KV of earlier prompts' prefixes (the cache of `--cache-tokens`).
     prefix: PrefixCache,
+    /// Draft tokens verified per decode step (0 = no speculative decoding).
+    draft_max: usize,
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)] // each is one owned part of the engine
+    fn new(
+        model: Model,
+        experts: Box<dyn ExpertBackend>,
+        tokenizer: Arc<Tokenizer>,
+        end_tokens: Vec<u32>,
+        limits: &EngineLimits,
+        admit_rx: mpsc::Receiver<GenerationJob>,
+        active: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            model,
+            experts,
+            tokenizer,
+            end_tokens,
+            ctx_size: limits.ctx_size,
+            max_active: limits.max_active.max(1),
+            admit_rx,
+            active,
+            seqs: Vec::new(),
+            prefix: PrefixCache::new(limits.cache_tokens),
+            draft_max: limits.draft_max,
+        }
+    }
+
     fn run(mut self) {
         loop {
             if self.seqs.is_empty() {
@@ -503,6 +532,7 @@ impl Engine {
             cache_prompt,
             cache,
             next_input: None,
+            draft: Vec::new(),
             feed: Vec::new(),
             generated: 0,
             max_tokens,
@@ -522,8 +552,15 @@ impl Engine {
         let mut budget = PREFILL_TOKENS_PER_STEP_MAX;
         for s in &mut self.seqs {
             s.feed.clear();
+            s.draft.clear();
             if let Some(t) = s.next_input {
                 s.feed.push(t);
+                if self.draft_max > 0 {
+                    // Drafts only where the cache has room for them and the token after.
+                    let room = s.cache.capacity().saturating_sub(s.cache.len() + 2);
+                    s.draft = ngram_draft(&s.history, self.draft_max.min(room));
+                    s.feed.extend_from_slice(&s.draft);
+                }
             } else if s.prefilled < s.prompt.len() && budget > 0 {
                 let n = budget.min(s.prompt.len() - s.prefilled);
                 s.feed
@@ -539,7 +576,7 @@ impl Engine {
                 batch.push(SeqInput {
                     cache: &mut s.cache,
                     tokens: &s.feed,
-                    all_logits: false,
+                    all_logits: !s.draft.is_empty(),
                 });
             }
         }
@@ -577,13 +614,15 @@ impl Engine {
                 }
             }
             Ok(logits) => {
+                let vocab = self.model.cfg.vocab;
                 for (&i, logits) in in_batch.iter().zip(&logits) {
                     let end_tokens = &self.end_tokens;
                     let s = &mut self.seqs[i];
                     if let Some(m) = &mut s.metrics {
                         m.kv_cache(s.cache.len(), s.cache.capacity(), s.cache.bytes());
                     }
-                    if s.next_input.take().is_none() {
+                    let decoding = s.next_input.take().is_some();
+                    if !decoding {
                         s.prefilled += s.feed.len();
                         if s.prefilled < s.prompt.len() {
                             continue;
@@ -592,9 +631,32 @@ impl Engine {
                             self.prefix.insert(&s.prompt, &s.cache);
                         }
                     }
-                    if let Some(finish) = s.on_logits(logits, end_tokens) {
-                        s.finish(finish);
-                        ended[i] = true;
+                    // One row per fed token with drafts, else one: sampled in order exactly as
+                    // plain decoding would; a drafted token equal to the sample is accepted
+                    // (its position is already cached), the first other sample is the next
+                    // input and the positions of the drafts after it are cut.
+                    let fed_end = s.cache.len();
+                    let n_draft = s.draft.len();
+                    for (j, row) in logits.chunks_exact(vocab).enumerate() {
+                        let cached = fed_end - (n_draft - j);
+                        if let Some(finish) = s.on_logits(row, end_tokens, cached) {
+                            s.finish(finish);
+                            ended[i] = true;
+                            break;
+                        }
+                        if j < n_draft && s.next_input == Some(s.draft[j]) {
+                            if let Some(m) = &mut s.metrics {
+                                m.draft_accepted();
+                            }
+                            continue;
+                        }
+                        s.cache.truncate(cached);
+                        break;
+                    }
+                    if decoding {
+                        if let Some(m) = &mut s.metrics {
+                            m.decode_step(n_draft);
+                        }
                     }
                 }
             }
@@ -639,7 +701,14 @@ impl Engine {
 
 impl Sequence {
     /// Samples the next token from the last position's logits; returns why it ends, if it does.
-    fn on_logits(&mut self, logits: &[f32], end_tokens: &[u32]) -> Option<FinishReason> {
+    /// `cached`: the positions the cache holds for this sequence's tokens so far (the cache
+    /// may hold draft positions beyond them).
+    fn on_logits(
+        &mut self,
+        logits: &[f32],
+        end_tokens: &[u32],
+        cached: usize,
+    ) -> Option<FinishReason> {
         let t = self.sampler.sample(logits, &self.history);
         if !self.ignore_eos && end_tokens.contains(&t) {
             return Some(FinishReason::Stop);
@@ -657,7 +726,7 @@ impl Sequence {
             self.stopped = true;
             return Some(FinishReason::Stop);
         }
-        if self.generated >= self.max_tokens || self.cache.len() >= self.cache.capacity() {
+        if self.generated >= self.max_tokens || cached >= self.cache.capacity() {
             return Some(FinishReason::Length);
         }
         self.next_input = Some(t);
@@ -758,20 +827,25 @@ mod tests {
                 .join("../../shared/fixtures/kimi-k25-tiny/kimi-k25-tiny-BF16.gguf");
             let model = Model::open(&path).expect("the tiny reference model");
             let tokenizer = Arc::new(Tokenizer::from_gguf(model.file()).unwrap());
-            let engine = Engine {
+            let limits = EngineLimits {
+                max_active: 4,
+                queue: 8,
+                ctx_size: 64,
+                cache_tokens: 0,
+                draft_max: 0,
+            };
+            let engine = Engine::new(
                 model,
-                experts: Box::new(FaultyExperts {
+                Box::new(FaultyExperts {
                     inner: LocalExperts::default(),
                     fault: Some(fault),
                 }),
                 tokenizer,
-                end_tokens: Vec::new(),
-                ctx_size: 64,
-                max_active: 4,
+                Vec::new(),
+                &limits,
                 admit_rx,
-                active: Arc::new(AtomicUsize::new(0)),
-                seqs: Vec::new(),
-            };
+                Arc::new(AtomicUsize::new(0)),
+            );
             engine.run()
         });
         (admit, thread)
