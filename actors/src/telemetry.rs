@@ -332,7 +332,10 @@ fn describe_all() {
         PROMPT_TOKENS_CACHED_TOTAL,
         "Prompt tokens reused from the prefix cache (not computed)."
     );
-    describe_counter!(DRAFT_TOKENS_TOTAL, "Draft tokens proposed (speculative decoding).");
+    describe_counter!(
+        DRAFT_TOKENS_TOTAL,
+        "Draft tokens proposed (speculative decoding)."
+    );
     describe_counter!(
         DRAFT_ACCEPTED_TOKENS_TOTAL,
         "Draft tokens accepted (speculative decoding)."
