@@ -30,9 +30,9 @@
 
 use std::collections::BTreeMap;
 
+use super::replay::replay;
 use super::trace::Trace;
 use super::{ExpertSet, NodeAddr, NodeIndex, NodeName, Placement, PlacementNode, NODES_MAX};
-use crate::dispatch::plan_step;
 use crate::RuntimeError;
 
 /// One node the planner may place experts on.
@@ -117,20 +117,11 @@ pub fn balance(
     let h = &trace.header;
     let n = placement.nodes().len();
     let mut pairs = vec![vec![0f64; n]; h.moe_layers.len()];
-    for record in &trace.records {
-        let Some(slot) = h.slot(record.layer) else {
-            continue;
-        };
-        let work = plan_step(
-            &trace.routing_of(record),
-            record.layer,
-            placement,
-            &|_: NodeIndex| true,
-        )?;
+    replay(trace, placement, |slot, _, work| {
         for w in work {
             pairs[slot][usize::from(w.node.0)] += w.routes.len() as f64;
         }
-    }
+    })?;
     let per_layer = h
         .moe_layers
         .iter()

@@ -23,9 +23,9 @@
 //! It leaves to others: reading the trace ([`super::trace`]) and planning ([`super::plan`]).
 
 use super::plan::balance_factor;
+use super::replay::replay;
 use super::trace::Trace;
-use super::{NodeAddr, NodeIndex, Placement};
-use crate::dispatch::plan_step;
+use super::{NodeAddr, Placement};
 use crate::RuntimeError;
 
 /// Bytes of a frame besides its payload (length prefix, MAC, header fields), approximately.
@@ -152,15 +152,6 @@ pub fn simulate(
 ) -> Result<SimReport, RuntimeError> {
     model.check()?;
     let h = &trace.header;
-    if placement.moe_layers() != h.moe_layers.as_slice() || placement.n_experts() != h.n_experts {
-        return Err(RuntimeError::InvalidInput(format!(
-            "the placement is for MoE layers {:?} with {} experts, the trace for {:?} with {}",
-            placement.moe_layers(),
-            placement.n_experts(),
-            h.moe_layers,
-            h.n_experts
-        )));
-    }
     let n = placement.nodes().len();
     if speeds.len() != n || speeds.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(RuntimeError::InvalidInput(format!(
@@ -187,20 +178,11 @@ pub fn simulate(
     };
     let link_bytes_per_s = model.link_gbit * 1e9 / 8.0;
     let row_bytes = h.hidden as u64 * model.wire_bytes;
-    for record in &trace.records {
-        let slot = h.slot(record.layer).ok_or_else(|| {
-            RuntimeError::InvalidInput(format!("trace layer {} is not a MoE layer", record.layer))
-        })?;
-        let work = plan_step(
-            &trace.routing_of(record),
-            record.layer,
-            placement,
-            &|_: NodeIndex| true,
-        )?;
+    replay(trace, placement, |slot, _, work| {
         let mut compute_us = 0f64;
         let mut layer_bytes = 0u64;
         let mut any_remote = false;
-        for w in &work {
+        for w in work {
             let i = usize::from(w.node.0);
             let (pairs, rows) = (w.routes.len() as u64, w.rows.len() as u64);
             r.layer_node_pairs[slot][i] += pairs;
@@ -221,7 +203,7 @@ pub fn simulate(
         if any_remote {
             r.network_s += 2.0 * model.latency_ms * 1e-3 + layer_bytes as f64 / link_bytes_per_s;
         }
-    }
+    })?;
     Ok(r)
 }
 
