@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use moe_runtime::placement::plan::{plan, speeds_of, Balance, NodeSpec, PlanOptions};
 use moe_runtime::placement::simulate::{
     simulate, CostModel, SimReport, DEFAULT_LATENCY_MS, DEFAULT_LINK_GBIT, DEFAULT_MEM_GBPS,
-    FRAME_OVERHEAD_BYTES,
+    DEFAULT_ROUTER_US_PER_KIB, FRAME_OVERHEAD_BYTES,
 };
 use moe_runtime::placement::trace::{read_trace_file, Trace};
 use moe_runtime::placement::{NodeAddr, NodeName, Placement};
@@ -66,19 +66,18 @@ struct PlanArgs {
     /// Also write the contiguous split it is compared with (what `--shards` ranges give).
     #[arg(long)]
     contiguous_out: Option<PathBuf>,
+    /// Trade balance against fan-out with the cost model below: experts that fire together
+    /// for the same token go onto one node where the token rows saved on the wire outweigh
+    /// the compute balance lost.
+    #[arg(long)]
+    network_aware: bool,
+    #[command(flatten)]
+    cost: CostArgs,
 }
 
+/// The step-time model's constants (`placement simulate`, `placement plan --network-aware`).
 #[derive(Debug, clap::Args)]
-struct SimulateArgs {
-    /// Routing trace (written by `--record-routing`).
-    #[arg(long)]
-    trace: PathBuf,
-    /// Placements to compare, one table column each (the first is the ratio baseline).
-    #[arg(long, num_args = 1.., required = true)]
-    placement: Vec<PathBuf>,
-    /// Relative node speeds by name: `e3=0.5` (nodes not named: 1.0).
-    #[arg(long)]
-    speeds: Option<String>,
+struct CostArgs {
     /// Router link bandwidth, Gbit/s.
     #[arg(long, default_value_t = DEFAULT_LINK_GBIT)]
     link_gbit: f64,
@@ -94,6 +93,43 @@ struct SimulateArgs {
     /// Bytes per hidden-state element on the wire (4 = f32, 2 = bf16).
     #[arg(long, default_value_t = 4)]
     wire_bytes: u64,
+    /// Router CPU time per KiB on the wire (archive, MAC, copies), µs.
+    #[arg(long, default_value_t = DEFAULT_ROUTER_US_PER_KIB)]
+    router_us_per_kib: f64,
+}
+
+impl CostArgs {
+    /// The cost model for a trace's model, and where its pair cost comes from.
+    fn model(&self, expert_bytes: u64) -> (CostModel, String) {
+        let mut model = CostModel::for_expert_bytes(expert_bytes, self.mem_gbps);
+        let note = match self.pair_us {
+            Some(us) => {
+                model.pair_us = us;
+                "given".to_string()
+            }
+            None => format!("expert_bytes {expert_bytes} / {} GB/s", self.mem_gbps),
+        };
+        model.link_gbit = self.link_gbit;
+        model.latency_ms = self.latency_ms;
+        model.wire_bytes = self.wire_bytes;
+        model.router_us_per_kib = self.router_us_per_kib;
+        (model, note)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// Routing trace (written by `--record-routing`).
+    #[arg(long)]
+    trace: PathBuf,
+    /// Placements to compare, one table column each (the first is the ratio baseline).
+    #[arg(long, num_args = 1.., required = true)]
+    placement: Vec<PathBuf>,
+    /// Relative node speeds by name: `e3=0.5` (nodes not named: 1.0).
+    #[arg(long)]
+    speeds: Option<String>,
+    #[command(flatten)]
+    cost: CostArgs,
 }
 
 /// Runs a `placement` subcommand.
@@ -193,6 +229,9 @@ fn run_plan(a: PlanArgs) -> anyhow::Result<()> {
     let opts = PlanOptions {
         replicas: a.replicas,
         max_experts_factor: a.max_experts_factor,
+        network: a
+            .network_aware
+            .then(|| a.cost.model(trace.header.expert_bytes).0),
     };
     let p = plan(&trace, &nodes, &opts)?;
     print!("{}", plan_table(&trace, &a, &nodes, &p));
@@ -220,6 +259,13 @@ fn plan_table(
         "replicas asked {} per layer, placed {:?}",
         a.replicas, p.replicas_placed
     );
+    if a.network_aware {
+        let _ = writeln!(
+            s,
+            "network-aware swaps per layer {:?} (co-firing experts brought together where the wire time saved outweighs the balance lost)",
+            p.swaps
+        );
+    }
     let _ = writeln!(
         s,
         "{:<8} {:>6} {:>16}",
@@ -257,17 +303,7 @@ fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
         Some(t) => name_numbers(t, "--speeds")?,
         None => BTreeMap::new(),
     };
-    let mut model = CostModel::for_expert_bytes(h.expert_bytes, a.mem_gbps);
-    let pair_note = match a.pair_us {
-        Some(us) => {
-            model.pair_us = us;
-            "given".to_string()
-        }
-        None => format!("expert_bytes {} / {} GB/s", h.expert_bytes, a.mem_gbps),
-    };
-    model.link_gbit = a.link_gbit;
-    model.latency_ms = a.latency_ms;
-    model.wire_bytes = a.wire_bytes;
+    let (model, pair_note) = a.cost.model(h.expert_bytes);
     let mut columns: Vec<(String, Placement, SimReport)> = Vec::new();
     for path in &a.placement {
         let text = std::fs::read_to_string(path)
@@ -295,7 +331,7 @@ fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
     let _ = writeln!(s, "{}", trace_summary(&trace, &a.trace));
     let _ = writeln!(
         s,
-        "model: t_step = sum over MoE layers of [ max_n(pairs_n x pair_us / speed_n) + 2 x latency + sum_remote_n(request_n + reply_n) / link ]"
+        "model: t_step = sum over MoE layers of [ max_n(pairs_n x pair_us / speed_n) + 2 x latency + sum_remote_n(request_n + reply_n) x (1 / link + router_us_per_kib / 1024) ]"
     );
     let _ = writeln!(
         s,
@@ -303,8 +339,8 @@ fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         s,
-        "constants: pair_us {:.4} ({pair_note}), link {} Gbit/s, latency {} ms, hidden {}, wire {} bytes/element",
-        model.pair_us, model.link_gbit, model.latency_ms, h.hidden, model.wire_bytes
+        "constants: pair_us {:.4} ({pair_note}), link {} Gbit/s, latency {} ms, router {} µs/KiB, hidden {}, wire {} bytes/element",
+        model.pair_us, model.link_gbit, model.latency_ms, model.router_us_per_kib, h.hidden, model.wire_bytes
     );
     let _ = writeln!(s);
     let width = columns

@@ -10,7 +10,8 @@
 //! ```text
 //! t_layer = max_n (pairs_n × pair_us / speed_n)                      compute, nodes in parallel
 //!         + [any remote node] × 2 × latency                           request out, reply back
-//!         + Σ_remote n (request_n + reply_n) × 8 / link bandwidth     the router's link, shared
+//!         + Σ_remote n (request_n + reply_n)                           the router's link, shared,
+//!           × (8 / link bandwidth + router_us_per_kib / 1024)        and the router's CPU
 //! request_n = FRAME_OVERHEAD_BYTES + rows_n × (hidden × wire_bytes + TOKEN_WIRE_BYTES)
 //!             + pairs_n × ROUTE_WIRE_BYTES
 //! reply_n   = FRAME_OVERHEAD_BYTES + rows_n × hidden × wire_bytes
@@ -19,6 +20,8 @@
 //! and a step's time is the sum over its MoE layers (attention, dense layers and the output
 //! head are the same for every placement and left out). Nodes at address `local` send
 //! nothing. The constants are [`CostModel`]'s, printed with every report.
+//!
+//! The planner's network-aware refinement ([`super::refine`]) minimizes the same terms.
 //!
 //! It leaves to others: reading the trace ([`super::trace`]) and planning ([`super::plan`]).
 
@@ -41,6 +44,10 @@ pub const DEFAULT_LATENCY_MS: f64 = 0.2;
 /// Default memory bandwidth of a speed-1.0 node, GB/s: computing one expert for one token
 /// reads its weights once, so the default pair cost is `expert_bytes / this`.
 pub const DEFAULT_MEM_GBPS: f64 = 50.0;
+/// Default router CPU time per KiB on the wire (archiving, MAC, copies; both directions),
+/// microseconds: `wire_seal_cost` measured 73 µs for a 28 KiB frame sealed and opened on a
+/// 2-core Xeon.
+pub const DEFAULT_ROUTER_US_PER_KIB: f64 = 2.5;
 
 /// The constants of the step-time model.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +60,8 @@ pub struct CostModel {
     pub latency_ms: f64,
     /// Bytes per hidden-state element on the wire (4 for f32, 2 for bf16).
     pub wire_bytes: u64,
+    /// Router CPU time per KiB it sends or receives, microseconds (serial with the link).
+    pub router_us_per_kib: f64,
 }
 
 impl CostModel {
@@ -64,7 +73,20 @@ impl CostModel {
             link_gbit: DEFAULT_LINK_GBIT,
             latency_ms: DEFAULT_LATENCY_MS,
             wire_bytes: 4,
+            router_us_per_kib: DEFAULT_ROUTER_US_PER_KIB,
         }
+    }
+
+    /// Time one token row costs a remote node's link and the router, microseconds: the
+    /// request's hidden state and offset plus the reply's partial sum.
+    pub fn row_us(&self, hidden: usize) -> f64 {
+        let bytes = (2 * hidden as u64 * self.wire_bytes + TOKEN_WIRE_BYTES) as f64;
+        bytes * self.us_per_byte()
+    }
+
+    /// Link plus router time per byte, microseconds.
+    fn us_per_byte(&self) -> f64 {
+        1.0 / (self.link_gbit * 125.0) + self.router_us_per_kib / 1024.0
     }
 
     /// Checks the constants are usable.
@@ -75,6 +97,8 @@ impl CostModel {
             && self.link_gbit > 0.0
             && self.latency_ms.is_finite()
             && self.latency_ms >= 0.0
+            && self.router_us_per_kib.is_finite()
+            && self.router_us_per_kib >= 0.0
             && (1..=8).contains(&self.wire_bytes);
         if ok {
             Ok(())
@@ -176,7 +200,6 @@ pub fn simulate(
         network_s: 0.0,
         speeds: speeds.to_vec(),
     };
-    let link_bytes_per_s = model.link_gbit * 1e9 / 8.0;
     let row_bytes = h.hidden as u64 * model.wire_bytes;
     replay(trace, placement, |slot, _, work| {
         let mut compute_us = 0f64;
@@ -201,7 +224,8 @@ pub fn simulate(
         r.wire_bytes += layer_bytes;
         r.compute_s += compute_us * 1e-6;
         if any_remote {
-            r.network_s += 2.0 * model.latency_ms * 1e-3 + layer_bytes as f64 / link_bytes_per_s;
+            r.network_s +=
+                2.0 * model.latency_ms * 1e-3 + layer_bytes as f64 * model.us_per_byte() * 1e-6;
         }
     })?;
     Ok(r)
@@ -245,6 +269,7 @@ mod tests {
             link_gbit: 8e-6,
             latency_ms: 1.0,
             wire_bytes: 4,
+            router_us_per_kib: 0.0,
         };
         let r = simulate(&trace, &placement, &[1.0, 0.5], &model).unwrap();
         // Step 0: a gets (t0,e0), (t1,e0) first (single owner), b gets (t1,e2); then the
