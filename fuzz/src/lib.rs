@@ -5,14 +5,16 @@
 //! broken invariant asserted here).
 
 mod gguf_reader;
+mod http_request;
 
 pub use gguf_reader::{gguf_reader, gguf_seed_model, gguf_seeds};
+pub use http_request::{http_exchange, http_request, http_seeds};
 
 use moe_runtime::placement::{ExpertSet, Placement};
 use moe_runtime::wire::{
     decode_frame, encode_frame, seal_frame, AuthProof, ErrorCode, ErrorMessage, ExpertReply,
-    ExpertRequest, ExpertRoute, Heartbeat, Hello, Identity, LayerShards, Message, ModelShape, SendMac,
-    SessionMac, ShardSummary, WireDtype, PROTOCOL_VERSION,
+    ExpertRequest, ExpertRoute, Heartbeat, Hello, Identity, LayerShards, Message, ModelShape,
+    SendMac, SessionMac, ShardSummary, WireDtype, PROTOCOL_VERSION,
 };
 
 /// The receiver's model in the frame target: small, so valid requests are easy to reach.

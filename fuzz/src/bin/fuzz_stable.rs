@@ -31,7 +31,12 @@ const PLACEMENT_SEEDS: &[&str] = &[
     "0-3,7,9-15",
 ];
 
-fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+/// Bytes the mutations insert: structure characters of TOML, JSON and placement lists.
+const TEXT_BYTES: &[u8] = b"-,=\"[]{}0123456789\n";
+/// ... and of HTTP/1 requests (line ends, header separators, chunk sizes).
+const HTTP_BYTES: &[u8] = b"\r\n: ,\"[]{}0123456789aF-;\t";
+
+fn mutate(rng: &mut Rng, seed: &[u8], alphabet: &[u8]) -> Vec<u8> {
     let mut input = seed.to_vec();
     for _ in 0..=rng.below(8) {
         match rng.below(4) {
@@ -45,7 +50,7 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
             }
             2 => {
                 let at = rng.below(input.len() + 1);
-                input.insert(at, b"-,=\"[]{}0123456789\n"[rng.below(18)]);
+                input.insert(at, alphabet[rng.below(alphabet.len())]);
             }
             _ => input.truncate(rng.below(input.len() + 1)),
         }
@@ -71,9 +76,10 @@ fn main() -> ExitCode {
             .map(|s| s.as_bytes().to_vec())
             .collect(),
         "gguf_reader" => moe_fuzz::gguf_seeds(),
+        "http_request" => moe_fuzz::http_seeds(),
         _ => {
             eprintln!(
-                "usage: fuzz_stable frame_decode|placement_parse|gguf_reader [iterations] [seed]"
+                "usage: fuzz_stable frame_decode|placement_parse|gguf_reader|http_request [iterations] [seed]"
             );
             return ExitCode::FAILURE;
         }
@@ -81,6 +87,7 @@ fn main() -> ExitCode {
     let body: fn(&[u8]) -> Option<()> = match target {
         "frame_decode" => moe_fuzz::frame_decode,
         "gguf_reader" => moe_fuzz::gguf_reader,
+        "http_request" => moe_fuzz::http_request,
         _ => moe_fuzz::placement_parse,
     };
     let mut accepted = 0u64;
@@ -89,7 +96,12 @@ fn main() -> ExitCode {
             (0..rng.below(512)).map(|_| rng.next() as u8).collect()
         } else {
             let seed = &seeds[rng.below(seeds.len())];
-            let mut input = mutate(&mut rng, seed);
+            let alphabet = if target == "http_request" {
+                HTTP_BYTES
+            } else {
+                TEXT_BYTES
+            };
+            let mut input = mutate(&mut rng, seed, alphabet);
             if target == "frame_decode" && input.first() == Some(&2) {
                 // Mode 2 takes (offset, byte) edits after the pick.
                 input.extend((0..3 * rng.below(6)).map(|_| rng.next() as u8));

@@ -7,13 +7,14 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(target), Some(dir)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: write_seeds gguf_reader DIR");
+        eprintln!("usage: write_seeds gguf_reader|http_request DIR");
         return ExitCode::FAILURE;
     };
     let seeds = match target.as_str() {
         "gguf_reader" => moe_fuzz::gguf_seeds(),
+        "http_request" => moe_fuzz::http_seeds(),
         other => {
-            eprintln!("write_seeds: no seeds for target {other:?} (gguf_reader)");
+            eprintln!("write_seeds: no seeds for target {other:?} (gguf_reader, http_request)");
             return ExitCode::FAILURE;
         }
     };
