@@ -1,0 +1,848 @@
+//! Fast-mode row kernels: integer dot products of the weights' codes with activations
+//! quantized to int8 once per matmul (`q8.rs`), as llama.cpp computes on CPUs.
+//!
+//! Decides: the arithmetic of [`crate::NumericMode::Fast`]. Every supported weight block is
+//! decoded (by [`FastFormat::decode`]) into
+//!
+//! - one byte code `c` per element: unsigned (`0..=63`) or, for [`FastFormat::SIGNED`]
+//!   formats, a signed byte;
+//! - per 16 elements an integer scale `a` (i8) and an integer offset coefficient `m` (i16);
+//! - two f32 factors `d` and `dm`,
+//!
+//! such that the weight is `w = d·a·c − dm·m` element-wise (for formats with
+//! [`FastFormat::SHARED_D`], `dm = d`). With activations `x ≈ dx·q` (block scale `dx`, codes
+//! `q`, 16-sums `bsum`), one block's dot is
+//!
+//! ```text
+//! A = Σ_g a[g] · Σ_{i in g} c[i]·q[i]        (exact, i32)
+//! M = Σ_g m[g] · bsum[g]                     (exact, i32)
+//! block = (dx·d)·f32(A − M)                  (SHARED_D)
+//!       = (dx·d)·f32(A) − (dx·dm)·f32(M)     (otherwise)
+//! ```
+//!
+//! and a row's result is the sequential f32 sum of its blocks. The integer part is exact, so
+//! the AVX2 implementation (`_mm256_maddubs_epi16` / `_mm256_madd_epi16`) and the portable
+//! one give the same integers, and as the f32 part is shared code without fused
+//! multiply-adds, the same bits. Neither the token count, nor the tile position, nor the
+//! thread split changes a result (each depends only on the row's bytes and the token's
+//! quantized activations).
+//!
+//! Range of the integer part (why nothing overflows): `|q| ≤ 127`; unsigned codes ≤ 63 and
+//! signed codes' magnitudes ≤ 128, so a `maddubs` pair sum is at most `2·128·127 = 32512`
+//! (no i16 saturation); the largest block sum (Q6_K: `16 groups · 127 · 16 · 63 · 127`) is
+//! below 2^28.
+//!
+//! Tiling: [`ROW_TILE`] rows are decoded together and dotted against each token of a chunk
+//! of [`FAST_TOKEN_CHUNK`] tokens, so one decode serves the chunk and one load of a token's
+//! codes serves the tile.
+
+use std::ops::Range;
+
+use super::q8::QActs;
+use super::row_kernel::ROW_TILE;
+use super::QMatrix;
+use crate::dequant::{f16_to_f32, scale_min_k4, scales12, IQ4_NL_GRID};
+
+/// Tokens dotted against one decoded row tile before the next tile is decoded: 32 tokens of
+/// quantized activations of a 7168-wide matrix are 224 KiB, within a core's L2.
+pub const FAST_TOKEN_CHUNK: usize = 32;
+
+/// Elements per integer scale.
+const GROUP: usize = 16;
+
+/// A weight block format with a fast kernel (see the module docs).
+pub(super) trait FastFormat {
+    /// Bytes of one block.
+    const BLOCK_BYTES: usize;
+    /// Elements of one block; also the activation block (32 or 256).
+    const BLOCK_ELEMS: usize;
+    /// Whether codes are signed bytes (else unsigned, at most 63).
+    const SIGNED: bool;
+    /// Whether the offset term uses the block's `d` (then `A − M` is formed exactly).
+    const SHARED_D: bool;
+
+    /// Decodes one block: `c` gets [`FastFormat::BLOCK_ELEMS`] codes, `a` and `m` one value
+    /// per 16 elements; returns `(d, dm)`.
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
+}
+
+/// `&b[..N]` as an array (the callers pass whole blocks).
+#[inline(always)]
+fn arr<const N: usize>(b: &[u8]) -> &[u8; N] {
+    b[..N].try_into().expect("whole block")
+}
+
+/// `&mut c[..N]` as an array.
+#[inline(always)]
+fn arr_mut<const N: usize>(c: &mut [u8]) -> &mut [u8; N] {
+    (&mut c[..N]).try_into().expect("whole block")
+}
+
+/// Q2_K: `w = (d·(sc & 15))·q − dmin·(sc >> 4)`, `q` 2-bit.
+pub(super) struct Q2K;
+impl FastFormat for Q2K {
+    const BLOCK_BYTES: usize = 84;
+    const BLOCK_ELEMS: usize = 256;
+    const SIGNED: bool = false;
+    const SHARED_D: bool = false;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<84>(b);
+        let c = arr_mut::<256>(c);
+        for g in 0..16 {
+            a[g] = (b[g] & 0x0F) as i8;
+            m[g] = (b[g] >> 4) as i16;
+        }
+        // Element 128n + 32s + l is (qs[32n + l] >> 2s) & 3.
+        for n in 0..2 {
+            for s in 0..4 {
+                for l in 0..32 {
+                    c[128 * n + 32 * s + l] = (b[16 + 32 * n + l] >> (2 * s)) & 3;
+                }
+            }
+        }
+        (f16_to_f32([b[80], b[81]]), f16_to_f32([b[82], b[83]]))
+    }
+}
+
+/// Q3_K: `w = (d·(sc − 32))·(u − 4)` with `u = low2 | high << 2` in `0..=7`: codes `u`,
+/// `a = sc − 32`, `m = 4·a`.
+pub(super) struct Q3K;
+impl FastFormat for Q3K {
+    const BLOCK_BYTES: usize = 110;
+    const BLOCK_ELEMS: usize = 256;
+    const SIGNED: bool = false;
+    const SHARED_D: bool = true;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<110>(b);
+        let c = arr_mut::<256>(c);
+        let s = &b[96..108];
+        for j in 0..16 {
+            let lo = (s[j % 8] >> (4 * (j / 8))) & 0x0F;
+            let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 0x03;
+            let sc = (lo | (hi << 4)) as i8 - 32;
+            a[j] = sc;
+            m[j] = 4 * sc as i16;
+        }
+        // Element 128n + 32s + l: low bits (qs[32n + l] >> 2s) & 3, high bit
+        // (hmask[l] >> (4n + s)) & 1.
+        for n in 0..2 {
+            for s in 0..4 {
+                for l in 0..32 {
+                    let low = (b[32 + 32 * n + l] >> (2 * s)) & 3;
+                    let high = (b[l] >> (4 * n + s)) & 1;
+                    c[128 * n + 32 * s + l] = low | (high << 2);
+                }
+            }
+        }
+        let d = f16_to_f32([b[108], b[109]]);
+        (d, d)
+    }
+}
+
+/// Q4_K/Q5_K's per-16 scales and mins: sub-block `j` (32 elements) is groups `2j, 2j + 1`.
+#[inline(always)]
+fn k4_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+    let s = scales12(b);
+    for j in 0..8 {
+        let (sc, mn) = scale_min_k4(j, &s);
+        a[2 * j] = sc as i8;
+        a[2 * j + 1] = sc as i8;
+        m[2 * j] = mn as i16;
+        m[2 * j + 1] = mn as i16;
+    }
+    (f16_to_f32([b[0], b[1]]), f16_to_f32([b[2], b[3]]))
+}
+
+/// Q4_K: `w = (d·sc)·q − dmin·m`, `q` 4-bit.
+pub(super) struct Q4K;
+impl FastFormat for Q4K {
+    const BLOCK_BYTES: usize = 144;
+    const BLOCK_ELEMS: usize = 256;
+    const SIGNED: bool = false;
+    const SHARED_D: bool = false;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<144>(b);
+        let c = arr_mut::<256>(c);
+        for p in 0..4 {
+            for l in 0..32 {
+                let v = b[16 + 32 * p + l];
+                c[64 * p + l] = v & 0x0F;
+                c[64 * p + 32 + l] = v >> 4;
+            }
+        }
+        k4_scales(b, a, m)
+    }
+}
+
+/// Q5_K: as Q4_K with a fifth bit from `qh`.
+pub(super) struct Q5K;
+impl FastFormat for Q5K {
+    const BLOCK_BYTES: usize = 176;
+    const BLOCK_ELEMS: usize = 256;
+    const SIGNED: bool = false;
+    const SHARED_D: bool = false;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<176>(b);
+        let c = arr_mut::<256>(c);
+        for p in 0..4 {
+            for l in 0..32 {
+                let v = b[48 + 32 * p + l];
+                let h = b[16 + l];
+                c[64 * p + l] = (v & 0x0F) | (((h >> (2 * p)) & 1) << 4);
+                c[64 * p + 32 + l] = (v >> 4) | (((h >> (2 * p + 1)) & 1) << 4);
+            }
+        }
+        k4_scales(b, a, m)
+    }
+}
+
+/// Q6_K: `w = (d·sc)·(u − 32)`, `u` 6-bit: codes `u`, `a = sc`, `m = 32·sc`.
+pub(super) struct Q6K;
+impl FastFormat for Q6K {
+    const BLOCK_BYTES: usize = 210;
+    const BLOCK_ELEMS: usize = 256;
+    const SIGNED: bool = false;
+    const SHARED_D: bool = true;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<210>(b);
+        let c = arr_mut::<256>(c);
+        for g in 0..16 {
+            let sc = b[192 + g] as i8;
+            a[g] = sc;
+            m[g] = 32 * sc as i16;
+        }
+        for h in 0..2 {
+            for s in 0..4 {
+                for l in 0..32 {
+                    let lo = (b[64 * h + 32 * (s % 2) + l] >> (4 * (s / 2))) & 0x0F;
+                    let hi = (b[128 + 32 * h + l] >> (2 * s)) & 3;
+                    c[128 * h + 32 * s + l] = lo | (hi << 4);
+                }
+            }
+        }
+        let d = f16_to_f32([b[208], b[209]]);
+        (d, d)
+    }
+}
+
+/// Q8_0: signed codes as stored, `w = d·q`.
+pub(super) struct Q80;
+impl FastFormat for Q80 {
+    const BLOCK_BYTES: usize = 34;
+    const BLOCK_ELEMS: usize = 32;
+    const SIGNED: bool = true;
+    const SHARED_D: bool = true;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<34>(b);
+        c[..32].copy_from_slice(&b[2..34]);
+        a[..2].fill(1);
+        m[..2].fill(0);
+        let d = f16_to_f32([b[0], b[1]]);
+        (d, d)
+    }
+}
+
+/// The 32 nibbles of a legacy block: element `j < 16` is the low nibble of `qs[j]`, element
+/// `j + 16` the high one.
+#[inline(always)]
+fn nibbles(qs: &[u8], c: &mut [u8]) {
+    for j in 0..16 {
+        c[j] = qs[j] & 0x0F;
+        c[j + 16] = qs[j] >> 4;
+    }
+}
+
+/// Q4_0: `w = d·(u − 8)`: codes `u`, `m = 8`.
+pub(super) struct Q40;
+impl FastFormat for Q40 {
+    const BLOCK_BYTES: usize = 18;
+    const BLOCK_ELEMS: usize = 32;
+    const SIGNED: bool = false;
+    const SHARED_D: bool = true;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<18>(b);
+        nibbles(&b[2..18], c);
+        a[..2].fill(1);
+        m[..2].fill(8);
+        let d = f16_to_f32([b[0], b[1]]);
+        (d, d)
+    }
+}
+
+/// Q4_1: `w = d·u + mn`: `dm = −mn`, `m = 1`.
+pub(super) struct Q41;
+impl FastFormat for Q41 {
+    const BLOCK_BYTES: usize = 20;
+    const BLOCK_ELEMS: usize = 32;
+    const SIGNED: bool = false;
+    const SHARED_D: bool = false;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<20>(b);
+        nibbles(&b[4..20], c);
+        a[..2].fill(1);
+        m[..2].fill(1);
+        (f16_to_f32([b[0], b[1]]), -f16_to_f32([b[2], b[3]]))
+    }
+}
+
+/// The fifth bits of Q5_0/Q5_1: bit `j` of `qh` belongs to element `j`.
+#[inline(always)]
+fn fifth_bits(qh: u32, c: &mut [u8]) {
+    for (j, v) in c.iter_mut().take(32).enumerate() {
+        *v |= (((qh >> j) & 1) as u8) << 4;
+    }
+}
+
+/// Q5_0: `w = d·(u − 16)`: codes `u`, `m = 16`.
+pub(super) struct Q50;
+impl FastFormat for Q50 {
+    const BLOCK_BYTES: usize = 22;
+    const BLOCK_ELEMS: usize = 32;
+    const SIGNED: bool = false;
+    const SHARED_D: bool = true;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<22>(b);
+        nibbles(&b[6..22], c);
+        fifth_bits(u32::from_le_bytes([b[2], b[3], b[4], b[5]]), c);
+        a[..2].fill(1);
+        m[..2].fill(16);
+        let d = f16_to_f32([b[0], b[1]]);
+        (d, d)
+    }
+}
+
+/// Q5_1: `w = d·u + mn`.
+pub(super) struct Q51;
+impl FastFormat for Q51 {
+    const BLOCK_BYTES: usize = 24;
+    const BLOCK_ELEMS: usize = 32;
+    const SIGNED: bool = false;
+    const SHARED_D: bool = false;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<24>(b);
+        nibbles(&b[8..24], c);
+        fifth_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]]), c);
+        a[..2].fill(1);
+        m[..2].fill(1);
+        (f16_to_f32([b[0], b[1]]), -f16_to_f32([b[2], b[3]]))
+    }
+}
+
+/// IQ4_NL: signed codes from the non-linear grid, `w = d·GRID[nibble]`.
+pub(super) struct Iq4Nl;
+impl FastFormat for Iq4Nl {
+    const BLOCK_BYTES: usize = 18;
+    const BLOCK_ELEMS: usize = 32;
+    const SIGNED: bool = true;
+    const SHARED_D: bool = true;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<18>(b);
+        for j in 0..16 {
+            c[j] = IQ4_NL_GRID[(b[2 + j] & 0x0F) as usize] as u8;
+            c[j + 16] = IQ4_NL_GRID[(b[2 + j] >> 4) as usize] as u8;
+        }
+        a[..2].fill(1);
+        m[..2].fill(0);
+        let d = f16_to_f32([b[0], b[1]]);
+        (d, d)
+    }
+}
+
+/// IQ4_XS: signed grid codes, `a = ls − 32` per 32 elements.
+pub(super) struct Iq4Xs;
+impl FastFormat for Iq4Xs {
+    const BLOCK_BYTES: usize = 136;
+    const BLOCK_ELEMS: usize = 256;
+    const SIGNED: bool = true;
+    const SHARED_D: bool = true;
+
+    #[inline(always)]
+    fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let b = arr::<136>(b);
+        let scales_h = u16::from_le_bytes([b[2], b[3]]);
+        for ib in 0..8 {
+            let lo = (b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F;
+            let hi = ((scales_h >> (2 * ib)) & 3) as u8;
+            let ls = (lo | (hi << 4)) as i8 - 32;
+            a[2 * ib] = ls;
+            a[2 * ib + 1] = ls;
+            for j in 0..16 {
+                let q = b[8 + 16 * ib + j];
+                c[32 * ib + j] = IQ4_NL_GRID[(q & 0x0F) as usize] as u8;
+                c[32 * ib + 16 + j] = IQ4_NL_GRID[(q >> 4) as usize] as u8;
+            }
+        }
+        m[..16].fill(0);
+        let d = f16_to_f32([b[0], b[1]]);
+        (d, d)
+    }
+}
+
+/// The integer part of one block for `N` rows sharing one token's codes: `(A, M)` per row.
+pub(super) trait IntDots {
+    /// `c[k]`: the row's codes for this block (`16·a[k].len()` bytes); `a[k]`, `m[k]`: its
+    /// per-16 scales and offsets; `x`, `bs`: the token's codes and 16-sums for the block.
+    fn block<const N: usize, const SIGNED: bool>(
+        c: [&[u8]; N],
+        a: [&[i8]; N],
+        m: [&[i16]; N],
+        x: &[i8],
+        bs: &[i16],
+    ) -> [(i32, i32); N];
+}
+
+/// Plain Rust integer sums.
+pub(super) struct Portable;
+impl IntDots for Portable {
+    #[inline(always)]
+    fn block<const N: usize, const SIGNED: bool>(
+        c: [&[u8]; N],
+        a: [&[i8]; N],
+        m: [&[i16]; N],
+        x: &[i8],
+        bs: &[i16],
+    ) -> [(i32, i32); N] {
+        std::array::from_fn(|k| {
+            let groups = a[k].len();
+            let mut big = 0i32;
+            for g in 0..groups {
+                let cg = &c[k][GROUP * g..GROUP * (g + 1)];
+                let xg = &x[GROUP * g..GROUP * (g + 1)];
+                let mut s = 0i32;
+                for (cv, xv) in cg.iter().zip(xg) {
+                    let cv = if SIGNED { *cv as i8 as i32 } else { *cv as i32 };
+                    s += cv * *xv as i32;
+                }
+                big += a[k][g] as i32 * s;
+            }
+            let mut off = 0i32;
+            for (mv, b) in m[k].iter().zip(bs) {
+                off += *mv as i32 * *b as i32;
+            }
+            (big, off)
+        })
+    }
+}
+
+/// AVX2 integer sums; only instantiated inside [`body_avx2`] (and tests after detection).
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx2;
+#[cfg(target_arch = "x86_64")]
+impl IntDots for Avx2 {
+    #[inline(always)]
+    fn block<const N: usize, const SIGNED: bool>(
+        c: [&[u8]; N],
+        a: [&[i8]; N],
+        m: [&[i16]; N],
+        x: &[i8],
+        bs: &[i16],
+    ) -> [(i32, i32); N] {
+        // SAFETY: `Avx2` is only used after the CPU was found to support AVX2.
+        unsafe { avx2::block::<N, SIGNED>(c, a, m, x, bs) }
+    }
+}
+
+/// Which implementation of the integer part runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimdIsa {
+    /// Plain Rust (any CPU).
+    Portable,
+    /// x86-64 AVX2 (+ FMA, which the exact kernels of the same build use).
+    Avx2,
+}
+
+impl SimdIsa {
+    /// The best implementation this CPU runs: AVX2 when detected (with FMA, the same test
+    /// the exact kernels of `row_kernel.rs` and `fused.rs` make), else portable.
+    pub fn detected() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Self::Avx2;
+        }
+        Self::Portable
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn available(self) -> bool {
+        self == Self::Portable || Self::detected() == Self::Avx2
+    }
+}
+
+/// A fast row kernel: as `row_kernel::DotRowsFn` over quantized activations, with the
+/// implementation to run (which the caller checked is [`SimdIsa::available`]).
+pub(crate) type FastRowsFn =
+    fn(&QMatrix<'_>, Range<usize>, &QActs, usize, &mut [&mut [f32]], SimdIsa);
+
+/// The fast row kernel of format `F` (see [`FastRowsFn`]).
+pub(super) fn dot_rows<F: FastFormat>(
+    w: &QMatrix<'_>,
+    rows: Range<usize>,
+    acts: &QActs,
+    n_tokens: usize,
+    out: &mut [&mut [f32]],
+    isa: SimdIsa,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == SimdIsa::Avx2 && SimdIsa::detected() == SimdIsa::Avx2 {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        unsafe { body_avx2::<F>(w, rows, acts, n_tokens, out) };
+        return;
+    }
+    let _ = isa;
+    body::<F, Portable>(w, rows, acts, n_tokens, out);
+}
+
+/// [`body`] compiled for AVX2 + FMA (decoders included).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn body_avx2<F: FastFormat>(
+    w: &QMatrix<'_>,
+    rows: Range<usize>,
+    acts: &QActs,
+    n_tokens: usize,
+    out: &mut [&mut [f32]],
+) {
+    body::<F, Avx2>(w, rows, acts, n_tokens, out);
+}
+
+/// One block's f32 value from its integer part (shared by every implementation).
+#[inline(always)]
+fn combine<F: FastFormat>((big, off): (i32, i32), dx: f32, d: f32, dm: f32) -> f32 {
+    if F::SHARED_D {
+        (dx * d) * (big - off) as f32
+    } else {
+        (dx * d) * big as f32 - (dx * dm) * off as f32
+    }
+}
+
+/// [`IntDots::block`] with `F`'s signedness.
+#[inline(always)]
+fn int_block<F: FastFormat, D: IntDots, const N: usize>(
+    c: [&[u8]; N],
+    a: [&[i8]; N],
+    m: [&[i16]; N],
+    x: &[i8],
+    bs: &[i16],
+) -> [(i32, i32); N] {
+    if F::SIGNED {
+        D::block::<N, true>(c, a, m, x, bs)
+    } else {
+        D::block::<N, false>(c, a, m, x, bs)
+    }
+}
+
+/// Decoded row tile: codes, per-16 scales and offsets, per-block factors.
+struct Tile {
+    c: Vec<u8>,
+    a: Vec<i8>,
+    m: Vec<i16>,
+    d: Vec<f32>,
+    dm: Vec<f32>,
+}
+
+/// The fast row kernel (see the module docs).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // `blk` indexes codes, scales, factors and activations.
+fn body<F: FastFormat, D: IntDots>(
+    w: &QMatrix<'_>,
+    rows: Range<usize>,
+    acts: &QActs,
+    n_tokens: usize,
+    out: &mut [&mut [f32]],
+) {
+    let cols = w.cols();
+    let row_bytes = w.row_bytes();
+    let nb = cols / F::BLOCK_ELEMS;
+    let ng = cols / GROUP;
+    let gpb = F::BLOCK_ELEMS / GROUP;
+    // Invariants of the callers (`QMatrix::new` checked the row geometry, `matmul`
+    // quantized the activations for this type), not data.
+    assert!(
+        nb * F::BLOCK_ELEMS == cols && row_bytes == nb * F::BLOCK_BYTES,
+        "fast kernel: row of {cols} elements is not whole blocks"
+    );
+    assert!(
+        acts.block == F::BLOCK_ELEMS && acts.cols == cols,
+        "fast kernel: activations quantized for another shape"
+    );
+
+    let mut tile = Tile {
+        c: vec![0u8; ROW_TILE * cols],
+        a: vec![0i8; ROW_TILE * ng],
+        m: vec![0i16; ROW_TILE * ng],
+        d: vec![0f32; ROW_TILE * nb],
+        dm: vec![0f32; ROW_TILE * nb],
+    };
+
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let t1 = (t0 + FAST_TOKEN_CHUNK).min(n_tokens);
+        let mut r = rows.start;
+        while r < rows.end {
+            let n = ROW_TILE.min(rows.end - r);
+            for k in 0..n {
+                let src = &w.data()[(r + k) * row_bytes..(r + k + 1) * row_bytes];
+                let ck = &mut tile.c[k * cols..(k + 1) * cols];
+                let ak = &mut tile.a[k * ng..(k + 1) * ng];
+                let mk = &mut tile.m[k * ng..(k + 1) * ng];
+                let dk = &mut tile.d[k * nb..(k + 1) * nb];
+                let dmk = &mut tile.dm[k * nb..(k + 1) * nb];
+                let blocks = src
+                    .chunks_exact(F::BLOCK_BYTES)
+                    .zip(ck.chunks_exact_mut(F::BLOCK_ELEMS))
+                    .zip(ak.chunks_exact_mut(gpb).zip(mk.chunks_exact_mut(gpb)))
+                    .zip(dk.iter_mut().zip(dmk.iter_mut()));
+                for (((b, cb), (ab, mb)), (db, dmb)) in blocks {
+                    (*db, *dmb) = F::decode(b, cb, ab, mb);
+                }
+            }
+            let i = r - rows.start;
+            for (t, o) in out.iter_mut().enumerate().take(t1).skip(t0) {
+                let (xq, dx, bs) = acts.token(t);
+                let mut acc = [0f32; ROW_TILE];
+                if n == ROW_TILE {
+                    for blk in 0..nb {
+                        let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
+                        let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
+                        let ints = int_block::<F, D, ROW_TILE>(
+                            std::array::from_fn(|k| &tile.c[k * cols + e0..k * cols + e1]),
+                            std::array::from_fn(|k| &tile.a[k * ng + g0..k * ng + g1]),
+                            std::array::from_fn(|k| &tile.m[k * ng + g0..k * ng + g1]),
+                            &xq[e0..e1],
+                            &bs[g0..g1],
+                        );
+                        for (k, (ak, iv)) in acc.iter_mut().zip(ints).enumerate() {
+                            *ak += combine::<F>(
+                                iv,
+                                dx[blk],
+                                tile.d[k * nb + blk],
+                                tile.dm[k * nb + blk],
+                            );
+                        }
+                    }
+                } else {
+                    for (k, ak) in acc.iter_mut().enumerate().take(n) {
+                        for blk in 0..nb {
+                            let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
+                            let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
+                            let [iv] = int_block::<F, D, 1>(
+                                [&tile.c[k * cols + e0..k * cols + e1]],
+                                [&tile.a[k * ng + g0..k * ng + g1]],
+                                [&tile.m[k * ng + g0..k * ng + g1]],
+                                &xq[e0..e1],
+                                &bs[g0..g1],
+                            );
+                            *ak += combine::<F>(
+                                iv,
+                                dx[blk],
+                                tile.d[k * nb + blk],
+                                tile.dm[k * nb + blk],
+                            );
+                        }
+                    }
+                }
+                o[i..i + n].copy_from_slice(&acc[..n]);
+            }
+            r += n;
+        }
+        t0 = t1;
+    }
+}
+
+/// AVX2 integer block sums.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_castsi256_si128,
+        _mm256_cvtepi8_epi16, _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_madd_epi16,
+        _mm256_maddubs_epi16, _mm256_set_m128i, _mm256_setzero_si256, _mm256_sign_epi8,
+        _mm_add_epi32, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_set1_epi16, _mm_set_epi64x,
+        _mm_shuffle_epi32, _mm_shuffle_epi8,
+    };
+
+    use super::GROUP;
+
+    /// The sum of the 8 i32 lanes of `v` (exact: the callers' sums fit i32).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256i) -> i32 {
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            _mm_cvtsi128_si32(s)
+        }
+    }
+
+    /// See `super::IntDots::block`. Each 32-byte chunk `j` covers groups `2j` (low 128-bit
+    /// half of the `maddubs` result) and `2j + 1` (high half); the per-lane scale vector
+    /// holds `a[2j]` in the low half and `a[2j + 1]` in the high half.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2. Codes of unsigned formats must be ≤ 127 (the format docs
+    /// of `super` keep them ≤ 63) and activation codes ≠ −128 (`q8.rs`), so no `maddubs`
+    /// pair saturates.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block<const N: usize, const SIGNED: bool>(
+        c: [&[u8]; N],
+        a: [&[i8]; N],
+        m: [&[i16]; N],
+        x: &[i8],
+        bs: &[i16],
+    ) -> [(i32, i32); N] {
+        let groups = bs.len();
+        let elems = GROUP * groups;
+        assert!(groups.is_multiple_of(2) && x.len() >= elems);
+        assert!((0..N).all(|k| c[k].len() >= elems && a[k].len() >= groups));
+        assert!((0..N).all(|k| m[k].len() >= groups));
+        let chunks = groups / 2;
+        let mut big = [_mm256_setzero_si256(); N];
+        // The scales as one 128-bit load (16 groups: the k-quants) or broadcast (2 groups).
+        let wide = groups == 16;
+        let mut a128 = [_mm_set1_epi16(0); N];
+        if wide {
+            for k in 0..N {
+                // SAFETY: a[k] holds 16 bytes (checked above).
+                a128[k] = unsafe { _mm_loadu_si128(a[k].as_ptr().cast::<__m128i>()) };
+            }
+        }
+        for j in 0..chunks {
+            // SAFETY: 32j + 32 <= elems, within x and every c[k] (checked above).
+            let xv = unsafe { _mm256_loadu_si256(x.as_ptr().add(32 * j).cast::<__m256i>()) };
+            // Byte indices 2j (×8) then 2j + 1 (×8).
+            let lo = 0x0101_0101_0101_0101i64 * (2 * j as i64);
+            let sel = _mm_set_epi64x(lo + 0x0101_0101_0101_0101, lo);
+            for k in 0..N {
+                // SAFETY: as for xv.
+                let cv = unsafe { _mm256_loadu_si256(c[k].as_ptr().add(32 * j).cast::<__m256i>()) };
+                let p = if SIGNED {
+                    _mm256_maddubs_epi16(_mm256_abs_epi8(cv), _mm256_sign_epi8(xv, cv))
+                } else {
+                    _mm256_maddubs_epi16(cv, xv)
+                };
+                let sc = if wide {
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(a128[k], sel))
+                } else {
+                    _mm256_set_m128i(
+                        _mm_set1_epi16(a[k][2 * j + 1] as i16),
+                        _mm_set1_epi16(a[k][2 * j] as i16),
+                    )
+                };
+                big[k] = _mm256_add_epi32(big[k], _mm256_madd_epi16(p, sc));
+            }
+        }
+        std::array::from_fn(|k| {
+            let off = if wide {
+                // SAFETY: m[k] and bs hold 16 i16 (checked above).
+                unsafe {
+                    let mv = _mm256_loadu_si256(m[k].as_ptr().cast::<__m256i>());
+                    let bv = _mm256_loadu_si256(bs.as_ptr().cast::<__m256i>());
+                    hsum(_mm256_madd_epi16(mv, bv))
+                }
+            } else {
+                let mut s = 0i32;
+                for (mv, b) in m[k].iter().zip(bs).take(groups) {
+                    s += *mv as i32 * *b as i32;
+                }
+                s
+            };
+            // SAFETY: AVX2 per this function's requirement.
+            (unsafe { hsum(big[k]) }, off)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matmul::row_kernel::tests::data;
+
+    /// Random blocks of every format, decoded: `w = d·a·c − dm·m` equals exact dequantization
+    /// (up to the f32 rounding of `d·a`, which the dequantizer forms first).
+    #[test]
+    fn decoders_match_dequantization() {
+        fn check<F: FastFormat>(ty: crate::GgmlType) {
+            for seed in 0..16u32 {
+                let mut b: Vec<u8> = data(F::BLOCK_BYTES, seed)
+                    .iter()
+                    .map(|v| ((v + 0.5) * 255.0) as u8)
+                    .collect();
+                // Keep the f16 factors finite and moderate: rewrite any f16 exponent of 31.
+                for (i, v) in b.iter_mut().enumerate() {
+                    if i % 2 == 1 && (*v & 0x7C) == 0x7C {
+                        *v &= !0x40;
+                    }
+                }
+                let g = F::BLOCK_ELEMS / GROUP;
+                let (mut c, mut a, mut m) =
+                    (vec![0u8; F::BLOCK_ELEMS], vec![0i8; g], vec![0i16; g]);
+                let (d, dm) = F::decode(&b, &mut c, &mut a, &mut m);
+                let mut want = vec![0f32; F::BLOCK_ELEMS];
+                crate::dequantize_row(ty, &b, &mut want).expect("dequantize");
+                for (i, w) in want.iter().enumerate() {
+                    let code = if F::SIGNED {
+                        c[i] as i8 as f64
+                    } else {
+                        c[i] as f64
+                    };
+                    let got =
+                        d as f64 * a[i / GROUP] as f64 * code - dm as f64 * m[i / GROUP] as f64;
+                    let tol = 1e-6 * (w.abs() as f64 + (d as f64 * 128.0 * 64.0).abs());
+                    if !(w.is_finite() && got.is_finite()) {
+                        continue;
+                    }
+                    assert!(
+                        (got - *w as f64).abs() <= tol,
+                        "{ty:?} seed {seed} elem {i}: {got} vs {w}"
+                    );
+                    if !F::SIGNED {
+                        assert!(c[i] <= 63, "{ty:?}: unsigned code {} over 63", c[i]);
+                    }
+                }
+            }
+        }
+        use crate::GgmlType as T;
+        check::<Q2K>(T::Q2_K);
+        check::<Q3K>(T::Q3_K);
+        check::<Q4K>(T::Q4_K);
+        check::<Q5K>(T::Q5_K);
+        check::<Q6K>(T::Q6_K);
+        check::<Q80>(T::Q8_0);
+        check::<Q40>(T::Q4_0);
+        check::<Q41>(T::Q4_1);
+        check::<Q50>(T::Q5_0);
+        check::<Q51>(T::Q5_1);
+        check::<Iq4Nl>(T::IQ4_NL);
+        check::<Iq4Xs>(T::IQ4_XS);
+    }
+}
