@@ -64,6 +64,17 @@ pub(super) trait FastFormat {
     /// Decodes one block: `c` gets [`FastFormat::BLOCK_ELEMS`] codes, `a` and `m` one value
     /// per 16 elements; returns `(d, dm)`.
     fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
+
+    /// [`FastFormat::decode`] with the codes unpacked by AVX2 where that is written (the
+    /// k-quants); must produce identical values.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        Self::decode(b, c, a, m)
+    }
 }
 
 /// `&b[..N]` as an array (the callers pass whole blocks).
@@ -90,10 +101,6 @@ impl FastFormat for Q2K {
     fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         let b = arr::<84>(b);
         let c = arr_mut::<256>(c);
-        for g in 0..16 {
-            a[g] = (b[g] & 0x0F) as i8;
-            m[g] = (b[g] >> 4) as i16;
-        }
         // Element 128n + 32s + l is (qs[32n + l] >> 2s) & 3.
         for n in 0..2 {
             for s in 0..4 {
@@ -102,8 +109,26 @@ impl FastFormat for Q2K {
                 }
             }
         }
-        (f16_to_f32([b[80], b[81]]), f16_to_f32([b[82], b[83]]))
+        q2k_scales(b, a, m)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q2k_codes(b, c) };
+        q2k_scales(b, a, m)
+    }
+}
+
+/// Q2_K's per-16 scales (low nibbles) and mins (high nibbles), `(d, dmin)`.
+#[inline(always)]
+fn q2k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+    for g in 0..16 {
+        a[g] = (b[g] & 0x0F) as i8;
+        m[g] = (b[g] >> 4) as i16;
+    }
+    (f16_to_f32([b[80], b[81]]), f16_to_f32([b[82], b[83]]))
 }
 
 /// Q3_K: `w = (d·(sc − 32))·(u − 4)` with `u = low2 | high << 2` in `0..=7`: codes `u`,
@@ -119,14 +144,6 @@ impl FastFormat for Q3K {
     fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         let b = arr::<110>(b);
         let c = arr_mut::<256>(c);
-        let s = &b[96..108];
-        for j in 0..16 {
-            let lo = (s[j % 8] >> (4 * (j / 8))) & 0x0F;
-            let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 0x03;
-            let sc = (lo | (hi << 4)) as i8 - 32;
-            a[j] = sc;
-            m[j] = 4 * sc as i16;
-        }
         // Element 128n + 32s + l: low bits (qs[32n + l] >> 2s) & 3, high bit
         // (hmask[l] >> (4n + s)) & 1.
         for n in 0..2 {
@@ -138,9 +155,31 @@ impl FastFormat for Q3K {
                 }
             }
         }
-        let d = f16_to_f32([b[108], b[109]]);
-        (d, d)
+        q3k_scales(b, a, m)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q3k_codes(b, c) };
+        q3k_scales(b, a, m)
+    }
+}
+
+/// Q3_K's 16 signed scales `sc − 32` and offsets `4·(sc − 32)`, `(d, d)`.
+#[inline(always)]
+fn q3k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+    let s = &b[96..108];
+    for j in 0..16 {
+        let lo = (s[j % 8] >> (4 * (j / 8))) & 0x0F;
+        let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 0x03;
+        let sc = (lo | (hi << 4)) as i8 - 32;
+        a[j] = sc;
+        m[j] = 4 * sc as i16;
+    }
+    let d = f16_to_f32([b[108], b[109]]);
+    (d, d)
 }
 
 /// Q4_K/Q5_K's per-16 scales and mins: sub-block `j` (32 elements) is groups `2j, 2j + 1`.
@@ -178,6 +217,14 @@ impl FastFormat for Q4K {
         }
         k4_scales(b, a, m)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q4k_codes(b, c) };
+        k4_scales(b, a, m)
+    }
 }
 
 /// Q5_K: as Q4_K with a fifth bit from `qh`.
@@ -202,6 +249,14 @@ impl FastFormat for Q5K {
         }
         k4_scales(b, a, m)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q5k_codes(b, c) };
+        k4_scales(b, a, m)
+    }
 }
 
 /// Q6_K: `w = (d·sc)·(u − 32)`, `u` 6-bit: codes `u`, `a = sc`, `m = 32·sc`.
@@ -216,11 +271,6 @@ impl FastFormat for Q6K {
     fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         let b = arr::<210>(b);
         let c = arr_mut::<256>(c);
-        for g in 0..16 {
-            let sc = b[192 + g] as i8;
-            a[g] = sc;
-            m[g] = 32 * sc as i16;
-        }
         for h in 0..2 {
             for s in 0..4 {
                 for l in 0..32 {
@@ -230,9 +280,28 @@ impl FastFormat for Q6K {
                 }
             }
         }
-        let d = f16_to_f32([b[208], b[209]]);
-        (d, d)
+        q6k_scales(b, a, m)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q6k_codes(b, c) };
+        q6k_scales(b, a, m)
+    }
+}
+
+/// Q6_K's 16 signed scales and offsets `32·sc`, `(d, d)`.
+#[inline(always)]
+fn q6k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+    for g in 0..16 {
+        let sc = b[192 + g] as i8;
+        a[g] = sc;
+        m[g] = 32 * sc as i16;
+    }
+    let d = f16_to_f32([b[208], b[209]]);
+    (d, d)
 }
 
 /// Q8_0: signed codes as stored, `w = d·q`.
@@ -402,6 +471,8 @@ impl FastFormat for Iq4Xs {
 
 /// The integer part of one block for `N` rows sharing one token's codes: `(A, M)` per row.
 pub(super) trait IntDots {
+    /// Decodes one block of `F` (see [`FastFormat::decode`]).
+    fn decode<F: FastFormat>(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
     /// `c[k]`: the row's codes for this block (`16·a[k].len()` bytes); `a[k]`, `m[k]`: its
     /// per-16 scales and offsets; `x`, `bs`: the token's codes and 16-sums for the block.
     fn block<const N: usize, const SIGNED: bool>(
@@ -416,6 +487,11 @@ pub(super) trait IntDots {
 /// Plain Rust integer sums.
 pub(super) struct Portable;
 impl IntDots for Portable {
+    #[inline(always)]
+    fn decode<F: FastFormat>(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        F::decode(b, c, a, m)
+    }
+
     #[inline(always)]
     fn block<const N: usize, const SIGNED: bool>(
         c: [&[u8]; N],
@@ -451,6 +527,12 @@ impl IntDots for Portable {
 pub(super) struct Avx2;
 #[cfg(target_arch = "x86_64")]
 impl IntDots for Avx2 {
+    #[inline(always)]
+    fn decode<F: FastFormat>(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        // SAFETY: `Avx2` is only used after the CPU was found to support AVX2.
+        unsafe { F::decode_avx2(b, c, a, m) }
+    }
+
     #[inline(always)]
     fn block<const N: usize, const SIGNED: bool>(
         c: [&[u8]; N],
@@ -619,7 +701,7 @@ fn body<F: FastFormat, D: IntDots>(
                     .zip(ak.chunks_exact_mut(gpb).zip(mk.chunks_exact_mut(gpb)))
                     .zip(dk.iter_mut().zip(dmk.iter_mut()));
                 for (((b, cb), (ab, mb)), (db, dmb)) in blocks {
-                    (*db, *dmb) = F::decode(b, cb, ab, mb);
+                    (*db, *dmb) = D::decode::<F>(b, cb, ab, mb);
                 }
             }
             let i = r - rows.start;
@@ -679,14 +761,171 @@ fn body<F: FastFormat, D: IntDots>(
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m128i, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_castsi256_si128,
-        _mm256_cvtepi8_epi16, _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_madd_epi16,
-        _mm256_maddubs_epi16, _mm256_set_m128i, _mm256_setzero_si256, _mm256_sign_epi8,
-        _mm_add_epi32, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_set1_epi16, _mm_set_epi64x,
-        _mm_shuffle_epi32, _mm_shuffle_epi8,
+        __m128i, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_and_si256,
+        _mm256_castsi256_si128, _mm256_cvtepi8_epi16, _mm256_extracti128_si256, _mm256_loadu_si256,
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256, _mm256_set1_epi8,
+        _mm256_set_m128i, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_slli_epi16,
+        _mm256_srl_epi16, _mm256_srli_epi16, _mm256_storeu_si256, _mm_add_epi32, _mm_cvtsi128_si32,
+        _mm_cvtsi32_si128, _mm_loadu_si128, _mm_set1_epi16, _mm_set_epi64x, _mm_shuffle_epi32,
+        _mm_shuffle_epi8,
     };
 
     use super::GROUP;
+
+    /// 32 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 32 reads.
+    #[inline(always)]
+    unsafe fn ld(p: *const u8) -> __m256i {
+        // SAFETY: per the caller.
+        unsafe { _mm256_loadu_si256(p.cast::<__m256i>()) }
+    }
+
+    /// Stores 32 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 32 writes.
+    #[inline(always)]
+    unsafe fn st(p: *mut u8, v: __m256i) {
+        // SAFETY: per the caller.
+        unsafe { _mm256_storeu_si256(p.cast::<__m256i>(), v) }
+    }
+
+    /// Each byte of `v` shifted right by `k` (bits from the neighbour byte must be masked
+    /// off by the caller).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn shr(v: __m256i, k: i32) -> __m256i {
+        // SAFETY: AVX2 per the caller.
+        unsafe { _mm256_srl_epi16(v, _mm_cvtsi32_si128(k)) }
+    }
+
+    /// Q2_K's 256 codes (layout as `super::Q2K::decode`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q2k_codes(b: &[u8], c: &mut [u8]) {
+        assert!(b.len() >= 84 && c.len() >= 256);
+        // SAFETY: AVX2 per the caller; reads b[16..80], writes c[..256] (checked above).
+        unsafe {
+            let m3 = _mm256_set1_epi8(3);
+            for n in 0..2 {
+                let v = ld(b.as_ptr().add(16 + 32 * n));
+                for s in 0..4 {
+                    let q = _mm256_and_si256(shr(v, 2 * s as i32), m3);
+                    st(c.as_mut_ptr().add(128 * n + 32 * s), q);
+                }
+            }
+        }
+    }
+
+    /// Q3_K's 256 codes `low | high << 2` (layout as `super::Q3K::decode`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q3k_codes(b: &[u8], c: &mut [u8]) {
+        assert!(b.len() >= 110 && c.len() >= 256);
+        // SAFETY: AVX2 per the caller; reads b[..96], writes c[..256] (checked above).
+        unsafe {
+            let m3 = _mm256_set1_epi8(3);
+            let one = _mm256_set1_epi8(1);
+            let hm = ld(b.as_ptr());
+            for n in 0..2 {
+                let v = ld(b.as_ptr().add(32 + 32 * n));
+                for s in 0..4 {
+                    let low = _mm256_and_si256(shr(v, 2 * s as i32), m3);
+                    let high = _mm256_and_si256(shr(hm, (4 * n + s) as i32), one);
+                    // high ≤ 1: the 16-bit shift keeps it inside its byte.
+                    let q = _mm256_or_si256(low, _mm256_slli_epi16::<2>(high));
+                    st(c.as_mut_ptr().add(128 * n + 32 * s), q);
+                }
+            }
+        }
+    }
+
+    /// Q4_K's 256 codes (layout as `super::Q4K::decode`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q4k_codes(b: &[u8], c: &mut [u8]) {
+        assert!(b.len() >= 144 && c.len() >= 256);
+        // SAFETY: AVX2 per the caller; reads b[16..144], writes c[..256] (checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            for p in 0..4 {
+                let v = ld(b.as_ptr().add(16 + 32 * p));
+                st(c.as_mut_ptr().add(64 * p), _mm256_and_si256(v, m4));
+                st(
+                    c.as_mut_ptr().add(64 * p + 32),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
+                );
+            }
+        }
+    }
+
+    /// Q5_K's 256 codes (layout as `super::Q5K::decode`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q5k_codes(b: &[u8], c: &mut [u8]) {
+        assert!(b.len() >= 176 && c.len() >= 256);
+        // SAFETY: AVX2 per the caller; reads b[16..176], writes c[..256] (checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            let qh = ld(b.as_ptr().add(16));
+            for p in 0..4 {
+                let v = ld(b.as_ptr().add(48 + 32 * p));
+                let h0 = _mm256_and_si256(shr(qh, 2 * p as i32), one);
+                let h1 = _mm256_and_si256(shr(qh, 2 * p as i32 + 1), one);
+                let lo = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_slli_epi16::<4>(h0));
+                let hi = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
+                    _mm256_slli_epi16::<4>(h1),
+                );
+                st(c.as_mut_ptr().add(64 * p), lo);
+                st(c.as_mut_ptr().add(64 * p + 32), hi);
+            }
+        }
+    }
+
+    /// Q6_K's 256 codes `lo | hi << 4` (layout as `super::Q6K::decode`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q6k_codes(b: &[u8], c: &mut [u8]) {
+        assert!(b.len() >= 210 && c.len() >= 256);
+        // SAFETY: AVX2 per the caller; reads b[..192], writes c[..256] (checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m2 = _mm256_set1_epi8(3);
+            for h in 0..2 {
+                let qa = ld(b.as_ptr().add(64 * h));
+                let qb = ld(b.as_ptr().add(64 * h + 32));
+                let qh = ld(b.as_ptr().add(128 + 32 * h));
+                let lows = [
+                    _mm256_and_si256(qa, m4),
+                    _mm256_and_si256(qb, m4),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(qa), m4),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(qb), m4),
+                ];
+                for (s, lo) in lows.into_iter().enumerate() {
+                    let hi = _mm256_and_si256(shr(qh, 2 * s as i32), m2);
+                    // hi ≤ 3: the 16-bit shift keeps it inside its byte.
+                    let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                    st(c.as_mut_ptr().add(128 * h + 32 * s), q);
+                }
+            }
+        }
+    }
 
     /// The sum of the 8 i32 lanes of `v` (exact: the callers' sums fit i32).
     ///
@@ -707,12 +946,14 @@ mod avx2 {
     /// half of the `maddubs` result) and `2j + 1` (high half); the per-lane scale vector
     /// holds `a[2j]` in the low half and `a[2j + 1]` in the high half.
     ///
+    /// Inlined into the AVX2-compiled kernel body (a call per block would cost more than
+    /// the block).
+    ///
     /// # Safety
     /// The CPU must support AVX2. Codes of unsigned formats must be ≤ 127 (the format docs
     /// of `super` keep them ≤ 63) and activation codes ≠ −128 (`q8.rs`), so no `maddubs`
     /// pair saturates.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[inline(always)]
     pub(super) unsafe fn block<const N: usize, const SIGNED: bool>(
         c: [&[u8]; N],
         a: [&[i8]; N],
@@ -726,59 +967,58 @@ mod avx2 {
         assert!((0..N).all(|k| c[k].len() >= elems && a[k].len() >= groups));
         assert!((0..N).all(|k| m[k].len() >= groups));
         let chunks = groups / 2;
-        let mut big = [_mm256_setzero_si256(); N];
         // The scales as one 128-bit load (16 groups: the k-quants) or broadcast (2 groups).
         let wide = groups == 16;
-        let mut a128 = [_mm_set1_epi16(0); N];
-        if wide {
-            for k in 0..N {
-                // SAFETY: a[k] holds 16 bytes (checked above).
-                a128[k] = unsafe { _mm_loadu_si128(a[k].as_ptr().cast::<__m128i>()) };
+        let mut out = [(0i32, 0i32); N];
+        // SAFETY: AVX2 per the caller. Loads: x and c[k] at 32j .. 32j + 32 <= elems, a[k]
+        // 16 bytes and m[k], bs 16 i16 only when `wide` (groups == 16); all checked above.
+        unsafe {
+            let mut big = [_mm256_setzero_si256(); N];
+            let mut a128 = [_mm_set1_epi16(0); N];
+            if wide {
+                for k in 0..N {
+                    a128[k] = _mm_loadu_si128(a[k].as_ptr().cast::<__m128i>());
+                }
             }
-        }
-        for j in 0..chunks {
-            // SAFETY: 32j + 32 <= elems, within x and every c[k] (checked above).
-            let xv = unsafe { _mm256_loadu_si256(x.as_ptr().add(32 * j).cast::<__m256i>()) };
-            // Byte indices 2j (×8) then 2j + 1 (×8).
-            let lo = 0x0101_0101_0101_0101i64 * (2 * j as i64);
-            let sel = _mm_set_epi64x(lo + 0x0101_0101_0101_0101, lo);
-            for k in 0..N {
-                // SAFETY: as for xv.
-                let cv = unsafe { _mm256_loadu_si256(c[k].as_ptr().add(32 * j).cast::<__m256i>()) };
-                let p = if SIGNED {
-                    _mm256_maddubs_epi16(_mm256_abs_epi8(cv), _mm256_sign_epi8(xv, cv))
-                } else {
-                    _mm256_maddubs_epi16(cv, xv)
-                };
-                let sc = if wide {
-                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(a128[k], sel))
-                } else {
-                    _mm256_set_m128i(
-                        _mm_set1_epi16(a[k][2 * j + 1] as i16),
-                        _mm_set1_epi16(a[k][2 * j] as i16),
-                    )
-                };
-                big[k] = _mm256_add_epi32(big[k], _mm256_madd_epi16(p, sc));
+            for j in 0..chunks {
+                let xv = ld(x.as_ptr().add(32 * j).cast::<u8>());
+                // Byte indices 2j (×8) then 2j + 1 (×8).
+                let lo = 0x0101_0101_0101_0101i64 * (2 * j as i64);
+                let sel = _mm_set_epi64x(lo + 0x0101_0101_0101_0101, lo);
+                for k in 0..N {
+                    let cv = ld(c[k].as_ptr().add(32 * j));
+                    let p = if SIGNED {
+                        _mm256_maddubs_epi16(_mm256_abs_epi8(cv), _mm256_sign_epi8(xv, cv))
+                    } else {
+                        _mm256_maddubs_epi16(cv, xv)
+                    };
+                    let sc = if wide {
+                        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(a128[k], sel))
+                    } else {
+                        _mm256_set_m128i(
+                            _mm_set1_epi16(a[k][2 * j + 1] as i16),
+                            _mm_set1_epi16(a[k][2 * j] as i16),
+                        )
+                    };
+                    big[k] = _mm256_add_epi32(big[k], _mm256_madd_epi16(p, sc));
+                }
             }
-        }
-        std::array::from_fn(|k| {
-            let off = if wide {
-                // SAFETY: m[k] and bs hold 16 i16 (checked above).
-                unsafe {
+            for k in 0..N {
+                let off = if wide {
                     let mv = _mm256_loadu_si256(m[k].as_ptr().cast::<__m256i>());
                     let bv = _mm256_loadu_si256(bs.as_ptr().cast::<__m256i>());
                     hsum(_mm256_madd_epi16(mv, bv))
-                }
-            } else {
-                let mut s = 0i32;
-                for (mv, b) in m[k].iter().zip(bs).take(groups) {
-                    s += *mv as i32 * *b as i32;
-                }
-                s
-            };
-            // SAFETY: AVX2 per this function's requirement.
-            (unsafe { hsum(big[k]) }, off)
-        })
+                } else {
+                    let mut s = 0i32;
+                    for (mv, b) in m[k].iter().zip(bs).take(groups) {
+                        s += *mv as i32 * *b as i32;
+                    }
+                    s
+                };
+                out[k] = (hsum(big[k]), off);
+            }
+        }
+        out
     }
 }
 
@@ -786,6 +1026,40 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::matmul::row_kernel::tests::data;
+
+    /// The AVX2 decoders produce exactly the portable decoders' codes, scales and factors.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_decoders_exact() {
+        if SimdIsa::detected() != SimdIsa::Avx2 {
+            eprintln!("SKIPPED: avx2_decoders_exact (this CPU lacks AVX2/FMA)");
+            return;
+        }
+        fn check<F: FastFormat>() {
+            for seed in 0..8u32 {
+                let b: Vec<u8> = data(F::BLOCK_BYTES, seed)
+                    .iter()
+                    .map(|v| ((v + 0.5) * 255.0) as u8)
+                    .collect();
+                let g = F::BLOCK_ELEMS / GROUP;
+                let mut one = (vec![0u8; F::BLOCK_ELEMS], vec![0i8; g], vec![0i16; g]);
+                let mut two = one.clone();
+                let f1 = F::decode(&b, &mut one.0, &mut one.1, &mut one.2);
+                // SAFETY: AVX2 checked above.
+                let f2 = unsafe { F::decode_avx2(&b, &mut two.0, &mut two.1, &mut two.2) };
+                assert_eq!(one, two);
+                assert_eq!(
+                    (f1.0.to_bits(), f1.1.to_bits()),
+                    (f2.0.to_bits(), f2.1.to_bits())
+                );
+            }
+        }
+        check::<Q2K>();
+        check::<Q3K>();
+        check::<Q4K>();
+        check::<Q5K>();
+        check::<Q6K>();
+    }
 
     /// Random blocks of every format, decoded: `w = d·a·c − dm·m` equals exact dequantization
     /// (up to the f32 rounding of `d·a`, which the dequantizer forms first).

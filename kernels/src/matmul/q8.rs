@@ -96,9 +96,18 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
     let iscale = Q8_MAX / amax;
     for (qv, v) in q.iter_mut().zip(x) {
         // |v · iscale| ≤ 127 up to one rounding; the clamp keeps −128 out.
-        *qv = (*v * iscale).round_ties_even().clamp(-Q8_MAX, Q8_MAX) as i8;
+        *qv = round_half_even(*v * iscale).clamp(-127, 127) as i8;
     }
     1.0 / iscale
+}
+
+/// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22`: adding
+/// `1.5 · 2^23` leaves the integer in the low mantissa bits (ggml's `nearest_int`; the same
+/// value as `f32::round_ties_even`, which without SSE4.1 is a libm call per element).
+#[inline(always)]
+fn round_half_even(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    ((v + MAGIC).to_bits() & 0x007F_FFFF) as i32 - 0x0040_0000
 }
 
 #[cfg(test)]
@@ -122,6 +131,19 @@ mod tests {
                 let want: i16 = q[16 * g..16 * (g + 1)].iter().map(|v| *v as i16).sum();
                 assert_eq!(*s, want);
             }
+        }
+    }
+
+    #[test]
+    fn rounding_is_round_ties_even() {
+        for i in -130_000..130_000 {
+            let v = i as f32 * 0.001_05;
+            assert_eq!(round_half_even(v), v.round_ties_even() as i32, "{v}");
+        }
+        for v in [
+            0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.0, -127.0,
+        ] {
+            assert_eq!(round_half_even(v), v.round_ties_even() as i32, "{v}");
         }
     }
 
