@@ -475,7 +475,8 @@ pub(super) trait IntDots {
     fn decode<F: FastFormat>(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
     /// `c[k]`: the row's codes for this block (`16·a[k].len()` bytes); `a[k]`, `m[k]`: its
     /// per-16 scales and offsets; `x`, `bs`: the token's codes and 16-sums for the block.
-    fn block<const N: usize, const SIGNED: bool>(
+    /// With `SHARED` (the format's [`FastFormat::SHARED_D`]) the result is `(A − M, 0)`.
+    fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
@@ -493,7 +494,7 @@ impl IntDots for Portable {
     }
 
     #[inline(always)]
-    fn block<const N: usize, const SIGNED: bool>(
+    fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
@@ -517,7 +518,11 @@ impl IntDots for Portable {
             for (mv, b) in m[k].iter().zip(bs) {
                 off += *mv as i32 * *b as i32;
             }
-            (big, off)
+            if SHARED {
+                (big - off, 0)
+            } else {
+                (big, off)
+            }
         })
     }
 }
@@ -534,7 +539,7 @@ impl IntDots for Avx2 {
     }
 
     #[inline(always)]
-    fn block<const N: usize, const SIGNED: bool>(
+    fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
@@ -542,7 +547,7 @@ impl IntDots for Avx2 {
         bs: &[i16],
     ) -> [(i32, i32); N] {
         // SAFETY: `Avx2` is only used after the CPU was found to support AVX2.
-        unsafe { avx2::block::<N, SIGNED>(c, a, m, x, bs) }
+        unsafe { avx2::block::<N, SIGNED, SHARED>(c, a, m, x, bs) }
     }
 }
 
@@ -617,6 +622,7 @@ unsafe fn body_avx2<F: FastFormat>(
 #[inline(always)]
 fn combine<F: FastFormat>((big, off): (i32, i32), dx: f32, d: f32, dm: f32) -> f32 {
     if F::SHARED_D {
+        // `IntDots::block` already formed A − M (and `off` is 0).
         (dx * d) * (big - off) as f32
     } else {
         (dx * d) * big as f32 - (dx * dm) * off as f32
@@ -632,10 +638,11 @@ fn int_block<F: FastFormat, D: IntDots, const N: usize>(
     x: &[i8],
     bs: &[i16],
 ) -> [(i32, i32); N] {
-    if F::SIGNED {
-        D::block::<N, true>(c, a, m, x, bs)
-    } else {
-        D::block::<N, false>(c, a, m, x, bs)
+    match (F::SIGNED, F::SHARED_D) {
+        (true, true) => D::block::<N, true, true>(c, a, m, x, bs),
+        (true, false) => D::block::<N, true, false>(c, a, m, x, bs),
+        (false, true) => D::block::<N, false, true>(c, a, m, x, bs),
+        (false, false) => D::block::<N, false, false>(c, a, m, x, bs),
     }
 }
 
@@ -762,11 +769,12 @@ fn body<F: FastFormat, D: IntDots>(
 mod avx2 {
     use std::arch::x86_64::{
         __m128i, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_and_si256,
-        _mm256_castsi256_si128, _mm256_cvtepi8_epi16, _mm256_extracti128_si256, _mm256_loadu_si256,
-        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256, _mm256_set1_epi8,
-        _mm256_set_m128i, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_slli_epi16,
-        _mm256_srl_epi16, _mm256_srli_epi16, _mm256_storeu_si256, _mm_add_epi32, _mm_cvtsi128_si32,
-        _mm_cvtsi32_si128, _mm_loadu_si128, _mm_set1_epi16, _mm_set_epi64x, _mm_shuffle_epi32,
+        _mm256_castsi256_si128, _mm256_cvtepi8_epi16, _mm256_extracti128_si256, _mm256_hadd_epi32,
+        _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256,
+        _mm256_set1_epi8, _mm256_set_m128i, _mm256_setzero_si256, _mm256_sign_epi8,
+        _mm256_slli_epi16, _mm256_srl_epi16, _mm256_srli_epi16, _mm256_storeu_si256,
+        _mm256_sub_epi32, _mm_add_epi32, _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_extract_epi32,
+        _mm_hadd_epi32, _mm_loadu_si128, _mm_set1_epi16, _mm_set_epi64x, _mm_shuffle_epi32,
         _mm_shuffle_epi8,
     };
 
@@ -942,6 +950,23 @@ mod avx2 {
         }
     }
 
+    /// The lane sums of `u` and of `v` (exact, as [`hsum`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline(always)]
+    unsafe fn hsum2(u: __m256i, v: __m256i) -> (i32, i32) {
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            // [u0+u1, u2+u3, v0+v1, v2+v3 | u4+u5, u6+u7, v4+v5, v6+v7]
+            let h = _mm256_hadd_epi32(u, v);
+            let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+            // [U, V, U, V]
+            let s = _mm_hadd_epi32(s, s);
+            (_mm_cvtsi128_si32(s), _mm_extract_epi32::<1>(s))
+        }
+    }
+
     /// See `super::IntDots::block`. Each 32-byte chunk `j` covers groups `2j` (low 128-bit
     /// half of the `maddubs` result) and `2j + 1` (high half); the per-lane scale vector
     /// holds `a[2j]` in the low half and `a[2j + 1]` in the high half.
@@ -954,7 +979,7 @@ mod avx2 {
     /// of `super` keep them ≤ 63) and activation codes ≠ −128 (`q8.rs`), so no `maddubs`
     /// pair saturates.
     #[inline(always)]
-    pub(super) unsafe fn block<const N: usize, const SIGNED: bool>(
+    pub(super) unsafe fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
@@ -1004,18 +1029,27 @@ mod avx2 {
                 }
             }
             for k in 0..N {
-                let off = if wide {
+                out[k] = if wide {
                     let mv = _mm256_loadu_si256(m[k].as_ptr().cast::<__m256i>());
                     let bv = _mm256_loadu_si256(bs.as_ptr().cast::<__m256i>());
-                    hsum(_mm256_madd_epi16(mv, bv))
-                } else {
-                    let mut s = 0i32;
-                    for (mv, b) in m[k].iter().zip(bs).take(groups) {
-                        s += *mv as i32 * *b as i32;
+                    let offv = _mm256_madd_epi16(mv, bv);
+                    if SHARED {
+                        (hsum(_mm256_sub_epi32(big[k], offv)), 0)
+                    } else {
+                        hsum2(big[k], offv)
                     }
-                    s
+                } else {
+                    let mut off = 0i32;
+                    for (mv, b) in m[k].iter().zip(bs).take(groups) {
+                        off += *mv as i32 * *b as i32;
+                    }
+                    let big = hsum(big[k]);
+                    if SHARED {
+                        (big - off, 0)
+                    } else {
+                        (big, off)
+                    }
                 };
-                out[k] = (hsum(big[k]), off);
             }
         }
         out
