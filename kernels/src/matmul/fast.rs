@@ -20,12 +20,14 @@
 //!       = (dx·d)·f32(A) − (dx·dm)·f32(M)     (otherwise)
 //! ```
 //!
-//! and a row's result is the sequential f32 sum of its blocks. The integer part is exact, so
-//! the AVX2 implementation (`_mm256_maddubs_epi16` / `_mm256_madd_epi16`) and the portable
-//! one give the same integers, and as the f32 part is shared code without fused
-//! multiply-adds, the same bits. Neither the token count, nor the tile position, nor the
-//! thread split changes a result (each depends only on the row's bytes and the token's
-//! quantized activations).
+//! formed per lane: `A` and `M` are split into 8 exact i32 lane sums (the lanes AVX2's
+//! `_mm256_maddubs_epi16` + `_mm256_madd_epi16` produce, see [`lane_sums`]), each lane is
+//! scaled as above into an f32 lane accumulator of the row, and the row's result is its 8
+//! lanes summed pairwise. The integer part is exact, so the AVX2 implementation and the
+//! portable one give the same integers, and as the f32 part is the same operations in the same
+//! order (separate multiplies and adds, no fused multiply-adds), the same bits. Neither the
+//! token count, nor the tile position, nor the thread split changes a result (each depends
+//! only on the row's bytes and the token's quantized activations).
 //!
 //! Range of the integer part (why nothing overflows): `|q| ≤ 127`; unsigned codes ≤ 63 and
 //! signed codes' magnitudes ≤ 128, so a `maddubs` pair sum is at most `2·128·127 = 32512`
@@ -469,25 +471,95 @@ impl FastFormat for Iq4Xs {
     }
 }
 
-/// The integer part of one block for `N` rows sharing one token's codes: `(A, M)` per row.
-pub(super) trait IntDots {
+/// One block for `N` rows sharing one token's codes, accumulated per lane (see
+/// [`lane_sums`] for the lane layout both implementations share).
+pub(super) trait Dots {
+    /// Per-row running sum: [`LANES`] f32 lanes.
+    type Acc: Copy;
+    /// A zero sum.
+    fn zero() -> Self::Acc;
     /// Decodes one block of `F` (see [`FastFormat::decode`]).
     fn decode<F: FastFormat>(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
-    /// `c[k]`: the row's codes for this block (`16·a[k].len()` bytes); `a[k]`, `m[k]`: its
-    /// per-16 scales and offsets; `x`, `bs`: the token's codes and 16-sums for the block.
-    /// With `SHARED` (the format's [`FastFormat::SHARED_D`]) the result is `(A − M, 0)`.
+    /// Adds one block to `acc[k]` for each row `k`: `c[k]` the row's codes for this block
+    /// (`16·a[k].len()` bytes), `a[k]`, `m[k]` its per-16 scales and offsets, `fd[k]`,
+    /// `fm[k]` its `dx·d` and `dx·dm`; `x`, `bs` the token's codes and 16-sums. Per lane `l`:
+    /// `acc[l] += fd·f32(A_l − M_l)` (`SHARED`), else `acc[l] += fd·f32(A_l) − fm·f32(M_l)`,
+    /// as separate f32 multiplies, subtraction and addition (no fused multiply-add).
+    #[allow(clippy::too_many_arguments)]
     fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
         x: &[i8],
         bs: &[i16],
-    ) -> [(i32, i32); N];
+        fd: [f32; N],
+        fm: [f32; N],
+        acc: &mut [Self::Acc; N],
+    );
+    /// The row's result: the lanes summed pairwise (as `fused.rs` reduces).
+    fn finish(acc: Self::Acc) -> f32;
 }
 
-/// Plain Rust integer sums.
+/// f32 lanes of the per-row sums.
+const LANES: usize = 8;
+
+/// The exact integer lane sums of one block, laid out as AVX2 forms them: the block is cut
+/// into 32-byte chunks `j`; lane `l` holds `Σ_j a[2j + l/4] · Σ_{i<4} c[32j + 4l + i] ·
+/// x[32j + 4l + i]` (`A_l`), and `M_l = m[2l]·bs[2l] + m[2l+1]·bs[2l+1]` for 16 groups, or
+/// `M_0 = Σ_g m[g]·bs[g]` (other lanes 0) for 2.
+#[inline(always)]
+fn lane_sums<const SIGNED: bool>(
+    c: &[u8],
+    a: &[i8],
+    m: &[i16],
+    x: &[i8],
+    bs: &[i16],
+) -> ([i32; LANES], [i32; LANES]) {
+    let groups = bs.len();
+    let (mut big, mut off) = ([0i32; LANES], [0i32; LANES]);
+    for j in 0..groups / 2 {
+        for (l, bl) in big.iter_mut().enumerate() {
+            let base = 32 * j + 4 * l;
+            let mut s = 0i32;
+            for i in 0..4 {
+                let cv = if SIGNED {
+                    c[base + i] as i8 as i32
+                } else {
+                    c[base + i] as i32
+                };
+                s += cv * x[base + i] as i32;
+            }
+            *bl += a[2 * j + l / 4] as i32 * s;
+        }
+    }
+    if groups == 16 {
+        for (l, ol) in off.iter_mut().enumerate() {
+            *ol = m[2 * l] as i32 * bs[2 * l] as i32 + m[2 * l + 1] as i32 * bs[2 * l + 1] as i32;
+        }
+    } else {
+        for (mv, b) in m.iter().zip(bs).take(groups) {
+            off[0] += *mv as i32 * *b as i32;
+        }
+    }
+    (big, off)
+}
+
+/// Sums 8 lanes pairwise (the order of `fused.rs` and `row_kernel.rs`).
+#[inline(always)]
+fn reduce(acc: [f32; LANES]) -> f32 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// Plain Rust.
 pub(super) struct Portable;
-impl IntDots for Portable {
+impl Dots for Portable {
+    type Acc = [f32; LANES];
+
+    #[inline(always)]
+    fn zero() -> Self::Acc {
+        [0.0; LANES]
+    }
+
     #[inline(always)]
     fn decode<F: FastFormat>(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         F::decode(b, c, a, m)
@@ -500,41 +572,45 @@ impl IntDots for Portable {
         m: [&[i16]; N],
         x: &[i8],
         bs: &[i16],
-    ) -> [(i32, i32); N] {
-        std::array::from_fn(|k| {
-            let groups = a[k].len();
-            let mut big = 0i32;
-            for g in 0..groups {
-                let cg = &c[k][GROUP * g..GROUP * (g + 1)];
-                let xg = &x[GROUP * g..GROUP * (g + 1)];
-                let mut s = 0i32;
-                for (cv, xv) in cg.iter().zip(xg) {
-                    let cv = if SIGNED { *cv as i8 as i32 } else { *cv as i32 };
-                    s += cv * *xv as i32;
-                }
-                big += a[k][g] as i32 * s;
+        fd: [f32; N],
+        fm: [f32; N],
+        acc: &mut [Self::Acc; N],
+    ) {
+        for k in 0..N {
+            let (big, off) = lane_sums::<SIGNED>(c[k], a[k], m[k], x, bs);
+            for l in 0..LANES {
+                let t = if SHARED {
+                    fd[k] * (big[l] - off[l]) as f32
+                } else {
+                    fd[k] * big[l] as f32 - fm[k] * off[l] as f32
+                };
+                acc[k][l] += t;
             }
-            let mut off = 0i32;
-            for (mv, b) in m[k].iter().zip(bs) {
-                off += *mv as i32 * *b as i32;
-            }
-            if SHARED {
-                (big - off, 0)
-            } else {
-                (big, off)
-            }
-        })
+        }
+    }
+
+    #[inline(always)]
+    fn finish(acc: Self::Acc) -> f32 {
+        reduce(acc)
     }
 }
 
-/// AVX2 integer sums; only instantiated inside [`body_avx2`] (and tests after detection).
+/// AVX2; only instantiated inside [`body_avx2`] (and tests after detection).
 #[cfg(target_arch = "x86_64")]
 pub(super) struct Avx2;
 #[cfg(target_arch = "x86_64")]
-impl IntDots for Avx2 {
+impl Dots for Avx2 {
+    type Acc = std::arch::x86_64::__m256;
+
+    #[inline(always)]
+    fn zero() -> Self::Acc {
+        // SAFETY: `Avx2` is only used after the CPU was found to support AVX2.
+        unsafe { std::arch::x86_64::_mm256_setzero_ps() }
+    }
+
     #[inline(always)]
     fn decode<F: FastFormat>(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
-        // SAFETY: `Avx2` is only used after the CPU was found to support AVX2.
+        // SAFETY: as in `zero`.
         unsafe { F::decode_avx2(b, c, a, m) }
     }
 
@@ -545,9 +621,20 @@ impl IntDots for Avx2 {
         m: [&[i16]; N],
         x: &[i8],
         bs: &[i16],
-    ) -> [(i32, i32); N] {
-        // SAFETY: `Avx2` is only used after the CPU was found to support AVX2.
-        unsafe { avx2::block::<N, SIGNED, SHARED>(c, a, m, x, bs) }
+        fd: [f32; N],
+        fm: [f32; N],
+        acc: &mut [Self::Acc; N],
+    ) {
+        // SAFETY: as in `zero`.
+        unsafe { avx2::block::<N, SIGNED, SHARED>(c, a, m, x, bs, fd, fm, acc) }
+    }
+
+    #[inline(always)]
+    fn finish(acc: Self::Acc) -> f32 {
+        let mut a = [0f32; LANES];
+        // SAFETY: as in `zero`; `a` holds 8 f32.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(a.as_mut_ptr(), acc) };
+        reduce(a)
     }
 }
 
@@ -618,31 +705,24 @@ unsafe fn body_avx2<F: FastFormat>(
     body::<F, Avx2>(w, rows, acts, n_tokens, out);
 }
 
-/// One block's f32 value from its integer part (shared by every implementation).
+/// [`Dots::block`] with `F`'s signedness and scale sharing.
 #[inline(always)]
-fn combine<F: FastFormat>((big, off): (i32, i32), dx: f32, d: f32, dm: f32) -> f32 {
-    if F::SHARED_D {
-        // `IntDots::block` already formed A − M (and `off` is 0).
-        (dx * d) * (big - off) as f32
-    } else {
-        (dx * d) * big as f32 - (dx * dm) * off as f32
-    }
-}
-
-/// [`IntDots::block`] with `F`'s signedness.
-#[inline(always)]
-fn int_block<F: FastFormat, D: IntDots, const N: usize>(
+#[allow(clippy::too_many_arguments)]
+fn acc_block<F: FastFormat, D: Dots, const N: usize>(
     c: [&[u8]; N],
     a: [&[i8]; N],
     m: [&[i16]; N],
     x: &[i8],
     bs: &[i16],
-) -> [(i32, i32); N] {
+    fd: [f32; N],
+    fm: [f32; N],
+    acc: &mut [D::Acc; N],
+) {
     match (F::SIGNED, F::SHARED_D) {
-        (true, true) => D::block::<N, true, true>(c, a, m, x, bs),
-        (true, false) => D::block::<N, true, false>(c, a, m, x, bs),
-        (false, true) => D::block::<N, false, true>(c, a, m, x, bs),
-        (false, false) => D::block::<N, false, false>(c, a, m, x, bs),
+        (true, true) => D::block::<N, true, true>(c, a, m, x, bs, fd, fm, acc),
+        (true, false) => D::block::<N, true, false>(c, a, m, x, bs, fd, fm, acc),
+        (false, true) => D::block::<N, false, true>(c, a, m, x, bs, fd, fm, acc),
+        (false, false) => D::block::<N, false, false>(c, a, m, x, bs, fd, fm, acc),
     }
 }
 
@@ -658,7 +738,7 @@ struct Tile {
 /// The fast row kernel (see the module docs).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `blk` indexes codes, scales, factors and activations.
-fn body<F: FastFormat, D: IntDots>(
+fn body<F: FastFormat, D: Dots>(
     w: &QMatrix<'_>,
     rows: Range<usize>,
     acts: &QActs,
@@ -714,49 +794,47 @@ fn body<F: FastFormat, D: IntDots>(
             let i = r - rows.start;
             for (t, o) in out.iter_mut().enumerate().take(t1).skip(t0) {
                 let (xq, dx, bs) = acts.token(t);
-                let mut acc = [0f32; ROW_TILE];
+                let mut res = [0f32; ROW_TILE];
                 if n == ROW_TILE {
+                    let mut acc = [D::zero(); ROW_TILE];
                     for blk in 0..nb {
                         let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
                         let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
-                        let ints = int_block::<F, D, ROW_TILE>(
+                        acc_block::<F, D, ROW_TILE>(
                             std::array::from_fn(|k| &tile.c[k * cols + e0..k * cols + e1]),
                             std::array::from_fn(|k| &tile.a[k * ng + g0..k * ng + g1]),
                             std::array::from_fn(|k| &tile.m[k * ng + g0..k * ng + g1]),
                             &xq[e0..e1],
                             &bs[g0..g1],
+                            std::array::from_fn(|k| dx[blk] * tile.d[k * nb + blk]),
+                            std::array::from_fn(|k| dx[blk] * tile.dm[k * nb + blk]),
+                            &mut acc,
                         );
-                        for (k, (ak, iv)) in acc.iter_mut().zip(ints).enumerate() {
-                            *ak += combine::<F>(
-                                iv,
-                                dx[blk],
-                                tile.d[k * nb + blk],
-                                tile.dm[k * nb + blk],
-                            );
-                        }
+                    }
+                    for (rk, ak) in res.iter_mut().zip(acc) {
+                        *rk = D::finish(ak);
                     }
                 } else {
-                    for (k, ak) in acc.iter_mut().enumerate().take(n) {
+                    for (k, rk) in res.iter_mut().enumerate().take(n) {
+                        let mut acc = [D::zero()];
                         for blk in 0..nb {
                             let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
                             let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
-                            let [iv] = int_block::<F, D, 1>(
+                            acc_block::<F, D, 1>(
                                 [&tile.c[k * cols + e0..k * cols + e1]],
                                 [&tile.a[k * ng + g0..k * ng + g1]],
                                 [&tile.m[k * ng + g0..k * ng + g1]],
                                 &xq[e0..e1],
                                 &bs[g0..g1],
-                            );
-                            *ak += combine::<F>(
-                                iv,
-                                dx[blk],
-                                tile.d[k * nb + blk],
-                                tile.dm[k * nb + blk],
+                                [dx[blk] * tile.d[k * nb + blk]],
+                                [dx[blk] * tile.dm[k * nb + blk]],
+                                &mut acc,
                             );
                         }
+                        *rk = D::finish(acc[0]);
                     }
                 }
-                o[i..i + n].copy_from_slice(&acc[..n]);
+                o[i..i + n].copy_from_slice(&res[..n]);
             }
             r += n;
         }
@@ -768,14 +846,13 @@ fn body<F: FastFormat, D: IntDots>(
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m128i, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_and_si256,
-        _mm256_castsi256_si128, _mm256_cvtepi8_epi16, _mm256_extracti128_si256, _mm256_hadd_epi32,
-        _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256,
-        _mm256_set1_epi8, _mm256_set_m128i, _mm256_setzero_si256, _mm256_sign_epi8,
-        _mm256_slli_epi16, _mm256_srl_epi16, _mm256_srli_epi16, _mm256_storeu_si256,
-        _mm256_sub_epi32, _mm_add_epi32, _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_extract_epi32,
-        _mm_hadd_epi32, _mm_loadu_si128, _mm_set1_epi16, _mm_set_epi64x, _mm_shuffle_epi32,
-        _mm_shuffle_epi8,
+        __m128i, __m256, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_add_ps,
+        _mm256_and_si256, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi16, _mm256_loadu_si256,
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi8,
+        _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32, _mm256_setzero_si256,
+        _mm256_sign_epi8, _mm256_slli_epi16, _mm256_srl_epi16, _mm256_srli_epi16,
+        _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps, _mm_cvtsi32_si128, _mm_loadu_si128,
+        _mm_set1_epi16, _mm_set_epi64x, _mm_shuffle_epi8,
     };
 
     use super::GROUP;
@@ -935,57 +1012,28 @@ mod avx2 {
         }
     }
 
-    /// The sum of the 8 i32 lanes of `v` (exact: the callers' sums fit i32).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[inline(always)]
-    unsafe fn hsum(v: __m256i) -> i32 {
-        // SAFETY: AVX2 per the caller.
-        unsafe {
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-            _mm_cvtsi128_si32(s)
-        }
-    }
-
-    /// The lane sums of `u` and of `v` (exact, as [`hsum`]).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[inline(always)]
-    unsafe fn hsum2(u: __m256i, v: __m256i) -> (i32, i32) {
-        // SAFETY: AVX2 per the caller.
-        unsafe {
-            // [u0+u1, u2+u3, v0+v1, v2+v3 | u4+u5, u6+u7, v4+v5, v6+v7]
-            let h = _mm256_hadd_epi32(u, v);
-            let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-            // [U, V, U, V]
-            let s = _mm_hadd_epi32(s, s);
-            (_mm_cvtsi128_si32(s), _mm_extract_epi32::<1>(s))
-        }
-    }
-
-    /// See `super::IntDots::block`. Each 32-byte chunk `j` covers groups `2j` (low 128-bit
-    /// half of the `maddubs` result) and `2j + 1` (high half); the per-lane scale vector
-    /// holds `a[2j]` in the low half and `a[2j + 1]` in the high half.
-    ///
-    /// Inlined into the AVX2-compiled kernel body (a call per block would cost more than
-    /// the block).
+    /// See `super::Dots::block`; the integer lanes are `super::lane_sums`'s. Each 32-byte
+    /// chunk `j` covers groups `2j` (low 128-bit half of the `maddubs` result) and `2j + 1`
+    /// (high half); the per-lane scale vector holds `a[2j]` in the low half and `a[2j + 1]`
+    /// in the high half. Inlined into the AVX2-compiled kernel body (a call per block would
+    /// cost more than the block).
     ///
     /// # Safety
     /// The CPU must support AVX2. Codes of unsigned formats must be ≤ 127 (the format docs
     /// of `super` keep them ≤ 63) and activation codes ≠ −128 (`q8.rs`), so no `maddubs`
     /// pair saturates.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
         x: &[i8],
         bs: &[i16],
-    ) -> [(i32, i32); N] {
+        fd: [f32; N],
+        fm: [f32; N],
+        acc: &mut [__m256; N],
+    ) {
         let groups = bs.len();
         let elems = GROUP * groups;
         assert!(groups.is_multiple_of(2) && x.len() >= elems);
@@ -994,7 +1042,6 @@ mod avx2 {
         let chunks = groups / 2;
         // The scales as one 128-bit load (16 groups: the k-quants) or broadcast (2 groups).
         let wide = groups == 16;
-        let mut out = [(0i32, 0i32); N];
         // SAFETY: AVX2 per the caller. Loads: x and c[k] at 32j .. 32j + 32 <= elems, a[k]
         // 16 bytes and m[k], bs 16 i16 only when `wide` (groups == 16); all checked above.
         unsafe {
@@ -1029,30 +1076,31 @@ mod avx2 {
                 }
             }
             for k in 0..N {
-                out[k] = if wide {
+                let off = if wide {
                     let mv = _mm256_loadu_si256(m[k].as_ptr().cast::<__m256i>());
                     let bv = _mm256_loadu_si256(bs.as_ptr().cast::<__m256i>());
-                    let offv = _mm256_madd_epi16(mv, bv);
-                    if SHARED {
-                        (hsum(_mm256_sub_epi32(big[k], offv)), 0)
-                    } else {
-                        hsum2(big[k], offv)
-                    }
+                    _mm256_madd_epi16(mv, bv)
                 } else {
-                    let mut off = 0i32;
+                    let mut o = 0i32;
                     for (mv, b) in m[k].iter().zip(bs).take(groups) {
-                        off += *mv as i32 * *b as i32;
+                        o += *mv as i32 * *b as i32;
                     }
-                    let big = hsum(big[k]);
-                    if SHARED {
-                        (big - off, 0)
-                    } else {
-                        (big, off)
-                    }
+                    _mm256_setr_epi32(o, 0, 0, 0, 0, 0, 0, 0)
                 };
+                let t = if SHARED {
+                    _mm256_mul_ps(
+                        _mm256_set1_ps(fd[k]),
+                        _mm256_cvtepi32_ps(_mm256_sub_epi32(big[k], off)),
+                    )
+                } else {
+                    _mm256_sub_ps(
+                        _mm256_mul_ps(_mm256_set1_ps(fd[k]), _mm256_cvtepi32_ps(big[k])),
+                        _mm256_mul_ps(_mm256_set1_ps(fm[k]), _mm256_cvtepi32_ps(off)),
+                    )
+                };
+                acc[k] = _mm256_add_ps(acc[k], t);
             }
         }
-        out
     }
 }
 
