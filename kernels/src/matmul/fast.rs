@@ -62,9 +62,11 @@ pub(super) trait FastFormat {
     const SIGNED: bool;
     /// Whether the offset term uses the block's `d` (then `A − M` is formed exactly).
     const SHARED_D: bool;
+    /// Whether any offset coefficient `m` can be nonzero (else `M = 0` is not computed).
+    const HAS_OFFSET: bool = true;
 
     /// Decodes one block: `c` gets [`FastFormat::BLOCK_ELEMS`] codes, `a` and `m` one value
-    /// per 16 elements; returns `(d, dm)`.
+    /// per 16 elements (32-element formats: `a = 1`); returns `(d, dm)`.
     fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
 
     /// [`FastFormat::decode`] with the codes unpacked by AVX2 where that is written (the
@@ -309,6 +311,7 @@ fn q6k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
 /// Q8_0: signed codes as stored, `w = d·q`.
 pub(super) struct Q80;
 impl FastFormat for Q80 {
+    const HAS_OFFSET: bool = false;
     const BLOCK_BYTES: usize = 34;
     const BLOCK_ELEMS: usize = 32;
     const SIGNED: bool = true;
@@ -422,6 +425,7 @@ impl FastFormat for Q51 {
 /// IQ4_NL: signed codes from the non-linear grid, `w = d·GRID[nibble]`.
 pub(super) struct Iq4Nl;
 impl FastFormat for Iq4Nl {
+    const HAS_OFFSET: bool = false;
     const BLOCK_BYTES: usize = 18;
     const BLOCK_ELEMS: usize = 32;
     const SIGNED: bool = true;
@@ -444,6 +448,7 @@ impl FastFormat for Iq4Nl {
 /// IQ4_XS: signed grid codes, `a = ls − 32` per 32 elements.
 pub(super) struct Iq4Xs;
 impl FastFormat for Iq4Xs {
+    const HAS_OFFSET: bool = false;
     const BLOCK_BYTES: usize = 136;
     const BLOCK_ELEMS: usize = 256;
     const SIGNED: bool = true;
@@ -486,7 +491,7 @@ pub(super) trait Dots {
     /// `acc[l] += fd·f32(A_l − M_l)` (`SHARED`), else `acc[l] += fd·f32(A_l) − fm·f32(M_l)`,
     /// as separate f32 multiplies, subtraction and addition (no fused multiply-add).
     #[allow(clippy::too_many_arguments)]
-    fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
+    fn block<F: FastFormat, const N: usize>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
@@ -508,7 +513,7 @@ const LANES: usize = 8;
 /// x[32j + 4l + i]` (`A_l`), and `M_l = m[2l]·bs[2l] + m[2l+1]·bs[2l+1]` for 16 groups, or
 /// `M_0 = Σ_g m[g]·bs[g]` (other lanes 0) for 2.
 #[inline(always)]
-fn lane_sums<const SIGNED: bool>(
+fn lane_sums<F: FastFormat>(
     c: &[u8],
     a: &[i8],
     m: &[i16],
@@ -522,7 +527,7 @@ fn lane_sums<const SIGNED: bool>(
             let base = 32 * j + 4 * l;
             let mut s = 0i32;
             for i in 0..4 {
-                let cv = if SIGNED {
+                let cv = if F::SIGNED {
                     c[base + i] as i8 as i32
                 } else {
                     c[base + i] as i32
@@ -566,7 +571,7 @@ impl Dots for Portable {
     }
 
     #[inline(always)]
-    fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
+    fn block<F: FastFormat, const N: usize>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
@@ -577,9 +582,9 @@ impl Dots for Portable {
         acc: &mut [Self::Acc; N],
     ) {
         for k in 0..N {
-            let (big, off) = lane_sums::<SIGNED>(c[k], a[k], m[k], x, bs);
+            let (big, off) = lane_sums::<F>(c[k], a[k], m[k], x, bs);
             for l in 0..LANES {
-                let t = if SHARED {
+                let t = if F::SHARED_D {
                     fd[k] * (big[l] - off[l]) as f32
                 } else {
                     fd[k] * big[l] as f32 - fm[k] * off[l] as f32
@@ -615,7 +620,7 @@ impl Dots for Avx2 {
     }
 
     #[inline(always)]
-    fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
+    fn block<F: FastFormat, const N: usize>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
@@ -626,7 +631,7 @@ impl Dots for Avx2 {
         acc: &mut [Self::Acc; N],
     ) {
         // SAFETY: as in `zero`.
-        unsafe { avx2::block::<N, SIGNED, SHARED>(c, a, m, x, bs, fd, fm, acc) }
+        unsafe { avx2::block::<F, N>(c, a, m, x, bs, fd, fm, acc) }
     }
 
     #[inline(always)]
@@ -705,27 +710,6 @@ unsafe fn body_avx2<F: FastFormat>(
     body::<F, Avx2>(w, rows, acts, n_tokens, out);
 }
 
-/// [`Dots::block`] with `F`'s signedness and scale sharing.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn acc_block<F: FastFormat, D: Dots, const N: usize>(
-    c: [&[u8]; N],
-    a: [&[i8]; N],
-    m: [&[i16]; N],
-    x: &[i8],
-    bs: &[i16],
-    fd: [f32; N],
-    fm: [f32; N],
-    acc: &mut [D::Acc; N],
-) {
-    match (F::SIGNED, F::SHARED_D) {
-        (true, true) => D::block::<N, true, true>(c, a, m, x, bs, fd, fm, acc),
-        (true, false) => D::block::<N, true, false>(c, a, m, x, bs, fd, fm, acc),
-        (false, true) => D::block::<N, false, true>(c, a, m, x, bs, fd, fm, acc),
-        (false, false) => D::block::<N, false, false>(c, a, m, x, bs, fd, fm, acc),
-    }
-}
-
 /// Decoded row tile: codes, per-16 scales and offsets, per-block factors.
 struct Tile {
     c: Vec<u8>,
@@ -800,7 +784,7 @@ fn body<F: FastFormat, D: Dots>(
                     for blk in 0..nb {
                         let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
                         let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
-                        acc_block::<F, D, ROW_TILE>(
+                        D::block::<F, ROW_TILE>(
                             std::array::from_fn(|k| &tile.c[k * cols + e0..k * cols + e1]),
                             std::array::from_fn(|k| &tile.a[k * ng + g0..k * ng + g1]),
                             std::array::from_fn(|k| &tile.m[k * ng + g0..k * ng + g1]),
@@ -820,7 +804,7 @@ fn body<F: FastFormat, D: Dots>(
                         for blk in 0..nb {
                             let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
                             let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
-                            acc_block::<F, D, 1>(
+                            D::block::<F, 1>(
                                 [&tile.c[k * cols + e0..k * cols + e1]],
                                 [&tile.a[k * ng + g0..k * ng + g1]],
                                 [&tile.m[k * ng + g0..k * ng + g1]],
@@ -848,14 +832,14 @@ mod avx2 {
     use std::arch::x86_64::{
         __m128i, __m256, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_add_ps,
         _mm256_and_si256, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi16, _mm256_loadu_si256,
-        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi8,
-        _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32, _mm256_setzero_si256,
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi16,
+        _mm256_set1_epi8, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_si256,
         _mm256_sign_epi8, _mm256_slli_epi16, _mm256_srl_epi16, _mm256_srli_epi16,
         _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps, _mm_cvtsi32_si128, _mm_loadu_si128,
         _mm_set1_epi16, _mm_set_epi64x, _mm_shuffle_epi8,
     };
 
-    use super::GROUP;
+    use super::{FastFormat, GROUP};
 
     /// 32 bytes at `p`.
     ///
@@ -1024,7 +1008,7 @@ mod avx2 {
     /// pair saturates.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn block<const N: usize, const SIGNED: bool, const SHARED: bool>(
+    pub(super) unsafe fn block<F: FastFormat, const N: usize>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
@@ -1037,6 +1021,8 @@ mod avx2 {
         let groups = bs.len();
         let elems = GROUP * groups;
         assert!(groups.is_multiple_of(2) && x.len() >= elems);
+        // Unit scales of 32-element blocks (see `FastFormat::decode`), relied on below.
+        debug_assert!(groups == 16 || (0..N).all(|k| a[k].iter().take(groups).all(|v| *v == 1)));
         assert!((0..N).all(|k| c[k].len() >= elems && a[k].len() >= groups));
         assert!((0..N).all(|k| m[k].len() >= groups));
         let chunks = groups / 2;
@@ -1045,6 +1031,7 @@ mod avx2 {
         // SAFETY: AVX2 per the caller. Loads: x and c[k] at 32j .. 32j + 32 <= elems, a[k]
         // 16 bytes and m[k], bs 16 i16 only when `wide` (groups == 16); all checked above.
         unsafe {
+            let ones = _mm256_set1_epi16(1);
             let mut big = [_mm256_setzero_si256(); N];
             let mut a128 = [_mm_set1_epi16(0); N];
             if wide {
@@ -1059,24 +1046,24 @@ mod avx2 {
                 let sel = _mm_set_epi64x(lo + 0x0101_0101_0101_0101, lo);
                 for k in 0..N {
                     let cv = ld(c[k].as_ptr().add(32 * j));
-                    let p = if SIGNED {
+                    let p = if F::SIGNED {
                         _mm256_maddubs_epi16(_mm256_abs_epi8(cv), _mm256_sign_epi8(xv, cv))
                     } else {
                         _mm256_maddubs_epi16(cv, xv)
                     };
-                    let sc = if wide {
-                        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(a128[k], sel))
+                    big[k] = if wide {
+                        let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(a128[k], sel));
+                        _mm256_add_epi32(big[k], _mm256_madd_epi16(p, sc))
                     } else {
-                        _mm256_set_m128i(
-                            _mm_set1_epi16(a[k][2 * j + 1] as i16),
-                            _mm_set1_epi16(a[k][2 * j] as i16),
-                        )
+                        // 32-element blocks have unit scales (`FastFormat` invariant).
+                        _mm256_add_epi32(big[k], _mm256_madd_epi16(p, ones))
                     };
-                    big[k] = _mm256_add_epi32(big[k], _mm256_madd_epi16(p, sc));
                 }
             }
             for k in 0..N {
-                let off = if wide {
+                let off = if !F::HAS_OFFSET {
+                    _mm256_setzero_si256()
+                } else if wide {
                     let mv = _mm256_loadu_si256(m[k].as_ptr().cast::<__m256i>());
                     let bv = _mm256_loadu_si256(bs.as_ptr().cast::<__m256i>());
                     _mm256_madd_epi16(mv, bv)
@@ -1087,7 +1074,7 @@ mod avx2 {
                     }
                     _mm256_setr_epi32(o, 0, 0, 0, 0, 0, 0, 0)
                 };
-                let t = if SHARED {
+                let t = if F::SHARED_D {
                     _mm256_mul_ps(
                         _mm256_set1_ps(fd[k]),
                         _mm256_cvtepi32_ps(_mm256_sub_epi32(big[k], off)),
@@ -1183,6 +1170,16 @@ mod tests {
                     );
                     if !F::SIGNED {
                         assert!(c[i] <= 63, "{ty:?}: unsigned code {} over 63", c[i]);
+                    }
+                    if F::BLOCK_ELEMS == 32 {
+                        assert_eq!(
+                            a[i / GROUP],
+                            1,
+                            "{ty:?}: 32-element blocks have unit scales"
+                        );
+                    }
+                    if !F::HAS_OFFSET {
+                        assert_eq!(m[i / GROUP], 0, "{ty:?}: offsets of a format without");
                     }
                 }
             }
