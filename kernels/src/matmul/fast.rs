@@ -485,21 +485,23 @@ pub(super) trait Dots {
     fn zero() -> Self::Acc;
     /// Decodes one block of `F` (see [`FastFormat::decode`]).
     fn decode<F: FastFormat>(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
-    /// Adds one block to `acc[k]` for each row `k`: `c[k]` the row's codes for this block
-    /// (`16·a[k].len()` bytes), `a[k]`, `m[k]` its per-16 scales and offsets, `fd[k]`,
-    /// `fm[k]` its `dx·d` and `dx·dm`; `x`, `bs` the token's codes and 16-sums. Per lane `l`:
-    /// `acc[l] += fd·f32(A_l − M_l)` (`SHARED`), else `acc[l] += fd·f32(A_l) − fm·f32(M_l)`,
-    /// as separate f32 multiplies, subtraction and addition (no fused multiply-add).
+    /// Adds one block to `acc[t][k]` for each of `T` tokens `t` and `N` rows `k`: `c[k]` the
+    /// row's codes for this block (`16·a[k].len()` bytes), `a[k]`, `m[k]` its per-16 scales
+    /// and offsets, `fd[t][k]`, `fm[t][k]` its `dx·d` and `dx·dm`; `x[t]`, `bs[t]` the token's
+    /// codes and 16-sums. Per lane `l`: `acc[l] += fd·f32(A_l − M_l)` (`SHARED_D`), else
+    /// `acc[l] += fd·f32(A_l) − fm·f32(M_l)`, as separate f32 multiplies, subtraction and
+    /// addition (no fused multiply-add); so each `(t, k)` gets the same bits whatever `T`
+    /// and `N`.
     #[allow(clippy::too_many_arguments)]
-    fn block<F: FastFormat, const N: usize>(
+    fn block<F: FastFormat, const N: usize, const T: usize>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
-        x: &[i8],
-        bs: &[i16],
-        fd: [f32; N],
-        fm: [f32; N],
-        acc: &mut [Self::Acc; N],
+        x: [&[i8]; T],
+        bs: [&[i16]; T],
+        fd: [[f32; N]; T],
+        fm: [[f32; N]; T],
+        acc: &mut [[Self::Acc; N]; T],
     );
     /// The row's result: the lanes summed pairwise (as `fused.rs` reduces).
     fn finish(acc: Self::Acc) -> f32;
@@ -571,25 +573,27 @@ impl Dots for Portable {
     }
 
     #[inline(always)]
-    fn block<F: FastFormat, const N: usize>(
+    fn block<F: FastFormat, const N: usize, const T: usize>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
-        x: &[i8],
-        bs: &[i16],
-        fd: [f32; N],
-        fm: [f32; N],
-        acc: &mut [Self::Acc; N],
+        x: [&[i8]; T],
+        bs: [&[i16]; T],
+        fd: [[f32; N]; T],
+        fm: [[f32; N]; T],
+        acc: &mut [[Self::Acc; N]; T],
     ) {
-        for k in 0..N {
-            let (big, off) = lane_sums::<F>(c[k], a[k], m[k], x, bs);
-            for l in 0..LANES {
-                let t = if F::SHARED_D {
-                    fd[k] * (big[l] - off[l]) as f32
-                } else {
-                    fd[k] * big[l] as f32 - fm[k] * off[l] as f32
-                };
-                acc[k][l] += t;
+        for t in 0..T {
+            for k in 0..N {
+                let (big, off) = lane_sums::<F>(c[k], a[k], m[k], x[t], bs[t]);
+                for l in 0..LANES {
+                    let v = if F::SHARED_D {
+                        fd[t][k] * (big[l] - off[l]) as f32
+                    } else {
+                        fd[t][k] * big[l] as f32 - fm[t][k] * off[l] as f32
+                    };
+                    acc[t][k][l] += v;
+                }
             }
         }
     }
@@ -620,18 +624,18 @@ impl Dots for Avx2 {
     }
 
     #[inline(always)]
-    fn block<F: FastFormat, const N: usize>(
+    fn block<F: FastFormat, const N: usize, const T: usize>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
-        x: &[i8],
-        bs: &[i16],
-        fd: [f32; N],
-        fm: [f32; N],
-        acc: &mut [Self::Acc; N],
+        x: [&[i8]; T],
+        bs: [&[i16]; T],
+        fd: [[f32; N]; T],
+        fm: [[f32; N]; T],
+        acc: &mut [[Self::Acc; N]; T],
     ) {
         // SAFETY: as in `zero`.
-        unsafe { avx2::block::<F, N>(c, a, m, x, bs, fd, fm, acc) }
+        unsafe { avx2::block::<F, N, T>(c, a, m, x, bs, fd, fm, acc) }
     }
 
     #[inline(always)]
@@ -719,6 +723,44 @@ struct Tile {
     dm: Vec<f32>,
 }
 
+/// A full tile of [`ROW_TILE`] decoded rows against tokens `ts`: their results per token.
+#[inline(always)]
+fn tile_tokens<F: FastFormat, D: Dots, const T: usize>(
+    tile: &Tile,
+    cols: usize,
+    acts: &QActs,
+    ts: [usize; T],
+) -> [[f32; ROW_TILE]; T] {
+    let nb = cols / F::BLOCK_ELEMS;
+    let ng = cols / GROUP;
+    let gpb = F::BLOCK_ELEMS / GROUP;
+    let tok: [(&[i8], &[f32], &[i16]); T] = std::array::from_fn(|q| acts.token(ts[q]));
+    let mut acc = [[D::zero(); ROW_TILE]; T];
+    for blk in 0..nb {
+        let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
+        let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
+        D::block::<F, ROW_TILE, T>(
+            std::array::from_fn(|k| &tile.c[k * cols + e0..k * cols + e1]),
+            std::array::from_fn(|k| &tile.a[k * ng + g0..k * ng + g1]),
+            std::array::from_fn(|k| &tile.m[k * ng + g0..k * ng + g1]),
+            std::array::from_fn(|t| &tok[t].0[e0..e1]),
+            std::array::from_fn(|t| &tok[t].2[g0..g1]),
+            std::array::from_fn(|t| std::array::from_fn(|k| tok[t].1[blk] * tile.d[k * nb + blk])),
+            std::array::from_fn(|t| std::array::from_fn(|k| tok[t].1[blk] * tile.dm[k * nb + blk])),
+            &mut acc,
+        );
+    }
+    // Plain loops: a closure passed to `map` may stay an out-of-line call, and with it the
+    // AVX2 store inside `finish`.
+    let mut res = [[0f32; ROW_TILE]; T];
+    for (rt, at) in res.iter_mut().zip(acc) {
+        for (r, a) in rt.iter_mut().zip(at) {
+            *r = D::finish(a);
+        }
+    }
+    res
+}
+
 /// The fast row kernel (see the module docs).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `blk` indexes codes, scales, factors and activations.
@@ -776,49 +818,43 @@ fn body<F: FastFormat, D: Dots>(
                 }
             }
             let i = r - rows.start;
-            for (t, o) in out.iter_mut().enumerate().take(t1).skip(t0) {
-                let (xq, dx, bs) = acts.token(t);
-                let mut res = [0f32; ROW_TILE];
-                if n == ROW_TILE {
-                    let mut acc = [D::zero(); ROW_TILE];
-                    for blk in 0..nb {
-                        let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
-                        let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
-                        D::block::<F, ROW_TILE>(
-                            std::array::from_fn(|k| &tile.c[k * cols + e0..k * cols + e1]),
-                            std::array::from_fn(|k| &tile.a[k * ng + g0..k * ng + g1]),
-                            std::array::from_fn(|k| &tile.m[k * ng + g0..k * ng + g1]),
-                            &xq[e0..e1],
-                            &bs[g0..g1],
-                            std::array::from_fn(|k| dx[blk] * tile.d[k * nb + blk]),
-                            std::array::from_fn(|k| dx[blk] * tile.dm[k * nb + blk]),
-                            &mut acc,
-                        );
+            let mut t = t0;
+            while t < t1 {
+                // Two tokens at a time through a full tile (one load of each row's codes and
+                // scales serves both), else one.
+                let pair = n == ROW_TILE && t + 1 < t1;
+                if pair {
+                    let res = tile_tokens::<F, D, 2>(&tile, cols, acts, [t, t + 1]);
+                    for (q, rq) in res.iter().enumerate() {
+                        out[t + q][i..i + n].copy_from_slice(rq);
                     }
-                    for (rk, ak) in res.iter_mut().zip(acc) {
-                        *rk = D::finish(ak);
-                    }
+                    t += 2;
+                } else if n == ROW_TILE {
+                    let [res] = tile_tokens::<F, D, 1>(&tile, cols, acts, [t]);
+                    out[t][i..i + n].copy_from_slice(&res);
+                    t += 1;
                 } else {
-                    for (k, rk) in res.iter_mut().enumerate().take(n) {
-                        let mut acc = [D::zero()];
+                    let (xq, dx, bs) = acts.token(t);
+                    for k in 0..n {
+                        let mut acc = [[D::zero()]];
                         for blk in 0..nb {
                             let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
                             let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
-                            D::block::<F, 1>(
+                            D::block::<F, 1, 1>(
                                 [&tile.c[k * cols + e0..k * cols + e1]],
                                 [&tile.a[k * ng + g0..k * ng + g1]],
                                 [&tile.m[k * ng + g0..k * ng + g1]],
-                                &xq[e0..e1],
-                                &bs[g0..g1],
-                                [dx[blk] * tile.d[k * nb + blk]],
-                                [dx[blk] * tile.dm[k * nb + blk]],
+                                [&xq[e0..e1]],
+                                [&bs[g0..g1]],
+                                [[dx[blk] * tile.d[k * nb + blk]]],
+                                [[dx[blk] * tile.dm[k * nb + blk]]],
                                 &mut acc,
                             );
                         }
-                        *rk = D::finish(acc[0]);
+                        out[t][i + k] = D::finish(acc[0][0]);
                     }
+                    t += 1;
                 }
-                o[i..i + n].copy_from_slice(&res[..n]);
             }
             r += n;
         }
@@ -836,7 +872,7 @@ mod avx2 {
         _mm256_set1_epi8, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_si256,
         _mm256_sign_epi8, _mm256_slli_epi16, _mm256_srl_epi16, _mm256_srli_epi16,
         _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps, _mm_cvtsi32_si128, _mm_loadu_si128,
-        _mm_set1_epi16, _mm_set_epi64x, _mm_shuffle_epi8,
+        _mm_set_epi64x, _mm_shuffle_epi8,
     };
 
     use super::{FastFormat, GROUP};
@@ -1008,84 +1044,88 @@ mod avx2 {
     /// pair saturates.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn block<F: FastFormat, const N: usize>(
+    pub(super) unsafe fn block<F: FastFormat, const N: usize, const T: usize>(
         c: [&[u8]; N],
         a: [&[i8]; N],
         m: [&[i16]; N],
-        x: &[i8],
-        bs: &[i16],
-        fd: [f32; N],
-        fm: [f32; N],
-        acc: &mut [__m256; N],
+        x: [&[i8]; T],
+        bs: [&[i16]; T],
+        fd: [[f32; N]; T],
+        fm: [[f32; N]; T],
+        acc: &mut [[__m256; N]; T],
     ) {
-        let groups = bs.len();
-        let elems = GROUP * groups;
-        assert!(groups.is_multiple_of(2) && x.len() >= elems);
-        // Unit scales of 32-element blocks (see `FastFormat::decode`), relied on below.
-        debug_assert!(groups == 16 || (0..N).all(|k| a[k].iter().take(groups).all(|v| *v == 1)));
+        let groups = F::BLOCK_ELEMS / GROUP;
+        let elems = F::BLOCK_ELEMS;
+        assert!((0..T).all(|t| x[t].len() >= elems && bs[t].len() >= groups));
         assert!((0..N).all(|k| c[k].len() >= elems && a[k].len() >= groups));
         assert!((0..N).all(|k| m[k].len() >= groups));
+        // Unit scales of 32-element blocks (see `FastFormat::decode`), relied on below.
+        debug_assert!(groups == 16 || (0..N).all(|k| a[k].iter().take(groups).all(|v| *v == 1)));
         let chunks = groups / 2;
-        // The scales as one 128-bit load (16 groups: the k-quants) or broadcast (2 groups).
+        // The scales as one 128-bit load (16 groups: the k-quants) or unit (2 groups).
         let wide = groups == 16;
-        // SAFETY: AVX2 per the caller. Loads: x and c[k] at 32j .. 32j + 32 <= elems, a[k]
-        // 16 bytes and m[k], bs 16 i16 only when `wide` (groups == 16); all checked above.
+        // SAFETY: AVX2 per the caller. Loads: x[t] and c[k] at 32j .. 32j + 32 <= elems,
+        // a[k] 16 bytes and m[k], bs[t] 16 i16 only when `wide` (groups == 16); all checked
+        // above.
         unsafe {
             let ones = _mm256_set1_epi16(1);
-            let mut big = [_mm256_setzero_si256(); N];
-            let mut a128 = [_mm_set1_epi16(0); N];
-            if wide {
-                for k in 0..N {
-                    a128[k] = _mm_loadu_si128(a[k].as_ptr().cast::<__m128i>());
-                }
-            }
+            let mut big = [[_mm256_setzero_si256(); N]; T];
             for j in 0..chunks {
-                let xv = ld(x.as_ptr().add(32 * j).cast::<u8>());
+                let mut xv = [_mm256_setzero_si256(); T];
+                for t in 0..T {
+                    xv[t] = ld(x[t].as_ptr().add(32 * j).cast::<u8>());
+                }
                 // Byte indices 2j (×8) then 2j + 1 (×8).
                 let lo = 0x0101_0101_0101_0101i64 * (2 * j as i64);
                 let sel = _mm_set_epi64x(lo + 0x0101_0101_0101_0101, lo);
                 for k in 0..N {
                     let cv = ld(c[k].as_ptr().add(32 * j));
-                    let p = if F::SIGNED {
-                        _mm256_maddubs_epi16(_mm256_abs_epi8(cv), _mm256_sign_epi8(xv, cv))
-                    } else {
-                        _mm256_maddubs_epi16(cv, xv)
-                    };
-                    big[k] = if wide {
-                        let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(a128[k], sel));
-                        _mm256_add_epi32(big[k], _mm256_madd_epi16(p, sc))
+                    let sc = if wide {
+                        let a128 = _mm_loadu_si128(a[k].as_ptr().cast::<__m128i>());
+                        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(a128, sel))
                     } else {
                         // 32-element blocks have unit scales (`FastFormat` invariant).
-                        _mm256_add_epi32(big[k], _mm256_madd_epi16(p, ones))
+                        ones
                     };
+                    let ca = if F::SIGNED { _mm256_abs_epi8(cv) } else { cv };
+                    for t in 0..T {
+                        let p = if F::SIGNED {
+                            _mm256_maddubs_epi16(ca, _mm256_sign_epi8(xv[t], cv))
+                        } else {
+                            _mm256_maddubs_epi16(ca, xv[t])
+                        };
+                        big[t][k] = _mm256_add_epi32(big[t][k], _mm256_madd_epi16(p, sc));
+                    }
                 }
             }
-            for k in 0..N {
-                let off = if !F::HAS_OFFSET {
-                    _mm256_setzero_si256()
-                } else if wide {
-                    let mv = _mm256_loadu_si256(m[k].as_ptr().cast::<__m256i>());
-                    let bv = _mm256_loadu_si256(bs.as_ptr().cast::<__m256i>());
-                    _mm256_madd_epi16(mv, bv)
-                } else {
-                    let mut o = 0i32;
-                    for (mv, b) in m[k].iter().zip(bs).take(groups) {
-                        o += *mv as i32 * *b as i32;
-                    }
-                    _mm256_setr_epi32(o, 0, 0, 0, 0, 0, 0, 0)
-                };
-                let t = if F::SHARED_D {
-                    _mm256_mul_ps(
-                        _mm256_set1_ps(fd[k]),
-                        _mm256_cvtepi32_ps(_mm256_sub_epi32(big[k], off)),
-                    )
-                } else {
-                    _mm256_sub_ps(
-                        _mm256_mul_ps(_mm256_set1_ps(fd[k]), _mm256_cvtepi32_ps(big[k])),
-                        _mm256_mul_ps(_mm256_set1_ps(fm[k]), _mm256_cvtepi32_ps(off)),
-                    )
-                };
-                acc[k] = _mm256_add_ps(acc[k], t);
+            for t in 0..T {
+                for k in 0..N {
+                    let off = if !F::HAS_OFFSET {
+                        _mm256_setzero_si256()
+                    } else if wide {
+                        let mv = _mm256_loadu_si256(m[k].as_ptr().cast::<__m256i>());
+                        let bv = _mm256_loadu_si256(bs[t].as_ptr().cast::<__m256i>());
+                        _mm256_madd_epi16(mv, bv)
+                    } else {
+                        let mut o = 0i32;
+                        for (mv, b) in m[k].iter().zip(bs[t]).take(groups) {
+                            o += *mv as i32 * *b as i32;
+                        }
+                        _mm256_setr_epi32(o, 0, 0, 0, 0, 0, 0, 0)
+                    };
+                    let v = if F::SHARED_D {
+                        _mm256_mul_ps(
+                            _mm256_set1_ps(fd[t][k]),
+                            _mm256_cvtepi32_ps(_mm256_sub_epi32(big[t][k], off)),
+                        )
+                    } else {
+                        _mm256_sub_ps(
+                            _mm256_mul_ps(_mm256_set1_ps(fd[t][k]), _mm256_cvtepi32_ps(big[t][k])),
+                            _mm256_mul_ps(_mm256_set1_ps(fm[t][k]), _mm256_cvtepi32_ps(off)),
+                        )
+                    };
+                    acc[t][k] = _mm256_add_ps(acc[t][k], v);
+                }
             }
         }
     }
