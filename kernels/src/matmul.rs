@@ -203,22 +203,7 @@ impl<'a> QMatrix<'a> {
         y: &mut [f32],
         threads: usize,
     ) -> Result<(), KernelError> {
-        let x_len = n_tokens.checked_mul(self.cols);
-        if x_len != Some(x.len()) {
-            return Err(KernelError::LengthMismatch {
-                what: "matmul input (n_tokens · cols)",
-                expected: x_len.unwrap_or(usize::MAX),
-                got: x.len(),
-            });
-        }
-        let y_len = n_tokens.checked_mul(self.rows);
-        if y_len != Some(y.len()) {
-            return Err(KernelError::LengthMismatch {
-                what: "matmul output (n_tokens · rows)",
-                expected: y_len.unwrap_or(usize::MAX),
-                got: y.len(),
-            });
-        }
+        self.check_lengths(x.len(), n_tokens, y.len())?;
         if self.rows == 0 || n_tokens == 0 {
             return Ok(());
         }
@@ -257,28 +242,34 @@ impl<'a> QMatrix<'a> {
                 what: "this SIMD implementation on this CPU",
             });
         }
-        let x_len = n_tokens.checked_mul(self.cols);
-        if x_len != Some(x.len()) {
-            return Err(KernelError::LengthMismatch {
-                what: "matmul input (n_tokens · cols)",
-                expected: x_len.unwrap_or(usize::MAX),
-                got: x.len(),
-            });
-        }
-        let y_len = n_tokens.checked_mul(self.rows);
-        if y_len != Some(y.len()) {
-            return Err(KernelError::LengthMismatch {
-                what: "matmul output (n_tokens · rows)",
-                expected: y_len.unwrap_or(usize::MAX),
-                got: y.len(),
-            });
-        }
+        self.check_lengths(x.len(), n_tokens, y.len())?;
         if self.rows == 0 || n_tokens == 0 {
             return Ok(());
         }
         let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems());
         let mut out: Vec<&mut [f32]> = y.chunks_exact_mut(self.rows).collect();
         kernel(self, 0..self.rows, &acts, n_tokens, &mut out, isa);
+        Ok(())
+    }
+
+    /// `x` must hold `n_tokens · cols` values and `y` `n_tokens · rows`.
+    fn check_lengths(&self, x: usize, n_tokens: usize, y: usize) -> Result<(), KernelError> {
+        let x_len = n_tokens.checked_mul(self.cols);
+        if x_len != Some(x) {
+            return Err(KernelError::LengthMismatch {
+                what: "matmul input (n_tokens · cols)",
+                expected: x_len.unwrap_or(usize::MAX),
+                got: x,
+            });
+        }
+        let y_len = n_tokens.checked_mul(self.rows);
+        if y_len != Some(y) {
+            return Err(KernelError::LengthMismatch {
+                what: "matmul output (n_tokens · rows)",
+                expected: y_len.unwrap_or(usize::MAX),
+                got: y,
+            });
+        }
         Ok(())
     }
 

@@ -245,3 +245,25 @@ fn float_types_fall_back_to_exact() {
         .unwrap();
     assert_eq!(a, b);
 }
+
+#[test]
+fn fast_entry_points_refuse_bad_input() {
+    let mut rng = Rng::new(7);
+    let (rows, cols) = (4, 256);
+    let bytes = weights(GgmlType::Q4_K, rows, cols, &mut rng);
+    let m = QMatrix::new(GgmlType::Q4_K, rows, cols, &bytes)
+        .unwrap()
+        .with_mode(NumericMode::Fast);
+    let x = activations(cols, &mut rng);
+    let mut y = vec![0f32; rows];
+    assert!(m.matmul(&x[..cols - 1], 1, &mut y).is_err());
+    assert!(m.matmul(&x, 1, &mut y[..rows - 1]).is_err());
+    assert!(m
+        .matmul_fast_with_isa(&x[..cols - 1], 1, &mut y, SimdIsa::Portable)
+        .is_err());
+    let f32_bytes: Vec<u8> = x[..cols].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f = QMatrix::new(GgmlType::F32, 1, cols, &f32_bytes).unwrap();
+    assert!(f
+        .matmul_fast_with_isa(&x, 1, &mut y[..1], SimdIsa::Portable)
+        .is_err());
+}
