@@ -43,7 +43,7 @@ use std::ops::Range;
 use super::q8::QActs;
 use super::row_kernel::ROW_TILE;
 use super::QMatrix;
-use crate::dequant::{f16_to_f32, scale_min_k4, scales12, IQ4_NL_GRID};
+use crate::dequant::{f16_to_f32, IQ4_NL_GRID};
 
 /// Tokens dotted against one decoded row tile before the next tile is decoded: 32 tokens of
 /// quantized activations of a 7168-wide matrix are 224 KiB, within a core's L2.
@@ -174,28 +174,58 @@ impl FastFormat for Q3K {
 /// Q3_K's 16 signed scales `sc − 32` and offsets `4·(sc − 32)`, `(d, d)`.
 #[inline(always)]
 fn q3k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
-    let s = &b[96..108];
-    for j in 0..16 {
-        let lo = (s[j % 8] >> (4 * (j / 8))) & 0x0F;
-        let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 0x03;
-        let sc = (lo | (hi << 4)) as i8 - 32;
-        a[j] = sc;
-        m[j] = 4 * sc as i16;
+    // Scale j has low bits (s[j % 8] >> 4(j / 8)) & 15 and high bits
+    // (s[8 + j % 4] >> 2(j / 4)) & 3; four at a time in 32-bit words.
+    let [w0, w1, w2] = words3(&b[96..108]);
+    const LO: u32 = 0x0F0F_0F0F;
+    const HI: u32 = 0x0303_0303;
+    let packed = [
+        (w0 & LO) | ((w2 & HI) << 4),
+        (w1 & LO) | (((w2 >> 2) & HI) << 4),
+        ((w0 >> 4) & LO) | (((w2 >> 4) & HI) << 4),
+        ((w1 >> 4) & LO) | (((w2 >> 6) & HI) << 4),
+    ];
+    for (q, word) in packed.iter().enumerate() {
+        for (i, byte) in word.to_le_bytes().into_iter().enumerate() {
+            let sc = byte as i8 - 32;
+            a[4 * q + i] = sc;
+            m[4 * q + i] = 4 * sc as i16;
+        }
     }
     let d = f16_to_f32([b[108], b[109]]);
     (d, d)
 }
 
+/// Three little-endian 32-bit words from 12 bytes.
+#[inline(always)]
+fn words3(s: &[u8]) -> [u32; 3] {
+    std::array::from_fn(|i| {
+        u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]])
+    })
+}
+
 /// Q4_K/Q5_K's per-16 scales and mins: sub-block `j` (32 elements) is groups `2j, 2j + 1`.
+/// The 6-bit pairs of ggml's `get_scale_min_k4` (`dequant.rs`'s `scale_min_k4`), four at a
+/// time in 32-bit words: scales 0..4 and mins 0..4 are the low 6 bits of bytes 0..4 and
+/// 4..8; scales 4..8 are the low nibbles of bytes 8..12 with the top 2 bits of bytes 0..4
+/// above them, mins 4..8 the high nibbles with the top 2 bits of bytes 4..8.
 #[inline(always)]
 fn k4_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
-    let s = scales12(b);
-    for j in 0..8 {
-        let (sc, mn) = scale_min_k4(j, &s);
-        a[2 * j] = sc as i8;
-        a[2 * j + 1] = sc as i8;
-        m[2 * j] = mn as i16;
-        m[2 * j + 1] = mn as i16;
+    let [w0, w1, w2] = words3(&b[4..16]);
+    const SIX: u32 = 0x3F3F_3F3F;
+    const LO: u32 = 0x0F0F_0F0F;
+    const TOP: u32 = 0x0303_0303;
+    let sc = [w0 & SIX, (w2 & LO) | (((w0 >> 6) & TOP) << 4)];
+    let mn = [w1 & SIX, ((w2 >> 4) & LO) | (((w1 >> 6) & TOP) << 4)];
+    for h in 0..2 {
+        let (sb, mb) = (sc[h].to_le_bytes(), mn[h].to_le_bytes());
+        for i in 0..4 {
+            let j = 4 * h + i;
+            a[2 * j] = sb[i] as i8;
+            a[2 * j + 1] = sb[i] as i8;
+            m[2 * j] = mb[i] as i16;
+            m[2 * j + 1] = mb[i] as i16;
+        }
     }
     (f16_to_f32([b[0], b[1]]), f16_to_f32([b[2], b[3]]))
 }
@@ -1135,6 +1165,33 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::matmul::row_kernel::tests::data;
+
+    /// The word-at-a-time Q4_K/Q5_K scale unpacking equals `dequant.rs`'s per-scale one.
+    #[test]
+    fn k4_scales_match_scale_min_k4() {
+        for seed in 0..2000u32 {
+            let mut b = [0u8; 16];
+            for (i, v) in data(12, seed).iter().enumerate() {
+                b[4 + i] = ((v + 0.5) * 255.0) as u8;
+            }
+            let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
+            k4_scales(&b, &mut a, &mut m);
+            let s = crate::dequant::scales12(&b);
+            for j in 0..8 {
+                let (sc, mn) = crate::dequant::scale_min_k4(j, &s);
+                assert_eq!(
+                    (a[2 * j], a[2 * j + 1]),
+                    (sc as i8, sc as i8),
+                    "seed {seed} j {j}"
+                );
+                assert_eq!(
+                    (m[2 * j], m[2 * j + 1]),
+                    (mn as i16, mn as i16),
+                    "seed {seed} j {j}"
+                );
+            }
+        }
+    }
 
     /// The AVX2 decoders produce exactly the portable decoders' codes, scales and factors.
     #[test]
