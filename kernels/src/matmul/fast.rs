@@ -385,6 +385,17 @@ impl FastFormat for Q40 {
         let d = f16_to_f32([b[0], b[1]]);
         (d, d)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::legacy_codes(&b[2..18], None, c) };
+        a[..2].fill(1);
+        m[..2].fill(8);
+        let d = f16_to_f32([b[0], b[1]]);
+        (d, d)
+    }
 }
 
 /// Q4_1: `w = d·u + mn`: `dm = −mn`, `m = 1`.
@@ -399,6 +410,16 @@ impl FastFormat for Q41 {
     fn decode(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         let b = arr::<20>(b);
         nibbles(&b[4..20], c);
+        a[..2].fill(1);
+        m[..2].fill(1);
+        (f16_to_f32([b[0], b[1]]), -f16_to_f32([b[2], b[3]]))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::legacy_codes(&b[4..20], None, c) };
         a[..2].fill(1);
         m[..2].fill(1);
         (f16_to_f32([b[0], b[1]]), -f16_to_f32([b[2], b[3]]))
@@ -431,6 +452,18 @@ impl FastFormat for Q50 {
         let d = f16_to_f32([b[0], b[1]]);
         (d, d)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::legacy_codes(&b[6..22], Some(qh), c) };
+        a[..2].fill(1);
+        m[..2].fill(16);
+        let d = f16_to_f32([b[0], b[1]]);
+        (d, d)
+    }
 }
 
 /// Q5_1: `w = d·u + mn`.
@@ -446,6 +479,17 @@ impl FastFormat for Q51 {
         let b = arr::<24>(b);
         nibbles(&b[8..24], c);
         fifth_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]]), c);
+        a[..2].fill(1);
+        m[..2].fill(1);
+        (f16_to_f32([b[0], b[1]]), -f16_to_f32([b[2], b[3]]))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_avx2(b: &[u8], c: &mut [u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::legacy_codes(&b[8..24], Some(qh), c) };
         a[..2].fill(1);
         m[..2].fill(1);
         (f16_to_f32([b[0], b[1]]), -f16_to_f32([b[2], b[3]]))
@@ -905,6 +949,11 @@ mod avx2 {
         _mm_set_epi64x, _mm_shuffle_epi8,
     };
 
+    use std::arch::x86_64::{
+        _mm256_cmpeq_epi8, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_set_m128i,
+        _mm256_setr_epi8, _mm256_shuffle_epi8, _mm_and_si128, _mm_set1_epi8, _mm_srli_epi16,
+    };
+
     use super::{FastFormat, GROUP};
 
     /// 32 bytes at `p`.
@@ -936,6 +985,39 @@ mod avx2 {
     unsafe fn shr(v: __m256i, k: i32) -> __m256i {
         // SAFETY: AVX2 per the caller.
         unsafe { _mm256_srl_epi16(v, _mm_cvtsi32_si128(k)) }
+    }
+
+    /// A legacy block's 32 codes: the nibbles of `qs[..16]` (element `j < 16` low, `j + 16`
+    /// high), with bit `j` of `qh` as bit 4 of element `j` when given (Q5_0/Q5_1).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn legacy_codes(qs: &[u8], qh: Option<u32>, c: &mut [u8]) {
+        assert!(qs.len() >= 16 && c.len() >= 32);
+        // SAFETY: AVX2 per the caller; reads qs[..16], writes c[..32] (checked above).
+        unsafe {
+            let v = _mm_loadu_si128(qs.as_ptr().cast::<__m128i>());
+            let m4 = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(v, m4);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), m4);
+            let mut codes = _mm256_set_m128i(hi, lo);
+            if let Some(qh) = qh {
+                // Byte i gets byte i / 8 of qh, then keeps bit i % 8 of it.
+                let all = _mm256_set1_epi32(qh as i32);
+                let spread = _mm256_shuffle_epi8(
+                    all,
+                    _mm256_setr_epi8(
+                        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
+                        3, 3, 3, 3, 3, 3, 3,
+                    ),
+                );
+                let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+                codes = _mm256_or_si256(codes, _mm256_and_si256(set, _mm256_set1_epi8(16)));
+            }
+            st(c.as_mut_ptr(), codes);
+        }
     }
 
     /// Q2_K's 256 codes (layout as `super::Q2K::decode`).
@@ -1225,6 +1307,10 @@ mod tests {
         check::<Q4K>();
         check::<Q5K>();
         check::<Q6K>();
+        check::<Q40>();
+        check::<Q41>();
+        check::<Q50>();
+        check::<Q51>();
     }
 
     /// Random blocks of every format, decoded: `w = d·a·c − dm·m` equals exact dequantization
