@@ -48,6 +48,10 @@ struct Cli {
     /// Largest context per sequence (router).
     #[arg(long, default_value_t = 4096)]
     ctx_size: usize,
+    /// Exact arithmetic for --role (f32 activations; default: fast, int8 activations as
+    /// llama.cpp).
+    #[arg(long)]
+    exact: bool,
     #[command(flatten)]
     router: cluster::args::RouterArgs,
     #[command(flatten)]
@@ -102,6 +106,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 cluster::expert_node::run(
                     model,
                     cli.threads,
+                    if cli.exact {
+                        moe_kernels::NumericMode::Exact
+                    } else {
+                        moe_kernels::NumericMode::Fast
+                    },
                     cli.router.placement,
                     cli.router.secret_file,
                     cli.router.wire_encrypt,
@@ -114,6 +123,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     model: Some(model),
                     threads: cli.threads,
                     ctx_size: cli.ctx_size,
+                    exact: cli.exact,
+                    fast: false,
                 };
                 if cli.serve.http.is_some() {
                     anyhow::ensure!(

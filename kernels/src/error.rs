@@ -39,4 +39,10 @@ pub enum KernelError {
         /// Element index within the row.
         index: usize,
     },
+    /// A kernel or implementation this build or CPU does not have.
+    #[error("unavailable: {what}")]
+    Unavailable {
+        /// What is missing.
+        what: &'static str,
+    },
 }

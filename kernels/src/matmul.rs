@@ -10,15 +10,57 @@
 //! decides how many ranges a matmul is cut into; the global pool (one worker per core, or
 //! `RAYON_NUM_THREADS`) decides how many run at once. Results never depend on the split.
 //!
-//! Leaves to the row kernels: the arithmetic. Activations and accumulation are f32; weights
-//! are never rounded further than their stored format.
+//! Decides also: the [`NumericMode`] arithmetic a matrix is computed with. A [`QMatrix`]
+//! carries its mode (set by whoever hands it out, e.g. the model); [`NumericMode::Exact`]
+//! runs the row kernels of `matmul/row_kernel.rs` on f32 activations, [`NumericMode::Fast`]
+//! quantizes the activations once per call (`matmul/q8.rs`, on the calling thread) and runs
+//! the integer kernels of `matmul/fast.rs` on them, with the same row split.
+//!
+//! Leaves to the row kernels: the arithmetic. In Exact mode activations and accumulation are
+//! f32; weights are never rounded further than their stored format.
 
+mod fast;
 mod fused;
+mod q8;
 mod row_kernel;
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub use fast::{SimdIsa, FAST_TOKEN_CHUNK};
+
 use crate::{dequantize_row, GgmlType, KernelError};
+
+/// The arithmetic of a matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NumericMode {
+    /// f32 activations and accumulation over exactly dequantized weights: the verification
+    /// reference (results independent of batching and threads, within f32 rounding of the
+    /// fixtures' oracle).
+    #[default]
+    Exact,
+    /// Activations rounded to int8 once per matmul (per block of 256 as ggml's Q8_K for the
+    /// k-quants and IQ4_XS, per 32 as Q8_0 for the legacy types), integer dot products with
+    /// the weights' codes, f32 block scales: llama.cpp's CPU arithmetic. Every block format
+    /// has a fast kernel; F32, F16 and BF16 weights compute as in `Exact`.
+    Fast,
+}
+
+impl NumericMode {
+    /// `"exact"` or `"fast"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Fast => "fast",
+        }
+    }
+}
+
+/// Whether weights of type `ty` have a Fast-mode kernel (otherwise Fast computes them as
+/// Exact does).
+pub fn has_fast_kernel(ty: GgmlType) -> bool {
+    row_kernel::fast_rows_fn(ty).is_some()
+}
 
 /// Multiply-adds (`rows · cols · n_tokens`) below which a matmul runs on the calling thread.
 pub const MATMUL_PARALLEL_MIN_MACS: usize = 1 << 18;
@@ -56,6 +98,7 @@ pub struct QMatrix<'a> {
     cols: usize,
     row_bytes: usize,
     data: &'a [u8],
+    mode: NumericMode,
 }
 
 impl<'a> QMatrix<'a> {
@@ -87,7 +130,18 @@ impl<'a> QMatrix<'a> {
             cols,
             row_bytes,
             data,
+            mode: NumericMode::Exact,
         })
+    }
+
+    /// The same matrix computed in `mode` (a new matrix is [`NumericMode::Exact`]).
+    pub fn with_mode(self, mode: NumericMode) -> Self {
+        Self { mode, ..self }
+    }
+
+    /// The arithmetic [`QMatrix::matmul`] uses.
+    pub fn mode(&self) -> NumericMode {
+        self.mode
     }
 
     /// Element type.
@@ -149,26 +203,82 @@ impl<'a> QMatrix<'a> {
         y: &mut [f32],
         threads: usize,
     ) -> Result<(), KernelError> {
-        let x_len = n_tokens.checked_mul(self.cols);
-        if x_len != Some(x.len()) {
-            return Err(KernelError::LengthMismatch {
-                what: "matmul input (n_tokens · cols)",
-                expected: x_len.unwrap_or(usize::MAX),
-                got: x.len(),
-            });
-        }
-        let y_len = n_tokens.checked_mul(self.rows);
-        if y_len != Some(y.len()) {
-            return Err(KernelError::LengthMismatch {
-                what: "matmul output (n_tokens · rows)",
-                expected: y_len.unwrap_or(usize::MAX),
-                got: y.len(),
-            });
-        }
+        self.check_lengths(x.len(), n_tokens, y.len())?;
         if self.rows == 0 || n_tokens == 0 {
             return Ok(());
         }
+        if self.mode == NumericMode::Fast {
+            if let Some(kernel) = row_kernel::fast_rows_fn(self.ty) {
+                let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems());
+                let isa = SimdIsa::detected();
+                self.split(n_tokens, y, threads, |rows, out| {
+                    kernel(self, rows, &acts, n_tokens, out, isa)
+                });
+                return Ok(());
+            }
+        }
         let kernel = row_kernel::dot_rows_fn(self.ty);
+        self.split(n_tokens, y, threads, |rows, out| {
+            kernel(self, rows, x, n_tokens, out)
+        });
+        Ok(())
+    }
+
+    /// Fast mode on the calling thread with the integer implementation `isa`: the tests'
+    /// handle to compare implementations. Fails if `ty` has no fast kernel or this CPU
+    /// cannot run `isa`.
+    pub fn matmul_fast_with_isa(
+        &self,
+        x: &[f32],
+        n_tokens: usize,
+        y: &mut [f32],
+        isa: SimdIsa,
+    ) -> Result<(), KernelError> {
+        let kernel = row_kernel::fast_rows_fn(self.ty).ok_or(KernelError::Unavailable {
+            what: "fast kernel for this weight type",
+        })?;
+        if !isa.available() {
+            return Err(KernelError::Unavailable {
+                what: "this SIMD implementation on this CPU",
+            });
+        }
+        self.check_lengths(x.len(), n_tokens, y.len())?;
+        if self.rows == 0 || n_tokens == 0 {
+            return Ok(());
+        }
+        let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems());
+        let mut out: Vec<&mut [f32]> = y.chunks_exact_mut(self.rows).collect();
+        kernel(self, 0..self.rows, &acts, n_tokens, &mut out, isa);
+        Ok(())
+    }
+
+    /// `x` must hold `n_tokens · cols` values and `y` `n_tokens · rows`.
+    fn check_lengths(&self, x: usize, n_tokens: usize, y: usize) -> Result<(), KernelError> {
+        let x_len = n_tokens.checked_mul(self.cols);
+        if x_len != Some(x) {
+            return Err(KernelError::LengthMismatch {
+                what: "matmul input (n_tokens · cols)",
+                expected: x_len.unwrap_or(usize::MAX),
+                got: x,
+            });
+        }
+        let y_len = n_tokens.checked_mul(self.rows);
+        if y_len != Some(y) {
+            return Err(KernelError::LengthMismatch {
+                what: "matmul output (n_tokens · rows)",
+                expected: y_len.unwrap_or(usize::MAX),
+                got: y,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `kernel(rows, out)` over contiguous row ranges, one per thread (see the module
+    /// docs); `out[t]` is token `t`'s slice of `y` for those rows.
+    fn split<K>(&self, n_tokens: usize, y: &mut [f32], threads: usize, kernel: K)
+    where
+        K: Fn(Range<usize>, &mut [&mut [f32]]) + Sync,
+    {
         let tile = row_kernel::ROW_TILE;
 
         let macs = self.rows.saturating_mul(self.cols).saturating_mul(n_tokens);
@@ -196,21 +306,21 @@ impl<'a> QMatrix<'a> {
         let first = jobs.next();
         if n_ranges == 1 {
             if let Some((_, mut out)) = first {
-                kernel(self, 0..self.rows, x, n_tokens, &mut out);
+                kernel(0..self.rows, &mut out);
             }
-            return Ok(());
+            return;
         }
+        let kernel = &kernel;
         // Ranges after the first go to the persistent pool; the calling thread runs the first
         // and then waits for (or helps with) the rest.
         rayon::in_place_scope(|s| {
             for (k, mut out) in jobs {
                 let rows = k * per..((k + 1) * per).min(self.rows);
-                s.spawn(move |_| kernel(self, rows, x, n_tokens, &mut out));
+                s.spawn(move |_| kernel(rows, &mut out));
             }
             if let Some((_, mut out)) = first {
-                kernel(self, 0..per.min(self.rows), x, n_tokens, &mut out);
+                kernel(0..per.min(self.rows), &mut out);
             }
         });
-        Ok(())
     }
 }

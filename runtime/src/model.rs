@@ -1,13 +1,15 @@
 //! `Model`: a mapped GGUF file with its typed config (the tokenizer is loaded separately, since
 //! expert nodes have no use for it) and every weight located and
 //! shape-checked once. Weights stay in the mapping; [`Model::mat`] and
-//! [`Model::expert_mat`] hand out borrowed [`QMatrix`] views.
+//! [`Model::expert_mat`] hand out borrowed [`QMatrix`] views, computed in the model's
+//! [`NumericMode`] (Exact unless [`Model::with_mode`] says otherwise): every forward pass
+//! over this model uses that one mode.
 
 mod weights;
 
 pub use weights::{Attention, DenseFfn, ExpertsWeight, LayerWeights, Mat, MoeWeights};
 
-use moe_kernels::QMatrix;
+use moe_kernels::{NumericMode, QMatrix};
 
 use crate::config::ModelConfig;
 use crate::forward::Rope;
@@ -30,6 +32,8 @@ pub struct Model {
     pub layers: Vec<LayerWeights>,
     /// Rope frequencies.
     pub rope: Rope,
+    /// The arithmetic of every matmul over this model's weights.
+    mode: NumericMode,
 }
 
 impl std::fmt::Debug for Model {
@@ -37,6 +41,7 @@ impl std::fmt::Debug for Model {
         f.debug_struct("Model")
             .field("file", &self.file)
             .field("cfg", &self.cfg)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -144,7 +149,19 @@ impl Model {
             output,
             layers,
             rope,
+            mode: NumericMode::Exact,
         })
+    }
+
+    /// This model computing in `mode` (a model opens in [`NumericMode::Exact`]).
+    pub fn with_mode(mut self, mode: NumericMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The arithmetic of this model's matmuls.
+    pub fn mode(&self) -> NumericMode {
+        self.mode
     }
 
     /// The underlying file.
@@ -154,11 +171,11 @@ impl Model {
 
     /// A borrowed view of a 2-D weight (an error if this process did not map it).
     pub fn mat(&self, m: &Mat) -> Result<QMatrix<'_>, RuntimeError> {
-        m.view(&self.file)
+        Ok(m.view(&self.file)?.with_mode(self.mode))
     }
 
     /// Expert `e` of a stacked expert tensor (an error if this process did not map it).
     pub fn expert_mat(&self, w: &ExpertsWeight, e: usize) -> Result<QMatrix<'_>, RuntimeError> {
-        w.expert(&self.file, e)
+        Ok(w.expert(&self.file, e)?.with_mode(self.mode))
     }
 }

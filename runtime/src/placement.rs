@@ -17,6 +17,7 @@
 //! placement/file.rs         the TOML file: serde shapes, spans -> line numbers, checks
 //! placement/trace.rs        routing traces: line format, writer (a forward Observer), reader
 //! placement/plan.rs         the planner: replicate hot experts, pack by load and node speed
+//! placement/refine.rs       network-aware swaps: balance against fan-out (co-activation)
 //! placement/replay.rs       the one trace walk (router's dispatch rule) plan and simulate share
 //! placement/simulate.rs     replay a trace against placements with a compute + network model
 //! ```
@@ -58,6 +59,7 @@ mod expert_set;
 mod file;
 mod node;
 pub mod plan;
+pub mod refine;
 pub mod replay;
 pub mod simulate;
 pub mod trace;

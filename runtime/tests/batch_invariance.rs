@@ -182,3 +182,26 @@ fn batched_chunked_decoding_gives_the_same_bits_as_alone() {
         }
     }
 }
+
+/// The same in Fast mode: activations are rounded to int8 per token row and block, so a
+/// token's numbers still depend only on its own row.
+#[test]
+fn fast_mode_batched_chunked_decoding_gives_the_same_bits_as_alone() {
+    for (path, prompts) in fixture_models() {
+        let model = Model::open(&path)
+            .unwrap()
+            .with_mode(moe_kernels::NumericMode::Fast);
+        let together = batched(&model, &prompts);
+        for (p, (prompt, got)) in prompts.iter().zip(&together).enumerate() {
+            let want = alone(&model, prompt);
+            assert_eq!(got.len(), want.len(), "{}: prompt {p}", path.display());
+            for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    bits(g) == bits(w),
+                    "{}: prompt {p}, step {step}: Fast batched logits differ from alone",
+                    path.display()
+                );
+            }
+        }
+    }
+}

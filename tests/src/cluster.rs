@@ -159,7 +159,7 @@ pub struct Expert {
     pub addr: String,
 }
 
-/// Starts `moe-node --role expert` and waits for its `listening on` line.
+/// Starts `moe-node --role expert --exact` and waits for its `listening on` line.
 pub fn start_expert(model: &Path, secret: &Path, shards: &str, name: &str, listen: &str) -> Expert {
     start_expert_with(model, secret, shards, name, listen, &[])
 }
@@ -188,6 +188,8 @@ pub fn start_expert_with(
         listen,
         "--threads",
         "1",
+        // The tests compare with the reference and the exact single process.
+        "--exact",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -204,7 +206,8 @@ pub fn start_expert_with(
     Expert { node, addr }
 }
 
-/// Starts `moe-node --role router` (JSON-line requests on stdin) and waits until it is ready.
+/// Starts `moe-node --role router --exact` (JSON-line requests on stdin) and waits until it
+/// is ready.
 pub fn start_router(model: &Path, placement: &Path, secret: &Path) -> Node {
     let args: Vec<String> = [
         "--role",
@@ -215,6 +218,7 @@ pub fn start_router(model: &Path, placement: &Path, secret: &Path) -> Node {
         &placement.to_string_lossy(),
         "--secret-file",
         &secret.to_string_lossy(),
+        "--exact",
     ]
     .iter()
     .map(|x| x.to_string())

@@ -217,6 +217,7 @@ fn check_run(c: &Case<'_>, tokenizer: &Tokenizer) -> &'static str {
         "-n",
         &n,
         "--ignore-eos",
+        "--exact",
     ]);
     // `run` streams the prompt, then the generated text, then a newline.
     let want = format!("{prompt}{}\n", tokenizer.decode_lossy(&continuation));

@@ -78,6 +78,7 @@ fn run_greedy(model: &Path, prompt: &str, cluster: Option<(&Path, &Path)>) -> St
         "-n".into(),
         "16".into(),
         "--ignore-eos".into(),
+        "--exact".into(),
     ];
     if let Some((p, secret)) = cluster {
         args.extend([

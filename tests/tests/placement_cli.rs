@@ -234,6 +234,7 @@ fn record_plan_simulate_and_serve_a_skewed_model() {
                 &s(&secret),
                 "--threads",
                 "1",
+                "--exact",
             ]
             .map(String::from),
         );
@@ -257,6 +258,7 @@ fn record_plan_simulate_and_serve_a_skewed_model() {
         "-n",
         "8",
         "--ignore-eos",
+        "--exact",
     ];
     let local = moe_node_ok(&prompt);
     let mut remote_args: Vec<String> = prompt.iter().map(|a| a.to_string()).collect();

@@ -72,6 +72,8 @@ fn serve_args(model: &Path, extra: &[&str]) -> Vec<String> {
         &ctx,
         "--max-tokens-limit",
         &limit,
+        // The checks compare with the reference's greedy continuation.
+        "--exact",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -263,6 +265,7 @@ fn router_with_two_expert_nodes_serves_the_openai_api() {
         &limit,
         "--metrics-addr",
         "127.0.0.1:0",
+        "--exact",
     ]
     .iter()
     .map(|s| s.to_string())

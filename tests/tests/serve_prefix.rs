@@ -1,7 +1,8 @@
 //! Prefix reuse in `moe-node serve`: a request that repeats an earlier prompt and adds to it
 //! reuses the earlier prompt's KV (reported as `usage.prompt_tokens_details.cached_tokens`)
 //! and gives exactly the tokens a cold run gives (`cache_prompt: false`), sampled with a
-//! seed, in the exact and in the fast numeric mode.
+//! seed, in the exact and in the fast numeric mode. The fixture model is the Q8_0 one, so
+//! that fast mode really runs the integer kernels (BF16 weights compute exactly in both).
 
 use std::path::Path;
 use std::time::Duration;
@@ -44,7 +45,7 @@ fn token_ids(answer: &Value) -> Value {
 }
 
 fn check_reuse_is_exact(mode: &[&str]) {
-    let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-BF16.gguf");
+    let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
     let (_server, addr) = serve(&model, &[mode, &["--cache-tokens", "4096"]].concat());
     let history = "The mixture of experts routes each token to eight of its experts. ".repeat(6);
     let request = |prompt: &str, cache: bool| {
@@ -75,6 +76,11 @@ fn check_reuse_is_exact(mode: &[&str]) {
 }
 
 #[test]
-fn prefix_reuse_gives_the_cold_tokens() {
-    check_reuse_is_exact(&[]);
+fn prefix_reuse_gives_the_cold_tokens_in_exact_mode() {
+    check_reuse_is_exact(&["--exact"]);
+}
+
+#[test]
+fn prefix_reuse_gives_the_cold_tokens_in_fast_mode() {
+    check_reuse_is_exact(&["--fast"]);
 }

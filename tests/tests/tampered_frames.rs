@@ -105,6 +105,7 @@ fn tampered_frames_drop_only_their_connection() {
             "-n",
             "8",
             "--ignore-eos",
+            "--exact",
         ]
         .iter()
         .map(|s| s.to_string())

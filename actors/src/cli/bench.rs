@@ -66,7 +66,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.repetitions == 0 || (n_prompts.is_empty() && n_gens.is_empty()) {
         bail!("nothing to measure: give -r >= 1 and -p or -n > 0");
     }
-    let model = a.model.load_for(Some(&a.cluster))?;
+    let model = a
+        .model
+        .load_for(Some(&a.cluster), moe_kernels::NumericMode::Fast)?;
     let mut experts = expert_backend(&model, &a.cluster)?;
     let vocab = model.cfg.vocab as u64;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -159,11 +161,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "default tiny".into());
     println!("| model | backend | test | t/s |");
     println!("|---|---|---|---:|");
-    let backend = if a.cluster.placement.is_some() {
-        "moe-node cluster"
-    } else {
-        "moe-node"
-    };
+    let backend = format!(
+        "{} ({})",
+        if a.cluster.placement.is_some() {
+            "moe-node cluster"
+        } else {
+            "moe-node"
+        },
+        model.mode().name()
+    );
     for Row { test, samples: v } in rows {
         if v.is_empty() {
             continue;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use moe_kernels::NumericMode;
 use moe_runtime::config::ModelConfig;
 use moe_runtime::gguf::GgufFile;
 use moe_runtime::model::{Model, WeightSet};
@@ -23,12 +24,34 @@ pub struct ModelArgs {
     /// Largest context (positions) per sequence.
     #[arg(long, default_value_t = 4096)]
     pub ctx_size: usize,
+    /// Exact arithmetic: f32 activations over exactly dequantized weights (the verification
+    /// reference; the default of `logits`).
+    #[arg(long, conflicts_with = "fast")]
+    pub exact: bool,
+    /// Fast arithmetic: activations rounded to int8 per block, integer dot products, as
+    /// llama.cpp computes (the default of run, bench, serve and the roles).
+    #[arg(long)]
+    pub fast: bool,
 }
 
 impl ModelArgs {
+    /// The numeric mode `--exact` / `--fast` select, else `default` (the command's).
+    pub fn mode(&self, default: NumericMode) -> NumericMode {
+        match (self.exact, self.fast) {
+            (true, _) => NumericMode::Exact,
+            (_, true) => NumericMode::Fast,
+            _ => default,
+        }
+    }
+
     /// Opens the model for a router using `cluster`'s placement, if any: routed experts of
-    /// remote nodes are not mapped at all, only those of `local` nodes.
-    pub fn load_for(&self, cluster: Option<&RouterArgs>) -> anyhow::Result<Model> {
+    /// remote nodes are not mapped at all, only those of `local` nodes. It computes in
+    /// [`ModelArgs::mode`] with the command's `default`.
+    pub fn load_for(
+        &self,
+        cluster: Option<&RouterArgs>,
+        default: NumericMode,
+    ) -> anyhow::Result<Model> {
         moe_kernels::set_num_threads(self.threads);
         let path = match &self.model {
             Some(p) => p.clone(),
@@ -55,7 +78,9 @@ impl ModelArgs {
                 WeightSet::Router { local }
             }
         };
-        Model::open_with(&path, &set).with_context(|| format!("loading {}", path.display()))
+        Ok(Model::open_with(&path, &set)
+            .with_context(|| format!("loading {}", path.display()))?
+            .with_mode(self.mode(default)))
     }
 }
 

@@ -54,7 +54,9 @@ impl Observer for Capture {
 
 /// Runs the teacher-forced pass and writes the requested files.
 pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
-    let model = a.model.load_for(Some(&a.cluster))?;
+    let model = a
+        .model
+        .load_for(Some(&a.cluster), moe_kernels::NumericMode::Exact)?;
     let t = a.tokens.len();
     if t == 0 {
         bail!("--tokens is empty");

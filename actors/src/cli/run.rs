@@ -86,7 +86,9 @@ pub fn expert_backend(
 /// Generates and streams to stdout; statistics go to stderr.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let params = a.sampling.params()?;
-    let model = a.model.load_for(Some(&a.cluster))?;
+    let model = a
+        .model
+        .load_for(Some(&a.cluster), moe_kernels::NumericMode::Fast)?;
     let tok = Tokenizer::from_gguf(model.file())?;
     let mut experts = expert_backend(&model, &a.cluster)?;
     let prompt = tok.encode_prompt(&a.prompt);

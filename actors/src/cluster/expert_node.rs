@@ -61,6 +61,7 @@ pub struct ExpertArgs {
 pub fn run(
     model_path: PathBuf,
     threads: usize,
+    mode: moe_kernels::NumericMode,
     placement: Option<PathBuf>,
     secret_file: Option<PathBuf>,
     encrypt: bool,
@@ -108,7 +109,8 @@ pub fn run(
                 owned: owned.clone(),
             },
         )
-        .with_context(|| format!("loading {}", model_path.display()))?,
+        .with_context(|| format!("loading {}", model_path.display()))?
+        .with_mode(mode),
     );
     drop(header);
     eprintln!(

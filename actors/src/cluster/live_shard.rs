@@ -50,7 +50,9 @@ impl LiveShard {
         phase: ReassignPhase,
         new: Vec<Option<ExpertSet>>,
     ) -> Result<String, String> {
-        let (_, old) = self.current();
+        let (old_model, old) = self.current();
+        let old_mode = old_model.mode();
+        drop(old_model);
         if new.len() != old.owned.len() {
             return Err(format!(
                 "reassign lists {} layers, the model has {}",
@@ -80,7 +82,9 @@ impl LiveShard {
                 owned: owned.clone(),
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        // The node keeps the arithmetic it was started with.
+        .with_mode(old_mode);
         let mapped = model.file().mapped_bytes();
         let shard = Arc::new(ShardSpec { owned });
         let note = format!(

@@ -68,7 +68,7 @@ fn read_request_line(input: &mut impl BufRead) -> std::io::Result<Option<(String
 
 /// Serves requests from stdin until it closes.
 pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
-    let model = model_args.load_for(Some(cluster))?;
+    let model = model_args.load_for(Some(cluster), moe_kernels::NumericMode::Fast)?;
     let tok = Tokenizer::from_gguf(model.file())?;
     if cluster.placement.is_none() {
         anyhow::bail!("--role router needs --placement and --secret-file");

@@ -298,6 +298,8 @@ pub fn start(
         model: model_args.model.clone(),
         threads: model_args.threads,
         ctx_size: limits.ctx_size,
+        exact: model_args.exact,
+        fast: model_args.fast,
     };
     let cluster = cluster.clone();
     let (admit, admit_rx) = mpsc::channel(limits.queue.max(1));
@@ -308,7 +310,7 @@ pub fn start(
         .name("engine".into())
         .spawn(move || {
             let loaded = (|| -> anyhow::Result<(Engine, ModelInfo, Option<LinkHealth>)> {
-                let model = model_args.load_for(Some(&cluster))?;
+                let model = model_args.load_for(Some(&cluster), moe_kernels::NumericMode::Fast)?;
                 let tokenizer = Arc::new(Tokenizer::from_gguf(model.file())?);
                 let (experts, health) = cluster.backend(&model)?;
                 let meta_str = |k: &str| {

@@ -9,6 +9,9 @@
 //! whole tile. Another fused kernel plugs in by returning it from [`dot_rows_fn`] for its
 //! type.
 //!
+//! [`fast_rows_fn`] is the same seam for [`crate::NumericMode::Fast`]: the integer kernels of
+//! `fast.rs` over int8-quantized activations, for every block format.
+//!
 //! Two dot-product implementations behind [`DotKernel`]: portable Rust (vectorized by LLVM
 //! at opt-level 3; the workspace's opt-level-2 dev/test profiles leave it scalar) and, on
 //! x86-64 with AVX2 and FMA detected at run time, intrinsics with fused multiply-adds (the
@@ -54,6 +57,27 @@ pub(crate) fn dot_rows_fn(ty: GgmlType) -> DotRowsFn {
         | GgmlType::IQ4_NL
         | GgmlType::IQ4_XS => dot_rows_dequantized,
     }
+}
+
+/// The Fast-mode row kernel for weights of type `ty` (integer dots over int8-quantized
+/// activations, `fast.rs`), or `None` where only the exact kernel exists (F32, F16, BF16).
+pub(crate) fn fast_rows_fn(ty: GgmlType) -> Option<super::fast::FastRowsFn> {
+    use super::fast;
+    Some(match ty {
+        GgmlType::Q2_K => fast::dot_rows::<fast::Q2K>,
+        GgmlType::Q3_K => fast::dot_rows::<fast::Q3K>,
+        GgmlType::Q4_K => fast::dot_rows::<fast::Q4K>,
+        GgmlType::Q5_K => fast::dot_rows::<fast::Q5K>,
+        GgmlType::Q6_K => fast::dot_rows::<fast::Q6K>,
+        GgmlType::Q8_0 => fast::dot_rows::<fast::Q80>,
+        GgmlType::Q4_0 => fast::dot_rows::<fast::Q40>,
+        GgmlType::Q4_1 => fast::dot_rows::<fast::Q41>,
+        GgmlType::Q5_0 => fast::dot_rows::<fast::Q50>,
+        GgmlType::Q5_1 => fast::dot_rows::<fast::Q51>,
+        GgmlType::IQ4_NL => fast::dot_rows::<fast::Iq4Nl>,
+        GgmlType::IQ4_XS => fast::dot_rows::<fast::Iq4Xs>,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => return None,
+    })
 }
 
 /// The dot products a row kernel body is built from.
