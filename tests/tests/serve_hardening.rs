@@ -212,7 +212,8 @@ fn answer_timeout() -> Duration {
 fn closed_by_server(c: &mut TcpStream) -> bool {
     let mut buf = [0u8; 256];
     match c.read(&mut buf) {
-        Ok(_) => true,
+        // 0 bytes: closed; any bytes: the server answered (a closing 408) before closing.
+        Ok(0) | Ok(_) => true,
         Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
     }
 }
