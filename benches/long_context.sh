@@ -16,12 +16,8 @@ THREADS="${THREADS:-$(nproc)}"
 PPS="${PPS:-512 4096 16384}"
 DEPTHS="${DEPTHS:-0 4096 16384}"
 TG="${TG:-32}"; REPS="${REPS:-1}"; MODE="${MODE:-}"
-BIN="$ROOT/target/release/moe-node"
-cargo build --release -p moe-node --manifest-path "$ROOT/Cargo.toml" >&2
-LLAMA_BIN="$("$ROOT/benches/llama_baseline.sh" "$LLAMA_DIR" | tail -n 1)"
-MODEL="/tmp/moe-vs-llama/${PRESET}-${TYPE}.gguf"
-mkdir -p "$(dirname "$MODEL")"
-[[ -f "$MODEL" ]] || "$BIN" synth --preset "$PRESET" --type "$TYPE" --out "$MODEL" >&2
+source "$ROOT/benches/common.sh"
+prepare_llama_comparison "$LLAMA_DIR" "$PRESET" "$TYPE"
 max_pp=0; for p in $PPS; do (( p > max_pp )) && max_pp=$p; done
 max_d=0; for d in $DEPTHS; do (( d > max_d )) && max_d=$d; done
 

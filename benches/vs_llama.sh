@@ -13,12 +13,8 @@ PRESET="${2:-small}"
 TYPE="${3:-Q4_K}"
 THREADS="${THREADS:-$(nproc)}"
 PP="${PP:-512}"; TG="${TG:-128}"; REPS="${REPS:-2}"
-BIN="$ROOT/target/release/moe-node"
-cargo build --release -p moe-node --manifest-path "$ROOT/Cargo.toml" >&2
-LLAMA_BIN="$("$ROOT/benches/llama_baseline.sh" "$LLAMA_DIR" | tail -n 1)"
-MODEL="/tmp/moe-vs-llama/${PRESET}-${TYPE}.gguf"
-mkdir -p "$(dirname "$MODEL")"
-[[ -f "$MODEL" ]] || "$BIN" synth --preset "$PRESET" --type "$TYPE" --out "$MODEL" >&2
+source "$ROOT/benches/common.sh"
+prepare_llama_comparison "$LLAMA_DIR" "$PRESET" "$TYPE"
 
 llama_json="$("$LLAMA_BIN/llama-bench" -m "$MODEL" -p "$PP" -n "$TG" -r "$REPS" -t "$THREADS" -o json 2>/dev/null)"
 moe_md="$("$BIN" bench --model "$MODEL" -p "$PP" -n "$TG" -r "$REPS" --threads "$THREADS")"

@@ -231,6 +231,23 @@ pub fn start_router(model: &Path, placement: &Path, secret: &Path) -> Node {
     r
 }
 
+/// Starts `moe-node serve --model MODEL --http 127.0.0.1:0 EXTRA...` (see
+/// [`start_http_server`]).
+pub fn start_serve(model: &Path, extra: &[&str]) -> (Node, String) {
+    let mut args: Vec<String> = [
+        "serve",
+        "--model",
+        &model.to_string_lossy(),
+        "--http",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    start_http_server(&args)
+}
+
 /// Starts `moe-node` with `args` (a `serve` or `--role router --http` command line) and waits
 /// for its `http listening on` line; returns the process and its HTTP address.
 pub fn start_http_server(args: &[String]) -> (Node, String) {

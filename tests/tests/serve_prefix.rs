@@ -4,31 +4,15 @@
 //! seed, in the exact and in the fast numeric mode. The fixture model is the Q8_0 one, so
 //! that fast mode really runs the integer kernels (BF16 weights compute exactly in both).
 
-use std::path::Path;
 use std::time::Duration;
 
-use moe_tests::cluster::{start_http_server, Node};
+use moe_tests::cluster::start_serve;
 use moe_tests::fixtures_dir;
 use moe_tests::http::post_json;
 use serde_json::{json, Value};
 
 /// How long one completion may take on a loaded machine.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn serve(model: &Path, extra: &[&str]) -> (Node, String) {
-    let mut args: Vec<String> = [
-        "serve",
-        "--model",
-        &model.to_string_lossy(),
-        "--http",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    start_http_server(&args)
-}
 
 fn complete(addr: &str, body: &Value) -> Value {
     post_json(addr, "/v1/completions", body, REQUEST_TIMEOUT)
@@ -46,7 +30,7 @@ fn token_ids(answer: &Value) -> Value {
 
 fn check_reuse_is_exact(mode: &[&str]) {
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
-    let (_server, addr) = serve(&model, &[mode, &["--cache-tokens", "4096"]].concat());
+    let (_server, addr) = start_serve(&model, &[mode, &["--cache-tokens", "4096"]].concat());
     let history = "The mixture of experts routes each token to eight of its experts. ".repeat(6);
     let request = |prompt: &str, cache: bool| {
         json!({"prompt": prompt, "max_tokens": 12, "temperature": 0.8, "seed": 11,

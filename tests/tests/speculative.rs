@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use moe_tests::cluster::start_http_server;
+use moe_tests::cluster::start_serve;
 use moe_tests::fixtures::all_fixture_cases;
 use moe_tests::http::post_json;
 use moe_tests::{fixtures_dir, moe_node};
@@ -78,20 +78,7 @@ fn speculative_output_equals_plain_decoding_on_every_fixture() {
 #[test]
 fn speculative_serving_equals_plain_serving() {
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
-    let start = |extra: &[&str]| {
-        let mut args: Vec<String> = [
-            "serve",
-            "--model",
-            &model.to_string_lossy(),
-            "--http",
-            "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        start_http_server(&args)
-    };
+    let start = |extra: &[&str]| start_serve(&model, extra);
     let (_plain, plain_addr) = start(&[]);
     let (_spec, spec_addr) = start(&[
         "--speculative",

@@ -248,15 +248,19 @@ mod tests {
         s
     }
 
-    /// Experts {0,2} always fire together and {1,3} together; a packing that split each pair
-    /// over the two nodes costs two rows per token; refinement brings each pair together.
-    #[test]
-    fn co_firing_experts_end_up_on_one_node() {
-        let steps: Vec<Vec<Vec<u32>>> = (0..40)
+    /// Experts {0,2} always fire together and {1,3} together (one-token steps), and a
+    /// packing that splits each pair over the two nodes.
+    fn paired_trace_split_packing() -> (LayerTrace, Vec<ExpertSet>) {
+        let steps = (0..40)
             .map(|i| vec![if i % 2 == 0 { vec![0, 2] } else { vec![1, 3] }])
             .collect();
-        let trace = LayerTrace { steps };
-        let mut sets = vec![set(4, &[0, 1]), set(4, &[2, 3])];
+        (LayerTrace { steps }, vec![set(4, &[0, 1]), set(4, &[2, 3])])
+    }
+
+    /// The split packing costs two rows per token; refinement brings each pair together.
+    #[test]
+    fn co_firing_experts_end_up_on_one_node() {
+        let (trace, mut sets) = paired_trace_split_packing();
         let cost = RowPairCost {
             pair_us: 10.0,
             row_us: 50.0,
@@ -272,11 +276,7 @@ mod tests {
     /// When rows cost nothing, nothing is swapped away from a balanced packing.
     #[test]
     fn free_rows_leave_a_balanced_packing_alone() {
-        let steps: Vec<Vec<Vec<u32>>> = (0..40)
-            .map(|i| vec![if i % 2 == 0 { vec![0, 2] } else { vec![1, 3] }])
-            .collect();
-        let trace = LayerTrace { steps };
-        let mut sets = vec![set(4, &[0, 1]), set(4, &[2, 3])];
+        let (trace, mut sets) = paired_trace_split_packing();
         let cost = RowPairCost {
             pair_us: 10.0,
             row_us: 0.0,

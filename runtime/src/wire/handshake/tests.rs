@@ -25,6 +25,21 @@ const SECRET: &[u8] = b"correct horse battery staple";
 
 type Outcome = Result<(PeerInfo, SessionMac), RuntimeError>;
 
+/// A request of one token (`hidden`, 8 values) routed to expert 7 of layer 3.
+fn one_token_request(dtype: WireDtype, hidden: &[f32; 8]) -> Message {
+    let mut request = ExpertRequest::new(1, 3, dtype, 8);
+    request
+        .push_token(
+            hidden,
+            &[ExpertRoute {
+                expert: 7,
+                weight: 1.0,
+            }],
+        )
+        .unwrap();
+    Message::ExpertRequest(request)
+}
+
 async fn run(client: &HandshakeConfig, server: &HandshakeConfig) -> (Outcome, Outcome) {
     let (mut a, mut b) = tokio::io::duplex(1 << 16);
     tokio::join!(
@@ -51,17 +66,7 @@ async fn success_gives_peer_info_and_working_session_keys() {
     assert!(client_info.shards.all_layers.is_empty());
     assert_eq!(client_info.shards.overrides[&3].to_string(), "5");
 
-    let mut request = ExpertRequest::new(1, 3, WireDtype::Bf16, 8);
-    request
-        .push_token(
-            &[1.0; 8],
-            &[ExpertRoute {
-                expert: 7,
-                weight: 1.0,
-            }],
-        )
-        .unwrap();
-    let message = Message::ExpertRequest(request);
+    let message = one_token_request(WireDtype::Bf16, &[1.0; 8]);
     let frame = encode_frame(&message, &mut router_mac.send).unwrap();
     assert_eq!(
         decode_frame(&frame, &mut expert_mac.recv, &SHAPE).unwrap(),
@@ -329,18 +334,8 @@ async fn encrypted_links_hide_the_archive_and_still_carry_it() {
     let (_, mut expert_mac) = server.unwrap();
     assert_eq!(info.name.as_str(), "e1");
 
-    let mut request = ExpertRequest::new(1, 3, WireDtype::F32, 8);
     let hidden = [0.25_f32, -1.5, 3.0, 1e-3, 7.0, -2.0, 0.5, 42.0];
-    request
-        .push_token(
-            &hidden,
-            &[ExpertRoute {
-                expert: 7,
-                weight: 1.0,
-            }],
-        )
-        .unwrap();
-    let message = Message::ExpertRequest(request);
+    let message = one_token_request(WireDtype::F32, &hidden);
     let frame = encode_frame(&message, &mut router_mac.send).unwrap();
     // The hidden state's f32 bytes do not appear in the frame in clear.
     let clear: Vec<u8> = hidden.iter().flat_map(|v| v.to_le_bytes()).collect();
