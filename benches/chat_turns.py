@@ -59,11 +59,12 @@ def turn(port, messages, max_tokens, cache):
         if chunk.get("usage"):
             usage = chunk["usage"]
         for c in chunk.get("choices", []):
-            piece = c.get("delta", {}).get("content")
-            if piece is not None:
-                if ttft is None:
-                    ttft = time.perf_counter() - t0
-                text += piece
+            delta = c.get("delta", {})
+            piece = delta.get("content") or ""
+            # The first chunk carrying a generated token (the role chunk comes at once).
+            if ttft is None and (piece or c.get("token_ids") or delta.get("token_ids")):
+                ttft = time.perf_counter() - t0
+            text += piece
     conn.close()
     return ttft, text, usage
 
@@ -85,9 +86,9 @@ def main():
                            stdout=subprocess.DEVNULL)
     server, port = start(model, ["--ctx-size", str(a.history_tokens * 2 + 1024)] + shlex.split(a.server_args))
     try:
-        # About one token per word of this filler in the synth vocabularies.
+        # About two tokens per word of this filler in the synth vocabularies.
         words = ("the router sends each token hidden state to the nodes owning its experts " * 400).split()
-        messages = [{"role": "system", "content": " ".join(words[: a.history_tokens])}]
+        messages = [{"role": "system", "content": " ".join(words[: a.history_tokens // 2])}]
         print("| turn | prompt tokens | cached | TTFT warm s | TTFT cold s | warm / cold |")
         print("|---:|---:|---:|---:|---:|---:|")
         for i in range(1, a.turns + 1):
