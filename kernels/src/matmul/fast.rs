@@ -34,9 +34,11 @@
 //! (no i16 saturation); the largest block sum (Q6_K: `16 groups · 127 · 16 · 63 · 127`) is
 //! below 2^28.
 //!
-//! Tiling: [`ROW_TILE`] rows are decoded together and dotted against each token of a chunk
-//! of [`FAST_TOKEN_CHUNK`] tokens, so one decode serves the chunk and one load of a token's
-//! codes serves the tile.
+//! Tiling: [`ROW_TILE`] rows are decoded together (codes into a scratch tile; the k-quants
+//! and the legacy 4/5-bit formats unpack with AVX2 where available) and dotted against the
+//! tokens of a chunk of [`FAST_TOKEN_CHUNK`], two tokens per pass: one decode serves the
+//! chunk, one load of a token's codes serves the 4 rows, and one load of a row's codes and
+//! scales serves both tokens.
 
 use std::ops::Range;
 
