@@ -68,6 +68,7 @@ pub fn sample_messages() -> Vec<Message> {
                     experts: "1-3".into(),
                 }],
             },
+            exact: true,
         }),
         Message::AuthProof(AuthProof { hmac: [3; 32] }),
         Message::ExpertRequest(request),

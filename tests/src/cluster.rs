@@ -195,10 +195,16 @@ pub fn start_expert_with(
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    let node = Node::spawn(&args);
+    spawn_expert(&args)
+}
+
+/// Starts `moe-node ARGS` (an expert role command line) and waits for its `listening on`
+/// line.
+pub fn spawn_expert(args: &[String]) -> Expert {
+    let node = Node::spawn(args);
     let line = node
         .next_line(Duration::from_millis(NODE_START_TIMEOUT_MS))
-        .unwrap_or_else(|| panic!("expert {name} did not start: {}", node.stderr()));
+        .unwrap_or_else(|| panic!("expert {args:?} did not start: {}", node.stderr()));
     let addr = line
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use moe_tests::cluster::{placement_toml, start_expert, start_expert_with, TempDir, TEST_SECRET};
+use moe_tests::cluster::{
+    placement_toml, spawn_expert, start_expert, start_expert_with, TempDir, TEST_SECRET,
+};
 use moe_tests::{fixtures_dir, moe_node, moe_node_ok};
 
 fn s(p: &Path) -> String {
@@ -222,4 +224,39 @@ fn encrypted_links_give_the_same_logits_and_must_be_chosen_alike() {
     assert_eq!(a, b, "encryption changed the logits");
     let err = refused_logits(&dir, &p_sealed, &secret, &[]);
     assert!(err.contains("--wire-encrypt"), "{err}");
+}
+
+/// An exact run (`logits` defaults to exact) against an expert node in the fast mode (the
+/// roles' default) would silently not be exact: the handshake refuses it, naming both modes
+/// and the flags; the same router in the fast mode is accepted.
+#[test]
+fn a_router_and_expert_nodes_in_different_numeric_modes_are_refused() {
+    let dir = TempDir::new("hard-modes");
+    let secret = dir.write("secret", TEST_SECRET);
+    let model = s(&model());
+    let fast_expert: Vec<String> = [
+        "--role",
+        "expert",
+        "--model",
+        &model,
+        "--shards",
+        "0-383",
+        "--node",
+        "e1",
+        "--secret-file",
+        &s(&secret),
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let e = spawn_expert(&fast_expert);
+    let placement = dir.write("p.toml", &placement_toml(&[("e1", &e.addr, "0-383", "")]));
+    let err = refused_logits(&dir, &placement, &secret, &[]);
+    assert!(err.contains("numeric modes differ"), "{err}");
+    assert!(err.contains("--exact or --fast"), "{err}");
+    logits(&dir, "fast", Some((&placement, &secret, &["--fast"])));
 }

@@ -125,6 +125,7 @@ pub fn run(
     };
     let hs = HandshakeConfig {
         encrypt,
+        exact: mode == moe_kernels::NumericMode::Exact,
         ..HandshakeConfig::new(
             node_name,
             model.file().fingerprint(),

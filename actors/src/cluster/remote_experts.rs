@@ -126,6 +126,7 @@ impl RemoteExperts {
         let empty = moe_runtime::placement::ExpertSet::empty(model.cfg.n_experts)?;
         let hs = HandshakeConfig {
             encrypt,
+            exact: model.mode() == moe_kernels::NumericMode::Exact,
             ..HandshakeConfig::new(
                 NodeName::new(name).map_err(anyhow::Error::msg)?,
                 model.file().fingerprint(),

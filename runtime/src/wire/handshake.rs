@@ -6,7 +6,7 @@
 //! server -> client  Hello { version, nonce_s, encrypt }          unkeyed
 //! client -> server  AuthProof { HMAC(secret, "client proof" | transcript) }
 //! server -> client  AuthProof { HMAC(secret, "server proof" | transcript) }   (or Error)
-//! both              Identity { fingerprint, name, shards }       under the session keys
+//! both              Identity { fingerprint, name, shards, exact }       under the session keys
 //! ```
 //!
 //! Each side sends its `Hello` before checking the other's, so that a version mismatch is
@@ -132,6 +132,8 @@ pub struct HandshakeConfig {
     pub hello_timeout: Duration,
     /// Whether frames after the handshake are encrypted (both sides must agree).
     pub encrypt: bool,
+    /// Whether this node computes in the exact numeric mode (both sides must agree).
+    pub exact: bool,
 }
 
 impl HandshakeConfig {
@@ -152,6 +154,7 @@ impl HandshakeConfig {
             step_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
             hello_timeout: Duration::from_millis(HANDSHAKE_HELLO_TIMEOUT_MS),
             encrypt: false,
+            exact: true,
         }
     }
 }
@@ -437,6 +440,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         model_fingerprint: config.model_fingerprint,
         node_name: config.node_name.to_string(),
         shards: config.shards.clone(),
+        exact: config.exact,
     });
     if side == Side::Client {
         link.send(&identity, "sending the identity").await?;
@@ -534,6 +538,24 @@ fn check_identity(
                 theirs,
             },
             to_peer,
+        ));
+    }
+    if peer.exact != config.exact {
+        let mode = |exact: bool| if exact { "exact" } else { "fast" };
+        let reason = format!(
+            "numeric modes differ: node {:?} computes {}, node {:?} {} (start the router and every expert node with the same --exact or --fast)",
+            config.node_name.as_str(),
+            mode(config.exact),
+            peer.node_name,
+            mode(peer.exact)
+        );
+        return Err((
+            ErrorCode::Other,
+            RuntimeError::PeerRefused {
+                peer: peer.node_name.clone(),
+                reason: reason.clone(),
+            },
+            reason,
         ));
     }
     Ok(())

@@ -153,6 +153,10 @@ pub struct Identity {
     pub node_name: String,
     /// The experts the sender owns (empty for a router without a local shard).
     pub shards: ShardSummary,
+    /// Whether the sender computes in the exact numeric mode (f32 activations) rather than
+    /// the fast one: a router and its expert nodes must agree, so that an exact run is never
+    /// silently computed partly in the fast mode.
+    pub exact: bool,
 }
 
 /// The experts a node owns, as expert-list texts (`0-95,200`).

@@ -51,6 +51,7 @@ fn every_message() -> Vec<Message> {
                     experts: "0-63".into(),
                 }],
             },
+            exact: true,
         }),
         Message::AuthProof(AuthProof { hmac: [1; 32] }),
         Message::ExpertRequest(request(3, WireDtype::F32, &SHAPE)),
@@ -420,6 +421,7 @@ fn identity(name: &str, shards: ShardSummary) -> Message {
         model_fingerprint: [0; 32],
         node_name: name.into(),
         shards,
+        exact: true,
     })
 }
 

@@ -367,6 +367,19 @@ async fn encryption_must_be_chosen_alike_on_both_sides() {
 }
 
 #[tokio::test]
+async fn numeric_modes_must_match_on_both_sides() {
+    let router = config("router", SECRET, 1, "");
+    let mut expert = config("e1", SECRET, 1, "0-95");
+    expert.exact = false;
+    let (client, server) = run(&router, &expert).await;
+    for outcome in [client, server] {
+        let error = outcome.unwrap_err().to_string();
+        assert!(error.contains("numeric modes differ"), "{error}");
+        assert!(error.contains("--exact or --fast"), "{error}");
+    }
+}
+
+#[tokio::test]
 async fn a_silent_peer_frees_the_server_after_the_hello_timeout() {
     let (_a, mut b) = tokio::io::duplex(1 << 16);
     let mut me = config("e1", SECRET, 1, "");
