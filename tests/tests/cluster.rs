@@ -214,10 +214,12 @@ fn per_layer_placement_and_replicas_match_the_single_process() {
     assert_cluster_matches(&model, &cases, &placement, &secret, &dir);
 }
 
-/// Runs a 2-token generation that must fail; returns its stderr.
+/// Runs a 2-token generation that must fail; returns its stderr. `--exact` as the expert
+/// nodes (else the numeric modes would be the first thing refused).
 fn refused_run(model: &Path, placement: &Path, secret: &Path) -> String {
     let out = moe_node(&[
         "run",
+        "--exact",
         "--model",
         &s(model),
         "--prompt",
