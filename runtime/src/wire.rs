@@ -52,7 +52,8 @@
 //!                   Error and closes, and the other side sees the same mismatch
 //! client -> server  AuthProof { HMAC(secret, "client proof" | transcript) }
 //! server -> client  AuthProof { HMAC(secret, "server proof" | transcript) }   (or Error)
-//! both              Identity { fingerprint, name, shards }, the first keyed frame
+//! client -> server  Identity { fingerprint, name, shards, exact }, the first keyed frame
+//! server -> client  Identity { ... } once it accepts the client's (or Error naming why)
 //! ```
 //! `transcript` is SHA-256 over both hello frames as sent; per-direction frame keys are
 //! derived from the secret and the transcript, so both nonces make every session's keys new.

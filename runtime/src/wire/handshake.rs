@@ -6,12 +6,14 @@
 //! server -> client  Hello { version, nonce_s, encrypt }          unkeyed
 //! client -> server  AuthProof { HMAC(secret, "client proof" | transcript) }
 //! server -> client  AuthProof { HMAC(secret, "server proof" | transcript) }   (or Error)
-//! both              Identity { fingerprint, name, shards, exact }       under the session keys
+//! client -> server  Identity { fingerprint, name, shards, exact }  under the session keys
+//! server -> client  Identity { ... } once it accepts the client's (or Error)
 //! ```
 //!
 //! Each side sends its `Hello` before checking the other's, so that a version mismatch is
 //! seen by both sides with both values, each reporting it and sending an `Error` frame before
-//! closing; identities are exchanged the same way for the model fingerprint. The client
+//! closing. The server judges the client's identity (model fingerprint, numeric mode) before
+//! sending its own, and on a mismatch answers with an `Error` naming both nodes' values. The client
 //! proves the secret first; the server answers with its own proof only after checking the
 //! client's. A peer without the secret learns the protocol version, a nonce and whether the
 //! link would be encrypted: never a node name, model fingerprint or shard list, and nothing
