@@ -1,7 +1,7 @@
-//! The HTTP request layer of `moe-node serve` as a library, for the fuzz targets: OpenAI
-//! error objects, request bodies and their checks, connection and body limits. The binary
-//! (`main.rs`) compiles the same files as modules of `serve`; nothing here depends on the
-//! engine or the model.
+//! The HTTP request layer of `moe-node serve` as a library: OpenAI error objects, request
+//! bodies and their checks, connection and body limits. The binary re-exports these modules
+//! under `serve` (one compilation), and the HTTP fuzz target calls them; nothing here depends
+//! on the engine or the model.
 
 #[path = "serve/api_error.rs"]
 pub mod api_error;

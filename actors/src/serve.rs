@@ -26,13 +26,13 @@
 //! Metrics: with `--metrics-addr ADDR` the Prometheus exporter of `telemetry.rs` is installed
 //! (its own listener on ADDR) and `GET /metrics` on the API address answers the same text.
 
-pub mod api_error;
 pub mod chat_template;
 pub mod engine;
-pub mod http_limits;
-pub mod openai;
 pub mod routes;
 pub mod stop;
+// The request layer lives in the `moe_node_http` library (`src/lib.rs`), compiled once and
+// shared with the HTTP fuzz target.
+pub use moe_node_http::{api_error, http_limits, openai};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

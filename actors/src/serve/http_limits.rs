@@ -16,9 +16,8 @@
 //!
 //! A connection is busy from the moment its request head is parsed until its response body
 //! (an SSE stream included) has been sent or dropped; only connections that are not busy
-//! are closed to make room. This file is also compiled into the `moe_node_http` library
-//! (`src/lib.rs`) for the fuzz targets, so it depends on nothing else of the binary but
-//! `api_error.rs`.
+//! are closed to make room. It is part of the `moe_node_http` library (`src/lib.rs`, shared
+//! with the HTTP fuzz target), so it depends on nothing of the binary but `api_error.rs`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
