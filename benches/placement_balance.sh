@@ -5,8 +5,9 @@
 #    --skew 1.0`, 2 MoE layers x 384 experts, low expert ids strongly preferred);
 # 2. records a routing trace from one generation (`run --record-routing`);
 # 3. plans a 4-node placement from it (`placement plan`, with the contiguous split it is
-#    compared with) and replays the trace against both (`placement simulate`), once with the
-#    default constants (5 Gbit/s, 0.2 ms) and once with loopback-like ones;
+#    compared with), and a network-aware one for loopback constants (`--network-aware`), and
+#    replays the trace against all three (`placement simulate`), once with the default
+#    constants (5 Gbit/s, 0.2 ms) and once with loopback-like ones;
 # 4. starts 4 real expert nodes (each `--threads 1`) per placement, runs the same prompt
 #    through a router REPS times, alternating placements, and reports the median prompt
 #    processing and generation times and their ratio planned / contiguous.
@@ -56,11 +57,15 @@ echo "### placement plan --nodes $NODES --replicas 8"
 "$BIN" placement plan --trace "$WORK/trace" --nodes "$NODES" --replicas 8 \
   --out "$WORK/planned.toml" --contiguous-out "$WORK/contiguous.toml"
 echo
+echo "### placement plan --nodes $NODES --replicas 8 --network-aware (loopback constants)"
+"$BIN" placement plan --trace "$WORK/trace" --nodes "$NODES" --replicas 8 --network-aware \
+  --link-gbit 40 --latency-ms 0.03 --out "$WORK/network.toml"
+echo
 echo "### placement simulate (default constants)"
-"$BIN" placement simulate --trace "$WORK/trace" --placement "$WORK/contiguous.toml" "$WORK/planned.toml" | tee "$WORK/sim-default.txt"
+"$BIN" placement simulate --trace "$WORK/trace" --placement "$WORK/contiguous.toml" "$WORK/planned.toml" "$WORK/network.toml" | tee "$WORK/sim-default.txt"
 echo
 echo "### placement simulate (loopback: 40 Gbit/s, 0.03 ms)"
-"$BIN" placement simulate --trace "$WORK/trace" --placement "$WORK/contiguous.toml" "$WORK/planned.toml" \
+"$BIN" placement simulate --trace "$WORK/trace" --placement "$WORK/contiguous.toml" "$WORK/planned.toml" "$WORK/network.toml" \
   --link-gbit 40 --latency-ms 0.03 | tee "$WORK/sim-loopback.txt"
 
 # Starts e1..e4 for placement file $1 and writes the router's copy with real addresses to $2.
@@ -94,9 +99,9 @@ timed_run() {
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-: > "$WORK/contiguous.times"; : > "$WORK/planned.times"
+: > "$WORK/contiguous.times"; : > "$WORK/planned.times"; : > "$WORK/network.times"
 for rep in $(seq 1 "$REPS"); do
-  for p in contiguous planned; do
+  for p in contiguous planned network; do
     start_cluster "$WORK/$p.toml" "$WORK/$p-live.toml"
     extra=()
     # The first run also records the benchmark's own routing, to predict exactly this workload.
@@ -117,13 +122,16 @@ c_pp=$(awk '{print $1}' "$WORK/contiguous.times" | median); p_pp=$(awk '{print $
 c_tg=$(awk '{print $2}' "$WORK/contiguous.times" | median); p_tg=$(awk '{print $2}' "$WORK/planned.times" | median)
 c_mx=$(awk '{print $3}' "$WORK/contiguous.times" | median); p_mx=$(awk '{print $3}' "$WORK/planned.times" | median)
 c_sum=$(awk '{print $4}' "$WORK/contiguous.times" | median); p_sum=$(awk '{print $4}' "$WORK/planned.times" | median)
-pred_default=$(awk '/^predicted time \/ first/ {print $NF}' "$WORK/sim-default.txt")
-pred_loop=$(awk '/^predicted time \/ first/ {print $NF}' "$WORK/sim-loopback.txt")
+n_pp=$(awk '{print $1}' "$WORK/network.times" | median); n_tg=$(awk '{print $2}' "$WORK/network.times" | median)
+# The simulate table's ratio row: contiguous (1), planned, network-aware.
+pred() { awk -v c="$2" '/^predicted time \/ first/ {print $(NF - c)}' "$1"; }
+pred_default=$(pred "$WORK/sim-default.txt" 1); pred_default_n=$(pred "$WORK/sim-default.txt" 0)
+pred_loop=$(pred "$WORK/sim-loopback.txt" 1); pred_loop_n=$(pred "$WORK/sim-loopback.txt" 0)
 echo
 echo "### placement simulate on the benchmark's own routing (loopback constants)"
-"$BIN" placement simulate --trace "$WORK/bench.trace" --placement "$WORK/contiguous.toml" "$WORK/planned.toml" \
+"$BIN" placement simulate --trace "$WORK/bench.trace" --placement "$WORK/contiguous.toml" "$WORK/planned.toml" "$WORK/network.toml" \
   --link-gbit 40 --latency-ms 0.03 | tee "$WORK/sim-bench.txt"
-pred_bench=$(awk '/^predicted time \/ first/ {print $NF}' "$WORK/sim-bench.txt")
+pred_bench=$(pred "$WORK/sim-bench.txt" 1); pred_bench_n=$(pred "$WORK/sim-bench.txt" 0)
 prompt_tokens=$(sed -nE 's/.*prompt: ([0-9]+) tokens.*/\1/p' "$WORK/run.err")
 echo
 echo "### measured: 4 expert nodes (--threads 1) + router (--threads 1) on 127.0.0.1, median of $REPS"
@@ -133,11 +141,13 @@ echo "| | contiguous | planned | planned / contiguous |"
 echo "|---|---|---|---|"
 echo "| measured prompt processing, $prompt_tokens tokens (s) | $c_pp | $p_pp | $(ratio "$p_pp" "$c_pp") |"
 echo "| measured generation, $N_PREDICT tokens (s) | $c_tg | $p_tg | $(ratio "$p_tg" "$c_tg") |"
+echo "| measured prompt processing, network-aware plan (s) | $c_pp | $n_pp | $(ratio "$n_pp" "$c_pp") |"
+echo "| measured generation, network-aware plan (s) | $c_tg | $n_tg | $(ratio "$n_tg" "$c_tg") |"
 echo "| measured busiest expert node CPU (s) | $c_mx | $p_mx | $(ratio "$p_mx" "$c_mx") |"
 echo "| measured expert CPU, all nodes (s) | $c_sum | $p_sum | $(ratio "$p_sum" "$c_sum") |"
-echo "| predicted MoE time, recorded trace, default constants | | | $pred_default |"
-echo "| predicted MoE time, recorded trace, loopback constants | | | $pred_loop |"
-echo "| predicted MoE time, benchmark's own routing, loopback | | | $pred_bench |"
+echo "| predicted MoE time, recorded trace, default constants (planned; network-aware) | | | $pred_default; $pred_default_n |"
+echo "| predicted MoE time, recorded trace, loopback constants (planned; network-aware) | | | $pred_loop; $pred_loop_n |"
+echo "| predicted MoE time, benchmark's own routing, loopback (planned; network-aware) | | | $pred_bench; $pred_bench_n |"
 echo
 echo "model: $MODEL ($(stat -c %s "$MODEL") bytes)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
