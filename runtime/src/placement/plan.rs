@@ -18,7 +18,9 @@
 //! 4. **Network** (with [`PlanOptions::network`]): swaps between nodes that lower the
 //!    simulator's predicted time of the layer over the trace, bringing experts that fire
 //!    together for the same token onto one node (fewer token rows on the wire) where that
-//!    outweighs the compute balance it costs ([`super::refine`]).
+//!    outweighs the compute balance it costs ([`super::refine`]). The refined placement is
+//!    kept only if the simulator ([`super::simulate`], which replays the router's own split
+//!    of replicated experts) predicts it faster than the balanced one over the trace.
 //!
 //! The packing assumes a replicated expert's load splits evenly; the router's rule splits it
 //! per step by pair counts, regardless of speed. The balance printed before and after
@@ -37,7 +39,7 @@ use std::collections::BTreeMap;
 
 use super::refine::{refine_layer, LayerTrace, RowPairCost};
 use super::replay::replay;
-use super::simulate::CostModel;
+use super::simulate::{simulate, CostModel};
 use super::trace::Trace;
 use super::{ExpertSet, NodeAddr, NodeIndex, NodeName, Placement, PlacementNode, NODES_MAX};
 use crate::RuntimeError;
@@ -116,7 +118,8 @@ pub struct Plan {
     pub caps: Vec<usize>,
     /// Extra replicas placed per layer (fewer than asked when room ran out).
     pub replicas_placed: Vec<usize>,
-    /// Network-aware swaps kept per layer (empty without [`PlanOptions::network`]).
+    /// Network-aware swaps kept per layer (empty without [`PlanOptions::network`]; all zero
+    /// when the simulator predicts the refined placement no faster than the balanced one).
     pub swaps: Vec<usize>,
 }
 
@@ -247,11 +250,13 @@ pub fn plan(trace: &Trace, nodes: &[NodeSpec], opts: &PlanOptions) -> Result<Pla
     let mut replicas_placed = Vec::with_capacity(h.moe_layers.len());
     let remote: Vec<bool> = nodes.iter().map(|n| n.addr != NodeAddr::Local).collect();
     let mut swaps = Vec::with_capacity(h.moe_layers.len());
+    let mut packed = Vec::with_capacity(h.moe_layers.len());
     for (slot, load) in loads.iter().enumerate() {
         let (mut layer_sets, placed) =
             pack_layer(load, replicas, &speeds, &caps).map_err(|message| {
                 RuntimeError::Plan(format!("MoE layer {}: {message}", h.moe_layers[slot]))
             })?;
+        packed.push(layer_sets.clone());
         if let Some(cost) = &opts.network {
             cost.check()?;
             let layer_trace = LayerTrace {
@@ -277,7 +282,17 @@ pub fn plan(trace: &Trace, nodes: &[NodeSpec], opts: &PlanOptions) -> Result<Pla
         sets.push(layer_sets);
         replicas_placed.push(placed);
     }
-    let placement = placement_of(nodes, &h.moe_layers, h.n_experts, &sets)?;
+    let mut placement = placement_of(nodes, &h.moe_layers, h.n_experts, &sets)?;
+    if let Some(cost) = &opts.network {
+        // Refinement models a replicated expert's load on one owner, the router splits it
+        // per step: the simulator, which replays the router's rule, has the last word.
+        let balanced = placement_of(nodes, &h.moe_layers, h.n_experts, &packed)?;
+        let predict = |p: &Placement| simulate(trace, p, &speeds, cost).map(|r| r.predicted_s());
+        if predict(&placement)? >= predict(&balanced)? {
+            placement = balanced;
+            swaps.iter_mut().for_each(|s| *s = 0);
+        }
+    }
     let contiguous = contiguous(nodes, &h.moe_layers, h.n_experts)?;
     Ok(Plan {
         before: balance(&contiguous, trace, &speeds)?,
