@@ -18,8 +18,8 @@
 //! its own; a swap is kept only when the exact cost over the trace goes down (so the result is
 //! never worse than the start under this model), for at most [`REFINE_PASSES_MAX`] passes.
 //! Swaps keep every node's expert count, so memory stays as packed. Replicated experts stay
-//! where they are (the router splits their load per step). Deterministic: fixed orders, ties
-//! to lower ids.
+//! where they are; their tokens are counted round-robin over their owners (the router splits
+//! them per step by load). Deterministic: fixed orders, ties to lower ids.
 
 use super::ExpertSet;
 
@@ -150,8 +150,9 @@ pub fn refine_layer(
                 continue;
             }
             tokens_of[e].push(t);
-            // A replicated expert counts on its first owner (the router's tie rule).
-            let Some(&n) = owners[e].first() else {
+            // A replicated expert's tokens go round-robin over its owners (the router gives
+            // each pair to the least-loaded owner; the planner's simulator check replays it).
+            let Some(&n) = owners[e].get(t % owners[e].len().max(1)) else {
                 continue;
             };
             pairs[s][n] += 1;
