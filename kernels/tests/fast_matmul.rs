@@ -15,10 +15,9 @@
 
 mod common;
 
-use common::Rng;
+use common::{weights, Rng};
 use moe_kernels::{
-    dequantize_rows, has_fast_kernel, quantize_row, GgmlType, NumericMode, QMatrix, SimdIsa,
-    FAST_TOKEN_CHUNK,
+    dequantize_rows, has_fast_kernel, GgmlType, NumericMode, QMatrix, SimdIsa, FAST_TOKEN_CHUNK,
 };
 
 /// Relative f32 rounding allowance of the fast kernel's float part (a few roundings per block
@@ -42,28 +41,6 @@ const FAST_TYPES: [GgmlType; 12] = [
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
 ];
-
-/// Random but valid weight bytes for a `rows × cols` matrix of `ty`.
-fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    let rb = ty.row_bytes(cols).unwrap();
-    let mut bytes = vec![0u8; rows * rb];
-    if ty.can_quantize() {
-        let x = rng.weights(rows * cols);
-        for (src, dst) in x.chunks(cols).zip(bytes.chunks_mut(rb)) {
-            quantize_row(ty, src, dst).unwrap();
-        }
-    } else {
-        // IQ4_NL / IQ4_XS: random bytes with a moderate f16 `d` at the start of each block.
-        for b in bytes.iter_mut() {
-            *b = rng.next_u64() as u8;
-        }
-        for block in bytes.chunks_mut(ty.block_bytes()) {
-            let d = half::f16::from_f32(rng.signed() * 0.01);
-            block[..2].copy_from_slice(&d.to_le_bytes());
-        }
-    }
-    bytes
-}
 
 /// Activations with a spread of magnitudes across blocks and an occasional outlier.
 fn activations(n: usize, rng: &mut Rng) -> Vec<f32> {

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::Rng;
-use moe_kernels::{dequantize_rows, quantize_row, GgmlType, KernelError, QMatrix};
+use common::{weights, Rng};
+use moe_kernels::{dequantize_rows, GgmlType, KernelError, QMatrix};
 
 /// Allowed `|y − y_ref|` as a fraction of `Σ_c |W[r,c]·x[t,c]|` (the scale of the rounding
 /// error of any f32 summation order; the kernel reorders sums into 8 lanes and may fuse
@@ -13,28 +13,6 @@ const MATMUL_REL_TOL: f32 = 1e-5;
 
 /// Token counts every type is tested with.
 const TOKEN_COUNTS: [usize; 3] = [1, 3, 17];
-
-/// Random but valid weight bytes for a `rows × cols` matrix of `ty`.
-fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    let rb = ty.row_bytes(cols).unwrap();
-    let mut bytes = vec![0u8; rows * rb];
-    if ty.can_quantize() {
-        let x = rng.weights(rows * cols);
-        for (src, dst) in x.chunks(cols).zip(bytes.chunks_mut(rb)) {
-            quantize_row(ty, src, dst).unwrap();
-        }
-    } else {
-        // IQ4_NL / IQ4_XS: random bytes with a moderate f16 `d` at the start of each block.
-        for b in bytes.iter_mut() {
-            *b = rng.next_u64() as u8;
-        }
-        for block in bytes.chunks_mut(ty.block_bytes()) {
-            let d = half::f16::from_f32(rng.signed() * 0.01);
-            block[..2].copy_from_slice(&d.to_le_bytes());
-        }
-    }
-    bytes
-}
 
 /// `(y, Σ|w·x|)` by naive loops over the dequantized matrix.
 fn reference(

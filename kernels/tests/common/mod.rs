@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use moe_kernels::{quantize_row, GgmlType};
+
 /// xorshift64* — deterministic, dependency-free test data.
 pub struct Rng(u64);
 
@@ -54,4 +56,26 @@ impl Rng {
         }
         v
     }
+}
+
+/// Random but valid weight bytes for a `rows × cols` matrix of `ty`.
+pub fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let rb = ty.row_bytes(cols).unwrap();
+    let mut bytes = vec![0u8; rows * rb];
+    if ty.can_quantize() {
+        let x = rng.weights(rows * cols);
+        for (src, dst) in x.chunks(cols).zip(bytes.chunks_mut(rb)) {
+            quantize_row(ty, src, dst).unwrap();
+        }
+    } else {
+        // IQ4_NL / IQ4_XS: random bytes with a moderate f16 `d` at the start of each block.
+        for b in bytes.iter_mut() {
+            *b = rng.next_u64() as u8;
+        }
+        for block in bytes.chunks_mut(ty.block_bytes()) {
+            let d = half::f16::from_f32(rng.signed() * 0.01);
+            block[..2].copy_from_slice(&d.to_le_bytes());
+        }
+    }
+    bytes
 }
