@@ -19,14 +19,7 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, S
     )?;
     let mut raw = Vec::new();
     stream.take(RESPONSE_BYTES_MAX).read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+    Ok(split_response(&raw))
 }
 
 /// Percent-encodes a query-string value (RFC 3986 unreserved characters stay).
@@ -83,14 +76,19 @@ pub fn read_response(stream: &mut TcpStream, timeout: Duration) -> std::io::Resu
             break;
         }
     }
-    let text = String::from_utf8_lossy(&raw);
+    Ok(split_response(&raw))
+}
+
+/// `(status, body)` of a raw HTTP/1 response (status 0 when there is no status line).
+fn split_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    Ok((status, body.to_string()))
+    (status, body.to_string())
 }
 
 /// Whether `raw` holds a whole response head and its `Content-Length` body.
@@ -106,20 +104,30 @@ fn complete_response(raw: &[u8]) -> bool {
         .is_some_and(|len| body.len() >= len)
 }
 
-/// `POST {path}` with a JSON body; fails the test unless the answer is 200 with JSON.
+/// `POST {path}` with a JSON body: the status code and the body.
+pub fn post(
+    addr: &str,
+    path: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(addr, request.as_bytes(), timeout)
+}
+
+/// [`post`] that fails the test unless the answer is 200 with JSON.
 pub fn post_json(
     addr: &str,
     path: &str,
     body: &serde_json::Value,
     timeout: Duration,
 ) -> serde_json::Value {
-    let body = body.to_string();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let (status, text) = exchange(addr, request.as_bytes(), timeout)
-        .unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"));
+    let (status, text) =
+        post(addr, path, body, timeout).unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"));
     assert_eq!(status, 200, "POST {path}: {text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}"))
 }

@@ -8,16 +8,16 @@
 //! (parts of) one tensor; a GGUF's fingerprint covers only its header, so an expert node
 //! running such a copy still joins a router running the clean file.
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::TcpStream;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moe_kernels::GgmlType;
 use moe_runtime::gguf::GgufFile;
 use moe_tests::cluster::{
-    placement_toml, start_expert, start_router, Node, TempDir, NODE_START_TIMEOUT_MS, TEST_SECRET,
+    placement_toml, start_expert, start_router, start_serve, Node, TempDir, TEST_SECRET,
 };
+use moe_tests::http::{get, post};
 use moe_tests::{fixtures_dir, moe_node};
 use serde_json::{json, Value};
 
@@ -150,56 +150,12 @@ struct Server {
 }
 
 fn serve(model: &Path) -> Server {
-    let node = Node::spawn(&args(&[
-        "serve",
-        "--model",
-        &s(model),
-        "--http",
-        "127.0.0.1:0",
-        "--ctx-size",
-        "256",
-    ]));
-    let deadline = Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
-    loop {
-        let line = node
-            .next_line(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|| panic!("server did not start: {}", node.stderr()));
-        if let Some(addr) = line.strip_prefix("http listening on ") {
-            return Server {
-                addr: addr.to_string(),
-                node,
-            };
-        }
-    }
-}
-
-/// `method path` with an optional JSON body over HTTP/1.0: (status, body).
-fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).expect("connect");
-    c.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
-    let body = body.map(Value::to_string).unwrap_or_default();
-    write!(
-        c,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    c.read_to_string(&mut resp).expect("read the answer");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (node, addr) = start_serve(model, &["--ctx-size", "256"]);
+    Server { node, addr }
 }
 
 fn complete(server: &Server, request: Value) -> (u16, String) {
-    http(&server.addr, "POST", "/v1/completions", Some(&request))
+    post(&server.addr, "/v1/completions", &request, ANSWER_TIMEOUT).expect("the answer")
 }
 
 /// A 500 whose OpenAI error object says non-finite values, in `what`.
@@ -217,7 +173,7 @@ fn assert_non_finite_500(status: u16, body: &str, what: &str) {
 }
 
 fn assert_alive(server: &mut Server) {
-    let (status, body) = http(&server.addr, "GET", "/health", None);
+    let (status, body) = get(&server.addr, "/health", ANSWER_TIMEOUT).expect("the answer");
     assert_eq!(status, 200, "/health after a NaN request: {body}");
     assert!(
         server.node.is_running(),
