@@ -152,7 +152,7 @@ pub fn generate(
     // The last feed was `[next] + draft`; `rows` holds the logits after each of its tokens.
     let mut rows = logits;
     let mut draft: Vec<u32> = Vec::new();
-    'decode: loop {
+    'decode: while stats.generated.len() < req.max_tokens {
         let fed_end = cache.len();
         let mut next = None;
         for (j, row) in rows.chunks_exact(vocab).enumerate() {
