@@ -100,16 +100,14 @@ impl PrefixCache {
             return Ok(Reused::default());
         }
         let n = chain.len() * PREFIX_BLOCK_TOKENS;
-        let layers = cache.n_layers();
-        let mut joined: Vec<Vec<f32>> = vec![Vec::new(); layers];
+        // Block by block straight into the cache (no joined copy); a failure leaves it empty.
         for key in &chain {
-            let block = &self.blocks[key];
-            for (dst, src) in joined.iter_mut().zip(&block.rows) {
-                dst.extend_from_slice(src);
+            let views: Vec<&[f32]> = self.blocks[key].rows.iter().map(Vec::as_slice).collect();
+            if let Err(e) = cache.extend_rows(PREFIX_BLOCK_TOKENS, &views) {
+                cache.truncate(0);
+                return Err(e);
             }
         }
-        let views: Vec<&[f32]> = joined.iter().map(Vec::as_slice).collect();
-        cache.extend_rows(n, &views)?;
         // Refresh from the end back, so parents stay more recent than their children.
         for key in chain.iter().rev() {
             self.clock += 1;
