@@ -1,4 +1,4 @@
-//! libFuzzer target: `moe_runtime::wire::decode_frame` on arbitrary and mutated frames.
+//! libFuzzer target: `moe_cluster::wire::decode_frame` on arbitrary and mutated frames.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

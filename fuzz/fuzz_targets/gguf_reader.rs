@@ -1,4 +1,4 @@
-//! libFuzzer target: `moe_runtime::gguf::GgufFile::from_bytes`, then config, model and tokenizer.
+//! libFuzzer target: `moe_model::gguf::GgufFile::from_bytes`, then config, model and tokenizer.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! libFuzzer target: `moe_runtime::placement::Placement::parse` and `ExpertSet::parse`.
+//! libFuzzer target: `moe_cluster::placement::Placement::parse` and `ExpertSet::parse`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

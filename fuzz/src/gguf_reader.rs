@@ -6,10 +6,10 @@
 //! from a file that gets through every stage rather than only the header parser.
 
 use moe_kernels::GgmlType;
-use moe_runtime::config::ModelConfig;
-use moe_runtime::gguf::{GgufFile, GgufWriter, Value, ValueType};
-use moe_runtime::model::{DenseFfn, Model};
-use moe_runtime::tokenizer::Tokenizer;
+use moe_model::config::ModelConfig;
+use moe_model::gguf::{GgufFile, GgufWriter, Value, ValueType};
+use moe_model::model::{DenseFfn, Model};
+use moe_model::tokenizer::Tokenizer;
 
 /// Parses `data` as GGUF; on success checks every tensor view and loads config, model and
 /// tokenizer from it. Must never panic.

@@ -10,8 +10,8 @@ mod http_request;
 pub use gguf_reader::{gguf_reader, gguf_seed_model, gguf_seeds};
 pub use http_request::{http_exchange, http_request, http_seeds};
 
-use moe_runtime::placement::{ExpertSet, Placement};
-use moe_runtime::wire::{
+use moe_cluster::placement::{ExpertSet, Placement};
+use moe_cluster::wire::{
     decode_frame, encode_frame, seal_frame, AuthProof, ErrorCode, ErrorMessage, ExpertReply,
     ExpertRequest, ExpertRoute, Heartbeat, Hello, Identity, LayerShards, Message, ModelShape,
     SendMac, SessionMac, ShardSummary, WireDtype, PROTOCOL_VERSION,

@@ -14,17 +14,13 @@
 //! ```
 
 pub mod cluster;
-pub mod fixtures;
 pub mod http;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// The reference fixtures (`../shared/fixtures` from the workspace root; read-only).
-pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-}
+pub use moe_devdata::fixtures::{self, fixtures_dir};
 
 /// The `moe-node` binary of the profile these tests were built with, built on first use.
 ///

@@ -8,15 +8,15 @@
 //!   `greedy_continuation`.
 //!
 //! Positions from a manifest's `near_ties` on are exempt exactly as in
-//! `runtime/tests/reference_fixtures.rs` (and an exempted case skips the continuation).
+//! `runtime/model/tests/reference_fixtures.rs` (and an exempted case skips the continuation).
 //! Bad inputs (missing file, truncated GGUF) must exit non-zero with a message naming the
 //! problem and no panic.
 
 use std::path::Path;
 
-use moe_runtime::gguf::GgufFile;
-use moe_runtime::npy;
-use moe_runtime::tokenizer::Tokenizer;
+use moe_model::gguf::GgufFile;
+use moe_devdata::npy;
+use moe_model::tokenizer::Tokenizer;
 use moe_tests::fixtures::{fixture_cases, ids};
 use moe_tests::{fixtures_dir, moe_node, moe_node_ok};
 use serde_json::Value;
@@ -59,7 +59,7 @@ fn check_fixture_dir(dir: &str) -> Vec<String> {
     let scratch = tempfile::tempdir().unwrap();
     let mut report = Vec::new();
     let mut tokenizer: Option<(std::path::PathBuf, Tokenizer)> = None;
-    for (ci, fc) in fixture_cases(dir).into_iter().enumerate() {
+    for (ci, fc) in fixture_cases(dir).expect("the fixture manifest").into_iter().enumerate() {
         if tokenizer
             .as_ref()
             .map(|(p, _)| p != &fc.gguf)
@@ -137,8 +137,8 @@ fn check_logits(c: &Case<'_>, stem: &Path) -> f32 {
     for (layer, reference) in want {
         for pos in 0..c.limit {
             assert_eq!(
-                ids(&got[layer]["experts"][pos]),
-                ids(&reference["experts"][pos]),
+                ids(&got[layer]["experts"][pos], "routing").unwrap(),
+                ids(&reference["experts"][pos], "reference routing").unwrap(),
                 "{}: layer {layer} position {pos} routing",
                 c.what
             );
@@ -205,7 +205,7 @@ fn check_run(c: &Case<'_>, tokenizer: &Tokenizer) -> &'static str {
         return "exempt (near tie)";
     }
     let prompt = c.case["prompt"].as_str().unwrap();
-    let continuation = ids(&c.case["greedy_continuation"]);
+    let continuation = ids(&c.case["greedy_continuation"], "greedy_continuation").unwrap();
     assert_eq!(continuation.len(), CONTINUATION_TOKENS);
     let n = CONTINUATION_TOKENS.to_string();
     let out = moe_node_ok(&[

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use moe_runtime::npy;
+use moe_devdata::npy;
 use moe_tests::cluster::{
     placement_toml, start_expert, start_router, Expert, TempDir, TEST_SECRET,
 };
@@ -19,7 +19,7 @@ const CLUSTER_LOGIT_TOL: f32 = 1e-5;
 /// The fixture cases grouped by GGUF file, in manifest order.
 fn fixture_files() -> Vec<(PathBuf, Vec<FixtureCase>)> {
     let mut out: Vec<(PathBuf, Vec<FixtureCase>)> = Vec::new();
-    for case in all_fixture_cases() {
+    for case in all_fixture_cases().expect("the fixture manifests") {
         match out.last_mut() {
             Some((gguf, cases)) if *gguf == case.gguf => cases.push(case),
             _ => out.push((case.gguf.clone(), vec![case])),

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use moe_runtime::placement::Placement;
+use moe_cluster::placement::Placement;
 use moe_tests::cluster::TempDir;
 use moe_tests::moe_node_bin;
 use serde_json::Value;

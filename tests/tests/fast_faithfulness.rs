@@ -17,9 +17,9 @@
 //! `cargo test -p moe-tests --test fast_faithfulness -- --nocapture` shows the table.
 
 use moe_kernels::NumericMode;
-use moe_runtime::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
-use moe_runtime::model::Model;
-use moe_runtime::npy;
+use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
+use moe_model::model::Model;
+use moe_devdata::npy;
 use moe_tests::fixtures::{all_fixture_cases, FixtureCase};
 
 /// Lowest accepted top-1 agreement per file: llama.cpp's worst on these fixtures (0.71,
@@ -110,7 +110,7 @@ fn score_file(cases: &[&FixtureCase], mode: NumericMode) -> Score {
 
 #[test]
 fn fast_mode_is_as_faithful_as_llama_cpp() {
-    let all = all_fixture_cases();
+    let all = all_fixture_cases().expect("the fixture manifests");
     let mut files: Vec<&std::path::Path> = all.iter().map(|c| c.gguf.as_path()).collect();
     files.dedup();
     assert!(

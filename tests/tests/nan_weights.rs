@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use moe_kernels::GgmlType;
-use moe_runtime::gguf::GgufFile;
+use moe_model::gguf::GgufFile;
 use moe_tests::cluster::{
     placement_toml, start_expert, start_router, start_serve, Node, TempDir, TEST_SECRET,
 };
@@ -78,7 +78,7 @@ fn nan_model(dir: &TempDir, file: &str, name: &str, rows: Option<&[usize]>) -> P
     }
     // The copy is still a valid model.
     drop(f);
-    assert!(moe_runtime::model::Model::open(&path).is_ok());
+    assert!(moe_model::model::Model::open(&path).is_ok());
     path
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use moe_runtime::placement::trace::read_trace_file;
+use moe_planner::trace::read_trace_file;
 use moe_tests::cluster::{Node, TempDir, NODE_START_TIMEOUT_MS, TEST_SECRET};
 use moe_tests::{moe_node, moe_node_ok};
 use serde_json::Value;

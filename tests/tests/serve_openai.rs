@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use moe_runtime::gguf::GgufFile;
-use moe_runtime::tokenizer::Tokenizer;
+use moe_model::gguf::GgufFile;
+use moe_model::tokenizer::Tokenizer;
 use moe_tests::cluster::{
     placement_toml, start_expert, Node, TempDir, NODE_START_TIMEOUT_MS, TEST_SECRET,
 };
+use moe_tests::fixtures::{fixture_cases, ids};
 use moe_tests::fixtures_dir;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Context of the test servers (positions per sequence).
 const CTX_SIZE: usize = 2048;
@@ -84,26 +85,21 @@ fn serve_args(model: &Path, extra: &[&str]) -> Vec<String> {
 
 /// What the checks compare with: the fixture's first case and its greedy continuation.
 fn write_expectations(dir: &TempDir, model: &Path) -> PathBuf {
-    let root = model.parent().unwrap();
-    let m: Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap())
-            .unwrap();
-    let case = &m["cases"][0];
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap() as u32)
-            .collect()
-    };
-    let greedy = ids(&case["greedy_continuation"]);
+    let folder = model.parent().unwrap().file_name().unwrap().to_str().unwrap();
+    let cases: Vec<_> = fixture_cases(folder)
+        .expect("the fixture manifest")
+        .into_iter()
+        .filter(|c| c.gguf == model)
+        .collect();
+    let case = &cases.first().expect("a case of the model").json;
+    let greedy = ids(&case["greedy_continuation"], "greedy_continuation").unwrap();
     let tok = Tokenizer::from_gguf(&GgufFile::open(model).unwrap()).unwrap();
     let expect = json!({
         "prompt": case["prompt"],
-        "prompt_tokens": ids(&case["tokens"]),
+        "prompt_tokens": ids(&case["tokens"], "tokens").unwrap(),
         "greedy_tokens": greedy,
         "greedy_text": tok.decode_lossy(&greedy),
-        "case_prompts": m["cases"].as_array().unwrap().iter().map(|c| c["prompt"].clone()).collect::<Vec<_>>(),
+        "case_prompts": cases.iter().map(|c| c.prompt.clone()).collect::<Vec<_>>(),
         "ctx_size": CTX_SIZE,
         "max_tokens_limit": MAX_TOKENS_LIMIT,
     });

@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use moe_runtime::config::ModelConfig;
-use moe_runtime::gguf::GgufFile;
-use moe_runtime::placement::{ExpertSet, NodeName};
-use moe_runtime::wire::{
+use moe_model::config::ModelConfig;
+use moe_model::gguf::GgufFile;
+use moe_cluster::placement::{ExpertSet, NodeName};
+use moe_cluster::wire::{
     client_handshake, encode_frame, read_frame, ClusterSecret, HandshakeConfig, Heartbeat, Message,
     ModelShape, ShardSummary, FRAME_BYTES_MAX,
 };

@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use moe_runtime::forward::{KvCache, NoObserver, SeqInput};
-use moe_runtime::sampling::argmax;
+use moe_model::forward::{KvCache, NoObserver, SeqInput};
+use moe_model::sampling::argmax;
 
 use super::common::ModelArgs;
 use super::generate::PREFILL_CHUNK_TOKENS;

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use moe_kernels::NumericMode;
-use moe_runtime::config::ModelConfig;
-use moe_runtime::gguf::GgufFile;
-use moe_runtime::model::{Model, WeightSet};
-use moe_runtime::placement::{ExpertSet, NodeAddr, NodeIndex};
+use moe_model::config::ModelConfig;
+use moe_model::gguf::GgufFile;
+use moe_model::model::{Model, WeightSet};
+use moe_cluster::placement::{ExpertSet, NodeAddr, NodeIndex};
 
 use crate::cluster::args::{load_placement, RouterArgs};
 
@@ -92,7 +92,7 @@ pub fn default_model() -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // Write under a unique name, then rename, so concurrent first runs never see half a file.
         let tmp = dir.join(format!("default-tiny.{}.partial", std::process::id()));
-        let s = moe_runtime::synth::synthesize(&moe_runtime::synth::SynthOptions::default(), &tmp)?;
+        let s = moe_devdata::synth::synthesize(&moe_devdata::synth::SynthOptions::default(), &tmp)?;
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
         eprintln!(
             "no --model given: synthesized the default tiny model at {} ({} bytes)",

@@ -1,7 +1,7 @@
 //! One generation: chunked prompt prefill, then decode steps with sampling.
 //!
 //! With speculative decoding (`--speculative ngram`), each decode step feeds the pending
-//! token plus up to `draft_max` tokens proposed by prompt lookup (`moe_runtime::draft`) in ONE
+//! token plus up to `draft_max` tokens proposed by prompt lookup (`moe_engine::draft`) in ONE
 //! forward call with logits at every position, then samples position by position exactly as
 //! plain decoding would (same logits, same history, one sampler call per emitted token, so the
 //! same random draws): while the sampled token equals the drafted one it is accepted and the
@@ -13,12 +13,12 @@
 
 use std::time::Instant;
 
-use moe_runtime::draft::ngram_draft;
-use moe_runtime::forward::{ExpertBackend, KvCache, NoObserver, SeqInput};
-use moe_runtime::model::Model;
-use moe_runtime::sampling::Sampler;
-use moe_runtime::tokenizer::{StreamDecoder, Tokenizer};
-use moe_runtime::RuntimeError;
+use moe_engine::draft::ngram_draft;
+use moe_model::forward::{ExpertBackend, KvCache, NoObserver, SeqInput};
+use moe_model::model::Model;
+use moe_model::sampling::Sampler;
+use moe_model::tokenizer::{StreamDecoder, Tokenizer};
+use moe_model::ModelError;
 
 use crate::telemetry;
 
@@ -117,9 +117,9 @@ pub fn generate(
     sampler: &mut Sampler,
     req: &GenRequest<'_>,
     on_text: &mut dyn FnMut(&str),
-) -> Result<GenStats, RuntimeError> {
+) -> Result<GenStats, ModelError> {
     if req.prompt.is_empty() {
-        return Err(RuntimeError::InvalidInput("the prompt is empty".into()));
+        return Err(ModelError::InvalidInput("the prompt is empty".into()));
     }
     let mut metrics = telemetry::Generation::start(req.prompt.len());
     let mut cache = KvCache::new(&model.cfg, req.ctx_size);

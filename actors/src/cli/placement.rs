@@ -7,20 +7,20 @@
 //!     [--link-gbit 5] [--latency-ms 0.2] [--mem-gbps 50 | --pair-us U] [--wire-bytes 4]
 //! ```
 //! Tables go to stdout, file notes to stderr. The algorithms and the step-time model are
-//! documented in `moe_runtime::placement::{plan, simulate}`.
+//! documented in `moe_cluster::placement::{plan, simulate}`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use moe_runtime::placement::plan::{plan, speeds_of, Balance, NodeSpec, PlanOptions};
-use moe_runtime::placement::simulate::{
+use moe_planner::plan::{plan, speeds_of, Balance, NodeSpec, PlanOptions};
+use moe_planner::simulate::{
     simulate, CostModel, SimReport, DEFAULT_LATENCY_MS, DEFAULT_LINK_GBIT, DEFAULT_MEM_GBPS,
     DEFAULT_ROUTER_US_PER_KIB, FRAME_OVERHEAD_BYTES,
 };
-use moe_runtime::placement::trace::{read_trace_file, Trace};
-use moe_runtime::placement::{NodeAddr, NodeName, Placement};
+use moe_planner::trace::{read_trace_file, Trace};
+use moe_cluster::placement::{NodeAddr, NodeName, Placement};
 
 /// Port written for nodes given no `--addrs` entry (the node name is the host).
 pub const DEFAULT_NODE_PORT: u16 = 7000;
@@ -250,7 +250,7 @@ fn plan_table(
     trace: &Trace,
     a: &PlanArgs,
     nodes: &[NodeSpec],
-    p: &moe_runtime::placement::plan::Plan,
+    p: &moe_planner::plan::Plan,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", trace_summary(trace, &a.trace));

@@ -1,5 +1,5 @@
 //! `--record-routing FILE`: wraps any expert backend so that every MoE layer's routing is
-//! appended to a routing trace (format in `moe_runtime::placement::trace`) before the
+//! appended to a routing trace (format in `moe_planner::trace`) before the
 //! experts run. Recording never fails a generation: a write error is reported once on
 //! stderr and recording stops.
 
@@ -8,10 +8,10 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use moe_runtime::forward::{ExpertBackend, Routing};
-use moe_runtime::model::Model;
-use moe_runtime::placement::trace::{TraceHeader, TraceWriter};
-use moe_runtime::RuntimeError;
+use moe_model::forward::{ExpertBackend, Routing};
+use moe_model::model::Model;
+use moe_planner::trace::{TraceHeader, TraceWriter};
+use moe_model::ModelError;
 
 /// An expert backend that records routings into a trace file, then delegates.
 pub struct RecordingExperts {
@@ -57,7 +57,7 @@ impl ExpertBackend for RecordingExperts {
         layer: usize,
         h: &[f32],
         routing: &Routing,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<(), ModelError> {
         if let Some(writer) = &mut self.writer {
             if let Err(e) = writer.record(layer, routing) {
                 eprintln!(
@@ -70,7 +70,7 @@ impl ExpertBackend for RecordingExperts {
         self.inner.begin(model, layer, h, routing)
     }
 
-    fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
+    fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError> {
         self.inner.finish(model, layer, out)
     }
 }

@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use moe_runtime::forward::ExpertBackend;
-use moe_runtime::sampling::{Sampler, SamplingParams};
-use moe_runtime::tokenizer::Tokenizer;
+use moe_model::forward::ExpertBackend;
+use moe_model::sampling::{Sampler, SamplingParams};
+use moe_model::tokenizer::Tokenizer;
 
 use super::common::ModelArgs;
 use super::generate::{generate, GenRequest, SpeculativeArgs};
@@ -77,7 +77,7 @@ pub struct RunArgs {
 
 /// The expert backend a model-running command uses: local, or the placement's nodes.
 pub fn expert_backend(
-    model: &moe_runtime::model::Model,
+    model: &moe_model::model::Model,
     cluster: &RouterArgs,
 ) -> anyhow::Result<Box<dyn ExpertBackend>> {
     Ok(cluster.backend(model)?.0)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use moe_kernels::GgmlType;
-use moe_runtime::synth::{synthesize, SynthOptions, SynthPreset};
+use moe_devdata::synth::{synthesize, SynthOptions, SynthPreset};
 
 /// Arguments of `synth`.
 #[derive(Debug, clap::Args)]

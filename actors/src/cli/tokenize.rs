@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use moe_runtime::gguf::GgufFile;
-use moe_runtime::tokenizer::Tokenizer;
+use moe_model::gguf::GgufFile;
+use moe_model::tokenizer::Tokenizer;
 
 /// Arguments of `tokenize`.
 #[derive(Debug, clap::Args)]

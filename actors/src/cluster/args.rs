@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use moe_runtime::config::ModelConfig;
-use moe_runtime::forward::{ExpertBackend, LocalExperts};
-use moe_runtime::model::Model;
+use moe_model::config::ModelConfig;
+use moe_model::forward::{ExpertBackend, LocalExperts};
+use moe_model::model::Model;
 
 use super::remote_experts::{LinkHealth, RemoteExperts};
-use moe_runtime::placement::Placement;
-use moe_runtime::wire::{ClusterSecret, WireDtype};
+use moe_cluster::placement::Placement;
+use moe_cluster::wire::{ClusterSecret, WireDtype};
 
 /// Options that turn a model-running command into a router with remote experts.
 #[derive(Debug, Clone, clap::Args)]

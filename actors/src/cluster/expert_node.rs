@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use moe_runtime::config::ModelConfig;
-use moe_runtime::gguf::GgufFile;
-use moe_runtime::model::{Model, WeightSet};
-use moe_runtime::placement::{ExpertSet, NodeName, Placement};
-use moe_runtime::wire::{
+use moe_model::config::ModelConfig;
+use moe_model::gguf::GgufFile;
+use moe_model::model::{Model, WeightSet};
+use moe_cluster::placement::{ExpertSet, NodeName, Placement};
+use moe_cluster::wire::{
     decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorMessage,
     ExpertRequest, HandshakeConfig, Heartbeat, Message, ModelShape, PeerShards, Reassign,
     ReassignAck, RecvMac, SendMac, ShardSummary, FRAME_BYTES_MAX, PEER_TIMEOUT_MS,
@@ -316,7 +316,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             Ok(Err(e)) => {
                 metrics.error(
-                    if matches!(e, moe_runtime::RuntimeError::FrameTooLarge { .. }) {
+                    if matches!(e, moe_cluster::ClusterError::FrameTooLarge { .. }) {
                         ErrorKind::BadFrame
                     } else {
                         ErrorKind::Closed

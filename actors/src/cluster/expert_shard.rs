@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use moe_runtime::forward::{apply_routes, Route};
-use moe_runtime::model::Model;
-use moe_runtime::placement::ExpertSet;
-use moe_runtime::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest, ReassignPhase};
+use moe_model::forward::{apply_routes, Route};
+use moe_model::model::Model;
+use moe_cluster::placement::ExpertSet;
+use moe_cluster::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest, ReassignPhase};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::live_shard::LiveShard;

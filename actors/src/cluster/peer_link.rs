@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moe_runtime::placement::ExpertSet;
-use moe_runtime::wire::{
+use moe_cluster::placement::ExpertSet;
+use moe_cluster::wire::{
     client_handshake, decode_frame, read_frame, ExpertReply, ExpertRequest, HandshakeConfig,
     Heartbeat, Message, PeerInfo, Reassign, ReassignAck, FRAME_BYTES_MAX, HEARTBEAT_INTERVAL_MS,
     PEER_TIMEOUT_MS,

@@ -13,15 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use moe_runtime::dispatch::{plan_routes, NodeWork};
-use moe_runtime::forward::{apply_routes, ExpertBackend, Route, Routing};
-use moe_runtime::model::Model;
-use moe_runtime::placement::{NodeAddr, NodeIndex, NodeName, Placement};
-use moe_runtime::wire::{
+use moe_cluster::dispatch::{plan_routes, NodeWork};
+use moe_model::forward::{apply_routes, ExpertBackend, Route, Routing};
+use moe_model::model::Model;
+use moe_cluster::placement::{NodeAddr, NodeIndex, NodeName, Placement};
+use moe_cluster::wire::{
     decode_hidden, ClusterSecret, ExpertRequest, ExpertRoute, HandshakeConfig, ModelShape,
     ShardSummary, WireDtype, EXPERTS_PER_TOKEN_MAX, FRAME_BYTES_MAX, TOKENS_PER_FRAME_MAX,
 };
-use moe_runtime::RuntimeError;
+use moe_model::ModelError;
 use ractor::{Actor, ActorRef};
 
 mod replace;
@@ -41,7 +41,7 @@ struct Link {
 
 struct InFlight {
     work: NodeWork,
-    rx: std::sync::mpsc::Receiver<Result<moe_runtime::wire::ExpertReply, String>>,
+    rx: std::sync::mpsc::Receiver<Result<moe_cluster::wire::ExpertReply, String>>,
 }
 
 struct PendingStep {
@@ -106,11 +106,11 @@ impl RemoteExperts {
         dtype: WireDtype,
         encrypt: bool,
     ) -> anyhow::Result<Self> {
-        if model.cfg.n_embd > moe_runtime::wire::HIDDEN_DIM_MAX {
+        if model.cfg.n_embd > moe_cluster::wire::HIDDEN_DIM_MAX {
             bail!(
                 "hidden size {} exceeds the wire's HIDDEN_DIM_MAX ({}): this model cannot run with remote experts",
                 model.cfg.n_embd,
-                moe_runtime::wire::HIDDEN_DIM_MAX
+                moe_cluster::wire::HIDDEN_DIM_MAX
             );
         }
         let rt = Arc::new(
@@ -123,7 +123,7 @@ impl RemoteExperts {
             n_experts: model.cfg.n_experts,
             hidden_dim: model.cfg.n_embd,
         };
-        let empty = moe_runtime::placement::ExpertSet::empty(model.cfg.n_experts)?;
+        let empty = moe_cluster::placement::ExpertSet::empty(model.cfg.n_experts)?;
         let hs = HandshakeConfig {
             encrypt,
             exact: model.mode() == moe_kernels::NumericMode::Exact,
@@ -253,7 +253,7 @@ impl RemoteExperts {
         h: &[f32],
         d: usize,
         work: NodeWork,
-    ) -> Result<InFlight, RuntimeError> {
+    ) -> Result<InFlight, ModelError> {
         self.step += 1;
         let mut req = ExpertRequest::new(self.step, layer as u16, self.dtype, d as u32);
         let mut routes: Vec<ExpertRoute> = Vec::new();
@@ -267,12 +267,13 @@ impl RemoteExperts {
                 });
                 i += 1;
             }
-            req.push_token(&h[row as usize * d..(row as usize + 1) * d], &routes)?;
+            req.push_token(&h[row as usize * d..(row as usize + 1) * d], &routes)
+                .map_err(|e| ModelError::InvalidInput(format!("request for node {}: {e}", work.node.0)))?;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let link = self.links[work.node.0 as usize]
             .as_ref()
-            .ok_or_else(|| RuntimeError::InvalidInput("local node has no link".into()))?;
+            .ok_or_else(|| ModelError::InvalidInput("local node has no link".into()))?;
         if link
             .actor
             .cast(PeerLinkMsg::Dispatch(Box::new(req), tx.clone()))
@@ -334,7 +335,7 @@ fn compute_local(
     h: &[f32],
     d: usize,
     work: &NodeWork,
-) -> Result<Vec<f32>, RuntimeError> {
+) -> Result<Vec<f32>, ModelError> {
     let started = Instant::now();
     let mut partial = vec![0f32; h.len()];
     apply_routes(model, layer, h, &work.batch_routes(), &mut partial)?;
@@ -371,7 +372,7 @@ impl ExpertBackend for RemoteExperts {
         layer: usize,
         h: &[f32],
         routing: &Routing,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<(), ModelError> {
         // A step boundary: every earlier step has finished on the placement it started with.
         self.apply_reloaded_placement();
         let started = Instant::now();
@@ -399,7 +400,7 @@ impl ExpertBackend for RemoteExperts {
         Ok(())
     }
 
-    fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
+    fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError> {
         let PendingStep {
             started,
             h,
@@ -408,7 +409,7 @@ impl ExpertBackend for RemoteExperts {
         } = self
             .pending
             .take()
-            .ok_or_else(|| RuntimeError::InvalidInput("finish without begin".into()))?;
+            .ok_or_else(|| ModelError::InvalidInput("finish without begin".into()))?;
         let d = model.cfg.n_embd;
         // One deadline for the whole step, re-sends to replicas included.
         let deadline = started + Duration::from_millis(STEP_TIMEOUT_MS);
@@ -450,7 +451,7 @@ impl ExpertBackend for RemoteExperts {
                     parts.push((node, inflight.work.rows, partial))
                 }
                 Ok(_) => {
-                    return Err(RuntimeError::PeerFailed {
+                    return Err(ModelError::PeerFailed {
                         node: self.node_name(node),
                         reason: "reply of the wrong size".into(),
                     })
@@ -463,7 +464,7 @@ impl ExpertBackend for RemoteExperts {
                     let plan = plan_routes(routes, layer, &self.placement, &|n| {
                         !failed_now.contains(&n) && self.is_live(n)
                     })
-                    .map_err(|e| RuntimeError::PeerFailed {
+                    .map_err(|e| ModelError::PeerFailed {
                         node: self.node_name(node),
                         reason: format!("{reason}; {e}"),
                     })?;
@@ -490,7 +491,7 @@ impl ExpertBackend for RemoteExperts {
         // Only reads the values; the error names the node(s) and the batch rows concerned.
         let (mut bad_rows, mut bad_nodes, mut first) = (Vec::new(), Vec::new(), None);
         for (node, rows, partial) in &parts {
-            if let Some((rs, v)) = moe_runtime::forward::non_finite_rows(partial, d) {
+            if let Some((rs, v)) = moe_model::forward::non_finite_rows(partial, d) {
                 first.get_or_insert(v);
                 let name = self.node_name(*node);
                 if !bad_nodes.contains(&name) {
@@ -506,7 +507,7 @@ impl ExpertBackend for RemoteExperts {
         if let Some(value) = first {
             bad_rows.sort_unstable();
             bad_rows.dedup();
-            return Err(RuntimeError::NonFinite {
+            return Err(ModelError::NonFinite {
                 what: format!(
                     "the partial sums from expert node {} for MoE layer {layer}",
                     bad_nodes.join(", ")

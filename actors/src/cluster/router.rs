@@ -12,8 +12,8 @@
 
 use std::io::{BufRead, Write};
 
-use moe_runtime::sampling::{Sampler, SamplingParams};
-use moe_runtime::tokenizer::Tokenizer;
+use moe_model::sampling::{Sampler, SamplingParams};
+use moe_model::tokenizer::Tokenizer;
 use serde::Deserialize;
 
 use super::args::RouterArgs;

@@ -33,12 +33,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::http::StatusCode;
-use moe_runtime::draft::ngram_draft;
-use moe_runtime::forward::{ExpertBackend, KvCache, NoObserver, PrefixCache, SeqInput};
-use moe_runtime::model::Model;
-use moe_runtime::sampling::{Sampler, SamplingParams};
-use moe_runtime::tokenizer::{StreamDecoder, Tokenizer};
-use moe_runtime::RuntimeError;
+use moe_engine::draft::ngram_draft;
+use moe_model::forward::{ExpertBackend, KvCache, NoObserver, PrefixCache, SeqInput};
+use moe_model::model::Model;
+use moe_model::sampling::{Sampler, SamplingParams};
+use moe_model::tokenizer::{StreamDecoder, Tokenizer};
+use moe_model::ModelError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::api_error::ApiError;
@@ -99,14 +99,14 @@ pub struct JobError {
 
 impl JobError {
     /// The error of a request whose step failed with `e`.
-    fn from_runtime(e: &RuntimeError) -> Self {
+    fn from_runtime(e: &ModelError) -> Self {
         match e {
-            RuntimeError::PeerFailed { .. } | RuntimeError::NoLiveOwner { .. } => Self {
+            ModelError::PeerFailed { .. } | ModelError::NoLiveOwner { .. } => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "unavailable",
                 message: e.to_string(),
             },
-            RuntimeError::NonFinite { what, value, .. } => Self {
+            ModelError::NonFinite { what, value, .. } => Self {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 code: "non_finite_values",
                 message: format!(
@@ -684,8 +684,8 @@ impl Engine {
 impl Engine {
     /// For an error that names batch rows (non-finite values), the indices (into `seqs`) of
     /// the sequences whose fed tokens those rows are; `None` when it names none.
-    fn sequences_of_rows(&self, e: &RuntimeError, in_batch: &[usize]) -> Option<Vec<usize>> {
-        let RuntimeError::NonFinite { rows, .. } = e else {
+    fn sequences_of_rows(&self, e: &ModelError, in_batch: &[usize]) -> Option<Vec<usize>> {
+        let ModelError::NonFinite { rows, .. } = e else {
             return None;
         };
         let mut found = Vec::new();
@@ -769,7 +769,7 @@ impl Sequence {
 mod tests {
     use std::path::Path;
 
-    use moe_runtime::forward::LocalExperts;
+    use moe_model::forward::LocalExperts;
 
     use super::*;
 
@@ -793,8 +793,8 @@ mod tests {
             model: &Model,
             layer: usize,
             h: &[f32],
-            routing: &moe_runtime::forward::Routing,
-        ) -> Result<(), RuntimeError> {
+            routing: &moe_model::forward::Routing,
+        ) -> Result<(), ModelError> {
             if self.fault == Some(Fault::PanicOnce) {
                 self.fault = None;
                 panic!("injected test panic");
@@ -807,7 +807,7 @@ mod tests {
             model: &Model,
             layer: usize,
             out: &mut [f32],
-        ) -> Result<(), RuntimeError> {
+        ) -> Result<(), ModelError> {
             self.inner.finish(model, layer, out)?;
             if self.fault == Some(Fault::NanInRowZeroOnce) {
                 self.fault = None;
@@ -925,13 +925,13 @@ mod tests {
 
     #[test]
     fn job_errors_map_to_statuses() {
-        let peer = JobError::from_runtime(&RuntimeError::PeerFailed {
+        let peer = JobError::from_runtime(&ModelError::PeerFailed {
             node: "e2".into(),
             reason: "connection lost".into(),
         });
         assert_eq!(peer.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(peer.message.contains("e2"));
-        let nan = JobError::from_runtime(&RuntimeError::NonFinite {
+        let nan = JobError::from_runtime(&ModelError::NonFinite {
             what: "the output logits".into(),
             value: f32::NAN,
             rows: vec![0],

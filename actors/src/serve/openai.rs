@@ -13,7 +13,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use moe_runtime::sampling::SamplingParams;
+use moe_model::sampling::SamplingParams;
 
 use super::api_error::ApiError;
 

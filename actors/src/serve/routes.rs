@@ -27,7 +27,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use moe_runtime::tokenizer::Tokenizer;
+use moe_model::tokenizer::Tokenizer;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 

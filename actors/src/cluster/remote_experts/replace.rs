@@ -16,8 +16,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use moe_runtime::placement::{NodeIndex, Placement};
-use moe_runtime::wire::{Reassign, ReassignPhase, ShardSummary};
+use moe_cluster::placement::{NodeIndex, Placement};
+use moe_cluster::wire::{Reassign, ReassignPhase, ShardSummary};
 
 use super::RemoteExperts;
 use crate::cluster::peer_link::PeerLinkMsg;

@@ -1,0 +1,253 @@
+//! The forward pass (spec §2.1): embedding, per layer MLA attention + dense or MoE FFN with
+//! residuals, final norm, output head. f32 activations and accumulation throughout.
+//!
+//! ```text
+//! ops.rs        rms_norm, swiglu, softmax, dot
+//! rope.rs       YaRN frequencies, adjacent-pair rotation
+//! kv_cache.rs   the MLA latent cache of one sequence
+//! prefix_cache.rs  prompt prefixes' KV kept in blocks for reuse by later prompts
+//! attention.rs  absorbed MLA attention
+//! moe.rs        router, experts, ExpertBackend (local or remote experts)
+//! ```
+//! One call processes a batch of sequences, each with any number of new tokens (a prompt, or
+//! one token when decoding): attention runs per sequence on its own cache, every FFN runs on
+//! all tokens of the batch at once, so a MoE layer routes the whole batch in one step.
+//!
+//! Non-finite values (NaN, ±Inf from corrupt weights, an overflow or a faulty expert node)
+//! never propagate silently: the embeddings, every attention and FFN output, the router's gate
+//! logits and the output logits are scanned (one read per value, nothing changed, so the
+//! numerics stay bit-identical), and the first non-finite one fails the call with
+//! [`ModelError::NonFinite`] naming the layer and the batch rows that hold them.
+
+mod attention;
+mod kv_cache;
+pub mod moe;
+mod ops;
+mod prefix_cache;
+
+pub use kv_cache::KvCache;
+pub use moe::{apply_routes, ExpertBackend, LocalExperts, Route, Routing};
+pub use prefix_cache::{PrefixCache, Reused, PREFIX_BLOCK_TOKENS};
+
+use crate::model::Model;
+use crate::ModelError;
+
+/// New tokens of one sequence for a forward call.
+#[derive(Debug)]
+pub struct SeqInput<'a> {
+    /// The sequence's cache; its length is the first new token's position.
+    pub cache: &'a mut KvCache,
+    /// New token ids.
+    pub tokens: &'a [u32],
+    /// Return logits for every new token (else only for the last).
+    pub all_logits: bool,
+}
+
+/// Receives intermediate values (reference comparisons, routing statistics).
+pub trait Observer {
+    /// Hidden state `index` (0 = embeddings, i = after layer i-1, n_layers = final norm) of
+    /// the batch, `[t, D]` over all sequences' tokens in order.
+    fn hidden(&mut self, _index: usize, _rows: &[f32]) {}
+    /// The routing of MoE layer `layer` for all tokens of the batch.
+    fn routing(&mut self, _layer: usize, _routing: &Routing) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// The rows of `values` (`[t, width]`) holding a NaN or an infinity, ascending, and the first
+/// such value; `None` when every value is finite. Only reads `values`.
+pub fn non_finite_rows(values: &[f32], width: usize) -> Option<(Vec<usize>, f32)> {
+    // The common case: one branch-free pass (vectorizes), no allocation.
+    if values.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        return None;
+    }
+    let mut rows = Vec::new();
+    let mut first = None;
+    for (r, row) in values.chunks(width.max(1)).enumerate() {
+        if let Some(&v) = row.iter().find(|v| !v.is_finite()) {
+            first.get_or_insert(v);
+            rows.push(r);
+        }
+    }
+    first.map(|v| (rows, v))
+}
+
+/// `Ok` when every value of `values` (`[t, width]`) is finite, else a
+/// [`ModelError::NonFinite`] naming `what()` and the offending rows, counted from `first_row`.
+pub fn check_finite(
+    values: &[f32],
+    width: usize,
+    first_row: usize,
+    what: impl FnOnce() -> String,
+) -> Result<(), ModelError> {
+    match non_finite_rows(values, width) {
+        None => Ok(()),
+        Some((rows, value)) => Err(ModelError::NonFinite {
+            what: what(),
+            value,
+            rows: rows.into_iter().map(|r| r + first_row).collect(),
+        }),
+    }
+}
+
+impl Model {
+    /// Runs the batch and returns, per sequence, logits `[n, vocab]` (n = its new tokens, or 1).
+    ///
+    /// On error no cache is changed.
+    pub fn forward(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        experts: &mut dyn ExpertBackend,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let lens: Vec<usize> = batch.iter().map(|s| s.cache.len()).collect();
+        let r = self.forward_inner(batch, experts, obs);
+        if r.is_err() {
+            for (s, &len) in batch.iter_mut().zip(&lens) {
+                s.cache.truncate(len);
+            }
+        }
+        r
+    }
+
+    fn forward_inner(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        experts: &mut dyn ExpertBackend,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let c = &self.cfg;
+        let d = c.n_embd;
+        for s in batch.iter() {
+            s.cache.reserve(s.tokens.len())?;
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(ModelError::InvalidInput(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    c.vocab
+                )));
+            }
+        }
+        let t_all: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let mut x = vec![0f32; t_all * d];
+        let embd = self.mat(&self.tok_embd)?;
+        for (row, &tok) in x
+            .chunks_exact_mut(d)
+            .zip(batch.iter().flat_map(|s| s.tokens.iter()))
+        {
+            embd.dequantize_row(tok as usize, row)?;
+        }
+        check_finite(&x, d, 0, || "the token embeddings".into())?;
+        obs.hidden(0, &x);
+
+        let mut xn = vec![0f32; t_all * d];
+        let mut y = vec![0f32; t_all * d];
+        for (l, lw) in self.layers.iter().enumerate() {
+            ops::rms_norm(&x, &lw.attn.norm, c.rms_eps, &mut xn);
+            let mut start = 0;
+            for s in batch.iter_mut() {
+                let n = s.tokens.len();
+                let rows = start * d..(start + n) * d;
+                attention::attention(self, l, &xn[rows.clone()], n, s.cache, &mut y[rows])?;
+                start += n;
+            }
+            check_finite(&y, d, 0, || format!("the attention output of layer {l}"))?;
+            ops::add_inplace(&mut x, &y);
+
+            ops::rms_norm(&x, &lw.ffn_norm, c.rms_eps, &mut xn);
+            y.fill(0.0);
+            if let Some(dense) = &lw.dense {
+                moe::dense_ffn(self, dense, &xn, t_all, &mut y)?;
+                check_finite(&y, d, 0, || format!("the dense FFN output of layer {l}"))?;
+            } else if let Some(mw) = &lw.moe {
+                let routing = moe::route(self, mw, l, &xn, t_all)?;
+                obs.routing(l, &routing);
+                experts.begin(self, l, &xn, &routing)?;
+                if let Some(shared) = &mw.shared {
+                    moe::dense_ffn(self, shared, &xn, t_all, &mut y)?;
+                }
+                experts.finish(self, l, &mut y)?;
+                check_finite(&y, d, 0, || format!("the MoE output of layer {l}"))?;
+            }
+            ops::add_inplace(&mut x, &y);
+            if l + 1 < c.n_layers {
+                obs.hidden(l + 1, &x);
+            }
+        }
+        for s in batch.iter_mut() {
+            s.cache.commit(s.tokens.len());
+        }
+
+        // Final norm and output head, only on the rows whose logits are wanted.
+        let mut rows = Vec::new();
+        let mut start = 0;
+        for s in batch.iter() {
+            let n = s.tokens.len();
+            let first = if s.all_logits {
+                start
+            } else {
+                start + n.saturating_sub(1)
+            };
+            rows.push(first..start + n);
+            start += n;
+        }
+        ops::rms_norm(&x, &self.output_norm, c.rms_eps, &mut xn);
+        obs.hidden(c.n_layers, &xn);
+        let head = self.mat(&self.output)?;
+        let mut out = Vec::with_capacity(rows.len());
+        // Every sequence's logits are checked, so one error names all rows at fault.
+        let (mut bad, mut first_bad) = (Vec::new(), None);
+        for r in rows {
+            let n = r.len();
+            let mut logits = vec![0f32; n * c.vocab];
+            head.matmul(&xn[r.start * d..r.end * d], n, &mut logits)?;
+            if let Some((rs, v)) = non_finite_rows(&logits, c.vocab) {
+                first_bad.get_or_insert(v);
+                bad.extend(rs.into_iter().map(|i| r.start + i));
+            }
+            out.push(logits);
+        }
+        match first_bad {
+            None => Ok(out),
+            Some(value) => Err(ModelError::NonFinite {
+                what: "the output logits".into(),
+                value,
+                rows: bad,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_finite, non_finite_rows};
+    use crate::ModelError;
+
+    #[test]
+    fn non_finite_rows_names_every_row_and_the_first_value() {
+        let mut v = vec![0.5f32; 4 * 3];
+        assert_eq!(non_finite_rows(&v, 3), None);
+        v[4] = f32::NEG_INFINITY;
+        v[10] = f32::NAN;
+        v[11] = f32::INFINITY;
+        let (rows, first) = non_finite_rows(&v, 3).unwrap();
+        assert_eq!(rows, vec![1, 3]);
+        assert_eq!(first, f32::NEG_INFINITY);
+        match check_finite(&v, 3, 10, || "the attention output of layer 2".into()) {
+            Err(e @ ModelError::NonFinite { .. }) => {
+                let ModelError::NonFinite { ref rows, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!(rows, &vec![11, 13]);
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("non-finite values (-inf) in the attention output of layer 2"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

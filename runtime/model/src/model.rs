@@ -1,0 +1,181 @@
+//! `Model`: a mapped GGUF file with its typed config (the tokenizer is loaded separately, since
+//! expert nodes have no use for it) and every weight located and
+//! shape-checked once. Weights stay in the mapping; [`Model::mat`] and
+//! [`Model::expert_mat`] hand out borrowed [`QMatrix`] views, computed in the model's
+//! [`NumericMode`] (Exact unless [`Model::with_mode`] says otherwise): every forward pass
+//! over this model uses that one mode.
+
+mod weights;
+
+pub use weights::{Attention, DenseFfn, ExpertsWeight, LayerWeights, Mat, MoeWeights};
+
+use moe_kernels::{NumericMode, QMatrix};
+
+use crate::config::ModelConfig;
+use crate::rope::Rope;
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::ExpertSet;
+use crate::ModelError;
+
+/// A loaded model: file, config and weight locations (the tokenizer is loaded separately).
+pub struct Model {
+    file: GgufFile,
+    /// Hyper-parameters.
+    pub cfg: ModelConfig,
+    /// `token_embd.weight` as `[vocab, D]`.
+    pub tok_embd: Mat,
+    /// `output_norm.weight`.
+    pub output_norm: Vec<f32>,
+    /// `output.weight` as `[vocab, D]` (or the embedding when tied).
+    pub output: Mat,
+    /// Per-layer weights.
+    pub layers: Vec<LayerWeights>,
+    /// Rope frequencies.
+    pub rope: Rope,
+    /// The arithmetic of every matmul over this model's weights.
+    mode: NumericMode,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("file", &self.file)
+            .field("cfg", &self.cfg)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+/// Which weights a process maps: the rest of the file is neither mapped nor read.
+#[derive(Debug, Clone)]
+pub enum WeightSet {
+    /// Everything (a single process).
+    All,
+    /// A router: every weight except routed experts, of which only `local[layer]`.
+    Router {
+        /// Experts computed in-process, per model layer (None or empty: none).
+        local: Vec<Option<ExpertSet>>,
+    },
+    /// An expert node: the experts `owned[layer]`, plus the small 1-D tensors (norms,
+    /// router bias) that model validation reads.
+    Experts {
+        /// Experts this node owns, per model layer.
+        owned: Vec<Option<ExpertSet>>,
+    },
+}
+
+impl WeightSet {
+    /// Byte ranges of `info` (relative to its start) that this set maps.
+    fn ranges(&self, info: &TensorInfo) -> Vec<std::ops::Range<usize>> {
+        let everything: Vec<std::ops::Range<usize>> = std::iter::once(0..info.size).collect();
+        let (sets, others) = match self {
+            Self::All => return everything,
+            Self::Router { local } => (local, everything),
+            Self::Experts { owned } => (
+                owned,
+                if info.n_dims == 1 {
+                    everything
+                } else {
+                    Vec::new()
+                },
+            ),
+        };
+        if !info.name.ends_with("_exps.weight") {
+            return others;
+        }
+        let layer = info
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse::<usize>().ok());
+        let Some(set) = layer.and_then(|l| sets.get(l)).and_then(Option::as_ref) else {
+            return Vec::new();
+        };
+        let per_expert = info.size / (info.ne[2].max(1) as usize);
+        set.ranges()
+            .map(|r| r.start() * per_expert..(r.end() + 1) * per_expert)
+            .collect()
+    }
+}
+
+impl Model {
+    /// Opens a model mapping only the weights in `set` (see [`WeightSet`]).
+    pub fn open_with(
+        path: impl AsRef<std::path::Path>,
+        set: &WeightSet,
+    ) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let file = match set {
+            WeightSet::All => GgufFile::open(path)?,
+            partial => GgufFile::open_mapped(path, &|info| partial.ranges(info))?,
+        };
+        Self::from_file(file).map_err(|e| match e {
+            ModelError::Io { .. } | ModelError::Gguf { .. } => e,
+            other => ModelError::gguf(path, other.to_string()),
+        })
+    }
+
+    /// Opens and validates a model file (or split set).
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, ModelError> {
+        let file = GgufFile::open(path.as_ref())?;
+        Self::from_file(file).map_err(|e| match e {
+            ModelError::Io { .. } | ModelError::Gguf { .. } => e,
+            other => ModelError::gguf(path.as_ref(), other.to_string()),
+        })
+    }
+
+    /// Validates an already parsed file.
+    pub fn from_file(file: GgufFile) -> Result<Self, ModelError> {
+        let cfg = ModelConfig::from_gguf(&file)?;
+        let w = weights::Loader {
+            file: &file,
+            cfg: &cfg,
+        };
+        let tok_embd = w.mat("token_embd.weight", cfg.vocab, cfg.n_embd)?;
+        let output_norm = w.vector("output_norm.weight", cfg.n_embd)?;
+        let output = match file.tensor_info("output.weight") {
+            Some(_) => w.mat("output.weight", cfg.vocab, cfg.n_embd)?,
+            None => tok_embd.clone(),
+        };
+        let layers = (0..cfg.n_layers)
+            .map(|l| w.layer(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rope = Rope::new(&cfg);
+        Ok(Self {
+            file,
+            cfg,
+            tok_embd,
+            output_norm,
+            output,
+            layers,
+            rope,
+            mode: NumericMode::Exact,
+        })
+    }
+
+    /// This model computing in `mode` (a model opens in [`NumericMode::Exact`]).
+    pub fn with_mode(mut self, mode: NumericMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The arithmetic of this model's matmuls.
+    pub fn mode(&self) -> NumericMode {
+        self.mode
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// A borrowed view of a 2-D weight (an error if this process did not map it).
+    pub fn mat(&self, m: &Mat) -> Result<QMatrix<'_>, ModelError> {
+        Ok(m.view(&self.file)?.with_mode(self.mode))
+    }
+
+    /// Expert `e` of a stacked expert tensor (an error if this process did not map it).
+    pub fn expert_mat(&self, w: &ExpertsWeight, e: usize) -> Result<QMatrix<'_>, ModelError> {
+        Ok(w.expert(&self.file, e)?.with_mode(self.mode))
+    }
+}

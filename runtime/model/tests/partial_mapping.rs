@@ -1,0 +1,105 @@
+//! A process maps only the weights it computes: an expert node its own experts (and norms),
+//! a router everything but the experts other nodes own.
+
+use std::path::PathBuf;
+
+use moe_model::forward::{apply_routes, Route};
+use moe_model::model::{Model, WeightSet};
+use moe_model::ExpertSet;
+use moe_model::ModelError;
+
+fn fixture() -> PathBuf {
+    moe_devdata::fixtures::fixtures_dir().join("kimi-k25-kq/kimi-k25-kq-Q4_K_M.gguf")
+}
+
+fn sets(model: &Model, text: &str) -> Vec<Option<ExpertSet>> {
+    (0..model.cfg.n_layers)
+        .map(|l| {
+            model
+                .cfg
+                .is_moe_layer(l)
+                .then(|| ExpertSet::parse(text, model.cfg.n_experts).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn expert_node_maps_its_experts_and_computes_them_exactly() {
+    let full = Model::open(fixture()).unwrap();
+    let file_bytes = std::fs::metadata(fixture()).unwrap().len() as usize;
+    let owned = sets(&full, "0-127");
+    let node = Model::open_with(fixture(), &WeightSet::Experts { owned }).unwrap();
+
+    // Experts 0-127 of the one MoE layer's three expert tensors, plus 1-D tensors.
+    let moe = full.layers[1].moe.as_ref().unwrap();
+    let expert_bytes: usize = [&moe.gate_exps, &moe.up_exps, &moe.down_exps]
+        .iter()
+        .map(|w| w.expert_bytes())
+        .sum();
+    let mapped = node.file().mapped_bytes();
+    assert!(mapped >= 128 * expert_bytes, "mapped {mapped}");
+    assert!(
+        mapped < 128 * expert_bytes + 64 * 1024,
+        "mapped {mapped} of {file_bytes}: more than its experts and norms"
+    );
+
+    // Owned experts compute bit-identically; an expert it does not own is an error.
+    let d = full.cfg.n_embd;
+    let h: Vec<f32> = (0..2 * d)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0)
+        .collect();
+    let routes = [
+        Route {
+            token: 0,
+            expert: 3,
+            weight: 0.5,
+        },
+        Route {
+            token: 1,
+            expert: 127,
+            weight: 1.5,
+        },
+    ];
+    let (mut a, mut b) = (vec![0f32; 2 * d], vec![0f32; 2 * d]);
+    apply_routes(&full, 1, &h, &routes, &mut a).unwrap();
+    apply_routes(&node, 1, &h, &routes, &mut b).unwrap();
+    assert_eq!(a, b);
+    let err = apply_routes(
+        &node,
+        1,
+        &h,
+        &[Route {
+            token: 0,
+            expert: 200,
+            weight: 1.0,
+        }],
+        &mut b,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ModelError::NotMapped { .. }), "{err}");
+    assert!(err.to_string().contains("expert 200"), "{err}");
+    // Attention weights are not mapped on an expert node either.
+    assert!(node.mat(&node.layers[0].attn.output).is_err());
+}
+
+#[test]
+fn router_maps_no_remote_experts() {
+    let full = Model::open(fixture()).unwrap();
+    let none: Vec<Option<ExpertSet>> = vec![None; full.cfg.n_layers];
+    let router = Model::open_with(fixture(), &WeightSet::Router { local: none }).unwrap();
+    let moe = full.layers[1].moe.as_ref().unwrap();
+    let all_experts: usize = [&moe.gate_exps, &moe.up_exps, &moe.down_exps]
+        .iter()
+        .map(|w| w.expert_bytes() * full.cfg.n_experts)
+        .sum();
+    let file_bytes = std::fs::metadata(fixture()).unwrap().len() as usize;
+    let mapped = router.file().mapped_bytes();
+    assert!(
+        mapped <= file_bytes - all_experts,
+        "router mapped {mapped} bytes; non-expert bytes are {}",
+        file_bytes - all_experts
+    );
+    assert!(router
+        .expert_mat(&router.layers[1].moe.as_ref().unwrap().up_exps, 0)
+        .is_err());
+}
