@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use moe_kernels::{quantize_row, GgmlType, NumericMode, QMatrix, SimdIsa};
+use moe_kernels::{quantize_row, GgmlType, QMatrix, SimdIsa};
 
 /// Weight rows of the timed matrix.
 const ROWS: usize = 512;
@@ -38,6 +38,9 @@ const TYPES: [GgmlType; 12] = [
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
 ];
+
+/// One timed call, writing its output into the slice.
+type Run<'a> = Box<dyn FnMut(&mut [f32]) + 'a>;
 
 /// Deterministic values in [-1, 1) (xorshift64*).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -98,28 +101,27 @@ fn main() {
         for n in TOKEN_COUNTS {
             let x = values(n * COLS, 3 + n as u64);
             let mut y = vec![0f32; n * ROWS];
-            let mut runs: Vec<(&str, &str, Box<dyn FnMut(&mut [f32])>)> = vec![(
-                "exact",
-                "detected",
-                Box::new(|y: &mut [f32]| {
-                    m.with_mode(NumericMode::Exact)
-                        .matmul_with_threads(&x, n, y, 1)
-                        .expect("exact")
-                }),
-            )];
+            let mut runs: Vec<(&str, &str, Run)> = Vec::new();
             for (isa, name) in [(SimdIsa::Portable, "portable"), (SimdIsa::Avx2, "avx2")] {
-                if isa.available() {
-                    let x = &x;
-                    runs.push((
-                        "fast",
-                        name,
-                        Box::new(move |y: &mut [f32]| {
-                            m.matmul_fast_with_isa(x, n, y, isa).expect("fast")
-                        }),
-                    ));
-                } else {
-                    eprintln!("skipped: fast {name} (this CPU lacks it)");
+                if !isa.available() {
+                    eprintln!("skipped: {name} (this CPU lacks it)");
+                    continue;
                 }
+                let x = &x;
+                runs.push((
+                    "exact",
+                    name,
+                    Box::new(move |y: &mut [f32]| {
+                        m.matmul_exact_with_isa(x, n, y, isa).expect("exact")
+                    }),
+                ));
+                runs.push((
+                    "fast",
+                    name,
+                    Box::new(move |y: &mut [f32]| {
+                        m.matmul_fast_with_isa(x, n, y, isa).expect("fast")
+                    }),
+                ));
             }
             for (mode, isa, run) in runs.iter_mut() {
                 let mut best = f64::INFINITY;

@@ -151,7 +151,7 @@ fn lane_at(s: &[f32], at: usize) -> &[f32; LANES] {
 
 #[cfg(test)]
 mod tests {
-    use super::super::simd::{Portable, SimdIsa};
+    use super::super::simd::Portable;
     use super::super::test_data::data;
     use super::*;
 
@@ -221,8 +221,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_fma_dots() {
-        if SimdIsa::detected() != SimdIsa::Avx2 {
-            eprintln!("skipped: avx2_fma_dots (CPU lacks avx2+fma)");
+        if !super::super::simd::avx2_or_skip("avx2_fma_dots") {
             return;
         }
         check::<super::super::simd::Avx2Fma>("avx2+fma");

@@ -528,8 +528,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_fused_matches_dequantized() {
-        if SimdIsa::detected() != SimdIsa::Avx2 {
-            eprintln!("skipped: avx2_fused_matches_dequantized (CPU lacks avx2+fma)");
+        if !super::super::simd::avx2_or_skip("avx2_fused_matches_dequantized") {
             return;
         }
         cross::<super::super::simd::Avx2Fma>("avx2+fma");
@@ -539,8 +538,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_decoders_exact() {
-        if SimdIsa::detected() != SimdIsa::Avx2 {
-            eprintln!("skipped: avx2_decoders_exact (CPU lacks avx2+fma)");
+        if !super::super::simd::avx2_or_skip("avx2_decoders_exact") {
             return;
         }
         fn check<F: Format>() {

@@ -25,8 +25,7 @@ pub(super) mod legacy;
 use std::marker::PhantomData;
 
 use self::block_dot::{BlockDot, RowsBlock, TokensBlock};
-pub(super) use self::format::FastFormat;
-use self::format::GROUP;
+use self::format::{FastFormat, GROUP};
 use super::dots::ROW_TILE;
 use super::q8::QActs;
 use super::rows::RowCall;
@@ -233,8 +232,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_unpackers_exact() {
-        if SimdIsa::detected() != SimdIsa::Avx2 {
-            eprintln!("skipped: avx2_unpackers_exact (CPU lacks avx2+fma)");
+        if !super::super::simd::avx2_or_skip("avx2_unpackers_exact") {
             return;
         }
         fn check<F: FastFormat>() {

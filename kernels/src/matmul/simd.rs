@@ -210,6 +210,18 @@ impl F32Lanes for Avx2Fma {
     }
 }
 
+/// Whether a test of the AVX2 implementation can run here; when not, says on stderr that
+/// `test` was skipped (a test that returns early on `false` passes without checking, so the
+/// skip must be visible).
+#[cfg(test)]
+pub(crate) fn avx2_or_skip(test: &str) -> bool {
+    let ok = SimdIsa::detected() == SimdIsa::Avx2;
+    if !ok {
+        eprintln!("skipped: {test} (CPU lacks avx2+fma)");
+    }
+    ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,10 +262,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_lanes_match_portable_where_no_fma_differs() {
-        if SimdIsa::detected() != SimdIsa::Avx2 {
-            eprintln!(
-                "skipped: avx2_lanes_match_portable_where_no_fma_differs (CPU lacks avx2+fma)"
-            );
+        if !avx2_or_skip("avx2_lanes_match_portable_where_no_fma_differs") {
             return;
         }
         assert_eq!(

@@ -117,6 +117,7 @@ impl BlockDot for Portable {
     }
 
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // `t` and `k` index activations, rows and factors.
     fn block<F: FastFormat, const N: usize, const T: usize>(
         rows: &RowsBlock<'_, N>,
         toks: &TokensBlock<'_, N, T>,
