@@ -12,14 +12,22 @@
 //! quantize.rs              round-to-nearest quantizers (to synthesize models)
 //!   quantize/legacy.rs     Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 //!   quantize/kquants.rs    Q2_K .. Q6_K
-//! matmul.rs                QMatrix (a borrowed quantized [rows, cols] matrix) and the
-//!                          threaded y = x · Wᵀ kernel
-//!   matmul/row_kernel.rs   per-type row kernels: the seam where fused SIMD kernels plug in
-//!                          (Exact: `dot_rows_fn`; Fast: `fast_rows_fn`)
-//!   matmul/fused.rs        Exact-mode fused kernels for Q4_K, Q6_K, Q8_0 (f32 activations)
+//! matmul.rs                QMatrix (a borrowed quantized [rows, cols] matrix), NumericMode and
+//!                          the threaded y = x · Wᵀ kernel; each file below imports only from
+//!                          files listed after it
+//!   matmul/kernel_table.rs which row kernel each type runs, per mode
+//!   matmul/fast.rs         Fast mode: tile and token loops over int8 activations
+//!     fast/kquants.rs      Q2_K .. Q6_K unpacking (portable + AVX2) and scales
+//!     fast/legacy.rs       Q4_0, Q4_1, Q5_0, Q5_1 (one generic nibble layout), Q8_0
+//!     fast/iq4.rs          IQ4_NL, IQ4_XS grid codes
+//!     fast/block_dot.rs    one block's integer dot (maddubs lanes; portable + AVX2)
+//!     fast/format.rs       FastFormat: the decoded block every format produces
+//!   matmul/exact_fused.rs  Exact mode: fused kernels for Q4_K, Q6_K, Q8_0 (f32 activations)
+//!   matmul/exact.rs        Exact mode: dequantize-then-dot for every other type
+//!   matmul/dots.rs         the Exact f32 dot products (their order of accumulation)
 //!   matmul/q8.rs           Fast mode: activations to int8 blocks (Q8_K / Q8_0-style)
-//!   matmul/fast.rs         Fast mode: integer dot products (AVX2 maddubs / portable) for
-//!                          every block format
+//!   matmul/rows.rs         WeightRows, RowCall: what a row kernel is given
+//!   matmul/simd.rs         SimdIsa (CPU probed once), dispatch, f32 lanes, lane reduction
 //! error.rs                 KernelError
 //! ```
 //!
@@ -27,7 +35,9 @@
 //! `tests/vectors/gen_vectors.py`), `tests/quantize_roundtrip.rs` (named per-type error
 //! bounds), `tests/matmul_reference.rs` (against a scalar reference, named tolerance),
 //! `tests/fast_matmul.rs` (Fast mode against Exact within the activation-rounding bound,
-//! AVX2 against portable bit for bit).
+//! AVX2 against portable bit for bit). Tests of the AVX2 implementation on a CPU without
+//! AVX2 + FMA print `skipped: ...` on stderr. `examples/kernel_timing.rs` times every
+//! format's kernels on one thread and hashes their outputs (a before/after check).
 //!
 //! Numeric modes ([`NumericMode`]): a [`QMatrix`] computes `Exact` (f32, the reference)
 //! unless given `Fast` with [`QMatrix::with_mode`].

@@ -2,8 +2,8 @@
 //! kernel `y[t, r] = Σ_c W[r, c] · x[t, c]`, threaded over rows.
 //!
 //! Decides: how the work is split. Rows are cut into one contiguous range per thread
-//! (multiples of the row tile), each thread runs the per-type row kernel of
-//! `matmul/row_kernel.rs` on its range, and products below [`MATMUL_PARALLEL_MIN_MACS`]
+//! (multiples of the row tile), each thread runs the per-type row kernel chosen by
+//! `matmul/kernel_table.rs` on its range, and products below [`MATMUL_PARALLEL_MIN_MACS`]
 //! stay on the calling thread, where handing off would cost more than it saves. The calling
 //! thread runs the first range; the others are queued on rayon's global pool of persistent
 //! (parked when idle) workers, so no thread is spawned per call. [`set_num_threads`] still
@@ -12,23 +12,45 @@
 //!
 //! Decides also: the [`NumericMode`] arithmetic a matrix is computed with. A [`QMatrix`]
 //! carries its mode (set by whoever hands it out, e.g. the model); [`NumericMode::Exact`]
-//! runs the row kernels of `matmul/row_kernel.rs` on f32 activations, [`NumericMode::Fast`]
+//! runs the f32 kernels (`matmul/exact.rs`, `matmul/exact_fused.rs`), [`NumericMode::Fast`]
 //! quantizes the activations once per call (`matmul/q8.rs`, on the calling thread) and runs
-//! the integer kernels of `matmul/fast.rs` on them, with the same row split.
+//! the integer kernels of `matmul/fast.rs` on them, with the same row split. Both run the
+//! implementation [`SimdIsa::detected`] names (`matmul/simd.rs`).
 //!
 //! Leaves to the row kernels: the arithmetic. In Exact mode activations and accumulation are
 //! f32; weights are never rounded further than their stored format.
+//!
+//! Files, each importing only from files listed after it:
+//!
+//! ```text
+//! kernel_table.rs  which row kernel each type runs
+//! fast.rs          Fast kernels: tile and token loops      (fast/: formats, block dots)
+//! exact_fused.rs   Exact fused kernels: Q4_K, Q6_K, Q8_0
+//! exact.rs         Exact kernel for the rest: dequantize, then dot
+//! dots.rs          f32 dot products over simd.rs's lanes: the Exact accumulation order
+//! q8.rs            activations to int8 blocks (Fast)
+//! rows.rs          WeightRows, RowCall: what a row kernel is given
+//! simd.rs          SimdIsa (probed once), dispatch, the f32 lanes, the reduction
+//! ```
 
+mod dots;
+mod exact;
+mod exact_fused;
 mod fast;
-mod fused;
+mod kernel_table;
 mod q8;
-mod row_kernel;
+mod rows;
+mod simd;
+#[cfg(test)]
+mod test_data;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub use fast::{SimdIsa, FAST_TOKEN_CHUNK};
+pub use fast::FAST_TOKEN_CHUNK;
+pub use simd::SimdIsa;
 
+use self::rows::{RowCall, WeightRows};
 use crate::{dequantize_row, GgmlType, KernelError};
 
 /// The arithmetic of a matmul.
@@ -59,7 +81,7 @@ impl NumericMode {
 /// Whether weights of type `ty` have a Fast-mode kernel (otherwise Fast computes them as
 /// Exact does).
 pub fn has_fast_kernel(ty: GgmlType) -> bool {
-    row_kernel::fast_rows_fn(ty).is_some()
+    kernel_table::fast_rows_fn(ty).is_some()
 }
 
 /// Multiply-adds (`rows · cols · n_tokens`) below which a matmul runs on the calling thread.
@@ -207,20 +229,65 @@ impl<'a> QMatrix<'a> {
         if self.rows == 0 || n_tokens == 0 {
             return Ok(());
         }
+        let isa = SimdIsa::detected();
+        let w = self.weight_rows();
         if self.mode == NumericMode::Fast {
-            if let Some(kernel) = row_kernel::fast_rows_fn(self.ty) {
+            if let Some(kernel) = kernel_table::fast_rows_fn(self.ty) {
                 let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems());
-                let isa = SimdIsa::detected();
                 self.split(n_tokens, y, threads, |rows, out| {
-                    kernel(self, rows, &acts, n_tokens, out, isa)
+                    kernel(
+                        RowCall {
+                            w,
+                            rows,
+                            x: &acts,
+                            n_tokens,
+                            out,
+                        },
+                        isa,
+                    )
                 });
                 return Ok(());
             }
         }
-        let kernel = row_kernel::dot_rows_fn(self.ty);
+        let kernel = kernel_table::exact_rows_fn(self.ty);
         self.split(n_tokens, y, threads, |rows, out| {
-            kernel(self, rows, x, n_tokens, out)
+            kernel(
+                RowCall {
+                    w,
+                    rows,
+                    x,
+                    n_tokens,
+                    out,
+                },
+                isa,
+            )
         });
+        Ok(())
+    }
+
+    /// Exact mode on the calling thread with the implementation `isa`: the tests' handle to
+    /// compare implementations. Fails if this CPU cannot run `isa`.
+    pub fn matmul_exact_with_isa(
+        &self,
+        x: &[f32],
+        n_tokens: usize,
+        y: &mut [f32],
+        isa: SimdIsa,
+    ) -> Result<(), KernelError> {
+        Self::check_isa(isa)?;
+        self.check_lengths(x.len(), n_tokens, y.len())?;
+        if self.rows == 0 || n_tokens == 0 {
+            return Ok(());
+        }
+        let mut out: Vec<&mut [f32]> = y.chunks_exact_mut(self.rows).collect();
+        let call = RowCall {
+            w: self.weight_rows(),
+            rows: 0..self.rows,
+            x,
+            n_tokens,
+            out: &mut out,
+        };
+        kernel_table::exact_rows_fn(self.ty)(call, isa);
         Ok(())
     }
 
@@ -234,22 +301,46 @@ impl<'a> QMatrix<'a> {
         y: &mut [f32],
         isa: SimdIsa,
     ) -> Result<(), KernelError> {
-        let kernel = row_kernel::fast_rows_fn(self.ty).ok_or(KernelError::Unavailable {
+        let kernel = kernel_table::fast_rows_fn(self.ty).ok_or(KernelError::Unavailable {
             what: "fast kernel for this weight type",
         })?;
-        if !isa.available() {
-            return Err(KernelError::Unavailable {
-                what: "this SIMD implementation on this CPU",
-            });
-        }
+        Self::check_isa(isa)?;
         self.check_lengths(x.len(), n_tokens, y.len())?;
         if self.rows == 0 || n_tokens == 0 {
             return Ok(());
         }
         let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems());
         let mut out: Vec<&mut [f32]> = y.chunks_exact_mut(self.rows).collect();
-        kernel(self, 0..self.rows, &acts, n_tokens, &mut out, isa);
+        let call = RowCall {
+            w: self.weight_rows(),
+            rows: 0..self.rows,
+            x: &acts,
+            n_tokens,
+            out: &mut out,
+        };
+        kernel(call, isa);
         Ok(())
+    }
+
+    /// Refuses an implementation this CPU cannot run.
+    fn check_isa(isa: SimdIsa) -> Result<(), KernelError> {
+        if isa.available() {
+            Ok(())
+        } else {
+            Err(KernelError::Unavailable {
+                what: "this SIMD implementation on this CPU",
+            })
+        }
+    }
+
+    /// The rows as the kernels read them.
+    fn weight_rows(&self) -> WeightRows<'a> {
+        WeightRows {
+            ty: self.ty,
+            cols: self.cols,
+            row_bytes: self.row_bytes,
+            data: self.data,
+        }
     }
 
     /// `x` must hold `n_tokens · cols` values and `y` `n_tokens · rows`.
@@ -279,7 +370,7 @@ impl<'a> QMatrix<'a> {
     where
         K: Fn(Range<usize>, &mut [&mut [f32]]) + Sync,
     {
-        let tile = row_kernel::ROW_TILE;
+        let tile = dots::ROW_TILE;
 
         let macs = self.rows.saturating_mul(self.cols).saturating_mul(n_tokens);
         let by_rows = self.rows / MATMUL_MIN_ROWS_PER_THREAD.max(tile);

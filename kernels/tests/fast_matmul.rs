@@ -6,7 +6,7 @@
 //! 2. against an emulation of the documented arithmetic (the same int8 activations, f64
 //!    products with the dequantized weights) within f32 rounding only, which catches any
 //!    wrongly indexed code, scale or offset that the looser bound of 1. might hide;
-//! 3. the AVX2 implementation against the portable one, bit for bit (SKIPPED, said on
+//! 3. the AVX2 implementation against the portable one, bit for bit (skipped, said on
 //!    stderr, on CPUs without AVX2);
 //! 4. threaded and batched results against single-token, single-thread ones, bit for bit.
 //!
@@ -131,7 +131,7 @@ fn check_type(ty: GgmlType, rows: usize, cols: usize, token_counts: &[usize], se
         let detected = SimdIsa::detected();
         for isa in [SimdIsa::Portable, SimdIsa::Avx2] {
             if !isa.available() {
-                eprintln!("SKIPPED: {isa:?} fast kernel of {ty:?} (this CPU lacks it)");
+                eprintln!("skipped: fast {isa:?} kernel of {ty:?} (CPU lacks it)");
                 continue;
             }
             for t in 0..n {
@@ -166,7 +166,7 @@ fn fast_types_against_exact_and_emulation() {
 #[test]
 fn avx2_matches_portable_bit_for_bit() {
     if !SimdIsa::Avx2.available() {
-        eprintln!("SKIPPED: avx2_matches_portable_bit_for_bit (this CPU lacks AVX2/FMA)");
+        eprintln!("skipped: avx2_matches_portable_bit_for_bit (CPU lacks avx2+fma)");
         return;
     }
     for (i, ty) in FAST_TYPES.into_iter().enumerate() {

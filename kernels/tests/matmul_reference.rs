@@ -1,10 +1,12 @@
 //! `QMatrix::matmul` against a plain scalar reference (dequantize the whole matrix, then
-//! naive sequential f32 loops) for every type, several shapes and token counts.
+//! naive sequential f32 loops) for every type, several shapes and token counts, with every
+//! implementation this CPU runs (portable and AVX2 + FMA; a missing one is reported on
+//! stderr as skipped).
 
 mod common;
 
 use common::{weights, Rng};
-use moe_kernels::{dequantize_rows, GgmlType, KernelError, QMatrix};
+use moe_kernels::{dequantize_rows, GgmlType, KernelError, QMatrix, SimdIsa};
 
 /// Allowed `|y − y_ref|` as a fraction of `Σ_c |W[r,c]·x[t,c]|` (the scale of the rounding
 /// error of any f32 summation order; the kernel reorders sums into 8 lanes and may fuse
@@ -53,6 +55,34 @@ fn check(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) {
         m.matmul_with_threads(&x, n, &mut many, 3).unwrap();
         let mut default = vec![f32::NAN; n * rows];
         m.matmul(&x, n, &mut default).unwrap();
+        for isa in [SimdIsa::Portable, SimdIsa::Avx2] {
+            if !isa.available() {
+                eprintln!(
+                    "skipped: exact {isa:?} kernel of {} (CPU lacks it)",
+                    ty.name()
+                );
+                continue;
+            }
+            let mut y = vec![f32::NAN; n * rows];
+            m.matmul_exact_with_isa(&x, n, &mut y, isa).unwrap();
+            for i in 0..n * rows {
+                assert!(
+                    (y[i] - want[i]).abs() <= MATMUL_REL_TOL * mag[i] + f32::MIN_POSITIVE,
+                    "{} {isa:?} {rows}x{cols} n={n} out {i}: got {} want {}",
+                    ty.name(),
+                    y[i],
+                    want[i]
+                );
+                if isa == SimdIsa::detected() {
+                    assert_eq!(
+                        y[i].to_bits(),
+                        one[i].to_bits(),
+                        "{} {isa:?} at {i}",
+                        ty.name()
+                    );
+                }
+            }
+        }
         for i in 0..n * rows {
             let err = (one[i] - want[i]).abs();
             assert!(

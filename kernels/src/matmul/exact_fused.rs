@@ -1,40 +1,36 @@
-//! Fused row kernels for the hot weight types (Q4_K, Q6_K, Q8_0): dots straight from the
-//! quantized blocks, without forming the dequantized weights `d·sc·q − dmin·m`.
+//! Fused Exact-mode row kernels for the hot weight types (Q4_K, Q6_K, Q8_0): dots straight
+//! from the quantized blocks, without forming the dequantized weights `d·sc·q − dmin·m`.
 //!
-//! Decides: the arithmetic of these types' matmuls. Each weight row is decoded once per call
-//! into its *integer* codes (held exactly as f32: `q`, `q − 32`, or the signed byte) plus one
-//! f32 scale per group of [`Format::GROUP`] elements (`d·sc`, formed as the dequantizer forms
-//! it) and, for formats with minimums, one offset per group (`dmin·m`). The dot of the row with
-//! a token's f32 activations `x` is then
+//! Decides: the arithmetic of these types' Exact matmuls. Each weight row is decoded once per
+//! call into its *integer* codes (held exactly as f32: `q`, `q − 32`, or the signed byte) plus
+//! one f32 scale per group of [`Format::GROUP`] elements (`d·sc`, formed as the dequantizer
+//! forms it) and, for formats with minimums, one offset per group (`dmin·m`). The dot of the
+//! row with a token's f32 activations `x` is then
 //!
 //! ```text
 //! Σ_g scale[g] · (Σ_{c in g} q[c]·x[c])  −  Σ_g offset[g] · Σ_{c in g} x[c]
 //! ```
 //!
-//! so there is no per-element multiply by the scale and no per-element subtraction. The inner
-//! group sum uses 8 lanes (a multiply, then multiply-adds), the group scale is folded into an
-//! 8-lane total with one multiply-add, the lanes are reduced pairwise as in `row_kernel.rs`,
-//! and the offset term (a plain sequential sum over groups, with per-token group sums of `x`
+//! so there is no per-element multiply by the scale and no per-element subtraction. The
+//! first sum is `dots.rs`'s [`group_dot`] (whose order of accumulation the fixtures pin);
+//! the offset term (a plain sequential sum over groups, with per-token group sums of `x`
 //! formed sequentially) is subtracted last. Activations stay f32 (never quantized).
 //!
 //! Invariance: a result depends only on the row's bytes and the token's activations. The
 //! decoded codes are exact (both decoders produce the same values), every row of a
 //! [`ROW_TILE`] uses the same operations as a lone row, and tokens are independent, so
 //! neither `n_tokens`, nor the thread split, nor the tile position changes a bit. The
-//! AVX2 + FMA and portable implementations differ only by the FMA's single rounding; which
-//! one runs is decided once per process by CPU feature detection.
+//! AVX2 + FMA and portable implementations differ only by the FMA's single rounding.
 //!
 //! Leaves to `dequant.rs`: exact dequantization (the reference these kernels are tested
-//! against, within [`FUSED_REL_TOL`] in the tests below).
+//! against, within `FUSED_REL_TOL` in the tests below).
 
-use std::ops::Range;
+use std::marker::PhantomData;
 
-use super::row_kernel::ROW_TILE;
-use super::QMatrix;
+use super::dots::{group_dot, group_dot4, ROW_TILE};
+use super::rows::RowCall;
+use super::simd::{dispatch, F32Lanes, IsaKernel, Portable, SimdIsa};
 use crate::dequant::{f16_to_f32, scale_min_k4, scales12};
-
-/// Lanes of the group sums and of the per-row total.
-const LANES: usize = 8;
 
 /// A block format the fused kernel decodes.
 pub(super) trait Format {
@@ -42,7 +38,7 @@ pub(super) trait Format {
     const BLOCK_BYTES: usize;
     /// Elements of one block (a multiple of [`Format::GROUP`]).
     const BLOCK_ELEMS: usize;
-    /// Elements sharing one scale (and offset): a multiple of [`LANES`].
+    /// Elements sharing one scale (and offset): a multiple of `simd.rs`'s `LANES`.
     const GROUP: usize;
     /// Whether groups carry an offset (`dmin·m`) to subtract.
     const HAS_MIN: bool;
@@ -165,138 +161,47 @@ impl Format for Q80 {
     }
 }
 
-/// AVX2 + FMA when the CPU has them, the portable body otherwise.
-#[inline(always)]
-pub(super) fn dot_rows<F: Format>(
-    w: &QMatrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    n_tokens: usize,
-    out: &mut [&mut [f32]],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        unsafe { body_avx2_fma::<F>(w, rows, x, n_tokens, out) };
-        return;
+/// The fused row kernel of format `F` (see the module docs), with `isa` where this CPU has
+/// it.
+pub(crate) fn dot_rows<F: Format>(call: RowCall<'_, '_, '_, [f32]>, isa: SimdIsa) {
+    dispatch(isa, Fused::<F>(call, PhantomData));
+}
+
+/// [`body`] of `F` as an [`IsaKernel`].
+struct Fused<'w, 'o, 'y, F>(RowCall<'w, 'o, 'y, [f32]>, PhantomData<F>);
+
+impl<F: Format> IsaKernel for Fused<'_, '_, '_, F> {
+    #[inline(always)]
+    fn run_portable(self) {
+        body::<F, Portable>(self.0);
     }
-    body::<F, Portable>(w, rows, x, n_tokens, out);
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run_avx2_fma(self) {
+        body::<F, super::simd::Avx2Fma>(self.0);
+    }
 }
 
-/// [`body`] compiled for AVX2 + FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn body_avx2_fma<F: Format>(
-    w: &QMatrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    n_tokens: usize,
-    out: &mut [&mut [f32]],
-) {
-    body::<F, Avx2Fma>(w, rows, x, n_tokens, out);
-}
-
-/// The decoder and group-dot implementations a kernel body is built from.
-trait Dots {
+/// The block decoder each implementation uses.
+trait Decoder {
     /// Decodes one block of `F` (see [`Format::decode`]).
     fn decode<F: Format>(b: &[u8], q: &mut [f32], scale: &mut [f32], min: &mut [f32]);
-    /// `Σ_g scale[g] · Σ_{c in g} q[c]·x[c]` over `scale.len()` groups of `G`.
-    fn dot1<const G: usize>(q: &[f32], scale: &[f32], x: &[f32]) -> f32;
-    /// [`Dots::dot1`] for four rows sharing `x`, each bit-identical to `dot1`.
-    fn dot4<const G: usize>(
-        q: [&[f32]; ROW_TILE],
-        scale: [&[f32]; ROW_TILE],
-        x: &[f32],
-    ) -> [f32; ROW_TILE];
 }
 
-/// Plain Rust (vectorized by LLVM at opt-level 3), no fused multiply-adds.
-struct Portable;
-impl Dots for Portable {
+impl Decoder for Portable {
     #[inline(always)]
     fn decode<F: Format>(b: &[u8], q: &mut [f32], scale: &mut [f32], min: &mut [f32]) {
         F::decode(b, q, scale, min);
     }
-
-    #[inline(always)]
-    fn dot1<const G: usize>(q: &[f32], scale: &[f32], x: &[f32]) -> f32 {
-        let n = scale.len() * G;
-        let (q, x) = (&q[..n], &x[..n]);
-        let mut tot = [0f32; LANES];
-        for ((qg, xg), s) in q.chunks_exact(G).zip(x.chunks_exact(G)).zip(scale) {
-            let acc = group_sum::<G>(qg, xg);
-            for l in 0..LANES {
-                tot[l] += acc[l] * *s;
-            }
-        }
-        reduce(tot)
-    }
-
-    #[inline(always)]
-    fn dot4<const G: usize>(
-        q: [&[f32]; ROW_TILE],
-        scale: [&[f32]; ROW_TILE],
-        x: &[f32],
-    ) -> [f32; ROW_TILE] {
-        let mut res = [0f32; ROW_TILE];
-        for ((r, qk), sk) in res.iter_mut().zip(q).zip(scale) {
-            *r = Self::dot1::<G>(qk, sk, x);
-        }
-        res
-    }
 }
 
-/// One group's 8 lane sums: `acc = q[0..8]·x[0..8]`, then `acc += q[8k..]·x[8k..]`.
-#[inline(always)]
-fn group_sum<const G: usize>(q: &[f32], x: &[f32]) -> [f32; LANES] {
-    let mut acc = [0f32; LANES];
-    for l in 0..LANES {
-        acc[l] = q[l] * x[l];
-    }
-    let mut k = LANES;
-    while k < G {
-        for l in 0..LANES {
-            acc[l] += q[k + l] * x[k + l];
-        }
-        k += LANES;
-    }
-    acc
-}
-
-/// Sums 8 lanes pairwise (the order of `row_kernel.rs`).
-#[inline(always)]
-fn reduce(acc: [f32; LANES]) -> f32 {
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
-}
-
-/// AVX2 + FMA; only instantiated inside [`body_avx2_fma`] (and tests after detection).
 #[cfg(target_arch = "x86_64")]
-struct Avx2Fma;
-#[cfg(target_arch = "x86_64")]
-impl Dots for Avx2Fma {
+impl Decoder for super::simd::Avx2Fma {
     #[inline(always)]
     fn decode<F: Format>(b: &[u8], q: &mut [f32], scale: &mut [f32], min: &mut [f32]) {
-        // SAFETY: `Avx2Fma` is only used after the CPU was found to support AVX2 and FMA.
+        // SAFETY: `Avx2Fma` is only used after AVX2 was detected (see `simd.rs`).
         unsafe { F::decode_avx2(b, q, scale, min) }
-    }
-
-    #[inline(always)]
-    fn dot1<const G: usize>(q: &[f32], scale: &[f32], x: &[f32]) -> f32 {
-        // SAFETY: as in `decode` above.
-        unsafe { avx2::dot1::<G>(q, scale, x) }
-    }
-
-    #[inline(always)]
-    fn dot4<const G: usize>(
-        q: [&[f32]; ROW_TILE],
-        scale: [&[f32]; ROW_TILE],
-        x: &[f32],
-    ) -> [f32; ROW_TILE] {
-        // SAFETY: as in `decode` above.
-        unsafe { avx2::dot4::<G>(q, scale, x) }
     }
 }
 
@@ -312,15 +217,16 @@ fn offset_term(min: &[f32], xsum: &[f32]) -> f32 {
 
 /// The fused row kernel (see the module docs).
 #[inline(always)]
-fn body<F: Format, D: Dots>(
-    w: &QMatrix<'_>,
-    rows: Range<usize>,
-    x: &[f32],
-    n_tokens: usize,
-    out: &mut [&mut [f32]],
-) {
-    let cols = w.cols();
-    let row_bytes = w.row_bytes();
+fn body<F: Format, S: F32Lanes + Decoder>(call: RowCall<'_, '_, '_, [f32]>) {
+    let RowCall {
+        w,
+        rows,
+        x,
+        n_tokens,
+        out,
+    } = call;
+    let cols = w.cols;
+    let row_bytes = w.row_bytes;
     let groups = cols / F::GROUP;
     // `QMatrix::new` accepted `cols` for this type, so rows are whole blocks; say so loudly
     // if a caller ever breaks that (an invariant, not data).
@@ -356,7 +262,7 @@ fn body<F: Format, D: Dots>(
     while r < rows.end {
         let n = ROW_TILE.min(rows.end - r);
         for k in 0..n {
-            let src = &w.data()[(r + k) * row_bytes..(r + k + 1) * row_bytes];
+            let src = w.rows(r + k, 1);
             let qk = &mut q[k * cols..(k + 1) * cols];
             let sk = &mut scale[k * groups..(k + 1) * groups];
             let blocks = src
@@ -366,11 +272,11 @@ fn body<F: Format, D: Dots>(
             if F::HAS_MIN {
                 let mk = &mut min[k * groups..(k + 1) * groups];
                 for (((b, qb), sb), mb) in blocks.zip(mk.chunks_exact_mut(gpb)) {
-                    D::decode::<F>(b, qb, sb, mb);
+                    S::decode::<F>(b, qb, sb, mb);
                 }
             } else {
                 for ((b, qb), sb) in blocks {
-                    D::decode::<F>(b, qb, sb, &mut []);
+                    S::decode::<F>(b, qb, sb, &mut []);
                 }
             }
         }
@@ -382,14 +288,20 @@ fn body<F: Format, D: Dots>(
                 let qs: [&[f32]; ROW_TILE] = std::array::from_fn(|k| &q[k * cols..(k + 1) * cols]);
                 let ss: [&[f32]; ROW_TILE] =
                     std::array::from_fn(|k| &scale[k * groups..(k + 1) * groups]);
-                d = dot4_g::<F, D>(qs, ss, xt);
+                d = match F::GROUP {
+                    16 => group_dot4::<S, 16>(qs, ss, xt),
+                    _ => group_dot4::<S, 32>(qs, ss, xt),
+                };
             } else {
                 for (k, dk) in d.iter_mut().enumerate().take(n) {
-                    *dk = dot1_g::<F, D>(
+                    let (qk, sk) = (
                         &q[k * cols..(k + 1) * cols],
                         &scale[k * groups..(k + 1) * groups],
-                        xt,
                     );
+                    *dk = match F::GROUP {
+                        16 => group_dot::<S, 16>(qk, sk, xt),
+                        _ => group_dot::<S, 32>(qk, sk, xt),
+                    };
                 }
             }
             if F::HAS_MIN {
@@ -404,40 +316,15 @@ fn body<F: Format, D: Dots>(
     }
 }
 
-/// [`Dots::dot1`] at `F`'s group size.
-#[inline(always)]
-fn dot1_g<F: Format, D: Dots>(q: &[f32], scale: &[f32], x: &[f32]) -> f32 {
-    match F::GROUP {
-        16 => D::dot1::<16>(q, scale, x),
-        _ => D::dot1::<32>(q, scale, x),
-    }
-}
-
-/// [`Dots::dot4`] at `F`'s group size.
-#[inline(always)]
-fn dot4_g<F: Format, D: Dots>(
-    q: [&[f32]; ROW_TILE],
-    scale: [&[f32]; ROW_TILE],
-    x: &[f32],
-) -> [f32; ROW_TILE] {
-    match F::GROUP {
-        16 => D::dot4::<16>(q, scale, x),
-        _ => D::dot4::<32>(q, scale, x),
-    }
-}
-
-/// AVX2 (+ FMA) decoders and group dots.
+/// AVX2 block decoders (codes as f32).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m128i, __m256, __m256i, _mm256_and_si256, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
-        _mm256_cvtepi8_epi32, _mm256_cvtepu8_epi32, _mm256_extracti128_si256, _mm256_fmadd_ps,
-        _mm256_loadu_ps, _mm256_loadu_si256, _mm256_mul_ps, _mm256_or_si256, _mm256_set1_epi8,
-        _mm256_set1_ps, _mm256_setzero_ps, _mm256_slli_epi16, _mm256_srli_epi16, _mm256_storeu_ps,
+        __m128i, __m256i, _mm256_and_si256, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
+        _mm256_cvtepi8_epi32, _mm256_cvtepu8_epi32, _mm256_extracti128_si256, _mm256_loadu_si256,
+        _mm256_or_si256, _mm256_set1_epi8, _mm256_slli_epi16, _mm256_srli_epi16, _mm256_storeu_ps,
         _mm256_sub_epi8, _mm_srli_si128,
     };
-
-    use super::{reduce, LANES, ROW_TILE};
 
     /// Stores the 32 bytes of `v`, zero- (`SIGNED = false`) or sign-extended, as f32 at
     /// `dst[0..32]`.
@@ -537,112 +424,35 @@ mod avx2 {
             store_bytes::<true>(v, q.as_mut_ptr());
         }
     }
-
-    /// One group's 8 lane sums, as `super::group_sum` with fused multiply-adds.
-    ///
-    /// # Safety
-    /// AVX2 + FMA; `q` and `x` valid for `G` f32 reads.
-    #[inline(always)]
-    unsafe fn group<const G: usize>(q: *const f32, x: *const f32) -> __m256 {
-        // SAFETY: per the caller, offsets k < G are in bounds.
-        unsafe {
-            let mut acc = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(x));
-            let mut k = LANES;
-            while k < G {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(k)), _mm256_loadu_ps(x.add(k)), acc);
-                k += LANES;
-            }
-            acc
-        }
-    }
-
-    /// The 8 lanes of `v`, reduced as in `super::reduce`.
-    ///
-    /// # Safety
-    /// The CPU must support AVX.
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let mut a = [0f32; LANES];
-        // SAFETY: `a` has room for 8 f32.
-        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
-        reduce(a)
-    }
-
-    /// `Σ_g scale[g] · Σ_{c in g} q[c]·x[c]`.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot1<const G: usize>(q: &[f32], scale: &[f32], x: &[f32]) -> f32 {
-        let n = scale.len() * G;
-        assert!(q.len() >= n && x.len() >= n);
-        let mut tot = _mm256_setzero_ps();
-        for (g, s) in scale.iter().enumerate() {
-            // SAFETY: g·G + G <= n, within q and x (checked above); features per the caller.
-            let acc = unsafe { group::<G>(q.as_ptr().add(g * G), x.as_ptr().add(g * G)) };
-            tot = _mm256_fmadd_ps(acc, _mm256_set1_ps(*s), tot);
-        }
-        // SAFETY: features per the caller.
-        unsafe { hsum(tot) }
-    }
-
-    /// Four [`dot1`]s sharing each load of `x`; each row's operations are `dot1`'s.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::needless_range_loop)] // `g` indexes four scale rows and the offsets.
-    pub(super) unsafe fn dot4<const G: usize>(
-        q: [&[f32]; ROW_TILE],
-        scale: [&[f32]; ROW_TILE],
-        x: &[f32],
-    ) -> [f32; ROW_TILE] {
-        let groups = scale.iter().map(|s| s.len()).min().unwrap_or(0);
-        let n = groups * G;
-        assert!(x.len() >= n && q.iter().all(|r| r.len() >= n));
-        assert!(scale.iter().all(|s| s.len() == groups));
-        let mut tot = [_mm256_setzero_ps(); ROW_TILE];
-        for g in 0..groups {
-            let base = g * G;
-            // SAFETY: base + G <= n, within x and every q row (checked above).
-            unsafe {
-                let xp = x.as_ptr().add(base);
-                let mut acc = [_mm256_setzero_ps(); ROW_TILE];
-                for k in 0..ROW_TILE {
-                    acc[k] = _mm256_mul_ps(
-                        _mm256_loadu_ps(q[k].as_ptr().add(base)),
-                        _mm256_loadu_ps(xp),
-                    );
-                }
-                let mut c = LANES;
-                while c < G {
-                    let xv = _mm256_loadu_ps(xp.add(c));
-                    for k in 0..ROW_TILE {
-                        acc[k] = _mm256_fmadd_ps(
-                            _mm256_loadu_ps(q[k].as_ptr().add(base + c)),
-                            xv,
-                            acc[k],
-                        );
-                    }
-                    c += LANES;
-                }
-                for k in 0..ROW_TILE {
-                    tot[k] = _mm256_fmadd_ps(acc[k], _mm256_set1_ps(scale[k][g]), tot[k]);
-                }
-            }
-        }
-        // SAFETY: features per the caller.
-        tot.map(|t| unsafe { hsum(t) })
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::rows::WeightRows;
+    use super::super::test_data::{bytes as test_bytes, data};
     use super::*;
-    use crate::matmul::row_kernel::tests::data;
     use crate::{dequantize_row, quantize_row, GgmlType};
+
+    /// Runs the fused body of `ty` with `S` over all `rows` of `w`.
+    fn run<S: F32Lanes + Decoder>(
+        w: WeightRows<'_>,
+        rows: usize,
+        x: &[f32],
+        out: &mut [&mut [f32]],
+    ) {
+        let call = RowCall {
+            w,
+            rows: 0..rows,
+            x,
+            n_tokens: out.len(),
+            out,
+        };
+        match w.ty {
+            GgmlType::Q4_K => body::<Q4K, S>(call),
+            GgmlType::Q6_K => body::<Q6K, S>(call),
+            _ => body::<Q80, S>(call),
+        }
+    }
 
     /// Allowed `|fused − dequantize-then-dot|` as a fraction of `Σ_c |W[r,c]·x[c]|` plus
     /// `Σ_g |dmin·m|·|Σ_{c in g} x[c]|`-scale terms: both are f32 sums over `cols` products
@@ -651,7 +461,7 @@ mod tests {
 
     /// For each fused type: every row (tile rows and tail rows) and token of the fused
     /// kernel, both implementations, against dequantize-then-dot in f64.
-    fn cross<D: Dots>(name: &str) {
+    fn cross<S: F32Lanes + Decoder>(name: &str) {
         let (rows, cols, n_tokens) = (7usize, 512usize, 3usize);
         for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
             let rb = ty.row_bytes(cols).expect("row bytes");
@@ -660,20 +470,21 @@ mod tests {
             for (s, d) in src.chunks(cols).zip(bytes.chunks_mut(rb)) {
                 quantize_row(ty, s, d).expect("quantize");
             }
-            let m = QMatrix::new(ty, rows, cols, &bytes).expect("matrix");
+            let m = WeightRows {
+                ty,
+                cols,
+                row_bytes: rb,
+                data: &bytes,
+            };
             let x = data(n_tokens * cols, 9);
             let mut y = vec![f32::NAN; n_tokens * rows];
             {
                 let mut outs: Vec<&mut [f32]> = y.chunks_mut(rows).collect();
-                match ty {
-                    GgmlType::Q4_K => body::<Q4K, D>(&m, 0..rows, &x, n_tokens, &mut outs),
-                    GgmlType::Q6_K => body::<Q6K, D>(&m, 0..rows, &x, n_tokens, &mut outs),
-                    _ => body::<Q80, D>(&m, 0..rows, &x, n_tokens, &mut outs),
-                }
+                run::<S>(m, rows, &x, &mut outs);
             }
             let mut wr = vec![0f32; cols];
             for r in 0..rows {
-                dequantize_row(ty, m.row_data(r), &mut wr).expect("dequantize");
+                dequantize_row(ty, m.rows(r, 1), &mut wr).expect("dequantize");
                 for t in 0..n_tokens {
                     let xt = &x[t * cols..(t + 1) * cols];
                     let want: f64 = wr.iter().zip(xt).map(|(a, b)| *a as f64 * *b as f64).sum();
@@ -697,12 +508,7 @@ mod tests {
             let mut one = vec![f32::NAN; rows];
             {
                 let mut outs: Vec<&mut [f32]> = vec![&mut one[..]];
-                let x1 = &x[cols..2 * cols];
-                match ty {
-                    GgmlType::Q4_K => body::<Q4K, D>(&m, 0..rows, x1, 1, &mut outs),
-                    GgmlType::Q6_K => body::<Q6K, D>(&m, 0..rows, x1, 1, &mut outs),
-                    _ => body::<Q80, D>(&m, 0..rows, x1, 1, &mut outs),
-                }
+                run::<S>(m, rows, &x[cols..2 * cols], &mut outs);
             }
             for r in 0..rows {
                 assert_eq!(
@@ -722,25 +528,22 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_fused_matches_dequantized() {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            cross::<Avx2Fma>("avx2+fma");
+        if !super::super::simd::avx2_or_skip("avx2_fused_matches_dequantized") {
+            return;
         }
+        cross::<super::super::simd::Avx2Fma>("avx2+fma");
     }
 
     /// The AVX2 decoders produce exactly the portable decoders' codes and scales.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_decoders_exact() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
+        if !super::super::simd::avx2_or_skip("avx2_decoders_exact") {
             return;
         }
         fn check<F: Format>() {
             for seed in 0..8u32 {
-                let b: Vec<u8> = data(F::BLOCK_BYTES, seed)
-                    .iter()
-                    .map(|v| ((v + 0.5) * 255.0) as u8)
-                    .collect();
+                let b = test_bytes(F::BLOCK_BYTES, seed);
                 let g = F::BLOCK_ELEMS / F::GROUP;
                 let (mut q1, mut s1, mut m1) =
                     (vec![0f32; F::BLOCK_ELEMS], vec![0f32; g], vec![0f32; g]);

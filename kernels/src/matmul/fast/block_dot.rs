@@ -1,0 +1,270 @@
+//! The integer dot of one block of decoded weight rows with one block of quantized
+//! activations, accumulated per lane into f32 row sums: [`BlockDot`], implemented for
+//! `simd.rs`'s [`Portable`] and [`Avx2Fma`].
+//!
+//! Decides: the arithmetic of a Fast-mode block. With weights decoded as in `format.rs`
+//! (`w = d·a·c − dm·m`) and activations `x ≈ dx·q` (block scale `dx`, codes `q`, 16-sums
+//! `bsum`, `q8.rs`), one block's dot is
+//!
+//! ```text
+//! A = Σ_g a[g] · Σ_{i in g} c[i]·q[i]        (exact, i32)
+//! M = Σ_g m[g] · bsum[g]                     (exact, i32)
+//! block = (dx·d)·f32(A − M)                  (SHARED_D)
+//!       = (dx·d)·f32(A) − (dx·dm)·f32(M)     (otherwise)
+//! ```
+//!
+//! formed per lane: `A` and `M` are split into 8 exact i32 lane sums (the lanes AVX2's
+//! `_mm256_maddubs_epi16` + `_mm256_madd_epi16` produce, see [`lane_sums`]), and each lane
+//! is scaled as above and added to the row's f32 lane accumulator as separate multiplies, a
+//! subtraction and an addition (no fused multiply-add). The integer part is exact and the
+//! f32 part is the same operations in the same order in both implementations, so they give
+//! the same bits, whatever the number of rows `N` and tokens `T` of a call.
+//!
+//! Range of the integer part (why nothing overflows): `|q| ≤ 127`; unsigned codes ≤ 63 and
+//! signed codes' magnitudes ≤ 128, so a `maddubs` pair sum is at most `2·128·127 = 32512`
+//! (no i16 saturation); the largest block sum (Q6_K: `16 groups · 127 · 16 · 63 · 127`) is
+//! below 2^28.
+
+#[cfg(target_arch = "x86_64")]
+use super::super::simd::Avx2Fma;
+use super::super::simd::{F32Lanes, Portable, LANES};
+use super::format::{FastFormat, GROUP};
+
+/// One block of `N` decoded weight rows: per row its codes (`16·a.len()` bytes), per-16
+/// scales `a` and offsets `m`.
+#[derive(Clone, Copy)]
+pub(crate) struct RowsBlock<'a, const N: usize> {
+    /// Codes.
+    pub(crate) c: [&'a [u8]; N],
+    /// Integer scales.
+    pub(crate) a: [&'a [i8]; N],
+    /// Integer offset coefficients.
+    pub(crate) m: [&'a [i16]; N],
+}
+
+/// One block of `T` tokens' quantized activations, with the f32 factors of each (token, row)
+/// pair: `fd[t][k] = dx·d`, `fm[t][k] = dx·dm`.
+#[derive(Clone, Copy)]
+pub(crate) struct TokensBlock<'a, const N: usize, const T: usize> {
+    /// Activation codes.
+    pub(crate) x: [&'a [i8]; T],
+    /// Activation 16-sums.
+    pub(crate) bs: [&'a [i16]; T],
+    /// `dx·d` per token and row.
+    pub(crate) fd: [[f32; N]; T],
+    /// `dx·dm` per token and row.
+    pub(crate) fm: [[f32; N]; T],
+}
+
+/// One implementation of the Fast kernels' per-ISA parts.
+pub(crate) trait BlockDot: F32Lanes {
+    /// One block's codes of `F` (its portable or AVX2 unpacker).
+    fn codes<F: FastFormat>(b: &[u8], c: &mut [u8]);
+
+    /// Adds the block to `acc[t][k]` for every token `t` and row `k` (see the module docs).
+    fn block<F: FastFormat, const N: usize, const T: usize>(
+        rows: &RowsBlock<'_, N>,
+        toks: &TokensBlock<'_, N, T>,
+        acc: &mut [[Self::V; N]; T],
+    );
+}
+
+/// The exact integer lane sums of one block, laid out as AVX2 forms them: the block is cut
+/// into 32-byte chunks `j`; lane `l` holds `Σ_j a[2j + l/4] · Σ_{i<4} c[32j + 4l + i] ·
+/// x[32j + 4l + i]` (`A_l`), and `M_l = m[2l]·bs[2l] + m[2l+1]·bs[2l+1]` for 16 groups, or
+/// `M_0 = Σ_g m[g]·bs[g]` (other lanes 0) for 2.
+#[inline(always)]
+fn lane_sums<F: FastFormat>(
+    c: &[u8],
+    a: &[i8],
+    m: &[i16],
+    x: &[i8],
+    bs: &[i16],
+) -> ([i32; LANES], [i32; LANES]) {
+    let groups = F::BLOCK_ELEMS / GROUP;
+    let (mut big, mut off) = ([0i32; LANES], [0i32; LANES]);
+    for j in 0..groups / 2 {
+        for (l, bl) in big.iter_mut().enumerate() {
+            let base = 32 * j + 4 * l;
+            let mut s = 0i32;
+            for i in 0..4 {
+                let cv = if F::SIGNED {
+                    c[base + i] as i8 as i32
+                } else {
+                    c[base + i] as i32
+                };
+                s += cv * x[base + i] as i32;
+            }
+            *bl += a[2 * j + l / 4] as i32 * s;
+        }
+    }
+    if groups == 16 {
+        for (l, ol) in off.iter_mut().enumerate() {
+            *ol = m[2 * l] as i32 * bs[2 * l] as i32 + m[2 * l + 1] as i32 * bs[2 * l + 1] as i32;
+        }
+    } else {
+        for (mv, b) in m.iter().zip(bs).take(groups) {
+            off[0] += *mv as i32 * *b as i32;
+        }
+    }
+    (big, off)
+}
+
+impl BlockDot for Portable {
+    #[inline(always)]
+    fn codes<F: FastFormat>(b: &[u8], c: &mut [u8]) {
+        F::codes(b, c);
+    }
+
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // `t` and `k` index activations, rows and factors.
+    fn block<F: FastFormat, const N: usize, const T: usize>(
+        rows: &RowsBlock<'_, N>,
+        toks: &TokensBlock<'_, N, T>,
+        acc: &mut [[Self::V; N]; T],
+    ) {
+        for t in 0..T {
+            for k in 0..N {
+                let (big, off) =
+                    lane_sums::<F>(rows.c[k], rows.a[k], rows.m[k], toks.x[t], toks.bs[t]);
+                let (fd, fm) = (toks.fd[t][k], toks.fm[t][k]);
+                for l in 0..LANES {
+                    let v = if F::SHARED_D {
+                        fd * (big[l] - off[l]) as f32
+                    } else {
+                        fd * big[l] as f32 - fm * off[l] as f32
+                    };
+                    acc[t][k][l] += v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl BlockDot for Avx2Fma {
+    #[inline(always)]
+    fn codes<F: FastFormat>(b: &[u8], c: &mut [u8]) {
+        // SAFETY: `Avx2Fma` is only used after AVX2 was detected (see `simd.rs`).
+        unsafe { F::codes_avx2(b, c) }
+    }
+
+    #[inline(always)]
+    fn block<F: FastFormat, const N: usize, const T: usize>(
+        rows: &RowsBlock<'_, N>,
+        toks: &TokensBlock<'_, N, T>,
+        acc: &mut [[Self::V; N]; T],
+    ) {
+        // SAFETY: as in `codes`; codes and activations are in the ranges `block` needs
+        // (`format.rs`, `q8.rs`).
+        unsafe { avx2::block::<F, N, T>(rows, toks, acc) }
+    }
+}
+
+/// The AVX2 integer block dot.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m128i, __m256, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_add_ps,
+        _mm256_cvtepi32_ps, _mm256_cvtepi8_epi16, _mm256_loadu_si256, _mm256_madd_epi16,
+        _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi16, _mm256_set1_ps, _mm256_setr_epi32,
+        _mm256_setzero_si256, _mm256_sign_epi8, _mm256_sub_epi32, _mm256_sub_ps, _mm_loadu_si128,
+        _mm_set_epi64x, _mm_shuffle_epi8,
+    };
+
+    use super::super::format::avx2::ld;
+    use super::{FastFormat, RowsBlock, TokensBlock, GROUP};
+
+    /// See `super::BlockDot::block`; the integer lanes are `super::lane_sums`'s. Each
+    /// 32-byte chunk `j` covers groups `2j` (low 128-bit half of the `maddubs` result) and
+    /// `2j + 1` (high half); the per-lane scale vector holds `a[2j]` in the low half and
+    /// `a[2j + 1]` in the high half. Inlined into the AVX2-compiled kernel body (a call per
+    /// block would cost more than the block).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2. Codes of unsigned formats must be ≤ 127 (`format.rs` keeps
+    /// them ≤ 63) and activation codes ≠ −128 (`q8.rs`), so no `maddubs` pair saturates.
+    #[inline(always)]
+    pub(super) unsafe fn block<F: FastFormat, const N: usize, const T: usize>(
+        rows: &RowsBlock<'_, N>,
+        toks: &TokensBlock<'_, N, T>,
+        acc: &mut [[__m256; N]; T],
+    ) {
+        let groups = F::BLOCK_ELEMS / GROUP;
+        let elems = F::BLOCK_ELEMS;
+        let RowsBlock { c, a, m } = *rows;
+        let TokensBlock { x, bs, fd, fm } = *toks;
+        assert!((0..T).all(|t| x[t].len() >= elems && bs[t].len() >= groups));
+        assert!((0..N).all(|k| c[k].len() >= elems && a[k].len() >= groups));
+        assert!((0..N).all(|k| m[k].len() >= groups));
+        // Unit scales of 32-element blocks (see `format.rs`), relied on below.
+        debug_assert!(groups == 16 || (0..N).all(|k| a[k].iter().take(groups).all(|v| *v == 1)));
+        let chunks = groups / 2;
+        // The scales as one 128-bit load (16 groups: the k-quants) or unit (2 groups).
+        let wide = groups == 16;
+        // SAFETY: AVX2 per the caller. Loads: x[t] and c[k] at 32j .. 32j + 32 <= elems,
+        // a[k] 16 bytes and m[k], bs[t] 16 i16 only when `wide` (groups == 16); all checked
+        // above.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut big = [[_mm256_setzero_si256(); N]; T];
+            for j in 0..chunks {
+                let mut xv = [_mm256_setzero_si256(); T];
+                for t in 0..T {
+                    xv[t] = ld(x[t].as_ptr().add(32 * j).cast::<u8>());
+                }
+                // Byte indices 2j (×8) then 2j + 1 (×8).
+                let lo = 0x0101_0101_0101_0101i64 * (2 * j as i64);
+                let sel = _mm_set_epi64x(lo + 0x0101_0101_0101_0101, lo);
+                for k in 0..N {
+                    let cv = ld(c[k].as_ptr().add(32 * j));
+                    let sc = if wide {
+                        let a128 = _mm_loadu_si128(a[k].as_ptr().cast::<__m128i>());
+                        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(a128, sel))
+                    } else {
+                        // 32-element blocks have unit scales (`FastFormat` invariant).
+                        ones
+                    };
+                    let ca = if F::SIGNED { _mm256_abs_epi8(cv) } else { cv };
+                    for t in 0..T {
+                        let p = if F::SIGNED {
+                            _mm256_maddubs_epi16(ca, _mm256_sign_epi8(xv[t], cv))
+                        } else {
+                            _mm256_maddubs_epi16(ca, xv[t])
+                        };
+                        big[t][k] = _mm256_add_epi32(big[t][k], _mm256_madd_epi16(p, sc));
+                    }
+                }
+            }
+            for t in 0..T {
+                for k in 0..N {
+                    let off = if !F::HAS_OFFSET {
+                        _mm256_setzero_si256()
+                    } else if wide {
+                        let mv = _mm256_loadu_si256(m[k].as_ptr().cast::<__m256i>());
+                        let bv = _mm256_loadu_si256(bs[t].as_ptr().cast::<__m256i>());
+                        _mm256_madd_epi16(mv, bv)
+                    } else {
+                        let mut o = 0i32;
+                        for (mv, b) in m[k].iter().zip(bs[t]).take(groups) {
+                            o += *mv as i32 * *b as i32;
+                        }
+                        _mm256_setr_epi32(o, 0, 0, 0, 0, 0, 0, 0)
+                    };
+                    let v = if F::SHARED_D {
+                        _mm256_mul_ps(
+                            _mm256_set1_ps(fd[t][k]),
+                            _mm256_cvtepi32_ps(_mm256_sub_epi32(big[t][k], off)),
+                        )
+                    } else {
+                        _mm256_sub_ps(
+                            _mm256_mul_ps(_mm256_set1_ps(fd[t][k]), _mm256_cvtepi32_ps(big[t][k])),
+                            _mm256_mul_ps(_mm256_set1_ps(fm[t][k]), _mm256_cvtepi32_ps(off)),
+                        )
+                    };
+                    acc[t][k] = _mm256_add_ps(acc[t][k], v);
+                }
+            }
+        }
+    }
+}

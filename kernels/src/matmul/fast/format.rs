@@ -1,0 +1,114 @@
+//! [`FastFormat`]: what a weight block format contributes to the Fast kernels (its block
+//! geometry, code unpacking and scales), and the helpers the formats share.
+//!
+//! Decides: the decoded form of a block, which every format produces and the kernel body
+//! (`fast.rs`) and the block dots (`block_dot.rs`) consume:
+//!
+//! - one byte code `c` per element: unsigned (at most 63) or, for [`FastFormat::SIGNED`]
+//!   formats, a signed byte;
+//! - per [`GROUP`] elements an integer scale `a` (i8) and an integer offset coefficient `m`
+//!   (i16); 32-element blocks have unit scales (`a = 1`, which the AVX2 block dot relies on);
+//! - two f32 factors `d` and `dm`,
+//!
+//! such that the weight is `w = d·a·c − dm·m` element-wise (`dm = d` for formats with
+//! [`FastFormat::SHARED_D`]).
+
+/// Elements per integer scale.
+pub(crate) const GROUP: usize = 16;
+
+/// A weight block format with a fast kernel (see the module docs).
+pub(crate) trait FastFormat {
+    /// Bytes of one block.
+    const BLOCK_BYTES: usize;
+    /// Elements of one block; also the activation block (32 or 256).
+    const BLOCK_ELEMS: usize;
+    /// Whether codes are signed bytes (else unsigned, at most 63).
+    const SIGNED: bool;
+    /// Whether the offset term uses the block's `d` (then `A − M` is formed exactly).
+    const SHARED_D: bool;
+    /// Whether any offset coefficient `m` can be nonzero (else `M = 0` is not computed).
+    const HAS_OFFSET: bool = true;
+
+    /// One block's [`FastFormat::BLOCK_ELEMS`] codes into `c`.
+    fn codes(b: &[u8], c: &mut [u8]);
+
+    /// [`FastFormat::codes`] unpacked with AVX2 where a format writes that; must produce
+    /// identical bytes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
+        Self::codes(b, c);
+    }
+
+    /// One block's `a` and `m` (one per [`GROUP`] elements); returns `(d, dm)`.
+    fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
+}
+
+/// `&b[..N]` as an array (the callers pass whole blocks).
+#[inline(always)]
+pub(crate) fn arr<const N: usize>(b: &[u8]) -> &[u8; N] {
+    b[..N].try_into().expect("whole block")
+}
+
+/// `&mut c[..N]` as an array.
+#[inline(always)]
+pub(crate) fn arr_mut<const N: usize>(c: &mut [u8]) -> &mut [u8; N] {
+    (&mut c[..N]).try_into().expect("whole block")
+}
+
+/// The f16 at `b[at..at + 2]` as f32.
+#[inline(always)]
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
+    crate::dequant::f16_to_f32([b[at], b[at + 1]])
+}
+
+/// The scales of a 32-element block (two groups): unit `a`, offset `m` in both groups;
+/// returns `(d, dm)`.
+#[inline(always)]
+pub(crate) fn unit_scales(a: &mut [i8], m: &mut [i16], offset: i16, d: f32, dm: f32) -> (f32, f32) {
+    a[..2].fill(1);
+    m[..2].fill(offset);
+    (d, dm)
+}
+
+/// AVX2 byte-vector helpers of the code unpackers.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::{
+        __m256i, _mm256_loadu_si256, _mm256_srl_epi16, _mm256_storeu_si256, _mm_cvtsi32_si128,
+    };
+
+    /// 32 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 32 reads.
+    #[inline(always)]
+    pub(crate) unsafe fn ld(p: *const u8) -> __m256i {
+        // SAFETY: per the caller.
+        unsafe { _mm256_loadu_si256(p.cast::<__m256i>()) }
+    }
+
+    /// Stores 32 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 32 writes.
+    #[inline(always)]
+    pub(crate) unsafe fn st(p: *mut u8, v: __m256i) {
+        // SAFETY: per the caller.
+        unsafe { _mm256_storeu_si256(p.cast::<__m256i>(), v) }
+    }
+
+    /// Each byte of `v` shifted right by `k` (bits from the neighbour byte must be masked
+    /// off by the caller).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(crate) unsafe fn shr(v: __m256i, k: i32) -> __m256i {
+        // SAFETY: AVX2 per the caller.
+        unsafe { _mm256_srl_epi16(v, _mm_cvtsi32_si128(k)) }
+    }
+}
