@@ -29,7 +29,6 @@
 pub mod chat_template;
 pub mod engine;
 pub mod routes;
-pub mod stop;
 // The request layer lives in the `moe_node_http` library (`src/lib.rs`), compiled once and
 // shared with the HTTP fuzz target.
 pub use moe_node_http::{api_error, http_limits, openai};

@@ -4,16 +4,20 @@
 //! With `-d 0,4096` each test also runs after that many context tokens are already in the
 //! cache (prefilled once per depth, untimed, and copied for every repetition), as
 //! llama-bench's `-d`. Token ids are a fixed pseudo-random sequence over the non-special
-//! vocabulary.
+//! vocabulary. Every measured run goes through the generation engine (greedy, past end
+//! tokens), so the numbers include what `run` and `serve` pay per step.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::bail;
-use moe_model::forward::{KvCache, NoObserver, SeqInput};
-use moe_model::sampling::argmax;
+use moe_engine::engine::PREFILL_TOKENS_PER_STEP_DEFAULT;
+use moe_engine::{Engine, EngineConfig, Request};
+use moe_model::forward::{ExpertBackend, KvCache, NoObserver, SeqInput};
+use moe_model::model::Model;
+use moe_model::tokenizer::Tokenizer;
 
 use super::common::ModelArgs;
-use super::generate::PREFILL_CHUNK_TOKENS;
 use super::run::expert_backend;
 use crate::cluster::args::RouterArgs;
 
@@ -59,6 +63,36 @@ struct Row {
     samples: Vec<f64>,
 }
 
+/// Runs `tokens` (whose first `at_depth.len()` are in `at_depth`) through the engine, greedy,
+/// past end tokens, generating `max_tokens`; returns how many it generated.
+fn run_engine(
+    model: &Model,
+    tok: &Arc<Tokenizer>,
+    experts: &mut dyn ExpertBackend,
+    at_depth: &KvCache,
+    tokens: Vec<u32>,
+    max_tokens: usize,
+) -> anyhow::Result<usize> {
+    let ctx = at_depth.capacity();
+    let mut engine = Engine::new(model, tok.clone(), EngineConfig::new(ctx));
+    let request = Request {
+        ignore_eos: true,
+        cache_prompt: false,
+        ..Request::new(tokens, max_tokens)
+    };
+    engine
+        .admit_with_cache(request, at_depth.clone(), ())
+        .map_err(|(_, e)| e)?;
+    loop {
+        if let Some(end) = engine.step(model, experts).pop() {
+            return Ok(end.result?.usage.completion_tokens);
+        }
+        if engine.is_empty() {
+            bail!("the benchmark sequence was dropped");
+        }
+    }
+}
+
 /// Runs the benchmark and prints the table.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let n_prompts: Vec<usize> = a.n_prompt.iter().copied().filter(|&p| p > 0).collect();
@@ -70,6 +104,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         .model
         .load_for(Some(&a.cluster), moe_kernels::NumericMode::Fast)?;
     let mut experts = expert_backend(&model, &a.cluster)?;
+    let tok = Arc::new(Tokenizer::from_gguf(model.file())?);
     let vocab = model.cfg.vocab as u64;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next_id = move || {
@@ -88,7 +123,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &depth in &a.depths {
         let mut at_depth = KvCache::new(&model.cfg, ctx);
-        for chunk in context[..depth].chunks(PREFILL_CHUNK_TOKENS) {
+        // The context at depth, computed once and cloned into every measured run.
+        for chunk in context[..depth].chunks(PREFILL_TOKENS_PER_STEP_DEFAULT) {
             model.forward(
                 &mut [SeqInput {
                     cache: &mut at_depth,
@@ -107,19 +143,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         for &p in &n_prompts {
             let mut samples = Vec::new();
             for _ in 0..a.repetitions {
-                let mut cache = at_depth.clone();
+                let mut tokens = context[..depth].to_vec();
+                tokens.extend_from_slice(&prompt[..p]);
                 let t = Instant::now();
-                for chunk in prompt[..p].chunks(PREFILL_CHUNK_TOKENS) {
-                    model.forward(
-                        &mut [SeqInput {
-                            cache: &mut cache,
-                            tokens: chunk,
-                            all_logits: false,
-                        }],
-                        experts.as_mut(),
-                        &mut NoObserver,
-                    )?;
-                }
+                run_engine(&model, &tok, experts.as_mut(), &at_depth, tokens, 0)?;
                 samples.push(p as f64 / t.elapsed().as_secs_f64());
             }
             rows.push(Row {
@@ -130,20 +157,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         for &g in &n_gens {
             let mut samples = Vec::new();
             for _ in 0..a.repetitions {
-                let mut cache = at_depth.clone();
-                let mut next = prompt.first().copied().unwrap_or(0);
+                // The first prompt token continues the context; each generated token is one
+                // forward call, as in llama-bench's tg.
+                let mut tokens = context[..depth].to_vec();
+                tokens.push(prompt.first().copied().unwrap_or(0));
                 let t = Instant::now();
-                for _ in 0..g {
-                    let logits = model.forward(
-                        &mut [SeqInput {
-                            cache: &mut cache,
-                            tokens: &[next],
-                            all_logits: false,
-                        }],
-                        experts.as_mut(),
-                        &mut NoObserver,
-                    )?;
-                    next = argmax(&logits[0]);
+                let generated =
+                    run_engine(&model, &tok, experts.as_mut(), &at_depth, tokens, g)?;
+                if generated != g {
+                    bail!("tg{g}: the engine generated {generated} tokens");
                 }
                 samples.push(g as f64 / t.elapsed().as_secs_f64());
             }

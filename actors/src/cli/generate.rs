@@ -1,29 +1,19 @@
-//! One generation: chunked prompt prefill, then decode steps with sampling.
-//!
-//! With speculative decoding (`--speculative ngram`), each decode step feeds the pending
-//! token plus up to `draft_max` tokens proposed by prompt lookup (`moe_engine::draft`) in ONE
-//! forward call with logits at every position, then samples position by position exactly as
-//! plain decoding would (same logits, same history, one sampler call per emitted token, so the
-//! same random draws): while the sampled token equals the drafted one it is accepted and the
-//! next position's logits are already there; the first mismatch is emitted as the correction
-//! and the cache is cut back to the positions that hold accepted tokens. The output is
-//! therefore identical to plain decoding for every sampling setting, greedy or seeded (a point
-//! mass draft accepted when the sample equals it is the standard rejection rule), and a step
-//! emits between 1 and `draft_max + 1` tokens.
+//! One generation on the command line (`run`, the stdin router): a single sequence driven
+//! through the engine ([`moe_engine::Engine`]) step by step, its text streamed as it comes.
+//! Prompt chunking, speculative decoding, sampling and the stop rules are the engine's, the
+//! same as `serve`'s.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use moe_engine::draft::ngram_draft;
-use moe_model::forward::{ExpertBackend, KvCache, NoObserver, SeqInput};
+use moe_engine::{Delivery, Engine, EngineConfig, EngineError, Request, Tracker};
+use moe_model::forward::ExpertBackend;
 use moe_model::model::Model;
-use moe_model::sampling::Sampler;
-use moe_model::tokenizer::{StreamDecoder, Tokenizer};
-use moe_model::ModelError;
+use moe_model::sampling::SamplingParams;
+use moe_model::tokenizer::Tokenizer;
 
 use crate::telemetry;
 
-/// Prompt tokens processed per forward call (bounds activation memory and frame sizes).
-pub const PREFILL_CHUNK_TOKENS: usize = 512;
 /// Default of `--draft-max`: draft tokens verified per decode step.
 pub const DRAFT_MAX_DEFAULT: usize = 8;
 
@@ -101,7 +91,9 @@ pub struct GenRequest<'a> {
     pub prompt: &'a [u32],
     /// Most tokens to generate.
     pub max_tokens: usize,
-    /// Continue past EOS.
+    /// Sampling.
+    pub sampling: SamplingParams,
+    /// Continue past end-of-generation tokens (EOS, EOT).
     pub ignore_eos: bool,
     /// KV cache capacity.
     pub ctx_size: usize,
@@ -109,104 +101,85 @@ pub struct GenRequest<'a> {
     pub draft_max: usize,
 }
 
+/// The request's metrics plus when its prompt was done.
+struct CliTracker {
+    metrics: telemetry::Generation,
+    prompt_done: Option<Instant>,
+}
+
+impl Tracker for CliTracker {
+    fn prompt_cached(&mut self, tokens: usize) {
+        self.metrics.prompt_cached(tokens);
+    }
+    fn prompt_done(&mut self) {
+        self.prompt_done = Some(Instant::now());
+    }
+    fn token(&mut self) {
+        self.metrics.token();
+    }
+    fn kv_cache(&mut self, used: usize, capacity: usize, bytes: usize) {
+        self.metrics.kv_cache(used, capacity, bytes);
+    }
+    fn decode_step(&mut self, drafted: usize) {
+        self.metrics.decode_step(drafted);
+    }
+    fn draft_accepted(&mut self) {
+        self.metrics.draft_accepted();
+    }
+}
+
 /// Runs one generation; `on_text` receives each newly complete piece of text.
 pub fn generate(
     model: &Model,
-    tok: &Tokenizer,
+    tok: &Arc<Tokenizer>,
     experts: &mut dyn ExpertBackend,
-    sampler: &mut Sampler,
     req: &GenRequest<'_>,
     on_text: &mut dyn FnMut(&str),
-) -> Result<GenStats, ModelError> {
-    if req.prompt.is_empty() {
-        return Err(ModelError::InvalidInput("the prompt is empty".into()));
-    }
-    let mut metrics = telemetry::Generation::start(req.prompt.len());
-    let mut cache = KvCache::new(&model.cfg, req.ctx_size);
-    cache.reserve(req.prompt.len())?;
-    let t0 = Instant::now();
-    let mut logits = Vec::new();
-    for chunk in req.prompt.chunks(PREFILL_CHUNK_TOKENS) {
-        logits = model
-            .forward(
-                &mut [SeqInput {
-                    cache: &mut cache,
-                    tokens: chunk,
-                    all_logits: false,
-                }],
-                experts,
-                &mut NoObserver,
-            )?
-            .remove(0);
-        metrics.kv_cache(cache.len(), cache.capacity(), cache.bytes());
-    }
-    let mut stats = GenStats {
-        prompt_tokens: req.prompt.len(),
-        prompt_s: t0.elapsed().as_secs_f64(),
-        ..Default::default()
+) -> Result<GenStats, EngineError> {
+    let mut cfg = EngineConfig::new(req.ctx_size);
+    cfg.draft_max = req.draft_max;
+    let mut engine = Engine::new(model, tok.clone(), cfg);
+    let request = Request {
+        sampling: req.sampling.clone(),
+        ignore_eos: req.ignore_eos,
+        cache_prompt: false,
+        ..Request::new(req.prompt.to_vec(), req.max_tokens)
     };
-    let mut history = req.prompt.to_vec();
-    let mut stream = StreamDecoder::new(tok);
-    let t1 = Instant::now();
-    let vocab = model.cfg.vocab;
-    // The last feed was `[next] + draft`; `rows` holds the logits after each of its tokens.
-    let mut rows = logits;
-    let mut draft: Vec<u32> = Vec::new();
-    'decode: while stats.generated.len() < req.max_tokens {
-        let fed_end = cache.len();
-        let mut next = None;
-        for (j, row) in rows.chunks_exact(vocab).enumerate() {
-            let t = sampler.sample(row, &history);
-            if !req.ignore_eos && Some(t) == tok.eos() {
-                break 'decode;
+    let tracker = CliTracker {
+        metrics: telemetry::Generation::start(req.prompt.len()),
+        prompt_done: None,
+    };
+    let t0 = Instant::now();
+    engine
+        .admit(model, request, tracker)
+        .map_err(|(_, e)| e)?;
+    let mut generated = Vec::new();
+    loop {
+        let ended = engine.step(model, experts);
+        engine.deliver(|_, piece| {
+            on_text(&piece.text);
+            generated.extend_from_slice(&piece.token_ids);
+            Delivery::Sent
+        });
+        let Some(end) = ended.into_iter().next() else {
+            if engine.is_empty() {
+                return Err(EngineError::InvalidRequest("the sequence was dropped".into()));
             }
-            stats.generated.push(t);
-            history.push(t);
-            metrics.token();
-            on_text(&stream.push(t));
-            if stats.generated.len() == req.max_tokens {
-                break 'decode;
-            }
-            if draft.get(j) == Some(&t) {
-                // The drafted token is what plain decoding samples: its position is valid
-                // and the next row is the logits after it.
-                stats.accepted += 1;
-                metrics.draft_accepted();
-                continue;
-            }
-            // The correction (or the token after a fully accepted draft): the positions of
-            // the drafts from j on go.
-            cache.truncate(fed_end - (draft.len() - j));
-            next = Some(t);
-            break;
-        }
-        let Some(next) = next else { break };
-        if cache.len() >= cache.capacity() {
-            break;
-        }
-        let room = cache.capacity() - cache.len() - 1;
-        draft = ngram_draft(&history, req.draft_max.min(room));
-        let mut feed = Vec::with_capacity(1 + draft.len());
-        feed.push(next);
-        feed.extend_from_slice(&draft);
-        rows = model
-            .forward(
-                &mut [SeqInput {
-                    cache: &mut cache,
-                    tokens: &feed,
-                    all_logits: !draft.is_empty(),
-                }],
-                experts,
-                &mut NoObserver,
-            )?
-            .remove(0);
-        metrics.kv_cache(cache.len(), cache.capacity(), cache.bytes());
-        stats.decode_steps += 1;
-        stats.drafted += draft.len();
-        metrics.decode_step(draft.len());
+            continue;
+        };
+        let finished = end.result?;
+        on_text(&finished.tail.text);
+        generated.extend_from_slice(&finished.tail.token_ids);
+        let prompt_done = end.tag.prompt_done.unwrap_or(t0);
+        end.tag.metrics.finish();
+        return Ok(GenStats {
+            prompt_tokens: req.prompt.len(),
+            prompt_s: prompt_done.duration_since(t0).as_secs_f64(),
+            generated,
+            gen_s: prompt_done.elapsed().as_secs_f64(),
+            decode_steps: finished.decode.steps,
+            drafted: finished.decode.drafted,
+            accepted: finished.decode.accepted,
+        });
     }
-    on_text(&stream.flush());
-    stats.gen_s = t1.elapsed().as_secs_f64();
-    metrics.finish();
-    Ok(stats)
 }

@@ -2,9 +2,10 @@
 //! `--placement`, the routed experts run on the placement's nodes.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use moe_model::forward::ExpertBackend;
-use moe_model::sampling::{Sampler, SamplingParams};
+use moe_model::sampling::SamplingParams;
 use moe_model::tokenizer::Tokenizer;
 
 use super::common::ModelArgs;
@@ -89,7 +90,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let model = a
         .model
         .load_for(Some(&a.cluster), moe_kernels::NumericMode::Fast)?;
-    let tok = Tokenizer::from_gguf(model.file())?;
+    let tok = Arc::new(Tokenizer::from_gguf(model.file())?);
     let mut experts = expert_backend(&model, &a.cluster)?;
     let prompt = tok.encode_prompt(&a.prompt);
     let mut out = std::io::stdout().lock();
@@ -98,16 +99,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let req = GenRequest {
         prompt: &prompt,
         max_tokens: a.n_predict,
+        sampling: params,
         ignore_eos: a.ignore_eos,
         ctx_size: a.model.ctx_size,
         draft_max: a.speculative.draft_max(),
     };
-    let mut sampler = Sampler::new(params);
     let stats = generate(
         &model,
         &tok,
         experts.as_mut(),
-        &mut sampler,
         &req,
         &mut |text| {
             let _ = write!(out, "{text}");

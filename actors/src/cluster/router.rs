@@ -12,7 +12,7 @@
 
 use std::io::{BufRead, Write};
 
-use moe_model::sampling::{Sampler, SamplingParams};
+use moe_model::sampling::SamplingParams;
 use moe_model::tokenizer::Tokenizer;
 use serde::Deserialize;
 
@@ -69,7 +69,7 @@ fn read_request_line(input: &mut impl BufRead) -> std::io::Result<Option<(String
 /// Serves requests from stdin until it closes.
 pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
     let model = model_args.load_for(Some(cluster), moe_kernels::NumericMode::Fast)?;
-    let tok = Tokenizer::from_gguf(model.file())?;
+    let tok = std::sync::Arc::new(Tokenizer::from_gguf(model.file())?);
     if cluster.placement.is_none() {
         anyhow::bail!("--role router needs --placement and --secret-file");
     }
@@ -96,25 +96,28 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
                     let req = GenRequest {
                         prompt: &prompt,
                         max_tokens: r.max_tokens,
+                        sampling: params.clone(),
                         ignore_eos: r.ignore_eos,
                         ctx_size: model_args.ctx_size,
                         draft_max: 0,
                     };
                     let mut text = String::new();
-                    match params.validate().and_then(|_| {
-                        generate(
+                    let result = match params.validate() {
+                        Err(e) => Err(e.to_string()),
+                        Ok(()) => generate(
                             &model,
                             &tok,
                             experts.as_mut(),
-                            &mut Sampler::new(params.clone()),
                             &req,
                             &mut |t| text.push_str(t),
                         )
-                    }) {
+                        .map_err(|e| e.to_string()),
+                    };
+                    match result {
                         Ok(stats) => {
                             serde_json::json!({ "text": text, "tokens": stats.generated, "prompt_tokens": prompt.len() })
                         }
-                        Err(e) => serde_json::json!({ "error": e.to_string() }),
+                        Err(e) => serde_json::json!({ "error": e }),
                     }
                 }
             }

@@ -1,29 +1,21 @@
-//! The engine: one OS thread that owns the model, the expert backend and every sequence, and
-//! runs continuous batching.
+//! The serving thread: one OS thread that owns the model, the expert backend and the
+//! generation engine ([`moe_engine::Engine`]), and runs continuous batching for HTTP clients.
 //!
-//! Each step it (1) admits waiting jobs from the bounded admission queue while fewer than
-//! `max_active` sequences run, (2) drops every sequence whose client went away, (3) builds ONE
-//! batch: one decode token for every generating sequence plus prompt chunks of waiting
-//! prompts, [`PREFILL_TOKENS_PER_STEP_MAX`] prompt tokens in all, so long prompts are
-//! interleaved with decoding instead of stalling it, (4) calls `Model::forward` once, so each
-//! MoE layer sends one frame per expert node carrying the tokens of all active sequences, and
-//! (5) samples each sequence with its own seeded sampler and sends its new text.
+//! Each loop it (1) admits waiting jobs from the bounded admission queue while fewer than
+//! `max_active` sequences run, (2) drops every sequence whose client went away, (3) runs one
+//! engine step (one batched forward call over every active sequence: see the engine's docs
+//! for batching, prefix reuse, drafts and stop rules), and (4) hands each client its new text
+//! and the end of finished ones.
 //!
-//! Batching never changes a sequence's tokens: attention runs per sequence on its own cache
-//! and every other operation is row-independent (see `runtime/tests/batch_invariance.rs`).
+//! Failures stay local. A sequence that fails gets an error naming the cause ([`JobError`]:
+//! 503 when an expert node without a replica is down, else 500); the engine goes on. A panic
+//! inside a step is caught: every in-flight request fails with a 500 naming the panic, all
+//! per-sequence state is dropped, and the thread keeps serving new requests with the same
+//! model and expert backend. Should the loop itself panic (outside a step), the process exits
+//! with status [`ENGINE_PANIC_EXIT_CODE`] so that a supervisor restarts it, instead of
+//! lingering with every request answered 503.
 //!
-//! Failures stay local. A step that fails fails only its requests, with an error naming the
-//! cause ([`JobError`]: 503 when an expert node without a replica is down, else 500), and the
-//! engine goes on with the next step. Non-finite values (NaN/Inf from corrupt weights or a
-//! faulty expert node) are attributed to the rows holding them: only those sequences fail,
-//! the others (whose caches the failed forward call left untouched) simply run again in the
-//! next step. A panic inside a step is caught: every in-flight request fails with a 500
-//! naming the panic, all per-sequence state is dropped, and the engine keeps serving new
-//! requests with the same model and expert backend. Should the engine loop itself panic
-//! (outside a step), the process exits with status [`ENGINE_PANIC_EXIT_CODE`] so that a
-//! supervisor restarts it, instead of lingering with every request answered 503.
-//!
-//! Decides: scheduling, sequence lifetime, stop conditions. Leaves request parsing and
+//! Decides: admission, delivery, cancellation, panic recovery. Leaves request parsing and
 //! validation (prompt length, `max_tokens`) to the HTTP handlers, which submit only jobs
 //! that fit the context.
 
@@ -33,17 +25,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::http::StatusCode;
-use moe_engine::draft::ngram_draft;
-use moe_model::forward::{ExpertBackend, KvCache, NoObserver, PrefixCache, SeqInput};
+pub use moe_engine::Piece;
+use moe_engine::{Delivery, Engine, EngineConfig, EngineError, Request, Tracker};
+use moe_model::forward::ExpertBackend;
 use moe_model::model::Model;
-use moe_model::sampling::{Sampler, SamplingParams};
-use moe_model::tokenizer::{StreamDecoder, Tokenizer};
+use moe_model::sampling::SamplingParams;
+use moe_model::tokenizer::Tokenizer;
 use moe_model::ModelError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::api_error::ApiError;
 use super::openai::{FinishReason, Usage};
-use super::stop::StopMatcher;
 use crate::cli::common::ModelArgs;
 use crate::cluster::args::RouterArgs;
 use crate::cluster::remote_experts::LinkHealth;
@@ -54,26 +46,11 @@ pub const MAX_ACTIVE_SEQUENCES: usize = 16;
 /// Jobs waiting for a sequence slot before new requests get 429 (default of `--admission-queue`).
 pub const ADMISSION_QUEUE_MAX: usize = 64;
 /// Prompt tokens processed per step, over all prompts being prefilled.
-pub const PREFILL_TOKENS_PER_STEP_MAX: usize = crate::cli::generate::PREFILL_CHUNK_TOKENS;
+pub const PREFILL_TOKENS_PER_STEP_MAX: usize = moe_engine::engine::PREFILL_TOKENS_PER_STEP_DEFAULT;
 /// Text pieces buffered for one client; beyond that the engine coalesces them.
 pub const PIECES_PER_REQUEST_MAX: usize = 16;
 /// Exit status of the process when the engine loop panics outside a step (EX_SOFTWARE).
 pub const ENGINE_PANIC_EXIT_CODE: i32 = 70;
-
-/// Generated text and the token ids that produced it.
-#[derive(Debug, Clone, Default)]
-pub struct Piece {
-    /// Text (possibly empty while a multi-byte character or a possible stop string is held).
-    pub text: String,
-    /// Token ids.
-    pub token_ids: Vec<u32>,
-}
-
-impl Piece {
-    fn is_empty(&self) -> bool {
-        self.text.is_empty() && self.token_ids.is_empty()
-    }
-}
 
 /// How a job ended.
 #[derive(Debug, Clone)]
@@ -98,8 +75,21 @@ pub struct JobError {
 }
 
 impl JobError {
+    /// The error of a request that failed with `e`.
+    fn from_engine(e: &EngineError) -> Self {
+        match e {
+            EngineError::Model(e) => Self::from_model(e),
+            EngineError::Panicked(reason) => Self::panicked(reason),
+            EngineError::InvalidRequest(message) => Self {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_request",
+                message: message.clone(),
+            },
+        }
+    }
+
     /// The error of a request whose step failed with `e`.
-    fn from_runtime(e: &ModelError) -> Self {
+    fn from_model(e: &ModelError) -> Self {
         match e {
             ModelError::PeerFailed { .. } | ModelError::NoLiveOwner { .. } => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -309,7 +299,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
-            let loaded = (|| -> anyhow::Result<(Engine, ModelInfo, Option<LinkHealth>)> {
+            let loaded = (|| -> anyhow::Result<(Server, ModelInfo, Option<LinkHealth>)> {
                 let model = model_args.load_for(Some(&cluster), moe_kernels::NumericMode::Fast)?;
                 let tokenizer = Arc::new(Tokenizer::from_gguf(model.file())?);
                 let (experts, health) = cluster.backend(&model)?;
@@ -325,21 +315,8 @@ pub fn start(
                     chat_template: meta_str("tokenizer.chat_template"),
                     name: meta_str("general.name"),
                 };
-                let eot = model
-                    .file()
-                    .metadata("tokenizer.ggml.eot_token_id")
-                    .and_then(|v| v.as_u64())
-                    .map(|v| v as u32);
-                let end_tokens = tokenizer.eos().into_iter().chain(eot).collect();
-                let engine = Engine::new(
-                    model,
-                    experts,
-                    tokenizer,
-                    end_tokens,
-                    &limits,
-                    admit_rx,
-                    active_engine,
-                );
+                let engine =
+                    Server::new(model, experts, tokenizer, &limits, admit_rx, active_engine);
                 Ok((engine, info, health))
             })();
             match loaded {
@@ -375,102 +352,103 @@ pub fn start(
     ))
 }
 
-/// One request's generation state.
-struct Sequence {
-    prompt: Vec<u32>,
-    /// Prompt tokens already in the cache.
-    prefilled: usize,
-    /// Prompt tokens restored from the prefix cache.
-    cached: usize,
-    /// Whether the prompt's KV goes into the prefix cache once computed.
-    cache_prompt: bool,
-    cache: KvCache,
-    /// Sampled but not yet fed to the model.
-    next_input: Option<u32>,
-    /// Draft tokens fed this step after `next_input` (speculative decoding).
-    draft: Vec<u32>,
-    /// This step's input tokens.
-    feed: Vec<u32>,
-    /// Prompt and generated tokens (the repetition penalty's window).
-    history: Vec<u32>,
-    generated: usize,
-    max_tokens: usize,
-    ignore_eos: bool,
-    sampler: Sampler,
-    decoder: StreamDecoder<Arc<Tokenizer>>,
-    stop: StopMatcher,
-    /// A stop string ended the output (nothing after it may be released).
-    stopped: bool,
-    /// Output not yet handed to the client's channel.
-    outbox: Piece,
+/// A client's side of a sequence: where its output goes, and its request metrics (time to
+/// first token, inter-token latency, KV cache; an unfinished one counts as an error).
+struct Client {
     pieces: mpsc::Sender<Piece>,
     done: Option<oneshot::Sender<Result<Finished, JobError>>>,
-    /// Request metrics (TTFT, inter-token latency, KV cache); an unfinished one counts as an error.
     metrics: Option<telemetry::Generation>,
 }
 
-struct Engine {
+impl Client {
+    fn end(mut self, result: Result<Finished, JobError>) {
+        if result.is_ok() {
+            if let Some(m) = self.metrics.take() {
+                m.finish();
+            }
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.send(result);
+        }
+    }
+}
+
+impl Tracker for Client {
+    fn prompt_cached(&mut self, tokens: usize) {
+        self.metrics.as_mut().map(|m| m.prompt_cached(tokens));
+    }
+    fn token(&mut self) {
+        self.metrics.as_mut().map(telemetry::Generation::token);
+    }
+    fn kv_cache(&mut self, used: usize, capacity: usize, bytes: usize) {
+        self.metrics
+            .as_mut()
+            .map(|m| m.kv_cache(used, capacity, bytes));
+    }
+    fn decode_step(&mut self, drafted: usize) {
+        self.metrics.as_mut().map(|m| m.decode_step(drafted));
+    }
+    fn draft_accepted(&mut self) {
+        self.metrics
+            .as_mut()
+            .map(telemetry::Generation::draft_accepted);
+    }
+}
+
+/// The serving thread's state.
+struct Server {
     model: Model,
     experts: Box<dyn ExpertBackend>,
-    tokenizer: Arc<Tokenizer>,
-    /// Tokens that end a generation (EOS, EOT).
-    end_tokens: Vec<u32>,
-    ctx_size: usize,
+    engine: Engine<Client>,
     max_active: usize,
     admit_rx: mpsc::Receiver<GenerationJob>,
     active: Arc<AtomicUsize>,
-    seqs: Vec<Sequence>,
-    /// KV of earlier prompts' prefixes (the cache of `--cache-tokens`).
-    prefix: PrefixCache,
-    /// Draft tokens verified per decode step (0 = no speculative decoding).
-    draft_max: usize,
 }
 
-impl Engine {
-    #[allow(clippy::too_many_arguments)] // each is one owned part of the engine
+impl Server {
     fn new(
         model: Model,
         experts: Box<dyn ExpertBackend>,
         tokenizer: Arc<Tokenizer>,
-        end_tokens: Vec<u32>,
         limits: &EngineLimits,
         admit_rx: mpsc::Receiver<GenerationJob>,
         active: Arc<AtomicUsize>,
     ) -> Self {
+        let cfg = EngineConfig {
+            ctx_size: limits.ctx_size,
+            prefill_tokens_per_step: PREFILL_TOKENS_PER_STEP_MAX,
+            cache_tokens: limits.cache_tokens,
+            draft_max: limits.draft_max,
+        };
         Self {
+            engine: Engine::new(&model, tokenizer, cfg),
             model,
             experts,
-            tokenizer,
-            end_tokens,
-            ctx_size: limits.ctx_size,
             max_active: limits.max_active.max(1),
             admit_rx,
             active,
-            seqs: Vec::new(),
-            prefix: PrefixCache::new(limits.cache_tokens),
-            draft_max: limits.draft_max,
         }
     }
 
     fn run(mut self) {
         loop {
-            if self.seqs.is_empty() {
+            if self.engine.is_empty() {
                 self.active.store(0, Ordering::SeqCst);
                 match self.admit_rx.blocking_recv() {
                     Some(job) => self.admit(job),
                     None => return,
                 }
             }
-            while self.seqs.len() < self.max_active {
+            while self.engine.len() < self.max_active {
                 match self.admit_rx.try_recv() {
                     Ok(job) => self.admit(job),
                     Err(_) => break,
                 }
             }
             // A client that went away frees its sequence (and KV cache) now.
-            self.seqs.retain(|s| !s.pieces.is_closed());
-            self.active.store(self.seqs.len(), Ordering::SeqCst);
-            if !self.seqs.is_empty() {
+            self.engine.retain(|c| !c.pieces.is_closed());
+            self.active.store(self.engine.len(), Ordering::SeqCst);
+            if !self.engine.is_empty() {
                 if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
                     self.recover_from_panic(payload.as_ref());
                 }
@@ -487,14 +465,13 @@ impl Engine {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a non-string panic payload".into());
+        let clients = self.engine.drain();
         eprintln!(
             "engine: a step panicked ({reason}); failing its {} requests in flight and going on",
-            self.seqs.len()
+            clients.len()
         );
-        for mut s in self.seqs.drain(..) {
-            if let Some(done) = s.done.take() {
-                let _ = done.send(Err(JobError::panicked(&reason)));
-            }
+        for client in clients {
+            client.end(Err(JobError::panicked(&reason)));
         }
         self.active.store(0, Ordering::SeqCst);
     }
@@ -510,258 +487,54 @@ impl Engine {
             pieces,
             done,
         } = job;
-        let mut metrics = telemetry::Generation::start(prompt.len());
-        let mut cache = KvCache::new(&self.model.cfg, self.ctx_size);
-        let cached = if cache_prompt {
-            // A failed restore leaves the cache empty: the prompt is computed in full.
-            match self.prefix.restore(&prompt, &mut cache) {
-                Ok(reused) => reused.tokens,
-                Err(e) => {
-                    eprintln!("engine: prefix cache not used: {e}");
-                    0
-                }
-            }
-        } else {
-            0
-        };
-        metrics.prompt_cached(cached);
-        self.seqs.push(Sequence {
-            metrics: Some(metrics),
-            history: prompt.clone(),
-            prompt,
-            prefilled: cached,
-            cached,
-            cache_prompt,
-            cache,
-            next_input: None,
-            draft: Vec::new(),
-            feed: Vec::new(),
-            generated: 0,
-            max_tokens,
-            ignore_eos,
-            sampler: Sampler::new(sampling),
-            decoder: StreamDecoder::new(self.tokenizer.clone()),
-            stop: StopMatcher::new(stop),
-            stopped: false,
-            outbox: Piece::default(),
+        let client = Client {
+            metrics: Some(telemetry::Generation::start(prompt.len())),
             pieces,
             done: Some(done),
-        });
+        };
+        let request = Request {
+            prompt,
+            max_tokens,
+            sampling,
+            stop,
+            ignore_eos,
+            cache_prompt,
+        };
+        if let Err((client, e)) = self.engine.admit(&self.model, request, client) {
+            client.end(Err(JobError::from_engine(&e)));
+        }
     }
 
-    /// One forward call over every active sequence.
+    /// One engine step, then every client's output.
     fn step(&mut self) {
-        let mut budget = PREFILL_TOKENS_PER_STEP_MAX;
-        for s in &mut self.seqs {
-            s.feed.clear();
-            s.draft.clear();
-            if let Some(t) = s.next_input {
-                s.feed.push(t);
-                if self.draft_max > 0 {
-                    // Drafts only where the cache has room for them and the token after.
-                    let room = s.cache.capacity().saturating_sub(s.cache.len() + 2);
-                    s.draft = ngram_draft(&s.history, self.draft_max.min(room));
-                    s.feed.extend_from_slice(&s.draft);
+        for ended in self.engine.step(&self.model, self.experts.as_mut()) {
+            let result = match ended.result {
+                Ok(f) => Ok(Finished {
+                    tail: f.tail,
+                    finish: match f.finish {
+                        moe_engine::FinishReason::Stop => FinishReason::Stop,
+                        moe_engine::FinishReason::Length => FinishReason::Length,
+                    },
+                    usage: Usage {
+                        prompt_tokens: f.usage.prompt_tokens,
+                        completion_tokens: f.usage.completion_tokens,
+                        cached_tokens: f.usage.cached_tokens,
+                    },
+                }),
+                Err(e) => {
+                    eprintln!("engine: a sequence failed: {e}");
+                    Err(JobError::from_engine(&e))
                 }
-            } else if s.prefilled < s.prompt.len() && budget > 0 {
-                let n = budget.min(s.prompt.len() - s.prefilled);
-                s.feed
-                    .extend_from_slice(&s.prompt[s.prefilled..s.prefilled + n]);
-                budget -= n;
-            }
+            };
+            ended.tag.end(result);
         }
-        let mut in_batch = Vec::new();
-        let mut batch = Vec::new();
-        for (i, s) in self.seqs.iter_mut().enumerate() {
-            if !s.feed.is_empty() {
-                in_batch.push(i);
-                batch.push(SeqInput {
-                    cache: &mut s.cache,
-                    tokens: &s.feed,
-                    all_logits: !s.draft.is_empty(),
-                });
-            }
-        }
-        if batch.is_empty() {
-            return;
-        }
-        let result = self
-            .model
-            .forward(&mut batch, self.experts.as_mut(), &mut NoObserver);
-        drop(batch);
-        let mut ended = vec![false; self.seqs.len()];
-        match result {
-            Err(e) => {
-                // Non-finite values name the batch rows holding them: only their sequences
-                // fail. The others' caches were left as they were; they run again next step.
-                let culprits = self.sequences_of_rows(&e, &in_batch);
-                let failing = culprits.as_deref().unwrap_or(&in_batch);
-                if culprits.is_some() {
-                    eprintln!(
-                        "engine: {e}; failing {} of the step's {} sequences, retrying the others",
-                        failing.len(),
-                        in_batch.len()
-                    );
-                } else {
-                    // The step failed as a whole (e.g. an expert node without a replica died):
-                    // every sequence in it fails; the others go on.
-                    eprintln!("engine: a step of {} sequences failed: {e}", in_batch.len());
-                }
-                let err = JobError::from_runtime(&e);
-                for &i in failing {
-                    if let Some(done) = self.seqs[i].done.take() {
-                        let _ = done.send(Err(err.clone()));
-                    }
-                    ended[i] = true;
-                }
-            }
-            Ok(logits) => {
-                let vocab = self.model.cfg.vocab;
-                for (&i, logits) in in_batch.iter().zip(&logits) {
-                    let end_tokens = &self.end_tokens;
-                    let s = &mut self.seqs[i];
-                    if let Some(m) = &mut s.metrics {
-                        m.kv_cache(s.cache.len(), s.cache.capacity(), s.cache.bytes());
-                    }
-                    let decoding = s.next_input.take().is_some();
-                    if !decoding {
-                        s.prefilled += s.feed.len();
-                        if s.prefilled < s.prompt.len() {
-                            continue;
-                        }
-                        if s.cache_prompt {
-                            self.prefix.insert(&s.prompt, &s.cache);
-                        }
-                    }
-                    // One row per fed token with drafts, else one: sampled in order exactly as
-                    // plain decoding would; a drafted token equal to the sample is accepted
-                    // (its position is already cached), the first other sample is the next
-                    // input and the positions of the drafts after it are cut.
-                    let fed_end = s.cache.len();
-                    let n_draft = s.draft.len();
-                    for (j, row) in logits.chunks_exact(vocab).enumerate() {
-                        let cached = fed_end - (n_draft - j);
-                        if let Some(finish) = s.on_logits(row, end_tokens, cached) {
-                            s.finish(finish);
-                            ended[i] = true;
-                            break;
-                        }
-                        if j < n_draft && s.next_input == Some(s.draft[j]) {
-                            if let Some(m) = &mut s.metrics {
-                                m.draft_accepted();
-                            }
-                            continue;
-                        }
-                        s.cache.truncate(cached);
-                        break;
-                    }
-                    if decoding {
-                        if let Some(m) = &mut s.metrics {
-                            m.decode_step(n_draft);
-                        }
-                    }
-                }
-            }
-        }
-        for (i, s) in self.seqs.iter_mut().enumerate() {
-            if !ended[i] && !s.outbox.is_empty() {
-                match s.pieces.try_send(std::mem::take(&mut s.outbox)) {
-                    Ok(()) => {}
-                    // A slow reader: keep the text and send it with the next piece.
-                    Err(mpsc::error::TrySendError::Full(p)) => s.outbox = p,
-                    Err(mpsc::error::TrySendError::Closed(_)) => ended[i] = true,
-                }
-            }
-        }
-        let mut i = 0;
-        self.seqs.retain(|_| {
-            i += 1;
-            !ended[i - 1]
-        });
-    }
-}
-
-impl Engine {
-    /// For an error that names batch rows (non-finite values), the indices (into `seqs`) of
-    /// the sequences whose fed tokens those rows are; `None` when it names none.
-    fn sequences_of_rows(&self, e: &ModelError, in_batch: &[usize]) -> Option<Vec<usize>> {
-        let ModelError::NonFinite { rows, .. } = e else {
-            return None;
-        };
-        let mut found = Vec::new();
-        let mut start = 0;
-        for &i in in_batch {
-            let end = start + self.seqs[i].feed.len();
-            if rows.iter().any(|r| (start..end).contains(r)) {
-                found.push(i);
-            }
-            start = end;
-        }
-        (!found.is_empty()).then_some(found)
-    }
-}
-
-impl Sequence {
-    /// Samples the next token from the last position's logits; returns why it ends, if it does.
-    /// `cached`: the positions the cache holds for this sequence's tokens so far (the cache
-    /// may hold draft positions beyond them).
-    fn on_logits(
-        &mut self,
-        logits: &[f32],
-        end_tokens: &[u32],
-        cached: usize,
-    ) -> Option<FinishReason> {
-        let t = self.sampler.sample(logits, &self.history);
-        if !self.ignore_eos && end_tokens.contains(&t) {
-            return Some(FinishReason::Stop);
-        }
-        self.generated += 1;
-        if let Some(m) = &mut self.metrics {
-            m.token();
-        }
-        self.history.push(t);
-        self.outbox.token_ids.push(t);
-        let text = self.decoder.push(t);
-        let out = self.stop.push(&text);
-        self.outbox.text.push_str(&out.release);
-        if out.stopped {
-            self.stopped = true;
-            return Some(FinishReason::Stop);
-        }
-        if self.generated >= self.max_tokens || cached >= self.cache.capacity() {
-            return Some(FinishReason::Length);
-        }
-        self.next_input = Some(t);
-        None
-    }
-
-    /// Releases held text and reports the end to the client.
-    fn finish(&mut self, mut finish: FinishReason) {
-        if !self.stopped {
-            let rest = self.decoder.flush();
-            let out = self.stop.push(&rest);
-            self.outbox.text.push_str(&out.release);
-            if out.stopped {
-                finish = FinishReason::Stop;
-            } else {
-                self.outbox.text.push_str(&self.stop.flush());
-            }
-        }
-        let usage = Usage {
-            prompt_tokens: self.prompt.len(),
-            completion_tokens: self.generated,
-            cached_tokens: self.cached,
-        };
-        if let Some(done) = self.done.take() {
-            let _ = done.send(Ok(Finished {
-                tail: std::mem::take(&mut self.outbox),
-                finish,
-                usage,
-            }));
-        }
-        if let Some(m) = self.metrics.take() {
-            m.finish();
-        }
+        self.engine
+            .deliver(|client, piece| match client.pieces.try_send(piece) {
+                Ok(()) => Delivery::Sent,
+                // A slow reader: the engine keeps the text and sends it with the next piece.
+                Err(mpsc::error::TrySendError::Full(p)) => Delivery::Later(p),
+                Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
+            });
     }
 }
 
@@ -836,14 +609,13 @@ mod tests {
                 cache_tokens: 0,
                 draft_max: 0,
             };
-            let engine = Engine::new(
+            let engine = Server::new(
                 model,
                 Box::new(FaultyExperts {
                     inner: LocalExperts::default(),
                     fault: Some(fault),
                 }),
                 tokenizer,
-                Vec::new(),
                 &limits,
                 admit_rx,
                 Arc::new(AtomicUsize::new(0)),
@@ -925,13 +697,13 @@ mod tests {
 
     #[test]
     fn job_errors_map_to_statuses() {
-        let peer = JobError::from_runtime(&ModelError::PeerFailed {
+        let peer = JobError::from_model(&ModelError::PeerFailed {
             node: "e2".into(),
             reason: "connection lost".into(),
         });
         assert_eq!(peer.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(peer.message.contains("e2"));
-        let nan = JobError::from_runtime(&ModelError::NonFinite {
+        let nan = JobError::from_model(&ModelError::NonFinite {
             what: "the output logits".into(),
             value: f32::NAN,
             rows: vec![0],

@@ -2,15 +2,21 @@
 //! with others, its prompt cut into chunks interleaved with their decode steps, gets the same
 //! logits, bit for bit, as when it runs alone with its prompt in one piece. This holds because
 //! attention runs per sequence on its own cache and every matmul computes each output row the
-//! same way whatever the number of rows (`kernels/src/matmul/row_kernel.rs`).
+//! same way whatever the number of rows (`kernels/src/matmul/dots.rs`).
+//!
+//! The batched side is the generation engine itself (`moe_engine::Engine`, which `run`,
+//! `bench`, the stdin router and `serve` all drive); the reference is a plain loop of
+//! one-sequence forward calls.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use moe_devdata::fixtures::all_fixture_cases;
+use moe_engine::{Engine, EngineConfig, Request, Tracker};
 use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
 use moe_model::model::Model;
 use moe_model::sampling::argmax;
-use moe_devdata::fixtures::fixtures_dir;
-use serde_json::Value;
+use moe_model::tokenizer::Tokenizer;
 
 /// Tokens decoded per sequence after its prompt.
 const DECODE_STEPS: usize = 6;
@@ -20,28 +26,13 @@ const PREFILL_BUDGET_TOKENS: usize = 7;
 const CTX_POSITIONS: usize = 256;
 
 
+/// Every fixture GGUF with its cases' prompts.
 fn fixture_models() -> Vec<(PathBuf, Vec<Vec<u32>>)> {
-    let mut out = Vec::new();
-    for dir in ["kimi-k25-tiny", "kimi-k25-kq"] {
-        let root = fixtures_dir().join(dir);
-        let m: Value =
-            serde_json::from_str(&std::fs::read_to_string(root.join("manifest.json")).unwrap())
-                .unwrap();
-        let prompts: Vec<Vec<u32>> = m["cases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                c["tokens"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|t| t.as_u64().unwrap() as u32)
-                    .collect()
-            })
-            .collect();
-        for (_, file) in m["files"].as_object().unwrap() {
-            out.push((root.join(file["gguf"].as_str().unwrap()), prompts.clone()));
+    let mut out: Vec<(PathBuf, Vec<Vec<u32>>)> = Vec::new();
+    for case in all_fixture_cases().expect("the fixture manifests") {
+        match out.last_mut() {
+            Some((gguf, prompts)) if *gguf == case.gguf => prompts.push(case.tokens),
+            _ => out.push((case.gguf, vec![case.tokens])),
         }
     }
     out
@@ -83,79 +74,50 @@ fn alone(model: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
     out
 }
 
-struct Seq {
-    prompt: Vec<u32>,
-    prefilled: usize,
-    next: Option<u32>,
-    cache: KvCache,
+/// Records the logits every token of sequence `index` is sampled from.
+struct Recorder {
+    index: usize,
     logits: Vec<Vec<f32>>,
-    feed: Vec<u32>,
 }
 
-/// The same sequences scheduled as the serving engine does: every step one decode token per
-/// generating sequence plus prompt chunks up to the budget; sequences start one step apart.
+impl Tracker for Recorder {
+    fn logits(&mut self, row: &[f32]) {
+        self.logits.push(row.to_vec());
+    }
+}
+
+/// The same sequences through the engine: prompts chunked by a small per-step budget,
+/// sequences admitted one step apart, greedy, past end tokens.
 fn batched(model: &Model, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
-    let mut seqs: Vec<Seq> = Vec::new();
+    let tokenizer = Arc::new(Tokenizer::from_gguf(model.file()).unwrap());
+    let cfg = EngineConfig {
+        prefill_tokens_per_step: PREFILL_BUDGET_TOKENS,
+        ..EngineConfig::new(CTX_POSITIONS)
+    };
+    let mut engine = Engine::new(model, tokenizer, cfg);
+    let mut done: Vec<Option<Vec<Vec<f32>>>> = vec![None; prompts.len()];
     let mut step = 0;
-    loop {
-        if step < prompts.len() {
-            seqs.push(Seq {
-                prompt: prompts[step].clone(),
-                prefilled: 0,
-                next: None,
-                cache: KvCache::new(&model.cfg, CTX_POSITIONS),
+    while done.iter().any(Option::is_none) {
+        if let Some(prompt) = prompts.get(step) {
+            let request = Request {
+                ignore_eos: true,
+                cache_prompt: false,
+                ..Request::new(prompt.clone(), DECODE_STEPS + 1)
+            };
+            let tag = Recorder {
+                index: step,
                 logits: Vec::new(),
-                feed: Vec::new(),
-            });
+            };
+            engine.admit(model, request, tag).map_err(|(_, e)| e).unwrap();
         }
         step += 1;
-        let mut budget = PREFILL_BUDGET_TOKENS;
-        for s in &mut seqs {
-            s.feed.clear();
-            if s.logits.len() > DECODE_STEPS {
-                continue;
-            }
-            if let Some(t) = s.next {
-                s.feed.push(t);
-            } else if s.prefilled < s.prompt.len() && budget > 0 {
-                let n = budget.min(s.prompt.len() - s.prefilled);
-                s.feed
-                    .extend_from_slice(&s.prompt[s.prefilled..s.prefilled + n]);
-                budget -= n;
-            }
+        for ended in engine.step(model, &mut LocalExperts::default()) {
+            ended.result.expect("the step succeeds");
+            done[ended.tag.index] = Some(ended.tag.logits);
         }
-        if seqs.len() == prompts.len() && seqs.iter().all(|s| s.feed.is_empty()) {
-            break;
-        }
-        let mut batch: Vec<SeqInput<'_>> = Vec::new();
-        let mut which = Vec::new();
-        for (i, s) in seqs.iter_mut().enumerate() {
-            if !s.feed.is_empty() {
-                which.push(i);
-                batch.push(SeqInput {
-                    cache: &mut s.cache,
-                    tokens: &s.feed,
-                    all_logits: false,
-                });
-            }
-        }
-        let logits = model
-            .forward(&mut batch, &mut LocalExperts::default(), &mut NoObserver)
-            .unwrap();
-        drop(batch);
-        for (i, l) in which.into_iter().zip(logits) {
-            let s = &mut seqs[i];
-            if s.next.take().is_none() {
-                s.prefilled += s.feed.len();
-                if s.prefilled < s.prompt.len() {
-                    continue;
-                }
-            }
-            s.next = Some(argmax(&l));
-            s.logits.push(l);
-        }
+        assert!(step < 10_000, "the engine does not finish");
     }
-    seqs.into_iter().map(|s| s.logits).collect()
+    done.into_iter().map(Option::unwrap).collect()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
