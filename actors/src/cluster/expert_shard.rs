@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use moe_model::forward::{apply_routes, Route};
+use moe_model::forward::{CpuCompute, ExpertCompute, Route};
 use moe_model::model::Model;
 use moe_cluster::placement::ExpertSet;
 use moe_cluster::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest, ReassignPhase};
@@ -132,7 +132,7 @@ pub fn compute(
         }
     }
     let mut out = vec![0f32; n * d];
-    apply_routes(model, layer, &h, &routes, &mut out).map_err(|e| e.to_string())?;
+    CpuCompute.apply_routes(model, layer, &h, &routes, &mut out).map_err(|e| e.to_string())?;
     let mut partials = Vec::new();
     encode_hidden(&out, req.dtype, &mut partials);
     Ok(ExpertReply {

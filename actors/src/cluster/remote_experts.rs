@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use moe_cluster::dispatch::{plan_routes, NodeWork};
-use moe_model::forward::{apply_routes, ExpertBackend, Route, Routing};
+use moe_model::forward::{CpuCompute, ExpertBackend, ExpertCompute, Route, Routing};
 use moe_model::model::Model;
 use moe_cluster::placement::{NodeAddr, NodeIndex, NodeName, Placement};
 use moe_cluster::wire::{
@@ -338,7 +338,7 @@ fn compute_local(
 ) -> Result<Vec<f32>, ModelError> {
     let started = Instant::now();
     let mut partial = vec![0f32; h.len()];
-    apply_routes(model, layer, h, &work.batch_routes(), &mut partial)?;
+    CpuCompute.apply_routes(model, layer, h, &work.batch_routes(), &mut partial)?;
     telemetry::expert_compute_done(layer, work.rows.len(), started.elapsed().as_secs_f64());
     Ok(work
         .rows

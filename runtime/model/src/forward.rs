@@ -20,13 +20,15 @@
 //! [`ModelError::NonFinite`] naming the layer and the batch rows that hold them.
 
 mod attention;
+mod expert_compute;
 mod kv_cache;
 pub mod moe;
 mod ops;
 mod prefix_cache;
 
+pub use expert_compute::{ComputeHandle, CpuCompute, ExpertCompute};
 pub use kv_cache::KvCache;
-pub use moe::{apply_routes, ExpertBackend, LocalExperts, Route, Routing};
+pub use moe::{ExpertBackend, LocalExperts, Route, Routing};
 pub use prefix_cache::{PrefixCache, Reused, PREFIX_BLOCK_TOKENS};
 
 use crate::model::Model;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use moe_model::forward::{apply_routes, Route};
+use moe_model::forward::{CpuCompute, ExpertCompute, Route};
 use moe_model::model::{Model, WeightSet};
 use moe_model::ExpertSet;
 use moe_model::ModelError;
@@ -61,10 +61,10 @@ fn expert_node_maps_its_experts_and_computes_them_exactly() {
         },
     ];
     let (mut a, mut b) = (vec![0f32; 2 * d], vec![0f32; 2 * d]);
-    apply_routes(&full, 1, &h, &routes, &mut a).unwrap();
-    apply_routes(&node, 1, &h, &routes, &mut b).unwrap();
+    CpuCompute.apply_routes(&full, 1, &h, &routes, &mut a).unwrap();
+    CpuCompute.apply_routes(&node, 1, &h, &routes, &mut b).unwrap();
     assert_eq!(a, b);
-    let err = apply_routes(
+    let err = CpuCompute.apply_routes(
         &node,
         1,
         &h,

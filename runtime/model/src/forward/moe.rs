@@ -2,6 +2,7 @@
 //! group-limited top-k, normalized and scaled weights; spec §2.5), the SwiGLU expert, and
 //! [`ExpertBackend`], the seam between "which experts" and "where they are computed".
 
+use super::expert_compute::ComputeHandle;
 use super::ops::{sigmoid, softmax_inplace, swiglu_inplace};
 use crate::config::{GatingFunc, ModelConfig};
 use crate::model::{DenseFfn, Model, MoeWeights};
@@ -51,10 +52,21 @@ pub trait ExpertBackend {
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError>;
 }
 
-/// Every expert computed in this process from the mapped file.
+/// Every expert computed in this process, on `compute` (the CPU by default).
 #[derive(Debug, Default)]
 pub struct LocalExperts {
+    compute: ComputeHandle,
     pending: Option<(Vec<f32>, Routing)>,
+}
+
+impl LocalExperts {
+    /// Every expert computed on `compute`.
+    pub fn on(compute: ComputeHandle) -> Self {
+        Self {
+            compute,
+            pending: None,
+        }
+    }
 }
 
 impl ExpertBackend for LocalExperts {
@@ -74,7 +86,8 @@ impl ExpertBackend for LocalExperts {
             .pending
             .take()
             .ok_or_else(|| ModelError::InvalidInput("finish without begin".into()))?;
-        apply_routes(model, layer, &h, &routing.routes(), out)
+        self.compute
+            .apply_routes(model, layer, &h, &routing.routes(), out)
     }
 }
 
@@ -105,10 +118,11 @@ impl Routing {
     }
 }
 
-/// Adds `weight · Expert_e(h[token])` into `out[token]` for every route: tokens are grouped
-/// by expert, experts run in ascending order (a fixed summation order), each expert once on
-/// all its tokens. `h` and `out` are `[t, D]`.
-pub fn apply_routes(
+/// Adds `weight · Expert_e(h[token])` into `out[token]` for every route, on the CPU: tokens
+/// are grouped by expert, experts run in ascending order (a fixed summation order), each
+/// expert once on all its tokens. `h` and `out` are `[t, D]`. Callers go through
+/// [`super::ExpertCompute`] ([`super::CpuCompute`] runs this).
+pub(crate) fn apply_routes_cpu(
     model: &Model,
     layer: usize,
     h: &[f32],

@@ -1,0 +1,72 @@
+//! [`ExpertCompute`]: the device that computes routed experts, the seam a GPU backend plugs
+//! into. Every path that computes experts goes through one: the single process
+//! ([`super::LocalExperts`]), a router's local share and an expert node each hold a
+//! [`ComputeHandle`].
+//!
+//! [`CpuCompute`] is the first implementation: the experts' weights stay in the mapped file
+//! and run through the CPU kernels in the model's numeric mode. A GPU implementation uploads
+//! the node's experts once and runs the same contract on the device.
+
+use std::sync::Arc;
+
+use super::moe::{apply_routes_cpu, Route};
+use crate::model::Model;
+use crate::ModelError;
+
+/// Computes `Σ weight · Expert_e(h[token])` for the routes of one MoE layer.
+///
+/// Contract: `h` and `out` are `[t, D]`; every route's output is added into `out[token]`;
+/// the result must not depend on how many tokens share the call (batch invariance), and an
+/// exact-mode implementation must give the CPU's bits.
+pub trait ExpertCompute: Send + Sync + std::fmt::Debug {
+    /// A short name for logs and `devices` listings, e.g. `cpu`.
+    fn name(&self) -> &str;
+
+    /// Adds every route's weighted expert output of MoE layer `layer` into `out`.
+    fn apply_routes(
+        &self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        routes: &[Route],
+        out: &mut [f32],
+    ) -> Result<(), ModelError>;
+}
+
+/// A shared expert-compute device; the CPU by default.
+#[derive(Debug, Clone)]
+pub struct ComputeHandle(pub Arc<dyn ExpertCompute>);
+
+impl Default for ComputeHandle {
+    fn default() -> Self {
+        Self(Arc::new(CpuCompute))
+    }
+}
+
+impl std::ops::Deref for ComputeHandle {
+    type Target = dyn ExpertCompute;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
+}
+
+/// Routed experts on the CPU, over the mapped weights.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuCompute;
+
+impl ExpertCompute for CpuCompute {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn apply_routes(
+        &self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        routes: &[Route],
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        apply_routes_cpu(model, layer, h, routes, out)
+    }
+}
