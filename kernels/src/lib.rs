@@ -51,12 +51,14 @@
 //! assert_eq!(y, [3.0, 7.0]);
 //! ```
 
+mod attention;
 mod dequant;
 mod error;
 mod matmul;
 mod quantize;
 mod types;
 
+pub use attention::{flash_attend, FlashState, FLASH_BLOCK_POSITIONS};
 pub use dequant::{dequantize_row, dequantize_rows};
 pub use error::KernelError;
 pub use matmul::{

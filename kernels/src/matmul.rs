@@ -33,14 +33,14 @@
 //! simd.rs          SimdIsa (probed once), dispatch, the f32 lanes, the reduction
 //! ```
 
-mod dots;
+pub(crate) mod dots;
 mod exact;
 mod exact_fused;
 mod fast;
 mod kernel_table;
 mod q8;
 mod rows;
-mod simd;
+pub(crate) mod simd;
 #[cfg(test)]
 mod test_data;
 

@@ -153,7 +153,10 @@ impl<T: Tracker> Engine<T> {
         mut tag: T,
     ) -> Result<(), (T, EngineError)> {
         if req.prompt.is_empty() {
-            return Err((tag, EngineError::InvalidRequest("the prompt is empty".into())));
+            return Err((
+                tag,
+                EngineError::InvalidRequest("the prompt is empty".into()),
+            ));
         }
         if req.prompt.len() > cache.capacity() || cache.len() >= req.prompt.len() {
             return Err((

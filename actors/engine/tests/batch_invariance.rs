@@ -25,7 +25,6 @@ const PREFILL_BUDGET_TOKENS: usize = 7;
 /// Positions per sequence cache.
 const CTX_POSITIONS: usize = 256;
 
-
 /// Every fixture GGUF with its cases' prompts.
 fn fixture_models() -> Vec<(PathBuf, Vec<Vec<u32>>)> {
     let mut out: Vec<(PathBuf, Vec<Vec<u32>>)> = Vec::new();
@@ -108,7 +107,10 @@ fn batched(model: &Model, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
                 index: step,
                 logits: Vec::new(),
             };
-            engine.admit(model, request, tag).map_err(|(_, e)| e).unwrap();
+            engine
+                .admit(model, request, tag)
+                .map_err(|(_, e)| e)
+                .unwrap();
         }
         step += 1;
         for ended in engine.step(model, &mut LocalExperts::default()) {

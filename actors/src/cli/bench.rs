@@ -162,8 +162,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 let mut tokens = context[..depth].to_vec();
                 tokens.push(prompt.first().copied().unwrap_or(0));
                 let t = Instant::now();
-                let generated =
-                    run_engine(&model, &tok, experts.as_mut(), &at_depth, tokens, g)?;
+                let generated = run_engine(&model, &tok, experts.as_mut(), &at_depth, tokens, g)?;
                 if generated != g {
                     bail!("tg{g}: the engine generated {generated} tokens");
                 }

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use moe_cluster::placement::{ExpertSet, NodeAddr, NodeIndex};
 use moe_kernels::NumericMode;
 use moe_model::config::ModelConfig;
 use moe_model::gguf::GgufFile;
 use moe_model::model::{Model, WeightSet};
-use moe_cluster::placement::{ExpertSet, NodeAddr, NodeIndex};
 
 use crate::cluster::args::{load_placement, RouterArgs};
 

@@ -150,9 +150,7 @@ pub fn generate(
         prompt_done: None,
     };
     let t0 = Instant::now();
-    engine
-        .admit(model, request, tracker)
-        .map_err(|(_, e)| e)?;
+    engine.admit(model, request, tracker).map_err(|(_, e)| e)?;
     let mut generated = Vec::new();
     loop {
         let ended = engine.step(model, experts);
@@ -163,7 +161,9 @@ pub fn generate(
         });
         let Some(end) = ended.into_iter().next() else {
             if engine.is_empty() {
-                return Err(EngineError::InvalidRequest("the sequence was dropped".into()));
+                return Err(EngineError::InvalidRequest(
+                    "the sequence was dropped".into(),
+                ));
             }
             continue;
         };

@@ -104,16 +104,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         ctx_size: a.model.ctx_size,
         draft_max: a.speculative.draft_max(),
     };
-    let stats = generate(
-        &model,
-        &tok,
-        experts.as_mut(),
-        &req,
-        &mut |text| {
-            let _ = write!(out, "{text}");
-            let _ = out.flush();
-        },
-    )?;
+    let stats = generate(&model, &tok, experts.as_mut(), &req, &mut |text| {
+        let _ = write!(out, "{text}");
+        let _ = out.flush();
+    })?;
     writeln!(out)?;
     eprintln!(
         "prompt: {} tokens in {:.3} s ({:.2} tokens/s) | generation: {} tokens in {:.3} s ({:.2} tokens/s){}",

@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use moe_model::config::ModelConfig;
-use moe_model::gguf::GgufFile;
-use moe_model::model::{Model, WeightSet};
 use moe_cluster::placement::{ExpertSet, NodeName, Placement};
 use moe_cluster::wire::{
     decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorMessage,
     ExpertRequest, HandshakeConfig, Heartbeat, Message, ModelShape, PeerShards, Reassign,
     ReassignAck, RecvMac, SendMac, ShardSummary, FRAME_BYTES_MAX, PEER_TIMEOUT_MS,
 };
+use moe_model::config::ModelConfig;
+use moe_model::gguf::GgufFile;
+use moe_model::model::{Model, WeightSet};
 use ractor::{Actor, ActorRef};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use moe_model::forward::{CpuCompute, ExpertCompute, Route};
-use moe_model::model::Model;
 use moe_cluster::placement::ExpertSet;
 use moe_cluster::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest, ReassignPhase};
+use moe_model::forward::{CpuCompute, ExpertCompute, Route};
+use moe_model::model::Model;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::live_shard::LiveShard;
@@ -132,7 +132,9 @@ pub fn compute(
         }
     }
     let mut out = vec![0f32; n * d];
-    CpuCompute.apply_routes(model, layer, &h, &routes, &mut out).map_err(|e| e.to_string())?;
+    CpuCompute
+        .apply_routes(model, layer, &h, &routes, &mut out)
+        .map_err(|e| e.to_string())?;
     let mut partials = Vec::new();
     encode_hidden(&out, req.dtype, &mut partials);
     Ok(ExpertReply {

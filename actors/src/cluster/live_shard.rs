@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use moe_model::model::{Model, WeightSet};
 use moe_cluster::placement::ExpertSet;
 use moe_cluster::wire::{LayerShards, ReassignPhase, ShardSummary};
+use moe_model::model::{Model, WeightSet};
 
 use super::expert_shard::ShardSpec;
 

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use moe_cluster::dispatch::{plan_routes, NodeWork};
-use moe_model::forward::{CpuCompute, ExpertBackend, ExpertCompute, Route, Routing};
-use moe_model::model::Model;
 use moe_cluster::placement::{NodeAddr, NodeIndex, NodeName, Placement};
 use moe_cluster::wire::{
     decode_hidden, ClusterSecret, ExpertRequest, ExpertRoute, HandshakeConfig, ModelShape,
     ShardSummary, WireDtype, EXPERTS_PER_TOKEN_MAX, FRAME_BYTES_MAX, TOKENS_PER_FRAME_MAX,
 };
+use moe_model::forward::{CpuCompute, ExpertBackend, ExpertCompute, Route, Routing};
+use moe_model::model::Model;
 use moe_model::ModelError;
 use ractor::{Actor, ActorRef};
 
@@ -268,7 +268,9 @@ impl RemoteExperts {
                 i += 1;
             }
             req.push_token(&h[row as usize * d..(row as usize + 1) * d], &routes)
-                .map_err(|e| ModelError::InvalidInput(format!("request for node {}: {e}", work.node.0)))?;
+                .map_err(|e| {
+                    ModelError::InvalidInput(format!("request for node {}: {e}", work.node.0))
+                })?;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let link = self.links[work.node.0 as usize]

@@ -104,13 +104,9 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
                     let mut text = String::new();
                     let result = match params.validate() {
                         Err(e) => Err(e.to_string()),
-                        Ok(()) => generate(
-                            &model,
-                            &tok,
-                            experts.as_mut(),
-                            &req,
-                            &mut |t| text.push_str(t),
-                        )
+                        Ok(()) => generate(&model, &tok, experts.as_mut(), &req, &mut |t| {
+                            text.push_str(t)
+                        })
                         .map_err(|e| e.to_string()),
                     };
                     match result {

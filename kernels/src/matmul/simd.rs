@@ -109,6 +109,8 @@ pub(crate) trait F32Lanes {
     fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `a · s + c` per lane, `s` broadcast (rounded as [`F32Lanes::mul_add`]).
     fn mul_add_splat(a: Self::V, s: f32, c: Self::V) -> Self::V;
+    /// Writes the lanes to `out[0..8]`.
+    fn store(v: Self::V, out: &mut [f32; LANES]);
     /// Scalar `a · b + c`, rounded as [`F32Lanes::mul_add`] rounds.
     fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32;
     /// The lanes summed by [`reduce_lanes`].
@@ -144,6 +146,11 @@ impl F32Lanes for Portable {
     #[inline(always)]
     fn mul_add_splat(a: Self::V, s: f32, c: Self::V) -> Self::V {
         std::array::from_fn(|l| c[l] + a[l] * s)
+    }
+
+    #[inline(always)]
+    fn store(v: Self::V, out: &mut [f32; LANES]) {
+        *out = v;
     }
 
     #[inline(always)]
@@ -194,6 +201,12 @@ impl F32Lanes for Avx2Fma {
     fn mul_add_splat(a: Self::V, s: f32, c: Self::V) -> Self::V {
         // SAFETY: AVX + FMA, per the type's invariant.
         unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, std::arch::x86_64::_mm256_set1_ps(s), c) }
+    }
+
+    #[inline(always)]
+    fn store(v: Self::V, out: &mut [f32; LANES]) {
+        // SAFETY: AVX per the type's invariant; `out` has room for the 8 f32 written.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(out.as_mut_ptr(), v) }
     }
 
     #[inline(always)]

@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use moe_kernels::{quantize_row, GgmlType};
 
-use moe_model::gguf::{GgufWriter, Value, ValueType};
 use crate::DevDataError;
+use moe_model::gguf::{GgufWriter, Value, ValueType};
 pub use vocab::{build_vocab, SynthVocab, CHAT_TEMPLATE, SPECIAL_TOKENS};
 pub use weights::{Init, PlannedTensor, CHUNKS_IN_FLIGHT, CHUNK_BYTES_TARGET};
 

@@ -325,9 +325,9 @@ struct Meta<'a> {
 
 impl Meta<'_> {
     fn get(&self, key: &str) -> Result<&Value, ModelError> {
-        self.file.metadata(key).ok_or_else(|| {
-            ModelError::UnsupportedModel(format!("metadata key {key:?} is missing"))
-        })
+        self.file
+            .metadata(key)
+            .ok_or_else(|| ModelError::UnsupportedModel(format!("metadata key {key:?} is missing")))
     }
     fn wrong(key: &str, want: &str, v: &Value) -> ModelError {
         ModelError::UnsupportedModel(format!("metadata {key:?} should be {want}, got {v:?}"))

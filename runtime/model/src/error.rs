@@ -146,7 +146,6 @@ pub enum ModelError {
     },
 }
 
-
 impl ModelError {
     /// A GGUF error naming `path`.
     pub fn gguf(path: &Path, message: impl Into<String>) -> Self {

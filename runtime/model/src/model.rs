@@ -12,8 +12,8 @@ pub use weights::{Attention, DenseFfn, ExpertsWeight, LayerWeights, Mat, MoeWeig
 use moe_kernels::{NumericMode, QMatrix};
 
 use crate::config::ModelConfig;
-use crate::rope::Rope;
 use crate::gguf::{GgufFile, TensorInfo};
+use crate::rope::Rope;
 use crate::ExpertSet;
 use crate::ModelError;
 

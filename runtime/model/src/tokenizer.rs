@@ -174,13 +174,12 @@ impl Tokenizer {
                 supported: SUPPORTED_TOKENIZER_MODEL,
             });
         }
-        let kind = PreTokenizerKind::from_name(&pre).ok_or_else(|| {
-            ModelError::TokenizerUnsupported {
+        let kind =
+            PreTokenizerKind::from_name(&pre).ok_or_else(|| ModelError::TokenizerUnsupported {
                 key: "tokenizer.ggml.pre",
                 value: pre.clone(),
                 supported: SUPPORTED_PRE_TOKENIZERS,
-            }
-        })?;
+            })?;
         if tokens.is_empty() {
             return Err(invalid("tokenizer.ggml.tokens", "no tokens".into()));
         }

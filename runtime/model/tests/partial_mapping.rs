@@ -61,21 +61,26 @@ fn expert_node_maps_its_experts_and_computes_them_exactly() {
         },
     ];
     let (mut a, mut b) = (vec![0f32; 2 * d], vec![0f32; 2 * d]);
-    CpuCompute.apply_routes(&full, 1, &h, &routes, &mut a).unwrap();
-    CpuCompute.apply_routes(&node, 1, &h, &routes, &mut b).unwrap();
+    CpuCompute
+        .apply_routes(&full, 1, &h, &routes, &mut a)
+        .unwrap();
+    CpuCompute
+        .apply_routes(&node, 1, &h, &routes, &mut b)
+        .unwrap();
     assert_eq!(a, b);
-    let err = CpuCompute.apply_routes(
-        &node,
-        1,
-        &h,
-        &[Route {
-            token: 0,
-            expert: 200,
-            weight: 1.0,
-        }],
-        &mut b,
-    )
-    .unwrap_err();
+    let err = CpuCompute
+        .apply_routes(
+            &node,
+            1,
+            &h,
+            &[Route {
+                token: 0,
+                expert: 200,
+                weight: 1.0,
+            }],
+            &mut b,
+        )
+        .unwrap_err();
     assert!(matches!(err, ModelError::NotMapped { .. }), "{err}");
     assert!(err.to_string().contains("expert 200"), "{err}");
     // Attention weights are not mapped on an expert node either.

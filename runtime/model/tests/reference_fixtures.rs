@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
+use moe_devdata::fixtures::{fixture_cases, ids};
+use moe_devdata::npy;
 use moe_model::forward::{KvCache, LocalExperts, NoObserver, Observer, Routing, SeqInput};
 use moe_model::model::Model;
-use moe_devdata::npy;
-use moe_devdata::fixtures::{fixture_cases, ids};
 
 /// Largest accepted |logit - reference| (the bound; an exact f32 forward gets ~1.5e-5).
 const LOGIT_ABS_TOL: f32 = 2e-3;

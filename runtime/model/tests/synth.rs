@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
+use moe_devdata::synth::{synthesize, SynthOptions, SynthPreset};
 use moe_kernels::{dequantize_row, GgmlType};
 use moe_model::config::ModelConfig;
 use moe_model::gguf::{GgufFile, GgufWriter, Value, ValueType};
-use moe_devdata::synth::{synthesize, SynthOptions, SynthPreset};
 use moe_model::tokenizer::Tokenizer;
 
 /// A fresh directory under the system temp dir, removed on drop.

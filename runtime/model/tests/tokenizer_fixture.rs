@@ -2,11 +2,9 @@
 //! from each GGUF through the crate's reader must encode every manifest prompt to the
 //! manifest's token ids (no BOS), and decode them back to the prompt.
 
-
+use moe_devdata::fixtures::{fixture_cases, fixtures_dir};
 use moe_model::gguf::{GgufFile, Value};
 use moe_model::tokenizer::{PreTokenizerKind, StreamDecoder, Tokenizer, TokenizerSpec};
-use moe_devdata::fixtures::{fixture_cases, fixtures_dir};
-
 
 fn strings(file: &GgufFile, key: &str) -> Vec<String> {
     let value = file

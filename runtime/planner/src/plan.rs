@@ -41,8 +41,10 @@ use crate::refine::{refine_layer, LayerTrace, RowPairCost};
 use crate::replay::replay;
 use crate::simulate::{simulate, CostModel};
 use crate::trace::Trace;
-use moe_cluster::placement::{ExpertSet, NodeAddr, NodeIndex, NodeName, Placement, PlacementNode, NODES_MAX};
 use crate::PlanError;
+use moe_cluster::placement::{
+    ExpertSet, NodeAddr, NodeIndex, NodeName, Placement, PlacementNode, NODES_MAX,
+};
 
 /// One node the planner may place experts on.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,11 +127,7 @@ pub struct Plan {
 
 /// The balance of `placement` on `trace` with node `speeds` (in node order), replaying every
 /// record with the router's dispatch rule. The placement must be for the trace's model.
-pub fn balance(
-    placement: &Placement,
-    trace: &Trace,
-    speeds: &[f64],
-) -> Result<Balance, PlanError> {
+pub fn balance(placement: &Placement, trace: &Trace, speeds: &[f64]) -> Result<Balance, PlanError> {
     let h = &trace.header;
     let n = placement.nodes().len();
     let mut pairs = vec![vec![0f64; n]; h.moe_layers.len()];

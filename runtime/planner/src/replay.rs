@@ -4,9 +4,9 @@
 //! count the same work by the same rules.
 
 use crate::trace::{Trace, TraceRecord};
-use moe_cluster::placement::{NodeIndex, Placement};
-use moe_cluster::dispatch::{plan_step, NodeWork};
 use crate::PlanError;
+use moe_cluster::dispatch::{plan_step, NodeWork};
+use moe_cluster::placement::{NodeIndex, Placement};
 
 /// Calls `visit(slot, record, work)` for every record of `trace` in order, `slot` being the
 /// record's MoE layer index in the trace header and `work` each node's share of it. A record

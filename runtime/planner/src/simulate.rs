@@ -28,8 +28,8 @@
 use crate::plan::balance_factor;
 use crate::replay::replay;
 use crate::trace::Trace;
-use moe_cluster::placement::{NodeAddr, Placement};
 use crate::PlanError;
+use moe_cluster::placement::{NodeAddr, Placement};
 
 /// Bytes of a frame besides its payload (length prefix, MAC, header fields), approximately.
 pub const FRAME_OVERHEAD_BYTES: u64 = 64;

@@ -46,11 +46,11 @@
 
 use std::io::{BufRead, Read, Write};
 
+use crate::PlanError;
+use moe_cluster::placement::MOE_LAYERS_MAX;
 use moe_model::forward::{Observer, Routing};
 use moe_model::model::Model;
-use moe_cluster::placement::MOE_LAYERS_MAX;
 use moe_model::EXPERTS_PER_LAYER_MAX;
-use crate::PlanError;
 
 /// The format version this module writes and reads.
 pub const TRACE_VERSION: u32 = 1;

@@ -15,8 +15,8 @@ use std::sync::mpsc::sync_channel;
 
 use moe_kernels::{quantize_row, GgmlType};
 
-use moe_model::gguf::GgufDataWriter;
 use crate::DevDataError;
+use moe_model::gguf::GgufDataWriter;
 
 /// Target size of one chunk of quantized rows, in bytes.
 pub const CHUNK_BYTES_TARGET: usize = 32 << 20;

@@ -2,10 +2,21 @@
 //! `c` and the roped shared key; `attn_k_b` is folded into the query and `attn_v_b` applied to
 //! the attention-weighted latent.
 //!
-//! The per-head query absorption and value projection are matmuls (threaded inside); the
-//! score and context loops run every (head, new position) pair as one job on the rayon pool,
-//! each computed exactly as it would be alone, so results do not depend on the thread count.
+//! The per-head query absorption and value projection are matmuls (threaded inside). The
+//! attention proper, absorbed form in both modes (every head scores the same latent rows, so
+//! the cache is read as one key/value matrix shared by all heads; decompressing per-head keys
+//! would multiply the bytes read by the head count for no saving in a prompt chunk's work):
+//! - Exact: every (head, new position) pair as one job on the rayon pool, a two-pass softmax
+//!   over its whole score row, computed exactly as it would be alone (the reference bits).
+//! - Fast: flash-style tiles ([`moe_kernels::flash_attend`]): blocks of
+//!   [`FLASH_ROWS_PER_JOB`] query rows (heads × new tokens) against ranges of
+//!   [`FLASH_SPLIT_POSITIONS`] cache positions, one job each, online softmax within a range
+//!   and a merge across ranges, so decode at depth is split over the cache and a prompt
+//!   chunk reads each cache row once per block of rows. Scratch is O(rows), never
+//!   O(rows × context). Results depend only on each row and the cache, not on the thread
+//!   count or how a prompt was chunked.
 
+use moe_kernels::{flash_attend, FlashState, NumericMode};
 use rayon::prelude::*;
 
 use super::ops::{dot, rms_norm, rms_norm_inplace, softmax_inplace};
@@ -17,6 +28,10 @@ use crate::ModelError;
 /// Multiply-adds of the score and context loops below which attention stays on the calling
 /// thread (handing (head, position) pairs to the pool costs more than it saves).
 pub const ATTENTION_PARALLEL_MIN_MACS: usize = 1 << 16;
+/// Query rows (heads × new tokens) of one flash job (fast mode).
+pub const FLASH_ROWS_PER_JOB: usize = 16;
+/// Cache positions of one flash job (fast mode): decode splits the cache into ranges of this.
+pub const FLASH_SPLIT_POSITIONS: usize = 256;
 
 /// Attention of layer `l` for `t` consecutive new tokens of one sequence starting at
 /// `cache.len()`: `x` is the normalized input `[t, D]`, `out` receives `[t, D]`. Appends the
@@ -85,12 +100,62 @@ fn attention_with(
             .expert_mat(&w.k_b, head)?
             .matmul(&q_nope, t, q_abs_h)?;
     }
-    // ctx[head][i] = softmax(scores) · c over positions 0..=pos0+i, every (head, i) on the
-    // pool at once (each is computed exactly as alone: the same bits on any thread count).
+    // ctx[head][i] = softmax(scores) · c over positions 0..=pos0+i.
     let mut ctx = vec![0f32; h * t * lkv];
     let cache = &*cache;
-    let q = &q;
-    let q_abs = &q_abs;
+    if model.mode() == NumericMode::Fast {
+        let kdim = lkv + dr;
+        let mut q_cat = vec![0f32; h * t * kdim];
+        let mut limits = vec![0usize; h * t];
+        for (k, row) in q_cat.chunks_exact_mut(kdim).enumerate() {
+            let (head, i) = (k / t, k % t);
+            row[..lkv].copy_from_slice(&q_abs[k * lkv..(k + 1) * lkv]);
+            row[lkv..].copy_from_slice(&q[(i * h + head) * qk + dn..(i * h + head + 1) * qk]);
+            limits[k] = pos0 + i + 1;
+        }
+        context_flash(&q_cat, kdim, &limits, cache, l, lkv, scale, &mut ctx);
+    } else {
+        context_exact(
+            &q,
+            &q_abs,
+            cache,
+            l,
+            (h, t, dn, qk, lkv),
+            pos0,
+            scale,
+            parallel_min_macs,
+            &mut ctx,
+        );
+    }
+    // o[i][head] = Wvb_head · ctx[head][i] : [t, H*dv]
+    let mut o_h = vec![0f32; t * dv];
+    let mut o = vec![0f32; t * h * dv];
+    for (head, ctx_h) in ctx.chunks_exact(t * lkv).enumerate() {
+        model.expert_mat(&w.v_b, head)?.matmul(ctx_h, t, &mut o_h)?;
+        for i in 0..t {
+            o[(i * h + head) * dv..(i * h + head + 1) * dv]
+                .copy_from_slice(&o_h[i * dv..(i + 1) * dv]);
+        }
+    }
+    model.mat(&w.output)?.matmul(&o, t, out)?;
+    Ok(())
+}
+
+/// Exact mode's attention proper: every (head, i) on the pool at once, each computed exactly
+/// as alone (the same bits on any thread count).
+#[allow(clippy::too_many_arguments)] // the shapes of one layer's attention
+fn context_exact(
+    q: &[f32],
+    q_abs: &[f32],
+    cache: &KvCache,
+    l: usize,
+    (h, t, dn, qk, lkv): (usize, usize, usize, usize, usize),
+    pos0: usize,
+    scale: f32,
+    parallel_min_macs: usize,
+    ctx: &mut [f32],
+) {
+    let dr = qk - dn;
     let one = |scores: &mut Vec<f32>, (k, acc): (usize, &mut [f32])| {
         let (head, i) = (k / t, k % t);
         let q_rot = &q[(i * h + head) * qk + dn..(i * h + head + 1) * qk];
@@ -122,18 +187,70 @@ fn attention_with(
             |scores, job| one(scores, job),
         );
     }
-    // o[i][head] = Wvb_head · ctx[head][i] : [t, H*dv]
-    let mut o_h = vec![0f32; t * dv];
-    let mut o = vec![0f32; t * h * dv];
-    for (head, ctx_h) in ctx.chunks_exact(t * lkv).enumerate() {
-        model.expert_mat(&w.v_b, head)?.matmul(ctx_h, t, &mut o_h)?;
-        for i in 0..t {
-            o[(i * h + head) * dv..(i * h + head + 1) * dv]
-                .copy_from_slice(&o_h[i * dv..(i + 1) * dv]);
+}
+
+/// Fast mode's attention proper: flash tiles of [`FLASH_ROWS_PER_JOB`] rows ×
+/// [`FLASH_SPLIT_POSITIONS`] positions on the pool, merged per row block in range order.
+/// `q_cat` is `[rows, kdim]` (absorbed query | roped query), `limits[r]` the positions row `r`
+/// sees; `ctx` receives `[rows, lkv]`.
+#[allow(clippy::too_many_arguments)] // the shapes of one layer's attention
+fn context_flash(
+    q_cat: &[f32],
+    kdim: usize,
+    limits: &[usize],
+    cache: &KvCache,
+    l: usize,
+    lkv: usize,
+    scale: f32,
+    ctx: &mut [f32],
+) {
+    let rows = limits.len();
+    let jobs: Vec<(usize, usize)> = (0..rows.div_ceil(FLASH_ROWS_PER_JOB))
+        .flat_map(|b| {
+            let end = rows.min((b + 1) * FLASH_ROWS_PER_JOB);
+            let seen = limits[b * FLASH_ROWS_PER_JOB..end]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0);
+            (0..seen.div_ceil(FLASH_SPLIT_POSITIONS)).map(move |s| (b, s))
+        })
+        .collect();
+    let states: Vec<FlashState> = jobs
+        .par_iter()
+        .map(|&(b, s)| {
+            let r = b * FLASH_ROWS_PER_JOB..rows.min((b + 1) * FLASH_ROWS_PER_JOB);
+            let lim = &limits[r.clone()];
+            let seen = lim.iter().copied().max().unwrap_or(0);
+            let p = s * FLASH_SPLIT_POSITIONS..seen.min((s + 1) * FLASH_SPLIT_POSITIONS);
+            let mut state = FlashState::new(r.len(), lkv);
+            let q = &q_cat[r.start * kdim..r.end * kdim];
+            flash_attend(
+                q,
+                kdim,
+                lim,
+                cache.layer_rows(l, p.clone()),
+                p.start,
+                scale,
+                &mut state,
+            );
+            state
+        })
+        .collect();
+    let mut merged: Option<(usize, FlashState)> = None;
+    let flush = |done: Option<(usize, FlashState)>, ctx: &mut [f32]| {
+        if let Some((b, state)) = done {
+            let r = b * FLASH_ROWS_PER_JOB..rows.min((b + 1) * FLASH_ROWS_PER_JOB);
+            state.finish(&mut ctx[r.start * lkv..r.end * lkv]);
+        }
+    };
+    for (&(b, _), state) in jobs.iter().zip(states) {
+        match &mut merged {
+            Some((mb, m)) if *mb == b => m.merge(&state),
+            _ => flush(merged.replace((b, state)), ctx),
         }
     }
-    model.mat(&w.output)?.matmul(&o, t, out)?;
-    Ok(())
+    flush(merged, ctx);
 }
 
 #[cfg(test)]
@@ -181,6 +298,58 @@ mod tests {
                     bits(&outs[0]),
                     bits(&outs[1]),
                     "layer {l}, pos0 {pos0}, t {t}"
+                );
+            }
+        }
+    }
+
+    /// Fast mode's flash tiles give exact mode's attention up to rounding, for decode and
+    /// prompt chunks at depths that split the cache into several ranges (the merge).
+    #[test]
+    fn flash_context_matches_exact_context() {
+        let (h, dn, dr, lkv) = (3usize, 8usize, 4usize, 40usize);
+        let qk = dn + dr;
+        let val = |i: usize, seed: usize| {
+            (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 0.5
+        };
+        for (pos0, t) in [(0usize, 9usize), (300, 1), (530, 21)] {
+            let n = pos0 + t;
+            let mut cache = KvCache::with_shape(1, lkv, dr, n);
+            for p in 0..n {
+                let c: Vec<f32> = (0..lkv).map(|i| val(p * 97 + i, 1)).collect();
+                let k: Vec<f32> = (0..dr).map(|i| val(p * 89 + i, 2)).collect();
+                cache.push(0, &c, &k);
+            }
+            let q: Vec<f32> = (0..t * h * qk).map(|i| val(i, 3)).collect();
+            let q_abs: Vec<f32> = (0..h * t * lkv).map(|i| val(i, 4)).collect();
+            let scale = 0.2;
+            let mut exact = vec![0f32; h * t * lkv];
+            context_exact(
+                &q,
+                &q_abs,
+                &cache,
+                0,
+                (h, t, dn, qk, lkv),
+                pos0,
+                scale,
+                0,
+                &mut exact,
+            );
+            let kdim = lkv + dr;
+            let mut q_cat = vec![0f32; h * t * kdim];
+            let mut limits = vec![0usize; h * t];
+            for (k, row) in q_cat.chunks_exact_mut(kdim).enumerate() {
+                let (head, i) = (k / t, k % t);
+                row[..lkv].copy_from_slice(&q_abs[k * lkv..(k + 1) * lkv]);
+                row[lkv..].copy_from_slice(&q[(i * h + head) * qk + dn..(i * h + head + 1) * qk]);
+                limits[k] = pos0 + i + 1;
+            }
+            let mut flash = vec![0f32; h * t * lkv];
+            context_flash(&q_cat, kdim, &limits, &cache, 0, lkv, scale, &mut flash);
+            for (j, (a, b)) in exact.iter().zip(&flash).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "pos0 {pos0}, t {t}, value {j}: {a} vs {b}"
                 );
             }
         }

@@ -110,6 +110,12 @@ impl KvCache {
         &self.layers[l][positions.start * self.stride..positions.end * self.stride]
     }
 
+    /// [`KvCache::rows`] including the positions this forward call appended to layer `l` but
+    /// has not committed yet (attention reads its own new positions).
+    pub(crate) fn layer_rows(&self, l: usize, positions: std::ops::Range<usize>) -> &[f32] {
+        &self.layers[l][positions.start * self.stride..positions.end * self.stride]
+    }
+
     /// Appends `n` positions given as each layer's rows (`layer_rows[l]` holds `n` rows of
     /// layer `l`, as [`KvCache::rows`] returns them). Checks everything before changing
     /// anything.

@@ -370,12 +370,10 @@ impl GgufDataWriter {
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
-        self.out
-            .write_all(bytes)
-            .map_err(|source| ModelError::Io {
-                path: self.partial.display().to_string(),
-                source,
-            })?;
+        self.out.write_all(bytes).map_err(|source| ModelError::Io {
+            path: self.partial.display().to_string(),
+            source,
+        })?;
         self.position += bytes.len() as u64;
         Ok(())
     }

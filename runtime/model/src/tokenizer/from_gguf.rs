@@ -4,11 +4,7 @@ use super::{Tokenizer, TokenizerSpec};
 use crate::gguf::{GgufFile, Value};
 use crate::ModelError;
 
-fn strings(
-    file: &GgufFile,
-    key: &'static str,
-    required: bool,
-) -> Result<Vec<String>, ModelError> {
+fn strings(file: &GgufFile, key: &'static str, required: bool) -> Result<Vec<String>, ModelError> {
     match file.metadata(key) {
         None if !required => Ok(Vec::new()),
         None => Err(ModelError::TokenizerInvalid {

@@ -270,7 +270,12 @@ async fn shards_past_the_model_are_refused_on_both_sides() {
     client.shards.all_layers = "0-400".into();
     let (c, s) = run(&client, &config("e1", SECRET, 1, "")).await;
     assert!(
-        matches!(s, Err(ClusterError::Model(moe_model::ModelError::ExpertSetSyntax { .. }))),
+        matches!(
+            s,
+            Err(ClusterError::Model(
+                moe_model::ModelError::ExpertSetSyntax { .. }
+            ))
+        ),
         "{s:?}"
     );
     assert!(matches!(c, Err(ClusterError::PeerRefused { .. })), "{c:?}");

@@ -1,0 +1,351 @@
+//! Flash-style attention over a cache whose rows every query row shares (MLA's latent cache:
+//! one key/value row per position for all heads), the CPU kernel of the fast numeric mode.
+//!
+//! [`flash_attend`] folds a range of cache positions into an online softmax
+//! ([`FlashState`]: running max, running sum and weighted value sum per query row), block by
+//! block of [`FLASH_BLOCK_POSITIONS`], so the score row never exists whole: scratch is
+//! `rows × FLASH_BLOCK_POSITIONS` scores whatever the context length. Each cache row is read
+//! once per block of query rows (all heads of all new tokens) instead of once per row.
+//! Ranges computed separately (split over the cache for decode) are combined with
+//! [`FlashState::merge`]; [`FlashState::finish`] divides by the sums.
+//!
+//! Every row's arithmetic depends only on that row, the cache and the block boundaries
+//! (multiples of [`FLASH_BLOCK_POSITIONS`] from the range start), never on the other rows:
+//! a sequence gets the same bits whether its prompt came in one chunk or several.
+
+use crate::matmul::dots::dot;
+#[cfg(target_arch = "x86_64")]
+use crate::matmul::simd::Avx2Fma;
+use crate::matmul::simd::{dispatch, F32Lanes, IsaKernel, Portable, SimdIsa, LANES};
+
+/// Cache positions scored together before the softmax state is updated.
+pub const FLASH_BLOCK_POSITIONS: usize = 32;
+
+/// The online softmax of a block of query rows.
+#[derive(Debug, Clone)]
+pub struct FlashState {
+    vdim: usize,
+    /// Running max of each row's scores (`-inf` before any visible position).
+    max: Vec<f32>,
+    /// Running `Σ exp(score - max)` of each row.
+    sum: Vec<f32>,
+    /// Running `Σ exp(score - max) · value` of each row, `[rows, vdim]`.
+    acc: Vec<f32>,
+}
+
+impl FlashState {
+    /// Nothing seen yet, for `rows` query rows with values of `vdim`.
+    pub fn new(rows: usize, vdim: usize) -> Self {
+        Self {
+            vdim,
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+            acc: vec![0.0; rows * vdim],
+        }
+    }
+
+    /// Query rows.
+    pub fn rows(&self) -> usize {
+        self.max.len()
+    }
+
+    /// Adds `other` (the same rows over other positions) into `self`.
+    pub fn merge(&mut self, other: &FlashState) {
+        let vdim = self.vdim;
+        for r in 0..self.rows() {
+            let (m0, m1) = (self.max[r], other.max[r]);
+            if m1 == f32::NEG_INFINITY {
+                continue;
+            }
+            let m = m0.max(m1);
+            let (f0, f1) = ((m0 - m).exp(), (m1 - m).exp());
+            self.sum[r] = self.sum[r] * f0 + other.sum[r] * f1;
+            let acc = &mut self.acc[r * vdim..(r + 1) * vdim];
+            for (a, &b) in acc.iter_mut().zip(&other.acc[r * vdim..(r + 1) * vdim]) {
+                *a = *a * f0 + b * f1;
+            }
+            self.max[r] = m;
+        }
+    }
+
+    /// The attention output of each row (`[rows, vdim]`): the weighted values over the sums;
+    /// zeros for a row that saw no position.
+    pub fn finish(&self, out: &mut [f32]) {
+        let vdim = self.vdim;
+        for (r, o) in out.chunks_exact_mut(vdim).enumerate().take(self.rows()) {
+            let inv = if self.sum[r] > 0.0 {
+                1.0 / self.sum[r]
+            } else {
+                0.0
+            };
+            for (o, &a) in o.iter_mut().zip(&self.acc[r * vdim..(r + 1) * vdim]) {
+                *o = a * inv;
+            }
+        }
+    }
+}
+
+/// Folds cache positions `start..start + kv.len() / kdim` into `state`.
+///
+/// `q` is `[rows, kdim]` (a row scores a position by its dot product with the position's
+/// `kdim` values, times `scale`); `limits[r]` is the first position row `r` may not see; the
+/// value of a position is its first `vdim` values.
+pub fn flash_attend(
+    q: &[f32],
+    kdim: usize,
+    limits: &[usize],
+    kv: &[f32],
+    start: usize,
+    scale: f32,
+    state: &mut FlashState,
+) {
+    let kernel = Flash {
+        q,
+        kdim,
+        limits,
+        kv,
+        start,
+        scale,
+        state,
+    };
+    dispatch(SimdIsa::detected(), kernel);
+}
+
+struct Flash<'a> {
+    q: &'a [f32],
+    kdim: usize,
+    limits: &'a [usize],
+    kv: &'a [f32],
+    start: usize,
+    scale: f32,
+    state: &'a mut FlashState,
+}
+
+impl IsaKernel for Flash<'_> {
+    fn run_portable(self) {
+        self.run::<Portable>();
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run_avx2_fma(self) {
+        self.run::<Avx2Fma>();
+    }
+}
+
+impl Flash<'_> {
+    #[inline(always)]
+    fn run<S: F32Lanes>(self) {
+        let Flash {
+            q,
+            kdim,
+            limits,
+            kv,
+            start,
+            scale,
+            state,
+        } = self;
+        let rows = state.rows();
+        let vdim = state.vdim;
+        let n_pos = kv.len() / kdim;
+        let mut scores = vec![0f32; rows * FLASH_BLOCK_POSITIONS];
+        let mut block0 = 0;
+        while block0 < n_pos {
+            let n = FLASH_BLOCK_POSITIONS.min(n_pos - block0);
+            let pos0 = start + block0;
+            // Scores, position-major so each cache row is loaded once for all query rows.
+            for j in 0..n {
+                let row = &kv[(block0 + j) * kdim..(block0 + j + 1) * kdim];
+                for r in 0..rows {
+                    scores[r * FLASH_BLOCK_POSITIONS + j] = if pos0 + j < limits[r] {
+                        dot::<S>(&q[r * kdim..(r + 1) * kdim], row) * scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+            }
+            // Softmax state: new max, rescale, probabilities in place of the scores.
+            for r in 0..rows {
+                let sc = &mut scores[r * FLASH_BLOCK_POSITIONS..r * FLASH_BLOCK_POSITIONS + n];
+                let block_max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if block_max == f32::NEG_INFINITY {
+                    // Nothing visible in this block: no weight to any of its values.
+                    sc.fill(0.0);
+                    continue;
+                }
+                let m_old = state.max[r];
+                let m = m_old.max(block_max);
+                if m > m_old && m_old > f32::NEG_INFINITY {
+                    let f = (m_old - m).exp();
+                    state.sum[r] *= f;
+                    for a in &mut state.acc[r * vdim..(r + 1) * vdim] {
+                        *a *= f;
+                    }
+                }
+                state.max[r] = m;
+                let mut sum = 0f32;
+                for s in sc.iter_mut() {
+                    *s = (*s - m).exp();
+                    sum += *s;
+                }
+                state.sum[r] += sum;
+            }
+            // Weighted values, position-major again.
+            for j in 0..n {
+                let value = &kv[(block0 + j) * kdim..(block0 + j) * kdim + vdim];
+                for r in 0..rows {
+                    let p = scores[r * FLASH_BLOCK_POSITIONS + j];
+                    if p != 0.0 {
+                        axpy::<S>(&mut state.acc[r * vdim..(r + 1) * vdim], p, value);
+                    }
+                }
+            }
+            block0 += n;
+        }
+    }
+}
+
+/// `y += a · x` (lanes, then the tail in order).
+#[inline(always)]
+fn axpy<S: F32Lanes>(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let main = n - n % LANES;
+    for (yc, xc) in y[..main]
+        .chunks_exact_mut(LANES)
+        .zip(x[..main].chunks_exact(LANES))
+    {
+        let (Ok(yc), Ok(xc)) = (
+            <&mut [f32; LANES]>::try_from(yc),
+            <&[f32; LANES]>::try_from(xc),
+        ) else {
+            unreachable!("chunks_exact gives LANES elements")
+        };
+        let v = S::mul_add_splat(S::load(xc), a, S::load(yc));
+        S::store(v, yc);
+    }
+    for (y, &x) in y[main..n].iter_mut().zip(&x[main..n]) {
+        *y = S::mul_add_scalar(x, a, *y);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain two-pass softmax attention of one row, in f64.
+    fn reference(
+        q: &[f32],
+        kv: &[f32],
+        kdim: usize,
+        vdim: usize,
+        limit: usize,
+        scale: f32,
+    ) -> Vec<f64> {
+        let scores: Vec<f64> = (0..limit)
+            .map(|p| {
+                let row = &kv[p * kdim..(p + 1) * kdim];
+                q.iter()
+                    .zip(row)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let total: f64 = w.iter().sum();
+        (0..vdim)
+            .map(|i| {
+                (0..limit)
+                    .map(|p| w[p] * kv[p * kdim + i] as f64)
+                    .sum::<f64>()
+                    / total
+            })
+            .collect()
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 2001) as f32 / 1000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    /// Split ranges merged, causal limits and odd sizes agree with the two-pass softmax.
+    #[test]
+    fn flash_attention_matches_two_pass_softmax() {
+        let (kdim, vdim, rows, n_pos) = (19, 13, 5, 101);
+        let q = data(rows * kdim, 1);
+        let kv = data(n_pos * kdim, 2);
+        let limits: Vec<usize> = (0..rows).map(|r| n_pos - 3 * r).collect();
+        let scale = 0.3;
+        let mut whole = FlashState::new(rows, vdim);
+        flash_attend(&q, kdim, &limits, &kv, 0, scale, &mut whole);
+        let mut split = FlashState::new(rows, vdim);
+        for (a, b) in [(0usize, 40usize), (40, 77), (77, n_pos)] {
+            let mut part = FlashState::new(rows, vdim);
+            flash_attend(
+                &q,
+                kdim,
+                &limits,
+                &kv[a * kdim..b * kdim],
+                a,
+                scale,
+                &mut part,
+            );
+            split.merge(&part);
+        }
+        for state in [&whole, &split] {
+            let mut out = vec![0f32; rows * vdim];
+            state.finish(&mut out);
+            for r in 0..rows {
+                let want = reference(
+                    &q[r * kdim..(r + 1) * kdim],
+                    &kv,
+                    kdim,
+                    vdim,
+                    limits[r],
+                    scale,
+                );
+                for (i, (&g, &w)) in out[r * vdim..(r + 1) * vdim].iter().zip(&want).enumerate() {
+                    assert!((g as f64 - w).abs() < 1e-5, "row {r} value {i}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    /// A row's result does not depend on the other rows of its block.
+    #[test]
+    fn rows_are_independent() {
+        let (kdim, vdim, n_pos) = (24, 16, 70);
+        let q = data(3 * kdim, 5);
+        let kv = data(n_pos * kdim, 6);
+        let limits = [70, 33, 1];
+        let mut all = FlashState::new(3, vdim);
+        flash_attend(&q, kdim, &limits, &kv, 0, 0.5, &mut all);
+        let mut out_all = vec![0f32; 3 * vdim];
+        all.finish(&mut out_all);
+        for r in 0..3 {
+            let mut one = FlashState::new(1, vdim);
+            flash_attend(
+                &q[r * kdim..(r + 1) * kdim],
+                kdim,
+                &limits[r..r + 1],
+                &kv,
+                0,
+                0.5,
+                &mut one,
+            );
+            let mut out = vec![0f32; vdim];
+            one.finish(&mut out);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&out),
+                bits(&out_all[r * vdim..(r + 1) * vdim]),
+                "row {r}"
+            );
+        }
+    }
+}
