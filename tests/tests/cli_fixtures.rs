@@ -14,8 +14,8 @@
 
 use std::path::Path;
 
-use moe_model::gguf::GgufFile;
 use moe_devdata::npy;
+use moe_model::gguf::GgufFile;
 use moe_model::tokenizer::Tokenizer;
 use moe_tests::fixtures::{fixture_cases, ids};
 use moe_tests::{fixtures_dir, moe_node, moe_node_ok};
@@ -59,7 +59,11 @@ fn check_fixture_dir(dir: &str) -> Vec<String> {
     let scratch = tempfile::tempdir().unwrap();
     let mut report = Vec::new();
     let mut tokenizer: Option<(std::path::PathBuf, Tokenizer)> = None;
-    for (ci, fc) in fixture_cases(dir).expect("the fixture manifest").into_iter().enumerate() {
+    for (ci, fc) in fixture_cases(dir)
+        .expect("the fixture manifest")
+        .into_iter()
+        .enumerate()
+    {
         if tokenizer
             .as_ref()
             .map(|(p, _)| p != &fc.gguf)

@@ -16,10 +16,10 @@
 //!
 //! `cargo test -p moe-tests --test fast_faithfulness -- --nocapture` shows the table.
 
+use moe_devdata::npy;
 use moe_kernels::NumericMode;
 use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
 use moe_model::model::Model;
-use moe_devdata::npy;
 use moe_tests::fixtures::{all_fixture_cases, FixtureCase};
 
 /// Lowest accepted top-1 agreement per file: llama.cpp's worst on these fixtures (0.71,

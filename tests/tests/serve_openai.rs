@@ -85,7 +85,13 @@ fn serve_args(model: &Path, extra: &[&str]) -> Vec<String> {
 
 /// What the checks compare with: the fixture's first case and its greedy continuation.
 fn write_expectations(dir: &TempDir, model: &Path) -> PathBuf {
-    let folder = model.parent().unwrap().file_name().unwrap().to_str().unwrap();
+    let folder = model
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
     let cases: Vec<_> = fixture_cases(folder)
         .expect("the fixture manifest")
         .into_iter()

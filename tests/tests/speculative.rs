@@ -42,7 +42,8 @@ fn run(model: &str, extra: &[&str]) -> (String, String) {
 
 #[test]
 fn speculative_output_equals_plain_decoding_on_every_fixture() {
-    let mut models: Vec<String> = all_fixture_cases().expect("the fixture manifests")
+    let mut models: Vec<String> = all_fixture_cases()
+        .expect("the fixture manifests")
         .into_iter()
         .map(|c| c.gguf.to_string_lossy().into_owned())
         .collect();

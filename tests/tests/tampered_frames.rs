@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use moe_model::config::ModelConfig;
-use moe_model::gguf::GgufFile;
 use moe_cluster::placement::{ExpertSet, NodeName};
 use moe_cluster::wire::{
     client_handshake, encode_frame, read_frame, ClusterSecret, HandshakeConfig, Heartbeat, Message,
     ModelShape, ShardSummary, FRAME_BYTES_MAX,
 };
+use moe_model::config::ModelConfig;
+use moe_model::gguf::GgufFile;
 use moe_tests::cluster::{placement_toml, start_expert, Expert, TempDir, TEST_SECRET};
 use moe_tests::{fixtures_dir, moe_node_ok};
 use tokio::io::AsyncWriteExt;

@@ -12,10 +12,10 @@ use anyhow::bail;
 use moe_model::forward::{KvCache, NoObserver, SeqInput};
 use moe_model::sampling::argmax;
 
-use super::common::ModelArgs;
 use super::generate::PREFILL_CHUNK_TOKENS;
 use super::run::expert_backend;
-use crate::cluster::args::RouterArgs;
+use crate::options::ModelArgs;
+use crate::options::RouterArgs;
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]

@@ -14,13 +14,13 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use moe_cluster::placement::{NodeAddr, NodeName, Placement};
 use moe_planner::plan::{plan, speeds_of, Balance, NodeSpec, PlanOptions};
 use moe_planner::simulate::{
     simulate, CostModel, SimReport, DEFAULT_LATENCY_MS, DEFAULT_LINK_GBIT, DEFAULT_MEM_GBPS,
     DEFAULT_ROUTER_US_PER_KIB, FRAME_OVERHEAD_BYTES,
 };
 use moe_planner::trace::{read_trace_file, Trace};
-use moe_cluster::placement::{NodeAddr, NodeName, Placement};
 
 /// Port written for nodes given no `--addrs` entry (the node name is the host).
 pub const DEFAULT_NODE_PORT: u16 = 7000;

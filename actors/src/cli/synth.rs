@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
-use moe_kernels::GgmlType;
 use moe_devdata::synth::{synthesize, SynthOptions, SynthPreset};
+use moe_kernels::GgmlType;
 
 /// Arguments of `synth`.
 #[derive(Debug, clap::Args)]

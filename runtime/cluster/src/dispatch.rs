@@ -6,8 +6,8 @@
 //! sending, timeouts, and summing the replies (in node-index order, so results do not depend
 //! on arrival order).
 
-use moe_model::forward::{Route, Routing};
 use crate::placement::{NodeIndex, Placement};
+use moe_model::forward::{Route, Routing};
 use moe_model::ModelError;
 
 /// One node's share of a step.

@@ -12,9 +12,9 @@ pub use weights::{Attention, DenseFfn, ExpertsWeight, LayerWeights, Mat, MoeWeig
 use moe_kernels::{NumericMode, QMatrix};
 
 use crate::config::ModelConfig;
-use crate::rope::Rope;
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::ExpertSet;
+use crate::rope::Rope;
+use crate::LayerExperts;
 use crate::ModelError;
 
 /// A loaded model: file, config and weight locations (the tokenizer is loaded separately).
@@ -54,13 +54,13 @@ pub enum WeightSet {
     /// A router: every weight except routed experts, of which only `local[layer]`.
     Router {
         /// Experts computed in-process, per model layer (None or empty: none).
-        local: Vec<Option<ExpertSet>>,
+        local: LayerExperts,
     },
     /// An expert node: the experts `owned[layer]`, plus the small 1-D tensors (norms,
     /// router bias) that model validation reads.
     Experts {
         /// Experts this node owns, per model layer.
-        owned: Vec<Option<ExpertSet>>,
+        owned: LayerExperts,
     },
 }
 
@@ -88,7 +88,7 @@ impl WeightSet {
             .strip_prefix("blk.")
             .and_then(|r| r.split('.').next())
             .and_then(|l| l.parse::<usize>().ok());
-        let Some(set) = layer.and_then(|l| sets.get(l)).and_then(Option::as_ref) else {
+        let Some(set) = layer.and_then(|l| sets.in_layer(l)) else {
             return Vec::new();
         };
         let per_expert = info.size / (info.ne[2].max(1) as usize);

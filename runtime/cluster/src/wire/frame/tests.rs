@@ -1,6 +1,7 @@
 //! Frame round trips, tampering, replay, truncation, and one test crossing each limit.
 
 use super::*;
+use crate::wire::hidden::WireDtype;
 use crate::wire::limits::*;
 use crate::wire::message::*;
 

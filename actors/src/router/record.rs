@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use moe_model::forward::{ExpertBackend, Routing};
 use moe_model::model::Model;
-use moe_planner::trace::{TraceHeader, TraceWriter};
 use moe_model::ModelError;
+use moe_planner::trace::{TraceHeader, TraceWriter};
 
 /// An expert backend that records routings into a trace file, then delegates.
 pub struct RecordingExperts {

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use moe_cluster::dispatch::{plan_routes, NodeWork};
-use moe_model::forward::{apply_routes, ExpertBackend, Route, Routing};
-use moe_model::model::Model;
 use moe_cluster::placement::{NodeAddr, NodeIndex, NodeName, Placement};
 use moe_cluster::wire::{
     decode_hidden, ClusterSecret, ExpertRequest, ExpertRoute, HandshakeConfig, ModelShape,
     ShardSummary, WireDtype, EXPERTS_PER_TOKEN_MAX, FRAME_BYTES_MAX, TOKENS_PER_FRAME_MAX,
 };
-use moe_model::ModelError;
+use moe_model::forward::{apply_routes, ExpertBackend, Route, Routing};
+use moe_model::model::Model;
+use moe_model::{LayerExperts, ModelError};
 use ractor::{Actor, ActorRef};
 
 mod replace;
@@ -268,7 +268,9 @@ impl RemoteExperts {
                 i += 1;
             }
             req.push_token(&h[row as usize * d..(row as usize + 1) * d], &routes)
-                .map_err(|e| ModelError::InvalidInput(format!("request for node {}: {e}", work.node.0)))?;
+                .map_err(|e| {
+                    ModelError::InvalidInput(format!("request for node {}: {e}", work.node.0))
+                })?;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let link = self.links[work.node.0 as usize]
@@ -348,12 +350,19 @@ fn compute_local(
 }
 
 /// What `placement` gives node `idx` in every MoE layer (checked on each connect).
-fn expected_shards(placement: &Placement, idx: NodeIndex) -> super::peer_link::ExpectedShards {
-    placement
-        .moe_layers()
-        .iter()
-        .filter_map(|&l| placement.experts_of(idx, l).map(|s| (l, s.clone())))
-        .collect()
+fn expected_shards(placement: &Placement, idx: NodeIndex) -> LayerExperts {
+    let moe_layers = placement.moe_layers();
+    let n_layers = moe_layers.iter().max().map_or(0, |&l| l + 1);
+    LayerExperts::new(
+        (0..n_layers)
+            .map(|l| {
+                moe_layers
+                    .contains(&l)
+                    .then(|| placement.experts_of(idx, l).cloned())
+                    .flatten()
+            })
+            .collect(),
+    )
 }
 
 impl Drop for RemoteExperts {
