@@ -1,13 +1,13 @@
 //! `Model`: a mapped GGUF file with its typed config (the tokenizer is loaded separately, since
 //! expert nodes have no use for it) and every weight located and
-//! shape-checked once. Weights stay in the mapping; [`Model::mat`] and
-//! [`Model::expert_mat`] hand out borrowed [`QMatrix`] views, computed in the model's
+//! shape-checked once. Weights stay in the mapping; [`Model::mat`], [`Model::expert_mat`]
+//! and [`Model::head_mat`] hand out borrowed [`QMatrix`] views, computed in the model's
 //! [`NumericMode`] (Exact unless [`Model::with_mode`] says otherwise): every forward pass
 //! over this model uses that one mode.
 
 mod weights;
 
-pub use weights::{Attention, DenseFfn, ExpertsWeight, LayerWeights, Mat, MoeWeights};
+pub use weights::{Attention, DenseFfn, LayerWeights, Mat, MatStack, MoeWeights};
 
 use moe_kernels::{NumericMode, QMatrix};
 
@@ -175,7 +175,12 @@ impl Model {
     }
 
     /// Expert `e` of a stacked expert tensor (an error if this process did not map it).
-    pub fn expert_mat(&self, w: &ExpertsWeight, e: usize) -> Result<QMatrix<'_>, ModelError> {
-        Ok(w.expert(&self.file, e)?.with_mode(self.mode))
+    pub fn expert_mat(&self, w: &MatStack, e: usize) -> Result<QMatrix<'_>, ModelError> {
+        Ok(w.matrix(&self.file, e, "expert")?.with_mode(self.mode))
+    }
+
+    /// Head `h` of a per-head attention tensor (`attn_k_b`, `attn_v_b`).
+    pub fn head_mat(&self, w: &MatStack, h: usize) -> Result<QMatrix<'_>, ModelError> {
+        Ok(w.matrix(&self.file, h, "head")?.with_mode(self.mode))
     }
 }
