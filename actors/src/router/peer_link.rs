@@ -331,6 +331,7 @@ impl Actor for PeerLinkActor {
                 Some(c) => {
                     let epoch = r.epoch;
                     if c.tx.try_send(Message::Reassign(r)).is_err() {
+                        st.metrics.error(ErrorKind::SendQueueFull);
                         let _ = tx.send(Err(format!(
                             "node {}: send queue full or closed",
                             st.shared.name

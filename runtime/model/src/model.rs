@@ -1,6 +1,6 @@
-//! `Model`: a mapped GGUF file with its typed config (the tokenizer is loaded separately, since
-//! expert nodes have no use for it) and every weight located and
-//! shape-checked once. Weights stay in the mapping; [`Model::mat`], [`Model::expert_mat`]
+//! `Model`: a mapped GGUF file with its typed config and every weight located and
+//! shape-checked once (no tokenizer: the front-ends that need text build one with
+//! `Tokenizer::from_gguf(model.file())`; expert nodes never do). Weights stay in the mapping; [`Model::mat`], [`Model::expert_mat`]
 //! and [`Model::head_mat`] hand out borrowed [`QMatrix`] views, computed in the model's
 //! [`NumericMode`] (Exact unless [`Model::with_mode`] says otherwise): every forward pass
 //! over this model uses that one mode.
