@@ -98,7 +98,10 @@ fn tampered_frames_drop_only_their_connection() {
     check(&e, "FRAME_BYTES_MAX");
 
     // The node still serves a real router, with the right answer.
-    let placement = dir.write("p.toml", &placement_toml(&[("e1", &e.addr, &all_experts, "")]));
+    let placement = dir.write(
+        "p.toml",
+        &placement_toml(&[("e1", &e.addr, &all_experts, "")]),
+    );
     let m = model.to_string_lossy().to_string();
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [
