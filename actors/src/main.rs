@@ -5,9 +5,13 @@
 //!
 //! ```text
 //! main.rs          argument parsing (clap) and dispatch
-//! cli/             subcommands: run, logits, tokenize, synth, placement (+ shared options,
-//!                  generation, `--record-routing`)
-//! cluster/         roles and actors: expert node, router, peer links, remote experts
+//! options.rs       options shared by commands and roles (ModelArgs, RouterArgs, ExpertArgs)
+//! cli/             subcommands: run, bench, logits, tokenize, synth, placement, generation
+//! serve/           `serve` and `--role router --http`: the OpenAI-compatible HTTP API
+//! cluster/         `--role router` without `--http`: JSON-line requests on stdin
+//! expert/          `--role expert`: listener, connections, shard actor and its supervisor
+//! router/          the router's expert backend: remote experts, peer links, re-placement,
+//!                  `--record-routing`
 //! telemetry.rs     Prometheus metrics: names, `--metrics-addr` endpoint, typed helpers
 //! ```
 //!
@@ -19,6 +23,9 @@
 
 mod cli;
 mod cluster;
+mod expert;
+mod options;
+mod router;
 mod serve;
 mod telemetry;
 
@@ -53,9 +60,9 @@ struct Cli {
     #[arg(long)]
     exact: bool,
     #[command(flatten)]
-    router: cluster::args::RouterArgs,
+    router: options::RouterArgs,
     #[command(flatten)]
-    expert: cluster::expert_node::ExpertArgs,
+    expert: options::ExpertArgs,
     /// HTTP API options (for --role router; without --http it serves JSON lines on stdin).
     #[command(flatten)]
     serve: serve::ServeOptions,
@@ -101,9 +108,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     cli.expert
                         .node
                         .as_deref()
-                        .unwrap_or(cluster::expert_node::DEFAULT_NODE_NAME),
+                        .unwrap_or(options::DEFAULT_NODE_NAME),
                 )?;
-                cluster::expert_node::run(
+                expert::expert_node::run(
                     model,
                     cli.threads,
                     if cli.exact {
@@ -119,7 +126,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Role::Router => {
                 cli.metrics.start("router", &cli.router.node_name)?;
-                let args = cli::common::ModelArgs {
+                let args = options::ModelArgs {
                     model: Some(model),
                     threads: cli.threads,
                     ctx_size: cli.ctx_size,

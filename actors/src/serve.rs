@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::common::ModelArgs;
-use crate::cluster::args::RouterArgs;
+use crate::options::ModelArgs;
+use crate::options::RouterArgs;
 use chat_template::ChatTemplate;
 use engine::{EngineLimits, ADMISSION_QUEUE_MAX, MAX_ACTIVE_SEQUENCES};
 use http_limits::{

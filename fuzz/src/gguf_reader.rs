@@ -51,7 +51,7 @@ fn touch_weights(model: &Model) {
         let k_heads = [&a.k_b, &a.v_b];
         for w in k_heads {
             for h in [0, model.cfg.n_heads - 1] {
-                std::hint::black_box(model.expert_mat(w, h).expect("a loaded head is viewable"));
+                std::hint::black_box(model.head_mat(w, h).expect("a loaded head is viewable"));
             }
         }
         all.extend(layer.dense.iter().flat_map(mats));

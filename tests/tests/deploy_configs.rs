@@ -284,7 +284,10 @@ fn netns_script_builds_a_shaped_cluster_and_tears_it_down() {
             .output()
             .is_ok_and(|o| o.status.success());
     if !netns {
-        eprintln!("skipped the namespace cluster: needs root and `ip netns` (syntax checked only)");
+        eprintln!(
+            "skipped: needs root for network namespaces (and `ip netns`); only `bash -n` ran, \
+             the namespace cluster was NOT tested"
+        );
         return;
     }
     let state = TempDir::new("netns");

@@ -68,7 +68,12 @@ fn tampered_frames_drop_only_their_connection() {
     let dir = TempDir::new("tamper");
     let secret = dir.write("secret", TEST_SECRET);
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
-    let e = start_expert(&model, &secret, "0-383", "e1", "127.0.0.1:0");
+    // Every expert of the fixture, whatever its shape.
+    let n_experts = ModelConfig::from_gguf(&GgufFile::open(&model).unwrap())
+        .unwrap()
+        .n_experts;
+    let all_experts = format!("0-{}", n_experts - 1);
+    let e = start_expert(&model, &secret, &all_experts, "e1", "127.0.0.1:0");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -93,7 +98,10 @@ fn tampered_frames_drop_only_their_connection() {
     check(&e, "FRAME_BYTES_MAX");
 
     // The node still serves a real router, with the right answer.
-    let placement = dir.write("p.toml", &placement_toml(&[("e1", &e.addr, "0-383", "")]));
+    let placement = dir.write(
+        "p.toml",
+        &placement_toml(&[("e1", &e.addr, &all_experts, "")]),
+    );
     let m = model.to_string_lossy().to_string();
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [

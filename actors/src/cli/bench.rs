@@ -17,9 +17,9 @@ use moe_model::forward::{ExpertBackend, KvCache, NoObserver, SeqInput};
 use moe_model::model::Model;
 use moe_model::tokenizer::Tokenizer;
 
-use super::common::ModelArgs;
 use super::run::expert_backend;
-use crate::cluster::args::RouterArgs;
+use crate::options::ModelArgs;
+use crate::options::RouterArgs;
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]

@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 use moe_devdata::npy;
 use moe_model::forward::{KvCache, Observer, Routing, SeqInput};
 
-use super::common::ModelArgs;
 use super::run::expert_backend;
-use crate::cluster::args::RouterArgs;
+use crate::options::ModelArgs;
+use crate::options::RouterArgs;
 
 /// Arguments of `logits`.
 #[derive(Debug, clap::Args)]

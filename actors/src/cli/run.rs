@@ -8,9 +8,9 @@ use moe_model::forward::ExpertBackend;
 use moe_model::sampling::SamplingParams;
 use moe_model::tokenizer::Tokenizer;
 
-use super::common::ModelArgs;
 use super::generate::{generate, GenRequest, SpeculativeArgs};
-use crate::cluster::args::RouterArgs;
+use crate::options::ModelArgs;
+use crate::options::RouterArgs;
 
 /// Sampling options shared by the generating commands.
 #[derive(Debug, Clone, clap::Args)]

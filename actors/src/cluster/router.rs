@@ -16,9 +16,9 @@ use moe_model::sampling::SamplingParams;
 use moe_model::tokenizer::Tokenizer;
 use serde::Deserialize;
 
-use super::args::RouterArgs;
-use crate::cli::common::ModelArgs;
 use crate::cli::generate::{generate, GenRequest};
+use crate::options::ModelArgs;
+use crate::options::RouterArgs;
 
 /// Longest request line accepted, in bytes.
 pub const REQUEST_LINE_BYTES_MAX: usize = 1 << 20;

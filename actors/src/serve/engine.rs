@@ -36,9 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::api_error::ApiError;
 use super::openai::{FinishReason, Usage};
-use crate::cli::common::ModelArgs;
-use crate::cluster::args::RouterArgs;
-use crate::cluster::remote_experts::LinkHealth;
+use crate::options::ModelArgs;
+use crate::options::RouterArgs;
+use crate::router::remote_experts::LinkHealth;
 use crate::telemetry;
 
 /// Sequences decoded together (the default of `--max-active-sequences`).

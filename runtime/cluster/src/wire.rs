@@ -9,7 +9,9 @@
 //! wire/message.rs    Message and its payloads (rkyv), checks of an archived message
 //! wire/frame.rs      SendMac/RecvMac/SessionMac, encode_frame, decode_frame, seal_frame
 //! wire/io.rs         read_frame/write_frame over tokio and std streams
-//! wire/hidden.rs     f32 <-> wire dtype (f32, bf16) conversion of hidden states
+//! wire/connection.rs Connection: one authenticated stream split into a FrameReader and a
+//!                    FrameWriter (with its write loop), used by both ends
+//! wire/hidden.rs     WireDtype and f32 <-> wire dtype (f32, bf16) conversion of hidden states
 //! wire/handshake.rs  client_handshake/server_handshake: versions, fingerprint, mutual auth
 //! ```
 //!
@@ -77,6 +79,7 @@
 //! # Ok::<(), moe_cluster::ClusterError>(())
 //! ```
 
+mod connection;
 mod frame;
 mod handshake;
 mod hidden;
@@ -84,16 +87,17 @@ mod io;
 mod limits;
 mod message;
 
+pub use connection::{Connection, FrameReader, FrameWriter};
 pub use frame::{decode_frame, encode_frame, seal_frame, RecvMac, SendMac, SessionMac, MAC_BYTES};
 pub use handshake::{
-    client_handshake, server_handshake, ClusterSecret, HandshakeConfig, PeerInfo, PeerShards,
+    client_handshake, server_handshake, ClusterSecret, HandshakeConfig, PeerInfo,
     CLUSTER_SECRET_BYTES_MIN,
 };
-pub use hidden::{decode_hidden, encode_hidden};
+pub use hidden::{decode_hidden, encode_hidden, WireDtype};
 pub use io::{read_frame, read_frame_sync, write_frame, write_frame_sync};
 pub use limits::*;
 pub use message::{
     ArchivedMessage, AuthProof, ErrorCode, ErrorMessage, ExpertReply, ExpertRequest, ExpertRoute,
     Heartbeat, Hello, Identity, LayerShards, Message, ModelShape, Reassign, ReassignAck,
-    ReassignPhase, ShardSummary, WireDtype,
+    ReassignPhase, ShardSummary,
 };

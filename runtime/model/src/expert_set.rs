@@ -1,4 +1,6 @@
-//! `ExpertSet`: which experts of one MoE layer a node owns, as a compact bitset.
+//! `ExpertSet`: which experts of one MoE layer a node owns, as a compact bitset; and
+//! `LayerExperts`: one such set per model layer (none for a dense layer), the one type for
+//! "the experts a process owns or maps" across the model.
 //!
 //! The text form is the one `--shards` and placement files use: comma-separated ids and
 //! inclusive ranges, `0-95,200,310-320`. Parsing checks every token against the model's
@@ -210,6 +212,103 @@ impl fmt::Debug for ExpertSet {
             self.len(),
             self.n_experts
         )
+    }
+}
+
+/// The experts a process owns (or maps) in every layer of a model: `None` for a layer
+/// without routed experts (and for a layer it has none of), else that layer's set.
+///
+/// The wire's `ShardSummary` is only its text form (`moe_cluster::wire`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayerExperts {
+    layers: Vec<Option<ExpertSet>>,
+}
+
+impl LayerExperts {
+    /// One entry per model layer, as given.
+    pub fn new(layers: Vec<Option<ExpertSet>>) -> Self {
+        Self { layers }
+    }
+
+    /// No experts in any of `n_layers` layers.
+    pub fn none(n_layers: usize) -> Self {
+        Self {
+            layers: vec![None; n_layers],
+        }
+    }
+
+    /// `set` in every layer for which `is_moe(layer)`, nothing elsewhere.
+    pub fn uniform(set: &ExpertSet, n_layers: usize, is_moe: impl Fn(usize) -> bool) -> Self {
+        Self {
+            layers: (0..n_layers)
+                .map(|l| is_moe(l).then(|| set.clone()))
+                .collect(),
+        }
+    }
+
+    /// Parses a `--shards` list (`0-95,200`) as the same experts in every MoE layer.
+    pub fn parse_uniform(
+        text: &str,
+        n_experts: usize,
+        n_layers: usize,
+        is_moe: impl Fn(usize) -> bool,
+    ) -> Result<Self, ModelError> {
+        Ok(Self::uniform(
+            &ExpertSet::parse(text, n_experts)?,
+            n_layers,
+            is_moe,
+        ))
+    }
+
+    /// The number of model layers (MoE or not).
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The experts of model layer `layer`, if it has any entry.
+    pub fn in_layer(&self, layer: usize) -> Option<&ExpertSet> {
+        self.layers.get(layer).and_then(Option::as_ref)
+    }
+
+    /// `(model layer, experts)` of every layer with an entry, in layer order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &ExpertSet)> + '_ {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(l, s)| s.as_ref().map(|s| (l, s)))
+    }
+
+    /// Layer by layer, the union with `other` (an entry in either gives one in the result).
+    /// The layer counts must agree (checked by the caller).
+    pub fn union(&self, other: &LayerExperts) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .zip(&other.layers)
+                .map(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => {
+                        let mut u = a.clone();
+                        u.union_with(b);
+                        Some(u)
+                    }
+                    (a, b) => b.clone().or_else(|| a.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `layer L: 0-95; layer M: ...` for every layer with an entry.
+impl fmt::Display for LayerExperts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (layer, set)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "layer {layer}: {set}")?;
+        }
+        Ok(())
     }
 }
 

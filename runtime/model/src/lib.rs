@@ -7,7 +7,8 @@
 //! ```text
 //! gguf        GGUF v3 reader over mmap (+ multi-file splits) and writer
 //! config      ModelConfig: typed hyper-parameters parsed once from GGUF metadata
-//! expert_set  ExpertSet (one MoE layer's experts, "0-95,200" text form), LayerExperts
+//! expert_set  ExpertSet (one MoE layer's experts, "0-95,200" text form), LayerExperts (one
+//!             set per model layer: what a process owns or maps)
 //! model       Model: the mapped file, config and shape-checked weight locations
 //! rope        Rope: YaRN-scaled rotary tables, built once per model
 //! forward     the forward pass: MLA attention + latent KV cache, prefix cache, router,
@@ -29,4 +30,4 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use error::ModelError;
-pub use expert_set::{ExpertSet, EXPERTS_PER_LAYER_MAX};
+pub use expert_set::{ExpertSet, LayerExperts, EXPERTS_PER_LAYER_MAX};

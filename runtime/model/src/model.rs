@@ -1,20 +1,20 @@
-//! `Model`: a mapped GGUF file with its typed config (the tokenizer is loaded separately, since
-//! expert nodes have no use for it) and every weight located and
-//! shape-checked once. Weights stay in the mapping; [`Model::mat`] and
-//! [`Model::expert_mat`] hand out borrowed [`QMatrix`] views, computed in the model's
+//! `Model`: a mapped GGUF file with its typed config and every weight located and
+//! shape-checked once (no tokenizer: the front-ends that need text build one with
+//! `Tokenizer::from_gguf(model.file())`; expert nodes never do). Weights stay in the mapping; [`Model::mat`], [`Model::expert_mat`]
+//! and [`Model::head_mat`] hand out borrowed [`QMatrix`] views, computed in the model's
 //! [`NumericMode`] (Exact unless [`Model::with_mode`] says otherwise): every forward pass
 //! over this model uses that one mode.
 
 mod weights;
 
-pub use weights::{Attention, DenseFfn, ExpertsWeight, LayerWeights, Mat, MoeWeights};
+pub use weights::{Attention, DenseFfn, LayerWeights, Mat, MatStack, MoeWeights};
 
 use moe_kernels::{NumericMode, QMatrix};
 
 use crate::config::ModelConfig;
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::rope::Rope;
-use crate::ExpertSet;
+use crate::LayerExperts;
 use crate::ModelError;
 
 /// A loaded model: file, config and weight locations (the tokenizer is loaded separately).
@@ -54,13 +54,13 @@ pub enum WeightSet {
     /// A router: every weight except routed experts, of which only `local[layer]`.
     Router {
         /// Experts computed in-process, per model layer (None or empty: none).
-        local: Vec<Option<ExpertSet>>,
+        local: LayerExperts,
     },
     /// An expert node: the experts `owned[layer]`, plus the small 1-D tensors (norms,
     /// router bias) that model validation reads.
     Experts {
         /// Experts this node owns, per model layer.
-        owned: Vec<Option<ExpertSet>>,
+        owned: LayerExperts,
     },
 }
 
@@ -88,7 +88,7 @@ impl WeightSet {
             .strip_prefix("blk.")
             .and_then(|r| r.split('.').next())
             .and_then(|l| l.parse::<usize>().ok());
-        let Some(set) = layer.and_then(|l| sets.get(l)).and_then(Option::as_ref) else {
+        let Some(set) = layer.and_then(|l| sets.in_layer(l)) else {
             return Vec::new();
         };
         let per_expert = info.size / (info.ne[2].max(1) as usize);
@@ -175,7 +175,12 @@ impl Model {
     }
 
     /// Expert `e` of a stacked expert tensor (an error if this process did not map it).
-    pub fn expert_mat(&self, w: &ExpertsWeight, e: usize) -> Result<QMatrix<'_>, ModelError> {
-        Ok(w.expert(&self.file, e)?.with_mode(self.mode))
+    pub fn expert_mat(&self, w: &MatStack, e: usize) -> Result<QMatrix<'_>, ModelError> {
+        Ok(w.matrix(&self.file, e, "expert")?.with_mode(self.mode))
+    }
+
+    /// Head `h` of a per-head attention tensor (`attn_k_b`, `attn_v_b`).
+    pub fn head_mat(&self, w: &MatStack, h: usize) -> Result<QMatrix<'_>, ModelError> {
+        Ok(w.matrix(&self.file, h, "head")?.with_mode(self.mode))
     }
 }

@@ -5,22 +5,16 @@ use std::path::PathBuf;
 
 use moe_model::forward::{CpuCompute, ExpertCompute, Route};
 use moe_model::model::{Model, WeightSet};
-use moe_model::ExpertSet;
+use moe_model::LayerExperts;
 use moe_model::ModelError;
 
 fn fixture() -> PathBuf {
     moe_devdata::fixtures::fixtures_dir().join("kimi-k25-kq/kimi-k25-kq-Q4_K_M.gguf")
 }
 
-fn sets(model: &Model, text: &str) -> Vec<Option<ExpertSet>> {
-    (0..model.cfg.n_layers)
-        .map(|l| {
-            model
-                .cfg
-                .is_moe_layer(l)
-                .then(|| ExpertSet::parse(text, model.cfg.n_experts).unwrap())
-        })
-        .collect()
+fn sets(model: &Model, text: &str) -> LayerExperts {
+    let cfg = &model.cfg;
+    LayerExperts::parse_uniform(text, cfg.n_experts, cfg.n_layers, |l| cfg.is_moe_layer(l)).unwrap()
 }
 
 #[test]
@@ -90,7 +84,7 @@ fn expert_node_maps_its_experts_and_computes_them_exactly() {
 #[test]
 fn router_maps_no_remote_experts() {
     let full = Model::open(fixture()).unwrap();
-    let none: Vec<Option<ExpertSet>> = vec![None; full.cfg.n_layers];
+    let none = LayerExperts::none(full.cfg.n_layers);
     let router = Model::open_with(fixture(), &WeightSet::Router { local: none }).unwrap();
     let moe = full.layers[1].moe.as_ref().unwrap();
     let all_experts: usize = [&moe.gate_exps, &moe.up_exps, &moe.down_exps]

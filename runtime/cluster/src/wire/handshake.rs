@@ -24,7 +24,6 @@
 //! An attacker on the path can still forge an early `Error` frame: that only ends a link it
 //! could have cut anyway.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -42,7 +41,7 @@ use super::limits::{
 use super::message::{
     AuthProof, ErrorCode, ErrorMessage, Hello, Identity, Message, ModelShape, ShardSummary,
 };
-use crate::placement::{ExpertSet, NodeName};
+use crate::placement::NodeName;
 use crate::ClusterError;
 
 /// The shortest cluster secret accepted, in bytes.
@@ -161,27 +160,6 @@ impl HandshakeConfig {
     }
 }
 
-/// The experts a peer says it owns, parsed against this node's model.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerShards {
-    /// Owned in every MoE layer without an override.
-    pub all_layers: ExpertSet,
-    /// Per model layer index, sets replacing `all_layers`.
-    pub overrides: BTreeMap<usize, ExpertSet>,
-}
-
-impl PeerShards {
-    /// Parses a shard summary (hello, reassign) against a model with `n_experts` experts.
-    pub fn parse(summary: &ShardSummary, n_experts: usize) -> Result<Self, ClusterError> {
-        parse_shards(summary, n_experts)
-    }
-
-    /// The experts owned in model layer `layer`.
-    pub fn in_layer(&self, layer: usize) -> &ExpertSet {
-        self.overrides.get(&layer).unwrap_or(&self.all_layers)
-    }
-}
-
 /// An authenticated peer, as its hello described it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -191,8 +169,9 @@ pub struct PeerInfo {
     pub protocol_version: u32,
     /// Its model fingerprint (equal to ours).
     pub model_fingerprint: [u8; 32],
-    /// The experts it owns.
-    pub shards: PeerShards,
+    /// The experts it owns (checked against this node's expert count; turn it into a
+    /// `LayerExperts` with [`ShardSummary::parse`]).
+    pub shards: ShardSummary,
 }
 
 /// Connects as the client (the side that opened the connection): sends its hello first.
@@ -460,8 +439,8 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         link.refuse(code, &to_peer).await;
         return Err(error);
     }
-    let shards = match parse_shards(&peer_identity.shards, config.shape.n_experts) {
-        Ok(shards) => shards,
+    let shards = match peer_identity.shards.check(config.shape.n_experts) {
+        Ok(()) => peer_identity.shards.clone(),
         Err(error) => {
             link.refuse(ErrorCode::Other, &error.to_string()).await;
             return Err(error);
@@ -572,24 +551,6 @@ fn not_our_hello(error: ClusterError) -> ClusterError {
         )),
         other => other,
     }
-}
-
-fn parse_shards(summary: &ShardSummary, n_experts: usize) -> Result<PeerShards, ClusterError> {
-    let all_layers = ExpertSet::parse(&summary.all_layers, n_experts)?;
-    let mut overrides = BTreeMap::new();
-    for entry in &summary.overrides {
-        let set = ExpertSet::parse(&entry.experts, n_experts)?;
-        if overrides.insert(usize::from(entry.layer), set).is_some() {
-            return Err(ClusterError::FrameInvalid(format!(
-                "hello: layer {} is overridden twice in the shard summary",
-                entry.layer
-            )));
-        }
-    }
-    Ok(PeerShards {
-        all_layers,
-        overrides,
-    })
 }
 
 fn hex_prefix(bytes: &[u8; 32]) -> String {

@@ -4,9 +4,53 @@
 //! significant digits; f32 is exact. Rounding is to nearest even (the `half` crate).
 
 use half::bf16;
+use rkyv::{Archive, Deserialize, Serialize};
 
-use super::message::WireDtype;
 use crate::ClusterError;
+
+/// How hidden states and partial sums are encoded on the wire (`--wire-dtype`).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireDtype {
+    /// IEEE-754 binary32, little-endian: 4 bytes per element, exact.
+    F32,
+    /// bfloat16 (the top half of an f32, rounded to nearest even), little-endian: 2 bytes
+    /// per element, half the traffic.
+    Bf16,
+}
+
+impl WireDtype {
+    /// Bytes per element.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for WireDtype {
+    type Err = ClusterError;
+
+    /// `f32` or `bf16`, as `--wire-dtype` takes them.
+    fn from_str(text: &str) -> Result<Self, ClusterError> {
+        match text {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(ClusterError::InvalidInput(format!(
+                "wire dtype {other:?}: expected f32 or bf16"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for WireDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
 
 /// Appends `values` to `out` in `dtype`, little-endian.
 pub fn encode_hidden(values: &[f32], dtype: WireDtype, out: &mut Vec<u8>) {

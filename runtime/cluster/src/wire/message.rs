@@ -1,7 +1,11 @@
 //! The messages a frame carries, and the checks an archived message passes before it is used.
 
+use std::collections::BTreeMap;
+
+use moe_model::LayerExperts;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::hidden::{encode_hidden, ArchivedWireDtype, WireDtype};
 use super::limits::*;
 use crate::placement::{ExpertSet, NodeName, PlacementNode};
 use crate::ClusterError;
@@ -13,50 +17,6 @@ pub struct ModelShape {
     pub n_experts: usize,
     /// Hidden dimension (elements per token's hidden state).
     pub hidden_dim: usize,
-}
-
-/// How hidden states and partial sums are encoded on the wire (`--wire-dtype`).
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WireDtype {
-    /// IEEE-754 binary32, little-endian: 4 bytes per element, exact.
-    F32,
-    /// bfloat16 (the top half of an f32, rounded to nearest even), little-endian: 2 bytes
-    /// per element, half the traffic.
-    Bf16,
-}
-
-impl WireDtype {
-    /// Bytes per element.
-    pub fn size_bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::Bf16 => 2,
-        }
-    }
-}
-
-impl std::str::FromStr for WireDtype {
-    type Err = ClusterError;
-
-    /// `f32` or `bf16`, as `--wire-dtype` takes them.
-    fn from_str(text: &str) -> Result<Self, ClusterError> {
-        match text {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(ClusterError::InvalidInput(format!(
-                "wire dtype {other:?}: expected f32 or bf16"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for WireDtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        })
-    }
 }
 
 /// Everything one frame can carry.
@@ -159,7 +119,8 @@ pub struct Identity {
     pub exact: bool,
 }
 
-/// The experts a node owns, as expert-list texts (`0-95,200`).
+/// The experts a node owns, as expert-list texts (`0-95,200`): the wire form of a
+/// [`LayerExperts`], nothing more. [`ShardSummary::parse`] turns it back into one.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ShardSummary {
     /// Experts owned in every MoE layer without an override.
@@ -200,6 +161,62 @@ impl ShardSummary {
             all_layers: set.to_string(),
             overrides: Vec::new(),
         }
+    }
+
+    /// The text form of `experts`: no `all_layers`, one override per layer with an entry.
+    pub fn of(experts: &LayerExperts) -> Self {
+        Self {
+            all_layers: String::new(),
+            overrides: experts
+                .iter()
+                .map(|(layer, set)| LayerShards {
+                    // Model layers are bounded by the GGUF config, far below u16::MAX.
+                    layer: u16::try_from(layer).unwrap_or(u16::MAX),
+                    experts: set.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks every text against a model with `n_experts` experts (and that no layer is
+    /// overridden twice), without knowing its layers; the handshake's check of a hello.
+    pub fn check(&self, n_experts: usize) -> Result<(), ClusterError> {
+        self.parse_parts(n_experts).map(|_| ())
+    }
+
+    /// The experts owned in each of `n_layers` model layers: for every layer with
+    /// `is_moe(layer)`, its override or else `all_layers`; nothing in other layers.
+    /// Overrides of layers that are not MoE layers of this model are ignored.
+    pub fn parse(
+        &self,
+        n_experts: usize,
+        n_layers: usize,
+        is_moe: impl Fn(usize) -> bool,
+    ) -> Result<LayerExperts, ClusterError> {
+        let (all_layers, overrides) = self.parse_parts(n_experts)?;
+        Ok(LayerExperts::new(
+            (0..n_layers)
+                .map(|l| is_moe(l).then(|| overrides.get(&l).unwrap_or(&all_layers).clone()))
+                .collect(),
+        ))
+    }
+
+    fn parse_parts(
+        &self,
+        n_experts: usize,
+    ) -> Result<(ExpertSet, BTreeMap<usize, ExpertSet>), ClusterError> {
+        let all_layers = ExpertSet::parse(&self.all_layers, n_experts)?;
+        let mut overrides = BTreeMap::new();
+        for entry in &self.overrides {
+            let set = ExpertSet::parse(&entry.experts, n_experts)?;
+            if overrides.insert(usize::from(entry.layer), set).is_some() {
+                return Err(ClusterError::FrameInvalid(format!(
+                    "hello: layer {} is overridden twice in the shard summary",
+                    entry.layer
+                )));
+            }
+        }
+        Ok((all_layers, overrides))
     }
 }
 
@@ -288,7 +305,7 @@ impl ExpertRequest {
                 TOKENS_PER_FRAME_MAX,
             ));
         }
-        super::hidden::encode_hidden(hidden, self.dtype, &mut self.hidden);
+        encode_hidden(hidden, self.dtype, &mut self.hidden);
         self.routes.extend_from_slice(routes);
         self.token_offsets
             .push(u32::try_from(self.routes.len()).unwrap_or(u32::MAX));

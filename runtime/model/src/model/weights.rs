@@ -39,38 +39,42 @@ impl Mat {
     }
 }
 
-/// A stacked expert tensor `[n_experts][rows, cols]` (ggml ne `[cols, rows, n_experts]`).
+/// A stack of equally shaped matrices `[count][rows, cols]` (ggml ne `[cols, rows, count]`):
+/// one per routed expert (`ffn_*_exps`, viewed with [`super::Model::expert_mat`]) or one per
+/// attention head (`attn_k_b`, `attn_v_b`, viewed with [`super::Model::head_mat`]).
 #[derive(Debug, Clone)]
-pub struct ExpertsWeight {
+pub struct MatStack {
     /// Tensor name.
     pub name: String,
     ty: GgmlType,
     rows: usize,
     cols: usize,
-    n_experts: usize,
+    count: usize,
     shard: usize,
     offset: usize,
     expert_bytes: usize,
 }
 
-impl ExpertsWeight {
-    /// Bytes of one expert's matrix.
+impl MatStack {
+    /// Bytes of one matrix of the stack (one expert's, one head's).
     pub fn expert_bytes(&self) -> usize {
         self.expert_bytes
     }
-    /// Absolute file offset of expert `e` (for mapping only owned experts).
+    /// Absolute file offset of matrix `e` (for mapping only owned experts).
     pub fn expert_offset(&self, e: usize) -> usize {
         self.offset + e * self.expert_bytes
     }
-    pub(super) fn expert<'a>(
+    /// Matrix `e`; `what` names the items in errors ("expert", "head").
+    pub(super) fn matrix<'a>(
         &self,
         file: &'a GgufFile,
         e: usize,
+        what: &str,
     ) -> Result<QMatrix<'a>, ModelError> {
-        if e >= self.n_experts {
+        if e >= self.count {
             return Err(ModelError::InvalidInput(format!(
-                "expert {e} out of range for {} ({} experts)",
-                self.name, self.n_experts
+                "{what} {e} out of range for {} ({} {what}s)",
+                self.name, self.count
             )));
         }
         let data = file
@@ -81,7 +85,7 @@ impl ExpertsWeight {
                 self.expert_bytes,
             )
             .map_err(|_| ModelError::NotMapped {
-                what: format!("expert {e} of {}", self.name),
+                what: format!("{what} {e} of {}", self.name),
             })?;
         Ok(QMatrix::new(self.ty, self.rows, self.cols, data)?)
     }
@@ -103,9 +107,9 @@ pub struct Attention {
     /// `attn_kv_a_norm`.
     pub kv_a_norm: Vec<f32>,
     /// `attn_k_b`: per head `[Lkv, dn]`.
-    pub k_b: ExpertsWeight,
+    pub k_b: MatStack,
     /// `attn_v_b`: per head `[dv, Lkv]`.
-    pub v_b: ExpertsWeight,
+    pub v_b: MatStack,
     /// `attn_output` `[D, H*dv]`.
     pub output: Mat,
 }
@@ -129,11 +133,11 @@ pub struct MoeWeights {
     /// `exp_probs_b.bias` `[E]` (zeros when absent).
     pub probs_bias: Vec<f32>,
     /// `ffn_gate_exps`.
-    pub gate_exps: ExpertsWeight,
+    pub gate_exps: MatStack,
     /// `ffn_up_exps`.
-    pub up_exps: ExpertsWeight,
+    pub up_exps: MatStack,
     /// `ffn_down_exps`.
-    pub down_exps: ExpertsWeight,
+    pub down_exps: MatStack,
     /// Shared expert(s), if any.
     pub shared: Option<DenseFfn>,
 }
@@ -201,16 +205,16 @@ impl Loader<'_> {
         rows: usize,
         cols: usize,
         n: usize,
-    ) -> Result<ExpertsWeight, ModelError> {
+    ) -> Result<MatStack, ModelError> {
         let (info, ne) = self.dims(name)?;
         Self::check(name, ne, [cols, rows, n])?;
         let expert_bytes = info.size / n.max(1);
-        Ok(ExpertsWeight {
+        Ok(MatStack {
             name: name.into(),
             ty: info.ty,
             rows,
             cols,
-            n_experts: n,
+            count: n,
             shard: info.shard,
             offset: info.offset,
             expert_bytes,

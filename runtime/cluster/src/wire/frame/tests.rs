@@ -1,6 +1,7 @@
 //! Frame round trips, tampering, replay, truncation, and one test crossing each limit.
 
 use super::*;
+use crate::wire::hidden::WireDtype;
 use crate::wire::limits::*;
 use crate::wire::message::*;
 
@@ -244,7 +245,22 @@ fn garbage_archives_with_valid_macs_are_refused_without_panic() {
         let (mut a, mut b) = pair();
         let frame = seal_frame(&archive, &mut a.send).unwrap();
         match decode_frame(&frame, &mut b.recv, &SHAPE) {
-            Err(_) => refused += 1,
+            // The MAC and the sequence are right, so the refusal must be about the archive
+            // or its fields, and say which.
+            Err(ClusterError::FrameInvalid(detail)) => {
+                assert!(
+                    !detail.trim().is_empty(),
+                    "garbage archive of {len} bytes refused without a reason"
+                );
+                refused += 1;
+            }
+            Err(ClusterError::FrameLimit { field, .. }) => {
+                assert!(!field.is_empty(), "limit refusal of {len} bytes names no field");
+                refused += 1;
+            }
+            Err(other) => panic!(
+                "garbage archive of {len} bytes with a valid MAC refused for the wrong reason: {other}"
+            ),
             // Random bytes can form a valid small message (a heartbeat with a random
             // counter): then it must be exactly that message, surviving a round trip.
             Ok(message) => {

@@ -1,6 +1,7 @@
 //! Handshakes over in-memory pipes and real TCP: success, and each refusal seen on both sides.
 
 use super::*;
+use crate::placement::ExpertSet;
 use crate::wire::frame::decode_frame;
 use crate::wire::message::{ExpertRoute, Heartbeat};
 use crate::wire::{ExpertRequest, WireDtype};
@@ -64,7 +65,12 @@ async fn success_gives_peer_info_and_working_session_keys() {
     assert_eq!(server_info.protocol_version, PROTOCOL_VERSION);
     assert_eq!(client_info.name.as_str(), "router");
     assert!(client_info.shards.all_layers.is_empty());
-    assert_eq!(client_info.shards.overrides[&3].to_string(), "5");
+    let layers = client_info
+        .shards
+        .parse(SHAPE.n_experts, 4, |_| true)
+        .unwrap();
+    assert_eq!(layers.in_layer(3).unwrap().to_string(), "5");
+    assert!(layers.in_layer(2).unwrap().is_empty());
 
     let message = one_token_request(WireDtype::Bf16, &[1.0; 8]);
     let frame = encode_frame(&message, &mut router_mac.send).unwrap();
@@ -110,7 +116,8 @@ async fn success_over_tcp() {
     let (info, _) = client_handshake(&mut stream, &config("router", SECRET, 3, ""))
         .await
         .unwrap();
-    assert_eq!(info.shards.all_layers.len(), 384);
+    let layers = info.shards.parse(SHAPE.n_experts, 1, |_| true).unwrap();
+    assert_eq!(layers.in_layer(0).unwrap().len(), 384);
     assert_eq!(server.await.unwrap().unwrap().name.as_str(), "router");
 }
 

@@ -5,7 +5,6 @@
 //! answers heartbeats at once, a worker that hands requests to the shard actor, and a writer
 //! that owns the sending key. A bad frame drops that connection only; other peers go on.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,23 +12,23 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use moe_cluster::placement::{ExpertSet, NodeName, Placement};
 use moe_cluster::wire::{
-    decode_frame, encode_frame, read_frame, server_handshake, write_frame, ErrorMessage,
-    ExpertRequest, HandshakeConfig, Heartbeat, Message, ModelShape, PeerShards, Reassign,
-    ReassignAck, RecvMac, SendMac, ShardSummary, FRAME_BYTES_MAX, PEER_TIMEOUT_MS,
+    server_handshake, Connection, ErrorMessage, ExpertRequest, FrameReader, HandshakeConfig,
+    Heartbeat, Message, ModelShape, Reassign, ReassignAck, ShardSummary, PEER_TIMEOUT_MS,
 };
 use moe_model::config::ModelConfig;
 use moe_model::gguf::GgufFile;
 use moe_model::model::{Model, WeightSet};
+use moe_model::LayerExperts;
 use ractor::{Actor, ActorRef};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::args::{load_placement, read_secret};
-use super::expert_shard::{ExpertShardMsg, ShardSpec};
+use super::expert_shard::ExpertShardMsg;
 use super::handshake_slots::{HandshakeSlot, HandshakeSlots};
 use super::live_shard::LiveShard;
 use super::supervisor::{NodeSupervisorActor, NodeSupervisorMsg};
+use crate::options::{load_placement, read_secret, ExpertArgs, DEFAULT_NODE_NAME};
 use crate::telemetry::{self, ErrorKind, LinkEnd, PeerMetrics};
 
 /// Requests a connection may read ahead of its worker.
@@ -40,22 +39,6 @@ pub const WRITER_QUEUE_FRAMES_MAX: usize = 8;
 pub const CONNECTIONS_MAX: usize = 64;
 /// Pause after a failed `accept` before the next one.
 pub const ACCEPT_RETRY_MS: u64 = 100;
-/// The node name when `--node` is not given.
-pub const DEFAULT_NODE_NAME: &str = "expert";
-
-/// Options of `--role expert`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ExpertArgs {
-    /// Experts owned in every MoE layer, e.g. `0-95,200,310-320`.
-    #[arg(long)]
-    pub shards: Option<String>,
-    /// This node's name (also selects its entry in --placement).
-    #[arg(long)]
-    pub node: Option<String>,
-    /// Data-plane listen address (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
-}
 
 /// Runs an expert node until killed.
 pub fn run(
@@ -80,14 +63,12 @@ pub fn run(
         .clone()
         .unwrap_or_else(|| DEFAULT_NODE_NAME.to_string());
     let node_name = NodeName::new(&name).map_err(anyhow::Error::msg)?;
-    let (owned, summary): (Vec<Option<ExpertSet>>, _) = match (&a.shards, &placement) {
+    let (owned, summary): (LayerExperts, _) = match (&a.shards, &placement) {
         (Some(_), Some(_)) => bail!("give either --shards or --placement with --node, not both"),
         (None, None) => bail!("--role expert needs --shards or --placement with --node"),
         (Some(text), None) => {
             let set = ExpertSet::parse(text, cfg.n_experts).context("--shards")?;
-            let owned: Vec<Option<ExpertSet>> = (0..cfg.n_layers)
-                .map(|l| cfg.is_moe_layer(l).then(|| set.clone()))
-                .collect();
+            let owned = LayerExperts::uniform(&set, cfg.n_layers, |l| cfg.is_moe_layer(l));
             (owned, ShardSummary::uniform(&set))
         }
         (None, Some(path)) => {
@@ -96,9 +77,11 @@ pub fn run(
                 .node_index(&name)
                 .with_context(|| format!("node {name:?} is not in placement {}", path.display()))?;
             let node = p.node(idx).context("placement node")?;
-            let owned = (0..cfg.n_layers)
-                .map(|l| cfg.is_moe_layer(l).then(|| node.experts_in(l).clone()))
-                .collect();
+            let owned = LayerExperts::new(
+                (0..cfg.n_layers)
+                    .map(|l| cfg.is_moe_layer(l).then(|| node.experts_in(l).clone()))
+                    .collect(),
+            );
             (owned, ShardSummary::of_node(node))
         }
     };
@@ -118,7 +101,7 @@ pub fn run(
         model.file().mapped_bytes(),
         file_bytes(&model_path)
     );
-    let shard = Arc::new(ShardSpec { owned });
+    let shard = Arc::new(owned);
     let shape = ModelShape {
         n_experts: cfg.n_experts,
         hidden_dim: cfg.n_embd,
@@ -225,12 +208,14 @@ where
     eprintln!("peer {} connected", peer.name.as_str());
     let metrics = PeerMetrics::new(peer.name.as_str(), LinkEnd::Expert);
     metrics.connection_opened();
-    let (mut rd, wr) = tokio::io::split(stream);
+    let (mut reader, writer) = Connection::new(stream, mac, hs.shape).split();
     let (out_tx, out_rx) = mpsc::channel::<Message>(WRITER_QUEUE_FRAMES_MAX);
     let (req_tx, mut req_rx) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
     let (n_experts, n_layers, moe_layers) =
         (hs.shape.n_experts, shape_layers.0, shape_layers.1.clone());
-    let writer = tokio::spawn(write_loop(wr, mac.send, out_rx, metrics.clone()));
+    let sent_metrics = metrics.clone();
+    let writer =
+        tokio::spawn(writer.write_loop(out_rx, move |bytes| sent_metrics.frame_sent(bytes)));
     let worker_out = out_tx.clone();
     let worker_metrics = metrics.clone();
     let worker = tokio::spawn(async move {
@@ -239,12 +224,12 @@ where
             let req = match work {
                 Work::Request(req) => req,
                 Work::Reassign(r) => {
-                    let result = match PeerShards::parse(&r.shards, n_experts) {
+                    let parsed = r
+                        .shards
+                        .parse(n_experts, n_layers, |l| moe_layers.contains(&l));
+                    let result = match parsed {
                         Err(e) => Err(e.to_string()),
-                        Ok(sets) => {
-                            let per_layer = (0..n_layers)
-                                .map(|l| moe_layers.contains(&l).then(|| sets.in_layer(l).clone()))
-                                .collect();
+                        Ok(per_layer) => {
                             ractor::call!(shard, ExpertShardMsg::Reassign, r.phase, per_layer)
                                 .unwrap_or_else(|e| Err(e.to_string()))
                         }
@@ -280,16 +265,7 @@ where
         }
         anyhow::Ok(())
     });
-    let result = read_loop(
-        &mut rd,
-        mac.recv,
-        &hs.shape,
-        &out_tx,
-        &req_tx,
-        peer.name.as_str(),
-        &metrics,
-    )
-    .await;
+    let result = read_loop(&mut reader, &out_tx, &req_tx, peer.name.as_str(), &metrics).await;
     drop(req_tx);
     drop(out_tx);
     let _ = worker.await;
@@ -299,9 +275,7 @@ where
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    mut mac: RecvMac,
-    shape: &ModelShape,
+    reader: &mut FrameReader<R>,
     out: &mpsc::Sender<Message>,
     requests: &mpsc::Sender<Work>,
     peer: &str,
@@ -309,7 +283,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) -> anyhow::Result<()> {
     let silence = Duration::from_millis(PEER_TIMEOUT_MS);
     loop {
-        let frame = match tokio::time::timeout(silence, read_frame(rd, FRAME_BYTES_MAX)).await {
+        let frame = match tokio::time::timeout(silence, reader.read_frame()).await {
             Err(_) => {
                 metrics.error(ErrorKind::Timeout);
                 bail!("peer {peer} silent for {PEER_TIMEOUT_MS} ms")
@@ -327,7 +301,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(Ok(f)) => f,
         };
         metrics.frame_received(frame.len());
-        let message = match decode_frame(&frame, &mut mac, shape) {
+        let message = match reader.open(&frame) {
             Ok(m) => m,
             Err(e) => {
                 metrics.error(ErrorKind::BadFrame);
@@ -359,19 +333,4 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
     }
-}
-
-/// Encodes and writes queued messages with this direction's key, counting them in `metrics`.
-pub async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut mac: SendMac,
-    mut rx: mpsc::Receiver<Message>,
-    metrics: PeerMetrics,
-) -> anyhow::Result<()> {
-    while let Some(msg) = rx.recv().await {
-        let frame = encode_frame(&msg, &mut mac)?;
-        write_frame(&mut wr, &frame).await?;
-        metrics.frame_sent(frame.len());
-    }
-    Ok(())
 }

@@ -20,7 +20,7 @@ use moe_cluster::placement::{NodeIndex, Placement};
 use moe_cluster::wire::{Reassign, ReassignPhase, ShardSummary};
 
 use super::RemoteExperts;
-use crate::cluster::peer_link::PeerLinkMsg;
+use crate::router::peer_link::PeerLinkMsg;
 
 /// Longest wait for a node's answer to one re-placement phase.
 pub const REASSIGN_TIMEOUT_MS: u64 = 60_000;

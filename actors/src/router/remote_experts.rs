@@ -21,7 +21,7 @@ use moe_cluster::wire::{
 };
 use moe_model::forward::{CpuCompute, ExpertBackend, ExpertCompute, Route, Routing};
 use moe_model::model::Model;
-use moe_model::ModelError;
+use moe_model::{LayerExperts, ModelError};
 use ractor::{Actor, ActorRef};
 
 mod replace;
@@ -350,12 +350,19 @@ fn compute_local(
 }
 
 /// What `placement` gives node `idx` in every MoE layer (checked on each connect).
-fn expected_shards(placement: &Placement, idx: NodeIndex) -> super::peer_link::ExpectedShards {
-    placement
-        .moe_layers()
-        .iter()
-        .filter_map(|&l| placement.experts_of(idx, l).map(|s| (l, s.clone())))
-        .collect()
+fn expected_shards(placement: &Placement, idx: NodeIndex) -> LayerExperts {
+    let moe_layers = placement.moe_layers();
+    let n_layers = moe_layers.iter().max().map_or(0, |&l| l + 1);
+    LayerExperts::new(
+        (0..n_layers)
+            .map(|l| {
+                moe_layers
+                    .contains(&l)
+                    .then(|| placement.experts_of(idx, l).cloned())
+                    .flatten()
+            })
+            .collect(),
+    )
 }
 
 impl Drop for RemoteExperts {

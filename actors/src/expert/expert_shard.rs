@@ -7,21 +7,14 @@
 
 use std::sync::Arc;
 
-use moe_cluster::placement::ExpertSet;
 use moe_cluster::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest, ReassignPhase};
 use moe_model::forward::{CpuCompute, ExpertCompute, Route};
 use moe_model::model::Model;
+use moe_model::LayerExperts;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::live_shard::LiveShard;
 use crate::telemetry;
-
-/// What this node owns, per model layer.
-#[derive(Debug, Clone)]
-pub struct ShardSpec {
-    /// `owned[layer]` (None for dense layers).
-    pub owned: Vec<Option<ExpertSet>>,
-}
 
 /// Messages of [`ExpertShardActor`].
 pub enum ExpertShardMsg {
@@ -33,7 +26,7 @@ pub enum ExpertShardMsg {
     /// One phase of a live re-placement: the new sets per model layer.
     Reassign(
         ReassignPhase,
-        Vec<Option<ExpertSet>>,
+        LayerExperts,
         RpcReplyPort<Result<String, String>>,
     ),
 }
@@ -96,15 +89,13 @@ impl Actor for ExpertShardActor {
 /// The weighted partial sums of one request.
 pub fn compute(
     model: &Model,
-    shard: &ShardSpec,
+    owned: &LayerExperts,
     req: &ExpertRequest,
 ) -> Result<ExpertReply, String> {
     let layer = req.layer as usize;
     let d = model.cfg.n_embd;
-    let owned = shard
-        .owned
-        .get(layer)
-        .and_then(Option::as_ref)
+    let owned = owned
+        .in_layer(layer)
         .ok_or_else(|| format!("layer {layer} is not a MoE layer of this model"))?;
     if req.hidden_dim as usize != d {
         return Err(format!(

@@ -12,17 +12,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moe_cluster::placement::ExpertSet;
 use moe_cluster::wire::{
-    client_handshake, decode_frame, read_frame, ExpertReply, ExpertRequest, HandshakeConfig,
-    Heartbeat, Message, PeerInfo, Reassign, ReassignAck, FRAME_BYTES_MAX, HEARTBEAT_INTERVAL_MS,
-    PEER_TIMEOUT_MS,
+    client_handshake, Connection, ExpertReply, ExpertRequest, HandshakeConfig, Heartbeat, Message,
+    PeerInfo, Reassign, ReassignAck, HEARTBEAT_INTERVAL_MS, PEER_TIMEOUT_MS,
 };
+use moe_model::LayerExperts;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::expert_node::write_loop;
 use crate::telemetry::{ErrorKind, LinkEnd, PeerMetrics};
 
 /// Frames queued for the link's writer.
@@ -71,7 +69,7 @@ pub enum PeerLinkMsg {
         std::sync::mpsc::SyncSender<Result<ReassignAck, String>>,
     ),
     /// What the placement now gives this node (checked on every reconnect).
-    SetExpected(Arc<ExpectedShards>),
+    SetExpected(Arc<LayerExperts>),
 }
 
 struct Conn {
@@ -84,7 +82,7 @@ struct Conn {
 pub struct PeerLinkState {
     addr: SocketAddr,
     hs: HandshakeConfig,
-    expected: Arc<ExpectedShards>,
+    expected: Arc<LayerExperts>,
     shared: Arc<LinkShared>,
     conn: Option<Conn>,
     connecting: bool,
@@ -138,7 +136,7 @@ impl Actor for PeerLinkActor {
         SocketAddr,
         HandshakeConfig,
         Arc<LinkShared>,
-        Arc<ExpectedShards>,
+        Arc<LayerExperts>,
     );
 
     async fn pre_start(
@@ -333,6 +331,7 @@ impl Actor for PeerLinkActor {
                 Some(c) => {
                     let epoch = r.epoch;
                     if c.tx.try_send(Message::Reassign(r)).is_err() {
+                        st.metrics.error(ErrorKind::SendQueueFull);
                         let _ = tx.send(Err(format!(
                             "node {}: send queue full or closed",
                             st.shared.name
@@ -348,17 +347,19 @@ impl Actor for PeerLinkActor {
     }
 }
 
-/// What the placement says a node owns: `(model layer, experts)` for every MoE layer.
-pub type ExpectedShards = Vec<(usize, ExpertSet)>;
-
-/// Checks that a peer owns at least what the placement gives it.
-fn check_shards(peer: &PeerInfo, expected: &ExpectedShards) -> Result<(), String> {
-    for (layer, want) in expected {
-        let has = peer
-            .shards
-            .overrides
-            .get(layer)
-            .unwrap_or(&peer.shards.all_layers);
+/// Checks that a peer owns at least what the placement gives it (`expected`: an entry for
+/// every MoE layer).
+fn check_shards(peer: &PeerInfo, n_experts: usize, expected: &LayerExperts) -> Result<(), String> {
+    let owned = peer
+        .shards
+        .parse(n_experts, expected.n_layers(), |l| {
+            expected.in_layer(l).is_some()
+        })
+        .map_err(|e| e.to_string())?;
+    for (layer, want) in expected.iter() {
+        let Some(has) = owned.in_layer(layer) else {
+            continue;
+        };
         let missing: Vec<usize> = want.iter().filter(|&e| !has.contains(e)).collect();
         if let Some(first) = missing.first() {
             return Err(format!(
@@ -377,7 +378,7 @@ async fn connect(
     addr: SocketAddr,
     hs: HandshakeConfig,
     metrics: PeerMetrics,
-    expected: Arc<ExpectedShards>,
+    expected: Arc<LayerExperts>,
 ) {
     let attempt = async {
         let mut stream = tokio::time::timeout(
@@ -396,7 +397,7 @@ async fn connect(
         let (peer, mac) = client_handshake(&mut stream, &hs)
             .await
             .map_err(|e| (e.to_string(), e.is_refusal()))?;
-        check_shards(&peer, &expected).map_err(|e| (e, true))?;
+        check_shards(&peer, hs.shape.n_experts, &expected).map_err(|e| (e, true))?;
         Ok::<_, (String, bool)>((stream, mac))
     };
     match attempt.await {
@@ -404,20 +405,19 @@ async fn connect(
             let _ = link.cast(PeerLinkMsg::ConnectFailed(gen, reason, refused));
         }
         Ok((stream, mac)) => {
-            let (mut rd, wr) = tokio::io::split(stream);
+            let (mut frames, writer) = Connection::new(stream, mac, hs.shape).split();
             let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES_MAX);
-            tokio::spawn(write_loop(wr, mac.send, rx, metrics.clone()));
-            let shape = hs.shape;
-            let mut recv = mac.recv;
+            let sent_metrics = metrics.clone();
+            tokio::spawn(writer.write_loop(rx, move |bytes| sent_metrics.frame_sent(bytes)));
             let reader_link = link.clone();
             let reader = tokio::spawn(async move {
                 let (reason, kind) = loop {
-                    let frame = match read_frame(&mut rd, FRAME_BYTES_MAX).await {
+                    let frame = match frames.read_frame().await {
                         Ok(f) => f,
                         Err(e) => break (format!("connection lost: {e}"), ErrorKind::Closed),
                     };
                     metrics.frame_received(frame.len());
-                    match decode_frame(&frame, &mut recv, &shape) {
+                    match frames.open(&frame) {
                         Ok(m) => {
                             if reader_link.cast(PeerLinkMsg::Frame(gen, m)).is_err() {
                                 return;

@@ -1,0 +1,189 @@
+//! Command-line options shared by the subcommands and the roles, parsed once here: where the
+//! model is and how to compute it (`ModelArgs`), the cluster options of a router
+//! (`RouterArgs`) and of an expert node (`ExpertArgs`), and loading the placement and secret
+//! files they name.
+//!
+//! This module sits below `cli`, `serve`, `expert`, `router` and `cluster`: it imports none
+//! of them. What a router's options build (the expert backend) lives in `router::backend`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use moe_cluster::placement::{ExpertSet, NodeAddr, NodeIndex, Placement};
+use moe_cluster::wire::{ClusterSecret, WireDtype};
+use moe_kernels::NumericMode;
+use moe_model::config::ModelConfig;
+use moe_model::gguf::GgufFile;
+use moe_model::model::{Model, WeightSet};
+use moe_model::LayerExperts;
+
+/// The node name of an expert when `--node` is not given.
+pub const DEFAULT_NODE_NAME: &str = "expert";
+
+/// Where the model is and how to compute it.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// GGUF file (for a split set, the `-00001-of-0000N.gguf` shard). Without it, a tiny
+    /// random-weight Kimi-K2.5-shaped model is synthesized once into the temp directory.
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Compute threads (0 = all cores).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+    /// Largest context (positions) per sequence.
+    #[arg(long, default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Exact arithmetic: f32 activations over exactly dequantized weights (the verification
+    /// reference; the default of `logits`).
+    #[arg(long, conflicts_with = "fast")]
+    pub exact: bool,
+    /// Fast arithmetic: activations rounded to int8 per block, integer dot products, as
+    /// llama.cpp computes (the default of run, bench, serve and the roles).
+    #[arg(long)]
+    pub fast: bool,
+}
+
+impl ModelArgs {
+    /// The numeric mode `--exact` / `--fast` select, else `default` (the command's).
+    pub fn mode(&self, default: NumericMode) -> NumericMode {
+        match (self.exact, self.fast) {
+            (true, _) => NumericMode::Exact,
+            (_, true) => NumericMode::Fast,
+            _ => default,
+        }
+    }
+
+    /// Opens the model for a router using `cluster`'s placement, if any: routed experts of
+    /// remote nodes are not mapped at all, only those of `local` nodes. It computes in
+    /// [`ModelArgs::mode`] with the command's `default`.
+    pub fn load_for(
+        &self,
+        cluster: Option<&RouterArgs>,
+        default: NumericMode,
+    ) -> anyhow::Result<Model> {
+        moe_kernels::set_num_threads(self.threads);
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => default_model()?,
+        };
+        let set = match cluster.and_then(|c| c.placement.as_ref()) {
+            None => WeightSet::All,
+            Some(placement) => {
+                let header =
+                    GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                let cfg = ModelConfig::from_gguf(&header)?;
+                let p = load_placement(placement, &cfg)?;
+                let local = LayerExperts::new(
+                    (0..cfg.n_layers)
+                        .map(|l| {
+                            let mut set = ExpertSet::empty(cfg.n_experts).ok()?;
+                            for (i, node) in p.nodes().iter().enumerate() {
+                                if node.addr == NodeAddr::Local {
+                                    set.union_with(p.experts_of(NodeIndex(i as u16), l)?);
+                                }
+                            }
+                            Some(set)
+                        })
+                        .collect(),
+                );
+                WeightSet::Router { local }
+            }
+        };
+        Ok(Model::open_with(&path, &set)
+            .with_context(|| format!("loading {}", path.display()))?
+            .with_mode(self.mode(default)))
+    }
+}
+
+/// The embedded default: `synth --preset tiny` (seed 0, BF16), written once to the temp dir.
+pub fn default_model() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join("moe-node");
+    let path = dir.join("default-tiny-BF16-seed0.gguf");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Write under a unique name, then rename, so concurrent first runs never see half a file.
+        let tmp = dir.join(format!("default-tiny.{}.partial", std::process::id()));
+        let s = moe_devdata::synth::synthesize(&moe_devdata::synth::SynthOptions::default(), &tmp)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        eprintln!(
+            "no --model given: synthesized the default tiny model at {} ({} bytes)",
+            path.display(),
+            s.file_bytes
+        );
+    }
+    Ok(path)
+}
+
+/// Options that turn a model-running command into a router with remote experts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// Expert placement (TOML): which node owns which experts; makes this process a router.
+    #[arg(long)]
+    pub placement: Option<PathBuf>,
+    /// File holding the cluster secret (at least 16 bytes; surrounding whitespace ignored).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Encoding of hidden states on the wire.
+    #[arg(long, default_value = "f32")]
+    pub wire_dtype: WireDtype,
+    /// Encrypt every frame after the handshake (ChaCha20 under the session keys; the MAC
+    /// covers the ciphertext). Every node of a cluster must be started with the same choice.
+    #[arg(long)]
+    pub wire_encrypt: bool,
+    /// This router's node name in handshakes.
+    #[arg(long, default_value = "router")]
+    pub node_name: String,
+    /// Append every MoE layer's routing to this routing trace (for `moe-node placement`).
+    #[arg(long)]
+    pub record_routing: Option<PathBuf>,
+}
+
+impl RouterArgs {
+    /// The placement and secret, when a placement is given.
+    pub fn load(&self, cfg: &ModelConfig) -> anyhow::Result<Option<(Placement, ClusterSecret)>> {
+        let Some(path) = &self.placement else {
+            if self.secret_file.is_some() {
+                bail!("--secret-file needs --placement");
+            }
+            return Ok(None);
+        };
+        let secret_path = self
+            .secret_file
+            .as_deref()
+            .context("--placement needs --secret-file")?;
+        let placement = load_placement(path, cfg)?;
+        Ok(Some((placement, read_secret(secret_path)?)))
+    }
+}
+
+/// Parses a placement file against a model.
+pub fn load_placement(path: &Path, cfg: &ModelConfig) -> anyhow::Result<Placement> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading placement {}", path.display()))?;
+    Placement::parse(&text, &cfg.moe_layers(), cfg.n_experts)
+        .with_context(|| format!("placement {}", path.display()))
+}
+
+/// Reads the cluster secret from a file (bytes as they are, see
+/// [`ClusterSecret::from_file_bytes`]).
+pub fn read_secret(path: &Path) -> anyhow::Result<ClusterSecret> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading secret file {}", path.display()))?;
+    ClusterSecret::from_file_bytes(&bytes)
+        .with_context(|| format!("secret file {}", path.display()))
+}
+
+/// Options of `--role expert`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExpertArgs {
+    /// Experts owned in every MoE layer, e.g. `0-95,200,310-320`.
+    #[arg(long)]
+    pub shards: Option<String>,
+    /// This node's name (also selects its entry in --placement).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Data-plane listen address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+}

@@ -1,0 +1,25 @@
+//! The router side of the cluster: the forward pass's expert backend when experts live on
+//! other nodes.
+//!
+//! ```text
+//! backend.rs         RouterArgs::backend: local experts, or remote ones over the placement,
+//!                    with `--record-routing` around either
+//! record.rs          RecordingExperts: appends every MoE layer's routing to a routing trace
+//! remote_experts.rs  RemoteExperts: the forward pass's ExpertBackend over the links
+//!   replace.rs       live re-placement (SIGHUP): the two-phase reassign over the links
+//! peer_link.rs       PeerLinkActor: one per remote node; connect, handshake, heartbeats,
+//!                    reconnect, in-flight steps and their failure
+//! ```
+//!
+//! Flow control: the router's engine has at most one step in flight per link (it waits for
+//! every reply before the next layer), and every outgoing frame goes through the link's
+//! bounded writer queue (`LINK_QUEUE_FRAMES_MAX`); a step that finds it full fails at once
+//! (counted as `send_queue_full`). Framing, MACs and encryption are
+//! `moe_cluster::wire::Connection`'s, shared with the expert nodes.
+//!
+//! May import: `options`, `telemetry`; never `expert`, `cli` or `serve`.
+
+pub mod backend;
+pub mod peer_link;
+pub mod record;
+pub mod remote_experts;

@@ -1,0 +1,98 @@
+//! One authenticated connection, for both ends: after the handshake, [`Connection::split`]
+//! gives a [`FrameReader`] (read a frame within its limit, then open it: MAC, sequence,
+//! decryption, archive and shape checks) and a [`FrameWriter`] (seal and write, or drain a
+//! bounded queue with [`FrameWriter::write_loop`]). The expert node and the router's peer
+//! link use the same two halves, so both ends frame, authenticate and count bytes alike.
+//!
+//! It leaves to its callers: timeouts, what a message means, and what a failure counts as
+//! (a read error is the stream's; an open error is the peer's frame).
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use super::frame::{decode_frame, encode_frame, RecvMac, SendMac, SessionMac};
+use super::io::{read_frame, write_frame};
+use super::limits::FRAME_BYTES_MAX;
+use super::message::{Message, ModelShape};
+use crate::ClusterError;
+
+/// A stream whose handshake has succeeded, with the session's keys and the model shape the
+/// peer's frames are checked against.
+pub struct Connection<S> {
+    stream: S,
+    mac: SessionMac,
+    shape: ModelShape,
+}
+
+impl<S: AsyncRead + AsyncWrite> Connection<S> {
+    /// Wraps a stream after `client_handshake` / `server_handshake` returned `mac`.
+    pub fn new(stream: S, mac: SessionMac, shape: ModelShape) -> Self {
+        Self { stream, mac, shape }
+    }
+
+    /// The reading and the writing half, to be driven by separate tasks.
+    pub fn split(self) -> (FrameReader<ReadHalf<S>>, FrameWriter<WriteHalf<S>>) {
+        let (rd, wr) = tokio::io::split(self.stream);
+        (
+            FrameReader {
+                stream: rd,
+                mac: self.mac.recv,
+                shape: self.shape,
+            },
+            FrameWriter {
+                stream: wr,
+                mac: self.mac.send,
+            },
+        )
+    }
+}
+
+/// The receiving half: frames of at most [`FRAME_BYTES_MAX`] bytes, opened with the peer's
+/// direction key.
+pub struct FrameReader<R> {
+    stream: R,
+    mac: RecvMac,
+    shape: ModelShape,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads the next whole frame (length checked before allocating). An error here is the
+    /// stream's: closed, truncated, or a length over the limit.
+    pub async fn read_frame(&mut self) -> Result<Vec<u8>, ClusterError> {
+        read_frame(&mut self.stream, FRAME_BYTES_MAX).await
+    }
+
+    /// Checks and decodes a frame [`FrameReader::read_frame`] returned. An error here is the
+    /// peer's frame: MAC, sequence, archive or limits.
+    pub fn open(&mut self, frame: &[u8]) -> Result<Message, ClusterError> {
+        decode_frame(frame, &mut self.mac, &self.shape)
+    }
+}
+
+/// The sending half: frames sealed with this end's direction key.
+pub struct FrameWriter<W> {
+    stream: W,
+    mac: SendMac,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Seals, writes and flushes one message; returns the frame's length in bytes.
+    pub async fn write_message(&mut self, message: &Message) -> Result<usize, ClusterError> {
+        let frame = encode_frame(message, &mut self.mac)?;
+        write_frame(&mut self.stream, &frame).await?;
+        Ok(frame.len())
+    }
+
+    /// Writes queued messages until every sender is gone, calling `sent` with each frame's
+    /// length. The queue's bound is the caller's (a bounded `mpsc` channel).
+    pub async fn write_loop(
+        mut self,
+        mut queue: mpsc::Receiver<Message>,
+        mut sent: impl FnMut(usize),
+    ) -> Result<(), ClusterError> {
+        while let Some(message) = queue.recv().await {
+            sent(self.write_message(&message).await?);
+        }
+        Ok(())
+    }
+}
