@@ -26,9 +26,9 @@ pub mod moe;
 mod ops;
 mod prefix_cache;
 
-pub use expert_compute::{ComputeHandle, CpuCompute, ExpertCompute};
+pub use expert_compute::{ComputeHandle, CpuCompute, ExpertCompute, LocalExperts};
 pub use kv_cache::KvCache;
-pub use moe::{ExpertBackend, LocalExperts, Route, Routing};
+pub use moe::{ExpertBackend, Route, Routing};
 pub use prefix_cache::{PrefixCache, Reused, PREFIX_BLOCK_TOKENS};
 
 use crate::model::Model;

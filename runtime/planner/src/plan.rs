@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 
 use crate::refine::{refine_layer, LayerTrace, RowPairCost};
 use crate::replay::replay;
-use crate::simulate::{simulate, CostModel};
+use crate::simulate::{balance_factor, simulate, CostModel};
 use crate::trace::Trace;
 use crate::PlanError;
 use moe_cluster::placement::{
@@ -143,16 +143,6 @@ pub fn balance(placement: &Placement, trace: &Trace, speeds: &[f64]) -> Result<B
         .map(|(&layer, node_load)| (layer, balance_factor(node_load, speeds)))
         .collect();
     Ok(Balance { per_layer })
-}
-
-/// mean(load / speed) / max(load / speed); 1 when nothing is loaded.
-pub fn balance_factor(node_load: &[f64], speeds: &[f64]) -> f64 {
-    let norm: Vec<f64> = node_load.iter().zip(speeds).map(|(l, s)| l / s).collect();
-    let max = norm.iter().copied().fold(0.0, f64::max);
-    if max <= 0.0 || norm.is_empty() {
-        return 1.0;
-    }
-    norm.iter().sum::<f64>() / norm.len() as f64 / max
 }
 
 /// The contiguous split of `n_experts` over `nodes` in order, as equal as integers allow

@@ -25,7 +25,6 @@
 //!
 //! It leaves to others: reading the trace ([`crate::trace`]) and planning ([`crate::plan`]).
 
-use crate::plan::balance_factor;
 use crate::replay::replay;
 use crate::trace::Trace;
 use crate::PlanError;
@@ -229,6 +228,16 @@ pub fn simulate(
         }
     })?;
     Ok(r)
+}
+
+/// mean(load / speed) / max(load / speed); 1 when nothing is loaded.
+pub fn balance_factor(node_load: &[f64], speeds: &[f64]) -> f64 {
+    let norm: Vec<f64> = node_load.iter().zip(speeds).map(|(l, s)| l / s).collect();
+    let max = norm.iter().copied().fold(0.0, f64::max);
+    if max <= 0.0 || norm.is_empty() {
+        return 1.0;
+    }
+    norm.iter().sum::<f64>() / norm.len() as f64 / max
 }
 
 #[cfg(test)]

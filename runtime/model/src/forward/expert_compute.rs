@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::moe::{apply_routes_cpu, Route};
+use super::moe::{apply_routes_cpu, ExpertBackend, Route, Routing};
 use crate::model::Model;
 use crate::ModelError;
 
@@ -68,5 +68,44 @@ impl ExpertCompute for CpuCompute {
         out: &mut [f32],
     ) -> Result<(), ModelError> {
         apply_routes_cpu(model, layer, h, routes, out)
+    }
+}
+
+/// Every expert computed in this process, on `compute` (the CPU by default).
+#[derive(Debug, Default)]
+pub struct LocalExperts {
+    compute: ComputeHandle,
+    pending: Option<(Vec<f32>, Routing)>,
+}
+
+impl LocalExperts {
+    /// Every expert computed on `compute`.
+    pub fn on(compute: ComputeHandle) -> Self {
+        Self {
+            compute,
+            pending: None,
+        }
+    }
+}
+
+impl ExpertBackend for LocalExperts {
+    fn begin(
+        &mut self,
+        _: &Model,
+        _: usize,
+        h: &[f32],
+        routing: &Routing,
+    ) -> Result<(), ModelError> {
+        self.pending = Some((h.to_vec(), routing.clone()));
+        Ok(())
+    }
+
+    fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        let (h, routing) = self
+            .pending
+            .take()
+            .ok_or_else(|| ModelError::InvalidInput("finish without begin".into()))?;
+        self.compute
+            .apply_routes(model, layer, &h, &routing.routes(), out)
     }
 }

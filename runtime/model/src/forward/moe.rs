@@ -2,7 +2,6 @@
 //! group-limited top-k, normalized and scaled weights; spec §2.5), the SwiGLU expert, and
 //! [`ExpertBackend`], the seam between "which experts" and "where they are computed".
 
-use super::expert_compute::ComputeHandle;
 use super::ops::{sigmoid, softmax_inplace, swiglu_inplace};
 use crate::config::{GatingFunc, ModelConfig};
 use crate::model::{DenseFfn, Model, MoeWeights};
@@ -50,45 +49,6 @@ pub trait ExpertBackend {
     ) -> Result<(), ModelError>;
     /// Adds the routed outputs started by the last `begin` into `out` (`[t, D]`).
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError>;
-}
-
-/// Every expert computed in this process, on `compute` (the CPU by default).
-#[derive(Debug, Default)]
-pub struct LocalExperts {
-    compute: ComputeHandle,
-    pending: Option<(Vec<f32>, Routing)>,
-}
-
-impl LocalExperts {
-    /// Every expert computed on `compute`.
-    pub fn on(compute: ComputeHandle) -> Self {
-        Self {
-            compute,
-            pending: None,
-        }
-    }
-}
-
-impl ExpertBackend for LocalExperts {
-    fn begin(
-        &mut self,
-        _: &Model,
-        _: usize,
-        h: &[f32],
-        routing: &Routing,
-    ) -> Result<(), ModelError> {
-        self.pending = Some((h.to_vec(), routing.clone()));
-        Ok(())
-    }
-
-    fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError> {
-        let (h, routing) = self
-            .pending
-            .take()
-            .ok_or_else(|| ModelError::InvalidInput("finish without begin".into()))?;
-        self.compute
-            .apply_routes(model, layer, &h, &routing.routes(), out)
-    }
 }
 
 /// One routed (token, expert, weight) triple.
