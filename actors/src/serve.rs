@@ -8,6 +8,9 @@
 //! serve/openai.rs    request fields, validation, response JSON
 //! serve/chat_template.rs  the GGUF's Jinja chat template via minijinja (ChatML default)
 //! serve/stop.rs      stop strings over streamed text
+//! serve/tool_calls.rs  the model's tool-call markup (Kimi K2, DeepSeek-V3) -> `tool_calls`
+//! serve/json_constraint.rs  response_format / tool arguments as a token mask (llguidance)
+//! serve/anthropic.rs POST /v1/messages request and response shapes
 //! serve/api_error.rs OpenAI-style error objects
 //! serve/http_limits.rs connections: cap, header and body timeouts, body size, API key
 //! ```
@@ -26,13 +29,14 @@
 //! Metrics: with `--metrics-addr ADDR` the Prometheus exporter of `telemetry.rs` is installed
 //! (its own listener on ADDR) and `GET /metrics` on the API address answers the same text.
 
-pub mod chat_template;
 pub mod engine;
 pub mod routes;
 pub mod stop;
 // The request layer lives in the `moe_node_http` library (`src/lib.rs`), compiled once and
 // shared with the HTTP fuzz target.
-pub use moe_node_http::{api_error, http_limits, openai};
+pub use moe_node_http::{
+    anthropic, api_error, chat_template, http_limits, json_constraint, openai, tool_calls,
+};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
