@@ -18,3 +18,5 @@ pub mod json_constraint;
 pub mod openai;
 #[path = "serve/tool_calls.rs"]
 pub mod tool_calls;
+#[path = "serve/tools.rs"]
+pub mod tools;

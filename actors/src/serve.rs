@@ -8,6 +8,7 @@
 //! serve/openai.rs    request fields, validation, response JSON
 //! serve/chat_template.rs  the GGUF's Jinja chat template via minijinja (ChatML default)
 //! serve/stop.rs      stop strings over streamed text
+//! serve/tools.rs    tools, tool_choice, response_format: request shapes and checks
 //! serve/tool_calls.rs  the model's tool-call markup (Kimi K2, DeepSeek-V3) -> `tool_calls`
 //! serve/json_constraint.rs  response_format / tool arguments as a token mask (llguidance)
 //! serve/anthropic.rs POST /v1/messages request and response shapes
@@ -35,7 +36,7 @@ pub mod stop;
 // The request layer lives in the `moe_node_http` library (`src/lib.rs`), compiled once and
 // shared with the HTTP fuzz target.
 pub use moe_node_http::{
-    anthropic, api_error, chat_template, http_limits, json_constraint, openai, tool_calls,
+    anthropic, api_error, chat_template, http_limits, json_constraint, openai, tool_calls, tools,
 };
 
 use std::net::SocketAddr;

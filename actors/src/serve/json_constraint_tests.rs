@@ -1,0 +1,155 @@
+//! Random walks over a real vocabulary (the Kimi-K2.5-shaped fixture GGUF's tokenizer): every
+//! walk that samples uniformly among the allowed tokens, and forces
+//! [`JsonConstraint::closing_token`] for the last [`FINISH_RESERVE_TOKENS`] of its budget,
+//! must end in EOS with text that serde_json parses and the `jsonschema` crate validates.
+
+use super::*;
+use serde_json::json;
+
+use moe_runtime::gguf::GgufFile;
+use moe_runtime::tokenizer::{TokenType, Tokenizer};
+
+fn fixture_vocab() -> (ConstraintVocab, Vec<Vec<u8>>, u32) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
+    let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let n = tok.vocab_size();
+    let bytes: Vec<Vec<u8>> = (0..n as u32).map(|i| tok.token_piece(i, false)).collect();
+    let special: Vec<bool> = (0..n as u32)
+        .map(|i| {
+            !matches!(
+                tok.token_type(i),
+                Some(TokenType::Normal | TokenType::Byte | TokenType::UserDefined)
+            )
+        })
+        .collect();
+    let eos = tok.eos().expect("the fixture has an EOS token");
+    (ConstraintVocab::new(&bytes, &special, eos).unwrap(), bytes, eos)
+}
+
+/// xorshift64*: a reproducible stream without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    }
+}
+
+/// One walk of at most `budget` tokens; the generated text (EOS excluded).
+fn walk(c: &mut JsonConstraint, bytes: &[Vec<u8>], eos: u32, budget: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut out = Vec::new();
+    for step in 0..budget {
+        let left = budget - step;
+        let token = if left <= FINISH_RESERVE_TOKENS {
+            c.closing_token().unwrap().expect("some token is allowed")
+        } else {
+            let ids = c.allowed().unwrap().ids();
+            assert!(!ids.is_empty(), "no token allowed after {:?}", String::from_utf8_lossy(&out));
+            ids[rng.below(ids.len())]
+        };
+        if token == eos {
+            assert!(c.is_accepting(), "EOS offered before the document is complete");
+            return out;
+        }
+        c.advance(token).unwrap();
+        out.extend_from_slice(&bytes[token as usize]);
+    }
+    panic!(
+        "no EOS within {budget} tokens: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+fn schemas() -> Vec<(JsonTarget, Value)> {
+    let nested = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "ok": {"type": "boolean"},
+            "unit": {"enum": ["c", "f"]},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3},
+            "pos": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}}, "required": ["x", "y"], "additionalProperties": false}
+        },
+        "required": ["name", "age", "pos"],
+        "additionalProperties": false
+    });
+    let tool_args = json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city"],
+        "additionalProperties": false
+    });
+    let any_of = json!({
+        "anyOf": [
+            {"type": "object", "properties": {"kind": {"const": "a"}, "n": {"type": "integer"}}, "required": ["kind", "n"], "additionalProperties": false},
+            {"type": "object", "properties": {"kind": {"const": "b"}, "s": {"type": "string", "maxLength": 5}}, "required": ["kind", "s"], "additionalProperties": false}
+        ]
+    });
+    vec![
+        (JsonTarget::AnyObject, json!({"type": "object"})),
+        (JsonTarget::Schema(nested.clone()), nested),
+        (JsonTarget::Schema(tool_args.clone()), tool_args),
+        (JsonTarget::Schema(any_of.clone()), any_of),
+    ]
+}
+
+/// Proves: whatever allowed tokens a (random-weight) model picks, the output ends within its
+/// budget in a document that parses and validates against the schema.
+#[test]
+fn random_walks_end_in_valid_documents() {
+    let (vocab, bytes, eos) = fixture_vocab();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for (target, schema) in schemas() {
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for _ in 0..8 {
+            let mut c = JsonConstraint::new(&vocab, &target).unwrap();
+            let out = walk(&mut c, &bytes, eos, 160, &mut rng);
+            let text = String::from_utf8(out).expect("UTF-8");
+            let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{text} does not validate against {schema}: {errors:?}");
+        }
+    }
+}
+
+/// Proves: the mask refuses what the schema forbids (a token the mask refuses is an error to
+/// advance with), EOS is allowed only once the document is complete, special tokens never.
+#[test]
+fn mask_refuses_and_accepts_where_it_should() {
+    let (vocab, bytes, eos) = fixture_vocab();
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": false});
+    let mut c = JsonConstraint::new(&vocab, &JsonTarget::Schema(schema)).unwrap();
+    let id = |s: &str| bytes.iter().position(|b| b == s.as_bytes()).unwrap() as u32;
+    let mask = c.allowed().unwrap();
+    assert!(mask.is_allowed(id("{")));
+    assert!(!mask.is_allowed(id("[")) && !mask.is_allowed(eos));
+    let mut logits = vec![0.0f32; vocab.len() + 3];
+    c.mask_logits(&mut logits).unwrap();
+    assert_eq!(logits[id("{") as usize], 0.0);
+    assert_eq!(logits[id("[") as usize], f32::NEG_INFINITY);
+    assert_eq!(logits[vocab.len() + 1], f32::NEG_INFINITY, "padding ids are masked");
+    for t in ["{", "\"", "a", "\"", ":", "1", "}"] {
+        assert!(!c.is_accepting());
+        c.advance(id(t)).unwrap();
+    }
+    assert!(c.is_accepting());
+    assert_eq!(c.allowed().unwrap().ids(), vec![eos]);
+    let mut c = JsonConstraint::new(&vocab, &JsonTarget::AnyObject).unwrap();
+    assert!(c.advance(id("[")).is_err(), "a refused token is an error, not a panic");
+}
+
+/// Proves: bad schemas are errors with a reason: too large, and unsatisfiable/unsupported.
+#[test]
+fn bad_schemas_are_errors() {
+    let (vocab, _, _) = fixture_vocab();
+    let big = json!({"type": "object", "description": "x".repeat(JSON_SCHEMA_BYTES_MAX)});
+    assert!(JsonConstraint::new(&vocab, &JsonTarget::Schema(big)).unwrap_err().0.contains("bytes"));
+    let bad = json!({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}, "required": ["a"]});
+    assert!(JsonConstraint::new(&vocab, &JsonTarget::Schema(bad)).is_err());
+    assert!(ConstraintVocab::new(&[b"a".to_vec()], &[false], 5).is_err());
+}
