@@ -187,12 +187,18 @@ impl MessagesRequest {
     ) -> Result<ChatInput, ApiError> {
         if self.messages.is_empty() || self.messages.len() > CHAT_MESSAGES_MAX {
             return Err(invalid(
-                format!("{} messages; 1 to {CHAT_MESSAGES_MAX} are accepted", self.messages.len()),
+                format!(
+                    "{} messages; 1 to {CHAT_MESSAGES_MAX} are accepted",
+                    self.messages.len()
+                ),
                 "messages",
             ));
         }
         if self.temperature.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
-            return Err(invalid("temperature must be between 0 and 1", "temperature"));
+            return Err(invalid(
+                "temperature must be between 0 and 1",
+                "temperature",
+            ));
         }
         let mut messages = Vec::with_capacity(self.messages.len() + 1);
         match &self.system {
@@ -239,22 +245,28 @@ impl MessagesRequest {
         let (choice, parallel) = match &self.tool_choice {
             None => (None, None),
             Some(c) => {
-                let choice = match (c.kind.as_str(), &c.name) {
-                    ("auto", _) => ToolChoiceField::Mode("auto".into()),
-                    ("any", _) => ToolChoiceField::Mode("required".into()),
-                    ("none", _) => ToolChoiceField::Mode("none".into()),
-                    ("tool", Some(name)) => serde_json::from_value(
-                        json!({"type": "function", "function": {"name": name}}),
-                    )
-                    .map_err(|e| invalid(e.to_string(), "tool_choice"))?,
-                    ("tool", None) => return Err(invalid("tool_choice of type tool needs a name", "tool_choice")),
-                    (other, _) => {
-                        return Err(invalid(
-                            format!("tool_choice type {other:?} is not one of auto, any, tool, none"),
+                let choice =
+                    match (c.kind.as_str(), &c.name) {
+                        ("auto", _) => ToolChoiceField::Mode("auto".into()),
+                        ("any", _) => ToolChoiceField::Mode("required".into()),
+                        ("none", _) => ToolChoiceField::Mode("none".into()),
+                        ("tool", Some(name)) => serde_json::from_value(
+                            json!({"type": "function", "function": {"name": name}}),
+                        )
+                        .map_err(|e| invalid(e.to_string(), "tool_choice"))?,
+                        ("tool", None) => {
+                            return Err(invalid(
+                                "tool_choice of type tool needs a name",
+                                "tool_choice",
+                            ))
+                        }
+                        (other, _) => return Err(invalid(
+                            format!(
+                                "tool_choice type {other:?} is not one of auto, any, tool, none"
+                            ),
                             "tool_choice",
-                        ))
-                    }
-                };
+                        )),
+                    };
                 (Some(choice), c.disable_parallel_tool_use.map(|d| !d))
             }
         };
@@ -287,13 +299,21 @@ fn convert_message(m: &AnthropicMessage, out: &mut Vec<Value>) -> Result<(), Api
                         if is_error == Some(true) {
                             c = format!("Error: {c}");
                         }
-                        out.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": c}));
+                        out.push(
+                            json!({"role": "tool", "tool_call_id": tool_use_id, "content": c}),
+                        );
                     }
                     ContentBlock::ToolUse { .. } => {
-                        return Err(invalid("a user message cannot hold tool_use blocks", "messages"))
+                        return Err(invalid(
+                            "a user message cannot hold tool_use blocks",
+                            "messages",
+                        ))
                     }
                     ContentBlock::Unsupported => {
-                        return Err(invalid("only text, tool_use and tool_result blocks are supported", "messages"))
+                        return Err(invalid(
+                            "only text, tool_use and tool_result blocks are supported",
+                            "messages",
+                        ))
                     }
                 }
             }
@@ -309,25 +329,37 @@ fn convert_message(m: &AnthropicMessage, out: &mut Vec<Value>) -> Result<(), Api
                     ContentBlock::Text { text: t } => text.push_str(&t),
                     ContentBlock::ToolUse { id, name, input } => {
                         if !input.is_object() {
-                            return Err(invalid("a tool_use block's input must be an object", "messages"));
+                            return Err(invalid(
+                                "a tool_use block's input must be an object",
+                                "messages",
+                            ));
                         }
                         calls.push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": input.to_string()}}));
                     }
                     _ => {
-                        return Err(invalid("an assistant message holds only text and tool_use blocks", "messages"))
+                        return Err(invalid(
+                            "an assistant message holds only text and tool_use blocks",
+                            "messages",
+                        ))
                     }
                 }
             }
             if calls.is_empty() {
                 out.push(json!({"role": "assistant", "content": text}));
             } else {
-                let content = if text.is_empty() { Value::Null } else { text.into() };
+                let content = if text.is_empty() {
+                    Value::Null
+                } else {
+                    text.into()
+                };
                 out.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
             }
         }
         other => {
             return Err(invalid(
-                format!("message role {other:?}; only user and assistant (system goes in `system`)"),
+                format!(
+                    "message role {other:?}; only user and assistant (system goes in `system`)"
+                ),
                 "messages",
             ))
         }
@@ -384,7 +416,8 @@ pub fn content_blocks(parsed: &ParsedOutput) -> Vec<Value> {
             for c in tool_calls {
                 // The parser checked the arguments are a JSON object.
                 let input: Value = serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
-                blocks.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+                blocks
+                    .push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
             }
             blocks
         }
@@ -454,17 +487,28 @@ impl MessageStream {
     fn close(&mut self, out: &mut Vec<(&'static str, Value)>) {
         if self.open != OpenBlock::None {
             let index = self.next_index - 1;
-            out.push(("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+            out.push((
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
             self.open = OpenBlock::None;
         }
     }
 
-    fn open(&mut self, kind: OpenBlock, block: Value, out: &mut Vec<(&'static str, Value)>) -> usize {
+    fn open(
+        &mut self,
+        kind: OpenBlock,
+        block: Value,
+        out: &mut Vec<(&'static str, Value)>,
+    ) -> usize {
         self.close(out);
         let index = self.next_index;
         self.next_index += 1;
         self.open = kind;
-        out.push(("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": block})));
+        out.push((
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        ));
         index
     }
 
@@ -479,12 +523,20 @@ impl MessageStream {
                 let index = if self.open == OpenBlock::Text {
                     self.next_index - 1
                 } else {
-                    self.open(OpenBlock::Text, json!({"type": "text", "text": ""}), &mut out)
+                    self.open(
+                        OpenBlock::Text,
+                        json!({"type": "text", "text": ""}),
+                        &mut out,
+                    )
                 };
                 out.push(("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}})));
             }
             ToolStreamEvent::CallStart { id, name, .. } => {
-                self.open(OpenBlock::ToolUse, json!({"type": "tool_use", "id": id, "name": name, "input": {}}), &mut out);
+                self.open(
+                    OpenBlock::ToolUse,
+                    json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                    &mut out,
+                );
             }
             ToolStreamEvent::Arguments { fragment, .. } => {
                 if self.open == OpenBlock::ToolUse {
@@ -505,9 +557,12 @@ impl MessageStream {
     ) -> Vec<(&'static str, Value)> {
         let mut out = Vec::new();
         self.close(&mut out);
-        out.push(("message_delta", json!({"type": "message_delta",
+        out.push((
+            "message_delta",
+            json!({"type": "message_delta",
             "delta": {"stop_reason": stop.as_str(), "stop_sequence": stop_sequence},
-            "usage": {"output_tokens": output_tokens}})));
+            "usage": {"output_tokens": output_tokens}}),
+        ));
         out.push(("message_stop", json!({"type": "message_stop"})));
         out
     }

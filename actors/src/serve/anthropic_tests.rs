@@ -41,9 +41,15 @@ fn request_maps_to_chat_input() {
         ]
     );
     let tools = input.tools.unwrap();
-    assert_eq!((tools.names, tools.choice, tools.parallel), (vec!["get_weather".to_string()], ToolChoice::Required, false));
+    assert_eq!(
+        (tools.names, tools.choice, tools.parallel),
+        (vec!["get_weather".to_string()], ToolChoice::Required, false)
+    );
     let s = input.settings;
-    assert_eq!((s.max_tokens, s.stop, s.stream, s.sampling.top_k), (Some(100), vec!["END".to_string()], true, 5));
+    assert_eq!(
+        (s.max_tokens, s.stop, s.stream, s.sampling.top_k),
+        (Some(100), vec!["END".to_string()], true, 5)
+    );
     assert_eq!(s.sampling.temperature, 0.5);
 }
 
@@ -66,7 +72,10 @@ fn bad_requests_are_refused() {
 }
 
 fn meta() -> MessageMeta {
-    MessageMeta { id: "msg_1".into(), model: "kimi".into() }
+    MessageMeta {
+        id: "msg_1".into(),
+        model: "kimi".into(),
+    }
 }
 
 /// Proves: a finished answer with text and a call is a `message` with a text block, a
@@ -75,7 +84,11 @@ fn meta() -> MessageMeta {
 fn message_object() {
     let parsed = ParsedOutput::Message {
         content: Some("Checking.".into()),
-        tool_calls: vec![ToolCall { id: "functions.get_weather:0".into(), name: "get_weather".into(), arguments: "{\"city\": \"Oslo\"}".into() }],
+        tool_calls: vec![ToolCall {
+            id: "functions.get_weather:0".into(),
+            name: "get_weather".into(),
+            arguments: "{\"city\": \"Oslo\"}".into(),
+        }],
     };
     let m = meta().message(content_blocks(&parsed), StopReason::ToolUse, None, 12, 9);
     assert_eq!(
@@ -84,8 +97,14 @@ fn message_object() {
                "content": [{"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "functions.get_weather:0", "name": "get_weather", "input": {"city": "Oslo"}}],
                "stop_reason": "tool_use", "stop_sequence": null, "usage": {"input_tokens": 12, "output_tokens": 9}})
     );
-    let raw = ParsedOutput::Malformed { raw: "<|tool_call_begin|>x".into(), reason: "r".into() };
-    assert_eq!(content_blocks(&raw), vec![json!({"type": "text", "text": "<|tool_call_begin|>x"})]);
+    let raw = ParsedOutput::Malformed {
+        raw: "<|tool_call_begin|>x".into(),
+        reason: "r".into(),
+    };
+    assert_eq!(
+        content_blocks(&raw),
+        vec![json!({"type": "text", "text": "<|tool_call_begin|>x"})]
+    );
 }
 
 /// Proves: the SSE sequence is message_start, a text block (start, deltas, stop), a tool_use
@@ -98,9 +117,19 @@ fn stream_event_sequence() {
     for e in [
         ToolStreamEvent::Content("Check".into()),
         ToolStreamEvent::Content("ing.".into()),
-        ToolStreamEvent::CallStart { index: 0, id: "t0".into(), name: "get_weather".into() },
-        ToolStreamEvent::Arguments { index: 0, fragment: "{\"city\":".into() },
-        ToolStreamEvent::Arguments { index: 0, fragment: " \"Oslo\"}".into() },
+        ToolStreamEvent::CallStart {
+            index: 0,
+            id: "t0".into(),
+            name: "get_weather".into(),
+        },
+        ToolStreamEvent::Arguments {
+            index: 0,
+            fragment: "{\"city\":".into(),
+        },
+        ToolStreamEvent::Arguments {
+            index: 0,
+            fragment: " \"Oslo\"}".into(),
+        },
     ] {
         events.extend(s.push(&e));
     }
@@ -109,15 +138,35 @@ fn stream_event_sequence() {
     assert_eq!(
         names,
         [
-            "message_start", "content_block_start", "content_block_delta", "content_block_delta",
-            "content_block_stop", "content_block_start", "content_block_delta", "content_block_delta",
-            "content_block_stop", "message_delta", "message_stop"
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
         ]
     );
-    assert_eq!(events[1].1["content_block"], json!({"type": "text", "text": ""}));
-    assert_eq!(events[3].1["delta"], json!({"type": "text_delta", "text": "ing."}));
-    assert_eq!(events[5].1, json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t0", "name": "get_weather", "input": {}}}));
-    assert_eq!(events[7].1["delta"], json!({"type": "input_json_delta", "partial_json": " \"Oslo\"}"}));
+    assert_eq!(
+        events[1].1["content_block"],
+        json!({"type": "text", "text": ""})
+    );
+    assert_eq!(
+        events[3].1["delta"],
+        json!({"type": "text_delta", "text": "ing."})
+    );
+    assert_eq!(
+        events[5].1,
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t0", "name": "get_weather", "input": {}}})
+    );
+    assert_eq!(
+        events[7].1["delta"],
+        json!({"type": "input_json_delta", "partial_json": " \"Oslo\"}"})
+    );
     assert_eq!(events[8].1["index"], 1);
     assert_eq!(events[9].1["delta"]["stop_reason"], "tool_use");
     assert_eq!(

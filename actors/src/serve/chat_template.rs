@@ -309,7 +309,10 @@ impl Object for MutableList {
             ("pop", []) => items.pop().ok_or_else(|| empty_pop()),
             ("pop", [i]) => {
                 let i = i.as_i64().ok_or_else(|| {
-                    minijinja::Error::new(ErrorKind::InvalidOperation, "pop index is not an integer")
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        "pop index is not an integer",
+                    )
                 })?;
                 let i = if i < 0 { items.len() as i64 + i } else { i };
                 match usize::try_from(i) {
@@ -323,7 +326,10 @@ impl Object for MutableList {
 }
 
 fn empty_pop() -> minijinja::Error {
-    minijinja::Error::new(ErrorKind::InvalidOperation, "pop from an empty list or out of range")
+    minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        "pop from an empty list or out of range",
+    )
 }
 
 #[cfg(test)]
@@ -398,7 +404,10 @@ mod tests {
     fn special_tokens(template_name: &str) -> (String, String) {
         // As render_expected.py passes them.
         if template_name.to_lowercase().contains("deepseek") {
-            ("<｜begin▁of▁sentence｜>".into(), "<｜end▁of▁sentence｜>".into())
+            (
+                "<｜begin▁of▁sentence｜>".into(),
+                "<｜end▁of▁sentence｜>".into(),
+            )
         } else {
             ("[BOS]".into(), "[EOS]".into())
         }
@@ -444,9 +453,14 @@ mod tests {
                     assert_eq!(got, want, "{stem}.{name} differs from transformers");
                     compared += 1;
                 } else {
-                    assert!(dir.join(format!("expected/{stem}.{name}.refused.txt")).exists());
+                    assert!(dir
+                        .join(format!("expected/{stem}.{name}.refused.txt"))
+                        .exists());
                     // The queue of tool-call ids (append/pop) pairs each result with its call.
-                    assert!(got.contains("## Return of functions.get_weather:0\n{\"temp_c\""), "{got}");
+                    assert!(
+                        got.contains("## Return of functions.get_weather:0\n{\"temp_c\""),
+                        "{got}"
+                    );
                     assert!(got.contains("## Return of functions.add:1\n5"), "{got}");
                 }
             }
@@ -480,7 +494,12 @@ mod tests {
         let src = "{% set ns = namespace(q=[]) %}{% set _ = ns.q.append('a') %}{% set _ = ns.q.append('b') %}{{ ns.q | length }}{{ ns.q.pop(0) }}{% if ns.q %}{{ ns.q[0] }}{% endif %}{{ ns.q.pop() }}{% if not ns.q %}E{% endif %}";
         let t = ChatTemplate::new(Some(src), String::new(), String::new()).unwrap();
         assert_eq!(t.render(&[]).unwrap(), "2abbE");
-        let t = ChatTemplate::new(Some("{% set ns = namespace(q=[]) %}{{ ns.q.pop() }}"), String::new(), String::new()).unwrap();
+        let t = ChatTemplate::new(
+            Some("{% set ns = namespace(q=[]) %}{{ ns.q.pop() }}"),
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
         assert!(t.render(&[]).is_err());
     }
 

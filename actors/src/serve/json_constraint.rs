@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
-use llguidance::{Matcher, ParserFactory};
+use llguidance::{JsonCompileOptions, Matcher, ParserFactory};
 use serde_json::Value;
 
 /// Largest JSON schema accepted, in bytes of its JSON text.
@@ -38,6 +38,12 @@ pub const VOCAB_TOKENS_MAX: usize = 1 << 20;
 /// Tokens to keep in reserve: with this many or fewer left in the budget the engine should
 /// sample only [`JsonConstraint::closing_token`] so the document closes in time.
 pub const FINISH_RESERVE_TOKENS: usize = 32;
+/// Most digits before a number's `.` or exponent: with [`NUMBER_EXPONENT_DIGITS_MAX`], every
+/// number stays inside f64's range, so every JSON parser reads it (serde_json refuses
+/// `1e400`, which the JSON grammar allows).
+pub const NUMBER_INTEGER_DIGITS_MAX: u32 = 15;
+/// Most digits of a number's exponent.
+pub const NUMBER_EXPONENT_DIGITS_MAX: u32 = 2;
 /// Longest token (in bytes) [`JsonConstraint::closing_token`] considers.
 const CLOSING_TOKEN_BYTES_MAX: usize = 4;
 
@@ -150,6 +156,64 @@ impl ConstraintVocab {
 pub struct JsonConstraint {
     matcher: Matcher,
     vocab: ConstraintVocab,
+    /// Lexical position in the text so far, for `closing_token`.
+    scan: JsonScan,
+}
+
+/// Where the text so far stands lexically: inside a string, after a backslash, inside a
+/// number (and how many digits its integer part and exponent have).
+#[derive(Debug, Clone, Copy, Default)]
+struct JsonScan {
+    in_string: bool,
+    escaped: bool,
+    number: NumberPart,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum NumberPart {
+    #[default]
+    Outside,
+    Integer(u32),
+    Fraction,
+    Exponent(u32),
+}
+
+impl JsonScan {
+    /// Advances over `bytes`; `false` if they make a number longer than the limits allow.
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            self.number = match (self.number, b) {
+                (NumberPart::Outside, b'-') => NumberPart::Integer(0),
+                (NumberPart::Outside, b'0'..=b'9') => NumberPart::Integer(1),
+                (NumberPart::Integer(n), b'0'..=b'9') => NumberPart::Integer(n + 1),
+                (NumberPart::Integer(_), b'.') => NumberPart::Fraction,
+                (NumberPart::Fraction, b'0'..=b'9') => NumberPart::Fraction,
+                (NumberPart::Integer(_) | NumberPart::Fraction, b'e' | b'E') => {
+                    NumberPart::Exponent(0)
+                }
+                (NumberPart::Exponent(n), b'+' | b'-') => NumberPart::Exponent(n),
+                (NumberPart::Exponent(n), b'0'..=b'9') => NumberPart::Exponent(n + 1),
+                _ => NumberPart::Outside,
+            };
+            match self.number {
+                NumberPart::Integer(n) if n > NUMBER_INTEGER_DIGITS_MAX => return false,
+                NumberPart::Exponent(n) if n > NUMBER_EXPONENT_DIGITS_MAX => return false,
+                NumberPart::Outside if b == b'"' => self.in_string = true,
+                _ => {}
+            }
+        }
+        true
+    }
 }
 
 impl std::fmt::Debug for JsonConstraint {
@@ -162,7 +226,7 @@ impl JsonConstraint {
     /// A constraint for `target`; a schema that is too large or that llguidance cannot
     /// compile (unsupported keyword, unsatisfiable) is an error naming why.
     pub fn new(vocab: &ConstraintVocab, target: &JsonTarget) -> Result<Self, ConstraintError> {
-        let schema = match target {
+        let mut schema = match target {
             JsonTarget::AnyObject => serde_json::json!({ "type": "object" }),
             JsonTarget::Schema(s) => {
                 let bytes = serde_json::to_string(s).map_err(err)?.len();
@@ -171,9 +235,19 @@ impl JsonConstraint {
                         "the JSON schema has {bytes} bytes; at most {JSON_SCHEMA_BYTES_MAX}"
                     )));
                 }
+                if !s.is_object() {
+                    return Err(err("the JSON schema must be a JSON object"));
+                }
                 s.clone()
             }
         };
+        // Compact JSON, no free whitespace: a weak model cannot wander off into endless
+        // blanks, and the document is as short as its content allows.
+        JsonCompileOptions {
+            whitespace_flexible: false,
+            ..JsonCompileOptions::default()
+        }
+        .apply_to(&mut schema);
         let grammar = TopLevelGrammar::from_json_schema(schema);
         let parser = vocab
             .factory
@@ -186,12 +260,28 @@ impl JsonConstraint {
         Ok(Self {
             matcher,
             vocab: vocab.clone(),
+            scan: JsonScan::default(),
         })
     }
 
-    /// The tokens allowed next (EOS among them once the document is complete).
+    /// The tokens allowed next (EOS among them once the document is complete): llguidance's
+    /// mask, less tokens that would make a number overflow f64
+    /// ([`NUMBER_INTEGER_DIGITS_MAX`], [`NUMBER_EXPONENT_DIGITS_MAX`]).
     pub fn allowed(&mut self) -> Result<TokenMask, ConstraintError> {
-        let mask = self.matcher.compute_mask_or_eos().map_err(err)?;
+        let mut mask = self.matcher.compute_mask_or_eos().map_err(err)?;
+        let scan = self.scan;
+        let bytes = &self.vocab.bytes;
+        let mut refused = Vec::new();
+        mask.iter_set_entries(|i| {
+            let b = &bytes[i];
+            // Only tokens with digits can lengthen a number.
+            if b.iter().any(u8::is_ascii_digit) && !scan.clone().push(b) {
+                refused.push(i as u32);
+            }
+        });
+        for t in refused {
+            mask.disallow_token(t);
+        }
         Ok(TokenMask(mask))
     }
 
@@ -209,7 +299,12 @@ impl JsonConstraint {
 
     /// Takes the sampled token; a token the mask did not allow is an error.
     pub fn advance(&mut self, token: u32) -> Result<(), ConstraintError> {
-        self.matcher.consume_token(token).map_err(err)
+        self.matcher.consume_token(token).map_err(err)?;
+        if let Some(b) = self.vocab.bytes.get(token as usize) {
+            // A token past the number limits was masked; `push` only tracks here.
+            let _ = self.scan.push(b);
+        }
+        Ok(())
     }
 
     /// Whether the text so far is a complete, valid document.
@@ -224,7 +319,8 @@ impl JsonConstraint {
 
     /// A token that moves the document towards its end, for the last
     /// [`FINISH_RESERVE_TOKENS`] of the budget: EOS when the document is complete, else the
-    /// allowed token ranked first by [`closing_rank`] (closers, then the shortest literals).
+    /// allowed token ranked first by [`closing_rank`] (inside a string its closing quote,
+    /// outside closers, then the shortest literals).
     /// `None` only if nothing is allowed (an error state).
     pub fn closing_token(&mut self) -> Result<Option<u32>, ConstraintError> {
         let mask = self.allowed()?;
@@ -232,8 +328,9 @@ impl JsonConstraint {
             return Ok(Some(self.vocab.eos));
         }
         let mut best: Option<(u32, u32)> = None;
+        let scan = self.scan;
         mask.0.iter_set_entries(|i| {
-            let rank = closing_rank(&self.vocab.bytes[i]);
+            let rank = closing_rank(&self.vocab.bytes[i], scan);
             if best.is_none_or(|(r, _)| rank < r) {
                 best = Some((rank, i as u32));
             }
@@ -242,11 +339,20 @@ impl JsonConstraint {
     }
 }
 
-/// How well a token's bytes close a JSON document: structural closers first, then short
-/// literals and digits, whitespace last (it never makes progress).
-fn closing_rank(bytes: &[u8]) -> u32 {
+/// How well a token's bytes close a JSON document (lower is better): inside a string the
+/// closing quote; outside, structural closers, then short literals and digits; whitespace
+/// last (it never makes progress).
+fn closing_rank(bytes: &[u8], scan: JsonScan) -> u32 {
     if bytes.is_empty() || bytes.len() > CLOSING_TOKEN_BYTES_MAX {
         return u32::MAX;
+    }
+    if scan.in_string && !scan.escaped {
+        let first = match bytes[0] {
+            b'"' => 0,
+            b'\\' => 9,
+            _ => 4,
+        };
+        return first * 8 + bytes.len() as u32;
     }
     let first = match bytes[0] {
         b'}' | b']' => 0,

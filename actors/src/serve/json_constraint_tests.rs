@@ -25,7 +25,11 @@ fn fixture_vocab() -> (ConstraintVocab, Vec<Vec<u8>>, u32) {
         })
         .collect();
     let eos = tok.eos().expect("the fixture has an EOS token");
-    (ConstraintVocab::new(&bytes, &special, eos).unwrap(), bytes, eos)
+    (
+        ConstraintVocab::new(&bytes, &special, eos).unwrap(),
+        bytes,
+        eos,
+    )
 }
 
 /// xorshift64*: a reproducible stream without a dependency.
@@ -40,7 +44,13 @@ impl Rng {
 }
 
 /// One walk of at most `budget` tokens; the generated text (EOS excluded).
-fn walk(c: &mut JsonConstraint, bytes: &[Vec<u8>], eos: u32, budget: usize, rng: &mut Rng) -> Vec<u8> {
+fn walk(
+    c: &mut JsonConstraint,
+    bytes: &[Vec<u8>],
+    eos: u32,
+    budget: usize,
+    rng: &mut Rng,
+) -> Vec<u8> {
     let mut out = Vec::new();
     for step in 0..budget {
         let left = budget - step;
@@ -48,11 +58,18 @@ fn walk(c: &mut JsonConstraint, bytes: &[Vec<u8>], eos: u32, budget: usize, rng:
             c.closing_token().unwrap().expect("some token is allowed")
         } else {
             let ids = c.allowed().unwrap().ids();
-            assert!(!ids.is_empty(), "no token allowed after {:?}", String::from_utf8_lossy(&out));
+            assert!(
+                !ids.is_empty(),
+                "no token allowed after {:?}",
+                String::from_utf8_lossy(&out)
+            );
             ids[rng.below(ids.len())]
         };
         if token == eos {
-            assert!(c.is_accepting(), "EOS offered before the document is complete");
+            assert!(
+                c.is_accepting(),
+                "EOS offered before the document is complete"
+            );
             return out;
         }
         c.advance(token).unwrap();
@@ -106,13 +123,18 @@ fn random_walks_end_in_valid_documents() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for (target, schema) in schemas() {
         let validator = jsonschema::validator_for(&schema).unwrap();
-        for _ in 0..8 {
+        for _ in 0..24 {
             let mut c = JsonConstraint::new(&vocab, &target).unwrap();
-            let out = walk(&mut c, &bytes, eos, 160, &mut rng);
+            // Budgets from tight to roomy: the forced close starts from many states.
+            let budget = FINISH_RESERVE_TOKENS + 8 + rng.below(160);
+            let out = walk(&mut c, &bytes, eos, budget, &mut rng);
             let text = String::from_utf8(out).expect("UTF-8");
             let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
             let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
-            assert!(errors.is_empty(), "{text} does not validate against {schema}: {errors:?}");
+            assert!(
+                errors.is_empty(),
+                "{text} does not validate against {schema}: {errors:?}"
+            );
         }
     }
 }
@@ -132,7 +154,11 @@ fn mask_refuses_and_accepts_where_it_should() {
     c.mask_logits(&mut logits).unwrap();
     assert_eq!(logits[id("{") as usize], 0.0);
     assert_eq!(logits[id("[") as usize], f32::NEG_INFINITY);
-    assert_eq!(logits[vocab.len() + 1], f32::NEG_INFINITY, "padding ids are masked");
+    assert_eq!(
+        logits[vocab.len() + 1],
+        f32::NEG_INFINITY,
+        "padding ids are masked"
+    );
     for t in ["{", "\"", "a", "\"", ":", "1", "}"] {
         assert!(!c.is_accepting());
         c.advance(id(t)).unwrap();
@@ -140,7 +166,38 @@ fn mask_refuses_and_accepts_where_it_should() {
     assert!(c.is_accepting());
     assert_eq!(c.allowed().unwrap().ids(), vec![eos]);
     let mut c = JsonConstraint::new(&vocab, &JsonTarget::AnyObject).unwrap();
-    assert!(c.advance(id("[")).is_err(), "a refused token is an error, not a panic");
+    assert!(
+        c.advance(id("[")).is_err(),
+        "a refused token is an error, not a panic"
+    );
+}
+
+/// Proves: numbers stop at NUMBER_INTEGER_DIGITS_MAX integer digits and
+/// NUMBER_EXPONENT_DIGITS_MAX exponent digits (so serde_json never sees `1e400`), while
+/// digits inside strings are free.
+#[test]
+fn numbers_stay_in_f64_range() {
+    let (vocab, bytes, _) = fixture_vocab();
+    let id = |s: &str| bytes.iter().position(|b| b == s.as_bytes()).unwrap() as u32;
+    let mut c = JsonConstraint::new(&vocab, &JsonTarget::AnyObject).unwrap();
+    for t in ["{", "\"", "a", "\"", ":"] {
+        c.advance(id(t)).unwrap();
+    }
+    for _ in 0..NUMBER_INTEGER_DIGITS_MAX {
+        assert!(c.allowed().unwrap().is_allowed(id("7")));
+        c.advance(id("7")).unwrap();
+    }
+    assert!(!c.allowed().unwrap().is_allowed(id("7")));
+    c.advance(id("e")).unwrap();
+    for _ in 0..NUMBER_EXPONENT_DIGITS_MAX {
+        c.advance(id("9")).unwrap();
+    }
+    assert!(!c.allowed().unwrap().is_allowed(id("9")));
+    c.advance(id(",")).unwrap();
+    c.advance(id("\"")).unwrap();
+    for _ in 0..40 {
+        c.advance(id("7")).unwrap();
+    }
 }
 
 /// Proves: bad schemas are errors with a reason: too large, and unsatisfiable/unsupported.
@@ -148,8 +205,12 @@ fn mask_refuses_and_accepts_where_it_should() {
 fn bad_schemas_are_errors() {
     let (vocab, _, _) = fixture_vocab();
     let big = json!({"type": "object", "description": "x".repeat(JSON_SCHEMA_BYTES_MAX)});
-    assert!(JsonConstraint::new(&vocab, &JsonTarget::Schema(big)).unwrap_err().0.contains("bytes"));
-    let bad = json!({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}, "required": ["a"]});
+    assert!(JsonConstraint::new(&vocab, &JsonTarget::Schema(big))
+        .unwrap_err()
+        .0
+        .contains("bytes"));
+    let bad =
+        json!({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}, "required": ["a"]});
     assert!(JsonConstraint::new(&vocab, &JsonTarget::Schema(bad)).is_err());
     assert!(ConstraintVocab::new(&[b"a".to_vec()], &[false], 5).is_err());
 }

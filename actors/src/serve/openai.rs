@@ -630,8 +630,18 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.param, Some("n"), "n = {bad_n}");
         }
-        assert_eq!(fields(json!({ "n": 1 })).unwrap().settings(None, 10, 0).unwrap().n, 1);
-        assert!(checked_n(Some(9)).unwrap_err().message.contains("between 1 and 8"));
+        assert_eq!(
+            fields(json!({ "n": 1 }))
+                .unwrap()
+                .settings(None, 10, 0)
+                .unwrap()
+                .n,
+            1
+        );
+        assert!(checked_n(Some(9))
+            .unwrap_err()
+            .message
+            .contains("between 1 and 8"));
         assert_eq!(checked_logprobs(Some(true), Some(5)).unwrap(), Some(5));
         assert_eq!(checked_logprobs(None, None).unwrap(), None);
         assert!(checked_logprobs(Some(true), Some(21)).is_err());

@@ -86,12 +86,6 @@ impl ToolCallFormat {
             ToolCallFormat::DeepSeekV3 => DS_CALL_BEGIN,
         }
     }
-    fn call_end(self) -> &'static str {
-        match self {
-            ToolCallFormat::KimiK2 => KIMI_CALL_END,
-            ToolCallFormat::DeepSeekV3 => DS_CALL_END,
-        }
-    }
 }
 
 /// One finished tool call.
@@ -310,9 +304,12 @@ impl ToolCallStream {
                 "text {:?} where a tool call or the section's end belongs",
                 clip(&self.pending)
             ))),
-            State::Header { .. } | State::Args { .. } | State::AfterFence { .. } => Err(bad(
-                format!("the output ended inside tool call {}", self.calls.saturating_sub(1)),
-            )),
+            State::Header { .. } | State::Args { .. } | State::AfterFence { .. } => {
+                Err(bad(format!(
+                    "the output ended inside tool call {}",
+                    self.calls.saturating_sub(1)
+                )))
+            }
         }
     }
 
@@ -361,7 +358,8 @@ impl ToolCallStream {
                     self.pending.drain(..ws + f.section_end().len());
                     self.state = State::Content;
                     Ok(true)
-                } else if f.call_begin().starts_with(trimmed) || f.section_end().starts_with(trimmed)
+                } else if f.call_begin().starts_with(trimmed)
+                    || f.section_end().starts_with(trimmed)
                 {
                     Ok(false) // a marker may be arriving
                 } else if !explicit_section {
@@ -486,10 +484,15 @@ impl ToolCallStream {
             }
         };
         if name.is_empty() || name.chars().any(char::is_whitespace) {
-            return Err(bad(format!("tool call {index} has no valid function name: {:?}", clip(&name))));
+            return Err(bad(format!(
+                "tool call {index} has no valid function name: {:?}",
+                clip(&name)
+            )));
         }
         if !self.known_names.is_empty() && !self.known_names.contains(&name) {
-            return Err(bad(format!("tool call {index} names an unknown function {name:?}")));
+            return Err(bad(format!(
+                "tool call {index} names an unknown function {name:?}"
+            )));
         }
         if self.calls >= TOOL_CALLS_MAX {
             return Err(bad(format!("more than {TOOL_CALLS_MAX} tool calls")));

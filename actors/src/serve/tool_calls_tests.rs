@@ -52,7 +52,11 @@ fn message(format: ToolCallFormat, text: &str) -> (Option<String>, Vec<ToolCall>
 }
 
 /// Feeds `text` in pieces of `step` chars; returns the events, merged by kind.
-fn streamed(format: ToolCallFormat, text: &str, step: usize) -> Result<(String, Vec<ToolCall>), Malformed> {
+fn streamed(
+    format: ToolCallFormat,
+    text: &str,
+    step: usize,
+) -> Result<(String, Vec<ToolCall>), Malformed> {
     let mut s = ToolCallStream::new(format, names(), "call_".into());
     let chars: Vec<char> = text.chars().collect();
     let mut events = Vec::new();
@@ -72,7 +76,11 @@ fn streamed(format: ToolCallFormat, text: &str, step: usize) -> Result<(String, 
             }
             ToolStreamEvent::CallStart { index, id, name } => {
                 assert_eq!(index, calls.len());
-                calls.push(ToolCall { id, name, arguments: String::new() })
+                calls.push(ToolCall {
+                    id,
+                    name,
+                    arguments: String::new(),
+                })
             }
             ToolStreamEvent::Arguments { index, fragment } => {
                 assert_eq!(index + 1, calls.len(), "fragments belong to the open call");
@@ -104,12 +112,25 @@ fn format_is_detected_from_the_real_templates() {
         ("moonshotai-Kimi-K2.jinja", Some(ToolCallFormat::KimiK2)),
         ("Kimi-K2-Instruct.jinja", Some(ToolCallFormat::KimiK2)),
         ("Kimi-K2-Thinking.jinja", Some(ToolCallFormat::KimiK2)),
-        ("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", Some(ToolCallFormat::DeepSeekV3)),
-        ("deepseek-ai-DeepSeek-V3.1.jinja", Some(ToolCallFormat::DeepSeekV3)),
+        (
+            "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+            Some(ToolCallFormat::DeepSeekV3),
+        ),
+        (
+            "deepseek-ai-DeepSeek-V3.1.jinja",
+            Some(ToolCallFormat::DeepSeekV3),
+        ),
     ] {
-        assert_eq!(ToolCallFormat::detect(template(file).source()), want, "{file}");
+        assert_eq!(
+            ToolCallFormat::detect(template(file).source()),
+            want,
+            "{file}"
+        );
     }
-    assert_eq!(ToolCallFormat::detect(crate::chat_template::DEFAULT_CHAT_TEMPLATE), None);
+    assert_eq!(
+        ToolCallFormat::detect(crate::chat_template::DEFAULT_CHAT_TEMPLATE),
+        None
+    );
 }
 
 /// Proves: what Kimi K2 0905's template writes for two calls (with content before them)
@@ -123,7 +144,10 @@ fn kimi_k2_calls_read_back() {
         "<|im_assistant|>assistant<|im_middle|>",
         "<|im_end|>",
     );
-    assert!(text.starts_with("Let me check.<|tool_calls_section_begin|>"), "{text}");
+    assert!(
+        text.starts_with("Let me check.<|tool_calls_section_begin|>"),
+        "{text}"
+    );
     let (content, calls) = message(ToolCallFormat::KimiK2, &text);
     assert_eq!(content.as_deref(), Some("Let me check."));
     expect_two_calls(&calls);
@@ -131,7 +155,11 @@ fn kimi_k2_calls_read_back() {
     assert_eq!(calls[1].id, "functions.add:1");
     for step in [1, 3, 1000] {
         let (c, streamed_calls) = streamed(ToolCallFormat::KimiK2, &text, step).unwrap();
-        assert_eq!((Some(c), streamed_calls), (content.clone(), calls.clone()), "step {step}");
+        assert_eq!(
+            (Some(c), streamed_calls),
+            (content.clone(), calls.clone()),
+            "step {step}"
+        );
     }
 }
 
@@ -156,13 +184,22 @@ fn deepseek_v3_calls_read_back() {
         "<｜Assistant｜>",
         "<｜end▁of▁sentence｜>",
     );
-    assert!(text.contains("function<｜tool▁sep｜>get_weather\n```json\n"), "{text}");
+    assert!(
+        text.contains("function<｜tool▁sep｜>get_weather\n```json\n"),
+        "{text}"
+    );
     let (content, calls) = message(ToolCallFormat::DeepSeekV3, &text);
     assert_eq!(content, None);
     expect_two_calls(&calls);
-    assert_eq!((calls[0].id.as_str(), calls[1].id.as_str()), ("call_0", "call_1"));
+    assert_eq!(
+        (calls[0].id.as_str(), calls[1].id.as_str()),
+        ("call_0", "call_1")
+    );
     for step in [1, 5] {
-        assert_eq!(streamed(ToolCallFormat::DeepSeekV3, &text, step).unwrap().1, calls);
+        assert_eq!(
+            streamed(ToolCallFormat::DeepSeekV3, &text, step).unwrap().1,
+            calls
+        );
     }
 }
 
@@ -189,8 +226,15 @@ fn streaming_releases_early_and_holds_only_marker_prefixes() {
     assert_eq!(
         ev,
         vec![
-            ToolStreamEvent::CallStart { index: 0, id: "functions.f:0".into(), name: "f".into() },
-            ToolStreamEvent::Arguments { index: 0, fragment: "{\"x\":".into() },
+            ToolStreamEvent::CallStart {
+                index: 0,
+                id: "functions.f:0".into(),
+                name: "f".into()
+            },
+            ToolStreamEvent::Arguments {
+                index: 0,
+                fragment: "{\"x\":".into()
+            },
         ]
     );
     assert_eq!(
@@ -199,14 +243,23 @@ fn streaming_releases_early_and_holds_only_marker_prefixes() {
     );
     assert_eq!(
         s.push("1}<|tool_call_e").unwrap(),
-        vec![ToolStreamEvent::Arguments { index: 0, fragment: " 1}".into() }]
+        vec![ToolStreamEvent::Arguments {
+            index: 0,
+            fragment: " 1}".into()
+        }]
     );
     assert!(s.push("nd|><|tool_calls_section_end|>").unwrap().is_empty());
     assert!(s.finish().unwrap().is_empty());
 
     let mut s = ToolCallStream::new(ToolCallFormat::KimiK2, vec![], "c".into());
-    assert_eq!(s.push("a <|tool").unwrap(), vec![ToolStreamEvent::Content("a ".into())]);
-    assert_eq!(s.finish().unwrap(), vec![ToolStreamEvent::Content("<|tool".into())]);
+    assert_eq!(
+        s.push("a <|tool").unwrap(),
+        vec![ToolStreamEvent::Content("a ".into())]
+    );
+    assert_eq!(
+        s.finish().unwrap(),
+        vec![ToolStreamEvent::Content("<|tool".into())]
+    );
 }
 
 /// Proves: broken output is a `Malformed` carrying the raw text (never a panic): truncated
@@ -233,7 +286,10 @@ fn malformed_output_is_reported_with_the_raw_text() {
             other => panic!("{text}: {other:?}"),
         }
     }
-    let long = format!("<|tool_call_begin|>{}", "x".repeat(TOOL_CALL_HEADER_BYTES_MAX + 1));
+    let long = format!(
+        "<|tool_call_begin|>{}",
+        "x".repeat(TOOL_CALL_HEADER_BYTES_MAX + 1)
+    );
     let mut s = ToolCallStream::new(kimi, vec![], "c".into());
     assert!(s.push(&long).unwrap_err().reason.contains("header longer"));
 }
@@ -245,7 +301,11 @@ fn plain_text_and_json_shape() {
         message(ToolCallFormat::DeepSeekV3, "just text <｜ not a marker"),
         (Some("just text <｜ not a marker".into()), vec![])
     );
-    let c = ToolCall { id: "call_0".into(), name: "f".into(), arguments: "{}".into() };
+    let c = ToolCall {
+        id: "call_0".into(),
+        name: "f".into(),
+        arguments: "{}".into(),
+    };
     assert_eq!(
         c.openai_json(),
         json!({"id": "call_0", "type": "function", "function": {"name": "f", "arguments": "{}"}})

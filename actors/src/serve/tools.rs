@@ -176,7 +176,10 @@ pub fn tool_settings(
     for t in tools {
         if t.kind != "function" {
             return Err(ApiError::invalid(
-                format!("tool type {:?} is not supported (only \"function\")", t.kind),
+                format!(
+                    "tool type {:?} is not supported (only \"function\")",
+                    t.kind
+                ),
                 Some("tools"),
             ));
         }
@@ -210,12 +213,12 @@ pub fn tool_settings(
             "none" => ToolChoice::None,
             "auto" => ToolChoice::Auto,
             "required" => ToolChoice::Required,
-            other => {
-                return Err(ApiError::invalid(
-                    format!("tool_choice {other:?} is not one of none, auto, required or a named function"),
-                    Some("tool_choice"),
-                ))
-            }
+            other => return Err(ApiError::invalid(
+                format!(
+                    "tool_choice {other:?} is not one of none, auto, required or a named function"
+                ),
+                Some("tool_choice"),
+            )),
         },
         Some(ToolChoiceField::Named { kind, function }) => {
             if kind != "function" {
@@ -226,7 +229,10 @@ pub fn tool_settings(
             }
             if !names.contains(&function.name) {
                 return Err(ApiError::invalid(
-                    format!("tool_choice names {:?}, which is not among the tools", function.name),
+                    format!(
+                        "tool_choice names {:?}, which is not among the tools",
+                        function.name
+                    ),
                     Some("tool_choice"),
                 ));
             }
@@ -252,7 +258,9 @@ pub fn tool_settings(
 }
 
 /// Checks `response_format`: `None` for text (or absent), else what the output must be.
-pub fn response_format(field: Option<&ResponseFormatField>) -> Result<Option<JsonTarget>, ApiError> {
+pub fn response_format(
+    field: Option<&ResponseFormatField>,
+) -> Result<Option<JsonTarget>, ApiError> {
     let Some(f) = field else { return Ok(None) };
     match (f.kind.as_str(), &f.json_schema) {
         ("text", _) => Ok(None),
@@ -349,8 +357,10 @@ mod tests {
     }
 
     fn weather() -> Vec<ToolDef> {
-        tools(json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
-                     {"type": "function", "function": {"name": "now"}}]))
+        tools(
+            json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+                     {"type": "function", "function": {"name": "now"}}]),
+        )
     }
 
     fn choice(v: Value) -> ToolChoiceField {
@@ -365,17 +375,28 @@ mod tests {
         let s = tool_settings(Some(&t), None, None).unwrap().unwrap();
         assert_eq!((s.choice.clone(), s.parallel), (ToolChoice::Auto, true));
         assert_eq!(s.names, vec!["get_weather", "now"]);
-        assert_eq!(s.tools[1], json!({"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}));
+        assert_eq!(
+            s.tools[1],
+            json!({"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}})
+        );
         for (c, want) in [
             (json!("none"), ToolChoice::None),
             (json!("required"), ToolChoice::Required),
-            (json!({"type": "function", "function": {"name": "now"}}), ToolChoice::Function("now".into())),
+            (
+                json!({"type": "function", "function": {"name": "now"}}),
+                ToolChoice::Function("now".into()),
+            ),
         ] {
-            let s = tool_settings(Some(&t), Some(&choice(c)), Some(false)).unwrap().unwrap();
+            let s = tool_settings(Some(&t), Some(&choice(c)), Some(false))
+                .unwrap()
+                .unwrap();
             assert_eq!((s.choice, s.parallel), (want, false));
         }
         assert_eq!(tool_settings(None, None, None).unwrap(), None);
-        assert_eq!(tool_settings(None, Some(&choice(json!("auto"))), None).unwrap(), None);
+        assert_eq!(
+            tool_settings(None, Some(&choice(json!("auto"))), None).unwrap(),
+            None
+        );
     }
 
     /// Proves: bad tools and choices are 400s naming the field.
@@ -384,21 +405,53 @@ mod tests {
         let t = weather();
         let cases: Vec<(Vec<ToolDef>, Option<ToolChoiceField>, &str)> = vec![
             (t.clone(), Some(choice(json!("sometimes"))), "tool_choice"),
-            (t.clone(), Some(choice(json!({"type": "function", "function": {"name": "nope"}}))), "tool_choice"),
+            (
+                t.clone(),
+                Some(choice(
+                    json!({"type": "function", "function": {"name": "nope"}}),
+                )),
+                "tool_choice",
+            ),
             (vec![], Some(choice(json!("required"))), "tool_choice"),
-            (tools(json!([{"type": "retrieval", "function": {"name": "a"}}])), None, "tools"),
-            (tools(json!([{"type": "function", "function": {"name": "has space"}}])), None, "tools"),
-            (tools(json!([{"type": "function", "function": {"name": "a"}}, {"type": "function", "function": {"name": "a"}}])), None, "tools"),
-            (tools(json!([{"type": "function", "function": {"name": "a", "parameters": [1]}}])), None, "tools"),
+            (
+                tools(json!([{"type": "retrieval", "function": {"name": "a"}}])),
+                None,
+                "tools",
+            ),
+            (
+                tools(json!([{"type": "function", "function": {"name": "has space"}}])),
+                None,
+                "tools",
+            ),
+            (
+                tools(
+                    json!([{"type": "function", "function": {"name": "a"}}, {"type": "function", "function": {"name": "a"}}]),
+                ),
+                None,
+                "tools",
+            ),
+            (
+                tools(json!([{"type": "function", "function": {"name": "a", "parameters": [1]}}])),
+                None,
+                "tools",
+            ),
         ];
         for (tools, c, param) in cases {
             let e = tool_settings(Some(&tools), c.as_ref(), None).unwrap_err();
             assert_eq!(e.param, Some(param), "{}", e.message);
         }
         let many: Vec<ToolDef> = (0..=TOOLS_MAX)
-            .map(|i| serde_json::from_value(json!({"type": "function", "function": {"name": format!("f{i}")}})).unwrap())
+            .map(|i| {
+                serde_json::from_value(
+                    json!({"type": "function", "function": {"name": format!("f{i}")}}),
+                )
+                .unwrap()
+            })
             .collect();
-        assert!(tool_settings(Some(&many), None, None).unwrap_err().message.contains("at most 128"));
+        assert!(tool_settings(Some(&many), None, None)
+            .unwrap_err()
+            .message
+            .contains("at most 128"));
     }
 
     /// Proves: response_format text/json_object/json_schema map to the decoder's targets and
@@ -407,15 +460,30 @@ mod tests {
     fn response_formats() {
         let rf = |v: Value| serde_json::from_value::<ResponseFormatField>(v).unwrap();
         assert_eq!(response_format(None).unwrap(), None);
-        assert_eq!(response_format(Some(&rf(json!({"type": "text"})))).unwrap(), None);
-        assert_eq!(response_format(Some(&rf(json!({"type": "json_object"})))).unwrap(), Some(JsonTarget::AnyObject));
+        assert_eq!(
+            response_format(Some(&rf(json!({"type": "text"})))).unwrap(),
+            None
+        );
+        assert_eq!(
+            response_format(Some(&rf(json!({"type": "json_object"})))).unwrap(),
+            Some(JsonTarget::AnyObject)
+        );
         let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
         assert_eq!(
             response_format(Some(&rf(json!({"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": true}})))).unwrap(),
             Some(JsonTarget::Schema(schema))
         );
-        for bad in [json!({"type": "yaml"}), json!({"type": "json_schema"}), json!({"type": "json_schema", "json_schema": {"name": "r", "schema": 3}}), json!({"type": "json_schema", "json_schema": {"name": "", "schema": {}}})] {
-            assert_eq!(response_format(Some(&rf(bad.clone()))).unwrap_err().param, Some("response_format"), "{bad}");
+        for bad in [
+            json!({"type": "yaml"}),
+            json!({"type": "json_schema"}),
+            json!({"type": "json_schema", "json_schema": {"name": "r", "schema": 3}}),
+            json!({"type": "json_schema", "json_schema": {"name": "", "schema": {}}}),
+        ] {
+            assert_eq!(
+                response_format(Some(&rf(bad.clone()))).unwrap_err().param,
+                Some("response_format"),
+                "{bad}"
+            );
         }
     }
 
@@ -430,8 +498,16 @@ mod tests {
         for (role, content, extra) in [
             ("assistant", false, json!({})),
             ("assistant", false, json!({"tool_calls": {"id": "c0"}})),
-            ("assistant", false, json!({"tool_calls": [{"id": "c0", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]})),
-            ("assistant", false, json!({"tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]})),
+            (
+                "assistant",
+                false,
+                json!({"tool_calls": [{"id": "c0", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}),
+            ),
+            (
+                "assistant",
+                false,
+                json!({"tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}),
+            ),
             ("tool", true, json!({})),
             ("tool", false, json!({"tool_call_id": "c0"})),
             ("user", true, json!({"tool_calls": []})),
