@@ -1,8 +1,9 @@
 //! The HTTP request layer of `moe-node serve` as a library: OpenAI error objects, request
-//! bodies and their checks, connection and body limits, the chat template, tool-call
-//! parsing, JSON-constrained decoding and the Anthropic Messages API types. The binary re-exports these modules
-//! under `serve` (one compilation), and the HTTP fuzz target calls them; nothing here depends
-//! on the engine or the model.
+//! bodies and their checks, connection and body limits, the chat template, tools and
+//! `response_format`, tool-call parsing, JSON-constrained decoding and the Anthropic
+//! Messages API types. The binary re-exports these modules under `serve` (one
+//! compilation), and the HTTP fuzz target calls them; nothing here depends on the engine or
+//! the model (the JSON constraint takes the vocabulary as token bytes).
 
 #[path = "serve/anthropic.rs"]
 pub mod anthropic;

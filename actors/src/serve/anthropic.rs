@@ -245,28 +245,29 @@ impl MessagesRequest {
         let (choice, parallel) = match &self.tool_choice {
             None => (None, None),
             Some(c) => {
-                let choice =
-                    match (c.kind.as_str(), &c.name) {
-                        ("auto", _) => ToolChoiceField::Mode("auto".into()),
-                        ("any", _) => ToolChoiceField::Mode("required".into()),
-                        ("none", _) => ToolChoiceField::Mode("none".into()),
-                        ("tool", Some(name)) => serde_json::from_value(
-                            json!({"type": "function", "function": {"name": name}}),
-                        )
-                        .map_err(|e| invalid(e.to_string(), "tool_choice"))?,
-                        ("tool", None) => {
-                            return Err(invalid(
-                                "tool_choice of type tool needs a name",
-                                "tool_choice",
-                            ))
-                        }
-                        (other, _) => return Err(invalid(
+                let choice = match (c.kind.as_str(), &c.name) {
+                    ("auto", _) => ToolChoiceField::Mode("auto".into()),
+                    ("any", _) => ToolChoiceField::Mode("required".into()),
+                    ("none", _) => ToolChoiceField::Mode("none".into()),
+                    ("tool", Some(name)) => serde_json::from_value(
+                        json!({"type": "function", "function": {"name": name}}),
+                    )
+                    .map_err(|e| invalid(e.to_string(), "tool_choice"))?,
+                    ("tool", None) => {
+                        return Err(invalid(
+                            "tool_choice of type tool needs a name",
+                            "tool_choice",
+                        ))
+                    }
+                    (other, _) => {
+                        return Err(invalid(
                             format!(
                                 "tool_choice type {other:?} is not one of auto, any, tool, none"
                             ),
                             "tool_choice",
-                        )),
-                    };
+                        ))
+                    }
+                };
                 (Some(choice), c.disable_parallel_tool_use.map(|d| !d))
             }
         };

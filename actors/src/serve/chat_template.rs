@@ -306,7 +306,7 @@ impl Object for MutableList {
                 items.push(x.clone());
                 Ok(JValue::from(()))
             }
-            ("pop", []) => items.pop().ok_or_else(|| empty_pop()),
+            ("pop", []) => items.pop().ok_or_else(empty_pop),
             ("pop", [i]) => {
                 let i = i.as_i64().ok_or_else(|| {
                     minijinja::Error::new(

@@ -311,3 +311,101 @@ fn plain_text_and_json_shape() {
         json!({"id": "call_0", "type": "function", "function": {"name": "f", "arguments": "{}"}})
     );
 }
+
+/// Proves: on random mixes of markers, JSON pieces, names and text, cut into random pieces,
+/// the reader never panics, and streaming agrees with the whole-text parse: same content and
+/// calls when well formed, malformed exactly when the whole parse is.
+#[test]
+fn random_output_streams_as_it_parses() {
+    const PARTS: [&str; 22] = [
+        "<|tool_calls_section_begin|>",
+        "<|tool_calls_section_end|>",
+        "<|tool_call_begin|>",
+        "<|tool_call_argument_begin|>",
+        "<|tool_call_end|>",
+        "functions.add:0",
+        "<|tool",
+        "<｜tool▁calls▁begin｜>",
+        "<｜tool▁call▁begin｜>",
+        "<｜tool▁sep｜>",
+        "<｜tool▁call▁end｜>",
+        "<｜tool▁calls▁end｜>",
+        "function",
+        "add",
+        "\n```json\n",
+        "\n```",
+        "{\"a\": 1}",
+        "{",
+        " ",
+        "text ",
+        "é",
+        "}",
+    ];
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for format in [ToolCallFormat::KimiK2, ToolCallFormat::DeepSeekV3] {
+        for _ in 0..3000 {
+            let text: String = (0..1 + next(10))
+                .map(|_| PARTS[next(PARTS.len())])
+                .collect();
+            let whole = parse_tool_calls(format, &text, &names(), "call_");
+            let mut s = ToolCallStream::new(format, names(), "call_".into());
+            let chars: Vec<char> = text.chars().collect();
+            let mut events: Result<Vec<ToolStreamEvent>, Malformed> = Ok(Vec::new());
+            let mut at = 0;
+            while at < chars.len() && events.is_ok() {
+                let n = 1 + next(6);
+                let piece: String = chars[at..(at + n).min(chars.len())].iter().collect();
+                at += n;
+                events = events.and_then(|mut v| {
+                    v.extend(s.push(&piece)?);
+                    Ok(v)
+                });
+            }
+            let events = events.and_then(|mut v| {
+                v.extend(s.finish()?);
+                Ok(v)
+            });
+            match (whole, events) {
+                (ParsedOutput::Malformed { .. }, Err(_)) => {}
+                (
+                    ParsedOutput::Message {
+                        content,
+                        tool_calls,
+                    },
+                    Ok(events),
+                ) => {
+                    let mut c = String::new();
+                    let mut calls: Vec<ToolCall> = Vec::new();
+                    for e in events {
+                        match e {
+                            ToolStreamEvent::Content(t) => c.push_str(&t),
+                            ToolStreamEvent::CallStart { id, name, .. } => calls.push(ToolCall {
+                                id,
+                                name,
+                                arguments: String::new(),
+                            }),
+                            ToolStreamEvent::Arguments { index, fragment } => {
+                                calls[index].arguments.push_str(&fragment)
+                            }
+                        }
+                    }
+                    assert_eq!(calls, tool_calls, "{text:?}");
+                    // Whitespace around calls only is `content: None` in the whole parse.
+                    let c = if !calls.is_empty() && c.trim().is_empty() {
+                        String::new()
+                    } else {
+                        c
+                    };
+                    assert_eq!(c, content.unwrap_or_default(), "{text:?}");
+                }
+                (w, e) => panic!("{text:?}: whole {w:?}, streamed {e:?}"),
+            }
+        }
+    }
+}

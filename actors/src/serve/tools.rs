@@ -213,12 +213,14 @@ pub fn tool_settings(
             "none" => ToolChoice::None,
             "auto" => ToolChoice::Auto,
             "required" => ToolChoice::Required,
-            other => return Err(ApiError::invalid(
-                format!(
+            other => {
+                return Err(ApiError::invalid(
+                    format!(
                     "tool_choice {other:?} is not one of none, auto, required or a named function"
                 ),
-                Some("tool_choice"),
-            )),
+                    Some("tool_choice"),
+                ))
+            }
         },
         Some(ToolChoiceField::Named { kind, function }) => {
             if kind != "function" {
