@@ -17,6 +17,8 @@ pub mod http_limits;
 pub mod json_constraint;
 #[path = "serve/openai.rs"]
 pub mod openai;
+#[path = "serve/tool_call_grammar.rs"]
+pub mod tool_call_grammar;
 #[path = "serve/tool_calls.rs"]
 pub mod tool_calls;
 #[path = "serve/tools.rs"]

@@ -18,6 +18,9 @@
 //!   it depends on the HF `tokenizers` crate.
 //! - an own schema subset → automaton: more code to own for less of the schema language.
 //!
+//! Forced tool calls use the same machinery with a Lark grammar of the model's call markup
+//! ([`JsonConstraint::tool_calls`], `tool_call_grammar.rs`).
+//!
 //! Decides: which tokens may come next, when the document is complete, and which token
 //! to force when the budget runs out ([`JsonConstraint::closing_token`]). Leaves to the
 //! engine when to ask (once per step, before sampling, on the same logits the sampler and
@@ -44,6 +47,11 @@ pub const FINISH_RESERVE_TOKENS: usize = 32;
 pub const NUMBER_INTEGER_DIGITS_MAX: u32 = 15;
 /// Most digits of a number's exponent.
 pub const NUMBER_EXPONENT_DIGITS_MAX: u32 = 2;
+/// With at most this many tokens allowed, [`JsonConstraint::closing_token`] looks one
+/// token ahead for one after which the output may end.
+const LOOKAHEAD_CHOICES_MAX: usize = 16;
+/// Most parser states [`JsonConstraint::closing_token`]'s search visits (each costs one mask).
+const LOOKAHEAD_STATES_MAX: usize = 64;
 /// Longest token (in bytes) [`JsonConstraint::closing_token`] considers.
 const CLOSING_TOKEN_BYTES_MAX: usize = 4;
 
@@ -78,6 +86,8 @@ pub struct ConstraintVocab {
     factory: Arc<ParserFactory>,
     /// Each token's bytes, special tokens empty (for `closing_token`).
     bytes: Arc<Vec<Vec<u8>>>,
+    /// Special tokens by their text (tool-call markers that are control tokens).
+    special_ids: Arc<std::collections::HashMap<Vec<u8>, u32>>,
     eos: u32,
 }
 
@@ -91,8 +101,10 @@ impl std::fmt::Debug for ConstraintVocab {
 }
 
 impl ConstraintVocab {
-    /// `tokens[i]` is token i's bytes as decoded; `special[i]` marks control tokens (chat
-    /// markers, BOS/EOS), which never stand for text; `eos` ends generation.
+    /// `tokens[i]` is token i's bytes as decoded (a control token's text, such as
+    /// `<|tool_call_begin|>`); `special[i]` marks control tokens (chat markers, BOS/EOS),
+    /// which never stand for text and are matched only where a grammar names them;
+    /// `eos` ends generation.
     pub fn new(tokens: &[Vec<u8>], special: &[bool], eos: u32) -> Result<Self, ConstraintError> {
         if tokens.is_empty() || tokens.len() > VOCAB_TOKENS_MAX {
             return Err(err(format!(
@@ -133,11 +145,24 @@ impl ConstraintVocab {
             .zip(special)
             .map(|(t, &s)| if s { Vec::new() } else { t.clone() })
             .collect();
+        let special_ids = tokens
+            .iter()
+            .zip(special)
+            .enumerate()
+            .filter(|(_, (t, &s))| s && !t.is_empty())
+            .map(|(i, (t, _))| (t.clone(), i as u32))
+            .collect();
         Ok(Self {
             factory: Arc::new(factory),
             bytes: Arc::new(bytes),
+            special_ids: Arc::new(special_ids),
             eos,
         })
+    }
+
+    /// The id of the special token whose text is `text`, if there is one.
+    pub fn special_token_id(&self, text: &[u8]) -> Option<u32> {
+        self.special_ids.get(text).copied()
     }
 
     /// Tokens in the vocabulary.
@@ -158,6 +183,19 @@ pub struct JsonConstraint {
     vocab: ConstraintVocab,
     /// Lexical position in the text so far, for `closing_token`.
     scan: JsonScan,
+}
+
+/// Compact JSON, no free whitespace (llguidance's `x-guidance` options in the schema): a
+/// weak model cannot wander off into endless blanks, and the document is as short as its
+/// content allows. `schema` must be an object.
+pub(crate) fn compact_json_options(schema: &mut Value) {
+    if schema.is_object() {
+        JsonCompileOptions {
+            whitespace_flexible: false,
+            ..JsonCompileOptions::default()
+        }
+        .apply_to(schema);
+    }
 }
 
 /// Where the text so far stands lexically: inside a string, after a backslash, inside a
@@ -241,21 +279,36 @@ impl JsonConstraint {
                 s.clone()
             }
         };
-        // Compact JSON, no free whitespace: a weak model cannot wander off into endless
-        // blanks, and the document is as short as its content allows.
-        JsonCompileOptions {
-            whitespace_flexible: false,
-            ..JsonCompileOptions::default()
-        }
-        .apply_to(&mut schema);
-        let grammar = TopLevelGrammar::from_json_schema(schema);
+        compact_json_options(&mut schema);
+        Self::from_grammar(
+            vocab,
+            TopLevelGrammar::from_json_schema(schema),
+            "JSON schema",
+        )
+    }
+
+    /// A constraint forcing tool calls: the model's markup around arguments valid for each
+    /// function ([`super::tool_call_grammar`]).
+    pub fn tool_calls(
+        vocab: &ConstraintVocab,
+        spec: &super::tool_call_grammar::ToolCallSpec,
+    ) -> Result<Self, ConstraintError> {
+        let lark = super::tool_call_grammar::tool_call_lark(vocab, spec).map_err(err)?;
+        Self::from_grammar(vocab, TopLevelGrammar::from_lark(lark), "tool-call grammar")
+    }
+
+    fn from_grammar(
+        vocab: &ConstraintVocab,
+        grammar: TopLevelGrammar,
+        what: &str,
+    ) -> Result<Self, ConstraintError> {
         let parser = vocab
             .factory
             .create_parser(grammar)
-            .map_err(|e| err(format!("the JSON schema is not supported: {e}")))?;
+            .map_err(|e| err(format!("the {what} is not supported: {e}")))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(err(format!("the JSON schema is not supported: {e}")));
+            return Err(err(format!("the {what} is not supported: {e}")));
         }
         Ok(Self {
             matcher,
@@ -319,13 +372,34 @@ impl JsonConstraint {
 
     /// A token that moves the document towards its end, for the last
     /// [`FINISH_RESERVE_TOKENS`] of the budget: EOS when the document is complete, else the
-    /// allowed token ranked first by [`closing_rank`] (inside a string its closing quote,
+    /// first token of text the grammar forces; among few choices (markup) one after which the
+    /// output may end, else the longest; among many, the allowed token ranked first by [`closing_rank`] (inside a string its closing quote,
     /// outside closers, then the shortest literals).
     /// `None` only if nothing is allowed (an error state).
     pub fn closing_token(&mut self) -> Result<Option<u32>, ConstraintError> {
         let mask = self.allowed()?;
         if mask.is_allowed(self.vocab.eos) {
             return Ok(Some(self.vocab.eos));
+        }
+        // Text the grammar forces (a marker, a property name): its tokens, longest first.
+        if let Some(&t) = self.matcher.compute_ff_tokens().first() {
+            if mask.is_allowed(t) {
+                return Ok(Some(t));
+            }
+        }
+        // Few choices means markup (markers, fixed text), where ranking bytes says little:
+        // search for the fewest tokens to a state where the output may end.
+        if mask.count() <= LOOKAHEAD_CHOICES_MAX {
+            if let Some(t) = self.shortest_path_to_end(&mask) {
+                return Ok(Some(t));
+            }
+            // Else the longest: the most of the fixed text in one step.
+            let scan = self.scan;
+            let bytes = &self.vocab.bytes;
+            return Ok(mask.ids().into_iter().max_by_key(|&t| {
+                let b = &bytes[t as usize];
+                (b.len(), std::cmp::Reverse(closing_rank(b, scan)))
+            }));
         }
         let mut best: Option<(u32, u32)> = None;
         let scan = self.scan;
@@ -336,6 +410,39 @@ impl JsonConstraint {
             }
         });
         Ok(best.map(|(_, t)| t))
+    }
+}
+
+impl JsonConstraint {
+    /// Breadth-first search through markup (states with at most [`LOOKAHEAD_CHOICES_MAX`]
+    /// choices) for the fewest tokens after which EOS is allowed, within
+    /// [`LOOKAHEAD_STATES_MAX`] states; the first token of that path.
+    fn shortest_path_to_end(&mut self, mask: &TokenMask) -> Option<u32> {
+        let mut queue = std::collections::VecDeque::new();
+        let mut states = 0;
+        for t in mask.ids() {
+            queue.push_back((t, t, self.matcher.deep_clone()));
+        }
+        while let Some((first, t, mut m)) = queue.pop_front() {
+            if states >= LOOKAHEAD_STATES_MAX {
+                return None;
+            }
+            states += 1;
+            if m.consume_token(t).is_err() {
+                continue;
+            }
+            let Ok(next) = m.compute_mask_or_eos() else {
+                continue;
+            };
+            if next.is_allowed(self.vocab.eos) {
+                return Some(first);
+            }
+            if next.num_set() > LOOKAHEAD_CHOICES_MAX {
+                continue; // free text or a JSON value: not markup, not searched
+            }
+            next.iter_set_entries(|n| queue.push_back((first, n as u32, m.deep_clone())));
+        }
+        None
     }
 }
 

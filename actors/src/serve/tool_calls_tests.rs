@@ -118,7 +118,7 @@ fn format_is_detected_from_the_real_templates() {
         ),
         (
             "deepseek-ai-DeepSeek-V3.1.jinja",
-            Some(ToolCallFormat::DeepSeekV3),
+            Some(ToolCallFormat::DeepSeekV31),
         ),
     ] {
         assert_eq!(
