@@ -443,6 +443,20 @@ impl MessageMeta {
     }
 }
 
+/// An error in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}` (the
+/// HTTP status stays the `ApiError`'s).
+pub fn error_body(e: &ApiError) -> Value {
+    let kind = match (e.status.as_u16(), e.kind) {
+        (401, _) => "authentication_error",
+        (413, _) => "request_too_large",
+        (429, _) => "rate_limit_error",
+        (503, _) => "overloaded_error",
+        (_, "invalid_request_error") => "invalid_request_error",
+        _ => "api_error",
+    };
+    json!({ "type": "error", "error": { "type": kind, "message": e.message } })
+}
+
 /// One server-sent event: `event: NAME\ndata: JSON\n\n`.
 pub fn sse_frame(event: &str, data: &Value) -> String {
     format!("event: {event}\ndata: {data}\n\n")

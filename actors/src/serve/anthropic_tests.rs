@@ -174,3 +174,25 @@ fn stream_event_sequence() {
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
     );
 }
+
+/// Proves: errors take Anthropic's shape and type names.
+#[test]
+fn errors_in_anthropic_shape() {
+    let e = ApiError::invalid("max_tokens is required", Some("max_tokens"));
+    assert_eq!(
+        error_body(&e),
+        json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens is required"}})
+    );
+    assert_eq!(
+        error_body(&ApiError::queue_full(3))["error"]["type"],
+        "rate_limit_error"
+    );
+    assert_eq!(
+        error_body(&ApiError::unauthorized())["error"]["type"],
+        "authentication_error"
+    );
+    assert_eq!(
+        error_body(&ApiError::unavailable("x"))["error"]["type"],
+        "overloaded_error"
+    );
+}

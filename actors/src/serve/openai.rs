@@ -474,14 +474,20 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context capacity.
     Length,
+    /// The model called tools (the message carries `tool_calls`).
+    ToolCalls,
+    /// The model's tool-call markup was broken: the message carries it as content.
+    MalformedToolCall,
 }
 
 impl FinishReason {
-    /// `"stop"` or `"length"`.
+    /// `"stop"`, `"length"`, `"tool_calls"` or `"malformed_tool_call"`.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::MalformedToolCall => "malformed_tool_call",
         }
     }
 }

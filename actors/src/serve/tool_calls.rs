@@ -28,6 +28,8 @@
 
 use serde_json::{json, Value};
 
+use super::openai::FinishReason;
+
 /// Longest call header (`functions.NAME:IDX`, or DeepSeek's `function<sep>NAME`), in bytes.
 pub const TOOL_CALL_HEADER_BYTES_MAX: usize = 512;
 /// Most tool calls read from one output.
@@ -177,6 +179,41 @@ pub enum ParsedOutput {
         /// What was wrong.
         reason: String,
     },
+}
+
+impl ParsedOutput {
+    /// The chat completion's `message`: content (null when the model wrote only calls) and
+    /// `tool_calls`; a malformed output is its raw text as content.
+    pub fn openai_message(&self) -> Value {
+        match self {
+            ParsedOutput::Malformed { raw, .. } => json!({ "role": "assistant", "content": raw }),
+            ParsedOutput::Message {
+                content,
+                tool_calls,
+            } if !tool_calls.is_empty() => json!({
+                "role": "assistant",
+                "content": content,
+                "tool_calls": tool_calls.iter().map(ToolCall::openai_json).collect::<Vec<_>>(),
+            }),
+            ParsedOutput::Message { content, .. } => {
+                json!({ "role": "assistant", "content": content.clone().unwrap_or_default() })
+            }
+        }
+    }
+
+    /// The finish reason: `tool_calls` when the model called tools and stopped by itself,
+    /// `malformed_tool_call` for broken markup, else `ended` (how generation ended).
+    pub fn finish_reason(&self, ended: FinishReason) -> FinishReason {
+        match self {
+            ParsedOutput::Malformed { .. } => FinishReason::MalformedToolCall,
+            ParsedOutput::Message { tool_calls, .. }
+                if !tool_calls.is_empty() && ended == FinishReason::Stop =>
+            {
+                FinishReason::ToolCalls
+            }
+            ParsedOutput::Message { .. } => ended,
+        }
+    }
 }
 
 /// Reads a whole output: content and calls, or why it is malformed. `known_names` empty

@@ -409,3 +409,39 @@ fn random_output_streams_as_it_parses() {
         }
     }
 }
+
+/// Proves: the chat `message` and finish reason OpenAI clients expect: calls with null
+/// content and `tool_calls`; malformed output as content with `malformed_tool_call`; a
+/// call cut by max_tokens keeps `length`.
+#[test]
+fn openai_message_and_finish_reason() {
+    let text = "<|tool_call_begin|>functions.add:0<|tool_call_argument_begin|>{\"a\": 1, \"b\": 2}<|tool_call_end|>";
+    let parsed = parse_tool_calls(ToolCallFormat::KimiK2, text, &names(), "call_");
+    assert_eq!(
+        parsed.openai_message(),
+        json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "functions.add:0", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1, \"b\": 2}"}}]})
+    );
+    assert_eq!(
+        parsed.finish_reason(FinishReason::Stop).as_str(),
+        "tool_calls"
+    );
+    let broken = parse_tool_calls(ToolCallFormat::KimiK2, &text[..40], &names(), "call_");
+    assert_eq!(
+        broken.openai_message(),
+        json!({"role": "assistant", "content": &text[..40]})
+    );
+    assert_eq!(
+        broken.finish_reason(FinishReason::Length).as_str(),
+        "malformed_tool_call"
+    );
+    let plain = parse_tool_calls(ToolCallFormat::KimiK2, "hi", &names(), "call_");
+    assert_eq!(
+        plain.openai_message(),
+        json!({"role": "assistant", "content": "hi"})
+    );
+    assert_eq!(
+        plain.finish_reason(FinishReason::Length),
+        FinishReason::Length
+    );
+}
