@@ -8,6 +8,11 @@
 //! serve/openai.rs    request fields, validation, response JSON
 //! serve/chat_template.rs  the GGUF's Jinja chat template via minijinja (ChatML default)
 //! serve/stop.rs      stop strings over streamed text
+//! serve/tools.rs    tools, tool_choice, response_format: request shapes and checks
+//! serve/tool_calls.rs  the model's tool-call markup (Kimi K2, DeepSeek-V3) -> `tool_calls`
+//! serve/json_constraint.rs  response_format / tool arguments as a token mask (llguidance)
+//! serve/tool_call_grammar.rs  forced tool calls as a grammar over the model's markup
+//! serve/anthropic.rs POST /v1/messages request and response shapes
 //! serve/api_error.rs OpenAI-style error objects
 //! serve/http_limits.rs connections: cap, header and body timeouts, body size, API key
 //! ```
@@ -26,12 +31,13 @@
 //! Metrics: with `--metrics-addr ADDR` the Prometheus exporter of `telemetry.rs` is installed
 //! (its own listener on ADDR) and `GET /metrics` on the API address answers the same text.
 
-pub mod chat_template;
 pub mod engine;
 pub mod routes;
 // The request layer lives in the `moe_node_http` library (`src/lib.rs`), compiled once and
-// shared with the HTTP fuzz target.
-pub use moe_node_http::{api_error, http_limits, openai};
+// shared with the HTTP fuzz target. Its tool-calling, constraint and Anthropic modules
+// (`moe_node_http::{tools, tool_calls, tool_call_grammar, json_constraint, anthropic}`) are not wired in yet:
+// INTEGRATION.md says where they go.
+pub use moe_node_http::{api_error, chat_template, http_limits, openai};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -23,6 +23,13 @@ pub const STOP_SEQUENCES_MAX: usize = 4;
 pub const STOP_SEQUENCE_BYTES_MAX: usize = 256;
 /// Most chat messages per request.
 pub const CHAT_MESSAGES_MAX: usize = 4096;
+/// Most choices per request (`n`).
+pub const N_MAX: usize = 8;
+/// Most choices the engine generates today; raised to [`N_MAX`] when n > 1 is wired
+/// (INTEGRATION.md). Requests between the two are refused with a clear error.
+pub const N_ENGINE_MAX: usize = 1;
+/// Most alternatives per position in `top_logprobs` (OpenAI's limit).
+pub const TOP_LOGPROBS_MAX: u32 = 20;
 
 /// Most bytes of prompt text per context position: a prompt longer than `ctx_size ×` this
 /// is refused before it is tokenized, as it cannot fit the context (text averages 3 to 5
@@ -74,7 +81,7 @@ pub struct GenerationFields {
     /// Stop strings: the output ends before the first one.
     #[serde(default)]
     pub stop: Option<Stop>,
-    /// Choices per request; only 1 is supported.
+    /// Choices per request (1 to [`N_MAX`]).
     #[serde(default)]
     pub n: Option<u32>,
     /// Stream the answer as server-sent events.
@@ -218,6 +225,24 @@ pub struct ChatRequest {
     /// OpenAI's newer name for `max_tokens`.
     #[serde(default)]
     pub max_completion_tokens: Option<u64>,
+    /// Functions the model may call (`tools.rs` checks them).
+    #[serde(default)]
+    pub tools: Option<Vec<super::tools::ToolDef>>,
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name": ...}}`.
+    #[serde(default)]
+    pub tool_choice: Option<super::tools::ToolChoiceField>,
+    /// Whether the model may call several tools in one turn (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}`.
+    #[serde(default)]
+    pub response_format: Option<super::tools::ResponseFormatField>,
+    /// Return each generated token's log-probability.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// With `logprobs`, that many most likely alternatives per position (0 to 20).
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
     /// Everything else.
     #[serde(flatten)]
     pub gen: GenerationFields,
@@ -259,8 +284,12 @@ pub struct ContentPart {
 }
 
 impl ChatMessage {
-    /// The message as the chat template sees it: `content` as one string (text parts joined).
+    /// The message as the chat template sees it: `content` as one string (text parts joined);
+    /// an assistant message's `tool_calls` and a `tool` message's `tool_call_id` checked
+    /// ([`super::tools::check_message_tool_fields`]) and passed on as OpenAI shapes them,
+    /// which is what Hugging Face templates read.
     pub fn template_value(&self) -> Result<Value, ApiError> {
+        super::tools::check_message_tool_fields(&self.role, self.content.is_some(), &self.extra)?;
         let content = match &self.content {
             None => Value::Null,
             Some(MessageContent::Text(t)) => Value::String(t.clone()),
@@ -306,6 +335,8 @@ pub struct GenerationSettings {
     pub ignore_eos: bool,
     /// Use and fill the prefix cache.
     pub cache_prompt: bool,
+    /// Choices to generate (1 to [`N_ENGINE_MAX`]).
+    pub n: usize,
 }
 
 impl GenerationFields {
@@ -316,14 +347,7 @@ impl GenerationFields {
         max_tokens_limit: usize,
         fallback_seed: u64,
     ) -> Result<GenerationSettings, ApiError> {
-        if let Some(n) = self.n {
-            if n != 1 {
-                return Err(ApiError::invalid(
-                    format!("n = {n} is not supported; only n = 1"),
-                    Some("n"),
-                ));
-            }
-        }
+        let n = checked_n(self.n)?;
         for (v, name) in [
             (self.presence_penalty, "presence_penalty"),
             (self.frequency_penalty, "frequency_penalty"),
@@ -398,7 +422,48 @@ impl GenerationFields {
                 .unwrap_or(false),
             ignore_eos: self.ignore_eos.unwrap_or(false),
             cache_prompt: self.cache_prompt.unwrap_or(true),
+            n,
         })
+    }
+}
+
+/// `n`: 1 when absent; 0 or over [`N_MAX`] is refused, and so is anything over what the
+/// engine generates today ([`N_ENGINE_MAX`]).
+pub fn checked_n(n: Option<u32>) -> Result<usize, ApiError> {
+    let n = n.unwrap_or(1) as usize;
+    if n == 0 || n > N_MAX {
+        return Err(ApiError::invalid(
+            format!("n = {n}; it must be between 1 and {N_MAX}"),
+            Some("n"),
+        ));
+    }
+    if n > N_ENGINE_MAX {
+        return Err(ApiError::invalid(
+            format!("n = {n} is not supported yet; this server generates at most {N_ENGINE_MAX} choice(s) per request"),
+            Some("n"),
+        ));
+    }
+    Ok(n)
+}
+
+/// `logprobs` / `top_logprobs` checked: `Some(k)` (k alternatives per position) when
+/// log-probabilities are asked for; `top_logprobs` without `logprobs: true`, or over
+/// [`TOP_LOGPROBS_MAX`], is refused.
+pub fn checked_logprobs(
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+) -> Result<Option<u32>, ApiError> {
+    match (logprobs.unwrap_or(false), top_logprobs) {
+        (_, Some(k)) if k > TOP_LOGPROBS_MAX => Err(ApiError::invalid(
+            format!("top_logprobs = {k}; at most {TOP_LOGPROBS_MAX}"),
+            Some("top_logprobs"),
+        )),
+        (false, Some(_)) => Err(ApiError::invalid(
+            "top_logprobs needs logprobs: true",
+            Some("top_logprobs"),
+        )),
+        (false, None) => Ok(None),
+        (true, k) => Ok(Some(k.unwrap_or(0))),
     }
 }
 
@@ -409,14 +474,20 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context capacity.
     Length,
+    /// The model called tools (the message carries `tool_calls`).
+    ToolCalls,
+    /// The model's tool-call markup was broken: the message carries it as content.
+    MalformedToolCall,
 }
 
 impl FinishReason {
-    /// `"stop"` or `"length"`.
+    /// `"stop"`, `"length"`, `"tool_calls"` or `"malformed_tool_call"`.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::MalformedToolCall => "malformed_tool_call",
         }
     }
 }
@@ -558,10 +629,29 @@ mod tests {
         assert!(f.settings(Some(100), 100, 0).is_ok());
         let e = f.settings(Some(101), 100, 0).unwrap_err();
         assert_eq!(e.param, Some("max_tokens"));
-        assert!(fields(json!({ "n": 2 }))
-            .unwrap()
-            .settings(None, 10, 0)
-            .is_err());
+        for bad_n in [0, 2, N_MAX as u32 + 1] {
+            let e = fields(json!({ "n": bad_n }))
+                .unwrap()
+                .settings(None, 10, 0)
+                .unwrap_err();
+            assert_eq!(e.param, Some("n"), "n = {bad_n}");
+        }
+        assert_eq!(
+            fields(json!({ "n": 1 }))
+                .unwrap()
+                .settings(None, 10, 0)
+                .unwrap()
+                .n,
+            1
+        );
+        assert!(checked_n(Some(9))
+            .unwrap_err()
+            .message
+            .contains("between 1 and 8"));
+        assert_eq!(checked_logprobs(Some(true), Some(5)).unwrap(), Some(5));
+        assert_eq!(checked_logprobs(None, None).unwrap(), None);
+        assert!(checked_logprobs(Some(true), Some(21)).is_err());
+        assert!(checked_logprobs(Some(false), Some(2)).is_err());
         assert!(fields(json!({ "stop": ["a", "b", "c", "d", "e"] }))
             .unwrap()
             .settings(None, 10, 0)
