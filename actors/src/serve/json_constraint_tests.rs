@@ -6,8 +6,8 @@
 use super::*;
 use serde_json::json;
 
-use moe_runtime::gguf::GgufFile;
-use moe_runtime::tokenizer::{TokenType, Tokenizer};
+use moe_model::gguf::GgufFile;
+use moe_model::tokenizer::{TokenType, Tokenizer};
 
 fn fixture_vocab() -> (ConstraintVocab, Vec<Vec<u8>>, u32) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
