@@ -124,9 +124,10 @@ pub struct RouterArgs {
     /// File holding the cluster secret (at least 16 bytes; surrounding whitespace ignored).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
-    /// Encoding of hidden states on the wire.
-    #[arg(long, default_value = "f32")]
-    pub wire_dtype: WireDtype,
+    /// Encoding of hidden states on the wire: `bf16` (half the bytes) by default in the fast
+    /// numeric mode, `f32` in the exact one.
+    #[arg(long)]
+    pub wire_dtype: Option<WireDtype>,
     /// Encrypt every frame after the handshake (ChaCha20 under the session keys; the MAC
     /// covers the ciphertext). Every node of a cluster must be started with the same choice.
     #[arg(long)]

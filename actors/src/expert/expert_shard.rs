@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use moe_cluster::wire::{decode_hidden, encode_hidden, ExpertReply, ExpertRequest, ReassignPhase};
-use moe_model::forward::{CpuCompute, ExpertCompute, Route};
+use moe_model::forward::{ComputeHandle, ExpertCompute, Route};
 use moe_model::model::Model;
 use moe_model::LayerExperts;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -34,6 +34,8 @@ pub enum ExpertShardMsg {
 /// State: the node's live shard (model + owned experts).
 pub struct ExpertShardState {
     live: Arc<LiveShard>,
+    /// Where the owned experts are computed.
+    compute: ComputeHandle,
 }
 
 /// Computes expert requests (one at a time per actor).
@@ -49,7 +51,10 @@ impl Actor for ExpertShardActor {
         _: ActorRef<Self::Msg>,
         live: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ExpertShardState { live })
+        Ok(ExpertShardState {
+            live,
+            compute: ComputeHandle::default(),
+        })
     }
 
     async fn handle(
@@ -62,7 +67,8 @@ impl Actor for ExpertShardActor {
             ExpertShardMsg::Compute(req, port) => {
                 let started = std::time::Instant::now();
                 let (model, shard) = state.live.current();
-                let result = tokio::task::block_in_place(|| compute(&model, &shard, &req));
+                let result =
+                    tokio::task::block_in_place(|| compute(&*state.compute, &model, &shard, &req));
                 if result.is_ok() {
                     telemetry::expert_compute_done(
                         req.layer as usize,
@@ -88,6 +94,7 @@ impl Actor for ExpertShardActor {
 
 /// The weighted partial sums of one request.
 pub fn compute(
+    device: &dyn ExpertCompute,
     model: &Model,
     owned: &LayerExperts,
     req: &ExpertRequest,
@@ -123,7 +130,7 @@ pub fn compute(
         }
     }
     let mut out = vec![0f32; n * d];
-    CpuCompute
+    device
         .apply_routes(model, layer, &h, &routes, &mut out)
         .map_err(|e| e.to_string())?;
     let mut partials = Vec::new();

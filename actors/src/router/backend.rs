@@ -2,6 +2,8 @@
 //! without `--placement`, else the placement's nodes over peer links; `--record-routing`
 //! wraps either.
 
+use moe_cluster::wire::WireDtype;
+use moe_kernels::NumericMode;
 use moe_model::forward::{ExpertBackend, LocalExperts};
 use moe_model::model::Model;
 
@@ -25,7 +27,10 @@ impl RouterArgs {
                     placement,
                     secret,
                     &self.node_name,
-                    self.wire_dtype,
+                    self.wire_dtype.unwrap_or(match model.mode() {
+                        NumericMode::Exact => WireDtype::F32,
+                        NumericMode::Fast => WireDtype::Bf16,
+                    }),
                     self.wire_encrypt,
                 )?;
                 if let Some(path) = &self.placement {

@@ -19,7 +19,7 @@ use moe_cluster::wire::{
     decode_hidden, ClusterSecret, ExpertRequest, ExpertRoute, HandshakeConfig, ModelShape,
     ShardSummary, WireDtype, EXPERTS_PER_TOKEN_MAX, FRAME_BYTES_MAX, TOKENS_PER_FRAME_MAX,
 };
-use moe_model::forward::{CpuCompute, ExpertBackend, ExpertCompute, Route, Routing};
+use moe_model::forward::{ComputeHandle, ExpertBackend, ExpertCompute, Route, Routing};
 use moe_model::model::Model;
 use moe_model::{LayerExperts, ModelError};
 use ractor::{Actor, ActorRef};
@@ -94,6 +94,8 @@ pub struct RemoteExperts {
     reload: Option<std::sync::mpsc::Receiver<Placement>>,
     /// Counter of live re-placements (the wire's `Reassign::epoch`).
     epoch: u64,
+    /// Where the router's own (`local`) share of the experts is computed.
+    compute: ComputeHandle,
 }
 
 impl RemoteExperts {
@@ -223,6 +225,7 @@ impl RemoteExperts {
             rt,
             reload: None,
             epoch: 0,
+            compute: ComputeHandle::default(),
         })
     }
 
@@ -332,6 +335,7 @@ impl RemoteExperts {
 
 /// Computes a `local` node's share in-process: the partial sums of its rows, compacted.
 fn compute_local(
+    compute: &dyn ExpertCompute,
     model: &Model,
     layer: usize,
     h: &[f32],
@@ -340,7 +344,7 @@ fn compute_local(
 ) -> Result<Vec<f32>, ModelError> {
     let started = Instant::now();
     let mut partial = vec![0f32; h.len()];
-    CpuCompute.apply_routes(model, layer, h, &work.batch_routes(), &mut partial)?;
+    compute.apply_routes(model, layer, h, &work.batch_routes(), &mut partial)?;
     telemetry::expert_compute_done(layer, work.rows.len(), started.elapsed().as_secs_f64());
     Ok(work
         .rows
@@ -425,7 +429,7 @@ impl ExpertBackend for RemoteExperts {
         // (node, batch rows, partial sums) from every node that computed part of the step.
         let mut parts: Vec<(NodeIndex, Vec<u32>, Vec<f32>)> = Vec::new();
         for work in local {
-            let compact = compute_local(model, layer, &h, d, &work)?;
+            let compact = compute_local(&*self.compute, model, layer, &h, d, &work)?;
             parts.push((work.node, work.rows, compact));
         }
         let mut failed: Vec<NodeIndex> = Vec::new();
@@ -483,7 +487,8 @@ impl ExpertBackend for RemoteExperts {
                     );
                     for work in plan {
                         if self.links[work.node.0 as usize].is_none() {
-                            let compact = compute_local(model, layer, &h, d, &work)?;
+                            let compact =
+                                compute_local(&*self.compute, model, layer, &h, d, &work)?;
                             parts.push((work.node, work.rows, compact));
                         } else {
                             for part in work.split(self.rows_per_frame(d)) {
