@@ -13,7 +13,7 @@
 //! (multiples of [`FLASH_BLOCK_POSITIONS`] from the range start), never on the other rows:
 //! a sequence gets the same bits whether its prompt came in one chunk or several.
 
-use crate::matmul::dots::dot;
+use crate::matmul::dots::{dot, dot4, ROW_TILE};
 #[cfg(target_arch = "x86_64")]
 use crate::matmul::simd::Avx2Fma;
 use crate::matmul::simd::{dispatch, F32Lanes, IsaKernel, Portable, SimdIsa, LANES};
@@ -154,11 +154,27 @@ impl Flash<'_> {
             let n = FLASH_BLOCK_POSITIONS.min(n_pos - block0);
             let pos0 = start + block0;
             // Scores, position-major so each cache row is loaded once for all query rows.
+            // Query rows go ROW_TILE at a time through `dot4` (each lane's result equals
+            // `dot`'s), sharing each load of the cache row.
+            let q_row = |r: usize| &q[r * kdim..(r + 1) * kdim];
             for j in 0..n {
                 let row = &kv[(block0 + j) * kdim..(block0 + j + 1) * kdim];
-                for r in 0..rows {
-                    scores[r * FLASH_BLOCK_POSITIONS + j] = if pos0 + j < limits[r] {
-                        dot::<S>(&q[r * kdim..(r + 1) * kdim], row) * scale
+                let visible = |r: usize| pos0 + j < limits[r];
+                let mut r = 0;
+                while r + ROW_TILE <= rows {
+                    let d = dot4::<S>(std::array::from_fn(|k| q_row(r + k)), row);
+                    for (k, d) in d.into_iter().enumerate() {
+                        scores[(r + k) * FLASH_BLOCK_POSITIONS + j] = if visible(r + k) {
+                            d * scale
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
+                    r += ROW_TILE;
+                }
+                for r in r..rows {
+                    scores[r * FLASH_BLOCK_POSITIONS + j] = if visible(r) {
+                        dot::<S>(q_row(r), row) * scale
                     } else {
                         f32::NEG_INFINITY
                     };
