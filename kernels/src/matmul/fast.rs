@@ -176,6 +176,13 @@ fn body<F: FastFormat, S: BlockDot>(call: RowCall<'_, '_, '_, QActs>) {
     let mut t0 = 0;
     while t0 < n_tokens {
         let t1 = (t0 + FAST_TOKEN_CHUNK).min(n_tokens);
+        if t1 - t0 == 1 {
+            // One token (decode): each row's blocks are decoded in registers and dotted
+            // directly; a scratch tile would only add a store and a load per code.
+            direct::<F, S>(w, rows.clone(), acts, t0, &mut *out[t0]);
+            t0 = t1;
+            continue;
+        }
         let mut r = rows.start;
         while r < rows.end {
             let n = ROW_TILE.min(rows.end - r);
@@ -208,6 +215,32 @@ fn body<F: FastFormat, S: BlockDot>(call: RowCall<'_, '_, '_, QActs>) {
             r += n;
         }
         t0 = t1;
+    }
+}
+
+/// Token `t` against rows `rows` without a tile (see [`BlockDot::block_direct`]): the same
+/// bits as the tiled loop.
+#[inline(always)]
+fn direct<F: FastFormat, S: BlockDot>(
+    w: super::rows::WeightRows<'_>,
+    rows: std::ops::Range<usize>,
+    acts: &QActs,
+    t: usize,
+    out: &mut [f32],
+) {
+    let (x, dx, bs) = acts.token(t);
+    let gpb = F::BLOCK_ELEMS / GROUP;
+    for (r, o) in rows.zip(out.iter_mut()) {
+        let row = w.rows(r, 1);
+        let mut acc = S::zero();
+        let blocks = row
+            .chunks_exact(F::BLOCK_BYTES)
+            .zip(x.chunks_exact(F::BLOCK_ELEMS))
+            .zip(bs.chunks_exact(gpb).zip(dx));
+        for ((b, xb), (bsb, dxb)) in blocks {
+            S::block_direct::<F>(b, xb, bsb, *dxb, &mut acc);
+        }
+        *o = S::reduce(acc);
     }
 }
 

@@ -67,6 +67,32 @@ pub(crate) trait BlockDot: F32Lanes {
         toks: &TokensBlock<'_, N, T>,
         acc: &mut [[Self::V; N]; T],
     );
+
+    /// Adds one block of one row, decoded from its bytes `b` without a scratch tile, dotted
+    /// with one token's block (codes `x`, 16-sums `bs`, scale `dx`), to `acc`: the same
+    /// value (and bits) as [`BlockDot::block`] on the decoded row with `fd = dx·d`,
+    /// `fm = dx·dm`.
+    fn block_direct<F: FastFormat>(b: &[u8], x: &[i8], bs: &[i16], dx: f32, acc: &mut Self::V);
+}
+
+/// The per-lane f32 step shared by both implementations: `fd·f32(A − M)` or
+/// `fd·f32(A) − fm·f32(M)`, added to `acc` (separate multiplies, no fused multiply-add).
+#[inline(always)]
+fn finish_portable<F: FastFormat>(
+    big: &[i32; LANES],
+    off: &[i32; LANES],
+    fd: f32,
+    fm: f32,
+    acc: &mut [f32; LANES],
+) {
+    for l in 0..LANES {
+        let v = if F::SHARED_D {
+            fd * (big[l] - off[l]) as f32
+        } else {
+            fd * big[l] as f32 - fm * off[l] as f32
+        };
+        acc[l] += v;
+    }
 }
 
 /// The exact integer lane sums of one block, laid out as AVX2 forms them: the block is cut
@@ -127,17 +153,19 @@ impl BlockDot for Portable {
             for k in 0..N {
                 let (big, off) =
                     lane_sums::<F>(rows.c[k], rows.a[k], rows.m[k], toks.x[t], toks.bs[t]);
-                let (fd, fm) = (toks.fd[t][k], toks.fm[t][k]);
-                for l in 0..LANES {
-                    let v = if F::SHARED_D {
-                        fd * (big[l] - off[l]) as f32
-                    } else {
-                        fd * big[l] as f32 - fm * off[l] as f32
-                    };
-                    acc[t][k][l] += v;
-                }
+                finish_portable::<F>(&big, &off, toks.fd[t][k], toks.fm[t][k], &mut acc[t][k]);
             }
         }
+    }
+
+    #[inline(always)]
+    fn block_direct<F: FastFormat>(b: &[u8], x: &[i8], bs: &[i16], dx: f32, acc: &mut Self::V) {
+        let mut c = [0u8; 256];
+        let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
+        F::codes(b, &mut c);
+        let (d, dm) = F::scales(b, &mut a, &mut m);
+        let (big, off) = lane_sums::<F>(&c, &a, &m, x, bs);
+        finish_portable::<F>(&big, &off, dx * d, dx * dm, acc);
     }
 }
 
@@ -159,6 +187,12 @@ impl BlockDot for Avx2Fma {
         // (`format.rs`, `q8.rs`).
         unsafe { avx2::block::<F, N, T>(rows, toks, acc) }
     }
+
+    #[inline(always)]
+    fn block_direct<F: FastFormat>(b: &[u8], x: &[i8], bs: &[i16], dx: f32, acc: &mut Self::V) {
+        // SAFETY: as in `block`.
+        unsafe { avx2::block_direct::<F>(b, x, bs, dx, acc) }
+    }
 }
 
 /// The AVX2 integer block dot.
@@ -172,8 +206,154 @@ mod avx2 {
         _mm_set_epi64x, _mm_shuffle_epi8,
     };
 
+    use std::arch::x86_64::{
+        _mm256_permute2x128_si256, _mm256_set_m128i, _mm256_shuffle_epi8, _mm_set1_epi16,
+    };
+
     use super::super::format::avx2::ld;
     use super::{FastFormat, RowsBlock, TokensBlock, GROUP};
+
+    /// The 16 per-group scales of a block as i16, broadcast so that one in-lane byte
+    /// shuffle gives the scale vector of each 32-byte chunk: `lo` holds groups 0..8 in both
+    /// 128-bit halves, `hi` groups 8..16.
+    #[derive(Clone, Copy)]
+    pub(super) struct ScaleVecs {
+        lo: __m256i,
+        hi: __m256i,
+    }
+
+    impl ScaleVecs {
+        /// From the 16 scales at `a`.
+        ///
+        /// # Safety
+        /// AVX2; `a` holds at least 16 scales.
+        #[inline(always)]
+        pub(super) unsafe fn new(a: &[i8]) -> Self {
+            assert!(a.len() >= 16);
+            // SAFETY: AVX2 per the caller; reads a[..16] (checked above).
+            unsafe {
+                let a16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().cast::<__m128i>()));
+                Self {
+                    lo: _mm256_permute2x128_si256::<0x00>(a16, a16),
+                    hi: _mm256_permute2x128_si256::<0x11>(a16, a16),
+                }
+            }
+        }
+
+        /// Chunk `j`'s scale vector: `a[2j]` in the 8 low i16, `a[2j + 1]` in the 8 high.
+        ///
+        /// # Safety
+        /// AVX2.
+        #[inline(always)]
+        pub(super) unsafe fn chunk(self, j: usize) -> __m256i {
+            // The byte pair of i16 element `g % 8` of a 128-bit half, as a shuffle index.
+            let pair = |g: usize| ((2 * (g % 8)) | ((2 * (g % 8) + 1) << 8)) as i16;
+            let src = if j < 4 { self.lo } else { self.hi };
+            // SAFETY: AVX2 per the caller.
+            unsafe {
+                let sel = _mm256_set_m128i(_mm_set1_epi16(pair(2 * j + 1)), _mm_set1_epi16(pair(2 * j)));
+                _mm256_shuffle_epi8(src, sel)
+            }
+        }
+    }
+
+    /// The offset lane sums `M` of one (row, token) block pair (see `super::lane_sums`).
+    ///
+    /// # Safety
+    /// AVX2; `m` and `bs` hold the block's groups.
+    #[inline(always)]
+    unsafe fn offsets<F: FastFormat>(m: &[i16], bs: &[i16]) -> __m256i {
+        let groups = F::BLOCK_ELEMS / GROUP;
+        // SAFETY: AVX2 per the caller; 16 i16 of `m` and `bs` read only for 16 groups.
+        unsafe {
+            if !F::HAS_OFFSET {
+                _mm256_setzero_si256()
+            } else if groups == 16 {
+                assert!(m.len() >= 16 && bs.len() >= 16);
+                let mv = _mm256_loadu_si256(m.as_ptr().cast::<__m256i>());
+                let bv = _mm256_loadu_si256(bs.as_ptr().cast::<__m256i>());
+                _mm256_madd_epi16(mv, bv)
+            } else {
+                let mut o = 0i32;
+                for (mv, b) in m.iter().zip(bs).take(groups) {
+                    o += *mv as i32 * *b as i32;
+                }
+                _mm256_setr_epi32(o, 0, 0, 0, 0, 0, 0, 0)
+            }
+        }
+    }
+
+    /// `acc + (fd·f32(big − off))` or `acc + (fd·f32(big) − fm·f32(off))` (as
+    /// `super::finish_portable`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn finish<F: FastFormat>(big: __m256i, off: __m256i, fd: f32, fm: f32, acc: __m256) -> __m256 {
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let v = if F::SHARED_D {
+                _mm256_mul_ps(_mm256_set1_ps(fd), _mm256_cvtepi32_ps(_mm256_sub_epi32(big, off)))
+            } else {
+                _mm256_sub_ps(
+                    _mm256_mul_ps(_mm256_set1_ps(fd), _mm256_cvtepi32_ps(big)),
+                    _mm256_mul_ps(_mm256_set1_ps(fm), _mm256_cvtepi32_ps(off)),
+                )
+            };
+            _mm256_add_ps(acc, v)
+        }
+    }
+
+    /// One code chunk `cv` against activation chunk `xv` with scale vector `sc` (unit when
+    /// `None`), added to the i32 lanes `big`.
+    ///
+    /// # Safety
+    /// AVX2; ranges as in [`block`].
+    #[inline(always)]
+    unsafe fn chunk_dot<F: FastFormat>(big: __m256i, cv: __m256i, xv: __m256i, sc: __m256i) -> __m256i {
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let p = if F::SIGNED {
+                _mm256_maddubs_epi16(_mm256_abs_epi8(cv), _mm256_sign_epi8(xv, cv))
+            } else {
+                _mm256_maddubs_epi16(cv, xv)
+            };
+            _mm256_add_epi32(big, _mm256_madd_epi16(p, sc))
+        }
+    }
+
+    /// See `super::BlockDot::block_direct`.
+    ///
+    /// # Safety
+    /// As [`block`].
+    #[inline(always)]
+    pub(super) unsafe fn block_direct<F: FastFormat>(
+        b: &[u8],
+        x: &[i8],
+        bs: &[i16],
+        dx: f32,
+        acc: &mut __m256,
+    ) {
+        let groups = F::BLOCK_ELEMS / GROUP;
+        assert!(x.len() >= F::BLOCK_ELEMS && bs.len() >= groups && b.len() >= F::BLOCK_BYTES);
+        let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
+        let (d, dm) = F::scales(b, &mut a, &mut m);
+        // SAFETY: AVX2 per the caller; x read at 32j .. 32j + 32 <= BLOCK_ELEMS (checked).
+        unsafe {
+            let cv = F::chunks_avx2(b);
+            let wide = groups == 16;
+            let scv = ScaleVecs::new(&a);
+            let ones = _mm256_set1_epi16(1);
+            let mut big = _mm256_setzero_si256();
+            for (j, c) in cv.into_iter().enumerate().take(groups / 2) {
+                let xv = ld(x.as_ptr().add(32 * j).cast::<u8>());
+                let sc = if wide { scv.chunk(j) } else { ones };
+                big = chunk_dot::<F>(big, c, xv, sc);
+            }
+            let off = offsets::<F>(&m, bs);
+            *acc = finish::<F>(big, off, dx * d, dx * dm, *acc);
+        }
+    }
 
     /// See `super::BlockDot::block`; the integer lanes are `super::lane_sums`'s. Each
     /// 32-byte chunk `j` covers groups `2j` (low 128-bit half of the `maddubs` result) and
@@ -225,44 +405,15 @@ mod avx2 {
                         // 32-element blocks have unit scales (`FastFormat` invariant).
                         ones
                     };
-                    let ca = if F::SIGNED { _mm256_abs_epi8(cv) } else { cv };
                     for t in 0..T {
-                        let p = if F::SIGNED {
-                            _mm256_maddubs_epi16(ca, _mm256_sign_epi8(xv[t], cv))
-                        } else {
-                            _mm256_maddubs_epi16(ca, xv[t])
-                        };
-                        big[t][k] = _mm256_add_epi32(big[t][k], _mm256_madd_epi16(p, sc));
+                        big[t][k] = chunk_dot::<F>(big[t][k], cv, xv[t], sc);
                     }
                 }
             }
             for t in 0..T {
                 for k in 0..N {
-                    let off = if !F::HAS_OFFSET {
-                        _mm256_setzero_si256()
-                    } else if wide {
-                        let mv = _mm256_loadu_si256(m[k].as_ptr().cast::<__m256i>());
-                        let bv = _mm256_loadu_si256(bs[t].as_ptr().cast::<__m256i>());
-                        _mm256_madd_epi16(mv, bv)
-                    } else {
-                        let mut o = 0i32;
-                        for (mv, b) in m[k].iter().zip(bs[t]).take(groups) {
-                            o += *mv as i32 * *b as i32;
-                        }
-                        _mm256_setr_epi32(o, 0, 0, 0, 0, 0, 0, 0)
-                    };
-                    let v = if F::SHARED_D {
-                        _mm256_mul_ps(
-                            _mm256_set1_ps(fd[t][k]),
-                            _mm256_cvtepi32_ps(_mm256_sub_epi32(big[t][k], off)),
-                        )
-                    } else {
-                        _mm256_sub_ps(
-                            _mm256_mul_ps(_mm256_set1_ps(fd[t][k]), _mm256_cvtepi32_ps(big[t][k])),
-                            _mm256_mul_ps(_mm256_set1_ps(fm[t][k]), _mm256_cvtepi32_ps(off)),
-                        )
-                    };
-                    acc[t][k] = _mm256_add_ps(acc[t][k], v);
+                    let off = offsets::<F>(m[k], bs[t]);
+                    acc[t][k] = finish::<F>(big[t][k], off, fd[t][k], fm[t][k], acc[t][k]);
                 }
             }
         }

@@ -43,6 +43,24 @@ pub(crate) trait FastFormat {
         Self::codes(b, c);
     }
 
+    /// The block's codes as 32-byte vectors in registers: vector `j` holds the codes of
+    /// elements `32j .. 32j + 32` (only the first `BLOCK_ELEMS / 32` are meaningful), the
+    /// same bytes as [`FastFormat::codes`]. The single-token kernel dots them without a
+    /// scratch tile. Default: [`FastFormat::codes_avx2`] through a stack buffer.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        let mut c = [0u8; 256];
+        // SAFETY: AVX2 per the caller; `c` holds the 8 · 32 bytes read.
+        unsafe {
+            Self::codes_avx2(b, &mut c);
+            std::array::from_fn(|j| avx2::ld(c.as_ptr().add(32 * j)))
+        }
+    }
+
     /// One block's `a` and `m` (one per [`GROUP`] elements); returns `(d, dm)`.
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
 }

@@ -33,6 +33,13 @@ impl FastFormat for Q2K {
         unsafe { avx2::q2k_codes(b, c) };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q2k_chunks(b) }
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         q2k_scales(b, a, m)
@@ -80,6 +87,13 @@ impl FastFormat for Q3K {
     unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
         // SAFETY: AVX2 per the caller.
         unsafe { avx2::q3k_codes(b, c) };
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q3k_chunks(b) }
     }
 
     #[inline(always)]
@@ -175,6 +189,13 @@ impl FastFormat for Q4K {
         unsafe { avx2::q4k_codes(b, c) };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q4k_chunks(b) }
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         k4_scales(b, a, m)
@@ -208,6 +229,13 @@ impl FastFormat for Q5K {
     unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
         // SAFETY: AVX2 per the caller.
         unsafe { avx2::q5k_codes(b, c) };
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q5k_chunks(b) }
     }
 
     #[inline(always)]
@@ -246,6 +274,13 @@ impl FastFormat for Q6K {
         unsafe { avx2::q6k_codes(b, c) };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q6k_chunks(b) }
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         q6k_scales(b, a, m)
@@ -264,119 +299,177 @@ fn q6k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
     (d, d)
 }
 
-/// AVX2 code unpackers (the same bytes as the portable `codes`).
+/// AVX2 code unpackers (the same bytes as the portable `codes`): each format's codes as
+/// eight 32-byte vectors (`*_chunks`, element `32j + i` is byte `i` of vector `j`), and
+/// `*_codes` storing them.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        _mm256_and_si256, _mm256_or_si256, _mm256_set1_epi8, _mm256_slli_epi16, _mm256_srli_epi16,
+        __m256i, _mm256_and_si256, _mm256_or_si256, _mm256_set1_epi8, _mm256_setzero_si256,
+        _mm256_slli_epi16, _mm256_srli_epi16,
     };
 
     use super::super::format::avx2::{ld, shr, st};
 
-    /// Q2_K's 256 codes (layout as `super::Q2K::codes`).
+    /// Stores the 8 vectors at `c[..256]`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn store(v: [__m256i; 8], c: &mut [u8]) {
+        assert!(c.len() >= 256);
+        for (j, vj) in v.into_iter().enumerate() {
+            // SAFETY: AVX2 per the caller; writes c[32j..32j + 32] (checked above).
+            unsafe { st(c.as_mut_ptr().add(32 * j), vj) };
+        }
+    }
+
+    /// Q2_K's codes (layout as `super::Q2K::codes`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q2k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 84);
+        // SAFETY: AVX2 per the caller; reads b[16..80] (checked above).
+        unsafe {
+            let m3 = _mm256_set1_epi8(3);
+            let mut out = [_mm256_setzero_si256(); 8];
+            for n in 0..2 {
+                let v = ld(b.as_ptr().add(16 + 32 * n));
+                for s in 0..4 {
+                    out[4 * n + s] = _mm256_and_si256(shr(v, 2 * s as i32), m3);
+                }
+            }
+            out
+        }
+    }
+
+    /// Q2_K's 256 codes into `c`.
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
     pub(super) unsafe fn q2k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 84 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[16..80], writes c[..256] (checked above).
-        unsafe {
-            let m3 = _mm256_set1_epi8(3);
-            for n in 0..2 {
-                let v = ld(b.as_ptr().add(16 + 32 * n));
-                for s in 0..4 {
-                    let q = _mm256_and_si256(shr(v, 2 * s as i32), m3);
-                    st(c.as_mut_ptr().add(128 * n + 32 * s), q);
-                }
-            }
-        }
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q2k_chunks(b), c) }
     }
 
-    /// Q3_K's 256 codes `low | high << 2` (layout as `super::Q3K::codes`).
+    /// Q3_K's codes `low | high << 2` (layout as `super::Q3K::codes`).
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
-    pub(super) unsafe fn q3k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 110 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[..96], writes c[..256] (checked above).
+    pub(super) unsafe fn q3k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 110);
+        // SAFETY: AVX2 per the caller; reads b[..96] (checked above).
         unsafe {
             let m3 = _mm256_set1_epi8(3);
             let one = _mm256_set1_epi8(1);
             let hm = ld(b.as_ptr());
+            let mut out = [_mm256_setzero_si256(); 8];
             for n in 0..2 {
                 let v = ld(b.as_ptr().add(32 + 32 * n));
                 for s in 0..4 {
                     let low = _mm256_and_si256(shr(v, 2 * s as i32), m3);
                     let high = _mm256_and_si256(shr(hm, (4 * n + s) as i32), one);
                     // high ≤ 1: the 16-bit shift keeps it inside its byte.
-                    let q = _mm256_or_si256(low, _mm256_slli_epi16::<2>(high));
-                    st(c.as_mut_ptr().add(128 * n + 32 * s), q);
+                    out[4 * n + s] = _mm256_or_si256(low, _mm256_slli_epi16::<2>(high));
                 }
             }
+            out
         }
     }
 
-    /// Q4_K's 256 codes (layout as `super::Q4K::codes`).
+    /// Q3_K's 256 codes into `c`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q3k_codes(b: &[u8], c: &mut [u8]) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q3k_chunks(b), c) }
+    }
+
+    /// Q4_K's codes (layout as `super::Q4K::codes`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q4k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 144);
+        // SAFETY: AVX2 per the caller; reads b[16..144] (checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let mut out = [_mm256_setzero_si256(); 8];
+            for p in 0..4 {
+                let v = ld(b.as_ptr().add(16 + 32 * p));
+                out[2 * p] = _mm256_and_si256(v, m4);
+                out[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            }
+            out
+        }
+    }
+
+    /// Q4_K's 256 codes into `c`.
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
     pub(super) unsafe fn q4k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 144 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[16..144], writes c[..256] (checked above).
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q4k_chunks(b), c) }
+    }
+
+    /// Q5_K's codes (layout as `super::Q5K::codes`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q5k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 176);
+        // SAFETY: AVX2 per the caller; reads b[16..176] (checked above).
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            let qh = ld(b.as_ptr().add(16));
+            let mut out = [_mm256_setzero_si256(); 8];
             for p in 0..4 {
-                let v = ld(b.as_ptr().add(16 + 32 * p));
-                st(c.as_mut_ptr().add(64 * p), _mm256_and_si256(v, m4));
-                st(
-                    c.as_mut_ptr().add(64 * p + 32),
+                let v = ld(b.as_ptr().add(48 + 32 * p));
+                let h0 = _mm256_and_si256(shr(qh, 2 * p as i32), one);
+                let h1 = _mm256_and_si256(shr(qh, 2 * p as i32 + 1), one);
+                out[2 * p] = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_slli_epi16::<4>(h0));
+                out[2 * p + 1] = _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
+                    _mm256_slli_epi16::<4>(h1),
                 );
             }
+            out
         }
     }
 
-    /// Q5_K's 256 codes (layout as `super::Q5K::codes`).
+    /// Q5_K's 256 codes into `c`.
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
     pub(super) unsafe fn q5k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 176 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[16..176], writes c[..256] (checked above).
-        unsafe {
-            let m4 = _mm256_set1_epi8(0x0F);
-            let one = _mm256_set1_epi8(1);
-            let qh = ld(b.as_ptr().add(16));
-            for p in 0..4 {
-                let v = ld(b.as_ptr().add(48 + 32 * p));
-                let h0 = _mm256_and_si256(shr(qh, 2 * p as i32), one);
-                let h1 = _mm256_and_si256(shr(qh, 2 * p as i32 + 1), one);
-                let lo = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_slli_epi16::<4>(h0));
-                let hi = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
-                    _mm256_slli_epi16::<4>(h1),
-                );
-                st(c.as_mut_ptr().add(64 * p), lo);
-                st(c.as_mut_ptr().add(64 * p + 32), hi);
-            }
-        }
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q5k_chunks(b), c) }
     }
 
-    /// Q6_K's 256 codes `lo | hi << 4` (layout as `super::Q6K::codes`).
+    /// Q6_K's codes `lo | hi << 4` (layout as `super::Q6K::codes`).
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
-    pub(super) unsafe fn q6k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 210 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[..192], writes c[..256] (checked above).
+    pub(super) unsafe fn q6k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 210);
+        // SAFETY: AVX2 per the caller; reads b[..192] (checked above).
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
             let m2 = _mm256_set1_epi8(3);
+            let mut out = [_mm256_setzero_si256(); 8];
             for h in 0..2 {
                 let qa = ld(b.as_ptr().add(64 * h));
                 let qb = ld(b.as_ptr().add(64 * h + 32));
@@ -390,11 +483,21 @@ mod avx2 {
                 for (s, lo) in lows.into_iter().enumerate() {
                     let hi = _mm256_and_si256(shr(qh, 2 * s as i32), m2);
                     // hi ≤ 3: the 16-bit shift keeps it inside its byte.
-                    let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
-                    st(c.as_mut_ptr().add(128 * h + 32 * s), q);
+                    out[4 * h + s] = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
                 }
             }
+            out
         }
+    }
+
+    /// Q6_K's 256 codes into `c`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q6k_codes(b: &[u8], c: &mut [u8]) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q6k_chunks(b), c) }
     }
 }
 
