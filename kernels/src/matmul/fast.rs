@@ -115,26 +115,42 @@ impl Tile {
         let cols = self.cols;
         let (ng, nb) = (cols / GROUP, cols / F::BLOCK_ELEMS);
         let gpb = F::BLOCK_ELEMS / GROUP;
-        let tok: [(&[i8], &[f32], &[i16]); T] = std::array::from_fn(|q| acts.token(ts[q]));
+        // Plain loops throughout: `std::array::from_fn` with a closure may stay an
+        // out-of-line call per block.
+        let mut tok: [(&[i8], &[f32], &[i16]); T] = [(&[], &[], &[]); T];
+        for (q, tq) in tok.iter_mut().enumerate() {
+            *tq = acts.token(ts[q]);
+        }
         let mut acc = [[S::zero(); N]; T];
+        let mut rows = RowsBlock::<N> {
+            c: [&[]; N],
+            a: [&[]; N],
+            m: [&[]; N],
+        };
+        let mut toks = TokensBlock::<N, T> {
+            x: [&[]; T],
+            bs: [&[]; T],
+            fd: [[0.0; N]; T],
+            fm: [[0.0; N]; T],
+        };
         for blk in 0..nb {
             let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
             let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
-            let rows = RowsBlock::<N> {
-                c: std::array::from_fn(|i| &self.c[(k0 + i) * cols + e0..(k0 + i) * cols + e1]),
-                a: std::array::from_fn(|i| &self.a[(k0 + i) * ng + g0..(k0 + i) * ng + g1]),
-                m: std::array::from_fn(|i| &self.m[(k0 + i) * ng + g0..(k0 + i) * ng + g1]),
-            };
-            let toks = TokensBlock::<N, T> {
-                x: std::array::from_fn(|t| &tok[t].0[e0..e1]),
-                bs: std::array::from_fn(|t| &tok[t].2[g0..g1]),
-                fd: std::array::from_fn(|t| {
-                    std::array::from_fn(|i| tok[t].1[blk] * self.d[(k0 + i) * nb + blk])
-                }),
-                fm: std::array::from_fn(|t| {
-                    std::array::from_fn(|i| tok[t].1[blk] * self.dm[(k0 + i) * nb + blk])
-                }),
-            };
+            for i in 0..N {
+                let (r, g) = ((k0 + i) * cols, (k0 + i) * ng);
+                rows.c[i] = &self.c[r + e0..r + e1];
+                rows.a[i] = &self.a[g + g0..g + g1];
+                rows.m[i] = &self.m[g + g0..g + g1];
+            }
+            for t in 0..T {
+                toks.x[t] = &tok[t].0[e0..e1];
+                toks.bs[t] = &tok[t].2[g0..g1];
+                let dx = tok[t].1[blk];
+                for i in 0..N {
+                    toks.fd[t][i] = dx * self.d[(k0 + i) * nb + blk];
+                    toks.fm[t][i] = dx * self.dm[(k0 + i) * nb + blk];
+                }
+            }
             S::block::<F, N, T>(&rows, &toks, &mut acc);
         }
         // Plain loops: a closure passed to `map` may stay an out-of-line call, and with it the
@@ -190,32 +206,58 @@ fn body<F: FastFormat, S: BlockDot>(call: RowCall<'_, '_, '_, QActs>) {
                 tile.decode::<F, S>(k, w.rows(r + k, 1));
             }
             let i = r - rows.start;
-            let mut t = t0;
-            while t < t1 {
-                if n < ROW_TILE {
-                    for k in 0..n {
-                        let [[res]] = tile.dot::<F, S, 1, 1>(k, acts, [t]);
-                        out[t][i + k] = res;
-                    }
-                    t += 1;
-                } else if t + 1 < t1 {
-                    // Two tokens through a full tile: one load of each row's codes and
-                    // scales serves both.
-                    let res = tile.dot::<F, S, ROW_TILE, 2>(0, acts, [t, t + 1]);
-                    for (q, rq) in res.iter().enumerate() {
-                        out[t + q][i..i + n].copy_from_slice(rq);
-                    }
-                    t += 2;
-                } else {
-                    let [res] = tile.dot::<F, S, ROW_TILE, 1>(0, acts, [t]);
-                    out[t][i..i + n].copy_from_slice(&res);
-                    t += 1;
+            if n < ROW_TILE {
+                for k in 0..n {
+                    tokens::<F, S, 1>(&tile, k, acts, t0..t1, out, i + k);
                 }
+            } else {
+                tokens::<F, S, ROW_TILE>(&tile, 0, acts, t0..t1, out, i);
             }
             r += n;
         }
         t0 = t1;
     }
+}
+
+/// Tokens per pass over a decoded row tile of 256-element blocks: one load of a row's code
+/// chunk and one scale shuffle serve this many tokens. 32-element blocks go two tokens at a
+/// time (their per-block f32 step for `N · T` accumulators outweighs the chunk reuse).
+const TOKEN_TILE: usize = 8;
+
+/// Tile rows `k0 .. k0 + N` against tokens `ts`, [`TOKEN_TILE`] (then 4, 2, 1) at a time
+/// (from 2 for 32-element blocks);
+/// row `k0 + k`'s result for token `t` goes to `out[t][i + k]`.
+#[inline(always)]
+fn tokens<F: FastFormat, S: BlockDot, const N: usize>(
+    tile: &Tile,
+    k0: usize,
+    acts: &QActs,
+    ts: std::ops::Range<usize>,
+    out: &mut [&mut [f32]],
+    i: usize,
+) {
+    let mut t = ts.start;
+    macro_rules! pass {
+        ($T:expr) => {
+            while ts.end - t >= $T {
+                let mut ts = [0usize; $T];
+                for (q, tq) in ts.iter_mut().enumerate() {
+                    *tq = t + q;
+                }
+                let res = tile.dot::<F, S, N, { $T }>(k0, acts, ts);
+                for (q, rq) in res.iter().enumerate() {
+                    out[t + q][i..i + N].copy_from_slice(rq);
+                }
+                t += $T;
+            }
+        };
+    }
+    if F::BLOCK_ELEMS >= 256 {
+        pass!(TOKEN_TILE);
+        pass!(4);
+    }
+    pass!(2);
+    pass!(1);
 }
 
 /// Token `t` against rows `rows` without a tile (see [`BlockDot::block_direct`]): the same

@@ -203,7 +203,7 @@ mod avx2 {
         _mm256_cvtepi32_ps, _mm256_cvtepi8_epi16, _mm256_loadu_si256, _mm256_madd_epi16,
         _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi16, _mm256_set1_ps, _mm256_setr_epi32,
         _mm256_setzero_si256, _mm256_sign_epi8, _mm256_sub_epi32, _mm256_sub_ps, _mm_loadu_si128,
-        _mm_set_epi64x, _mm_shuffle_epi8,
+
     };
 
     use std::arch::x86_64::{
@@ -374,11 +374,14 @@ mod avx2 {
         let elems = F::BLOCK_ELEMS;
         let RowsBlock { c, a, m } = *rows;
         let TokensBlock { x, bs, fd, fm } = *toks;
-        assert!((0..T).all(|t| x[t].len() >= elems && bs[t].len() >= groups));
-        assert!((0..N).all(|k| c[k].len() >= elems && a[k].len() >= groups));
-        assert!((0..N).all(|k| m[k].len() >= groups));
-        // Unit scales of 32-element blocks (see `format.rs`), relied on below.
-        debug_assert!(groups == 16 || (0..N).all(|k| a[k].iter().take(groups).all(|v| *v == 1)));
+        for t in 0..T {
+            assert!(x[t].len() >= elems && bs[t].len() >= groups);
+        }
+        for k in 0..N {
+            assert!(c[k].len() >= elems && a[k].len() >= groups && m[k].len() >= groups);
+            // Unit scales of 32-element blocks (see `format.rs`), relied on below.
+            debug_assert!(groups == 16 || a[k][..groups].iter().all(|v| *v == 1));
+        }
         let chunks = groups / 2;
         // The scales as one 128-bit load (16 groups: the k-quants) or unit (2 groups).
         let wide = groups == 16;
@@ -387,33 +390,27 @@ mod avx2 {
         // above.
         unsafe {
             let ones = _mm256_set1_epi16(1);
-            let mut big = [[_mm256_setzero_si256(); N]; T];
-            for j in 0..chunks {
-                let mut xv = [_mm256_setzero_si256(); T];
-                for t in 0..T {
-                    xv[t] = ld(x[t].as_ptr().add(32 * j).cast::<u8>());
-                }
-                // Byte indices 2j (×8) then 2j + 1 (×8).
-                let lo = 0x0101_0101_0101_0101i64 * (2 * j as i64);
-                let sel = _mm_set_epi64x(lo + 0x0101_0101_0101_0101, lo);
-                for k in 0..N {
+            // Row by row: the row's scale vectors and each code chunk are formed once and
+            // serve the `T` tokens, whose activation chunks are read from L1 (the block's
+            // activations of all `T` tokens are 256·T bytes).
+            for k in 0..N {
+                let scv = if wide { Some(ScaleVecs::new(a[k])) } else { None };
+                let mut big = [_mm256_setzero_si256(); T];
+                for j in 0..chunks {
                     let cv = ld(c[k].as_ptr().add(32 * j));
-                    let sc = if wide {
-                        let a128 = _mm_loadu_si128(a[k].as_ptr().cast::<__m128i>());
-                        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(a128, sel))
-                    } else {
-                        // 32-element blocks have unit scales (`FastFormat` invariant).
-                        ones
+                    // 32-element blocks have unit scales (`FastFormat` invariant).
+                    let sc = match scv {
+                        Some(v) => v.chunk(j),
+                        None => ones,
                     };
                     for t in 0..T {
-                        big[t][k] = chunk_dot::<F>(big[t][k], cv, xv[t], sc);
+                        let xv = ld(x[t].as_ptr().add(32 * j).cast::<u8>());
+                        big[t] = chunk_dot::<F>(big[t], cv, xv, sc);
                     }
                 }
-            }
-            for t in 0..T {
-                for k in 0..N {
+                for t in 0..T {
                     let off = offsets::<F>(m[k], bs[t]);
-                    acc[t][k] = finish::<F>(big[t][k], off, fd[t][k], fm[t][k], acc[t][k]);
+                    acc[t][k] = finish::<F>(big[t], off, fd[t][k], fm[t][k], acc[t][k]);
                 }
             }
         }
