@@ -26,7 +26,10 @@ const TOKEN_COUNTS: [usize; 2] = [1, 16];
 
 /// `KT_ROWS`, else [`ROWS`].
 fn rows() -> usize {
-    std::env::var("KT_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROWS)
+    std::env::var("KT_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROWS)
 }
 
 /// `KT_TOKENS` (comma-separated), else [`TOKEN_COUNTS`].

@@ -203,7 +203,6 @@ mod avx2 {
         _mm256_cvtepi32_ps, _mm256_cvtepi8_epi16, _mm256_loadu_si256, _mm256_madd_epi16,
         _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi16, _mm256_set1_ps, _mm256_setr_epi32,
         _mm256_setzero_si256, _mm256_sign_epi8, _mm256_sub_epi32, _mm256_sub_ps, _mm_loadu_si128,
-
     };
 
     use std::arch::x86_64::{
@@ -251,7 +250,8 @@ mod avx2 {
             let src = if j < 4 { self.lo } else { self.hi };
             // SAFETY: AVX2 per the caller.
             unsafe {
-                let sel = _mm256_set_m128i(_mm_set1_epi16(pair(2 * j + 1)), _mm_set1_epi16(pair(2 * j)));
+                let sel =
+                    _mm256_set_m128i(_mm_set1_epi16(pair(2 * j + 1)), _mm_set1_epi16(pair(2 * j)));
                 _mm256_shuffle_epi8(src, sel)
             }
         }
@@ -289,11 +289,20 @@ mod avx2 {
     /// # Safety
     /// AVX2.
     #[inline(always)]
-    unsafe fn finish<F: FastFormat>(big: __m256i, off: __m256i, fd: f32, fm: f32, acc: __m256) -> __m256 {
+    unsafe fn finish<F: FastFormat>(
+        big: __m256i,
+        off: __m256i,
+        fd: f32,
+        fm: f32,
+        acc: __m256,
+    ) -> __m256 {
         // SAFETY: AVX2 per the caller.
         unsafe {
             let v = if F::SHARED_D {
-                _mm256_mul_ps(_mm256_set1_ps(fd), _mm256_cvtepi32_ps(_mm256_sub_epi32(big, off)))
+                _mm256_mul_ps(
+                    _mm256_set1_ps(fd),
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(big, off)),
+                )
             } else {
                 _mm256_sub_ps(
                     _mm256_mul_ps(_mm256_set1_ps(fd), _mm256_cvtepi32_ps(big)),
@@ -310,7 +319,12 @@ mod avx2 {
     /// # Safety
     /// AVX2; ranges as in [`block`].
     #[inline(always)]
-    unsafe fn chunk_dot<F: FastFormat>(big: __m256i, cv: __m256i, xv: __m256i, sc: __m256i) -> __m256i {
+    unsafe fn chunk_dot<F: FastFormat>(
+        big: __m256i,
+        cv: __m256i,
+        xv: __m256i,
+        sc: __m256i,
+    ) -> __m256i {
         // SAFETY: AVX2 per the caller.
         unsafe {
             let p = if F::SIGNED {
@@ -394,7 +408,11 @@ mod avx2 {
             // serve the `T` tokens, whose activation chunks are read from L1 (the block's
             // activations of all `T` tokens are 256·T bytes).
             for k in 0..N {
-                let scv = if wide { Some(ScaleVecs::new(a[k])) } else { None };
+                let scv = if wide {
+                    Some(ScaleVecs::new(a[k]))
+                } else {
+                    None
+                };
                 let mut big = [_mm256_setzero_si256(); T];
                 for j in 0..chunks {
                     let cv = ld(c[k].as_ptr().add(32 * j));
