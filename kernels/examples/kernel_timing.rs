@@ -128,7 +128,11 @@ fn main() {
             let x = values(n * COLS, 3 + n as u64);
             let mut y = vec![0f32; n * rows()];
             let mut runs: Vec<(&str, &str, Run)> = Vec::new();
-            for (isa, name) in [(SimdIsa::Portable, "portable"), (SimdIsa::Avx2, "avx2")] {
+            for (isa, name) in [
+                (SimdIsa::Portable, "portable"),
+                (SimdIsa::Avx2, "avx2"),
+                (SimdIsa::Avx512Vnni, "avx512vnni"),
+            ] {
                 if !isa_wanted(name) {
                     continue;
                 }

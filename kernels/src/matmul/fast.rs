@@ -54,6 +54,12 @@ impl<F: FastFormat> IsaKernel for Fast<'_, '_, '_, F> {
     unsafe fn run_avx2_fma(self) {
         body::<F, super::simd::Avx2Fma>(self.0);
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run_avx512_vnni(self) {
+        body::<F, super::simd::Avx512Vnni>(self.0);
+    }
 }
 
 /// Decoded rows: per row its codes (`cols`), per-16 scales and offsets (`cols / 16`) and

@@ -1,6 +1,8 @@
 //! The integer dot of one block of decoded weight rows with one block of quantized
 //! activations, accumulated per lane into f32 row sums: [`BlockDot`], implemented for
-//! `simd.rs`'s [`Portable`] and [`Avx2Fma`].
+//! `simd.rs`'s [`Portable`], [`Avx2Fma`] and [`Avx512Vnni`] (the AVX2 dot with VNNI
+//! multiply-adds: `vpdpwssd` for `madd` + `add`, `vpdpbusd` for unit-scale
+//! `maddubs` + `madd` + `add`; the same exact integer lanes, so the same bits).
 //!
 //! Decides: the arithmetic of a Fast-mode block. With weights decoded as in `format.rs`
 //! (`w = d·a·c − dm·m`) and activations `x ≈ dx·q` (block scale `dx`, codes `q`, 16-sums
@@ -26,7 +28,7 @@
 //! below 2^28.
 
 #[cfg(target_arch = "x86_64")]
-use super::super::simd::Avx2Fma;
+use super::super::simd::{Avx2Fma, Avx512Vnni};
 use super::super::simd::{F32Lanes, Portable, LANES};
 use super::format::{FastFormat, GROUP};
 
@@ -185,13 +187,39 @@ impl BlockDot for Avx2Fma {
     ) {
         // SAFETY: as in `codes`; codes and activations are in the ranges `block` needs
         // (`format.rs`, `q8.rs`).
-        unsafe { avx2::block::<F, N, T>(rows, toks, acc) }
+        unsafe { avx2::block::<F, N, T, false>(rows, toks, acc) }
     }
 
     #[inline(always)]
     fn block_direct<F: FastFormat>(b: &[u8], x: &[i8], bs: &[i16], dx: f32, acc: &mut Self::V) {
         // SAFETY: as in `block`.
-        unsafe { avx2::block_direct::<F>(b, x, bs, dx, acc) }
+        unsafe { avx2::block_direct::<F, false>(b, x, bs, dx, acc) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl BlockDot for Avx512Vnni {
+    #[inline(always)]
+    fn codes<F: FastFormat>(b: &[u8], c: &mut [u8]) {
+        // SAFETY: `Avx512Vnni` is only used after its features (AVX2 among them) were
+        // detected (see `simd.rs`).
+        unsafe { F::codes_avx2(b, c) }
+    }
+
+    #[inline(always)]
+    fn block<F: FastFormat, const N: usize, const T: usize>(
+        rows: &RowsBlock<'_, N>,
+        toks: &TokensBlock<'_, N, T>,
+        acc: &mut [[Self::V; N]; T],
+    ) {
+        // SAFETY: as in `codes` (AVX-512 VL + VNNI included); ranges as for `Avx2Fma`.
+        unsafe { avx2::block::<F, N, T, true>(rows, toks, acc) }
+    }
+
+    #[inline(always)]
+    fn block_direct<F: FastFormat>(b: &[u8], x: &[i8], bs: &[i16], dx: f32, acc: &mut Self::V) {
+        // SAFETY: as in `block`.
+        unsafe { avx2::block_direct::<F, true>(b, x, bs, dx, acc) }
     }
 }
 
@@ -206,7 +234,8 @@ mod avx2 {
     };
 
     use std::arch::x86_64::{
-        _mm256_permute2x128_si256, _mm256_set_m128i, _mm256_shuffle_epi8, _mm_set1_epi16,
+        _mm256_dpbusd_epi32, _mm256_dpwssd_epi32, _mm256_permute2x128_si256, _mm256_set_m128i,
+        _mm256_shuffle_epi8, _mm_set1_epi16,
     };
 
     use super::super::format::avx2::ld;
@@ -313,26 +342,35 @@ mod avx2 {
         }
     }
 
-    /// One code chunk `cv` against activation chunk `xv` with scale vector `sc` (unit when
-    /// `None`), added to the i32 lanes `big`.
+    /// One code chunk `cv` against activation chunk `xv` with scale vector `sc` (unit for
+    /// 32-element blocks), added to the i32 lanes `big`. With `VNNI`, `vpdpwssd` does the
+    /// scale multiply-add and, for unit scales, `vpdpbusd` the whole chunk: the same exact
+    /// lane sums (no `maddubs` pair saturates, see the module docs).
     ///
     /// # Safety
-    /// AVX2; ranges as in [`block`].
+    /// AVX2 (and AVX-512 VL + VNNI when `VNNI`); ranges as in [`block`].
     #[inline(always)]
-    unsafe fn chunk_dot<F: FastFormat>(
+    unsafe fn chunk_dot<F: FastFormat, const VNNI: bool>(
         big: __m256i,
         cv: __m256i,
         xv: __m256i,
         sc: __m256i,
     ) -> __m256i {
-        // SAFETY: AVX2 per the caller.
+        let wide = F::BLOCK_ELEMS / GROUP == 16;
+        // SAFETY: AVX2 (and VNNI when `VNNI`) per the caller.
         unsafe {
-            let p = if F::SIGNED {
-                _mm256_maddubs_epi16(_mm256_abs_epi8(cv), _mm256_sign_epi8(xv, cv))
+            let (ca, xs) = if F::SIGNED {
+                (_mm256_abs_epi8(cv), _mm256_sign_epi8(xv, cv))
             } else {
-                _mm256_maddubs_epi16(cv, xv)
+                (cv, xv)
             };
-            _mm256_add_epi32(big, _mm256_madd_epi16(p, sc))
+            if VNNI && !wide {
+                _mm256_dpbusd_epi32(big, ca, xs)
+            } else if VNNI {
+                _mm256_dpwssd_epi32(big, _mm256_maddubs_epi16(ca, xs), sc)
+            } else {
+                _mm256_add_epi32(big, _mm256_madd_epi16(_mm256_maddubs_epi16(ca, xs), sc))
+            }
         }
     }
 
@@ -341,7 +379,7 @@ mod avx2 {
     /// # Safety
     /// As [`block`].
     #[inline(always)]
-    pub(super) unsafe fn block_direct<F: FastFormat>(
+    pub(super) unsafe fn block_direct<F: FastFormat, const VNNI: bool>(
         b: &[u8],
         x: &[i8],
         bs: &[i16],
@@ -362,7 +400,7 @@ mod avx2 {
             for (j, c) in cv.into_iter().enumerate().take(groups / 2) {
                 let xv = ld(x.as_ptr().add(32 * j).cast::<u8>());
                 let sc = if wide { scv.chunk(j) } else { ones };
-                big = chunk_dot::<F>(big, c, xv, sc);
+                big = chunk_dot::<F, VNNI>(big, c, xv, sc);
             }
             let off = offsets::<F>(&m, bs);
             *acc = finish::<F>(big, off, dx * d, dx * dm, *acc);
@@ -379,7 +417,7 @@ mod avx2 {
     /// The CPU must support AVX2. Codes of unsigned formats must be ≤ 127 (`format.rs` keeps
     /// them ≤ 63) and activation codes ≠ −128 (`q8.rs`), so no `maddubs` pair saturates.
     #[inline(always)]
-    pub(super) unsafe fn block<F: FastFormat, const N: usize, const T: usize>(
+    pub(super) unsafe fn block<F: FastFormat, const N: usize, const T: usize, const VNNI: bool>(
         rows: &RowsBlock<'_, N>,
         toks: &TokensBlock<'_, N, T>,
         acc: &mut [[__m256; N]; T],
@@ -423,7 +461,7 @@ mod avx2 {
                     };
                     for t in 0..T {
                         let xv = ld(x[t].as_ptr().add(32 * j).cast::<u8>());
-                        big[t] = chunk_dot::<F>(big[t], cv, xv, sc);
+                        big[t] = chunk_dot::<F, VNNI>(big[t], cv, xv, sc);
                     }
                 }
                 for t in 0..T {
