@@ -374,6 +374,22 @@ mod avx2 {
         }
     }
 
+    /// [`chunk_dot`] for the unit tests.
+    ///
+    /// # Safety
+    /// As [`chunk_dot`].
+    #[cfg(test)]
+    #[inline(always)]
+    pub(super) unsafe fn chunk_dot_for_test<F: FastFormat, const VNNI: bool>(
+        big: __m256i,
+        cv: __m256i,
+        xv: __m256i,
+        sc: __m256i,
+    ) -> __m256i {
+        // SAFETY: per the caller.
+        unsafe { chunk_dot::<F, VNNI>(big, cv, xv, sc) }
+    }
+
     /// See `super::BlockDot::block_direct`.
     ///
     /// # Safety
@@ -468,6 +484,90 @@ mod avx2 {
                     let off = offsets::<F>(m[k], bs[t]);
                     acc[t][k] = finish::<F>(big[t], off, fd[t][k], fm[t][k], acc[t][k]);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_storeu_si256};
+
+    use super::super::format::FastFormat;
+    use super::super::kquants::Q2K;
+    use super::super::legacy::{Q40, Q80};
+    use super::avx2::chunk_dot_for_test;
+
+    /// One chunk dot with and without VNNI.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn both<F: FastFormat>(
+        c: &[u8; 32],
+        x: &[i8; 32],
+        sc: &[i16; 16],
+    ) -> ([i32; 8], [i32; 8]) {
+        // SAFETY: per the caller; the arrays hold the 32 bytes read and written.
+        unsafe {
+            let ld = |p: *const u8| _mm256_loadu_si256(p.cast::<__m256i>());
+            let (cv, xv, sv) = (
+                ld(c.as_ptr()),
+                ld(x.as_ptr().cast()),
+                ld(sc.as_ptr().cast()),
+            );
+            let big = ld([7i32, -3, 0, 1, 2, -9, 100, -100].as_ptr().cast());
+            let (mut a, mut b) = ([0i32; 8], [0i32; 8]);
+            let va = chunk_dot_for_test::<F, false>(big, cv, xv, sv);
+            let vb = chunk_dot_for_test::<F, true>(big, cv, xv, sv);
+            _mm256_storeu_si256(a.as_mut_ptr().cast(), va);
+            _mm256_storeu_si256(b.as_mut_ptr().cast(), vb);
+            (a, b)
+        }
+    }
+
+    /// The VNNI chunk dot (vpdpwssd for scaled chunks, vpdpbusd for unit-scale and signed
+    /// ones) gives the AVX2 one's exact lanes, at the extremes of the code ranges.
+    #[test]
+    fn vnni_chunk_dot_matches_avx2() {
+        if !super::super::super::simd::avx512vnni_or_skip("vnni_chunk_dot_matches_avx2") {
+            return;
+        }
+        let mut s = 0x1234_5678u32;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        };
+        for case in 0..400 {
+            let x: [i8; 32] = std::array::from_fn(|_| {
+                match case % 4 {
+                    0 => 127,
+                    1 => -127,
+                    _ => ((next() % 255) as i32 - 127) as i8,
+                }
+                .clamp(-127, 127)
+            });
+            let unsigned: [u8; 32] = std::array::from_fn(|_| {
+                if case % 3 == 0 {
+                    63
+                } else {
+                    (next() % 64) as u8
+                }
+            });
+            let signed: [u8; 32] =
+                std::array::from_fn(|_| if case % 3 == 0 { 0x80 } else { next() as u8 });
+            let sc: [i16; 16] = std::array::from_fn(|_| (next() % 128) as i16 - 64);
+            let ones = [1i16; 16];
+            // SAFETY: VNNI and the rest checked above.
+            unsafe {
+                let (a, b) = both::<Q2K>(&unsigned, &x, &sc);
+                assert_eq!(a, b, "Q2_K case {case}");
+                let (a, b) = both::<Q40>(&unsigned, &x, &ones);
+                assert_eq!(a, b, "Q4_0 case {case}");
+                let (a, b) = both::<Q80>(&signed, &x, &ones);
+                assert_eq!(a, b, "Q8_0 case {case}");
             }
         }
     }
