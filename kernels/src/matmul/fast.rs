@@ -309,7 +309,8 @@ mod tests {
         (c, a, m, f)
     }
 
-    /// The AVX2 code unpackers produce exactly the portable ones' bytes.
+    /// The AVX2 code unpackers (stored and in registers) and scale unpackers produce exactly
+    /// the portable ones' bytes.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_unpackers_exact() {
@@ -324,6 +325,32 @@ mod tests {
                 // SAFETY: AVX2 checked above.
                 unsafe { F::codes_avx2(&b, &mut two) };
                 assert_eq!(one, two);
+                // The register forms: code chunks and (16-group formats) scale vectors.
+                let mut three = vec![0u8; 256];
+                // SAFETY: AVX2 checked above; `three` holds the 8 · 32 bytes written.
+                unsafe {
+                    for (j, v) in F::chunks_avx2(&b).into_iter().enumerate() {
+                        std::arch::x86_64::_mm256_storeu_si256(
+                            three.as_mut_ptr().add(32 * j).cast(),
+                            v,
+                        );
+                    }
+                }
+                assert_eq!(one[..], three[..F::BLOCK_ELEMS]);
+                if F::BLOCK_ELEMS == 256 {
+                    let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
+                    let f = F::scales(&b, &mut a, &mut m);
+                    let (mut va, mut vm) = ([0i8; 16], [0i16; 16]);
+                    // SAFETY: AVX2 checked above; the arrays hold the bytes written.
+                    let (d, dm) = unsafe {
+                        let (av, mv, d, dm) = F::scales_avx2(&b);
+                        std::arch::x86_64::_mm_storeu_si128(va.as_mut_ptr().cast(), av);
+                        std::arch::x86_64::_mm256_storeu_si256(vm.as_mut_ptr().cast(), mv);
+                        (d, dm)
+                    };
+                    assert_eq!((a, m), (va, vm), "seed {seed}");
+                    assert_eq!((f.0.to_bits(), f.1.to_bits()), (d.to_bits(), dm.to_bits()));
+                }
             }
         }
         check::<Q2K>();

@@ -259,8 +259,18 @@ mod avx2 {
         pub(super) unsafe fn new(a: &[i8]) -> Self {
             assert!(a.len() >= 16);
             // SAFETY: AVX2 per the caller; reads a[..16] (checked above).
+            unsafe { Self::from_vec(_mm_loadu_si128(a.as_ptr().cast::<__m128i>())) }
+        }
+
+        /// From the 16 scales in `a`.
+        ///
+        /// # Safety
+        /// AVX2.
+        #[inline(always)]
+        pub(super) unsafe fn from_vec(a: __m128i) -> Self {
+            // SAFETY: AVX2 per the caller.
             unsafe {
-                let a16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().cast::<__m128i>()));
+                let a16 = _mm256_cvtepi8_epi16(a);
                 Self {
                     lo: _mm256_permute2x128_si256::<0x00>(a16, a16),
                     hi: _mm256_permute2x128_si256::<0x11>(a16, a16),
@@ -404,21 +414,35 @@ mod avx2 {
     ) {
         let groups = F::BLOCK_ELEMS / GROUP;
         assert!(x.len() >= F::BLOCK_ELEMS && bs.len() >= groups && b.len() >= F::BLOCK_BYTES);
-        let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
-        let (d, dm) = F::scales(b, &mut a, &mut m);
-        // SAFETY: AVX2 per the caller; x read at 32j .. 32j + 32 <= BLOCK_ELEMS (checked).
+        // SAFETY: AVX2 (and VNNI when `VNNI`) per the caller; x read at 32j .. 32j + 32 <=
+        // BLOCK_ELEMS, bs 16 i16 only for 16 groups (checked above).
         unsafe {
             let cv = F::chunks_avx2(b);
-            let wide = groups == 16;
-            let scv = ScaleVecs::new(&a);
-            let ones = _mm256_set1_epi16(1);
             let mut big = _mm256_setzero_si256();
-            for (j, c) in cv.into_iter().enumerate().take(groups / 2) {
-                let xv = ld(x.as_ptr().add(32 * j).cast::<u8>());
-                let sc = if wide { scv.chunk(j) } else { ones };
-                big = chunk_dot::<F, VNNI>(big, c, xv, sc);
-            }
-            let off = offsets::<F>(&m, bs);
+            let (off, d, dm) = if groups == 16 {
+                // Scales in registers (no byte-wise stores to read back).
+                let (a, m, d, dm) = F::scales_avx2(b);
+                let scv = ScaleVecs::from_vec(a);
+                for (j, c) in cv.into_iter().enumerate().take(groups / 2) {
+                    let xv = ld(x.as_ptr().add(32 * j).cast::<u8>());
+                    big = chunk_dot::<F, VNNI>(big, c, xv, scv.chunk(j));
+                }
+                let off = if F::HAS_OFFSET {
+                    _mm256_madd_epi16(m, _mm256_loadu_si256(bs.as_ptr().cast::<__m256i>()))
+                } else {
+                    _mm256_setzero_si256()
+                };
+                (off, d, dm)
+            } else {
+                let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
+                let (d, dm) = F::scales(b, &mut a, &mut m);
+                let ones = _mm256_set1_epi16(1);
+                for (j, c) in cv.into_iter().enumerate().take(groups / 2) {
+                    let xv = ld(x.as_ptr().add(32 * j).cast::<u8>());
+                    big = chunk_dot::<F, VNNI>(big, c, xv, ones);
+                }
+                (offsets::<F>(&m, bs), d, dm)
+            };
             *acc = finish::<F>(big, off, dx * d, dx * dm, *acc);
         }
     }

@@ -61,6 +61,34 @@ pub(crate) trait FastFormat {
         }
     }
 
+    /// [`FastFormat::scales`] as vectors, for 16-group formats: `a` as 16 i8, `m` as 16
+    /// i16, and `(d, dm)`; the same values. Default: through stack arrays.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
+        let (d, dm) = Self::scales(b, &mut a, &mut m);
+        // SAFETY: AVX2 per the caller; the arrays hold the 16 and 32 bytes read.
+        unsafe {
+            (
+                std::arch::x86_64::_mm_loadu_si128(a.as_ptr().cast()),
+                std::arch::x86_64::_mm256_loadu_si256(m.as_ptr().cast()),
+                d,
+                dm,
+            )
+        }
+    }
+
     /// One block's `a` and `m` (one per [`GROUP`] elements); returns `(d, dm)`.
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32);
 }

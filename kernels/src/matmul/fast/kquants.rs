@@ -44,6 +44,20 @@ impl FastFormat for Q2K {
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         q2k_scales(b, a, m)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q2k_scales(b) }
+    }
 }
 
 /// Q2_K's per-16 scales (low nibbles) and mins (high nibbles), `(d, dmin)`.
@@ -100,22 +114,43 @@ impl FastFormat for Q3K {
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         q3k_scales(b, a, m)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q3k_scales(b) }
+    }
 }
 
-/// Q3_K's 16 signed scales `sc − 32` and offsets `4·(sc − 32)`, `(d, d)`.
+/// Q3_K's 16 unsigned 6-bit scales `sc` (bytes of the four words, scale `4q + i` byte `i`
+/// of word `q`).
 #[inline(always)]
-fn q3k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+fn q3k_scale_words(b: &[u8]) -> [u32; 4] {
     // Scale j has low bits (s[j % 8] >> 4(j / 8)) & 15 and high bits
     // (s[8 + j % 4] >> 2(j / 4)) & 3; four at a time in 32-bit words.
     let [w0, w1, w2] = words3(&b[96..108]);
     const LO: u32 = 0x0F0F_0F0F;
     const HI: u32 = 0x0303_0303;
-    let packed = [
+    [
         (w0 & LO) | ((w2 & HI) << 4),
         (w1 & LO) | (((w2 >> 2) & HI) << 4),
         ((w0 >> 4) & LO) | (((w2 >> 4) & HI) << 4),
         ((w1 >> 4) & LO) | (((w2 >> 6) & HI) << 4),
-    ];
+    ]
+}
+
+/// Q3_K's 16 signed scales `sc − 32` and offsets `4·(sc − 32)`, `(d, d)`.
+#[inline(always)]
+fn q3k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+    let packed = q3k_scale_words(b);
     for (q, word) in packed.iter().enumerate() {
         for (i, byte) in word.to_le_bytes().into_iter().enumerate() {
             let sc = byte as i8 - 32;
@@ -142,12 +177,7 @@ fn words3(s: &[u8]) -> [u32; 3] {
 /// above them, mins 4..8 the high nibbles with the top 2 bits of bytes 4..8.
 #[inline(always)]
 fn k4_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
-    let [w0, w1, w2] = words3(&b[4..16]);
-    const SIX: u32 = 0x3F3F_3F3F;
-    const LO: u32 = 0x0F0F_0F0F;
-    const TOP: u32 = 0x0303_0303;
-    let sc = [w0 & SIX, (w2 & LO) | (((w0 >> 6) & TOP) << 4)];
-    let mn = [w1 & SIX, ((w2 >> 4) & LO) | (((w1 >> 6) & TOP) << 4)];
+    let (sc, mn) = k4_scale_words(b);
     for h in 0..2 {
         let (sb, mb) = (sc[h].to_le_bytes(), mn[h].to_le_bytes());
         for i in 0..4 {
@@ -159,6 +189,19 @@ fn k4_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         }
     }
     (f16_at(b, 0), f16_at(b, 2))
+}
+
+/// The 8 scales and 8 mins of a Q4_K/Q5_K block, byte `i` of word `h` for sub-block
+/// `4h + i` (see [`k4_scales`]).
+#[inline(always)]
+fn k4_scale_words(b: &[u8]) -> ([u32; 2], [u32; 2]) {
+    let [w0, w1, w2] = words3(&b[4..16]);
+    const SIX: u32 = 0x3F3F_3F3F;
+    const LO: u32 = 0x0F0F_0F0F;
+    const TOP: u32 = 0x0303_0303;
+    let sc = [w0 & SIX, (w2 & LO) | (((w0 >> 6) & TOP) << 4)];
+    let mn = [w1 & SIX, ((w2 >> 4) & LO) | (((w1 >> 6) & TOP) << 4)];
+    (sc, mn)
 }
 
 /// Q4_K: `w = (d·sc)·q − dmin·m`, `q` 4-bit.
@@ -199,6 +242,20 @@ impl FastFormat for Q4K {
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         k4_scales(b, a, m)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::k4_scales(b) }
     }
 }
 
@@ -241,6 +298,20 @@ impl FastFormat for Q5K {
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         k4_scales(b, a, m)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::k4_scales(b) }
     }
 }
 
@@ -285,6 +356,20 @@ impl FastFormat for Q6K {
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         q6k_scales(b, a, m)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q6k_scales(b) }
+    }
 }
 
 /// Q6_K's 16 signed scales and offsets `32·sc`, `(d, d)`.
@@ -309,7 +394,84 @@ mod avx2 {
         _mm256_slli_epi16, _mm256_srli_epi16,
     };
 
+    use std::arch::x86_64::{
+        __m128i, _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16, _mm_and_si128, _mm_loadu_si128,
+        _mm_set1_epi8, _mm_set_epi32, _mm_setr_epi32, _mm_srli_epi16, _mm_sub_epi8,
+        _mm_unpacklo_epi8,
+    };
+
     use super::super::format::avx2::{ld, shr, st};
+    use super::super::format::f16_at;
+
+    /// Q2_K's scales as vectors (as `super::q2k_scales`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q2k_scales(b: &[u8]) -> (__m128i, __m256i, f32, f32) {
+        assert!(b.len() >= 84);
+        // SAFETY: AVX2 per the caller; reads b[..16] (checked above).
+        unsafe {
+            let v = _mm_loadu_si128(b.as_ptr().cast());
+            let m4 = _mm_set1_epi8(0x0F);
+            let a = _mm_and_si128(v, m4);
+            let m = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(v), m4));
+            (a, m, f16_at(b, 80), f16_at(b, 82))
+        }
+    }
+
+    /// Q3_K's scales as vectors (as `super::q3k_scales`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q3k_scales(b: &[u8]) -> (__m128i, __m256i, f32, f32) {
+        let [p0, p1, p2, p3] = super::q3k_scale_words(b);
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let v = _mm_setr_epi32(p0 as i32, p1 as i32, p2 as i32, p3 as i32);
+            let a = _mm_sub_epi8(v, _mm_set1_epi8(32));
+            // 4·a: |a| ≤ 32, so the 16-bit shift cannot overflow.
+            let m = _mm256_slli_epi16::<2>(_mm256_cvtepi8_epi16(a));
+            let d = f16_at(b, 108);
+            (a, m, d, d)
+        }
+    }
+
+    /// Q4_K/Q5_K's scales as vectors (as `super::k4_scales`): each sub-block's scale and min
+    /// in both of its groups.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn k4_scales(b: &[u8]) -> (__m128i, __m256i, f32, f32) {
+        let (sc, mn) = super::k4_scale_words(b);
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let s8 = _mm_set_epi32(0, 0, sc[1] as i32, sc[0] as i32);
+            let m8 = _mm_set_epi32(0, 0, mn[1] as i32, mn[0] as i32);
+            let a = _mm_unpacklo_epi8(s8, s8);
+            let m = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+            (a, m, f16_at(b, 0), f16_at(b, 2))
+        }
+    }
+
+    /// Q6_K's scales as vectors (as `super::q6k_scales`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q6k_scales(b: &[u8]) -> (__m128i, __m256i, f32, f32) {
+        assert!(b.len() >= 210);
+        // SAFETY: AVX2 per the caller; reads b[192..208] (checked above).
+        unsafe {
+            let a = _mm_loadu_si128(b.as_ptr().add(192).cast());
+            // 32·sc: |sc| ≤ 128, so the 16-bit shift cannot overflow.
+            let m = _mm256_slli_epi16::<5>(_mm256_cvtepi8_epi16(a));
+            let d = f16_at(b, 208);
+            (a, m, d, d)
+        }
+    }
 
     /// Stores the 8 vectors at `c[..256]`.
     ///
