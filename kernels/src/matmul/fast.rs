@@ -231,7 +231,8 @@ fn body<F: FastFormat, S: BlockDot>(call: RowCall<'_, '_, '_, QActs>) {
 const TOKEN_TILE: usize = 8;
 
 /// Tile rows `k0 .. k0 + N` against tokens `ts`, [`TOKEN_TILE`] (then 4, 2, 1) at a time
-/// (from 2 for 32-element blocks);
+/// (from 2 for 32-element blocks and the portable implementation, see
+/// [`BlockDot::WIDE_TOKEN_PASS`]);
 /// row `k0 + k`'s result for token `t` goes to `out[t][i + k]`.
 #[inline(always)]
 fn tokens<F: FastFormat, S: BlockDot, const N: usize>(
@@ -258,7 +259,7 @@ fn tokens<F: FastFormat, S: BlockDot, const N: usize>(
             }
         };
     }
-    if F::BLOCK_ELEMS >= 256 {
+    if F::BLOCK_ELEMS >= 256 && S::WIDE_TOKEN_PASS {
         pass!(TOKEN_TILE);
         pass!(4);
     }

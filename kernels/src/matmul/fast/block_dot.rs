@@ -60,6 +60,12 @@ pub(crate) struct TokensBlock<'a, const N: usize, const T: usize> {
 
 /// One implementation of the Fast kernels' per-ISA parts.
 pub(crate) trait BlockDot: F32Lanes {
+    /// Whether the kernel body should dot 8 (then 4) tokens per pass over a tile of
+    /// 256-element blocks (the SIMD implementations: one code chunk and scale vector serve
+    /// 8 tokens), else 2 (the portable one, whose per-(token, row) lane sums gain nothing
+    /// from wider passes).
+    const WIDE_TOKEN_PASS: bool;
+
     /// One block's codes of `F` (its portable or AVX2 unpacker).
     fn codes<F: FastFormat>(b: &[u8], c: &mut [u8]);
 
@@ -139,6 +145,8 @@ fn lane_sums<F: FastFormat>(
 }
 
 impl BlockDot for Portable {
+    const WIDE_TOKEN_PASS: bool = false;
+
     #[inline(always)]
     fn codes<F: FastFormat>(b: &[u8], c: &mut [u8]) {
         F::codes(b, c);
@@ -173,6 +181,8 @@ impl BlockDot for Portable {
 
 #[cfg(target_arch = "x86_64")]
 impl BlockDot for Avx2Fma {
+    const WIDE_TOKEN_PASS: bool = true;
+
     #[inline(always)]
     fn codes<F: FastFormat>(b: &[u8], c: &mut [u8]) {
         // SAFETY: `Avx2Fma` is only used after AVX2 was detected (see `simd.rs`).
@@ -199,6 +209,8 @@ impl BlockDot for Avx2Fma {
 
 #[cfg(target_arch = "x86_64")]
 impl BlockDot for Avx512Vnni {
+    const WIDE_TOKEN_PASS: bool = true;
+
     #[inline(always)]
     fn codes<F: FastFormat>(b: &[u8], c: &mut [u8]) {
         // SAFETY: `Avx512Vnni` is only used after its features (AVX2 among them) were
