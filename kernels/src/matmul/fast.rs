@@ -148,10 +148,10 @@ impl Tile {
                 rows.a[i] = &self.a[g + g0..g + g1];
                 rows.m[i] = &self.m[g + g0..g + g1];
             }
-            for t in 0..T {
-                toks.x[t] = &tok[t].0[e0..e1];
-                toks.bs[t] = &tok[t].2[g0..g1];
-                let dx = tok[t].1[blk];
+            for (t, (xs, dxs, bss)) in tok.iter().enumerate() {
+                toks.x[t] = &xs[e0..e1];
+                toks.bs[t] = &bss[g0..g1];
+                let dx = dxs[blk];
                 for i in 0..N {
                     toks.fd[t][i] = dx * self.d[(k0 + i) * nb + blk];
                     toks.fm[t][i] = dx * self.dm[(k0 + i) * nb + blk];
