@@ -1,17 +1,21 @@
 //! Fast-mode row kernels: integer dot products of the weights' codes with activations
 //! quantized to int8 once per matmul (`q8.rs`), as llama.cpp computes on CPUs.
 //!
-//! Decides: the tiling and the loop structure, shared by every format. [`ROW_TILE`] rows are
-//! decoded together (codes into a scratch tile, per-16 scales and offsets, per-block
-//! factors) and dotted against the tokens of a chunk of [`FAST_TOKEN_CHUNK`], two tokens per
-//! pass: one decode serves the chunk, one load of a token's codes serves the 4 rows, and one
-//! load of a row's codes and scales serves both tokens. Tail rows (fewer than a tile) go
-//! through the same block loop one row and one token at a time.
+//! Decides: the tiling and the loop structure, shared by every format. A chunk of one token
+//! (decode) goes row by row with each block decoded in registers and dotted at once
+//! ([`BlockDot::block_direct`]; no scratch tile). Longer chunks (up to
+//! [`FAST_TOKEN_CHUNK`]) decode [`ROW_TILE`] rows together (codes into a scratch tile, per-16
+//! scales and offsets, per-block factors) and dot them against the chunk's tokens 8 at a time
+//! (then 4, 2, 1; 2 at a time for 32-element blocks and the portable implementation): one
+//! decode serves the chunk, and one load of a row's code chunk and one scale shuffle serve
+//! the pass's tokens. Tail rows (fewer than a tile) go through the same loop one row at a
+//! time.
 //!
 //! Leaves to the formats (`fast/kquants.rs`, `fast/legacy.rs`, `fast/iq4.rs`, under the
 //! contract of `fast/format.rs`) how a block unpacks, and to `fast/block_dot.rs` the
 //! arithmetic of one block (exact integer lane sums, then f32 scaling per lane without fused
-//! multiply-adds), so the AVX2 and portable implementations give the same bits, and neither
+//! multiply-adds), so the AVX2, AVX-512 VNNI and portable implementations give the same bits,
+//! and neither
 //! the token count, nor the tile position, nor the thread split changes a result (each
 //! depends only on the row's bytes and the token's quantized activations). A row's result is
 //! its 8 lanes summed pairwise (`simd.rs`).
