@@ -15,10 +15,9 @@
 //! contract of `fast/format.rs`) how a block unpacks, and to `fast/block_dot.rs` the
 //! arithmetic of one block (exact integer lane sums, then f32 scaling per lane without fused
 //! multiply-adds), so the AVX2, AVX-512 VNNI and portable implementations give the same bits,
-//! and neither
-//! the token count, nor the tile position, nor the thread split changes a result (each
-//! depends only on the row's bytes and the token's quantized activations). A row's result is
-//! its 8 lanes summed pairwise (`simd.rs`).
+//! and neither the token count, nor the tile position, nor the thread split changes a result
+//! (each depends only on the row's bytes and the token's quantized activations). A row's
+//! result is its 8 lanes summed pairwise (`simd.rs`).
 
 mod block_dot;
 mod format;
