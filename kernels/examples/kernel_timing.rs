@@ -15,14 +15,40 @@ use std::time::Instant;
 
 use moe_kernels::{quantize_row, GgmlType, QMatrix, SimdIsa};
 
-/// Weight rows of the timed matrix.
+/// Weight rows of the timed matrix (`KT_ROWS` overrides).
 const ROWS: usize = 512;
 /// Input features of the timed matrix (Kimi K2.5's hidden size).
 const COLS: usize = 7168;
 /// Timed calls per row; the best is reported.
 const REPS: usize = 7;
-/// Token counts timed: one decode token and a prompt chunk.
+/// Token counts timed: one decode token and a prompt chunk (`KT_TOKENS=1,16,64` overrides).
 const TOKEN_COUNTS: [usize; 2] = [1, 16];
+
+/// `KT_ROWS`, else [`ROWS`].
+fn rows() -> usize {
+    std::env::var("KT_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROWS)
+}
+
+/// `KT_TOKENS` (comma-separated), else [`TOKEN_COUNTS`].
+fn token_counts() -> Vec<usize> {
+    std::env::var("KT_TOKENS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| TOKEN_COUNTS.to_vec())
+}
+
+/// `KT_ISA=avx2` (or `portable`, ...) times only that implementation.
+fn isa_wanted(name: &str) -> bool {
+    std::env::var("KT_ISA").map_or(true, |v| v.split(',').any(|w| w == name))
+}
+
+/// `KT_MODE=fast` (or `exact`) times only that mode.
+fn mode_wanted(name: &str) -> bool {
+    std::env::var("KT_MODE").map_or(true, |v| v == name)
+}
 
 const TYPES: [GgmlType; 12] = [
     GgmlType::Q2_K,
@@ -59,14 +85,14 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 /// Valid weight bytes of `ty`: quantized values, or (IQ4_*) random bytes with a small `d`.
 fn weight_bytes(ty: GgmlType) -> Vec<u8> {
     let rb = ty.row_bytes(COLS).expect("row bytes");
-    let mut bytes = vec![0u8; ROWS * rb];
+    let mut bytes = vec![0u8; rows() * rb];
     if ty.can_quantize() {
-        let x = values(ROWS * COLS, 1);
+        let x = values(rows() * COLS, 1);
         for (src, dst) in x.chunks(COLS).zip(bytes.chunks_mut(rb)) {
             quantize_row(ty, src, dst).expect("quantize");
         }
     } else {
-        for (i, v) in values(ROWS * rb, 2).iter().enumerate() {
+        for (i, v) in values(rows() * rb, 2).iter().enumerate() {
             bytes[i] = (v.to_bits() >> 7) as u8;
         }
         let d = half::f16::from_f32(0.01).to_le_bytes();
@@ -97,12 +123,19 @@ fn main() {
             continue;
         }
         let bytes = weight_bytes(ty);
-        let m = QMatrix::new(ty, ROWS, COLS, &bytes).expect("matrix");
-        for n in TOKEN_COUNTS {
+        let m = QMatrix::new(ty, rows(), COLS, &bytes).expect("matrix");
+        for n in token_counts() {
             let x = values(n * COLS, 3 + n as u64);
-            let mut y = vec![0f32; n * ROWS];
+            let mut y = vec![0f32; n * rows()];
             let mut runs: Vec<(&str, &str, Run)> = Vec::new();
-            for (isa, name) in [(SimdIsa::Portable, "portable"), (SimdIsa::Avx2, "avx2")] {
+            for (isa, name) in [
+                (SimdIsa::Portable, "portable"),
+                (SimdIsa::Avx2, "avx2"),
+                (SimdIsa::Avx512Vnni, "avx512vnni"),
+            ] {
+                if !isa_wanted(name) {
+                    continue;
+                }
                 if !isa.available() {
                     eprintln!("skipped: {name} (this CPU lacks it)");
                     continue;
@@ -124,13 +157,16 @@ fn main() {
                 ));
             }
             for (mode, isa, run) in runs.iter_mut() {
+                if !mode_wanted(mode) {
+                    continue;
+                }
                 let mut best = f64::INFINITY;
                 for _ in 0..REPS {
                     let t = Instant::now();
                     run(&mut y);
                     best = best.min(t.elapsed().as_secs_f64());
                 }
-                let macs = (ROWS * COLS * n) as f64;
+                let macs = (rows() * COLS * n) as f64;
                 println!(
                     "| {} | {mode} | {isa} | {n} | {:.0} | {:.2} | {:016x} |",
                     ty.name(),

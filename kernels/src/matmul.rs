@@ -233,7 +233,7 @@ impl<'a> QMatrix<'a> {
         let w = self.weight_rows();
         if self.mode == NumericMode::Fast {
             if let Some(kernel) = kernel_table::fast_rows_fn(self.ty) {
-                let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems());
+                let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems(), isa);
                 self.split(n_tokens, y, threads, |rows, out| {
                     kernel(
                         RowCall {
@@ -309,7 +309,7 @@ impl<'a> QMatrix<'a> {
         if self.rows == 0 || n_tokens == 0 {
             return Ok(());
         }
-        let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems());
+        let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems(), isa);
         let mut out: Vec<&mut [f32]> = y.chunks_exact_mut(self.rows).collect();
         let call = RowCall {
             w: self.weight_rows(),

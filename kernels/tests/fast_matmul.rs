@@ -6,8 +6,9 @@
 //! 2. against an emulation of the documented arithmetic (the same int8 activations, f64
 //!    products with the dequantized weights) within f32 rounding only, which catches any
 //!    wrongly indexed code, scale or offset that the looser bound of 1. might hide;
-//! 3. the AVX2 implementation against the portable one, bit for bit (skipped, said on
-//!    stderr, on CPUs without AVX2);
+//! 3. the AVX2 and AVX-512 VNNI implementations against the portable one, bit for bit
+//!    (each skipped, said on stderr, on CPUs without it), at token counts that take every
+//!    token-tile width and the single-token path;
 //! 4. threaded and batched results against single-token, single-thread ones, bit for bit.
 //!
 //! Shapes: rows that are not a multiple of the row tile, token counts 1..=5 and one over
@@ -129,7 +130,7 @@ fn check_type(ty: GgmlType, rows: usize, cols: usize, token_counts: &[usize], se
 
         // Single thread, each token alone, each implementation: bit-identical.
         let detected = SimdIsa::detected();
-        for isa in [SimdIsa::Portable, SimdIsa::Avx2] {
+        for isa in [SimdIsa::Portable, SimdIsa::Avx2, SimdIsa::Avx512Vnni] {
             if !isa.available() {
                 eprintln!("skipped: fast {isa:?} kernel of {ty:?} (CPU lacks it)");
                 continue;
@@ -163,30 +164,50 @@ fn fast_types_against_exact_and_emulation() {
     }
 }
 
+/// `isa` against the portable implementation, bit for bit, for every fast type and token
+/// counts through every token-tile width (8, 4, 2, 1 and the single-token path).
+fn simd_matches_portable(isa: SimdIsa) {
+    for (i, ty) in FAST_TYPES.into_iter().enumerate() {
+        let mut rng = Rng::new(900 + i as u64);
+        let (rows, cols) = (13, 2048);
+        let bytes = weights(ty, rows, cols, &mut rng);
+        let m = QMatrix::new(ty, rows, cols, &bytes).unwrap();
+        for n in [1, 2, 3, 4, 5, 8, 9, 15, 19] {
+            let x = activations(n * cols, &mut rng);
+            let mut a = vec![f32::NAN; n * rows];
+            let mut b = vec![f32::NAN; n * rows];
+            m.matmul_fast_with_isa(&x, n, &mut a, SimdIsa::Portable)
+                .unwrap();
+            m.matmul_fast_with_isa(&x, n, &mut b, isa).unwrap();
+            for (k, (p, v)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(
+                    p.to_bits(),
+                    v.to_bits(),
+                    "{ty:?} {isa:?} n={n} out {k}: {p} vs {v}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn avx2_matches_portable_bit_for_bit() {
     if !SimdIsa::Avx2.available() {
         eprintln!("skipped: avx2_matches_portable_bit_for_bit (CPU lacks avx2+fma)");
         return;
     }
-    for (i, ty) in FAST_TYPES.into_iter().enumerate() {
-        let mut rng = Rng::new(900 + i as u64);
-        let (rows, cols) = (13, 2048);
-        let bytes = weights(ty, rows, cols, &mut rng);
-        let m = QMatrix::new(ty, rows, cols, &bytes).unwrap();
-        for n in 1..=5 {
-            let x = activations(n * cols, &mut rng);
-            let mut a = vec![f32::NAN; n * rows];
-            let mut b = vec![f32::NAN; n * rows];
-            m.matmul_fast_with_isa(&x, n, &mut a, SimdIsa::Portable)
-                .unwrap();
-            m.matmul_fast_with_isa(&x, n, &mut b, SimdIsa::Avx2)
-                .unwrap();
-            for (k, (p, v)) in a.iter().zip(&b).enumerate() {
-                assert_eq!(p.to_bits(), v.to_bits(), "{ty:?} n={n} out {k}: {p} vs {v}");
-            }
-        }
+    simd_matches_portable(SimdIsa::Avx2);
+}
+
+#[test]
+fn avx512vnni_matches_portable_bit_for_bit() {
+    if !SimdIsa::Avx512Vnni.available() {
+        eprintln!(
+            "skipped: avx512vnni_matches_portable_bit_for_bit (CPU lacks avx512f+bw+vl+vnni)"
+        );
+        return;
     }
+    simd_matches_portable(SimdIsa::Avx512Vnni);
 }
 
 #[test]

@@ -1,20 +1,23 @@
 //! Fast-mode row kernels: integer dot products of the weights' codes with activations
 //! quantized to int8 once per matmul (`q8.rs`), as llama.cpp computes on CPUs.
 //!
-//! Decides: the tiling and the loop structure, shared by every format. [`ROW_TILE`] rows are
-//! decoded together (codes into a scratch tile, per-16 scales and offsets, per-block
-//! factors) and dotted against the tokens of a chunk of [`FAST_TOKEN_CHUNK`], two tokens per
-//! pass: one decode serves the chunk, one load of a token's codes serves the 4 rows, and one
-//! load of a row's codes and scales serves both tokens. Tail rows (fewer than a tile) go
-//! through the same block loop one row and one token at a time.
+//! Decides: the tiling and the loop structure, shared by every format. A chunk of one token
+//! (decode) goes row by row with each block decoded in registers and dotted at once
+//! ([`BlockDot::block_direct`]; no scratch tile). Longer chunks (up to
+//! [`FAST_TOKEN_CHUNK`]) decode [`ROW_TILE`] rows together (codes into a scratch tile, per-16
+//! scales and offsets, per-block factors) and dot them against the chunk's tokens 8 at a time
+//! (then 4, 2, 1; 2 at a time for 32-element blocks and the portable implementation): one
+//! decode serves the chunk, and one load of a row's code chunk and one scale shuffle serve
+//! the pass's tokens. Tail rows (fewer than a tile) go through the same loop one row at a
+//! time.
 //!
 //! Leaves to the formats (`fast/kquants.rs`, `fast/legacy.rs`, `fast/iq4.rs`, under the
 //! contract of `fast/format.rs`) how a block unpacks, and to `fast/block_dot.rs` the
 //! arithmetic of one block (exact integer lane sums, then f32 scaling per lane without fused
-//! multiply-adds), so the AVX2 and portable implementations give the same bits, and neither
-//! the token count, nor the tile position, nor the thread split changes a result (each
-//! depends only on the row's bytes and the token's quantized activations). A row's result is
-//! its 8 lanes summed pairwise (`simd.rs`).
+//! multiply-adds), so the AVX2, AVX-512 VNNI and portable implementations give the same bits,
+//! and neither the token count, nor the tile position, nor the thread split changes a result
+//! (each depends only on the row's bytes and the token's quantized activations). A row's
+//! result is its 8 lanes summed pairwise (`simd.rs`).
 
 mod block_dot;
 mod format;
@@ -53,6 +56,12 @@ impl<F: FastFormat> IsaKernel for Fast<'_, '_, '_, F> {
     #[inline(always)]
     unsafe fn run_avx2_fma(self) {
         body::<F, super::simd::Avx2Fma>(self.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run_avx512_vnni(self) {
+        body::<F, super::simd::Avx512Vnni>(self.0);
     }
 }
 
@@ -115,26 +124,42 @@ impl Tile {
         let cols = self.cols;
         let (ng, nb) = (cols / GROUP, cols / F::BLOCK_ELEMS);
         let gpb = F::BLOCK_ELEMS / GROUP;
-        let tok: [(&[i8], &[f32], &[i16]); T] = std::array::from_fn(|q| acts.token(ts[q]));
+        // Plain loops throughout: `std::array::from_fn` with a closure may stay an
+        // out-of-line call per block.
+        let mut tok: [(&[i8], &[f32], &[i16]); T] = [(&[], &[], &[]); T];
+        for (q, tq) in tok.iter_mut().enumerate() {
+            *tq = acts.token(ts[q]);
+        }
         let mut acc = [[S::zero(); N]; T];
+        let mut rows = RowsBlock::<N> {
+            c: [&[]; N],
+            a: [&[]; N],
+            m: [&[]; N],
+        };
+        let mut toks = TokensBlock::<N, T> {
+            x: [&[]; T],
+            bs: [&[]; T],
+            fd: [[0.0; N]; T],
+            fm: [[0.0; N]; T],
+        };
         for blk in 0..nb {
             let (e0, e1) = (blk * F::BLOCK_ELEMS, (blk + 1) * F::BLOCK_ELEMS);
             let (g0, g1) = (blk * gpb, (blk + 1) * gpb);
-            let rows = RowsBlock::<N> {
-                c: std::array::from_fn(|i| &self.c[(k0 + i) * cols + e0..(k0 + i) * cols + e1]),
-                a: std::array::from_fn(|i| &self.a[(k0 + i) * ng + g0..(k0 + i) * ng + g1]),
-                m: std::array::from_fn(|i| &self.m[(k0 + i) * ng + g0..(k0 + i) * ng + g1]),
-            };
-            let toks = TokensBlock::<N, T> {
-                x: std::array::from_fn(|t| &tok[t].0[e0..e1]),
-                bs: std::array::from_fn(|t| &tok[t].2[g0..g1]),
-                fd: std::array::from_fn(|t| {
-                    std::array::from_fn(|i| tok[t].1[blk] * self.d[(k0 + i) * nb + blk])
-                }),
-                fm: std::array::from_fn(|t| {
-                    std::array::from_fn(|i| tok[t].1[blk] * self.dm[(k0 + i) * nb + blk])
-                }),
-            };
+            for i in 0..N {
+                let (r, g) = ((k0 + i) * cols, (k0 + i) * ng);
+                rows.c[i] = &self.c[r + e0..r + e1];
+                rows.a[i] = &self.a[g + g0..g + g1];
+                rows.m[i] = &self.m[g + g0..g + g1];
+            }
+            for (t, (xs, dxs, bss)) in tok.iter().enumerate() {
+                toks.x[t] = &xs[e0..e1];
+                toks.bs[t] = &bss[g0..g1];
+                let dx = dxs[blk];
+                for i in 0..N {
+                    toks.fd[t][i] = dx * self.d[(k0 + i) * nb + blk];
+                    toks.fm[t][i] = dx * self.dm[(k0 + i) * nb + blk];
+                }
+            }
             S::block::<F, N, T>(&rows, &toks, &mut acc);
         }
         // Plain loops: a closure passed to `map` may stay an out-of-line call, and with it the
@@ -176,6 +201,13 @@ fn body<F: FastFormat, S: BlockDot>(call: RowCall<'_, '_, '_, QActs>) {
     let mut t0 = 0;
     while t0 < n_tokens {
         let t1 = (t0 + FAST_TOKEN_CHUNK).min(n_tokens);
+        if t1 - t0 == 1 {
+            // One token (decode): each row's blocks are decoded in registers and dotted
+            // directly; a scratch tile would only add a store and a load per code.
+            direct::<F, S>(w, rows.clone(), acts, t0, &mut *out[t0]);
+            t0 = t1;
+            continue;
+        }
         let mut r = rows.start;
         while r < rows.end {
             let n = ROW_TILE.min(rows.end - r);
@@ -183,31 +215,84 @@ fn body<F: FastFormat, S: BlockDot>(call: RowCall<'_, '_, '_, QActs>) {
                 tile.decode::<F, S>(k, w.rows(r + k, 1));
             }
             let i = r - rows.start;
-            let mut t = t0;
-            while t < t1 {
-                if n < ROW_TILE {
-                    for k in 0..n {
-                        let [[res]] = tile.dot::<F, S, 1, 1>(k, acts, [t]);
-                        out[t][i + k] = res;
-                    }
-                    t += 1;
-                } else if t + 1 < t1 {
-                    // Two tokens through a full tile: one load of each row's codes and
-                    // scales serves both.
-                    let res = tile.dot::<F, S, ROW_TILE, 2>(0, acts, [t, t + 1]);
-                    for (q, rq) in res.iter().enumerate() {
-                        out[t + q][i..i + n].copy_from_slice(rq);
-                    }
-                    t += 2;
-                } else {
-                    let [res] = tile.dot::<F, S, ROW_TILE, 1>(0, acts, [t]);
-                    out[t][i..i + n].copy_from_slice(&res);
-                    t += 1;
+            if n < ROW_TILE {
+                for k in 0..n {
+                    tokens::<F, S, 1>(&tile, k, acts, t0..t1, out, i + k);
                 }
+            } else {
+                tokens::<F, S, ROW_TILE>(&tile, 0, acts, t0..t1, out, i);
             }
             r += n;
         }
         t0 = t1;
+    }
+}
+
+/// Tokens per pass over a decoded row tile of 256-element blocks: one load of a row's code
+/// chunk and one scale shuffle serve this many tokens. 32-element blocks go two tokens at a
+/// time (their per-block f32 step for `N · T` accumulators outweighs the chunk reuse).
+const TOKEN_TILE: usize = 8;
+
+/// Tile rows `k0 .. k0 + N` against tokens `ts`, [`TOKEN_TILE`] (then 4, 2, 1) at a time
+/// (from 2 for 32-element blocks and the portable implementation, see
+/// [`BlockDot::WIDE_TOKEN_PASS`]);
+/// row `k0 + k`'s result for token `t` goes to `out[t][i + k]`.
+#[inline(always)]
+fn tokens<F: FastFormat, S: BlockDot, const N: usize>(
+    tile: &Tile,
+    k0: usize,
+    acts: &QActs,
+    ts: std::ops::Range<usize>,
+    out: &mut [&mut [f32]],
+    i: usize,
+) {
+    let mut t = ts.start;
+    macro_rules! pass {
+        ($T:expr) => {
+            while ts.end - t >= $T {
+                let mut ts = [0usize; $T];
+                for (q, tq) in ts.iter_mut().enumerate() {
+                    *tq = t + q;
+                }
+                let res = tile.dot::<F, S, N, { $T }>(k0, acts, ts);
+                for (q, rq) in res.iter().enumerate() {
+                    out[t + q][i..i + N].copy_from_slice(rq);
+                }
+                t += $T;
+            }
+        };
+    }
+    if F::BLOCK_ELEMS >= 256 && S::WIDE_TOKEN_PASS {
+        pass!(TOKEN_TILE);
+        pass!(4);
+    }
+    pass!(2);
+    pass!(1);
+}
+
+/// Token `t` against rows `rows` without a tile (see [`BlockDot::block_direct`]): the same
+/// bits as the tiled loop.
+#[inline(always)]
+fn direct<F: FastFormat, S: BlockDot>(
+    w: super::rows::WeightRows<'_>,
+    rows: std::ops::Range<usize>,
+    acts: &QActs,
+    t: usize,
+    out: &mut [f32],
+) {
+    let (x, dx, bs) = acts.token(t);
+    let gpb = F::BLOCK_ELEMS / GROUP;
+    for (r, o) in rows.zip(out.iter_mut()) {
+        let row = w.rows(r, 1);
+        let mut acc = S::zero();
+        let blocks = row
+            .chunks_exact(F::BLOCK_BYTES)
+            .zip(x.chunks_exact(F::BLOCK_ELEMS))
+            .zip(bs.chunks_exact(gpb).zip(dx));
+        for ((b, xb), (bsb, dxb)) in blocks {
+            S::block_direct::<F>(b, xb, bsb, *dxb, &mut acc);
+        }
+        *o = S::reduce(acc);
     }
 }
 
@@ -228,7 +313,8 @@ mod tests {
         (c, a, m, f)
     }
 
-    /// The AVX2 code unpackers produce exactly the portable ones' bytes.
+    /// The AVX2 code unpackers (stored and in registers) and scale unpackers produce exactly
+    /// the portable ones' bytes.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_unpackers_exact() {
@@ -243,6 +329,32 @@ mod tests {
                 // SAFETY: AVX2 checked above.
                 unsafe { F::codes_avx2(&b, &mut two) };
                 assert_eq!(one, two);
+                // The register forms: code chunks and (16-group formats) scale vectors.
+                let mut three = vec![0u8; 256];
+                // SAFETY: AVX2 checked above; `three` holds the 8 · 32 bytes written.
+                unsafe {
+                    for (j, v) in F::chunks_avx2(&b).into_iter().enumerate() {
+                        std::arch::x86_64::_mm256_storeu_si256(
+                            three.as_mut_ptr().add(32 * j).cast(),
+                            v,
+                        );
+                    }
+                }
+                assert_eq!(one[..], three[..F::BLOCK_ELEMS]);
+                if F::BLOCK_ELEMS == 256 {
+                    let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
+                    let f = F::scales(&b, &mut a, &mut m);
+                    let (mut va, mut vm) = ([0i8; 16], [0i16; 16]);
+                    // SAFETY: AVX2 checked above; the arrays hold the bytes written.
+                    let (d, dm) = unsafe {
+                        let (av, mv, d, dm) = F::scales_avx2(&b);
+                        std::arch::x86_64::_mm_storeu_si128(va.as_mut_ptr().cast(), av);
+                        std::arch::x86_64::_mm256_storeu_si256(vm.as_mut_ptr().cast(), mv);
+                        (d, dm)
+                    };
+                    assert_eq!((a, m), (va, vm), "seed {seed}");
+                    assert_eq!((f.0.to_bits(), f.1.to_bits()), (d.to_bits(), dm.to_bits()));
+                }
             }
         }
         check::<Q2K>();

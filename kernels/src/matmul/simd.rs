@@ -24,10 +24,15 @@ pub enum SimdIsa {
     Portable,
     /// x86-64 AVX2 with FMA.
     Avx2,
+    /// x86-64 AVX2 + FMA with AVX-512 F/BW/VL and VNNI: the AVX2 kernels compiled with 32
+    /// vector registers, and the Fast kernels' integer multiply-adds as VNNI instructions
+    /// (`vpdpwssd`, `vpdpbusd`) on 256-bit vectors. Same results as [`SimdIsa::Avx2`].
+    Avx512Vnni,
 }
 
 impl SimdIsa {
-    /// The best implementation this CPU runs: AVX2 when AVX2 and FMA are both detected, else
+    /// The best implementation this CPU runs: AVX-512 VNNI when it and AVX-512 F/BW/VL (and
+    /// AVX2, FMA) are detected, else AVX2 when AVX2 and FMA are both detected, else
     /// portable. Probed on the first call; later calls read the cached answer.
     pub fn detected() -> Self {
         static DETECTED: OnceLock<SimdIsa> = OnceLock::new();
@@ -36,7 +41,11 @@ impl SimdIsa {
 
     /// Whether this CPU can run `self`.
     pub fn available(self) -> bool {
-        self == Self::Portable || Self::detected() == Self::Avx2
+        match self {
+            Self::Portable => true,
+            Self::Avx2 => Self::detected() != Self::Portable,
+            Self::Avx512Vnni => Self::detected() == Self::Avx512Vnni,
+        }
     }
 
     /// The CPU feature probe (the only one in this crate).
@@ -44,7 +53,11 @@ impl SimdIsa {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return Self::Avx2;
+            let vnni = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vnni");
+            return if vnni { Self::Avx512Vnni } else { Self::Avx2 };
         }
         Self::Portable
     }
@@ -63,13 +76,35 @@ pub(crate) trait IsaKernel {
     /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     unsafe fn run_avx2_fma(self);
+
+    /// Runs the body with [`Avx512Vnni`] (default: the [`Avx2Fma`] body, compiled inside
+    /// [`dispatch`]'s AVX-512 function); must be `#[inline(always)]` as
+    /// [`IsaKernel::run_avx2_fma`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, AVX-512 F/BW/VL and VNNI.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run_avx512_vnni(self)
+    where
+        Self: Sized,
+    {
+        // SAFETY: a superset of `run_avx2_fma`'s requirement.
+        unsafe { self.run_avx2_fma() }
+    }
 }
 
 /// Runs `kernel` with `isa` when this CPU has it, else portably.
 #[inline(always)]
 pub(crate) fn dispatch<K: IsaKernel>(isa: SimdIsa, kernel: K) {
     #[cfg(target_arch = "x86_64")]
-    if isa == SimdIsa::Avx2 && SimdIsa::detected() == SimdIsa::Avx2 {
+    if isa == SimdIsa::Avx512Vnni && isa.available() {
+        // SAFETY: the CPU supports everything `Avx512Vnni` needs, checked just above.
+        unsafe { run_avx512_vnni(kernel) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == SimdIsa::Avx2 && isa.available() {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         unsafe { run_avx2_fma(kernel) };
         return;
@@ -87,6 +122,17 @@ pub(crate) fn dispatch<K: IsaKernel>(isa: SimdIsa, kernel: K) {
 unsafe fn run_avx2_fma<K: IsaKernel>(kernel: K) {
     // SAFETY: this function's own requirement.
     unsafe { kernel.run_avx2_fma() }
+}
+
+/// [`IsaKernel::run_avx512_vnni`] compiled for AVX2 + FMA + AVX-512 F/BW/VL/VNNI.
+///
+/// # Safety
+/// The CPU must support those features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run_avx512_vnni<K: IsaKernel>(kernel: K) {
+    // SAFETY: this function's own requirement.
+    unsafe { kernel.run_avx512_vnni() }
 }
 
 /// Sums 8 lanes pairwise: `((0+4) + (1+5)) + ((2+6) + (3+7))`.
@@ -223,14 +269,69 @@ impl F32Lanes for Avx2Fma {
     }
 }
 
+/// AVX-512 VNNI lanes: the [`Avx2Fma`] vector and operations (the same bits); the marker
+/// selects the VNNI integer dots of the Fast kernels. Used only after detection.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx512Vnni;
+
+#[cfg(target_arch = "x86_64")]
+impl F32Lanes for Avx512Vnni {
+    type V = std::arch::x86_64::__m256;
+
+    #[inline(always)]
+    fn zero() -> Self::V {
+        Avx2Fma::zero()
+    }
+
+    #[inline(always)]
+    fn load(v: &[f32; LANES]) -> Self::V {
+        Avx2Fma::load(v)
+    }
+
+    #[inline(always)]
+    fn mul(a: Self::V, b: Self::V) -> Self::V {
+        Avx2Fma::mul(a, b)
+    }
+
+    #[inline(always)]
+    fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        Avx2Fma::mul_add(a, b, c)
+    }
+
+    #[inline(always)]
+    fn mul_add_splat(a: Self::V, s: f32, c: Self::V) -> Self::V {
+        Avx2Fma::mul_add_splat(a, s, c)
+    }
+
+    #[inline(always)]
+    fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32 {
+        Avx2Fma::mul_add_scalar(a, b, c)
+    }
+
+    #[inline(always)]
+    fn reduce(v: Self::V) -> f32 {
+        Avx2Fma::reduce(v)
+    }
+}
+
 /// Whether a test of the AVX2 implementation can run here; when not, says on stderr that
 /// `test` was skipped (a test that returns early on `false` passes without checking, so the
 /// skip must be visible).
 #[cfg(test)]
 pub(crate) fn avx2_or_skip(test: &str) -> bool {
-    let ok = SimdIsa::detected() == SimdIsa::Avx2;
+    let ok = SimdIsa::Avx2.available();
     if !ok {
         eprintln!("skipped: {test} (CPU lacks avx2+fma)");
+    }
+    ok
+}
+
+/// As [`avx2_or_skip`], for the AVX-512 VNNI implementation.
+#[cfg(test)]
+pub(crate) fn avx512vnni_or_skip(test: &str) -> bool {
+    let ok = SimdIsa::Avx512Vnni.available();
+    if !ok {
+        eprintln!("skipped: {test} (CPU lacks avx512f+bw+vl+vnni)");
     }
     ok
 }

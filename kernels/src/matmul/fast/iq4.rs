@@ -28,6 +28,21 @@ impl FastFormat for Iq4Nl {
         grid_codes(&arr::<18>(b)[2..18], c);
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
+        assert!(c.len() >= 32);
+        // SAFETY: AVX2 per the caller; writes c[..32] (checked above).
+        unsafe { super::format::avx2::st(c.as_mut_ptr(), avx2::grid_chunk(&b[2..18])) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        [unsafe { avx2::grid_chunk(&b[2..18]) }; 8]
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         let d = f16_at(b, 0);
@@ -54,6 +69,26 @@ impl FastFormat for Iq4Xs {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
+        assert!(c.len() >= 256);
+        // SAFETY: AVX2 per the caller; writes c[..256] (checked above).
+        unsafe {
+            for (j, v) in Self::chunks_avx2(b).into_iter().enumerate() {
+                super::format::avx2::st(c.as_mut_ptr().add(32 * j), v);
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        let b = arr::<136>(b);
+        // SAFETY: AVX2 per the caller.
+        std::array::from_fn(|ib| unsafe { avx2::grid_chunk(&b[8 + 16 * ib..24 + 16 * ib]) })
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         let scales_h = u16::from_le_bytes([b[2], b[3]]);
@@ -67,5 +102,34 @@ impl FastFormat for Iq4Xs {
         m[..16].fill(0);
         let d = f16_at(b, 0);
         (d, d)
+    }
+}
+
+/// AVX2 grid lookup: 16 table entries, one byte shuffle per 16 nibbles.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256i, _mm256_set_m128i, _mm_and_si128, _mm_loadu_si128, _mm_set1_epi8, _mm_shuffle_epi8,
+        _mm_srli_epi16,
+    };
+
+    use crate::dequant::IQ4_NL_GRID;
+
+    /// The 32 grid codes of 16 packed nibble pairs (layout as `super::grid_codes`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn grid_chunk(qs: &[u8]) -> __m256i {
+        assert!(qs.len() >= 16);
+        // SAFETY: AVX2 per the caller; reads qs[..16] and the 16-entry grid.
+        unsafe {
+            let grid = _mm_loadu_si128(IQ4_NL_GRID.as_ptr().cast());
+            let v = _mm_loadu_si128(qs.as_ptr().cast());
+            let m4 = _mm_set1_epi8(0x0F);
+            let lo = _mm_shuffle_epi8(grid, _mm_and_si128(v, m4));
+            let hi = _mm_shuffle_epi8(grid, _mm_and_si128(_mm_srli_epi16::<4>(v), m4));
+            _mm256_set_m128i(hi, lo)
+        }
     }
 }

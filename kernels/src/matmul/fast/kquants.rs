@@ -33,9 +33,30 @@ impl FastFormat for Q2K {
         unsafe { avx2::q2k_codes(b, c) };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q2k_chunks(b) }
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         q2k_scales(b, a, m)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q2k_scales(b) }
     }
 }
 
@@ -82,26 +103,54 @@ impl FastFormat for Q3K {
         unsafe { avx2::q3k_codes(b, c) };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q3k_chunks(b) }
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         q3k_scales(b, a, m)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q3k_scales(b) }
+    }
 }
 
-/// Q3_K's 16 signed scales `sc − 32` and offsets `4·(sc − 32)`, `(d, d)`.
+/// Q3_K's 16 unsigned 6-bit scales `sc` (bytes of the four words, scale `4q + i` byte `i`
+/// of word `q`).
 #[inline(always)]
-fn q3k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+fn q3k_scale_words(b: &[u8]) -> [u32; 4] {
     // Scale j has low bits (s[j % 8] >> 4(j / 8)) & 15 and high bits
     // (s[8 + j % 4] >> 2(j / 4)) & 3; four at a time in 32-bit words.
     let [w0, w1, w2] = words3(&b[96..108]);
     const LO: u32 = 0x0F0F_0F0F;
     const HI: u32 = 0x0303_0303;
-    let packed = [
+    [
         (w0 & LO) | ((w2 & HI) << 4),
         (w1 & LO) | (((w2 >> 2) & HI) << 4),
         ((w0 >> 4) & LO) | (((w2 >> 4) & HI) << 4),
         ((w1 >> 4) & LO) | (((w2 >> 6) & HI) << 4),
-    ];
+    ]
+}
+
+/// Q3_K's 16 signed scales `sc − 32` and offsets `4·(sc − 32)`, `(d, d)`.
+#[inline(always)]
+fn q3k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
+    let packed = q3k_scale_words(b);
     for (q, word) in packed.iter().enumerate() {
         for (i, byte) in word.to_le_bytes().into_iter().enumerate() {
             let sc = byte as i8 - 32;
@@ -128,12 +177,7 @@ fn words3(s: &[u8]) -> [u32; 3] {
 /// above them, mins 4..8 the high nibbles with the top 2 bits of bytes 4..8.
 #[inline(always)]
 fn k4_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
-    let [w0, w1, w2] = words3(&b[4..16]);
-    const SIX: u32 = 0x3F3F_3F3F;
-    const LO: u32 = 0x0F0F_0F0F;
-    const TOP: u32 = 0x0303_0303;
-    let sc = [w0 & SIX, (w2 & LO) | (((w0 >> 6) & TOP) << 4)];
-    let mn = [w1 & SIX, ((w2 >> 4) & LO) | (((w1 >> 6) & TOP) << 4)];
+    let (sc, mn) = k4_scale_words(b);
     for h in 0..2 {
         let (sb, mb) = (sc[h].to_le_bytes(), mn[h].to_le_bytes());
         for i in 0..4 {
@@ -145,6 +189,19 @@ fn k4_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         }
     }
     (f16_at(b, 0), f16_at(b, 2))
+}
+
+/// The 8 scales and 8 mins of a Q4_K/Q5_K block, byte `i` of word `h` for sub-block
+/// `4h + i` (see [`k4_scales`]).
+#[inline(always)]
+fn k4_scale_words(b: &[u8]) -> ([u32; 2], [u32; 2]) {
+    let [w0, w1, w2] = words3(&b[4..16]);
+    const SIX: u32 = 0x3F3F_3F3F;
+    const LO: u32 = 0x0F0F_0F0F;
+    const TOP: u32 = 0x0303_0303;
+    let sc = [w0 & SIX, (w2 & LO) | (((w0 >> 6) & TOP) << 4)];
+    let mn = [w1 & SIX, ((w2 >> 4) & LO) | (((w1 >> 6) & TOP) << 4)];
+    (sc, mn)
 }
 
 /// Q4_K: `w = (d·sc)·q − dmin·m`, `q` 4-bit.
@@ -175,9 +232,30 @@ impl FastFormat for Q4K {
         unsafe { avx2::q4k_codes(b, c) };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q4k_chunks(b) }
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         k4_scales(b, a, m)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::k4_scales(b) }
     }
 }
 
@@ -210,9 +288,30 @@ impl FastFormat for Q5K {
         unsafe { avx2::q5k_codes(b, c) };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q5k_chunks(b) }
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         k4_scales(b, a, m)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::k4_scales(b) }
     }
 }
 
@@ -246,9 +345,30 @@ impl FastFormat for Q6K {
         unsafe { avx2::q6k_codes(b, c) };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q6k_chunks(b) }
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         q6k_scales(b, a, m)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_avx2(
+        b: &[u8],
+    ) -> (
+        std::arch::x86_64::__m128i,
+        std::arch::x86_64::__m256i,
+        f32,
+        f32,
+    ) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::q6k_scales(b) }
     }
 }
 
@@ -264,119 +384,254 @@ fn q6k_scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
     (d, d)
 }
 
-/// AVX2 code unpackers (the same bytes as the portable `codes`).
+/// AVX2 code unpackers (the same bytes as the portable `codes`): each format's codes as
+/// eight 32-byte vectors (`*_chunks`, element `32j + i` is byte `i` of vector `j`), and
+/// `*_codes` storing them.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        _mm256_and_si256, _mm256_or_si256, _mm256_set1_epi8, _mm256_slli_epi16, _mm256_srli_epi16,
+        __m256i, _mm256_and_si256, _mm256_or_si256, _mm256_set1_epi8, _mm256_setzero_si256,
+        _mm256_slli_epi16, _mm256_srli_epi16,
+    };
+
+    use std::arch::x86_64::{
+        __m128i, _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16, _mm_and_si128, _mm_loadu_si128,
+        _mm_set1_epi8, _mm_set_epi32, _mm_setr_epi32, _mm_srli_epi16, _mm_sub_epi8,
+        _mm_unpacklo_epi8,
     };
 
     use super::super::format::avx2::{ld, shr, st};
+    use super::super::format::f16_at;
 
-    /// Q2_K's 256 codes (layout as `super::Q2K::codes`).
+    /// Q2_K's scales as vectors (as `super::q2k_scales`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q2k_scales(b: &[u8]) -> (__m128i, __m256i, f32, f32) {
+        assert!(b.len() >= 84);
+        // SAFETY: AVX2 per the caller; reads b[..16] (checked above).
+        unsafe {
+            let v = _mm_loadu_si128(b.as_ptr().cast());
+            let m4 = _mm_set1_epi8(0x0F);
+            let a = _mm_and_si128(v, m4);
+            let m = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(v), m4));
+            (a, m, f16_at(b, 80), f16_at(b, 82))
+        }
+    }
+
+    /// Q3_K's scales as vectors (as `super::q3k_scales`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q3k_scales(b: &[u8]) -> (__m128i, __m256i, f32, f32) {
+        let [p0, p1, p2, p3] = super::q3k_scale_words(b);
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let v = _mm_setr_epi32(p0 as i32, p1 as i32, p2 as i32, p3 as i32);
+            let a = _mm_sub_epi8(v, _mm_set1_epi8(32));
+            // 4·a: |a| ≤ 32, so the 16-bit shift cannot overflow.
+            let m = _mm256_slli_epi16::<2>(_mm256_cvtepi8_epi16(a));
+            let d = f16_at(b, 108);
+            (a, m, d, d)
+        }
+    }
+
+    /// Q4_K/Q5_K's scales as vectors (as `super::k4_scales`): each sub-block's scale and min
+    /// in both of its groups.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn k4_scales(b: &[u8]) -> (__m128i, __m256i, f32, f32) {
+        let (sc, mn) = super::k4_scale_words(b);
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let s8 = _mm_set_epi32(0, 0, sc[1] as i32, sc[0] as i32);
+            let m8 = _mm_set_epi32(0, 0, mn[1] as i32, mn[0] as i32);
+            let a = _mm_unpacklo_epi8(s8, s8);
+            let m = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+            (a, m, f16_at(b, 0), f16_at(b, 2))
+        }
+    }
+
+    /// Q6_K's scales as vectors (as `super::q6k_scales`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q6k_scales(b: &[u8]) -> (__m128i, __m256i, f32, f32) {
+        assert!(b.len() >= 210);
+        // SAFETY: AVX2 per the caller; reads b[192..208] (checked above).
+        unsafe {
+            let a = _mm_loadu_si128(b.as_ptr().add(192).cast());
+            // 32·sc: |sc| ≤ 128, so the 16-bit shift cannot overflow.
+            let m = _mm256_slli_epi16::<5>(_mm256_cvtepi8_epi16(a));
+            let d = f16_at(b, 208);
+            (a, m, d, d)
+        }
+    }
+
+    /// Stores the 8 vectors at `c[..256]`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn store(v: [__m256i; 8], c: &mut [u8]) {
+        assert!(c.len() >= 256);
+        for (j, vj) in v.into_iter().enumerate() {
+            // SAFETY: AVX2 per the caller; writes c[32j..32j + 32] (checked above).
+            unsafe { st(c.as_mut_ptr().add(32 * j), vj) };
+        }
+    }
+
+    /// Q2_K's codes (layout as `super::Q2K::codes`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q2k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 84);
+        // SAFETY: AVX2 per the caller; reads b[16..80] (checked above).
+        unsafe {
+            let m3 = _mm256_set1_epi8(3);
+            let mut out = [_mm256_setzero_si256(); 8];
+            for n in 0..2 {
+                let v = ld(b.as_ptr().add(16 + 32 * n));
+                for s in 0..4 {
+                    out[4 * n + s] = _mm256_and_si256(shr(v, 2 * s as i32), m3);
+                }
+            }
+            out
+        }
+    }
+
+    /// Q2_K's 256 codes into `c`.
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
     pub(super) unsafe fn q2k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 84 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[16..80], writes c[..256] (checked above).
-        unsafe {
-            let m3 = _mm256_set1_epi8(3);
-            for n in 0..2 {
-                let v = ld(b.as_ptr().add(16 + 32 * n));
-                for s in 0..4 {
-                    let q = _mm256_and_si256(shr(v, 2 * s as i32), m3);
-                    st(c.as_mut_ptr().add(128 * n + 32 * s), q);
-                }
-            }
-        }
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q2k_chunks(b), c) }
     }
 
-    /// Q3_K's 256 codes `low | high << 2` (layout as `super::Q3K::codes`).
+    /// Q3_K's codes `low | high << 2` (layout as `super::Q3K::codes`).
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
-    pub(super) unsafe fn q3k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 110 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[..96], writes c[..256] (checked above).
+    pub(super) unsafe fn q3k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 110);
+        // SAFETY: AVX2 per the caller; reads b[..96] (checked above).
         unsafe {
             let m3 = _mm256_set1_epi8(3);
             let one = _mm256_set1_epi8(1);
             let hm = ld(b.as_ptr());
+            let mut out = [_mm256_setzero_si256(); 8];
             for n in 0..2 {
                 let v = ld(b.as_ptr().add(32 + 32 * n));
                 for s in 0..4 {
                     let low = _mm256_and_si256(shr(v, 2 * s as i32), m3);
                     let high = _mm256_and_si256(shr(hm, (4 * n + s) as i32), one);
                     // high ≤ 1: the 16-bit shift keeps it inside its byte.
-                    let q = _mm256_or_si256(low, _mm256_slli_epi16::<2>(high));
-                    st(c.as_mut_ptr().add(128 * n + 32 * s), q);
+                    out[4 * n + s] = _mm256_or_si256(low, _mm256_slli_epi16::<2>(high));
                 }
             }
+            out
         }
     }
 
-    /// Q4_K's 256 codes (layout as `super::Q4K::codes`).
+    /// Q3_K's 256 codes into `c`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q3k_codes(b: &[u8], c: &mut [u8]) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q3k_chunks(b), c) }
+    }
+
+    /// Q4_K's codes (layout as `super::Q4K::codes`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q4k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 144);
+        // SAFETY: AVX2 per the caller; reads b[16..144] (checked above).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let mut out = [_mm256_setzero_si256(); 8];
+            for p in 0..4 {
+                let v = ld(b.as_ptr().add(16 + 32 * p));
+                out[2 * p] = _mm256_and_si256(v, m4);
+                out[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            }
+            out
+        }
+    }
+
+    /// Q4_K's 256 codes into `c`.
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
     pub(super) unsafe fn q4k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 144 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[16..144], writes c[..256] (checked above).
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q4k_chunks(b), c) }
+    }
+
+    /// Q5_K's codes (layout as `super::Q5K::codes`).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q5k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 176);
+        // SAFETY: AVX2 per the caller; reads b[16..176] (checked above).
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            let qh = ld(b.as_ptr().add(16));
+            let mut out = [_mm256_setzero_si256(); 8];
             for p in 0..4 {
-                let v = ld(b.as_ptr().add(16 + 32 * p));
-                st(c.as_mut_ptr().add(64 * p), _mm256_and_si256(v, m4));
-                st(
-                    c.as_mut_ptr().add(64 * p + 32),
+                let v = ld(b.as_ptr().add(48 + 32 * p));
+                let h0 = _mm256_and_si256(shr(qh, 2 * p as i32), one);
+                let h1 = _mm256_and_si256(shr(qh, 2 * p as i32 + 1), one);
+                out[2 * p] = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_slli_epi16::<4>(h0));
+                out[2 * p + 1] = _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
+                    _mm256_slli_epi16::<4>(h1),
                 );
             }
+            out
         }
     }
 
-    /// Q5_K's 256 codes (layout as `super::Q5K::codes`).
+    /// Q5_K's 256 codes into `c`.
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
     pub(super) unsafe fn q5k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 176 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[16..176], writes c[..256] (checked above).
-        unsafe {
-            let m4 = _mm256_set1_epi8(0x0F);
-            let one = _mm256_set1_epi8(1);
-            let qh = ld(b.as_ptr().add(16));
-            for p in 0..4 {
-                let v = ld(b.as_ptr().add(48 + 32 * p));
-                let h0 = _mm256_and_si256(shr(qh, 2 * p as i32), one);
-                let h1 = _mm256_and_si256(shr(qh, 2 * p as i32 + 1), one);
-                let lo = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_slli_epi16::<4>(h0));
-                let hi = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
-                    _mm256_slli_epi16::<4>(h1),
-                );
-                st(c.as_mut_ptr().add(64 * p), lo);
-                st(c.as_mut_ptr().add(64 * p + 32), hi);
-            }
-        }
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q5k_chunks(b), c) }
     }
 
-    /// Q6_K's 256 codes `lo | hi << 4` (layout as `super::Q6K::codes`).
+    /// Q6_K's codes `lo | hi << 4` (layout as `super::Q6K::codes`).
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
-    pub(super) unsafe fn q6k_codes(b: &[u8], c: &mut [u8]) {
-        assert!(b.len() >= 210 && c.len() >= 256);
-        // SAFETY: AVX2 per the caller; reads b[..192], writes c[..256] (checked above).
+    pub(super) unsafe fn q6k_chunks(b: &[u8]) -> [__m256i; 8] {
+        assert!(b.len() >= 210);
+        // SAFETY: AVX2 per the caller; reads b[..192] (checked above).
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
             let m2 = _mm256_set1_epi8(3);
+            let mut out = [_mm256_setzero_si256(); 8];
             for h in 0..2 {
                 let qa = ld(b.as_ptr().add(64 * h));
                 let qb = ld(b.as_ptr().add(64 * h + 32));
@@ -390,11 +645,21 @@ mod avx2 {
                 for (s, lo) in lows.into_iter().enumerate() {
                     let hi = _mm256_and_si256(shr(qh, 2 * s as i32), m2);
                     // hi ≤ 3: the 16-bit shift keeps it inside its byte.
-                    let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
-                    st(c.as_mut_ptr().add(128 * h + 32 * s), q);
+                    out[4 * h + s] = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
                 }
             }
+            out
         }
+    }
+
+    /// Q6_K's 256 codes into `c`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn q6k_codes(b: &[u8], c: &mut [u8]) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { store(q6k_chunks(b), c) }
     }
 }
 

@@ -62,6 +62,15 @@ impl<const MIN: bool, const FIFTH: bool> FastFormat for Nibbles<MIN, FIFTH> {
         unsafe { avx2::legacy_codes(&b[Self::QS_AT..Self::QS_AT + 16], qh, c) };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        let qh = FIFTH.then(|| Self::qh(b));
+        // SAFETY: AVX2 per the caller.
+        let v = unsafe { avx2::legacy_chunk(&b[Self::QS_AT..Self::QS_AT + 16], qh) };
+        [v; 8]
+    }
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         let d = f16_at(b, 0);
@@ -92,13 +101,22 @@ impl FastFormat for Q80 {
         let d = f16_at(b, 0);
         unit_scales(a, m, 0, d, d)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        assert!(b.len() >= 34);
+        // SAFETY: AVX2 per the caller; reads b[2..34] (checked above).
+        let v = unsafe { super::format::avx2::ld(b.as_ptr().add(2)) };
+        [v; 8]
+    }
 }
 
 /// AVX2 code unpacking of the nibble layouts.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m128i, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_or_si256, _mm256_set1_epi32,
+        __m128i, __m256i, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_or_si256, _mm256_set1_epi32,
         _mm256_set1_epi64x, _mm256_set1_epi8, _mm256_set_m128i, _mm256_setr_epi8,
         _mm256_shuffle_epi8, _mm_and_si128, _mm_loadu_si128, _mm_set1_epi8, _mm_srli_epi16,
     };
@@ -112,8 +130,19 @@ mod avx2 {
     /// AVX2.
     #[inline(always)]
     pub(super) unsafe fn legacy_codes(qs: &[u8], qh: Option<u32>, c: &mut [u8]) {
-        assert!(qs.len() >= 16 && c.len() >= 32);
-        // SAFETY: AVX2 per the caller; reads qs[..16], writes c[..32] (checked above).
+        assert!(c.len() >= 32);
+        // SAFETY: AVX2 per the caller; writes c[..32] (checked above).
+        unsafe { st(c.as_mut_ptr(), legacy_chunk(qs, qh)) }
+    }
+
+    /// [`legacy_codes`] in a register.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn legacy_chunk(qs: &[u8], qh: Option<u32>) -> __m256i {
+        assert!(qs.len() >= 16);
+        // SAFETY: AVX2 per the caller; reads qs[..16] (checked above).
         unsafe {
             let v = _mm_loadu_si128(qs.as_ptr().cast::<__m128i>());
             let m4 = _mm_set1_epi8(0x0F);
@@ -134,7 +163,7 @@ mod avx2 {
                 let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
                 codes = _mm256_or_si256(codes, _mm256_and_si256(set, _mm256_set1_epi8(16)));
             }
-            st(c.as_mut_ptr(), codes);
+            codes
         }
     }
 }
