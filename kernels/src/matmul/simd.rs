@@ -304,6 +304,11 @@ impl F32Lanes for Avx512Vnni {
     }
 
     #[inline(always)]
+    fn store(v: Self::V, out: &mut [f32; LANES]) {
+        Avx2Fma::store(v, out)
+    }
+
+    #[inline(always)]
     fn mul_add_scalar(a: f32, b: f32, c: f32) -> f32 {
         Avx2Fma::mul_add_scalar(a, b, c)
     }
