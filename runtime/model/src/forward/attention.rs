@@ -104,16 +104,8 @@ fn attention_with(
     let mut ctx = vec![0f32; h * t * lkv];
     let cache = &*cache;
     if model.mode() == NumericMode::Fast {
-        let kdim = lkv + dr;
-        let mut q_cat = vec![0f32; h * t * kdim];
-        let mut limits = vec![0usize; h * t];
-        for (k, row) in q_cat.chunks_exact_mut(kdim).enumerate() {
-            let (head, i) = (k / t, k % t);
-            row[..lkv].copy_from_slice(&q_abs[k * lkv..(k + 1) * lkv]);
-            row[lkv..].copy_from_slice(&q[(i * h + head) * qk + dn..(i * h + head + 1) * qk]);
-            limits[k] = pos0 + i + 1;
-        }
-        context_flash(&q_cat, kdim, &limits, cache, l, lkv, scale, &mut ctx);
+        let (q_cat, limits) = flash_queries(&q, &q_abs, (h, t, dn, qk, lkv), pos0);
+        context_flash(&q_cat, lkv + dr, &limits, cache, l, lkv, scale, &mut ctx);
     } else {
         context_exact(
             &q,
@@ -187,6 +179,26 @@ fn context_exact(
             |scores, job| one(scores, job),
         );
     }
+}
+
+/// The flash rows of a chunk: row `k = head·t + i` is `[absorbed query | roped query]` of
+/// head `head` and new token `i`, which sees positions `0..pos0 + i + 1`.
+fn flash_queries(
+    q: &[f32],
+    q_abs: &[f32],
+    (h, t, dn, qk, lkv): (usize, usize, usize, usize, usize),
+    pos0: usize,
+) -> (Vec<f32>, Vec<usize>) {
+    let kdim = lkv + qk - dn;
+    let mut q_cat = vec![0f32; h * t * kdim];
+    let mut limits = vec![0usize; h * t];
+    for (k, row) in q_cat.chunks_exact_mut(kdim).enumerate() {
+        let (head, i) = (k / t, k % t);
+        row[..lkv].copy_from_slice(&q_abs[k * lkv..(k + 1) * lkv]);
+        row[lkv..].copy_from_slice(&q[(i * h + head) * qk + dn..(i * h + head + 1) * qk]);
+        limits[k] = pos0 + i + 1;
+    }
+    (q_cat, limits)
 }
 
 /// Fast mode's attention proper: flash tiles of [`FLASH_ROWS_PER_JOB`] rows ×
@@ -335,17 +347,9 @@ mod tests {
                 0,
                 &mut exact,
             );
-            let kdim = lkv + dr;
-            let mut q_cat = vec![0f32; h * t * kdim];
-            let mut limits = vec![0usize; h * t];
-            for (k, row) in q_cat.chunks_exact_mut(kdim).enumerate() {
-                let (head, i) = (k / t, k % t);
-                row[..lkv].copy_from_slice(&q_abs[k * lkv..(k + 1) * lkv]);
-                row[lkv..].copy_from_slice(&q[(i * h + head) * qk + dn..(i * h + head + 1) * qk]);
-                limits[k] = pos0 + i + 1;
-            }
+            let (q_cat, limits) = flash_queries(&q, &q_abs, (h, t, dn, qk, lkv), pos0);
             let mut flash = vec![0f32; h * t * lkv];
-            context_flash(&q_cat, kdim, &limits, &cache, 0, lkv, scale, &mut flash);
+            context_flash(&q_cat, lkv + dr, &limits, &cache, 0, lkv, scale, &mut flash);
             for (j, (a, b)) in exact.iter().zip(&flash).enumerate() {
                 assert!(
                     (a - b).abs() < 1e-5,
