@@ -97,7 +97,7 @@ fn attention_with(
             model.rope.apply(&mut src[dn..], pos0 + i);
         }
         model
-            .expert_mat(&w.k_b, head)?
+            .head_mat(&w.k_b, head)?
             .matmul(&q_nope, t, q_abs_h)?;
     }
     // ctx[head][i] = softmax(scores) · c over positions 0..=pos0+i.
@@ -123,7 +123,7 @@ fn attention_with(
     let mut o_h = vec![0f32; t * dv];
     let mut o = vec![0f32; t * h * dv];
     for (head, ctx_h) in ctx.chunks_exact(t * lkv).enumerate() {
-        model.expert_mat(&w.v_b, head)?.matmul(ctx_h, t, &mut o_h)?;
+        model.head_mat(&w.v_b, head)?.matmul(ctx_h, t, &mut o_h)?;
         for i in 0..t {
             o[(i * h + head) * dv..(i * h + head + 1) * dv]
                 .copy_from_slice(&o_h[i * dv..(i + 1) * dv]);
