@@ -27,7 +27,9 @@
 //!   matmul/dots.rs         the Exact f32 dot products (their order of accumulation)
 //!   matmul/q8.rs           Fast mode: activations to int8 blocks (Q8_K / Q8_0-style)
 //!   matmul/rows.rs         WeightRows, RowCall: what a row kernel is given
-//!   matmul/simd.rs         SimdIsa (CPU probed once), dispatch, f32 lanes, lane reduction
+//!   matmul/simd.rs         SimdIsa (portable, AVX2+FMA, AVX-512 VNNI; CPU probed once),
+//!                          dispatch, f32 lanes, lane reduction
+//! attention.rs             Fast mode's flash attention: online softmax over a shared cache
 //! error.rs                 KernelError
 //! ```
 //!
@@ -37,7 +39,8 @@
 //! `tests/fast_matmul.rs` (Fast mode against Exact within the activation-rounding bound,
 //! AVX2 against portable bit for bit). Tests of the AVX2 implementation on a CPU without
 //! AVX2 + FMA print `skipped: ...` on stderr. `examples/kernel_timing.rs` times every
-//! format's kernels on one thread and hashes their outputs (a before/after check).
+//! format's kernels on one thread and hashes their outputs (a before/after check);
+//! `examples/flash_timing.rs` times the flash attention kernel at Kimi K2.5's MLA shape.
 //!
 //! Numeric modes ([`NumericMode`]): a [`QMatrix`] computes `Exact` (f32, the reference)
 //! unless given `Fast` with [`QMatrix::with_mode`].
