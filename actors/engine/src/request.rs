@@ -22,6 +22,9 @@ pub struct Request {
     /// Tokens the output may consist of ([`TokenConstraint`]); a constrained sequence
     /// never drafts and never ignores EOS.
     pub constraint: Option<Box<dyn TokenConstraint>>,
+    /// Decode control tokens as their text (chat markers such as tool-call markup, which a
+    /// front-end parses); off, they decode as nothing.
+    pub render_control: bool,
 }
 
 impl std::fmt::Debug for Request {
@@ -34,6 +37,7 @@ impl std::fmt::Debug for Request {
             .field("ignore_eos", &self.ignore_eos)
             .field("cache_prompt", &self.cache_prompt)
             .field("constrained", &self.constraint.is_some())
+            .field("render_control", &self.render_control)
             .finish()
     }
 }
@@ -49,6 +53,7 @@ impl Request {
             ignore_eos: false,
             cache_prompt: true,
             constraint: None,
+            render_control: false,
         }
     }
 }

@@ -73,7 +73,7 @@ impl<T> Sequence<T> {
             max_tokens: req.max_tokens,
             ignore_eos: req.ignore_eos && req.constraint.is_none(),
             sampler: Sampler::new(req.sampling),
-            decoder: StreamDecoder::new(tokenizer),
+            decoder: StreamDecoder::new(tokenizer).render_control(req.render_control),
             stop: StopMatcher::new(req.stop),
             stopped: false,
             outbox: Piece::default(),

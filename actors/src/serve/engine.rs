@@ -26,7 +26,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::http::StatusCode;
 pub use moe_engine::Piece;
-use moe_engine::{Delivery, Engine, EngineConfig, EngineError, Request, Tracker};
+use moe_engine::{Delivery, Engine, EngineConfig, EngineError, Request, TokenConstraint, Tracker};
 use moe_model::forward::ExpertBackend;
 use moe_model::model::Model;
 use moe_model::sampling::SamplingParams;
@@ -35,6 +35,7 @@ use moe_model::ModelError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::api_error::ApiError;
+use super::logprobs::{token_logprob, TokenLogprob};
 use super::openai::{FinishReason, Usage};
 use crate::options::ModelArgs;
 use crate::options::RouterArgs;
@@ -52,11 +53,26 @@ pub const PIECES_PER_REQUEST_MAX: usize = 16;
 /// Exit status of the process when the engine loop panics outside a step (EX_SOFTWARE).
 pub const ENGINE_PANIC_EXIT_CODE: i32 = 70;
 
-/// How a job ended.
+/// A piece of one choice's output.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Which choice (0 to n − 1).
+    pub index: usize,
+    /// Text and token ids.
+    pub piece: Piece,
+    /// The log-probabilities of `piece`'s tokens, when the job asked for them.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// How one choice of a job ended.
 #[derive(Debug, Clone)]
 pub struct Finished {
     /// Text not yet sent as a piece.
     pub tail: Piece,
+    /// The log-probabilities of `tail`'s tokens, when the job asked for them.
+    pub logprobs: Vec<TokenLogprob>,
+    /// The stop string that ended the output, if one did.
+    pub stop_string: Option<String>,
     /// Why it ended.
     pub finish: FinishReason,
     /// Token counts.
@@ -84,6 +100,11 @@ impl JobError {
                 status: StatusCode::BAD_REQUEST,
                 code: "invalid_request",
                 message: message.clone(),
+            },
+            EngineError::Constraint(_) => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "constraint_error",
+                message: e.to_string(),
             },
         }
     }
@@ -144,7 +165,6 @@ impl From<JobError> for ApiError {
 }
 
 /// One generation request, as the engine takes it.
-#[derive(Debug)]
 pub struct GenerationJob {
     /// Prompt token ids (BOS included when wanted); fits the context with `max_tokens`.
     pub prompt: Vec<u32>,
@@ -159,17 +179,38 @@ pub struct GenerationJob {
     /// Reuse a cached prefix of the prompt and keep this prompt's for later requests
     /// (llama-server's `cache_prompt`; true unless the request says otherwise).
     pub cache_prompt: bool,
-    pieces: mpsc::Sender<Piece>,
-    done: oneshot::Sender<Result<Finished, JobError>>,
+    /// Log-probabilities with this many alternatives per token (`None`: none).
+    pub top_logprobs: Option<u32>,
+    /// One output constraint per choice (empty: unconstrained); its length is the number
+    /// of choices when not empty.
+    pub constraints: Vec<Box<dyn TokenConstraint>>,
+    /// Choices (n); choice i samples with seed `sampling.seed + i`.
+    pub n: usize,
+    /// Decode control tokens as their text (tool-call markers to parse).
+    pub render_control: bool,
+    pieces: mpsc::Sender<Chunk>,
+    done: Vec<oneshot::Sender<Result<Finished, JobError>>>,
 }
 
-/// The client side of a job: pieces as they come, then the end. Dropping it cancels the job.
+impl std::fmt::Debug for GenerationJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationJob")
+            .field("prompt_tokens", &self.prompt.len())
+            .field("max_tokens", &self.max_tokens)
+            .field("n", &self.n)
+            .field("constrained", &!self.constraints.is_empty())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client side of a job: pieces as they come (of every choice), then each choice's
+/// end. Dropping it cancels the job.
 #[derive(Debug)]
 pub struct JobReceiver {
-    /// Text pieces; closed when the job ends.
-    pub pieces: mpsc::Receiver<Piece>,
-    /// The end: how it finished, or why it failed.
-    pub done: oneshot::Receiver<Result<Finished, JobError>>,
+    /// Text pieces; closed when every choice has ended.
+    pub pieces: mpsc::Receiver<Chunk>,
+    /// Each choice's end: how it finished, or why it failed.
+    pub done: Vec<oneshot::Receiver<Result<Finished, JobError>>>,
 }
 
 impl GenerationJob {
@@ -181,8 +222,21 @@ impl GenerationJob {
         stop: Vec<String>,
         ignore_eos: bool,
     ) -> (Self, JobReceiver) {
-        let (ptx, prx) = mpsc::channel(PIECES_PER_REQUEST_MAX);
-        let (dtx, drx) = oneshot::channel();
+        Self::with_choices(prompt, max_tokens, sampling, stop, ignore_eos, 1)
+    }
+
+    /// A job of `n` choices (at least 1) and the receiver its client reads.
+    pub fn with_choices(
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        sampling: SamplingParams,
+        stop: Vec<String>,
+        ignore_eos: bool,
+        n: usize,
+    ) -> (Self, JobReceiver) {
+        let n = n.max(1);
+        let (ptx, prx) = mpsc::channel(PIECES_PER_REQUEST_MAX * n);
+        let (dtx, drx): (Vec<_>, Vec<_>) = (0..n).map(|_| oneshot::channel()).unzip();
         (
             Self {
                 prompt,
@@ -191,6 +245,10 @@ impl GenerationJob {
                 stop,
                 ignore_eos,
                 cache_prompt: true,
+                top_logprobs: None,
+                constraints: Vec::new(),
+                n,
+                render_control: false,
                 pieces: ptx,
                 done: dtx,
             },
@@ -352,16 +410,23 @@ pub fn start(
     ))
 }
 
-/// A client's side of a sequence: where its output goes, and its request metrics (time to
-/// first token, inter-token latency, KV cache; an unfinished one counts as an error).
+/// A client's side of a sequence (one choice): where its output goes, its log-probabilities
+/// not yet sent, and its request metrics (time to first token, inter-token latency, KV
+/// cache; an unfinished one counts as an error).
 struct Client {
-    pieces: mpsc::Sender<Piece>,
+    index: usize,
+    pieces: mpsc::Sender<Chunk>,
     done: Option<oneshot::Sender<Result<Finished, JobError>>>,
     metrics: Option<telemetry::Generation>,
+    top_logprobs: Option<u32>,
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl Client {
-    fn end(mut self, result: Result<Finished, JobError>) {
+    fn end(mut self, mut result: Result<Finished, JobError>) {
+        if let Ok(f) = &mut result {
+            f.logprobs = std::mem::take(&mut self.logprobs);
+        }
         if result.is_ok() {
             if let Some(m) = self.metrics.take() {
                 m.finish();
@@ -374,6 +439,11 @@ impl Client {
 }
 
 impl Tracker for Client {
+    fn sampled(&mut self, row: &[f32], token: u32) {
+        if let Some(k) = self.top_logprobs {
+            self.logprobs.push(token_logprob(row, token, k as usize));
+        }
+    }
     fn prompt_cached(&mut self, tokens: usize) {
         self.metrics.as_mut().map(|m| m.prompt_cached(tokens));
     }
@@ -402,6 +472,9 @@ struct Server {
     engine: Engine<Client>,
     max_active: usize,
     admit_rx: mpsc::Receiver<GenerationJob>,
+    /// The next job, taken from the queue but not yet admitted (its `n` choices do not fit
+    /// beside the sequences running).
+    waiting: Option<GenerationJob>,
     active: Arc<AtomicUsize>,
 }
 
@@ -426,23 +499,35 @@ impl Server {
             experts,
             max_active: limits.max_active.max(1),
             admit_rx,
+            waiting: None,
             active,
         }
     }
 
     fn run(mut self) {
         loop {
-            if self.engine.is_empty() {
+            if self.engine.is_empty() && self.waiting.is_none() {
                 self.active.store(0, Ordering::SeqCst);
                 match self.admit_rx.blocking_recv() {
-                    Some(job) => self.admit(job),
+                    Some(job) => self.waiting = Some(job),
                     None => return,
                 }
             }
-            while self.engine.len() < self.max_active {
-                match self.admit_rx.try_recv() {
-                    Ok(job) => self.admit(job),
-                    Err(_) => break,
+            // Each choice of a job counts as a sequence; a job larger than the limit runs
+            // alone.
+            loop {
+                if self.waiting.is_none() {
+                    match self.admit_rx.try_recv() {
+                        Ok(job) => self.waiting = Some(job),
+                        Err(_) => break,
+                    }
+                }
+                let n = self.waiting.as_ref().map_or(1, |j| j.n);
+                if !self.engine.is_empty() && self.engine.len() + n > self.max_active {
+                    break;
+                }
+                if let Some(job) = self.waiting.take() {
+                    self.admit(job);
                 }
             }
             // A client that went away frees its sequence (and KV cache) now.
@@ -484,24 +569,46 @@ impl Server {
             stop,
             ignore_eos,
             cache_prompt,
+            top_logprobs,
+            constraints,
+            n: _,
+            render_control,
             pieces,
             done,
         } = job;
-        let client = Client {
-            metrics: Some(telemetry::Generation::start(prompt.len())),
-            pieces,
-            done: Some(done),
-        };
-        let request = Request {
-            prompt,
-            max_tokens,
-            sampling,
-            stop,
-            ignore_eos,
-            cache_prompt,
-        };
-        if let Err((client, e)) = self.engine.admit(&self.model, request, client) {
-            client.end(Err(JobError::from_engine(&e)));
+        let mut constraints = constraints.into_iter();
+        let group = done
+            .into_iter()
+            .enumerate()
+            .map(|(i, done)| {
+                let client = Client {
+                    index: i,
+                    metrics: Some(telemetry::Generation::start(prompt.len())),
+                    pieces: pieces.clone(),
+                    done: Some(done),
+                    top_logprobs,
+                    logprobs: Vec::new(),
+                };
+                let request = Request {
+                    prompt: prompt.clone(),
+                    max_tokens,
+                    sampling: SamplingParams {
+                        seed: sampling.seed.wrapping_add(i as u64),
+                        ..sampling.clone()
+                    },
+                    stop: stop.clone(),
+                    ignore_eos,
+                    cache_prompt,
+                    constraint: constraints.next(),
+                    render_control,
+                };
+                (request, client)
+            })
+            .collect();
+        if let Err(refused) = self.engine.admit_group(&self.model, group) {
+            for (client, e) in refused {
+                client.end(Err(JobError::from_engine(&e)));
+            }
         }
     }
 
@@ -511,6 +618,8 @@ impl Server {
             let result = match ended.result {
                 Ok(f) => Ok(Finished {
                     tail: f.tail,
+                    logprobs: Vec::new(),
+                    stop_string: f.stop_string,
                     finish: match f.finish {
                         moe_engine::FinishReason::Stop => FinishReason::Stop,
                         moe_engine::FinishReason::Length => FinishReason::Length,
@@ -528,13 +637,22 @@ impl Server {
             };
             ended.tag.end(result);
         }
-        self.engine
-            .deliver(|client, piece| match client.pieces.try_send(piece) {
+        self.engine.deliver(|client, piece| {
+            let chunk = Chunk {
+                index: client.index,
+                piece,
+                logprobs: std::mem::take(&mut client.logprobs),
+            };
+            match client.pieces.try_send(chunk) {
                 Ok(()) => Delivery::Sent,
                 // A slow reader: the engine keeps the text and sends it with the next piece.
-                Err(mpsc::error::TrySendError::Full(p)) => Delivery::Later(p),
+                Err(mpsc::error::TrySendError::Full(c)) => {
+                    client.logprobs = c.logprobs;
+                    Delivery::Later(c.piece)
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
-            });
+            }
+        });
     }
 }
 
@@ -639,10 +757,11 @@ mod tests {
     fn outcome(mut rx: JobReceiver) -> Result<Vec<u32>, JobError> {
         let mut ids = Vec::new();
         while let Some(p) = rx.pieces.blocking_recv() {
-            ids.extend(p.token_ids);
+            ids.extend(p.piece.token_ids);
         }
         let f = rx
             .done
+            .remove(0)
             .blocking_recv()
             .expect("the engine dropped the job without an answer (did its thread die?)")?;
         ids.extend(f.tail.token_ids);
