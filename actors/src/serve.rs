@@ -59,14 +59,14 @@ use anyhow::Context;
 use crate::options::ModelArgs;
 use crate::options::RouterArgs;
 use chat_template::{ChatTemplate, CHAT_TEMPLATE_BYTES_MAX};
-use json_constraint::ConstraintVocab;
-use moe_model::tokenizer::{TokenType, Tokenizer};
-use tool_calls::ToolCallFormat;
 use engine::{EngineLimits, ADMISSION_QUEUE_MAX, MAX_ACTIVE_SEQUENCES};
 use http_limits::{
     ApiKey, BodyLimits, ConnectionLimits, HTTP_BODY_READ_TIMEOUT_MS, HTTP_CONNECTIONS_MAX,
     HTTP_HEADER_READ_TIMEOUT_MS,
 };
+use json_constraint::ConstraintVocab;
+use moe_model::tokenizer::{TokenType, Tokenizer};
+use tool_calls::ToolCallFormat;
 
 /// Prompt tokens the prefix cache keeps by default (`--cache-tokens`).
 pub const PREFIX_CACHE_TOKENS: usize = 16384;
@@ -261,7 +261,8 @@ fn read_chat_template(path: &std::path::Path) -> anyhow::Result<String> {
         "chat template {} has {len} bytes; at most {CHAT_TEMPLATE_BYTES_MAX}",
         path.display()
     );
-    std::fs::read_to_string(path).with_context(|| format!("reading chat template {}", path.display()))
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading chat template {}", path.display()))
 }
 
 /// The vocabulary as structured output sees it: token bytes (control tokens as their

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use moe_devdata::npy;
-use moe_tests::cluster::{placement_toml, start_expert, start_http_server, start_serve, Node, TempDir, TEST_SECRET};
+use moe_tests::cluster::{
+    placement_toml, start_expert, start_http_server, start_serve, Node, TempDir, TEST_SECRET,
+};
 use moe_tests::fixtures::{all_fixture_cases, fixture_cases, ids};
 use moe_tests::fixtures_dir;
 use serde_json::{json, Value};
@@ -47,15 +49,27 @@ fn s(p: &Path) -> String {
 
 /// `serve` options of every test server.
 fn serve_extra(template: &str) -> Vec<String> {
-    ["--ctx-size", CTX_SIZE, "--exact", "--chat-template-file", template]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "--ctx-size",
+        CTX_SIZE,
+        "--exact",
+        "--chat-template-file",
+        template,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Runs the Python checks against the server at `addr`; fails the test with their output
 /// (and the server's stderr) on failure. Returns what the script wrote to `--out`.
-fn python_checks(node: &mut Node, addr: &str, dir: &TempDir, expect: Option<&Path>, checks: &[&str]) -> Value {
+fn python_checks(
+    node: &mut Node,
+    addr: &str,
+    dir: &TempDir,
+    expect: Option<&Path>,
+    checks: &[&str],
+) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/agent_checks.py");
     let out_path = dir.path().join("agent_out.json");
     let mut cmd = Command::new("python3");
@@ -94,7 +108,15 @@ fn log_softmax(row: &[f32]) -> Vec<f32> {
 fn teacher_forced(model: &Path, tokens: &[u32], dir: &TempDir) -> (Vec<f32>, usize) {
     let out = dir.path().join("logits.npy");
     let toks: Vec<String> = tokens.iter().map(u32::to_string).collect();
-    moe_tests::moe_node_ok(&["logits".into(), "--model".into(), s(model), "--tokens".into(), toks.join(","), "--out".into(), s(&out)]);
+    moe_tests::moe_node_ok(&[
+        "logits".into(),
+        "--model".into(),
+        s(model),
+        "--tokens".into(),
+        toks.join(","),
+        "--out".into(),
+        s(&out),
+    ]);
     let npy = npy::read_f32(&out).expect("the logits .npy");
     let vocab = *npy.shape.last().expect("a [T, vocab] array");
     (npy.data, vocab)
@@ -113,13 +135,24 @@ fn tools_logprobs_n_and_messages_on_the_tiny_fixture() {
         .find(|c| c.gguf == model)
         .expect("a case of the model");
     let prompt = ids(&case.json["tokens"], "tokens").unwrap();
-    let expect = dir.write("expect.json", &json!({ "prompt_tokens": prompt }).to_string());
+    let expect = dir.write(
+        "expect.json",
+        &json!({ "prompt_tokens": prompt }).to_string(),
+    );
     let result = python_checks(
         &mut node,
         &addr,
         &dir,
         Some(&expect),
-        &["tools_openai", "tools_required", "tools_anthropic", "text_anthropic", "logprobs", "n", "bad_requests"],
+        &[
+            "tools_openai",
+            "tools_required",
+            "tools_anthropic",
+            "text_anthropic",
+            "logprobs",
+            "n",
+            "bad_requests",
+        ],
     );
     // Logprobs: each position's served logprob and top 5 against log_softmax of the logits
     // `moe-node logits` computes for the prompt and the tokens generated before it.
@@ -145,7 +178,10 @@ fn tools_logprobs_n_and_messages_on_the_tiny_fixture() {
         let mut top = tops[i].clone();
         top.sort_by(|a, b| b.total_cmp(a));
         for (k, (a, b)) in top.iter().zip(&sorted).enumerate() {
-            assert!((a - b).abs() <= LOGPROB_TOL, "position {i}: top {k} served {a}, recomputed {b}");
+            assert!(
+                (a - b).abs() <= LOGPROB_TOL,
+                "position {i}: top {k} served {a}, recomputed {b}"
+            );
         }
     }
 }
@@ -178,13 +214,33 @@ fn forced_tool_round_trip_through_router_and_expert_nodes() {
     let e2 = start_expert(&model, &secret, "192-383", "e2", "127.0.0.1:0");
     let placement = dir.write(
         "placement.toml",
-        &placement_toml(&[("e1", &e1.addr, "0-191", ""), ("e2", &e2.addr, "192-383", "")]),
+        &placement_toml(&[
+            ("e1", &e1.addr, "0-191", ""),
+            ("e2", &e2.addr, "192-383", ""),
+        ]),
     );
-    let mut args: Vec<String> = ["--role", "router", "--model", &s(&model), "--placement", &s(&placement), "--secret-file", &s(&secret), "--http", "127.0.0.1:0"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "--role",
+        "router",
+        "--model",
+        &s(&model),
+        "--placement",
+        &s(&placement),
+        "--secret-file",
+        &s(&secret),
+        "--http",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(serve_extra(&kimi_template()));
     let (mut node, addr) = start_http_server(&args);
-    python_checks(&mut node, &addr, &dir, None, &["tools_openai", "tools_anthropic"]);
+    python_checks(
+        &mut node,
+        &addr,
+        &dir,
+        None,
+        &["tools_openai", "tools_anthropic"],
+    );
 }

@@ -355,7 +355,10 @@ impl<T: Tracker> Engine<T> {
     /// the forward left it).
     fn take_forks(&mut self, i: usize) -> Vec<Sequence<T>> {
         let s = &mut self.seqs[i];
-        if s.forks.is_empty() || s.next_input.is_some() || s.prefilled + s.feed.len() < s.prompt.len() {
+        if s.forks.is_empty()
+            || s.next_input.is_some()
+            || s.prefilled + s.feed.len() < s.prompt.len()
+        {
             return Vec::new();
         }
         let forks = std::mem::take(&mut s.forks);
@@ -364,7 +367,8 @@ impl<T: Tracker> Engine<T> {
             .map(|(req, mut tag)| {
                 let s = &self.seqs[i];
                 tag.prompt_cached(s.cached);
-                let mut f = Sequence::new(req, s.cache.clone(), s.cached, self.tokenizer.clone(), tag);
+                let mut f =
+                    Sequence::new(req, s.cache.clone(), s.cached, self.tokenizer.clone(), tag);
                 f.prefilled = s.prefilled;
                 f.feed = s.feed.clone();
                 // The prompt's KV goes into the prefix cache once, from the first choice.

@@ -129,7 +129,11 @@ pub async fn collect(mut rx: JobReceiver) -> Result<(Vec<Collected>, Vec<Finishe
 }
 
 /// The answer: one JSON object, or an SSE stream.
-pub async fn respond(spec: OutputSpec, rx: JobReceiver, stream: bool) -> Result<Response, ApiError> {
+pub async fn respond(
+    spec: OutputSpec,
+    rx: JobReceiver,
+    stream: bool,
+) -> Result<Response, ApiError> {
     if stream {
         let state = StreamState {
             tool_streams: (0..rx.done.len())
@@ -172,7 +176,10 @@ pub async fn respond(spec: OutputSpec, rx: JobReceiver, stream: bool) -> Result<
                     Some(t) => {
                         let parsed = t.parse(i, &o.text);
                         if let ParsedOutput::Malformed { reason, .. } = &parsed {
-                            eprintln!("serve: choice {i} of {}: malformed tool call: {reason}", spec.meta.id);
+                            eprintln!(
+                                "serve: choice {i} of {}: malformed tool call: {reason}",
+                                spec.meta.id
+                            );
                         }
                         (parsed.openai_message(), parsed.finish_reason(f.finish))
                     }
@@ -232,7 +239,10 @@ impl StreamState {
             _ => events.push(ToolStreamEvent::Content(text.to_string())),
         }
         if let Some(m) = failed {
-            eprintln!("serve: choice {index} of {}: malformed tool call: {}", self.spec.meta.id, m.reason);
+            eprintln!(
+                "serve: choice {index} of {}: malformed tool call: {}",
+                self.spec.meta.id, m.reason
+            );
             self.malformed[index] = true;
         }
         let mut content = String::new();
@@ -277,7 +287,10 @@ impl StreamState {
                             let mut delta = Map::new();
                             delta.insert("role".into(), "assistant".into());
                             delta.insert("content".into(), "".into());
-                            let chunk = self.spec.meta.choice_chunk(i, delta, Value::Null, None, &[]);
+                            let chunk =
+                                self.spec
+                                    .meta
+                                    .choice_chunk(i, delta, Value::Null, None, &[]);
                             self.queue.push_back(data(chunk));
                         }
                     }
@@ -292,7 +305,13 @@ impl StreamState {
                         Some(c) => {
                             let delta = self.delta(c.index, &c.piece.text, false);
                             let lp = self.logprobs_json(c.index, &c.logprobs, &c.piece.text);
-                            let chunk = self.spec.meta.choice_chunk(c.index, delta, lp, None, &c.piece.token_ids);
+                            let chunk = self.spec.meta.choice_chunk(
+                                c.index,
+                                delta,
+                                lp,
+                                None,
+                                &c.piece.token_ids,
+                            );
                             self.queue.push_back(data(chunk));
                         }
                         None => self.phase = Phase::End,
@@ -315,12 +334,19 @@ impl StreamState {
                                 } else {
                                     f.finish
                                 };
-                                let chunk = self.spec.meta.choice_chunk(i, delta, lp, Some(finish), &f.tail.token_ids);
+                                let chunk = self.spec.meta.choice_chunk(
+                                    i,
+                                    delta,
+                                    lp,
+                                    Some(finish),
+                                    &f.tail.token_ids,
+                                );
                                 self.queue.push_back(data(chunk));
                             }
                             if self.spec.include_usage {
-                                self.queue
-                                    .push_back(data(self.spec.meta.usage_chunk(total_usage(&ends))));
+                                self.queue.push_back(data(
+                                    self.spec.meta.usage_chunk(total_usage(&ends)),
+                                ));
                             }
                             self.queue.push_back(Event::default().data("[DONE]"));
                         }

@@ -214,17 +214,6 @@ pub struct JobReceiver {
 }
 
 impl GenerationJob {
-    /// A job and the receiver its client reads.
-    pub fn new(
-        prompt: Vec<u32>,
-        max_tokens: usize,
-        sampling: SamplingParams,
-        stop: Vec<String>,
-        ignore_eos: bool,
-    ) -> (Self, JobReceiver) {
-        Self::with_choices(prompt, max_tokens, sampling, stop, ignore_eos, 1)
-    }
-
     /// A job of `n` choices (at least 1) and the receiver its client reads.
     pub fn with_choices(
         prompt: Vec<u32>,
@@ -744,12 +733,13 @@ mod tests {
     }
 
     fn job(prompt: &[u32]) -> (GenerationJob, JobReceiver) {
-        GenerationJob::new(
+        GenerationJob::with_choices(
             prompt.to_vec(),
             4,
             SamplingParams::default(),
             Vec::new(),
             true,
+            1,
         )
     }
 

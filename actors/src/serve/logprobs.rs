@@ -26,7 +26,11 @@ pub struct TokenLogprob {
 /// `log_softmax(row)[token]` and the `k` largest entries; NaN counts as −∞.
 pub fn token_logprob(row: &[f32], token: u32, k: usize) -> TokenLogprob {
     let val = |l: f32| if l.is_nan() { f32::NEG_INFINITY } else { l };
-    let max = row.iter().copied().map(val).fold(f32::NEG_INFINITY, f32::max);
+    let max = row
+        .iter()
+        .copied()
+        .map(val)
+        .fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = if max.is_finite() {
         row.iter().map(|&l| ((val(l) - max) as f64).exp()).sum()
     } else {
@@ -49,7 +53,9 @@ pub fn token_logprob(row: &[f32], token: u32, k: usize) -> TokenLogprob {
     }
     TokenLogprob {
         token,
-        logprob: row.get(token as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        logprob: row
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| lp(l)),
         top: top.into_iter().map(|(t, l)| (t, lp(l))).collect(),
     }
 }

@@ -18,8 +18,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::anthropic::{content_blocks, error_body, MessageMeta, MessageStream, MessagesRequest, StopReason};
 use super::answer::{collect, ends, total_usage, ToolOutput};
+use super::anthropic::{
+    content_blocks, error_body, MessageMeta, MessageStream, MessagesRequest, StopReason,
+};
 use super::api_error::ApiError;
 use super::engine::{Finished, JobReceiver};
 use super::openai::FinishReason;
@@ -27,7 +29,10 @@ use super::routes::{fresh_seed, parse_body, prepare_chat, submit, AppState, JobS
 use super::tool_calls::{ParsedOutput, ToolCallStream, ToolStreamEvent};
 
 /// The handler.
-pub async fn messages(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn messages(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let r = async {
         let req: MessagesRequest = parse_body(body)?;
         let input = req.into_chat_input(st.max_tokens_limit, fresh_seed(&st))?;
@@ -70,7 +75,11 @@ fn stop_reason(malformed: bool, calls: usize, f: &Finished) -> StopReason {
     }
 }
 
-async fn whole(meta: MessageMeta, tools: Option<&ToolOutput>, rx: JobReceiver) -> Result<Response, ApiError> {
+async fn whole(
+    meta: MessageMeta,
+    tools: Option<&ToolOutput>,
+    rx: JobReceiver,
+) -> Result<Response, ApiError> {
     let (outs, ends) = collect(rx).await?;
     let (o, f) = (&outs[0], &ends[0]);
     let parsed = match tools {
@@ -131,7 +140,8 @@ impl StreamState {
         }
         for e in &out {
             for (name, data) in self.events.push(e) {
-                self.queue.push_back(Event::default().event(name).data(data.to_string()));
+                self.queue
+                    .push_back(Event::default().event(name).data(data.to_string()));
             }
         }
     }
@@ -157,15 +167,25 @@ impl StreamState {
                         Ok(ends) => {
                             let f = &ends[0];
                             self.frames(&f.tail.text, true);
-                            let calls = self.reader.as_ref().map_or(0, ToolCallStream::calls_started);
+                            let calls = self
+                                .reader
+                                .as_ref()
+                                .map_or(0, ToolCallStream::calls_started);
                             let stop = stop_reason(self.malformed, calls, f);
-                            for (name, data) in self.events.finish(stop, f.stop_string.as_deref(), f.usage.completion_tokens) {
-                                self.queue.push_back(Event::default().event(name).data(data.to_string()));
+                            for (name, data) in self.events.finish(
+                                stop,
+                                f.stop_string.as_deref(),
+                                f.usage.completion_tokens,
+                            ) {
+                                self.queue
+                                    .push_back(Event::default().event(name).data(data.to_string()));
                             }
                         }
-                        Err(e) => self
-                            .queue
-                            .push_back(Event::default().event("error").data(error_body(&e).to_string())),
+                        Err(e) => self.queue.push_back(
+                            Event::default()
+                                .event("error")
+                                .data(error_body(&e).to_string()),
+                        ),
                     }
                 }
             }
@@ -173,7 +193,12 @@ impl StreamState {
     }
 }
 
-fn stream(meta: MessageMeta, tools: Option<ToolOutput>, rx: JobReceiver, prompt_tokens: usize) -> Response {
+fn stream(
+    meta: MessageMeta,
+    tools: Option<ToolOutput>,
+    rx: JobReceiver,
+    prompt_tokens: usize,
+) -> Response {
     let events = MessageStream::new(meta);
     let (name, data) = events.start(prompt_tokens);
     let mut queue = VecDeque::new();
@@ -189,5 +214,7 @@ fn stream(meta: MessageMeta, tools: Option<ToolOutput>, rx: JobReceiver, prompt_
     let events = futures_util::stream::unfold(state, |mut s| async move {
         s.next_event().await.map(|e| (Ok::<_, Infallible>(e), s))
     });
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -337,7 +337,9 @@ pub(super) async fn prepare_chat(
 }
 
 /// Parses a JSON body; every failure is a 4xx with an error object.
-pub(super) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(None, REQUEST_BODY_BYTES_MAX)
