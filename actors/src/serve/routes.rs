@@ -313,6 +313,10 @@ pub(super) async fn prepare_chat(
         // Sized against the context before it is tokenized.
         check_prompt_bytes(text.len(), ctx)?;
         let prompt = tok.encode_prompt(&text);
+        // A forced call must still write its closing markup after the arguments.
+        let markup_tokens = spec
+            .as_ref()
+            .map_or(0, |s| tok.encode(&s.format.closing_markup(), true).len());
         let mut constraints: Vec<Box<dyn TokenConstraint>> = Vec::new();
         if let Some(vocab) = &vocab {
             for _ in 0..n {
@@ -322,7 +326,7 @@ pub(super) async fn prepare_chat(
                     (None, None) => break,
                 };
                 let c = c.map_err(|e| ApiError::invalid(e.to_string(), Some(param)))?;
-                constraints.push(Box::new(EngineConstraint(c)));
+                constraints.push(Box::new(EngineConstraint::new(c, markup_tokens)));
             }
         }
         Ok::<_, ApiError>((prompt, constraints))
