@@ -61,11 +61,21 @@ impl TokenConstraint for OnlyThese {
     }
 }
 
-/// Records every kept token and the row it came from.
-#[derive(Default)]
+/// Records every kept token and the row it came from; `index`: admission order.
 struct Recorder {
+    index: usize,
     tokens: Vec<u32>,
     rows: Vec<Vec<f32>>,
+}
+
+impl Recorder {
+    fn at(index: usize) -> Self {
+        Self {
+            index,
+            tokens: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
 }
 
 impl Tracker for Recorder {
@@ -104,7 +114,7 @@ impl ExpertBackend for Counting {
 /// Runs the engine until every sequence ends; the recorders and finishes by admission
 /// order, and the token rows computed.
 fn run_counting(
-    engine: &mut Engine<(usize, Recorder)>,
+    engine: &mut Engine<Recorder>,
     model: &Model,
     n: usize,
 ) -> (Vec<(Recorder, moe_engine::Finished)>, usize) {
@@ -113,7 +123,8 @@ fn run_counting(
     let mut steps = 0;
     while !engine.is_empty() {
         for e in engine.step(model, &mut experts) {
-            out[e.tag.0] = Some((e.tag.1, e.result.expect("the sequence succeeds")));
+            let index = e.tag.index;
+            out[index] = Some((e.tag, e.result.expect("the sequence succeeds")));
         }
         steps += 1;
         assert!(steps < 1000, "the engine does not finish");
@@ -126,7 +137,7 @@ fn run_counting(
 }
 
 fn run_all(
-    engine: &mut Engine<(usize, Recorder)>,
+    engine: &mut Engine<Recorder>,
     model: &Model,
     n: usize,
 ) -> Vec<(Recorder, moe_engine::Finished)> {
@@ -165,7 +176,7 @@ fn a_constraint_masks_the_sampled_row_forces_its_tail_and_disables_drafts() {
         ..Request::new(PROMPT.to_vec(), MAX_TOKENS)
     };
     engine
-        .admit(&model, request, (0, Recorder::default()))
+        .admit(&model, request, Recorder::at(0))
         .map_err(|(_, e)| e)
         .unwrap();
     let (rec, fin) = run_all(&mut engine, &model, 1).remove(0);
@@ -205,7 +216,7 @@ fn choices_of_one_prompt_equal_their_seeds_alone() {
     let seeds = [5u64, 6, 7];
     // Alone, one at a time.
     let mut alone = Vec::new();
-    for (i, &seed) in seeds.iter().enumerate() {
+    for &seed in &seeds {
         let mut engine = Engine::new(&model, tok.clone(), EngineConfig::new(CTX_POSITIONS));
         let request = Request {
             sampling: sampling(seed),
@@ -213,7 +224,7 @@ fn choices_of_one_prompt_equal_their_seeds_alone() {
             ..Request::new(PROMPT.to_vec(), MAX_TOKENS)
         };
         engine
-            .admit(&model, request, (i, Recorder::default()))
+            .admit(&model, request, Recorder::at(0))
             .map_err(|(_, e)| e)
             .unwrap();
         alone.push(run_all(&mut engine, &model, 1).remove(0).0.tokens);
@@ -229,7 +240,7 @@ fn choices_of_one_prompt_equal_their_seeds_alone() {
                 ignore_eos: true,
                 ..Request::new(PROMPT.to_vec(), MAX_TOKENS)
             };
-            (request, (i, Recorder::default()))
+            (request, Recorder::at(i))
         })
         .collect();
     engine
@@ -251,17 +262,14 @@ fn choices_of_one_prompt_equal_their_seeds_alone() {
     }
     assert_ne!(alone[0], alone[1], "different seeds give different choices");
     // A group whose prompts differ is refused as a whole.
-    let mut engine: Engine<(usize, Recorder)> = Engine::new(
+    let mut engine: Engine<Recorder> = Engine::new(
         &model,
         Arc::new(Tokenizer::from_gguf(model.file()).unwrap()),
         EngineConfig::new(CTX_POSITIONS),
     );
     let bad = vec![
-        (Request::new(PROMPT.to_vec(), 2), (0, Recorder::default())),
-        (
-            Request::new(PROMPT[..3].to_vec(), 2),
-            (1, Recorder::default()),
-        ),
+        (Request::new(PROMPT.to_vec(), 2), Recorder::at(0)),
+        (Request::new(PROMPT[..3].to_vec(), 2), Recorder::at(1)),
     ];
     let refused = engine
         .admit_group(&model, bad)
