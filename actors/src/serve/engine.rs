@@ -434,18 +434,24 @@ impl Tracker for Client {
         }
     }
     fn prompt_cached(&mut self, tokens: usize) {
-        self.metrics.as_mut().map(|m| m.prompt_cached(tokens));
+        if let Some(m) = self.metrics.as_mut() {
+            m.prompt_cached(tokens);
+        }
     }
     fn token(&mut self) {
-        self.metrics.as_mut().map(telemetry::Generation::token);
+        if let Some(m) = self.metrics.as_mut() {
+            m.token();
+        }
     }
     fn kv_cache(&mut self, used: usize, capacity: usize, bytes: usize) {
-        self.metrics
-            .as_mut()
-            .map(|m| m.kv_cache(used, capacity, bytes));
+        if let Some(m) = self.metrics.as_mut() {
+            m.kv_cache(used, capacity, bytes);
+        }
     }
     fn decode_step(&mut self, drafted: usize) {
-        self.metrics.as_mut().map(|m| m.decode_step(drafted));
+        if let Some(m) = self.metrics.as_mut() {
+            m.decode_step(drafted);
+        }
     }
     fn draft_accepted(&mut self) {
         self.metrics
