@@ -163,7 +163,14 @@ def check_tools_required(oa, _an, _out):
         check(c.finish_reason == "tool_calls", f"seed {seed}: finish {c.finish_reason}, {c.message}")
         for call in c.message.tool_calls:
             valid_call(call.function.name, call.function.arguments, f"seed {seed}")
-    print("tools_required: calls of known tools with valid arguments")
+    for seed in range(3):
+        r = oa.chat.completions.create(model="m", messages=[user("Weather and time?")], tools=TOOLS,
+                                       tool_choice="required", parallel_tool_calls=False,
+                                       max_tokens=CALL_MAX_TOKENS, temperature=1, seed=seed)
+        calls = r.choices[0].message.tool_calls or []
+        check(len(calls) == 1, f"seed {seed}: parallel_tool_calls false gives one call: {calls}")
+        valid_call(calls[0].function.name, calls[0].function.arguments, f"seed {seed}, one call")
+    print("tools_required: calls of known tools with valid arguments; one call without parallel_tool_calls")
 
 
 def blocks_of(msg):

@@ -39,6 +39,9 @@ pub struct ToolOutput {
     pub names: Vec<String>,
     /// Ids of calls without their own: `{id_prefix}{choice}_{call}`.
     pub id_prefix: String,
+    /// `parallel_tool_calls`: with false, only the first call is reported (a forced call
+    /// is one call by its grammar; under `auto` later calls are dropped).
+    pub parallel: bool,
 }
 
 impl ToolOutput {
@@ -53,12 +56,28 @@ impl ToolOutput {
 
     /// Choice `index`'s whole text, read.
     pub fn parse(&self, index: usize, text: &str) -> ParsedOutput {
-        parse_tool_calls(
+        let mut parsed = parse_tool_calls(
             self.format,
             text,
             &self.names,
             &format!("{}{index}_", self.id_prefix),
-        )
+        );
+        if let ParsedOutput::Message { tool_calls, .. } = &mut parsed {
+            if !self.parallel {
+                tool_calls.truncate(1);
+            }
+        }
+        parsed
+    }
+
+    /// Whether a streamed event is reported (not a second call without `parallel`).
+    pub fn keeps(&self, event: &ToolStreamEvent) -> bool {
+        match event {
+            ToolStreamEvent::Content(_) => true,
+            ToolStreamEvent::CallStart { index, .. } | ToolStreamEvent::Arguments { index, .. } => {
+                self.parallel || *index == 0
+            }
+        }
     }
 }
 
@@ -244,6 +263,9 @@ impl StreamState {
                 self.spec.meta.id, m.reason
             );
             self.malformed[index] = true;
+        }
+        if let Some(t) = &self.spec.tools {
+            events.retain(|e| t.keeps(e));
         }
         let mut content = String::new();
         let mut calls = Vec::new();

@@ -108,6 +108,7 @@ async fn whole(
 }
 
 struct StreamState {
+    tools: Option<ToolOutput>,
     events: MessageStream,
     reader: Option<ToolCallStream>,
     malformed: bool,
@@ -137,6 +138,9 @@ impl StreamState {
                 }
             }
             _ => out.push(ToolStreamEvent::Content(text.to_string())),
+        }
+        if let Some(t) = &self.tools {
+            out.retain(|e| t.keeps(e));
         }
         for e in &out {
             for (name, data) in self.events.push(e) {
@@ -205,7 +209,8 @@ fn stream(
     queue.push_back(Event::default().event(name).data(data.to_string()));
     let state = StreamState {
         events,
-        reader: tools.map(|t| t.stream(0)),
+        reader: tools.as_ref().map(|t| t.stream(0)),
+        tools,
         malformed: false,
         rx: Some(rx),
         queue,

@@ -300,6 +300,7 @@ pub(super) async fn prepare_chat(
         format,
         names: t.names.clone(),
         id_prefix: format!("call_{id:x}_"),
+        parallel: t.parallel,
     });
     let (tok, template, ctx) = (st.tokenizer.clone(), st.template.clone(), st.ctx_size);
     let (prompt, constraints) = tokio::task::spawn_blocking(move || {
