@@ -706,7 +706,7 @@ mod tests {
     /// An engine on the tiny reference model with `fault`, running on its own thread, and
     /// the sender its jobs go to. Dropping the sender stops it.
     fn start_test_engine(
-        fault: Fault,
+        fault: Option<Fault>,
     ) -> (mpsc::Sender<GenerationJob>, std::thread::JoinHandle<()>) {
         let (admit, admit_rx) = mpsc::channel(8);
         // The engine is not Send (its expert backend need not be): build it on its thread.
@@ -726,7 +726,7 @@ mod tests {
                 model,
                 Box::new(FaultyExperts {
                     inner: LocalExperts::default(),
-                    fault: Some(fault),
+                    fault,
                 }),
                 tokenizer,
                 &limits,
@@ -766,7 +766,7 @@ mod tests {
 
     #[test]
     fn a_panicking_step_fails_its_requests_and_the_engine_goes_on() {
-        let (admit, thread) = start_test_engine(Fault::PanicOnce);
+        let (admit, thread) = start_test_engine(Some(Fault::PanicOnce));
         let (j, rx) = job(&[1022, 447, 283, 72]);
         admit.blocking_send(j).unwrap();
         let err = outcome(rx).expect_err("the panicking step's request must fail");
@@ -787,7 +787,7 @@ mod tests {
 
     #[test]
     fn non_finite_values_fail_only_the_sequence_they_come_from() {
-        let (admit, thread) = start_test_engine(Fault::NanInRowZeroOnce);
+        let (admit, thread) = start_test_engine(Some(Fault::NanInRowZeroOnce));
         // Both queued before the first step, so they share it; row 0 is the first prompt's.
         let (a, rx_a) = job(&[1022, 447, 283, 72]);
         let (b, rx_b) = job(&[1022, 65, 266, 985, 422]);
@@ -806,6 +806,65 @@ mod tests {
         let (c, rx_c) = job(&[1022, 65, 266, 985, 422]);
         admit.blocking_send(c).unwrap();
         assert_eq!(b_tokens, outcome(rx_c).unwrap());
+        drop(admit);
+        thread.join().unwrap();
+    }
+
+    /// Every choice's token ids, their logprobs, in choice order.
+    fn choices(mut rx: JobReceiver) -> Vec<(Vec<u32>, Vec<TokenLogprob>)> {
+        let mut out: Vec<(Vec<u32>, Vec<TokenLogprob>)> = vec![Default::default(); rx.done.len()];
+        while let Some(c) = rx.pieces.blocking_recv() {
+            out[c.index].0.extend(c.piece.token_ids);
+            out[c.index].1.extend(c.logprobs);
+        }
+        for (i, done) in rx.done.into_iter().enumerate() {
+            let f = done.blocking_recv().unwrap().expect("the choice succeeds");
+            out[i].0.extend(f.tail.token_ids);
+            out[i].1.extend(f.logprobs);
+        }
+        out
+    }
+
+    #[test]
+    fn jobs_of_several_choices_fit_the_active_limit_and_carry_logprobs() {
+        // max_active is 4: two jobs of 3 choices cannot run together; the second waits for
+        // room (admission counts choices) and still runs (it does not starve).
+        let (admit, thread) = start_test_engine(None);
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            seed: 3,
+            ..SamplingParams::default()
+        };
+        let mut rxs = Vec::new();
+        for _ in 0..2 {
+            let (mut j, rx) = GenerationJob::with_choices(
+                vec![1022, 447, 283, 72],
+                4,
+                sampling.clone(),
+                Vec::new(),
+                true,
+                3,
+            );
+            j.top_logprobs = Some(2);
+            admit.blocking_send(j).unwrap();
+            rxs.push(rx);
+        }
+        let a = choices(rxs.remove(0));
+        let b = choices(rxs.remove(0));
+        assert_eq!(a.len(), 3);
+        for (ids, lps) in &a {
+            assert_eq!(ids.len(), 4);
+            assert_eq!(
+                lps.iter().map(|l| l.token).collect::<Vec<_>>(),
+                *ids,
+                "one logprob per token, in order"
+            );
+            assert!(lps.iter().all(|l| l.top.len() == 2 && l.logprob <= 0.0));
+        }
+        let ids =
+            |c: &[(Vec<u32>, Vec<TokenLogprob>)]| c.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b), "same seed, same choices");
+        assert_ne!(a[0].0, a[1].0, "choice i samples with seed + i");
         drop(admit);
         thread.join().unwrap();
     }
