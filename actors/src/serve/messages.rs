@@ -223,3 +223,33 @@ fn stream(
         .keep_alive(KeepAlive::default())
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::engine::Piece;
+    use crate::serve::openai::Usage;
+
+    fn ended(finish: FinishReason, stop_string: Option<&str>) -> Finished {
+        Finished {
+            tail: Piece::default(),
+            logprobs: Vec::new(),
+            stop_string: stop_string.map(str::to_string),
+            finish,
+            usage: Usage::default(),
+        }
+    }
+
+    #[test]
+    fn stop_reasons_follow_how_generation_ended() {
+        let eos = ended(FinishReason::Stop, None);
+        assert_eq!(stop_reason(false, 0, &eos), StopReason::EndTurn);
+        assert_eq!(stop_reason(false, 2, &eos), StopReason::ToolUse);
+        // Broken markup is answered as text.
+        assert_eq!(stop_reason(true, 1, &eos), StopReason::EndTurn);
+        let stop = ended(FinishReason::Stop, Some("END"));
+        assert_eq!(stop_reason(false, 0, &stop), StopReason::StopSequence);
+        let length = ended(FinishReason::Length, None);
+        assert_eq!(stop_reason(false, 1, &length), StopReason::MaxTokens);
+    }
+}
