@@ -5,6 +5,10 @@
 //! serve.rs           options, startup: engine thread, chat template, HTTP listener
 //! serve/engine.rs    the engine thread: admission queue, one batched forward per step
 //! serve/routes.rs    axum routes and handlers (completions, chat, models, health, metrics)
+//! serve/answer.rs    OpenAI answers: choices (n), tool calls read back, logprobs, JSON or SSE
+//! serve/messages.rs  POST /v1/messages (Anthropic) handler and answers
+//! serve/logprobs.rs  log-probabilities of generated tokens and their JSON
+//! serve/constraint.rs the JSON / tool-call constraint as the engine's TokenConstraint
 //! serve/openai.rs    request fields, validation, response JSON
 //! serve/chat_template.rs  the GGUF's Jinja chat template via minijinja (ChatML default)
 //! serve/stop.rs      stop strings over streamed text
@@ -31,13 +35,18 @@
 //! Metrics: with `--metrics-addr ADDR` the Prometheus exporter of `telemetry.rs` is installed
 //! (its own listener on ADDR) and `GET /metrics` on the API address answers the same text.
 
+pub mod answer;
+pub mod constraint;
 pub mod engine;
+pub mod logprobs;
+pub mod messages;
 pub mod routes;
 // The request layer lives in the `moe_node_http` library (`src/lib.rs`), compiled once and
-// shared with the HTTP fuzz target. Its tool-calling, constraint and Anthropic modules
-// (`moe_node_http::{tools, tool_calls, tool_call_grammar, json_constraint, anthropic}`) are not wired in yet:
-// INTEGRATION.md says where they go.
-pub use moe_node_http::{api_error, chat_template, http_limits, openai};
+// shared with the HTTP fuzz target.
+pub use moe_node_http::{
+    anthropic, api_error, chat_template, http_limits, json_constraint, openai, tool_call_grammar,
+    tool_calls, tools,
+};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,12 +58,15 @@ use anyhow::Context;
 
 use crate::options::ModelArgs;
 use crate::options::RouterArgs;
-use chat_template::ChatTemplate;
+use chat_template::{ChatTemplate, CHAT_TEMPLATE_BYTES_MAX};
 use engine::{EngineLimits, ADMISSION_QUEUE_MAX, MAX_ACTIVE_SEQUENCES};
 use http_limits::{
     ApiKey, BodyLimits, ConnectionLimits, HTTP_BODY_READ_TIMEOUT_MS, HTTP_CONNECTIONS_MAX,
     HTTP_HEADER_READ_TIMEOUT_MS,
 };
+use json_constraint::ConstraintVocab;
+use moe_model::tokenizer::{TokenType, Tokenizer};
+use tool_calls::ToolCallFormat;
 
 /// Prompt tokens the prefix cache keeps by default (`--cache-tokens`).
 pub const PREFIX_CACHE_TOKENS: usize = 16384;
@@ -105,6 +117,10 @@ pub struct ServeOptions {
     /// Milliseconds a client may take to send a request body (408 beyond).
     #[arg(long, default_value_t = HTTP_BODY_READ_TIMEOUT_MS)]
     pub http_body_timeout_ms: u64,
+    /// Jinja chat template to use instead of the GGUF's `tokenizer.chat_template` (as
+    /// llama-server's option); its tool-call markup decides the tool-call format.
+    #[arg(long)]
+    pub chat_template_file: Option<PathBuf>,
 }
 
 /// Arguments of `serve`.
@@ -176,12 +192,18 @@ pub fn run(
     let (engine, info) = engine::start(model_args, cluster, limits)?;
     let tok = &info.tokenizer;
     let token_text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
+    let template_file = opts
+        .chat_template_file
+        .as_deref()
+        .map(read_chat_template)
+        .transpose()?;
     let template = ChatTemplate::new(
-        info.chat_template.as_deref(),
+        template_file.as_deref().or(info.chat_template.as_deref()),
         token_text(tok.bos()),
         token_text(tok.eos()),
     )?;
-    if !template.from_model {
+    let tool_format = ToolCallFormat::detect(template.source());
+    if template_file.is_none() && !template.from_model {
         eprintln!("the model has no tokenizer.chat_template: chat prompts use the default ChatML template");
     }
     let model_name = opts
@@ -204,6 +226,8 @@ pub fn run(
         ctx_size: model_args.ctx_size,
         max_tokens_limit: opts.max_tokens_limit,
         next_id: AtomicU64::new(0),
+        tool_format,
+        vocab: constraint_vocab(tok),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(HTTP_WORKER_THREADS)
@@ -225,6 +249,38 @@ pub fn run(
         http_limits::serve(listener, routes::app(state, api_key, body), connections).await;
         Ok(())
     })
+}
+
+/// The chat template file's text (at most [`CHAT_TEMPLATE_BYTES_MAX`] bytes).
+fn read_chat_template(path: &std::path::Path) -> anyhow::Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading chat template {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= CHAT_TEMPLATE_BYTES_MAX as u64,
+        "chat template {} has {len} bytes; at most {CHAT_TEMPLATE_BYTES_MAX}",
+        path.display()
+    );
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading chat template {}", path.display()))
+}
+
+/// The vocabulary as structured output sees it: token bytes (control tokens as their
+/// text), control tokens marked special; built once at startup (about a second for a
+/// 160k vocabulary). An error (no EOS, say) turns structured output off with a reason.
+fn constraint_vocab(tok: &Tokenizer) -> Result<ConstraintVocab, String> {
+    let eos = tok.eos().ok_or("the tokenizer has no EOS token")?;
+    let n = tok.vocab_size() as u32;
+    let bytes: Vec<Vec<u8>> = (0..n).map(|i| tok.token_piece(i, true)).collect();
+    let special: Vec<bool> = (0..n)
+        .map(|i| {
+            !matches!(
+                tok.token_type(i),
+                Some(TokenType::Normal | TokenType::Byte | TokenType::UserDefined)
+            )
+        })
+        .collect();
+    ConstraintVocab::new(&bytes, &special, eos).map_err(|e| e.to_string())
 }
 
 fn read_api_key(path: &std::path::Path) -> anyhow::Result<String> {

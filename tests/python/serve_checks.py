@@ -251,7 +251,7 @@ def check_bad_requests(srv):
         ("message role missing", "/chat/completions", {"messages": [{"content": "hi"}]}, 400),
         ("prompt missing", "/completions", {"max_tokens": 3}, 400),
         ("JSON that is not an object", "/completions", "[1, 2]", 400),
-        ("n = 2", "/completions", {"prompt": "x", "n": 2}, 400),
+        ("n = 9 (over N_MAX)", "/completions", {"prompt": "x", "n": 9}, 400),
         ("negative temperature", "/completions", {"prompt": "x", "temperature": -1}, 400),
         ("max_tokens over the limit", "/completions", {"prompt": "x", "max_tokens": e["max_tokens_limit"] + 1}, 400),
         ("prompt longer than the context", "/completions", {"prompt": [65] * (e["ctx_size"] + 8), "max_tokens": 1}, 400),

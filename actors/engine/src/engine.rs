@@ -21,6 +21,11 @@
 //! The output is therefore identical to plain decoding for every sampling setting (a point
 //! mass draft accepted when the sample equals it is the standard rejection rule).
 //!
+//! Constrained sequences ([`crate::TokenConstraint`]) mask their row before sampling and
+//! never draft. Several choices of one prompt ([`Engine::admit_group`]) compute the prompt
+//! once: the other choices wait, then start from a copy of its KV cache and sample their
+//! first token from the same logits, each with its own sampler, stop rules and constraint.
+//!
 //! Failures stay local: non-finite values name the batch rows holding them, and only their
 //! sequences fail; the others (whose caches the failed forward call left untouched) run again
 //! in the next step. Any other failed step fails the sequences in it.
@@ -32,15 +37,13 @@ use std::sync::Arc;
 
 use moe_model::forward::{ExpertBackend, KvCache, NoObserver, PrefixCache, SeqInput};
 use moe_model::model::Model;
-use moe_model::sampling::Sampler;
-use moe_model::tokenizer::{StreamDecoder, Tokenizer};
+use moe_model::tokenizer::Tokenizer;
 use moe_model::ModelError;
 
 use crate::draft::ngram_draft;
 use crate::error::EngineError;
 use crate::request::{FinishReason, Finished, Piece, Request};
 use crate::sequence::Sequence;
-use crate::stop::StopMatcher;
 use crate::tracker::Tracker;
 
 /// Prompt tokens processed per step by default, over all prompts being prefilled (bounds
@@ -127,9 +130,9 @@ impl<T: Tracker> Engine<T> {
         }
     }
 
-    /// Sequences in the engine.
+    /// Sequences in the engine (choices waiting for their prompt included).
     pub fn len(&self) -> usize {
-        self.seqs.len()
+        self.seqs.iter().map(|s| 1 + s.forks.len()).sum()
     }
 
     /// No sequence in the engine.
@@ -179,27 +182,46 @@ impl<T: Tracker> Engine<T> {
             }
         }
         tag.prompt_cached(cached);
-        self.seqs.push(Sequence {
-            history: req.prompt.clone(),
-            prompt: req.prompt,
-            prefilled: cached,
-            cached,
-            cache_prompt: req.cache_prompt,
+        self.seqs.push(Sequence::new(
+            req,
             cache,
-            next_input: None,
-            draft: Vec::new(),
-            feed: Vec::new(),
-            generated: 0,
-            max_tokens: req.max_tokens,
-            ignore_eos: req.ignore_eos,
-            sampler: Sampler::new(req.sampling),
-            decoder: StreamDecoder::new(self.tokenizer.clone()),
-            stop: StopMatcher::new(req.stop),
-            stopped: false,
-            outbox: Piece::default(),
-            decode: Default::default(),
+            cached,
+            self.tokenizer.clone(),
             tag,
-        });
+        ));
+        Ok(())
+    }
+
+    /// Adds several choices of one prompt (OpenAI's `n`): the first request's prompt is
+    /// computed once (with prefix reuse as [`Engine::admit`]); each other request then starts
+    /// from a copy of its KV cache. Every request keeps its own sampling (give each its own
+    /// seed), stop strings, budget and constraint; their prompts must be equal. Refused as a
+    /// whole (every tag comes back) when the first would be.
+    pub fn admit_group(
+        &mut self,
+        model: &Model,
+        mut group: Vec<(Request, T)>,
+    ) -> Result<(), Vec<(T, EngineError)>> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        let rest = group.split_off(1);
+        let (first, tag) = group.pop().expect("one request");
+        if let Some(i) = rest.iter().position(|(r, _)| r.prompt != first.prompt) {
+            let why = format!("choice {} of a group has another prompt", i + 1);
+            let mut refused = vec![(tag, EngineError::InvalidRequest(why.clone()))];
+            refused.extend(
+                rest.into_iter()
+                    .map(|(_, t)| (t, EngineError::InvalidRequest(why.clone()))),
+            );
+            return Err(refused);
+        }
+        if let Err((tag, e)) = self.admit(model, first, tag) {
+            let mut refused = vec![(tag, e.clone())];
+            refused.extend(rest.into_iter().map(|(_, t)| (t, e.clone())));
+            return Err(refused);
+        }
+        self.seqs.last_mut().expect("just admitted").forks = rest;
         Ok(())
     }
 
@@ -211,7 +233,10 @@ impl<T: Tracker> Engine<T> {
     /// Removes every sequence, handing back the tags (e.g. after a step panicked: their
     /// caches and samplers may be half-updated).
     pub fn drain(&mut self) -> Vec<T> {
-        self.seqs.drain(..).map(|s| s.tag).collect()
+        self.seqs
+            .drain(..)
+            .flat_map(|s| std::iter::once(s.tag).chain(s.forks.into_iter().map(|(_, t)| t)))
+            .collect()
     }
 
     /// Hands each sequence's new output to `deliver`.
@@ -240,7 +265,7 @@ impl<T: Tracker> Engine<T> {
             s.draft.clear();
             if let Some(t) = s.next_input {
                 s.feed.push(t);
-                if self.cfg.draft_max > 0 {
+                if self.cfg.draft_max > 0 && s.constraint.is_none() {
                     // Drafts only where the cache has room for them and the token after.
                     let room = s.cache.capacity().saturating_sub(s.cache.len() + 2);
                     s.draft = ngram_draft(&s.history, self.cfg.draft_max.min(room));
@@ -284,13 +309,22 @@ impl<T: Tracker> Engine<T> {
             Ok(logits) => {
                 let vocab = model.cfg.vocab;
                 for (&i, logits) in in_batch.iter().zip(&logits) {
-                    if let Some(finished) = self.seqs[i].after_forward(
+                    let forks = self.take_forks(i);
+                    if let Some(result) = self.seqs[i].after_forward(
                         logits,
                         vocab,
                         &self.end_tokens,
                         &mut self.prefix,
                     ) {
-                        ended.push((i, Ok(finished)));
+                        ended.push((i, result));
+                    }
+                    for mut fork in forks {
+                        let result =
+                            fork.after_forward(logits, vocab, &self.end_tokens, &mut self.prefix);
+                        self.seqs.push(fork);
+                        if let Some(result) = result {
+                            ended.push((self.seqs.len() - 1, result));
+                        }
                     }
                 }
             }
@@ -299,10 +333,49 @@ impl<T: Tracker> Engine<T> {
         let mut out = Vec::with_capacity(ended.len());
         for (i, result) in ended.into_iter().rev() {
             let s = self.seqs.remove(i);
+            // Choices still waiting for this prompt share its failure.
+            for (_, tag) in s.forks {
+                let result = match &result {
+                    Err(e) => Err(e.clone()),
+                    Ok(_) => Err(EngineError::InvalidRequest(
+                        "the prompt's sequence ended before its choices started".into(),
+                    )),
+                };
+                out.push(Ended { tag, result });
+            }
             out.push(Ended { tag: s.tag, result });
         }
         out.reverse();
         out
+    }
+
+    /// When sequence `i`'s forward this step completes its prompt: its waiting choices, as
+    /// sequences holding a copy of its KV cache, fed what it was fed (so they take the same
+    /// logits as their first token's). Taken before `i` samples (which leaves its cache as
+    /// the forward left it).
+    fn take_forks(&mut self, i: usize) -> Vec<Sequence<T>> {
+        let s = &mut self.seqs[i];
+        if s.forks.is_empty()
+            || s.next_input.is_some()
+            || s.prefilled + s.feed.len() < s.prompt.len()
+        {
+            return Vec::new();
+        }
+        let forks = std::mem::take(&mut s.forks);
+        forks
+            .into_iter()
+            .map(|(req, mut tag)| {
+                let s = &self.seqs[i];
+                tag.prompt_cached(s.cached);
+                let mut f =
+                    Sequence::new(req, s.cache.clone(), s.cached, self.tokenizer.clone(), tag);
+                f.prefilled = s.prefilled;
+                f.feed = s.feed.clone();
+                // The prompt's KV goes into the prefix cache once, from the first choice.
+                f.cache_prompt = false;
+                f
+            })
+            .collect()
     }
 
     /// For an error that names batch rows (non-finite values), the indices (into `seqs`) of
@@ -326,14 +399,14 @@ impl<T: Tracker> Engine<T> {
 
 impl<T: Tracker> Sequence<T> {
     /// Takes this step's logits (one row per fed token with drafts, else one); returns how
-    /// the sequence finished, if it did.
+    /// the sequence finished or failed, if it did.
     fn after_forward(
         &mut self,
         logits: &[f32],
         vocab: usize,
         end_tokens: &[u32],
         prefix: &mut PrefixCache,
-    ) -> Option<Finished> {
+    ) -> Option<Result<Finished, EngineError>> {
         self.tag
             .kv_cache(self.cache.len(), self.cache.capacity(), self.cache.bytes());
         let decoding = self.next_input.take().is_some();
@@ -347,7 +420,7 @@ impl<T: Tracker> Sequence<T> {
             }
             self.tag.prompt_done();
             if self.max_tokens == 0 {
-                return Some(self.finish(FinishReason::Length));
+                return Some(Ok(self.finish(FinishReason::Length)));
             }
         }
         // Sampled in order exactly as plain decoding would; a drafted token equal to the
@@ -358,9 +431,16 @@ impl<T: Tracker> Sequence<T> {
         let mut finished = None;
         for (j, row) in logits.chunks_exact(vocab).enumerate() {
             let cached = fed_end - (n_draft - j);
-            if let Some(finish) = self.on_logits(row, end_tokens, cached) {
-                finished = Some(self.finish(finish));
-                break;
+            match self.on_logits(row, end_tokens, cached) {
+                Ok(None) => {}
+                Ok(Some(finish)) => {
+                    finished = Some(Ok(self.finish(finish)));
+                    break;
+                }
+                Err(e) => {
+                    finished = Some(Err(e));
+                    break;
+                }
             }
             if j < n_draft && self.next_input == Some(self.draft[j]) {
                 self.decode.accepted += 1;

@@ -16,4 +16,8 @@ pub enum EngineError {
     /// A request the engine cannot take (empty prompt, prompt longer than the context).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The sequence's token constraint failed (a bug: the sampler took a masked token, or
+    /// the grammar engine erred); the output would not match the constraint.
+    #[error("the output constraint failed: {0}")]
+    Constraint(String),
 }

@@ -7,6 +7,7 @@
 //! [`Engine::step`] and hands out what each sequence produced.
 //!
 //! ```text
+//! constraint  TokenConstraint: a per-sequence mask over the vocabulary (structured output)
 //! request     Request, and what comes back: Piece, Finished, FinishReason, Usage, DecodeStats
 //! engine      Engine: admission, one batched forward per step, failure isolation
 //! sequence    one request's state and its stop rules (EOS/EOT, stop strings, length, context)
@@ -17,6 +18,7 @@
 //! ```
 //!
 //! May import: `moe-model`.
+pub mod constraint;
 pub mod draft;
 pub mod engine;
 pub mod error;
@@ -25,6 +27,7 @@ mod sequence;
 pub mod stop;
 pub mod tracker;
 
+pub use constraint::TokenConstraint;
 pub use engine::{end_tokens, Delivery, Ended, Engine, EngineConfig};
 pub use error::EngineError;
 pub use request::{DecodeStats, FinishReason, Finished, Piece, Request, Usage};

@@ -2,8 +2,9 @@
 
 use moe_model::sampling::SamplingParams;
 
+use crate::constraint::TokenConstraint;
+
 /// One generation request.
-#[derive(Debug, Clone)]
 pub struct Request {
     /// Prompt token ids (BOS included when wanted); not empty.
     pub prompt: Vec<u32>,
@@ -18,6 +19,27 @@ pub struct Request {
     /// Reuse a cached prefix of the prompt and keep this prompt's KV for later requests
     /// (llama-server's `cache_prompt`).
     pub cache_prompt: bool,
+    /// Tokens the output may consist of ([`TokenConstraint`]); a constrained sequence
+    /// never drafts and never ignores EOS.
+    pub constraint: Option<Box<dyn TokenConstraint>>,
+    /// Decode control tokens as their text (chat markers such as tool-call markup, which a
+    /// front-end parses); off, they decode as nothing.
+    pub render_control: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("prompt_tokens", &self.prompt.len())
+            .field("max_tokens", &self.max_tokens)
+            .field("sampling", &self.sampling)
+            .field("stop", &self.stop)
+            .field("ignore_eos", &self.ignore_eos)
+            .field("cache_prompt", &self.cache_prompt)
+            .field("constrained", &self.constraint.is_some())
+            .field("render_control", &self.render_control)
+            .finish()
+    }
 }
 
 impl Request {
@@ -30,6 +52,8 @@ impl Request {
             stop: Vec::new(),
             ignore_eos: false,
             cache_prompt: true,
+            constraint: None,
+            render_control: false,
         }
     }
 }
@@ -98,4 +122,6 @@ pub struct Finished {
     pub usage: Usage,
     /// Decode steps and drafts.
     pub decode: DecodeStats,
+    /// The stop string that ended the output, if one did.
+    pub stop_string: Option<String>,
 }

@@ -7,7 +7,9 @@ use moe_model::forward::KvCache;
 use moe_model::sampling::Sampler;
 use moe_model::tokenizer::{StreamDecoder, Tokenizer};
 
-use crate::request::{DecodeStats, FinishReason, Finished, Piece, Usage};
+use crate::constraint::TokenConstraint;
+use crate::error::EngineError;
+use crate::request::{DecodeStats, FinishReason, Finished, Piece, Request, Usage};
 use crate::stop::StopMatcher;
 use crate::tracker::Tracker;
 
@@ -40,25 +42,86 @@ pub(crate) struct Sequence<T> {
     /// Output not yet handed to the front-end.
     pub(crate) outbox: Piece,
     pub(crate) decode: DecodeStats,
+    /// What the output may consist of (never drafts, never ignores EOS).
+    pub(crate) constraint: Option<Box<dyn TokenConstraint>>,
+    /// Further choices of the same prompt (`n` > 1): they start from a copy of this
+    /// sequence's KV once its prompt is computed, and sample from the same last logits.
+    pub(crate) forks: Vec<(Request, T)>,
     pub(crate) tag: T,
+}
+
+impl<T> Sequence<T> {
+    /// A sequence for `req` whose `cache` holds the first `cached` prompt tokens.
+    pub(crate) fn new(
+        req: Request,
+        cache: KvCache,
+        cached: usize,
+        tokenizer: Arc<Tokenizer>,
+        tag: T,
+    ) -> Self {
+        Self {
+            history: req.prompt.clone(),
+            prompt: req.prompt,
+            prefilled: cached,
+            cached,
+            cache_prompt: req.cache_prompt,
+            cache,
+            next_input: None,
+            draft: Vec::new(),
+            feed: Vec::new(),
+            generated: 0,
+            max_tokens: req.max_tokens,
+            ignore_eos: req.ignore_eos && req.constraint.is_none(),
+            sampler: Sampler::new(req.sampling),
+            decoder: StreamDecoder::new(tokenizer).render_control(req.render_control),
+            stop: StopMatcher::new(req.stop),
+            stopped: false,
+            outbox: Piece::default(),
+            decode: Default::default(),
+            constraint: req.constraint,
+            forks: Vec::new(),
+            tag,
+        }
+    }
 }
 
 impl<T: Tracker> Sequence<T> {
     /// Samples the next token from one position's logits; returns why the sequence ends, if
     /// it does. `cached`: the positions the cache holds for this sequence's tokens so far
-    /// (the cache may hold draft positions beyond them).
+    /// (the cache may hold draft positions beyond them). A constrained sequence's row is
+    /// masked first (a copy: plain sequences sample from `logits` as they are).
     pub(crate) fn on_logits(
         &mut self,
         logits: &[f32],
         end_tokens: &[u32],
         cached: usize,
-    ) -> Option<FinishReason> {
-        self.tag.logits(logits);
-        let t = self.sampler.sample(logits, &self.history);
+    ) -> Result<Option<FinishReason>, EngineError> {
+        let masked;
+        let (row, t) = match self.constraint.as_mut() {
+            None => (logits, self.sampler.sample(logits, &self.history)),
+            Some(c) => {
+                // Tokens this one included: the budget's, and the context's (the sequence
+                // ends once the token at position `capacity` is taken).
+                let remaining = (self.max_tokens - self.generated)
+                    .min(self.cache.capacity().saturating_sub(cached) + 1);
+                let mut row = logits.to_vec();
+                c.mask(&mut row).map_err(EngineError::Constraint)?;
+                let t = match c.forced(remaining) {
+                    Some(t) => t,
+                    None => self.sampler.sample(&row, &self.history),
+                };
+                masked = row;
+                (&masked[..], t)
+            }
+        };
         if !self.ignore_eos && end_tokens.contains(&t) {
-            return Some(FinishReason::Stop);
+            return Ok(Some(FinishReason::Stop));
+        }
+        if let Some(c) = self.constraint.as_mut() {
+            c.advance(t).map_err(EngineError::Constraint)?;
         }
         self.generated += 1;
+        self.tag.sampled(row, t);
         self.tag.token();
         self.history.push(t);
         self.outbox.token_ids.push(t);
@@ -67,13 +130,13 @@ impl<T: Tracker> Sequence<T> {
         self.outbox.text.push_str(&out.release);
         if out.stopped {
             self.stopped = true;
-            return Some(FinishReason::Stop);
+            return Ok(Some(FinishReason::Stop));
         }
         if self.generated >= self.max_tokens || cached >= self.cache.capacity() {
-            return Some(FinishReason::Length);
+            return Ok(Some(FinishReason::Length));
         }
         self.next_input = Some(t);
-        None
+        Ok(None)
     }
 
     /// Releases held text and says how the sequence ended.
@@ -97,6 +160,7 @@ impl<T: Tracker> Sequence<T> {
                 cached_tokens: self.cached,
             },
             decode: self.decode,
+            stop_string: self.stop.matched().map(str::to_string),
         }
     }
 }

@@ -9,6 +9,8 @@
 pub struct StopMatcher {
     stops: Vec<String>,
     held: String,
+    /// The stop string that ended the output, once one did.
+    matched: Option<String>,
 }
 
 /// What one piece of new text produced.
@@ -26,7 +28,13 @@ impl StopMatcher {
         Self {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             held: String::new(),
+            matched: None,
         }
+    }
+
+    /// The stop string that ended the output, if one did.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// Adds newly decoded text.
@@ -39,12 +47,13 @@ impl StopMatcher {
             };
         }
         // The earliest stop string occurrence ends the output.
-        if let Some(at) = self
+        if let Some((at, which)) = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|&(at, _)| at)
         {
+            self.matched = Some(which.clone());
             self.held.truncate(at);
             return StopOutcome {
                 release: std::mem::take(&mut self.held),
@@ -127,6 +136,9 @@ mod tests {
     #[test]
     fn earliest_of_several_stops_wins() {
         assert_eq!(run(&["zz", "b"], &["aazzb"]), ("aa".into(), true));
+        let mut m = StopMatcher::new(vec!["zz".into(), "b".into()]);
+        m.push("aab zz");
+        assert_eq!(m.matched(), Some("b"));
         assert_eq!(run(&["é!"], &["caf", "é", "!"]), ("caf".into(), true));
     }
 

@@ -7,8 +7,11 @@ pub trait Tracker {
     fn prompt_cached(&mut self, _tokens: usize) {}
     /// The whole prompt is in the KV cache (the next token is the first generated one).
     fn prompt_done(&mut self) {}
-    /// The logits a token is about to be sampled from (logprobs, tests).
-    fn logits(&mut self, _row: &[f32]) {}
+    /// A token was taken and kept (not one that ends the sequence), with the logits row it
+    /// was chosen from: after the sequence's constraint masked it, before the repetition
+    /// penalty and temperature (so log-softmax of `row` is the model's distribution over the
+    /// tokens the constraint allows; for logprobs and tests). Then [`Tracker::token`].
+    fn sampled(&mut self, _row: &[f32], _token: u32) {}
     /// One token was sampled and kept.
     fn token(&mut self) {}
     /// The sequence's KV cache now holds `used` of `capacity` positions in `bytes`.

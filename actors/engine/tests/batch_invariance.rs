@@ -80,7 +80,7 @@ struct Recorder {
 }
 
 impl Tracker for Recorder {
-    fn logits(&mut self, row: &[f32]) {
+    fn sampled(&mut self, row: &[f32], _token: u32) {
         self.logits.push(row.to_vec());
     }
 }

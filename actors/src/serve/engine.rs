@@ -26,7 +26,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::http::StatusCode;
 pub use moe_engine::Piece;
-use moe_engine::{Delivery, Engine, EngineConfig, EngineError, Request, Tracker};
+use moe_engine::{Delivery, Engine, EngineConfig, EngineError, Request, TokenConstraint, Tracker};
 use moe_model::forward::ExpertBackend;
 use moe_model::model::Model;
 use moe_model::sampling::SamplingParams;
@@ -35,6 +35,7 @@ use moe_model::ModelError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::api_error::ApiError;
+use super::logprobs::{token_logprob, TokenLogprob};
 use super::openai::{FinishReason, Usage};
 use crate::options::ModelArgs;
 use crate::options::RouterArgs;
@@ -52,11 +53,26 @@ pub const PIECES_PER_REQUEST_MAX: usize = 16;
 /// Exit status of the process when the engine loop panics outside a step (EX_SOFTWARE).
 pub const ENGINE_PANIC_EXIT_CODE: i32 = 70;
 
-/// How a job ended.
+/// A piece of one choice's output.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Which choice (0 to n − 1).
+    pub index: usize,
+    /// Text and token ids.
+    pub piece: Piece,
+    /// The log-probabilities of `piece`'s tokens, when the job asked for them.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// How one choice of a job ended.
 #[derive(Debug, Clone)]
 pub struct Finished {
     /// Text not yet sent as a piece.
     pub tail: Piece,
+    /// The log-probabilities of `tail`'s tokens, when the job asked for them.
+    pub logprobs: Vec<TokenLogprob>,
+    /// The stop string that ended the output, if one did.
+    pub stop_string: Option<String>,
     /// Why it ended.
     pub finish: FinishReason,
     /// Token counts.
@@ -84,6 +100,11 @@ impl JobError {
                 status: StatusCode::BAD_REQUEST,
                 code: "invalid_request",
                 message: message.clone(),
+            },
+            EngineError::Constraint(_) => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "constraint_error",
+                message: e.to_string(),
             },
         }
     }
@@ -144,7 +165,6 @@ impl From<JobError> for ApiError {
 }
 
 /// One generation request, as the engine takes it.
-#[derive(Debug)]
 pub struct GenerationJob {
     /// Prompt token ids (BOS included when wanted); fits the context with `max_tokens`.
     pub prompt: Vec<u32>,
@@ -159,30 +179,53 @@ pub struct GenerationJob {
     /// Reuse a cached prefix of the prompt and keep this prompt's for later requests
     /// (llama-server's `cache_prompt`; true unless the request says otherwise).
     pub cache_prompt: bool,
-    pieces: mpsc::Sender<Piece>,
-    done: oneshot::Sender<Result<Finished, JobError>>,
+    /// Log-probabilities with this many alternatives per token (`None`: none).
+    pub top_logprobs: Option<u32>,
+    /// One output constraint per choice (empty: unconstrained); its length is the number
+    /// of choices when not empty.
+    pub constraints: Vec<Box<dyn TokenConstraint>>,
+    /// Choices (n); choice i samples with seed `sampling.seed + i`.
+    pub n: usize,
+    /// Decode control tokens as their text (tool-call markers to parse).
+    pub render_control: bool,
+    pieces: mpsc::Sender<Chunk>,
+    done: Vec<oneshot::Sender<Result<Finished, JobError>>>,
 }
 
-/// The client side of a job: pieces as they come, then the end. Dropping it cancels the job.
+impl std::fmt::Debug for GenerationJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationJob")
+            .field("prompt_tokens", &self.prompt.len())
+            .field("max_tokens", &self.max_tokens)
+            .field("n", &self.n)
+            .field("constrained", &!self.constraints.is_empty())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client side of a job: pieces as they come (of every choice), then each choice's
+/// end. Dropping it cancels the job.
 #[derive(Debug)]
 pub struct JobReceiver {
-    /// Text pieces; closed when the job ends.
-    pub pieces: mpsc::Receiver<Piece>,
-    /// The end: how it finished, or why it failed.
-    pub done: oneshot::Receiver<Result<Finished, JobError>>,
+    /// Text pieces; closed when every choice has ended.
+    pub pieces: mpsc::Receiver<Chunk>,
+    /// Each choice's end: how it finished, or why it failed.
+    pub done: Vec<oneshot::Receiver<Result<Finished, JobError>>>,
 }
 
 impl GenerationJob {
-    /// A job and the receiver its client reads.
-    pub fn new(
+    /// A job of `n` choices (at least 1) and the receiver its client reads.
+    pub fn with_choices(
         prompt: Vec<u32>,
         max_tokens: usize,
         sampling: SamplingParams,
         stop: Vec<String>,
         ignore_eos: bool,
+        n: usize,
     ) -> (Self, JobReceiver) {
-        let (ptx, prx) = mpsc::channel(PIECES_PER_REQUEST_MAX);
-        let (dtx, drx) = oneshot::channel();
+        let n = n.max(1);
+        let (ptx, prx) = mpsc::channel(PIECES_PER_REQUEST_MAX * n);
+        let (dtx, drx): (Vec<_>, Vec<_>) = (0..n).map(|_| oneshot::channel()).unzip();
         (
             Self {
                 prompt,
@@ -191,6 +234,10 @@ impl GenerationJob {
                 stop,
                 ignore_eos,
                 cache_prompt: true,
+                top_logprobs: None,
+                constraints: Vec::new(),
+                n,
+                render_control: false,
                 pieces: ptx,
                 done: dtx,
             },
@@ -352,16 +399,23 @@ pub fn start(
     ))
 }
 
-/// A client's side of a sequence: where its output goes, and its request metrics (time to
-/// first token, inter-token latency, KV cache; an unfinished one counts as an error).
+/// A client's side of a sequence (one choice): where its output goes, its log-probabilities
+/// not yet sent, and its request metrics (time to first token, inter-token latency, KV
+/// cache; an unfinished one counts as an error).
 struct Client {
-    pieces: mpsc::Sender<Piece>,
+    index: usize,
+    pieces: mpsc::Sender<Chunk>,
     done: Option<oneshot::Sender<Result<Finished, JobError>>>,
     metrics: Option<telemetry::Generation>,
+    top_logprobs: Option<u32>,
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl Client {
-    fn end(mut self, result: Result<Finished, JobError>) {
+    fn end(mut self, mut result: Result<Finished, JobError>) {
+        if let Ok(f) = &mut result {
+            f.logprobs = std::mem::take(&mut self.logprobs);
+        }
         if result.is_ok() {
             if let Some(m) = self.metrics.take() {
                 m.finish();
@@ -374,19 +428,30 @@ impl Client {
 }
 
 impl Tracker for Client {
+    fn sampled(&mut self, row: &[f32], token: u32) {
+        if let Some(k) = self.top_logprobs {
+            self.logprobs.push(token_logprob(row, token, k as usize));
+        }
+    }
     fn prompt_cached(&mut self, tokens: usize) {
-        self.metrics.as_mut().map(|m| m.prompt_cached(tokens));
+        if let Some(m) = self.metrics.as_mut() {
+            m.prompt_cached(tokens);
+        }
     }
     fn token(&mut self) {
-        self.metrics.as_mut().map(telemetry::Generation::token);
+        if let Some(m) = self.metrics.as_mut() {
+            m.token();
+        }
     }
     fn kv_cache(&mut self, used: usize, capacity: usize, bytes: usize) {
-        self.metrics
-            .as_mut()
-            .map(|m| m.kv_cache(used, capacity, bytes));
+        if let Some(m) = self.metrics.as_mut() {
+            m.kv_cache(used, capacity, bytes);
+        }
     }
     fn decode_step(&mut self, drafted: usize) {
-        self.metrics.as_mut().map(|m| m.decode_step(drafted));
+        if let Some(m) = self.metrics.as_mut() {
+            m.decode_step(drafted);
+        }
     }
     fn draft_accepted(&mut self) {
         self.metrics
@@ -402,6 +467,9 @@ struct Server {
     engine: Engine<Client>,
     max_active: usize,
     admit_rx: mpsc::Receiver<GenerationJob>,
+    /// The next job, taken from the queue but not yet admitted (its `n` choices do not fit
+    /// beside the sequences running).
+    waiting: Option<GenerationJob>,
     active: Arc<AtomicUsize>,
 }
 
@@ -426,23 +494,35 @@ impl Server {
             experts,
             max_active: limits.max_active.max(1),
             admit_rx,
+            waiting: None,
             active,
         }
     }
 
     fn run(mut self) {
         loop {
-            if self.engine.is_empty() {
+            if self.engine.is_empty() && self.waiting.is_none() {
                 self.active.store(0, Ordering::SeqCst);
                 match self.admit_rx.blocking_recv() {
-                    Some(job) => self.admit(job),
+                    Some(job) => self.waiting = Some(job),
                     None => return,
                 }
             }
-            while self.engine.len() < self.max_active {
-                match self.admit_rx.try_recv() {
-                    Ok(job) => self.admit(job),
-                    Err(_) => break,
+            // Each choice of a job counts as a sequence; a job larger than the limit runs
+            // alone.
+            loop {
+                if self.waiting.is_none() {
+                    match self.admit_rx.try_recv() {
+                        Ok(job) => self.waiting = Some(job),
+                        Err(_) => break,
+                    }
+                }
+                let n = self.waiting.as_ref().map_or(1, |j| j.n);
+                if !self.engine.is_empty() && self.engine.len() + n > self.max_active {
+                    break;
+                }
+                if let Some(job) = self.waiting.take() {
+                    self.admit(job);
                 }
             }
             // A client that went away frees its sequence (and KV cache) now.
@@ -484,24 +564,46 @@ impl Server {
             stop,
             ignore_eos,
             cache_prompt,
+            top_logprobs,
+            constraints,
+            n: _,
+            render_control,
             pieces,
             done,
         } = job;
-        let client = Client {
-            metrics: Some(telemetry::Generation::start(prompt.len())),
-            pieces,
-            done: Some(done),
-        };
-        let request = Request {
-            prompt,
-            max_tokens,
-            sampling,
-            stop,
-            ignore_eos,
-            cache_prompt,
-        };
-        if let Err((client, e)) = self.engine.admit(&self.model, request, client) {
-            client.end(Err(JobError::from_engine(&e)));
+        let mut constraints = constraints.into_iter();
+        let group = done
+            .into_iter()
+            .enumerate()
+            .map(|(i, done)| {
+                let client = Client {
+                    index: i,
+                    metrics: Some(telemetry::Generation::start(prompt.len())),
+                    pieces: pieces.clone(),
+                    done: Some(done),
+                    top_logprobs,
+                    logprobs: Vec::new(),
+                };
+                let request = Request {
+                    prompt: prompt.clone(),
+                    max_tokens,
+                    sampling: SamplingParams {
+                        seed: sampling.seed.wrapping_add(i as u64),
+                        ..sampling.clone()
+                    },
+                    stop: stop.clone(),
+                    ignore_eos,
+                    cache_prompt,
+                    constraint: constraints.next(),
+                    render_control,
+                };
+                (request, client)
+            })
+            .collect();
+        if let Err(refused) = self.engine.admit_group(&self.model, group) {
+            for (client, e) in refused {
+                client.end(Err(JobError::from_engine(&e)));
+            }
         }
     }
 
@@ -511,6 +613,8 @@ impl Server {
             let result = match ended.result {
                 Ok(f) => Ok(Finished {
                     tail: f.tail,
+                    logprobs: Vec::new(),
+                    stop_string: f.stop_string,
                     finish: match f.finish {
                         moe_engine::FinishReason::Stop => FinishReason::Stop,
                         moe_engine::FinishReason::Length => FinishReason::Length,
@@ -528,13 +632,22 @@ impl Server {
             };
             ended.tag.end(result);
         }
-        self.engine
-            .deliver(|client, piece| match client.pieces.try_send(piece) {
+        self.engine.deliver(|client, piece| {
+            let chunk = Chunk {
+                index: client.index,
+                piece,
+                logprobs: std::mem::take(&mut client.logprobs),
+            };
+            match client.pieces.try_send(chunk) {
                 Ok(()) => Delivery::Sent,
                 // A slow reader: the engine keeps the text and sends it with the next piece.
-                Err(mpsc::error::TrySendError::Full(p)) => Delivery::Later(p),
+                Err(mpsc::error::TrySendError::Full(c)) => {
+                    client.logprobs = c.logprobs;
+                    Delivery::Later(c.piece)
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
-            });
+            }
+        });
     }
 }
 
@@ -593,7 +706,7 @@ mod tests {
     /// An engine on the tiny reference model with `fault`, running on its own thread, and
     /// the sender its jobs go to. Dropping the sender stops it.
     fn start_test_engine(
-        fault: Fault,
+        fault: Option<Fault>,
     ) -> (mpsc::Sender<GenerationJob>, std::thread::JoinHandle<()>) {
         let (admit, admit_rx) = mpsc::channel(8);
         // The engine is not Send (its expert backend need not be): build it on its thread.
@@ -613,7 +726,7 @@ mod tests {
                 model,
                 Box::new(FaultyExperts {
                     inner: LocalExperts::default(),
-                    fault: Some(fault),
+                    fault,
                 }),
                 tokenizer,
                 &limits,
@@ -626,12 +739,13 @@ mod tests {
     }
 
     fn job(prompt: &[u32]) -> (GenerationJob, JobReceiver) {
-        GenerationJob::new(
+        GenerationJob::with_choices(
             prompt.to_vec(),
             4,
             SamplingParams::default(),
             Vec::new(),
             true,
+            1,
         )
     }
 
@@ -639,10 +753,11 @@ mod tests {
     fn outcome(mut rx: JobReceiver) -> Result<Vec<u32>, JobError> {
         let mut ids = Vec::new();
         while let Some(p) = rx.pieces.blocking_recv() {
-            ids.extend(p.token_ids);
+            ids.extend(p.piece.token_ids);
         }
         let f = rx
             .done
+            .remove(0)
             .blocking_recv()
             .expect("the engine dropped the job without an answer (did its thread die?)")?;
         ids.extend(f.tail.token_ids);
@@ -651,7 +766,7 @@ mod tests {
 
     #[test]
     fn a_panicking_step_fails_its_requests_and_the_engine_goes_on() {
-        let (admit, thread) = start_test_engine(Fault::PanicOnce);
+        let (admit, thread) = start_test_engine(Some(Fault::PanicOnce));
         let (j, rx) = job(&[1022, 447, 283, 72]);
         admit.blocking_send(j).unwrap();
         let err = outcome(rx).expect_err("the panicking step's request must fail");
@@ -672,7 +787,7 @@ mod tests {
 
     #[test]
     fn non_finite_values_fail_only_the_sequence_they_come_from() {
-        let (admit, thread) = start_test_engine(Fault::NanInRowZeroOnce);
+        let (admit, thread) = start_test_engine(Some(Fault::NanInRowZeroOnce));
         // Both queued before the first step, so they share it; row 0 is the first prompt's.
         let (a, rx_a) = job(&[1022, 447, 283, 72]);
         let (b, rx_b) = job(&[1022, 65, 266, 985, 422]);
@@ -691,6 +806,65 @@ mod tests {
         let (c, rx_c) = job(&[1022, 65, 266, 985, 422]);
         admit.blocking_send(c).unwrap();
         assert_eq!(b_tokens, outcome(rx_c).unwrap());
+        drop(admit);
+        thread.join().unwrap();
+    }
+
+    /// Every choice's token ids, their logprobs, in choice order.
+    fn choices(mut rx: JobReceiver) -> Vec<(Vec<u32>, Vec<TokenLogprob>)> {
+        let mut out: Vec<(Vec<u32>, Vec<TokenLogprob>)> = vec![Default::default(); rx.done.len()];
+        while let Some(c) = rx.pieces.blocking_recv() {
+            out[c.index].0.extend(c.piece.token_ids);
+            out[c.index].1.extend(c.logprobs);
+        }
+        for (i, done) in rx.done.into_iter().enumerate() {
+            let f = done.blocking_recv().unwrap().expect("the choice succeeds");
+            out[i].0.extend(f.tail.token_ids);
+            out[i].1.extend(f.logprobs);
+        }
+        out
+    }
+
+    #[test]
+    fn jobs_of_several_choices_fit_the_active_limit_and_carry_logprobs() {
+        // max_active is 4: two jobs of 3 choices cannot run together; the second waits for
+        // room (admission counts choices) and still runs (it does not starve).
+        let (admit, thread) = start_test_engine(None);
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            seed: 3,
+            ..SamplingParams::default()
+        };
+        let mut rxs = Vec::new();
+        for _ in 0..2 {
+            let (mut j, rx) = GenerationJob::with_choices(
+                vec![1022, 447, 283, 72],
+                4,
+                sampling.clone(),
+                Vec::new(),
+                true,
+                3,
+            );
+            j.top_logprobs = Some(2);
+            admit.blocking_send(j).unwrap();
+            rxs.push(rx);
+        }
+        let a = choices(rxs.remove(0));
+        let b = choices(rxs.remove(0));
+        assert_eq!(a.len(), 3);
+        for (ids, lps) in &a {
+            assert_eq!(ids.len(), 4);
+            assert_eq!(
+                lps.iter().map(|l| l.token).collect::<Vec<_>>(),
+                *ids,
+                "one logprob per token, in order"
+            );
+            assert!(lps.iter().all(|l| l.top.len() == 2 && l.logprob <= 0.0));
+        }
+        let ids =
+            |c: &[(Vec<u32>, Vec<TokenLogprob>)]| c.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b), "same seed, same choices");
+        assert_ne!(a[0].0, a[1].0, "choice i samples with seed + i");
         drop(admit);
         thread.join().unwrap();
     }

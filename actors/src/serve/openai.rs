@@ -25,9 +25,8 @@ pub const STOP_SEQUENCE_BYTES_MAX: usize = 256;
 pub const CHAT_MESSAGES_MAX: usize = 4096;
 /// Most choices per request (`n`).
 pub const N_MAX: usize = 8;
-/// Most choices the engine generates today; raised to [`N_MAX`] when n > 1 is wired
-/// (INTEGRATION.md). Requests between the two are refused with a clear error.
-pub const N_ENGINE_MAX: usize = 1;
+/// Most choices the engine generates per request (every choice shares the prompt's KV).
+pub const N_ENGINE_MAX: usize = N_MAX;
 /// Most alternatives per position in `top_logprobs` (OpenAI's limit).
 pub const TOP_LOGPROBS_MAX: u32 = 20;
 
@@ -113,6 +112,9 @@ pub struct CompletionRequest {
     /// Only `false` is supported.
     #[serde(default)]
     pub echo: Option<bool>,
+    /// Return each token's log-probability with this many alternatives (0 to 20).
+    #[serde(default)]
+    pub logprobs: Option<u32>,
     /// Everything else.
     #[serde(flatten)]
     pub gen: GenerationFields,
@@ -335,7 +337,7 @@ pub struct GenerationSettings {
     pub ignore_eos: bool,
     /// Use and fill the prefix cache.
     pub cache_prompt: bool,
-    /// Choices to generate (1 to [`N_ENGINE_MAX`]).
+    /// Choices to generate (1 to [`N_MAX`]).
     pub n: usize,
 }
 
@@ -562,6 +564,65 @@ impl ResponseMeta {
         })
     }
 
+    /// A complete (non-streamed) response of several choices ([`ResponseMeta::chat_choice`],
+    /// [`ResponseMeta::text_choice`]); `usage` sums the choices' completions.
+    pub fn response(&self, choices: Vec<Value>, usage: Usage) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(false),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage.json(),
+        })
+    }
+
+    /// One chat choice: its `message` (content and tool calls), `logprobs` (null or the
+    /// `{"content": [...]}` object), why it ended and its token ids.
+    pub fn chat_choice(
+        index: usize,
+        message: Value,
+        logprobs: Value,
+        finish: FinishReason,
+        token_ids: &[u32],
+    ) -> Value {
+        json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": finish.as_str(), "token_ids": token_ids })
+    }
+
+    /// One completion choice.
+    pub fn text_choice(
+        index: usize,
+        text: &str,
+        logprobs: Value,
+        finish: FinishReason,
+        token_ids: &[u32],
+    ) -> Value {
+        json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish.as_str(), "token_ids": token_ids })
+    }
+
+    /// One streamed chunk of choice `index`: chat's `delta` (role, content, tool_calls) or a
+    /// completion's text, with the logprobs of its tokens and the finish reason at the end.
+    pub fn choice_chunk(
+        &self,
+        index: usize,
+        delta: serde_json::Map<String, Value>,
+        logprobs: Value,
+        finish: Option<FinishReason>,
+        token_ids: &[u32],
+    ) -> Value {
+        let finish = finish.map(FinishReason::as_str);
+        let choice = match self.endpoint {
+            Endpoint::Completions => {
+                let text = delta.get("content").cloned().unwrap_or_else(|| "".into());
+                json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish, "token_ids": token_ids })
+            }
+            Endpoint::Chat => {
+                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish, "token_ids": token_ids })
+            }
+        };
+        json!({ "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice] })
+    }
+
     /// One streamed chunk: a text piece, the opening role (chat), or the finish.
     pub fn chunk(
         &self,
@@ -629,7 +690,7 @@ mod tests {
         assert!(f.settings(Some(100), 100, 0).is_ok());
         let e = f.settings(Some(101), 100, 0).unwrap_err();
         assert_eq!(e.param, Some("max_tokens"));
-        for bad_n in [0, 2, N_MAX as u32 + 1] {
+        for bad_n in [0, N_MAX as u32 + 1] {
             let e = fields(json!({ "n": bad_n }))
                 .unwrap()
                 .settings(None, 10, 0)

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! POST /v1/completions        prompt as is (text or token ids), JSON or SSE stream
-//! POST /v1/chat/completions   messages through the chat template, JSON or SSE stream
+//! POST /v1/chat/completions   messages through the chat template (tools, response_format), JSON or SSE
+//! POST /v1/messages           Anthropic's Messages API (text, tools), JSON or SSE (`messages.rs`)
 //! GET  /v1/models             the one served model
 //! GET  /health                200 when the engine runs and every expert node is reachable, else 503
 //! GET  /metrics               Prometheus text (when started with --metrics-addr), else 404
@@ -13,8 +14,6 @@
 //! the queue is full) and reads the job's bounded piece channel; dropping that channel, as
 //! happens when the client disconnects, frees the sequence in the engine's next step.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,22 +22,28 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use moe_engine::TokenConstraint;
 use moe_model::tokenizer::Tokenizer;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{json, Value};
 
+use super::answer;
 use super::api_error::ApiError;
-use super::chat_template::ChatTemplate;
+use super::chat_template::{ChatPrompt, ChatTemplate};
+use super::constraint::EngineConstraint;
 use super::engine::{EngineHandle, GenerationJob, JobReceiver, SubmitError};
 use super::http_limits::{self, ApiKey, BodyLimits};
+use super::json_constraint::{ConstraintVocab, JsonConstraint, JsonTarget};
 use super::openai::{
-    check_prompt_bytes, check_prompt_tokens, parse_json, ChatRequest, CompletionRequest, Endpoint,
-    GenerationSettings, PromptInput, ResponseMeta, CHAT_MESSAGES_MAX,
+    check_prompt_bytes, check_prompt_tokens, checked_logprobs, parse_json, ChatRequest,
+    CompletionRequest, Endpoint, GenerationSettings, PromptInput, ResponseMeta, CHAT_MESSAGES_MAX,
 };
+use super::tool_call_grammar::ToolCallSpec;
+use super::tool_calls::ToolCallFormat;
+use super::tools::{self, ToolChoice, ToolSettings};
 
 /// Largest request body, in bytes (413 beyond).
 pub const REQUEST_BODY_BYTES_MAX: usize = 4 << 20;
@@ -61,6 +66,10 @@ pub struct AppState {
     pub max_tokens_limit: usize,
     /// Response ids and seed salt.
     pub next_id: AtomicU64,
+    /// The markup the chat template writes tool calls in (`None`: no tool calls).
+    pub tool_format: Option<ToolCallFormat>,
+    /// The vocabulary for structured output, or why there is none.
+    pub vocab: Result<ConstraintVocab, String>,
 }
 
 /// The application: routes, the API key (`/v1/*` only) checked before the body is read
@@ -69,6 +78,7 @@ pub fn app(state: Arc<AppState>, api_key: Option<ApiKey>, body: BodyLimits) -> R
     let v1 = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(super::messages::messages))
         .route("/v1/models", get(models));
     http_limits::guard(v1, api_key, body)
         .route("/health", get(health))
@@ -125,6 +135,11 @@ async fn completions(
         if req.echo == Some(true) {
             return Err(ApiError::invalid("echo is not supported", Some("echo")));
         }
+        // The legacy field: an integer, the alternatives per token (0 to 20).
+        let top_logprobs = match req.logprobs {
+            None => None,
+            Some(k) => checked_logprobs(Some(true), Some(k))?,
+        };
         let settings =
             req.gen
                 .settings(req.gen.max_tokens, st.max_tokens_limit, fresh_seed(&st))?;
@@ -138,14 +153,23 @@ async fn completions(
             }
             PromptInput::Tokens(ids) => ids,
         };
-        generate(
-            &st,
-            Endpoint::Completions,
-            tokens,
-            settings,
-            COMPLETION_DEFAULT_MAX_TOKENS,
-        )
-        .await
+        let job = JobSpec {
+            prompt: tokens,
+            default_max_tokens: COMPLETION_DEFAULT_MAX_TOKENS,
+            top_logprobs,
+            constraints: Vec::new(),
+            render_control: false,
+        };
+        let rx = submit(&st, job, &settings)?;
+        let id = st.next_id.fetch_add(1, Ordering::Relaxed);
+        let spec = answer::OutputSpec {
+            meta: response_meta(&st, Endpoint::Completions, id),
+            tokenizer: st.tokenizer.clone(),
+            tools: None,
+            logprobs: top_logprobs.is_some(),
+            include_usage: settings.include_usage,
+        };
+        answer::respond(spec, rx, settings.stream).await
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
@@ -170,30 +194,157 @@ async fn chat_completions(
         let settings = req
             .gen
             .settings(max_tokens, st.max_tokens_limit, fresh_seed(&st))?;
+        let tools = tools::tool_settings(
+            req.tools.as_deref(),
+            req.tool_choice.as_ref(),
+            req.parallel_tool_calls,
+        )?;
+        let target = tools::response_format(req.response_format.as_ref())?;
+        let top_logprobs = checked_logprobs(req.logprobs, req.top_logprobs)?;
         let messages = req
             .messages
             .iter()
             .map(|m| m.template_value())
             .collect::<Result<Vec<_>, _>>()?;
-        let (tok, template, ctx) = (st.tokenizer.clone(), st.template.clone(), st.ctx_size);
-        let tokens = tokio::task::spawn_blocking(move || {
-            let text = template
-                .render(&messages)
-                .map_err(|e| ApiError::invalid(e, Some("messages")))?;
-            // Sized against the context before it is tokenized.
-            check_prompt_bytes(text.len(), ctx)?;
-            Ok::<_, ApiError>(tok.encode_prompt(&text))
-        })
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))??;
-        generate(&st, Endpoint::Chat, tokens, settings, st.max_tokens_limit).await
+        let id = st.next_id.fetch_add(1, Ordering::Relaxed);
+        let turn = prepare_chat(&st, messages, tools, target, settings.n, id).await?;
+        let job = JobSpec {
+            prompt: turn.prompt,
+            default_max_tokens: st.max_tokens_limit,
+            top_logprobs,
+            constraints: turn.constraints,
+            render_control: turn.tool_output.is_some(),
+        };
+        let rx = submit(&st, job, &settings)?;
+        let spec = answer::OutputSpec {
+            meta: response_meta(&st, Endpoint::Chat, id),
+            tokenizer: st.tokenizer.clone(),
+            tools: turn.tool_output,
+            logprobs: top_logprobs.is_some(),
+            include_usage: settings.include_usage,
+        };
+        answer::respond(spec, rx, settings.stream).await
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// A chat turn ready for the engine: the prompt, one constraint per choice (forced tool
+/// calls or `response_format`; none when free), and how to read tool calls back.
+pub(super) struct ChatTurn {
+    pub(super) prompt: Vec<u32>,
+    pub(super) constraints: Vec<Box<dyn TokenConstraint>>,
+    pub(super) tool_output: Option<answer::ToolOutput>,
+}
+
+/// Renders the prompt (with the tools), and builds the choices' constraints: a forced
+/// call (`tool_choice` required or a named function) as the model's call markup, or
+/// `response_format`; under `auto` the output is read back for calls, unconstrained.
+pub(super) async fn prepare_chat(
+    st: &Arc<AppState>,
+    messages: Vec<Value>,
+    tools: Option<ToolSettings>,
+    target: Option<JsonTarget>,
+    n: usize,
+    id: u64,
+) -> Result<ChatTurn, ApiError> {
+    let calls = tools.as_ref().filter(|t| t.choice != ToolChoice::None);
+    let format = match calls {
+        None => None,
+        Some(_) => Some(st.tool_format.ok_or_else(|| {
+            ApiError::invalid(
+                "this model's chat template has no tool-call format (serve it with \
+                 --chat-template-file naming a template that writes tool calls), so tools can \
+                 only be sent with tool_choice: none",
+                Some("tools"),
+            )
+        })?),
+    };
+    let spec = match (calls, format) {
+        (Some(t), Some(format)) if t.choice != ToolChoice::Auto => {
+            let functions = t
+                .names
+                .iter()
+                .zip(&t.schemas)
+                .filter(|(name, _)| match &t.choice {
+                    ToolChoice::Function(f) => f == *name,
+                    _ => true,
+                })
+                .map(|(name, schema)| (name.clone(), schema.clone()))
+                .collect();
+            Some(ToolCallSpec {
+                format,
+                functions,
+                parallel: t.parallel && t.choice == ToolChoice::Required,
+            })
+        }
+        _ => None,
+    };
+    if spec.is_some() && target.is_some() {
+        return Err(ApiError::invalid(
+            "response_format cannot be combined with a forced tool call (tool_choice required or a named function)",
+            Some("response_format"),
+        ));
+    }
+    let vocab = if spec.is_some() || target.is_some() {
+        Some(st.vocab.clone().map_err(|why| {
+            ApiError::invalid(
+                format!("structured output is not available on this server: {why}"),
+                Some("response_format"),
+            )
+        })?)
+    } else {
+        None
+    };
+    let tool_output = calls.zip(format).map(|(t, format)| answer::ToolOutput {
+        format,
+        names: t.names.clone(),
+        id_prefix: format!("call_{id:x}_"),
+        parallel: t.parallel,
+    });
+    let (tok, template, ctx) = (st.tokenizer.clone(), st.template.clone(), st.ctx_size);
+    let (prompt, constraints) = tokio::task::spawn_blocking(move || {
+        let text = template
+            .render_prompt(&ChatPrompt {
+                messages: &messages,
+                tools: tools.as_ref().map(|t| t.tools.as_slice()),
+                add_generation_prompt: true,
+            })
+            .map_err(|e| ApiError::invalid(e, Some("messages")))?;
+        // Sized against the context before it is tokenized.
+        check_prompt_bytes(text.len(), ctx)?;
+        let prompt = tok.encode_prompt(&text);
+        // A forced call must still write its closing markup after the arguments.
+        let markup_tokens = spec
+            .as_ref()
+            .map_or(0, |s| tok.encode(&s.format.closing_markup(), true).len());
+        let mut constraints: Vec<Box<dyn TokenConstraint>> = Vec::new();
+        if let Some(vocab) = &vocab {
+            for _ in 0..n {
+                let (c, param) = match (&spec, &target) {
+                    (Some(spec), _) => (JsonConstraint::tool_calls(vocab, spec), "tools"),
+                    (None, Some(target)) => (JsonConstraint::new(vocab, target), "response_format"),
+                    (None, None) => break,
+                };
+                let c = c.map_err(|e| ApiError::invalid(e.to_string(), Some(param)))?;
+                constraints.push(Box::new(EngineConstraint::new(c, markup_tokens)));
+            }
+        }
+        Ok::<_, ApiError>((prompt, constraints))
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    Ok(ChatTurn {
+        prompt,
+        constraints,
+        tool_output,
+    })
+}
+
 /// Parses a JSON body; every failure is a 4xx with an error object.
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(None, REQUEST_BODY_BYTES_MAX)
@@ -208,7 +359,7 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
 }
 
 /// A seed for a request that names none: different for every request.
-fn fresh_seed(st: &AppState) -> u64 {
+pub(super) fn fresh_seed(st: &AppState) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -219,14 +370,25 @@ fn fresh_seed(st: &AppState) -> u64 {
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Checks the prompt against the context, queues the job, and answers (JSON or SSE).
-async fn generate(
+/// What the engine is asked for, beside the request's generation settings.
+pub(super) struct JobSpec {
+    pub(super) prompt: Vec<u32>,
+    /// `max_tokens` when the request names none (bounded by the context left).
+    pub(super) default_max_tokens: usize,
+    pub(super) top_logprobs: Option<u32>,
+    /// Empty, or one per choice.
+    pub(super) constraints: Vec<Box<dyn TokenConstraint>>,
+    /// Decode control tokens as text (tool-call markers to parse).
+    pub(super) render_control: bool,
+}
+
+/// Checks the prompt against the context and queues the job.
+pub(super) fn submit(
     st: &AppState,
-    endpoint: Endpoint,
-    prompt: Vec<u32>,
-    settings: GenerationSettings,
-    default_max_tokens: usize,
-) -> Result<Response, ApiError> {
+    spec: JobSpec,
+    settings: &GenerationSettings,
+) -> Result<JobReceiver, ApiError> {
+    let prompt = spec.prompt;
     if prompt.is_empty() {
         return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
     }
@@ -241,10 +403,33 @@ async fn generate(
             .with_code("context_length_exceeded"))
         }
         Some(m) => m,
-        None => default_max_tokens.min(ctx - prompt.len()).min(st.max_tokens_limit),
+        None => spec
+            .default_max_tokens
+            .min(ctx - prompt.len())
+            .min(st.max_tokens_limit),
     };
-    let n = st.next_id.fetch_add(1, Ordering::Relaxed);
-    let meta = ResponseMeta {
+    let (mut job, rx) = GenerationJob::with_choices(
+        prompt,
+        max_tokens,
+        settings.sampling.clone(),
+        settings.stop.clone(),
+        settings.ignore_eos,
+        settings.n,
+    );
+    job.cache_prompt = settings.cache_prompt;
+    job.top_logprobs = spec.top_logprobs;
+    job.constraints = spec.constraints;
+    job.render_control = spec.render_control;
+    st.engine.submit(job).map_err(|e| match e {
+        SubmitError::QueueFull(waiting) => ApiError::queue_full(waiting),
+        SubmitError::Stopped => ApiError::unavailable("the engine has stopped"),
+    })?;
+    Ok(rx)
+}
+
+/// The fields every response object of request `n` repeats.
+pub(super) fn response_meta(st: &AppState, endpoint: Endpoint, n: u64) -> ResponseMeta {
+    ResponseMeta {
         endpoint,
         id: format!(
             "{}-{n:016x}",
@@ -259,129 +444,5 @@ async fn generate(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         model: st.model_name.clone(),
-    };
-    let (mut job, rx) = GenerationJob::new(
-        prompt,
-        max_tokens,
-        settings.sampling,
-        settings.stop,
-        settings.ignore_eos,
-    );
-    job.cache_prompt = settings.cache_prompt;
-    st.engine.submit(job).map_err(|e| match e {
-        SubmitError::QueueFull(waiting) => ApiError::queue_full(waiting),
-        SubmitError::Stopped => ApiError::unavailable("the engine has stopped"),
-    })?;
-    if settings.stream {
-        let state = StreamState {
-            meta,
-            rx,
-            include_usage: settings.include_usage,
-            phase: Phase::Start,
-            queue: VecDeque::new(),
-        };
-        let events = futures_util::stream::unfold(state, |mut s| async move {
-            s.next_event().await.map(|e| (Ok::<_, Infallible>(e), s))
-        });
-        Ok(Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response())
-    } else {
-        collect_answer(meta, rx).await
-    }
-}
-
-/// A non-streamed answer: every piece, then the end, as one JSON object. The future owns
-/// the receiver, so a client that disconnects (hyper drops the handler) cancels the job.
-async fn collect_answer(meta: ResponseMeta, mut rx: JobReceiver) -> Result<Response, ApiError> {
-    let (mut text, mut ids) = (String::new(), Vec::new());
-    while let Some(p) = rx.pieces.recv().await {
-        text.push_str(&p.text);
-        ids.extend(p.token_ids);
-    }
-    match rx.done.await {
-        Ok(Ok(f)) => {
-            text.push_str(&f.tail.text);
-            ids.extend(f.tail.token_ids);
-            Ok(Json(meta.full(&text, &ids, f.finish, f.usage)).into_response())
-        }
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ApiError::unavailable("the engine stopped")),
-    }
-}
-
-enum Phase {
-    Start,
-    Pieces,
-    End,
-    Closed,
-}
-
-/// A streamed answer: the SSE events of one job.
-struct StreamState {
-    meta: ResponseMeta,
-    rx: JobReceiver,
-    include_usage: bool,
-    phase: Phase,
-    queue: VecDeque<Event>,
-}
-
-impl StreamState {
-    fn data(v: serde_json::Value) -> Event {
-        Event::default().data(v.to_string())
-    }
-
-    async fn next_event(&mut self) -> Option<Event> {
-        loop {
-            if let Some(e) = self.queue.pop_front() {
-                return Some(e);
-            }
-            match self.phase {
-                Phase::Start => {
-                    if self.meta.endpoint == Endpoint::Chat {
-                        self.queue.push_back(Self::data(self.meta.chunk(
-                            Some(""),
-                            &[],
-                            true,
-                            None,
-                        )));
-                    }
-                    self.phase = Phase::Pieces;
-                }
-                Phase::Pieces => match self.rx.pieces.recv().await {
-                    Some(p) => self.queue.push_back(Self::data(self.meta.chunk(
-                        Some(&p.text),
-                        &p.token_ids,
-                        false,
-                        None,
-                    ))),
-                    None => self.phase = Phase::End,
-                },
-                Phase::End => {
-                    match (&mut self.rx.done).await {
-                        Ok(Ok(f)) => {
-                            let text = (!f.tail.text.is_empty()).then_some(f.tail.text.as_str());
-                            self.queue.push_back(Self::data(self.meta.chunk(
-                                text,
-                                &f.tail.token_ids,
-                                false,
-                                Some(f.finish),
-                            )));
-                            if self.include_usage {
-                                self.queue
-                                    .push_back(Self::data(self.meta.usage_chunk(f.usage)));
-                            }
-                            self.queue.push_back(Event::default().data("[DONE]"));
-                        }
-                        Ok(Err(e)) => self.queue.push_back(Self::data(ApiError::from(e).body())),
-                        Err(_) => self.queue.push_back(Self::data(
-                            ApiError::unavailable("the engine stopped").body(),
-                        )),
-                    }
-                    self.phase = Phase::Closed;
-                }
-                Phase::Closed => return None,
-            }
-        }
     }
 }

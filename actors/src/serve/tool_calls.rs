@@ -77,6 +77,18 @@ impl ToolCallFormat {
         }
     }
 
+    /// The markup that ends a call and its section (what a forced call must still write
+    /// once its arguments close): a budget has to keep room for it.
+    pub fn closing_markup(self) -> String {
+        match self {
+            ToolCallFormat::KimiK2 => format!("{KIMI_CALL_END}{KIMI_SECTION_END}"),
+            ToolCallFormat::DeepSeekV3 => {
+                format!("\n{DS_FENCE_CLOSE}{DS_CALL_END}{DS_SECTION_END}")
+            }
+            ToolCallFormat::DeepSeekV31 => format!("{DS_CALL_END}{DS_SECTION_END}"),
+        }
+    }
+
     fn section_begin(self) -> &'static str {
         match self {
             ToolCallFormat::KimiK2 => KIMI_SECTION_BEGIN,
