@@ -4,7 +4,8 @@
 //! ```text
 //! serve.rs           options, startup: engine thread, chat template, HTTP listener
 //! serve/engine.rs    the engine thread: admission queue, one batched forward per step
-//! serve/routes.rs    axum routes and handlers (completions, chat, models, health, metrics)
+//! serve/app.rs       the axum application: every route, the /v1 guard
+//! serve/routes.rs    handlers (completions, chat, models, health, metrics) and shared state
 //! serve/answer.rs    OpenAI answers: choices (n), tool calls read back, logprobs, JSON or SSE
 //! serve/messages.rs  POST /v1/messages (Anthropic) handler and answers
 //! serve/logprobs.rs  log-probabilities of generated tokens and their JSON
@@ -36,6 +37,7 @@
 //! (its own listener on ADDR) and `GET /metrics` on the API address answers the same text.
 
 pub mod answer;
+pub mod app;
 pub mod constraint;
 pub mod engine;
 pub mod logprobs;
@@ -246,7 +248,7 @@ pub fn run(
             connections_max: http_limits::connection_cap(opts.http_connections_max),
         };
         println!("http listening on {}", listener.local_addr()?);
-        http_limits::serve(listener, routes::app(state, api_key, body), connections).await;
+        http_limits::serve(listener, app::app(state, api_key, body), connections).await;
         Ok(())
     })
 }

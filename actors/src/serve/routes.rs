@@ -20,11 +20,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use moe_engine::TokenConstraint;
 use moe_model::tokenizer::Tokenizer;
 use serde::de::DeserializeOwned;
@@ -35,7 +34,7 @@ use super::api_error::ApiError;
 use super::chat_template::{ChatPrompt, ChatTemplate};
 use super::constraint::EngineConstraint;
 use super::engine::{EngineHandle, GenerationJob, JobReceiver, SubmitError};
-use super::http_limits::{self, ApiKey, BodyLimits};
+
 use super::json_constraint::{ConstraintVocab, JsonConstraint, JsonTarget};
 use super::openai::{
     check_prompt_bytes, check_prompt_tokens, checked_logprobs, parse_json, ChatRequest,
@@ -72,29 +71,13 @@ pub struct AppState {
     pub vocab: Result<ConstraintVocab, String>,
 }
 
-/// The application: routes, the API key (`/v1/*` only) checked before the body is read
-/// within `body`'s limits, shared state.
-pub fn app(state: Arc<AppState>, api_key: Option<ApiKey>, body: BodyLimits) -> Router {
-    let v1 = Router::new()
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/messages", post(super::messages::messages))
-        .route("/v1/models", get(models));
-    http_limits::guard(v1, api_key, body)
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
-        .with_state(state)
-}
-
-async fn not_found() -> ApiError {
+pub(super) async fn not_found() -> ApiError {
     ApiError::invalid("no such route", None)
         .with_status(StatusCode::NOT_FOUND)
         .with_code("not_found")
 }
 
-async fn health(State(st): State<Arc<AppState>>) -> Response {
+pub(super) async fn health(State(st): State<Arc<AppState>>) -> Response {
     let (active, queued) = (st.engine.active(), st.engine.queued());
     match st.engine.unready_reason() {
         None => Json(json!({ "status": "ok", "active_sequences": active, "queued_requests": queued })).into_response(),
@@ -106,7 +89,7 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn metrics() -> Response {
+pub(super) async fn metrics() -> Response {
     match crate::telemetry::render() {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => ApiError::invalid(
@@ -119,14 +102,16 @@ async fn metrics() -> Response {
     }
 }
 
-async fn models(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(super) async fn models(
+    State(st): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(json!({
         "object": "list",
         "data": [{ "id": st.model_name, "object": "model", "created": 0, "owned_by": "moe-node", "max_model_len": st.ctx_size }],
     })))
 }
 
-async fn completions(
+pub(super) async fn completions(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -175,7 +160,7 @@ async fn completions(
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn chat_completions(
+pub(super) async fn chat_completions(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {

@@ -96,9 +96,7 @@ fn attention_with(
             q_nope[i * dn..(i + 1) * dn].copy_from_slice(&src[..dn]);
             model.rope.apply(&mut src[dn..], pos0 + i);
         }
-        model
-            .head_mat(&w.k_b, head)?
-            .matmul(&q_nope, t, q_abs_h)?;
+        model.head_mat(&w.k_b, head)?.matmul(&q_nope, t, q_abs_h)?;
     }
     // ctx[head][i] = softmax(scores) · c over positions 0..=pos0+i.
     let mut ctx = vec![0f32; h * t * lkv];
