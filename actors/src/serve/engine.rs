@@ -512,6 +512,12 @@ impl Server {
             // alone.
             loop {
                 if self.waiting.is_none() {
+                    // A job leaves the admission queue only when a sequence slot is free, so
+                    // the queue's bound (and its 429s) counts every job not yet running; a
+                    // job of n choices may then wait here for n slots.
+                    if !self.engine.is_empty() && self.engine.len() >= self.max_active {
+                        break;
+                    }
                     match self.admit_rx.try_recv() {
                         Ok(job) => self.waiting = Some(job),
                         Err(_) => break,
