@@ -96,7 +96,7 @@ pub enum Delivery {
 }
 
 /// The tokens that end a generation: the tokenizer's EOS and the file's EOT, if any.
-pub fn end_tokens(model: &Model, tokenizer: &Tokenizer) -> Vec<u32> {
+fn end_tokens(model: &Model, tokenizer: &Tokenizer) -> Vec<u32> {
     let eot = model
         .file()
         .metadata("tokenizer.ggml.eot_token_id")

@@ -28,7 +28,7 @@ pub mod stop;
 pub mod tracker;
 
 pub use constraint::TokenConstraint;
-pub use engine::{end_tokens, Delivery, Ended, Engine, EngineConfig};
+pub use engine::{Delivery, Ended, Engine, EngineConfig};
 pub use error::EngineError;
 pub use request::{DecodeStats, FinishReason, Finished, Piece, Request, Usage};
 pub use tracker::Tracker;

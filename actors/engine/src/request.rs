@@ -72,12 +72,6 @@ impl Piece {
     pub fn is_empty(&self) -> bool {
         self.text.is_empty() && self.token_ids.is_empty()
     }
-
-    /// Appends `other`.
-    pub fn append(&mut self, other: Piece) {
-        self.text.push_str(&other.text);
-        self.token_ids.extend(other.token_ids);
-    }
 }
 
 /// Why a generation ended.
