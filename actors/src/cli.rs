@@ -1,9 +1,11 @@
-//! Subcommands.
+//! Subcommands, and the stdin front-end of `--role router` without `--http`
+//! (`stdin_router`: generation requests as JSON lines on stdin).
 
 pub mod bench;
 pub mod generate;
 pub mod logits;
 pub mod placement;
 pub mod run;
+pub mod stdin_router;
 pub mod synth;
 pub mod tokenize;

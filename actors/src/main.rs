@@ -6,9 +6,9 @@
 //! ```text
 //! main.rs          argument parsing (clap) and dispatch
 //! options.rs       options shared by commands and roles (ModelArgs, RouterArgs, ExpertArgs)
-//! cli/             subcommands: run, bench, logits, tokenize, synth, placement, generation
+//! cli/             subcommands: run, bench, logits, tokenize, synth, placement, generation;
+//!                  stdin_router: `--role router` without `--http` (JSON lines on stdin)
 //! serve/           `serve` and `--role router --http`: the OpenAI-compatible HTTP API
-//! cluster/         `--role router` without `--http`: JSON-line requests on stdin
 //! expert/          `--role expert`: listener, connections, shard actor and its supervisor
 //! router/          the router's expert backend: remote experts, peer links, re-placement,
 //!                  `--record-routing`
@@ -22,7 +22,6 @@
 //! OpenAI API.
 
 mod cli;
-mod cluster;
 mod expert;
 mod options;
 mod router;
@@ -140,7 +139,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     );
                     serve::run(&args, &cli.router, &cli.serve)
                 } else {
-                    cluster::router::run(&args, &cli.router)
+                    cli::stdin_router::run(&args, &cli.router)
                 }
             }
         };
