@@ -245,6 +245,20 @@ pub fn parse_tool_calls(
         Ok(e) => events.extend(e),
         Err(m) => return malformed(text, m),
     }
+    let (content, calls) = join_events(events);
+    let content = if calls.is_empty() || !content.trim().is_empty() {
+        Some(content)
+    } else {
+        None
+    };
+    ParsedOutput::Message {
+        content,
+        tool_calls: calls,
+    }
+}
+
+/// The content and the calls a stream's events spell out, joined in order.
+pub(crate) fn join_events(events: Vec<ToolStreamEvent>) -> (String, Vec<ToolCall>) {
     let mut content = String::new();
     let mut calls: Vec<ToolCall> = Vec::new();
     for e in events {
@@ -260,15 +274,7 @@ pub fn parse_tool_calls(
             }
         }
     }
-    let content = if calls.is_empty() || !content.trim().is_empty() {
-        Some(content)
-    } else {
-        None
-    };
-    ParsedOutput::Message {
-        content,
-        tool_calls: calls,
-    }
+    (content, calls)
 }
 
 fn malformed(text: &str, m: Malformed) -> ParsedOutput {

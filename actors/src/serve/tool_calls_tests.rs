@@ -380,21 +380,7 @@ fn random_output_streams_as_it_parses() {
                     },
                     Ok(events),
                 ) => {
-                    let mut c = String::new();
-                    let mut calls: Vec<ToolCall> = Vec::new();
-                    for e in events {
-                        match e {
-                            ToolStreamEvent::Content(t) => c.push_str(&t),
-                            ToolStreamEvent::CallStart { id, name, .. } => calls.push(ToolCall {
-                                id,
-                                name,
-                                arguments: String::new(),
-                            }),
-                            ToolStreamEvent::Arguments { index, fragment } => {
-                                calls[index].arguments.push_str(&fragment)
-                            }
-                        }
-                    }
+                    let (c, calls) = join_events(events);
                     assert_eq!(calls, tool_calls, "{text:?}");
                     // Whitespace around calls only is `content: None` in the whole parse.
                     let c = if !calls.is_empty() && c.trim().is_empty() {
