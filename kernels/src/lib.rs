@@ -29,6 +29,8 @@
 //!   matmul/rows.rs         WeightRows, RowCall: what a row kernel is given
 //!   matmul/simd.rs         SimdIsa (portable, AVX2+FMA, AVX-512 VNNI; CPU probed once),
 //!                          dispatch, f32 lanes, lane reduction
+//!   matmul/prepared.rs     activations prepared once, row ranges on the calling thread
+//! jobs.rs                  run_jobs: a job list on the pool, dynamic balance
 //! attention.rs             Fast mode's flash attention: online softmax over a shared cache
 //! error.rs                 KernelError
 //! ```
@@ -57,6 +59,7 @@
 mod attention;
 mod dequant;
 mod error;
+mod jobs;
 mod matmul;
 mod quantize;
 mod types;
@@ -64,9 +67,10 @@ mod types;
 pub use attention::{flash_attend, FlashState, FLASH_BLOCK_POSITIONS};
 pub use dequant::{dequantize_row, dequantize_rows};
 pub use error::KernelError;
+pub use jobs::run_jobs;
 pub use matmul::{
-    has_fast_kernel, num_threads, set_num_threads, NumericMode, QMatrix, SimdIsa, FAST_TOKEN_CHUNK,
-    MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS, MATMUL_THREADS_MAX,
+    has_fast_kernel, num_threads, set_num_threads, NumericMode, PreparedActs, QMatrix, SimdIsa,
+    FAST_TOKEN_CHUNK, MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS, MATMUL_THREADS_MAX,
 };
 pub use quantize::{quantize_row, quantize_rows};
 pub use types::GgmlType;

@@ -28,6 +28,7 @@
 //! exact_fused.rs   Exact fused kernels: Q4_K, Q6_K, Q8_0
 //! exact.rs         Exact kernel for the rest: dequantize, then dot
 //! dots.rs          f32 dot products over simd.rs's lanes: the Exact accumulation order
+//! prepared.rs      activations prepared once; row ranges for caller-scheduled work
 //! q8.rs            activations to int8 blocks (Fast)
 //! rows.rs          WeightRows, RowCall: what a row kernel is given
 //! simd.rs          SimdIsa (probed once), dispatch, the f32 lanes, the reduction
@@ -38,6 +39,7 @@ mod exact;
 mod exact_fused;
 mod fast;
 mod kernel_table;
+mod prepared;
 mod q8;
 mod rows;
 pub(crate) mod simd;
@@ -48,6 +50,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use fast::FAST_TOKEN_CHUNK;
+pub use prepared::PreparedActs;
 pub use simd::SimdIsa;
 
 use self::rows::{RowCall, WeightRows};

@@ -7,7 +7,9 @@
 //! kv_cache.rs   the MLA latent cache of one sequence
 //! prefix_cache.rs  prompt prefixes' KV kept in blocks for reuse by later prompts
 //! attention.rs  absorbed MLA attention
-//! moe.rs        router, experts, ExpertBackend (local or remote experts)
+//! moe.rs        router, dense FFN, ExpertBackend (local or remote experts)
+//! moe_region.rs the routed experts on the CPU: one parallel region per MoE layer
+//! expert_compute.rs  ExpertCompute, the device seam (CpuCompute runs moe_region.rs)
 //! ```
 //! One call processes a batch of sequences, each with any number of new tokens (a prompt, or
 //! one token when decoding): attention runs per sequence on its own cache, every FFN runs on
@@ -23,6 +25,7 @@ mod attention;
 mod expert_compute;
 mod kv_cache;
 pub mod moe;
+mod moe_region;
 mod ops;
 mod prefix_cache;
 

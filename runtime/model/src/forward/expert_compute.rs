@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use super::moe::{apply_routes_cpu, ExpertBackend, Route, Routing};
+use super::moe::{ExpertBackend, Route, Routing};
+use super::moe_region::apply_routes_cpu;
 use crate::model::Model;
 use crate::ModelError;
 
