@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Downloads llama.cpp (vendored in the llama_cpp_python sdist on PyPI) and builds the CPU tools
 # used for baseline comparisons: llama-completion, llama-cli, llama-bench, llama-tokenize,
-# llama-quantize. Idempotent: re-running skips the download/unpack when present and lets cmake
+# llama-quantize, ggml-rpc-server (RPC baseline). Idempotent: re-running skips the download/unpack when present and lets cmake
 # rebuild only what changed. llama.cpp sources stay in DIR, outside this repository.
 #
 # usage: benches/llama_baseline.sh DIR [JOBS]
@@ -12,7 +12,7 @@ set -euo pipefail
 
 DIR="${1:?usage: $0 DIR [JOBS]}"
 JOBS="${2:-2}"
-TARGETS=(llama-completion llama-cli llama-bench llama-tokenize llama-quantize)
+TARGETS=(llama-completion llama-cli llama-bench llama-tokenize llama-quantize ggml-rpc-server)
 
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"

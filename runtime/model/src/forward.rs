@@ -7,9 +7,9 @@
 //! kv_cache.rs   the MLA latent cache of one sequence
 //! prefix_cache.rs  prompt prefixes' KV kept in blocks for reuse by later prompts
 //! attention.rs  absorbed MLA attention
-//! moe.rs        router, dense FFN, ExpertBackend (local or remote experts)
-//! moe_region.rs the routed experts on the CPU: one parallel region per MoE layer
-//! expert_compute.rs  ExpertCompute, the device seam (CpuCompute runs moe_region.rs)
+//! moe.rs        router, ExpertBackend (local or remote experts)
+//! ffn_region.rs SwiGLU FFNs on the CPU (routed experts, dense FFNs): one parallel region
+//! expert_compute.rs  ExpertCompute, the device seam (CpuCompute runs ffn_region.rs)
 //! ```
 //! One call processes a batch of sequences, each with any number of new tokens (a prompt, or
 //! one token when decoding): attention runs per sequence on its own cache, every FFN runs on
@@ -23,9 +23,9 @@
 
 mod attention;
 mod expert_compute;
+mod ffn_region;
 mod kv_cache;
 pub mod moe;
-mod moe_region;
 mod ops;
 mod prefix_cache;
 
@@ -164,14 +164,14 @@ impl Model {
             ops::rms_norm(&x, &lw.ffn_norm, c.rms_eps, &mut xn);
             y.fill(0.0);
             if let Some(dense) = &lw.dense {
-                moe::dense_ffn(self, dense, &xn, t_all, &mut y)?;
+                ffn_region::dense_ffn(self, dense, &xn, t_all, &mut y)?;
                 check_finite(&y, d, 0, || format!("the dense FFN output of layer {l}"))?;
             } else if let Some(mw) = &lw.moe {
                 let routing = moe::route(self, mw, l, &xn, t_all)?;
                 obs.routing(l, &routing);
                 experts.begin(self, l, &xn, &routing)?;
                 if let Some(shared) = &mw.shared {
-                    moe::dense_ffn(self, shared, &xn, t_all, &mut y)?;
+                    ffn_region::dense_ffn(self, shared, &xn, t_all, &mut y)?;
                 }
                 experts.finish(self, l, &mut y)?;
                 check_finite(&y, d, 0, || format!("the MoE output of layer {l}"))?;

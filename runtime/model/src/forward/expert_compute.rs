@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
+use super::ffn_region::apply_routes_cpu;
 use super::moe::{ExpertBackend, Route, Routing};
-use super::moe_region::apply_routes_cpu;
 use crate::model::Model;
 use crate::ModelError;
 

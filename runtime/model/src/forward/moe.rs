@@ -2,9 +2,9 @@
 //! group-limited top-k, normalized and scaled weights; spec §2.5), the SwiGLU expert, and
 //! [`ExpertBackend`], the seam between "which experts" and "where they are computed".
 
-use super::ops::{sigmoid, softmax_inplace, swiglu_inplace};
+use super::ops::{sigmoid, softmax_inplace};
 use crate::config::{GatingFunc, ModelConfig};
-use crate::model::{DenseFfn, Model, MoeWeights};
+use crate::model::{Model, MoeWeights};
 use crate::ModelError;
 
 /// The experts chosen for a batch of tokens: `k` (expert, weight) pairs per token, experts
@@ -76,24 +76,6 @@ impl Routing {
             })
             .collect()
     }
-}
-
-/// A dense SwiGLU FFN (leading dense layers, shared experts) on `n` rows of `x`.
-pub fn dense_ffn(
-    model: &Model,
-    ffn: &DenseFfn,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-) -> Result<(), ModelError> {
-    let f = ffn.gate.rows();
-    let mut g = vec![0f32; n * f];
-    let mut u = vec![0f32; n * f];
-    model.mat(&ffn.gate)?.matmul(x, n, &mut g)?;
-    model.mat(&ffn.up)?.matmul(x, n, &mut u)?;
-    swiglu_inplace(&mut g, &u);
-    model.mat(&ffn.down)?.matmul(&g, n, out)?;
-    Ok(())
 }
 
 /// Chooses experts and weights for `n` tokens of `h` (`[n, D]`) in MoE layer `layer`.

@@ -1,4 +1,4 @@
-//! The CPU's routed-expert region (`forward/moe_region.rs`: every expert's row blocks as
+//! The CPU's routed-expert region (`forward/ffn_region.rs`: every expert's row blocks as
 //! jobs of one pool, activations prepared once per expert, experts in waves) gives the bits
 //! of the plain algorithm it replaced: each expert alone, gate and up and down through
 //! `QMatrix::matmul` on its gathered tokens, outputs added into each token in ascending

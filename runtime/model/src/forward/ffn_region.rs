@@ -1,9 +1,10 @@
-//! The routed experts of one MoE layer on the CPU as one parallel region: tokens grouped per
-//! expert, each expert's activations prepared once (quantized once in Fast mode, shared by
-//! gate and up), then every (expert × row block) of gate + up + SwiGLU as one job list on
-//! the pool, then every (expert × row block) of the down projection, then the weighted sum.
-//! One fork/join per phase instead of one per matrix: a decode step of Kimi K2.5 runs 24
-//! small matrices per layer, each too short to split well on its own.
+//! SwiGLU FFNs on the CPU as one parallel region: the routed experts of a MoE layer (tokens
+//! grouped per expert) and the dense FFNs (leading dense layers, shared experts). Each
+//! FFN's activations are prepared once (quantized once in Fast mode, shared by gate and
+//! up), then every (FFN × row block) of gate + up + SwiGLU runs as one job list on the pool,
+//! then every (FFN × row block) of the down projection, then the weighted sum. One
+//! fork/join per phase instead of one per matrix: a decode step of Kimi K2.5 runs 24 small
+//! expert matrices per layer, each too short to split well on its own.
 //!
 //! Decides: the job shapes ([`EXPERT_ROWS_PER_JOB`]) and the scratch bound (experts are
 //! taken in waves of at most [`MOE_WAVE_ROUTES_MAX`] routes). Leaves the arithmetic to the
@@ -18,6 +19,7 @@ use moe_kernels::{num_threads, run_jobs, PreparedActs, QMatrix};
 
 use super::moe::Route;
 use super::ops::swiglu_inplace;
+use crate::model::DenseFfn;
 use crate::model::Model;
 use crate::ModelError;
 
@@ -30,7 +32,7 @@ pub const EXPERT_ROWS_PER_JOB: usize = 32;
 /// route) is bounded by this many rows, whatever the prompt length.
 pub const MOE_WAVE_ROUTES_MAX: usize = 1024;
 
-/// One expert's share of a wave: its tokens `(row, weight)` and matrices.
+/// One FFN's share of a wave: its tokens `(row, weight)` and matrices.
 struct Expert<'a> {
     toks: &'a [(usize, f32)],
     gate: QMatrix<'a>,
@@ -86,16 +88,58 @@ pub(crate) fn apply_routes_cpu(
         });
         wave_routes += toks.len();
         if wave_routes >= MOE_WAVE_ROUTES_MAX {
-            run_wave(&wave, h, d, out)?;
+            run_wave(&wave, h, d, out, Combine::Add)?;
             wave.clear();
             wave_routes = 0;
         }
     }
-    run_wave(&wave, h, d, out)
+    run_wave(&wave, h, d, out, Combine::Add)
 }
 
-/// Computes the experts of one wave and adds their weighted outputs into `out`.
-fn run_wave(wave: &[Expert<'_>], h: &[f32], d: usize, out: &mut [f32]) -> Result<(), ModelError> {
+/// `out = FFN(x)` for `n` rows of `x` (`[n, D]`): a leading dense layer's FFN or a shared
+/// expert, as one FFN of the region (the same bits as three plain matmuls).
+pub fn dense_ffn(
+    model: &Model,
+    ffn: &DenseFfn,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), ModelError> {
+    let d = model.cfg.n_embd;
+    if x.len() != n * d || out.len() != n * d {
+        return Err(ModelError::InvalidInput(format!(
+            "dense FFN on {n} rows of {d}: input has {} values, output {}",
+            x.len(),
+            out.len()
+        )));
+    }
+    let toks: Vec<(usize, f32)> = (0..n).map(|t| (t, 1.0)).collect();
+    let ffn = Expert {
+        toks: &toks,
+        gate: model.mat(&ffn.gate)?,
+        up: model.mat(&ffn.up)?,
+        down: model.mat(&ffn.down)?,
+    };
+    run_wave(&[ffn], x, d, out, Combine::Store)
+}
+
+/// How a wave's FFN outputs reach `out`.
+#[derive(Clone, Copy, PartialEq)]
+enum Combine {
+    /// `out[t] += w · y`, FFNs in wave order (experts ascending).
+    Add,
+    /// `out[t] = y` (one FFN, weights ignored).
+    Store,
+}
+
+/// Computes the FFNs of one wave and combines their outputs into `out`.
+fn run_wave(
+    wave: &[Expert<'_>],
+    h: &[f32],
+    d: usize,
+    out: &mut [f32],
+    combine: Combine,
+) -> Result<(), ModelError> {
     if wave.is_empty() {
         return Ok(());
     }
@@ -149,7 +193,7 @@ fn run_wave(wave: &[Expert<'_>], h: &[f32], d: usize, out: &mut [f32]) -> Result
         .collect();
     let mut jobs = Vec::new();
     for ((ex, (da, _)), y) in wave.iter().zip(&acts).zip(&mut ys) {
-        for (rows, outs) in row_blocks(y, d) {
+        for (rows, outs) in row_blocks(y, ex.down.rows()) {
             jobs.push((ex, da, rows, outs));
         }
     }
@@ -162,6 +206,14 @@ fn run_wave(wave: &[Expert<'_>], h: &[f32], d: usize, out: &mut [f32]) -> Result
     });
     take_error(failed)?;
 
+    if combine == Combine::Store {
+        for (ex, y) in wave.iter().zip(&ys) {
+            for (&(t, _), yr) in ex.toks.iter().zip(y.chunks_exact(d)) {
+                out[t * d..(t + 1) * d].copy_from_slice(yr);
+            }
+        }
+        return Ok(());
+    }
     // The weighted sum, experts ascending within every token.
     for (ex, y) in wave.iter().zip(&ys) {
         for (&(t, w), yr) in ex.toks.iter().zip(y.chunks_exact(d)) {
@@ -270,5 +322,65 @@ fn take_error(slot: Mutex<Option<ModelError>>) -> Result<(), ModelError> {
     match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use moe_kernels::NumericMode;
+
+    use super::*;
+
+    /// A dense FFN through the region (the leading dense layer and a shared expert of the
+    /// k-quant fixture, both modes, one and three threads) gives the bits of three plain
+    /// matmuls and the SwiGLU between them.
+    #[test]
+    fn dense_ffn_equals_three_matmuls() {
+        let path = moe_devdata::fixtures::fixtures_dir()
+            .join("kimi-k25-kq")
+            .join("kimi-k25-kq-Q4_K_M.gguf");
+        for mode in [NumericMode::Exact, NumericMode::Fast] {
+            let model = Model::open(&path).unwrap().with_mode(mode);
+            let d = model.cfg.n_embd;
+            let n = 37;
+            let x: Vec<f32> = (0..n * d)
+                .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 500.0)
+                .collect();
+            let ffns: Vec<&DenseFfn> = model
+                .layers
+                .iter()
+                .flat_map(|l| {
+                    l.dense
+                        .iter()
+                        .chain(l.moe.iter().filter_map(|m| m.shared.as_ref()))
+                })
+                .collect();
+            assert!(ffns.len() >= 2, "a dense layer and a shared expert");
+            for ffn in ffns {
+                let (gate, up, down) = (
+                    model.mat(&ffn.gate).unwrap(),
+                    model.mat(&ffn.up).unwrap(),
+                    model.mat(&ffn.down).unwrap(),
+                );
+                let f = gate.rows();
+                let (mut g, mut u, mut want) =
+                    (vec![0f32; n * f], vec![0f32; n * f], vec![0f32; n * d]);
+                gate.matmul_with_threads(&x, n, &mut g, 1).unwrap();
+                up.matmul_with_threads(&x, n, &mut u, 1).unwrap();
+                swiglu_inplace(&mut g, &u);
+                down.matmul_with_threads(&g, n, &mut want, 1).unwrap();
+                for threads in [1, 3] {
+                    moe_kernels::set_num_threads(threads);
+                    let mut got = vec![f32::NAN; n * d];
+                    dense_ffn(&model, ffn, &x, n, &mut got).unwrap();
+                    let same = want
+                        .iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{mode:?} threads {threads}");
+                }
+                moe_kernels::set_num_threads(0);
+            }
+        }
     }
 }
