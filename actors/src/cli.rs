@@ -1,6 +1,7 @@
 //! Subcommands, and the stdin front-end of `--role router` without `--http`
 //! (`stdin_router`: generation requests as JSON lines on stdin).
 
+pub mod bandwidth;
 pub mod bench;
 pub mod generate;
 pub mod logits;

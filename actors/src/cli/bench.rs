@@ -5,7 +5,9 @@
 //! cache (prefilled once per depth, untimed, and copied for every repetition), as
 //! llama-bench's `-d`. Token ids are a fixed pseudo-random sequence over the non-special
 //! vocabulary. Every measured run goes through the generation engine (greedy, past end
-//! tokens), so the numbers include what `run` and `serve` pay per step.
+//! tokens), so the numbers include what `run` and `serve` pay per step. After the table, a
+//! single process also prints the weight bytes each decoded token reads, the GB/s each `tg`
+//! test achieved and their ratio to the read bandwidth it measures (`bandwidth.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -191,6 +193,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         },
         model.mode().name()
     );
+    let mut decode = Vec::new();
     for Row { test, samples: v } in rows {
         if v.is_empty() {
             continue;
@@ -198,6 +201,32 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
         println!("| {name} | {backend} | {test} | {mean:.2} ± {sd:.2} |");
+        if test.starts_with("tg") {
+            decode.push((test, mean));
+        }
+    }
+    if a.cluster.placement.is_none() && !decode.is_empty() {
+        print_weight_traffic(&model, &decode);
     }
     Ok(())
+}
+
+/// Decode's weight traffic beside the machine's measured read bandwidth: how close to
+/// memory-bound each `tg` test ran (single process only; a router reads no remote expert).
+fn print_weight_traffic(model: &Model, decode: &[(String, f64)]) {
+    let bytes = model.decode_weight_bytes() as f64;
+    let threads = moe_kernels::num_threads();
+    let bw = super::bandwidth::read_bandwidth_gbs(threads);
+    println!();
+    println!(
+        "weights read per decoded token: {:.1} MB; memory read bandwidth measured with {threads} thread(s): {bw:.1} GB/s",
+        bytes / 1e6
+    );
+    println!();
+    println!("| test | t/s | weight GB/s | of measured bandwidth |");
+    println!("|---|---:|---:|---:|");
+    for (test, tps) in decode {
+        let gbs = bytes * tps / 1e9;
+        println!("| {test} | {tps:.2} | {gbs:.2} | {:.2} |", gbs / bw);
+    }
 }

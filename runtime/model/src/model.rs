@@ -5,6 +5,7 @@
 //! [`NumericMode`] (Exact unless [`Model::with_mode`] says otherwise): every forward pass
 //! over this model uses that one mode.
 
+mod traffic;
 mod weights;
 
 pub use weights::{Attention, DenseFfn, LayerWeights, Mat, MatStack, MoeWeights};

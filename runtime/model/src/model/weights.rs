@@ -60,6 +60,10 @@ impl MatStack {
     pub fn expert_bytes(&self) -> usize {
         self.expert_bytes
     }
+    /// Matrices in the stack (experts or heads).
+    pub fn count(&self) -> usize {
+        self.count
+    }
     /// Absolute file offset of matrix `e` (for mapping only owned experts).
     pub fn expert_offset(&self, e: usize) -> usize {
         self.offset + e * self.expert_bytes
