@@ -197,7 +197,8 @@ fn body<F: FastFormat, S: BlockDot>(call: RowCall<'_, '_, '_, QActs>) {
         "fast kernel: activations quantized for another shape"
     );
 
-    let mut tile = Tile::new::<F>(cols);
+    // Allocated at the first chunk of several tokens: decode never needs it.
+    let mut tile: Option<Tile> = None;
     let mut t0 = 0;
     while t0 < n_tokens {
         let t1 = (t0 + FAST_TOKEN_CHUNK).min(n_tokens);
@@ -208,6 +209,7 @@ fn body<F: FastFormat, S: BlockDot>(call: RowCall<'_, '_, '_, QActs>) {
             t0 = t1;
             continue;
         }
+        let tile = tile.get_or_insert_with(|| Tile::new::<F>(cols));
         let mut r = rows.start;
         while r < rows.end {
             let n = ROW_TILE.min(rows.end - r);
@@ -217,10 +219,10 @@ fn body<F: FastFormat, S: BlockDot>(call: RowCall<'_, '_, '_, QActs>) {
             let i = r - rows.start;
             if n < ROW_TILE {
                 for k in 0..n {
-                    tokens::<F, S, 1>(&tile, k, acts, t0..t1, out, i + k);
+                    tokens::<F, S, 1>(tile, k, acts, t0..t1, out, i + k);
                 }
             } else {
-                tokens::<F, S, ROW_TILE>(&tile, 0, acts, t0..t1, out, i);
+                tokens::<F, S, ROW_TILE>(tile, 0, acts, t0..t1, out, i);
             }
             r += n;
         }
