@@ -2,6 +2,7 @@
 //! (`stdin_router`: generation requests as JSON lines on stdin).
 
 pub mod bench;
+pub mod devices;
 pub mod generate;
 pub mod logits;
 pub mod placement;

@@ -63,6 +63,11 @@ fn main() {
         compile(compiler, &format!("matvec_{ty}"), text, &out);
     }
     for name in ["swiglu", "combine"] {
-        compile(compiler, name, read(&dir.join(format!("{name}.comp"))), &out);
+        compile(
+            compiler,
+            name,
+            read(&dir.join(format!("{name}.comp"))),
+            &out,
+        );
     }
 }

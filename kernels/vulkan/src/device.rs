@@ -63,17 +63,20 @@ impl Device {
             what: what.into(),
         };
         // SAFETY: `pd` came from this instance.
-        let families =
-            unsafe { instance.instance.get_physical_device_queue_family_properties(pd) };
+        let families = unsafe {
+            instance
+                .instance
+                .get_physical_device_queue_family_properties(pd)
+        };
         let queue_family = families
             .iter()
             .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE))
-            .ok_or_else(|| unusable("no queue family with compute"))? as u32;
+            .ok_or_else(|| unusable("no queue family with compute"))?
+            as u32;
         // SAFETY: as above.
         let mem = unsafe { instance.instance.get_physical_device_memory_properties(pd) };
-        let memory_type = pick_memory_type(&mem).ok_or_else(|| {
-            unusable("no host-visible, host-coherent memory type")
-        })?;
+        let memory_type = pick_memory_type(&mem)
+            .ok_or_else(|| unusable("no host-visible, host-coherent memory type"))?;
         // SAFETY: as above.
         let limits = unsafe { instance.instance.get_physical_device_properties(pd) }.limits;
         let priorities = [1.0f32];
@@ -196,8 +199,9 @@ impl Buffer {
         // SAFETY: both were created on this device and are unbound; the memory is host
         // visible, so mapping it whole is allowed.
         let ptr = unsafe {
-            dev.bind_buffer_memory(buffer, memory, 0)
-                .and_then(|()| dev.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()))
+            dev.bind_buffer_memory(buffer, memory, 0).and_then(|()| {
+                dev.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
+            })
         };
         match ptr {
             Ok(ptr) => Ok(Self {

@@ -262,7 +262,13 @@ impl VulkanCompute {
         let mut order: Vec<usize> = (0..n_routes).collect();
         order.sort_by_key(|&i| routes[i].expert);
         let stacks3 = [&stacks.gate, &stacks.up, &stacks.down];
-        let mut slots = vec![Slot { chunk: 0, offset: 0 }; 3 * n_routes];
+        let mut slots = vec![
+            Slot {
+                chunk: 0,
+                offset: 0
+            };
+            3 * n_routes
+        ];
         let mut offsets = vec![0u32; 3 * n_routes];
         let mut x = vec![0f32; n_routes * d];
         let mut route_w = vec![0f32; n_routes];
@@ -291,21 +297,35 @@ impl VulkanCompute {
         }
 
         let what = |b: &str| format!("{b} of MoE layer {layer}");
-        ensure(dev, &mut s.x, 4 * n_routes * d, &what("gathered activations"))?
-            .write(0, f32_bytes(&x));
+        ensure(
+            dev,
+            &mut s.x,
+            4 * n_routes * d,
+            &what("gathered activations"),
+        )?
+        .write(0, f32_bytes(&x));
         ensure(dev, &mut s.g, 4 * n_routes * f, &what("gate outputs"))?;
         ensure(dev, &mut s.u, 4 * n_routes * f, &what("up outputs"))?;
         ensure(dev, &mut s.y, 4 * n_routes * d, &what("down outputs"))?;
-        ensure(dev, &mut s.offsets, 4 * 3 * n_routes, &what("route offsets"))?
-            .write(0, u32_bytes(&offsets));
+        ensure(
+            dev,
+            &mut s.offsets,
+            4 * 3 * n_routes,
+            &what("route offsets"),
+        )?
+        .write(0, u32_bytes(&offsets));
         ensure(dev, &mut s.route_w, 4 * n_routes, &what("route weights"))?
             .write(0, f32_bytes(&route_w));
-        ensure(dev, &mut s.tok_start, 4 * (n_tokens + 1), &what("token starts"))?
-            .write(0, u32_bytes(&tok_start));
+        ensure(
+            dev,
+            &mut s.tok_start,
+            4 * (n_tokens + 1),
+            &what("token starts"),
+        )?
+        .write(0, u32_bytes(&tok_start));
         ensure(dev, &mut s.tok_routes, 4 * n_routes, &what("token routes"))?
             .write(0, u32_bytes(&tok_routes));
-        ensure(dev, &mut s.out, 4 * n_tokens * d, &what("routed output"))?
-            .write(0, f32_bytes(out));
+        ensure(dev, &mut s.out, 4 * n_tokens * d, &what("routed output"))?.write(0, f32_bytes(out));
 
         let Scratch {
             commands,
@@ -333,10 +353,32 @@ impl VulkanCompute {
             o.as_mut().expect("ensured"),
         );
         for (m, (input, output)) in [(x, g), (x, u)].into_iter().enumerate() {
-            self.matvec(commands, stacks3[m], &slots[m * n_routes..(m + 1) * n_routes], m * n_routes, input, output, offs)?;
+            self.matvec(
+                commands,
+                stacks3[m],
+                &slots[m * n_routes..(m + 1) * n_routes],
+                m * n_routes,
+                input,
+                output,
+                offs,
+            )?;
         }
-        self.elementwise(commands, &self.kernels.swiglu, &[g, u], &[(n_routes * f) as u32], n_routes * f)?;
-        self.matvec(commands, stacks3[2], &slots[2 * n_routes..], 2 * n_routes, g, y, offs)?;
+        self.elementwise(
+            commands,
+            &self.kernels.swiglu,
+            &[g, u],
+            &[(n_routes * f) as u32],
+            n_routes * f,
+        )?;
+        self.matvec(
+            commands,
+            stacks3[2],
+            &slots[2 * n_routes..],
+            2 * n_routes,
+            g,
+            y,
+            offs,
+        )?;
         self.elementwise(
             commands,
             &self.kernels.combine,
@@ -365,11 +407,14 @@ impl VulkanCompute {
         output: &Buffer,
         offsets: &Buffer,
     ) -> Result<(), VulkanError> {
-        let kernel = self.kernels.matvec(stack.ty).ok_or_else(|| VulkanError::UnsupportedType {
-            tensor: stack.name.clone(),
-            ty: stack.ty.name(),
-            supported: crate::kernels::supported_type_names(),
-        })?;
+        let kernel = self
+            .kernels
+            .matvec(stack.ty)
+            .ok_or_else(|| VulkanError::UnsupportedType {
+                tensor: stack.name.clone(),
+                ty: stack.ty.name(),
+                supported: crate::kernels::supported_type_names(),
+            })?;
         let per_dispatch = self.device.max_groups[1] as usize;
         let mut start = 0;
         while start < slots.len() {

@@ -73,7 +73,11 @@ impl std::fmt::Display for DeviceInfo {
             "  integer dot product: {}",
             yes_no(self.integer_dot_product)
         )?;
-        writeln!(f, "  cooperative matrix: {}", yes_no(self.cooperative_matrix))?;
+        writeln!(
+            f,
+            "  cooperative matrix: {}",
+            yes_no(self.cooperative_matrix)
+        )?;
         writeln!(f, "  subgroup size: {}", self.subgroup_size)?;
         writeln!(
             f,
@@ -152,8 +156,12 @@ impl Instance {
                 vk::InstanceCreateFlags::empty()
             });
         // SAFETY: `info` and what it points to live across the call.
-        let instance = unsafe { entry.create_instance(&info, None) }
-            .map_err(VulkanError::call("vkCreateInstance"))?;
+        let instance = match unsafe { entry.create_instance(&info, None) } {
+            Ok(i) => i,
+            // What the loader answers when it found no driver (ICD) at all.
+            Err(vk::Result::ERROR_INCOMPATIBLE_DRIVER) => return Err(VulkanError::NoDevice),
+            Err(e) => return Err(VulkanError::call("vkCreateInstance")(e)),
+        };
         Ok(Self {
             instance,
             api_version,
@@ -214,15 +222,21 @@ impl Instance {
                 props = props.push_next(&mut driver);
             }
             // SAFETY: the chain holds only structures of the device's version or extensions.
-            unsafe { self.instance.get_physical_device_properties2(pd, &mut props) };
+            unsafe {
+                self.instance
+                    .get_physical_device_properties2(pd, &mut props)
+            };
         }
         let mut dot = vk::PhysicalDeviceShaderIntegerDotProductFeatures::default();
-        let has_dot_struct = version >= vk::API_VERSION_1_3
-            || has(ash::khr::shader_integer_dot_product::NAME);
+        let has_dot_struct =
+            version >= vk::API_VERSION_1_3 || has(ash::khr::shader_integer_dot_product::NAME);
         if has_dot_struct {
             let mut features = vk::PhysicalDeviceFeatures2::default().push_next(&mut dot);
             // SAFETY: as above.
-            unsafe { self.instance.get_physical_device_features2(pd, &mut features) };
+            unsafe {
+                self.instance
+                    .get_physical_device_features2(pd, &mut features)
+            };
         }
         // SAFETY: `pd` came from this instance.
         let mem = unsafe { self.instance.get_physical_device_memory_properties(pd) };
@@ -247,7 +261,10 @@ impl Instance {
                     .unwrap_or_default()
             )
         } else {
-            format!("vendor {:#06x}, driver version {:#x}", base.vendor_id, base.driver_version)
+            format!(
+                "vendor {:#06x}, driver version {:#x}",
+                base.vendor_id, base.driver_version
+            )
         };
         Ok(DeviceInfo {
             index,

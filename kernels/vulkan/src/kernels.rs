@@ -24,15 +24,42 @@ pub const MATVEC_CHUNK_VALUES: usize = 32;
 
 /// The weight types with a matvec shader, with their SPIR-V.
 const MATVEC_SPIRV: [(GgmlType, &[u8]); 9] = [
-    (GgmlType::F32, include_bytes!(concat!(env!("OUT_DIR"), "/matvec_f32.spv"))),
-    (GgmlType::F16, include_bytes!(concat!(env!("OUT_DIR"), "/matvec_f16.spv"))),
-    (GgmlType::BF16, include_bytes!(concat!(env!("OUT_DIR"), "/matvec_bf16.spv"))),
-    (GgmlType::Q8_0, include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q8_0.spv"))),
-    (GgmlType::Q2_K, include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q2_k.spv"))),
-    (GgmlType::Q3_K, include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q3_k.spv"))),
-    (GgmlType::Q4_K, include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q4_k.spv"))),
-    (GgmlType::Q5_K, include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q5_k.spv"))),
-    (GgmlType::Q6_K, include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q6_k.spv"))),
+    (
+        GgmlType::F32,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_f32.spv")),
+    ),
+    (
+        GgmlType::F16,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_f16.spv")),
+    ),
+    (
+        GgmlType::BF16,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_bf16.spv")),
+    ),
+    (
+        GgmlType::Q8_0,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q8_0.spv")),
+    ),
+    (
+        GgmlType::Q2_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q2_k.spv")),
+    ),
+    (
+        GgmlType::Q3_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q3_k.spv")),
+    ),
+    (
+        GgmlType::Q4_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q4_k.spv")),
+    ),
+    (
+        GgmlType::Q5_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q5_k.spv")),
+    ),
+    (
+        GgmlType::Q6_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q6_k.spv")),
+    ),
 ];
 const SWIGLU_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/swiglu.spv"));
 const COMBINE_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/combine.spv"));

@@ -12,7 +12,9 @@ const MATVEC_REL_TOL: f32 = 2e-6;
 
 /// Deterministic values in [-1, 1) (a 64-bit LCG), with a few larger outliers so scales vary.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|i| {
             s = s
@@ -77,7 +79,10 @@ fn every_matvec_shader_matches_the_cpu_exact_kernel() {
     let mut bytes = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
     quantize_rows(ty, &w, cols, &mut bytes).unwrap();
     let q = QMatrix::new(ty, rows, cols, &bytes).unwrap();
-    let err = mv.matmul("blk.9.ffn_up_exps.weight", &q, &x, n).unwrap_err().to_string();
+    let err = mv
+        .matmul("blk.9.ffn_up_exps.weight", &q, &x, n)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("blk.9.ffn_up_exps.weight") && err.contains("Q4_0"),
         "{err}"

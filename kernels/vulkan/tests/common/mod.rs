@@ -10,7 +10,10 @@ use moe_vulkan::{Device, VulkanError};
 pub fn device_or_skip(test: &str) -> Option<Arc<Device>> {
     match Device::open(0) {
         Ok(d) => {
-            println!("{test}: on Vulkan device 0: {} ({})", d.info.name, d.info.driver);
+            println!(
+                "{test}: on Vulkan device 0: {} ({})",
+                d.info.name, d.info.driver
+            );
             Some(d)
         }
         Err(e @ (VulkanError::NoLoader(_) | VulkanError::NoDevice)) => {
