@@ -204,7 +204,7 @@ impl ExpertCompute for VulkanCompute {
         let stacks = self.layer(model, layer)?;
         let d = model.cfg.n_embd;
         let n_experts = model.cfg.n_experts;
-        if out.len() != h.len() || h.len() % d != 0 {
+        if out.len() != h.len() || !h.len().is_multiple_of(d) {
             return Err(ModelError::InvalidInput(format!(
                 "routed output has {} values, input {} (rows of {d})",
                 out.len(),
