@@ -3,6 +3,7 @@
 
 pub mod bandwidth;
 pub mod bench;
+pub mod devices;
 pub mod generate;
 pub mod logits;
 pub mod placement;

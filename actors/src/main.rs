@@ -6,7 +6,8 @@
 //! ```text
 //! main.rs          argument parsing (clap) and dispatch
 //! options.rs       options shared by commands and roles (ModelArgs, RouterArgs, ExpertArgs)
-//! cli/             subcommands: run, bench, logits, tokenize, synth, placement, generation;
+//! cli/             subcommands: run, bench, logits, tokenize, synth, placement, devices,
+//!                  generation;
 //!                  stdin_router: `--role router` without `--http` (JSON lines on stdin)
 //! serve/           `serve` and `--role router --http`: the OpenAI-compatible HTTP API
 //! expert/          `--role expert`: listener, connections, shard actor and its supervisor
@@ -58,6 +59,9 @@ struct Cli {
     /// llama.cpp).
     #[arg(long)]
     exact: bool,
+    /// Where this node computes routed experts (`--backend`, `--device`).
+    #[command(flatten)]
+    compute: options::ComputeArgs,
     #[command(flatten)]
     router: options::RouterArgs,
     #[command(flatten)]
@@ -95,6 +99,8 @@ enum Command {
     Placement(cli::placement::PlacementArgs),
     /// Serve the OpenAI-compatible HTTP API (completions, chat, models, health).
     Serve(serve::ServeArgs),
+    /// List the Vulkan devices (`--backend vulkan --device N`) and what they support.
+    Devices(cli::devices::DevicesArgs),
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -121,6 +127,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     cli.router.secret_file,
                     cli.router.wire_encrypt,
                     cli.expert,
+                    cli.compute,
                 )
             }
             Role::Router => {
@@ -131,6 +138,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     ctx_size: cli.ctx_size,
                     exact: cli.exact,
                     fast: false,
+                    compute: cli.compute,
                 };
                 if cli.serve.http.is_some() {
                     anyhow::ensure!(
@@ -144,10 +152,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         };
     }
-    match cli
-        .command
-        .context("give a subcommand (run, logits, tokenize, synth, serve) or --role; see --help")?
-    {
+    match cli.command.context(
+        "give a subcommand (run, logits, tokenize, synth, serve, devices) or --role; see --help",
+    )? {
         Command::Run(a) => cli::run::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Logits(a) => cli::logits::run(a),
@@ -155,6 +162,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(a) => cli::synth::run(a),
         Command::Placement(a) => cli::placement::run(a),
         Command::Serve(a) => serve::run_command(a),
+        Command::Devices(a) => cli::devices::run(a),
     }
 }
 

@@ -14,6 +14,7 @@ use moe_cluster::placement::{ExpertSet, NodeAddr, NodeIndex, Placement};
 use moe_cluster::wire::{ClusterSecret, WireDtype};
 use moe_kernels::NumericMode;
 use moe_model::config::ModelConfig;
+use moe_model::forward::ComputeHandle;
 use moe_model::gguf::GgufFile;
 use moe_model::model::{Model, WeightSet};
 use moe_model::LayerExperts;
@@ -42,6 +43,65 @@ pub struct ModelArgs {
     /// llama.cpp computes (the default of run, bench, serve and the roles).
     #[arg(long)]
     pub fast: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// Where routed experts are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// The CPU kernels over the mapped file.
+    Cpu,
+    /// A GPU through Vulkan (`moe-node devices` lists them): the experts are uploaded once and
+    /// computed there with f32 activations (in both numeric modes, for now).
+    Vulkan,
+}
+
+/// `--backend` and `--device`: the device routed experts run on.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ComputeArgs {
+    /// Where routed experts are computed: `cpu` or `vulkan`.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    pub backend: BackendKind,
+    /// Vulkan device index for `--backend vulkan` (see `moe-node devices`).
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+}
+
+impl ComputeArgs {
+    /// The expert-compute device for `model`: the CPU, or the chosen Vulkan device with
+    /// `model`'s mapped experts uploaded to it.
+    pub fn handle(&self, model: &Model) -> anyhow::Result<ComputeHandle> {
+        match self.backend {
+            BackendKind::Cpu => Ok(ComputeHandle::default()),
+            BackendKind::Vulkan => vulkan_handle(self.device, model),
+        }
+    }
+}
+
+#[cfg(feature = "vulkan")]
+fn vulkan_handle(index: usize, model: &Model) -> anyhow::Result<ComputeHandle> {
+    let device = moe_vulkan::Device::open(index)?;
+    let compute = moe_vulkan::VulkanCompute::new(device, model)
+        .with_context(|| format!("uploading the experts to Vulkan device {index}"))?;
+    eprintln!(
+        "routed experts on Vulkan device {index} ({}): {:.1} MiB uploaded{}",
+        compute.device().info.name,
+        compute.uploaded_bytes() as f64 / 1048576.0,
+        if model.mode() == NumericMode::Fast {
+            "; the Vulkan expert shaders use f32 activations (exact-style) in the fast mode too"
+        } else {
+            ""
+        }
+    );
+    Ok(ComputeHandle(std::sync::Arc::new(compute)))
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn vulkan_handle(_: usize, _: &Model) -> anyhow::Result<ComputeHandle> {
+    bail!(
+        "this moe-node was built without Vulkan: rebuild with `--features vulkan` (on by default)"
+    )
 }
 
 impl ModelArgs {

@@ -105,7 +105,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let model = a
         .model
         .load_for(Some(&a.cluster), moe_kernels::NumericMode::Fast)?;
-    let mut experts = expert_backend(&model, &a.cluster)?;
+    let mut experts = expert_backend(&model, &a.cluster, &a.model)?;
     let tok = Arc::new(Tokenizer::from_gguf(model.file())?);
     let vocab = model.cfg.vocab as u64;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;

@@ -61,7 +61,7 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
     if t == 0 {
         bail!("--tokens is empty");
     }
-    let mut experts = expert_backend(&model, &a.cluster)?;
+    let mut experts = expert_backend(&model, &a.cluster, &a.model)?;
     let mut cache = KvCache::new(&model.cfg, t.max(a.model.ctx_size));
     let mut cap = Capture {
         want_hidden: a.hidden.is_some(),

@@ -76,12 +76,14 @@ pub struct RunArgs {
     ignore_eos: bool,
 }
 
-/// The expert backend a model-running command uses: local, or the placement's nodes.
+/// The expert backend a model-running command uses: local (on `--backend`), or the
+/// placement's nodes.
 pub fn expert_backend(
     model: &moe_model::model::Model,
     cluster: &RouterArgs,
+    args: &ModelArgs,
 ) -> anyhow::Result<Box<dyn ExpertBackend>> {
-    Ok(cluster.backend(model)?.0)
+    Ok(cluster.backend(model, args.compute.handle(model)?)?.0)
 }
 
 /// Generates and streams to stdout; statistics go to stderr.
@@ -91,7 +93,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .model
         .load_for(Some(&a.cluster), moe_kernels::NumericMode::Fast)?;
     let tok = Arc::new(Tokenizer::from_gguf(model.file())?);
-    let mut experts = expert_backend(&model, &a.cluster)?;
+    let mut experts = expert_backend(&model, &a.cluster, &a.model)?;
     let prompt = tok.encode_prompt(&a.prompt);
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;

@@ -73,7 +73,7 @@ pub fn run(model_args: &ModelArgs, cluster: &RouterArgs) -> anyhow::Result<()> {
     if cluster.placement.is_none() {
         anyhow::bail!("--role router needs --placement and --secret-file");
     }
-    let (mut experts, _) = cluster.backend(&model)?;
+    let (mut experts, _) = cluster.backend(&model, model_args.compute.handle(&model)?)?;
     let stdout = std::io::stdout();
     writeln!(stdout.lock(), "{}", serde_json::json!({ "ready": true }))?;
     let mut stdin = std::io::stdin().lock();

@@ -28,7 +28,7 @@ use super::expert_shard::ExpertShardMsg;
 use super::handshake_slots::{HandshakeSlot, HandshakeSlots};
 use super::live_shard::LiveShard;
 use super::supervisor::{NodeSupervisorActor, NodeSupervisorMsg};
-use crate::options::{load_placement, read_secret, ExpertArgs, DEFAULT_NODE_NAME};
+use crate::options::{load_placement, read_secret, ComputeArgs, ExpertArgs, DEFAULT_NODE_NAME};
 use crate::telemetry::{self, ErrorKind, LinkEnd, PeerMetrics};
 
 /// Requests a connection may read ahead of its worker.
@@ -40,7 +40,8 @@ pub const CONNECTIONS_MAX: usize = 64;
 /// Pause after a failed `accept` before the next one.
 pub const ACCEPT_RETRY_MS: u64 = 100;
 
-/// Runs an expert node until killed.
+/// Runs an expert node until killed (the role's parsed options, as `main` has them).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model_path: PathBuf,
     threads: usize,
@@ -49,6 +50,7 @@ pub fn run(
     secret_file: Option<PathBuf>,
     encrypt: bool,
     a: ExpertArgs,
+    compute: ComputeArgs,
 ) -> anyhow::Result<()> {
     moe_kernels::set_num_threads(threads);
     let secret_file = secret_file.context("--role expert needs --secret-file")?;
@@ -118,7 +120,8 @@ pub fn run(
         )
     };
     let layers = (cfg.n_layers, cfg.moe_layers());
-    let live = Arc::new(LiveShard::new(model_path.clone(), model, shard));
+    let compute = compute.handle(&model)?;
+    let live = Arc::new(LiveShard::new(model_path.clone(), model, shard, compute));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -52,8 +52,8 @@ impl Actor for ExpertShardActor {
         live: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(ExpertShardState {
+            compute: live.compute(),
             live,
-            compute: ComputeHandle::default(),
         })
     }
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use moe_cluster::wire::{ReassignPhase, ShardSummary};
+use moe_model::forward::ComputeHandle;
 use moe_model::model::{Model, WeightSet};
 use moe_model::LayerExperts;
 
@@ -18,15 +19,28 @@ use moe_model::LayerExperts;
 pub struct LiveShard {
     path: PathBuf,
     current: RwLock<(Arc<Model>, Arc<LayerExperts>)>,
+    /// Where the owned experts are computed (fixed for the node's life).
+    compute: ComputeHandle,
 }
 
 impl LiveShard {
-    /// Wraps a loaded model and its shard.
-    pub fn new(path: PathBuf, model: Arc<Model>, shard: Arc<LayerExperts>) -> Self {
+    /// Wraps a loaded model and its shard, computed on `compute`.
+    pub fn new(
+        path: PathBuf,
+        model: Arc<Model>,
+        shard: Arc<LayerExperts>,
+        compute: ComputeHandle,
+    ) -> Self {
         Self {
             path,
             current: RwLock::new((model, shard)),
+            compute,
         }
+    }
+
+    /// The expert-compute device.
+    pub fn compute(&self) -> ComputeHandle {
+        self.compute.clone()
     }
 
     /// The model and shard to compute the next request with.
@@ -44,6 +58,13 @@ impl LiveShard {
 
     /// Applies one phase of a re-placement; on error nothing changes.
     pub fn reassign(&self, phase: ReassignPhase, new: LayerExperts) -> Result<String, String> {
+        if self.compute.name() != "cpu" {
+            // The device holds the experts uploaded at start; new ones would not be there.
+            return Err(format!(
+                "live re-placement is not supported on the {} backend yet: restart the node with the new placement",
+                self.compute.name()
+            ));
+        }
         let (old_model, old) = self.current();
         let old_mode = old_model.mode();
         drop(old_model);

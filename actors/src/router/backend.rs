@@ -4,7 +4,7 @@
 
 use moe_cluster::wire::WireDtype;
 use moe_kernels::NumericMode;
-use moe_model::forward::{ExpertBackend, LocalExperts};
+use moe_model::forward::{ComputeHandle, ExpertBackend, LocalExperts};
 use moe_model::model::Model;
 
 use super::record::with_recording;
@@ -14,13 +14,15 @@ use crate::options::RouterArgs;
 impl RouterArgs {
     /// The routed-expert backend: every expert in-process without a placement; else the
     /// placement's nodes (with SIGHUP re-placement, and `--record-routing` in both cases).
-    /// The link health handle is there when experts are remote.
+    /// The link health handle is there when experts are remote. In-process experts (all of
+    /// them, or a placement's `local` share) are computed on `compute`.
     pub fn backend(
         &self,
         model: &Model,
+        compute: ComputeHandle,
     ) -> anyhow::Result<(Box<dyn ExpertBackend>, Option<LinkHealth>)> {
         let (backend, health): (Box<dyn ExpertBackend>, _) = match self.load(&model.cfg)? {
-            None => (Box::new(LocalExperts::default()), None),
+            None => (Box::new(LocalExperts::on(compute)), None),
             Some((placement, secret)) => {
                 let mut remote = RemoteExperts::connect(
                     model,
@@ -32,6 +34,7 @@ impl RouterArgs {
                         NumericMode::Fast => WireDtype::Bf16,
                     }),
                     self.wire_encrypt,
+                    compute,
                 )?;
                 if let Some(path) = &self.placement {
                     // Live re-placement: `kill -HUP` re-reads the placement file.

@@ -107,6 +107,7 @@ impl RemoteExperts {
         name: &str,
         dtype: WireDtype,
         encrypt: bool,
+        compute: ComputeHandle,
     ) -> anyhow::Result<Self> {
         if model.cfg.n_embd > moe_cluster::wire::HIDDEN_DIM_MAX {
             bail!(
@@ -225,7 +226,7 @@ impl RemoteExperts {
             rt,
             reload: None,
             epoch: 0,
-            compute: ComputeHandle::default(),
+            compute,
         })
     }
 

@@ -337,6 +337,7 @@ pub fn start(
         ctx_size: limits.ctx_size,
         exact: model_args.exact,
         fast: model_args.fast,
+        compute: model_args.compute,
     };
     let cluster = cluster.clone();
     let (admit, admit_rx) = mpsc::channel(limits.queue.max(1));
@@ -349,7 +350,7 @@ pub fn start(
             let loaded = (|| -> anyhow::Result<(Server, ModelInfo, Option<LinkHealth>)> {
                 let model = model_args.load_for(Some(&cluster), moe_kernels::NumericMode::Fast)?;
                 let tokenizer = Arc::new(Tokenizer::from_gguf(model.file())?);
-                let (experts, health) = cluster.backend(&model)?;
+                let (experts, health) = cluster.backend(&model, model_args.compute.handle(&model)?)?;
                 let meta_str = |k: &str| {
                     model
                         .file()

@@ -64,6 +64,15 @@ pub enum ModelError {
         /// What happened.
         reason: String,
     },
+    /// A compute backend other than the CPU (a GPU through Vulkan) failed or refused: no
+    /// device, a tensor type it has no kernel for, a device limit, a failed device call.
+    #[error("{backend} backend: {message}")]
+    Backend {
+        /// The backend's name, e.g. `vulkan`.
+        backend: &'static str,
+        /// What failed, naming the tensor or call.
+        message: String,
+    },
     /// Bytes this process did not map (e.g. an expert another node owns).
     #[error("{what} is not mapped in this process (owned by another node?)")]
     NotMapped {

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# moe-node's Vulkan backend beside llama.cpp's Vulkan build on the same synth GGUF, in one
+# run: llama-bench -ngl 99 and `moe-node bench --backend vulkan`, pp and tg, then the ratio.
+#
+# Status: a skeleton. moe-node runs only the routed experts on the device so far (attention,
+# dense layers and routing stay on the CPU, activations are f32), so the ratio measures that
+# slice, not the finished backend. It needs a real GPU: on Mesa's lavapipe (a CPU driver) the
+# numbers say nothing about speed. It has not been run on a GPU yet.
+#
+# usage: benches/vulkan_vs_llama.sh [LLAMA_DIR] [PRESET] [TYPE]
+#   LLAMA_DIR  where benches/llama_baseline.sh keeps the llama.cpp sources (default /work/llama);
+#              the Vulkan build goes to LLAMA_DIR/llama.cpp/build-vulkan (needs glslc and the
+#              Vulkan headers: Debian's glslc, libvulkan-dev)
+#   PRESET     synth preset (default small), TYPE its tensor type (default Q4_K)
+# environment: DEVICE (Vulkan device index, default 0), PP (512), TG (128), REPS (2)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LLAMA_DIR="${1:-/work/llama}"
+PRESET="${2:-small}"
+TYPE="${3:-Q4_K}"
+DEVICE="${DEVICE:-0}"
+PP="${PP:-512}"; TG="${TG:-128}"; REPS="${REPS:-2}"
+source "$ROOT/benches/common.sh"
+prepare_llama_comparison "$LLAMA_DIR" "$PRESET" "$TYPE"
+
+"$BIN" devices >&2
+SRC="$LLAMA_DIR/llama.cpp"
+if [[ ! -x "$SRC/build-vulkan/bin/llama-bench" ]]; then
+  cmake -S "$SRC" -B "$SRC/build-vulkan" -DGGML_VULKAN=ON -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release >&2
+  cmake --build "$SRC/build-vulkan" --target llama-bench -j "$(nproc)" >&2
+fi
+
+llama_json="$(GGML_VK_VISIBLE_DEVICES="$DEVICE" "$SRC/build-vulkan/bin/llama-bench" -m "$MODEL" -ngl 99 \
+  -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null)"
+moe_md="$("$BIN" bench --model "$MODEL" -p "$PP" -n "$TG" -r "$REPS" --backend vulkan --device "$DEVICE")"
+python3 - "$PP" "$TG" "$llama_json" "$moe_md" <<'PY'
+import json, re, sys
+pp, tg, llama, moe = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+ll = {(f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"): r["avg_ts"] for r in llama}
+mo = {}
+for line in moe.splitlines():
+    m = re.match(r"\|[^|]*\|[^|]*\| (\w+) \| ([0-9.]+)", line)
+    if m:
+        mo[m.group(1)] = float(m.group(2))
+print("| test | llama.cpp Vulkan t/s | moe-node --backend vulkan t/s | moe-node / llama.cpp |")
+print("|---|---:|---:|---:|")
+for test in (f"pp{pp}", f"tg{tg}"):
+    a, b = ll.get(test), mo.get(test)
+    if a and b:
+        print(f"| {test} | {a:.2f} | {b:.2f} | {b / a:.3f} |")
+PY
+echo "model: $MODEL; Vulkan device $DEVICE: $("$BIN" devices | sed -n "s/^device $DEVICE: //p")"

@@ -1,0 +1,73 @@
+//! Compiles the compute shaders in `src/kernels/` from GLSL to SPIR-V with glslang (built
+//! from source by the `glslang` crate), into `$OUT_DIR/<name>.spv`, which `src/kernels.rs`
+//! embeds. Nothing prebuilt is committed: the GLSL is the source.
+//!
+//! `matvec.comp` is compiled once per weight type: its `#include "WEIGHT_TYPE"` line is
+//! replaced by `dequant/<type>.glsl` (the type's `dot32`).
+
+use std::path::{Path, PathBuf};
+
+use glslang::{
+    Compiler, CompilerOptions, ShaderInput, ShaderSource, ShaderStage, SpirvVersion, Target,
+    VulkanVersion,
+};
+
+/// The weight types with a dequantizing matvec shader (file stems of `dequant/*.glsl`).
+const WEIGHT_TYPES: [&str; 9] = [
+    "f32", "f16", "bf16", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+];
+
+/// No preprocessor definitions (the weight type is spliced in as text).
+const NO_DEFINES: Option<&[(&str, Option<&str>)]> = None;
+
+fn compile(compiler: &Compiler, name: &str, text: String, out: &Path) {
+    let source = ShaderSource::from(text);
+    let options = CompilerOptions {
+        target: Target::Vulkan {
+            version: VulkanVersion::Vulkan1_1,
+            spirv_version: SpirvVersion::SPIRV1_3,
+        },
+        ..CompilerOptions::default()
+    };
+    let input = ShaderInput::new(&source, ShaderStage::Compute, &options, NO_DEFINES, None)
+        .unwrap_or_else(|e| panic!("shader {name}: {e}"));
+    let shader = compiler
+        .create_shader(input)
+        .unwrap_or_else(|e| panic!("shader {name}: {e}"));
+    let words = shader
+        .compile()
+        .unwrap_or_else(|e| panic!("shader {name}: {e}"));
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    std::fs::write(out.join(format!("{name}.spv")), bytes)
+        .unwrap_or_else(|e| panic!("writing {name}.spv: {e}"));
+}
+
+fn read(path: &Path) -> String {
+    println!("cargo:rerun-if-changed={}", path.display());
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn main() {
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"))
+        .join("src/kernels");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
+    let compiler = Compiler::acquire().expect("glslang initializes once per process");
+    let matvec = read(&dir.join("matvec.comp"));
+    assert!(
+        matvec.contains("#include \"WEIGHT_TYPE\""),
+        "matvec.comp lost its WEIGHT_TYPE include line"
+    );
+    for ty in WEIGHT_TYPES {
+        let dequant = read(&dir.join(format!("dequant/{ty}.glsl")));
+        let text = matvec.replace("#include \"WEIGHT_TYPE\"", &dequant);
+        compile(compiler, &format!("matvec_{ty}"), text, &out);
+    }
+    for name in ["swiglu", "combine"] {
+        compile(
+            compiler,
+            name,
+            read(&dir.join(format!("{name}.comp"))),
+            &out,
+        );
+    }
+}

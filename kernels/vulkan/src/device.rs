@@ -1,0 +1,239 @@
+//! A logical device with one compute queue, and host-visible storage buffers on it.
+//!
+//! Memory: every buffer is host-visible and coherent, mapped once for its lifetime, preferring
+//! a device-local type (unified memory, resizable BAR, lavapipe). That keeps uploads and
+//! read-backs to plain copies; a discrete GPU without a device-local host-visible type still
+//! works but reads its weights over the bus (staging into device-only memory is a next step).
+//! What the buffers hold and which kernels run over them is decided by `expert_weights.rs`
+//! and `expert_compute.rs`.
+
+use std::sync::Arc;
+
+use ash::vk;
+
+use crate::instance::{DeviceInfo, Instance};
+use crate::VulkanError;
+
+/// A logical device and its compute queue.
+pub struct Device {
+    pub(crate) device: ash::Device,
+    pub(crate) queue: vk::Queue,
+    pub(crate) queue_family: u32,
+    pub(crate) memory_type: u32,
+    /// What `moe-node devices` says about it.
+    pub info: DeviceInfo,
+    /// `maxComputeWorkGroupCount`.
+    pub(crate) max_groups: [u32; 3],
+    // Dropped last: the instance outlives the device (held, never read).
+    _instance: Arc<Instance>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("info", &self.info).finish()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: every buffer, pipeline and pool of this device holds an `Arc<Device>` and is
+        // dropped before it; waiting for idle makes sure no submitted work is still running.
+        unsafe {
+            let _ = self.device.device_wait_idle();
+            self.device.destroy_device(None);
+        }
+    }
+}
+
+impl Device {
+    /// Opens device `index` (as `moe-node devices` numbers them).
+    pub fn open(index: usize) -> Result<Arc<Self>, VulkanError> {
+        let instance = Arc::new(Instance::new()?);
+        let pds = instance.physical_devices()?;
+        if pds.is_empty() {
+            return Err(VulkanError::NoDevice);
+        }
+        let &pd = pds.get(index).ok_or(VulkanError::DeviceIndex {
+            index,
+            count: pds.len(),
+        })?;
+        let info = instance.describe(index, pd)?;
+        let unusable = |what: &str| VulkanError::Unusable {
+            device: info.name.clone(),
+            what: what.into(),
+        };
+        // SAFETY: `pd` came from this instance.
+        let families = unsafe {
+            instance
+                .instance
+                .get_physical_device_queue_family_properties(pd)
+        };
+        let queue_family = families
+            .iter()
+            .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE))
+            .ok_or_else(|| unusable("no queue family with compute"))?
+            as u32;
+        // SAFETY: as above.
+        let mem = unsafe { instance.instance.get_physical_device_memory_properties(pd) };
+        let memory_type = pick_memory_type(&mem)
+            .ok_or_else(|| unusable("no host-visible, host-coherent memory type"))?;
+        // SAFETY: as above.
+        let limits = unsafe { instance.instance.get_physical_device_properties(pd) }.limits;
+        let priorities = [1.0f32];
+        let queue_info = [vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(queue_family)
+            .queue_priorities(&priorities)];
+        let create = vk::DeviceCreateInfo::default().queue_create_infos(&queue_info);
+        // SAFETY: `create` and what it points to live across the call; `pd` is valid.
+        let device = unsafe { instance.instance.create_device(pd, &create, None) }
+            .map_err(VulkanError::call("vkCreateDevice"))?;
+        // SAFETY: the family and index were requested in `create`.
+        let queue = unsafe { device.get_device_queue(queue_family, 0) };
+        Ok(Arc::new(Self {
+            device,
+            queue,
+            queue_family,
+            memory_type,
+            info,
+            max_groups: limits.max_compute_work_group_count,
+            _instance: instance,
+        }))
+    }
+
+    /// `maxStorageBufferRange`, bytes: the most one shader binding can see.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.info.max_storage_buffer_range_bytes as u64
+    }
+}
+
+/// Host-visible and coherent, device-local if such a type exists.
+fn pick_memory_type(mem: &vk::PhysicalDeviceMemoryProperties) -> Option<u32> {
+    let types = &mem.memory_types[..mem.memory_type_count as usize];
+    let host = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
+    let find = |want: vk::MemoryPropertyFlags| {
+        types
+            .iter()
+            .position(|t| t.property_flags.contains(want))
+            .map(|i| i as u32)
+    };
+    find(host | vk::MemoryPropertyFlags::DEVICE_LOCAL).or_else(|| find(host))
+}
+
+/// A storage buffer in host-visible memory, mapped for its whole life.
+pub struct Buffer {
+    pub(crate) buffer: vk::Buffer,
+    memory: vk::DeviceMemory,
+    ptr: *mut u8,
+    /// Bytes.
+    pub(crate) len: usize,
+    device: Arc<Device>,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; access goes through `&self` for
+// reads and `&mut self` for writes, so Rust's aliasing rules cover it as for a `Vec<u8>`.
+unsafe impl Send for Buffer {}
+// SAFETY: as above.
+unsafe impl Sync for Buffer {}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer").field("len", &self.len).finish()
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: the owner waits for every submission using this buffer before dropping it
+        // (each call waits on its fence); the memory is unmapped by freeing it.
+        unsafe {
+            self.device.device.destroy_buffer(self.buffer, None);
+            self.device.device.free_memory(self.memory, None);
+        }
+    }
+}
+
+impl Buffer {
+    /// A buffer of `len` bytes (allocated in whole u32 words, 4 bytes at least; contents undefined until written);
+    /// `what` names it in errors (a tensor, or a scratch buffer).
+    pub fn new(device: &Arc<Device>, len: usize, what: &str) -> Result<Self, VulkanError> {
+        // Whole u32 words: the shaders read bytes through u32 loads.
+        let size = (len.max(4) as u64).next_multiple_of(4);
+        let dev = &device.device;
+        let info = vk::BufferCreateInfo::default()
+            .size(size)
+            .usage(vk::BufferUsageFlags::STORAGE_BUFFER)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE);
+        // SAFETY: a valid device and create info.
+        let buffer = unsafe { dev.create_buffer(&info, None) }
+            .map_err(VulkanError::call("vkCreateBuffer"))?;
+        // SAFETY: `buffer` was just created on this device.
+        let req = unsafe { dev.get_buffer_memory_requirements(buffer) };
+        let fail = |call: &'static str, result: vk::Result| {
+            // SAFETY: `buffer` is unused and destroyed once.
+            unsafe { dev.destroy_buffer(buffer, None) };
+            if result == vk::Result::ERROR_OUT_OF_DEVICE_MEMORY
+                || result == vk::Result::ERROR_OUT_OF_HOST_MEMORY
+            {
+                VulkanError::DeviceLimit {
+                    tensor: what.into(),
+                    what: format!("{size} bytes do not fit in device memory ({result})"),
+                }
+            } else {
+                VulkanError::Call { call, result }
+            }
+        };
+        if req.memory_type_bits & (1 << device.memory_type) == 0 {
+            return Err(fail(
+                "vkGetBufferMemoryRequirements",
+                vk::Result::ERROR_FORMAT_NOT_SUPPORTED,
+            ));
+        }
+        let alloc = vk::MemoryAllocateInfo::default()
+            .allocation_size(req.size)
+            .memory_type_index(device.memory_type);
+        // SAFETY: a valid device and allocate info.
+        let memory = match unsafe { dev.allocate_memory(&alloc, None) } {
+            Ok(m) => m,
+            Err(e) => return Err(fail("vkAllocateMemory", e)),
+        };
+        // SAFETY: both were created on this device and are unbound; the memory is host
+        // visible, so mapping it whole is allowed.
+        let ptr = unsafe {
+            dev.bind_buffer_memory(buffer, memory, 0).and_then(|()| {
+                dev.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
+            })
+        };
+        match ptr {
+            Ok(ptr) => Ok(Self {
+                buffer,
+                memory,
+                ptr: ptr.cast(),
+                len,
+                device: device.clone(),
+            }),
+            Err(e) => {
+                // SAFETY: unused memory, freed once.
+                unsafe { dev.free_memory(memory, None) };
+                Err(fail("vkMapMemory", e))
+            }
+        }
+    }
+
+    /// The mapped bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` maps at least `len` bytes for the buffer's life; `&mut self` makes the
+        // slice the only view; no submission is running (callers wait on their fence).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: as in `bytes_mut`, shared.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Writes `src` at byte `offset`.
+    pub fn write(&mut self, offset: usize, src: &[u8]) {
+        self.bytes_mut()[offset..offset + src.len()].copy_from_slice(src);
+    }
+}

@@ -1,0 +1,479 @@
+//! [`VulkanCompute`]: moe-model's [`ExpertCompute`] on a Vulkan device. The node's experts are
+//! uploaded once at construction ([`ExpertWeights`]); each `apply_routes` call then
+//!
+//! 1. groups the routes by expert on the host (ascending expert, tokens in order: the CPU's
+//!    order) and uploads the gathered activations, each route's expert offsets, weights and
+//!    the per-token route lists;
+//! 2. records gate and up matvecs over all routes (one dispatch per weight chunk), SwiGLU,
+//!    the down matvec, and the weighted add into the caller's `out` rows (ascending expert per
+//!    token, as the CPU adds them);
+//! 3. submits once, waits, and reads `out` back.
+//!
+//! Activations are f32 in both numeric modes (this is the exactness-check path; the integer
+//! dot-product path is a next step), so results match the CPU's exact mode to rounding
+//! (summation order inside a dot product differs), not bit for bit.
+//!
+//! The trait fits as it is: the upload happens in [`VulkanCompute::new`] (the model is given
+//! there), and device failures come back as [`ModelError::Backend`].
+
+use std::sync::{Arc, Mutex};
+
+use moe_model::forward::{ExpertCompute, Route};
+use moe_model::model::Model;
+use moe_model::ModelError;
+
+use crate::commands::Commands;
+use crate::device::{Buffer, Device};
+use crate::expert_weights::{ExpertStack, ExpertWeights, LayerStacks, Slot, CHUNK_BYTES_MAX};
+use crate::kernels::{Kernels, ELEMENTWISE_GROUP_THREADS};
+use crate::VulkanError;
+
+/// Routed experts on a Vulkan device.
+pub struct VulkanCompute {
+    name: String,
+    weights: ExpertWeights,
+    kernels: Kernels,
+    state: Mutex<Scratch>,
+    device: Arc<Device>,
+}
+
+impl std::fmt::Debug for VulkanCompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanCompute")
+            .field("device", &self.device.info.name)
+            .field("uploaded_bytes", &self.weights.bytes)
+            .finish()
+    }
+}
+
+/// Per-call buffers, grown on demand and reused.
+struct Scratch {
+    commands: Commands,
+    /// Gathered activations `[R, D]`.
+    x: Option<Buffer>,
+    /// Gate outputs, then SwiGLU `[R, F]`.
+    g: Option<Buffer>,
+    /// Up outputs `[R, F]`.
+    u: Option<Buffer>,
+    /// Down outputs `[R, D]`.
+    y: Option<Buffer>,
+    /// Byte offsets of each route's gate, up, down matrix `[3R]`.
+    offsets: Option<Buffer>,
+    /// Route weights `[R]`.
+    route_w: Option<Buffer>,
+    /// Token starts in `tok_routes` `[T + 1]`.
+    tok_start: Option<Buffer>,
+    /// Route indices grouped by token `[R]`.
+    tok_routes: Option<Buffer>,
+    /// The accumulator `[T, D]`.
+    out: Option<Buffer>,
+}
+
+/// `buf` with room for `bytes` (reallocated, doubling, when too small); `what` names it.
+fn ensure<'a>(
+    device: &Arc<Device>,
+    buf: &'a mut Option<Buffer>,
+    bytes: usize,
+    what: &str,
+) -> Result<&'a mut Buffer, VulkanError> {
+    if bytes as u64 > device.max_binding_bytes() {
+        return Err(VulkanError::DeviceLimit {
+            tensor: what.into(),
+            what: format!(
+                "this call needs {bytes} bytes in one binding, past maxStorageBufferRange ({} bytes): route fewer tokens per call",
+                device.max_binding_bytes()
+            ),
+        });
+    }
+    if buf.as_ref().is_none_or(|b| b.len < bytes) {
+        let grown = buf
+            .as_ref()
+            .map_or(bytes, |b| (b.len * 2).max(bytes))
+            .min(device.max_binding_bytes() as usize);
+        *buf = None;
+        *buf = Some(Buffer::new(device, grown, what)?);
+    }
+    Ok(buf.as_mut().expect("set above"))
+}
+
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and every byte of it is initialized; u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+fn u32_bytes(v: &[u32]) -> &[u8] {
+    // SAFETY: as for f32.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+impl VulkanCompute {
+    /// Uploads `model`'s mapped experts to `device` and builds the pipelines.
+    pub fn new(device: Arc<Device>, model: &Model) -> Result<Self, ModelError> {
+        Self::with_chunk_bytes(device, model, CHUNK_BYTES_MAX)
+    }
+
+    /// As [`VulkanCompute::new`], with expert chunks of at most `chunk_bytes_max` bytes (tests
+    /// use a small limit to cover stacks split over several buffers).
+    pub fn with_chunk_bytes(
+        device: Arc<Device>,
+        model: &Model,
+        chunk_bytes_max: u64,
+    ) -> Result<Self, ModelError> {
+        let weights = ExpertWeights::upload(&device, model, chunk_bytes_max)?;
+        let kernels = Kernels::new(&device)?;
+        let commands = Commands::new(&device)?;
+        Ok(Self {
+            name: format!("vulkan ({})", device.info.name),
+            weights,
+            kernels,
+            state: Mutex::new(Scratch {
+                commands,
+                x: None,
+                g: None,
+                u: None,
+                y: None,
+                offsets: None,
+                route_w: None,
+                tok_start: None,
+                tok_routes: None,
+                out: None,
+            }),
+            device,
+        })
+    }
+
+    /// Bytes of expert weights on the device.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.weights.bytes
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    fn layer(&self, model: &Model, layer: usize) -> Result<&LayerStacks, VulkanError> {
+        let stacks = self
+            .weights
+            .layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                VulkanError::InvalidInput(format!("layer {layer} is not a MoE layer"))
+            })?;
+        let moe = model.layers.get(layer).and_then(|l| l.moe.as_ref());
+        let same = moe.is_some_and(|m| {
+            m.gate_exps.name == stacks.gate.name
+                && m.up_exps.name == stacks.up.name
+                && m.down_exps.name == stacks.down.name
+                && m.gate_exps.expert_bytes() == stacks.gate.expert_bytes
+                && m.down_exps.expert_bytes() == stacks.down.expert_bytes
+        });
+        if !same {
+            return Err(VulkanError::InvalidInput(format!(
+                "layer {layer} of this model is not the one uploaded to the Vulkan device"
+            )));
+        }
+        Ok(stacks)
+    }
+}
+
+/// `slot` of expert `e` in `stack`, or an error naming both.
+fn slot(stack: &ExpertStack, e: usize, layer: usize) -> Result<Slot, VulkanError> {
+    stack.slots.get(e).copied().flatten().ok_or_else(|| {
+        VulkanError::InvalidInput(format!(
+            "expert {e} of layer {layer} ({}) is not on the Vulkan device: it was not mapped when the experts were uploaded",
+            stack.name
+        ))
+    })
+}
+
+impl ExpertCompute for VulkanCompute {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn apply_routes(
+        &self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        routes: &[Route],
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let stacks = self.layer(model, layer)?;
+        let d = model.cfg.n_embd;
+        let n_experts = model.cfg.n_experts;
+        if out.len() != h.len() || !h.len().is_multiple_of(d) {
+            return Err(ModelError::InvalidInput(format!(
+                "routed output has {} values, input {} (rows of {d})",
+                out.len(),
+                h.len()
+            )));
+        }
+        let n_tokens = h.len() / d;
+        for r in routes {
+            let (t, e) = (r.token as usize, r.expert as usize);
+            if e >= n_experts || t >= n_tokens {
+                return Err(ModelError::InvalidInput(format!(
+                    "route (token {t}, expert {e}) out of range ({n_tokens} tokens, {n_experts} experts in layer {layer})"
+                )));
+            }
+        }
+        if routes.is_empty() {
+            return Ok(());
+        }
+        let (gate, up, down) = (&stacks.gate, &stacks.up, &stacks.down);
+        let f = gate.rows;
+        if gate.cols != d || up.cols != d || up.rows != f || down.rows != d || down.cols != f {
+            return Err(VulkanError::InvalidInput(format!(
+                "layer {layer}: expert shapes gate {}x{}, up {}x{}, down {}x{} do not fit hidden size {d}",
+                gate.rows, gate.cols, up.rows, up.cols, down.rows, down.cols
+            ))
+            .into());
+        }
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| VulkanError::InvalidInput("a previous Vulkan call panicked".into()))?;
+        self.run(&mut state, stacks, layer, h, routes, out, n_tokens, d, f)
+            .map_err(ModelError::from)
+    }
+}
+
+impl VulkanCompute {
+    /// The device part of `apply_routes` (inputs checked by the caller).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        s: &mut Scratch,
+        stacks: &LayerStacks,
+        layer: usize,
+        h: &[f32],
+        routes: &[Route],
+        out: &mut [f32],
+        n_tokens: usize,
+        d: usize,
+        f: usize,
+    ) -> Result<(), VulkanError> {
+        let dev = &self.device;
+        let n_routes = routes.len();
+        // Route order: ascending expert, then as given (token-major): the CPU's grouping.
+        let mut order: Vec<usize> = (0..n_routes).collect();
+        order.sort_by_key(|&i| routes[i].expert);
+        let stacks3 = [&stacks.gate, &stacks.up, &stacks.down];
+        let mut slots = vec![
+            Slot {
+                chunk: 0,
+                offset: 0
+            };
+            3 * n_routes
+        ];
+        let mut offsets = vec![0u32; 3 * n_routes];
+        let mut x = vec![0f32; n_routes * d];
+        let mut route_w = vec![0f32; n_routes];
+        let mut tok_start = vec![0u32; n_tokens + 1];
+        for (p, &i) in order.iter().enumerate() {
+            let r = routes[i];
+            for (m, st) in stacks3.iter().enumerate() {
+                let sl = slot(st, r.expert as usize, layer)?;
+                slots[m * n_routes + p] = sl;
+                offsets[m * n_routes + p] = sl.offset;
+            }
+            let t = r.token as usize;
+            x[p * d..(p + 1) * d].copy_from_slice(&h[t * d..(t + 1) * d]);
+            route_w[p] = r.weight;
+            tok_start[t + 1] += 1;
+        }
+        for t in 0..n_tokens {
+            tok_start[t + 1] += tok_start[t];
+        }
+        let mut fill = tok_start.clone();
+        let mut tok_routes = vec![0u32; n_routes];
+        for (p, &i) in order.iter().enumerate() {
+            let t = routes[i].token as usize;
+            tok_routes[fill[t] as usize] = p as u32;
+            fill[t] += 1;
+        }
+
+        let what = |b: &str| format!("{b} of MoE layer {layer}");
+        ensure(
+            dev,
+            &mut s.x,
+            4 * n_routes * d,
+            &what("gathered activations"),
+        )?
+        .write(0, f32_bytes(&x));
+        ensure(dev, &mut s.g, 4 * n_routes * f, &what("gate outputs"))?;
+        ensure(dev, &mut s.u, 4 * n_routes * f, &what("up outputs"))?;
+        ensure(dev, &mut s.y, 4 * n_routes * d, &what("down outputs"))?;
+        ensure(
+            dev,
+            &mut s.offsets,
+            4 * 3 * n_routes,
+            &what("route offsets"),
+        )?
+        .write(0, u32_bytes(&offsets));
+        ensure(dev, &mut s.route_w, 4 * n_routes, &what("route weights"))?
+            .write(0, f32_bytes(&route_w));
+        ensure(
+            dev,
+            &mut s.tok_start,
+            4 * (n_tokens + 1),
+            &what("token starts"),
+        )?
+        .write(0, u32_bytes(&tok_start));
+        ensure(dev, &mut s.tok_routes, 4 * n_routes, &what("token routes"))?
+            .write(0, u32_bytes(&tok_routes));
+        ensure(dev, &mut s.out, 4 * n_tokens * d, &what("routed output"))?.write(0, f32_bytes(out));
+
+        let Scratch {
+            commands,
+            x,
+            g,
+            u,
+            y,
+            offsets: offs,
+            route_w: rw,
+            tok_start: ts,
+            tok_routes: tr,
+            out: o,
+        } = s;
+        let (x, g, u, y, offs) = (
+            x.as_ref().expect("ensured"),
+            g.as_ref().expect("ensured"),
+            u.as_ref().expect("ensured"),
+            y.as_ref().expect("ensured"),
+            offs.as_ref().expect("ensured"),
+        );
+        let (rw, ts, tr, o) = (
+            rw.as_ref().expect("ensured"),
+            ts.as_ref().expect("ensured"),
+            tr.as_ref().expect("ensured"),
+            o.as_mut().expect("ensured"),
+        );
+        for (m, (input, output)) in [(x, g), (x, u)].into_iter().enumerate() {
+            self.matvec(
+                commands,
+                stacks3[m],
+                &slots[m * n_routes..(m + 1) * n_routes],
+                m * n_routes,
+                input,
+                output,
+                offs,
+            )?;
+        }
+        self.elementwise(
+            commands,
+            &self.kernels.swiglu,
+            &[g, u],
+            &[(n_routes * f) as u32],
+            n_routes * f,
+        )?;
+        self.matvec(
+            commands,
+            stacks3[2],
+            &slots[2 * n_routes..],
+            2 * n_routes,
+            g,
+            y,
+            offs,
+        )?;
+        self.elementwise(
+            commands,
+            &self.kernels.combine,
+            &[y, rw, ts, tr, &*o],
+            &[n_tokens as u32, d as u32],
+            n_tokens * d,
+        )?;
+        commands.submit_and_wait()?;
+        for (v, b) in out.iter_mut().zip(o.bytes().chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+
+    /// Records `stack`'s matvec over every route: one dispatch per run of routes in the same
+    /// chunk (routes are sorted by expert, chunks hold ascending experts), each split to fit
+    /// `maxComputeWorkGroupCount[1]`.
+    #[allow(clippy::too_many_arguments)]
+    fn matvec(
+        &self,
+        commands: &mut Commands,
+        stack: &ExpertStack,
+        slots: &[Slot],
+        off_base: usize,
+        input: &Buffer,
+        output: &Buffer,
+        offsets: &Buffer,
+    ) -> Result<(), VulkanError> {
+        let kernel = self
+            .kernels
+            .matvec(stack.ty)
+            .ok_or_else(|| VulkanError::UnsupportedType {
+                tensor: stack.name.clone(),
+                ty: stack.ty.name(),
+                supported: crate::kernels::supported_type_names(),
+            })?;
+        let per_dispatch = self.device.max_groups[1] as usize;
+        let mut start = 0;
+        while start < slots.len() {
+            let chunk = slots[start].chunk;
+            let end = slots[start..]
+                .iter()
+                .position(|s| s.chunk != chunk)
+                .map_or(slots.len(), |n| start + n);
+            let weights = &stack.chunks[chunk as usize];
+            let mut base = start;
+            while base < end {
+                let count = (end - base).min(per_dispatch);
+                let (cmd, set) = commands.next(kernel)?;
+                kernel.record(
+                    cmd,
+                    set,
+                    &[weights, input, output, offsets],
+                    &[
+                        stack.rows as u32,
+                        stack.cols as u32,
+                        stack.row_bytes as u32,
+                        base as u32,
+                        off_base as u32,
+                    ],
+                    [stack.rows as u32, count as u32, 1],
+                );
+                base += count;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Records an elementwise kernel over `n` values (push constants `push` then the base),
+    /// split to fit `maxComputeWorkGroupCount[0]`.
+    fn elementwise(
+        &self,
+        commands: &mut Commands,
+        kernel: &crate::kernels::Kernel,
+        buffers: &[&Buffer],
+        push: &[u32],
+        n: usize,
+    ) -> Result<(), VulkanError> {
+        let per_dispatch = self.device.max_groups[0] as usize * ELEMENTWISE_GROUP_THREADS as usize;
+        let mut base = 0;
+        while base < n {
+            let count = (n - base).min(per_dispatch);
+            let (cmd, set) = commands.next(kernel)?;
+            let mut words = push.to_vec();
+            words.push(base as u32);
+            kernel.record(
+                cmd,
+                set,
+                buffers,
+                &words,
+                [(count as u32).div_ceil(ELEMENTWISE_GROUP_THREADS), 1, 1],
+            );
+            base += count;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! The compute pipelines, one per shader in `kernels/` (SPIR-V compiled by build.rs from the
+//! GLSL beside this file), and the weight types they cover.
+//!
+//! - `matvec_<type>.spv` (`matvec.comp` + `dequant/<type>.glsl`): routed-expert matrix times
+//!   gathered f32 activations, dequantizing the raw GGUF blocks as it reads them.
+//! - `swiglu.spv`: `silu(gate) * up` in place.
+//! - `combine.spv`: the weighted add of every route's output into its token's row.
+//!
+//! This module builds pipelines and records dispatches; which dispatches a MoE layer needs
+//! is `expert_compute.rs`'s decision.
+
+use std::sync::Arc;
+
+use ash::vk;
+use moe_kernels::GgmlType;
+
+use crate::device::{Buffer, Device};
+use crate::VulkanError;
+
+/// Threads of one elementwise workgroup (`local_size_x` of swiglu.comp and combine.comp).
+pub const ELEMENTWISE_GROUP_THREADS: u32 = 64;
+/// Values each matvec thread reads per step: inner dimensions must be a multiple of it.
+pub const MATVEC_CHUNK_VALUES: usize = 32;
+
+/// The weight types with a matvec shader, with their SPIR-V.
+const MATVEC_SPIRV: [(GgmlType, &[u8]); 9] = [
+    (
+        GgmlType::F32,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_f32.spv")),
+    ),
+    (
+        GgmlType::F16,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_f16.spv")),
+    ),
+    (
+        GgmlType::BF16,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_bf16.spv")),
+    ),
+    (
+        GgmlType::Q8_0,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q8_0.spv")),
+    ),
+    (
+        GgmlType::Q2_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q2_k.spv")),
+    ),
+    (
+        GgmlType::Q3_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q3_k.spv")),
+    ),
+    (
+        GgmlType::Q4_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q4_k.spv")),
+    ),
+    (
+        GgmlType::Q5_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q5_k.spv")),
+    ),
+    (
+        GgmlType::Q6_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q6_k.spv")),
+    ),
+];
+const SWIGLU_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/swiglu.spv"));
+const COMBINE_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/combine.spv"));
+
+/// The weight types the matvec shaders read.
+pub fn supported_types() -> impl Iterator<Item = GgmlType> {
+    MATVEC_SPIRV.iter().map(|(t, _)| *t)
+}
+
+/// Names of [`supported_types`], for error messages.
+pub fn supported_type_names() -> String {
+    supported_types()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One compute pipeline: `bindings` storage buffers and `push_words` u32 push constants.
+pub struct Kernel {
+    pipeline: vk::Pipeline,
+    layout: vk::PipelineLayout,
+    pub(crate) set_layout: vk::DescriptorSetLayout,
+    module: vk::ShaderModule,
+    pub(crate) bindings: u32,
+    push_words: usize,
+    device: Arc<Device>,
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        // SAFETY: no submission using the pipeline is running (every call waits on its fence);
+        // each object was created on this device and is destroyed once.
+        unsafe {
+            let d = &self.device.device;
+            d.destroy_pipeline(self.pipeline, None);
+            d.destroy_pipeline_layout(self.layout, None);
+            d.destroy_descriptor_set_layout(self.set_layout, None);
+            d.destroy_shader_module(self.module, None);
+        }
+    }
+}
+
+impl Kernel {
+    fn new(
+        device: &Arc<Device>,
+        spirv: &[u8],
+        bindings: u32,
+        push_words: usize,
+    ) -> Result<Self, VulkanError> {
+        let d = &device.device;
+        let words: Vec<u32> = spirv
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        // SAFETY: `words` is SPIR-V produced by glslang at build time.
+        let module = unsafe {
+            d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None)
+        }
+        .map_err(VulkanError::call("vkCreateShaderModule"))?;
+        let binding_info: Vec<_> = (0..bindings)
+            .map(|b| {
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(b)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            })
+            .collect();
+        // SAFETY: valid create infos on this device; every object is owned by the result.
+        unsafe {
+            let set_layout = d
+                .create_descriptor_set_layout(
+                    &vk::DescriptorSetLayoutCreateInfo::default().bindings(&binding_info),
+                    None,
+                )
+                .map_err(VulkanError::call("vkCreateDescriptorSetLayout"))?;
+            let ranges = [vk::PushConstantRange::default()
+                .stage_flags(vk::ShaderStageFlags::COMPUTE)
+                .size((push_words * 4) as u32)];
+            let set_layouts = [set_layout];
+            let layout = d
+                .create_pipeline_layout(
+                    &vk::PipelineLayoutCreateInfo::default()
+                        .set_layouts(&set_layouts)
+                        .push_constant_ranges(&ranges),
+                    None,
+                )
+                .map_err(VulkanError::call("vkCreatePipelineLayout"))?;
+            let stage = vk::PipelineShaderStageCreateInfo::default()
+                .stage(vk::ShaderStageFlags::COMPUTE)
+                .module(module)
+                .name(c"main");
+            let info = [vk::ComputePipelineCreateInfo::default()
+                .stage(stage)
+                .layout(layout)];
+            let pipeline = d
+                .create_compute_pipelines(vk::PipelineCache::null(), &info, None)
+                .map_err(|(_, e)| VulkanError::call("vkCreateComputePipelines")(e))?[0];
+            Ok(Self {
+                pipeline,
+                layout,
+                set_layout,
+                module,
+                bindings,
+                push_words,
+                device: device.clone(),
+            })
+        }
+    }
+
+    /// Records one dispatch of `groups` workgroups over `buffers` (in binding order), with
+    /// `set` a descriptor set of this kernel's layout (written here), then a barrier that makes
+    /// its writes visible to the next dispatch and to the host.
+    pub(crate) fn record(
+        &self,
+        cmd: vk::CommandBuffer,
+        set: vk::DescriptorSet,
+        buffers: &[&Buffer],
+        push: &[u32],
+        groups: [u32; 3],
+    ) {
+        assert_eq!(buffers.len(), self.bindings as usize, "binding count");
+        assert_eq!(push.len(), self.push_words, "push constant count");
+        let d = &self.device.device;
+        let infos: Vec<[vk::DescriptorBufferInfo; 1]> = buffers
+            .iter()
+            .map(|b| {
+                [vk::DescriptorBufferInfo::default()
+                    .buffer(b.buffer)
+                    .offset(0)
+                    .range(vk::WHOLE_SIZE)]
+            })
+            .collect();
+        let writes: Vec<_> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, info)| {
+                vk::WriteDescriptorSet::default()
+                    .dst_set(set)
+                    .dst_binding(i as u32)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .buffer_info(info)
+            })
+            .collect();
+        let push_bytes: Vec<u8> = push.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let barrier = [vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::SHADER_WRITE)
+            .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::HOST_READ)];
+        // SAFETY: `set` is unused by any pending submission (its pool is reset only after the
+        // fence wait); `cmd` is recording; the buffers outlive the submission (the caller holds
+        // them until its fence wait returns).
+        unsafe {
+            d.update_descriptor_sets(&writes, &[]);
+            d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, self.pipeline);
+            d.cmd_bind_descriptor_sets(
+                cmd,
+                vk::PipelineBindPoint::COMPUTE,
+                self.layout,
+                0,
+                &[set],
+                &[],
+            );
+            d.cmd_push_constants(
+                cmd,
+                self.layout,
+                vk::ShaderStageFlags::COMPUTE,
+                0,
+                &push_bytes,
+            );
+            d.cmd_dispatch(cmd, groups[0], groups[1], groups[2]);
+            d.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::COMPUTE_SHADER,
+                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &barrier,
+                &[],
+                &[],
+            );
+        }
+    }
+}
+
+/// Every pipeline of the backend.
+pub struct Kernels {
+    matvec: Vec<(GgmlType, Kernel)>,
+    /// `swiglu.comp`: bindings gate, up; push n, base.
+    pub swiglu: Kernel,
+    /// `combine.comp`: bindings y, weights, tok_start, tok_routes, out; push tokens, dim, base.
+    pub combine: Kernel,
+}
+
+impl Kernels {
+    /// Builds every pipeline on `device`.
+    pub fn new(device: &Arc<Device>) -> Result<Self, VulkanError> {
+        Ok(Self {
+            matvec: MATVEC_SPIRV
+                .iter()
+                .map(|&(ty, spirv)| Ok((ty, Kernel::new(device, spirv, 4, 5)?)))
+                .collect::<Result<_, VulkanError>>()?,
+            swiglu: Kernel::new(device, SWIGLU_SPIRV, 2, 2)?,
+            combine: Kernel::new(device, COMBINE_SPIRV, 5, 3)?,
+        })
+    }
+
+    /// The matvec pipeline of weight type `ty` (bindings weights, x, y, route offsets; push
+    /// rows, cols, row bytes, route base, offset base), if it has one.
+    pub fn matvec(&self, ty: GgmlType) -> Option<&Kernel> {
+        self.matvec.iter().find(|(t, _)| *t == ty).map(|(_, k)| k)
+    }
+}

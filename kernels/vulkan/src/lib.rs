@@ -1,0 +1,57 @@
+//! # moe-vulkan
+//!
+//! The Vulkan backend of moe-node, through `ash`: routed experts computed on a GPU (or on
+//! Mesa's lavapipe, which CI uses). The Vulkan loader is opened at run time, so a binary
+//! built with this crate still starts on a machine without Vulkan and reports
+//! [`VulkanError::NoLoader`] or [`VulkanError::NoDevice`] when asked for a device.
+//!
+//! ```text
+//! instance.rs        loader, instance, DeviceInfo (what `moe-node devices` prints)
+//! device.rs          logical device, compute queue, host-visible mapped buffers
+//! kernels.rs         pipelines built from the SPIR-V that build.rs compiles from kernels/
+//! kernels/           GLSL: matvec.comp + dequant/<type>.glsl, swiglu.comp, combine.comp
+//! commands.rs        one command buffer: record, submit, wait
+//! expert_weights.rs  the node's expert stacks uploaded once, in chunks within device limits
+//! expert_compute.rs  VulkanCompute: moe-model's ExpertCompute on the device
+//! matvec.rs          one matrix times rows on the device (the kernel-level tests' tool)
+//! ```
+//!
+//! What runs on the device today: the routed-expert FFN (gate and up matvecs, SwiGLU, down
+//! matvec, weighted add) with f32 activations over the raw GGUF blocks of F32, F16, BF16,
+//! Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K experts. Attention, the dense layers and routing stay
+//! on the CPU.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use moe_model::forward::{ComputeHandle, LocalExperts};
+//! let model = moe_model::model::Model::open("model.gguf")?;
+//! let device = moe_vulkan::Device::open(0)?;
+//! let compute = moe_vulkan::VulkanCompute::new(device, &model)?;
+//! let experts = LocalExperts::on(ComputeHandle(Arc::new(compute)));
+//! # let _ = experts;
+//! # Ok(())
+//! # }
+//! ```
+
+mod commands;
+mod device;
+mod error;
+mod expert_compute;
+mod expert_weights;
+mod instance;
+mod kernels;
+mod matvec;
+
+pub use device::Device;
+pub use error::VulkanError;
+pub use expert_compute::VulkanCompute;
+pub use expert_weights::CHUNK_BYTES_MAX;
+pub use instance::{DeviceInfo, Instance};
+pub use kernels::{supported_type_names, supported_types};
+pub use matvec::Matvec;
+
+/// Every Vulkan device with its properties, or why there is none.
+pub fn list_devices() -> Result<Vec<DeviceInfo>, VulkanError> {
+    Instance::new()?.devices()
+}
