@@ -30,6 +30,8 @@
 //!   matmul/simd.rs         SimdIsa (portable, AVX2+FMA, AVX-512 VNNI; CPU probed once),
 //!                          dispatch, f32 lanes, lane reduction
 //! attention.rs             Fast mode's flash attention: online softmax over a shared cache
+//! kv_rows.rs               KvType: the KV cache's row encodings (f32, bf16, f16, q8_0),
+//!                          KvBuf (a layer's rows) and KvRows (a borrowed range of them)
 //! error.rs                 KernelError
 //! ```
 //!
@@ -57,6 +59,7 @@
 mod attention;
 mod dequant;
 mod error;
+mod kv_rows;
 mod matmul;
 mod quantize;
 mod types;
@@ -64,6 +67,7 @@ mod types;
 pub use attention::{flash_attend, FlashState, FLASH_BLOCK_POSITIONS};
 pub use dequant::{dequantize_row, dequantize_rows};
 pub use error::KernelError;
+pub use kv_rows::{KvBuf, KvRowShape, KvRows, KvType, KV_Q8_BLOCK_VALUES};
 pub use matmul::{
     has_fast_kernel, num_threads, set_num_threads, NumericMode, QMatrix, SimdIsa, FAST_TOKEN_CHUNK,
     MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS, MATMUL_THREADS_MAX,
