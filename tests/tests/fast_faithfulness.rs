@@ -69,7 +69,7 @@ fn kl(lp: &[f64], lq: &[f64]) -> f64 {
 }
 
 fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = KvCache::new(&model.cfg, tokens.len() + 1);
+    let mut cache = KvCache::for_model(model, tokens.len() + 1);
     model
         .forward(
             &mut [SeqInput {

@@ -39,7 +39,7 @@ fn fixture_models() -> Vec<(PathBuf, Vec<Vec<u32>>)> {
 
 /// The logits after the prompt and after each greedy decode step, one sequence at a time.
 fn alone(model: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = KvCache::new(&model.cfg, CTX_POSITIONS);
+    let mut cache = KvCache::for_model(model, CTX_POSITIONS);
     let mut out = Vec::new();
     let mut logits = model
         .forward(

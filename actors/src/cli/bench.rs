@@ -122,7 +122,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let context: Vec<u32> = (0..max_depth).map(|_| next_id()).collect();
     let mut rows = Vec::new();
     for &depth in &a.depths {
-        let mut at_depth = KvCache::new(&model.cfg, ctx);
+        let mut at_depth = KvCache::for_model(&model, ctx);
         // The context at depth, computed once and cloned into every measured run.
         for chunk in context[..depth].chunks(PREFILL_TOKENS_PER_STEP_DEFAULT) {
             model.forward(
