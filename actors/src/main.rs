@@ -58,6 +58,10 @@ struct Cli {
     /// llama.cpp).
     #[arg(long)]
     exact: bool,
+    /// KV cache element type for --role router: `f32`, `bf16`, `f16` or `q8_0` (default f16,
+    /// f32 with --exact, which takes only f32).
+    #[arg(long, value_parser = options::parse_kv_type)]
+    kv_type: Option<moe_kernels::KvType>,
     #[command(flatten)]
     router: options::RouterArgs,
     #[command(flatten)]
@@ -102,6 +106,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         let model = cli.model.context("--role needs --model")?;
         return match role {
             Role::Expert => {
+                anyhow::ensure!(
+                    cli.kv_type.is_none(),
+                    "--kv-type is for --role router: an expert node holds no KV cache"
+                );
                 cli.metrics.start(
                     "expert",
                     cli.expert
@@ -131,6 +139,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     ctx_size: cli.ctx_size,
                     exact: cli.exact,
                     fast: false,
+                    kv_type: cli.kv_type,
                 };
                 if cli.serve.http.is_some() {
                     anyhow::ensure!(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use moe_cluster::placement::{ExpertSet, NodeAddr, NodeIndex, Placement};
 use moe_cluster::wire::{ClusterSecret, WireDtype};
-use moe_kernels::NumericMode;
+use moe_kernels::{KvType, NumericMode};
 use moe_model::config::ModelConfig;
 use moe_model::gguf::GgufFile;
 use moe_model::model::{Model, WeightSet};
@@ -42,6 +42,17 @@ pub struct ModelArgs {
     /// llama.cpp computes (the default of run, bench, serve and the roles).
     #[arg(long)]
     pub fast: bool,
+    /// Element type of the KV cache: `f32`, `bf16`, `f16` or `q8_0` (default f32 in exact
+    /// mode, f16 in fast mode). Exact mode takes only f32 (a narrower cache rounds every
+    /// cached value, so the result would no longer be the reference).
+    #[arg(long, value_parser = parse_kv_type)]
+    pub kv_type: Option<KvType>,
+}
+
+/// `--kv-type`'s parser.
+pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    s.parse()
+        .map_err(|e: moe_kernels::KernelError| e.to_string())
 }
 
 impl ModelArgs {
@@ -54,15 +65,31 @@ impl ModelArgs {
         }
     }
 
+    /// The KV cache type for `mode`: `--kv-type`, else [`KvType::default_for`] the mode.
+    /// Refuses a non-f32 type in Exact mode.
+    pub fn kv_type(&self, mode: NumericMode) -> anyhow::Result<KvType> {
+        match self.kv_type {
+            None => Ok(KvType::default_for(mode)),
+            Some(t) if mode == NumericMode::Exact && t != KvType::F32 => bail!(
+                "--kv-type {t} needs --fast: exact mode is the f32 reference and keeps an f32 \
+                 KV cache (use --kv-type f32, or --fast for a narrower cache)"
+            ),
+            Some(t) => Ok(t),
+        }
+    }
+
     /// Opens the model for a router using `cluster`'s placement, if any: routed experts of
     /// remote nodes are not mapped at all, only those of `local` nodes. It computes in
-    /// [`ModelArgs::mode`] with the command's `default`.
+    /// [`ModelArgs::mode`] with the command's `default`, with KV caches of
+    /// [`ModelArgs::kv_type`].
     pub fn load_for(
         &self,
         cluster: Option<&RouterArgs>,
         default: NumericMode,
     ) -> anyhow::Result<Model> {
         moe_kernels::set_num_threads(self.threads);
+        let mode = self.mode(default);
+        let kv_type = self.kv_type(mode)?;
         let path = match &self.model {
             Some(p) => p.clone(),
             None => default_model()?,
@@ -92,7 +119,8 @@ impl ModelArgs {
         };
         Ok(Model::open_with(&path, &set)
             .with_context(|| format!("loading {}", path.display()))?
-            .with_mode(self.mode(default)))
+            .with_mode(mode)
+            .with_kv_type(kv_type))
     }
 }
 

@@ -5,7 +5,9 @@
 //! cache (prefilled once per depth, untimed, and copied for every repetition), as
 //! llama-bench's `-d`. Token ids are a fixed pseudo-random sequence over the non-special
 //! vocabulary. Every measured run goes through the generation engine (greedy, past end
-//! tokens), so the numbers include what `run` and `serve` pay per step.
+//! tokens), so the numbers include what `run` and `serve` pay per step. The backend column
+//! names the numeric mode and the KV cache type; a line after the table gives the cache's
+//! bytes per token.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -183,13 +185,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     println!("| model | backend | test | t/s |");
     println!("|---|---|---|---:|");
     let backend = format!(
-        "{} ({})",
+        "{} ({}, kv {})",
         if a.cluster.placement.is_some() {
             "moe-node cluster"
         } else {
             "moe-node"
         },
-        model.mode().name()
+        model.mode().name(),
+        model.kv_type()
     );
     for Row { test, samples: v } in rows {
         if v.is_empty() {
@@ -199,5 +202,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
         println!("| {name} | {backend} | {test} | {mean:.2} ± {sd:.2} |");
     }
+    let per_layer = KvCache::for_model(&model, 0).bytes_per_position_per_layer();
+    println!(
+        "\nKV cache ({}): {per_layer} bytes per token per layer, {} bytes per token over {} \
+         layers",
+        model.kv_type(),
+        per_layer * model.cfg.n_layers,
+        model.cfg.n_layers
+    );
     Ok(())
 }

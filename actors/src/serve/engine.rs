@@ -337,6 +337,7 @@ pub fn start(
         ctx_size: limits.ctx_size,
         exact: model_args.exact,
         fast: model_args.fast,
+        kv_type: model_args.kv_type,
     };
     let cluster = cluster.clone();
     let (admit, admit_rx) = mpsc::channel(limits.queue.max(1));
