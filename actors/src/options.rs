@@ -216,3 +216,44 @@ pub struct ExpertArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    fn kv(args: &[&str], default: NumericMode) -> anyhow::Result<KvType> {
+        let cmd = Cmd::try_parse_from([&["cmd"], args].concat())?;
+        cmd.model.kv_type(cmd.model.mode(default))
+    }
+
+    /// f32 in exact mode and f16 in fast mode unless `--kv-type` says otherwise; exact mode
+    /// refuses a narrower cache with an error naming the option; a bad name is a parse error.
+    #[test]
+    fn kv_type_defaults_per_mode_and_exact_refuses_narrow_caches() {
+        assert_eq!(kv(&[], NumericMode::Exact).unwrap(), KvType::F32);
+        assert_eq!(kv(&[], NumericMode::Fast).unwrap(), KvType::F16);
+        assert_eq!(kv(&["--exact"], NumericMode::Fast).unwrap(), KvType::F32);
+        assert_eq!(
+            kv(&["--kv-type", "q8_0"], NumericMode::Fast).unwrap(),
+            KvType::Q8_0
+        );
+        assert_eq!(
+            kv(&["--fast", "--kv-type", "bf16"], NumericMode::Exact).unwrap(),
+            KvType::Bf16
+        );
+        assert_eq!(
+            kv(&["--exact", "--kv-type", "f32"], NumericMode::Fast).unwrap(),
+            KvType::F32
+        );
+        let refused = kv(&["--kv-type", "bf16"], NumericMode::Exact).unwrap_err();
+        assert!(refused.to_string().contains("--kv-type bf16 needs --fast"), "{refused}");
+        assert!(kv(&["--kv-type", "q4"], NumericMode::Fast).is_err());
+    }
+}

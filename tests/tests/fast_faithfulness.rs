@@ -14,6 +14,9 @@
 //! A single file's mean KL above [`FAST_MEAN_KL_MAX`] is printed as a NOTE line, not hidden
 //! (kimi-k25-tiny Q8_0 is one: ~2.5e-2; see the README's faithfulness table).
 //!
+//! Both modes run with an f32 KV cache here (the arithmetic alone; `--fast` defaults to an f16
+//! cache, whose effect `kv_type_faithfulness.rs` measures for every cache type).
+//!
 //! `cargo test -p moe-tests --test fast_faithfulness -- --nocapture` shows the table.
 
 use moe_kernels::{KvType, NumericMode};
