@@ -253,7 +253,10 @@ mod tests {
             KvType::F32
         );
         let refused = kv(&["--kv-type", "bf16"], NumericMode::Exact).unwrap_err();
-        assert!(refused.to_string().contains("--kv-type bf16 needs --fast"), "{refused}");
+        assert!(
+            refused.to_string().contains("--kv-type bf16 needs --fast"),
+            "{refused}"
+        );
         assert!(kv(&["--kv-type", "q4"], NumericMode::Fast).is_err());
     }
 }
