@@ -62,6 +62,10 @@ struct Cli {
     /// Where this node computes routed experts (`--backend`, `--device`).
     #[command(flatten)]
     compute: options::ComputeArgs,
+    /// KV cache element type for --role router: `f32`, `bf16`, `f16` or `q8_0` (default f16,
+    /// f32 with --exact, which takes only f32).
+    #[arg(long, value_parser = options::parse_kv_type)]
+    kv_type: Option<moe_kernels::KvType>,
     #[command(flatten)]
     router: options::RouterArgs,
     #[command(flatten)]
@@ -108,6 +112,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         let model = cli.model.context("--role needs --model")?;
         return match role {
             Role::Expert => {
+                anyhow::ensure!(
+                    cli.kv_type.is_none(),
+                    "--kv-type is for --role router: an expert node holds no KV cache"
+                );
                 cli.metrics.start(
                     "expert",
                     cli.expert
@@ -139,6 +147,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     exact: cli.exact,
                     fast: false,
                     compute: cli.compute,
+                    kv_type: cli.kv_type,
                 };
                 if cli.serve.http.is_some() {
                     anyhow::ensure!(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use moe_cluster::placement::{ExpertSet, NodeAddr, NodeIndex, Placement};
 use moe_cluster::wire::{ClusterSecret, WireDtype};
-use moe_kernels::NumericMode;
+use moe_kernels::{KvType, NumericMode};
 use moe_model::config::ModelConfig;
 use moe_model::forward::ComputeHandle;
 use moe_model::gguf::GgufFile;
@@ -45,6 +45,17 @@ pub struct ModelArgs {
     pub fast: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
+    /// Element type of the KV cache: `f32`, `bf16`, `f16` or `q8_0` (default f32 in exact
+    /// mode, f16 in fast mode). Exact mode takes only f32 (a narrower cache rounds every
+    /// cached value, so the result would no longer be the reference).
+    #[arg(long, value_parser = parse_kv_type)]
+    pub kv_type: Option<KvType>,
+}
+
+/// `--kv-type`'s parser.
+pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    s.parse()
+        .map_err(|e: moe_kernels::KernelError| e.to_string())
 }
 
 /// Where routed experts are computed.
@@ -114,15 +125,31 @@ impl ModelArgs {
         }
     }
 
+    /// The KV cache type for `mode`: `--kv-type`, else [`KvType::default_for`] the mode.
+    /// Refuses a non-f32 type in Exact mode.
+    pub fn kv_type(&self, mode: NumericMode) -> anyhow::Result<KvType> {
+        match self.kv_type {
+            None => Ok(KvType::default_for(mode)),
+            Some(t) if mode == NumericMode::Exact && t != KvType::F32 => bail!(
+                "--kv-type {t} needs --fast: exact mode is the f32 reference and keeps an f32 \
+                 KV cache (use --kv-type f32, or --fast for a narrower cache)"
+            ),
+            Some(t) => Ok(t),
+        }
+    }
+
     /// Opens the model for a router using `cluster`'s placement, if any: routed experts of
     /// remote nodes are not mapped at all, only those of `local` nodes. It computes in
-    /// [`ModelArgs::mode`] with the command's `default`.
+    /// [`ModelArgs::mode`] with the command's `default`, with KV caches of
+    /// [`ModelArgs::kv_type`].
     pub fn load_for(
         &self,
         cluster: Option<&RouterArgs>,
         default: NumericMode,
     ) -> anyhow::Result<Model> {
         moe_kernels::set_num_threads(self.threads);
+        let mode = self.mode(default);
+        let kv_type = self.kv_type(mode)?;
         let path = match &self.model {
             Some(p) => p.clone(),
             None => default_model()?,
@@ -152,7 +179,8 @@ impl ModelArgs {
         };
         Ok(Model::open_with(&path, &set)
             .with_context(|| format!("loading {}", path.display()))?
-            .with_mode(self.mode(default)))
+            .with_mode(mode)
+            .with_kv_type(kv_type))
     }
 }
 
@@ -247,4 +275,48 @@ pub struct ExpertArgs {
     /// Data-plane listen address (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    fn kv(args: &[&str], default: NumericMode) -> anyhow::Result<KvType> {
+        let cmd = Cmd::try_parse_from([&["cmd"], args].concat())?;
+        cmd.model.kv_type(cmd.model.mode(default))
+    }
+
+    /// f32 in exact mode and f16 in fast mode unless `--kv-type` says otherwise; exact mode
+    /// refuses a narrower cache with an error naming the option; a bad name is a parse error.
+    #[test]
+    fn kv_type_defaults_per_mode_and_exact_refuses_narrow_caches() {
+        assert_eq!(kv(&[], NumericMode::Exact).unwrap(), KvType::F32);
+        assert_eq!(kv(&[], NumericMode::Fast).unwrap(), KvType::F16);
+        assert_eq!(kv(&["--exact"], NumericMode::Fast).unwrap(), KvType::F32);
+        assert_eq!(
+            kv(&["--kv-type", "q8_0"], NumericMode::Fast).unwrap(),
+            KvType::Q8_0
+        );
+        assert_eq!(
+            kv(&["--fast", "--kv-type", "bf16"], NumericMode::Exact).unwrap(),
+            KvType::Bf16
+        );
+        assert_eq!(
+            kv(&["--exact", "--kv-type", "f32"], NumericMode::Fast).unwrap(),
+            KvType::F32
+        );
+        let refused = kv(&["--kv-type", "bf16"], NumericMode::Exact).unwrap_err();
+        assert!(
+            refused.to_string().contains("--kv-type bf16 needs --fast"),
+            "{refused}"
+        );
+        assert!(kv(&["--kv-type", "q4"], NumericMode::Fast).is_err());
+    }
 }

@@ -12,7 +12,13 @@
 //! Every row's arithmetic depends only on that row, the cache and the block boundaries
 //! (multiples of [`FLASH_BLOCK_POSITIONS`] from the range start), never on the other rows:
 //! a sequence gets the same bits whether its prompt came in one chunk or several.
+//!
+//! The cache rows come in their stored type ([`KvRows`]): f32 rows are read in place; narrower
+//! ones (bf16, f16, q8_0) are converted block by block into a scratch of
+//! `FLASH_BLOCK_POSITIONS × kdim` f32 values, so the cache is never widened whole and the
+//! arithmetic after the conversion is the same as for f32 rows holding those values.
 
+use crate::kv_rows::KvRows;
 use crate::matmul::dots::{dot, dot4, ROW_TILE};
 #[cfg(target_arch = "x86_64")]
 use crate::matmul::simd::Avx2Fma;
@@ -85,23 +91,22 @@ impl FlashState {
     }
 }
 
-/// Folds cache positions `start..start + kv.len() / kdim` into `state`.
+/// Folds cache positions `start..start + kv.positions()` into `state`.
 ///
-/// `q` is `[rows, kdim]` (a row scores a position by its dot product with the position's
-/// `kdim` values, times `scale`); `limits[r]` is the first position row `r` may not see; the
-/// value of a position is its first `vdim` values.
+/// `q` is `[rows, kdim]` with `kdim` the width of a cache row (a row scores a position by its
+/// dot product with the position's `kdim` values, times `scale`); `limits[r]` is the first
+/// position row `r` may not see; the value of a position is its first `vdim` values.
 pub fn flash_attend(
     q: &[f32],
-    kdim: usize,
     limits: &[usize],
-    kv: &[f32],
+    kv: KvRows<'_>,
     start: usize,
     scale: f32,
     state: &mut FlashState,
 ) {
     let kernel = Flash {
         q,
-        kdim,
+        kdim: kv.shape().width(),
         limits,
         kv,
         start,
@@ -115,7 +120,7 @@ struct Flash<'a> {
     q: &'a [f32],
     kdim: usize,
     limits: &'a [usize],
-    kv: &'a [f32],
+    kv: KvRows<'a>,
     start: usize,
     scale: f32,
     state: &'a mut FlashState,
@@ -147,18 +152,32 @@ impl Flash<'_> {
         } = self;
         let rows = state.rows();
         let vdim = state.vdim;
-        let n_pos = kv.len() / kdim;
+        let n_pos = kv.positions();
         let mut scores = vec![0f32; rows * FLASH_BLOCK_POSITIONS];
+        // Narrow rows are converted here a block at a time; f32 rows are read in place.
+        let in_place = kv.as_f32();
+        let mut converted = match in_place {
+            Some(_) => Vec::new(),
+            None => vec![0f32; FLASH_BLOCK_POSITIONS * kdim],
+        };
         let mut block0 = 0;
         while block0 < n_pos {
             let n = FLASH_BLOCK_POSITIONS.min(n_pos - block0);
             let pos0 = start + block0;
+            let block: &[f32] = match in_place {
+                Some(all) => &all[block0 * kdim..(block0 + n) * kdim],
+                None => {
+                    let out = &mut converted[..n * kdim];
+                    kv.slice(block0..block0 + n).decode_into(out);
+                    out
+                }
+            };
             // Scores, position-major so each cache row is loaded once for all query rows.
             // Query rows go ROW_TILE at a time through `dot4` (each lane's result equals
             // `dot`'s), sharing each load of the cache row.
             let q_row = |r: usize| &q[r * kdim..(r + 1) * kdim];
             for j in 0..n {
-                let row = &kv[(block0 + j) * kdim..(block0 + j + 1) * kdim];
+                let row = &block[j * kdim..(j + 1) * kdim];
                 let visible = |r: usize| pos0 + j < limits[r];
                 let mut r = 0;
                 while r + ROW_TILE <= rows {
@@ -208,7 +227,7 @@ impl Flash<'_> {
             }
             // Weighted values, position-major again.
             for j in 0..n {
-                let value = &kv[(block0 + j) * kdim..(block0 + j) * kdim + vdim];
+                let value = &block[j * kdim..j * kdim + vdim];
                 for r in 0..rows {
                     let p = scores[r * FLASH_BLOCK_POSITIONS + j];
                     if p != 0.0 {
@@ -247,6 +266,7 @@ fn axpy<S: F32Lanes>(y: &mut [f32], a: f32, x: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv_rows::{KvBuf, KvRowShape, KvType};
 
     /// Plain two-pass softmax attention of one row, in f64.
     fn reference(
@@ -280,6 +300,14 @@ mod tests {
             .collect()
     }
 
+    /// A row shape whose value part is the first `vdim` of `kdim` values.
+    fn shape_of(kdim: usize, vdim: usize) -> KvRowShape {
+        KvRowShape {
+            latent: vdim,
+            rope: kdim - vdim,
+        }
+    }
+
     fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
@@ -297,16 +325,23 @@ mod tests {
         let kv = data(n_pos * kdim, 2);
         let limits: Vec<usize> = (0..rows).map(|r| n_pos - 3 * r).collect();
         let scale = 0.3;
+        let shape = shape_of(kdim, vdim);
         let mut whole = FlashState::new(rows, vdim);
-        flash_attend(&q, kdim, &limits, &kv, 0, scale, &mut whole);
+        flash_attend(
+            &q,
+            &limits,
+            KvRows::from_f32(shape, &kv),
+            0,
+            scale,
+            &mut whole,
+        );
         let mut split = FlashState::new(rows, vdim);
         for (a, b) in [(0usize, 40usize), (40, 77), (77, n_pos)] {
             let mut part = FlashState::new(rows, vdim);
             flash_attend(
                 &q,
-                kdim,
                 &limits,
-                &kv[a * kdim..b * kdim],
+                KvRows::from_f32(shape, &kv[a * kdim..b * kdim]),
                 a,
                 scale,
                 &mut part,
@@ -339,17 +374,17 @@ mod tests {
         let q = data(3 * kdim, 5);
         let kv = data(n_pos * kdim, 6);
         let limits = [70, 33, 1];
+        let kv = KvRows::from_f32(shape_of(kdim, vdim), &kv);
         let mut all = FlashState::new(3, vdim);
-        flash_attend(&q, kdim, &limits, &kv, 0, 0.5, &mut all);
+        flash_attend(&q, &limits, kv, 0, 0.5, &mut all);
         let mut out_all = vec![0f32; 3 * vdim];
         all.finish(&mut out_all);
         for r in 0..3 {
             let mut one = FlashState::new(1, vdim);
             flash_attend(
                 &q[r * kdim..(r + 1) * kdim],
-                kdim,
                 &limits[r..r + 1],
-                &kv,
+                kv,
                 0,
                 0.5,
                 &mut one,
@@ -362,6 +397,36 @@ mod tests {
                 bits(&out_all[r * vdim..(r + 1) * vdim]),
                 "row {r}"
             );
+        }
+    }
+
+    /// Narrow rows read in their stored type (converted a block at a time, over several
+    /// blocks and a partial one) give the same bits as f32 rows holding the same values:
+    /// the conversion is the only thing a narrow type changes.
+    #[test]
+    fn narrow_rows_equal_f32_rows_of_their_values() {
+        let (latent, rope, rows, n_pos) = (64, 16, 6, 101);
+        let shape = KvRowShape { latent, rope };
+        let kdim = shape.width();
+        let q = data(rows * kdim, 7);
+        let values = data(n_pos * kdim, 8);
+        let limits: Vec<usize> = (0..rows).map(|r| n_pos - 7 * r).collect();
+        for ty in [KvType::Bf16, KvType::F16, KvType::Q8_0] {
+            let mut buf = KvBuf::new(ty, shape);
+            for row in values.chunks_exact(kdim) {
+                buf.push(&row[..latent], &row[latent..]);
+            }
+            let widened = buf.all().to_f32().into_owned();
+            let mut narrow = FlashState::new(rows, latent);
+            flash_attend(&q, &limits, buf.all(), 0, 0.25, &mut narrow);
+            let mut wide = FlashState::new(rows, latent);
+            let wide_rows = KvRows::from_f32(shape, &widened);
+            flash_attend(&q, &limits, wide_rows, 0, 0.25, &mut wide);
+            let (mut a, mut b) = (vec![0f32; rows * latent], vec![0f32; rows * latent]);
+            narrow.finish(&mut a);
+            wide.finish(&mut b);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{ty}");
         }
     }
 }

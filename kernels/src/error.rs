@@ -45,4 +45,18 @@ pub enum KernelError {
         /// What is missing.
         what: &'static str,
     },
+    /// A KV-cache type name that is none of `f32`, `bf16`, `f16`, `q8_0`.
+    #[error("unknown KV cache type {name:?} (expected f32, bf16, f16 or q8_0)")]
+    UnknownKvType {
+        /// The name given.
+        name: String,
+    },
+    /// KV rows appended to a buffer of another type or row shape.
+    #[error("KV rows do not match: the cache holds {want}, got {got}")]
+    KvRowsMismatch {
+        /// What the buffer holds (type and widths).
+        want: String,
+        /// What was given.
+        got: String,
+    },
 }

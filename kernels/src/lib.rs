@@ -32,6 +32,8 @@
 //!   matmul/prepared.rs     activations prepared once, row ranges on the calling thread
 //! jobs.rs                  run_jobs: a job list on the pool, dynamic balance
 //! attention.rs             Fast mode's flash attention: online softmax over a shared cache
+//! kv_rows.rs               KvType: the KV cache's row encodings (f32, bf16, f16, q8_0),
+//!                          KvBuf (a layer's rows) and KvRows (a borrowed range of them)
 //! error.rs                 KernelError
 //! ```
 //!
@@ -60,6 +62,7 @@ mod attention;
 mod dequant;
 mod error;
 mod jobs;
+mod kv_rows;
 mod matmul;
 mod quantize;
 mod types;
@@ -68,6 +71,7 @@ pub use attention::{flash_attend, FlashState, FLASH_BLOCK_POSITIONS};
 pub use dequant::{dequantize_row, dequantize_rows};
 pub use error::KernelError;
 pub use jobs::run_jobs;
+pub use kv_rows::{KvBuf, KvRowShape, KvRows, KvType, KV_Q8_BLOCK_VALUES};
 pub use matmul::{
     has_fast_kernel, num_threads, set_num_threads, NumericMode, PreparedActs, QMatrix, SimdIsa,
     FAST_TOKEN_CHUNK, MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS, MATMUL_THREADS_MAX,

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod cluster;
+pub mod faithfulness;
 pub mod http;
 
 use std::path::{Path, PathBuf};

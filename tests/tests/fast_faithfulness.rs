@@ -14,12 +14,13 @@
 //! A single file's mean KL above [`FAST_MEAN_KL_MAX`] is printed as a NOTE line, not hidden
 //! (kimi-k25-tiny Q8_0 is one: ~2.5e-2; see the README's faithfulness table).
 //!
+//! Both modes run with an f32 KV cache here (the arithmetic alone; `--fast` defaults to an f16
+//! cache, whose effect `kv_type_faithfulness.rs` measures for every cache type).
+//!
 //! `cargo test -p moe-tests --test fast_faithfulness -- --nocapture` shows the table.
 
-use moe_devdata::npy;
-use moe_kernels::NumericMode;
-use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
-use moe_model::model::Model;
+use moe_kernels::{KvType, NumericMode};
+use moe_tests::faithfulness::{score_file, Score};
 use moe_tests::fixtures::{all_fixture_cases, FixtureCase};
 
 /// Lowest accepted top-1 agreement per file: llama.cpp's worst on these fixtures (0.71,
@@ -27,86 +28,6 @@ use moe_tests::fixtures::{all_fixture_cases, FixtureCase};
 const FAST_TOP1_MIN: f64 = 0.70;
 /// Highest accepted pooled mean KL: llama.cpp's worst on these fixtures.
 const FAST_MEAN_KL_MAX: f64 = 2e-2;
-
-/// Per-file totals.
-#[derive(Default, Clone)]
-struct Score {
-    positions: usize,
-    top1: usize,
-    kl_sum: f64,
-    kl_max: f64,
-}
-
-impl Score {
-    fn top1_rate(&self) -> f64 {
-        self.top1 as f64 / self.positions.max(1) as f64
-    }
-    fn mean_kl(&self) -> f64 {
-        self.kl_sum / self.positions.max(1) as f64
-    }
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// `log softmax(v)` in f64.
-fn log_softmax(v: &[f32]) -> Vec<f64> {
-    let max = v.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x as f64));
-    let lse = max + v.iter().map(|x| (*x as f64 - max).exp()).sum::<f64>().ln();
-    v.iter().map(|x| *x as f64 - lse).collect()
-}
-
-/// `KL(p ‖ q)` from log-probabilities.
-fn kl(lp: &[f64], lq: &[f64]) -> f64 {
-    lp.iter().zip(lq).map(|(a, b)| a.exp() * (a - b)).sum()
-}
-
-fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = KvCache::new(&model.cfg, tokens.len() + 1);
-    model
-        .forward(
-            &mut [SeqInput {
-                cache: &mut cache,
-                tokens,
-                all_logits: true,
-            }],
-            &mut LocalExperts::default(),
-            &mut NoObserver,
-        )
-        .expect("forward")
-        .remove(0)
-}
-
-fn score_file(cases: &[&FixtureCase], mode: NumericMode) -> Score {
-    let model = Model::open(&cases[0].gguf)
-        .expect("fixture model")
-        .with_mode(mode);
-    let vocab = model.cfg.vocab;
-    let mut s = Score::default();
-    for case in cases {
-        let got = logits(&model, &case.tokens);
-        let file = case.json["logits"].as_str().expect("logits file");
-        let want = npy::read_f32(&case.ref_dir.join(file))
-            .expect("reference logits")
-            .data;
-        assert_eq!(got.len(), want.len(), "{}: logits shape", case.what);
-        for (g, w) in got.chunks_exact(vocab).zip(want.chunks_exact(vocab)) {
-            s.positions += 1;
-            s.top1 += usize::from(argmax(g) == argmax(w));
-            let k = kl(&log_softmax(w), &log_softmax(g));
-            s.kl_sum += k;
-            s.kl_max = s.kl_max.max(k);
-        }
-    }
-    s
-}
 
 #[test]
 fn fast_mode_is_as_faithful_as_llama_cpp() {
@@ -126,8 +47,8 @@ fn fast_mode_is_as_faithful_as_llama_cpp() {
     let mut pooled = Score::default();
     for file in files {
         let cases: Vec<&FixtureCase> = all.iter().filter(|c| c.gguf == file).collect();
-        let fast = score_file(&cases, NumericMode::Fast);
-        let exact = score_file(&cases, NumericMode::Exact);
+        let fast = score_file(&cases, NumericMode::Fast, KvType::F32);
+        let exact = score_file(&cases, NumericMode::Exact, KvType::F32);
         let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("?");
         eprintln!(
             "| {name} | {} | {:.3} | {:.2e} | {:.2e} | {:.3} | {:.2e} |",
@@ -151,10 +72,7 @@ fn fast_mode_is_as_faithful_as_llama_cpp() {
             ));
         }
         if !name.contains("BF16") {
-            pooled.positions += fast.positions;
-            pooled.top1 += fast.top1;
-            pooled.kl_sum += fast.kl_sum;
-            pooled.kl_max = pooled.kl_max.max(fast.kl_max);
+            pooled.add(&fast);
         }
     }
     eprintln!(

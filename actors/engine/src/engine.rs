@@ -143,7 +143,7 @@ impl<T: Tracker> Engine<T> {
     /// Adds a sequence; the prompt's longest cached prefix is reused when `cache_prompt`.
     /// Refused (the tag comes back) when the prompt is empty or does not fit the context.
     pub fn admit(&mut self, model: &Model, req: Request, tag: T) -> Result<(), (T, EngineError)> {
-        let cache = KvCache::new(&model.cfg, self.cfg.ctx_size);
+        let cache = KvCache::for_model(model, self.cfg.ctx_size);
         self.admit_with_cache(req, cache, tag)
     }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use moe_devdata::fixtures::all_fixture_cases;
 use moe_engine::{Engine, EngineConfig, Request, Tracker};
+use moe_kernels::{KvType, NumericMode};
 use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
 use moe_model::model::Model;
 use moe_model::sampling::argmax;
@@ -39,7 +40,7 @@ fn fixture_models() -> Vec<(PathBuf, Vec<Vec<u32>>)> {
 
 /// The logits after the prompt and after each greedy decode step, one sequence at a time.
 fn alone(model: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = KvCache::new(&model.cfg, CTX_POSITIONS);
+    let mut cache = KvCache::for_model(model, CTX_POSITIONS);
     let mut out = Vec::new();
     let mut logits = model
         .forward(
@@ -126,11 +127,14 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// Every fixture model in `mode`: batched, chunked decoding gives each sequence the logits it
-/// gets alone, bit for bit.
-fn assert_batch_invariant(mode: moe_kernels::NumericMode) {
+/// Every fixture model in `mode` with KV caches of `kv_type`: batched, chunked decoding gives
+/// each sequence the logits it gets alone, bit for bit.
+fn assert_batch_invariant(mode: NumericMode, kv_type: KvType) {
     for (path, prompts) in fixture_models() {
-        let model = Model::open(&path).unwrap().with_mode(mode);
+        let model = Model::open(&path)
+            .unwrap()
+            .with_mode(mode)
+            .with_kv_type(kv_type);
         let together = batched(&model, &prompts);
         for (p, (prompt, got)) in prompts.iter().zip(&together).enumerate() {
             let want = alone(&model, prompt);
@@ -138,7 +142,8 @@ fn assert_batch_invariant(mode: moe_kernels::NumericMode) {
             for (step, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     bits(g) == bits(w),
-                    "{} ({mode:?}): prompt {p}, step {step}: batched logits differ from alone",
+                    "{} ({mode:?}, kv {kv_type}): prompt {p}, step {step}: batched logits \
+                     differ from alone",
                     path.display()
                 );
             }
@@ -148,12 +153,23 @@ fn assert_batch_invariant(mode: moe_kernels::NumericMode) {
 
 #[test]
 fn batched_chunked_decoding_gives_the_same_bits_as_alone() {
-    assert_batch_invariant(moe_kernels::NumericMode::Exact);
+    assert_batch_invariant(NumericMode::Exact, KvType::default_for(NumericMode::Exact));
 }
 
-/// The same in Fast mode: activations are rounded to int8 per token row and block, so a
-/// token's numbers still depend only on its own row.
+/// The same in Fast mode with its default (narrow) KV cache: activations are rounded to int8
+/// per token row and block, and every cached row (a token's own included) is rounded once
+/// when written, so a token's numbers still depend only on its own row and the cache.
 #[test]
 fn fast_mode_batched_chunked_decoding_gives_the_same_bits_as_alone() {
-    assert_batch_invariant(moe_kernels::NumericMode::Fast);
+    assert_batch_invariant(NumericMode::Fast, KvType::default_for(NumericMode::Fast));
+}
+
+/// The same in Fast mode with every other KV cache type.
+#[test]
+fn fast_mode_batch_invariance_holds_for_every_kv_type() {
+    for kv_type in KvType::ALL {
+        if kv_type != KvType::default_for(NumericMode::Fast) {
+            assert_batch_invariant(NumericMode::Fast, kv_type);
+        }
+    }
 }

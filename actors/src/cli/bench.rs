@@ -5,9 +5,10 @@
 //! cache (prefilled once per depth, untimed, and copied for every repetition), as
 //! llama-bench's `-d`. Token ids are a fixed pseudo-random sequence over the non-special
 //! vocabulary. Every measured run goes through the generation engine (greedy, past end
-//! tokens), so the numbers include what `run` and `serve` pay per step. After the table, a
-//! single process also prints the weight bytes each decoded token reads, the GB/s each `tg`
-//! test achieved and their ratio to the read bandwidth it measures (`bandwidth.rs`).
+//! tokens), so the numbers include what `run` and `serve` pay per step. The backend column
+//! names the numeric mode and the KV cache type; lines after the table give the cache's bytes
+//! per token and, for a single process, the weight bytes each decoded token reads, the GB/s
+//! each `tg` test achieved and their ratio to the read bandwidth it measures (`bandwidth.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -124,7 +125,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let context: Vec<u32> = (0..max_depth).map(|_| next_id()).collect();
     let mut rows = Vec::new();
     for &depth in &a.depths {
-        let mut at_depth = KvCache::new(&model.cfg, ctx);
+        let mut at_depth = KvCache::for_model(&model, ctx);
         // The context at depth, computed once and cloned into every measured run.
         for chunk in context[..depth].chunks(PREFILL_TOKENS_PER_STEP_DEFAULT) {
             model.forward(
@@ -185,13 +186,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     println!("| model | backend | test | t/s |");
     println!("|---|---|---|---:|");
     let backend = format!(
-        "{} ({})",
+        "{} ({}, kv {})",
         if a.cluster.placement.is_some() {
             "moe-node cluster"
         } else {
             "moe-node"
         },
-        model.mode().name()
+        model.mode().name(),
+        model.kv_type()
     );
     let mut decode = Vec::new();
     for Row { test, samples: v } in rows {
@@ -208,6 +210,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.cluster.placement.is_none() && !decode.is_empty() {
         print_weight_traffic(&model, &decode);
     }
+    let per_layer = KvCache::for_model(&model, 0).bytes_per_position_per_layer();
+    println!(
+        "\nKV cache ({}): {per_layer} bytes per token per layer, {} bytes per token over {} \
+         layers",
+        model.kv_type(),
+        per_layer * model.cfg.n_layers,
+        model.cfg.n_layers
+    );
     Ok(())
 }
 

@@ -62,7 +62,7 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
         bail!("--tokens is empty");
     }
     let mut experts = expert_backend(&model, &a.cluster, &a.model)?;
-    let mut cache = KvCache::new(&model.cfg, t.max(a.model.ctx_size));
+    let mut cache = KvCache::for_model(&model, t.max(a.model.ctx_size));
     let mut cap = Capture {
         want_hidden: a.hidden.is_some(),
         ..Default::default()

@@ -338,6 +338,7 @@ pub fn start(
         exact: model_args.exact,
         fast: model_args.fast,
         compute: model_args.compute,
+        kv_type: model_args.kv_type,
     };
     let cluster = cluster.clone();
     let (admit, admit_rx) = mpsc::channel(limits.queue.max(1));

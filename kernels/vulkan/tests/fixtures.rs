@@ -49,7 +49,7 @@ fn prompt_logits(
     tokens: &[u32],
     obs: &mut dyn Observer,
 ) -> Vec<f32> {
-    let mut cache = KvCache::new(&model.cfg, 4096);
+    let mut cache = KvCache::for_model(model, 4096);
     model
         .forward(
             &mut [SeqInput {
@@ -66,7 +66,7 @@ fn prompt_logits(
 
 fn greedy(model: &Model, compute: &ComputeHandle, tokens: &[u32], n: usize) -> Vec<u32> {
     let mut experts = LocalExperts::on(compute.clone());
-    let mut cache = KvCache::new(&model.cfg, 4096);
+    let mut cache = KvCache::for_model(model, 4096);
     let step = |cache: &mut KvCache, experts: &mut LocalExperts, t: &[u32]| {
         model
             .forward(

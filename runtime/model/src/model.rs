@@ -3,14 +3,15 @@
 //! `Tokenizer::from_gguf(model.file())`; expert nodes never do). Weights stay in the mapping; [`Model::mat`], [`Model::expert_mat`]
 //! and [`Model::head_mat`] hand out borrowed [`QMatrix`] views, computed in the model's
 //! [`NumericMode`] (Exact unless [`Model::with_mode`] says otherwise): every forward pass
-//! over this model uses that one mode.
+//! over this model uses that one mode. It also carries the element type of its sequences' KV
+//! caches ([`KvType`], f32 unless [`Model::with_kv_type`] says otherwise).
 
 mod traffic;
 mod weights;
 
 pub use weights::{Attention, DenseFfn, LayerWeights, Mat, MatStack, MoeWeights};
 
-use moe_kernels::{NumericMode, QMatrix};
+use moe_kernels::{KvType, NumericMode, QMatrix};
 
 use crate::config::ModelConfig;
 use crate::gguf::{GgufFile, TensorInfo};
@@ -35,6 +36,8 @@ pub struct Model {
     pub rope: Rope,
     /// The arithmetic of every matmul over this model's weights.
     mode: NumericMode,
+    /// The element type of the KV caches made for this model ([`Model::kv_type`]).
+    kv_type: KvType,
 }
 
 impl std::fmt::Debug for Model {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for Model {
             .field("file", &self.file)
             .field("cfg", &self.cfg)
             .field("mode", &self.mode)
+            .field("kv_type", &self.kv_type)
             .finish()
     }
 }
@@ -151,6 +155,7 @@ impl Model {
             layers,
             rope,
             mode: NumericMode::Exact,
+            kv_type: KvType::F32,
         })
     }
 
@@ -163,6 +168,22 @@ impl Model {
     /// The arithmetic of this model's matmuls.
     pub fn mode(&self) -> NumericMode {
         self.mode
+    }
+
+    /// This model's KV caches storing `kv_type` (a model opens with [`KvType::F32`]).
+    ///
+    /// Any type works in either mode, but only f32 keeps Exact mode the reference: a narrower
+    /// cache rounds every cached latent and rope key, so the front-ends refuse a non-f32 type
+    /// with `--exact`.
+    pub fn with_kv_type(mut self, kv_type: KvType) -> Self {
+        self.kv_type = kv_type;
+        self
+    }
+
+    /// The element type of the KV caches made for this model
+    /// ([`crate::forward::KvCache::for_model`]).
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// The underlying file.

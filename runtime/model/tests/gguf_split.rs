@@ -12,7 +12,7 @@ fn fixture() -> PathBuf {
 }
 
 fn logits(model: &Model) -> Vec<u32> {
-    let mut cache = KvCache::new(&model.cfg, 64);
+    let mut cache = KvCache::for_model(model, 64);
     let tokens = [447, 283, 72, 65, 266];
     let l = model
         .forward(

@@ -56,7 +56,7 @@ fn check_model(dir: &str) -> Vec<String> {
             let vocab = model.cfg.vocab;
             let d = model.cfg.n_embd;
 
-            let mut cache = KvCache::new(&model.cfg, 4096);
+            let mut cache = KvCache::for_model(model, 4096);
             let mut cap = Capture::default();
             let logits = model
                 .forward(
@@ -139,7 +139,7 @@ fn check_model(dir: &str) -> Vec<String> {
             let want_cont = ids(&case["greedy_continuation"], what).unwrap();
             let mut cont = Vec::new();
             if limit == tokens.len() {
-                let mut cache = KvCache::new(&model.cfg, 4096);
+                let mut cache = KvCache::for_model(model, 4096);
                 let mut last = model
                     .forward(
                         &mut [SeqInput {

@@ -146,6 +146,11 @@ fn context_exact(
     ctx: &mut [f32],
 ) {
     let dr = qk - dn;
+    let stride = lkv + dr;
+    // The layer's rows as f32: the cache itself when it is f32 (the reference), else widened
+    // once here (linear in the context).
+    let rows = cache.layer_f32(l, 0..pos0 + t);
+    let row = |s: usize| rows[s * stride..(s + 1) * stride].split_at(lkv);
     let one = |scores: &mut Vec<f32>, (k, acc): (usize, &mut [f32])| {
         let (head, i) = (k / t, k % t);
         let q_rot = &q[(i * h + head) * qk + dn..(i * h + head + 1) * qk];
@@ -153,13 +158,13 @@ fn context_exact(
         let n_ctx = pos0 + i + 1;
         scores.clear();
         for s in 0..n_ctx {
-            let (cs, ks) = cache.get(l, s);
+            let (cs, ks) = row(s);
             scores.push((dot(qa, cs) + dot(q_rot, ks)) * scale);
         }
         softmax_inplace(scores);
         acc.fill(0.0);
         for (s, &p) in scores.iter().enumerate() {
-            let (cs, _) = cache.get(l, s);
+            let (cs, _) = row(s);
             for (a, &v) in acc.iter_mut().zip(cs) {
                 *a += p * v;
             }
@@ -237,7 +242,6 @@ fn context_flash(
             let q = &q_cat[r.start * kdim..r.end * kdim];
             flash_attend(
                 q,
-                kdim,
                 lim,
                 cache.layer_rows(l, p.clone()),
                 p.start,
@@ -283,7 +287,10 @@ mod tests {
         };
         for (pos0, t) in [(0usize, 7usize), (13, 5), (61, 1), (100, 19)] {
             for l in 0..model.cfg.n_layers {
-                let mut caches = [KvCache::new(&model.cfg, 256), KvCache::new(&model.cfg, 256)];
+                let mut caches = [
+                    KvCache::for_model(&model, 256),
+                    KvCache::for_model(&model, 256),
+                ];
                 let mut outs = [vec![0f32; t * d], vec![0f32; t * d]];
                 for (k, (cache, out)) in caches.iter_mut().zip(&mut outs).enumerate() {
                     let threshold = if k == 0 { usize::MAX } else { 0 };
@@ -319,12 +326,16 @@ mod tests {
     fn flash_context_matches_exact_context() {
         let (h, dn, dr, lkv) = (3usize, 8usize, 4usize, 40usize);
         let qk = dn + dr;
+        let shape = moe_kernels::KvRowShape {
+            latent: lkv,
+            rope: dr,
+        };
         let val = |i: usize, seed: usize| {
             (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 0.5
         };
         for (pos0, t) in [(0usize, 9usize), (300, 1), (530, 21)] {
             let n = pos0 + t;
-            let mut cache = KvCache::with_shape(1, lkv, dr, n);
+            let mut cache = KvCache::with_shape(1, shape, moe_kernels::KvType::F32, n);
             for p in 0..n {
                 let c: Vec<f32> = (0..lkv).map(|i| val(p * 97 + i, 1)).collect();
                 let k: Vec<f32> = (0..dr).map(|i| val(p * 89 + i, 2)).collect();

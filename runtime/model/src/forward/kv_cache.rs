@@ -1,38 +1,64 @@
 //! The MLA latent KV cache of one sequence: per layer and position, the normalized latent `c`
-//! (`Lkv` values) and the roped shared key `k_rot` (`dr` values) — 576 floats a token a layer
+//! (`Lkv` values) and the roped shared key `k_rot` (`dr` values) — 576 values a token a layer
 //! for Kimi K2.5, instead of `2·H·128` for plain multi-head attention.
+//!
+//! Decides: the cache's bookkeeping (length, capacity, appending and truncating every layer).
+//! Leaves the row encoding to [`moe_kernels::KvBuf`]: rows are stored in the cache's
+//! [`KvType`] (f32, bf16, f16 or q8_0), each value rounded once when its row is pushed, and
+//! read by attention in that type (the flash kernel converts a block at a time; Exact mode
+//! widens a layer's rows for its two-pass reference, borrowing them when they are f32).
+
+use std::borrow::Cow;
+
+use moe_kernels::{KvBuf, KvRowShape, KvRows, KvType};
 
 use crate::config::ModelConfig;
+use crate::model::Model;
 use crate::ModelError;
 
 /// One sequence's cache over every layer.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    /// `[layer][pos * (Lkv + dr)]`.
-    layers: Vec<Vec<f32>>,
-    stride: usize,
-    kv_lora: usize,
+    /// One buffer of `(c | k_rot)` rows per layer.
+    layers: Vec<KvBuf>,
+    shape: KvRowShape,
+    kv_type: KvType,
     capacity: usize,
     len: usize,
 }
 
 impl KvCache {
-    /// An empty cache that can hold `capacity` positions (allocated as it fills).
-    pub fn new(cfg: &ModelConfig, capacity: usize) -> Self {
-        Self::with_shape(cfg.n_layers, cfg.kv_lora_rank, cfg.qk_rope, capacity)
+    /// An empty cache for `model` (its config and its [`Model::kv_type`]) that can hold
+    /// `capacity` positions (allocated as it fills).
+    pub fn for_model(model: &Model, capacity: usize) -> Self {
+        Self::new(&model.cfg, model.kv_type(), capacity)
     }
 
-    /// [`KvCache::new`] from the three sizes it needs.
+    /// An empty cache storing `kv_type` rows that can hold `capacity` positions (allocated as
+    /// it fills).
+    pub fn new(cfg: &ModelConfig, kv_type: KvType, capacity: usize) -> Self {
+        Self::with_shape(
+            cfg.n_layers,
+            KvRowShape {
+                latent: cfg.kv_lora_rank,
+                rope: cfg.qk_rope,
+            },
+            kv_type,
+            capacity,
+        )
+    }
+
+    /// [`KvCache::new`] from the sizes it needs.
     pub(crate) fn with_shape(
         n_layers: usize,
-        kv_lora: usize,
-        rope: usize,
+        shape: KvRowShape,
+        kv_type: KvType,
         capacity: usize,
     ) -> Self {
         Self {
-            layers: vec![Vec::new(); n_layers],
-            stride: kv_lora + rope,
-            kv_lora,
+            layers: vec![KvBuf::new(kv_type, shape); n_layers],
+            shape,
+            kv_type,
             capacity,
             len: 0,
         }
@@ -53,9 +79,24 @@ impl KvCache {
         self.capacity
     }
 
+    /// The element type of the stored rows.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    /// The widths of a row (latent, rope key).
+    pub fn row_shape(&self) -> KvRowShape {
+        self.shape
+    }
+
+    /// Bytes one position takes in one layer.
+    pub fn bytes_per_position_per_layer(&self) -> usize {
+        self.kv_type.row_bytes(self.shape)
+    }
+
     /// Bytes currently held.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.len() * 4).sum()
+        self.layers.iter().map(KvBuf::bytes).sum()
     }
 
     /// Checks that `n` more positions fit.
@@ -69,11 +110,10 @@ impl KvCache {
         Ok(())
     }
 
-    /// Appends one position's `c` and `k_rot` to layer `l` (positions of a layer are appended in order).
+    /// Appends one position's `c` and `k_rot` to layer `l` (positions of a layer are appended
+    /// in order), rounded to the cache's type.
     pub fn push(&mut self, l: usize, c: &[f32], k_rot: &[f32]) {
-        let v = &mut self.layers[l];
-        v.extend_from_slice(c);
-        v.extend_from_slice(k_rot);
+        self.layers[l].push(c, k_rot);
     }
 
     /// Marks `n` positions as appended to every layer.
@@ -85,14 +125,19 @@ impl KvCache {
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
         for v in &mut self.layers {
-            v.truncate(self.len * self.stride);
+            v.truncate(self.len);
         }
     }
 
-    /// `(c, k_rot)` of position `pos` in layer `l`.
-    pub fn get(&self, l: usize, pos: usize) -> (&[f32], &[f32]) {
-        let row = &self.layers[l][pos * self.stride..(pos + 1) * self.stride];
-        row.split_at(self.kv_lora)
+    /// `(c, k_rot)` of position `pos` in layer `l`, as f32 (as stored: the rounding happened
+    /// when the row was pushed).
+    ///
+    /// # Panics
+    /// If `pos` is not a position of layer `l`.
+    pub fn get(&self, l: usize, pos: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut row = self.layers[l].rows(pos..pos + 1).to_f32().into_owned();
+        let k_rot = row.split_off(self.shape.latent);
+        (row, k_rot)
     }
 
     /// Layers in the cache.
@@ -100,26 +145,32 @@ impl KvCache {
         self.layers.len()
     }
 
-    /// The stored rows of positions `positions` in layer `l` (`Lkv + dr` values a position),
-    /// for copying a prefix out ([`crate::forward::PrefixCache`]).
+    /// The stored rows of positions `positions` in layer `l`, in the cache's type, for copying
+    /// a prefix out ([`crate::forward::PrefixCache`]).
     ///
     /// # Panics
     /// If `positions` reaches past [`KvCache::len`] or `l` is not a layer.
-    pub fn rows(&self, l: usize, positions: std::ops::Range<usize>) -> &[f32] {
+    pub fn rows(&self, l: usize, positions: std::ops::Range<usize>) -> KvRows<'_> {
         assert!(positions.end <= self.len, "rows past the cached positions");
-        &self.layers[l][positions.start * self.stride..positions.end * self.stride]
+        self.layers[l].rows(positions)
     }
 
     /// [`KvCache::rows`] including the positions this forward call appended to layer `l` but
     /// has not committed yet (attention reads its own new positions).
-    pub(crate) fn layer_rows(&self, l: usize, positions: std::ops::Range<usize>) -> &[f32] {
-        &self.layers[l][positions.start * self.stride..positions.end * self.stride]
+    pub(crate) fn layer_rows(&self, l: usize, positions: std::ops::Range<usize>) -> KvRows<'_> {
+        self.layers[l].rows(positions)
+    }
+
+    /// [`KvCache::layer_rows`] as f32 values (`Lkv + dr` a position): borrowed when the cache
+    /// is f32, widened otherwise.
+    pub(crate) fn layer_f32(&self, l: usize, positions: std::ops::Range<usize>) -> Cow<'_, [f32]> {
+        self.layers[l].rows(positions).to_f32()
     }
 
     /// Appends `n` positions given as each layer's rows (`layer_rows[l]` holds `n` rows of
-    /// layer `l`, as [`KvCache::rows`] returns them). Checks everything before changing
-    /// anything.
-    pub fn extend_rows(&mut self, n: usize, layer_rows: &[&[f32]]) -> Result<(), ModelError> {
+    /// layer `l`, as [`KvCache::rows`] returns them, in this cache's type and shape). Checks
+    /// everything before changing anything.
+    pub fn extend_rows(&mut self, n: usize, layer_rows: &[KvRows<'_>]) -> Result<(), ModelError> {
         self.reserve(n)?;
         if layer_rows.len() != self.layers.len() {
             return Err(ModelError::InvalidInput(format!(
@@ -128,19 +179,68 @@ impl KvCache {
                 self.layers.len()
             )));
         }
-        let want = n * self.stride;
-        if let Some(bad) = layer_rows.iter().find(|rows| rows.len() != want) {
+        if let Some(bad) = layer_rows
+            .iter()
+            .find(|rows| rows.positions() != n || rows.shape() != self.shape)
+        {
             return Err(ModelError::InvalidInput(format!(
-                "cached prefix rows: {} values for {n} positions of {} values",
-                bad.len(),
-                self.stride
+                "cached prefix rows: {} positions of {}+{} values, expected {n} of {}+{}",
+                bad.positions(),
+                bad.shape().latent,
+                bad.shape().rope,
+                self.shape.latent,
+                self.shape.rope
+            )));
+        }
+        if let Some(bad) = layer_rows.iter().find(|r| r.kv_type() != self.kv_type) {
+            return Err(ModelError::InvalidInput(format!(
+                "cached prefix rows are {}, this cache stores {}",
+                bad.kv_type(),
+                self.kv_type
             )));
         }
         for (v, rows) in self.layers.iter_mut().zip(layer_rows) {
-            v.truncate(self.len * self.stride);
-            v.extend_from_slice(rows);
+            v.truncate(self.len);
+            v.extend(rows)
+                .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
         }
         self.len += n;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes a position takes per layer at Kimi K2.5's MLA shape (512 + 64), per type:
+    /// bf16 and f16 halve f32, q8_0 takes ~3.76x less; `bytes` counts what is held.
+    #[test]
+    fn cache_memory_per_token_per_layer() {
+        let shape = KvRowShape {
+            latent: 512,
+            rope: 64,
+        };
+        let want = [
+            (KvType::F32, 2304),
+            (KvType::Bf16, 1152),
+            (KvType::F16, 1152),
+            (KvType::Q8_0, 612),
+        ];
+        for (ty, bytes) in want {
+            let mut cache = KvCache::with_shape(2, shape, ty, 16);
+            assert_eq!(cache.bytes_per_position_per_layer(), bytes, "{ty}");
+            for l in 0..2 {
+                for _ in 0..3 {
+                    cache.push(l, &[0.5; 512], &[-0.25; 64]);
+                }
+            }
+            cache.commit(3);
+            assert_eq!(cache.bytes(), 2 * 3 * bytes, "{ty}");
+            eprintln!(
+                "kv {ty}: {bytes} bytes per token per layer ({:.2}x less than f32)",
+                2304.0 / bytes as f64
+            );
+        }
     }
 }

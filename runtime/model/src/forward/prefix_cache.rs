@@ -15,9 +15,14 @@
 //! forward pass computes each token's rows independently of how the prompt is batched or
 //! chunked), so a sequence that starts from a cached prefix holds exactly the rows a cold run
 //! computes. At least one prompt token is always left to compute, for the next token's logits.
+//! Blocks keep rows as the cache stored them (in its [`moe_kernels::KvType`], already rounded),
+//! so a restored prefix holds the very bits a cold run writes; a cache of another type is
+//! refused on restore, never converted.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+
+use moe_kernels::{KvBuf, KvRows};
 
 use super::KvCache;
 use crate::ModelError;
@@ -29,8 +34,8 @@ pub const PREFIX_BLOCK_TOKENS: usize = 32;
 struct Block {
     parent: Option<u64>,
     tokens: Vec<u32>,
-    /// `[layer]` rows of the block's positions.
-    rows: Vec<Vec<f32>>,
+    /// `[layer]` rows of the block's positions, in the type of the cache they came from.
+    rows: Vec<KvBuf>,
     last_used: u64,
 }
 
@@ -102,7 +107,7 @@ impl PrefixCache {
         let n = chain.len() * PREFIX_BLOCK_TOKENS;
         // Block by block straight into the cache (no joined copy); a failure leaves it empty.
         for key in &chain {
-            let views: Vec<&[f32]> = self.blocks[key].rows.iter().map(Vec::as_slice).collect();
+            let views: Vec<KvRows<'_>> = self.blocks[key].rows.iter().map(KvBuf::all).collect();
             if let Err(e) = cache.extend_rows(PREFIX_BLOCK_TOKENS, &views) {
                 cache.truncate(0);
                 return Err(e);
@@ -142,7 +147,7 @@ impl PrefixCache {
             if fresh {
                 let positions = i * PREFIX_BLOCK_TOKENS..(i + 1) * PREFIX_BLOCK_TOKENS;
                 let rows = (0..cache.n_layers())
-                    .map(|l| cache.rows(l, positions.clone()).to_vec())
+                    .map(|l| KvBuf::from_rows(&cache.rows(l, positions.clone())))
                     .collect();
                 self.blocks.insert(
                     key,
@@ -184,17 +189,30 @@ impl PrefixCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moe_kernels::{KvRowShape, KvType};
 
     /// The sizes of a small cache: layers, latent width, rope width.
     const SHAPE: (usize, usize, usize) = (3, 8, 4);
 
-    fn empty() -> KvCache {
-        KvCache::with_shape(SHAPE.0, SHAPE.1, SHAPE.2, 4096)
+    fn empty_of(ty: KvType) -> KvCache {
+        let shape = KvRowShape {
+            latent: SHAPE.1,
+            rope: SHAPE.2,
+        };
+        KvCache::with_shape(SHAPE.0, shape, ty, 4096)
     }
 
-    /// A cache whose row values encode (layer, token, index).
+    fn empty() -> KvCache {
+        empty_of(KvType::F32)
+    }
+
     fn cache_for(tokens: &[u32]) -> KvCache {
-        let mut c = empty();
+        cache_of(KvType::F32, tokens)
+    }
+
+    /// A cache of type `ty` whose row values encode (layer, token, index).
+    fn cache_of(ty: KvType, tokens: &[u32]) -> KvCache {
+        let mut c = empty_of(ty);
         for l in 0..SHAPE.0 {
             for &t in tokens {
                 let row: Vec<f32> = (0..SHAPE.1 + SHAPE.2)
@@ -207,21 +225,45 @@ mod tests {
         c
     }
 
+    /// For every KV type: a longer prompt gets the earlier prompt's whole blocks, holding the
+    /// bits a cold cache of that type holds; a cache of another type is refused and left empty.
     #[test]
     fn a_longer_prompt_reuses_the_earlier_prompt_s_whole_blocks_with_the_same_rows() {
-        let first: Vec<u32> = (0..100).collect();
-        let mut pc = PrefixCache::new(10_000);
-        pc.insert(&first, &cache_for(&first));
-        assert_eq!(pc.tokens(), 96);
+        for ty in KvType::ALL {
+            let first: Vec<u32> = (0..100).collect();
+            let mut pc = PrefixCache::new(10_000);
+            pc.insert(&first, &cache_of(ty, &first));
+            assert_eq!(pc.tokens(), 96);
 
-        let mut second = first.clone();
-        second.extend(500..540);
-        let mut c = empty();
-        let reused = pc.restore(&second, &mut c).unwrap();
-        assert_eq!(reused.tokens, 96);
-        let cold = cache_for(&second[..96]);
-        for l in 0..SHAPE.0 {
-            assert_eq!(c.rows(l, 0..96), cold.rows(l, 0..96));
+            let mut second = first.clone();
+            second.extend(500..540);
+            let mut c = empty_of(ty);
+            let reused = pc.restore(&second, &mut c).unwrap();
+            assert_eq!(reused.tokens, 96);
+            let cold = cache_of(ty, &second[..96]);
+            let bits = |c: &KvCache, l: usize| -> Vec<u32> {
+                c.rows(l, 0..96)
+                    .to_f32()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            };
+            for l in 0..SHAPE.0 {
+                assert_eq!(c.rows(l, 0..96).kv_type(), ty);
+                assert_eq!(c.rows(l, 0..96).bytes(), cold.rows(l, 0..96).bytes());
+                assert_eq!(bits(&c, l), bits(&cold, l), "{ty} layer {l}");
+            }
+            let other = if ty == KvType::F32 {
+                KvType::Q8_0
+            } else {
+                KvType::F32
+            };
+            let mut wrong = empty_of(other);
+            assert!(
+                pc.restore(&second, &mut wrong).is_err(),
+                "{ty} into {other}"
+            );
+            assert!(wrong.is_empty());
         }
     }
 
