@@ -20,6 +20,8 @@
 //!     fast/kquants.rs      Q2_K .. Q6_K unpacking (portable + AVX2) and scales
 //!     fast/legacy.rs       Q4_0, Q4_1, Q5_0, Q5_1 (one generic nibble layout), Q8_0
 //!     fast/iq4.rs          IQ4_NL, IQ4_XS grid codes
+//!     fast/iq_grids.rs     IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: signed grid codes, odd scales
+//!     fast/ternary.rs      IQ1_S, IQ1_M (grid codes with the offset folded in), TQ1_0, TQ2_0
 //!     fast/block_dot.rs    one block's integer dot (maddubs lanes; portable + AVX2)
 //!     fast/format.rs       FastFormat: the decoded block every format produces
 //!   matmul/exact_fused.rs  Exact mode: fused kernels for Q4_K, Q6_K, Q8_0 (f32 activations)
@@ -68,5 +70,5 @@ pub use matmul::{
     has_fast_kernel, num_threads, set_num_threads, NumericMode, QMatrix, SimdIsa, FAST_TOKEN_CHUNK,
     MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS, MATMUL_THREADS_MAX,
 };
-pub use quantize::{quantize_row, quantize_rows};
+pub use quantize::{quantize_row, quantize_rows, synthesize_row};
 pub use types::GgmlType;
