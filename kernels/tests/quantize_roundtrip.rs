@@ -215,9 +215,14 @@ fn rows_equal_row_by_row() {
 /// Largest relative difference between a stand-in block's RMS and its source block's: the
 /// f16 rounding of `d` (2^-11) plus the f32 rounding of the dequantized products.
 const STAND_IN_RMS_REL_TOL: f64 = 1e-3;
+/// Largest `|mean| / rms` of a stand-in row of 1024 elements: random signs give about
+/// `1/sqrt(1024)` ≈ 0.03 (IQ4_NL's asymmetric grid about 0.1); a format whose stand-in codes
+/// are biased (every row pushing activations the same way) goes above.
+const STAND_IN_MEAN_REL_MAX: f64 = 0.15;
 
 /// `synthesize_row` for the types without a quantizer writes valid, deterministic blocks
-/// whose dequantized root mean square is the source block's (its documented contract), and
+/// whose dequantized root mean square is the source block's (its documented contract) and
+/// whose rows have mean near zero (as a weight row of `synth` should), and
 /// refuses non-finite input; for the others it writes `quantize_row`'s bytes.
 #[test]
 fn stand_in_blocks_match_block_rms() {
@@ -240,6 +245,13 @@ fn stand_in_blocks_match_block_rms() {
         let rms = |v: &[f32]| {
             (v.iter().map(|e| (*e as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
         };
+        let mean = y.iter().map(|v| *v as f64).sum::<f64>() / cols as f64;
+        assert!(
+            mean.abs() <= STAND_IN_MEAN_REL_MAX * rms(&y),
+            "{}: stand-in row mean {mean} vs rms {}",
+            ty.name(),
+            rms(&y)
+        );
         let n = ty.block_elems();
         for (blk, (xb, yb)) in x.chunks(n).zip(y.chunks(n)).enumerate() {
             assert!(

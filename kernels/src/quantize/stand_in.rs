@@ -3,7 +3,7 @@
 //!
 //! Decides: what such a block holds. Its codes and sub-block scales are pseudo-random (bytes
 //! from a hash of the source block's bits, so equal inputs give equal bytes), made valid
-//! where a random byte is not (TQ2_0's unused 2-bit value 3 becomes 2); its f16 `d` is set
+//! where a random byte is not (TQ2_0's unused 2-bit value 3 becomes 1); its f16 `d` is set
 //! so that the block's root mean square equals the source block's. The values are *not*
 //! an approximation of the source elements, only of their scale: good enough for the
 //! random-weight models of `synth`, not for real weights.
@@ -81,8 +81,10 @@ pub(crate) fn stand_in_block(ty: GgmlType, x: &[f32], b: &mut [u8]) {
         chunk.copy_from_slice(&h.to_le_bytes()[..chunk.len()]);
     }
     if ty == GgmlType::TQ2_0 {
+        // The unused 2-bit value 3 becomes 1 (weight 0): values −1, 0, 0, 1 equally likely,
+        // so rows have mean zero (3 → 2 would bias every row by +d/4).
         for v in &mut b[..64] {
-            *v &= !((*v >> 1) & *v & 0x55);
+            *v &= !(((*v >> 1) & *v & 0x55) << 1);
         }
     }
     let rms =
