@@ -17,18 +17,18 @@ fn trit(byte: u8, n: usize) -> i32 {
 #[inline(always)]
 pub(crate) fn tq1_0_values(b: &[u8], mut f: impl FnMut(usize, i32)) {
     for n in 0..5 {
-        for m in 0..32 {
-            f(32 * n + m, trit(b[m], n));
+        for (m, byte) in b[..32].iter().enumerate() {
+            f(32 * n + m, trit(*byte, n));
         }
     }
     for n in 0..5 {
-        for m in 0..16 {
-            f(160 + 16 * n + m, trit(b[32 + m], n));
+        for (m, byte) in b[32..48].iter().enumerate() {
+            f(160 + 16 * n + m, trit(*byte, n));
         }
     }
     for n in 0..4 {
-        for m in 0..4 {
-            f(240 + 4 * n + m, trit(b[48 + m], n));
+        for (m, byte) in b[48..52].iter().enumerate() {
+            f(240 + 4 * n + m, trit(*byte, n));
         }
     }
 }
