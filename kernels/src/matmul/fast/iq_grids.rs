@@ -15,9 +15,10 @@ use crate::dequant::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID,
 /// negative).
 #[inline(always)]
 fn signed<const N: usize>(c: &mut [u8], grid: [u8; N], signs: u8) {
+    // Branch-free: with `s` 0 or 1, `(g ^ −s) + s` is `g` or `−g` (grid magnitudes ≤ 62).
     for (j, (v, g)) in c.iter_mut().zip(grid).enumerate() {
-        let g = g as i8;
-        *v = if (signs >> j) & 1 == 1 { -g } else { g } as u8;
+        let s = (signs >> j) & 1;
+        *v = (g ^ s.wrapping_neg()).wrapping_add(s);
     }
 }
 
