@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use moe_kernels::{quantize_row, GgmlType, QMatrix, SimdIsa};
+use moe_kernels::{quantize_row, synthesize_row, GgmlType, QMatrix, SimdIsa};
 
 /// Weight rows of the timed matrix (`KT_ROWS` overrides).
 const ROWS: usize = 512;
@@ -50,7 +50,7 @@ fn mode_wanted(name: &str) -> bool {
     std::env::var("KT_MODE").map_or(true, |v| v == name)
 }
 
-const TYPES: [GgmlType; 12] = [
+const TYPES: [GgmlType; 21] = [
     GgmlType::Q2_K,
     GgmlType::Q3_K,
     GgmlType::Q4_K,
@@ -63,6 +63,15 @@ const TYPES: [GgmlType; 12] = [
     GgmlType::Q5_1,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
 ];
 
 /// One timed call, writing its output into the slice.
@@ -82,7 +91,8 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Valid weight bytes of `ty`: quantized values, or (IQ4_*) random bytes with a small `d`.
+/// Valid weight bytes of `ty`: quantized values, (IQ4_*) random bytes with a small `d`, or
+/// (the IQ1/IQ2/IQ3 grids, TQ) `synthesize_row`'s stand-in blocks.
 fn weight_bytes(ty: GgmlType) -> Vec<u8> {
     let rb = ty.row_bytes(COLS).expect("row bytes");
     let mut bytes = vec![0u8; rows() * rb];
@@ -90,6 +100,11 @@ fn weight_bytes(ty: GgmlType) -> Vec<u8> {
         let x = values(rows() * COLS, 1);
         for (src, dst) in x.chunks(COLS).zip(bytes.chunks_mut(rb)) {
             quantize_row(ty, src, dst).expect("quantize");
+        }
+    } else if !matches!(ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS) {
+        let x = values(rows() * COLS, 1);
+        for (src, dst) in x.chunks(COLS).zip(bytes.chunks_mut(rb)) {
+            synthesize_row(ty, src, dst).expect("stand-in blocks");
         }
     } else {
         for (i, v) in values(rows() * rb, 2).iter().enumerate() {

@@ -13,14 +13,30 @@
 //! dequant/legacy.rs   32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL
 //! dequant/kquants.rs  256-element super-blocks: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
 //! dequant/iq4xs.rs    256-element super-block with IQ4_NL's non-linear grid: IQ4_XS
+//! dequant/iq2.rs      2-bit grids: IQ2_XXS, IQ2_XS, IQ2_S
+//! dequant/iq3.rs      3-bit grids: IQ3_XXS, IQ3_S
+//! dequant/iq1.rs      ternary grid plus offset: IQ1_S, IQ1_M
+//! dequant/ternary.rs  TQ1_0, TQ2_0
+//! dequant/iq_tables.rs the grids and sign masks, generated from gguf-py's
+//!                     (`kernels/tools/gen_iq_tables.py`)
 //! ```
 
+mod iq1;
+mod iq2;
+mod iq3;
 mod iq4xs;
+mod iq_tables;
 mod kquants;
 mod legacy;
+mod ternary;
 
+pub(crate) use iq1::{iq1_m_d, iq1_m_scale};
+pub(crate) use iq_tables::{
+    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
+};
 pub(crate) use kquants::{scale_min_k4, scales12};
 pub(crate) use legacy::IQ4_NL_GRID;
+pub(crate) use ternary::tq1_0_values;
 
 use crate::{GgmlType, KernelError};
 
@@ -128,5 +144,14 @@ pub(crate) fn dequantize_unchecked(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         GgmlType::Q5_K => for_each_block(src, dst, kquants::q5_k),
         GgmlType::Q6_K => for_each_block(src, dst, kquants::q6_k),
         GgmlType::IQ4_XS => for_each_block(src, dst, iq4xs::iq4_xs),
+        GgmlType::IQ2_XXS => for_each_block(src, dst, iq2::iq2_xxs),
+        GgmlType::IQ2_XS => for_each_block(src, dst, iq2::iq2_xs),
+        GgmlType::IQ2_S => for_each_block(src, dst, iq2::iq2_s),
+        GgmlType::IQ3_XXS => for_each_block(src, dst, iq3::iq3_xxs),
+        GgmlType::IQ3_S => for_each_block(src, dst, iq3::iq3_s),
+        GgmlType::IQ1_S => for_each_block(src, dst, iq1::iq1_s),
+        GgmlType::IQ1_M => for_each_block(src, dst, iq1::iq1_m),
+        GgmlType::TQ1_0 => for_each_block(src, dst, ternary::tq1_0),
+        GgmlType::TQ2_0 => for_each_block(src, dst, ternary::tq2_0),
     }
 }

@@ -9,7 +9,15 @@
 //!   dequant/legacy.rs      Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL (32-element blocks)
 //!   dequant/kquants.rs     Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (256-element super-blocks)
 //!   dequant/iq4xs.rs       IQ4_XS
-//! quantize.rs              round-to-nearest quantizers (to synthesize models)
+//!   dequant/iq2.rs         IQ2_XXS, IQ2_XS, IQ2_S (8-element grid rows, sign masks)
+//!   dequant/iq3.rs         IQ3_XXS, IQ3_S (4-element grid rows)
+//!   dequant/iq1.rs         IQ1_S, IQ1_M (ternary grid rows ± 1/8)
+//!   dequant/ternary.rs     TQ1_0, TQ2_0
+//!   dequant/iq_tables.rs   the grids and sign masks, generated from gguf-py's by
+//!                          `tools/gen_iq_tables.py`
+//! quantize.rs              round-to-nearest quantizers (to synthesize models), and
+//!                          `synthesize_row`: stand-in blocks for the types without one
+//!   quantize/stand_in.rs   IQ4, IQ1..IQ3, TQ: random codes at the source block's RMS
 //!   quantize/legacy.rs     Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 //!   quantize/kquants.rs    Q2_K .. Q6_K
 //! matmul.rs                QMatrix (a borrowed quantized [rows, cols] matrix), NumericMode and
@@ -20,6 +28,8 @@
 //!     fast/kquants.rs      Q2_K .. Q6_K unpacking (portable + AVX2) and scales
 //!     fast/legacy.rs       Q4_0, Q4_1, Q5_0, Q5_1 (one generic nibble layout), Q8_0
 //!     fast/iq4.rs          IQ4_NL, IQ4_XS grid codes
+//!     fast/iq_grids.rs     IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: signed grid codes, odd scales
+//!     fast/ternary.rs      IQ1_S, IQ1_M (grid codes with the offset folded in), TQ1_0, TQ2_0
 //!     fast/block_dot.rs    one block's integer dot (maddubs lanes; portable + AVX2)
 //!     fast/format.rs       FastFormat: the decoded block every format produces
 //!   matmul/exact_fused.rs  Exact mode: fused kernels for Q4_K, Q6_K, Q8_0 (f32 activations)
@@ -76,5 +86,5 @@ pub use matmul::{
     has_fast_kernel, num_threads, set_num_threads, NumericMode, PreparedActs, QMatrix, SimdIsa,
     FAST_TOKEN_CHUNK, MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS, MATMUL_THREADS_MAX,
 };
-pub use quantize::{quantize_row, quantize_rows};
+pub use quantize::{quantize_row, quantize_rows, synthesize_row};
 pub use types::GgmlType;

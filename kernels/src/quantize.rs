@@ -12,6 +12,9 @@
 //! ```text
 //! quantize/legacy.rs   Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 //! quantize/kquants.rs  Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
+//! quantize/stand_in.rs IQ4_NL, IQ4_XS, IQ1/IQ2/IQ3 grids, TQ1_0, TQ2_0: NOT quantizers;
+//!                      random codes scaled to the block's RMS, for synthetic models
+//!                      ([`synthesize_row`])
 //! ```
 //!
 //! Non-finite inputs are refused for block formats ([`KernelError::NonFinite`]). Scales that
@@ -19,6 +22,7 @@
 
 mod kquants;
 mod legacy;
+mod stand_in;
 
 use crate::{GgmlType, KernelError};
 
@@ -74,9 +78,10 @@ fn for_each_block<const ELEMS: usize, const BYTES: usize>(
 }
 
 impl GgmlType {
-    /// Whether [`quantize_row`] can write this type (all but IQ4_NL and IQ4_XS).
+    /// Whether [`quantize_row`] can write this type (F32, F16, BF16, the legacy types and
+    /// the k-quants; not the IQ and TQ types).
     pub fn can_quantize(self) -> bool {
-        !matches!(self, GgmlType::IQ4_NL | GgmlType::IQ4_XS)
+        !stand_in::has_stand_in(self)
     }
 }
 
@@ -119,7 +124,17 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Ker
         GgmlType::Q4_K => for_each_block(ty, src, dst, kquants::q4_k)?,
         GgmlType::Q5_K => for_each_block(ty, src, dst, kquants::q5_k)?,
         GgmlType::Q6_K => for_each_block(ty, src, dst, kquants::q6_k)?,
-        GgmlType::IQ4_NL | GgmlType::IQ4_XS => {
+        GgmlType::IQ4_NL
+        | GgmlType::IQ4_XS
+        | GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ3_XXS
+        | GgmlType::IQ3_S
+        | GgmlType::IQ1_S
+        | GgmlType::IQ1_M
+        | GgmlType::TQ1_0
+        | GgmlType::TQ2_0 => {
             return Err(KernelError::UnsupportedType {
                 id: ty.id(),
                 name: ty.name(),
@@ -158,4 +173,40 @@ pub fn quantize_rows(
     }
     // Rows are whole blocks, so one call over all rows writes the same bytes.
     quantize_row(ty, src, dst)
+}
+
+/// Writes one row of `ty` for a *synthetic* model: [`quantize_row`]'s bytes where
+/// [`GgmlType::can_quantize`], else stand-in blocks (IQ and TQ types): pseudo-random codes
+/// derived from the block's values, with `d` set so that each block's root mean square is the
+/// source block's. Stand-in blocks are valid and deterministic but do not approximate the
+/// elements, only their scale; use them for random-weight models, never for real weights.
+///
+/// Fails as [`quantize_row`] does (length mismatch, non-finite value).
+pub fn synthesize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
+    if ty.can_quantize() {
+        return quantize_row(ty, src, dst);
+    }
+    let expected = ty.row_bytes(src.len())?;
+    if dst.len() != expected {
+        return Err(KernelError::LengthMismatch {
+            what: "synthesize_row destination",
+            expected,
+            got: dst.len(),
+        });
+    }
+    let (elems, bytes) = (ty.block_elems(), ty.block_bytes());
+    for (i, (x, b)) in src
+        .chunks_exact(elems)
+        .zip(dst.chunks_exact_mut(bytes))
+        .enumerate()
+    {
+        if let Some(j) = x.iter().position(|v| !v.is_finite()) {
+            return Err(KernelError::NonFinite {
+                ty: ty.name(),
+                index: i * elems + j,
+            });
+        }
+        stand_in::stand_in_block(ty, x, b);
+    }
+    Ok(())
 }

@@ -36,11 +36,29 @@ pub enum GgmlType {
     IQ4_NL,
     /// 256-element super-block, 4-bit non-linear.
     IQ4_XS,
+    /// 256-element super-block, 2.06 bits: 8-element codes on a 256-entry grid, 7-bit signs.
+    IQ2_XXS,
+    /// 256-element super-block, 2.31 bits: 512-entry grid, 4-bit scales per 16.
+    IQ2_XS,
+    /// 256-element super-block, 2.56 bits: 1024-entry grid, explicit sign bits.
+    IQ2_S,
+    /// 256-element super-block, 3.06 bits: 4-element codes on a 256-entry grid.
+    IQ3_XXS,
+    /// 256-element super-block, 3.44 bits: 512-entry grid, explicit sign bits.
+    IQ3_S,
+    /// 256-element super-block, 1.56 bits: ternary 8-element codes on a 2048-entry grid.
+    IQ1_S,
+    /// 256-element super-block, 1.75 bits: IQ1_S's grid, scales per 16, f16 `d` split up.
+    IQ1_M,
+    /// 256-element super-block, 1.69 bits: ternary, five values per byte (base 3).
+    TQ1_0,
+    /// 256-element super-block, 2.06 bits: ternary, 2 bits per value.
+    TQ2_0,
 }
 
 impl GgmlType {
     /// Every supported type.
-    pub const ALL: [GgmlType; 15] = [
+    pub const ALL: [GgmlType; 24] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -56,6 +74,15 @@ impl GgmlType {
         GgmlType::Q6_K,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
     ];
 
     /// The type with ggml id `id`, or an error naming it.
@@ -76,6 +103,15 @@ impl GgmlType {
             14 => Self::Q6_K,
             20 => Self::IQ4_NL,
             23 => Self::IQ4_XS,
+            16 => Self::IQ2_XXS,
+            17 => Self::IQ2_XS,
+            22 => Self::IQ2_S,
+            18 => Self::IQ3_XXS,
+            21 => Self::IQ3_S,
+            19 => Self::IQ1_S,
+            29 => Self::IQ1_M,
+            34 => Self::TQ1_0,
+            35 => Self::TQ2_0,
             _ => {
                 return Err(KernelError::UnsupportedType {
                     id,
@@ -103,6 +139,15 @@ impl GgmlType {
             Self::Q6_K => 14,
             Self::IQ4_NL => 20,
             Self::IQ4_XS => 23,
+            Self::IQ2_XXS => 16,
+            Self::IQ2_XS => 17,
+            Self::IQ2_S => 22,
+            Self::IQ3_XXS => 18,
+            Self::IQ3_S => 21,
+            Self::IQ1_S => 19,
+            Self::IQ1_M => 29,
+            Self::TQ1_0 => 34,
+            Self::TQ2_0 => 35,
         }
     }
 
@@ -123,7 +168,21 @@ impl GgmlType {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::IQ4_NL => 32,
-            Self::Q2_K | Self::Q3_K | Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::IQ4_XS => 256,
+            Self::Q2_K
+            | Self::Q3_K
+            | Self::Q4_K
+            | Self::Q5_K
+            | Self::Q6_K
+            | Self::IQ4_XS
+            | Self::IQ2_XXS
+            | Self::IQ2_XS
+            | Self::IQ2_S
+            | Self::IQ3_XXS
+            | Self::IQ3_S
+            | Self::IQ1_S
+            | Self::IQ1_M
+            | Self::TQ1_0
+            | Self::TQ2_0 => 256,
         }
     }
 
@@ -143,6 +202,15 @@ impl GgmlType {
             Self::Q5_K => 176,
             Self::Q6_K => 210,
             Self::IQ4_XS => 136,
+            Self::IQ2_XXS => 66,
+            Self::IQ2_XS => 74,
+            Self::IQ2_S => 82,
+            Self::IQ3_XXS => 98,
+            Self::IQ3_S => 110,
+            Self::IQ1_S => 50,
+            Self::IQ1_M => 56,
+            Self::TQ1_0 => 54,
+            Self::TQ2_0 => 66,
         }
     }
 

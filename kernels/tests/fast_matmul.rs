@@ -28,7 +28,7 @@ use moe_kernels::{
 const FAST_F32_REL_TOL: f64 = 2e-6;
 
 /// Types with block formats (every one has a fast kernel).
-const FAST_TYPES: [GgmlType; 12] = [
+const FAST_TYPES: [GgmlType; 21] = [
     GgmlType::Q2_K,
     GgmlType::Q3_K,
     GgmlType::Q4_K,
@@ -41,6 +41,15 @@ const FAST_TYPES: [GgmlType; 12] = [
     GgmlType::Q5_1,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
 ];
 
 /// Activations with a spread of magnitudes across blocks and an occasional outlier.

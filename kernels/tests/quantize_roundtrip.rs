@@ -5,7 +5,9 @@
 mod common;
 
 use common::Rng;
-use moe_kernels::{dequantize_row, quantize_row, quantize_rows, GgmlType, KernelError};
+use moe_kernels::{
+    dequantize_row, quantize_row, quantize_rows, synthesize_row, GgmlType, KernelError,
+};
 use proptest::prelude::*;
 
 /// Largest allowed `|dequant(quant(x)) − x|` as a fraction of the largest `|x|` in the
@@ -34,7 +36,18 @@ fn tolerance(ty: GgmlType) -> f32 {
         GgmlType::Q4_K => 0.072,
         GgmlType::Q5_K => 0.036,
         GgmlType::Q6_K => 0.034,
-        GgmlType::IQ4_NL | GgmlType::IQ4_XS => f32::NAN,
+        // No quantizer (stand-in blocks only, see `stand_in_blocks_match_block_rms`).
+        GgmlType::IQ4_NL
+        | GgmlType::IQ4_XS
+        | GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ3_XXS
+        | GgmlType::IQ3_S
+        | GgmlType::IQ1_S
+        | GgmlType::IQ1_M
+        | GgmlType::TQ1_0
+        | GgmlType::TQ2_0 => f32::NAN,
     }
 }
 
@@ -196,6 +209,73 @@ fn rows_equal_row_by_row() {
             );
         }
         assert!(quantize_rows(ty, &x[..cols + 1], cols, &mut all).is_err());
+    }
+}
+
+/// Largest relative difference between a stand-in block's RMS and its source block's: the
+/// f16 rounding of `d` (2^-11) plus the f32 rounding of the dequantized products.
+const STAND_IN_RMS_REL_TOL: f64 = 1e-3;
+/// Largest `|mean| / rms` of a stand-in row of 1024 elements: random signs give about
+/// `1/sqrt(1024)` ≈ 0.03 (IQ4_NL's asymmetric grid about 0.1); a format whose stand-in codes
+/// are biased (every row pushing activations the same way) goes above.
+const STAND_IN_MEAN_REL_MAX: f64 = 0.15;
+
+/// `synthesize_row` for the types without a quantizer writes valid, deterministic blocks
+/// whose dequantized root mean square is the source block's (its documented contract) and
+/// whose rows have mean near zero (as a weight row of `synth` should), and
+/// refuses non-finite input; for the others it writes `quantize_row`'s bytes.
+#[test]
+fn stand_in_blocks_match_block_rms() {
+    let mut rng = Rng::new(21);
+    for ty in GgmlType::ALL {
+        let cols = 1024;
+        let x = rng.weights(cols);
+        let rb = ty.row_bytes(cols).unwrap();
+        let (mut a, mut b) = (vec![0u8; rb], vec![0u8; rb]);
+        synthesize_row(ty, &x, &mut a).unwrap();
+        synthesize_row(ty, &x, &mut b).unwrap();
+        assert_eq!(a, b, "{}: not deterministic", ty.name());
+        if ty.can_quantize() {
+            quantize_row(ty, &x, &mut b).unwrap();
+            assert_eq!(a, b, "{}: not quantize_row's bytes", ty.name());
+            continue;
+        }
+        let mut y = vec![0f32; cols];
+        dequantize_row(ty, &a, &mut y).unwrap();
+        let rms = |v: &[f32]| {
+            (v.iter().map(|e| (*e as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        let mean = y.iter().map(|v| *v as f64).sum::<f64>() / cols as f64;
+        assert!(
+            mean.abs() <= STAND_IN_MEAN_REL_MAX * rms(&y),
+            "{}: stand-in row mean {mean} vs rms {}",
+            ty.name(),
+            rms(&y)
+        );
+        let n = ty.block_elems();
+        for (blk, (xb, yb)) in x.chunks(n).zip(y.chunks(n)).enumerate() {
+            assert!(
+                yb.iter().all(|v| v.is_finite()),
+                "{} block {blk}",
+                ty.name()
+            );
+            let (want, got) = (rms(xb), rms(yb));
+            assert!(
+                (got - want).abs() <= STAND_IN_RMS_REL_TOL * want,
+                "{} block {blk}: rms {got} vs source {want}",
+                ty.name()
+            );
+        }
+        let mut bad = x.clone();
+        bad[300] = f32::NAN;
+        assert!(matches!(
+            synthesize_row(ty, &bad, &mut a),
+            Err(KernelError::NonFinite { index: 300, .. })
+        ));
+        assert!(matches!(
+            synthesize_row(ty, &x, &mut a[..rb - 1]),
+            Err(KernelError::LengthMismatch { .. })
+        ));
     }
 }
 

@@ -12,10 +12,13 @@ pub struct SynthArgs {
     /// Output GGUF path.
     #[arg(long, short = 'o')]
     out: PathBuf,
-    /// Dimensions: tiny, small or kimi-k25-full.
+    /// Dimensions: tiny, kq (256-wide: every 256-block type stored as asked), small or
+    /// kimi-k25-full.
     #[arg(long, default_value = "tiny")]
     preset: String,
-    /// Storage type of the matrices (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q2_K, ...).
+    /// Storage type of the matrices (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q2_K, ..., IQ4_XS,
+    /// IQ2_XXS, IQ1_S, TQ1_0, ...: any type moe-kernels decodes). IQ and TQ blocks are
+    /// stand-ins (random codes at each block's scale), not quantized values.
     #[arg(long = "type", default_value = "BF16")]
     ty: String,
     /// Layer count (the first layer is dense); default: the preset's.
@@ -31,8 +34,12 @@ pub struct SynthArgs {
 
 /// Writes the model and prints a one-line summary.
 pub fn run(a: SynthArgs) -> anyhow::Result<()> {
-    let preset = SynthPreset::from_name(&a.preset)
-        .ok_or_else(|| anyhow!("unknown preset {:?} (tiny, small, kimi-k25-full)", a.preset))?;
+    let preset = SynthPreset::from_name(&a.preset).ok_or_else(|| {
+        anyhow!(
+            "unknown preset {:?} (tiny, kq, small, kimi-k25-full)",
+            a.preset
+        )
+    })?;
     let ty = GgmlType::from_name(&a.ty).ok_or_else(|| anyhow!("unknown tensor type {:?}", a.ty))?;
     let opts = SynthOptions {
         preset,

@@ -11,7 +11,8 @@
 //! the pass's tokens. Tail rows (fewer than a tile) go through the same loop one row at a
 //! time.
 //!
-//! Leaves to the formats (`fast/kquants.rs`, `fast/legacy.rs`, `fast/iq4.rs`, under the
+//! Leaves to the formats (`fast/kquants.rs`, `fast/legacy.rs`, `fast/iq4.rs`,
+//! `fast/iq_grids.rs`, `fast/ternary.rs`, under the
 //! contract of `fast/format.rs`) how a block unpacks, and to `fast/block_dot.rs` the
 //! arithmetic of one block (exact integer lane sums, then f32 scaling per lane without fused
 //! multiply-adds), so the AVX2, AVX-512 VNNI and portable implementations give the same bits,
@@ -22,8 +23,10 @@
 mod block_dot;
 mod format;
 pub(super) mod iq4;
+pub(super) mod iq_grids;
 pub(super) mod kquants;
 pub(super) mod legacy;
+pub(super) mod ternary;
 
 use std::marker::PhantomData;
 
@@ -302,8 +305,10 @@ fn direct<F: FastFormat, S: BlockDot>(
 mod tests {
     use super::super::test_data::bytes as test_bytes;
     use super::iq4::{Iq4Nl, Iq4Xs};
+    use super::iq_grids::{Iq2S, Iq2Xs, Iq2Xxs, Iq3S, Iq3Xxs};
     use super::kquants::{Q2K, Q3K, Q4K, Q5K, Q6K};
     use super::legacy::{Q40, Q41, Q50, Q51, Q80};
+    use super::ternary::{Iq1M, Iq1S, Tq10, Tq20};
     use super::*;
 
     /// One block of `F` decoded by the portable unpacker: codes, scales, offsets, `(d, dm)`.
@@ -371,6 +376,15 @@ mod tests {
         check::<Q80>();
         check::<Iq4Nl>();
         check::<Iq4Xs>();
+        check::<Iq2Xxs>();
+        check::<Iq2Xs>();
+        check::<Iq2S>();
+        check::<Iq3Xxs>();
+        check::<Iq3S>();
+        check::<Iq1S>();
+        check::<Iq1M>();
+        check::<Tq10>();
+        check::<Tq20>();
     }
 
     /// Random blocks of every format, decoded: `w = d·a·c − dm·m` equals exact dequantization
@@ -434,5 +448,14 @@ mod tests {
         check::<Q51>(T::Q5_1);
         check::<Iq4Nl>(T::IQ4_NL);
         check::<Iq4Xs>(T::IQ4_XS);
+        check::<Iq2Xxs>(T::IQ2_XXS);
+        check::<Iq2Xs>(T::IQ2_XS);
+        check::<Iq2S>(T::IQ2_S);
+        check::<Iq3Xxs>(T::IQ3_XXS);
+        check::<Iq3S>(T::IQ3_S);
+        check::<Iq1S>(T::IQ1_S);
+        check::<Iq1M>(T::IQ1_M);
+        check::<Tq10>(T::TQ1_0);
+        check::<Tq20>(T::TQ2_0);
     }
 }

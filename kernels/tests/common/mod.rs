@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use moe_kernels::{quantize_row, GgmlType};
+use moe_kernels::{quantize_row, synthesize_row, GgmlType};
 
 /// xorshift64* — deterministic, dependency-free test data.
 pub struct Rng(u64);
@@ -66,6 +66,12 @@ pub fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8>
         let x = rng.weights(rows * cols);
         for (src, dst) in x.chunks(cols).zip(bytes.chunks_mut(rb)) {
             quantize_row(ty, src, dst).unwrap();
+        }
+    } else if !matches!(ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS) {
+        // IQ1/IQ2/IQ3 grids, TQ: stand-in blocks (random codes, `d` from the block's RMS).
+        let x = rng.weights(rows * cols);
+        for (src, dst) in x.chunks(cols).zip(bytes.chunks_mut(rb)) {
+            synthesize_row(ty, src, dst).unwrap();
         }
     } else {
         // IQ4_NL / IQ4_XS: random bytes with a moderate f16 `d` at the start of each block.

@@ -44,7 +44,27 @@ TYPES: dict[T, tuple[int, list[int]]] = {
     T.Q5_K: (6, [0, 2]),
     T.Q6_K: (6, [208]),
     T.IQ4_XS: (6, [0]),
+    # Added after the others so that their vectors (same seed, same draw order) are unchanged.
+    T.IQ2_XXS: (6, [0]),
+    T.IQ2_XS: (6, [0]),
+    T.IQ2_S: (6, [0]),
+    T.IQ3_XXS: (6, [0]),
+    T.IQ3_S: (6, [0]),
+    T.IQ1_S: (6, [0]),
+    T.IQ1_M: (6, []),  # d is split over the scale words: see set_iq1_m_d
+    T.TQ1_0: (6, [52]),
+    T.TQ2_0: (6, [64]),
 }
+
+
+def set_iq1_m_d(blk: np.ndarray, rng: np.random.Generator) -> None:
+    """IQ1_M keeps its f16 `d` in the top 4 bits of the four u16 scale words at 48..56."""
+    h = int(np.frombuffer(random_scale(rng).tobytes(), np.uint16)[0])
+    for k in range(4):
+        w = int(blk[48 + 2 * k]) | (int(blk[49 + 2 * k]) << 8)
+        w = (w & 0x0FFF) | (((h >> (4 * k)) & 0xF) << 12)
+        blk[48 + 2 * k] = w & 0xFF
+        blk[49 + 2 * k] = w >> 8
 
 
 def random_scale(rng: np.random.Generator) -> np.float16:
@@ -84,6 +104,8 @@ def main() -> None:
             for blk in raw:
                 for off in scale_offsets:
                     blk[off : off + 2] = np.frombuffer(random_scale(rng).tobytes(), np.uint8)
+                if qtype == T.IQ1_M:
+                    set_iq1_m_d(blk, rng)
         expected = np.ascontiguousarray(dequantize(raw.copy(), qtype), dtype=np.float32)
         assert expected.size == n_blocks * block_elems, qtype.name
         doc = {

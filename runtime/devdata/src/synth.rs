@@ -14,7 +14,10 @@
 //!   near unit scale, embeddings N(0, 1), norms near 1, output-head rows of `[PAD]` tokens zero
 //!   so generated text is made of real tokens (`synth/weights.rs`).
 //!
-//! Quantization itself is `moe_kernels::quantize_row`'s job; file layout is `gguf::GgufWriter`'s.
+//! Quantization itself is `moe_kernels::synthesize_row`'s job (`quantize_row`'s round-to-nearest
+//! where moe-kernels has a quantizer; for IQ4_NL, IQ4_XS, the IQ1/IQ2/IQ3 grids, TQ1_0 and
+//! TQ2_0 stand-in blocks: pseudo-random codes with each block's RMS, fine for random weights);
+//! file layout is `gguf::GgufWriter`'s.
 //! Tensor data is generated, quantized and written a chunk of rows at a time, so even
 //! `kimi-k25-full` files of hundreds of GB never sit in memory.
 //!
@@ -36,7 +39,7 @@ mod weights;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use moe_kernels::{quantize_row, GgmlType};
+use moe_kernels::{synthesize_row, GgmlType};
 
 use crate::DevDataError;
 use moe_model::gguf::{GgufWriter, Value, ValueType};
@@ -81,6 +84,10 @@ pub enum SynthPreset {
     /// Hidden 1024, 3 layers, 384 experts of FFN 256, vocab 32768, widths that are whole
     /// k-quant blocks (except `attn_k_b`, as in the real model). About 0.7 B parameters.
     Small,
+    /// The `kimi-k25-kq` reference fixture's dimensions: hidden 256, 2 layers, 384 experts of
+    /// FFN 256, vocab 1024; every matrix but `attn_k_b` is whole 256-element blocks, so the
+    /// 256-block types (k-quants, IQ, TQ) are stored as asked. About 80 M parameters.
+    Kq,
     /// Kimi K2.5's real dimensions (hidden 7168, 61 layers, 384 experts of FFN 2048, vocab
     /// 163840); choose the layer count with `SynthOptions::layers` (2 layers ≈ 11 GB at Q4_K).
     KimiK25Full,
@@ -88,12 +95,13 @@ pub enum SynthPreset {
 
 impl SynthPreset {
     /// Every preset.
-    pub const ALL: [SynthPreset; 3] = [Self::Tiny, Self::Small, Self::KimiK25Full];
+    pub const ALL: [SynthPreset; 4] = [Self::Tiny, Self::Kq, Self::Small, Self::KimiK25Full];
 
-    /// Its command-line name: `tiny`, `small`, `kimi-k25-full`.
+    /// Its command-line name: `tiny`, `kq`, `small`, `kimi-k25-full`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Tiny => "tiny",
+            Self::Kq => "kq",
             Self::Small => "small",
             Self::KimiK25Full => "kimi-k25-full",
         }
@@ -135,6 +143,20 @@ impl SynthPreset {
                 qk_nope: 32,
                 qk_rope: 16,
                 v_head: 32,
+                vocab: 1024,
+                ..kimi
+            },
+            Self::Kq => SynthShape {
+                hidden: 256,
+                layers: 2,
+                dense_ffn: 512,
+                expert_ffn: 256,
+                heads: 4,
+                q_lora: 256,
+                kv_lora: 256,
+                qk_nope: 64,
+                qk_rope: 32,
+                v_head: 64,
                 vocab: 1024,
                 ..kimi
             },
@@ -205,7 +227,7 @@ pub struct SynthOptions {
     pub preset: SynthPreset,
     /// Storage type of the matrices (norms, router and `exp_probs_b` stay F32; see
     /// [`fallback_type`] for rows that are not whole blocks). Must be supported by
-    /// `moe_kernels::quantize_row`.
+    /// `moe_kernels::synthesize_row` (every block format).
     pub ty: GgmlType,
     /// Layer count (1 to [`SYNTH_LAYERS_MAX`]; the first is dense); None = the preset's.
     pub layers: Option<usize>,
@@ -256,8 +278,9 @@ pub struct SynthSummary {
 }
 
 /// The type llama-quantize stores a matrix of row length `ne0` in when asked for `ty`:
-/// `ty` itself if `ne0` is whole blocks of it, else Q2_K/Q3_K → Q4_0, Q4_K → Q5_0,
-/// Q5_K → Q5_1, Q6_K → Q8_0, IQ4_XS → IQ4_NL, and F16 when even that does not fit
+/// `ty` itself if `ne0` is whole blocks of it, else Q2_K/Q3_K/TQ1_0/TQ2_0 → Q4_0,
+/// Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, IQ1/IQ2/IQ3/IQ4_XS → IQ4_NL, and F16 when even
+/// that does not fit
 /// (`tensor_type_fallback` in llama.cpp's `src/llama-quant.cpp`).
 pub fn fallback_type(ty: GgmlType, ne0: u64) -> GgmlType {
     let fits = |t: GgmlType| ne0.is_multiple_of(t.block_elems() as u64);
@@ -265,11 +288,18 @@ pub fn fallback_type(ty: GgmlType, ne0: u64) -> GgmlType {
         return ty;
     }
     let next = match ty {
-        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::TQ1_0 | GgmlType::TQ2_0 => GgmlType::Q4_0,
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,
-        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS
+        | GgmlType::IQ1_S
+        | GgmlType::IQ1_M
+        | GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ3_XXS
+        | GgmlType::IQ3_S => GgmlType::IQ4_NL,
         _ => GgmlType::F16,
     };
     if fits(next) {
@@ -297,6 +327,15 @@ pub fn llama_file_type(ty: GgmlType) -> u32 {
         GgmlType::IQ4_NL => 25,
         GgmlType::IQ4_XS => 30,
         GgmlType::BF16 => 32,
+        GgmlType::IQ2_XXS => 19,
+        GgmlType::IQ2_XS => 20,
+        GgmlType::IQ3_XXS => 23,
+        GgmlType::IQ1_S => 24,
+        GgmlType::IQ3_S => 26,
+        GgmlType::IQ2_S => 28,
+        GgmlType::IQ1_M => 31,
+        GgmlType::TQ1_0 => 36,
+        GgmlType::TQ2_0 => 37,
     }
 }
 
@@ -548,7 +587,7 @@ fn checked_shape(opts: &SynthOptions) -> Result<SynthShape, DevDataError> {
     Ok(shape)
 }
 
-/// Refuses, before any file is created, a storage type the quantizer cannot write.
+/// Refuses, before any file is created, a storage type `synthesize_row` cannot write.
 fn check_quantizable(plan: &[PlannedTensor]) -> Result<(), DevDataError> {
     let mut types: Vec<GgmlType> = plan.iter().map(|t| t.ty).collect();
     types.sort_by_key(|t| t.id());
@@ -556,7 +595,7 @@ fn check_quantizable(plan: &[PlannedTensor]) -> Result<(), DevDataError> {
     for ty in types {
         let probe = vec![0.0f32; ty.block_elems()];
         let mut out = vec![0u8; ty.block_bytes()];
-        quantize_row(ty, &probe, &mut out)
+        synthesize_row(ty, &probe, &mut out)
             .map_err(|e| DevDataError::Synth(format!("cannot write {} tensors: {e}", ty.name())))?;
     }
     Ok(())
@@ -633,6 +672,29 @@ mod tests {
         assert_eq!(fallback_type(GgmlType::Q8_0, 48), GgmlType::F16);
         assert_eq!(fallback_type(GgmlType::Q4_K, 48), GgmlType::F16);
         assert_eq!(fallback_type(GgmlType::BF16, 7), GgmlType::BF16);
+        assert_eq!(fallback_type(GgmlType::IQ2_XXS, 128), GgmlType::IQ4_NL);
+        assert_eq!(fallback_type(GgmlType::IQ1_M, 96), GgmlType::IQ4_NL);
+        assert_eq!(fallback_type(GgmlType::TQ1_0, 64), GgmlType::Q4_0);
+        assert_eq!(fallback_type(GgmlType::IQ3_S, 48), GgmlType::F16);
+    }
+
+    /// The `kq` preset stores every matrix but `attn_k_b` (rows of `qk_nope` = 64) in a
+    /// 256-block type as asked, so synth models of it exercise that type's kernels.
+    #[test]
+    fn kq_preset_keeps_256_block_types() {
+        for ty in [GgmlType::IQ2_XXS, GgmlType::TQ1_0, GgmlType::Q4_K] {
+            let plan = tensor_plan(&SynthPreset::Kq.shape(), ty, 0.0, (0, 0));
+            for t in &plan {
+                let want = if t.name.ends_with("attn_k_b.weight") {
+                    fallback_type(ty, 64)
+                } else if t.ne.len() == 1 || t.name.contains("ffn_gate_inp") {
+                    GgmlType::F32
+                } else {
+                    ty
+                };
+                assert_eq!(t.ty, want, "{} ({ty:?})", t.name);
+            }
+        }
     }
 
     #[test]

@@ -437,7 +437,7 @@ fn bad_tensor_infos_are_refused() {
             &["\"first.weight\"", &format!("{n_dims} dims"), "1..=4"],
         );
     }
-    for (id, name) in [(16, "IQ2_XXS"), (99, "unknown")] {
+    for (id, name) in [(39, "MXFP4"), (99, "unknown")] {
         let mut bytes = small.clone();
         put_u32(&mut bytes, type_at, id);
         parse_err(

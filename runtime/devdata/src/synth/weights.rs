@@ -13,7 +13,7 @@
 
 use std::sync::mpsc::sync_channel;
 
-use moe_kernels::{quantize_row, GgmlType};
+use moe_kernels::{synthesize_row, GgmlType};
 
 use crate::DevDataError;
 use moe_model::gguf::GgufDataWriter;
@@ -142,7 +142,7 @@ fn fill_rows(
     let mut scratch = vec![0.0f32; row_elems];
     for (i, out) in dst.chunks_exact_mut(row_bytes).enumerate() {
         fill_row(key, t.init, first_row + i as u64, &mut scratch);
-        quantize_row(t.ty, &scratch, out)?;
+        synthesize_row(t.ty, &scratch, out)?;
     }
     Ok(())
 }
