@@ -5,8 +5,10 @@
 //! With `ls` the 4-bit sub-block scale, the IQ2 formats' weight `(d·(0.5 + ls)·0.25)·g·s` is
 //! `(d/8)·(2ls + 1)·(s·g)`, IQ3_XXS's `(d·(0.5 + ls)·0.5)·g·s` is `(d/4)·(2ls + 1)·(s·g)` and
 //! IQ3_S's `d·(1 + 2ls)·g·s` is `d·(2ls + 1)·(s·g)`: codes `s·g` (|g| ≤ 62), `a = 2ls + 1`
-//! (≤ 31), no offsets. Unpacking is portable table lookups (the AVX2 kernels dot the codes
-//! with `format.rs`'s default stores).
+//! (≤ 31), no offsets. Unpacking is table lookups; IQ2_XXS and IQ2_XS (the types of the
+//! UD-IQ2 Kimi files) also have AVX2 unpackers that build each 32-byte chunk from four grid
+//! rows and four sign patterns with one `vpsignb` (the other formats dot the portable
+//! codes through `format.rs`'s default stores).
 
 use super::format::{arr, arr_mut, f16_at, FastFormat};
 use crate::dequant::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS};
@@ -39,6 +41,107 @@ fn nibbles(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     bytes.iter().flat_map(|b| [b & 15, b >> 4])
 }
 
+/// Each 7-bit sign index's 8 signs (`KSIGNS_IQ2XS`) as bytes `+1` / `−1`: the operand of
+/// `_mm256_sign_epi8`, which then negates exactly the grid values `signed` negates.
+const SIGNS_PM1: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut k = 0;
+    while k < 128 {
+        let mut v = 0u64;
+        let mut j = 0;
+        while j < 8 {
+            let byte: u64 = if (KSIGNS_IQ2XS[k] >> j) & 1 == 1 {
+                0xFF
+            } else {
+                0x01
+            };
+            v |= byte << (8 * j);
+            j += 1;
+        }
+        t[k] = v;
+        k += 1;
+    }
+    t
+};
+
+/// AVX2 unpacking of the IQ2 grid formats.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256i, _mm256_set_epi64x, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_si256,
+    };
+
+    use super::SIGNS_PM1;
+
+    /// Four grid rows (elements `8l .. 8l + 8` of a chunk) with their sign indices, as one
+    /// chunk of signed codes.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn chunk(g: [u64; 4], s: [usize; 4]) -> __m256i {
+        let sg = |l: usize| SIGNS_PM1[s[l] & 127] as i64;
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let v = _mm256_set_epi64x(g[3] as i64, g[2] as i64, g[1] as i64, g[0] as i64);
+            _mm256_sign_epi8(v, _mm256_set_epi64x(sg(3), sg(2), sg(1), sg(0)))
+        }
+    }
+
+    /// The 8 chunks of a block from `rows(j)`: chunk `j`'s four (grid row, sign index) pairs.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn chunks(rows: impl Fn(usize) -> ([u64; 4], [usize; 4])) -> [__m256i; 8] {
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let mut out = [_mm256_setzero_si256(); 8];
+            for (j, o) in out.iter_mut().enumerate() {
+                let (g, s) = rows(j);
+                *o = chunk(g, s);
+            }
+            out
+        }
+    }
+
+    /// `chunks` stored to `c` (256 bytes).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn store(v: [__m256i; 8], c: &mut [u8]) {
+        let c = super::arr_mut::<256>(c);
+        for (j, x) in v.into_iter().enumerate() {
+            // SAFETY: AVX2 per the caller; `c` holds 256 bytes, chunk `j` writes 32j .. 32j + 32.
+            unsafe { _mm256_storeu_si256(c.as_mut_ptr().add(32 * j).cast(), x) };
+        }
+    }
+}
+
+/// IQ2_XXS chunk `j`: its four grid rows and sign indices.
+#[inline(always)]
+fn iq2xxs_rows(b: &[u8; 66], j: usize) -> ([u64; 4], [usize; 4]) {
+    let o = 2 + 8 * j;
+    let aux = u32::from_le_bytes([b[o + 4], b[o + 5], b[o + 6], b[o + 7]]);
+    let g = [0, 1, 2, 3].map(|l| IQ2XXS_GRID[b[o + l] as usize]);
+    let s = [0, 1, 2, 3].map(|l| ((aux >> (7 * l)) & 127) as usize);
+    (g, s)
+}
+
+/// IQ2_XS chunk `j`: its four grid rows and sign indices.
+#[inline(always)]
+fn iq2xs_rows(b: &[u8; 74], j: usize) -> ([u64; 4], [usize; 4]) {
+    let q = [0, 1, 2, 3].map(|l| {
+        let i = 4 * j + l;
+        u16::from_le_bytes([b[2 + 2 * i], b[3 + 2 * i]])
+    });
+    (
+        q.map(|q| IQ2XS_GRID[(q & 511) as usize]),
+        q.map(|q| (q >> 9) as usize),
+    )
+}
+
 /// IQ2_XXS: per 32 elements, four grid indices, four 7-bit sign indices and `ls` (bits
 /// 28..32 of the second word); `d/8`.
 pub(crate) struct Iq2Xxs;
@@ -63,6 +166,21 @@ impl FastFormat for Iq2Xxs {
                 signed(&mut c[at..at + 8], grid, signs);
             }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::store(Self::chunks_avx2(b), c) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        let b = arr::<66>(b);
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::chunks(|j| iq2xxs_rows(b, j)) }
     }
 
     #[inline(always)]
@@ -100,6 +218,21 @@ impl FastFormat for Iq2Xs {
                 KSIGNS_IQ2XS[(q >> 9) as usize],
             );
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::store(Self::chunks_avx2(b), c) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        let b = arr::<74>(b);
+        // SAFETY: AVX2 per the caller.
+        unsafe { avx2::chunks(|j| iq2xs_rows(b, j)) }
     }
 
     #[inline(always)]
