@@ -66,7 +66,7 @@ const SIGNS_PM1: [u64; 128] = {
 
 /// AVX2 unpacking of the IQ2 grid formats.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::{
         __m256i, _mm256_set_epi64x, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_si256,
     };
@@ -110,7 +110,7 @@ mod avx2 {
     /// # Safety
     /// AVX2.
     #[inline(always)]
-    pub(super) unsafe fn store(v: [__m256i; 8], c: &mut [u8]) {
+    pub(in crate::matmul::fast) unsafe fn store(v: [__m256i; 8], c: &mut [u8]) {
         let c = super::arr_mut::<256>(c);
         for (j, x) in v.into_iter().enumerate() {
             // SAFETY: AVX2 per the caller; `c` holds 256 bytes, chunk `j` writes 32j .. 32j + 32.

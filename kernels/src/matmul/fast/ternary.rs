@@ -17,6 +17,34 @@ fn codes8(c: &mut [u8], idx: usize, neg: bool) {
     }
 }
 
+/// IQ1_S chunk `j` (elements `32j .. 32j + 32`) in a register: four grid rows (bytes in
+/// −1..=1), `8g` as `vpsignb` of 8 by them, plus the chunk's one offset `±1`; the same bytes
+/// as [`codes8`].
+///
+/// # Safety
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn iq1s_chunk(b: &[u8; 50], j: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::{
+        _mm256_add_epi8, _mm256_set1_epi8, _mm256_set_epi64x, _mm256_sign_epi8,
+    };
+    let qh = u16::from_le_bytes([b[34 + 2 * j], b[35 + 2 * j]]);
+    let g = [0, 1, 2, 3].map(|l| {
+        let idx = b[2 + 4 * j + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
+        IQ1S_GRID[idx] as i64
+    });
+    let delta: i8 = if qh & 0x8000 != 0 { -1 } else { 1 };
+    // SAFETY: AVX2 per the caller.
+    unsafe {
+        let v = _mm256_set_epi64x(g[3], g[2], g[1], g[0]);
+        _mm256_add_epi8(
+            _mm256_sign_epi8(_mm256_set1_epi8(8), v),
+            _mm256_set1_epi8(delta),
+        )
+    }
+}
+
 /// IQ1_S: per 32 elements an 11-bit grid index per 8, `s` and the offset's sign in `qh`.
 pub(crate) struct Iq1S;
 impl FastFormat for Iq1S {
@@ -37,6 +65,27 @@ impl FastFormat for Iq1S {
                 let at = 32 * ib + 8 * l;
                 codes8(&mut c[at..at + 8], idx, qh & 0x8000 != 0);
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { super::iq_grids::avx2::store(Self::chunks_avx2(b), c) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        let b = arr::<50>(b);
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let mut out = [std::arch::x86_64::_mm256_setzero_si256(); 8];
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = iq1s_chunk(b, j);
+            }
+            out
         }
     }
 
