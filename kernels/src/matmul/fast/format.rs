@@ -168,6 +168,20 @@ pub(crate) mod avx2 {
         unsafe { _mm256_storeu_si256(p.cast::<__m256i>(), v) }
     }
 
+    /// A block's 8 chunks (as `FastFormat::chunks_avx2` returns them) stored to `c`'s first
+    /// 256 bytes: the `codes_avx2` of formats that build their chunks in registers.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(crate) unsafe fn store_chunks(v: [__m256i; 8], c: &mut [u8]) {
+        let c = super::arr_mut::<256>(c);
+        for (j, x) in v.into_iter().enumerate() {
+            // SAFETY: AVX2 per the caller; chunk `j` writes c[32j .. 32j + 32] of 256.
+            unsafe { st(c.as_mut_ptr().add(32 * j), x) };
+        }
+    }
+
     /// Each byte of `v` shifted right by `k` (bits from the neighbour byte must be masked
     /// off by the caller).
     ///

@@ -66,10 +66,8 @@ const SIGNS_PM1: [u64; 128] = {
 
 /// AVX2 unpacking of the IQ2 grid formats.
 #[cfg(target_arch = "x86_64")]
-pub(super) mod avx2 {
-    use std::arch::x86_64::{
-        __m256i, _mm256_set_epi64x, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_si256,
-    };
+mod avx2 {
+    use std::arch::x86_64::{__m256i, _mm256_set_epi64x, _mm256_setzero_si256, _mm256_sign_epi8};
 
     use super::SIGNS_PM1;
 
@@ -102,19 +100,6 @@ pub(super) mod avx2 {
                 *o = chunk(g, s);
             }
             out
-        }
-    }
-
-    /// `chunks` stored to `c` (256 bytes).
-    ///
-    /// # Safety
-    /// AVX2.
-    #[inline(always)]
-    pub(in crate::matmul::fast) unsafe fn store(v: [__m256i; 8], c: &mut [u8]) {
-        let c = super::arr_mut::<256>(c);
-        for (j, x) in v.into_iter().enumerate() {
-            // SAFETY: AVX2 per the caller; `c` holds 256 bytes, chunk `j` writes 32j .. 32j + 32.
-            unsafe { _mm256_storeu_si256(c.as_mut_ptr().add(32 * j).cast(), x) };
         }
     }
 }
@@ -172,7 +157,7 @@ impl FastFormat for Iq2Xxs {
     #[inline(always)]
     unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
         // SAFETY: AVX2 per the caller.
-        unsafe { avx2::store(Self::chunks_avx2(b), c) }
+        unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -224,7 +209,7 @@ impl FastFormat for Iq2Xs {
     #[inline(always)]
     unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
         // SAFETY: AVX2 per the caller.
-        unsafe { avx2::store(Self::chunks_avx2(b), c) }
+        unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
     }
 
     #[cfg(target_arch = "x86_64")]

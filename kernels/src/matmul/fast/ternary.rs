@@ -72,7 +72,7 @@ impl FastFormat for Iq1S {
     #[inline(always)]
     unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
         // SAFETY: AVX2 per the caller.
-        unsafe { super::iq_grids::avx2::store(Self::chunks_avx2(b), c) }
+        unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
     }
 
     #[cfg(target_arch = "x86_64")]
