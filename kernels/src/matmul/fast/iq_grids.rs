@@ -35,6 +35,23 @@ fn odd_scales(nibbles: impl Iterator<Item = u8>, a: &mut [i8], per: usize) {
     }
 }
 
+/// The `scales` of the formats with one 4-bit scale `ls(ib)` per 32 elements (IQ2_XXS,
+/// IQ3_XXS, IQ1_S): `a = 2ls + 1` for both 16-groups of sub-block `ib`, no offsets, and
+/// `d = f16(b[0..2]) · factor` for both factors.
+#[inline(always)]
+pub(super) fn per32_scales(
+    b: &[u8],
+    a: &mut [i8],
+    m: &mut [i16],
+    ls: impl Fn(usize) -> u8,
+    factor: f32,
+) -> (f32, f32) {
+    odd_scales((0..8).map(ls), a, 2);
+    m[..16].fill(0);
+    let d = f16_at(b, 0) * factor;
+    (d, d)
+}
+
 /// The nibbles of `bytes`, low first.
 #[inline(always)]
 fn nibbles(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
@@ -170,14 +187,7 @@ impl FastFormat for Iq2Xxs {
 
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
-        for ib in 0..8 {
-            let ls = b[2 + 8 * ib + 7] >> 4;
-            a[2 * ib] = (2 * ls + 1) as i8;
-            a[2 * ib + 1] = (2 * ls + 1) as i8;
-        }
-        m[..16].fill(0);
-        let d = f16_at(b, 0) * 0.125;
-        (d, d)
+        per32_scales(b, a, m, |ib| b[2 + 8 * ib + 7] >> 4, 0.125)
     }
 }
 
@@ -289,14 +299,7 @@ impl FastFormat for Iq3Xxs {
 
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
-        for ib in 0..8 {
-            let ls = b[66 + 4 * ib + 3] >> 4;
-            a[2 * ib] = (2 * ls + 1) as i8;
-            a[2 * ib + 1] = (2 * ls + 1) as i8;
-        }
-        m[..16].fill(0);
-        let d = f16_at(b, 0) * 0.25;
-        (d, d)
+        per32_scales(b, a, m, |ib| b[66 + 4 * ib + 3] >> 4, 0.25)
     }
 }
 

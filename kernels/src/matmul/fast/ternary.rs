@@ -91,14 +91,7 @@ impl FastFormat for Iq1S {
 
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
-        for ib in 0..8 {
-            let s = (b[35 + 2 * ib] >> 4) & 7;
-            a[2 * ib] = (2 * s + 1) as i8;
-            a[2 * ib + 1] = (2 * s + 1) as i8;
-        }
-        m[..16].fill(0);
-        let d = f16_at(b, 0) * 0.125;
-        (d, d)
+        super::iq_grids::per32_scales(b, a, m, |ib| (b[35 + 2 * ib] >> 4) & 7, 0.125)
     }
 }
 
