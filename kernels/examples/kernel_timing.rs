@@ -19,8 +19,16 @@ use moe_kernels::{quantize_row, synthesize_row, GgmlType, QMatrix, SimdIsa};
 const ROWS: usize = 512;
 /// Input features of the timed matrix (Kimi K2.5's hidden size).
 const COLS: usize = 7168;
-/// Timed calls per row; the best is reported.
+/// Timed calls per row; the best is reported (`KT_REPS` overrides).
 const REPS: usize = 7;
+
+/// `KT_REPS`, else [`REPS`].
+fn reps() -> usize {
+    std::env::var("KT_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(REPS)
+}
 /// Token counts timed: one decode token and a prompt chunk (`KT_TOKENS=1,16,64` overrides).
 const TOKEN_COUNTS: [usize; 2] = [1, 16];
 
@@ -176,7 +184,7 @@ fn main() {
                     continue;
                 }
                 let mut best = f64::INFINITY;
-                for _ in 0..REPS {
+                for _ in 0..reps() {
                     let t = Instant::now();
                     run(&mut y);
                     best = best.min(t.elapsed().as_secs_f64());

@@ -4,6 +4,9 @@
 //! (exactly, see `dequant.rs`) and dotted against each token with `dots.rs`'s [`dot4`]
 //! (one read of a token's activations serves the whole tile), tail rows with [`dot`]. As
 //! `dot4` equals `dot` bit for bit, a row's result never depends on the tile it falls in.
+//! F32 rows that are 4-byte aligned (GGUF aligns tensor data to 32 bytes) are dotted in
+//! place: the same values as their copy, so the same bits, without the copy (the MoE router
+//! of the Kimi/DeepSeek files is F32 and is read at every token).
 //!
 //! Leaves to `dots.rs` the order of accumulation and to `simd.rs` the implementation: the
 //! whole body, dequantization included, is compiled for AVX2 + FMA when that runs.
@@ -44,22 +47,29 @@ fn body<S: F32Lanes>(call: RowCall<'_, '_, '_, [f32]>) {
         out,
     } = call;
     let cols = w.cols;
-    let mut scratch = vec![0f32; ROW_TILE * cols];
+    // Allocated at the first tile that needs dequantizing (never for aligned F32 rows).
+    let mut scratch: Vec<f32> = Vec::new();
     let mut r = rows.start;
     while r < rows.end {
         let n = ROW_TILE.min(rows.end - r);
-        dequantize_unchecked(w.ty, w.rows(r, n), &mut scratch[..n * cols]);
+        let tile = match in_place_f32(w.ty, w.rows(r, n)) {
+            Some(t) => t,
+            None => {
+                scratch.resize(ROW_TILE * cols, 0.0);
+                dequantize_unchecked(w.ty, w.rows(r, n), &mut scratch[..n * cols]);
+                &scratch[..n * cols]
+            }
+        };
         let i = r - rows.start;
         if n == ROW_TILE {
-            let tile: [&[f32]; ROW_TILE] =
-                std::array::from_fn(|k| &scratch[k * cols..(k + 1) * cols]);
+            let tile: [&[f32]; ROW_TILE] = std::array::from_fn(|k| &tile[k * cols..(k + 1) * cols]);
             for (t, o) in out.iter_mut().enumerate().take(n_tokens) {
                 let d = dot4::<S>(tile, &x[t * cols..(t + 1) * cols]);
                 o[i..i + ROW_TILE].copy_from_slice(&d);
             }
         } else {
             for k in 0..n {
-                let wk = &scratch[k * cols..(k + 1) * cols];
+                let wk = &tile[k * cols..(k + 1) * cols];
                 for (t, o) in out.iter_mut().enumerate().take(n_tokens) {
                     o[i + k] = dot::<S>(wk, &x[t * cols..(t + 1) * cols]);
                 }
@@ -67,4 +77,16 @@ fn body<S: F32Lanes>(call: RowCall<'_, '_, '_, [f32]>) {
         }
         r += n;
     }
+}
+
+/// `bytes` as f32 values where they can be read in place: F32 rows at a 4-byte aligned
+/// address on a little-endian target (the values the dequantizer would copy out).
+#[inline(always)]
+fn in_place_f32(ty: crate::GgmlType, bytes: &[u8]) -> Option<&[f32]> {
+    if ty != crate::GgmlType::F32 || !cfg!(target_endian = "little") {
+        return None;
+    }
+    // SAFETY: every bit pattern is a valid f32; `align_to` only yields the aligned middle.
+    let (head, mid, tail) = unsafe { bytes.align_to::<f32>() };
+    (head.is_empty() && tail.is_empty()).then_some(mid)
 }
