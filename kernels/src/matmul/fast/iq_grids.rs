@@ -5,10 +5,9 @@
 //! With `ls` the 4-bit sub-block scale, the IQ2 formats' weight `(d·(0.5 + ls)·0.25)·g·s` is
 //! `(d/8)·(2ls + 1)·(s·g)`, IQ3_XXS's `(d·(0.5 + ls)·0.5)·g·s` is `(d/4)·(2ls + 1)·(s·g)` and
 //! IQ3_S's `d·(1 + 2ls)·g·s` is `d·(2ls + 1)·(s·g)`: codes `s·g` (|g| ≤ 62), `a = 2ls + 1`
-//! (≤ 31), no offsets. Unpacking is table lookups; IQ2_XXS and IQ2_XS (the types of the
-//! UD-IQ2 Kimi files) also have AVX2 unpackers that build each 32-byte chunk from four grid
-//! rows and four sign patterns with one `vpsignb` (the other formats dot the portable
-//! codes through `format.rs`'s default stores).
+//! (≤ 31), no offsets. Unpacking is table lookups; every format also has an AVX2 unpacker
+//! that builds each 32-byte chunk from four 8-element grid rows (IQ3's 4-element grid
+//! entries in pairs) and four sign patterns with one `vpsignb`.
 
 use super::format::{arr, arr_mut, f16_at, FastFormat};
 use crate::dequant::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS};
@@ -58,90 +57,272 @@ fn nibbles(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     bytes.iter().flat_map(|b| [b & 15, b >> 4])
 }
 
-/// Each 7-bit sign index's 8 signs (`KSIGNS_IQ2XS`) as bytes `+1` / `−1`: the operand of
-/// `_mm256_sign_epi8`, which then negates exactly the grid values `signed` negates.
-const SIGNS_PM1: [u64; 128] = {
+/// The 8 signs of a sign byte (bit `j` set: element `j` negative) as bytes `+1` / `−1`: the
+/// operand of `_mm256_sign_epi8`, which then negates exactly the grid values `signed`
+/// negates.
+const fn signs_pm1(bits: u8) -> u64 {
+    let mut v = 0u64;
+    let mut j = 0;
+    while j < 8 {
+        let byte: u64 = if (bits >> j) & 1 == 1 { 0xFF } else { 0x01 };
+        v |= byte << (8 * j);
+        j += 1;
+    }
+    v
+}
+
+/// [`signs_pm1`] of each 7-bit sign index's 8 signs (`KSIGNS_IQ2XS`).
+const KSIGNS_PM1: [u64; 128] = {
     let mut t = [0u64; 128];
     let mut k = 0;
     while k < 128 {
-        let mut v = 0u64;
-        let mut j = 0;
-        while j < 8 {
-            let byte: u64 = if (KSIGNS_IQ2XS[k] >> j) & 1 == 1 {
-                0xFF
-            } else {
-                0x01
-            };
-            v |= byte << (8 * j);
-            j += 1;
-        }
-        t[k] = v;
+        t[k] = signs_pm1(KSIGNS_IQ2XS[k]);
         k += 1;
     }
     t
 };
 
-/// AVX2 unpacking of the IQ2 grid formats.
+/// [`signs_pm1`] of every sign byte (the formats with explicit sign bytes).
+const BYTE_SIGNS_PM1: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut k = 0;
+    while k < 256 {
+        t[k] = signs_pm1(k as u8);
+        k += 1;
+    }
+    t
+};
+
+/// AVX2 unpacking of the grid formats by gathers: each 32-byte chunk is its grid entries
+/// (four 8-element rows, or eight 4-element IQ3 entries) in one gather, its four 8-element
+/// sign patterns (`±1` bytes, [`KSIGNS_PM1`] or [`BYTE_SIGNS_PM1`]) in another, and one
+/// `vpsignb`. Each format only says where its indices are.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use std::arch::x86_64::{__m256i, _mm256_set_epi64x, _mm256_setzero_si256, _mm256_sign_epi8};
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm256_and_si256, _mm256_cvtepu8_epi32, _mm256_i32gather_epi32,
+        _mm256_i32gather_epi64, _mm256_or_si256, _mm256_set1_epi32, _mm256_set_epi64x,
+        _mm256_setr_epi32, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_slli_epi32,
+        _mm256_srlv_epi32, _mm_and_si128, _mm_cvtepu16_epi32, _mm_cvtepu8_epi32, _mm_cvtsi32_si128,
+        _mm_loadl_epi64, _mm_or_si128, _mm_set1_epi32, _mm_setr_epi32, _mm_slli_epi32,
+        _mm_srli_epi32, _mm_srlv_epi32,
+    };
 
-    use super::SIGNS_PM1;
+    use super::{
+        BYTE_SIGNS_PM1, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_PM1,
+    };
 
-    /// Four grid rows (elements `8l .. 8l + 8` of a chunk) with their sign indices, as one
-    /// chunk of signed codes.
+    /// Four 8-element grid rows (`grid[gidx]`) signed by `signs[sidx]`.
     ///
     /// # Safety
-    /// AVX2.
+    /// AVX2; every index is within its table.
     #[inline(always)]
-    unsafe fn chunk(g: [u64; 4], s: [usize; 4]) -> __m256i {
-        let sg = |l: usize| SIGNS_PM1[s[l] & 127] as i64;
-        // SAFETY: AVX2 per the caller.
+    unsafe fn rows8(grid: &[u64], gidx: __m128i, signs: &[u64], sidx: __m128i) -> __m256i {
+        // SAFETY: AVX2 per the caller; the gathers read the tables at the caller's indices.
         unsafe {
-            let v = _mm256_set_epi64x(g[3] as i64, g[2] as i64, g[1] as i64, g[0] as i64);
-            _mm256_sign_epi8(v, _mm256_set_epi64x(sg(3), sg(2), sg(1), sg(0)))
+            let g = _mm256_i32gather_epi64::<8>(grid.as_ptr().cast::<i64>(), gidx);
+            let s = _mm256_i32gather_epi64::<8>(signs.as_ptr().cast::<i64>(), sidx);
+            _mm256_sign_epi8(g, s)
         }
     }
 
-    /// The 8 chunks of a block from `rows(j)`: chunk `j`'s four (grid row, sign index) pairs.
+    /// Eight 4-element grid entries (`grid[gidx]`) signed by `signs[sidx]` (one pattern per
+    /// two entries).
+    ///
+    /// # Safety
+    /// AVX2; every index is within its table.
+    #[inline(always)]
+    unsafe fn rows4(grid: &[u32], gidx: __m256i, signs: &[u64], sidx: __m128i) -> __m256i {
+        // SAFETY: AVX2 per the caller; the gathers read the tables at the caller's indices.
+        unsafe {
+            let g = _mm256_i32gather_epi32::<4>(grid.as_ptr().cast::<i32>(), gidx);
+            let s = _mm256_i32gather_epi64::<8>(signs.as_ptr().cast::<i64>(), sidx);
+            _mm256_sign_epi8(g, s)
+        }
+    }
+
+    /// The four 7-bit sign indices of a 32-bit word (bits `7l .. 7l + 7`).
     ///
     /// # Safety
     /// AVX2.
     #[inline(always)]
-    pub(super) unsafe fn chunks(rows: impl Fn(usize) -> ([u64; 4], [usize; 4])) -> [__m256i; 8] {
+    unsafe fn sign_indices(aux: u32) -> __m128i {
         // SAFETY: AVX2 per the caller.
         unsafe {
+            _mm_and_si128(
+                _mm_srlv_epi32(_mm_set1_epi32(aux as i32), _mm_setr_epi32(0, 7, 14, 21)),
+                _mm_set1_epi32(127),
+            )
+        }
+    }
+
+    /// 4 bytes at `p` as four i32.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 4 reads.
+    #[inline(always)]
+    unsafe fn bytes4(p: *const u8) -> __m128i {
+        // SAFETY: per the caller.
+        unsafe { _mm_cvtepu8_epi32(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())) }
+    }
+
+    /// 8 bytes at `p` as eight i32.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 8 reads.
+    #[inline(always)]
+    unsafe fn bytes8(p: *const u8) -> __m256i {
+        // SAFETY: per the caller.
+        unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast())) }
+    }
+
+    /// The 8 chunks of a block, chunk `j` from the expression `$chunk` (a macro, not a
+    /// closure: a closure's intrinsics would not be compiled with the caller's features).
+    macro_rules! chunks {
+        (|$j:ident| $chunk:expr) => {{
             let mut out = [_mm256_setzero_si256(); 8];
-            for (j, o) in out.iter_mut().enumerate() {
-                let (g, s) = rows(j);
-                *o = chunk(g, s);
+            for ($j, o) in out.iter_mut().enumerate() {
+                *o = $chunk;
             }
             out
+        }};
+    }
+
+    /// IQ2_XXS: per chunk, grid bytes `b[2 + 8j .. + 4]`, sign word `b[6 + 8j ..]`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn iq2xxs(b: &[u8; 66]) -> [__m256i; 8] {
+        // SAFETY: AVX2 per the caller; reads within the 66 bytes; indices < 256 and < 128.
+        unsafe {
+            chunks!(|j| {
+                let o = 2 + 8 * j;
+                let aux = u32::from_le_bytes([b[o + 4], b[o + 5], b[o + 6], b[o + 7]]);
+                // Four table loads beat a gather here (measured on Zen 4).
+                let g = |l: usize| IQ2XXS_GRID[b[o + l] as usize] as i64;
+                let s = |l: usize| KSIGNS_PM1[((aux >> (7 * l)) & 127) as usize] as i64;
+                _mm256_sign_epi8(
+                    _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                    _mm256_set_epi64x(s(3), s(2), s(1), s(0)),
+                )
+            })
+        }
+    }
+
+    /// IQ2_XS: per chunk, four u16 at `b[2 + 8j ..]`: grid index (low 9 bits), sign index
+    /// (high 7).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn iq2xs(b: &[u8; 74]) -> [__m256i; 8] {
+        // SAFETY: AVX2 per the caller; reads within the 74 bytes; indices < 512 and < 128.
+        unsafe {
+            chunks!(|j| {
+                let q = _mm_cvtepu16_epi32(_mm_loadl_epi64(b.as_ptr().add(2 + 8 * j).cast()));
+                let gidx = _mm_and_si128(q, _mm_set1_epi32(511));
+                rows8(&IQ2XS_GRID, gidx, &KSIGNS_PM1, _mm_srli_epi32::<9>(q))
+            })
+        }
+    }
+
+    /// IQ2_S: per chunk, grid bytes `b[2 + 4j ..]` with 2 high bits each from `b[66 + j]`,
+    /// sign bytes `b[34 + 4j ..]`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn iq2s(b: &[u8; 82]) -> [__m256i; 8] {
+        // SAFETY: AVX2 per the caller; reads within the 82 bytes; indices < 1024 and < 256.
+        unsafe {
+            chunks!(|j| {
+                let hi = _mm_and_si128(
+                    _mm_srlv_epi32(_mm_set1_epi32(b[66 + j] as i32), _mm_setr_epi32(0, 2, 4, 6)),
+                    _mm_set1_epi32(3),
+                );
+                let gidx = _mm_or_si128(bytes4(b.as_ptr().add(2 + 4 * j)), _mm_slli_epi32::<8>(hi));
+                rows8(
+                    &IQ2S_GRID,
+                    gidx,
+                    &BYTE_SIGNS_PM1,
+                    bytes4(b.as_ptr().add(34 + 4 * j)),
+                )
+            })
+        }
+    }
+
+    /// IQ3_XXS: per chunk, eight grid bytes `b[2 + 8j ..]`, sign word `b[66 + 4j ..]`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn iq3xxs(b: &[u8; 98]) -> [__m256i; 8] {
+        // SAFETY: AVX2 per the caller; reads within the 98 bytes; indices < 256 and < 128.
+        unsafe {
+            chunks!(|j| {
+                let at = 66 + 4 * j;
+                let aux = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                rows4(
+                    &IQ3XXS_GRID,
+                    bytes8(b.as_ptr().add(2 + 8 * j)),
+                    &KSIGNS_PM1,
+                    sign_indices(aux),
+                )
+            })
+        }
+    }
+
+    /// IQ3_S: per chunk, eight grid bytes `b[2 + 8j ..]` with a high bit each from
+    /// `b[66 + j]`, sign bytes `b[74 + 4j ..]`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    pub(super) unsafe fn iq3s(b: &[u8; 110]) -> [__m256i; 8] {
+        // SAFETY: AVX2 per the caller; reads within the 110 bytes; indices < 512 and < 256.
+        unsafe {
+            chunks!(|j| {
+                let hi = _mm256_and_si256(
+                    _mm256_srlv_epi32(
+                        _mm256_set1_epi32(b[66 + j] as i32),
+                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                    ),
+                    _mm256_set1_epi32(1),
+                );
+                let gidx = _mm256_or_si256(
+                    bytes8(b.as_ptr().add(2 + 8 * j)),
+                    _mm256_slli_epi32::<8>(hi),
+                );
+                rows4(
+                    &IQ3S_GRID,
+                    gidx,
+                    &BYTE_SIGNS_PM1,
+                    bytes4(b.as_ptr().add(74 + 4 * j)),
+                )
+            })
         }
     }
 }
 
-/// IQ2_XXS chunk `j`: its four grid rows and sign indices.
-#[inline(always)]
-fn iq2xxs_rows(b: &[u8; 66], j: usize) -> ([u64; 4], [usize; 4]) {
-    let o = 2 + 8 * j;
-    let aux = u32::from_le_bytes([b[o + 4], b[o + 5], b[o + 6], b[o + 7]]);
-    let g = [0, 1, 2, 3].map(|l| IQ2XXS_GRID[b[o + l] as usize]);
-    let s = [0, 1, 2, 3].map(|l| ((aux >> (7 * l)) & 127) as usize);
-    (g, s)
-}
+/// The AVX2 unpackers of a grid format from its chunk builder: `codes_avx2` stores the
+/// register chunks, `chunks_avx2` builds them.
+macro_rules! grid_avx2 {
+    ($bytes:literal, $chunks:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
+            // SAFETY: AVX2 per the caller.
+            unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
+        }
 
-/// IQ2_XS chunk `j`: its four grid rows and sign indices.
-#[inline(always)]
-fn iq2xs_rows(b: &[u8; 74], j: usize) -> ([u64; 4], [usize; 4]) {
-    let q = [0, 1, 2, 3].map(|l| {
-        let i = 4 * j + l;
-        u16::from_le_bytes([b[2 + 2 * i], b[3 + 2 * i]])
-    });
-    (
-        q.map(|q| IQ2XS_GRID[(q & 511) as usize]),
-        q.map(|q| (q >> 9) as usize),
-    )
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+            // SAFETY: AVX2 per the caller.
+            unsafe { avx2::$chunks(arr::<$bytes>(b)) }
+        }
+    };
 }
 
 /// IQ2_XXS: per 32 elements, four grid indices, four 7-bit sign indices and `ls` (bits
@@ -170,20 +351,7 @@ impl FastFormat for Iq2Xxs {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
-        // SAFETY: AVX2 per the caller.
-        unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
-        let b = arr::<66>(b);
-        // SAFETY: AVX2 per the caller.
-        unsafe { avx2::chunks(|j| iq2xxs_rows(b, j)) }
-    }
+    grid_avx2!(66, iq2xxs);
 
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
@@ -215,20 +383,7 @@ impl FastFormat for Iq2Xs {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
-        // SAFETY: AVX2 per the caller.
-        unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
-        let b = arr::<74>(b);
-        // SAFETY: AVX2 per the caller.
-        unsafe { avx2::chunks(|j| iq2xs_rows(b, j)) }
-    }
+    grid_avx2!(74, iq2xs);
 
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
@@ -259,6 +414,8 @@ impl FastFormat for Iq2S {
             signed(&mut c[8 * i..8 * i + 8], grid, b[34 + i]);
         }
     }
+
+    grid_avx2!(82, iq2s);
 
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
@@ -297,6 +454,8 @@ impl FastFormat for Iq3Xxs {
         }
     }
 
+    grid_avx2!(98, iq3xxs);
+
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
         per32_scales(b, a, m, |ib| b[66 + 4 * ib + 3] >> 4, 0.25)
@@ -324,6 +483,8 @@ impl FastFormat for Iq3S {
             signed(&mut c[4 * i..4 * i + 4], grid, signs);
         }
     }
+
+    grid_avx2!(110, iq3s);
 
     #[inline(always)]
     fn scales(b: &[u8], a: &mut [i8], m: &mut [i16]) -> (f32, f32) {
