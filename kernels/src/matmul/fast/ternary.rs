@@ -2,7 +2,8 @@
 //! ±1/8 offset), TQ1_0 and TQ2_0 (plain ternary).
 //!
 //! IQ1: the weight `d·(2s + 1)·(g ± 1/8)` is `(d/8)·(2s + 1)·(8g ± 1)`: codes `8g ± 1` (in
-//! −9..=9) with the offset folded in, `a = 2s + 1` (≤ 15), no offsets. TQ: codes `q − 1`
+//! −9..=9) with the offset folded in, `a = 2s + 1` (≤ 15), no offsets; both have AVX2
+//! unpackers (grid rows as bytes, `8g` by `vpsignb`, the offsets added). TQ: codes `q − 1`
 //! with unit scales and `d` (TQ2_0's unused code 3 decodes to 2, as in the dequantizer).
 
 use super::format::{arr, arr_mut, f16_at, FastFormat};
@@ -41,6 +42,43 @@ unsafe fn iq1s_chunk(b: &[u8; 50], j: usize) -> std::arch::x86_64::__m256i {
         _mm256_add_epi8(
             _mm256_sign_epi8(_mm256_set1_epi8(8), v),
             _mm256_set1_epi8(delta),
+        )
+    }
+}
+
+/// IQ1_M chunk `j` in a register: rows `4j .. 4j + 4`, each an 11-bit grid index and its own
+/// offset sign (a nibble of `qh`); `8g` by `vpsignb` as for IQ1_S, plus each row's `±1`.
+///
+/// # Safety
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn iq1m_chunk(b: &[u8; 56], j: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::{
+        _mm256_add_epi8, _mm256_set1_epi8, _mm256_set_epi64x, _mm256_sign_epi8,
+    };
+    // Nibble `i % 2` of byte `32 + i / 2`: rows 4j, 4j + 1 in byte 32 + 2j, the next two in
+    // byte 33 + 2j.
+    let qh = u16::from_le_bytes([b[32 + 2 * j], b[33 + 2 * j]]);
+    let nib = |l: usize| (qh >> (4 * l)) & 15;
+    let g = [0, 1, 2, 3].map(|l| {
+        let idx = b[4 * j + l] as usize | (((nib(l) & 7) as usize) << 8);
+        IQ1S_GRID[idx] as i64
+    });
+    // Each row's offset as 8 equal bytes: +1 (0x01..) or −1 (0xFF..).
+    let delta = [0, 1, 2, 3].map(|l| {
+        if nib(l) & 8 != 0 {
+            -1i64
+        } else {
+            0x0101_0101_0101_0101
+        }
+    });
+    // SAFETY: AVX2 per the caller.
+    unsafe {
+        let v = _mm256_set_epi64x(g[3], g[2], g[1], g[0]);
+        _mm256_add_epi8(
+            _mm256_sign_epi8(_mm256_set1_epi8(8), v),
+            _mm256_set_epi64x(delta[3], delta[2], delta[1], delta[0]),
         )
     }
 }
@@ -113,6 +151,27 @@ impl FastFormat for Iq1M {
             let nib = (b[32 + i / 2] >> (4 * (i % 2))) & 15;
             let idx = b[i] as usize | (((nib & 7) as usize) << 8);
             codes8(&mut c[8 * i..8 * i + 8], idx, nib & 8 != 0);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
+        // SAFETY: AVX2 per the caller.
+        unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunks_avx2(b: &[u8]) -> [std::arch::x86_64::__m256i; 8] {
+        let b = arr::<56>(b);
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let mut out = [std::arch::x86_64::_mm256_setzero_si256(); 8];
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = iq1m_chunk(b, j);
+            }
+            out
         }
     }
 
