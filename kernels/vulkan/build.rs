@@ -3,7 +3,9 @@
 //! embeds. Nothing prebuilt is committed: the GLSL is the source.
 //!
 //! `matvec.comp` is compiled once per weight type: its `#include "WEIGHT_TYPE"` line is
-//! replaced by `dequant/<type>.glsl` (the type's `dot32`).
+//! replaced by `dequant/<type>.glsl` (the type's `dot32`). A dequant file may itself
+//! `#include "<file>"` a helper beside it (IQ4_NL and IQ4_XS share `iq4_grid.glsl`): such a
+//! line is replaced by that file's text, one level deep.
 
 use std::path::{Path, PathBuf};
 
@@ -13,8 +15,8 @@ use glslang::{
 };
 
 /// The weight types with a dequantizing matvec shader (file stems of `dequant/*.glsl`).
-const WEIGHT_TYPES: [&str; 9] = [
-    "f32", "f16", "bf16", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+const WEIGHT_TYPES: [&str; 11] = [
+    "f32", "f16", "bf16", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs",
 ];
 
 /// No preprocessor definitions (the weight type is spliced in as text).
@@ -47,6 +49,23 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// `text` with each `#include "<file>"` line replaced by the text of `dir/<file>`.
+fn splice_includes(dir: &Path, text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            match line
+                .trim()
+                .strip_prefix("#include \"")
+                .and_then(|rest| rest.strip_suffix('"'))
+            {
+                Some(file) => read(&dir.join(file)),
+                None => line.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"))
         .join("src/kernels");
@@ -58,7 +77,10 @@ fn main() {
         "matvec.comp lost its WEIGHT_TYPE include line"
     );
     for ty in WEIGHT_TYPES {
-        let dequant = read(&dir.join(format!("dequant/{ty}.glsl")));
+        let dequant = splice_includes(
+            &dir.join("dequant"),
+            &read(&dir.join(format!("dequant/{ty}.glsl"))),
+        );
         let text = matvec.replace("#include \"WEIGHT_TYPE\"", &dequant);
         compile(compiler, &format!("matvec_{ty}"), text, &out);
     }

@@ -1,8 +1,9 @@
 //! The compute pipelines, one per shader in `kernels/` (SPIR-V compiled by build.rs from the
 //! GLSL beside this file), and the weight types they cover.
 //!
-//! - `matvec_<type>.spv` (`matvec.comp` + `dequant/<type>.glsl`): routed-expert matrix times
-//!   gathered f32 activations, dequantizing the raw GGUF blocks as it reads them.
+//! - `matvec_<type>.spv` (`matvec.comp` + `dequant/<type>.glsl`, which may splice in a helper
+//!   such as `dequant/iq4_grid.glsl`): routed-expert matrix times gathered f32 activations,
+//!   dequantizing the raw GGUF blocks as it reads them.
 //! - `swiglu.spv`: `silu(gate) * up` in place.
 //! - `combine.spv`: the weighted add of every route's output into its token's row.
 //!
@@ -23,7 +24,7 @@ pub const ELEMENTWISE_GROUP_THREADS: u32 = 64;
 pub const MATVEC_CHUNK_VALUES: usize = 32;
 
 /// The weight types with a matvec shader, with their SPIR-V.
-const MATVEC_SPIRV: [(GgmlType, &[u8]); 9] = [
+const MATVEC_SPIRV: [(GgmlType, &[u8]); 11] = [
     (
         GgmlType::F32,
         include_bytes!(concat!(env!("OUT_DIR"), "/matvec_f32.spv")),
@@ -59,6 +60,14 @@ const MATVEC_SPIRV: [(GgmlType, &[u8]); 9] = [
     (
         GgmlType::Q6_K,
         include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q6_k.spv")),
+    ),
+    (
+        GgmlType::IQ4_NL,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_iq4_nl.spv")),
+    ),
+    (
+        GgmlType::IQ4_XS,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_iq4_xs.spv")),
     ),
 ];
 const SWIGLU_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/swiglu.spv"));

@@ -9,7 +9,8 @@
 //! instance.rs        loader, instance, DeviceInfo (what `moe-node devices` prints)
 //! device.rs          logical device, compute queue, host-visible mapped buffers
 //! kernels.rs         pipelines built from the SPIR-V that build.rs compiles from kernels/
-//! kernels/           GLSL: matvec.comp + dequant/<type>.glsl, swiglu.comp, combine.comp
+//! kernels/           GLSL: matvec.comp + dequant/<type>.glsl (IQ4_NL and IQ4_XS share
+//!                    dequant/iq4_grid.glsl), swiglu.comp, combine.comp
 //! commands.rs        one command buffer: record, submit, wait
 //! expert_weights.rs  the node's expert stacks uploaded once, in chunks within device limits
 //! expert_compute.rs  VulkanCompute: moe-model's ExpertCompute on the device
@@ -18,8 +19,8 @@
 //!
 //! What runs on the device today: the routed-expert FFN (gate and up matvecs, SwiGLU, down
 //! matvec, weighted add) with f32 activations over the raw GGUF blocks of F32, F16, BF16,
-//! Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K experts. Attention, the dense layers and routing stay
-//! on the CPU.
+//! Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS experts. Attention, the dense layers
+//! and routing stay on the CPU.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

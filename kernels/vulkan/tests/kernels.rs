@@ -3,7 +3,7 @@
 
 mod common;
 
-use moe_kernels::{dequantize_rows, quantize_rows, GgmlType, NumericMode, QMatrix};
+use moe_kernels::{dequantize_rows, quantize_rows, synthesize_row, GgmlType, NumericMode, QMatrix};
 use moe_vulkan::Matvec;
 
 /// Largest accepted |device - CPU| of one output, relative to `Σ|w_i·x_i|` of its row: the
@@ -30,9 +30,26 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `w` (`[rows, cols]`) as blocks of `ty`: quantized where moe-kernels has a quantizer, else
+/// (IQ4_NL, IQ4_XS) stand-in blocks (pseudo-random codes and sub-block scales, `d` from the
+/// block's RMS): a matvec check needs valid bytes of the type, not a close approximation.
+fn weight_bytes(ty: GgmlType, w: &[f32], cols: usize) -> Vec<u8> {
+    let row_bytes = ty.row_bytes(cols).unwrap();
+    let mut bytes = vec![0u8; row_bytes * (w.len() / cols)];
+    if ty.can_quantize() {
+        quantize_rows(ty, w, cols, &mut bytes).unwrap();
+    } else {
+        for (src, dst) in w.chunks_exact(cols).zip(bytes.chunks_exact_mut(row_bytes)) {
+            synthesize_row(ty, src, dst).unwrap();
+        }
+    }
+    bytes
+}
+
 /// Each shader's rows of a 40x512 matrix (two 256-value super-blocks per row) times three
-/// activation rows match the CPU exact matmul within `MATVEC_REL_TOL`; an unsupported type
-/// is a named error.
+/// activation rows match the CPU exact matmul on the same bytes within `MATVEC_REL_TOL`
+/// (IQ4_NL and IQ4_XS included, on stand-in blocks with every grid index and 6-bit scale
+/// in play); an unsupported type is a named error.
 #[test]
 fn every_matvec_shader_matches_the_cpu_exact_kernel() {
     let Some(device) = common::device_or_skip("every_matvec_shader_matches_the_cpu_exact_kernel")
@@ -44,10 +61,12 @@ fn every_matvec_shader_matches_the_cpu_exact_kernel() {
     let w = values(rows * cols, 1);
     let x = values(n * cols, 2);
     let types: Vec<GgmlType> = moe_vulkan::supported_types().collect();
-    assert!(types.len() >= 9, "{types:?}");
+    for want in [GgmlType::Q6_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+        assert!(types.contains(&want), "{want:?} missing from {types:?}");
+    }
+    assert!(types.len() >= 11, "{types:?}");
     for ty in types {
-        let mut bytes = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
-        quantize_rows(ty, &w, cols, &mut bytes).unwrap();
+        let bytes = weight_bytes(ty, &w, cols);
         let q = QMatrix::new(ty, rows, cols, &bytes)
             .unwrap()
             .with_mode(NumericMode::Exact);

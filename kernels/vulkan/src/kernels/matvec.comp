@@ -3,15 +3,15 @@
 // expert's matrix stored as raw GGUF blocks in `w` at byte offset `route_off[r]`.
 //
 // One workgroup per (output row, route); its threads take 32-element chunks of the row in
-// turn (a chunk is a Q8_0 block or a K-quant sub-block), then reduce in shared memory in a
-// fixed order. The weight type's `dot32` comes from dequant/<type>.glsl, spliced in at the
-// `#include` line below by build.rs.
+// turn (a chunk is a Q8_0 or IQ4_NL block, or a K-quant or IQ4_XS sub-block), then reduce in
+// shared memory in a fixed order. The weight type's `dot32` comes from dequant/<type>.glsl,
+// spliced in at the `#include` line below by build.rs.
 #version 450
 
 layout(local_size_x = 32) in;
 
-// Raw GGUF blocks of one chunk of an expert stack, read a byte at a time (blocks of 34, 110
-// or 210 bytes are not 4-byte aligned).
+// Raw GGUF blocks of one chunk of an expert stack, read a byte at a time (blocks of 18, 34,
+// 110 or 210 bytes are not 4-byte aligned).
 layout(std430, binding = 0) readonly buffer Weights { uint w[]; };
 // Gathered activations, [routes, cols].
 layout(std430, binding = 1) readonly buffer Inputs { float x[]; };
