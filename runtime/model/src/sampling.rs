@@ -62,6 +62,27 @@ impl SamplingParams {
     }
 }
 
+/// The candidates `(id, logit)` sorted by logit, descending (ties: lower id first), cut to
+/// the `top_k` first (0 = all). The order is total (ids break ties), so with a cut the top
+/// `top_k` are selected first and only they are sorted: the same list as sorting the whole
+/// vocabulary (163,840 entries for Kimi) and truncating, in O(n) instead of O(n log n).
+fn top_candidates(logits: &[f32], top_k: usize) -> Vec<(u32, f32)> {
+    let order = |a: &(u32, f32), b: &(u32, f32)| {
+        crate::forward::moe::desc_nan_last((a.1, a.0 as usize), (b.1, b.0 as usize))
+    };
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    if top_k > 0 && top_k < cand.len() {
+        cand.select_nth_unstable_by(top_k - 1, order);
+        cand.truncate(top_k);
+    }
+    cand.sort_by(order);
+    cand
+}
+
 /// A sampler with its own generator state.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -108,18 +129,7 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(&logits);
         }
-        // Candidates sorted by logit, descending (ties: lower id first).
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
-        cand.sort_by(|a, b| {
-            crate::forward::moe::desc_nan_last((a.1, a.0 as usize), (b.1, b.0 as usize))
-        });
-        if p.top_k > 0 {
-            cand.truncate(p.top_k.max(1));
-        }
+        let mut cand = top_candidates(&logits, p.top_k);
         let max = cand[0].1;
         if max == f32::NEG_INFINITY {
             // Every logit is -inf (or was NaN): nothing to draw from.
@@ -219,6 +229,41 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.sample(&logits(), &[1]), 4);
+    }
+
+    /// The selected-then-sorted top k is exactly the fully sorted list cut to k, ties and
+    /// infinities included (what `sample` draws from must not depend on the shortcut).
+    #[test]
+    fn top_candidates_equal_full_sort_cut() {
+        let mut x = 0x9E37_79B9u32;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for case in 0..50 {
+            let n = 1 + (next() % 300) as usize;
+            // Few distinct values, so ties are common; some infinities.
+            let logits: Vec<f32> = (0..n)
+                .map(|_| match next() % 20 {
+                    0 => f32::NEG_INFINITY,
+                    1 => f32::INFINITY,
+                    v => (v % 7) as f32 - 3.0,
+                })
+                .collect();
+            let full = top_candidates(&logits, 0);
+            for w in full.windows(2) {
+                assert!(
+                    w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0),
+                    "case {case}: not sorted"
+                );
+            }
+            for k in [1, 2, 5, 40, n - 1, n, n + 3].into_iter().filter(|k| *k > 0) {
+                let cut = top_candidates(&logits, k);
+                assert_eq!(cut, full[..k.min(n)].to_vec(), "case {case} k {k}");
+            }
+        }
     }
 
     #[test]
