@@ -259,7 +259,10 @@ mod tests {
                     "case {case}: not sorted"
                 );
             }
-            for k in [1, 2, 5, 40, n - 1, n, n + 3].into_iter().filter(|k| *k > 0) {
+            for k in [1, 2, 5, 40, n - 1, n, n + 3]
+                .into_iter()
+                .filter(|k| *k > 0)
+            {
                 let cut = top_candidates(&logits, k);
                 assert_eq!(cut, full[..k.min(n)].to_vec(), "case {case} k {k}");
             }
