@@ -225,41 +225,65 @@ impl Flash<'_> {
                 }
                 state.sum[r] += sum;
             }
-            // Weighted values, position-major again.
-            for j in 0..n {
-                let value = &block[j * kdim..j * kdim + vdim];
-                for r in 0..rows {
-                    let p = scores[r * FLASH_BLOCK_POSITIONS + j];
-                    if p != 0.0 {
-                        axpy::<S>(&mut state.acc[r * vdim..(r + 1) * vdim], p, value);
-                    }
-                }
+            // Weighted values, row by row: a row's accumulator stays in registers, a chunk
+            // at a time, across the block's positions (the block's values are in cache).
+            for r in 0..rows {
+                let p = &scores[r * FLASH_BLOCK_POSITIONS..r * FLASH_BLOCK_POSITIONS + n];
+                weighted_sum::<S>(&mut state.acc[r * vdim..(r + 1) * vdim], p, block, kdim);
             }
             block0 += n;
         }
     }
 }
 
-/// `y += a · x` (lanes, then the tail in order).
+/// Accumulator vectors held in registers per pass of [`weighted_sum`].
+const VALUE_CHUNK_VECTORS: usize = 8;
+
+/// `y += Σ_j p[j] · v_j` with `v_j` the first `y.len()` values of `block`'s row `j` (rows
+/// `stride` apart), skipping `p[j] = 0`: per element the same multiply-adds in the same
+/// position order as one `y += p[j]·v_j` pass per position (lanes through
+/// [`F32Lanes::mul_add_splat`], the tail through [`F32Lanes::mul_add_scalar`]), so the same
+/// bits, with `y` loaded and stored once per chunk instead of once per position.
 #[inline(always)]
-fn axpy<S: F32Lanes>(y: &mut [f32], a: f32, x: &[f32]) {
-    let n = y.len().min(x.len());
-    let main = n - n % LANES;
-    for (yc, xc) in y[..main]
-        .chunks_exact_mut(LANES)
-        .zip(x[..main].chunks_exact(LANES))
-    {
-        let (Ok(yc), Ok(xc)) = (
-            <&mut [f32; LANES]>::try_from(yc),
-            <&[f32; LANES]>::try_from(xc),
-        ) else {
-            unreachable!("chunks_exact gives LANES elements")
+fn weighted_sum<S: F32Lanes>(y: &mut [f32], p: &[f32], block: &[f32], stride: usize) {
+    let vdim = y.len();
+    let main = vdim - vdim % LANES;
+    fn lanes(v: &[f32], at: usize) -> &[f32; LANES] {
+        let Ok(a) = <&[f32; LANES]>::try_from(&v[at..at + LANES]) else {
+            unreachable!("a slice of LANES elements")
         };
-        let v = S::mul_add_splat(S::load(xc), a, S::load(yc));
-        S::store(v, yc);
+        a
     }
-    for (y, &x) in y[main..n].iter_mut().zip(&x[main..n]) {
-        *y = S::mul_add_scalar(x, a, *y);
+    let mut c0 = 0;
+    while c0 < main {
+        let nv = VALUE_CHUNK_VECTORS.min((main - c0) / LANES);
+        let mut acc = [S::zero(); VALUE_CHUNK_VECTORS];
+        for (k, a) in acc.iter_mut().enumerate().take(nv) {
+            *a = S::load(lanes(y, c0 + k * LANES));
+        }
+        for (j, &pj) in p.iter().enumerate() {
+            if pj != 0.0 {
+                let row = &block[j * stride..j * stride + vdim];
+                for (k, a) in acc.iter_mut().enumerate().take(nv) {
+                    *a = S::mul_add_splat(S::load(lanes(row, c0 + k * LANES)), pj, *a);
+                }
+            }
+        }
+        for (k, a) in acc.iter().enumerate().take(nv) {
+            let mut out = [0f32; LANES];
+            S::store(*a, &mut out);
+            y[c0 + k * LANES..c0 + (k + 1) * LANES].copy_from_slice(&out);
+        }
+        c0 += nv * LANES;
+    }
+    for i in main..vdim {
+        let mut v = y[i];
+        for (j, &pj) in p.iter().enumerate() {
+            if pj != 0.0 {
+                v = S::mul_add_scalar(block[j * stride + i], pj, v);
+            }
+        }
+        y[i] = v;
     }
 }
 
@@ -397,6 +421,51 @@ mod tests {
                 bits(&out_all[r * vdim..(r + 1) * vdim]),
                 "row {r}"
             );
+        }
+    }
+
+    /// `weighted_sum` gives the bits of one `y += p·v` pass per position (the order it
+    /// replaced), with zero weights skipped, a row tail past the lanes and rows wider than
+    /// the chunk, on the portable lanes and (where the CPU has them) AVX2 + FMA.
+    #[test]
+    fn weighted_sum_equals_position_passes() {
+        fn check<S: F32Lanes>() {
+            let (kdim, n) = (300usize, 29usize);
+            for vdim in [8usize, 77, 256, 300] {
+                let block = data(n * kdim, 7);
+                let mut p = data(n, 8);
+                p[3] = 0.0;
+                p[17] = 0.0;
+                let y0 = data(vdim, 9);
+                let mut want = y0.clone();
+                for (j, &pj) in p.iter().enumerate() {
+                    if pj == 0.0 {
+                        continue;
+                    }
+                    let v = &block[j * kdim..j * kdim + vdim];
+                    let main = vdim - vdim % LANES;
+                    for c in (0..main).step_by(LANES) {
+                        let x: [f32; LANES] = std::array::from_fn(|l| v[c + l]);
+                        let yv: [f32; LANES] = std::array::from_fn(|l| want[c + l]);
+                        let mut o = [0f32; LANES];
+                        S::store(S::mul_add_splat(S::load(&x), pj, S::load(&yv)), &mut o);
+                        want[c..c + LANES].copy_from_slice(&o);
+                    }
+                    for i in main..vdim {
+                        want[i] = S::mul_add_scalar(v[i], pj, want[i]);
+                    }
+                }
+                let mut got = y0.clone();
+                weighted_sum::<S>(&mut got, &p, &block, kdim);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "vdim {vdim} element {i}");
+                }
+            }
+        }
+        check::<Portable>();
+        #[cfg(target_arch = "x86_64")]
+        if crate::matmul::simd::avx2_or_skip("weighted_sum_equals_position_passes (AVX2 half)") {
+            check::<crate::matmul::simd::Avx2Fma>();
         }
     }
 
