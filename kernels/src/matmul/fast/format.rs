@@ -32,15 +32,26 @@ pub(crate) trait FastFormat {
     /// One block's [`FastFormat::BLOCK_ELEMS`] codes into `c`.
     fn codes(b: &[u8], c: &mut [u8]);
 
+    /// Whether the format builds its code chunks in registers (it overrides
+    /// [`FastFormat::chunks_avx2`]); then the default [`FastFormat::codes_avx2`] stores
+    /// those chunks.
+    const REGISTER_CHUNKS: bool = false;
+
     /// [`FastFormat::codes`] unpacked with AVX2 where a format writes that; must produce
-    /// identical bytes.
+    /// identical bytes. Default: the register chunks stored ([`FastFormat::REGISTER_CHUNKS`]),
+    /// else the portable unpacker.
     ///
     /// # Safety
     /// The CPU must support AVX2.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
-        Self::codes(b, c);
+        if Self::REGISTER_CHUNKS {
+            // SAFETY: AVX2 per the caller.
+            unsafe { avx2::store_chunks(Self::chunks_avx2(b), c) }
+        } else {
+            Self::codes(b, c);
+        }
     }
 
     /// The block's codes as 32-byte vectors in registers: vector `j` holds the codes of

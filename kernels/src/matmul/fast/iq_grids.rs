@@ -308,16 +308,11 @@ mod avx2 {
     }
 }
 
-/// The AVX2 unpackers of a grid format from its chunk builder: `codes_avx2` stores the
-/// register chunks, `chunks_avx2` builds them.
+/// The AVX2 unpacker of a grid format from its chunk builder: `chunks_avx2` builds the
+/// register chunks (which the default `codes_avx2` stores, `REGISTER_CHUNKS`).
 macro_rules! grid_avx2 {
     ($bytes:literal, $chunks:ident) => {
-        #[cfg(target_arch = "x86_64")]
-        #[inline(always)]
-        unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
-            // SAFETY: AVX2 per the caller.
-            unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
-        }
+        const REGISTER_CHUNKS: bool = true;
 
         #[cfg(target_arch = "x86_64")]
         #[inline(always)]

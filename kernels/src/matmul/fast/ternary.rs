@@ -87,6 +87,7 @@ unsafe fn iq1m_chunk(b: &[u8; 56], j: usize) -> std::arch::x86_64::__m256i {
 pub(crate) struct Iq1S;
 impl FastFormat for Iq1S {
     const HAS_OFFSET: bool = false;
+    const REGISTER_CHUNKS: bool = true;
     const BLOCK_BYTES: usize = 50;
     const BLOCK_ELEMS: usize = 256;
     const SIGNED: bool = true;
@@ -104,13 +105,6 @@ impl FastFormat for Iq1S {
                 codes8(&mut c[at..at + 8], idx, qh & 0x8000 != 0);
             }
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
-        // SAFETY: AVX2 per the caller.
-        unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -138,6 +132,7 @@ impl FastFormat for Iq1S {
 pub(crate) struct Iq1M;
 impl FastFormat for Iq1M {
     const HAS_OFFSET: bool = false;
+    const REGISTER_CHUNKS: bool = true;
     const BLOCK_BYTES: usize = 56;
     const BLOCK_ELEMS: usize = 256;
     const SIGNED: bool = true;
@@ -152,13 +147,6 @@ impl FastFormat for Iq1M {
             let idx = b[i] as usize | (((nib & 7) as usize) << 8);
             codes8(&mut c[8 * i..8 * i + 8], idx, nib & 8 != 0);
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn codes_avx2(b: &[u8], c: &mut [u8]) {
-        // SAFETY: AVX2 per the caller.
-        unsafe { super::format::avx2::store_chunks(Self::chunks_avx2(b), c) }
     }
 
     #[cfg(target_arch = "x86_64")]
