@@ -4,8 +4,8 @@
 //!
 //! `matvec.comp` is compiled once per weight type: its `#include "WEIGHT_TYPE"` line is
 //! replaced by `dequant/<type>.glsl` (the type's `dot32`). A dequant file may itself
-//! `#include "<file>"` a helper beside it (IQ4_NL and IQ4_XS share `iq4_grid.glsl`): such a
-//! line is replaced by that file's text, one level deep.
+//! `#include "<file>"` a helper beside it (IQ4_NL and IQ4_XS share `iq4_grid.glsl`, Q4_K and
+//! Q5_K `k4_scale_min.glsl`): such a line is replaced by that file's text, one level deep.
 
 use std::path::{Path, PathBuf};
 

@@ -10,7 +10,8 @@
 //! device.rs          logical device, compute queue, host-visible mapped buffers
 //! kernels.rs         pipelines built from the SPIR-V that build.rs compiles from kernels/
 //! kernels/           GLSL: matvec.comp + dequant/<type>.glsl (IQ4_NL and IQ4_XS share
-//!                    dequant/iq4_grid.glsl), swiglu.comp, combine.comp
+//!                    dequant/iq4_grid.glsl, Q4_K and Q5_K dequant/k4_scale_min.glsl),
+//!                    swiglu.comp, combine.comp
 //! commands.rs        one command buffer: record, submit, wait
 //! expert_weights.rs  the node's expert stacks uploaded once, in chunks within device limits
 //! expert_compute.rs  VulkanCompute: moe-model's ExpertCompute on the device

@@ -2,18 +2,12 @@
 // (scale, min) pairs for 8 sub-blocks of 32, 128 bytes of 4-bit values. Value =
 // d * scale_j * q - dmin * min_j. A chunk is sub-block j: 64-value group j / 2, low nibbles
 // for even j, high for odd.
+#include "k4_scale_min.glsl"
+
 float dot32(uint row_off, uint c, uint xo) {
     uint b = row_off + (c >> 3) * 144u;
     uint j = c & 7u;
-    uint sc;
-    uint mn;
-    if (j < 4u) {
-        sc = byte_at(b + 4u + j) & 63u;
-        mn = byte_at(b + 8u + j) & 63u;
-    } else {
-        sc = (byte_at(b + 8u + j) & 15u) | ((byte_at(b + j) >> 6) << 4);
-        mn = (byte_at(b + 8u + j) >> 4) | ((byte_at(b + 4u + j) >> 6) << 4);
-    }
+    uvec2 sm = k4_scale_min(b, j);
     uint q = b + 16u + 32u * (j >> 1);
     uint shift = (j & 1u) * 4u;
     float sq = 0.0;
@@ -23,5 +17,5 @@ float dot32(uint row_off, uint c, uint xo) {
         sq += float((byte_at(q + l) >> shift) & 15u) * xv;
         sx += xv;
     }
-    return f16_at(b) * float(sc) * sq - f16_at(b + 2u) * float(mn) * sx;
+    return f16_at(b) * float(sm.x) * sq - f16_at(b + 2u) * float(sm.y) * sx;
 }

@@ -1,18 +1,12 @@
 // Q5_K: super-blocks of 256 (176 bytes) = f16 d, f16 dmin, 12 bytes of packed 6-bit
 // (scale, min) pairs (as Q4_K), 32 bytes of high bits (bit j of byte l: value l of sub-block
 // j), 128 bytes of low nibbles (as Q4_K). Value = d * scale_j * q - dmin * min_j.
+#include "k4_scale_min.glsl"
+
 float dot32(uint row_off, uint c, uint xo) {
     uint b = row_off + (c >> 3) * 176u;
     uint j = c & 7u;
-    uint sc;
-    uint mn;
-    if (j < 4u) {
-        sc = byte_at(b + 4u + j) & 63u;
-        mn = byte_at(b + 8u + j) & 63u;
-    } else {
-        sc = (byte_at(b + 8u + j) & 15u) | ((byte_at(b + j) >> 6) << 4);
-        mn = (byte_at(b + 8u + j) >> 4) | ((byte_at(b + 4u + j) >> 6) << 4);
-    }
+    uvec2 sm = k4_scale_min(b, j);
     uint q = b + 48u + 32u * (j >> 1);
     uint shift = (j & 1u) * 4u;
     float sq = 0.0;
@@ -23,5 +17,5 @@ float dot32(uint row_off, uint c, uint xo) {
         sq += float(v) * xv;
         sx += xv;
     }
-    return f16_at(b) * float(sc) * sq - f16_at(b + 2u) * float(mn) * sx;
+    return f16_at(b) * float(sm.x) * sq - f16_at(b + 2u) * float(sm.y) * sx;
 }
