@@ -6,14 +6,15 @@
 //! cargo run --release -p moe-kernels --example kernel_timing -- Q4_K Q8_0
 //! ```
 //!
-//! Each row is one (type, mode, implementation, token count): the best of [`REPS`] calls on
+//! Each row is one (type, mode, implementation, token count; mode `panels` is Fast over the
+//! matrix repacked at load, for the types that repack): the best of [`REPS`] calls on
 //! one thread, in microseconds and in multiply-adds per nanosecond, and an FNV-1a hash of the
 //! output bits, so a refactor that must not change results can be checked by comparing the
 //! hash columns of two runs. Inputs are generated from fixed seeds.
 
 use std::time::Instant;
 
-use moe_kernels::{quantize_row, synthesize_row, GgmlType, QMatrix, SimdIsa};
+use moe_kernels::{quantize_row, synthesize_row, GgmlType, PackedMatrix, QMatrix, SimdIsa};
 
 /// Weight rows of the timed matrix (`KT_ROWS` overrides).
 const ROWS: usize = 512;
@@ -147,6 +148,9 @@ fn main() {
         }
         let bytes = weight_bytes(ty);
         let m = QMatrix::new(ty, rows(), COLS, &bytes).expect("matrix");
+        // The panel form of the types that repack (timed as mode `panels`).
+        let packed = PackedMatrix::pack(&m);
+        let pm = packed.as_ref().map(|p| m.with_packed(p).expect("packed"));
         for n in token_counts() {
             let x = values(n * COLS, 3 + n as u64);
             let mut y = vec![0f32; n * rows()];
@@ -178,6 +182,15 @@ fn main() {
                         m.matmul_fast_with_isa(x, n, y, isa).expect("fast")
                     }),
                 ));
+                if let Some(pm) = pm {
+                    runs.push((
+                        "panels",
+                        name,
+                        Box::new(move |y: &mut [f32]| {
+                            pm.matmul_fast_with_isa(x, n, y, isa).expect("panels")
+                        }),
+                    ));
+                }
             }
             for (mode, isa, run) in runs.iter_mut() {
                 if !mode_wanted(mode) {

@@ -32,6 +32,10 @@
 //!     fast/ternary.rs      IQ1_S, IQ1_M (grid codes with the offset folded in), TQ1_0, TQ2_0
 //!     fast/block_dot.rs    one block's integer dot (maddubs lanes; portable + AVX2)
 //!     fast/format.rs       FastFormat: the decoded block every format produces
+//!   matmul/panel.rs        Fast mode over k-quant matrices repacked at load (PackedMatrix):
+//!                          8-row panels, rows in vector lanes, one kernel for decode and prompts
+//!     panel/layout.rs      the panel byte layout (code bit planes, scale bytes) and packing
+//!     panel/dot.rs         a panel against up to 4 tokens (portable, AVX2, AVX-512 VNNI)
 //!   matmul/exact_fused.rs  Exact mode: fused kernels for Q4_K, Q6_K, Q8_0 (f32 activations)
 //!   matmul/exact.rs        Exact mode: dequantize-then-dot for every other type
 //!   matmul/dots.rs         the Exact f32 dot products (their order of accumulation)
@@ -57,7 +61,9 @@
 //! `examples/flash_timing.rs` times the flash attention kernel at Kimi K2.5's MLA shape.
 //!
 //! Numeric modes ([`NumericMode`]): a [`QMatrix`] computes `Exact` (f32, the reference)
-//! unless given `Fast` with [`QMatrix::with_mode`].
+//! unless given `Fast` with [`QMatrix::with_mode`]; in Fast mode a k-quant matrix computes
+//! from its [`PackedMatrix`] when given one with [`QMatrix::with_packed`] (the model packs
+//! at load), else from the file's blocks.
 //!
 //! ```
 //! use moe_kernels::{GgmlType, QMatrix};
@@ -83,8 +89,9 @@ pub use error::KernelError;
 pub use jobs::run_jobs;
 pub use kv_rows::{KvBuf, KvRowShape, KvRows, KvType, KV_Q8_BLOCK_VALUES};
 pub use matmul::{
-    has_fast_kernel, num_threads, set_num_threads, NumericMode, PreparedActs, QMatrix, SimdIsa,
-    FAST_TOKEN_CHUNK, MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS, MATMUL_THREADS_MAX,
+    has_fast_kernel, num_threads, set_num_threads, NumericMode, PackedMatrix, PreparedActs,
+    QMatrix, SimdIsa, FAST_TOKEN_CHUNK, MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS,
+    MATMUL_THREADS_MAX,
 };
 pub use quantize::{quantize_row, quantize_rows, synthesize_row};
 pub use types::GgmlType;

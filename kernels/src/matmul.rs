@@ -14,7 +14,9 @@
 //! carries its mode (set by whoever hands it out, e.g. the model); [`NumericMode::Exact`]
 //! runs the f32 kernels (`matmul/exact.rs`, `matmul/exact_fused.rs`), [`NumericMode::Fast`]
 //! quantizes the activations once per call (`matmul/q8.rs`, on the calling thread) and runs
-//! the integer kernels of `matmul/fast.rs` on them, with the same row split. Both run the
+//! the integer kernels of `matmul/fast.rs` on them (or, for a matrix carrying its
+//! [`PackedMatrix`], the panel kernels of `matmul/panel.rs`, split at panel boundaries),
+//! with the same row split. Both run the
 //! implementation [`SimdIsa::detected`] names (`matmul/simd.rs`).
 //!
 //! Leaves to the row kernels: the arithmetic. In Exact mode activations and accumulation are
@@ -24,6 +26,7 @@
 //!
 //! ```text
 //! kernel_table.rs  which row kernel each type runs
+//! panel.rs         Fast kernels over repacked k-quants     (panel/: layout, panel dots)
 //! fast.rs          Fast kernels: tile and token loops      (fast/: formats, block dots)
 //! exact_fused.rs   Exact fused kernels: Q4_K, Q6_K, Q8_0
 //! exact.rs         Exact kernel for the rest: dequantize, then dot
@@ -39,6 +42,7 @@ mod exact;
 mod exact_fused;
 mod fast;
 mod kernel_table;
+mod panel;
 mod prepared;
 mod q8;
 mod rows;
@@ -50,6 +54,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use fast::FAST_TOKEN_CHUNK;
+pub use panel::PackedMatrix;
 pub use prepared::PreparedActs;
 pub use simd::SimdIsa;
 
@@ -124,6 +129,8 @@ pub struct QMatrix<'a> {
     row_bytes: usize,
     data: &'a [u8],
     mode: NumericMode,
+    /// The same matrix repacked into panels (Fast mode computes from it when present).
+    packed: Option<&'a PackedMatrix>,
 }
 
 impl<'a> QMatrix<'a> {
@@ -156,12 +163,35 @@ impl<'a> QMatrix<'a> {
             row_bytes,
             data,
             mode: NumericMode::Exact,
+            packed: None,
         })
     }
 
     /// The same matrix computed in `mode` (a new matrix is [`NumericMode::Exact`]).
     pub fn with_mode(self, mode: NumericMode) -> Self {
         Self { mode, ..self }
+    }
+
+    /// This matrix computing its Fast mode from `p`, the same matrix repacked
+    /// ([`PackedMatrix::pack`]); an error if `p` has another type or shape. Exact mode
+    /// never reads it.
+    pub fn with_packed(self, p: &'a PackedMatrix) -> Result<Self, KernelError> {
+        if (p.ty(), p.rows(), p.cols()) != (self.ty, self.rows, self.cols) {
+            return Err(KernelError::LengthMismatch {
+                what: "packed matrix (another type or shape)",
+                expected: self.rows,
+                got: p.rows(),
+            });
+        }
+        Ok(Self {
+            packed: Some(p),
+            ..self
+        })
+    }
+
+    /// The packed form Fast mode computes from, if any.
+    pub fn packed(&self) -> Option<&'a PackedMatrix> {
+        self.packed
     }
 
     /// The arithmetic [`QMatrix::matmul`] uses.
@@ -234,23 +264,12 @@ impl<'a> QMatrix<'a> {
         }
         let isa = SimdIsa::detected();
         let w = self.weight_rows();
-        if self.mode == NumericMode::Fast {
-            if let Some(kernel) = kernel_table::fast_rows_fn(self.ty) {
-                let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems(), isa);
-                self.split(n_tokens, y, threads, |rows, out| {
-                    kernel(
-                        RowCall {
-                            w,
-                            rows,
-                            x: &acts,
-                            n_tokens,
-                            out,
-                        },
-                        isa,
-                    )
-                });
-                return Ok(());
-            }
+        if self.mode == NumericMode::Fast && kernel_table::fast_rows_fn(self.ty).is_some() {
+            let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems(), isa);
+            self.split(n_tokens, y, threads, |rows, out| {
+                self.fast_rows(&acts, rows, n_tokens, out, isa)
+            });
+            return Ok(());
         }
         let kernel = kernel_table::exact_rows_fn(self.ty);
         self.split(n_tokens, y, threads, |rows, out| {
@@ -304,7 +323,7 @@ impl<'a> QMatrix<'a> {
         y: &mut [f32],
         isa: SimdIsa,
     ) -> Result<(), KernelError> {
-        let kernel = kernel_table::fast_rows_fn(self.ty).ok_or(KernelError::Unavailable {
+        kernel_table::fast_rows_fn(self.ty).ok_or(KernelError::Unavailable {
             what: "fast kernel for this weight type",
         })?;
         Self::check_isa(isa)?;
@@ -314,15 +333,41 @@ impl<'a> QMatrix<'a> {
         }
         let acts = q8::QActs::quantize(x, n_tokens, self.cols, self.ty.block_elems(), isa);
         let mut out: Vec<&mut [f32]> = y.chunks_exact_mut(self.rows).collect();
-        let call = RowCall {
-            w: self.weight_rows(),
-            rows: 0..self.rows,
-            x: &acts,
-            n_tokens,
-            out: &mut out,
-        };
-        kernel(call, isa);
+        self.fast_rows(&acts, 0..self.rows, n_tokens, &mut out, isa);
         Ok(())
+    }
+
+    /// Rows `rows` in Fast mode from quantized activations: the panel kernel when this
+    /// matrix carries its packed form, else the type's row kernel (the caller checked that
+    /// one exists).
+    fn fast_rows(
+        &self,
+        acts: &q8::QActs,
+        rows: Range<usize>,
+        n_tokens: usize,
+        out: &mut [&mut [f32]],
+        isa: SimdIsa,
+    ) {
+        if let Some(p) = self.packed {
+            let call = panel::PanelCall {
+                p,
+                rows,
+                x: acts,
+                n_tokens,
+                out,
+            };
+            return panel::panel_rows(call, isa);
+        }
+        if let Some(kernel) = kernel_table::fast_rows_fn(self.ty) {
+            let call = RowCall {
+                w: self.weight_rows(),
+                rows,
+                x: acts,
+                n_tokens,
+                out,
+            };
+            kernel(call, isa);
+        }
     }
 
     /// Refuses an implementation this CPU cannot run.
@@ -373,7 +418,12 @@ impl<'a> QMatrix<'a> {
     where
         K: Fn(Range<usize>, &mut [&mut [f32]]) + Sync,
     {
-        let tile = dots::ROW_TILE;
+        // Packed matrices split at panel boundaries (a range inside a panel would compute
+        // the whole panel).
+        let tile = match self.packed {
+            Some(_) if self.mode == NumericMode::Fast => panel::PANEL_ROWS,
+            _ => dots::ROW_TILE,
+        };
 
         let macs = self.rows.saturating_mul(self.cols).saturating_mul(n_tokens);
         let by_rows = self.rows / MATMUL_MIN_ROWS_PER_THREAD.max(tile);

@@ -11,6 +11,9 @@
 //!    token-tile width and the single-token path;
 //! 4. threaded and batched results against single-token, single-thread ones, bit for bit.
 //!
+//! Each check runs on the row kernels over the file's blocks and, for the types that
+//! repack ([`PackedMatrix::packs`]), on the panel kernels over the packed matrix.
+//!
 //! Shapes: rows that are not a multiple of the row tile, token counts 1..=5 and one over
 //! `FAST_TOKEN_CHUNK`.
 
@@ -18,7 +21,8 @@ mod common;
 
 use common::{weights, Rng};
 use moe_kernels::{
-    dequantize_rows, has_fast_kernel, GgmlType, NumericMode, QMatrix, SimdIsa, FAST_TOKEN_CHUNK,
+    dequantize_rows, has_fast_kernel, GgmlType, NumericMode, PackedMatrix, QMatrix, SimdIsa,
+    FAST_TOKEN_CHUNK,
 };
 
 /// Relative f32 rounding allowance of the fast kernel's float part (a few roundings per block
@@ -91,12 +95,20 @@ fn check_type(ty: GgmlType, rows: usize, cols: usize, token_counts: &[usize], se
     let mut rng = Rng::new(seed);
     let bytes = weights(ty, rows, cols, &mut rng);
     let exact = QMatrix::new(ty, rows, cols, &bytes).unwrap();
-    let fast = exact.with_mode(NumericMode::Fast);
+    let packed = PackedMatrix::pack(&exact);
+    let unpacked = exact.with_mode(NumericMode::Fast);
+    let mut forms = vec![("rows", unpacked)];
+    if let Some(p) = &packed {
+        forms.push(("panels", unpacked.with_packed(p).unwrap()));
+    }
     let mut w = vec![0f32; rows * cols];
     dequantize_rows(ty, &bytes, cols, &mut w).unwrap();
     let block = ty.block_elems();
 
-    for &n in token_counts {
+    for (&n, (form, fast)) in token_counts
+        .iter()
+        .flat_map(|n| forms.iter().map(move |f| (n, f)))
+    {
         let x = activations(n * cols, &mut rng);
         let (xq, step) = dequantized_activations(&x, block);
         let mut y = vec![f32::NAN; n * rows];
@@ -125,13 +137,13 @@ fn check_type(ty: GgmlType, rows: usize, cols: usize, token_counts: &[usize], se
                 let float_tol = FAST_F32_REL_TOL * mag + 1e-30;
                 assert!(
                     (got - emul).abs() <= float_tol,
-                    "{ty:?} {rows}x{cols} n={n} token {t} row {r}: fast {got} vs emulated {emul} \
+                    "{ty:?} {form} {rows}x{cols} n={n} token {t} row {r}: fast {got} vs emulated {emul} \
                      (tol {float_tol})"
                 );
                 let tol = quant_err * (1.0 + 1e-6) + float_tol;
                 assert!(
                     (got - want).abs() <= tol,
-                    "{ty:?} {rows}x{cols} n={n} token {t} row {r}: fast {got} vs exact {want} \
+                    "{ty:?} {form} {rows}x{cols} n={n} token {t} row {r}: fast {got} vs exact {want} \
                      (activation-rounding bound {tol})"
                 );
             }
@@ -152,7 +164,7 @@ fn check_type(ty: GgmlType, rows: usize, cols: usize, token_counts: &[usize], se
                     assert_eq!(
                         one[r].to_bits(),
                         y[t * rows + r].to_bits(),
-                        "{ty:?} n={n} token {t} row {r}: {isa:?} alone vs batched+threaded \
+                        "{ty:?} {form} n={n} token {t} row {r}: {isa:?} alone vs batched+threaded \
                          ({detected:?})"
                     );
                 }
@@ -181,19 +193,26 @@ fn simd_matches_portable(isa: SimdIsa) {
         let (rows, cols) = (13, 2048);
         let bytes = weights(ty, rows, cols, &mut rng);
         let m = QMatrix::new(ty, rows, cols, &bytes).unwrap();
-        for n in [1, 2, 3, 4, 5, 8, 9, 15, 19] {
-            let x = activations(n * cols, &mut rng);
-            let mut a = vec![f32::NAN; n * rows];
-            let mut b = vec![f32::NAN; n * rows];
-            m.matmul_fast_with_isa(&x, n, &mut a, SimdIsa::Portable)
-                .unwrap();
-            m.matmul_fast_with_isa(&x, n, &mut b, isa).unwrap();
-            for (k, (p, v)) in a.iter().zip(&b).enumerate() {
-                assert_eq!(
-                    p.to_bits(),
-                    v.to_bits(),
-                    "{ty:?} {isa:?} n={n} out {k}: {p} vs {v}"
-                );
+        let packed = PackedMatrix::pack(&m);
+        let mut forms = vec![("rows", m)];
+        if let Some(p) = &packed {
+            forms.push(("panels", m.with_packed(p).unwrap()));
+        }
+        for (form, m) in &forms {
+            for n in [1, 2, 3, 4, 5, 8, 9, 15, 19] {
+                let x = activations(n * cols, &mut rng);
+                let mut a = vec![f32::NAN; n * rows];
+                let mut b = vec![f32::NAN; n * rows];
+                m.matmul_fast_with_isa(&x, n, &mut a, SimdIsa::Portable)
+                    .unwrap();
+                m.matmul_fast_with_isa(&x, n, &mut b, isa).unwrap();
+                for (k, (p, v)) in a.iter().zip(&b).enumerate() {
+                    assert_eq!(
+                        p.to_bits(),
+                        v.to_bits(),
+                        "{ty:?} {form} {isa:?} n={n} out {k}: {p} vs {v}"
+                    );
+                }
             }
         }
     }

@@ -21,7 +21,7 @@
 //! result is its 8 lanes summed pairwise (`simd.rs`).
 
 mod block_dot;
-mod format;
+pub(super) mod format;
 pub(super) mod iq4;
 pub(super) mod iq_grids;
 pub(super) mod kquants;

@@ -111,21 +111,12 @@ impl QMatrix<'_> {
         if rows.is_empty() || acts.n_tokens == 0 {
             return Ok(());
         }
-        let (isa, w, n_tokens) = (SimdIsa::detected(), self.weight_rows(), acts.n_tokens);
-        match (&acts.q, kernel_table::fast_rows_fn(self.ty)) {
-            (Some(q), Some(kernel)) => kernel(
+        let (isa, n_tokens) = (SimdIsa::detected(), acts.n_tokens);
+        match &acts.q {
+            Some(q) => self.fast_rows(q, rows, n_tokens, out, isa),
+            None => kernel_table::exact_rows_fn(self.ty)(
                 RowCall {
-                    w,
-                    rows,
-                    x: q,
-                    n_tokens,
-                    out,
-                },
-                isa,
-            ),
-            _ => kernel_table::exact_rows_fn(self.ty)(
-                RowCall {
-                    w,
+                    w: self.weight_rows(),
                     rows,
                     x: acts.x,
                     n_tokens,

@@ -22,7 +22,7 @@ pub(crate) const LANES: usize = 8;
 pub enum SimdIsa {
     /// Plain Rust (any CPU; vectorized by LLVM where it can, no fused multiply-adds).
     Portable,
-    /// x86-64 AVX2 with FMA.
+    /// x86-64 AVX2 with FMA and F16C (every AVX2 CPU has F16C).
     Avx2,
     /// x86-64 AVX2 + FMA with AVX-512 F/BW/VL and VNNI: the AVX2 kernels compiled with 32
     /// vector registers, and the Fast kernels' integer multiply-adds as VNNI instructions
@@ -32,7 +32,7 @@ pub enum SimdIsa {
 
 impl SimdIsa {
     /// The best implementation this CPU runs: AVX-512 VNNI when it and AVX-512 F/BW/VL (and
-    /// AVX2, FMA) are detected, else AVX2 when AVX2 and FMA are both detected, else
+    /// AVX2, FMA, F16C) are detected, else AVX2 when AVX2, FMA and F16C are detected, else
     /// portable. Probed on the first call; later calls read the cached answer.
     pub fn detected() -> Self {
         static DETECTED: OnceLock<SimdIsa> = OnceLock::new();
@@ -51,7 +51,9 @@ impl SimdIsa {
     /// The CPU feature probe (the only one in this crate).
     fn probe() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
             let vnni = std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
@@ -118,7 +120,7 @@ pub(crate) fn dispatch<K: IsaKernel>(isa: SimdIsa, kernel: K) {
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2_fma<K: IsaKernel>(kernel: K) {
     // SAFETY: this function's own requirement.
     unsafe { kernel.run_avx2_fma() }
@@ -129,7 +131,7 @@ unsafe fn run_avx2_fma<K: IsaKernel>(kernel: K) {
 /// # Safety
 /// The CPU must support those features.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn run_avx512_vnni<K: IsaKernel>(kernel: K) {
     // SAFETY: this function's own requirement.
     unsafe { kernel.run_avx512_vnni() }

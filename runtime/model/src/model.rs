@@ -6,6 +6,7 @@
 //! over this model uses that one mode. It also carries the element type of its sequences' KV
 //! caches ([`KvType`], f32 unless [`Model::with_kv_type`] says otherwise).
 
+mod packing;
 mod traffic;
 mod weights;
 
@@ -38,6 +39,8 @@ pub struct Model {
     mode: NumericMode,
     /// The element type of the KV caches made for this model ([`Model::kv_type`]).
     kv_type: KvType,
+    /// Fast mode's repacked matrices (empty in Exact mode).
+    packed: packing::Packed,
 }
 
 impl std::fmt::Debug for Model {
@@ -156,13 +159,26 @@ impl Model {
             rope,
             mode: NumericMode::Exact,
             kv_type: KvType::F32,
+            packed: packing::Packed::default(),
         })
     }
 
-    /// This model computing in `mode` (a model opens in [`NumericMode::Exact`]).
+    /// This model computing in `mode` (a model opens in [`NumericMode::Exact`]). Fast mode
+    /// repacks the k-quant matrices this process mapped (`model/packing.rs`: the time of a
+    /// copy of them, on the rayon pool, and their file pages released); Exact mode drops
+    /// any packed copies and reads the file.
     pub fn with_mode(mut self, mode: NumericMode) -> Self {
         self.mode = mode;
+        self.packed = match mode {
+            NumericMode::Fast => packing::Packed::build(&self),
+            NumericMode::Exact => packing::Packed::default(),
+        };
         self
+    }
+
+    /// Matrices repacked for Fast mode, and their bytes.
+    pub fn packed_summary(&self) -> (usize, usize) {
+        self.packed.summary()
     }
 
     /// The arithmetic of this model's matmuls.
@@ -193,16 +209,29 @@ impl Model {
 
     /// A borrowed view of a 2-D weight (an error if this process did not map it).
     pub fn mat(&self, m: &Mat) -> Result<QMatrix<'_>, ModelError> {
-        Ok(m.view(&self.file)?.with_mode(self.mode))
+        self.packed_view(m.view(&self.file)?, m.key())
     }
 
     /// Expert `e` of a stacked expert tensor (an error if this process did not map it).
     pub fn expert_mat(&self, w: &MatStack, e: usize) -> Result<QMatrix<'_>, ModelError> {
-        Ok(w.matrix(&self.file, e, "expert")?.with_mode(self.mode))
+        self.packed_view(w.matrix(&self.file, e, "expert")?, w.key(e))
     }
 
     /// Head `h` of a per-head attention tensor (`attn_k_b`, `attn_v_b`).
     pub fn head_mat(&self, w: &MatStack, h: usize) -> Result<QMatrix<'_>, ModelError> {
-        Ok(w.matrix(&self.file, h, "head")?.with_mode(self.mode))
+        self.packed_view(w.matrix(&self.file, h, "head")?, w.key(h))
+    }
+
+    /// `m` in this model's mode, with its packed form (from `key`) where there is one.
+    fn packed_view<'a>(
+        &'a self,
+        m: QMatrix<'a>,
+        key: (usize, usize),
+    ) -> Result<QMatrix<'a>, ModelError> {
+        let m = m.with_mode(self.mode);
+        Ok(match self.packed.get(key) {
+            Some(p) => m.with_packed(p)?,
+            None => m,
+        })
     }
 }

@@ -67,6 +67,37 @@ impl Backing {
         }
     }
 
+    /// Drops this process's pages of file bytes `[offset, offset + len)` (the whole pages
+    /// inside the range; best effort: a failed `madvise` leaves them mapped). The bytes stay
+    /// readable: a later read faults them back in from the file (the mapping is read-only
+    /// and private, so nothing written is lost).
+    fn release(&self, offset: usize, len: usize) {
+        let (map, at) = match self {
+            Self::Mapped(m) => (m, offset),
+            Self::Owned(_) => return,
+            Self::Regions(regions) => {
+                let Some(i) = regions
+                    .partition_point(|r| r.start <= offset)
+                    .checked_sub(1)
+                else {
+                    return;
+                };
+                let r = &regions[i];
+                (&r.map, r.delta + offset - r.start)
+            }
+        };
+        let start = at.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+        let end = (at + len).min(map.len()) / PAGE_BYTES * PAGE_BYTES;
+        if end > start {
+            // SAFETY: MADV_DONTNEED on a read-only private file mapping only drops page-table
+            // entries; every byte reads the same afterwards (refaulted from the unmodified
+            // file), so the slices borrowed from the map stay valid.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     /// Bytes mapped or held.
     fn mapped_bytes(&self) -> usize {
         match self {
@@ -77,6 +108,9 @@ impl Backing {
     }
 }
 
+/// Page size the mappings are aligned to (and released in).
+const PAGE_BYTES: usize = 4096;
+
 /// Maps `[start, start + len)` of `file` (page-aligned underneath).
 fn map_region(
     file: &std::fs::File,
@@ -84,7 +118,6 @@ fn map_region(
     start: usize,
     len: usize,
 ) -> Result<Region, ModelError> {
-    const PAGE_BYTES: usize = 4096;
     let aligned = start / PAGE_BYTES * PAGE_BYTES;
     let delta = start - aligned;
     // SAFETY: as in `GgufFile::open`: a read-only private map of a model file that is not
@@ -247,6 +280,15 @@ impl GgufFile {
             .ok_or_else(|| ModelError::NotMapped {
                 what: what.to_string(),
             })
+    }
+
+    /// Drops this process's pages of file bytes `[offset, offset + len)` of shard `shard`
+    /// (after the model copied them elsewhere, e.g. repacked them): they stop counting in
+    /// the resident set and are read back from the file if touched again.
+    pub fn release(&self, shard: usize, offset: usize, len: usize) {
+        if let Some(b) = self.shards.get(shard) {
+            b.release(offset, len);
+        }
     }
 
     /// Parses a single-file GGUF held in memory (tests and fuzzing).

@@ -33,6 +33,10 @@ impl Mat {
     pub fn bytes(&self) -> usize {
         self.size
     }
+    /// Where the matrix lies: (shard, file offset).
+    pub(super) fn key(&self) -> (usize, usize) {
+        (self.shard, self.offset)
+    }
     pub(super) fn view<'a>(&self, file: &'a GgufFile) -> Result<QMatrix<'a>, ModelError> {
         let data = file.range(&self.name, self.shard, self.offset, self.size)?;
         Ok(QMatrix::new(self.ty, self.rows, self.cols, data)?)
@@ -63,6 +67,10 @@ impl MatStack {
     /// Matrices in the stack (experts or heads).
     pub fn count(&self) -> usize {
         self.count
+    }
+    /// Where matrix `e` lies: (shard, file offset).
+    pub(super) fn key(&self, e: usize) -> (usize, usize) {
+        (self.shard, self.expert_offset(e))
     }
     /// Absolute file offset of matrix `e` (for mapping only owned experts).
     pub fn expert_offset(&self, e: usize) -> usize {

@@ -1,0 +1,241 @@
+//! Weights repacked at load for the Fast mode: [`PackedMatrix`], a k-quant matrix (Q2_K,
+//! Q3_K, Q4_K, Q5_K, Q6_K) in 8-row panels whose codes lie rows-in-lanes, so that one
+//! `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd` on AVX2) takes 4 codes of each of 8 rows and
+//! the 8 rows' sums end in the 8 lanes of a vector: no horizontal sums per row, one unpack
+//! of a panel's codes serving up to 4 tokens, and the same kernel for decode and prompts.
+//!
+//! Decides: which types repack ([`PackedMatrix::pack`]), the panel height
+//! ([`PANEL_ROWS`]; a last panel of fewer rows is padded with zero rows), and the loop
+//! order of a call: token chunks of [`FAST_TOKEN_CHUNK`], panels, then tokens
+//! [`PanelDot::TOKENS`] (then 2, 1) at a time. A row's result depends only on its packed
+//! bytes and the token's quantized activations (`panel/dot.rs`), never on the row range,
+//! the thread split or the tokens computed with it.
+//!
+//! Leaves to `panel/layout.rs` the byte layout and the packing of one panel block, and to
+//! `panel/dot.rs` the arithmetic of a panel against tokens.
+//!
+//! Memory: the packed copy is owned (64-byte aligned) and as large as the file's blocks
+//! within 6 bytes per row and super-block; the owner of the mapping may release the file's
+//! pages once packed (the model does, see `moe-model`'s `Model::with_mode`).
+
+mod dot;
+pub(crate) mod layout;
+
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use self::dot::PanelDot;
+use self::layout::{pack_block, PanelFormat, SUPER};
+use super::fast::kquants::{Q2K, Q3K, Q4K, Q5K, Q6K};
+use super::fast::FAST_TOKEN_CHUNK;
+use super::q8::QActs;
+use super::simd::{dispatch, IsaKernel, Portable, SimdIsa};
+use super::QMatrix;
+use crate::GgmlType;
+
+/// Rows per panel: the 8 i32 lanes of a 256-bit vector.
+pub(crate) const PANEL_ROWS: usize = 8;
+
+/// One aligned line of a packed buffer.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A quantized matrix repacked into panels (see the module docs), owned.
+pub struct PackedMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix")
+            .field("ty", &self.ty)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("bytes", &self.len)
+            .finish()
+    }
+}
+
+impl PackedMatrix {
+    /// Whether matrices of `ty` repack (the k-quants Q2_K .. Q6_K).
+    pub fn packs(ty: GgmlType) -> bool {
+        matches!(
+            ty,
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
+        )
+    }
+
+    /// `m` repacked, or `None` when its type does not repack ([`PackedMatrix::packs`]).
+    pub fn pack(m: &QMatrix<'_>) -> Option<Self> {
+        match m.ty() {
+            GgmlType::Q2_K => Some(Self::pack_as::<Q2K>(m)),
+            GgmlType::Q3_K => Some(Self::pack_as::<Q3K>(m)),
+            GgmlType::Q4_K => Some(Self::pack_as::<Q4K>(m)),
+            GgmlType::Q5_K => Some(Self::pack_as::<Q5K>(m)),
+            GgmlType::Q6_K => Some(Self::pack_as::<Q6K>(m)),
+            _ => None,
+        }
+    }
+
+    fn pack_as<F: PanelFormat>(m: &QMatrix<'_>) -> Self {
+        let (rows, cols) = (m.rows(), m.cols());
+        // QMatrix::new checked that rows are whole blocks of this type.
+        let nb = cols / SUPER;
+        let panels = rows.div_ceil(PANEL_ROWS);
+        let len = panels * nb * F::PANEL_BLOCK_BYTES;
+        let mut out = Self {
+            ty: m.ty(),
+            rows,
+            cols,
+            lines: vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        };
+        let data = out.bytes_mut();
+        let panel_bytes = nb * F::PANEL_BLOCK_BYTES;
+        for (pi, panel) in data.chunks_exact_mut(panel_bytes.max(1)).enumerate() {
+            let r0 = pi * PANEL_ROWS;
+            let r1 = (r0 + PANEL_ROWS).min(rows);
+            for (blk, pb) in panel.chunks_exact_mut(F::PANEL_BLOCK_BYTES).enumerate() {
+                let mut blocks: [&[u8]; PANEL_ROWS] = [&[]; PANEL_ROWS];
+                for (b, r) in blocks.iter_mut().zip(r0..r1) {
+                    *b = &m.row_data(r)[blk * F::BLOCK_BYTES..(blk + 1) * F::BLOCK_BYTES];
+                }
+                pack_block::<F>(&blocks[..r1 - r0], pb);
+            }
+        }
+        out
+    }
+
+    /// Element type of the source matrix.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
+
+    fn bytes_ref(&self) -> &[u8] {
+        // SAFETY: `lines` holds at least `len` initialized bytes (64 per line, no padding).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes_ref`, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// One panel-kernel call: `out[t][i] = row (rows.start + i) · x_t` for `i < rows.len()`.
+pub(crate) struct PanelCall<'a, 'o, 'y> {
+    /// The packed matrix.
+    pub(crate) p: &'a PackedMatrix,
+    /// The rows to compute (any range; whole panels are computed, the rows outside dropped).
+    pub(crate) rows: Range<usize>,
+    /// Activations quantized for 256-element blocks.
+    pub(crate) x: &'a QActs,
+    /// Tokens in `x`.
+    pub(crate) n_tokens: usize,
+    /// Per token, the outputs of `rows`.
+    pub(crate) out: &'o mut [&'y mut [f32]],
+}
+
+/// Runs `call` with `isa` where this CPU has it.
+pub(crate) fn panel_rows(call: PanelCall<'_, '_, '_>, isa: SimdIsa) {
+    match call.p.ty {
+        GgmlType::Q2_K => dispatch(isa, Panels::<Q2K>(call, PhantomData)),
+        GgmlType::Q3_K => dispatch(isa, Panels::<Q3K>(call, PhantomData)),
+        GgmlType::Q4_K => dispatch(isa, Panels::<Q4K>(call, PhantomData)),
+        GgmlType::Q5_K => dispatch(isa, Panels::<Q5K>(call, PhantomData)),
+        GgmlType::Q6_K => dispatch(isa, Panels::<Q6K>(call, PhantomData)),
+        // `PackedMatrix::pack` made only the types above.
+        other => unreachable!("no panel layout for {other:?}"),
+    }
+}
+
+/// [`body`] of `F` as an [`IsaKernel`].
+struct Panels<'a, 'o, 'y, F>(PanelCall<'a, 'o, 'y>, PhantomData<F>);
+
+impl<F: PanelFormat> IsaKernel for Panels<'_, '_, '_, F> {
+    #[inline(always)]
+    fn run_portable(self) {
+        body::<F, Portable>(self.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run_avx2_fma(self) {
+        body::<F, super::simd::Avx2Fma>(self.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run_avx512_vnni(self) {
+        body::<F, super::simd::Avx512Vnni>(self.0);
+    }
+}
+
+/// The loops of a call (see the module docs).
+#[inline(always)]
+fn body<F: PanelFormat, S: PanelDot>(call: PanelCall<'_, '_, '_>) {
+    let PanelCall {
+        p,
+        rows,
+        x: acts,
+        n_tokens,
+        out,
+    } = call;
+    // Invariants of the callers (QMatrix quantized for this shape), not data.
+    assert!(
+        acts.block == SUPER && acts.cols == p.cols,
+        "panel kernel: activations quantized for another shape"
+    );
+    let panel_bytes = p.cols / SUPER * F::PANEL_BLOCK_BYTES;
+    let data = p.bytes_ref();
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let t1 = (t0 + FAST_TOKEN_CHUNK).min(n_tokens);
+        for pi in rows.start / PANEL_ROWS..rows.end.div_ceil(PANEL_ROWS) {
+            let panel = &data[pi * panel_bytes..(pi + 1) * panel_bytes];
+            let first = pi * PANEL_ROWS;
+            let (r0, r1) = (first.max(rows.start), (first + PANEL_ROWS).min(rows.end));
+            let mut t = t0;
+            macro_rules! pass {
+                ($T:expr) => {
+                    while S::TOKENS >= $T && t1 - t >= $T {
+                        let mut ts = [0usize; $T];
+                        for (q, tq) in ts.iter_mut().enumerate() {
+                            *tq = t + q;
+                        }
+                        let res = S::tokens::<F, { $T }>(panel, acts, ts);
+                        for (q, rq) in res.iter().enumerate() {
+                            let o = &mut out[t + q][r0 - rows.start..r1 - rows.start];
+                            o.copy_from_slice(&rq[r0 - first..r1 - first]);
+                        }
+                        t += $T;
+                    }
+                };
+            }
+            pass!(4);
+            pass!(2);
+            pass!(1);
+        }
+        t0 = t1;
+    }
+}

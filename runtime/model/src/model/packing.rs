@@ -1,0 +1,98 @@
+//! Fast-mode weights repacked at load: every matrix the forward pass multiplies that this
+//! process mapped and whose type repacks ([`PackedMatrix::packs`]: the k-quants) is copied
+//! once into `moe-kernels`' panel layout, and the file's pages it came from are released.
+//!
+//! Decides: what stays mapped and what is copied. Copied: those matrices (within 6 bytes per
+//! row and 256-element block of their size in the file). Mapped: everything else (the
+//! embedding rows read by lookup, norms, F32 routers, the types without a panel layout, and
+//! the packed matrices' bytes themselves, whose pages are dropped with `MADV_DONTNEED` and
+//! read back from the file only if touched again, e.g. by an Exact-mode check or a Vulkan
+//! upload). So the resident set stays about the size of the weights, not twice it.
+
+use hashbrown::HashMap;
+use moe_kernels::{PackedMatrix, QMatrix};
+use rayon::prelude::*;
+
+use super::Model;
+
+/// Packed matrices by where their source lies (shard, file offset).
+#[derive(Default)]
+pub(super) struct Packed {
+    map: HashMap<(usize, usize), PackedMatrix>,
+}
+
+impl Packed {
+    /// Packs `model`'s matrices (see the module docs) on the rayon pool.
+    pub(super) fn build(model: &Model) -> Self {
+        let todo = matrices(model);
+        let map = todo
+            .into_par_iter()
+            .filter_map(|(key, m)| {
+                let p = PackedMatrix::pack(&m)?;
+                model.file.release(key.0, key.1, m.data().len());
+                Some((key, p))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect();
+        Self { map }
+    }
+
+    /// The packed form of the matrix at `key`, if there is one.
+    pub(super) fn get(&self, key: (usize, usize)) -> Option<&PackedMatrix> {
+        self.map.get(&key)
+    }
+
+    /// Matrices held and their bytes.
+    pub(super) fn summary(&self) -> (usize, usize) {
+        (
+            self.map.len(),
+            self.map.values().map(PackedMatrix::bytes).sum(),
+        )
+    }
+}
+
+/// Every mapped matrix of a type that repacks, once per source location, unpacked views.
+fn matrices<'a>(model: &'a Model) -> Vec<((usize, usize), QMatrix<'a>)> {
+    let file = &model.file;
+    let mut out: HashMap<(usize, usize), QMatrix<'a>> = HashMap::new();
+    let mut add = |key: (usize, usize), m: Result<QMatrix<'a>, crate::ModelError>| {
+        // A matrix this process did not map (an expert node's non-experts, a router's
+        // remote experts) is simply not packed.
+        if let Ok(m) = m {
+            if PackedMatrix::packs(m.ty()) {
+                out.entry(key).or_insert(m);
+            }
+        }
+    };
+    add(model.output.key(), model.output.view(file));
+    for l in &model.layers {
+        let a = &l.attn;
+        let mats = [a.q_a.as_ref(), Some(&a.q_b), Some(&a.kv_a), Some(&a.output)];
+        for m in mats.into_iter().flatten() {
+            add(m.key(), m.view(file));
+        }
+        for s in [&a.k_b, &a.v_b] {
+            for h in 0..s.count() {
+                add(s.key(h), s.matrix(file, h, "head"));
+            }
+        }
+        let ffns = [
+            l.dense.as_ref(),
+            l.moe.as_ref().and_then(|m| m.shared.as_ref()),
+        ];
+        for f in ffns.into_iter().flatten() {
+            for m in [&f.gate, &f.up, &f.down] {
+                add(m.key(), m.view(file));
+            }
+        }
+        if let Some(moe) = &l.moe {
+            for s in [&moe.gate_exps, &moe.up_exps, &moe.down_exps] {
+                for e in 0..s.count() {
+                    add(s.key(e), s.matrix(file, e, "expert"));
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
