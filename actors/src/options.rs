@@ -177,11 +177,25 @@ impl ModelArgs {
                 WeightSet::Router { local }
             }
         };
-        Ok(Model::open_with(&path, &set)
-            .with_context(|| format!("loading {}", path.display()))?
-            .with_mode(mode)
-            .with_kv_type(kv_type))
+        let model =
+            Model::open_with(&path, &set).with_context(|| format!("loading {}", path.display()))?;
+        Ok(with_mode_reported(model, mode).with_kv_type(kv_type))
     }
+}
+
+/// `model` in `mode`, saying on stderr what Fast mode repacked and how long it took.
+pub fn with_mode_reported(model: Model, mode: NumericMode) -> Model {
+    let start = std::time::Instant::now();
+    let model = model.with_mode(mode);
+    let (n, bytes) = model.packed_summary();
+    if n > 0 {
+        eprintln!(
+            "repacked {n} matrices ({:.1} MiB) for the fast kernels in {:.2} s",
+            bytes as f64 / 1048576.0,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    model
 }
 
 /// The embedded default: `synth --preset tiny` (seed 0, BF16), written once to the temp dir.

@@ -94,8 +94,8 @@ pub fn run(
                 owned: owned.clone(),
             },
         )
-        .with_context(|| format!("loading {}", model_path.display()))?
-        .with_mode(mode),
+        .with_context(|| format!("loading {}", model_path.display()))
+        .map(|m| crate::options::with_mode_reported(m, mode))?,
     );
     drop(header);
     eprintln!(
