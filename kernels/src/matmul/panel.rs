@@ -25,6 +25,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 
 use self::dot::PanelDot;
+pub(crate) use self::layout::PANEL_ROWS;
 use self::layout::{pack_block, PanelFormat, SUPER};
 use super::fast::kquants::{Q2K, Q3K, Q4K, Q5K, Q6K};
 use super::fast::FAST_TOKEN_CHUNK;
@@ -32,9 +33,6 @@ use super::q8::QActs;
 use super::simd::{dispatch, IsaKernel, Portable, SimdIsa};
 use super::QMatrix;
 use crate::GgmlType;
-
-/// Rows per panel: the 8 i32 lanes of a 256-bit vector.
-pub(crate) const PANEL_ROWS: usize = 8;
 
 /// One aligned line of a packed buffer.
 #[derive(Clone, Copy)]

@@ -19,8 +19,9 @@
 //! most 16,002 (no saturation) and a 16-group sum at most 128,016; `|a| ≤ 128` over 16 groups
 //! keeps `|A| < 2^29`; `|bs| ≤ 2032` and `|m| ≤ 128` keep `|M| < 2^23`.
 
-use super::layout::{code_at, factor_bits, scale_byte, PanelFormat, ScaleKind, SUPER, UNITS};
-use super::PANEL_ROWS;
+use super::layout::{
+    code_at, factor_bits, scale_byte, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNITS,
+};
 use crate::matmul::fast::format::f16_bits_to_f32;
 use crate::matmul::q8::{QActs, BSUM_ELEMS};
 use crate::matmul::simd::Portable;
@@ -193,8 +194,7 @@ impl PanelDot for Avx512Vnni {
 mod avx {
     use std::arch::x86_64::*;
 
-    use super::super::layout::{PanelFormat, ScaleKind, SUPER, UNIT, UNITS};
-    use super::super::PANEL_ROWS;
+    use super::super::layout::{PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNIT, UNITS};
     use super::IntDots;
     use crate::matmul::q8::{QActs, BSUM_ELEMS};
 

@@ -28,8 +28,9 @@
 
 use super::super::fast::format::FastFormat;
 use super::super::fast::kquants::{Q2K, Q3K, Q4K, Q5K, Q6K};
-use super::PANEL_ROWS;
 
+/// Rows per panel: the 8 i32 lanes of a 256-bit vector.
+pub(crate) const PANEL_ROWS: usize = 8;
 /// Elements of a super-block (every panel format's block).
 pub(crate) const SUPER: usize = 256;
 /// Elements per unit (8 quads; one or two scale groups).
