@@ -151,8 +151,12 @@ pub fn select_experts(
         }
         order.clear();
         order.extend(0..e);
-        // Descending by selection score; ties to the lower id.
-        order.sort_by(|&a, &b| desc_nan_last((sel[a], a), (sel[b], b)));
+        // The k first in descending selection score, ties to the lower id: a selection
+        // (linear) gives the same set as a full sort under this total order, and the set is
+        // sorted by id below anyway.
+        if k > 0 && k < e {
+            order.select_nth_unstable_by(k - 1, |&a, &b| desc_nan_last((sel[a], a), (sel[b], b)));
+        }
         let mut chosen: Vec<usize> = order[..k].to_vec();
         chosen.sort_unstable();
         let mut ws: Vec<f32> = chosen.iter().map(|&i| scores[i]).collect();
