@@ -19,7 +19,7 @@
 //! arithmetic after the conversion is the same as for f32 rows holding those values.
 
 use crate::kv_rows::KvRows;
-use crate::matmul::dots::{dot, dot4, ROW_TILE};
+use crate::matmul::dots::{dot, dot4, dot4x4, POS_TILE, ROW_TILE};
 #[cfg(target_arch = "x86_64")]
 use crate::matmul::simd::Avx2Fma;
 use crate::matmul::simd::{dispatch, F32Lanes, IsaKernel, Portable, SimdIsa, LANES};
@@ -172,31 +172,49 @@ impl Flash<'_> {
                     out
                 }
             };
-            // Scores, position-major so each cache row is loaded once for all query rows.
-            // Query rows go ROW_TILE at a time through `dot4` (each lane's result equals
-            // `dot`'s), sharing each load of the cache row.
+            // Scores, position-major so each cache row is loaded once per tile of query
+            // rows: ROW_TILE rows × POS_TILE positions through `dot4x4`, then the block's last
+            // positions through `dot4`, the last rows through `dot` (every result equals
+            // `dot`'s, so the tiling never changes a score).
             let q_row = |r: usize| &q[r * kdim..(r + 1) * kdim];
-            for j in 0..n {
-                let row = &block[j * kdim..(j + 1) * kdim];
-                let visible = |r: usize| pos0 + j < limits[r];
-                let mut r = 0;
-                while r + ROW_TILE <= rows {
-                    let d = dot4::<S>(std::array::from_fn(|k| q_row(r + k)), row);
-                    for (k, d) in d.into_iter().enumerate() {
-                        scores[(r + k) * FLASH_BLOCK_POSITIONS + j] = if visible(r + k) {
-                            d * scale
-                        } else {
-                            f32::NEG_INFINITY
-                        };
+            let k_row = |j: usize| &block[j * kdim..(j + 1) * kdim];
+            let mut put = |r: usize, j: usize, d: f32| {
+                scores[r * FLASH_BLOCK_POSITIONS + j] = if pos0 + j < limits[r] {
+                    d * scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+            };
+            let full_rows = rows - rows % ROW_TILE;
+            let mut j = 0;
+            while j + POS_TILE <= n {
+                for r in (0..full_rows).step_by(ROW_TILE) {
+                    let d = dot4x4::<S>(
+                        [q_row(r), q_row(r + 1), q_row(r + 2), q_row(r + 3)],
+                        [k_row(j), k_row(j + 1), k_row(j + 2), k_row(j + 3)],
+                    );
+                    for (k, dk) in d.iter().enumerate() {
+                        for (i, &v) in dk.iter().enumerate() {
+                            put(r + k, j + i, v);
+                        }
                     }
-                    r += ROW_TILE;
                 }
-                for r in r..rows {
-                    scores[r * FLASH_BLOCK_POSITIONS + j] = if visible(r) {
-                        dot::<S>(q_row(r), row) * scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
+                j += POS_TILE;
+            }
+            for j in j..n {
+                for r in (0..full_rows).step_by(ROW_TILE) {
+                    let d = dot4::<S>(
+                        [q_row(r), q_row(r + 1), q_row(r + 2), q_row(r + 3)],
+                        k_row(j),
+                    );
+                    for (k, &v) in d.iter().enumerate() {
+                        put(r + k, j, v);
+                    }
+                }
+            }
+            for r in full_rows..rows {
+                for j in 0..n {
+                    put(r, j, dot::<S>(q_row(r), k_row(j)));
                 }
             }
             // Softmax state: new max, rescale, probabilities in place of the scores.
@@ -225,15 +243,101 @@ impl Flash<'_> {
                 }
                 state.sum[r] += sum;
             }
-            // Weighted values, row by row: a row's accumulator stays in registers, a chunk
-            // at a time, across the block's positions (the block's values are in cache).
-            for r in 0..rows {
-                let p = &scores[r * FLASH_BLOCK_POSITIONS..r * FLASH_BLOCK_POSITIONS + n];
-                weighted_sum::<S>(&mut state.acc[r * vdim..(r + 1) * vdim], p, block, kdim);
+            // Weighted values, ROW_TILE rows at a time (each value load serves them all):
+            // the rows' accumulators stay in registers, a chunk at a time, across the
+            // block's positions (the block's values are in cache).
+            let p_row =
+                |r: usize| &scores[r * FLASH_BLOCK_POSITIONS..r * FLASH_BLOCK_POSITIONS + n];
+            let mut r = 0;
+            for accs in state.acc[..rows * vdim].chunks_exact_mut(ROW_TILE * vdim) {
+                let ps = [p_row(r), p_row(r + 1), p_row(r + 2), p_row(r + 3)];
+                weighted_sum4::<S>(accs, ps, block, kdim);
+                r += ROW_TILE;
+            }
+            for r in r..rows {
+                weighted_sum::<S>(
+                    &mut state.acc[r * vdim..(r + 1) * vdim],
+                    p_row(r),
+                    block,
+                    kdim,
+                );
             }
             block0 += n;
         }
     }
+}
+
+/// Accumulator vectors per row held in registers per pass of [`weighted_sum4`].
+const VALUE_CHUNK_VECTORS4: usize = 4;
+
+/// [`weighted_sum`] for [`ROW_TILE`] rows at once (`ys` their `[ROW_TILE, vdim]`
+/// accumulators, `ps[k]` row `k`'s weights), each row's elements getting the same
+/// multiply-adds in the same order as `weighted_sum` gives them (the same bits), every value
+/// load shared by the rows.
+#[inline(always)]
+fn weighted_sum4<S: F32Lanes>(
+    ys: &mut [f32],
+    ps: [&[f32]; ROW_TILE],
+    block: &[f32],
+    stride: usize,
+) {
+    let vdim = ys.len() / ROW_TILE;
+    let main = vdim - vdim % LANES;
+    let n = ps.iter().map(|p| p.len()).min().unwrap_or(0);
+    let mut c0 = 0;
+    while c0 < main {
+        let nv = VALUE_CHUNK_VECTORS4.min((main - c0) / LANES);
+        let mut acc = [[S::zero(); VALUE_CHUNK_VECTORS4]; ROW_TILE];
+        for (k, ak) in acc.iter_mut().enumerate() {
+            for (v, a) in ak.iter_mut().enumerate().take(nv) {
+                *a = S::load(lane_of(ys, k * vdim + c0 + v * LANES));
+            }
+        }
+        for j in 0..n {
+            let row = &block[j * stride..j * stride + vdim];
+            let mut vals = [S::zero(); VALUE_CHUNK_VECTORS4];
+            for (v, x) in vals.iter_mut().enumerate().take(nv) {
+                *x = S::load(lane_of(row, c0 + v * LANES));
+            }
+            for (ak, p) in acc.iter_mut().zip(ps) {
+                let pj = p[j];
+                if pj != 0.0 {
+                    for (a, x) in ak.iter_mut().zip(vals).take(nv) {
+                        *a = S::mul_add_splat(x, pj, *a);
+                    }
+                }
+            }
+        }
+        for (k, ak) in acc.iter().enumerate() {
+            for (v, a) in ak.iter().enumerate().take(nv) {
+                let mut out = [0f32; LANES];
+                S::store(*a, &mut out);
+                let at = k * vdim + c0 + v * LANES;
+                ys[at..at + LANES].copy_from_slice(&out);
+            }
+        }
+        c0 += nv * LANES;
+    }
+    for (k, p) in ps.iter().enumerate() {
+        for i in main..vdim {
+            let mut v = ys[k * vdim + i];
+            for (j, &pj) in p.iter().enumerate().take(n) {
+                if pj != 0.0 {
+                    v = S::mul_add_scalar(block[j * stride + i], pj, v);
+                }
+            }
+            ys[k * vdim + i] = v;
+        }
+    }
+}
+
+/// `v[at..at + LANES]` as an array.
+#[inline(always)]
+fn lane_of(v: &[f32], at: usize) -> &[f32; LANES] {
+    let Ok(a) = <&[f32; LANES]>::try_from(&v[at..at + LANES]) else {
+        unreachable!("a slice of LANES elements")
+    };
+    a
 }
 
 /// Accumulator vectors held in registers per pass of [`weighted_sum`].
@@ -425,7 +529,7 @@ mod tests {
     }
 
     /// `weighted_sum` gives the bits of one `y += p·v` pass per position (the order it
-    /// replaced), with zero weights skipped, a row tail past the lanes and rows wider than
+    /// replaced), and `weighted_sum4` each row's `weighted_sum` bits, with zero weights skipped, a row tail past the lanes and rows wider than
     /// the chunk, on the portable lanes and (where the CPU has them) AVX2 + FMA.
     #[test]
     fn weighted_sum_equals_position_passes() {
@@ -459,6 +563,25 @@ mod tests {
                 weighted_sum::<S>(&mut got, &p, &block, kdim);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(g.to_bits(), w.to_bits(), "vdim {vdim} element {i}");
+                }
+                // Four rows at once: each row as alone (rows with other zero weights).
+                let ps: Vec<Vec<f32>> = (0..ROW_TILE as u32)
+                    .map(|k| {
+                        let mut pk = data(n, 20 + k);
+                        pk[(5 * k as usize) % n] = 0.0;
+                        pk
+                    })
+                    .collect();
+                let mut ys: Vec<f32> = (0..ROW_TILE as u32)
+                    .flat_map(|k| data(vdim, 30 + k))
+                    .collect();
+                let mut alone = ys.clone();
+                for (k, pk) in ps.iter().enumerate() {
+                    weighted_sum::<S>(&mut alone[k * vdim..(k + 1) * vdim], pk, &block, kdim);
+                }
+                weighted_sum4::<S>(&mut ys, [&ps[0], &ps[1], &ps[2], &ps[3]], &block, kdim);
+                for (i, (g, w)) in ys.iter().zip(&alone).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "4 rows, vdim {vdim} element {i}");
                 }
             }
         }

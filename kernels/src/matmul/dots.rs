@@ -76,6 +76,45 @@ pub(crate) fn dot4<S: F32Lanes>(w: [&[f32]; ROW_TILE], x: &[f32]) -> [f32; ROW_T
     res
 }
 
+/// Positions scored together by [`dot4x4`].
+pub(crate) const POS_TILE: usize = 4;
+
+/// `[r][j] = dot(q[r], k[j])` for 4 query rows and 4 key rows, each bit-identical to
+/// [`dot`], sharing every load (16 accumulators per 8 loads: the flash attention's score
+/// tile); the length is the shortest of all eight.
+#[inline(always)]
+pub(crate) fn dot4x4<S: F32Lanes>(
+    q: [&[f32]; ROW_TILE],
+    k: [&[f32]; POS_TILE],
+) -> [[f32; POS_TILE]; ROW_TILE] {
+    let n = q.iter().chain(k.iter()).map(|r| r.len()).min().unwrap_or(0);
+    let (q, k) = (q.map(|r| &r[..n]), k.map(|r| &r[..n]));
+    let mut acc = [[S::zero(); POS_TILE]; ROW_TILE];
+    let main = n - n % LANES;
+    let mut at = 0;
+    while at < main {
+        // Plain loops: a closure around the loads may stay an out-of-line call.
+        let mut kv = [S::zero(); POS_TILE];
+        for (v, kj) in kv.iter_mut().zip(k) {
+            *v = S::load(lane_at(kj, at));
+        }
+        for (ar, qr) in acc.iter_mut().zip(q) {
+            let qv = S::load(lane_at(qr, at));
+            for (a, kj) in ar.iter_mut().zip(kv) {
+                *a = S::mul_add(qv, kj, *a);
+            }
+        }
+        at += LANES;
+    }
+    let mut res = [[0f32; POS_TILE]; ROW_TILE];
+    for ((rr, ar), qr) in res.iter_mut().zip(acc).zip(q) {
+        for ((r, a), kj) in rr.iter_mut().zip(ar).zip(k) {
+            *r = S::reduce(a) + tail_dot::<S>(qr, kj);
+        }
+    }
+    res
+}
+
 /// One group's lanes: `q[0..8]·x[0..8]`, then `+ q[8k..]·x[8k..]` for each further 8.
 #[inline(always)]
 fn group_lanes<S: F32Lanes>(q: &[f32], x: &[f32]) -> S::V {
@@ -174,6 +213,21 @@ mod tests {
         for n in [0usize, 1, 7, 8, 9, 31, 256, 1000] {
             let x = data(n, 1);
             let w: Vec<Vec<f32>> = (0..4).map(|k| data(n, 10 + k)).collect();
+            let ks: Vec<Vec<f32>> = (0..4).map(|k| data(n, 50 + k)).collect();
+            let tile = dot4x4::<S>(
+                [&w[0], &w[1], &w[2], &w[3]],
+                [&ks[0], &ks[1], &ks[2], &ks[3]],
+            );
+            for (r, wr) in w.iter().enumerate() {
+                for (j, kj) in ks.iter().enumerate() {
+                    let one = dot::<S>(wr, kj);
+                    assert_eq!(
+                        one.to_bits(),
+                        tile[r][j].to_bits(),
+                        "{name} 4x4 n={n} {r},{j}"
+                    );
+                }
+            }
             let four = dot4::<S>([&w[0], &w[1], &w[2], &w[3]], &x);
             for k in 0..4 {
                 let one = dot::<S>(&w[k], &x);

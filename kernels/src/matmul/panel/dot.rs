@@ -330,6 +330,8 @@ mod avx {
         // the panel (nb whole blocks) and the tokens' activations (asserted above).
         unsafe {
             let mut acc = [_mm256_setzero_ps(); T];
+            // `blk` indexes the panel, the codes and the scales of every token alike.
+            #[allow(clippy::needless_range_loop)]
             for blk in 0..nb {
                 let p = panel.as_ptr().add(blk * F::PANEL_BLOCK_BYTES);
                 let mut ia = [_mm256_setzero_si256(); T];
