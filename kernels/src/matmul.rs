@@ -92,8 +92,10 @@ pub fn has_fast_kernel(ty: GgmlType) -> bool {
     kernel_table::fast_rows_fn(ty).is_some()
 }
 
-/// Multiply-adds (`rows · cols · n_tokens`) below which a matmul runs on the calling thread.
-pub const MATMUL_PARALLEL_MIN_MACS: usize = 1 << 18;
+/// Multiply-adds (`rows · cols · n_tokens`) below which a matmul runs on the calling thread
+/// (4 Mi: a decode step's small projections take microseconds, less than handing half of
+/// one to another thread costs; measured on two threads, 2^18 decoded 5-10% slower).
+pub const MATMUL_PARALLEL_MIN_MACS: usize = 1 << 22;
 
 /// Fewest rows a worker thread is given (fewer threads are used for short matrices).
 pub const MATMUL_MIN_ROWS_PER_THREAD: usize = 16;

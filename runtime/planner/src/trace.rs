@@ -343,7 +343,7 @@ impl<W: Write> TraceWriter<W> {
     }
 }
 
-impl<W: Write> Observer for TraceWriter<W> {
+impl<W: Write + Send> Observer for TraceWriter<W> {
     fn routing(&mut self, layer: usize, routing: &Routing) {
         if self.error.is_none() {
             if let Err(e) = self.record(layer, routing) {

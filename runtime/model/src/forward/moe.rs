@@ -38,7 +38,7 @@ impl Routing {
 /// The forward pass calls `begin` as soon as the routing is known, computes the shared
 /// expert, then calls `finish`: a remote backend sends its frames in `begin` and waits in
 /// `finish`, so the shared expert overlaps the network round trip.
-pub trait ExpertBackend {
+pub trait ExpertBackend: Send {
     /// Starts `Σ_j w_j · Expert_j(h)` for every token of `h` (`[t, D]`) in MoE layer `layer`.
     fn begin(
         &mut self,
