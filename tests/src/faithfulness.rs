@@ -7,7 +7,7 @@
 
 use moe_devdata::npy;
 use moe_kernels::{KvType, NumericMode};
-use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
+use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput, TokenKind};
 use moe_model::model::Model;
 
 use crate::fixtures::FixtureCase;
@@ -89,6 +89,7 @@ pub fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
                 cache: &mut cache,
                 tokens,
                 all_logits: true,
+                kind: TokenKind::Prompt,
             }],
             &mut LocalExperts::default(),
             &mut NoObserver,

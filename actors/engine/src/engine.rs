@@ -35,7 +35,7 @@
 
 use std::sync::Arc;
 
-use moe_model::forward::{ExpertBackend, KvCache, NoObserver, PrefixCache, SeqInput};
+use moe_model::forward::{ExpertBackend, KvCache, NoObserver, PrefixCache, SeqInput, TokenKind};
 use moe_model::model::Model;
 use moe_model::tokenizer::Tokenizer;
 use moe_model::ModelError;
@@ -287,6 +287,12 @@ impl<T: Tracker> Engine<T> {
                     cache: &mut s.cache,
                     tokens: &s.feed,
                     all_logits: !s.draft.is_empty(),
+                    // A sequence with a next input decodes (plus drafts); else it prefills.
+                    kind: if s.next_input.is_some() {
+                        TokenKind::Generated
+                    } else {
+                        TokenKind::Prompt
+                    },
                 });
             }
         }

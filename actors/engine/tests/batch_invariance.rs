@@ -14,7 +14,7 @@ use std::sync::Arc;
 use moe_devdata::fixtures::all_fixture_cases;
 use moe_engine::{Engine, EngineConfig, Request, Tracker};
 use moe_kernels::{KvType, NumericMode};
-use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
+use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput, TokenKind};
 use moe_model::model::Model;
 use moe_model::sampling::argmax;
 use moe_model::tokenizer::Tokenizer;
@@ -48,6 +48,7 @@ fn alone(model: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
                 cache: &mut cache,
                 tokens: prompt,
                 all_logits: false,
+                kind: TokenKind::Prompt,
             }],
             &mut LocalExperts::default(),
             &mut NoObserver,
@@ -63,6 +64,7 @@ fn alone(model: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
                     cache: &mut cache,
                     tokens: &[next],
                     all_logits: false,
+                    kind: TokenKind::Generated,
                 }],
                 &mut LocalExperts::default(),
                 &mut NoObserver,

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::bail;
 use moe_engine::engine::PREFILL_TOKENS_PER_STEP_DEFAULT;
 use moe_engine::{Engine, EngineConfig, Request};
-use moe_model::forward::{ExpertBackend, KvCache, NoObserver, SeqInput};
+use moe_model::forward::{ExpertBackend, KvCache, NoObserver, SeqInput, TokenKind};
 use moe_model::model::Model;
 use moe_model::tokenizer::Tokenizer;
 
@@ -133,6 +133,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     cache: &mut at_depth,
                     tokens: chunk,
                     all_logits: false,
+                    kind: TokenKind::Prompt,
                 }],
                 experts.as_mut(),
                 &mut NoObserver,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use moe_devdata::npy;
-use moe_model::forward::{KvCache, Observer, Routing, SeqInput};
+use moe_model::forward::{KvCache, Observer, Routing, SeqInput, TokenKind};
 
 use super::run::expert_backend;
 use crate::options::ModelArgs;
@@ -73,6 +73,7 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
                 cache: &mut cache,
                 tokens: &a.tokens,
                 all_logits: true,
+                kind: TokenKind::Prompt,
             }],
             experts.as_mut(),
             &mut cap,

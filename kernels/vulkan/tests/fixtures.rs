@@ -12,7 +12,7 @@ use std::sync::Arc;
 use moe_devdata::fixtures::{all_fixture_cases, ids};
 use moe_devdata::npy;
 use moe_model::forward::{
-    ComputeHandle, KvCache, LocalExperts, NoObserver, Observer, Routing, SeqInput,
+    ComputeHandle, KvCache, LocalExperts, NoObserver, Observer, Routing, SeqInput, TokenKind,
 };
 use moe_model::model::Model;
 use moe_vulkan::VulkanCompute;
@@ -56,6 +56,7 @@ fn prompt_logits(
                 cache: &mut cache,
                 tokens,
                 all_logits: true,
+                kind: TokenKind::Prompt,
             }],
             experts,
             obs,
@@ -67,13 +68,14 @@ fn prompt_logits(
 fn greedy(model: &Model, compute: &ComputeHandle, tokens: &[u32], n: usize) -> Vec<u32> {
     let mut experts = LocalExperts::on(compute.clone());
     let mut cache = KvCache::for_model(model, 4096);
-    let step = |cache: &mut KvCache, experts: &mut LocalExperts, t: &[u32]| {
+    let step = |cache: &mut KvCache, experts: &mut LocalExperts, t: &[u32], kind| {
         model
             .forward(
                 &mut [SeqInput {
                     cache,
                     tokens: t,
                     all_logits: false,
+                    kind,
                 }],
                 experts,
                 &mut NoObserver,
@@ -81,12 +83,12 @@ fn greedy(model: &Model, compute: &ComputeHandle, tokens: &[u32], n: usize) -> V
             .expect("forward")
             .remove(0)
     };
-    let mut last = step(&mut cache, &mut experts, tokens);
+    let mut last = step(&mut cache, &mut experts, tokens, TokenKind::Prompt);
     let mut out = Vec::new();
     for _ in 0..n {
         let next = argmax(&last) as u32;
         out.push(next);
-        last = step(&mut cache, &mut experts, &[next]);
+        last = step(&mut cache, &mut experts, &[next], TokenKind::Generated);
     }
     out
 }

@@ -6,7 +6,8 @@
 //! rope.rs       YaRN frequencies, adjacent-pair rotation
 //! kv_cache.rs   the MLA latent cache of one sequence
 //! prefix_cache.rs  prompt prefixes' KV kept in blocks for reuse by later prompts
-//! attention.rs  absorbed MLA attention
+//! attention.rs  MLA attention: absorbed form (exact mode, generated tokens)
+//! attention_prompt.rs  fast mode's prompt tokens: the decompressed form
 //! moe.rs        router, ExpertBackend (local or remote experts)
 //! ffn_region.rs SwiGLU FFNs on the CPU (routed experts, dense FFNs): one parallel region
 //! expert_compute.rs  ExpertCompute, the device seam (CpuCompute runs ffn_region.rs)
@@ -22,6 +23,7 @@
 //! [`ModelError::NonFinite`] naming the layer and the batch rows that hold them.
 
 mod attention;
+mod attention_prompt;
 mod expert_compute;
 mod ffn_region;
 mod kv_cache;
@@ -46,6 +48,25 @@ pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     /// Return logits for every new token (else only for the last).
     pub all_logits: bool,
+    /// What the new tokens are: it picks the attention form in fast mode.
+    pub kind: TokenKind,
+}
+
+/// What a forward call's new tokens are. In fast mode it picks the form of their attention
+/// (exact mode always computes the absorbed form, the reference): prompt tokens (and context
+/// prefilled before a test) are computed in the decompressed form (`attention_prompt.rs`:
+/// fewer multiply-adds per scored position, with the keys and values decompressed once per
+/// chunk), generated and draft tokens in the absorbed form (one latent row read per position,
+/// the cheapest for few tokens). The form is a function of the kind only, never of how many
+/// tokens a call carries, so a prompt gives the same bits however it is chunked, a prefix
+/// restored from the prefix cache (prompt tokens only) holds what a cold run computes, and a
+/// verified draft the bits of plain decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Prompt (or prefilled context) tokens.
+    Prompt,
+    /// Generated tokens: decode steps and speculative drafts.
+    Generated,
 }
 
 /// Receives intermediate values (reference comparisons, routing statistics).
@@ -163,7 +184,7 @@ impl Model {
             for s in batch.iter_mut() {
                 let n = s.tokens.len();
                 let rows = start * d..(start + n) * d;
-                attention::attention(self, l, &xn[rows.clone()], n, s.cache, &mut y[rows])?;
+                attention::attention(self, l, &xn[rows.clone()], n, s.cache, s.kind, &mut y[rows])?;
                 start += n;
             }
             check_finite(&y, d, 0, || format!("the attention output of layer {l}"))?;

@@ -222,6 +222,17 @@ impl Model {
         self.packed_view(w.matrix(&self.file, h, "head")?, w.key(h))
     }
 
+    /// Head `h` of layer `l`'s `attn_k_b` transposed (`[qk_nope, kv_lora_rank]`), made at
+    /// load in fast mode for the decompressed prompt attention; `None` in exact mode, or
+    /// where this process did not map the layer's attention.
+    pub fn k_b_transposed(&self, l: usize, h: usize) -> Option<QMatrix<'_>> {
+        let bytes = self.packed.k_b_t(l, h)?;
+        let (dn, lkv) = (self.cfg.qk_nope, self.cfg.kv_lora_rank);
+        QMatrix::new(packing::K_B_T_TYPE, dn, lkv, bytes)
+            .ok()
+            .map(|m| m.with_mode(self.mode))
+    }
+
     /// `m` in this model's mode, with its packed form (from `key`) where there is one.
     fn packed_view<'a>(
         &'a self,

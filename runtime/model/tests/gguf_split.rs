@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput};
+use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput, TokenKind};
 use moe_model::gguf::{GgufFile, GgufWriter, Value};
 use moe_model::model::Model;
 
@@ -20,6 +20,7 @@ fn logits(model: &Model) -> Vec<u32> {
                 cache: &mut cache,
                 tokens: &tokens,
                 all_logits: true,
+                kind: TokenKind::Prompt,
             }],
             &mut LocalExperts::default(),
             &mut NoObserver,

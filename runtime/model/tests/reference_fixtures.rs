@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use moe_devdata::fixtures::{fixture_cases, ids};
 use moe_devdata::npy;
-use moe_model::forward::{KvCache, LocalExperts, NoObserver, Observer, Routing, SeqInput};
+use moe_model::forward::{
+    KvCache, LocalExperts, NoObserver, Observer, Routing, SeqInput, TokenKind,
+};
 use moe_model::model::Model;
 
 /// Largest accepted |logit - reference| (the bound; an exact f32 forward gets ~1.5e-5).
@@ -64,6 +66,7 @@ fn check_model(dir: &str) -> Vec<String> {
                         cache: &mut cache,
                         tokens,
                         all_logits: true,
+                        kind: TokenKind::Prompt,
                     }],
                     &mut LocalExperts::default(),
                     &mut cap,
@@ -146,6 +149,7 @@ fn check_model(dir: &str) -> Vec<String> {
                             cache: &mut cache,
                             tokens,
                             all_logits: false,
+                            kind: TokenKind::Prompt,
                         }],
                         &mut LocalExperts::default(),
                         &mut NoObserver,
@@ -161,6 +165,7 @@ fn check_model(dir: &str) -> Vec<String> {
                                 cache: &mut cache,
                                 tokens: &[next],
                                 all_logits: false,
+                                kind: TokenKind::Generated,
                             }],
                             &mut LocalExperts::default(),
                             &mut NoObserver,

@@ -1,6 +1,7 @@
-//! MLA attention in its absorbed form (spec §2.2): the cache holds only the normalized latent
-//! `c` and the roped shared key; `attn_k_b` is folded into the query and `attn_v_b` applied to
-//! the attention-weighted latent.
+//! MLA attention (spec §2.2): the cache holds only the normalized latent `c` and the roped
+//! shared key. This file computes the absorbed form: `attn_k_b` is folded into the query and
+//! `attn_v_b` applied to the attention-weighted latent. Fast mode's prompt tokens take the
+//! decompressed form instead (`attention_prompt.rs`, see [`super::TokenKind`]).
 //!
 //! The per-head query absorption and value projection are matmuls (threaded inside). The
 //! attention proper, absorbed form in both modes (every head scores the same latent rows, so
@@ -20,7 +21,7 @@ use moe_kernels::{flash_attend, FlashState, NumericMode};
 use rayon::prelude::*;
 
 use super::ops::{dot, rms_norm, rms_norm_inplace, softmax_inplace};
-use super::KvCache;
+use super::{attention_prompt, KvCache, TokenKind};
 use crate::config::LATENT_NORM_EPS;
 use crate::model::Model;
 use crate::ModelError;
@@ -34,26 +35,39 @@ pub const FLASH_ROWS_PER_JOB: usize = 16;
 pub const FLASH_SPLIT_POSITIONS: usize = 256;
 
 /// Attention of layer `l` for `t` consecutive new tokens of one sequence starting at
-/// `cache.len()`: `x` is the normalized input `[t, D]`, `out` receives `[t, D]`. Appends the
-/// new positions to the cache's layer `l` (committed by the caller after the last layer).
+/// `cache.len()`, of kind `kind`: `x` is the normalized input `[t, D]`, `out` receives
+/// `[t, D]`. Appends the new positions to the cache's layer `l` (committed by the caller
+/// after the last layer).
 pub fn attention(
     model: &Model,
     l: usize,
     x: &[f32],
     t: usize,
     cache: &mut KvCache,
+    kind: TokenKind,
     out: &mut [f32],
 ) -> Result<(), ModelError> {
-    attention_with(model, l, x, t, cache, out, ATTENTION_PARALLEL_MIN_MACS)
+    attention_with(
+        model,
+        l,
+        x,
+        t,
+        cache,
+        kind,
+        out,
+        ATTENTION_PARALLEL_MIN_MACS,
+    )
 }
 
 /// [`attention`] with the size from which the (head, position) jobs go to the pool.
+#[allow(clippy::too_many_arguments)] // attention's own, plus the pool threshold
 fn attention_with(
     model: &Model,
     l: usize,
     x: &[f32],
     t: usize,
     cache: &mut KvCache,
+    kind: TokenKind,
     out: &mut [f32],
     parallel_min_macs: usize,
 ) -> Result<(), ModelError> {
@@ -87,6 +101,28 @@ fn attention_with(
     }
 
     let scale = c.attn_scale();
+    if model.mode() == NumericMode::Fast && kind == TokenKind::Prompt {
+        if let Some(prompt) = attention_prompt::PromptWeights::of(model, l) {
+            // The decompressed form: q_rot roped in place, then per head softmax over
+            // decompressed keys, weighted decompressed values: [t, H*dv] directly.
+            for (i, qi) in q.chunks_exact_mut(h * qk).enumerate() {
+                for qh in qi.chunks_exact_mut(qk) {
+                    model.rope.apply(&mut qh[dn..], pos0 + i);
+                }
+            }
+            let mut o = vec![0f32; t * h * dv];
+            let dims = attention_prompt::Dims {
+                heads: h,
+                nope: dn,
+                rope: dr,
+                value: dv,
+                latent: lkv,
+            };
+            attention_prompt::attend(&prompt, &q, (pos0, t), cache, l, dims, scale, &mut o)?;
+            model.mat(&w.output)?.matmul(&o, t, out)?;
+            return Ok(());
+        }
+    }
     // q_abs[head][i] = Wkb_head · q_nope[i] : [H, t, Lkv]; q_rot roped in place.
     let mut q_nope = vec![0f32; t * dn];
     let mut q_abs = vec![0f32; h * t * lkv];
@@ -302,13 +338,24 @@ mod tests {
                             &x_of(pos0, 1),
                             pos0,
                             cache,
+                            TokenKind::Prompt,
                             &mut prefix_out,
                             threshold,
                         )
                         .unwrap();
                         cache.commit(pos0);
                     }
-                    attention_with(&model, l, &x_of(t, 2), t, cache, out, threshold).unwrap();
+                    attention_with(
+                        &model,
+                        l,
+                        &x_of(t, 2),
+                        t,
+                        cache,
+                        TokenKind::Prompt,
+                        out,
+                        threshold,
+                    )
+                    .unwrap();
                 }
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
@@ -366,5 +413,69 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Fast mode's prompt tokens (the decompressed form, `attention_prompt.rs`): a prompt
+    /// cut into chunks at any point gives each token the bits of the uncut prompt (what
+    /// prefix reuse relies on), over more than one decompressed range; and the result is the
+    /// absorbed form's (generated tokens) up to rounding.
+    #[test]
+    fn prompt_form_is_chunk_invariant_and_close_to_the_absorbed_form() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
+        let model = Model::open(&path)
+            .expect("the tiny fixture model")
+            .with_mode(NumericMode::Fast);
+        assert!(
+            super::attention_prompt::PromptWeights::of(&model, 0).is_some(),
+            "fast mode made the transposed k_b"
+        );
+        let d = model.cfg.n_embd;
+        let t = super::attention_prompt::DECOMPRESS_POSITIONS + 45;
+        let x: Vec<f32> = (0..t * d)
+            .map(|i| (((i * 7919) % 2003) as f32 / 1001.5 - 1.0) * 0.5)
+            .collect();
+        let run = |cuts: &[usize], kind: TokenKind| {
+            let mut cache = KvCache::for_model(&model, 1024);
+            let mut out = vec![0f32; t * d];
+            let mut at = 0;
+            for &end in cuts.iter().chain(std::iter::once(&t)) {
+                let n = end - at;
+                let rows = at * d..end * d;
+                attention(
+                    &model,
+                    0,
+                    &x[rows.clone()],
+                    n,
+                    &mut cache,
+                    kind,
+                    &mut out[rows],
+                )
+                .unwrap();
+                cache.commit(n);
+                at = end;
+            }
+            out
+        };
+        let whole = run(&[], TokenKind::Prompt);
+        for cuts in [vec![1], vec![17, 200], vec![255, 256, 257]] {
+            let cut = run(&cuts, TokenKind::Prompt);
+            let same = whole
+                .iter()
+                .zip(&cut)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "prompt cut at {cuts:?} changed bits");
+        }
+        let absorbed = run(&[], TokenKind::Generated);
+        let (mut err, mut mag) = (0f64, 0f64);
+        for (a, b) in whole.iter().zip(&absorbed) {
+            err += (*a as f64 - *b as f64).powi(2);
+            mag += (*b as f64).powi(2);
+        }
+        let rel = (err / mag.max(1e-30)).sqrt();
+        assert!(
+            rel < 2e-2,
+            "decompressed vs absorbed: relative RMS difference {rel}"
+        );
     }
 }

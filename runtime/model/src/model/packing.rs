@@ -1,6 +1,11 @@
 //! Fast-mode weights repacked at load: every matrix the forward pass multiplies that this
 //! process mapped and whose type repacks ([`PackedMatrix::packs`]: the k-quants) is copied
 //! once into `moe-kernels`' panel layout, and the file's pages it came from are released.
+//! Also made here: each head's `attn_k_b` transposed (`[dn, Lkv]`, f32), which the
+//! decompressed attention of prompt tokens multiplies the cached latents with (`forward/
+//! attention_prompt.rs`); 16 MiB per layer at Kimi K2.5's shapes. f32 because a Q8_0 copy
+//! (rounded a second time, then dotted with int8 latents) measured less faithful on the
+//! fixtures (the BF16 file's fast top-1 fell from 1.000 to 0.816) and no faster end to end.
 //!
 //! Decides: what stays mapped and what is copied. Copied: those matrices (within 6 bytes per
 //! row and 256-element block of their size in the file). Mapped: everything else (the
@@ -10,15 +15,22 @@
 //! upload). So the resident set stays about the size of the weights, not twice it.
 
 use hashbrown::HashMap;
-use moe_kernels::{PackedMatrix, QMatrix};
+use moe_kernels::{quantize_rows, GgmlType, PackedMatrix, QMatrix};
 use rayon::prelude::*;
 
 use super::Model;
 
-/// Packed matrices by where their source lies (shard, file offset).
+/// Type of the transposed `attn_k_b` heads (see the module docs).
+pub(super) const K_B_T_TYPE: GgmlType = GgmlType::F32;
+
+/// Packed matrices by where their source lies (shard, file offset), and the transposed
+/// `attn_k_b` heads.
 #[derive(Default)]
 pub(super) struct Packed {
     map: HashMap<(usize, usize), PackedMatrix>,
+    /// Per layer, per head: `attn_k_b` transposed, as [`K_B_T_TYPE`] rows (`None`: not
+    /// mapped here, or a latent width that is not whole blocks).
+    k_b_t: Vec<Option<Vec<Vec<u8>>>>,
 }
 
 impl Packed {
@@ -35,7 +47,17 @@ impl Packed {
             .collect::<Vec<_>>()
             .into_iter()
             .collect();
-        Self { map }
+        let k_b_t = model
+            .layers
+            .par_iter()
+            .map(|l| transposed(model, l))
+            .collect();
+        Self { map, k_b_t }
+    }
+
+    /// Head `h` of layer `l`'s transposed `attn_k_b` bytes, if made.
+    pub(super) fn k_b_t(&self, l: usize, h: usize) -> Option<&[u8]> {
+        self.k_b_t.get(l)?.as_ref()?.get(h).map(|v| &v[..])
     }
 
     /// The packed form of the matrix at `key`, if there is one.
@@ -95,4 +117,29 @@ fn matrices<'a>(model: &'a Model) -> Vec<((usize, usize), QMatrix<'a>)> {
         }
     }
     out.into_iter().collect()
+}
+
+/// Layer `l`'s `attn_k_b` heads (`[Lkv, dn]`) transposed to `[dn, Lkv]` rows of
+/// [`K_B_T_TYPE`] (dequantized exactly, transposed, quantized once).
+fn transposed(model: &Model, l: &super::LayerWeights) -> Option<Vec<Vec<u8>>> {
+    let s = &l.attn.k_b;
+    (0..s.count())
+        .map(|h| {
+            let m = s.matrix(&model.file, h, "head").ok()?;
+            let (lkv, dn) = (m.rows(), m.cols());
+            let mut w = vec![0f32; lkv * dn];
+            for (r, row) in w.chunks_exact_mut(dn.max(1)).enumerate() {
+                m.dequantize_row(r, row).ok()?;
+            }
+            let mut t = vec![0f32; dn * lkv];
+            for (r, row) in w.chunks_exact(dn.max(1)).enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    t[c * lkv + r] = *v;
+                }
+            }
+            let mut q = vec![0u8; K_B_T_TYPE.row_bytes(lkv).ok()? * dn];
+            quantize_rows(K_B_T_TYPE, &t, lkv, &mut q).ok()?;
+            Some(q)
+        })
+        .collect()
 }
