@@ -104,9 +104,35 @@ pub fn flash_attend(
     scale: f32,
     state: &mut FlashState,
 ) {
+    let keys = kv.shape().width();
+    flash_attend_split(q, limits, kv, keys, start, scale, state);
+}
+
+/// [`flash_attend`] over rows of separate keys and values: a position's key is its first
+/// `keys` values (`q` is `[rows, keys]`) and its value the `vdim` after them (MLA's
+/// decompressed form, rows `[k | v]`); `keys` = the row width is [`flash_attend`]. The same
+/// arithmetic per score and per value.
+pub fn flash_attend_split(
+    q: &[f32],
+    limits: &[usize],
+    kv: KvRows<'_>,
+    keys: usize,
+    start: usize,
+    scale: f32,
+    state: &mut FlashState,
+) {
+    let kdim = kv.shape().width();
+    // Callers' shapes, not data.
+    assert!(
+        keys == kdim || keys + state.vdim <= kdim,
+        "flash: keys {keys} and values {} do not fit rows of {kdim}",
+        state.vdim
+    );
     let kernel = Flash {
         q,
-        kdim: kv.shape().width(),
+        kdim,
+        keys,
+        values_at: if keys == kdim { 0 } else { keys },
         limits,
         kv,
         start,
@@ -118,7 +144,12 @@ pub fn flash_attend(
 
 struct Flash<'a> {
     q: &'a [f32],
+    /// Values a cache row.
     kdim: usize,
+    /// Key values at the start of a row (the width of a query row).
+    keys: usize,
+    /// Where a row's values start.
+    values_at: usize,
     limits: &'a [usize],
     kv: KvRows<'a>,
     start: usize,
@@ -144,6 +175,8 @@ impl Flash<'_> {
         let Flash {
             q,
             kdim,
+            keys,
+            values_at,
             limits,
             kv,
             start,
@@ -176,8 +209,8 @@ impl Flash<'_> {
             // rows: ROW_TILE rows × POS_TILE positions through `dot4x4`, then the block's last
             // positions through `dot4`, the last rows through `dot` (every result equals
             // `dot`'s, so the tiling never changes a score).
-            let q_row = |r: usize| &q[r * kdim..(r + 1) * kdim];
-            let k_row = |j: usize| &block[j * kdim..(j + 1) * kdim];
+            let q_row = |r: usize| &q[r * keys..(r + 1) * keys];
+            let k_row = |j: usize| &block[j * kdim..j * kdim + keys];
             let mut put = |r: usize, j: usize, d: f32| {
                 scores[r * FLASH_BLOCK_POSITIONS + j] = if pos0 + j < limits[r] {
                     d * scale
@@ -248,17 +281,18 @@ impl Flash<'_> {
             // block's positions (the block's values are in cache).
             let p_row =
                 |r: usize| &scores[r * FLASH_BLOCK_POSITIONS..r * FLASH_BLOCK_POSITIONS + n];
+            let values = &block[values_at..];
             let mut r = 0;
             for accs in state.acc[..rows * vdim].chunks_exact_mut(ROW_TILE * vdim) {
                 let ps = [p_row(r), p_row(r + 1), p_row(r + 2), p_row(r + 3)];
-                weighted_sum4::<S>(accs, ps, block, kdim);
+                weighted_sum4::<S>(accs, ps, values, kdim);
                 r += ROW_TILE;
             }
             for r in r..rows {
                 weighted_sum::<S>(
                     &mut state.acc[r * vdim..(r + 1) * vdim],
                     p_row(r),
-                    block,
+                    values,
                     kdim,
                 );
             }
@@ -619,6 +653,51 @@ mod tests {
             wide.finish(&mut b);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&b), "{ty}");
+        }
+    }
+
+    /// Rows of separate keys and values (`flash_attend_split`, keys first) attend as the
+    /// f64 reference over those keys and values, over several blocks and a partial one.
+    #[test]
+    fn split_rows_match_the_reference() {
+        let (keys, vdim, rows, n_pos) = (24usize, 40usize, 6usize, 77usize);
+        let width = keys + vdim;
+        let q = data(rows * keys, 3);
+        let kv = data(n_pos * width, 4);
+        let limits: Vec<usize> = (0..rows).map(|r| n_pos - 5 * r).collect();
+        let scale = 0.3;
+        let mut state = FlashState::new(rows, vdim);
+        let shape = KvRowShape {
+            latent: keys,
+            rope: vdim,
+        };
+        flash_attend_split(
+            &q,
+            &limits,
+            KvRows::from_f32(shape, &kv),
+            keys,
+            0,
+            scale,
+            &mut state,
+        );
+        let mut out = vec![0f32; rows * vdim];
+        state.finish(&mut out);
+        for r in 0..rows {
+            // The reference wants values first: rebuild each row as [v | k] and q as [0 | q].
+            let swapped: Vec<f32> = kv
+                .chunks_exact(width)
+                .flat_map(|row| row[keys..].iter().chain(&row[..keys]).copied())
+                .collect();
+            let qr: Vec<f32> = std::iter::repeat_n(0.0, vdim)
+                .chain(q[r * keys..(r + 1) * keys].iter().copied())
+                .collect();
+            let want = reference(&qr, &swapped, width, vdim, limits[r], scale);
+            for (i, (g, w)) in out[r * vdim..(r + 1) * vdim].iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() < 1e-5,
+                    "row {r} value {i}: {g} vs {w}"
+                );
+            }
         }
     }
 }

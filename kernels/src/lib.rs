@@ -83,7 +83,7 @@ mod matmul;
 mod quantize;
 mod types;
 
-pub use attention::{flash_attend, FlashState, FLASH_BLOCK_POSITIONS};
+pub use attention::{flash_attend, flash_attend_split, FlashState, FLASH_BLOCK_POSITIONS};
 pub use dequant::{dequantize_row, dequantize_rows};
 pub use error::KernelError;
 pub use jobs::run_jobs;

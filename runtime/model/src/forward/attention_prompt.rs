@@ -1,10 +1,10 @@
 //! Fast mode's attention for prompt tokens, in MLA's decompressed form: the cached latents
 //! of a range of positions are multiplied out into per-head keys (`attn_k_b` transposed, made
 //! at load) and values (`attn_v_b`), and every prompt row of the chunk attends to them with
-//! the flash kernel, so a scored position costs `dv + dn + dr` multiply-adds per head and a
-//! weighted one `dv` (Kimi K2.5: 320 + 128), against `Lkv + dr` and `Lkv` (576 + 512) in the
+//! the flash kernel, so a scored position costs `dn + dr` multiply-adds per head and a
+//! weighted one `dv` (Kimi K2.5: 192 + 128), against `Lkv + dr` and `Lkv` (576 + 512) in the
 //! absorbed form. The decompression costs `Lkv · (dn + dv)` per position and head, once per
-//! chunk, so it pays from about `Lkv·(dn+dv) / saving` ≈ 200 rows (fewer at the
+//! chunk, so it pays from about `Lkv·(dn+dv) / saving` ≈ 170 rows (fewer at the
 //! integer kernels' speed, which the decompression runs at); prompt chunks are up to 512.
 //!
 //! Decides: the position ranges ([`DECOMPRESS_POSITIONS`], aligned to absolute positions,
@@ -14,11 +14,10 @@
 //! its latent; the ranges do not depend on the chunk), so a prompt gives the same bits
 //! however it is chunked and whichever prefix was restored from the prefix cache.
 //!
-//! A row is `[0 (dv) | q_nope (dn) | q_rot (dr)]` against a position's `[v (dv) | k_nope (dn)
-//! | k_rot (dr)]`: the flash kernel scores the whole row and weights its first `dv` values,
-//! so the zero query part costs `dv` wasted multiply-adds per score (kept: one kernel).
+//! A row is `[q_nope (dn) | q_rot (dr)]` against a position's `[k_nope (dn) | k_rot (dr) |
+//! v (dv)]` ([`flash_attend_split`]: keys first, values after them).
 
-use moe_kernels::{flash_attend, FlashState, KvRowShape, KvRows, QMatrix};
+use moe_kernels::{flash_attend_split, FlashState, KvRowShape, KvRows, QMatrix};
 use rayon::prelude::*;
 
 use super::KvCache;
@@ -92,14 +91,14 @@ pub(super) fn attend(
     let (qk, width, stride) = (dn + dr, dv + dn + dr, lkv + dr);
     let n_ctx = pos0 + t;
     let shape = KvRowShape {
-        latent: dv,
-        rope: dn + dr,
+        latent: dn + dr,
+        rope: dv,
     };
-    // Query rows, head-major: row (head, i) = [0 | q_nope | q_rot].
-    let mut qh = vec![0f32; h * t * width];
-    for (k, row) in qh.chunks_exact_mut(width).enumerate() {
+    // Query rows, head-major: row (head, i) = [q_nope | q_rot].
+    let mut qh = vec![0f32; h * t * qk];
+    for (k, row) in qh.chunks_exact_mut(qk).enumerate() {
         let (head, i) = (k / t, k % t);
-        row[dv..].copy_from_slice(&q[(i * h + head) * qk..(i * h + head + 1) * qk]);
+        row.copy_from_slice(&q[(i * h + head) * qk..(i * h + head + 1) * qk]);
     }
     let limits: Vec<usize> = (0..t).map(|i| pos0 + i + 1).collect();
     let blocks = t.div_ceil(PROMPT_ROWS_PER_JOB);
@@ -130,9 +129,9 @@ pub(super) fn attend(
             w.k_t[head].matmul(&latents, np, &mut ks[..np * dn])?;
             w.v_b[head].matmul(&latents, np, &mut vs[..np * dv])?;
             for (j, dst) in kvh.chunks_exact_mut(width).take(np).enumerate() {
-                dst[..dv].copy_from_slice(&vs[j * dv..(j + 1) * dv]);
-                dst[dv..dv + dn].copy_from_slice(&ks[j * dn..(j + 1) * dn]);
-                dst[dv + dn..].copy_from_slice(&rows[j * stride + lkv..(j + 1) * stride]);
+                dst[..dn].copy_from_slice(&ks[j * dn..(j + 1) * dn]);
+                dst[dn..qk].copy_from_slice(&rows[j * stride + lkv..(j + 1) * stride]);
+                dst[qk..].copy_from_slice(&vs[j * dv..(j + 1) * dv]);
             }
         }
         // Every (head, row block) that sees any of the range folds it in, on the pool.
@@ -144,11 +143,12 @@ pub(super) fn attend(
             .for_each(|(j, state)| {
                 let (head, r) = (j / blocks, block_rows(j % blocks));
                 let kvh = &kv[head * DECOMPRESS_POSITIONS * width..][..np * width];
-                let qr = &qh[(head * t + r.start) * width..(head * t + r.end) * width];
-                flash_attend(
+                let qr = &qh[(head * t + r.start) * qk..(head * t + r.end) * qk];
+                flash_attend_split(
                     qr,
                     &limits[r],
                     KvRows::from_f32(shape, kvh),
+                    qk,
                     range.start,
                     scale,
                     state,
