@@ -1,9 +1,10 @@
 //! The Exact-mode row kernel for every type without a fused kernel: dequantize, then dot.
 //!
 //! Decides: the tiling. [`ROW_TILE`] rows at a time are dequantized into a scratch buffer
-//! (exactly, see `dequant.rs`) and dotted against each token with `dots.rs`'s [`dot4`]
-//! (one read of a token's activations serves the whole tile), tail rows with [`dot`]. As
-//! `dot4` equals `dot` bit for bit, a row's result never depends on the tile it falls in.
+//! (exactly, see `dequant.rs`) and dotted against the tokens [`POS_TILE`] at a time with
+//! `dots.rs`'s [`dot4x4`] (each load of a row or a token serves four products), the last
+//! tokens with [`dot4`], tail rows with [`dot`]. As `dot4x4` and `dot4` equal `dot` bit for
+//! bit, a row's result never depends on the tile it falls in nor on the token count.
 //! F32 rows that are 4-byte aligned (GGUF aligns tensor data to 32 bytes) are dotted in
 //! place: the same values as their copy, so the same bits, without the copy (the MoE router
 //! of the Kimi/DeepSeek files is F32 and is read at every token).
@@ -11,7 +12,7 @@
 //! Leaves to `dots.rs` the order of accumulation and to `simd.rs` the implementation: the
 //! whole body, dequantization included, is compiled for AVX2 + FMA when that runs.
 
-use super::dots::{dot, dot4, ROW_TILE};
+use super::dots::{dot, dot4, dot4x4, POS_TILE, ROW_TILE};
 use super::rows::RowCall;
 use super::simd::{dispatch, F32Lanes, IsaKernel, Portable, SimdIsa};
 use crate::dequant::dequantize_unchecked;
@@ -63,8 +64,19 @@ fn body<S: F32Lanes>(call: RowCall<'_, '_, '_, [f32]>) {
         let i = r - rows.start;
         if n == ROW_TILE {
             let tile: [&[f32]; ROW_TILE] = std::array::from_fn(|k| &tile[k * cols..(k + 1) * cols]);
-            for (t, o) in out.iter_mut().enumerate().take(n_tokens) {
-                let d = dot4::<S>(tile, &x[t * cols..(t + 1) * cols]);
+            let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+            let mut t = 0;
+            while t + POS_TILE <= n_tokens {
+                let d = dot4x4::<S>(tile, [xt(t), xt(t + 1), xt(t + 2), xt(t + 3)]);
+                for (k, dk) in d.iter().enumerate() {
+                    for (q, &v) in dk.iter().enumerate() {
+                        out[t + q][i + k] = v;
+                    }
+                }
+                t += POS_TILE;
+            }
+            for (t, o) in out.iter_mut().enumerate().take(n_tokens).skip(t) {
+                let d = dot4::<S>(tile, xt(t));
                 o[i..i + ROW_TILE].copy_from_slice(&d);
             }
         } else {

@@ -2,9 +2,11 @@
 //!
 //! Exact mode: Q4_K, Q6_K and Q8_0 have fused kernels (`exact_fused.rs`, dots from the
 //! integer codes with per-group scales); every other type (the IQ1/IQ2/IQ3 grids and TQ
-//! included) dequantizes, then dots (`exact.rs`). Fast mode: every block format has an integer kernel (`fast.rs`); F32, F16
-//! and BF16 have none (Fast computes them as Exact does). Another kernel plugs in by being
-//! returned here for its type.
+//! included) dequantizes, then dots (`exact.rs`). Fast mode: every block format has an
+//! integer kernel (`fast.rs`); F32, F16 and BF16 have none (Fast computes them as Exact
+//! does). A k-quant matrix carrying its `PackedMatrix` runs the panel kernel instead
+//! (`panel.rs`, chosen by `QMatrix`, not here). Another kernel plugs in by being returned
+//! here for its type.
 
 use super::q8::QActs;
 use super::rows::RowCall;
