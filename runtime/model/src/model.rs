@@ -1,7 +1,9 @@
 //! `Model`: a mapped GGUF file with its typed config and every weight located and
 //! shape-checked once (no tokenizer: the front-ends that need text build one with
-//! `Tokenizer::from_gguf(model.file())`; expert nodes never do). Weights stay in the mapping; [`Model::mat`], [`Model::expert_mat`]
-//! and [`Model::head_mat`] hand out borrowed [`QMatrix`] views, computed in the model's
+//! `Tokenizer::from_gguf(model.file())`; expert nodes never do). Weights stay in the
+//! mapping, except that Fast mode repacks the k-quant matrices at load (`model/packing.rs`);
+//! [`Model::mat`], [`Model::expert_mat`] and [`Model::head_mat`] hand out borrowed
+//! [`QMatrix`] views (with their packed form where there is one), computed in the model's
 //! [`NumericMode`] (Exact unless [`Model::with_mode`] says otherwise): every forward pass
 //! over this model uses that one mode. It also carries the element type of its sequences' KV
 //! caches ([`KvType`], f32 unless [`Model::with_kv_type`] says otherwise).
