@@ -47,6 +47,16 @@ pub struct BenchArgs {
         default_value = "128"
     )]
     n_gen: Vec<usize>,
+    /// Verify steps (`vf`k): one forward over k tokens taken as generated tokens (a decode
+    /// step carrying k − 1 drafts, all logits), comma-separated; reported as k over the
+    /// call's time, so the cost of a verify step is k / (t/s).
+    #[arg(
+        short = 'v',
+        long = "n-verify",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    n_verify: Vec<usize>,
     /// Repetitions.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -100,8 +110,9 @@ fn run_engine(
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let n_prompts: Vec<usize> = a.n_prompt.iter().copied().filter(|&p| p > 0).collect();
     let n_gens: Vec<usize> = a.n_gen.iter().copied().filter(|&n| n > 0).collect();
-    if a.repetitions == 0 || (n_prompts.is_empty() && n_gens.is_empty()) {
-        bail!("nothing to measure: give -r >= 1 and -p or -n > 0");
+    let n_verify: Vec<usize> = a.n_verify.iter().copied().filter(|&k| k > 0).collect();
+    if a.repetitions == 0 || (n_prompts.is_empty() && n_gens.is_empty() && n_verify.is_empty()) {
+        bail!("nothing to measure: give -r >= 1 and -p, -n or -v > 0");
     }
     let model = a
         .model
@@ -118,9 +129,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         (state % (vocab * 3 / 4)) as u32
     };
     let max_of = |v: &[usize]| v.iter().copied().max().unwrap_or(0);
-    let prompt: Vec<u32> = (0..max_of(&n_prompts)).map(|_| next_id()).collect();
+    let new_tokens = max_of(&n_prompts).max(max_of(&n_verify));
+    let prompt: Vec<u32> = (0..new_tokens).map(|_| next_id()).collect();
     let max_depth = max_of(&a.depths);
-    let ctx = max_depth + max_of(&n_prompts) + max_of(&n_gens) + 1;
+    let ctx = max_depth + new_tokens + max_of(&n_gens) + 1;
     // Context tokens for the depths: the same generator, continued.
     let context: Vec<u32> = (0..max_depth).map(|_| next_id()).collect();
     let mut rows = Vec::new();
@@ -155,6 +167,28 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             }
             rows.push(Row {
                 test: format!("pp{p}{suffix}"),
+                samples,
+            });
+        }
+        for &k in &n_verify {
+            let mut samples = Vec::new();
+            for _ in 0..a.repetitions {
+                let mut cache = at_depth.clone();
+                let t = Instant::now();
+                model.forward(
+                    &mut [SeqInput {
+                        cache: &mut cache,
+                        tokens: &prompt[..k],
+                        all_logits: true,
+                        kind: TokenKind::Generated,
+                    }],
+                    experts.as_mut(),
+                    &mut NoObserver,
+                )?;
+                samples.push(k as f64 / t.elapsed().as_secs_f64());
+            }
+            rows.push(Row {
+                test: format!("vf{k}{suffix}"),
                 samples,
             });
         }
