@@ -147,7 +147,7 @@ impl ModelArgs {
         cluster: Option<&RouterArgs>,
         default: NumericMode,
     ) -> anyhow::Result<Model> {
-        moe_kernels::set_num_threads(self.threads);
+        moe_kernels::set_compute_threads(self.threads);
         let mode = self.mode(default);
         let kv_type = self.kv_type(mode)?;
         let path = match &self.model {

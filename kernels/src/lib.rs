@@ -89,9 +89,9 @@ pub use error::KernelError;
 pub use jobs::run_jobs;
 pub use kv_rows::{KvBuf, KvRowShape, KvRows, KvType, KV_Q8_BLOCK_VALUES};
 pub use matmul::{
-    has_fast_kernel, num_threads, set_num_threads, NumericMode, PackedMatrix, PreparedActs,
-    QMatrix, SimdIsa, FAST_TOKEN_CHUNK, MATMUL_MIN_ROWS_PER_THREAD, MATMUL_PARALLEL_MIN_MACS,
-    MATMUL_THREADS_MAX,
+    has_fast_kernel, num_threads, set_compute_threads, set_num_threads, NumericMode, PackedMatrix,
+    PreparedActs, QMatrix, SimdIsa, FAST_TOKEN_CHUNK, MATMUL_MIN_ROWS_PER_THREAD,
+    MATMUL_PARALLEL_MIN_MACS, MATMUL_THREADS_MAX,
 };
 pub use quantize::{quantize_row, quantize_rows, synthesize_row};
 pub use types::GgmlType;

@@ -111,6 +111,19 @@ pub fn set_num_threads(n: usize) {
     NUM_THREADS.store(n, Ordering::Relaxed);
 }
 
+/// Sizes rayon's global pool, which every parallel region of the kernels and of the forward
+/// pass runs on (attention jobs included), to `n` workers (0 = one per core), and sets
+/// [`set_num_threads`]: so `--threads 1` is one core for everything, not only for the
+/// matmuls. The pool can be sized only before its first use; returns whether this call did
+/// (a later call still sets the matmul thread count).
+pub fn set_compute_threads(n: usize) -> bool {
+    set_num_threads(n);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .is_ok()
+}
+
 /// The worker thread count matmuls use now (resolving 0 to the available cores).
 pub fn num_threads() -> usize {
     let n = match NUM_THREADS.load(Ordering::Relaxed) {

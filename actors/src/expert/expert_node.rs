@@ -52,7 +52,7 @@ pub fn run(
     a: ExpertArgs,
     compute: ComputeArgs,
 ) -> anyhow::Result<()> {
-    moe_kernels::set_num_threads(threads);
+    moe_kernels::set_compute_threads(threads);
     let secret_file = secret_file.context("--role expert needs --secret-file")?;
     let secret = read_secret(&secret_file)?;
     // The header first: the config decides the shard sets, which decide what gets mapped.
