@@ -82,9 +82,20 @@ pub(crate) trait PanelFormat: FastFormat {
     const HI_AT: usize = 32 * Self::LO as usize;
     /// Bytes of one panel block.
     const PANEL_BLOCK_BYTES: usize = Self::UNITS_AT + UNITS * Self::UNIT_BYTES;
+}
 
-    /// The two scale bytes of unit `u` from a block's decoded `a` and `m` (per 16).
-    fn scale_bytes(a: &[i8; 16], m: &[i16; 16], u: usize) -> [u8; 2];
+/// The two scale bytes of unit `u` from a block's decoded `a` and `m` (per 16), as `F`'s
+/// [`PanelFormat::SCALES`] lays them out.
+fn scale_bytes<F: PanelFormat>(a: &[i8; 16], m: &[i16; 16], u: usize) -> [u8; 2] {
+    let (g0, g1) = (2 * u, 2 * u + 1);
+    match F::SCALES {
+        ScaleKind::Nibbles => {
+            let b = |g: usize| (a[g] as u8 & 0x0F) | ((m[g] as u8 & 0x0F) << 4);
+            [b(g0), b(g1)]
+        }
+        ScaleKind::Signed { .. } => [a[g0] as u8, a[g1] as u8],
+        ScaleKind::Pair32 => [a[g0] as u8, m[g0] as u8],
+    }
 }
 
 impl PanelFormat for Q2K {
@@ -93,10 +104,6 @@ impl PanelFormat for Q2K {
     const SCALES: ScaleKind = ScaleKind::Nibbles;
     const D_AT: usize = 80;
     const DM_AT: Option<usize> = Some(82);
-    fn scale_bytes(a: &[i8; 16], m: &[i16; 16], u: usize) -> [u8; 2] {
-        let b = |g: usize| (a[g] as u8 & 0x0F) | ((m[g] as u8 & 0x0F) << 4);
-        [b(2 * u), b(2 * u + 1)]
-    }
 }
 
 impl PanelFormat for Q3K {
@@ -105,9 +112,6 @@ impl PanelFormat for Q3K {
     const SCALES: ScaleKind = ScaleKind::Signed { off: 4 };
     const D_AT: usize = 108;
     const DM_AT: Option<usize> = None;
-    fn scale_bytes(a: &[i8; 16], _: &[i16; 16], u: usize) -> [u8; 2] {
-        [a[2 * u] as u8, a[2 * u + 1] as u8]
-    }
 }
 
 impl PanelFormat for Q4K {
@@ -116,9 +120,6 @@ impl PanelFormat for Q4K {
     const SCALES: ScaleKind = ScaleKind::Pair32;
     const D_AT: usize = 0;
     const DM_AT: Option<usize> = Some(2);
-    fn scale_bytes(a: &[i8; 16], m: &[i16; 16], u: usize) -> [u8; 2] {
-        [a[2 * u] as u8, m[2 * u] as u8]
-    }
 }
 
 impl PanelFormat for Q5K {
@@ -127,9 +128,6 @@ impl PanelFormat for Q5K {
     const SCALES: ScaleKind = ScaleKind::Pair32;
     const D_AT: usize = 0;
     const DM_AT: Option<usize> = Some(2);
-    fn scale_bytes(a: &[i8; 16], m: &[i16; 16], u: usize) -> [u8; 2] {
-        [a[2 * u] as u8, m[2 * u] as u8]
-    }
 }
 
 impl PanelFormat for Q6K {
@@ -138,9 +136,6 @@ impl PanelFormat for Q6K {
     const SCALES: ScaleKind = ScaleKind::Signed { off: 32 };
     const D_AT: usize = 208;
     const DM_AT: Option<usize> = None;
-    fn scale_bytes(a: &[i8; 16], _: &[i16; 16], u: usize) -> [u8; 2] {
-        [a[2 * u] as u8, a[2 * u + 1] as u8]
-    }
 }
 
 /// Where row `r`'s code of element `k` lives: (lo byte offset, lo shift, hi byte offset, hi
@@ -194,7 +189,7 @@ pub(crate) fn pack_block<F: PanelFormat>(blocks: &[&[u8]], p: &mut [u8]) {
         F::codes(b, &mut codes[r]);
         F::scales(b, &mut a, &mut m);
         for u in 0..UNITS {
-            let [b0, b1] = F::scale_bytes(&a, &m, u);
+            let [b0, b1] = scale_bytes::<F>(&a, &m, u);
             p[F::SCALES_AT + 16 * u + 2 * r] = b0;
             p[F::SCALES_AT + 16 * u + 2 * r + 1] = b1;
         }

@@ -101,15 +101,16 @@ fn attention_with(
     }
 
     let scale = c.attn_scale();
+    // q_rot roped in place, every head of every token (both forms read it).
+    for (i, qi) in q.chunks_exact_mut(h * qk).enumerate() {
+        for qh in qi.chunks_exact_mut(qk) {
+            model.rope.apply(&mut qh[dn..], pos0 + i);
+        }
+    }
     if model.mode() == NumericMode::Fast && kind == TokenKind::Prompt {
         if let Some(prompt) = attention_prompt::PromptWeights::of(model, l) {
-            // The decompressed form: q_rot roped in place, then per head softmax over
-            // decompressed keys, weighted decompressed values: [t, H*dv] directly.
-            for (i, qi) in q.chunks_exact_mut(h * qk).enumerate() {
-                for qh in qi.chunks_exact_mut(qk) {
-                    model.rope.apply(&mut qh[dn..], pos0 + i);
-                }
-            }
+            // The decompressed form: per head softmax over decompressed keys, weighted
+            // decompressed values: [t, H*dv] directly.
             let mut o = vec![0f32; t * h * dv];
             let dims = attention_prompt::Dims {
                 heads: h,
@@ -123,14 +124,13 @@ fn attention_with(
             return Ok(());
         }
     }
-    // q_abs[head][i] = Wkb_head · q_nope[i] : [H, t, Lkv]; q_rot roped in place.
+    // q_abs[head][i] = Wkb_head · q_nope[i] : [H, t, Lkv].
     let mut q_nope = vec![0f32; t * dn];
     let mut q_abs = vec![0f32; h * t * lkv];
     for (head, q_abs_h) in q_abs.chunks_exact_mut(t * lkv).enumerate() {
         for i in 0..t {
-            let src = &mut q[(i * h + head) * qk..(i * h + head + 1) * qk];
-            q_nope[i * dn..(i + 1) * dn].copy_from_slice(&src[..dn]);
-            model.rope.apply(&mut src[dn..], pos0 + i);
+            let src = &q[(i * h + head) * qk..(i * h + head) * qk + dn];
+            q_nope[i * dn..(i + 1) * dn].copy_from_slice(src);
         }
         model.head_mat(&w.k_b, head)?.matmul(&q_nope, t, q_abs_h)?;
     }
