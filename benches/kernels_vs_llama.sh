@@ -8,7 +8,8 @@
 # usage: benches/kernels_vs_llama.sh [LLAMA_DIR] [PRESET]
 #   LLAMA_DIR  where benches/llama_baseline.sh builds llama.cpp (default /work/llama)
 #   PRESET     synth preset (default small)
-# environment: TYPES (default "Q2_K Q3_K Q4_K Q5_K Q6_K Q8_0"), THREADS (default 2),
+# environment: TYPES (default the issue's list: "Q2_K Q3_K Q4_K Q5_K Q6_K Q8_0 IQ4_XS IQ2_XXS
+#   IQ1_S"), THREADS (default 2),
 #   PP (512), TG (128), REPS (2), ROUNDS (1), CARGO_TARGET_DIR (default ROOT/target)
 # ROUNDS > 1 runs the three benchmarks of a type that many times, interleaved, and keeps each
 # one's best mean t/s: on a shared machine the best round is the least disturbed one.
@@ -16,7 +17,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LLAMA_DIR="${1:-/work/llama}"
 PRESET="${2:-small}"
-TYPES="${TYPES:-Q2_K Q3_K Q4_K Q5_K Q6_K Q8_0}"
+TYPES="${TYPES:-Q2_K Q3_K Q4_K Q5_K Q6_K Q8_0 IQ4_XS IQ2_XXS IQ1_S}"
 THREADS="${THREADS:-2}"
 PP="${PP:-512}"; TG="${TG:-128}"; REPS="${REPS:-2}"; ROUNDS="${ROUNDS:-1}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"

@@ -1,5 +1,6 @@
-//! Weights repacked at load for the Fast mode: [`PackedMatrix`], a k-quant matrix (Q2_K,
-//! Q3_K, Q4_K, Q5_K, Q6_K) in 8-row panels whose codes lie rows-in-lanes, so that one
+//! Weights repacked at load for the Fast mode: [`PackedMatrix`], a matrix of the k-quants
+//! (Q2_K .. Q6_K), IQ4_XS or the 32-element Q8_0, Q4_0 and IQ4_NL (rows of whole 256-element
+//! super-blocks) in 8-row panels whose codes lie rows-in-lanes, so that one
 //! `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd` on AVX2) takes 4 codes of each of 8 rows and
 //! the 8 rows' sums end in the 8 lanes of a vector: no horizontal sums per row, one unpack
 //! of a panel's codes serving up to 4 tokens, and the same kernel for decode and prompts.
@@ -11,22 +12,26 @@
 //! bytes and the token's quantized activations (`panel/dot.rs`), never on the row range,
 //! the thread split or the tokens computed with it.
 //!
-//! Leaves to `panel/layout.rs` the byte layout and the packing of one panel block, and to
-//! `panel/dot.rs` the arithmetic of a panel against tokens.
+//! Leaves to `panel/layout.rs` the byte layout and the packing of one panel block, to
+//! `panel/formats.rs` what each format stores, and to `panel/dot.rs` the arithmetic of a
+//! panel against tokens.
 //!
 //! Memory: the packed copy is owned (64-byte aligned) and as large as the file's blocks
 //! within 6 bytes per row and super-block; the owner of the mapping may release the file's
 //! pages once packed (the model does, see `moe-model`'s `Model::with_mode`).
 
 mod dot;
+mod formats;
 pub(crate) mod layout;
 
 use std::marker::PhantomData;
 use std::ops::Range;
 
 use self::dot::PanelDot;
+use self::formats::{Iq4Nlx8, Q40x8, Q80x8};
 pub(crate) use self::layout::PANEL_ROWS;
 use self::layout::{pack_block, PanelFormat, SUPER};
+use super::fast::iq4::Iq4Xs;
 use super::fast::kquants::{Q2K, Q3K, Q4K, Q5K, Q6K};
 use super::fast::FAST_TOKEN_CHUNK;
 use super::q8::QActs;
@@ -60,29 +65,46 @@ impl std::fmt::Debug for PackedMatrix {
 }
 
 impl PackedMatrix {
-    /// Whether matrices of `ty` repack (the k-quants Q2_K .. Q6_K).
-    pub fn packs(ty: GgmlType) -> bool {
-        matches!(
+    /// Whether a matrix of `ty` with rows of `cols` elements repacks: the types of the module
+    /// docs, rows of whole 256-element super-blocks.
+    pub fn packs(ty: GgmlType, cols: usize) -> bool {
+        let typed = matches!(
             ty,
-            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
-        )
+            GgmlType::Q2_K
+                | GgmlType::Q3_K
+                | GgmlType::Q4_K
+                | GgmlType::Q5_K
+                | GgmlType::Q6_K
+                | GgmlType::IQ4_XS
+                | GgmlType::Q8_0
+                | GgmlType::Q4_0
+                | GgmlType::IQ4_NL
+        );
+        typed && cols.is_multiple_of(SUPER)
     }
 
-    /// `m` repacked, or `None` when its type does not repack ([`PackedMatrix::packs`]).
+    /// `m` repacked, or `None` when it does not repack ([`PackedMatrix::packs`]).
     pub fn pack(m: &QMatrix<'_>) -> Option<Self> {
+        if !Self::packs(m.ty(), m.cols()) {
+            return None;
+        }
         match m.ty() {
             GgmlType::Q2_K => Some(Self::pack_as::<Q2K>(m)),
             GgmlType::Q3_K => Some(Self::pack_as::<Q3K>(m)),
             GgmlType::Q4_K => Some(Self::pack_as::<Q4K>(m)),
             GgmlType::Q5_K => Some(Self::pack_as::<Q5K>(m)),
             GgmlType::Q6_K => Some(Self::pack_as::<Q6K>(m)),
+            GgmlType::IQ4_XS => Some(Self::pack_as::<Iq4Xs>(m)),
+            GgmlType::Q8_0 => Some(Self::pack_as::<Q80x8>(m)),
+            GgmlType::Q4_0 => Some(Self::pack_as::<Q40x8>(m)),
+            GgmlType::IQ4_NL => Some(Self::pack_as::<Iq4Nlx8>(m)),
             _ => None,
         }
     }
 
     fn pack_as<F: PanelFormat>(m: &QMatrix<'_>) -> Self {
         let (rows, cols) = (m.rows(), m.cols());
-        // QMatrix::new checked that rows are whole blocks of this type.
+        // `packs` checked that rows are whole super-blocks.
         let nb = cols / SUPER;
         let panels = rows.div_ceil(PANEL_ROWS);
         let len = panels * nb * F::PANEL_BLOCK_BYTES;
@@ -101,7 +123,7 @@ impl PackedMatrix {
             for (blk, pb) in panel.chunks_exact_mut(F::PANEL_BLOCK_BYTES).enumerate() {
                 let mut blocks: [&[u8]; PANEL_ROWS] = [&[]; PANEL_ROWS];
                 for (b, r) in blocks.iter_mut().zip(r0..r1) {
-                    *b = &m.row_data(r)[blk * F::BLOCK_BYTES..(blk + 1) * F::BLOCK_BYTES];
+                    *b = &m.row_data(r)[blk * F::SRC_BYTES..(blk + 1) * F::SRC_BYTES];
                 }
                 pack_block::<F>(&blocks[..r1 - r0], pb);
             }
@@ -146,7 +168,7 @@ pub(crate) struct PanelCall<'a, 'o, 'y> {
     pub(crate) p: &'a PackedMatrix,
     /// The rows to compute (any range; whole panels are computed, the rows outside dropped).
     pub(crate) rows: Range<usize>,
-    /// Activations quantized for 256-element blocks.
+    /// Activations quantized for the type's blocks.
     pub(crate) x: &'a QActs,
     /// Tokens in `x`.
     pub(crate) n_tokens: usize,
@@ -162,6 +184,10 @@ pub(crate) fn panel_rows(call: PanelCall<'_, '_, '_>, isa: SimdIsa) {
         GgmlType::Q4_K => dispatch(isa, Panels::<Q4K>(call, PhantomData)),
         GgmlType::Q5_K => dispatch(isa, Panels::<Q5K>(call, PhantomData)),
         GgmlType::Q6_K => dispatch(isa, Panels::<Q6K>(call, PhantomData)),
+        GgmlType::IQ4_XS => dispatch(isa, Panels::<Iq4Xs>(call, PhantomData)),
+        GgmlType::Q8_0 => dispatch(isa, Panels::<Q80x8>(call, PhantomData)),
+        GgmlType::Q4_0 => dispatch(isa, Panels::<Q40x8>(call, PhantomData)),
+        GgmlType::IQ4_NL => dispatch(isa, Panels::<Iq4Nlx8>(call, PhantomData)),
         // `PackedMatrix::pack` made only the types above.
         other => unreachable!("no panel layout for {other:?}"),
     }
@@ -201,7 +227,7 @@ fn body<F: PanelFormat, S: PanelDot>(call: PanelCall<'_, '_, '_>) {
     } = call;
     // Invariants of the callers (QMatrix quantized for this shape), not data.
     assert!(
-        acts.block == SUPER && acts.cols == p.cols,
+        acts.block == F::ACT_BLOCK && acts.cols == p.cols,
         "panel kernel: activations quantized for another shape"
     );
     let panel_bytes = p.cols / SUPER * F::PANEL_BLOCK_BYTES;

@@ -11,16 +11,25 @@
 //!
 //! then one f32 step, `fd = d·dx` and `v = fd·f32(A − off·M')` (Signed) or
 //! `v = fd·f32(A) − (dm·dx)·f32(M)`, added to the row's accumulator (starting at +0.0) in
-//! block order: separate multiplies, no fused multiply-add. The integers are exact (in any
+//! block order: separate multiplies, no fused multiply-add. The [`ScaleKind::UnitF16`]
+//! formats take that step per 32 elements instead: `v = (d_u·dx_u)·f32(S_u)`, `S_u` the
+//! unit's exact `Σ c·x`. Codes are the stored unsigned codes, the stored signed bytes, or
+//! the table values of stored indices ([`CodeKind`]). The integers are exact (in any
 //! order), so the portable and the AVX2 / AVX-512 VNNI implementations give the same bits,
 //! whatever the number of tokens per pass and whichever panel or thread computes a row.
 //!
-//! Range (why nothing overflows): codes ≤ 63 and `|x| ≤ 127`, so a `maddubs` pair is at
-//! most 16,002 (no saturation) and a 16-group sum at most 128,016; `|a| ≤ 128` over 16 groups
-//! keeps `|A| < 2^29`; `|bs| ≤ 2032` and `|m| ≤ 128` keep `|M| < 2^23`.
+//! Signed codes meet the unsigned-by-signed byte dots two ways: AVX2 moves each code's sign
+//! onto the activation (`maddubs(|c|, sign(x, c))`), VNNI adds 128 to the codes and takes
+//! `128·Σx` (from the 16-sums) back off, as an extra offset; both give the exact `Σ c·x`.
+//!
+//! Range (why nothing overflows): unsigned codes ≤ 63, `|c| ≤ 128` with AVX2's sign move and
+//! `|x| ≤ 127`, so a `maddubs` pair is at most 32,512 (no saturation); biased codes ≤ 255
+//! make a 16-group sum at most 518,160, and `|a| ≤ 32` for the signed-code formats (IQ4_XS)
+//! keeps `|A| < 2^28`; unsigned codes with `|a| ≤ 128` keep `|A| < 2^29`; `|bs| ≤ 2032` and
+//! `|m| ≤ 128` keep `|M| < 2^23`.
 
 use super::layout::{
-    code_at, factor_bits, scale_byte, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNITS,
+    code_at, factor_bits, scale_byte, CodeKind, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNITS,
 };
 use crate::matmul::fast::format::f16_bits_to_f32;
 use crate::matmul::q8::{QActs, BSUM_ELEMS};
@@ -51,13 +60,15 @@ impl PanelDot for Portable {
         ts: [usize; T],
     ) -> [[f32; PANEL_ROWS]; T] {
         let mut acc = [[0f32; PANEL_ROWS]; T];
+        let per = SUPER / F::ACT_BLOCK;
         for (blk, p) in panel.chunks_exact(F::PANEL_BLOCK_BYTES).enumerate() {
             for (at, &t) in acc.iter_mut().zip(&ts) {
                 let (x, dx, bs) = acts.token(t);
                 let x = &x[blk * SUPER..(blk + 1) * SUPER];
                 let bs = &bs[blk * SUPER / BSUM_ELEMS..(blk + 1) * SUPER / BSUM_ELEMS];
+                let dx = &dx[blk * per..(blk + 1) * per];
                 for (r, a) in at.iter_mut().enumerate() {
-                    *a += portable_step::<F>(p, r, x, bs, dx[blk]);
+                    portable_block::<F>(p, r, x, bs, dx, a);
                 }
             }
         }
@@ -65,14 +76,42 @@ impl PanelDot for Portable {
     }
 }
 
-/// Row `r` of panel block `p` against one token's block (codes `x`, 16-sums `bs`, scale
-/// `dx`): its f32 step (see the module docs).
-fn portable_step<F: PanelFormat>(p: &[u8], r: usize, x: &[i8], bs: &[i16], dx: f32) -> f32 {
+/// The integer a stored code multiplies with ([`CodeKind`]).
+#[inline(always)]
+fn value<F: PanelFormat>(c: u8) -> i32 {
+    match F::CODES {
+        CodeKind::Unsigned => c as i32,
+        CodeKind::Signed => c as i8 as i32,
+        CodeKind::Lookup(t) => t[c as usize] as i32,
+    }
+}
+
+/// Row `r` of panel block `p` against one token's super-block (codes `x`, 16-sums `bs`,
+/// scales `dx`): its f32 steps added to `acc` (see the module docs).
+fn portable_block<F: PanelFormat>(
+    p: &[u8],
+    r: usize,
+    x: &[i8],
+    bs: &[i16],
+    dx: &[f32],
+    acc: &mut f32,
+) {
     let sum = |g: usize| -> i32 {
         (16 * g..16 * g + 16)
-            .map(|k| code_at::<F>(p, r, k) as i32 * x[k] as i32)
+            .map(|k| value::<F>(code_at::<F>(p, r, k)) * x[k] as i32)
             .sum()
     };
+    if F::SCALES == ScaleKind::UnitF16 {
+        for (u, dxu) in dx.iter().enumerate().take(UNITS) {
+            let bits = u16::from_le_bytes([
+                scale_byte::<F>(p, r, 2 * u),
+                scale_byte::<F>(p, r, 2 * u + 1),
+            ]);
+            let fd = f16_bits_to_f32(bits) * dxu;
+            *acc += fd * (sum(2 * u) + sum(2 * u + 1)) as f32;
+        }
+        return;
+    }
     let (mut a, mut m) = (0i32, 0i32);
     for u in 0..UNITS {
         let (s0, s1) = (
@@ -94,16 +133,17 @@ fn portable_step<F: PanelFormat>(p: &[u8], r: usize, x: &[i8], bs: &[i16], dx: f
                 a += s0 as i32 * (t0 + t1);
                 m += s1 as i32 * (b0 + b1);
             }
+            ScaleKind::UnitF16 => unreachable!("handled above"),
         }
     }
-    let fd = f16_bits_to_f32(factor_bits::<F>(p, r, false)) * dx;
-    match F::SCALES {
+    let fd = f16_bits_to_f32(factor_bits::<F>(p, r, false)) * dx[0];
+    *acc += match F::SCALES {
         ScaleKind::Signed { off } => fd * (a - off * m) as f32,
         _ => {
-            let fm = f16_bits_to_f32(factor_bits::<F>(p, r, true)) * dx;
+            let fm = f16_bits_to_f32(factor_bits::<F>(p, r, true)) * dx[0];
             fd * a as f32 - fm * m as f32
         }
-    }
+    };
 }
 
 /// The integer dot instructions of the AVX implementations.
@@ -120,6 +160,20 @@ trait IntDots {
     /// # Safety
     /// As [`IntDots::dp`].
     unsafe fn dpw(acc: avx::V, p: avx::V, b: avx::V) -> avx::V;
+
+    /// What [`IntDots::bias`] adds to a signed code (the extra offset of signed codes).
+    const SIGNED_BIAS: i32;
+    /// Signed codes (or a table of them) as [`IntDots::dps`] takes them.
+    ///
+    /// # Safety
+    /// As [`IntDots::dp`].
+    unsafe fn bias(c: avx::V) -> avx::V;
+    /// `acc + Σ_{i<4} (c + SIGNED_BIAS)[4l + i]·x[4l + i]` per lane, `c` signed codes
+    /// through [`IntDots::bias`].
+    ///
+    /// # Safety
+    /// As [`IntDots::dp`].
+    unsafe fn dps(acc: avx::V, c: avx::V, x: avx::V) -> avx::V;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -142,6 +196,20 @@ impl IntDots for Avx2Fma {
         // SAFETY: AVX2 per the caller.
         unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(p, b)) }
     }
+
+    const SIGNED_BIAS: i32 = 0;
+
+    #[inline(always)]
+    unsafe fn bias(c: avx::V) -> avx::V {
+        c
+    }
+
+    #[inline(always)]
+    unsafe fn dps(acc: avx::V, c: avx::V, x: avx::V) -> avx::V {
+        use std::arch::x86_64::{_mm256_abs_epi8, _mm256_sign_epi8};
+        // SAFETY: AVX2 per the caller. |c| ≤ 128 (−128's abs is 0x80 = 128 unsigned).
+        unsafe { Self::dp(acc, _mm256_abs_epi8(c), _mm256_sign_epi8(x, c)) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -156,6 +224,21 @@ impl IntDots for Avx512Vnni {
     unsafe fn dpw(acc: avx::V, p: avx::V, b: avx::V) -> avx::V {
         // SAFETY: AVX-512 VL + VNNI per the caller.
         unsafe { std::arch::x86_64::_mm256_dpwssd_epi32(acc, p, b) }
+    }
+
+    const SIGNED_BIAS: i32 = 128;
+
+    #[inline(always)]
+    unsafe fn bias(c: avx::V) -> avx::V {
+        use std::arch::x86_64::{_mm256_set1_epi8, _mm256_xor_si256};
+        // SAFETY: AVX2 per the caller. c ^ 0x80 is c + 128 as an unsigned byte.
+        unsafe { _mm256_xor_si256(c, _mm256_set1_epi8(-128)) }
+    }
+
+    #[inline(always)]
+    unsafe fn dps(acc: avx::V, c: avx::V, x: avx::V) -> avx::V {
+        // SAFETY: as `dp`; the biased codes are unsigned bytes.
+        unsafe { Self::dp(acc, c, x) }
     }
 }
 
@@ -194,7 +277,7 @@ impl PanelDot for Avx512Vnni {
 mod avx {
     use std::arch::x86_64::*;
 
-    use super::super::layout::{PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNIT, UNITS};
+    use super::super::layout::{CodeKind, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNIT, UNITS};
     use super::IntDots;
     use crate::matmul::q8::{QActs, BSUM_ELEMS};
 
@@ -222,14 +305,19 @@ mod avx {
         }
     }
 
-    /// The 8 quad vectors of unit `u` of the panel block at `p` (see `layout.rs`).
+    /// The 8 quad vectors of unit `u` of the panel block at `p` (see `layout.rs`), signed
+    /// codes and table values through `S`'s [`IntDots::bias`].
     #[inline(always)]
-    unsafe fn unit_codes<F: PanelFormat>(p: *const u8, u: usize) -> [V; 8] {
+    unsafe fn unit_codes<F: PanelFormat, S: IntDots>(p: *const u8, u: usize) -> [V; 8] {
         // SAFETY: AVX2 per the caller; every load is inside unit `u` of the panel block.
         unsafe {
             let p = p.add(F::UNITS_AT + u * F::UNIT_BYTES);
             let mut c = [_mm256_setzero_si256(); 8];
-            if F::LO == 4 {
+            if F::LO == 8 {
+                for (q, cq) in c.iter_mut().enumerate() {
+                    *cq = ld(p.add(32 * q));
+                }
+            } else if F::LO == 4 {
                 let m = _mm256_set1_epi8(0x0F);
                 for j in 0..4 {
                     let w = ld(p.add(32 * j));
@@ -264,7 +352,52 @@ mod avx {
                     }
                 }
             }
+            match F::CODES {
+                CodeKind::Unsigned => {}
+                CodeKind::Signed => {
+                    for cq in c.iter_mut() {
+                        *cq = S::bias(*cq);
+                    }
+                }
+                CodeKind::Lookup(t) => {
+                    let table = S::bias(_mm256_broadcastsi128_si256(_mm_loadu_si128(
+                        t.as_ptr().cast(),
+                    )));
+                    for cq in c.iter_mut() {
+                        *cq = _mm256_shuffle_epi8(table, *cq);
+                    }
+                }
+            }
             c
+        }
+    }
+
+    /// `acc` plus the dot of 4 codes per lane with `x`: signed or unsigned codes as `F` has.
+    #[inline(always)]
+    unsafe fn dot<F: PanelFormat, S: IntDots>(acc: V, c: V, x: V) -> V {
+        // SAFETY: per the caller.
+        unsafe {
+            if F::CODES == CodeKind::Unsigned {
+                S::dp(acc, c, x)
+            } else {
+                S::dps(acc, c, x)
+            }
+        }
+    }
+
+    /// The unit's exact `Σ c·x` per row from `init`, against the token codes at `x`.
+    #[inline(always)]
+    unsafe fn unit_sums<F: PanelFormat, S: IntDots>(c: &[V; 8], x: *const i8, init: V) -> (V, V) {
+        // SAFETY: per the caller; `x` valid for 32 reads. Plain calls, no closure: a closure
+        // around intrinsics may stay an out-of-line call.
+        unsafe {
+            let mut s0 = dot::<F, S>(init, c[0], bcast4(x));
+            let mut s1 = dot::<F, S>(_mm256_setzero_si256(), c[4], bcast4(x.add(16)));
+            for i in 1..4 {
+                s0 = dot::<F, S>(s0, c[i], bcast4(x.add(4 * i)));
+                s1 = dot::<F, S>(s1, c[4 + i], bcast4(x.add(16 + 4 * i)));
+            }
+            (s0, s1)
         }
     }
 
@@ -295,6 +428,7 @@ mod avx {
                     let m = _mm256_srli_epi32::<16>(pr);
                     (a, a, _mm256_or_si256(m, _mm256_slli_epi32::<16>(m)))
                 }
+                ScaleKind::UnitF16 => unreachable!("f16 unit scales are read as floats"),
             }
         }
     }
@@ -317,38 +451,66 @@ mod avx {
         ts: [usize; T],
     ) -> [[f32; PANEL_ROWS]; T] {
         let nb = panel.len() / F::PANEL_BLOCK_BYTES;
+        let per = SUPER / F::ACT_BLOCK;
         let mut xs = [std::ptr::null::<i8>(); T];
         let mut dxs: [&[f32]; T] = [&[]; T];
         let mut bss = [std::ptr::null::<i16>(); T];
         for q in 0..T {
             let (x, dx, bs) = acts.token(ts[q]);
             // The caller's activations cover this matrix's columns (checked by QMatrix).
-            assert!(x.len() >= nb * SUPER && dx.len() >= nb && bs.len() >= nb * 16);
+            assert!(x.len() >= nb * SUPER && dx.len() >= nb * per && bs.len() >= nb * 16);
             (xs[q], dxs[q], bss[q]) = (x.as_ptr(), dx, bs.as_ptr());
         }
+        // The offset the signed codes' bias adds, and the offset of a Signed format.
+        let bias = if F::CODES == CodeKind::Unsigned {
+            0
+        } else {
+            S::SIGNED_BIAS
+        };
+        let off = match F::SCALES {
+            ScaleKind::Signed { off } => off + bias,
+            _ => 0,
+        };
+        let needs_m = !matches!(F::SCALES, ScaleKind::Signed { .. }) || off != 0;
         // SAFETY: AVX2/F16C and `S`'s features per the caller; every pointer stays inside
         // the panel (nb whole blocks) and the tokens' activations (asserted above).
         unsafe {
             let mut acc = [_mm256_setzero_ps(); T];
+            let zero = _mm256_setzero_si256();
             // `blk` indexes the panel, the codes and the scales of every token alike.
             #[allow(clippy::needless_range_loop)]
             for blk in 0..nb {
                 let p = panel.as_ptr().add(blk * F::PANEL_BLOCK_BYTES);
-                let mut ia = [_mm256_setzero_si256(); T];
-                let mut im = [_mm256_setzero_si256(); T];
+                if F::SCALES == ScaleKind::UnitF16 {
+                    let neg_bias = _mm256_set1_epi16(-bias as i16);
+                    for u in 0..UNITS {
+                        let c = unit_codes::<F, S>(p, u);
+                        let d =
+                            _mm256_cvtph_ps(_mm_loadu_si128(p.add(F::SCALES_AT + 16 * u).cast()));
+                        for q in 0..T {
+                            let x = xs[q].add(blk * SUPER + u * UNIT);
+                            let init = if bias != 0 {
+                                let bs = bss[q].add(blk * SUPER / BSUM_ELEMS + 2 * u);
+                                S::dpw(zero, neg_bias, bcast4(bs.cast()))
+                            } else {
+                                zero
+                            };
+                            let (s0, s1) = unit_sums::<F, S>(&c, x, init);
+                            let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                            let fd = _mm256_mul_ps(d, _mm256_set1_ps(dxs[q][blk * per + u]));
+                            acc[q] = _mm256_add_ps(acc[q], _mm256_mul_ps(fd, sum));
+                        }
+                    }
+                    continue;
+                }
+                let mut ia = [zero; T];
+                let mut im = [zero; T];
                 for u in 0..UNITS {
-                    let c = unit_codes::<F>(p, u);
+                    let c = unit_codes::<F, S>(p, u);
                     let (a0, a1, mp) = unit_scales::<F>(p, u);
                     for q in 0..T {
                         let x = xs[q].add(blk * SUPER + u * UNIT);
-                        // Plain calls, no closure: a closure around intrinsics may stay an
-                        // out-of-line call.
-                        let mut s0 = S::dp(_mm256_setzero_si256(), c[0], bcast4(x));
-                        let mut s1 = S::dp(_mm256_setzero_si256(), c[4], bcast4(x.add(16)));
-                        for i in 1..4 {
-                            s0 = S::dp(s0, c[i], bcast4(x.add(4 * i)));
-                            s1 = S::dp(s1, c[4 + i], bcast4(x.add(16 + 4 * i)));
-                        }
+                        let (s0, s1) = unit_sums::<F, S>(&c, x, zero);
                         ia[q] = if F::SCALES == ScaleKind::Pair32 {
                             _mm256_add_epi32(
                                 ia[q],
@@ -361,8 +523,10 @@ mod avx {
                             );
                             _mm256_add_epi32(ia[q], v)
                         };
-                        let bs = bss[q].add(blk * SUPER / BSUM_ELEMS + 2 * u);
-                        im[q] = S::dpw(im[q], mp, bcast4(bs.cast()));
+                        if needs_m {
+                            let bs = bss[q].add(blk * SUPER / BSUM_ELEMS + 2 * u);
+                            im[q] = S::dpw(im[q], mp, bcast4(bs.cast()));
+                        }
                     }
                 }
                 let f = p.add(F::FACTORS_AT);
@@ -372,7 +536,7 @@ mod avx {
                     let dx = _mm256_set1_ps(dxs[q][blk]);
                     let fd = _mm256_mul_ps(d, dx);
                     let v = match F::SCALES {
-                        ScaleKind::Signed { off } => {
+                        ScaleKind::Signed { .. } => {
                             let am = _mm256_sub_epi32(
                                 ia[q],
                                 _mm256_mullo_epi32(im[q], _mm256_set1_epi32(off)),

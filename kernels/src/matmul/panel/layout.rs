@@ -26,9 +26,6 @@
 //! then all high bits) read as three interleaved streams measured 2-4x slower from DRAM
 //! for Q5_K and Q6_K (the prefetchers lose them); one stream does not.
 
-use super::super::fast::format::FastFormat;
-use super::super::fast::kquants::{Q2K, Q3K, Q4K, Q5K, Q6K};
-
 /// Rows per panel: the 8 i32 lanes of a 256-bit vector.
 pub(crate) const PANEL_ROWS: usize = 8;
 /// Elements of a super-block (every panel format's block).
@@ -46,29 +43,55 @@ pub(crate) enum ScaleKind {
     /// Q2_K: per 16 elements one byte `a | m << 4` (the file's byte): `A = Σ a·S`,
     /// `M = Σ m·bs`, `w = d·a·c − dm·m`.
     Nibbles,
-    /// Q3_K, Q6_K: per 16 elements a signed `a`; the offset is `off·a`: `A = Σ a·S`,
-    /// `M' = Σ a·bs`, `w = d·a·(c − off)`.
+    /// Q3_K, Q6_K, IQ4_XS: per 16 elements a signed `a`; the offset is `off·a`:
+    /// `A = Σ a·S`, `M' = Σ a·bs`, `w = d·a·(c − off)`.
     Signed {
-        /// The code offset (4 or 32).
+        /// The code offset (4 or 32; 0 for signed codes).
         off: i32,
     },
     /// Q4_K, Q5_K: per 32 elements `a` then `m` (unsigned 6-bit): `A = Σ a·S`,
     /// `M = Σ m·bs`.
     Pair32,
+    /// Q8_0, Q4_0, IQ4_NL (32-element blocks, 8 per super-block): the unit's two bytes are
+    /// its block's f16 `d`, and each unit takes its own f32 step, `w = d·c`.
+    UnitF16,
 }
 
-/// A k-quant with a panel layout (see the module docs).
-pub(crate) trait PanelFormat: FastFormat {
-    /// Low bits of a code in the lo plane (2 or 4).
+/// How a panel's stored codes become the integers the dot multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CodeKind {
+    /// Unsigned codes (at most 63) as stored.
+    Unsigned,
+    /// Signed bytes as stored (`LO = 8`).
+    Signed,
+    /// 4-bit indices into a table of 16 signed values.
+    Lookup(&'static [i8; 16]),
+}
+
+/// A format with a panel layout (see the module docs); the impls are in `formats.rs`.
+pub(crate) trait PanelFormat {
+    /// Low bits of a code in the lo plane (2, 4 or 8).
     const LO: u32;
     /// High bits in the hi plane (0, 1 or 2).
     const HI: u32;
     /// The scale bytes.
     const SCALES: ScaleKind;
-    /// Byte offset of the block's f16 `d`.
-    const D_AT: usize;
-    /// Byte offset of the block's f16 `dmin`, if it has one.
+    /// What the codes are.
+    const CODES: CodeKind;
+    /// Bytes of one row's [`SUPER`] elements in the file.
+    const SRC_BYTES: usize;
+    /// Elements per activation block (one scale `dx` each): [`SUPER`], or [`UNIT`] for the
+    /// [`ScaleKind::UnitF16`] formats.
+    const ACT_BLOCK: usize;
+    /// Byte offset of the super-block's f16 `d` in the file (`None`: no per-super-block `d`).
+    const D_AT: Option<usize>;
+    /// Byte offset of the super-block's f16 `dmin`, if it has one.
     const DM_AT: Option<usize>;
+
+    /// The stored codes of one row's super-block `b` (a field of `LO + HI` bits each).
+    fn src_codes(b: &[u8], c: &mut [u8; SUPER]);
+    /// The two scale bytes per unit of one row's super-block `b` ([`ScaleKind`]).
+    fn src_scale_bytes(b: &[u8]) -> [[u8; 2]; UNITS];
 
     /// Offset of the scales in a panel block.
     const SCALES_AT: usize = 0;
@@ -84,58 +107,10 @@ pub(crate) trait PanelFormat: FastFormat {
     const PANEL_BLOCK_BYTES: usize = Self::UNITS_AT + UNITS * Self::UNIT_BYTES;
 }
 
-/// The two scale bytes of unit `u` from a block's decoded `a` and `m` (per 16), as `F`'s
-/// [`PanelFormat::SCALES`] lays them out.
-fn scale_bytes<F: PanelFormat>(a: &[i8; 16], m: &[i16; 16], u: usize) -> [u8; 2] {
-    let (g0, g1) = (2 * u, 2 * u + 1);
-    match F::SCALES {
-        ScaleKind::Nibbles => {
-            let b = |g: usize| (a[g] as u8 & 0x0F) | ((m[g] as u8 & 0x0F) << 4);
-            [b(g0), b(g1)]
-        }
-        ScaleKind::Signed { .. } => [a[g0] as u8, a[g1] as u8],
-        ScaleKind::Pair32 => [a[g0] as u8, m[g0] as u8],
-    }
-}
-
-impl PanelFormat for Q2K {
-    const LO: u32 = 2;
-    const HI: u32 = 0;
-    const SCALES: ScaleKind = ScaleKind::Nibbles;
-    const D_AT: usize = 80;
-    const DM_AT: Option<usize> = Some(82);
-}
-
-impl PanelFormat for Q3K {
-    const LO: u32 = 2;
-    const HI: u32 = 1;
-    const SCALES: ScaleKind = ScaleKind::Signed { off: 4 };
-    const D_AT: usize = 108;
-    const DM_AT: Option<usize> = None;
-}
-
-impl PanelFormat for Q4K {
-    const LO: u32 = 4;
-    const HI: u32 = 0;
-    const SCALES: ScaleKind = ScaleKind::Pair32;
-    const D_AT: usize = 0;
-    const DM_AT: Option<usize> = Some(2);
-}
-
-impl PanelFormat for Q5K {
-    const LO: u32 = 4;
-    const HI: u32 = 1;
-    const SCALES: ScaleKind = ScaleKind::Pair32;
-    const D_AT: usize = 0;
-    const DM_AT: Option<usize> = Some(2);
-}
-
-impl PanelFormat for Q6K {
-    const LO: u32 = 4;
-    const HI: u32 = 2;
-    const SCALES: ScaleKind = ScaleKind::Signed { off: 32 };
-    const D_AT: usize = 208;
-    const DM_AT: Option<usize> = None;
+/// The mask of a field of `bits` bits (up to 8).
+#[inline(always)]
+const fn field_mask(bits: u32) -> u8 {
+    ((1u16 << bits) - 1) as u8
 }
 
 /// Where row `r`'s code of element `k` lives: (lo byte offset, lo shift, hi byte offset, hi
@@ -159,11 +134,11 @@ fn code_place<F: PanelFormat>(r: usize, k: usize) -> (usize, u32, usize, u32) {
 #[inline(always)]
 pub(crate) fn code_at<F: PanelFormat>(p: &[u8], r: usize, k: usize) -> u8 {
     let (lo_at, lo_shift, hi_at, hi_shift) = code_place::<F>(r, k);
-    let lo = (p[lo_at] >> lo_shift) & ((1u8 << F::LO) - 1);
+    let lo = (p[lo_at] >> lo_shift) & field_mask(F::LO);
     if F::HI == 0 {
         return lo;
     }
-    let hi = (p[hi_at] >> hi_shift) & ((1u8 << F::HI) - 1);
+    let hi = (p[hi_at] >> hi_shift) & field_mask(F::HI);
     lo | (hi << F::LO)
 }
 
@@ -181,23 +156,20 @@ pub(crate) fn factor_bits<F: PanelFormat>(p: &[u8], r: usize, second: bool) -> u
 }
 
 /// Writes the panel block `p` (zeroed, [`PanelFormat::PANEL_BLOCK_BYTES`]) from up to 8
-/// rows' blocks `blocks[r]` (absent rows stay zero: zero codes, scales and factors).
+/// rows' super-blocks `blocks[r]` (absent rows stay zero: zero codes, scales and factors).
 pub(crate) fn pack_block<F: PanelFormat>(blocks: &[&[u8]], p: &mut [u8]) {
     let mut codes = [[0u8; SUPER]; PANEL_ROWS];
-    let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
     for (r, b) in blocks.iter().enumerate().take(PANEL_ROWS) {
-        F::codes(b, &mut codes[r]);
-        F::scales(b, &mut a, &mut m);
-        for u in 0..UNITS {
-            let [b0, b1] = scale_bytes::<F>(&a, &m, u);
+        F::src_codes(b, &mut codes[r]);
+        for (u, [b0, b1]) in F::src_scale_bytes(b).into_iter().enumerate() {
             p[F::SCALES_AT + 16 * u + 2 * r] = b0;
             p[F::SCALES_AT + 16 * u + 2 * r + 1] = b1;
         }
         let d_at = F::FACTORS_AT + 2 * r;
-        p[d_at..d_at + 2].copy_from_slice(&b[F::D_AT..F::D_AT + 2]);
-        if let Some(dm) = F::DM_AT {
-            let at = d_at + 2 * PANEL_ROWS;
-            p[at..at + 2].copy_from_slice(&b[dm..dm + 2]);
+        for (src, at) in [(F::D_AT, d_at), (F::DM_AT, d_at + 2 * PANEL_ROWS)] {
+            if let Some(src) = src {
+                p[at..at + 2].copy_from_slice(&b[src..src + 2]);
+            }
         }
     }
     // Per unit, the fields of `bits` bits from bit `skip` of the codes: `bits` vectors of
@@ -208,7 +180,7 @@ pub(crate) fn pack_block<F: PanelFormat>(blocks: &[&[u8]], p: &mut [u8]) {
             if bits == 0 {
                 continue;
             }
-            let (per, mask) = (8 / bits as usize, (1u8 << bits) - 1);
+            let (per, mask) = (8 / bits as usize, field_mask(bits));
             let fields = &mut p[unit + at..unit + at + 32 * bits as usize];
             for (j, v) in fields.chunks_exact_mut(32).enumerate() {
                 for (byte, o) in v.iter_mut().enumerate() {
@@ -226,93 +198,56 @@ pub(crate) fn pack_block<F: PanelFormat>(blocks: &[&[u8]], p: &mut [u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::matmul::test_data::data;
+    use crate::matmul::test_data::{bytes, data};
     use crate::{quantize_row, GgmlType};
 
-    /// Every code, scale and factor of 8 real rows reads back from the panel block as the
-    /// Fast decoders give it from the file's blocks (the layout loses nothing), and the
-    /// scale bytes satisfy the relations the kernels assume (Q4_K/Q5_K: one scale and min
-    /// per 32; Q3_K/Q6_K: offset `off·a`).
-    fn roundtrip<F: PanelFormat>(ty: GgmlType) {
-        let rows: Vec<Vec<u8>> = (0..PANEL_ROWS)
+    /// 8 rows of `ty`, one super-block each: quantized from test data, or (IQ4_XS, which
+    /// this crate does not quantize) test bytes with a small f16 `d`.
+    pub(crate) fn rows(ty: GgmlType) -> Vec<Vec<u8>> {
+        (0..PANEL_ROWS)
             .map(|r| {
                 let mut b = vec![0u8; ty.row_bytes(SUPER).unwrap()];
-                quantize_row(ty, &data(SUPER, 40 + r as u32), &mut b).unwrap();
+                if quantize_row(ty, &data(SUPER, 40 + r as u32), &mut b).is_err() {
+                    b = bytes(b.len(), 40 + r as u32);
+                    b[..2].copy_from_slice(&0x2000u16.to_le_bytes());
+                }
                 b
             })
-            .collect();
+            .collect()
+    }
+
+    /// Every code, scale byte and factor of 8 real rows reads back from the panel block as
+    /// the format's source decoders give it (the layout loses nothing); what those decoders
+    /// mean is checked in `formats.rs` and by the matmul tests.
+    pub(crate) fn roundtrip<F: PanelFormat>(ty: GgmlType) {
+        let rows = rows(ty);
         let blocks: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
         let mut p = vec![0u8; F::PANEL_BLOCK_BYTES];
         pack_block::<F>(&blocks, &mut p);
         for (r, b) in blocks.iter().enumerate() {
             let mut codes = [0u8; SUPER];
-            let (mut a, mut m) = ([0i8; 16], [0i16; 16]);
-            F::codes(b, &mut codes);
-            F::scales(b, &mut a, &mut m);
+            F::src_codes(b, &mut codes);
             for (k, c) in codes.iter().enumerate() {
                 assert_eq!(code_at::<F>(&p, r, k), *c, "{ty:?} row {r} element {k}");
             }
-            for g in 0..16 {
-                let (u, half) = (g / 2, g % 2);
-                let (s0, s1) = (
-                    scale_byte::<F>(&p, r, 2 * u),
+            for (u, [s0, s1]) in F::src_scale_bytes(b).into_iter().enumerate() {
+                assert_eq!(scale_byte::<F>(&p, r, 2 * u), s0, "{ty:?} row {r} unit {u}");
+                assert_eq!(
                     scale_byte::<F>(&p, r, 2 * u + 1),
+                    s1,
+                    "{ty:?} row {r} unit {u}"
                 );
-                match F::SCALES {
-                    ScaleKind::Nibbles => {
-                        let s = if half == 0 { s0 } else { s1 };
-                        assert_eq!((s & 15) as i8, a[g], "{ty:?} a {g}");
-                        assert_eq!((s >> 4) as i16, m[g], "{ty:?} m {g}");
-                    }
-                    ScaleKind::Signed { off } => {
-                        let s = if half == 0 { s0 } else { s1 } as i8;
-                        assert_eq!(s, a[g], "{ty:?} a {g}");
-                        assert_eq!(off as i16 * s as i16, m[g], "{ty:?} m {g}");
-                    }
-                    ScaleKind::Pair32 => {
-                        assert_eq!(s0 as i8, a[g], "{ty:?} a {g}");
-                        assert_eq!(s1 as i16, m[g], "{ty:?} m {g}");
-                    }
-                }
             }
-            let d = u16::from_le_bytes([b[F::D_AT], b[F::D_AT + 1]]);
-            assert_eq!(factor_bits::<F>(&p, r, false), d, "{ty:?} d");
-            if let Some(at) = F::DM_AT {
-                let dm = u16::from_le_bytes([b[at], b[at + 1]]);
-                assert_eq!(factor_bits::<F>(&p, r, true), dm, "{ty:?} dm");
+            for (at, second) in [(F::D_AT, false), (F::DM_AT, true)] {
+                let want = at.map_or(0, |at| u16::from_le_bytes([b[at], b[at + 1]]));
+                assert_eq!(
+                    factor_bits::<F>(&p, r, second),
+                    want,
+                    "{ty:?} factor {second}"
+                );
             }
-        }
-    }
-
-    #[test]
-    fn panel_layout_roundtrips() {
-        roundtrip::<Q2K>(GgmlType::Q2_K);
-        roundtrip::<Q3K>(GgmlType::Q3_K);
-        roundtrip::<Q4K>(GgmlType::Q4_K);
-        roundtrip::<Q5K>(GgmlType::Q5_K);
-        roundtrip::<Q6K>(GgmlType::Q6_K);
-    }
-
-    /// The panel blocks are whole 32-byte vectors (every load in the kernels is aligned
-    /// when the buffer is), and the sizes the module docs state.
-    #[test]
-    fn panel_block_sizes() {
-        let per_row = |b: usize| b / PANEL_ROWS;
-        assert_eq!(per_row(Q2K::PANEL_BLOCK_BYTES), 84);
-        assert_eq!(per_row(Q3K::PANEL_BLOCK_BYTES), 116);
-        assert_eq!(per_row(Q4K::PANEL_BLOCK_BYTES), 148);
-        assert_eq!(per_row(Q5K::PANEL_BLOCK_BYTES), 180);
-        assert_eq!(per_row(Q6K::PANEL_BLOCK_BYTES), 212);
-        for b in [
-            Q2K::PANEL_BLOCK_BYTES,
-            Q3K::PANEL_BLOCK_BYTES,
-            Q4K::PANEL_BLOCK_BYTES,
-            Q5K::PANEL_BLOCK_BYTES,
-            Q6K::PANEL_BLOCK_BYTES,
-        ] {
-            assert_eq!(b % 32, 0, "{b}");
         }
     }
 }

@@ -1,14 +1,16 @@
 //! Fast-mode weights repacked at load: every matrix the forward pass multiplies that this
-//! process mapped and whose type repacks ([`PackedMatrix::packs`]: the k-quants) is copied
-//! once into `moe-kernels`' panel layout, and the file's pages it came from are released.
+//! process mapped and that repacks ([`PackedMatrix::packs`]: the k-quants, IQ4_XS, Q8_0, Q4_0
+//! and IQ4_NL with rows of whole 256-element super-blocks) is copied once into
+//! `moe-kernels`' panel layout, and the file's pages it came from are released.
 //! Also made here: each head's `attn_k_b` transposed (`[dn, Lkv]`, f32), which the
 //! decompressed attention of prompt tokens multiplies the cached latents with (`forward/
 //! attention_prompt.rs`); 16 MiB per layer at Kimi K2.5's shapes. f32 because a Q8_0 copy
 //! (rounded a second time, then dotted with int8 latents) measured less faithful on the
 //! fixtures (the BF16 file's fast top-1 fell from 1.000 to 0.816) and no faster end to end.
 //!
-//! Decides: what stays mapped and what is copied. Copied: those matrices (within 6 bytes per
-//! row and 256-element block of their size in the file). Mapped: everything else (the
+//! Decides: what stays mapped and what is copied. Copied: those matrices (at most 12 bytes
+//! per row and 256 elements larger than in the file: IQ4_XS 148 vs 136; the k-quants 0-6,
+//! Q8_0 4). Mapped: everything else (the
 //! embedding rows read by lookup, norms, F32 routers, the types without a panel layout, and
 //! the packed matrices' bytes themselves, whose pages are dropped with `MADV_DONTNEED` and
 //! read back from the file only if touched again, e.g. by an Exact-mode check or a Vulkan
@@ -82,7 +84,7 @@ fn matrices<'a>(model: &'a Model) -> Vec<((usize, usize), QMatrix<'a>)> {
         // A matrix this process did not map (an expert node's non-experts, a router's
         // remote experts) is simply not packed.
         if let Ok(m) = m {
-            if PackedMatrix::packs(m.ty()) {
+            if PackedMatrix::packs(m.ty(), m.cols()) {
                 out.entry(key).or_insert(m);
             }
         }
