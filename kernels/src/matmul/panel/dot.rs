@@ -511,7 +511,7 @@ mod avx {
                     for q in 0..T {
                         let x = xs[q].add(blk * SUPER + u * UNIT);
                         let (s0, s1) = unit_sums::<F, S>(&c, x, zero);
-                        ia[q] = if F::SCALES == ScaleKind::Pair32 {
+                        ia[q] = if F::UNIT_SCALE {
                             _mm256_add_epi32(
                                 ia[q],
                                 _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), a0),

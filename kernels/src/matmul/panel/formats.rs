@@ -84,6 +84,7 @@ impl PanelFormat for Iq4Xs {
     const LO: u32 = 4;
     const HI: u32 = 0;
     const SCALES: ScaleKind = ScaleKind::Signed { off: 0 };
+    const UNIT_SCALE: bool = true;
     const CODES: CodeKind = CodeKind::Lookup(&IQ4_NL_GRID);
     const SRC_BYTES: usize = 136;
     const ACT_BLOCK: usize = SUPER;
@@ -197,6 +198,9 @@ mod tests {
                     CodeKind::Lookup(t) => t[ck as usize] as f32,
                 };
                 let [s0, s1] = sb[k / UNIT];
+                if F::UNIT_SCALE && F::SCALES != ScaleKind::Pair32 {
+                    assert_eq!(s0, s1, "{ty:?} unit {} has two scales", k / UNIT);
+                }
                 let half = if (k % UNIT) < 16 { s0 } else { s1 };
                 let got = match F::SCALES {
                     ScaleKind::Nibbles => d * (half & 15) as f32 * v - dm * (half >> 4) as f32,

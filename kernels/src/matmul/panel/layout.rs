@@ -76,6 +76,9 @@ pub(crate) trait PanelFormat {
     const HI: u32;
     /// The scale bytes.
     const SCALES: ScaleKind;
+    /// Whether a unit's two 16-groups always share one scale (`Pair32`, IQ4_XS): then the
+    /// kernels multiply the unit's sum by it once.
+    const UNIT_SCALE: bool = matches!(Self::SCALES, ScaleKind::Pair32);
     /// What the codes are.
     const CODES: CodeKind;
     /// Bytes of one row's [`SUPER`] elements in the file.
