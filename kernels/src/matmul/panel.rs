@@ -1,6 +1,6 @@
 //! Weights repacked at load for the Fast mode: [`PackedMatrix`], a matrix of the k-quants
-//! (Q2_K .. Q6_K), IQ4_XS or the 32-element Q8_0, Q4_0 and IQ4_NL (rows of whole 256-element
-//! super-blocks) in 8-row panels whose codes lie rows-in-lanes, so that one
+//! (Q2_K .. Q6_K), IQ4_XS, IQ2_XXS or the 32-element Q8_0, Q4_0 and IQ4_NL (rows of whole
+//! 256-element super-blocks) in 8-row panels whose codes lie rows-in-lanes, so that one
 //! `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd` on AVX2) takes 4 codes of each of 8 rows and
 //! the 8 rows' sums end in the 8 lanes of a vector: no horizontal sums per row, one unpack
 //! of a panel's codes serving up to 4 tokens, and the same kernel for decode and prompts.
@@ -22,6 +22,7 @@
 
 mod dot;
 mod formats;
+mod grid;
 pub(crate) mod layout;
 
 use std::marker::PhantomData;
@@ -29,8 +30,9 @@ use std::ops::Range;
 
 use self::dot::PanelDot;
 use self::formats::{Iq4Nlx8, Q40x8, Q80x8};
+use self::grid::{Decoded, Iq2XxsPanel};
 pub(crate) use self::layout::PANEL_ROWS;
-use self::layout::{pack_block, PanelFormat, SUPER};
+use self::layout::{PanelFormat, SUPER};
 use super::fast::iq4::Iq4Xs;
 use super::fast::kquants::{Q2K, Q3K, Q4K, Q5K, Q6K};
 use super::fast::FAST_TOKEN_CHUNK;
@@ -79,6 +81,7 @@ impl PackedMatrix {
                 | GgmlType::Q8_0
                 | GgmlType::Q4_0
                 | GgmlType::IQ4_NL
+                | GgmlType::IQ2_XXS
         );
         typed && cols.is_multiple_of(SUPER)
     }
@@ -98,6 +101,7 @@ impl PackedMatrix {
             GgmlType::Q8_0 => Some(Self::pack_as::<Q80x8>(m)),
             GgmlType::Q4_0 => Some(Self::pack_as::<Q40x8>(m)),
             GgmlType::IQ4_NL => Some(Self::pack_as::<Iq4Nlx8>(m)),
+            GgmlType::IQ2_XXS => Some(Self::pack_as::<Iq2XxsPanel>(m)),
             _ => None,
         }
     }
@@ -125,7 +129,7 @@ impl PackedMatrix {
                 for (b, r) in blocks.iter_mut().zip(r0..r1) {
                     *b = &m.row_data(r)[blk * F::SRC_BYTES..(blk + 1) * F::SRC_BYTES];
                 }
-                pack_block::<F>(&blocks[..r1 - r0], pb);
+                F::pack(&blocks[..r1 - r0], pb);
             }
         }
         out
@@ -188,6 +192,7 @@ pub(crate) fn panel_rows(call: PanelCall<'_, '_, '_>, isa: SimdIsa) {
         GgmlType::Q8_0 => dispatch(isa, Panels::<Q80x8>(call, PhantomData)),
         GgmlType::Q4_0 => dispatch(isa, Panels::<Q40x8>(call, PhantomData)),
         GgmlType::IQ4_NL => dispatch(isa, Panels::<Iq4Nlx8>(call, PhantomData)),
+        GgmlType::IQ2_XXS => dispatch(isa, Panels::<Iq2XxsPanel>(call, PhantomData)),
         // `PackedMatrix::pack` made only the types above.
         other => unreachable!("no panel layout for {other:?}"),
     }
@@ -230,8 +235,11 @@ fn body<F: PanelFormat, S: PanelDot>(call: PanelCall<'_, '_, '_>) {
         acts.block == F::ACT_BLOCK && acts.cols == p.cols,
         "panel kernel: activations quantized for another shape"
     );
-    let panel_bytes = p.cols / SUPER * F::PANEL_BLOCK_BYTES;
+    let nb = p.cols / SUPER;
+    let panel_bytes = nb * F::PANEL_BLOCK_BYTES;
     let data = p.bytes_ref();
+    // A grid panel serving more tokens than one pass is decoded once per token chunk.
+    let mut decoded = Vec::new();
     let mut t0 = 0;
     while t0 < n_tokens {
         let t1 = (t0 + FAST_TOKEN_CHUNK).min(n_tokens);
@@ -239,27 +247,48 @@ fn body<F: PanelFormat, S: PanelDot>(call: PanelCall<'_, '_, '_>) {
             let panel = &data[pi * panel_bytes..(pi + 1) * panel_bytes];
             let first = pi * PANEL_ROWS;
             let (r0, r1) = (first.max(rows.start), (first + PANEL_ROWS).min(rows.end));
-            let mut t = t0;
-            macro_rules! pass {
-                ($T:expr) => {
-                    while S::TOKENS >= $T && t1 - t >= $T {
-                        let mut ts = [0usize; $T];
-                        for (q, tq) in ts.iter_mut().enumerate() {
-                            *tq = t + q;
-                        }
-                        let res = S::tokens::<F, { $T }>(panel, acts, ts);
-                        for (q, rq) in res.iter().enumerate() {
-                            let o = &mut out[t + q][r0 - rows.start..r1 - rows.start];
-                            o.copy_from_slice(&rq[r0 - first..r1 - first]);
-                        }
-                        t += $T;
-                    }
-                };
+            let mut put = |t: usize, rq: &[f32; PANEL_ROWS]| {
+                out[t][r0 - rows.start..r1 - rows.start]
+                    .copy_from_slice(&rq[r0 - first..r1 - first]);
+            };
+            if F::GRID && t1 - t0 > S::TOKENS {
+                decoded.resize(nb * Decoded::<F>::PANEL_BLOCK_BYTES, 0);
+                S::decode_grid(panel, &mut decoded);
+                passes::<Decoded<F>, S>(&decoded, acts, t0..t1, &mut put);
+            } else {
+                passes::<F, S>(panel, acts, t0..t1, &mut put);
             }
-            pass!(4);
-            pass!(2);
-            pass!(1);
         }
         t0 = t1;
     }
+}
+
+/// One panel against tokens `ts`, [`PanelDot::TOKENS`] (then 2, 1) at a time, each token's 8
+/// results given to `put`.
+#[inline(always)]
+fn passes<F: PanelFormat, S: PanelDot>(
+    panel: &[u8],
+    acts: &QActs,
+    ts: Range<usize>,
+    put: &mut impl FnMut(usize, &[f32; PANEL_ROWS]),
+) {
+    let mut t = ts.start;
+    macro_rules! pass {
+        ($T:expr) => {
+            while S::TOKENS >= $T && ts.end - t >= $T {
+                let mut tq = [0usize; $T];
+                for (q, v) in tq.iter_mut().enumerate() {
+                    *v = t + q;
+                }
+                let res = S::tokens::<F, { $T }>(panel, acts, tq);
+                for (q, rq) in res.iter().enumerate() {
+                    put(t + q, rq);
+                }
+                t += $T;
+            }
+        };
+    }
+    pass!(4);
+    pass!(2);
+    pass!(1);
 }

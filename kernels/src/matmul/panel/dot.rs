@@ -28,6 +28,7 @@
 //! keeps `|A| < 2^28`; unsigned codes with `|a| ≤ 128` keep `|A| < 2^29`; `|bs| ≤ 2032` and
 //! `|m| ≤ 128` keep `|M| < 2^23`.
 
+use super::grid;
 use super::layout::{
     code_at, factor_bits, scale_byte, CodeKind, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNITS,
 };
@@ -49,6 +50,11 @@ pub(crate) trait PanelDot {
         acts: &QActs,
         ts: [usize; T],
     ) -> [[f32; PANEL_ROWS]; T];
+
+    /// The IQ2_XXS `panel` decoded into `out` (`grid.rs`'s `Decoded` blocks).
+    fn decode_grid(panel: &[u8], out: &mut [u8]) {
+        grid::decode(panel, out, None);
+    }
 }
 
 impl PanelDot for Portable {
@@ -96,6 +102,21 @@ fn portable_block<F: PanelFormat>(
     dx: &[f32],
     acc: &mut f32,
 ) {
+    let d = f16_bits_to_f32(factor_bits::<F>(p, r, false)) * F::D_FACTOR;
+    if F::GRID {
+        let mut a = 0i32;
+        for u in 0..UNITS {
+            let (c, scale) = grid::portable_unit(p, r, u);
+            let t: i32 = c
+                .iter()
+                .zip(&x[32 * u..32 * u + 32])
+                .map(|(&c, &x)| c as i32 * x as i32)
+                .sum();
+            a += scale * t;
+        }
+        *acc += d * dx[0] * a as f32;
+        return;
+    }
     let sum = |g: usize| -> i32 {
         (16 * g..16 * g + 16)
             .map(|k| value::<F>(code_at::<F>(p, r, k)) * x[k] as i32)
@@ -136,7 +157,7 @@ fn portable_block<F: PanelFormat>(
             ScaleKind::UnitF16 => unreachable!("handled above"),
         }
     }
-    let fd = f16_bits_to_f32(factor_bits::<F>(p, r, false)) * dx[0];
+    let fd = d * dx[0];
     *acc += match F::SCALES {
         ScaleKind::Signed { off } => fd * (a - off * m) as f32,
         _ => {
@@ -244,6 +265,11 @@ impl IntDots for Avx512Vnni {
 
 #[cfg(target_arch = "x86_64")]
 impl PanelDot for Avx2Fma {
+    fn decode_grid(panel: &[u8], out: &mut [u8]) {
+        // Only dispatched to on a CPU with AVX2.
+        grid::decode(panel, out, Some(grid::avx::store_unit_codes));
+    }
+
     const TOKENS: usize = 2;
 
     #[inline(always)]
@@ -259,6 +285,11 @@ impl PanelDot for Avx2Fma {
 
 #[cfg(target_arch = "x86_64")]
 impl PanelDot for Avx512Vnni {
+    fn decode_grid(panel: &[u8], out: &mut [u8]) {
+        // Only dispatched to on a CPU with AVX2.
+        grid::decode(panel, out, Some(grid::avx::store_unit_codes));
+    }
+
     const TOKENS: usize = 4;
 
     #[inline(always)]
@@ -312,6 +343,13 @@ mod avx {
         // SAFETY: AVX2 per the caller; every load is inside unit `u` of the panel block.
         unsafe {
             let p = p.add(F::UNITS_AT + u * F::UNIT_BYTES);
+            if F::GRID {
+                let mut c = super::grid::avx::unit_codes(p);
+                for cq in c.iter_mut() {
+                    *cq = S::bias(*cq);
+                }
+                return c;
+            }
             let mut c = [_mm256_setzero_si256(); 8];
             if F::LO == 8 {
                 for (q, cq) in c.iter_mut().enumerate() {
@@ -406,8 +444,13 @@ mod avx {
     /// pair of 16-sums (`m` or `a` per group; `Pair32`: `m` twice).
     #[inline(always)]
     unsafe fn unit_scales<F: PanelFormat>(p: *const u8, u: usize) -> (V, V, V) {
-        // SAFETY: AVX2 per the caller; the 16 bytes read are unit `u`'s scale bytes.
+        // SAFETY: AVX2 per the caller; the 16 bytes read are unit `u`'s scale bytes (or, for
+        // a grid format, inside its unit).
         unsafe {
+            if F::GRID {
+                let a = super::grid::avx::unit_scale(p.add(F::UNITS_AT + u * F::UNIT_BYTES));
+                return (a, a, _mm256_or_si256(a, _mm256_slli_epi32::<16>(a)));
+            }
             let sc = _mm_loadu_si128(p.add(F::SCALES_AT + 16 * u).cast());
             let low16 = _mm256_set1_epi32(0xFFFF);
             match F::SCALES {
@@ -530,7 +573,10 @@ mod avx {
                     }
                 }
                 let f = p.add(F::FACTORS_AT);
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(f.cast()));
+                let d = _mm256_mul_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128(f.cast())),
+                    _mm256_set1_ps(F::D_FACTOR),
+                );
                 let dm = _mm256_cvtph_ps(_mm_loadu_si128(f.add(16).cast()));
                 for q in 0..T {
                     let dx = _mm256_set1_ps(dxs[q][blk]);

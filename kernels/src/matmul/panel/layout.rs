@@ -81,6 +81,11 @@ pub(crate) trait PanelFormat {
     const UNIT_SCALE: bool = matches!(Self::SCALES, ScaleKind::Pair32);
     /// What the codes are.
     const CODES: CodeKind;
+    /// A grid format (IQ2_XXS, `grid.rs`): its units decode from grid and sign indices, not
+    /// from bit fields, and its scales are in the units.
+    const GRID: bool = false;
+    /// What the super-block's `d` is multiplied by (the IQ2 grids' 1/8; exact in f32).
+    const D_FACTOR: f32 = 1.0;
     /// Bytes of one row's [`SUPER`] elements in the file.
     const SRC_BYTES: usize;
     /// Elements per activation block (one scale `dx` each): [`SUPER`], or [`UNIT`] for the
@@ -95,6 +100,15 @@ pub(crate) trait PanelFormat {
     fn src_codes(b: &[u8], c: &mut [u8; SUPER]);
     /// The two scale bytes per unit of one row's super-block `b` ([`ScaleKind`]).
     fn src_scale_bytes(b: &[u8]) -> [[u8; 2]; UNITS];
+
+    /// Writes the panel block `p` (zeroed) from up to 8 rows' super-blocks (default: the
+    /// bit fields of [`pack_block`]).
+    fn pack(blocks: &[&[u8]], p: &mut [u8])
+    where
+        Self: Sized,
+    {
+        pack_block::<Self>(blocks, p);
+    }
 
     /// Offset of the scales in a panel block.
     const SCALES_AT: usize = 0;
