@@ -1,6 +1,6 @@
 //! Weights repacked at load for the Fast mode: [`PackedMatrix`], a matrix of the k-quants
-//! (Q2_K .. Q6_K), IQ4_XS, IQ2_XXS or the 32-element Q8_0, Q4_0 and IQ4_NL (rows of whole
-//! 256-element super-blocks) in 8-row panels whose codes lie rows-in-lanes, so that one
+//! (Q2_K .. Q6_K), IQ4_XS, the grids IQ2_XXS and IQ1_S, or the 32-element Q8_0, Q4_0 and
+//! IQ4_NL (rows of whole 256-element super-blocks) in 8-row panels whose codes lie rows-in-lanes, so that one
 //! `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd` on AVX2) takes 4 codes of each of 8 rows and
 //! the 8 rows' sums end in the 8 lanes of a vector: no horizontal sums per row, one unpack
 //! of a panel's codes serving up to 4 tokens, and the same kernel for decode and prompts.
@@ -30,7 +30,7 @@ use std::ops::Range;
 
 use self::dot::PanelDot;
 use self::formats::{Iq4Nlx8, Q40x8, Q80x8};
-use self::grid::{Decoded, Iq2XxsPanel};
+use self::grid::{Decoded, Iq1SPanel, Iq2XxsPanel};
 pub(crate) use self::layout::PANEL_ROWS;
 use self::layout::{PanelFormat, SUPER};
 use super::fast::iq4::Iq4Xs;
@@ -82,6 +82,7 @@ impl PackedMatrix {
                 | GgmlType::Q4_0
                 | GgmlType::IQ4_NL
                 | GgmlType::IQ2_XXS
+                | GgmlType::IQ1_S
         );
         typed && cols.is_multiple_of(SUPER)
     }
@@ -102,6 +103,7 @@ impl PackedMatrix {
             GgmlType::Q4_0 => Some(Self::pack_as::<Q40x8>(m)),
             GgmlType::IQ4_NL => Some(Self::pack_as::<Iq4Nlx8>(m)),
             GgmlType::IQ2_XXS => Some(Self::pack_as::<Iq2XxsPanel>(m)),
+            GgmlType::IQ1_S => Some(Self::pack_as::<Iq1SPanel>(m)),
             _ => None,
         }
     }
@@ -193,6 +195,7 @@ pub(crate) fn panel_rows(call: PanelCall<'_, '_, '_>, isa: SimdIsa) {
         GgmlType::Q4_0 => dispatch(isa, Panels::<Q40x8>(call, PhantomData)),
         GgmlType::IQ4_NL => dispatch(isa, Panels::<Iq4Nlx8>(call, PhantomData)),
         GgmlType::IQ2_XXS => dispatch(isa, Panels::<Iq2XxsPanel>(call, PhantomData)),
+        GgmlType::IQ1_S => dispatch(isa, Panels::<Iq1SPanel>(call, PhantomData)),
         // `PackedMatrix::pack` made only the types above.
         other => unreachable!("no panel layout for {other:?}"),
     }
@@ -253,7 +256,7 @@ fn body<F: PanelFormat, S: PanelDot>(call: PanelCall<'_, '_, '_>) {
             };
             if F::GRID && t1 - t0 > S::TOKENS {
                 decoded.resize(nb * Decoded::<F>::PANEL_BLOCK_BYTES, 0);
-                S::decode_grid(panel, &mut decoded);
+                S::decode_grid::<F>(panel, &mut decoded);
                 passes::<Decoded<F>, S>(&decoded, acts, t0..t1, &mut put);
             } else {
                 passes::<F, S>(panel, acts, t0..t1, &mut put);

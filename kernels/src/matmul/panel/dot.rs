@@ -51,9 +51,9 @@ pub(crate) trait PanelDot {
         ts: [usize; T],
     ) -> [[f32; PANEL_ROWS]; T];
 
-    /// The IQ2_XXS `panel` decoded into `out` (`grid.rs`'s `Decoded` blocks).
-    fn decode_grid(panel: &[u8], out: &mut [u8]) {
-        grid::decode(panel, out, None);
+    /// The grid `panel` of `F` decoded into `out` (`grid.rs`'s `Decoded` blocks).
+    fn decode_grid<F: PanelFormat>(panel: &[u8], out: &mut [u8]) {
+        grid::decode::<F>(panel, out, None);
     }
 }
 
@@ -106,7 +106,7 @@ fn portable_block<F: PanelFormat>(
     if F::GRID {
         let mut a = 0i32;
         for u in 0..UNITS {
-            let (c, scale) = grid::portable_unit(p, r, u);
+            let (c, scale) = (F::grid_codes(p, r, u), F::grid_scale(p, r, u));
             let t: i32 = c
                 .iter()
                 .zip(&x[32 * u..32 * u + 32])
@@ -265,9 +265,9 @@ impl IntDots for Avx512Vnni {
 
 #[cfg(target_arch = "x86_64")]
 impl PanelDot for Avx2Fma {
-    fn decode_grid(panel: &[u8], out: &mut [u8]) {
+    fn decode_grid<F: PanelFormat>(panel: &[u8], out: &mut [u8]) {
         // Only dispatched to on a CPU with AVX2.
-        grid::decode(panel, out, Some(grid::avx::store_unit_codes));
+        grid::decode::<F>(panel, out, Some(grid::avx::store_unit_codes::<F>));
     }
 
     const TOKENS: usize = 2;
@@ -285,9 +285,9 @@ impl PanelDot for Avx2Fma {
 
 #[cfg(target_arch = "x86_64")]
 impl PanelDot for Avx512Vnni {
-    fn decode_grid(panel: &[u8], out: &mut [u8]) {
+    fn decode_grid<F: PanelFormat>(panel: &[u8], out: &mut [u8]) {
         // Only dispatched to on a CPU with AVX2.
-        grid::decode(panel, out, Some(grid::avx::store_unit_codes));
+        grid::decode::<F>(panel, out, Some(grid::avx::store_unit_codes::<F>));
     }
 
     const TOKENS: usize = 4;
@@ -343,13 +343,6 @@ mod avx {
         // SAFETY: AVX2 per the caller; every load is inside unit `u` of the panel block.
         unsafe {
             let p = p.add(F::UNITS_AT + u * F::UNIT_BYTES);
-            if F::GRID {
-                let mut c = super::grid::avx::unit_codes(p);
-                for cq in c.iter_mut() {
-                    *cq = S::bias(*cq);
-                }
-                return c;
-            }
             let mut c = [_mm256_setzero_si256(); 8];
             if F::LO == 8 {
                 for (q, cq) in c.iter_mut().enumerate() {
@@ -410,6 +403,23 @@ mod avx {
         }
     }
 
+    /// Unit `u` of the panel block at `p`: [`unit_codes`] and [`unit_scales`], or a grid
+    /// format's decoded unit (its codes through `S`'s [`IntDots::bias`]).
+    #[inline(always)]
+    unsafe fn unit<F: PanelFormat, S: IntDots>(p: *const u8, u: usize) -> ([V; 8], (V, V, V)) {
+        // SAFETY: per the caller; the grid unit is inside the panel block.
+        unsafe {
+            if F::GRID {
+                let (mut c, a) = F::grid_unit_avx(p.add(F::UNITS_AT + u * F::UNIT_BYTES));
+                for cq in c.iter_mut() {
+                    *cq = S::bias(*cq);
+                }
+                return (c, (a, a, _mm256_or_si256(a, _mm256_slli_epi32::<16>(a))));
+            }
+            (unit_codes::<F, S>(p, u), unit_scales::<F>(p, u))
+        }
+    }
+
     /// `acc` plus the dot of 4 codes per lane with `x`: signed or unsigned codes as `F` has.
     #[inline(always)]
     unsafe fn dot<F: PanelFormat, S: IntDots>(acc: V, c: V, x: V) -> V {
@@ -444,13 +454,8 @@ mod avx {
     /// pair of 16-sums (`m` or `a` per group; `Pair32`: `m` twice).
     #[inline(always)]
     unsafe fn unit_scales<F: PanelFormat>(p: *const u8, u: usize) -> (V, V, V) {
-        // SAFETY: AVX2 per the caller; the 16 bytes read are unit `u`'s scale bytes (or, for
-        // a grid format, inside its unit).
+        // SAFETY: AVX2 per the caller; the 16 bytes read are unit `u`'s scale bytes.
         unsafe {
-            if F::GRID {
-                let a = super::grid::avx::unit_scale(p.add(F::UNITS_AT + u * F::UNIT_BYTES));
-                return (a, a, _mm256_or_si256(a, _mm256_slli_epi32::<16>(a)));
-            }
             let sc = _mm_loadu_si128(p.add(F::SCALES_AT + 16 * u).cast());
             let low16 = _mm256_set1_epi32(0xFFFF);
             match F::SCALES {
@@ -549,8 +554,7 @@ mod avx {
                 let mut ia = [zero; T];
                 let mut im = [zero; T];
                 for u in 0..UNITS {
-                    let c = unit_codes::<F, S>(p, u);
-                    let (a0, a1, mp) = unit_scales::<F>(p, u);
+                    let (c, (a0, a1, mp)) = unit::<F, S>(p, u);
                     for q in 0..T {
                         let x = xs[q].add(blk * SUPER + u * UNIT);
                         let (s0, s1) = unit_sums::<F, S>(&c, x, zero);

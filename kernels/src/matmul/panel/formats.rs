@@ -153,6 +153,7 @@ impl<const BYTES: usize, const Q8: bool, const TABLE: u8> PanelFormat
 
 #[cfg(test)]
 mod tests {
+    use super::super::grid::{Iq1SPanel, Iq2XxsPanel};
     use super::super::layout::tests::{roundtrip, rows};
     use super::super::layout::PANEL_ROWS;
     use super::*;
@@ -243,6 +244,8 @@ mod tests {
             (Q80x8::PANEL_BLOCK_BYTES, 276),
             (Q40x8::PANEL_BLOCK_BYTES, 148),
             (Iq4Nlx8::PANEL_BLOCK_BYTES, 148),
+            (Iq2XxsPanel::PANEL_BLOCK_BYTES, 68),
+            (Iq1SPanel::PANEL_BLOCK_BYTES, 52),
         ];
         for (bytes, per_row) in sizes {
             assert_eq!(bytes / PANEL_ROWS, per_row);

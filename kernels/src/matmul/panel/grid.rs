@@ -1,71 +1,179 @@
-//! The panel layout of IQ2_XXS, whose codes are grid entries, not bit fields: the file's
-//! bytes regrouped rows-in-lanes, nothing decoded at load, so the panel is as small as the
-//! file (68 bytes per row and 256 elements vs 66).
+//! The panel layouts of the grid formats IQ2_XXS and IQ1_S, whose codes are grid entries,
+//! not bit fields: the file's bytes regrouped rows-in-lanes, nothing decoded at load, so a
+//! panel is as small as the file (IQ2_XXS 68 bytes per row and 256 elements vs 66, IQ1_S 52
+//! vs 50).
 //!
 //! ```text
-//! d       16 bytes   8 f16 `d` (the weight is (d/8)·(2ls + 1)·(±grid))
+//! d       16 bytes   8 f16 `d` (the weight is (d/8)·(2s + 1)·code)
 //! pad     16 bytes
-//! unit u  64 bytes   32 bytes: per row its 4 grid indices (the file's first word of unit u),
-//!                    32 bytes: per row its second word (4 7-bit sign indices, `ls` in bits
-//!                    28..32)
+//! unit u  IQ2_XXS, 64 bytes: per row its 4 grid indices (the file's first word of unit u),
+//!                  then per row its second word (4 7-bit sign indices, `s` in bits 28..32);
+//!         IQ1_S, 48 bytes: per row its 4 low index bytes (`qs`), then per row its `qh`
+//!                  word (3 high index bits per grid entry, `s` in bits 12..15, the
+//!                  offset's sign in bit 15)
 //! ```
 //!
-//! Decoding a unit for 8 rows (`avx::unit_codes`) takes two 64-bit gathers per grid entry,
-//! a shuffle into the quad vectors, and the signs as bit masks: the 7-bit sign index plus its
-//! parity bit is the sign byte (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`), parity by a nibble
-//! table shuffle. The codes are signed (`±grid`, at most 43 in magnitude), the scale
-//! `a = 2ls + 1` one per unit ([`PanelFormat::UNIT_SCALE`]).
+//! Decoding a unit for 8 rows (`grid_unit_avx`) takes two 64-bit gathers per grid entry
+//! (4 rows each) and a shuffle into the quad vectors. IQ2_XXS's codes are `±grid`: the sign
+//! byte is the 7-bit sign index plus its parity bit (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`,
+//! parity by a nibble table shuffle), applied as byte masks. IQ1_S's codes are `8g ± 1`
+//! (`g` in −1..=1, one offset sign per unit), as `fast/ternary.rs` defines them. Scales
+//! `a = 2s + 1`, one per unit ([`PanelFormat::UNIT_SCALE`]).
+//!
+//! A chunk of more tokens than one pass decodes each panel once ([`decode`]) into
+//! [`Decoded`] blocks: signed bytes, the same integers, so the same bits.
 
 use std::marker::PhantomData;
 
 use super::layout::{CodeKind, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNIT, UNITS};
-use crate::dequant::IQ2XXS_GRID;
+use crate::dequant::{IQ1S_GRID, IQ2XXS_GRID};
 
-/// IQ2_XXS panels.
-pub(crate) struct Iq2XxsPanel;
+/// The layout constants every grid format shares.
+macro_rules! grid_consts {
+    () => {
+        const LO: u32 = 8;
+        const HI: u32 = 0;
+        const SCALES: ScaleKind = ScaleKind::Signed { off: 0 };
+        const UNIT_SCALE: bool = true;
+        const CODES: CodeKind = CodeKind::Signed;
+        const GRID: bool = true;
+        const D_FACTOR: f32 = 0.125;
+        const ACT_BLOCK: usize = SUPER;
+        const D_AT: Option<usize> = Some(0);
+        const DM_AT: Option<usize> = None;
+        const FACTORS_AT: usize = 0;
+        const UNITS_AT: usize = 32;
 
-/// Bytes of one file block.
-const BLOCK_BYTES: usize = 66;
+        fn src_codes(_: &[u8], _: &mut [u8; SUPER]) {
+            unreachable!("grid panels pack the file's bytes (PanelFormat::pack)")
+        }
 
-impl PanelFormat for Iq2XxsPanel {
-    // LO + HI = 2 bits per element: 64 bytes a unit.
-    const LO: u32 = 2;
-    const HI: u32 = 0;
-    const SCALES: ScaleKind = ScaleKind::Signed { off: 0 };
-    const UNIT_SCALE: bool = true;
-    const CODES: CodeKind = CodeKind::Signed;
-    const GRID: bool = true;
-    const D_FACTOR: f32 = 0.125;
-    const SRC_BYTES: usize = BLOCK_BYTES;
-    const ACT_BLOCK: usize = SUPER;
-    const D_AT: Option<usize> = Some(0);
-    const DM_AT: Option<usize> = None;
-    const FACTORS_AT: usize = 0;
-    const UNITS_AT: usize = 32;
+        fn src_scale_bytes(_: &[u8]) -> [[u8; 2]; UNITS] {
+            unreachable!("grid panels keep their scales in the units")
+        }
+    };
+}
 
-    fn src_codes(_: &[u8], _: &mut [u8; SUPER]) {
-        unreachable!("IQ2_XXS panels pack the file's words (Iq2XxsPanel::pack)")
-    }
-
-    fn src_scale_bytes(_: &[u8]) -> [[u8; 2]; UNITS] {
-        unreachable!("IQ2_XXS panels keep their scales in the unit words")
-    }
-
-    fn pack(blocks: &[&[u8]], p: &mut [u8]) {
-        for (r, b) in blocks.iter().enumerate().take(PANEL_ROWS) {
-            p[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
-            for u in 0..UNITS {
-                let (src, dst) = (2 + 8 * u, Self::UNITS_AT + Self::UNIT_BYTES * u + 4 * r);
-                p[dst..dst + 4].copy_from_slice(&b[src..src + 4]);
-                p[dst + 32..dst + 36].copy_from_slice(&b[src + 4..src + 8]);
+/// Copies the 8 rows' `d` and, per unit, `words` (source offset in the block, bytes per
+/// row) into consecutive 8-row vectors of the unit.
+fn pack_grid<F: PanelFormat>(
+    blocks: &[&[u8]],
+    p: &mut [u8],
+    words: &[(fn(usize) -> usize, usize)],
+) {
+    for (r, b) in blocks.iter().enumerate().take(PANEL_ROWS) {
+        p[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
+        for u in 0..UNITS {
+            let mut dst = F::UNITS_AT + F::UNIT_BYTES * u;
+            for &(src, n) in words {
+                let (s, d) = (src(u), dst + n * r);
+                p[d..d + n].copy_from_slice(&b[s..s + n]);
+                dst += n * PANEL_ROWS;
             }
         }
     }
 }
 
-/// A grid panel decoded (for a chunk of tokens, `panel.rs`): the same integers as the grid
-/// format's, stored as signed bytes with per-unit scale bytes (`a` twice) and `d`, so the
-/// plain signed-code kernels read it.
+/// IQ2_XXS panels.
+pub(crate) struct Iq2XxsPanel;
+
+impl Iq2XxsPanel {
+    /// Row `r`'s second word of unit `u` in panel block `p`.
+    fn aux(p: &[u8], r: usize, u: usize) -> u32 {
+        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 32 + 4 * r;
+        u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]])
+    }
+}
+
+impl PanelFormat for Iq2XxsPanel {
+    grid_consts!();
+    const SRC_BYTES: usize = 66;
+    const UNIT_BYTES: usize = 64;
+
+    fn pack(blocks: &[&[u8]], p: &mut [u8]) {
+        pack_grid::<Self>(blocks, p, &[(|u| 2 + 8 * u, 4), (|u| 6 + 8 * u, 4)]);
+    }
+
+    fn grid_codes(p: &[u8], r: usize, u: usize) -> [i8; UNIT] {
+        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 4 * r;
+        let aux = Self::aux(p, r, u);
+        let mut c = [0i8; UNIT];
+        for l in 0..4 {
+            let grid = IQ2XXS_GRID[p[at + l] as usize].to_le_bytes();
+            let signs = sign_byte(aux >> (7 * l));
+            for j in 0..8 {
+                let g = grid[j] as i8;
+                c[8 * l + j] = if (signs >> j) & 1 == 1 { -g } else { g };
+            }
+        }
+        c
+    }
+
+    fn grid_scale(p: &[u8], r: usize, u: usize) -> i32 {
+        2 * (Self::aux(p, r, u) >> 28) as i32 + 1
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn grid_unit_avx(
+        unit: *const u8,
+    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+        // SAFETY: per the caller.
+        unsafe { avx::iq2xxs_unit(unit) }
+    }
+}
+
+/// IQ1_S panels.
+pub(crate) struct Iq1SPanel;
+
+impl Iq1SPanel {
+    /// Row `r`'s `qh` of unit `u` in panel block `p`.
+    fn qh(p: &[u8], r: usize, u: usize) -> u16 {
+        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 32 + 2 * r;
+        u16::from_le_bytes([p[at], p[at + 1]])
+    }
+}
+
+impl PanelFormat for Iq1SPanel {
+    grid_consts!();
+    const SRC_BYTES: usize = 50;
+    const UNIT_BYTES: usize = 48;
+
+    fn pack(blocks: &[&[u8]], p: &mut [u8]) {
+        pack_grid::<Self>(blocks, p, &[(|u| 2 + 4 * u, 4), (|u| 34 + 2 * u, 2)]);
+    }
+
+    fn grid_codes(p: &[u8], r: usize, u: usize) -> [i8; UNIT] {
+        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 4 * r;
+        let qh = Self::qh(p, r, u);
+        let delta: i8 = if qh & 0x8000 != 0 { -1 } else { 1 };
+        let mut c = [0i8; UNIT];
+        for l in 0..4 {
+            let idx = p[at + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
+            for (j, g) in IQ1S_GRID[idx].to_le_bytes().into_iter().enumerate() {
+                c[8 * l + j] = 8 * g as i8 + delta;
+            }
+        }
+        c
+    }
+
+    fn grid_scale(p: &[u8], r: usize, u: usize) -> i32 {
+        2 * ((Self::qh(p, r, u) >> 12) & 7) as i32 + 1
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn grid_unit_avx(
+        unit: *const u8,
+    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+        // SAFETY: per the caller.
+        unsafe { avx::iq1s_unit(unit) }
+    }
+}
+
+/// A grid panel decoded for a chunk of tokens: the same integers as the grid format's, as
+/// signed bytes with per-unit scale bytes (`a` twice) and `d`, read by the plain
+/// signed-code kernels.
 pub(crate) struct Decoded<F>(PhantomData<F>);
 
 impl<F: PanelFormat> PanelFormat for Decoded<F> {
@@ -89,37 +197,35 @@ impl<F: PanelFormat> PanelFormat for Decoded<F> {
     }
 }
 
-/// The IQ2_XXS `panel` (whole blocks) decoded into `out` (as many [`Decoded`] blocks), the
-/// codes by `unit_codes` (portable when `None`).
-pub(crate) fn decode(
+/// The grid `panel` of `F` (whole blocks) decoded into `out` (as many [`Decoded`] blocks),
+/// the codes by `unit_codes` (portable when `None`).
+pub(crate) fn decode<F: PanelFormat>(
     panel: &[u8],
     out: &mut [u8],
     unit_codes: Option<unsafe fn(*const u8, *mut u8)>,
 ) {
-    type G = Iq2XxsPanel;
-    type D = Decoded<Iq2XxsPanel>;
+    let d_at = Decoded::<F>::FACTORS_AT;
     for (blk, dst) in panel
-        .chunks_exact(G::PANEL_BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(D::PANEL_BLOCK_BYTES))
+        .chunks_exact(F::PANEL_BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(Decoded::<F>::PANEL_BLOCK_BYTES))
     {
-        dst[D::FACTORS_AT..D::FACTORS_AT + 16].copy_from_slice(&blk[..16]);
+        dst[d_at..d_at + 2 * PANEL_ROWS].copy_from_slice(&blk[F::FACTORS_AT..][..2 * PANEL_ROWS]);
         for u in 0..UNITS {
             for r in 0..PANEL_ROWS {
-                let at = G::UNITS_AT + G::UNIT_BYTES * u + 4 * r + 32;
-                let a = 2 * (blk[at + 3] >> 4) + 1;
-                dst[D::SCALES_AT + 16 * u + 2 * r] = a;
-                dst[D::SCALES_AT + 16 * u + 2 * r + 1] = a;
+                let a = F::grid_scale(blk, r, u) as u8;
+                let at = Decoded::<F>::SCALES_AT + 16 * u + 2 * r;
+                dst[at..at + 2].copy_from_slice(&[a, a]);
             }
-            let unit = &blk[G::UNITS_AT + G::UNIT_BYTES * u..][..G::UNIT_BYTES];
-            let codes = &mut dst[D::UNITS_AT + D::UNIT_BYTES * u..][..D::UNIT_BYTES];
+            let unit = &blk[F::UNITS_AT + F::UNIT_BYTES * u..][..F::UNIT_BYTES];
+            let codes = &mut dst[Decoded::<F>::UNITS_AT + Decoded::<F>::UNIT_BYTES * u..]
+                [..Decoded::<F>::UNIT_BYTES];
             match unit_codes {
-                // SAFETY: the caller's implementation runs on this CPU; 64 bytes read, 256
-                // written (the slices above).
+                // SAFETY: the caller's implementation runs on this CPU; the unit's bytes are
+                // read and 256 written (the slices above).
                 Some(f) => unsafe { f(unit.as_ptr(), codes.as_mut_ptr()) },
                 None => {
                     for r in 0..PANEL_ROWS {
-                        let (c, _) = portable_unit(blk, r, u);
-                        for (k, v) in c.iter().enumerate() {
+                        for (k, v) in F::grid_codes(blk, r, u).iter().enumerate() {
                             codes[32 * (k / 4) + 4 * r + k % 4] = *v as u8;
                         }
                     }
@@ -136,35 +242,51 @@ fn sign_byte(i: u32) -> u8 {
     i | (((i.count_ones() & 1) as u8) << 7)
 }
 
-/// Row `r`'s unit `u` of the panel block `p`: its 32 signed codes and its scale `2ls + 1`.
-pub(crate) fn portable_unit(p: &[u8], r: usize, u: usize) -> ([i8; UNIT], i32) {
-    let at = Iq2XxsPanel::UNITS_AT + Iq2XxsPanel::UNIT_BYTES * u + 4 * r;
-    let aux = u32::from_le_bytes([p[at + 32], p[at + 33], p[at + 34], p[at + 35]]);
-    let mut c = [0i8; UNIT];
-    for l in 0..4 {
-        let grid = IQ2XXS_GRID[p[at + l] as usize].to_le_bytes();
-        let signs = sign_byte(aux >> (7 * l));
-        for j in 0..8 {
-            let g = grid[j] as i8;
-            c[8 * l + j] = if (signs >> j) & 1 == 1 { -g } else { g };
-        }
-    }
-    (c, 2 * (aux >> 28) as i32 + 1)
-}
-
 /// The AVX decoding of a unit for 8 rows.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx {
     use std::arch::x86_64::*;
 
-    use super::IQ2XXS_GRID;
+    use super::{PanelFormat, IQ1S_GRID, IQ2XXS_GRID};
 
-    /// The 8 quad vectors of the unit at `p` (its 64 bytes), signed codes.
+    /// The grid entries `table[index]` of 8 rows (`index` i32 lanes, row order) as the two
+    /// quad vectors of their first and last 4 bytes.
+    ///
+    /// # Safety
+    /// AVX2; every index inside `table`.
+    #[inline(always)]
+    unsafe fn gather_quads(table: *const i64, index: __m256i) -> (__m256i, __m256i) {
+        // SAFETY: per the caller.
+        unsafe {
+            let a = _mm256_i32gather_epi64::<8>(table, _mm256_castsi256_si128(index));
+            let b = _mm256_i32gather_epi64::<8>(table, _mm256_extracti128_si256::<1>(index));
+            let (af, bf) = (_mm256_castsi256_ps(a), _mm256_castsi256_ps(b));
+            // [r0 r1 r4 r5 | r2 r3 r6 r7] halves, then the 64-bit pairs in row order.
+            let lo = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(af, bf));
+            let hi = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(af, bf));
+            (
+                _mm256_permute4x64_epi64::<0b11_01_10_00>(lo),
+                _mm256_permute4x64_epi64::<0b11_01_10_00>(hi),
+            )
+        }
+    }
+
+    /// `2s + 1` of the 3- or 4-bit field `s` at bit `SHIFT` of each lane.
+    #[inline(always)]
+    unsafe fn odd_scale<const SHIFT: i32>(w: __m256i, mask: i32) -> __m256i {
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let s = _mm256_and_si256(_mm256_srli_epi32::<SHIFT>(w), _mm256_set1_epi32(mask));
+            _mm256_or_si256(_mm256_slli_epi32::<1>(s), _mm256_set1_epi32(1))
+        }
+    }
+
+    /// An IQ2_XXS unit (64 bytes at `p`) for 8 rows.
     ///
     /// # Safety
     /// AVX2; `p` valid for 64 reads.
     #[inline(always)]
-    pub(crate) unsafe fn unit_codes(p: *const u8) -> [__m256i; 8] {
+    pub(super) unsafe fn iq2xxs_unit(p: *const u8) -> ([__m256i; 8], __m256i) {
         // SAFETY: AVX2 per the caller; loads inside the unit; gathers index the 256-entry
         // grid with bytes.
         unsafe {
@@ -202,20 +324,12 @@ pub(crate) mod avx {
                     _mm256_srlv_epi32(idx, _mm256_set1_epi32(8 * l as i32)),
                     _mm256_set1_epi32(255),
                 );
-                let a = _mm256_i32gather_epi64::<8>(grid, _mm256_castsi256_si128(gi));
-                let b = _mm256_i32gather_epi64::<8>(grid, _mm256_extracti128_si256::<1>(gi));
-                let (af, bf) = (_mm256_castsi256_ps(a), _mm256_castsi256_ps(b));
-                // [r0 r1 r4 r5 | r2 r3 r6 r7] halves, then the 64-bit pairs in row order.
-                let g_lo = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(af, bf));
-                let g_hi = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(af, bf));
-                let g_lo = _mm256_permute4x64_epi64::<0b11_01_10_00>(g_lo);
-                let g_hi = _mm256_permute4x64_epi64::<0b11_01_10_00>(g_hi);
+                let (g_lo, g_hi) = gather_quads(grid, gi);
                 // Sign byte l of each lane in all 4 bytes of the lane.
-                let sel = _mm256_set1_epi32(0x0101_0101 * l as i32);
                 let spread = _mm256_shuffle_epi8(
                     signs,
                     _mm256_add_epi8(
-                        sel,
+                        _mm256_set1_epi8(l as i8),
                         _mm256_setr_epi8(
                             0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4,
                             4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
@@ -228,35 +342,57 @@ pub(crate) mod avx {
                 c[2 * l] = _mm256_sub_epi8(_mm256_xor_si256(g_lo, neg_lo), neg_lo);
                 c[2 * l + 1] = _mm256_sub_epi8(_mm256_xor_si256(g_hi, neg_hi), neg_hi);
             }
-            c
+            (c, odd_scale::<28>(aux, 15))
         }
     }
 
-    /// [`unit_codes`] stored: 64 bytes read at `p`, 256 written at `out`.
+    /// An IQ1_S unit (48 bytes at `p`) for 8 rows.
     ///
     /// # Safety
-    /// As [`unit_codes`]; `out` valid for 256 writes.
+    /// AVX2; `p` valid for 48 reads.
+    #[inline(always)]
+    pub(super) unsafe fn iq1s_unit(p: *const u8) -> ([__m256i; 8], __m256i) {
+        // SAFETY: AVX2 per the caller; loads inside the unit; gathers index the 2048-entry
+        // grid with 11-bit indices.
+        unsafe {
+            let qs = _mm256_loadu_si256(p.cast());
+            let qh = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(32).cast()));
+            // The offset per lane: +1, or −1 (all bytes 0xFF) where bit 15 is set.
+            let neg = _mm256_srai_epi32::<31>(_mm256_slli_epi32::<16>(qh));
+            let delta = _mm256_or_si256(neg, _mm256_set1_epi8(1));
+            let eight = _mm256_set1_epi8(8);
+            let grid = IQ1S_GRID.as_ptr().cast::<i64>();
+            let mut c = [_mm256_setzero_si256(); 8];
+            for l in 0..4 {
+                let low = _mm256_and_si256(
+                    _mm256_srlv_epi32(qs, _mm256_set1_epi32(8 * l as i32)),
+                    _mm256_set1_epi32(255),
+                );
+                let high = _mm256_and_si256(
+                    _mm256_srlv_epi32(qh, _mm256_set1_epi32(3 * l as i32)),
+                    _mm256_set1_epi32(7),
+                );
+                let gi = _mm256_or_si256(low, _mm256_slli_epi32::<8>(high));
+                let (g_lo, g_hi) = gather_quads(grid, gi);
+                // 8g by the sign of g (bytes −1, 0, 1), plus the offset.
+                c[2 * l] = _mm256_add_epi8(_mm256_sign_epi8(eight, g_lo), delta);
+                c[2 * l + 1] = _mm256_add_epi8(_mm256_sign_epi8(eight, g_hi), delta);
+            }
+            (c, odd_scale::<12>(qh, 7))
+        }
+    }
+
+    /// `F`'s unit at `p` decoded and stored: 256 bytes at `out`.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for the unit's reads, `out` for 256 writes.
     #[target_feature(enable = "avx2")]
-    pub(crate) unsafe fn store_unit_codes(p: *const u8, out: *mut u8) {
+    pub(crate) unsafe fn store_unit_codes<F: PanelFormat>(p: *const u8, out: *mut u8) {
         // SAFETY: per the caller.
         unsafe {
-            for (q, v) in unit_codes(p).into_iter().enumerate() {
+            for (q, v) in F::grid_unit_avx(p).0.into_iter().enumerate() {
                 _mm256_storeu_si256(out.add(32 * q).cast(), v);
             }
-        }
-    }
-
-    /// The unit's scale `2ls + 1` per row (i32 lanes).
-    ///
-    /// # Safety
-    /// As [`unit_codes`].
-    #[inline(always)]
-    pub(crate) unsafe fn unit_scale(p: *const u8) -> __m256i {
-        // SAFETY: as `unit_codes`.
-        unsafe {
-            let aux = _mm256_loadu_si256(p.add(32).cast());
-            let ls = _mm256_srli_epi32::<28>(aux);
-            _mm256_or_si256(_mm256_slli_epi32::<1>(ls), _mm256_set1_epi32(1))
         }
     }
 }

@@ -110,6 +110,28 @@ pub(crate) trait PanelFormat {
         pack_block::<Self>(blocks, p);
     }
 
+    /// A grid format's row `r` of unit `u` of panel block `p`: its 32 signed codes.
+    fn grid_codes(_p: &[u8], _r: usize, _u: usize) -> [i8; UNIT] {
+        unreachable!("not a grid format")
+    }
+
+    /// A grid format's scale of row `r` in unit `u` of panel block `p`.
+    fn grid_scale(_p: &[u8], _r: usize, _u: usize) -> i32 {
+        unreachable!("not a grid format")
+    }
+
+    /// A grid format's unit at `unit` decoded for its 8 rows: the quad vectors of signed
+    /// codes and the scales (i32 lanes).
+    ///
+    /// # Safety
+    /// AVX2; `unit` valid for [`PanelFormat::UNIT_BYTES`] reads.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn grid_unit_avx(
+        _unit: *const u8,
+    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+        unreachable!("not a grid format")
+    }
+
     /// Offset of the scales in a panel block.
     const SCALES_AT: usize = 0;
     /// Offset of the 8 f16 `d` (the 8 `dm` follow).
