@@ -55,13 +55,13 @@ macro_rules! grid_consts {
     };
 }
 
+/// One per-row field of a unit in the file: its byte offset in the block for unit `u`, and
+/// its bytes.
+type Word = (fn(usize) -> usize, usize);
+
 /// Copies the 8 rows' `d` and, per unit, `words` (source offset in the block, bytes per
 /// row) into consecutive 8-row vectors of the unit.
-fn pack_grid<F: PanelFormat>(
-    blocks: &[&[u8]],
-    p: &mut [u8],
-    words: &[(fn(usize) -> usize, usize)],
-) {
+fn pack_grid<F: PanelFormat>(blocks: &[&[u8]], p: &mut [u8], words: &[Word]) {
     for (r, b) in blocks.iter().enumerate().take(PANEL_ROWS) {
         p[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
         for u in 0..UNITS {
