@@ -1,13 +1,15 @@
-//! The panel layouts of the grid formats IQ2_XXS and IQ1_S, whose codes are grid entries,
-//! not bit fields: the file's bytes regrouped rows-in-lanes, nothing decoded at load, so a
-//! panel is as small as the file (IQ2_XXS 68 bytes per row and 256 elements vs 66, IQ1_S 52
-//! vs 50).
+//! The panel layouts of the grid formats IQ2_XXS, IQ3_XXS and IQ1_S, whose codes are grid
+//! entries, not bit fields: the file's bytes regrouped rows-in-lanes, nothing decoded at load,
+//! so a panel is as small as the file (bytes per row and 256 elements: IQ2_XXS 68 vs 66,
+//! IQ3_XXS 100 vs 98, IQ1_S 52 vs 50).
 //!
 //! ```text
-//! d       16 bytes   8 f16 `d` (the weight is (d/8)·(2s + 1)·code)
+//! d       16 bytes   8 f16 `d` (the weight is (d/8)·(2s + 1)·code; IQ3_XXS d/4)
 //! pad     16 bytes
 //! unit u  IQ2_XXS, 64 bytes: per row its 4 grid indices (the file's first word of unit u),
 //!                  then per row its second word (4 7-bit sign indices, `s` in bits 28..32);
+//!         IQ3_XXS, 96 bytes: per row grid indices 0..4, then 4..8 (one per 4 values), then
+//!                  per row its sign-and-scale word (as IQ2_XXS's second word);
 //!         IQ1_S, 48 bytes: per row its 4 low index bytes (`qs`), then per row its `qh`
 //!                  word (3 high index bits per grid entry, `s` in bits 12..15, the
 //!                  offset's sign in bit 15)
@@ -15,8 +17,8 @@
 //!
 //! Decoding a unit for 8 rows (`grid_unit_avx`) loads each row's grid entries (IQ2_XXS by
 //! scalar loads, IQ1_S by two 64-bit gathers per entry: each measured the faster for its
-//! format) and shuffles them into the quad vectors. IQ2_XXS's codes are `±grid`: the sign
-//! byte is the 7-bit sign index plus its parity bit (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`,
+//! format; IQ3_XXS's 4-value entries are one 32-bit gather per quad) and shuffles them into
+//! the quad vectors. IQ2_XXS's and IQ3_XXS's codes are `±grid`: the sign byte is the 7-bit sign index plus its parity bit (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`,
 //! parity by a nibble table shuffle), applied as byte masks. IQ1_S's codes are `8g ± 1`
 //! (`g` in −1..=1, one offset sign per unit), as `fast/ternary.rs` defines them. Scales
 //! `a = 2s + 1`, one per unit ([`PanelFormat::UNIT_SCALE`]).
@@ -27,18 +29,18 @@
 use std::marker::PhantomData;
 
 use super::layout::{CodeKind, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNIT, UNITS};
-use crate::dequant::{IQ1S_GRID, IQ2XXS_GRID};
+use crate::dequant::{IQ1S_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
 
 /// The layout constants every grid format shares.
 macro_rules! grid_consts {
-    () => {
+    ($d_factor:expr) => {
         const LO: u32 = 8;
         const HI: u32 = 0;
         const SCALES: ScaleKind = ScaleKind::Signed { off: 0 };
         const UNIT_SCALE: bool = true;
         const CODES: CodeKind = CodeKind::Signed;
         const GRID: bool = true;
-        const D_FACTOR: f32 = 0.125;
+        const D_FACTOR: f32 = $d_factor;
         const ACT_BLOCK: usize = SUPER;
         const D_AT: Option<usize> = Some(0);
         const DM_AT: Option<usize> = None;
@@ -87,7 +89,7 @@ impl Iq2XxsPanel {
 }
 
 impl PanelFormat for Iq2XxsPanel {
-    grid_consts!();
+    grid_consts!(0.125);
     const SRC_BYTES: usize = 66;
     const UNIT_BYTES: usize = 64;
 
@@ -124,6 +126,57 @@ impl PanelFormat for Iq2XxsPanel {
     }
 }
 
+/// IQ3_XXS panels.
+pub(crate) struct Iq3XxsPanel;
+
+impl PanelFormat for Iq3XxsPanel {
+    grid_consts!(0.25);
+    const SRC_BYTES: usize = 98;
+    const UNIT_BYTES: usize = 96;
+
+    fn pack(blocks: &[&[u8]], p: &mut [u8]) {
+        let words: [Word; 3] = [(|u| 2 + 8 * u, 4), (|u| 6 + 8 * u, 4), (|u| 66 + 4 * u, 4)];
+        pack_grid::<Self>(blocks, p, &words);
+    }
+
+    fn grid_codes(p: &[u8], r: usize, u: usize) -> [i8; UNIT] {
+        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 4 * r;
+        let aux = Self::aux(p, r, u);
+        let mut c = [0i8; UNIT];
+        for e in 0..8 {
+            // Grid entry e: elements 4e .. 4e + 4, index byte e % 4 of vector e / 4.
+            let grid = IQ3XXS_GRID[p[at + 32 * (e / 4) + e % 4] as usize].to_le_bytes();
+            let signs = sign_byte(aux >> (7 * (e / 2))) >> (4 * (e % 2));
+            for j in 0..4 {
+                let g = grid[j] as i8;
+                c[4 * e + j] = if (signs >> j) & 1 == 1 { -g } else { g };
+            }
+        }
+        c
+    }
+
+    fn grid_scale(p: &[u8], r: usize, u: usize) -> i32 {
+        2 * (Self::aux(p, r, u) >> 28) as i32 + 1
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn grid_unit_avx(
+        unit: *const u8,
+    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+        // SAFETY: per the caller.
+        unsafe { avx::iq3xxs_unit(unit) }
+    }
+}
+
+impl Iq3XxsPanel {
+    /// Row `r`'s sign-and-scale word of unit `u` in panel block `p`.
+    fn aux(p: &[u8], r: usize, u: usize) -> u32 {
+        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 64 + 4 * r;
+        u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]])
+    }
+}
+
 /// IQ1_S panels.
 pub(crate) struct Iq1SPanel;
 
@@ -136,7 +189,7 @@ impl Iq1SPanel {
 }
 
 impl PanelFormat for Iq1SPanel {
-    grid_consts!();
+    grid_consts!(0.125);
     const SRC_BYTES: usize = 50;
     const UNIT_BYTES: usize = 48;
 
@@ -248,7 +301,7 @@ fn sign_byte(i: u32) -> u8 {
 pub(crate) mod avx {
     use std::arch::x86_64::*;
 
-    use super::{PanelFormat, IQ1S_GRID, IQ2XXS_GRID};
+    use super::{PanelFormat, IQ1S_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
 
     /// The grid entries `table[index]` of 8 rows (`index` i32 lanes, row order) as the two
     /// quad vectors of their first and last 4 bytes.
@@ -307,16 +360,12 @@ pub(crate) mod avx {
         }
     }
 
-    /// An IQ2_XXS unit (64 bytes at `p`) for 8 rows.
-    ///
-    /// # Safety
-    /// AVX2; `p` valid for 64 reads.
+    /// Per lane the 4 sign bytes of an IQ2_XXS / IQ3_XXS word: its four 7-bit sign indices
+    /// with their parity in bit 7.
     #[inline(always)]
-    pub(super) unsafe fn iq2xxs_unit(p: *const u8) -> ([__m256i; 8], __m256i) {
-        // SAFETY: AVX2 per the caller; loads inside the unit; the grid is indexed with bytes.
+    unsafe fn sign_bytes(aux: __m256i) -> __m256i {
+        // SAFETY: AVX2 per the caller.
         unsafe {
-            let aux = _mm256_loadu_si256(p.add(32).cast());
-            // Per lane the 4 sign bytes: the 7-bit indices, then their parity in bit 7.
             let m7 = _mm256_set1_epi32(127);
             let s = _mm256_or_si256(
                 _mm256_or_si256(
@@ -338,28 +387,88 @@ pub(crate) mod avx {
                 _mm256_shuffle_epi8(parity, lo),
                 _mm256_shuffle_epi8(parity, hi),
             );
-            let signs = _mm256_or_si256(s, _mm256_slli_epi16::<7>(par));
+            _mm256_or_si256(s, _mm256_slli_epi16::<7>(par))
+        }
+    }
+
+    /// Sign byte `l` of each lane as the byte masks (−1: negative) of quads `2l` (its bits
+    /// 0..4) and `2l + 1` (bits 4..8).
+    #[inline(always)]
+    unsafe fn sign_masks(signs: __m256i, l: usize) -> (__m256i, __m256i) {
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let spread = _mm256_shuffle_epi8(
+                signs,
+                _mm256_add_epi8(
+                    _mm256_set1_epi8(l as i8),
+                    _mm256_setr_epi8(
+                        0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4,
+                        8, 8, 8, 8, 12, 12, 12, 12,
+                    ),
+                ),
+            );
             let bits_lo = _mm256_set1_epi32(0x0804_0201);
             let bits_hi = _mm256_set1_epi32(0x8040_2010_u32 as i32);
+            (
+                _mm256_cmpeq_epi8(_mm256_and_si256(spread, bits_lo), bits_lo),
+                _mm256_cmpeq_epi8(_mm256_and_si256(spread, bits_hi), bits_hi),
+            )
+        }
+    }
+
+    /// `g` where `neg` is 0, `−g` where it is −1: `(g ^ neg) − neg`.
+    #[inline(always)]
+    unsafe fn negate(g: __m256i, neg: __m256i) -> __m256i {
+        // SAFETY: AVX2 per the caller.
+        unsafe { _mm256_sub_epi8(_mm256_xor_si256(g, neg), neg) }
+    }
+
+    /// An IQ3_XXS unit (96 bytes at `p`) for 8 rows: each grid entry (4 values) is one quad,
+    /// gathered for the 8 rows at once.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 96 reads.
+    #[inline(always)]
+    pub(super) unsafe fn iq3xxs_unit(p: *const u8) -> ([__m256i; 8], __m256i) {
+        // SAFETY: AVX2 per the caller; loads inside the unit; gathers index the 256-entry
+        // grid with bytes.
+        unsafe {
+            let aux = _mm256_loadu_si256(p.add(64).cast());
+            let signs = sign_bytes(aux);
+            let grid = IQ3XXS_GRID.as_ptr().cast::<i32>();
+            let mut c = [_mm256_setzero_si256(); 8];
+            for l in 0..4 {
+                let (neg_lo, neg_hi) = sign_masks(signs, l);
+                for (h, neg) in [(0, neg_lo), (1, neg_hi)] {
+                    let e = 2 * l + h;
+                    let idx = _mm256_loadu_si256(p.add(32 * (e / 4)).cast());
+                    let gi = _mm256_and_si256(
+                        _mm256_srlv_epi32(idx, _mm256_set1_epi32(8 * (e % 4) as i32)),
+                        _mm256_set1_epi32(255),
+                    );
+                    c[e] = negate(_mm256_i32gather_epi32::<4>(grid, gi), neg);
+                }
+            }
+            (c, odd_scale::<28>(aux, 15))
+        }
+    }
+
+    /// An IQ2_XXS unit (64 bytes at `p`) for 8 rows.
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 64 reads.
+    #[inline(always)]
+    pub(super) unsafe fn iq2xxs_unit(p: *const u8) -> ([__m256i; 8], __m256i) {
+        // SAFETY: AVX2 per the caller; loads inside the unit; the grid is indexed with bytes.
+        unsafe {
+            let aux = _mm256_loadu_si256(p.add(32).cast());
+            let signs = sign_bytes(aux);
             let mut c = [_mm256_setzero_si256(); 8];
             for l in 0..4 {
                 let (g_lo, g_hi) = load_quads(&IQ2XXS_GRID, |r| *p.add(4 * r + l) as usize);
-                // Sign byte l of each lane in all 4 bytes of the lane.
-                let spread = _mm256_shuffle_epi8(
-                    signs,
-                    _mm256_add_epi8(
-                        _mm256_set1_epi8(l as i8),
-                        _mm256_setr_epi8(
-                            0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4,
-                            4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
-                        ),
-                    ),
-                );
-                let neg_lo = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bits_lo), bits_lo);
-                let neg_hi = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bits_hi), bits_hi);
-                // (g ^ m) − m: g where m = 0, −g where m = −1.
-                c[2 * l] = _mm256_sub_epi8(_mm256_xor_si256(g_lo, neg_lo), neg_lo);
-                c[2 * l + 1] = _mm256_sub_epi8(_mm256_xor_si256(g_hi, neg_hi), neg_hi);
+                let (neg_lo, neg_hi) = sign_masks(signs, l);
+                c[2 * l] = negate(g_lo, neg_lo);
+                c[2 * l + 1] = negate(g_hi, neg_hi);
             }
             (c, odd_scale::<28>(aux, 15))
         }
