@@ -15,7 +15,7 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
-use moe_kernels::{num_threads, run_jobs, PreparedActs, QMatrix};
+use moe_kernels::{num_threads, run_jobs, PreparedActs, QMatrix, MATMUL_PARALLEL_MIN_MACS};
 
 use super::moe::Route;
 use super::ops::swiglu_inplace;
@@ -27,6 +27,21 @@ use crate::ModelError;
 /// matrix are 230 k multiply-adds per token (a few microseconds), enough to pay for taking a
 /// job and few enough that a decode step's 8 experts split over 16 threads.
 pub const EXPERT_ROWS_PER_JOB: usize = 32;
+
+/// Activation elements below which a wave prepares (quantizes) its inputs on the calling
+/// thread: a decode step's few short rows take a microsecond or two, less than waking a pool
+/// thread costs.
+pub const PREPARE_PARALLEL_MIN_ELEMS: usize = 1 << 16;
+
+/// The threads a job list of `work` units uses: one below `min` (a fork/join costs more than
+/// the work; the bits do not depend on it), else `threads`.
+fn threads_for(work: usize, min: usize, threads: usize) -> usize {
+    if work < min {
+        1
+    } else {
+        threads
+    }
+}
 
 /// Routes per wave: the scratch of a wave (gathered inputs, intermediate and outputs per
 /// route) is bounded by this many rows, whatever the prompt length.
@@ -157,9 +172,10 @@ fn run_wave(
 
     // Gate and up: one prepared input per expert (two where their types quantize
     // differently), then every row block of every expert.
+    let elems: usize = wave.iter().map(|ex| ex.toks.len() * ex.gate.cols()).sum();
     let acts = prepare_all(
         wave.iter().zip(&xs).map(|(ex, x)| (ex, x.as_slice(), true)),
-        threads,
+        threads_for(elems, PREPARE_PARALLEL_MIN_ELEMS, threads),
     )?;
     let mut mids: Vec<Vec<f32>> = wave
         .iter()
@@ -172,8 +188,13 @@ fn run_wave(
             jobs.push((ex, ga, ua, rows, outs));
         }
     }
+    let macs: usize = wave
+        .iter()
+        .map(|ex| 2 * ex.toks.len() * ex.gate.rows() * ex.gate.cols())
+        .sum();
     let failed = Mutex::new(None);
-    run_jobs(jobs, threads, |(ex, ga, ua, rows, mut outs)| {
+    let gate_up_threads = threads_for(macs, MATMUL_PARALLEL_MIN_MACS, threads);
+    run_jobs(jobs, gate_up_threads, |(ex, ga, ua, rows, mut outs)| {
         let res = gate_up(ex, ga, ua, rows, &mut outs);
         keep_first_error(&failed, res);
     });
@@ -181,11 +202,12 @@ fn run_wave(
     drop(acts);
 
     // Down: the SwiGLU outputs prepared per expert, then every row block.
+    let elems: usize = wave.iter().map(|ex| ex.toks.len() * ex.down.cols()).sum();
     let acts = prepare_all(
         wave.iter()
             .zip(&mids)
             .map(|(ex, m)| (ex, m.as_slice(), false)),
-        threads,
+        threads_for(elems, PREPARE_PARALLEL_MIN_ELEMS, threads),
     )?;
     let mut ys: Vec<Vec<f32>> = wave
         .iter()
@@ -197,8 +219,13 @@ fn run_wave(
             jobs.push((ex, da, rows, outs));
         }
     }
+    let macs: usize = wave
+        .iter()
+        .map(|ex| ex.toks.len() * ex.down.rows() * ex.down.cols())
+        .sum();
     let failed = Mutex::new(None);
-    run_jobs(jobs, threads, |(ex, da, rows, mut outs)| {
+    let down_threads = threads_for(macs, MATMUL_PARALLEL_MIN_MACS, threads);
+    run_jobs(jobs, down_threads, |(ex, da, rows, mut outs)| {
         keep_first_error(
             &failed,
             ex.down.matmul_rows(da, rows, &mut outs).map_err(Into::into),
