@@ -454,8 +454,18 @@ mod avx {
     /// pair of 16-sums (`m` or `a` per group; `Pair32`: `m` twice).
     #[inline(always)]
     unsafe fn unit_scales<F: PanelFormat>(p: *const u8, u: usize) -> (V, V, V) {
-        // SAFETY: AVX2 per the caller; the 16 bytes read are unit `u`'s scale bytes.
+        // SAFETY: AVX2 per the caller; the 16 (or 8) bytes read are unit `u`'s scale bytes.
         unsafe {
+            if F::SCALE_BYTES == 1 {
+                // One signed scale per row: `a` twice, and the pairs `(a, a)`.
+                let at = F::SCALES_AT + PANEL_ROWS * u;
+                let a = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(at).cast()));
+                let pairs = _mm256_or_si256(
+                    _mm256_and_si256(a, _mm256_set1_epi32(0xFFFF)),
+                    _mm256_slli_epi32::<16>(a),
+                );
+                return (a, a, pairs);
+            }
             let sc = _mm_loadu_si128(p.add(F::SCALES_AT + 16 * u).cast());
             let low16 = _mm256_set1_epi32(0xFFFF);
             match F::SCALES {

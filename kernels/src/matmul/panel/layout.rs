@@ -34,8 +34,6 @@ pub(crate) const SUPER: usize = 256;
 pub(crate) const UNIT: usize = 32;
 /// Units per super-block.
 pub(crate) const UNITS: usize = SUPER / UNIT;
-/// Scale bytes per row per super-block (two per unit).
-const SCALE_BYTES_PER_ROW: usize = 2 * UNITS;
 
 /// How a format's two scale bytes per unit give its integer scales and offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +77,9 @@ pub(crate) trait PanelFormat {
     /// Whether a unit's two 16-groups always share one scale (`Pair32`, IQ4_XS): then the
     /// kernels multiply the unit's sum by it once.
     const UNIT_SCALE: bool = matches!(Self::SCALES, ScaleKind::Pair32);
+    /// Scale bytes stored per row and unit: 2, or 1 for a [`ScaleKind::Signed`] format with
+    /// [`PanelFormat::UNIT_SCALE`] (IQ4_XS), whose two bytes are equal.
+    const SCALE_BYTES: usize = 2;
     /// What the codes are.
     const CODES: CodeKind;
     /// A grid format (IQ2_XXS, `grid.rs`): its units decode from grid and sign indices, not
@@ -135,7 +136,7 @@ pub(crate) trait PanelFormat {
     /// Offset of the scales in a panel block.
     const SCALES_AT: usize = 0;
     /// Offset of the 8 f16 `d` (the 8 `dm` follow).
-    const FACTORS_AT: usize = PANEL_ROWS * SCALE_BYTES_PER_ROW;
+    const FACTORS_AT: usize = PANEL_ROWS * UNITS * Self::SCALE_BYTES;
     /// Offset of unit 0's codes.
     const UNITS_AT: usize = Self::FACTORS_AT + 2 * PANEL_ROWS * 2;
     /// Bytes of one unit's codes.
@@ -184,7 +185,8 @@ pub(crate) fn code_at<F: PanelFormat>(p: &[u8], r: usize, k: usize) -> u8 {
 /// Row `r`'s scale byte `s` (of 16) in the panel block `p`.
 #[inline(always)]
 pub(crate) fn scale_byte<F: PanelFormat>(p: &[u8], r: usize, s: usize) -> u8 {
-    p[F::SCALES_AT + 16 * (s / 2) + 2 * r + s % 2]
+    let per = F::SCALE_BYTES;
+    p[F::SCALES_AT + PANEL_ROWS * per * (s / 2) + per * r + (s % 2).min(per - 1)]
 }
 
 /// Row `r`'s f16 `d` (`dm` when `second`) bits in the panel block `p`.
@@ -200,9 +202,9 @@ pub(crate) fn pack_block<F: PanelFormat>(blocks: &[&[u8]], p: &mut [u8]) {
     let mut codes = [[0u8; SUPER]; PANEL_ROWS];
     for (r, b) in blocks.iter().enumerate().take(PANEL_ROWS) {
         F::src_codes(b, &mut codes[r]);
-        for (u, [b0, b1]) in F::src_scale_bytes(b).into_iter().enumerate() {
-            p[F::SCALES_AT + 16 * u + 2 * r] = b0;
-            p[F::SCALES_AT + 16 * u + 2 * r + 1] = b1;
+        for (u, pair) in F::src_scale_bytes(b).into_iter().enumerate() {
+            let at = F::SCALES_AT + PANEL_ROWS * F::SCALE_BYTES * u + F::SCALE_BYTES * r;
+            p[at..at + F::SCALE_BYTES].copy_from_slice(&pair[..F::SCALE_BYTES]);
         }
         let d_at = F::FACTORS_AT + 2 * r;
         for (src, at) in [(F::D_AT, d_at), (F::DM_AT, d_at + 2 * PANEL_ROWS)] {
