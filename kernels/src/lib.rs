@@ -32,9 +32,12 @@
 //!     fast/ternary.rs      IQ1_S, IQ1_M (grid codes with the offset folded in), TQ1_0, TQ2_0
 //!     fast/block_dot.rs    one block's integer dot (maddubs lanes; portable + AVX2)
 //!     fast/format.rs       FastFormat: the decoded block every format produces
-//!   matmul/panel.rs        Fast mode over k-quant matrices repacked at load (PackedMatrix):
-//!                          8-row panels, rows in vector lanes, one kernel for decode and prompts
+//!   matmul/panel.rs        Fast mode over matrices repacked at load (PackedMatrix: k-quants,
+//!                          IQ4_XS, IQ2_XXS, IQ3_XXS, IQ1_S, Q8_0, Q4_0, IQ4_NL): 8-row panels,
+//!                          rows in vector lanes, one kernel for decode and prompts
 //!     panel/layout.rs      the panel byte layout (code bit planes, scale bytes) and packing
+//!     panel/formats.rs     what each bit-field format stores (k-quants, IQ4, 32-value types)
+//!     panel/grid.rs        the grid formats' layouts and their unit decoders
 //!     panel/dot.rs         a panel against up to 4 tokens (portable, AVX2, AVX-512 VNNI)
 //!   matmul/exact_fused.rs  Exact mode: fused kernels for Q4_K, Q6_K, Q8_0 (f32 activations)
 //!   matmul/exact.rs        Exact mode: dequantize-then-dot for every other type

@@ -26,7 +26,7 @@
 //!
 //! ```text
 //! kernel_table.rs  which row kernel each type runs
-//! panel.rs         Fast kernels over repacked k-quants     (panel/: layout, panel dots)
+//! panel.rs         Fast kernels over repacked matrices     (panel/: layout, formats, grid, dots)
 //! fast.rs          Fast kernels: tile and token loops      (fast/: formats, block dots)
 //! exact_fused.rs   Exact fused kernels: Q4_K, Q6_K, Q8_0
 //! exact.rs         Exact kernel for the rest: dequantize, then dot

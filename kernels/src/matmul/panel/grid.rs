@@ -57,6 +57,39 @@ macro_rules! grid_consts {
     };
 }
 
+/// A grid format's `grid_unit_avx`: the AVX decoder `avx::$f`.
+macro_rules! grid_avx {
+    ($f:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn grid_unit_avx(
+            unit: *const u8,
+        ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+            // SAFETY: per the caller.
+            unsafe { avx::$f(unit) }
+        }
+    };
+}
+
+/// Row `r`'s 4-byte word at `at` + 4r in panel block `p`.
+fn word(p: &[u8], at: usize, r: usize) -> u32 {
+    let at = at + 4 * r;
+    u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]])
+}
+
+/// The 32 codes `±value(k)` of a unit of the ±grid formats (IQ2_XXS, IQ3_XXS), the signs
+/// of values `8l .. 8l + 8` from the 7-bit sign index `l` of `aux`.
+fn signed_codes(aux: u32, value: impl Fn(usize) -> i8) -> [i8; UNIT] {
+    std::array::from_fn(|k| {
+        let g = value(k);
+        if (sign_byte(aux >> (7 * (k / 8))) >> (k % 8)) & 1 == 1 {
+            -g
+        } else {
+            g
+        }
+    })
+}
+
 /// One per-row field of a unit in the file: its byte offset in the block for unit `u`, and
 /// its bytes.
 type Word = (fn(usize) -> usize, usize);
@@ -80,14 +113,6 @@ fn pack_grid<F: PanelFormat>(blocks: &[&[u8]], p: &mut [u8], words: &[Word]) {
 /// IQ2_XXS panels.
 pub(crate) struct Iq2XxsPanel;
 
-impl Iq2XxsPanel {
-    /// Row `r`'s second word of unit `u` in panel block `p`.
-    fn aux(p: &[u8], r: usize, u: usize) -> u32 {
-        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 32 + 4 * r;
-        u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]])
-    }
-}
-
 impl PanelFormat for Iq2XxsPanel {
     grid_consts!(0.125);
     const SRC_BYTES: usize = 66;
@@ -99,30 +124,22 @@ impl PanelFormat for Iq2XxsPanel {
 
     fn grid_codes(p: &[u8], r: usize, u: usize) -> [i8; UNIT] {
         let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 4 * r;
-        let aux = Self::aux(p, r, u);
-        let mut c = [0i8; UNIT];
-        for l in 0..4 {
-            let grid = IQ2XXS_GRID[p[at + l] as usize].to_le_bytes();
-            let signs = sign_byte(aux >> (7 * l));
-            for j in 0..8 {
-                let g = grid[j] as i8;
-                c[8 * l + j] = if (signs >> j) & 1 == 1 { -g } else { g };
-            }
-        }
-        c
+        signed_codes(Self::aux(p, r, u), |k| {
+            IQ2XXS_GRID[p[at + k / 8] as usize].to_le_bytes()[k % 8] as i8
+        })
     }
 
     fn grid_scale(p: &[u8], r: usize, u: usize) -> i32 {
         2 * (Self::aux(p, r, u) >> 28) as i32 + 1
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn grid_unit_avx(
-        unit: *const u8,
-    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
-        // SAFETY: per the caller.
-        unsafe { avx::iq2xxs_unit(unit) }
+    grid_avx!(iq2xxs_unit);
+}
+
+impl Iq2XxsPanel {
+    /// Row `r`'s second word of unit `u` in panel block `p`.
+    fn aux(p: &[u8], r: usize, u: usize) -> u32 {
+        word(p, Self::UNITS_AT + Self::UNIT_BYTES * u + 32, r)
     }
 }
 
@@ -141,39 +158,24 @@ impl PanelFormat for Iq3XxsPanel {
 
     fn grid_codes(p: &[u8], r: usize, u: usize) -> [i8; UNIT] {
         let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 4 * r;
-        let aux = Self::aux(p, r, u);
-        let mut c = [0i8; UNIT];
-        for e in 0..8 {
-            // Grid entry e: elements 4e .. 4e + 4, index byte e % 4 of vector e / 4.
-            let grid = IQ3XXS_GRID[p[at + 32 * (e / 4) + e % 4] as usize].to_le_bytes();
-            let signs = sign_byte(aux >> (7 * (e / 2))) >> (4 * (e % 2));
-            for j in 0..4 {
-                let g = grid[j] as i8;
-                c[4 * e + j] = if (signs >> j) & 1 == 1 { -g } else { g };
-            }
-        }
-        c
+        // Grid entry e (values 4e .. 4e + 4): index byte e % 4 of vector e / 4.
+        signed_codes(Self::aux(p, r, u), |k| {
+            let e = k / 4;
+            IQ3XXS_GRID[p[at + 32 * (e / 4) + e % 4] as usize].to_le_bytes()[k % 4] as i8
+        })
     }
 
     fn grid_scale(p: &[u8], r: usize, u: usize) -> i32 {
         2 * (Self::aux(p, r, u) >> 28) as i32 + 1
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn grid_unit_avx(
-        unit: *const u8,
-    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
-        // SAFETY: per the caller.
-        unsafe { avx::iq3xxs_unit(unit) }
-    }
+    grid_avx!(iq3xxs_unit);
 }
 
 impl Iq3XxsPanel {
     /// Row `r`'s sign-and-scale word of unit `u` in panel block `p`.
     fn aux(p: &[u8], r: usize, u: usize) -> u32 {
-        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 64 + 4 * r;
-        u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]])
+        word(p, Self::UNITS_AT + Self::UNIT_BYTES * u + 64, r)
     }
 }
 
@@ -215,14 +217,7 @@ impl PanelFormat for Iq1SPanel {
         2 * ((Self::qh(p, r, u) >> 12) & 7) as i32 + 1
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn grid_unit_avx(
-        unit: *const u8,
-    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
-        // SAFETY: per the caller.
-        unsafe { avx::iq1s_unit(unit) }
-    }
+    grid_avx!(iq1s_unit);
 }
 
 /// A grid panel decoded for a chunk of tokens: the same integers as the grid format's, as
