@@ -1,9 +1,10 @@
 //! Weights repacked at load for the Fast mode: [`PackedMatrix`], a matrix of the k-quants
-//! (Q2_K .. Q6_K), IQ4_XS, the grids IQ2_XXS, IQ3_XXS and IQ1_S, or the 32-element Q8_0, Q4_0 and
-//! IQ4_NL (rows of whole 256-element super-blocks) in 8-row panels whose codes lie rows-in-lanes, so that one
-//! `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd` on AVX2) takes 4 codes of each of 8 rows and
-//! the 8 rows' sums end in the 8 lanes of a vector: no horizontal sums per row, one unpack
-//! of a panel's codes serving up to 4 tokens, and the same kernel for decode and prompts.
+//! (Q2_K .. Q6_K), IQ4_XS, the grids IQ2_XXS, IQ3_XXS and IQ1_S, or the 32-element Q8_0,
+//! Q4_0 and IQ4_NL (rows of whole 256-element super-blocks) in 8-row panels whose codes lie
+//! rows-in-lanes, so that one `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd` on AVX2) takes 4
+//! codes of each of 8 rows and the 8 rows' sums end in the 8 lanes of a vector: no
+//! horizontal sums per row, one unpack of a panel's codes serving up to 4 tokens, and the
+//! same kernel for decode and prompts.
 //!
 //! Decides: which types repack ([`PackedMatrix::pack`]), the panel height
 //! ([`PANEL_ROWS`]; a last panel of fewer rows is padded with zero rows), and the loop
@@ -13,8 +14,10 @@
 //! the thread split or the tokens computed with it.
 //!
 //! Leaves to `panel/layout.rs` the byte layout and the packing of one panel block, to
-//! `panel/formats.rs` what each format stores, and to `panel/dot.rs` the arithmetic of a
-//! panel against tokens.
+//! `panel/formats.rs` and `panel/grid.rs` what each format stores (the grid formats also how
+//! a unit decodes), and to `panel/dot.rs` the arithmetic of a panel against tokens. A grid
+//! panel serving a token chunk longer than one pass is decoded once for the chunk
+//! (`grid::Decoded`: the same integers, so the same bits).
 //!
 //! Memory: the packed copy is owned (64-byte aligned) and as large as the file's blocks
 //! within 6 bytes per row and super-block; the owner of the mapping may release the file's

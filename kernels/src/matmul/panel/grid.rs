@@ -18,8 +18,9 @@
 //! Decoding a unit for 8 rows (`grid_unit_avx`) loads each row's grid entries (IQ2_XXS by
 //! scalar loads, IQ1_S by two 64-bit gathers per entry: each measured the faster for its
 //! format; IQ3_XXS's 4-value entries are one 32-bit gather per quad) and shuffles them into
-//! the quad vectors. IQ2_XXS's and IQ3_XXS's codes are `±grid`: the sign byte is the 7-bit sign index plus its parity bit (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`,
-//! parity by a nibble table shuffle), applied as byte masks. IQ1_S's codes are `8g ± 1`
+//! the quad vectors. IQ2_XXS's and IQ3_XXS's codes are `±grid`: the sign byte is the 7-bit
+//! sign index plus its parity bit (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`, parity by a
+//! nibble table shuffle), applied as byte masks. IQ1_S's codes are `8g ± 1`
 //! (`g` in −1..=1, one offset sign per unit), as `fast/ternary.rs` defines them. Scales
 //! `a = 2s + 1`, one per unit ([`PanelFormat::UNIT_SCALE`]).
 //!
