@@ -33,8 +33,8 @@
 //!     fast/block_dot.rs    one block's integer dot (maddubs lanes; portable + AVX2)
 //!     fast/format.rs       FastFormat: the decoded block every format produces
 //!   matmul/panel.rs        Fast mode over matrices repacked at load (PackedMatrix: k-quants,
-//!                          IQ4_XS, IQ2_XXS, IQ3_XXS, IQ1_S, Q8_0, Q4_0, IQ4_NL): 8-row panels,
-//!                          rows in vector lanes, one kernel for decode and prompts
+//!                          IQ4_XS, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, Q8_0, Q4_0, IQ4_NL): 8-row
+//!                          panels, rows in vector lanes, one kernel for decode and prompts
 //!     panel/layout.rs      the panel byte layout (code bit planes, scale bytes) and packing
 //!     panel/formats.rs     what each bit-field format stores (k-quants, IQ4, 32-value types)
 //!     panel/grid.rs        the grid formats' layouts and their unit decoders

@@ -1,5 +1,5 @@
 //! Weights repacked at load for the Fast mode: [`PackedMatrix`], a matrix of the k-quants
-//! (Q2_K .. Q6_K), IQ4_XS, the grids IQ2_XXS, IQ3_XXS and IQ1_S, or the 32-element Q8_0,
+//! (Q2_K .. Q6_K), IQ4_XS, the grids IQ2_XXS, IQ2_XS, IQ3_XXS and IQ1_S, or the 32-element Q8_0,
 //! Q4_0 and IQ4_NL (rows of whole 256-element super-blocks) in 8-row panels whose codes lie
 //! rows-in-lanes, so that one `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd` on AVX2) takes 4
 //! codes of each of 8 rows and the 8 rows' sums end in the 8 lanes of a vector: no
@@ -33,7 +33,7 @@ use std::ops::Range;
 
 use self::dot::PanelDot;
 use self::formats::{Iq4Nlx8, Q40x8, Q80x8};
-use self::grid::{Decoded, Iq1SPanel, Iq2XxsPanel, Iq3XxsPanel};
+use self::grid::{Decoded, Iq1SPanel, Iq2XsPanel, Iq2XxsPanel, Iq3XxsPanel};
 pub(crate) use self::layout::PANEL_ROWS;
 use self::layout::{PanelFormat, SUPER};
 use super::fast::iq4::Iq4Xs;
@@ -87,6 +87,7 @@ impl PackedMatrix {
                 | GgmlType::IQ2_XXS
                 | GgmlType::IQ1_S
                 | GgmlType::IQ3_XXS
+                | GgmlType::IQ2_XS
         );
         typed && cols.is_multiple_of(SUPER)
     }
@@ -109,6 +110,7 @@ impl PackedMatrix {
             GgmlType::IQ2_XXS => Some(Self::pack_as::<Iq2XxsPanel>(m)),
             GgmlType::IQ1_S => Some(Self::pack_as::<Iq1SPanel>(m)),
             GgmlType::IQ3_XXS => Some(Self::pack_as::<Iq3XxsPanel>(m)),
+            GgmlType::IQ2_XS => Some(Self::pack_as::<Iq2XsPanel>(m)),
             _ => None,
         }
     }
@@ -202,6 +204,7 @@ pub(crate) fn panel_rows(call: PanelCall<'_, '_, '_>, isa: SimdIsa) {
         GgmlType::IQ2_XXS => dispatch(isa, Panels::<Iq2XxsPanel>(call, PhantomData)),
         GgmlType::IQ1_S => dispatch(isa, Panels::<Iq1SPanel>(call, PhantomData)),
         GgmlType::IQ3_XXS => dispatch(isa, Panels::<Iq3XxsPanel>(call, PhantomData)),
+        GgmlType::IQ2_XS => dispatch(isa, Panels::<Iq2XsPanel>(call, PhantomData)),
         // `PackedMatrix::pack` made only the types above.
         other => unreachable!("no panel layout for {other:?}"),
     }

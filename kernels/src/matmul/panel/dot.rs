@@ -106,13 +106,13 @@ fn portable_block<F: PanelFormat>(
     if F::GRID {
         let mut a = 0i32;
         for u in 0..UNITS {
-            let (c, scale) = (F::grid_codes(p, r, u), F::grid_scale(p, r, u));
-            let t: i32 = c
-                .iter()
-                .zip(&x[32 * u..32 * u + 32])
-                .map(|(&c, &x)| c as i32 * x as i32)
-                .sum();
-            a += scale * t;
+            let (c, (a0, a1)) = (F::grid_codes(p, r, u), F::grid_scales(p, r, u));
+            let half = |h: usize| -> i32 {
+                (16 * h..16 * h + 16)
+                    .map(|k| c[k] as i32 * x[32 * u + k] as i32)
+                    .sum()
+            };
+            a += a0 * half(0) + a1 * half(1);
         }
         *acc += d * dx[0] * a as f32;
         return;
@@ -410,11 +410,13 @@ mod avx {
         // SAFETY: per the caller; the grid unit is inside the panel block.
         unsafe {
             if F::GRID {
-                let (mut c, a) = F::grid_unit_avx(p.add(F::UNITS_AT + u * F::UNIT_BYTES));
+                let (mut c, (a0, a1)) = F::grid_unit_avx(p.add(F::UNITS_AT + u * F::UNIT_BYTES));
                 for cq in c.iter_mut() {
                     *cq = S::bias(*cq);
                 }
-                return (c, (a, a, _mm256_or_si256(a, _mm256_slli_epi32::<16>(a))));
+                // Scales are positive and below 2^15: the i16 pairs (a0, a1).
+                let pairs = _mm256_or_si256(a0, _mm256_slli_epi32::<16>(a1));
+                return (c, (a0, a1, pairs));
             }
             (unit_codes::<F, S>(p, u), unit_scales::<F>(p, u))
         }

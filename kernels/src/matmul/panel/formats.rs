@@ -154,7 +154,7 @@ impl<const BYTES: usize, const Q8: bool, const TABLE: u8> PanelFormat
 
 #[cfg(test)]
 mod tests {
-    use super::super::grid::{Iq1SPanel, Iq2XxsPanel, Iq3XxsPanel};
+    use super::super::grid::{Iq1SPanel, Iq2XsPanel, Iq2XxsPanel, Iq3XxsPanel};
     use super::super::layout::tests::{roundtrip, rows};
     use super::super::layout::PANEL_ROWS;
     use super::*;
@@ -248,6 +248,7 @@ mod tests {
             (Iq2XxsPanel::PANEL_BLOCK_BYTES, 68),
             (Iq1SPanel::PANEL_BLOCK_BYTES, 52),
             (Iq3XxsPanel::PANEL_BLOCK_BYTES, 100),
+            (Iq2XsPanel::PANEL_BLOCK_BYTES, 76),
         ];
         for (bytes, per_row) in sizes {
             assert_eq!(bytes / PANEL_ROWS, per_row);

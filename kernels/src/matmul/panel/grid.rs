@@ -1,13 +1,16 @@
-//! The panel layouts of the grid formats IQ2_XXS, IQ3_XXS and IQ1_S, whose codes are grid
-//! entries, not bit fields: the file's bytes regrouped rows-in-lanes, nothing decoded at load,
-//! so a panel is as small as the file (bytes per row and 256 elements: IQ2_XXS 68 vs 66,
-//! IQ3_XXS 100 vs 98, IQ1_S 52 vs 50).
+//! The panel layouts of the grid formats IQ2_XXS, IQ2_XS, IQ3_XXS and IQ1_S, whose codes are
+//! grid entries, not bit fields: the file's bytes regrouped rows-in-lanes, nothing decoded at
+//! load, so a panel is as small as the file (bytes per row and 256 elements: IQ2_XXS 68 vs
+//! 66, IQ2_XS 76 vs 74, IQ3_XXS 100 vs 98, IQ1_S 52 vs 50).
 //!
 //! ```text
 //! d       16 bytes   8 f16 `d` (the weight is (d/8)·(2s + 1)·code; IQ3_XXS d/4)
 //! pad     16 bytes
 //! unit u  IQ2_XXS, 64 bytes: per row its 4 grid indices (the file's first word of unit u),
 //!                  then per row its second word (4 7-bit sign indices, `s` in bits 28..32);
+//!         IQ2_XS, 72 bytes: per row its 16-bit words of grid entries 0, 1 (9-bit grid
+//!                  index, 7-bit sign index), then of 2, 3, then per row its scale byte
+//!                  (`s` of each 16 values);
 //!         IQ3_XXS, 96 bytes: per row grid indices 0..4, then 4..8 (one per 4 values), then
 //!                  per row its sign-and-scale word (as IQ2_XXS's second word);
 //!         IQ1_S, 48 bytes: per row its 4 low index bytes (`qs`), then per row its `qh`
@@ -17,12 +20,13 @@
 //!
 //! Decoding a unit for 8 rows (`grid_unit_avx`) loads each row's grid entries (IQ2_XXS by
 //! scalar loads, IQ1_S by two 64-bit gathers per entry: each measured the faster for its
-//! format; IQ3_XXS's 4-value entries are one 32-bit gather per quad) and shuffles them into
-//! the quad vectors. IQ2_XXS's and IQ3_XXS's codes are `±grid`: the sign byte is the 7-bit
+//! format, IQ2_XS by scalar loads; IQ3_XXS's 4-value entries are one 32-bit gather per
+//! quad) and shuffles them into the quad vectors. The IQ2 and IQ3_XXS codes are `±grid`: the
+//! sign byte is the 7-bit
 //! sign index plus its parity bit (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`, parity by a
 //! nibble table shuffle), applied as byte masks. IQ1_S's codes are `8g ± 1`
 //! (`g` in −1..=1, one offset sign per unit), as `fast/ternary.rs` defines them. Scales
-//! `a = 2s + 1`, one per unit ([`PanelFormat::UNIT_SCALE`]).
+//! `a = 2s + 1`, one per unit ([`PanelFormat::UNIT_SCALE`]; IQ2_XS one per 16 values).
 //!
 //! A chunk of more tokens than one pass decodes each panel once ([`decode`]) into
 //! [`Decoded`] blocks: signed bytes, the same integers, so the same bits.
@@ -30,15 +34,15 @@
 use std::marker::PhantomData;
 
 use super::layout::{CodeKind, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNIT, UNITS};
-use crate::dequant::{IQ1S_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
+use crate::dequant::{IQ1S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
 
 /// The layout constants every grid format shares.
 macro_rules! grid_consts {
-    ($d_factor:expr) => {
+    ($d_factor:expr, unit_scale: $unit_scale:expr) => {
         const LO: u32 = 8;
         const HI: u32 = 0;
         const SCALES: ScaleKind = ScaleKind::Signed { off: 0 };
-        const UNIT_SCALE: bool = true;
+        const UNIT_SCALE: bool = $unit_scale;
         const CODES: CodeKind = CodeKind::Signed;
         const GRID: bool = true;
         const D_FACTOR: f32 = $d_factor;
@@ -65,7 +69,10 @@ macro_rules! grid_avx {
         #[inline(always)]
         unsafe fn grid_unit_avx(
             unit: *const u8,
-        ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+        ) -> (
+            [std::arch::x86_64::__m256i; 8],
+            (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
+        ) {
             // SAFETY: per the caller.
             unsafe { avx::$f(unit) }
         }
@@ -115,7 +122,7 @@ fn pack_grid<F: PanelFormat>(blocks: &[&[u8]], p: &mut [u8], words: &[Word]) {
 pub(crate) struct Iq2XxsPanel;
 
 impl PanelFormat for Iq2XxsPanel {
-    grid_consts!(0.125);
+    grid_consts!(0.125, unit_scale: true);
     const SRC_BYTES: usize = 66;
     const UNIT_BYTES: usize = 64;
 
@@ -130,8 +137,9 @@ impl PanelFormat for Iq2XxsPanel {
         })
     }
 
-    fn grid_scale(p: &[u8], r: usize, u: usize) -> i32 {
-        2 * (Self::aux(p, r, u) >> 28) as i32 + 1
+    fn grid_scales(p: &[u8], r: usize, u: usize) -> (i32, i32) {
+        let a = 2 * (Self::aux(p, r, u) >> 28) as i32 + 1;
+        (a, a)
     }
 
     grid_avx!(iq2xxs_unit);
@@ -144,11 +152,49 @@ impl Iq2XxsPanel {
     }
 }
 
+/// IQ2_XS panels.
+pub(crate) struct Iq2XsPanel;
+
+impl Iq2XsPanel {
+    /// Row `r`'s 16-bit word of grid entry `l` (9-bit grid index, 7-bit sign index) in unit
+    /// `u` of panel block `p`.
+    fn entry(p: &[u8], r: usize, u: usize, l: usize) -> u16 {
+        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 32 * (l / 2) + 4 * r + 2 * (l % 2);
+        u16::from_le_bytes([p[at], p[at + 1]])
+    }
+}
+
+impl PanelFormat for Iq2XsPanel {
+    grid_consts!(0.125, unit_scale: false);
+    const SRC_BYTES: usize = 74;
+    const UNIT_BYTES: usize = 72;
+
+    fn pack(blocks: &[&[u8]], p: &mut [u8]) {
+        let words: [Word; 3] = [(|u| 2 + 8 * u, 4), (|u| 6 + 8 * u, 4), (|u| 66 + u, 1)];
+        pack_grid::<Self>(blocks, p, &words);
+    }
+
+    fn grid_codes(p: &[u8], r: usize, u: usize) -> [i8; UNIT] {
+        let q: [u16; 4] = std::array::from_fn(|l| Self::entry(p, r, u, l));
+        let aux = (0..4).fold(0u32, |a, l| a | (((q[l] >> 9) as u32) << (7 * l)));
+        signed_codes(aux, |k| {
+            IQ2XS_GRID[(q[k / 8] & 511) as usize].to_le_bytes()[k % 8] as i8
+        })
+    }
+
+    fn grid_scales(p: &[u8], r: usize, u: usize) -> (i32, i32) {
+        let s = p[Self::UNITS_AT + Self::UNIT_BYTES * u + 64 + r];
+        (2 * (s & 15) as i32 + 1, 2 * (s >> 4) as i32 + 1)
+    }
+
+    grid_avx!(iq2xs_unit);
+}
+
 /// IQ3_XXS panels.
 pub(crate) struct Iq3XxsPanel;
 
 impl PanelFormat for Iq3XxsPanel {
-    grid_consts!(0.25);
+    grid_consts!(0.25, unit_scale: true);
     const SRC_BYTES: usize = 98;
     const UNIT_BYTES: usize = 96;
 
@@ -166,8 +212,9 @@ impl PanelFormat for Iq3XxsPanel {
         })
     }
 
-    fn grid_scale(p: &[u8], r: usize, u: usize) -> i32 {
-        2 * (Self::aux(p, r, u) >> 28) as i32 + 1
+    fn grid_scales(p: &[u8], r: usize, u: usize) -> (i32, i32) {
+        let a = 2 * (Self::aux(p, r, u) >> 28) as i32 + 1;
+        (a, a)
     }
 
     grid_avx!(iq3xxs_unit);
@@ -192,7 +239,7 @@ impl Iq1SPanel {
 }
 
 impl PanelFormat for Iq1SPanel {
-    grid_consts!(0.125);
+    grid_consts!(0.125, unit_scale: true);
     const SRC_BYTES: usize = 50;
     const UNIT_BYTES: usize = 48;
 
@@ -214,8 +261,9 @@ impl PanelFormat for Iq1SPanel {
         c
     }
 
-    fn grid_scale(p: &[u8], r: usize, u: usize) -> i32 {
-        2 * ((Self::qh(p, r, u) >> 12) & 7) as i32 + 1
+    fn grid_scales(p: &[u8], r: usize, u: usize) -> (i32, i32) {
+        let a = 2 * ((Self::qh(p, r, u) >> 12) & 7) as i32 + 1;
+        (a, a)
     }
 
     grid_avx!(iq1s_unit);
@@ -230,7 +278,7 @@ impl<F: PanelFormat> PanelFormat for Decoded<F> {
     const LO: u32 = 8;
     const HI: u32 = 0;
     const SCALES: ScaleKind = ScaleKind::Signed { off: 0 };
-    const UNIT_SCALE: bool = true;
+    const UNIT_SCALE: bool = F::UNIT_SCALE;
     const CODES: CodeKind = CodeKind::Signed;
     const D_FACTOR: f32 = F::D_FACTOR;
     const SRC_BYTES: usize = 0;
@@ -262,9 +310,9 @@ pub(crate) fn decode<F: PanelFormat>(
         dst[d_at..d_at + 2 * PANEL_ROWS].copy_from_slice(&blk[F::FACTORS_AT..][..2 * PANEL_ROWS]);
         for u in 0..UNITS {
             for r in 0..PANEL_ROWS {
-                let a = F::grid_scale(blk, r, u) as u8;
+                let (a0, a1) = F::grid_scales(blk, r, u);
                 let at = Decoded::<F>::SCALES_AT + 16 * u + 2 * r;
-                dst[at..at + 2].copy_from_slice(&[a, a]);
+                dst[at..at + 2].copy_from_slice(&[a0 as u8, a1 as u8]);
             }
             let unit = &blk[F::UNITS_AT + F::UNIT_BYTES * u..][..F::UNIT_BYTES];
             let codes = &mut dst[Decoded::<F>::UNITS_AT + Decoded::<F>::UNIT_BYTES * u..]
@@ -297,7 +345,7 @@ fn sign_byte(i: u32) -> u8 {
 pub(crate) mod avx {
     use std::arch::x86_64::*;
 
-    use super::{PanelFormat, IQ1S_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
+    use super::{PanelFormat, IQ1S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
 
     /// The grid entries `table[index]` of 8 rows (`index` i32 lanes, row order) as the two
     /// quad vectors of their first and last 4 bytes.
@@ -363,7 +411,7 @@ pub(crate) mod avx {
         // SAFETY: AVX2 per the caller.
         unsafe {
             let m7 = _mm256_set1_epi32(127);
-            let s = _mm256_or_si256(
+            with_parity(_mm256_or_si256(
                 _mm256_or_si256(
                     _mm256_and_si256(aux, m7),
                     _mm256_slli_epi32::<8>(_mm256_and_si256(_mm256_srli_epi32::<7>(aux), m7)),
@@ -372,7 +420,15 @@ pub(crate) mod avx {
                     _mm256_slli_epi32::<16>(_mm256_and_si256(_mm256_srli_epi32::<14>(aux), m7)),
                     _mm256_slli_epi32::<24>(_mm256_and_si256(_mm256_srli_epi32::<21>(aux), m7)),
                 ),
-            );
+            ))
+        }
+    }
+
+    /// 7-bit sign indices (one per byte) with their parity in bit 7: the sign bytes.
+    #[inline(always)]
+    unsafe fn with_parity(s: __m256i) -> __m256i {
+        // SAFETY: AVX2 per the caller.
+        unsafe {
             let parity = _mm256_setr_epi8(
                 0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1,
                 0, 1, 1, 0,
@@ -425,7 +481,7 @@ pub(crate) mod avx {
     /// # Safety
     /// AVX2; `p` valid for 96 reads.
     #[inline(always)]
-    pub(super) unsafe fn iq3xxs_unit(p: *const u8) -> ([__m256i; 8], __m256i) {
+    pub(super) unsafe fn iq3xxs_unit(p: *const u8) -> ([__m256i; 8], (__m256i, __m256i)) {
         // SAFETY: AVX2 per the caller; loads inside the unit; gathers index the 256-entry
         // grid with bytes.
         unsafe {
@@ -445,7 +501,8 @@ pub(crate) mod avx {
                     c[e] = negate(_mm256_i32gather_epi32::<4>(grid, gi), neg);
                 }
             }
-            (c, odd_scale::<28>(aux, 15))
+            let a = odd_scale::<28>(aux, 15);
+            (c, (a, a))
         }
     }
 
@@ -454,7 +511,7 @@ pub(crate) mod avx {
     /// # Safety
     /// AVX2; `p` valid for 64 reads.
     #[inline(always)]
-    pub(super) unsafe fn iq2xxs_unit(p: *const u8) -> ([__m256i; 8], __m256i) {
+    pub(super) unsafe fn iq2xxs_unit(p: *const u8) -> ([__m256i; 8], (__m256i, __m256i)) {
         // SAFETY: AVX2 per the caller; loads inside the unit; the grid is indexed with bytes.
         unsafe {
             let aux = _mm256_loadu_si256(p.add(32).cast());
@@ -466,7 +523,48 @@ pub(crate) mod avx {
                 c[2 * l] = negate(g_lo, neg_lo);
                 c[2 * l + 1] = negate(g_hi, neg_hi);
             }
-            (c, odd_scale::<28>(aux, 15))
+            let a = odd_scale::<28>(aux, 15);
+            (c, (a, a))
+        }
+    }
+
+    /// An IQ2_XS unit (72 bytes at `p`) for 8 rows: per grid entry a 16-bit word per row
+    /// (9-bit grid index, 7-bit sign index), then a scale byte per row (a nibble per 16
+    /// values).
+    ///
+    /// # Safety
+    /// AVX2; `p` valid for 72 reads.
+    #[inline(always)]
+    pub(super) unsafe fn iq2xs_unit(p: *const u8) -> ([__m256i; 8], (__m256i, __m256i)) {
+        // SAFETY: AVX2 per the caller; loads inside the unit; the grid is indexed with 9-bit
+        // values.
+        unsafe {
+            let w0 = _mm256_loadu_si256(p.cast());
+            let w1 = _mm256_loadu_si256(p.add(32).cast());
+            let m7 = _mm256_set1_epi32(127);
+            let s = _mm256_or_si256(
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi32::<9>(w0), m7),
+                    _mm256_slli_epi32::<8>(_mm256_and_si256(_mm256_srli_epi32::<25>(w0), m7)),
+                ),
+                _mm256_or_si256(
+                    _mm256_slli_epi32::<16>(_mm256_and_si256(_mm256_srli_epi32::<9>(w1), m7)),
+                    _mm256_slli_epi32::<24>(_mm256_and_si256(_mm256_srli_epi32::<25>(w1), m7)),
+                ),
+            );
+            let signs = with_parity(s);
+            let mut c = [_mm256_setzero_si256(); 8];
+            for l in 0..4 {
+                let (g_lo, g_hi) = load_quads(&IQ2XS_GRID, |r| {
+                    let q = p.add(32 * (l / 2) + 4 * r + 2 * (l % 2)).cast::<u16>();
+                    (q.read_unaligned() & 511) as usize
+                });
+                let (neg_lo, neg_hi) = sign_masks(signs, l);
+                c[2 * l] = negate(g_lo, neg_lo);
+                c[2 * l + 1] = negate(g_hi, neg_hi);
+            }
+            let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(64).cast()));
+            (c, (odd_scale::<0>(sc, 15), odd_scale::<4>(sc, 15)))
         }
     }
 
@@ -475,7 +573,7 @@ pub(crate) mod avx {
     /// # Safety
     /// AVX2; `p` valid for 48 reads.
     #[inline(always)]
-    pub(super) unsafe fn iq1s_unit(p: *const u8) -> ([__m256i; 8], __m256i) {
+    pub(super) unsafe fn iq1s_unit(p: *const u8) -> ([__m256i; 8], (__m256i, __m256i)) {
         // SAFETY: AVX2 per the caller; loads inside the unit; gathers index the 2048-entry
         // grid with 11-bit indices.
         unsafe {
@@ -501,7 +599,8 @@ pub(crate) mod avx {
                 c[2 * l] = _mm256_add_epi8(_mm256_sign_epi8(eight, g_lo), delta);
                 c[2 * l + 1] = _mm256_add_epi8(_mm256_sign_epi8(eight, g_hi), delta);
             }
-            (c, odd_scale::<12>(qh, 7))
+            let a = odd_scale::<12>(qh, 7);
+            (c, (a, a))
         }
     }
 

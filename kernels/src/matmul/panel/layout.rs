@@ -116,20 +116,24 @@ pub(crate) trait PanelFormat {
         unreachable!("not a grid format")
     }
 
-    /// A grid format's scale of row `r` in unit `u` of panel block `p`.
-    fn grid_scale(_p: &[u8], _r: usize, _u: usize) -> i32 {
+    /// A grid format's scales of row `r` in unit `u` of panel block `p`: its first and
+    /// second 16 values'.
+    fn grid_scales(_p: &[u8], _r: usize, _u: usize) -> (i32, i32) {
         unreachable!("not a grid format")
     }
 
     /// A grid format's unit at `unit` decoded for its 8 rows: the quad vectors of signed
-    /// codes and the scales (i32 lanes).
+    /// codes and the scales of its two 16-value halves (i32 lanes).
     ///
     /// # Safety
     /// AVX2; `unit` valid for [`PanelFormat::UNIT_BYTES`] reads.
     #[cfg(target_arch = "x86_64")]
     unsafe fn grid_unit_avx(
         _unit: *const u8,
-    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+    ) -> (
+        [std::arch::x86_64::__m256i; 8],
+        (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
+    ) {
         unreachable!("not a grid format")
     }
 

@@ -1,7 +1,8 @@
 //! Fast-mode weights repacked at load: every matrix the forward pass multiplies that this
-//! process mapped and that repacks ([`PackedMatrix::packs`]: the k-quants, IQ4_XS, Q8_0, Q4_0
-//! and IQ4_NL with rows of whole 256-element super-blocks) is copied once into
-//! `moe-kernels`' panel layout, and the file's pages it came from are released.
+//! process mapped and that repacks ([`PackedMatrix::packs`]: the k-quants, IQ4_XS, the IQ1_S,
+//! IQ2_XXS, IQ2_XS and IQ3_XXS grids, Q8_0, Q4_0 and IQ4_NL, with rows of whole 256-element
+//! super-blocks) is copied once into `moe-kernels`' panel layout, and the file's pages it came
+//! from are released.
 //! Also made here: each head's `attn_k_b` transposed (`[dn, Lkv]`, f32), which the
 //! decompressed attention of prompt tokens multiplies the cached latents with (`forward/
 //! attention_prompt.rs`); 16 MiB per layer at Kimi K2.5's shapes. f32 because a Q8_0 copy
