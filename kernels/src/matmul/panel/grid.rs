@@ -85,6 +85,13 @@ fn word(p: &[u8], at: usize, r: usize) -> u32 {
     u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]])
 }
 
+/// The scale `2s + 1` (both halves) of an IQ2_XXS / IQ3_XXS sign-and-scale word (`s` in bits
+/// 28..32).
+fn aux_scales(aux: u32) -> (i32, i32) {
+    let a = 2 * (aux >> 28) as i32 + 1;
+    (a, a)
+}
+
 /// The 32 codes `±value(k)` of a unit of the ±grid formats (IQ2_XXS, IQ3_XXS), the signs
 /// of values `8l .. 8l + 8` from the 7-bit sign index `l` of `aux`.
 fn signed_codes(aux: u32, value: impl Fn(usize) -> i8) -> [i8; UNIT] {
@@ -138,8 +145,7 @@ impl PanelFormat for Iq2XxsPanel {
     }
 
     fn grid_scales(p: &[u8], r: usize, u: usize) -> (i32, i32) {
-        let a = 2 * (Self::aux(p, r, u) >> 28) as i32 + 1;
-        (a, a)
+        aux_scales(Self::aux(p, r, u))
     }
 
     grid_avx!(iq2xxs_unit);
@@ -213,8 +219,7 @@ impl PanelFormat for Iq3XxsPanel {
     }
 
     fn grid_scales(p: &[u8], r: usize, u: usize) -> (i32, i32) {
-        let a = 2 * (Self::aux(p, r, u) >> 28) as i32 + 1;
-        (a, a)
+        aux_scales(Self::aux(p, r, u))
     }
 
     grid_avx!(iq3xxs_unit);
