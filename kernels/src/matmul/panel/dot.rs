@@ -24,8 +24,8 @@
 //!
 //! Range (why nothing overflows): unsigned codes ≤ 63, `|c| ≤ 128` with AVX2's sign move and
 //! `|x| ≤ 127`, so a `maddubs` pair is at most 32,512 (no saturation); biased codes ≤ 255
-//! make a 16-group sum at most 518,160, and `|a| ≤ 32` for the signed-code formats (IQ4_XS)
-//! keeps `|A| < 2^28`; unsigned codes with `|a| ≤ 128` keep `|A| < 2^29`; `|bs| ≤ 2032` and
+//! make a 16-group sum at most 518,160, and `|a| ≤ 32` for the signed-code formats (IQ4_XS,
+//! the grids) keeps `|A| < 2^28`; unsigned codes with `|a| ≤ 128` keep `|A| < 2^29`; `|bs| ≤ 2032` and
 //! `|m| ≤ 128` keep `|M| < 2^23`.
 
 use super::grid;
