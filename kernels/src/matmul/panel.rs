@@ -44,6 +44,34 @@ use super::simd::{dispatch, IsaKernel, Portable, SimdIsa};
 use super::QMatrix;
 use crate::GgmlType;
 
+/// `$body` with `$F` the panel format of `$ty`, or `$other` when `$ty` has none: the one place
+/// that maps the types that repack to their formats.
+macro_rules! by_format {
+    ($ty:expr, $F:ident => $body:expr, _ => $other:expr) => {
+        match $ty {
+            GgmlType::Q2_K => by_format!(@ $F = Q2K, $body),
+            GgmlType::Q3_K => by_format!(@ $F = Q3K, $body),
+            GgmlType::Q4_K => by_format!(@ $F = Q4K, $body),
+            GgmlType::Q5_K => by_format!(@ $F = Q5K, $body),
+            GgmlType::Q6_K => by_format!(@ $F = Q6K, $body),
+            GgmlType::IQ4_XS => by_format!(@ $F = Iq4Xs, $body),
+            GgmlType::Q8_0 => by_format!(@ $F = Q80x8, $body),
+            GgmlType::Q4_0 => by_format!(@ $F = Q40x8, $body),
+            GgmlType::IQ4_NL => by_format!(@ $F = Iq4Nlx8, $body),
+            GgmlType::IQ2_XXS => by_format!(@ $F = Iq2XxsPanel, $body),
+            GgmlType::IQ2_XS => by_format!(@ $F = Iq2XsPanel, $body),
+            GgmlType::IQ3_XXS => by_format!(@ $F = Iq3XxsPanel, $body),
+            GgmlType::IQ1_S => by_format!(@ $F = Iq1SPanel, $body),
+            _ => $other,
+        }
+    };
+    (@ $F:ident = $format:ty, $body:expr) => {{
+        #[allow(dead_code)]
+        type $F = $format;
+        $body
+    }};
+}
+
 /// One aligned line of a packed buffer.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -73,23 +101,7 @@ impl PackedMatrix {
     /// Whether a matrix of `ty` with rows of `cols` elements repacks: the types of the module
     /// docs, rows of whole 256-element super-blocks.
     pub fn packs(ty: GgmlType, cols: usize) -> bool {
-        let typed = matches!(
-            ty,
-            GgmlType::Q2_K
-                | GgmlType::Q3_K
-                | GgmlType::Q4_K
-                | GgmlType::Q5_K
-                | GgmlType::Q6_K
-                | GgmlType::IQ4_XS
-                | GgmlType::Q8_0
-                | GgmlType::Q4_0
-                | GgmlType::IQ4_NL
-                | GgmlType::IQ2_XXS
-                | GgmlType::IQ1_S
-                | GgmlType::IQ3_XXS
-                | GgmlType::IQ2_XS
-        );
-        typed && cols.is_multiple_of(SUPER)
+        by_format!(ty, F => true, _ => false) && cols.is_multiple_of(SUPER)
     }
 
     /// `m` repacked, or `None` when it does not repack ([`PackedMatrix::packs`]).
@@ -97,22 +109,7 @@ impl PackedMatrix {
         if !Self::packs(m.ty(), m.cols()) {
             return None;
         }
-        match m.ty() {
-            GgmlType::Q2_K => Some(Self::pack_as::<Q2K>(m)),
-            GgmlType::Q3_K => Some(Self::pack_as::<Q3K>(m)),
-            GgmlType::Q4_K => Some(Self::pack_as::<Q4K>(m)),
-            GgmlType::Q5_K => Some(Self::pack_as::<Q5K>(m)),
-            GgmlType::Q6_K => Some(Self::pack_as::<Q6K>(m)),
-            GgmlType::IQ4_XS => Some(Self::pack_as::<Iq4Xs>(m)),
-            GgmlType::Q8_0 => Some(Self::pack_as::<Q80x8>(m)),
-            GgmlType::Q4_0 => Some(Self::pack_as::<Q40x8>(m)),
-            GgmlType::IQ4_NL => Some(Self::pack_as::<Iq4Nlx8>(m)),
-            GgmlType::IQ2_XXS => Some(Self::pack_as::<Iq2XxsPanel>(m)),
-            GgmlType::IQ1_S => Some(Self::pack_as::<Iq1SPanel>(m)),
-            GgmlType::IQ3_XXS => Some(Self::pack_as::<Iq3XxsPanel>(m)),
-            GgmlType::IQ2_XS => Some(Self::pack_as::<Iq2XsPanel>(m)),
-            _ => None,
-        }
+        by_format!(m.ty(), F => Some(Self::pack_as::<F>(m)), _ => None)
     }
 
     fn pack_as<F: PanelFormat>(m: &QMatrix<'_>) -> Self {
@@ -191,23 +188,9 @@ pub(crate) struct PanelCall<'a, 'o, 'y> {
 
 /// Runs `call` with `isa` where this CPU has it.
 pub(crate) fn panel_rows(call: PanelCall<'_, '_, '_>, isa: SimdIsa) {
-    match call.p.ty {
-        GgmlType::Q2_K => dispatch(isa, Panels::<Q2K>(call, PhantomData)),
-        GgmlType::Q3_K => dispatch(isa, Panels::<Q3K>(call, PhantomData)),
-        GgmlType::Q4_K => dispatch(isa, Panels::<Q4K>(call, PhantomData)),
-        GgmlType::Q5_K => dispatch(isa, Panels::<Q5K>(call, PhantomData)),
-        GgmlType::Q6_K => dispatch(isa, Panels::<Q6K>(call, PhantomData)),
-        GgmlType::IQ4_XS => dispatch(isa, Panels::<Iq4Xs>(call, PhantomData)),
-        GgmlType::Q8_0 => dispatch(isa, Panels::<Q80x8>(call, PhantomData)),
-        GgmlType::Q4_0 => dispatch(isa, Panels::<Q40x8>(call, PhantomData)),
-        GgmlType::IQ4_NL => dispatch(isa, Panels::<Iq4Nlx8>(call, PhantomData)),
-        GgmlType::IQ2_XXS => dispatch(isa, Panels::<Iq2XxsPanel>(call, PhantomData)),
-        GgmlType::IQ1_S => dispatch(isa, Panels::<Iq1SPanel>(call, PhantomData)),
-        GgmlType::IQ3_XXS => dispatch(isa, Panels::<Iq3XxsPanel>(call, PhantomData)),
-        GgmlType::IQ2_XS => dispatch(isa, Panels::<Iq2XsPanel>(call, PhantomData)),
-        // `PackedMatrix::pack` made only the types above.
-        other => unreachable!("no panel layout for {other:?}"),
-    }
+    by_format!(call.p.ty, F => dispatch(isa, Panels::<F>(call, PhantomData)),
+        // `PackedMatrix::pack` made only the types `by_format!` names.
+        _ => unreachable!("no panel layout for {:?}", call.p.ty))
 }
 
 /// [`body`] of `F` as an [`IsaKernel`].
