@@ -47,7 +47,8 @@
 //!   matmul/simd.rs         SimdIsa (portable, AVX2+FMA, AVX-512 VNNI; CPU probed once),
 //!                          dispatch, f32 lanes, lane reduction
 //!   matmul/prepared.rs     activations prepared once, row ranges on the calling thread
-//! jobs.rs                  run_jobs: a job list on the pool, dynamic balance
+//! jobs.rs                  run_jobs: a job list on the compute team, dynamic balance
+//! team.rs                  the compute team: persistent threads that spin between regions
 //! attention.rs             Fast mode's flash attention: online softmax over a shared cache
 //! kv_rows.rs               KvType: the KV cache's row encodings (f32, bf16, f16, q8_0),
 //!                          KvBuf (a layer's rows) and KvRows (a borrowed range of them)
@@ -84,6 +85,7 @@ mod jobs;
 mod kv_rows;
 mod matmul;
 mod quantize;
+mod team;
 mod types;
 
 pub use attention::{flash_attend, flash_attend_split, FlashState, FLASH_BLOCK_POSITIONS};
@@ -97,4 +99,5 @@ pub use matmul::{
     MATMUL_PARALLEL_MIN_MACS, MATMUL_THREADS_MAX,
 };
 pub use quantize::{quantize_row, quantize_rows, synthesize_row};
+pub use team::{run_indexed, TEAM_SPIN};
 pub use types::GgmlType;

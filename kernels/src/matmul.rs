@@ -4,11 +4,10 @@
 //! Decides: how the work is split. Rows are cut into one contiguous range per thread
 //! (multiples of the row tile), each thread runs the per-type row kernel chosen by
 //! `matmul/kernel_table.rs` on its range, and products below [`MATMUL_PARALLEL_MIN_MACS`]
-//! stay on the calling thread, where handing off would cost more than it saves. The calling
-//! thread runs the first range; the others are queued on rayon's global pool of persistent
-//! (parked when idle) workers, so no thread is spawned per call. [`set_num_threads`] still
-//! decides how many ranges a matmul is cut into; the global pool (one worker per core, or
-//! `RAYON_NUM_THREADS`) decides how many run at once. Results never depend on the split.
+//! stay on the calling thread, where handing off would cost more than it saves. The ranges
+//! run on the compute team (`team.rs`: the calling thread and persistent members that spin
+//! between regions), so no thread is spawned or woken per call; [`set_num_threads`] decides
+//! how many ranges a matmul is cut into. Results never depend on the split.
 //!
 //! Decides also: the [`NumericMode`] arithmetic a matrix is computed with. A [`QMatrix`]
 //! carries its mode (set by whoever hands it out, e.g. the model); [`NumericMode::Exact`]
@@ -95,7 +94,7 @@ pub fn has_fast_kernel(ty: GgmlType) -> bool {
 /// Multiply-adds (`rows · cols · n_tokens`) below which a matmul runs on the calling thread
 /// (4 Mi: a decode step's small projections take microseconds, less than handing half of
 /// one to another thread costs; measured on two threads, 2^18 decoded 5-10% slower).
-pub const MATMUL_PARALLEL_MIN_MACS: usize = 1 << 22;
+pub const MATMUL_PARALLEL_MIN_MACS: usize = 1 << 17;
 
 /// Fewest rows a worker thread is given (fewer threads are used for short matrices).
 pub const MATMUL_MIN_ROWS_PER_THREAD: usize = 16;
@@ -461,25 +460,11 @@ impl<'a> QMatrix<'a> {
             }
         }
 
-        let mut jobs = outs.into_iter().enumerate();
-        let first = jobs.next();
-        if n_ranges == 1 {
-            if let Some((_, mut out)) = first {
-                kernel(0..self.rows, &mut out);
-            }
-            return;
-        }
-        let kernel = &kernel;
-        // Ranges after the first go to the persistent pool; the calling thread runs the first
-        // and then waits for (or helps with) the rest.
-        rayon::in_place_scope(|s| {
-            for (k, mut out) in jobs {
-                let rows = k * per..((k + 1) * per).min(self.rows);
-                s.spawn(move |_| kernel(rows, &mut out));
-            }
-            if let Some((_, mut out)) = first {
-                kernel(0..per.min(self.rows), &mut out);
-            }
-        });
+        let jobs: Vec<(Range<usize>, Vec<&mut [f32]>)> = outs
+            .into_iter()
+            .enumerate()
+            .map(|(k, out)| (k * per..((k + 1) * per).min(self.rows), out))
+            .collect();
+        crate::run_jobs(jobs, n_ranges, |(rows, mut out)| kernel(rows, &mut out));
     }
 }

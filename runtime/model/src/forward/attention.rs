@@ -3,7 +3,7 @@
 //! `attn_v_b` applied to the attention-weighted latent. Fast mode's prompt tokens take the
 //! decompressed form instead (`attention_prompt.rs`, see [`super::TokenKind`]).
 //!
-//! The per-head query absorption and value projection are matmuls (threaded inside). The
+//! The per-head query absorption and value projection are matmuls, one job per head. The
 //! attention proper, absorbed form in both modes (every head scores the same latent rows, so
 //! the cache is read as one key/value matrix shared by all heads; decompressing per-head keys
 //! would multiply the bytes read by the head count for no saving in a prompt chunk's work):
@@ -17,8 +17,9 @@
 //!   O(rows × context). Results depend only on each row and the cache, not on the thread
 //!   count or how a prompt was chunked.
 
-use moe_kernels::{flash_attend, FlashState, NumericMode};
-use rayon::prelude::*;
+use moe_kernels::{
+    flash_attend, num_threads, run_jobs, FlashState, NumericMode, MATMUL_PARALLEL_MIN_MACS,
+};
 
 use super::ops::{dot, rms_norm, rms_norm_inplace, softmax_inplace};
 use super::{attention_prompt, KvCache, TokenKind};
@@ -31,8 +32,11 @@ use crate::ModelError;
 pub const ATTENTION_PARALLEL_MIN_MACS: usize = 1 << 16;
 /// Query rows (heads × new tokens) of one flash job (fast mode).
 pub const FLASH_ROWS_PER_JOB: usize = 16;
-/// Cache positions of one flash job (fast mode): decode splits the cache into ranges of this.
-pub const FLASH_SPLIT_POSITIONS: usize = 256;
+/// Cache positions of one flash job (fast mode): decode splits the cache into ranges of this
+/// (64: a decode step at depth 256 is four jobs, enough for the threads of a small machine;
+/// each merge costs one rescale of a row block's accumulators, under 1% of a range's work).
+/// Fixed, never derived from the thread count or the rows, so the bits do not depend on them.
+pub const FLASH_SPLIT_POSITIONS: usize = 64;
 
 /// Attention of layer `l` for `t` consecutive new tokens of one sequence starting at
 /// `cache.len()`, of kind `kind`: `x` is the normalized input `[t, D]`, `out` receives
@@ -125,15 +129,16 @@ fn attention_with(
         }
     }
     // q_abs[head][i] = Wkb_head · q_nope[i] : [H, t, Lkv].
-    let mut q_nope = vec![0f32; t * dn];
     let mut q_abs = vec![0f32; h * t * lkv];
-    for (head, q_abs_h) in q_abs.chunks_exact_mut(t * lkv).enumerate() {
+    let heads: Vec<_> = q_abs.chunks_exact_mut(t * lkv).enumerate().collect();
+    per_head(heads, h * t * lkv * dn, |(head, q_abs_h)| {
+        let mut q_nope = vec![0f32; t * dn];
         for i in 0..t {
             let src = &q[(i * h + head) * qk..(i * h + head) * qk + dn];
             q_nope[i * dn..(i + 1) * dn].copy_from_slice(src);
         }
-        model.head_mat(&w.k_b, head)?.matmul(&q_nope, t, q_abs_h)?;
-    }
+        Ok(model.head_mat(&w.k_b, head)?.matmul(&q_nope, t, q_abs_h)?)
+    })?;
     // ctx[head][i] = softmax(scores) · c over positions 0..=pos0+i.
     let mut ctx = vec![0f32; h * t * lkv];
     let cache = &*cache;
@@ -154,10 +159,17 @@ fn attention_with(
         );
     }
     // o[i][head] = Wvb_head · ctx[head][i] : [t, H*dv]
-    let mut o_h = vec![0f32; t * dv];
+    let mut o_heads = vec![0f32; h * t * dv];
+    let heads: Vec<_> = ctx
+        .chunks_exact(t * lkv)
+        .zip(o_heads.chunks_exact_mut(t * dv))
+        .enumerate()
+        .collect();
+    per_head(heads, h * t * lkv * dv, |(head, (ctx_h, o_h))| {
+        Ok(model.head_mat(&w.v_b, head)?.matmul(ctx_h, t, o_h)?)
+    })?;
     let mut o = vec![0f32; t * h * dv];
-    for (head, ctx_h) in ctx.chunks_exact(t * lkv).enumerate() {
-        model.head_mat(&w.v_b, head)?.matmul(ctx_h, t, &mut o_h)?;
+    for (head, o_h) in o_heads.chunks_exact(t * dv).enumerate() {
         for i in 0..t {
             o[(i * h + head) * dv..(i * h + head + 1) * dv]
                 .copy_from_slice(&o_h[i * dv..(i + 1) * dv]);
@@ -165,6 +177,32 @@ fn attention_with(
     }
     model.mat(&w.output)?.matmul(&o, t, out)?;
     Ok(())
+}
+
+/// Runs one job per head (the per-head query absorption or value projection): on the team
+/// when the heads' `macs` reach [`MATMUL_PARALLEL_MIN_MACS`] and there are at least as many
+/// heads as threads (each head's matmul then runs on its job's thread), else head by head
+/// with each matmul threaded inside. A head's bits do not depend on which.
+fn per_head<J: Send>(
+    jobs: Vec<J>,
+    macs: usize,
+    work: impl Fn(J) -> Result<(), ModelError> + Sync,
+) -> Result<(), ModelError> {
+    let threads = num_threads();
+    if macs < MATMUL_PARALLEL_MIN_MACS || jobs.len() < threads {
+        return jobs.into_iter().try_for_each(work);
+    }
+    let failed = std::sync::Mutex::new(None);
+    run_jobs(jobs, threads, |job| {
+        if let Err(e) = work(job) {
+            let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert(e);
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Exact mode's attention proper: every (head, i) on the pool at once, each computed exactly
@@ -213,10 +251,10 @@ fn context_exact(
             .enumerate()
             .for_each(|job| one(&mut scores, job));
     } else {
-        ctx.par_chunks_exact_mut(lkv).enumerate().for_each_init(
-            || Vec::with_capacity(pos0 + t),
-            |scores, job| one(scores, job),
-        );
+        let jobs: Vec<_> = ctx.chunks_exact_mut(lkv).enumerate().collect();
+        run_jobs(jobs, num_threads(), |job| {
+            one(&mut Vec::with_capacity(pos0 + t), job)
+        });
     }
 }
 
@@ -267,26 +305,25 @@ fn context_flash(
             (0..seen.div_ceil(FLASH_SPLIT_POSITIONS)).map(move |s| (b, s))
         })
         .collect();
-    let states: Vec<FlashState> = jobs
-        .par_iter()
-        .map(|&(b, s)| {
-            let r = b * FLASH_ROWS_PER_JOB..rows.min((b + 1) * FLASH_ROWS_PER_JOB);
-            let lim = &limits[r.clone()];
-            let seen = lim.iter().copied().max().unwrap_or(0);
-            let p = s * FLASH_SPLIT_POSITIONS..seen.min((s + 1) * FLASH_SPLIT_POSITIONS);
-            let mut state = FlashState::new(r.len(), lkv);
-            let q = &q_cat[r.start * kdim..r.end * kdim];
-            flash_attend(
-                q,
-                lim,
-                cache.layer_rows(l, p.clone()),
-                p.start,
-                scale,
-                &mut state,
-            );
-            state
-        })
-        .collect();
+    let mut states: Vec<Option<FlashState>> = jobs.iter().map(|_| None).collect();
+    let tasks: Vec<_> = jobs.iter().zip(&mut states).collect();
+    run_jobs(tasks, num_threads(), |(&(b, s), slot)| {
+        let r = b * FLASH_ROWS_PER_JOB..rows.min((b + 1) * FLASH_ROWS_PER_JOB);
+        let lim = &limits[r.clone()];
+        let seen = lim.iter().copied().max().unwrap_or(0);
+        let p = s * FLASH_SPLIT_POSITIONS..seen.min((s + 1) * FLASH_SPLIT_POSITIONS);
+        let mut state = FlashState::new(r.len(), lkv);
+        let q = &q_cat[r.start * kdim..r.end * kdim];
+        flash_attend(
+            q,
+            lim,
+            cache.layer_rows(l, p.clone()),
+            p.start,
+            scale,
+            &mut state,
+        );
+        *slot = Some(state);
+    });
     let mut merged: Option<(usize, FlashState)> = None;
     let flush = |done: Option<(usize, FlashState)>, ctx: &mut [f32]| {
         if let Some((b, state)) = done {
@@ -294,7 +331,7 @@ fn context_flash(
             state.finish(&mut ctx[r.start * lkv..r.end * lkv]);
         }
     };
-    for (&(b, _), state) in jobs.iter().zip(states) {
+    for (&(b, _), state) in jobs.iter().zip(states.into_iter().flatten()) {
         match &mut merged {
             Some((mb, m)) if *mb == b => m.merge(&state),
             _ => flush(merged.replace((b, state)), ctx),

@@ -17,8 +17,9 @@
 //! A row is `[q_nope (dn) | q_rot (dr)]` against a position's `[k_nope (dn) | k_rot (dr) |
 //! v (dv)]` ([`flash_attend_split`]: keys first, values after them).
 
-use moe_kernels::{flash_attend_split, FlashState, KvRowShape, KvRows, QMatrix};
-use rayon::prelude::*;
+use moe_kernels::{
+    flash_attend_split, num_threads, run_jobs, FlashState, KvRowShape, KvRows, QMatrix,
+};
 
 use super::KvCache;
 use crate::model::Model;
@@ -136,24 +137,25 @@ pub(super) fn attend(
         }
         // Every (head, row block) that sees any of the range folds it in, on the pool.
         let kv = &kv;
-        states
-            .par_iter_mut()
+        let jobs: Vec<_> = states
+            .iter_mut()
             .enumerate()
             .filter(|(j, _)| limits[block_rows(j % blocks).end - 1] > range.start)
-            .for_each(|(j, state)| {
-                let (head, r) = (j / blocks, block_rows(j % blocks));
-                let kvh = &kv[head * DECOMPRESS_POSITIONS * width..][..np * width];
-                let qr = &qh[(head * t + r.start) * qk..(head * t + r.end) * qk];
-                flash_attend_split(
-                    qr,
-                    &limits[r],
-                    KvRows::from_f32(shape, kvh),
-                    qk,
-                    range.start,
-                    scale,
-                    state,
-                );
-            });
+            .collect();
+        run_jobs(jobs, num_threads(), |(j, state)| {
+            let (head, r) = (j / blocks, block_rows(j % blocks));
+            let kvh = &kv[head * DECOMPRESS_POSITIONS * width..][..np * width];
+            let qr = &qh[(head * t + r.start) * qk..(head * t + r.end) * qk];
+            flash_attend_split(
+                qr,
+                &limits[r],
+                KvRows::from_f32(shape, kvh),
+                qk,
+                range.start,
+                scale,
+                state,
+            );
+        });
         s0 = range.end;
     }
     let mut rows_out = vec![0f32; PROMPT_ROWS_PER_JOB * dv];

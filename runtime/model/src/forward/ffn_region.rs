@@ -6,7 +6,7 @@
 //! fork/join per phase instead of one per matrix: a decode step of Kimi K2.5 runs 24 small
 //! expert matrices per layer, each too short to split well on its own.
 //!
-//! Decides: the job shapes ([`EXPERT_ROWS_PER_JOB`]) and the scratch bound (experts are
+//! Decides: the job shapes ([`EXPERT_ROWS_PER_JOB`], [`EXPERT_JOB_MACS_MIN`]) and the scratch bound (experts are
 //! taken in waves of at most [`MOE_WAVE_ROUTES_MAX`] routes). Leaves the arithmetic to the
 //! kernels: a row's result depends only on the row and the token, so the bits equal those
 //! of computing each expert alone, and the weighted sum adds experts into a token in
@@ -23,10 +23,26 @@ use crate::model::DenseFfn;
 use crate::model::Model;
 use crate::ModelError;
 
-/// Weight rows per job: a multiple of the kernels' 4-row tile; 32 rows of a 7168-wide
-/// matrix are 230 k multiply-adds per token (a few microseconds), enough to pay for taking a
-/// job and few enough that a decode step's 8 experts split over 16 threads.
+/// Fewest weight rows per job, and the step of larger ones: a multiple of the panels' 8 rows;
+/// 32 rows of a 7168-wide matrix are 230 k multiply-adds per token (a few microseconds),
+/// enough to pay for taking a job and few enough that a decode step's 8 experts split over
+/// 16 threads.
 pub const EXPERT_ROWS_PER_JOB: usize = 32;
+
+/// Fewest multiply-adds per job (weight rows · columns · tokens, gate and up counted
+/// apart): narrower matrices get more rows per job, so a job never shrinks to the fraction
+/// of a microsecond that taking it costs (measured: the small preset's 1024 × 256 down
+/// projections, cut into 32-row jobs of 8 k multiply-adds, ran slower on two threads than
+/// on one).
+pub const EXPERT_JOB_MACS_MIN: usize = 1 << 16;
+
+/// Rows per job for a matrix of `cols` columns applied `per_row` times per row (tokens ·
+/// matrices): [`EXPERT_ROWS_PER_JOB`] or the multiple of it that reaches
+/// [`EXPERT_JOB_MACS_MIN`].
+fn rows_per_job(cols: usize, per_row: usize) -> usize {
+    let rows = EXPERT_JOB_MACS_MIN.div_ceil(cols.saturating_mul(per_row).max(1));
+    rows.div_ceil(EXPERT_ROWS_PER_JOB).max(1) * EXPERT_ROWS_PER_JOB
+}
 
 /// Activation elements below which a wave prepares (quantizes) its inputs on the calling
 /// thread: a decode step's few short rows take a microsecond or two, less than waking a pool
@@ -184,7 +200,8 @@ fn run_wave(
     let mut jobs = Vec::new();
     for ((ex, (ga, ua)), mid) in wave.iter().zip(&acts).zip(&mut mids) {
         let ua = ua.as_ref().unwrap_or(ga);
-        for (rows, outs) in row_blocks(mid, ex.gate.rows()) {
+        let per = rows_per_job(ex.gate.cols(), 2 * ex.toks.len());
+        for (rows, outs) in row_blocks(mid, ex.gate.rows(), per) {
             jobs.push((ex, ga, ua, rows, outs));
         }
     }
@@ -215,7 +232,8 @@ fn run_wave(
         .collect();
     let mut jobs = Vec::new();
     for ((ex, (da, _)), y) in wave.iter().zip(&acts).zip(&mut ys) {
-        for (rows, outs) in row_blocks(y, ex.down.rows()) {
+        let per = rows_per_job(ex.down.cols(), ex.toks.len());
+        for (rows, outs) in row_blocks(y, ex.down.rows(), per) {
             jobs.push((ex, da, rows, outs));
         }
     }
@@ -318,18 +336,18 @@ fn gate_up(
     Ok(())
 }
 
-/// Cuts `buf` (`[n, rows]`, token-major) into blocks of [`EXPERT_ROWS_PER_JOB`] rows: for
-/// each block its row range and, per token, the slice of its outputs.
-fn row_blocks(buf: &mut [f32], rows: usize) -> Vec<(Range<usize>, Vec<&mut [f32]>)> {
-    let n_blocks = rows.div_ceil(EXPERT_ROWS_PER_JOB);
+/// Cuts `buf` (`[n, rows]`, token-major) into blocks of `per` rows: for each block its row
+/// range and, per token, the slice of its outputs.
+fn row_blocks(buf: &mut [f32], rows: usize, per: usize) -> Vec<(Range<usize>, Vec<&mut [f32]>)> {
+    let n_blocks = rows.div_ceil(per);
     let mut blocks: Vec<(Range<usize>, Vec<&mut [f32]>)> = (0..n_blocks)
         .map(|k| {
-            let r0 = k * EXPERT_ROWS_PER_JOB;
-            (r0..(r0 + EXPERT_ROWS_PER_JOB).min(rows), Vec::new())
+            let r0 = k * per;
+            (r0..(r0 + per).min(rows), Vec::new())
         })
         .collect();
     for tok in buf.chunks_exact_mut(rows) {
-        for (k, part) in tok.chunks_mut(EXPERT_ROWS_PER_JOB).enumerate() {
+        for (k, part) in tok.chunks_mut(per).enumerate() {
             blocks[k].1.push(part);
         }
     }
