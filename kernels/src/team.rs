@@ -221,7 +221,7 @@ impl Team {
             }
             std::hint::spin_loop();
             spins += 1;
-            if spins % SPINS_PER_CLOCK_READ == 0 && start.elapsed() >= TEAM_SPIN {
+            if spins.is_multiple_of(SPINS_PER_CLOCK_READ) && start.elapsed() >= TEAM_SPIN {
                 break;
             }
         }
