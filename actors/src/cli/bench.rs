@@ -3,7 +3,9 @@
 //! generation of `-n` tokens one at a time, each repeated `-r` times, as a markdown table.
 //! With `-d 0,4096` each test also runs after that many context tokens are already in the
 //! cache (prefilled once per depth, untimed, and copied for every repetition), as
-//! llama-bench's `-d`. Token ids are a fixed pseudo-random sequence over the non-special
+//! llama-bench's `-d`. Before each test, as llama-bench, one untimed warm-up run (32 prompt
+//! tokens, or one generated token; `--no-warmup` skips it): the first run of a process pays
+//! for faults and first allocations that the repetitions after it do not. Token ids are a fixed pseudo-random sequence over the non-special
 //! vocabulary. Every measured run goes through the generation engine (greedy, past end
 //! tokens), so the numbers include what `run` and `serve` pay per step. The backend column
 //! names the numeric mode and the KV cache type; lines after the table give the cache's bytes
@@ -60,6 +62,9 @@ pub struct BenchArgs {
     /// Repetitions.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
+    /// No untimed warm-up run before each test (llama-bench's `--no-warmup`).
+    #[arg(long)]
+    no_warmup: bool,
     /// Context depths: tokens already in the cache before each test (comma-separated).
     #[arg(
         short = 'd',
@@ -69,6 +74,10 @@ pub struct BenchArgs {
     )]
     depths: Vec<usize>,
 }
+
+/// Prompt tokens of the untimed warm-up run before a `pp` test (llama-bench warms up with at
+/// most 32 prompt tokens, and with one generated token before a `tg` test, as here).
+const WARMUP_PROMPT_TOKENS: usize = 32;
 
 /// One result row.
 struct Row {
@@ -157,6 +166,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             String::new()
         };
         for &p in &n_prompts {
+            if !a.no_warmup {
+                let mut tokens = context[..depth].to_vec();
+                tokens.extend_from_slice(&prompt[..p.min(WARMUP_PROMPT_TOKENS)]);
+                run_engine(&model, &tok, experts.as_mut(), &at_depth, tokens, 0)?;
+            }
             let mut samples = Vec::new();
             for _ in 0..a.repetitions {
                 let mut tokens = context[..depth].to_vec();
@@ -193,6 +207,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             });
         }
         for &g in &n_gens {
+            if !a.no_warmup {
+                let mut tokens = context[..depth].to_vec();
+                tokens.push(prompt.first().copied().unwrap_or(0));
+                run_engine(&model, &tok, experts.as_mut(), &at_depth, tokens, 1)?;
+            }
             let mut samples = Vec::new();
             for _ in 0..a.repetitions {
                 // The first prompt token continues the context; each generated token is one
