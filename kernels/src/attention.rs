@@ -186,13 +186,18 @@ impl Flash<'_> {
         let rows = state.rows();
         let vdim = state.vdim;
         let n_pos = kv.positions();
-        let mut scores = vec![0f32; rows * FLASH_BLOCK_POSITIONS];
+        // This thread's scratch (decode at depth runs many short ranges: allocating and
+        // zeroing it per range cost ~5% of a step). Every score and converted value is
+        // written before it is read.
+        let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        scratch.scores.resize(rows * FLASH_BLOCK_POSITIONS, 0.0);
+        let scores = &mut scratch.scores[..rows * FLASH_BLOCK_POSITIONS];
         // Narrow rows are converted here a block at a time; f32 rows are read in place.
         let in_place = kv.as_f32();
-        let mut converted = match in_place {
-            Some(_) => Vec::new(),
-            None => vec![0f32; FLASH_BLOCK_POSITIONS * kdim],
-        };
+        if in_place.is_none() {
+            scratch.converted.resize(FLASH_BLOCK_POSITIONS * kdim, 0.0);
+        }
+        let converted = &mut scratch.converted;
         let mut block0 = 0;
         while block0 < n_pos {
             let n = FLASH_BLOCK_POSITIONS.min(n_pos - block0);
@@ -269,12 +274,7 @@ impl Flash<'_> {
                     }
                 }
                 state.max[r] = m;
-                let mut sum = 0f32;
-                for s in sc.iter_mut() {
-                    *s = (*s - m).exp();
-                    sum += *s;
-                }
-                state.sum[r] += sum;
+                state.sum[r] += exp_shifted_sum::<S>(sc, m);
             }
             // Weighted values, ROW_TILE rows at a time (each value load serves them all):
             // the rows' accumulators stay in registers, a chunk at a time, across the
@@ -298,7 +298,74 @@ impl Flash<'_> {
             }
             block0 += n;
         }
+        SCRATCH.with(|s| *s.borrow_mut() = scratch);
     }
+}
+
+/// [`Flash::run`]'s per-thread scratch, kept between calls.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    converted: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Below this, `exp` is 0 in [`exp_approx`] (`ln` of the smallest normal f32).
+const EXP_MIN: f32 = -87.336_55;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes `expf`'s polynomial for `e^r − 1 − r` over `|r| ≤ ln 2 / 2`, highest power first.
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+
+/// `e^x` for `x ≤ 0` (softmax scores less their max; `-inf` gives 0), within 2 ulp of the
+/// correctly rounded value: Cody-Waite reduction `x = n·ln 2 + r`, Cephes' polynomial, `2^n`
+/// by the exponent bits. Branch-free, so a loop of it vectorizes (libm's `expf` is a call per
+/// value: at depth 4096 a decode step's softmax took as long as its flash dot products).
+#[inline(always)]
+fn exp_approx<S: F32Lanes>(x: f32) -> f32 {
+    let xc = x.max(EXP_MIN);
+    let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = S::mul_add_scalar(n, -LN2_HI, xc);
+    let r = S::mul_add_scalar(n, -LN2_LO, r);
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = S::mul_add_scalar(p, r, *c);
+    }
+    let y = S::mul_add_scalar(p, r * r, r) + 1.0;
+    // n ∈ [-126, 0]: 2^n is a normal f32.
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < EXP_MIN {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
+/// Replaces every score `s` of `sc` by `e^(s − m)` ([`exp_approx`]) and returns their sum,
+/// added in [`LANES`] interleaved partial sums, then those in lane order (a fixed order, so
+/// the bits depend only on the scores).
+#[inline(always)]
+fn exp_shifted_sum<S: F32Lanes>(sc: &mut [f32], m: f32) -> f32 {
+    for s in sc.iter_mut() {
+        *s = exp_approx::<S>(*s - m);
+    }
+    let mut lanes = [0f32; LANES];
+    for chunk in sc.chunks(LANES) {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum()
 }
 
 /// Accumulator vectors per row held in registers per pass of [`weighted_sum4`].
@@ -428,6 +495,30 @@ fn weighted_sum<S: F32Lanes>(y: &mut [f32], p: &[f32], block: &[f32], stride: us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The softmax's exponential against libm's over the range it is used on, and its end:
+    /// within 2 ulp, exactly 1 at 0, exactly 0 below the smallest normal (and at `-inf`).
+    #[test]
+    fn exp_approx_is_within_two_ulp_of_libm() {
+        fn check<S: F32Lanes>(name: &str) {
+            let mut worst = 0u32;
+            let mut x = 0f32;
+            while x > EXP_MIN {
+                let (got, want) = (exp_approx::<S>(x), x.exp());
+                worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
+                x -= 0.000_37;
+            }
+            assert!(worst <= 2, "{name}: worst error {worst} ulp");
+            assert_eq!(exp_approx::<S>(0.0), 1.0, "{name}");
+            assert_eq!(exp_approx::<S>(-88.0), 0.0, "{name}");
+            assert_eq!(exp_approx::<S>(f32::NEG_INFINITY), 0.0, "{name}");
+        }
+        // Two roundings per multiply-add (portable) and fused ones (the AVX2 lanes' rounding,
+        // computed here by libm's fmaf, so on any CPU).
+        check::<Portable>("portable");
+        #[cfg(target_arch = "x86_64")]
+        check::<Avx2Fma>("fused");
+    }
     use crate::kv_rows::{KvBuf, KvRowShape, KvType};
 
     /// Plain two-pass softmax attention of one row, in f64.
