@@ -24,6 +24,7 @@
 # Every process binds 127.0.0.1 of the namespace only; all are killed on exit.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/benches/common.sh"
 LLAMA_DIR="${1:-/tmp/llama-baseline}"
 PRESET="${PRESET:-small}" LAYERS="${LAYERS:-8}" TYPE="${TYPE:-Q4_K}" THREADS="${THREADS:-1}"
 TG="${TG:-64}" PROMPT_LONG="${PROMPT_LONG:-4096}" TG_SHORT="${TG_SHORT:-16}" TG_LONG="${TG_LONG:-48}"
@@ -60,13 +61,6 @@ free_port() {
   while :; do
     p=$((20000 + RANDOM % 20000))
     ss -ltnH "sport = :$p" | grep -q . || { echo "$p"; return; }
-  done
-}
-wait_for() { # FILE PATTERN WHAT
-  local deadline=$((SECONDS + 120))
-  until grep -qs "$2" "$1"; do
-    (( SECONDS < deadline )) || { echo "$3 did not start:" >&2; cat "$1" "${1%.out}.err" >&2 2>/dev/null; exit 1; }
-    sleep 0.2
   done
 }
 

@@ -16,6 +16,7 @@
 #        KS (1,2,4,8), DRAFT_MAX (list for the replay, 2,4,8)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/benches/common.sh"
 PRESET="${PRESET:-small}" TYPE="${TYPE:-Q4_K}" THREADS="${THREADS:-2}" DEPTH="${DEPTH:-4096}"
 REPS="${REPS:-5}" KS="${KS:-1,2,4,8}" DRAFT_MAX="${DRAFT_MAX:-2,4,8}"
 
@@ -33,13 +34,6 @@ PIDS=()
 stop_all() { local p; for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; PIDS=(); }
 trap 'stop_all; rm -rf "$WORK"' EXIT
 head -c 48 /dev/urandom | base64 > "$WORK/secret"
-wait_for() { # FILE PATTERN WHAT
-  local deadline=$((SECONDS + 120))
-  until grep -qs "$2" "$1"; do
-    (( SECONDS < deadline )) || { echo "$3 did not start:" >&2; cat "$1" "${1%.out}.err" >&2 2>/dev/null; exit 1; }
-    sleep 0.2
-  done
-}
 
 # `bench -v` -> "k:ms" pairs (ms per verify step = k / mean t/s).
 verify_costs() { # NAME [bench args]

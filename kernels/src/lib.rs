@@ -62,7 +62,9 @@
 //! AVX2 against portable bit for bit). Tests of the AVX2 implementation on a CPU without
 //! AVX2 + FMA print `skipped: ...` on stderr. `examples/kernel_timing.rs` times every
 //! format's kernels on one thread and hashes their outputs (a before/after check);
-//! `examples/flash_timing.rs` times the flash attention kernel at Kimi K2.5's MLA shape.
+//! `examples/flash_timing.rs` times the flash attention kernel at Kimi K2.5's MLA shape;
+//! `examples/region_timing.rs` a decode-sized matmul on 1 and 2 threads (the compute team's
+//! cost of starting a region against the work it splits).
 //!
 //! Numeric modes ([`NumericMode`]): a [`QMatrix`] computes `Exact` (f32, the reference)
 //! unless given `Fast` with [`QMatrix::with_mode`]; in Fast mode a k-quant matrix computes
