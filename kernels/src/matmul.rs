@@ -110,11 +110,12 @@ pub fn set_num_threads(n: usize) {
     NUM_THREADS.store(n, Ordering::Relaxed);
 }
 
-/// Sizes rayon's global pool, which every parallel region of the kernels and of the forward
-/// pass runs on (attention jobs included), to `n` workers (0 = one per core), and sets
-/// [`set_num_threads`]: so `--threads 1` is one core for everything, not only for the
-/// matmuls. The pool can be sized only before its first use; returns whether this call did
-/// (a later call still sets the matmul thread count).
+/// Sets [`set_num_threads`], which sizes every parallel region of the kernels and of the
+/// forward pass on the compute team (`team.rs`; attention jobs included), and sizes rayon's
+/// global pool (load-time packing, and the regions of a caller that finds the team busy) to
+/// `n` workers (0 = one per core): so `--threads 1` is one core for everything. The pool can
+/// be sized only before its first use; returns whether this call did (a later call still
+/// sets the thread count).
 pub fn set_compute_threads(n: usize) -> bool {
     set_num_threads(n);
     rayon::ThreadPoolBuilder::new()

@@ -7,7 +7,7 @@
 //! attention proper, absorbed form in both modes (every head scores the same latent rows, so
 //! the cache is read as one key/value matrix shared by all heads; decompressing per-head keys
 //! would multiply the bytes read by the head count for no saving in a prompt chunk's work):
-//! - Exact: every (head, new position) pair as one job on the rayon pool, a two-pass softmax
+//! - Exact: every (head, new position) pair as one job on the compute team, a two-pass softmax
 //!   over its whole score row, computed exactly as it would be alone (the reference bits).
 //! - Fast: flash-style tiles ([`moe_kernels::flash_attend`]): blocks of
 //!   [`FLASH_ROWS_PER_JOB`] query rows (heads × new tokens) against ranges of
