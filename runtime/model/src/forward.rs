@@ -130,15 +130,9 @@ impl Model {
         obs: &mut dyn Observer,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let lens: Vec<usize> = batch.iter().map(|s| s.cache.len()).collect();
-        // The pass runs on a worker of rayon's pool (the caller waits once): its parallel
-        // regions then wait by running their own queued jobs, never by sleeping until a
-        // parked worker wakes to start a job the caller could have run (measured: decode on
-        // two threads was slower than on one when the pass ran on a thread outside the pool).
-        let r = if rayon::current_thread_index().is_some() {
-            self.forward_inner(batch, experts, obs)
-        } else {
-            rayon::scope(|_| self.forward_inner(batch, experts, obs))
-        };
+        // The pass runs on the calling thread; its parallel regions on the compute team
+        // (moe_kernels' team.rs), whose members spin between regions.
+        let r = self.forward_inner(batch, experts, obs);
         if r.is_err() {
             for (s, &len) in batch.iter_mut().zip(&lens) {
                 s.cache.truncate(len);
