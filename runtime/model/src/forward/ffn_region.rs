@@ -6,8 +6,9 @@
 //! fork/join per phase instead of one per matrix: a decode step of Kimi K2.5 runs 24 small
 //! expert matrices per layer, each too short to split well on its own.
 //!
-//! Decides: the job shapes ([`EXPERT_ROWS_PER_JOB`], [`EXPERT_JOB_MACS_MIN`]) and the scratch bound (experts are
-//! taken in waves of at most [`MOE_WAVE_ROUTES_MAX`] routes). Leaves the arithmetic to the
+//! Decides: the job shapes ([`EXPERT_ROWS_PER_JOB`], [`EXPERT_JOB_MACS_MIN`]) and the
+//! scratch bound (experts are taken in waves of at most [`MOE_WAVE_ROUTES_MAX`] routes).
+//! Leaves the arithmetic to the
 //! kernels: a row's result depends only on the row and the token, so the bits equal those
 //! of computing each expert alone, and the weighted sum adds experts into a token in
 //! ascending expert order (the order [`super::ExpertCompute`]'s contract fixes).
@@ -30,11 +31,12 @@ use crate::ModelError;
 pub const EXPERT_ROWS_PER_JOB: usize = 32;
 
 /// Fewest multiply-adds per job (weight rows · columns · tokens, gate and up counted
-/// apart): narrower matrices get more rows per job, so a job never shrinks to the fraction
-/// of a microsecond that taking it costs (measured: the small preset's 1024 × 256 down
-/// projections, cut into 32-row jobs of 8 k multiply-adds, ran slower on two threads than
-/// on one).
-pub const EXPERT_JOB_MACS_MIN: usize = 1 << 16;
+/// apart): narrower matrices get more rows per job, so a job streams a long run of weights
+/// (measured on the small preset's 1024 × 256 experts, two threads, tg256: 64 Ki per job
+/// 580-680 t/s Q4_K and 650-710 Q2_K, 256 Ki 740-840 and 920-1080, 512 Ki 700-790 and
+/// 990-1160; the expert phase 400-610 µs -> 310-360 -> 210-350). At Kimi K2.5's widths a
+/// decode job is 64 rows of gate + up (2 × 7168 columns) or 256 rows of down (2048).
+pub const EXPERT_JOB_MACS_MIN: usize = 1 << 19;
 
 /// Rows per job for a matrix of `cols` columns applied `per_row` times per row (tokens ·
 /// matrices): [`EXPERT_ROWS_PER_JOB`] or the multiple of it that reaches
