@@ -21,6 +21,7 @@ use moe_kernels::{
     flash_attend, num_threads, run_jobs, FlashState, NumericMode, MATMUL_PARALLEL_MIN_MACS,
 };
 
+use super::ffn_region::{keep_first_error, take_error};
 use super::ops::{dot, rms_norm, rms_norm_inplace, softmax_inplace};
 use super::{attention_prompt, KvCache, TokenKind};
 use crate::config::LATENT_NORM_EPS;
@@ -193,16 +194,8 @@ fn per_head<J: Send>(
         return jobs.into_iter().try_for_each(work);
     }
     let failed = std::sync::Mutex::new(None);
-    run_jobs(jobs, threads, |job| {
-        if let Err(e) = work(job) {
-            let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert(e);
-        }
-    });
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    run_jobs(jobs, threads, |job| keep_first_error(&failed, work(job)));
+    take_error(failed)
 }
 
 /// Exact mode's attention proper: every (head, i) on the pool at once, each computed exactly

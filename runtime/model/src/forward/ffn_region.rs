@@ -357,7 +357,7 @@ fn row_blocks(buf: &mut [f32], rows: usize, per: usize) -> Vec<(Range<usize>, Ve
 }
 
 /// Records `res`'s error unless one is recorded already.
-fn keep_first_error(slot: &Mutex<Option<ModelError>>, res: Result<(), ModelError>) {
+pub(super) fn keep_first_error(slot: &Mutex<Option<ModelError>>, res: Result<(), ModelError>) {
     if let Err(e) = res {
         let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
         s.get_or_insert(e);
@@ -365,7 +365,7 @@ fn keep_first_error(slot: &Mutex<Option<ModelError>>, res: Result<(), ModelError
 }
 
 /// The recorded error, if any.
-fn take_error(slot: Mutex<Option<ModelError>>) -> Result<(), ModelError> {
+pub(super) fn take_error(slot: Mutex<Option<ModelError>>) -> Result<(), ModelError> {
     match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
