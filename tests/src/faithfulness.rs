@@ -89,7 +89,7 @@ pub fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
                 cache: &mut cache,
                 tokens,
                 all_logits: true,
-                kind: TokenKind::Prompt,
+                kind: TokenKind::Prompt { len: tokens.len() },
             }],
             &mut LocalExperts::default(),
             &mut NoObserver,

@@ -124,7 +124,7 @@ impl<T: Tracker> Engine<T> {
         Self {
             end_tokens: end_tokens(model, &tokenizer),
             tokenizer,
-            prefix: PrefixCache::new(cfg.cache_tokens),
+            prefix: PrefixCache::new(cfg.cache_tokens, model.prompt_form()),
             cfg,
             seqs: Vec::new(),
         }
@@ -291,7 +291,9 @@ impl<T: Tracker> Engine<T> {
                     kind: if s.next_input.is_some() {
                         TokenKind::Generated
                     } else {
-                        TokenKind::Prompt
+                        TokenKind::Prompt {
+                            len: s.prompt.len(),
+                        }
                     },
                 });
             }

@@ -48,7 +48,7 @@ fn alone(model: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
                 cache: &mut cache,
                 tokens: prompt,
                 all_logits: false,
-                kind: TokenKind::Prompt,
+                kind: TokenKind::Prompt { len: prompt.len() },
             }],
             &mut LocalExperts::default(),
             &mut NoObserver,

@@ -154,7 +154,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     cache: &mut at_depth,
                     tokens: chunk,
                     all_logits: false,
-                    kind: TokenKind::Prompt,
+                    kind: TokenKind::Prompt { len: depth },
                 }],
                 experts.as_mut(),
                 &mut NoObserver,

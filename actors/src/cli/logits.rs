@@ -73,7 +73,7 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
                 cache: &mut cache,
                 tokens: &a.tokens,
                 all_logits: true,
-                kind: TokenKind::Prompt,
+                kind: TokenKind::Prompt { len: t },
             }],
             experts.as_mut(),
             &mut cap,

@@ -56,7 +56,7 @@ fn prompt_logits(
                 cache: &mut cache,
                 tokens,
                 all_logits: true,
-                kind: TokenKind::Prompt,
+                kind: TokenKind::Prompt { len: tokens.len() },
             }],
             experts,
             obs,
@@ -83,7 +83,12 @@ fn greedy(model: &Model, compute: &ComputeHandle, tokens: &[u32], n: usize) -> V
             .expect("forward")
             .remove(0)
     };
-    let mut last = step(&mut cache, &mut experts, tokens, TokenKind::Prompt);
+    let mut last = step(
+        &mut cache,
+        &mut experts,
+        tokens,
+        TokenKind::Prompt { len: tokens.len() },
+    );
     let mut out = Vec::new();
     for _ in 0..n {
         let next = argmax(&last) as u32;

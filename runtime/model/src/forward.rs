@@ -31,6 +31,7 @@ pub mod moe;
 mod ops;
 mod prefix_cache;
 
+pub use attention_prompt::{PromptForm, FORM_GROUP_TOKENS};
 pub use expert_compute::{ComputeHandle, CpuCompute, ExpertCompute, LocalExperts};
 pub use kv_cache::KvCache;
 pub use moe::{ExpertBackend, Route, Routing};
@@ -56,15 +57,21 @@ pub struct SeqInput<'a> {
 /// (exact mode always computes the absorbed form, the reference): prompt tokens (and context
 /// prefilled before a test) are computed in the decompressed form (`attention_prompt.rs`:
 /// fewer multiply-adds per scored position, with the keys and values decompressed once per
-/// chunk), generated and draft tokens in the absorbed form (one latent row read per position,
-/// the cheapest for few tokens). The form is a function of the kind only, never of how many
-/// tokens a call carries, so a prompt gives the same bits however it is chunked, a prefix
-/// restored from the prefix cache (prompt tokens only) holds what a cold run computes, and a
-/// verified draft the bits of plain decoding.
+/// chunk) except a short tail at the prompt's end ([`PromptForm`]); generated and draft
+/// tokens in the absorbed form (one latent row read per position, the cheapest for few
+/// tokens). The form is a function of the kind, the position and the prompt's length only,
+/// never of how many tokens a call carries, so a prompt gives the same bits however it is
+/// chunked, a prefix restored from the prefix cache holds what a cold run computes (the cache
+/// keeps only [`PromptForm::reusable`] positions), and a verified draft the bits of plain
+/// decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
-    /// Prompt (or prefilled context) tokens.
-    Prompt,
+    /// Prompt (or prefilled context) tokens of a prompt of `len` tokens (the position after
+    /// its last token; at least the end of the call's tokens).
+    Prompt {
+        /// The whole prompt's length.
+        len: usize,
+    },
     /// Generated tokens: decode steps and speculative drafts.
     Generated,
 }
@@ -120,6 +127,17 @@ pub fn check_finite(
 }
 
 impl Model {
+    /// Which prompt tokens this model's forward pass computes in the decompressed form.
+    pub fn prompt_form(&self) -> PromptForm {
+        if self.mode() == moe_kernels::NumericMode::Fast && self.k_b_transposed(0, 0).is_some() {
+            PromptForm::Decompressed {
+                min_tail: attention_prompt::Dims::of(&self.cfg).decompress_min_rows(),
+            }
+        } else {
+            PromptForm::Absorbed
+        }
+    }
+
     /// Runs the batch and returns, per sequence, logits `[n, vocab]` (n = its new tokens, or 1).
     ///
     /// On error no cache is changed.
@@ -150,6 +168,14 @@ impl Model {
         let c = &self.cfg;
         let d = c.n_embd;
         for s in batch.iter() {
+            let end = s.cache.len() + s.tokens.len();
+            if let TokenKind::Prompt { len } = s.kind {
+                if len < end {
+                    return Err(ModelError::InvalidInput(format!(
+                        "prompt tokens up to position {end} of a prompt of {len}"
+                    )));
+                }
+            }
             s.cache.reserve(s.tokens.len())?;
             if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
                 return Err(ModelError::InvalidInput(format!(

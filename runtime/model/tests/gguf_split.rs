@@ -20,7 +20,7 @@ fn logits(model: &Model) -> Vec<u32> {
                 cache: &mut cache,
                 tokens: &tokens,
                 all_logits: true,
-                kind: TokenKind::Prompt,
+                kind: TokenKind::Prompt { len: tokens.len() },
             }],
             &mut LocalExperts::default(),
             &mut NoObserver,

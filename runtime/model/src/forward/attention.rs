@@ -21,9 +21,10 @@ use moe_kernels::{
     flash_attend, num_threads, run_jobs, FlashState, NumericMode, MATMUL_PARALLEL_MIN_MACS,
 };
 
+use super::attention_prompt::{self, PromptForm};
 use super::ffn_region::{keep_first_error, take_error};
 use super::ops::{dot, rms_norm, rms_norm_inplace, softmax_inplace};
-use super::{attention_prompt, KvCache, TokenKind};
+use super::{KvCache, TokenKind};
 use crate::config::LATENT_NORM_EPS;
 use crate::model::Model;
 use crate::ModelError;
@@ -112,23 +113,49 @@ fn attention_with(
             model.rope.apply(&mut qh[dn..], pos0 + i);
         }
     }
-    if model.mode() == NumericMode::Fast && kind == TokenKind::Prompt {
-        if let Some(prompt) = attention_prompt::PromptWeights::of(model, l) {
-            // The decompressed form: per head softmax over decompressed keys, weighted
-            // decompressed values: [t, H*dv] directly.
-            let mut o = vec![0f32; t * h * dv];
-            let dims = attention_prompt::Dims {
-                heads: h,
-                nope: dn,
-                rope: dr,
-                value: dv,
-                latent: lkv,
-            };
-            attention_prompt::attend(&prompt, &q, (pos0, t), cache, l, dims, scale, &mut o)?;
-            model.mat(&w.output)?.matmul(&o, t, out)?;
-            return Ok(());
-        }
+    // Rows before `split` take the decompressed form (fast mode's prompt tokens but a short
+    // tail, `attention_prompt.rs`), the others the absorbed one: o = [t, H*dv].
+    let prompt = match kind {
+        TokenKind::Prompt { len } => match model.prompt_form() {
+            PromptForm::Absorbed => None,
+            form => attention_prompt::PromptWeights::of(model, l)
+                .map(|w| (w, form.absorbed_from(len).clamp(pos0, pos0 + t) - pos0)),
+        },
+        TokenKind::Generated => None,
+    };
+    let split = prompt.as_ref().map_or(0, |(_, split)| *split);
+    let mut o = vec![0f32; t * h * dv];
+    let (o_dec, o_abs) = o.split_at_mut(split * h * dv);
+    if let Some((weights, split)) = prompt.filter(|(_, split)| *split > 0) {
+        let dims = attention_prompt::Dims::of(c);
+        let q_dec = &q[..split * h * qk];
+        attention_prompt::attend(&weights, q_dec, (pos0, split), cache, l, dims, scale, o_dec)?;
     }
+    if split < t {
+        let q_abs_rows = &q[split * h * qk..];
+        let rows = (pos0 + split, t - split);
+        absorbed(model, l, q_abs_rows, rows, cache, parallel_min_macs, o_abs)?;
+    }
+    model.mat(&w.output)?.matmul(&o, t, out)?;
+    Ok(())
+}
+
+/// The absorbed form for `t` new tokens at positions `pos0..pos0 + t` (already in layer `l`
+/// of `cache`) with queries `q` (`[t, H, dn + dr]`, q_rot roped): `o` receives `[t, H·dv]`.
+fn absorbed(
+    model: &Model,
+    l: usize,
+    q: &[f32],
+    (pos0, t): (usize, usize),
+    cache: &KvCache,
+    parallel_min_macs: usize,
+    o: &mut [f32],
+) -> Result<(), ModelError> {
+    let c = &model.cfg;
+    let w = &model.layers[l].attn;
+    let (h, dn, dr, dv, lkv) = (c.n_heads, c.qk_nope, c.qk_rope, c.v_head, c.kv_lora_rank);
+    let qk = dn + dr;
+    let scale = c.attn_scale();
     // q_abs[head][i] = Wkb_head · q_nope[i] : [H, t, Lkv].
     let mut q_abs = vec![0f32; h * t * lkv];
     let heads: Vec<_> = q_abs.chunks_exact_mut(t * lkv).enumerate().collect();
@@ -142,13 +169,12 @@ fn attention_with(
     })?;
     // ctx[head][i] = softmax(scores) · c over positions 0..=pos0+i.
     let mut ctx = vec![0f32; h * t * lkv];
-    let cache = &*cache;
     if model.mode() == NumericMode::Fast {
-        let (q_cat, limits) = flash_queries(&q, &q_abs, (h, t, dn, qk, lkv), pos0);
+        let (q_cat, limits) = flash_queries(q, &q_abs, (h, t, dn, qk, lkv), pos0);
         context_flash(&q_cat, lkv + dr, &limits, cache, l, lkv, scale, &mut ctx);
     } else {
         context_exact(
-            &q,
+            q,
             &q_abs,
             cache,
             l,
@@ -169,14 +195,12 @@ fn attention_with(
     per_head(heads, h * t * lkv * dv, |(head, (ctx_h, o_h))| {
         Ok(model.head_mat(&w.v_b, head)?.matmul(ctx_h, t, o_h)?)
     })?;
-    let mut o = vec![0f32; t * h * dv];
     for (head, o_h) in o_heads.chunks_exact(t * dv).enumerate() {
         for i in 0..t {
             o[(i * h + head) * dv..(i * h + head + 1) * dv]
                 .copy_from_slice(&o_h[i * dv..(i + 1) * dv]);
         }
     }
-    model.mat(&w.output)?.matmul(&o, t, out)?;
     Ok(())
 }
 
@@ -368,7 +392,7 @@ mod tests {
                             &x_of(pos0, 1),
                             pos0,
                             cache,
-                            TokenKind::Prompt,
+                            TokenKind::Prompt { len: pos0 + t },
                             &mut prefix_out,
                             threshold,
                         )
@@ -381,7 +405,7 @@ mod tests {
                         &x_of(t, 2),
                         t,
                         cache,
-                        TokenKind::Prompt,
+                        TokenKind::Prompt { len: pos0 + t },
                         out,
                         threshold,
                     )
@@ -487,9 +511,10 @@ mod tests {
             }
             out
         };
-        let whole = run(&[], TokenKind::Prompt);
+        let prompt = TokenKind::Prompt { len: t };
+        let whole = run(&[], prompt);
         for cuts in [vec![1], vec![17, 200], vec![255, 256, 257]] {
-            let cut = run(&cuts, TokenKind::Prompt);
+            let cut = run(&cuts, prompt);
             let same = whole
                 .iter()
                 .zip(&cut)
@@ -506,6 +531,49 @@ mod tests {
         assert!(
             rel < 2e-2,
             "decompressed vs absorbed: relative RMS difference {rel}"
+        );
+    }
+
+    /// Fast mode's choice of form for a prompt's short tail depends only on the prompt's
+    /// length, and what [`PromptForm::reusable`] promises holds: a prompt of `2G + 1` tokens
+    /// (its one-token tail absorbed) and a prompt of `3G` tokens starting with the same
+    /// inputs (no tail: all decompressed) agree bit for bit on the first `2G` positions, and
+    /// differ on the tail position (so a prefix cache keeping it would change results).
+    #[test]
+    fn prompt_tail_is_absorbed_and_the_reusable_positions_keep_their_bits() {
+        use super::attention_prompt::FORM_GROUP_TOKENS as G;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
+        let model = Model::open(&path)
+            .expect("the tiny fixture model")
+            .with_mode(NumericMode::Fast);
+        let form = model.prompt_form();
+        assert!(
+            matches!(form, PromptForm::Decompressed { min_tail } if min_tail > 1),
+            "{form:?}"
+        );
+        let (short, long) = (2 * G + 1, 3 * G);
+        assert_eq!(form.absorbed_from(short), 2 * G);
+        assert_eq!(form.reusable(short), 2 * G);
+        assert_eq!(form.absorbed_from(long), long);
+        let d = model.cfg.n_embd;
+        let x: Vec<f32> = (0..long * d)
+            .map(|i| (((i * 7919) % 2003) as f32 / 1001.5 - 1.0) * 0.5)
+            .collect();
+        let run = |len: usize| {
+            let mut cache = KvCache::for_model(&model, 1024);
+            let mut out = vec![0f32; len * d];
+            let kind = TokenKind::Prompt { len };
+            attention(&model, 0, &x[..len * d], len, &mut cache, kind, &mut out).unwrap();
+            out
+        };
+        let (a, b) = (run(short), run(long));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a[..2 * G * d]), bits(&b[..2 * G * d]));
+        assert_ne!(
+            bits(&a[2 * G * d..short * d]),
+            bits(&b[2 * G * d..short * d]),
+            "the absorbed tail position has the decompressed form's bits"
         );
     }
 }

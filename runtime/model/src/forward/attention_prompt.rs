@@ -16,12 +16,22 @@
 //!
 //! A row is `[q_nope (dn) | q_rot (dr)]` against a position's `[k_nope (dn) | k_rot (dr) |
 //! v (dv)]` ([`flash_attend_split`]: keys first, values after them).
+//!
+//! Which prompt tokens take this form ([`PromptForm`]): a chunk of few rows over a deep cache
+//! would pay the decompression of every cached position for little saving (one new token at
+//! depth 4096 on the small preset: 50-120 ms against 3 ms absorbed), so the short tail of a
+//! prompt takes the absorbed form. The choice must not depend on how the prompt is chunked or
+//! which prefix was restored, so it is a function of the position and the prompt's length
+//! only: prompts are cut into aligned groups of [`FORM_GROUP_TOKENS`]; a prompt's last,
+//! partial group is absorbed when it holds fewer tokens than the break-even row count
+//! ([`Dims::decompress_min_rows`]), every other prompt token decompressed.
 
 use moe_kernels::{
     flash_attend_split, num_threads, run_jobs, FlashState, KvRowShape, KvRows, QMatrix,
 };
 
 use super::KvCache;
+use crate::config::ModelConfig;
 use crate::model::Model;
 use crate::ModelError;
 
@@ -29,6 +39,55 @@ use crate::ModelError;
 pub const DECOMPRESS_POSITIONS: usize = 256;
 /// Query rows (tokens of one head) of one flash job.
 pub const PROMPT_ROWS_PER_JOB: usize = 16;
+/// Prompt positions are grouped in aligned runs of this many for the choice of form (see the
+/// module docs): a prompt's last partial group is its tail.
+pub const FORM_GROUP_TOKENS: usize = 64;
+/// Cost of a decompression multiply-add relative to a flash one: the decompression runs on
+/// the integer matmul kernels, the flash kernel in f32. Measured on the small preset (pp N at
+/// depth 4096, two threads): the decompressed form wins from 48-64 rows, where counting
+/// multiply-adds alone says 85.
+const DECOMPRESS_MAC_WEIGHT: f64 = 0.6;
+
+/// Which prompt tokens fast mode computes in the decompressed form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptForm {
+    /// Every token absorbed (exact mode, or no decompression weights).
+    Absorbed,
+    /// Decompressed, except a prompt's last partial group of [`FORM_GROUP_TOKENS`] when it
+    /// holds fewer than `min_tail` tokens.
+    Decompressed {
+        /// Fewest tokens of a prompt's last partial group computed decompressed.
+        min_tail: usize,
+    },
+}
+
+impl PromptForm {
+    /// The first position of a prompt of `len` tokens computed in the absorbed form (`len`
+    /// when none is): a function of `len` alone.
+    pub fn absorbed_from(self, len: usize) -> usize {
+        match self {
+            PromptForm::Absorbed => 0,
+            PromptForm::Decompressed { min_tail } => {
+                let tail = len % FORM_GROUP_TOKENS;
+                if tail < min_tail {
+                    len - tail
+                } else {
+                    len
+                }
+            }
+        }
+    }
+
+    /// The leading positions of a `len`-token prompt whose KV every longer prompt with the same
+    /// first `len` tokens computes with the same bits (what a prefix cache may keep): all of
+    /// them, except an absorbed tail, which a longer prompt may decompress.
+    pub fn reusable(self, len: usize) -> usize {
+        match self {
+            PromptForm::Absorbed => len,
+            PromptForm::Decompressed { .. } => self.absorbed_from(len),
+        }
+    }
+}
 
 /// A layer's attention shapes.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +102,34 @@ pub(super) struct Dims {
     pub value: usize,
     /// Latent width (`kv_lora_rank`).
     pub latent: usize,
+}
+
+impl Dims {
+    /// The shapes of `cfg`'s attention.
+    pub(super) fn of(cfg: &ModelConfig) -> Self {
+        Self {
+            heads: cfg.n_heads,
+            nope: cfg.qk_nope,
+            rope: cfg.qk_rope,
+            value: cfg.v_head,
+            latent: cfg.kv_lora_rank,
+        }
+    }
+
+    /// Fewest prompt rows over which decompressing the cache pays: per head and position the
+    /// absorbed form scores `Lkv + dr` and weighs `Lkv` values, the decompressed one `dn + dr`
+    /// and `dv`, after decompressing `Lkv · (dn + dv)` (weighted by
+    /// [`DECOMPRESS_MAC_WEIGHT`]). Kimi K2.5: 103 (above a group: its tails are always
+    /// absorbed); the small preset: 52.
+    pub fn decompress_min_rows(&self) -> usize {
+        let absorbed = 2 * self.latent + self.rope;
+        let decompressed = self.nope + self.rope + self.value;
+        let per_position = (self.latent * (self.nope + self.value)) as f64 * DECOMPRESS_MAC_WEIGHT;
+        match absorbed.checked_sub(decompressed) {
+            Some(saving) if saving > 0 => (per_position / saving as f64).ceil() as usize,
+            _ => usize::MAX,
+        }
+    }
 }
 
 /// The per-head matrices of one layer's decompression.

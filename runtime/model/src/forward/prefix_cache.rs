@@ -13,8 +13,9 @@
 //!
 //! Reuse never changes results: a position's KV depends only on the tokens up to it (the
 //! forward pass computes each token's rows independently of how the prompt is batched or
-//! chunked), so a sequence that starts from a cached prefix holds exactly the rows a cold run
-//! computes. At least one prompt token is always left to compute, for the next token's logits.
+//! chunked) and, for a fast-mode prompt's short tail, on where the prompt ends
+//! ([`PromptForm`]): only the positions [`PromptForm::reusable`] names are kept, so a
+//! sequence that starts from a cached prefix holds exactly the rows a cold run computes. At least one prompt token is always left to compute, for the next token's logits.
 //! Blocks keep rows as the cache stored them (in its [`moe_kernels::KvType`], already rounded),
 //! so a restored prefix holds the very bits a cold run writes; a cache of another type is
 //! refused on restore, never converted.
@@ -24,7 +25,7 @@ use std::hash::{Hash, Hasher};
 
 use moe_kernels::{KvBuf, KvRows};
 
-use super::KvCache;
+use super::{KvCache, PromptForm};
 use crate::ModelError;
 
 /// Tokens per cached block: a prompt is reused in whole blocks.
@@ -44,6 +45,8 @@ pub struct PrefixCache {
     blocks: HashMap<u64, Block>,
     budget_tokens: usize,
     clock: u64,
+    /// The form of the prompts whose KV is kept (which of their positions may be reused).
+    form: PromptForm,
 }
 
 /// What [`PrefixCache::restore`] reused.
@@ -61,12 +64,14 @@ fn chain_key(parent: Option<u64>, tokens: &[u32]) -> u64 {
 }
 
 impl PrefixCache {
-    /// An empty cache holding at most `budget_tokens` tokens' KV (0 disables it).
-    pub fn new(budget_tokens: usize) -> Self {
+    /// An empty cache holding at most `budget_tokens` tokens' KV (0 disables it) of prompts
+    /// computed in `form` ([`crate::model::Model::prompt_form`]).
+    pub fn new(budget_tokens: usize, form: PromptForm) -> Self {
         Self {
             blocks: HashMap::new(),
             budget_tokens,
             clock: 0,
+            form,
         }
     }
 
@@ -123,13 +128,14 @@ impl PrefixCache {
         Ok(Reused { tokens: n })
     }
 
-    /// Keeps the whole blocks of `prompt` whose KV `cache` holds (the cache of the sequence
-    /// that computed it), then evicts down to the budget.
+    /// Keeps the whole blocks of `prompt`'s reusable positions whose KV `cache` holds (the
+    /// cache of the sequence that computed it), then evicts down to the budget.
     pub fn insert(&mut self, prompt: &[u32], cache: &KvCache) {
         if self.budget_tokens < PREFIX_BLOCK_TOKENS {
             return;
         }
-        let full = prompt.len().min(cache.len()) / PREFIX_BLOCK_TOKENS;
+        let reusable = self.form.reusable(prompt.len());
+        let full = reusable.min(cache.len()) / PREFIX_BLOCK_TOKENS;
         let mut parent = None;
         let mut chain = Vec::with_capacity(full);
         for (i, block) in prompt
@@ -231,7 +237,7 @@ mod tests {
     fn a_longer_prompt_reuses_the_earlier_prompt_s_whole_blocks_with_the_same_rows() {
         for ty in KvType::ALL {
             let first: Vec<u32> = (0..100).collect();
-            let mut pc = PrefixCache::new(10_000);
+            let mut pc = PrefixCache::new(10_000, PromptForm::Absorbed);
             pc.insert(&first, &cache_of(ty, &first));
             assert_eq!(pc.tokens(), 96);
 
@@ -270,7 +276,7 @@ mod tests {
     #[test]
     fn at_least_one_token_is_left_to_compute_and_a_different_prefix_misses() {
         let p: Vec<u32> = (0..64).collect();
-        let mut pc = PrefixCache::new(10_000);
+        let mut pc = PrefixCache::new(10_000, PromptForm::Absorbed);
         pc.insert(&p, &cache_for(&p));
         // The same 64-token prompt again: only the first block, the last token is computed.
         let mut c = empty();
@@ -287,7 +293,7 @@ mod tests {
     fn the_budget_evicts_least_recently_used_chains_children_first() {
         let a: Vec<u32> = (0..64).collect();
         let b: Vec<u32> = (1000..1064).collect();
-        let mut pc = PrefixCache::new(128);
+        let mut pc = PrefixCache::new(128, PromptForm::Absorbed);
         pc.insert(&a, &cache_for(&a));
         pc.insert(&b, &cache_for(&b));
         assert_eq!(pc.tokens(), 128);
@@ -315,7 +321,7 @@ mod tests {
     #[test]
     fn a_zero_budget_keeps_nothing() {
         let p: Vec<u32> = (0..64).collect();
-        let mut pc = PrefixCache::new(0);
+        let mut pc = PrefixCache::new(0, PromptForm::Absorbed);
         pc.insert(&p, &cache_for(&p));
         assert_eq!(pc.tokens(), 0);
     }
