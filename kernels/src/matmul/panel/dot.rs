@@ -404,13 +404,23 @@ mod avx {
     }
 
     /// Unit `u` of the panel block at `p`: [`unit_codes`] and [`unit_scales`], or a grid
-    /// format's decoded unit (its codes through `S`'s [`IntDots::bias`]).
+    /// format's decoded unit (its codes through `S`'s [`IntDots::bias`]; decoded for a
+    /// one-token pass when `one_token`).
     #[inline(always)]
-    unsafe fn unit<F: PanelFormat, S: IntDots>(p: *const u8, u: usize) -> ([V; 8], (V, V, V)) {
+    unsafe fn unit<F: PanelFormat, S: IntDots>(
+        p: *const u8,
+        u: usize,
+        one_token: bool,
+    ) -> ([V; 8], (V, V, V)) {
         // SAFETY: per the caller; the grid unit is inside the panel block.
         unsafe {
             if F::GRID {
-                let (mut c, (a0, a1)) = F::grid_unit_avx(p.add(F::UNITS_AT + u * F::UNIT_BYTES));
+                let at = p.add(F::UNITS_AT + u * F::UNIT_BYTES);
+                let (mut c, (a0, a1)) = if one_token {
+                    F::grid_unit_avx_one(at)
+                } else {
+                    F::grid_unit_avx(at)
+                };
                 for cq in c.iter_mut() {
                     *cq = S::bias(*cq);
                 }
@@ -566,7 +576,7 @@ mod avx {
                 let mut ia = [zero; T];
                 let mut im = [zero; T];
                 for u in 0..UNITS {
-                    let (c, (a0, a1, mp)) = unit::<F, S>(p, u);
+                    let (c, (a0, a1, mp)) = unit::<F, S>(p, u, T == 1);
                     for q in 0..T {
                         let x = xs[q].add(blk * SUPER + u * UNIT);
                         let (s0, s1) = unit_sums::<F, S>(&c, x, zero);

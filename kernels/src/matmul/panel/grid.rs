@@ -19,8 +19,9 @@
 //! ```
 //!
 //! Decoding a unit for 8 rows (`grid_unit_avx`) loads each row's grid entries (IQ2_XXS by
-//! scalar loads, IQ1_S by two 64-bit gathers per entry: each measured the faster for its
-//! format, IQ2_XS by scalar loads; IQ3_XXS's 4-value entries are one 32-bit gather per
+//! scalar loads, IQ1_S by two 64-bit gathers per entry, or in one-token passes by scalar
+//! loads of indices computed in a vector: each measured the faster for its format and pass,
+//! IQ2_XS by scalar loads; IQ3_XXS's 4-value entries are one 32-bit gather per
 //! quad) and shuffles them into the quad vectors. The IQ2 and IQ3_XXS codes are `±grid`: the
 //! sign byte is the 7-bit
 //! sign index plus its parity bit (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`, parity by a
@@ -64,7 +65,21 @@ macro_rules! grid_consts {
 
 /// A grid format's `grid_unit_avx`: the AVX decoder `avx::$f`.
 macro_rules! grid_avx {
-    ($f:ident) => {
+    ($f:ident$(::<$g:tt>)?, one_token: $one:ident::<$h:tt>) => {
+        grid_avx!($f$(::<$g>)?);
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn grid_unit_avx_one(
+            unit: *const u8,
+        ) -> (
+            [std::arch::x86_64::__m256i; 8],
+            (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
+        ) {
+            // SAFETY: per the caller.
+            unsafe { avx::$one::<$h>(unit) }
+        }
+    };
+    ($f:ident$(::<$g:tt>)?) => {
         #[cfg(target_arch = "x86_64")]
         #[inline(always)]
         unsafe fn grid_unit_avx(
@@ -74,7 +89,7 @@ macro_rules! grid_avx {
             (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
         ) {
             // SAFETY: per the caller.
-            unsafe { avx::$f(unit) }
+            unsafe { avx::$f$(::<$g>)?(unit) }
         }
     };
 }
@@ -271,7 +286,7 @@ impl PanelFormat for Iq1SPanel {
         (a, a)
     }
 
-    grid_avx!(iq1s_unit);
+    grid_avx!(iq1s_unit::<false>, one_token: iq1s_unit::<true>);
 }
 
 /// A grid panel decoded for a chunk of tokens: the same integers as the grid format's, as
@@ -573,12 +588,18 @@ pub(crate) mod avx {
         }
     }
 
-    /// An IQ1_S unit (48 bytes at `p`) for 8 rows.
+    /// An IQ1_S unit (48 bytes at `p`) for 8 rows: grid entries by two 64-bit gathers per 8
+    /// rows, or with `SCALAR` by 8 scalar loads from the indices computed in a vector (one
+    /// token at a time: 442 vs 420 tokens/s for the small IQ1_S file's tg128 on two threads;
+    /// in multi-token passes, where every decoded unit serves several tokens' dot products,
+    /// the scalar loads measured slower: pp512 2400 vs 2925).
     ///
     /// # Safety
     /// AVX2; `p` valid for 48 reads.
     #[inline(always)]
-    pub(super) unsafe fn iq1s_unit(p: *const u8) -> ([__m256i; 8], (__m256i, __m256i)) {
+    pub(super) unsafe fn iq1s_unit<const SCALAR: bool>(
+        p: *const u8,
+    ) -> ([__m256i; 8], (__m256i, __m256i)) {
         // SAFETY: AVX2 per the caller; loads inside the unit; gathers index the 2048-entry
         // grid with 11-bit indices.
         unsafe {
@@ -599,7 +620,13 @@ pub(crate) mod avx {
                     _mm256_set1_epi32(7),
                 );
                 let gi = _mm256_or_si256(low, _mm256_slli_epi32::<8>(high));
-                let (g_lo, g_hi) = gather_quads(&IQ1S_GRID, gi);
+                let (g_lo, g_hi) = if SCALAR {
+                    let mut at = [0u32; 8];
+                    _mm256_storeu_si256(at.as_mut_ptr().cast(), gi);
+                    load_quads(&IQ1S_GRID, |r| at[r] as usize)
+                } else {
+                    gather_quads(&IQ1S_GRID, gi)
+                };
                 // 8g by the sign of g (bytes −1, 0, 1), plus the offset.
                 c[2 * l] = _mm256_add_epi8(_mm256_sign_epi8(eight, g_lo), delta);
                 c[2 * l + 1] = _mm256_add_epi8(_mm256_sign_epi8(eight, g_hi), delta);

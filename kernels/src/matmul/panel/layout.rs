@@ -137,6 +137,23 @@ pub(crate) trait PanelFormat {
         unreachable!("not a grid format")
     }
 
+    /// [`PanelFormat::grid_unit_avx`] for a pass of one token, where a format may decode
+    /// differently (IQ1_S: scalar table loads instead of gathers).
+    ///
+    /// # Safety
+    /// As [`PanelFormat::grid_unit_avx`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn grid_unit_avx_one(
+        unit: *const u8,
+    ) -> (
+        [std::arch::x86_64::__m256i; 8],
+        (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
+    ) {
+        // SAFETY: per the caller.
+        unsafe { Self::grid_unit_avx(unit) }
+    }
+
     /// Offset of the scales in a panel block.
     const SCALES_AT: usize = 0;
     /// Offset of the 8 f16 `d` (the 8 `dm` follow).
