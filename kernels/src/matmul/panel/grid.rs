@@ -37,6 +37,23 @@ use std::marker::PhantomData;
 use super::layout::{CodeKind, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNIT, UNITS};
 use crate::dequant::{IQ1S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
 
+/// IQ1_S's grid with every value times 8 (bytes −8, 0, 8): the `8g` of its codes `8g ± 1`
+/// without a multiply per decoded unit.
+static IQ1S_GRID8: [u64; 2048] = {
+    let mut t = [0u64; 2048];
+    let mut i = 0;
+    while i < t.len() {
+        let mut b = 0;
+        while b < 8 {
+            let g = (IQ1S_GRID[i] >> (8 * b)) as u8 as i8;
+            t[i] |= ((g * 8) as u8 as u64) << (8 * b);
+            b += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
 /// The layout constants every grid format shares.
 macro_rules! grid_consts {
     ($d_factor:expr, unit_scale: $unit_scale:expr) => {
@@ -365,7 +382,7 @@ fn sign_byte(i: u32) -> u8 {
 pub(crate) mod avx {
     use std::arch::x86_64::*;
 
-    use super::{PanelFormat, IQ1S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
+    use super::{PanelFormat, IQ1S_GRID8, IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
 
     /// The grid entries `table[index]` of 8 rows (`index` i32 lanes, row order) as the two
     /// quad vectors of their first and last 4 bytes.
@@ -608,7 +625,6 @@ pub(crate) mod avx {
             // The offset per lane: +1, or −1 (all bytes 0xFF) where bit 15 is set.
             let neg = _mm256_srai_epi32::<31>(_mm256_slli_epi32::<16>(qh));
             let delta = _mm256_or_si256(neg, _mm256_set1_epi8(1));
-            let eight = _mm256_set1_epi8(8);
             let mut c = [_mm256_setzero_si256(); 8];
             for l in 0..4 {
                 let low = _mm256_and_si256(
@@ -623,13 +639,13 @@ pub(crate) mod avx {
                 let (g_lo, g_hi) = if SCALAR {
                     let mut at = [0u32; 8];
                     _mm256_storeu_si256(at.as_mut_ptr().cast(), gi);
-                    load_quads(&IQ1S_GRID, |r| at[r] as usize)
+                    load_quads(&IQ1S_GRID8, |r| at[r] as usize)
                 } else {
-                    gather_quads(&IQ1S_GRID, gi)
+                    gather_quads(&IQ1S_GRID8, gi)
                 };
-                // 8g by the sign of g (bytes −1, 0, 1), plus the offset.
-                c[2 * l] = _mm256_add_epi8(_mm256_sign_epi8(eight, g_lo), delta);
-                c[2 * l + 1] = _mm256_add_epi8(_mm256_sign_epi8(eight, g_hi), delta);
+                // 8g plus the offset.
+                c[2 * l] = _mm256_add_epi8(g_lo, delta);
+                c[2 * l + 1] = _mm256_add_epi8(g_hi, delta);
             }
             let a = odd_scale::<12>(qh, 7);
             (c, (a, a))
