@@ -86,12 +86,7 @@ macro_rules! grid_avx {
         grid_avx!($f$(::<$g>)?);
         #[cfg(target_arch = "x86_64")]
         #[inline(always)]
-        unsafe fn grid_unit_avx_one(
-            unit: *const u8,
-        ) -> (
-            [std::arch::x86_64::__m256i; 8],
-            (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
-        ) {
+        unsafe fn grid_unit_avx_one(unit: *const u8) -> $crate::matmul::panel::layout::GridUnit {
             // SAFETY: per the caller.
             unsafe { avx::$one::<$h>(unit) }
         }
@@ -99,12 +94,7 @@ macro_rules! grid_avx {
     ($f:ident$(::<$g:tt>)?) => {
         #[cfg(target_arch = "x86_64")]
         #[inline(always)]
-        unsafe fn grid_unit_avx(
-            unit: *const u8,
-        ) -> (
-            [std::arch::x86_64::__m256i; 8],
-            (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
-        ) {
+        unsafe fn grid_unit_avx(unit: *const u8) -> $crate::matmul::panel::layout::GridUnit {
             // SAFETY: per the caller.
             unsafe { avx::$f$(::<$g>)?(unit) }
         }

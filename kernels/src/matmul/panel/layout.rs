@@ -35,6 +35,14 @@ pub(crate) const UNIT: usize = 32;
 /// Units per super-block.
 pub(crate) const UNITS: usize = SUPER / UNIT;
 
+/// A grid format's unit decoded for 8 rows: its 8 quad vectors of signed codes and the
+/// scales of its two 16-value halves (i32 lanes).
+#[cfg(target_arch = "x86_64")]
+pub(crate) type GridUnit = (
+    [std::arch::x86_64::__m256i; 8],
+    (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
+);
+
 /// How a format's two scale bytes per unit give its integer scales and offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ScaleKind {
@@ -128,12 +136,7 @@ pub(crate) trait PanelFormat {
     /// # Safety
     /// AVX2; `unit` valid for [`PanelFormat::UNIT_BYTES`] reads.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn grid_unit_avx(
-        _unit: *const u8,
-    ) -> (
-        [std::arch::x86_64::__m256i; 8],
-        (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
-    ) {
+    unsafe fn grid_unit_avx(_unit: *const u8) -> GridUnit {
         unreachable!("not a grid format")
     }
 
@@ -144,12 +147,7 @@ pub(crate) trait PanelFormat {
     /// As [`PanelFormat::grid_unit_avx`].
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn grid_unit_avx_one(
-        unit: *const u8,
-    ) -> (
-        [std::arch::x86_64::__m256i; 8],
-        (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
-    ) {
+    unsafe fn grid_unit_avx_one(unit: *const u8) -> GridUnit {
         // SAFETY: per the caller.
         unsafe { Self::grid_unit_avx(unit) }
     }

@@ -469,17 +469,22 @@ mod tests {
         }
     }
 
+    /// The tiny fixture model (Q8_0) in fast mode.
+    fn tiny_fast_model() -> Model {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
+        Model::open(&path)
+            .expect("the tiny fixture model")
+            .with_mode(NumericMode::Fast)
+    }
+
     /// Fast mode's prompt tokens (the decompressed form, `attention_prompt.rs`): a prompt
     /// cut into chunks at any point gives each token the bits of the uncut prompt (what
     /// prefix reuse relies on), over more than one decompressed range; and the result is the
     /// absorbed form's (generated tokens) up to rounding.
     #[test]
     fn prompt_form_is_chunk_invariant_and_close_to_the_absorbed_form() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
-        let model = Model::open(&path)
-            .expect("the tiny fixture model")
-            .with_mode(NumericMode::Fast);
+        let model = tiny_fast_model();
         assert!(
             super::attention_prompt::PromptWeights::of(&model, 0).is_some(),
             "fast mode made the transposed k_b"
@@ -542,11 +547,7 @@ mod tests {
     #[test]
     fn prompt_tail_is_absorbed_and_the_reusable_positions_keep_their_bits() {
         use super::attention_prompt::FORM_GROUP_TOKENS as G;
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
-        let model = Model::open(&path)
-            .expect("the tiny fixture model")
-            .with_mode(NumericMode::Fast);
+        let model = tiny_fast_model();
         let form = model.prompt_form();
         assert!(
             matches!(form, PromptForm::Decompressed { min_tail } if min_tail > 1),
