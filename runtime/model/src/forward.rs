@@ -7,7 +7,7 @@
 //! kv_cache.rs   the MLA latent cache of one sequence
 //! prefix_cache.rs  prompt prefixes' KV kept in blocks for reuse by later prompts
 //! attention.rs  MLA attention: absorbed form (exact mode, generated tokens)
-//! attention_prompt.rs  fast mode's prompt tokens: the decompressed form
+//! attention_prompt.rs  fast mode's prompt tokens: the decompressed form; PromptForm
 //! moe.rs        router, ExpertBackend (local or remote experts)
 //! ffn_region.rs SwiGLU FFNs on the CPU (routed experts, dense FFNs): one parallel region
 //! expert_compute.rs  ExpertCompute, the device seam (CpuCompute runs ffn_region.rs)

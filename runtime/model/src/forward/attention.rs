@@ -1,7 +1,8 @@
 //! MLA attention (spec §2.2): the cache holds only the normalized latent `c` and the roped
 //! shared key. This file computes the absorbed form: `attn_k_b` is folded into the query and
-//! `attn_v_b` applied to the attention-weighted latent. Fast mode's prompt tokens take the
-//! decompressed form instead (`attention_prompt.rs`, see [`super::TokenKind`]).
+//! `attn_v_b` applied to the attention-weighted latent. Fast mode's prompt tokens, but a
+//! prompt's short tail, take the decompressed form instead (`attention_prompt.rs`, see
+//! [`super::TokenKind`]); a chunk holding both splits its rows between the forms.
 //!
 //! The per-head query absorption and value projection are matmuls, one job per head. The
 //! attention proper, absorbed form in both modes (every head scores the same latent rows, so
