@@ -22,7 +22,7 @@ use moe_kernels::{
     flash_attend, num_threads, run_jobs, FlashState, NumericMode, MATMUL_PARALLEL_MIN_MACS,
 };
 
-use super::attention_prompt::{self, PromptForm};
+use super::attention_prompt;
 use super::ffn_region::{keep_first_error, take_error};
 use super::ops::{dot, rms_norm, rms_norm_inplace, softmax_inplace};
 use super::{KvCache, TokenKind};
@@ -116,18 +116,20 @@ fn attention_with(
     }
     // Rows before `split` take the decompressed form (fast mode's prompt tokens but a short
     // tail, `attention_prompt.rs`), the others the absorbed one: o = [t, H*dv].
-    let prompt = match kind {
-        TokenKind::Prompt { len } => match model.prompt_form() {
-            PromptForm::Absorbed => None,
-            form => attention_prompt::PromptWeights::of(model, l)
-                .map(|w| (w, form.absorbed_from(len).clamp(pos0, pos0 + t) - pos0)),
-        },
-        TokenKind::Generated => None,
+    // The decompression weights are looked up only for a chunk with such rows.
+    let decompressed = match kind {
+        TokenKind::Prompt { len } => {
+            model.prompt_form().absorbed_from(len).clamp(pos0, pos0 + t) - pos0
+        }
+        TokenKind::Generated => 0,
     };
-    let split = prompt.as_ref().map_or(0, |(_, split)| *split);
+    let weights = (decompressed > 0)
+        .then(|| attention_prompt::PromptWeights::of(model, l))
+        .flatten();
+    let split = if weights.is_some() { decompressed } else { 0 };
     let mut o = vec![0f32; t * h * dv];
     let (o_dec, o_abs) = o.split_at_mut(split * h * dv);
-    if let Some((weights, split)) = prompt.filter(|(_, split)| *split > 0) {
+    if let Some(weights) = weights {
         let dims = attention_prompt::Dims::of(c);
         let q_dec = &q[..split * h * qk];
         attention_prompt::attend(&weights, q_dec, (pos0, split), cache, l, dims, scale, o_dec)?;
@@ -541,7 +543,7 @@ mod tests {
     }
 
     /// Fast mode's choice of form for a prompt's short tail depends only on the prompt's
-    /// length, and what [`PromptForm::reusable`] promises holds: a prompt of `2G + 1` tokens
+    /// length, and what [`crate::forward::PromptForm::reusable`] promises holds: a prompt of `2G + 1` tokens
     /// (its one-token tail absorbed) and a prompt of `3G` tokens starting with the same
     /// inputs (no tail: all decompressed) agree bit for bit on the first `2G` positions, and
     /// differ on the tail position (so a prefix cache keeping it would change results).
@@ -551,7 +553,7 @@ mod tests {
         let model = tiny_fast_model();
         let form = model.prompt_form();
         assert!(
-            matches!(form, PromptForm::Decompressed { min_tail } if min_tail > 1),
+            matches!(form, crate::forward::PromptForm::Decompressed { min_tail } if min_tail > 1),
             "{form:?}"
         );
         let (short, long) = (2 * G + 1, 3 * G);

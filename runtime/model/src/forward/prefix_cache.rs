@@ -15,7 +15,8 @@
 //! forward pass computes each token's rows independently of how the prompt is batched or
 //! chunked) and, for a fast-mode prompt's short tail, on where the prompt ends
 //! ([`PromptForm`]): only the positions [`PromptForm::reusable`] names are kept, so a
-//! sequence that starts from a cached prefix holds exactly the rows a cold run computes. At least one prompt token is always left to compute, for the next token's logits.
+//! sequence that starts from a cached prefix holds exactly the rows a cold run computes. At
+//! least one prompt token is always left to compute, for the next token's logits.
 //! Blocks keep rows as the cache stored them (in its [`moe_kernels::KvType`], already rounded),
 //! so a restored prefix holds the very bits a cold run writes; a cache of another type is
 //! refused on restore, never converted.
