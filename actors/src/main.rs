@@ -14,6 +14,7 @@
 //! router/          the router's expert backend: remote experts, peer links, re-placement,
 //!                  `--record-routing`
 //! telemetry.rs     Prometheus metrics: names, `--metrics-addr` endpoint, typed helpers
+//! heap.rs          the allocator's limits for the forward pass's per-layer buffers
 //! ```
 //!
 //! `moe-node --role expert --model F --shards 0-95 --secret-file S` serves experts;
@@ -24,6 +25,7 @@
 
 mod cli;
 mod expert;
+mod heap;
 mod options;
 mod router;
 mod serve;
@@ -176,6 +178,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    heap::keep_transient_buffers();
     match dispatch(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

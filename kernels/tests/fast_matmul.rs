@@ -182,6 +182,9 @@ fn fast_types_against_exact_and_emulation() {
         check_type(ty, 7, 512, &counts, 100 + i as u64);
         check_type(ty, 67, 1024, &counts[..5], 200 + i as u64);
         check_type(ty, 1, 256, &[1, 3], 300 + i as u64);
+        // Kimi's width: a grid panel is decoded once per 54 tokens here (the panel
+        // kernel's activation budget), so 69 tokens cross that chunk and the 32-token one.
+        check_type(ty, 9, 7168, &[2 * FAST_TOKEN_CHUNK + 5], 400 + i as u64);
     }
 }
 
