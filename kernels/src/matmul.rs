@@ -1,13 +1,14 @@
 //! `QMatrix`: a borrowed quantized matrix `[rows, cols]` (ggml ne = [cols, rows]) and the
 //! kernel `y[t, r] = Σ_c W[r, c] · x[t, c]`, threaded over rows.
 //!
-//! Decides: how the work is split. Rows are cut into one contiguous range per thread
-//! (multiples of the row tile), each thread runs the per-type row kernel chosen by
-//! `matmul/kernel_table.rs` on its range, and products below [`MATMUL_PARALLEL_MIN_MACS`]
+//! Decides: how the work is split. Rows are cut into [`MATMUL_RANGES_PER_THREAD`]
+//! contiguous ranges per thread (multiples of the row tile) that the threads claim in turn,
+//! each running the per-type row kernel chosen by `matmul/kernel_table.rs` on its range,
+//! and products below [`MATMUL_PARALLEL_MIN_MACS`]
 //! stay on the calling thread, where handing off would cost more than it saves. The ranges
 //! run on the compute team (`team.rs`: the calling thread and persistent members that spin
 //! between regions), so no thread is spawned or woken per call; [`set_num_threads`] decides
-//! how many ranges a matmul is cut into. Results never depend on the split.
+//! how many threads take part. Results never depend on the split.
 //!
 //! Decides also: the [`NumericMode`] arithmetic a matrix is computed with. A [`QMatrix`]
 //! carries its mode (set by whoever hands it out, e.g. the model); [`NumericMode::Exact`]
@@ -92,12 +93,18 @@ pub fn has_fast_kernel(ty: GgmlType) -> bool {
 }
 
 /// Multiply-adds (`rows · cols · n_tokens`) below which a matmul runs on the calling thread
-/// (4 Mi: a decode step's small projections take microseconds, less than handing half of
+/// (128 Ki: a decode step's small projections take microseconds, less than handing half of
 /// one to another thread costs; measured on two threads, 2^18 decoded 5-10% slower).
 pub const MATMUL_PARALLEL_MIN_MACS: usize = 1 << 17;
 
 /// Fewest rows a worker thread is given (fewer threads are used for short matrices).
 pub const MATMUL_MIN_ROWS_PER_THREAD: usize = 16;
+
+/// Row ranges per thread a parallel matmul is cut into, claimed by whichever thread is free:
+/// with one range per thread, a thread slowed by a neighbour or woken late held the others
+/// idle at the join (`perf` of the small IQ1_S file's decode on two threads: the member
+/// spinning while the caller finished its half of the output head).
+pub const MATMUL_RANGES_PER_THREAD: usize = 4;
 
 /// Most worker threads a matmul uses, whatever [`set_num_threads`] asks for.
 pub const MATMUL_THREADS_MAX: usize = 256;
@@ -427,8 +434,8 @@ impl<'a> QMatrix<'a> {
         Ok(())
     }
 
-    /// Runs `kernel(rows, out)` over contiguous row ranges, one per thread (see the module
-    /// docs); `out[t]` is token `t`'s slice of `y` for those rows.
+    /// Runs `kernel(rows, out)` over contiguous row ranges claimed by `threads` threads
+    /// (see the module docs); `out[t]` is token `t`'s slice of `y` for those rows.
     fn split<K>(&self, n_tokens: usize, y: &mut [f32], threads: usize, kernel: K)
     where
         K: Fn(Range<usize>, &mut [&mut [f32]]) + Sync,
@@ -448,8 +455,14 @@ impl<'a> QMatrix<'a> {
             threads.clamp(1, MATMUL_THREADS_MAX).min(by_rows.max(1))
         };
 
-        // Rows per thread, rounded up to whole tiles.
-        let per = self.rows.div_ceil(threads).div_ceil(tile) * tile;
+        // Rows per range, rounded up to whole tiles, at least the rows a thread is given.
+        let ranges = if threads > 1 {
+            threads * MATMUL_RANGES_PER_THREAD
+        } else {
+            1
+        };
+        let min_rows = MATMUL_MIN_ROWS_PER_THREAD.max(tile);
+        let per = (self.rows.div_ceil(ranges).div_ceil(tile) * tile).max(min_rows.min(self.rows));
         // outs[k][t] is token t's output for the k-th row range.
         let n_ranges = self.rows.div_ceil(per);
         let mut outs: Vec<Vec<&mut [f32]>> = (0..n_ranges)
@@ -466,6 +479,6 @@ impl<'a> QMatrix<'a> {
             .enumerate()
             .map(|(k, out)| (k * per..((k + 1) * per).min(self.rows), out))
             .collect();
-        crate::run_jobs(jobs, n_ranges, |(rows, mut out)| kernel(rows, &mut out));
+        crate::run_jobs(jobs, threads, |(rows, mut out)| kernel(rows, &mut out));
     }
 }

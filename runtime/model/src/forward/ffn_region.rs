@@ -46,6 +46,37 @@ fn rows_per_job(cols: usize, per_row: usize) -> usize {
     rows.div_ceil(EXPERT_ROWS_PER_JOB).max(1) * EXPERT_ROWS_PER_JOB
 }
 
+/// Jobs per thread a phase of a wave is cut into at least, by halving the largest jobs (down
+/// to [`EXPERT_ROWS_PER_JOB`] rows): a decode step's 8 experts (or one shared expert, or a
+/// dense FFN's 11 blocks) in [`EXPERT_JOB_MACS_MIN`] jobs leave threads idle at the phase's
+/// end for up to a whole job.
+pub const WAVE_JOBS_PER_THREAD: usize = 2;
+
+/// Rows per job of each FFN of a phase: `per[i]` ([`rows_per_job`]) for FFN `i` of `rows[i]`
+/// rows costing `row_cost[i]` each, the costliest jobs halved until the phase has
+/// [`WAVE_JOBS_PER_THREAD`] jobs per thread or none can be halved.
+fn spread_jobs(rows: &[usize], row_cost: &[usize], mut per: Vec<usize>, threads: usize) -> Vec<usize> {
+    let unit = EXPERT_ROWS_PER_JOB;
+    for (p, &r) in per.iter_mut().zip(rows) {
+        *p = (*p).min(r.div_ceil(unit) * unit).max(unit);
+    }
+    let want = if threads > 1 {
+        threads * WAVE_JOBS_PER_THREAD
+    } else {
+        1
+    };
+    loop {
+        let jobs: usize = rows.iter().zip(&per).map(|(&r, &p)| r.div_ceil(p)).sum();
+        let costliest = (0..per.len())
+            .filter(|&i| per[i] > unit)
+            .max_by_key(|&i| per[i] * row_cost[i]);
+        match costliest {
+            Some(i) if jobs < want => per[i] = (per[i] / 2).div_ceil(unit) * unit,
+            _ => return per,
+        }
+    }
+}
+
 /// Activation elements below which a wave prepares (quantizes) its inputs on the calling
 /// thread: a decode step's few short rows take a microsecond or two, less than waking a pool
 /// thread costs.
@@ -199,10 +230,22 @@ fn run_wave(
         .iter()
         .map(|ex| vec![0f32; ex.toks.len() * ex.gate.rows()])
         .collect();
+    let gate_rows: Vec<usize> = wave.iter().map(|ex| ex.gate.rows()).collect();
+    let gate_cost: Vec<usize> = wave
+        .iter()
+        .map(|ex| 2 * ex.toks.len() * ex.gate.cols())
+        .collect();
+    let per_gate = spread_jobs(
+        &gate_rows,
+        &gate_cost,
+        wave.iter()
+            .map(|ex| rows_per_job(ex.gate.cols(), 2 * ex.toks.len()))
+            .collect(),
+        threads,
+    );
     let mut jobs = Vec::new();
-    for ((ex, (ga, ua)), mid) in wave.iter().zip(&acts).zip(&mut mids) {
+    for (((ex, (ga, ua)), mid), per) in wave.iter().zip(&acts).zip(&mut mids).zip(per_gate) {
         let ua = ua.as_ref().unwrap_or(ga);
-        let per = rows_per_job(ex.gate.cols(), 2 * ex.toks.len());
         for (rows, outs) in row_blocks(mid, ex.gate.rows(), per) {
             jobs.push((ex, ga, ua, rows, outs));
         }
@@ -232,9 +275,21 @@ fn run_wave(
         .iter()
         .map(|ex| vec![0f32; ex.toks.len() * d])
         .collect();
+    let down_rows: Vec<usize> = wave.iter().map(|ex| ex.down.rows()).collect();
+    let down_cost: Vec<usize> = wave
+        .iter()
+        .map(|ex| ex.toks.len() * ex.down.cols())
+        .collect();
+    let per_down = spread_jobs(
+        &down_rows,
+        &down_cost,
+        wave.iter()
+            .map(|ex| rows_per_job(ex.down.cols(), ex.toks.len()))
+            .collect(),
+        threads,
+    );
     let mut jobs = Vec::new();
-    for ((ex, (da, _)), y) in wave.iter().zip(&acts).zip(&mut ys) {
-        let per = rows_per_job(ex.down.cols(), ex.toks.len());
+    for (((ex, (da, _)), y), per) in wave.iter().zip(&acts).zip(&mut ys).zip(per_down) {
         for (rows, outs) in row_blocks(y, ex.down.rows(), per) {
             jobs.push((ex, da, rows, outs));
         }
