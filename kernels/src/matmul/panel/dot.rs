@@ -184,6 +184,8 @@ trait IntDots {
 
     /// What [`IntDots::bias`] adds to a signed code (the extra offset of signed codes).
     const SIGNED_BIAS: i32;
+    /// AVX-512 VNNI, where [`PanelFormat::grid_unit_sums_512`] runs.
+    const AVX512: bool = false;
     /// Signed codes (or a table of them) as [`IntDots::dps`] takes them.
     ///
     /// # Safety
@@ -248,6 +250,7 @@ impl IntDots for Avx512Vnni {
     }
 
     const SIGNED_BIAS: i32 = 128;
+    const AVX512: bool = true;
 
     #[inline(always)]
     unsafe fn bias(c: avx::V) -> avx::V {
@@ -576,6 +579,16 @@ mod avx {
                 let mut ia = [zero; T];
                 let mut im = [zero; T];
                 for u in 0..UNITS {
+                    if F::ONE_TOKEN_SUMS && S::AVX512 && T == 1 && bias == 128 {
+                        // One token of IQ1_S on AVX-512: the unit's sums without quads.
+                        let at = p.add(F::UNITS_AT + u * F::UNIT_BYTES);
+                        let (sum, a) = F::grid_unit_sums_512(at, xs[0].add(blk * SUPER + u * UNIT));
+                        ia[0] = _mm256_add_epi32(ia[0], _mm256_mullo_epi32(sum, a));
+                        let bs = bss[0].add(blk * SUPER / BSUM_ELEMS + 2 * u);
+                        let mp = _mm256_or_si256(a, _mm256_slli_epi32::<16>(a));
+                        im[0] = S::dpw(im[0], mp, bcast4(bs.cast()));
+                        continue;
+                    }
                     let (c, (a0, a1, mp)) = unit::<F, S>(p, u, T == 1);
                     for q in 0..T {
                         let x = xs[q].add(blk * SUPER + u * UNIT);

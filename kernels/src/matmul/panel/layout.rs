@@ -152,6 +152,23 @@ pub(crate) trait PanelFormat {
         unsafe { Self::grid_unit_avx(unit) }
     }
 
+    /// A grid format with [`PanelFormat::grid_unit_sums_512`] (IQ1_S).
+    const ONE_TOKEN_SUMS: bool = false;
+
+    /// A grid format's unit at `unit` against one token's 32 activation bytes at `x`, on
+    /// AVX-512 VNNI: per row (i32 lanes) `Σ (c + 128)·x` and the unit's scale (one per
+    /// unit), without the quad vectors of [`PanelFormat::grid_unit_avx`].
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL/VNNI; `unit` valid for [`PanelFormat::UNIT_BYTES`] reads, `x` for 32.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn grid_unit_sums_512(
+        _unit: *const u8,
+        _x: *const i8,
+    ) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+        unreachable!("no one-token unit sums")
+    }
+
     /// Offset of the scales in a panel block.
     const SCALES_AT: usize = 0;
     /// Offset of the 8 f16 `d` (the 8 `dm` follow).

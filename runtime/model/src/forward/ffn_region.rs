@@ -55,7 +55,12 @@ pub const WAVE_JOBS_PER_THREAD: usize = 2;
 /// Rows per job of each FFN of a phase: `per[i]` ([`rows_per_job`]) for FFN `i` of `rows[i]`
 /// rows costing `row_cost[i]` each, the costliest jobs halved until the phase has
 /// [`WAVE_JOBS_PER_THREAD`] jobs per thread or none can be halved.
-fn spread_jobs(rows: &[usize], row_cost: &[usize], mut per: Vec<usize>, threads: usize) -> Vec<usize> {
+fn spread_jobs(
+    rows: &[usize],
+    row_cost: &[usize],
+    mut per: Vec<usize>,
+    threads: usize,
+) -> Vec<usize> {
     let unit = EXPERT_ROWS_PER_JOB;
     for (p, &r) in per.iter_mut().zip(rows) {
         *p = (*p).min(r.div_ceil(unit) * unit).max(unit);
