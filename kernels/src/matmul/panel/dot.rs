@@ -290,7 +290,12 @@ impl PanelDot for Avx2Fma {
 impl PanelDot for Avx512Vnni {
     fn decode_grid<F: PanelFormat>(panel: &[u8], out: &mut [u8]) {
         // Only dispatched to on a CPU with AVX2.
-        grid::decode::<F>(panel, out, Some(grid::avx::store_unit_codes::<F>));
+        let codes = if F::ONE_TOKEN_SUMS {
+            grid::avx512::store_iq1s_unit_codes
+        } else {
+            grid::avx::store_unit_codes::<F>
+        };
+        grid::decode::<F>(panel, out, Some(codes));
     }
 
     const TOKENS: usize = 4;

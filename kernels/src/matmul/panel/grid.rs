@@ -693,7 +693,60 @@ pub(crate) mod avx {
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::IQ1S_GRID8_BIASED;
+    use super::{IQ1S_GRID8, IQ1S_GRID8_BIASED};
+
+    /// The unit's 8 rows' grid indices of entry `l` (i32 lanes, row order): 8 bits of `qs`,
+    /// 3 of `qh`.
+    #[inline(always)]
+    unsafe fn iq1s_indices(qs: __m256i, qh: __m256i, l: usize) -> __m256i {
+        // SAFETY: AVX2 per the caller.
+        unsafe {
+            let low = _mm256_and_si256(
+                _mm256_srlv_epi32(qs, _mm256_set1_epi32(8 * l as i32)),
+                _mm256_set1_epi32(255),
+            );
+            let high = _mm256_and_si256(
+                _mm256_srlv_epi32(qh, _mm256_set1_epi32(3 * l as i32)),
+                _mm256_set1_epi32(7),
+            );
+            _mm256_or_si256(low, _mm256_slli_epi32::<8>(high))
+        }
+    }
+
+    /// IQ1_S's unit at `p` decoded and stored as [`super::Decoded`]'s 8 quad vectors (256
+    /// bytes at `out`), the codes `grid_codes` gives: per grid entry the 8 rows' entries by
+    /// scalar loads into one vector, then one in-lane byte shuffle and one dword permutation
+    /// make them the two quad vectors (the AVX2 form gathers twice and shuffles four times).
+    /// `kernel_timing`, one thread, 4096 x 7168, 8 / 16 tokens: 3510 / 5070 -> 3210 / 4760
+    /// µs (one 8-row gather instead of the scalar loads: unchanged from the AVX2 form).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL; `p` valid for 48 reads, `out` for 256 writes.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+    pub(crate) unsafe fn store_iq1s_unit_codes(p: *const u8, out: *mut u8) {
+        // SAFETY: per the caller; the grid is indexed with 11-bit indices (bounds-checked).
+        unsafe {
+            let qs = _mm256_loadu_si256(p.cast());
+            let qh = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(32).cast()));
+            // The offset per row (dword lane r of both quad vectors): +1, or −1 (bit 15).
+            let neg = _mm256_srai_epi32::<31>(_mm256_slli_epi32::<16>(qh));
+            let delta = _mm512_broadcast_i64x4(_mm256_or_si256(neg, _mm256_set1_epi8(1)));
+            // In each 128-bit lane (rows 2i, 2i + 1): both rows' bytes 0..4, then 4..8.
+            let halves = _mm512_broadcast_i32x4(_mm_setr_epi8(
+                0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15,
+            ));
+            // Then every row's first 4 bytes in row order, then every row's last 4.
+            let rows = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+            for l in 0..4 {
+                let mut at = [0u32; 8];
+                _mm256_storeu_si256(at.as_mut_ptr().cast(), iq1s_indices(qs, qh, l));
+                let g = |r: usize| IQ1S_GRID8[at[r] as usize] as i64;
+                let e = _mm512_set_epi64(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
+                let q = _mm512_permutexvar_epi32(rows, _mm512_shuffle_epi8(e, halves));
+                _mm512_storeu_si512(out.add(64 * l).cast(), _mm512_add_epi8(q, delta));
+            }
+        }
+    }
 
     /// IQ1_S's unit at `p` against one token's 32 activation bytes at `x`: per row (i32
     /// lanes, row order) `Σ (c + 128)·x` over the unit, and the unit's scale `a = 2s + 1`.
@@ -714,19 +767,8 @@ pub(crate) mod avx512 {
             let delta = _mm512_or_si512(_mm512_cvtepi32_epi64(neg), _mm512_set1_epi8(1));
             let mut acc = _mm512_setzero_si512();
             for l in 0..4 {
-                let low = _mm256_and_si256(
-                    _mm256_srlv_epi32(qs, _mm256_set1_epi32(8 * l as i32)),
-                    _mm256_set1_epi32(255),
-                );
-                let high = _mm256_and_si256(
-                    _mm256_srlv_epi32(qh, _mm256_set1_epi32(3 * l as i32)),
-                    _mm256_set1_epi32(7),
-                );
                 let mut at = [0u32; 8];
-                _mm256_storeu_si256(
-                    at.as_mut_ptr().cast(),
-                    _mm256_or_si256(low, _mm256_slli_epi32::<8>(high)),
-                );
+                _mm256_storeu_si256(at.as_mut_ptr().cast(), iq1s_indices(qs, qh, l));
                 let g = |r: usize| IQ1S_GRID8_BIASED[at[r] as usize] as i64;
                 let e = _mm512_set_epi64(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
                 let xq = _mm512_set1_epi64(x.add(8 * l).cast::<i64>().read_unaligned());
