@@ -30,7 +30,7 @@ mod kquants;
 mod legacy;
 mod ternary;
 
-pub(crate) use iq1::{iq1_m_d, iq1_m_scale};
+pub(crate) use iq1::{iq1_m_d, iq1_m_d_bits, iq1_m_scale};
 pub(crate) use iq_tables::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
 };

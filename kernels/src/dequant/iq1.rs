@@ -38,12 +38,18 @@ pub(crate) fn iq1_s(b: &[u8; 50], y: &mut [f32; 256]) {
     }
 }
 
-/// IQ1_M's f16 `d`: the top 4 bits of its four little-endian u16 scale words at `48..56`.
+/// The bits of IQ1_M's f16 `d`: the top 4 bits of its four little-endian u16 scale words at
+/// `48..56`.
+#[inline(always)]
+pub(crate) fn iq1_m_d_bits(b: &[u8]) -> u16 {
+    let w = |k: usize| u16::from_le_bytes([b[48 + 2 * k], b[49 + 2 * k]]);
+    (w(0) >> 12) | ((w(1) >> 8) & 0x00F0) | ((w(2) >> 4) & 0x0F00) | (w(3) & 0xF000)
+}
+
+/// IQ1_M's f16 `d` ([`iq1_m_d_bits`]).
 #[inline(always)]
 pub(crate) fn iq1_m_d(b: &[u8]) -> f32 {
-    let w = |k: usize| u16::from_le_bytes([b[48 + 2 * k], b[49 + 2 * k]]);
-    let bits = (w(0) >> 12) | ((w(1) >> 8) & 0x00F0) | ((w(2) >> 4) & 0x0F00) | (w(3) & 0xF000);
-    f16_to_f32(bits.to_le_bytes())
+    f16_to_f32(iq1_m_d_bits(b).to_le_bytes())
 }
 
 /// IQ1_M's 3-bit scale of the 16 elements `16k..16k+16`: bits `3(k%4)..` of scale word `k/4`.

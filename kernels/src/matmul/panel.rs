@@ -1,5 +1,5 @@
 //! Weights repacked at load for the Fast mode: [`PackedMatrix`], a matrix of the k-quants
-//! (Q2_K .. Q6_K), IQ4_XS, the grids IQ2_XXS, IQ2_XS, IQ3_XXS and IQ1_S, or the 32-element Q8_0,
+//! (Q2_K .. Q6_K), IQ4_XS, the grids IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S and IQ1_M, or the 32-element Q8_0,
 //! Q4_0 and IQ4_NL (rows of whole 256-element super-blocks) in 8-row panels whose codes lie
 //! rows-in-lanes, so that one `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd` on AVX2) takes 4
 //! codes of each of 8 rows and the 8 rows' sums end in the 8 lanes of a vector: no
@@ -34,7 +34,7 @@ use std::ops::Range;
 
 use self::dot::PanelDot;
 use self::formats::{Iq4Nlx8, Q40x8, Q80x8};
-use self::grid::{Decoded, Iq1SPanel, Iq2XsPanel, Iq2XxsPanel, Iq3XxsPanel};
+use self::grid::{Decoded, Iq1MPanel, Iq1SPanel, Iq2XsPanel, Iq2XxsPanel, Iq3XxsPanel};
 pub(crate) use self::layout::PANEL_ROWS;
 use self::layout::{PanelFormat, SUPER};
 use super::fast::iq4::Iq4Xs;
@@ -63,6 +63,7 @@ macro_rules! by_format {
             GgmlType::IQ2_XS => by_format!(@ $F = Iq2XsPanel, $body),
             GgmlType::IQ3_XXS => by_format!(@ $F = Iq3XxsPanel, $body),
             GgmlType::IQ1_S => by_format!(@ $F = Iq1SPanel, $body),
+            GgmlType::IQ1_M => by_format!(@ $F = Iq1MPanel, $body),
             _ => $other,
         }
     };

@@ -290,8 +290,8 @@ impl PanelDot for Avx2Fma {
 impl PanelDot for Avx512Vnni {
     fn decode_grid<F: PanelFormat>(panel: &[u8], out: &mut [u8]) {
         // Only dispatched to on a CPU with AVX2.
-        let codes = if F::ONE_TOKEN_SUMS {
-            grid::avx512::store_iq1s_unit_codes
+        let codes = if F::AVX512_GRID {
+            F::grid_store_unit_512
         } else {
             grid::avx::store_unit_codes::<F>
         };
@@ -584,13 +584,19 @@ mod avx {
                 let mut ia = [zero; T];
                 let mut im = [zero; T];
                 for u in 0..UNITS {
-                    if F::ONE_TOKEN_SUMS && S::AVX512 && T == 1 && bias == 128 {
-                        // One token of IQ1_S on AVX-512: the unit's sums without quads.
+                    if F::AVX512_GRID && S::AVX512 && T == 1 && bias == 128 {
+                        // One token of a 1-bit grid on AVX-512: the unit's sums without quads.
                         let at = p.add(F::UNITS_AT + u * F::UNIT_BYTES);
-                        let (sum, a) = F::grid_unit_sums_512(at, xs[0].add(blk * SUPER + u * UNIT));
-                        ia[0] = _mm256_add_epi32(ia[0], _mm256_mullo_epi32(sum, a));
+                        let x = xs[0].add(blk * SUPER + u * UNIT);
+                        let ((s0, s1), (a0, a1)) = F::grid_unit_sums_512(at, x);
+                        let v = if F::UNIT_SCALE {
+                            _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), a0)
+                        } else {
+                            _mm256_add_epi32(_mm256_mullo_epi32(s0, a0), _mm256_mullo_epi32(s1, a1))
+                        };
+                        ia[0] = _mm256_add_epi32(ia[0], v);
                         let bs = bss[0].add(blk * SUPER / BSUM_ELEMS + 2 * u);
-                        let mp = _mm256_or_si256(a, _mm256_slli_epi32::<16>(a));
+                        let mp = _mm256_or_si256(a0, _mm256_slli_epi32::<16>(a1));
                         im[0] = S::dpw(im[0], mp, bcast4(bs.cast()));
                         continue;
                     }

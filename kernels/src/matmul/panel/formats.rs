@@ -154,7 +154,7 @@ impl<const BYTES: usize, const Q8: bool, const TABLE: u8> PanelFormat
 
 #[cfg(test)]
 mod tests {
-    use super::super::grid::{Iq1SPanel, Iq2XsPanel, Iq2XxsPanel, Iq3XxsPanel};
+    use super::super::grid::{Iq1MPanel, Iq1SPanel, Iq2XsPanel, Iq2XxsPanel, Iq3XxsPanel};
     use super::super::layout::tests::{roundtrip, rows};
     use super::super::layout::PANEL_ROWS;
     use super::*;
@@ -247,6 +247,7 @@ mod tests {
             (Iq4Nlx8::PANEL_BLOCK_BYTES, 148),
             (Iq2XxsPanel::PANEL_BLOCK_BYTES, 68),
             (Iq1SPanel::PANEL_BLOCK_BYTES, 52),
+            (Iq1MPanel::PANEL_BLOCK_BYTES, 60),
             (Iq3XxsPanel::PANEL_BLOCK_BYTES, 100),
             (Iq2XsPanel::PANEL_BLOCK_BYTES, 76),
         ];

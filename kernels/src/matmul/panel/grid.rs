@@ -1,7 +1,7 @@
-//! The panel layouts of the grid formats IQ2_XXS, IQ2_XS, IQ3_XXS and IQ1_S, whose codes are
-//! grid entries, not bit fields: the file's bytes regrouped rows-in-lanes, nothing decoded at
-//! load, so a panel is as small as the file (bytes per row and 256 elements: IQ2_XXS 68 vs
-//! 66, IQ2_XS 76 vs 74, IQ3_XXS 100 vs 98, IQ1_S 52 vs 50).
+//! The panel layouts of the grid formats IQ2_XXS, IQ2_XS and IQ3_XXS (IQ1_S and IQ1_M in
+//! `grid/iq1.rs`), whose codes are grid entries, not bit fields: the file's bytes regrouped
+//! rows-in-lanes, nothing decoded at load, so a panel is as small as the file (bytes per row
+//! and 256 elements: IQ2_XXS 68 vs 66, IQ2_XS 76 vs 74, IQ3_XXS 100 vs 98).
 //!
 //! ```text
 //! d       16 bytes   8 f16 `d` (the weight is (d/8)·(2s + 1)·code; IQ3_XXS d/4)
@@ -12,26 +12,16 @@
 //!                  index, 7-bit sign index), then of 2, 3, then per row its scale byte
 //!                  (`s` of each 16 values);
 //!         IQ3_XXS, 96 bytes: per row grid indices 0..4, then 4..8 (one per 4 values), then
-//!                  per row its sign-and-scale word (as IQ2_XXS's second word);
-//!         IQ1_S, 48 bytes: per row its 4 low index bytes (`qs`), then per row its `qh`
-//!                  word (3 high index bits per grid entry, `s` in bits 12..15, the
-//!                  offset's sign in bit 15)
+//!                  per row its sign-and-scale word (as IQ2_XXS's second word)
 //! ```
 //!
-//! Decoding a unit for 8 rows (`grid_unit_avx`) loads each row's grid entries (IQ2_XXS by
-//! scalar loads, IQ1_S by two 64-bit gathers per entry, or in one-token passes by scalar
-//! loads of indices computed in a vector: each measured the faster for its format and pass,
-//! IQ2_XS by scalar loads; IQ3_XXS's 4-value entries are one 32-bit gather per
-//! quad) and shuffles them into the quad vectors. The IQ2 and IQ3_XXS codes are `±grid`: the
-//! sign byte is the 7-bit
-//! sign index plus its parity bit (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`, parity by a
-//! nibble table shuffle), applied as byte masks. IQ1_S's codes are `8g ± 1`
-//! (`g` in −1..=1, one offset sign per unit), as `fast/ternary.rs` defines them. Scales
-//! `a = 2s + 1`, one per unit ([`PanelFormat::UNIT_SCALE`]; IQ2_XS one per 16 values).
-//!
-//! On AVX-512 VNNI a one-token pass of IQ1_S skips the quads ([`avx512::iq1s_unit_sums`]):
-//! each row's grid entry stays one 64-bit lane (8 rows a vector), one `vpdpbusd` per entry
-//! against the token's 8 bytes broadcast, the two halves of a row summed at the unit's end.
+//! Decoding a unit for 8 rows (`grid_unit_avx`) loads each row's grid entries (IQ2_XXS and
+//! IQ2_XS by scalar loads, each measured the faster for its format; IQ3_XXS's 4-value
+//! entries are one 32-bit gather per quad) and shuffles them into the quad vectors. The
+//! codes are `±grid`: the sign byte is the 7-bit sign index plus its parity bit
+//! (`KSIGNS_IQ2XS[i] = i | parity(i) << 7`, parity by a nibble table shuffle), applied as
+//! byte masks. Scales `a = 2s + 1`, one per unit ([`PanelFormat::UNIT_SCALE`]; IQ2_XS one
+//! per 16 values).
 //!
 //! A chunk of more tokens than one pass decodes each panel once ([`decode`]) into
 //! [`Decoded`] blocks: signed bytes, the same integers, so the same bits.
@@ -39,38 +29,7 @@
 use std::marker::PhantomData;
 
 use super::layout::{CodeKind, PanelFormat, ScaleKind, PANEL_ROWS, SUPER, UNIT, UNITS};
-use crate::dequant::{IQ1S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
-
-/// IQ1_S's grid with every value times 8 (bytes −8, 0, 8): the `8g` of its codes `8g ± 1`
-/// without a multiply per decoded unit.
-static IQ1S_GRID8: [u64; 2048] = {
-    let mut t = [0u64; 2048];
-    let mut i = 0;
-    while i < t.len() {
-        let mut b = 0;
-        while b < 8 {
-            let g = (IQ1S_GRID[i] >> (8 * b)) as u8 as i8;
-            t[i] |= ((g * 8) as u8 as u64) << (8 * b);
-            b += 1;
-        }
-        i += 1;
-    }
-    t
-};
-
-/// [`IQ1S_GRID8`] plus 128 in every byte (120, 128, 136): the unsigned bytes `8g + 128` that
-/// the AVX-512 one-token kernel ([`avx512::iq1s_unit_sums`]) adds the offset to, so its codes
-/// come out biased as `vpdpbusd` takes them.
-#[cfg(target_arch = "x86_64")]
-static IQ1S_GRID8_BIASED: [u64; 2048] = {
-    let mut t = [0u64; 2048];
-    let mut i = 0;
-    while i < t.len() {
-        t[i] = IQ1S_GRID8[i] ^ 0x8080_8080_8080_8080;
-        i += 1;
-    }
-    t
-};
+use crate::dequant::{IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
 
 /// The layout constants every grid format shares.
 macro_rules! grid_consts {
@@ -100,24 +59,27 @@ macro_rules! grid_consts {
 
 /// A grid format's `grid_unit_avx`: the AVX decoder `avx::$f`.
 macro_rules! grid_avx {
-    ($f:ident$(::<$g:tt>)?, one_token: $one:ident::<$h:tt>) => {
-        grid_avx!($f$(::<$g>)?);
+    ($f:ident$(::<$($g:tt),*>)?, one_token: $one:ident::<$($h:tt),*>) => {
+        grid_avx!($f$(::<$($g),*>)?);
         #[cfg(target_arch = "x86_64")]
         #[inline(always)]
         unsafe fn grid_unit_avx_one(unit: *const u8) -> $crate::matmul::panel::layout::GridUnit {
             // SAFETY: per the caller.
-            unsafe { avx::$one::<$h>(unit) }
+            unsafe { avx::$one::<$($h),*>(unit) }
         }
     };
-    ($f:ident$(::<$g:tt>)?) => {
+    ($f:ident$(::<$($g:tt),*>)?) => {
         #[cfg(target_arch = "x86_64")]
         #[inline(always)]
         unsafe fn grid_unit_avx(unit: *const u8) -> $crate::matmul::panel::layout::GridUnit {
             // SAFETY: per the caller.
-            unsafe { avx::$f$(::<$g>)?(unit) }
+            unsafe { avx::$f$(::<$($g),*>)?(unit) }
         }
     };
 }
+
+mod iq1;
+pub(crate) use self::iq1::{Iq1MPanel, Iq1SPanel};
 
 /// Row `r`'s 4-byte word at `at` + 4r in panel block `p`.
 fn word(p: &[u8], at: usize, r: usize) -> u32 {
@@ -272,60 +234,6 @@ impl Iq3XxsPanel {
     }
 }
 
-/// IQ1_S panels.
-pub(crate) struct Iq1SPanel;
-
-impl Iq1SPanel {
-    /// Row `r`'s `qh` of unit `u` in panel block `p`.
-    fn qh(p: &[u8], r: usize, u: usize) -> u16 {
-        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 32 + 2 * r;
-        u16::from_le_bytes([p[at], p[at + 1]])
-    }
-}
-
-impl PanelFormat for Iq1SPanel {
-    grid_consts!(0.125, unit_scale: true);
-    const SRC_BYTES: usize = 50;
-    const UNIT_BYTES: usize = 48;
-
-    fn pack(blocks: &[&[u8]], p: &mut [u8]) {
-        pack_grid::<Self>(blocks, p, &[(|u| 2 + 4 * u, 4), (|u| 34 + 2 * u, 2)]);
-    }
-
-    fn grid_codes(p: &[u8], r: usize, u: usize) -> [i8; UNIT] {
-        let at = Self::UNITS_AT + Self::UNIT_BYTES * u + 4 * r;
-        let qh = Self::qh(p, r, u);
-        let delta: i8 = if qh & 0x8000 != 0 { -1 } else { 1 };
-        let mut c = [0i8; UNIT];
-        for l in 0..4 {
-            let idx = p[at + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
-            for (j, g) in IQ1S_GRID[idx].to_le_bytes().into_iter().enumerate() {
-                c[8 * l + j] = 8 * g as i8 + delta;
-            }
-        }
-        c
-    }
-
-    fn grid_scales(p: &[u8], r: usize, u: usize) -> (i32, i32) {
-        let a = 2 * ((Self::qh(p, r, u) >> 12) & 7) as i32 + 1;
-        (a, a)
-    }
-
-    grid_avx!(iq1s_unit::<false>, one_token: iq1s_unit::<true>);
-
-    const ONE_TOKEN_SUMS: bool = true;
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn grid_unit_sums_512(
-        unit: *const u8,
-        x: *const i8,
-    ) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
-        // SAFETY: per the caller.
-        unsafe { avx512::iq1s_unit_sums(unit, x) }
-    }
-}
-
 /// A grid panel decoded for a chunk of tokens: the same integers as the grid format's, as
 /// signed bytes with per-unit scale bytes (`a` twice) and `d`, read by the plain
 /// signed-code kernels.
@@ -402,7 +310,7 @@ fn sign_byte(i: u32) -> u8 {
 pub(crate) mod avx {
     use std::arch::x86_64::*;
 
-    use super::{PanelFormat, IQ1S_GRID8, IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
+    use super::{PanelFormat, IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
 
     /// The grid entries `table[index]` of 8 rows (`index` i32 lanes, row order) as the two
     /// quad vectors of their first and last 4 bytes.
@@ -410,7 +318,7 @@ pub(crate) mod avx {
     /// # Safety
     /// AVX2; every index inside `table`.
     #[inline(always)]
-    unsafe fn gather_quads(table: &[u64], index: __m256i) -> (__m256i, __m256i) {
+    pub(super) unsafe fn gather_quads(table: &[u64], index: __m256i) -> (__m256i, __m256i) {
         // SAFETY: per the caller.
         unsafe {
             let t = table.as_ptr().cast::<i64>();
@@ -424,7 +332,10 @@ pub(crate) mod avx {
     /// bytes in memory: measured faster than the gathers on Zen 4, one token 227 -> 158 µs
     /// for a 512 x 7168 matrix; IQ1_S's 11-bit indices measured slower this way).
     #[inline(always)]
-    unsafe fn load_quads(table: &[u64], idx: impl Fn(usize) -> usize) -> (__m256i, __m256i) {
+    pub(super) unsafe fn load_quads(
+        table: &[u64],
+        idx: impl Fn(usize) -> usize,
+    ) -> (__m256i, __m256i) {
         // SAFETY: AVX2 per the caller; `table` indexing is bounds-checked.
         unsafe {
             let g = |r: usize| table[idx(r)] as i64;
@@ -437,7 +348,7 @@ pub(crate) mod avx {
     /// Rows 0..4's and 4..8's 8-byte entries (`a`, `b`) as the quad vectors of their first
     /// and last 4 bytes.
     #[inline(always)]
-    unsafe fn pair_quads(a: __m256i, b: __m256i) -> (__m256i, __m256i) {
+    pub(super) unsafe fn pair_quads(a: __m256i, b: __m256i) -> (__m256i, __m256i) {
         // SAFETY: AVX2 per the caller.
         unsafe {
             let (af, bf) = (_mm256_castsi256_ps(a), _mm256_castsi256_ps(b));
@@ -453,7 +364,7 @@ pub(crate) mod avx {
 
     /// `2s + 1` of the 3- or 4-bit field `s` at bit `SHIFT` of each lane.
     #[inline(always)]
-    unsafe fn odd_scale<const SHIFT: i32>(w: __m256i, mask: i32) -> __m256i {
+    pub(super) unsafe fn odd_scale<const SHIFT: i32>(w: __m256i, mask: i32) -> __m256i {
         // SAFETY: AVX2 per the caller.
         unsafe {
             let s = _mm256_and_si256(_mm256_srli_epi32::<SHIFT>(w), _mm256_set1_epi32(mask));
@@ -625,53 +536,6 @@ pub(crate) mod avx {
         }
     }
 
-    /// An IQ1_S unit (48 bytes at `p`) for 8 rows: grid entries by two 64-bit gathers per 8
-    /// rows, or with `SCALAR` by 8 scalar loads from the indices computed in a vector (one
-    /// token at a time: 442 vs 420 tokens/s for the small IQ1_S file's tg128 on two threads;
-    /// in multi-token passes, where every decoded unit serves several tokens' dot products,
-    /// the scalar loads measured slower: pp512 2400 vs 2925).
-    ///
-    /// # Safety
-    /// AVX2; `p` valid for 48 reads.
-    #[inline(always)]
-    pub(super) unsafe fn iq1s_unit<const SCALAR: bool>(
-        p: *const u8,
-    ) -> ([__m256i; 8], (__m256i, __m256i)) {
-        // SAFETY: AVX2 per the caller; loads inside the unit; gathers index the 2048-entry
-        // grid with 11-bit indices.
-        unsafe {
-            let qs = _mm256_loadu_si256(p.cast());
-            let qh = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(32).cast()));
-            // The offset per lane: +1, or −1 (all bytes 0xFF) where bit 15 is set.
-            let neg = _mm256_srai_epi32::<31>(_mm256_slli_epi32::<16>(qh));
-            let delta = _mm256_or_si256(neg, _mm256_set1_epi8(1));
-            let mut c = [_mm256_setzero_si256(); 8];
-            for l in 0..4 {
-                let low = _mm256_and_si256(
-                    _mm256_srlv_epi32(qs, _mm256_set1_epi32(8 * l as i32)),
-                    _mm256_set1_epi32(255),
-                );
-                let high = _mm256_and_si256(
-                    _mm256_srlv_epi32(qh, _mm256_set1_epi32(3 * l as i32)),
-                    _mm256_set1_epi32(7),
-                );
-                let gi = _mm256_or_si256(low, _mm256_slli_epi32::<8>(high));
-                let (g_lo, g_hi) = if SCALAR {
-                    let mut at = [0u32; 8];
-                    _mm256_storeu_si256(at.as_mut_ptr().cast(), gi);
-                    load_quads(&IQ1S_GRID8, |r| at[r] as usize)
-                } else {
-                    gather_quads(&IQ1S_GRID8, gi)
-                };
-                // 8g plus the offset.
-                c[2 * l] = _mm256_add_epi8(g_lo, delta);
-                c[2 * l + 1] = _mm256_add_epi8(g_hi, delta);
-            }
-            let a = odd_scale::<12>(qh, 7);
-            (c, (a, a))
-        }
-    }
-
     /// `F`'s unit at `p` decoded and stored: 256 bytes at `out`.
     ///
     /// # Safety
@@ -683,102 +547,6 @@ pub(crate) mod avx {
             for (q, v) in F::grid_unit_avx(p).0.into_iter().enumerate() {
                 _mm256_storeu_si256(out.add(32 * q).cast(), v);
             }
-        }
-    }
-}
-
-/// The AVX-512 one-token kernel of IQ1_S: a unit's grid entries stay whole, one row's 8
-/// bytes per 64-bit lane (8 rows in one vector), so no shuffle turns them into quads.
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{IQ1S_GRID8, IQ1S_GRID8_BIASED};
-
-    /// The unit's 8 rows' grid indices of entry `l` (i32 lanes, row order): 8 bits of `qs`,
-    /// 3 of `qh`.
-    #[inline(always)]
-    unsafe fn iq1s_indices(qs: __m256i, qh: __m256i, l: usize) -> __m256i {
-        // SAFETY: AVX2 per the caller.
-        unsafe {
-            let low = _mm256_and_si256(
-                _mm256_srlv_epi32(qs, _mm256_set1_epi32(8 * l as i32)),
-                _mm256_set1_epi32(255),
-            );
-            let high = _mm256_and_si256(
-                _mm256_srlv_epi32(qh, _mm256_set1_epi32(3 * l as i32)),
-                _mm256_set1_epi32(7),
-            );
-            _mm256_or_si256(low, _mm256_slli_epi32::<8>(high))
-        }
-    }
-
-    /// IQ1_S's unit at `p` decoded and stored as [`super::Decoded`]'s 8 quad vectors (256
-    /// bytes at `out`), the codes `grid_codes` gives: per grid entry the 8 rows' entries by
-    /// scalar loads into one vector, then one in-lane byte shuffle and one dword permutation
-    /// make them the two quad vectors (the AVX2 form gathers twice and shuffles four times).
-    /// `kernel_timing`, one thread, 4096 x 7168, 8 / 16 tokens: 3510 / 5070 -> 3210 / 4760
-    /// µs (one 8-row gather instead of the scalar loads: unchanged from the AVX2 form).
-    ///
-    /// # Safety
-    /// AVX-512 F/BW/VL; `p` valid for 48 reads, `out` for 256 writes.
-    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
-    pub(crate) unsafe fn store_iq1s_unit_codes(p: *const u8, out: *mut u8) {
-        // SAFETY: per the caller; the grid is indexed with 11-bit indices (bounds-checked).
-        unsafe {
-            let qs = _mm256_loadu_si256(p.cast());
-            let qh = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(32).cast()));
-            // The offset per row (dword lane r of both quad vectors): +1, or −1 (bit 15).
-            let neg = _mm256_srai_epi32::<31>(_mm256_slli_epi32::<16>(qh));
-            let delta = _mm512_broadcast_i64x4(_mm256_or_si256(neg, _mm256_set1_epi8(1)));
-            // In each 128-bit lane (rows 2i, 2i + 1): both rows' bytes 0..4, then 4..8.
-            let halves = _mm512_broadcast_i32x4(_mm_setr_epi8(
-                0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15,
-            ));
-            // Then every row's first 4 bytes in row order, then every row's last 4.
-            let rows = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
-            for l in 0..4 {
-                let mut at = [0u32; 8];
-                _mm256_storeu_si256(at.as_mut_ptr().cast(), iq1s_indices(qs, qh, l));
-                let g = |r: usize| IQ1S_GRID8[at[r] as usize] as i64;
-                let e = _mm512_set_epi64(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
-                let q = _mm512_permutexvar_epi32(rows, _mm512_shuffle_epi8(e, halves));
-                _mm512_storeu_si512(out.add(64 * l).cast(), _mm512_add_epi8(q, delta));
-            }
-        }
-    }
-
-    /// IQ1_S's unit at `p` against one token's 32 activation bytes at `x`: per row (i32
-    /// lanes, row order) `Σ (c + 128)·x` over the unit, and the unit's scale `a = 2s + 1`.
-    /// The same integers as the quad kernel's sums of the biased codes (integer sums in
-    /// another order), so the same bits. Measured (`kernel_timing`, one thread, 4096 x 7168,
-    /// one token): 1631 -> 1446 µs; gathering the 8 entries instead of loading them: 1666 µs.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW/VL/VNNI; `p` valid for 48 reads, `x` for 32.
-    #[inline(always)]
-    pub(crate) unsafe fn iq1s_unit_sums(p: *const u8, x: *const i8) -> (__m256i, __m256i) {
-        // SAFETY: per the caller; table indices are 11-bit (8 low bits, 3 high).
-        unsafe {
-            let qs = _mm256_loadu_si256(p.cast());
-            let qh = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(32).cast()));
-            // The offset per row: +1, or −1 (all bytes 0xFF) where bit 15 is set, per qword.
-            let neg = _mm256_srai_epi32::<31>(_mm256_slli_epi32::<16>(qh));
-            let delta = _mm512_or_si512(_mm512_cvtepi32_epi64(neg), _mm512_set1_epi8(1));
-            let mut acc = _mm512_setzero_si512();
-            for l in 0..4 {
-                let mut at = [0u32; 8];
-                _mm256_storeu_si256(at.as_mut_ptr().cast(), iq1s_indices(qs, qh, l));
-                let g = |r: usize| IQ1S_GRID8_BIASED[at[r] as usize] as i64;
-                let e = _mm512_set_epi64(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
-                let xq = _mm512_set1_epi64(x.add(8 * l).cast::<i64>().read_unaligned());
-                acc = _mm512_dpbusd_epi32(acc, _mm512_add_epi8(e, delta), xq);
-            }
-            // Each row's two i32 halves summed into its qword's low half, then narrowed.
-            let rows = _mm512_cvtepi64_epi32(_mm512_add_epi32(acc, _mm512_srli_epi64::<32>(acc)));
-            let s = _mm256_and_si256(_mm256_srli_epi32::<12>(qh), _mm256_set1_epi32(7));
-            let a = _mm256_or_si256(_mm256_slli_epi32::<1>(s), _mm256_set1_epi32(1));
-            (rows, a)
         }
     }
 }

@@ -43,6 +43,15 @@ pub(crate) type GridUnit = (
     (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
 );
 
+/// A grid unit against one token (AVX-512): per row (i32 lanes) `Σ (c + 128)·x` of its
+/// first and second 16 values (a format with one scale per unit may put all in the first),
+/// then the scales of the two halves.
+#[cfg(target_arch = "x86_64")]
+pub(crate) type UnitSums = (
+    (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
+    (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
+);
+
 /// How a format's two scale bytes per unit give its integer scales and offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ScaleKind {
@@ -152,21 +161,30 @@ pub(crate) trait PanelFormat {
         unsafe { Self::grid_unit_avx(unit) }
     }
 
-    /// A grid format with [`PanelFormat::grid_unit_sums_512`] (IQ1_S).
-    const ONE_TOKEN_SUMS: bool = false;
+    /// A grid format with AVX-512 kernels of its own ([`PanelFormat::grid_unit_sums_512`],
+    /// [`PanelFormat::grid_store_unit_512`]: IQ1_S, IQ1_M).
+    const AVX512_GRID: bool = false;
 
     /// A grid format's unit at `unit` against one token's 32 activation bytes at `x`, on
-    /// AVX-512 VNNI: per row (i32 lanes) `Σ (c + 128)·x` and the unit's scale (one per
-    /// unit), without the quad vectors of [`PanelFormat::grid_unit_avx`].
+    /// AVX-512 VNNI, without the quad vectors of [`PanelFormat::grid_unit_avx`]
+    /// ([`UnitSums`]).
     ///
     /// # Safety
     /// AVX-512 F/BW/VL/VNNI; `unit` valid for [`PanelFormat::UNIT_BYTES`] reads, `x` for 32.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn grid_unit_sums_512(
-        _unit: *const u8,
-        _x: *const i8,
-    ) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
-        unreachable!("no one-token unit sums")
+    unsafe fn grid_unit_sums_512(_unit: *const u8, _x: *const i8) -> UnitSums {
+        unreachable!("no AVX-512 grid kernels")
+    }
+
+    /// A grid format's unit at `unit` decoded into the 8 quad vectors of `grid.rs`'s
+    /// `Decoded` (256 bytes at `out`), on AVX-512.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL; `unit` valid for [`PanelFormat::UNIT_BYTES`] reads, `out` for 256
+    /// writes.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn grid_store_unit_512(_unit: *const u8, _out: *mut u8) {
+        unreachable!("no AVX-512 grid kernels")
     }
 
     /// Offset of the scales in a panel block.
