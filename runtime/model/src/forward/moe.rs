@@ -121,11 +121,56 @@ pub fn select_experts(
     super::check_finite(&logits, e, 0, || {
         format!("the gate logits (router scores) of MoE layer {layer}")
     })?;
+    let n = logits.len() / e.max(1);
+    // Tokens are independent: a prompt's rows are selected in parallel, in chunks whose
+    // results are concatenated in token order (the same routing as one pass).
+    let chunks: Vec<(usize, &mut [f32])> = logits
+        .chunks_mut(SELECT_TOKENS_PER_JOB * e.max(1))
+        .enumerate()
+        .map(|(i, rows)| (i * SELECT_TOKENS_PER_JOB, rows))
+        .collect();
+    let mut parts: Vec<Option<Result<(Vec<u32>, Vec<f32>), ModelError>>> =
+        (0..chunks.len()).map(|_| None).collect();
+    let jobs: Vec<_> = chunks.into_iter().zip(parts.iter_mut()).collect();
+    let threads = if n >= 2 * SELECT_TOKENS_PER_JOB {
+        moe_kernels::num_threads()
+    } else {
+        1
+    };
+    moe_kernels::run_jobs(jobs, threads, |((first, rows), slot)| {
+        *slot = Some(select_rows(c, layer, bias, rows, first));
+    });
     let mut routing = Routing {
         k,
-        experts: Vec::with_capacity(logits.len() / e.max(1) * k),
-        weights: Vec::with_capacity(logits.len() / e.max(1) * k),
+        experts: Vec::with_capacity(n * k),
+        weights: Vec::with_capacity(n * k),
     };
+    for part in parts {
+        let (experts, weights) =
+            part.unwrap_or_else(|| Err(ModelError::InvalidInput("routing chunk not run".into())))?;
+        routing.experts.extend(experts);
+        routing.weights.extend(weights);
+    }
+    Ok(routing)
+}
+
+/// Tokens per job of a prompt's expert selection: 32 rows of 384 scores take a few tens of
+/// microseconds, and a 512-token prompt's selection ran serially for 3% of its time before.
+pub const SELECT_TOKENS_PER_JOB: usize = 32;
+
+/// [`select_experts`] of the logit rows `logits` (checked finite), the first of which is
+/// token `first`: each token's experts (ascending) and weights.
+fn select_rows(
+    c: &ModelConfig,
+    layer: usize,
+    bias: &[f32],
+    logits: &mut [f32],
+    first: usize,
+) -> Result<(Vec<u32>, Vec<f32>), ModelError> {
+    let e = c.n_experts;
+    let k = c.n_experts_used;
+    let n = logits.len() / e.max(1);
+    let (mut experts, mut weights) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k));
     let mut sel = vec![0f32; e];
     let mut order: Vec<usize> = Vec::with_capacity(e);
     for (t, row) in logits.chunks_exact_mut(e).enumerate() {
@@ -143,7 +188,7 @@ pub fn select_experts(
                     "the expert selection scores (gate score + exp_probs_b bias) of MoE layer {layer}"
                 ),
                 value: v,
-                rows: vec![t],
+                rows: vec![first + t],
             });
         }
         if c.n_groups > 1 {
@@ -165,10 +210,10 @@ pub fn select_experts(
             ws.iter_mut().for_each(|w| *w /= sum);
         }
         ws.iter_mut().for_each(|w| *w *= c.weights_scale);
-        routing.experts.extend(chosen.iter().map(|&i| i as u32));
-        routing.weights.extend(ws);
+        experts.extend(chosen.iter().map(|&i| i as u32));
+        weights.extend(ws);
     }
-    Ok(routing)
+    Ok((experts, weights))
 }
 
 /// Keeps the `used` groups with the largest sum of their top-2 scores; the others get -inf.
@@ -199,7 +244,7 @@ fn limit_groups(sel: &mut [f32], groups: usize, used: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::{desc_nan_last, limit_groups, select_experts};
+    use super::{desc_nan_last, limit_groups, select_experts, SELECT_TOKENS_PER_JOB};
     use crate::config::{GatingFunc, ModelConfig};
     use crate::ModelError;
 
@@ -238,6 +283,33 @@ mod tests {
         (0..t * e)
             .map(|i| ((i * 7919) % 1013) as f32 / 250.0 - 2.0)
             .collect()
+    }
+
+    /// A prompt's selection (in parallel chunks of [`SELECT_TOKENS_PER_JOB`] tokens) equals
+    /// each token selected alone, in token order.
+    #[test]
+    fn chunked_selection_equals_token_by_token() {
+        let (t, e) = (3 * SELECT_TOKENS_PER_JOB + 5, 64);
+        let c = cfg(e, 8, GatingFunc::Sigmoid);
+        let bias: Vec<f32> = (0..e).map(|i| (i % 5) as f32 * 0.01).collect();
+        let logits = gate_logits(t, e);
+        moe_kernels::set_num_threads(2);
+        let all = select_experts(&c, 1, &bias, logits.clone()).unwrap();
+        moe_kernels::set_num_threads(0);
+        assert_eq!(all.experts.len(), t * 8);
+        for (i, row) in logits.chunks_exact(e).enumerate() {
+            let one = select_experts(&c, 1, &bias, row.to_vec()).unwrap();
+            assert_eq!(
+                &all.experts[8 * i..8 * i + 8],
+                &one.experts[..],
+                "token {i}"
+            );
+            let same = all.weights[8 * i..8 * i + 8]
+                .iter()
+                .zip(&one.weights)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "token {i} weights");
+        }
     }
 
     #[test]
