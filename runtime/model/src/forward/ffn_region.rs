@@ -6,10 +6,9 @@
 //! fork/join per phase instead of one per matrix: a decode step of Kimi K2.5 runs 24 small
 //! expert matrices per layer, each too short to split well on its own.
 //!
-//! Decides: the job shapes ([`EXPERT_ROWS_PER_JOB`], [`EXPERT_JOB_MACS_MIN`]) and the
-//! scratch bound (experts are taken in waves of at most [`MOE_WAVE_ROUTES_MAX`] routes).
-//! Leaves the arithmetic to the
-//! kernels: a row's result depends only on the row and the token, so the bits equal those
+//! Decides: the job shapes ([`EXPERT_ROWS_PER_JOB`], [`EXPERT_JOB_MACS_MIN`],
+//! [`WAVE_JOBS_PER_THREAD`]) and the scratch bound (experts are taken in waves of at most
+//! [`MOE_WAVE_ROUTES_MAX`] routes). Leaves the arithmetic to the kernels: a row's result depends only on the row and the token, so the bits equal those
 //! of computing each expert alone, and the weighted sum adds experts into a token in
 //! ascending expert order (the order [`super::ExpertCompute`]'s contract fixes).
 
@@ -52,19 +51,26 @@ fn rows_per_job(cols: usize, per_row: usize) -> usize {
 /// end for up to a whole job.
 pub const WAVE_JOBS_PER_THREAD: usize = 2;
 
-/// Rows per job of each FFN of a phase: `per[i]` ([`rows_per_job`]) for FFN `i` of `rows[i]`
-/// rows costing `row_cost[i]` each, the costliest jobs halved until the phase has
-/// [`WAVE_JOBS_PER_THREAD`] jobs per thread or none can be halved.
-fn spread_jobs(
-    rows: &[usize],
-    row_cost: &[usize],
-    mut per: Vec<usize>,
+/// Rows per job of each FFN of a wave's phase over matrix `mat(ex)`, applied `per_row(ex)`
+/// times per row (tokens · matrices): [`rows_per_job`], the costliest jobs halved until the
+/// phase has [`WAVE_JOBS_PER_THREAD`] jobs per thread or none can be halved.
+fn job_rows<'a>(
+    wave: &'a [Expert<'a>],
+    mat: impl Fn(&'a Expert<'a>) -> &'a QMatrix<'a>,
+    per_row: impl Fn(&Expert<'_>) -> usize,
     threads: usize,
 ) -> Vec<usize> {
     let unit = EXPERT_ROWS_PER_JOB;
-    for (p, &r) in per.iter_mut().zip(rows) {
-        *p = (*p).min(r.div_ceil(unit) * unit).max(unit);
-    }
+    let rows: Vec<usize> = wave.iter().map(|ex| mat(ex).rows()).collect();
+    let row_cost: Vec<usize> = wave.iter().map(|ex| per_row(ex) * mat(ex).cols()).collect();
+    let mut per: Vec<usize> = wave
+        .iter()
+        .zip(&rows)
+        .map(|(ex, &r)| {
+            let p = rows_per_job(mat(ex).cols(), per_row(ex));
+            p.min(r.div_ceil(unit) * unit).max(unit)
+        })
+        .collect();
     let want = if threads > 1 {
         threads * WAVE_JOBS_PER_THREAD
     } else {
@@ -235,19 +241,12 @@ fn run_wave(
         .iter()
         .map(|ex| vec![0f32; ex.toks.len() * ex.gate.rows()])
         .collect();
-    let gate_rows: Vec<usize> = wave.iter().map(|ex| ex.gate.rows()).collect();
-    let gate_cost: Vec<usize> = wave
+    let macs: usize = wave
         .iter()
-        .map(|ex| 2 * ex.toks.len() * ex.gate.cols())
-        .collect();
-    let per_gate = spread_jobs(
-        &gate_rows,
-        &gate_cost,
-        wave.iter()
-            .map(|ex| rows_per_job(ex.gate.cols(), 2 * ex.toks.len()))
-            .collect(),
-        threads,
-    );
+        .map(|ex| 2 * ex.toks.len() * ex.gate.rows() * ex.gate.cols())
+        .sum();
+    let gate_up_threads = threads_for(macs, MATMUL_PARALLEL_MIN_MACS, threads);
+    let per_gate = job_rows(wave, |ex| &ex.gate, |ex| 2 * ex.toks.len(), gate_up_threads);
     let mut jobs = Vec::new();
     for (((ex, (ga, ua)), mid), per) in wave.iter().zip(&acts).zip(&mut mids).zip(per_gate) {
         let ua = ua.as_ref().unwrap_or(ga);
@@ -255,12 +254,7 @@ fn run_wave(
             jobs.push((ex, ga, ua, rows, outs));
         }
     }
-    let macs: usize = wave
-        .iter()
-        .map(|ex| 2 * ex.toks.len() * ex.gate.rows() * ex.gate.cols())
-        .sum();
     let failed = Mutex::new(None);
-    let gate_up_threads = threads_for(macs, MATMUL_PARALLEL_MIN_MACS, threads);
     run_jobs(jobs, gate_up_threads, |(ex, ga, ua, rows, mut outs)| {
         let res = gate_up(ex, ga, ua, rows, &mut outs);
         keep_first_error(&failed, res);
@@ -280,31 +274,19 @@ fn run_wave(
         .iter()
         .map(|ex| vec![0f32; ex.toks.len() * d])
         .collect();
-    let down_rows: Vec<usize> = wave.iter().map(|ex| ex.down.rows()).collect();
-    let down_cost: Vec<usize> = wave
+    let macs: usize = wave
         .iter()
-        .map(|ex| ex.toks.len() * ex.down.cols())
-        .collect();
-    let per_down = spread_jobs(
-        &down_rows,
-        &down_cost,
-        wave.iter()
-            .map(|ex| rows_per_job(ex.down.cols(), ex.toks.len()))
-            .collect(),
-        threads,
-    );
+        .map(|ex| ex.toks.len() * ex.down.rows() * ex.down.cols())
+        .sum();
+    let down_threads = threads_for(macs, MATMUL_PARALLEL_MIN_MACS, threads);
+    let per_down = job_rows(wave, |ex| &ex.down, |ex| ex.toks.len(), down_threads);
     let mut jobs = Vec::new();
     for (((ex, (da, _)), y), per) in wave.iter().zip(&acts).zip(&mut ys).zip(per_down) {
         for (rows, outs) in row_blocks(y, ex.down.rows(), per) {
             jobs.push((ex, da, rows, outs));
         }
     }
-    let macs: usize = wave
-        .iter()
-        .map(|ex| ex.toks.len() * ex.down.rows() * ex.down.cols())
-        .sum();
     let failed = Mutex::new(None);
-    let down_threads = threads_for(macs, MATMUL_PARALLEL_MIN_MACS, threads);
     run_jobs(jobs, down_threads, |(ex, da, rows, mut outs)| {
         keep_first_error(
             &failed,
