@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use moe_model::forward::{ExpertBackend, Routing};
-use moe_model::model::Model;
+use moe_model::model::{DenseFfn, Model};
 use moe_model::ModelError;
 use moe_planner::trace::{TraceHeader, TraceWriter};
 
@@ -72,6 +72,17 @@ impl ExpertBackend for RecordingExperts {
 
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError> {
         self.inner.finish(model, layer, out)
+    }
+
+    fn finish_with_shared(
+        &mut self,
+        model: &Model,
+        layer: usize,
+        shared: Option<&DenseFfn>,
+        h: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        self.inner.finish_with_shared(model, layer, shared, h, out)
     }
 }
 

@@ -8,6 +8,7 @@
 //! prefix_cache.rs  prompt prefixes' KV kept in blocks for reuse by later prompts
 //! attention.rs  MLA attention: absorbed form (exact mode, generated tokens)
 //! attention_prompt.rs  fast mode's prompt tokens: the decompressed form; PromptForm
+//! route.rs      Route: one (token, expert, weight) triple
 //! moe.rs        router, ExpertBackend (local or remote experts)
 //! ffn_region.rs SwiGLU FFNs on the CPU (routed experts, dense FFNs): one parallel region
 //! expert_compute.rs  ExpertCompute, the device seam (CpuCompute runs ffn_region.rs)
@@ -30,6 +31,7 @@ mod kv_cache;
 pub mod moe;
 mod ops;
 mod prefix_cache;
+mod route;
 
 pub use attention_prompt::{PromptForm, FORM_GROUP_TOKENS};
 pub use expert_compute::{ComputeHandle, CpuCompute, ExpertCompute, LocalExperts};
@@ -219,10 +221,7 @@ impl Model {
                 let routing = moe::route(self, mw, l, &xn, t_all)?;
                 obs.routing(l, &routing);
                 experts.begin(self, l, &xn, &routing)?;
-                if let Some(shared) = &mw.shared {
-                    ffn_region::dense_ffn(self, shared, &xn, t_all, &mut y)?;
-                }
-                experts.finish(self, l, &mut y)?;
+                experts.finish_with_shared(self, l, mw.shared.as_ref(), &xn, &mut y)?;
                 check_finite(&y, d, 0, || format!("the MoE output of layer {l}"))?;
             }
             ops::add_inplace(&mut x, &y);

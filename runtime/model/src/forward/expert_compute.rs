@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use super::ffn_region::apply_routes_cpu;
+use super::ffn_region::{apply_routes_cpu, dense_ffn};
 use super::moe::{ExpertBackend, Route, Routing};
-use crate::model::Model;
+use crate::model::{DenseFfn, Model};
 use crate::ModelError;
 
 /// Computes `Σ weight · Expert_e(h[token])` for the routes of one MoE layer.
@@ -32,6 +32,24 @@ pub trait ExpertCompute: Send + Sync + std::fmt::Debug {
         routes: &[Route],
         out: &mut [f32],
     ) -> Result<(), ModelError>;
+
+    /// `out = shared(h) + Σ routes` (`out` zero on entry): the shared expert on the CPU,
+    /// then [`Self::apply_routes`]; an implementation that computes both at once must give
+    /// these bits.
+    fn apply_routes_with_shared(
+        &self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        shared: Option<&DenseFfn>,
+        routes: &[Route],
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        if let Some(ffn) = shared {
+            dense_ffn(model, ffn, h, h.len() / model.cfg.n_embd, out)?;
+        }
+        self.apply_routes(model, layer, h, routes, out)
+    }
 }
 
 /// A shared expert-compute device; the CPU by default.
@@ -68,7 +86,21 @@ impl ExpertCompute for CpuCompute {
         routes: &[Route],
         out: &mut [f32],
     ) -> Result<(), ModelError> {
-        apply_routes_cpu(model, layer, h, routes, out)
+        apply_routes_cpu(model, layer, h, None, routes, out)
+    }
+
+    /// The shared expert in the same parallel region as the routed ones (its jobs beside
+    /// theirs, one fork/join per phase instead of two).
+    fn apply_routes_with_shared(
+        &self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        shared: Option<&DenseFfn>,
+        routes: &[Route],
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        apply_routes_cpu(model, layer, h, shared, routes, out)
     }
 }
 
@@ -89,6 +121,15 @@ impl LocalExperts {
     }
 }
 
+impl LocalExperts {
+    /// The input and routing of the last `begin`.
+    fn take_pending(&mut self) -> Result<(Vec<f32>, Routing), ModelError> {
+        self.pending
+            .take()
+            .ok_or_else(|| ModelError::InvalidInput("finish without begin".into()))
+    }
+}
+
 impl ExpertBackend for LocalExperts {
     fn begin(
         &mut self,
@@ -102,11 +143,21 @@ impl ExpertBackend for LocalExperts {
     }
 
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError> {
-        let (h, routing) = self
-            .pending
-            .take()
-            .ok_or_else(|| ModelError::InvalidInput("finish without begin".into()))?;
+        let (h, routing) = self.take_pending()?;
         self.compute
             .apply_routes(model, layer, &h, &routing.routes(), out)
+    }
+
+    fn finish_with_shared(
+        &mut self,
+        model: &Model,
+        layer: usize,
+        shared: Option<&DenseFfn>,
+        _h: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let (h, routing) = self.take_pending()?;
+        self.compute
+            .apply_routes_with_shared(model, layer, &h, shared, &routing.routes(), out)
     }
 }

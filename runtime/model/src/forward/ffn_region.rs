@@ -17,8 +17,8 @@ use std::sync::Mutex;
 
 use moe_kernels::{num_threads, run_jobs, PreparedActs, QMatrix, MATMUL_PARALLEL_MIN_MACS};
 
-use super::moe::Route;
 use super::ops::swiglu_inplace;
+use super::route::Route;
 use crate::model::DenseFfn;
 use crate::model::Model;
 use crate::ModelError;
@@ -107,20 +107,25 @@ fn threads_for(work: usize, min: usize, threads: usize) -> usize {
 /// route) is bounded by this many rows, whatever the prompt length.
 pub const MOE_WAVE_ROUTES_MAX: usize = 1024;
 
-/// One FFN's share of a wave: its tokens `(row, weight)` and matrices.
+/// One FFN's share of a wave: its tokens `(row, weight)`, matrices, and how its output
+/// reaches `out`.
 struct Expert<'a> {
     toks: &'a [(usize, f32)],
     gate: QMatrix<'a>,
     up: QMatrix<'a>,
     down: QMatrix<'a>,
+    combine: Combine,
 }
 
 /// Adds `weight · Expert_e(h[token])` into `out[token]` for every route (see the module
-/// docs); `h` and `out` are `[t, D]`.
+/// docs); `h` and `out` are `[t, D]`. With `shared`, `out` (zero on entry) first takes the
+/// shared expert's output, computed in the first wave beside the routed experts: the bits of
+/// [`dense_ffn`] then the routes.
 pub(crate) fn apply_routes_cpu(
     model: &Model,
     layer: usize,
     h: &[f32],
+    shared: Option<&DenseFfn>,
     routes: &[Route],
     out: &mut [f32],
 ) -> Result<(), ModelError> {
@@ -149,9 +154,28 @@ pub(crate) fn apply_routes_cpu(
         }
         by_expert[e].push((t, r.weight));
     }
+    let all_tokens: Vec<(usize, f32)> = match shared {
+        Some(_) => (0..n_tokens).map(|t| (t, 1.0)).collect(),
+        None => Vec::new(),
+    };
     let mut wave: Vec<Expert<'_>> = Vec::new();
     let mut wave_routes = 0;
+    if let Some(ffn) = shared {
+        wave.push(Expert {
+            toks: &all_tokens,
+            gate: model.mat(&ffn.gate)?,
+            up: model.mat(&ffn.up)?,
+            down: model.mat(&ffn.down)?,
+            combine: Combine::Store,
+        });
+        wave_routes += n_tokens;
+    }
     for (e, toks) in by_expert.iter().enumerate() {
+        if wave_routes >= MOE_WAVE_ROUTES_MAX {
+            run_wave(&wave, h, d, out)?;
+            wave.clear();
+            wave_routes = 0;
+        }
         if toks.is_empty() {
             continue;
         }
@@ -160,15 +184,11 @@ pub(crate) fn apply_routes_cpu(
             gate: model.expert_mat(&moe.gate_exps, e)?,
             up: model.expert_mat(&moe.up_exps, e)?,
             down: model.expert_mat(&moe.down_exps, e)?,
+            combine: Combine::Add,
         });
         wave_routes += toks.len();
-        if wave_routes >= MOE_WAVE_ROUTES_MAX {
-            run_wave(&wave, h, d, out, Combine::Add)?;
-            wave.clear();
-            wave_routes = 0;
-        }
     }
-    run_wave(&wave, h, d, out, Combine::Add)
+    run_wave(&wave, h, d, out)
 }
 
 /// `out = FFN(x)` for `n` rows of `x` (`[n, D]`): a leading dense layer's FFN or a shared
@@ -194,27 +214,22 @@ pub fn dense_ffn(
         gate: model.mat(&ffn.gate)?,
         up: model.mat(&ffn.up)?,
         down: model.mat(&ffn.down)?,
+        combine: Combine::Store,
     };
-    run_wave(&[ffn], x, d, out, Combine::Store)
+    run_wave(&[ffn], x, d, out)
 }
 
-/// How a wave's FFN outputs reach `out`.
+/// How an FFN's outputs reach `out`, in wave order (a `Store` comes first).
 #[derive(Clone, Copy, PartialEq)]
 enum Combine {
-    /// `out[t] += w · y`, FFNs in wave order (experts ascending).
+    /// `out[t] += w · y` (routed experts, ascending).
     Add,
-    /// `out[t] = y` (one FFN, weights ignored).
+    /// `out[t] = y`, the weight ignored (a dense FFN, or the shared expert).
     Store,
 }
 
 /// Computes the FFNs of one wave and combines their outputs into `out`.
-fn run_wave(
-    wave: &[Expert<'_>],
-    h: &[f32],
-    d: usize,
-    out: &mut [f32],
-    combine: Combine,
-) -> Result<(), ModelError> {
+fn run_wave(wave: &[Expert<'_>], h: &[f32], d: usize, out: &mut [f32]) -> Result<(), ModelError> {
     if wave.is_empty() {
         return Ok(());
     }
@@ -295,18 +310,15 @@ fn run_wave(
     });
     take_error(failed)?;
 
-    if combine == Combine::Store {
-        for (ex, y) in wave.iter().zip(&ys) {
-            for (&(t, _), yr) in ex.toks.iter().zip(y.chunks_exact(d)) {
-                out[t * d..(t + 1) * d].copy_from_slice(yr);
-            }
-        }
-        return Ok(());
-    }
-    // The weighted sum, experts ascending within every token.
+    // The stored FFN first, then the weighted sum, experts ascending within every token.
     for (ex, y) in wave.iter().zip(&ys) {
         for (&(t, w), yr) in ex.toks.iter().zip(y.chunks_exact(d)) {
-            for (o, &v) in out[t * d..(t + 1) * d].iter_mut().zip(yr) {
+            let o = &mut out[t * d..(t + 1) * d];
+            if ex.combine == Combine::Store {
+                o.copy_from_slice(yr);
+                continue;
+            }
+            for (o, &v) in o.iter_mut().zip(yr) {
                 *o += w * v;
             }
         }
@@ -419,6 +431,47 @@ mod tests {
     use moe_kernels::NumericMode;
 
     use super::*;
+
+    /// The shared expert computed in the routed experts' region gives the bits of computing
+    /// it alone first (`dense_ffn`, then the routes), both modes, one and three threads, with
+    /// enough tokens that the routes take two waves.
+    #[test]
+    fn shared_expert_in_the_region_keeps_the_bits() {
+        use crate::forward::moe::route;
+        let path = moe_devdata::fixtures::fixtures_dir()
+            .join("kimi-k25-kq")
+            .join("kimi-k25-kq-Q4_K_M.gguf");
+        for mode in [NumericMode::Exact, NumericMode::Fast] {
+            let model = Model::open(&path).unwrap().with_mode(mode);
+            let d = model.cfg.n_embd;
+            let n = MOE_WAVE_ROUTES_MAX / model.cfg.n_experts_used + 20;
+            let x: Vec<f32> = (0..n * d)
+                .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 700.0)
+                .collect();
+            let (l, moe) = model
+                .layers
+                .iter()
+                .enumerate()
+                .find_map(|(l, lw)| lw.moe.as_ref().map(|m| (l, m)))
+                .expect("a MoE layer");
+            let shared = moe.shared.as_ref().expect("a shared expert");
+            let routes = route(&model, moe, l, &x, n).unwrap().routes();
+            let mut want = vec![0f32; n * d];
+            dense_ffn(&model, shared, &x, n, &mut want).unwrap();
+            apply_routes_cpu(&model, l, &x, None, &routes, &mut want).unwrap();
+            for threads in [1, 3] {
+                moe_kernels::set_num_threads(threads);
+                let mut got = vec![0f32; n * d];
+                apply_routes_cpu(&model, l, &x, Some(shared), &routes, &mut got).unwrap();
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{mode:?} threads {threads}");
+            }
+            moe_kernels::set_num_threads(0);
+        }
+    }
 
     /// A dense FFN through the region (the leading dense layer and a shared expert of the
     /// k-quant fixture, both modes, one and three threads) gives the bits of three plain

@@ -3,7 +3,9 @@
 //! [`ExpertBackend`], the seam between "which experts" and "where they are computed".
 
 use super::ops::{sigmoid, softmax_inplace};
+pub use super::route::Route;
 use crate::config::{GatingFunc, ModelConfig};
+use crate::model::DenseFfn;
 use crate::model::{Model, MoeWeights};
 use crate::ModelError;
 
@@ -35,9 +37,11 @@ impl Routing {
 
 /// Computes the routed part of a MoE layer, locally or on other nodes.
 ///
-/// The forward pass calls `begin` as soon as the routing is known, computes the shared
-/// expert, then calls `finish`: a remote backend sends its frames in `begin` and waits in
-/// `finish`, so the shared expert overlaps the network round trip.
+/// The forward pass calls `begin` as soon as the routing is known, then
+/// `finish_with_shared`, whose default computes the shared expert, then calls `finish`: a
+/// remote backend sends its frames in `begin` and waits in `finish`, so the shared expert
+/// overlaps the network round trip; a local one may compute the shared expert in the same
+/// parallel region as the routed ones.
 pub trait ExpertBackend: Send {
     /// Starts `Σ_j w_j · Expert_j(h)` for every token of `h` (`[t, D]`) in MoE layer `layer`.
     fn begin(
@@ -49,17 +53,23 @@ pub trait ExpertBackend: Send {
     ) -> Result<(), ModelError>;
     /// Adds the routed outputs started by the last `begin` into `out` (`[t, D]`).
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError>;
-}
 
-/// One routed (token, expert, weight) triple.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Route {
-    /// Row of the batch.
-    pub token: u32,
-    /// Expert id.
-    pub expert: u32,
-    /// Final weight.
-    pub weight: f32,
+    /// `out = shared(h) + Σ routed` (`out` zero on entry, `h` the `begin` input): the
+    /// shared expert, if the layer has one, on this process's CPU team, then [`Self::finish`].
+    /// The bits must be those of this default.
+    fn finish_with_shared(
+        &mut self,
+        model: &Model,
+        layer: usize,
+        shared: Option<&DenseFfn>,
+        h: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        if let Some(ffn) = shared {
+            super::ffn_region::dense_ffn(model, ffn, h, h.len() / model.cfg.n_embd, out)?;
+        }
+        self.finish(model, layer, out)
+    }
 }
 
 impl Routing {
