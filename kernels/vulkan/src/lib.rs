@@ -10,12 +10,14 @@
 //! device.rs          logical device, compute queue, host-visible mapped buffers
 //! kernels.rs         pipelines built from the SPIR-V that build.rs compiles from kernels/
 //! kernels/           GLSL: matvec.comp + dequant/<type>.glsl (IQ4_NL and IQ4_XS share
-//!                    dequant/iq4_grid.glsl, Q4_K and Q5_K dequant/k4_scale_min.glsl),
-//!                    swiglu.comp, combine.comp
+//!                    dequant/iq4_grid.glsl, Q4_K and Q5_K dequant/k4_scale_min.glsl);
+//!                    the fast mode's quantize.comp and matvec_fast.comp + fast/<type>.glsl
+//!                    (integer dot products); swiglu.comp, combine.comp
 //! commands.rs        one command buffer: record, submit, wait
 //! expert_weights.rs  the node's expert stacks uploaded once, in chunks within device limits
 //! expert_compute.rs  VulkanCompute: moe-model's ExpertCompute on the device
-//! matvec.rs          one matrix times rows on the device (the kernel-level tests' tool)
+//! matvec.rs          one matrix times rows on the device, f32 or fast (the kernel-level
+//!                    tests' tool)
 //! ```
 //!
 //! What runs on the device today: the routed-expert FFN (gate and up matvecs, SwiGLU, down
@@ -50,7 +52,7 @@ pub use error::VulkanError;
 pub use expert_compute::VulkanCompute;
 pub use expert_weights::CHUNK_BYTES_MAX;
 pub use instance::{DeviceInfo, Instance};
-pub use kernels::{supported_type_names, supported_types};
+pub use kernels::{fast_types, supported_type_names, supported_types, QBLOCK_WORDS};
 pub use matvec::Matvec;
 
 /// Every Vulkan device with its properties, or why there is none.
