@@ -21,9 +21,13 @@
 //! ```
 //!
 //! What runs on the device today: the routed-expert FFN (gate and up matvecs, SwiGLU, down
-//! matvec, weighted add) with f32 activations over the raw GGUF blocks of F32, F16, BF16,
-//! Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS experts. Attention, the dense layers
-//! and routing stay on the CPU.
+//! matvec, weighted add) over the raw GGUF blocks of F32, F16, BF16, Q8_0, Q2_K, Q3_K, Q4_K,
+//! Q5_K, Q6_K, IQ4_NL and IQ4_XS experts, in the calling model's numeric mode: f32
+//! activations in Exact; in Fast, activations quantized on the device to int8 per 32 values
+//! and integer dot products (`GL_EXT_integer_dot_product`) for every type but F32, F16 and
+//! BF16, which keep the f32 shaders (on a device without `shaderIntegerDotProduct`, Fast
+//! falls back to the f32 shaders: [`VulkanCompute::has_fast_shaders`]). Attention, the dense
+//! layers and routing stay on the CPU.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
