@@ -64,7 +64,9 @@ pub enum BackendKind {
     /// The CPU kernels over the mapped file.
     Cpu,
     /// A GPU through Vulkan (`moe-node devices` lists them): the experts are uploaded once and
-    /// computed there with f32 activations (in both numeric modes, for now).
+    /// computed there in the model's numeric mode: f32 activations with `--exact`, int8
+    /// activations and integer dot products in the fast mode (on a device with integer dot
+    /// products; f32 otherwise).
     Vulkan,
 }
 
@@ -99,10 +101,12 @@ fn vulkan_handle(index: usize, model: &Model) -> anyhow::Result<ComputeHandle> {
         "routed experts on Vulkan device {index} ({}): {:.1} MiB uploaded{}",
         compute.device().info.name,
         compute.uploaded_bytes() as f64 / 1048576.0,
-        if model.mode() == NumericMode::Fast {
-            "; the Vulkan expert shaders use f32 activations (exact-style) in the fast mode too"
-        } else {
-            ""
+        match (model.mode(), compute.has_fast_shaders()) {
+            (NumericMode::Fast, true) => "; fast mode: int8 activations, integer dot products",
+            (NumericMode::Fast, false) =>
+                "; this device has no integer dot products (shaderIntegerDotProduct), so the \
+                 fast mode computes the experts with f32 activations there",
+            (NumericMode::Exact, _) => "",
         }
     );
     Ok(ComputeHandle(std::sync::Arc::new(compute)))

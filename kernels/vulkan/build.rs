@@ -3,9 +3,12 @@
 //! embeds. Nothing prebuilt is committed: the GLSL is the source.
 //!
 //! `matvec.comp` is compiled once per weight type: its `#include "WEIGHT_TYPE"` line is
-//! replaced by `dequant/<type>.glsl` (the type's `dot32`). A dequant file may itself
-//! `#include "<file>"` a helper beside it (IQ4_NL and IQ4_XS share `iq4_grid.glsl`, Q4_K and
-//! Q5_K `k4_scale_min.glsl`): such a line is replaced by that file's text, one level deep.
+//! replaced by `dequant/<type>.glsl` (the type's `dot32`). Likewise `matvec_fast.comp` (the
+//! fast numeric mode's integer-dot matvec) once per quantized type with `fast/<type>.glsl`
+//! (its `idot32`). A type file may itself `#include "<file>"` a helper, named relative to its
+//! own folder (IQ4_NL and IQ4_XS share `iq4_grid.glsl`, Q4_K and Q5_K
+//! `dequant/k4_scale_min.glsl`, both Q3_K files `dequant/q3k_scale.glsl`): such a line is
+//! replaced by that file's text, one level deep.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +20,12 @@ use glslang::{
 /// The weight types with a dequantizing matvec shader (file stems of `dequant/*.glsl`).
 const WEIGHT_TYPES: [&str; 11] = [
     "f32", "f16", "bf16", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs",
+];
+
+/// The weight types with an integer-dot matvec shader for the fast mode (file stems of
+/// `fast/*.glsl`; F32, F16 and BF16 stay on the f32 shaders in both modes, as on the CPU).
+const FAST_WEIGHT_TYPES: [&str; 8] = [
+    "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs",
 ];
 
 /// No preprocessor definitions (the weight type is spliced in as text).
@@ -84,7 +93,20 @@ fn main() {
         let text = matvec.replace("#include \"WEIGHT_TYPE\"", &dequant);
         compile(compiler, &format!("matvec_{ty}"), text, &out);
     }
-    for name in ["swiglu", "combine"] {
+    let matvec_fast = read(&dir.join("matvec_fast.comp"));
+    assert!(
+        matvec_fast.contains("#include \"WEIGHT_TYPE\""),
+        "matvec_fast.comp lost its WEIGHT_TYPE include line"
+    );
+    for ty in FAST_WEIGHT_TYPES {
+        let idot = splice_includes(
+            &dir.join("fast"),
+            &read(&dir.join(format!("fast/{ty}.glsl"))),
+        );
+        let text = matvec_fast.replace("#include \"WEIGHT_TYPE\"", &idot);
+        compile(compiler, &format!("matvec_fast_{ty}"), text, &out);
+    }
+    for name in ["swiglu", "combine", "quantize"] {
         compile(
             compiler,
             name,

@@ -2,12 +2,13 @@
 //! measured in `../shared/fixtures/README.md`: over every position of every case
 //! (teacher-forced logits), the share of positions whose argmax equals the reference's
 //! (top-1 agreement) and the mean `KL(reference ‖ model)` of the softmax distributions.
-//! Shared by `tests/fast_faithfulness.rs` (numeric modes) and `tests/kv_type_faithfulness.rs`
-//! (KV cache types).
+//! Shared by `tests/fast_faithfulness.rs` (numeric modes), `tests/kv_type_faithfulness.rs`
+//! (KV cache types) and `tests/vulkan_fast_faithfulness.rs` (the Vulkan backend's fast mode,
+//! through [`score_file_on`]).
 
 use moe_devdata::npy;
 use moe_kernels::{KvType, NumericMode};
-use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput, TokenKind};
+use moe_model::forward::{ComputeHandle, KvCache, LocalExperts, NoObserver, SeqInput, TokenKind};
 use moe_model::model::Model;
 
 use crate::fixtures::FixtureCase;
@@ -82,6 +83,11 @@ pub fn kl(lp: &[f64], lq: &[f64]) -> f64 {
 /// Teacher-forced logits of `tokens` (`[T, vocab]`), the whole prompt in one forward call
 /// over a fresh cache of the model's KV type.
 pub fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
+    logits_with(model, tokens, &mut LocalExperts::default())
+}
+
+/// As [`logits`], with the routed experts computed by `experts`.
+pub fn logits_with(model: &Model, tokens: &[u32], experts: &mut LocalExperts) -> Vec<f32> {
     let mut cache = KvCache::for_model(model, tokens.len() + 1);
     model
         .forward(
@@ -91,7 +97,7 @@ pub fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
                 all_logits: true,
                 kind: TokenKind::Prompt { len: tokens.len() },
             }],
-            &mut LocalExperts::default(),
+            experts,
             &mut NoObserver,
         )
         .expect("forward")
@@ -109,21 +115,49 @@ pub fn reference_logits(case: &FixtureCase) -> Vec<f32> {
 /// Every case of one file (`cases`, all of the same GGUF) computed in `mode` with KV caches
 /// of `kv_type`: the logits of each case.
 pub fn file_logits(cases: &[&FixtureCase], mode: NumericMode, kv_type: KvType) -> Vec<Vec<f32>> {
+    file_logits_on(cases, mode, kv_type, |_| ComputeHandle::default())
+}
+
+/// As [`file_logits`], with the routed experts computed on `compute(&model)` (the model as
+/// opened in `mode`; e.g. a Vulkan device with its experts uploaded).
+pub fn file_logits_on(
+    cases: &[&FixtureCase],
+    mode: NumericMode,
+    kv_type: KvType,
+    compute: impl FnOnce(&Model) -> ComputeHandle,
+) -> Vec<Vec<f32>> {
     let model = Model::open(&cases[0].gguf)
         .expect("fixture model")
         .with_mode(mode)
         .with_kv_type(kv_type);
-    cases.iter().map(|c| logits(&model, &c.tokens)).collect()
+    let handle = compute(&model);
+    cases
+        .iter()
+        .map(|c| logits_with(&model, &c.tokens, &mut LocalExperts::on(handle.clone())))
+        .collect()
 }
 
 /// [`file_logits`] scored against the references.
 pub fn score_file(cases: &[&FixtureCase], mode: NumericMode, kv_type: KvType) -> Score {
+    score_file_on(cases, mode, kv_type, |_| ComputeHandle::default())
+}
+
+/// [`file_logits_on`] scored against the references.
+pub fn score_file_on(
+    cases: &[&FixtureCase],
+    mode: NumericMode,
+    kv_type: KvType,
+    compute: impl FnOnce(&Model) -> ComputeHandle,
+) -> Score {
     let vocab = Model::open(&cases[0].gguf)
         .expect("fixture model")
         .cfg
         .vocab;
     let mut s = Score::default();
-    for (case, got) in cases.iter().zip(file_logits(cases, mode, kv_type)) {
+    for (case, got) in cases
+        .iter()
+        .zip(file_logits_on(cases, mode, kv_type, compute))
+    {
         let want = reference_logits(case);
         assert_eq!(got.len(), want.len(), "{}: logits shape", case.what);
         s.compare(&want, &got, vocab);

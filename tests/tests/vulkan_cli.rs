@@ -3,7 +3,8 @@
 //!   non-zero with a clear message and no panic;
 //! - `logits --backend vulkan` on the fixture GGUFs matches the reference within
 //!   [`LOGIT_ABS_TOL`] with the same routing; `run --backend vulkan --exact` prints the
-//!   reference greedy continuation; `bench --backend vulkan` completes;
+//!   reference greedy continuation; `bench --backend vulkan` (fast mode by default)
+//!   completes on the integer-dot shaders;
 //! - `--device N` past the last device is an error naming N.
 //!
 //! Without a Vulkan device (and without `MOE_REQUIRE_VULKAN=1`, which `.ci/run` sets) the
@@ -199,7 +200,8 @@ fn model_commands_on_vulkan_match_the_reference() {
     }
     assert_eq!(checked, 4, "fixture files checked");
     let kq = moe_tests::fixtures_dir().join("kimi-k25-kq/kimi-k25-kq-Q2_K.gguf");
-    let table = moe_node_ok(&[
+    // `bench` runs in the fast mode by default: the experts on the integer-dot shaders.
+    let bench = moe_node(&[
         "bench",
         "-m",
         path_str(&kq),
@@ -212,7 +214,16 @@ fn model_commands_on_vulkan_match_the_reference() {
         "--backend",
         "vulkan",
     ]);
+    let (table, log) = (
+        String::from_utf8_lossy(&bench.stdout),
+        String::from_utf8_lossy(&bench.stderr),
+    );
+    assert!(bench.status.success(), "bench failed: {log}");
     assert!(table.contains("pp16") && table.contains("tg4"), "{table}");
+    assert!(
+        log.contains("fast mode: int8 activations, integer dot products"),
+        "bench did not report the integer-dot shaders: {log}"
+    );
     let never = scratch.path().join("never-written.npy");
     let out = moe_node(&[
         "logits",

@@ -24,6 +24,8 @@ pub struct Device {
     pub info: DeviceInfo,
     /// `maxComputeWorkGroupCount`.
     pub(crate) max_groups: [u32; 3],
+    /// `shaderIntegerDotProduct` enabled on this device (the fast mode's shaders need it).
+    pub(crate) integer_dot: bool,
     // Dropped last: the instance outlives the device (held, never read).
     _instance: Arc<Instance>,
 }
@@ -48,6 +50,17 @@ impl Drop for Device {
 impl Device {
     /// Opens device `index` (as `moe-node devices` numbers them).
     pub fn open(index: usize) -> Result<Arc<Self>, VulkanError> {
+        Self::open_with(index, true)
+    }
+
+    /// As [`Device::open`], leaving `shaderIntegerDotProduct` disabled even where the device
+    /// has it: the fast mode then runs on the f32 shaders, as on a device without integer
+    /// dot products (tests use it to check that fallback).
+    pub fn open_without_integer_dot_product(index: usize) -> Result<Arc<Self>, VulkanError> {
+        Self::open_with(index, false)
+    }
+
+    fn open_with(index: usize, want_integer_dot: bool) -> Result<Arc<Self>, VulkanError> {
         let instance = Arc::new(Instance::new()?);
         let pds = instance.physical_devices()?;
         if pds.is_empty() {
@@ -83,7 +96,26 @@ impl Device {
         let queue_info = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(queue_family)
             .queue_priorities(&priorities)];
-        let create = vk::DeviceCreateInfo::default().queue_create_infos(&queue_info);
+        // Integer dot products (the fast mode's shaders): the feature where the device has
+        // it, with its extension where the device lists it (core from Vulkan 1.3).
+        let integer_dot = want_integer_dot && info.integer_dot_product;
+        let dot_ext = instance
+            .device_extensions(pd)?
+            .iter()
+            .any(|e| e.as_c_str() == ash::khr::shader_integer_dot_product::NAME);
+        let ext_ptrs: Vec<*const std::ffi::c_char> = if integer_dot && dot_ext {
+            vec![ash::khr::shader_integer_dot_product::NAME.as_ptr()]
+        } else {
+            Vec::new()
+        };
+        let mut dot_features = vk::PhysicalDeviceShaderIntegerDotProductFeatures::default()
+            .shader_integer_dot_product(true);
+        let mut create = vk::DeviceCreateInfo::default()
+            .queue_create_infos(&queue_info)
+            .enabled_extension_names(&ext_ptrs);
+        if integer_dot {
+            create = create.push_next(&mut dot_features);
+        }
         // SAFETY: `create` and what it points to live across the call; `pd` is valid.
         let device = unsafe { instance.instance.create_device(pd, &create, None) }
             .map_err(VulkanError::call("vkCreateDevice"))?;
@@ -96,8 +128,15 @@ impl Device {
             memory_type,
             info,
             max_groups: limits.max_compute_work_group_count,
+            integer_dot,
             _instance: instance,
         }))
+    }
+
+    /// Whether the fast numeric mode's integer-dot shaders can run here
+    /// (`shaderIntegerDotProduct`, enabled when the device was opened).
+    pub fn has_integer_dot_product(&self) -> bool {
+        self.integer_dot
     }
 
     /// `maxStorageBufferRange`, bytes: the most one shader binding can see.

@@ -9,15 +9,30 @@
 //!    token, as the CPU adds them);
 //! 3. submits once, waits, and reads `out` back.
 //!
-//! Activations are f32 in both numeric modes (this is the exactness-check path; the integer
-//! dot-product path is a next step), so results match the CPU's exact mode to rounding
-//! (summation order inside a dot product differs), not bit for bit.
+//! The numeric mode is the calling model's ([`Model::mode`]), per call:
+//!
+//! - **Exact**: f32 activations over the dequantized weight blocks (`matvec.comp`), so
+//!   results match the CPU's exact mode to rounding (summation order inside a dot product
+//!   differs), not bit for bit.
+//! - **Fast**: the gathered activations, and the SwiGLU output before the down matvec, are
+//!   quantized on the device (`quantize.comp`: per 32 values int8 codes, an f32 scale
+//!   `amax / 127` and the codes' 16-value sums), and the matvecs of the quantized types
+//!   (Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS) take integer dot products of the weight codes with
+//!   them (`matvec_fast.comp`, `dotPacked4x8AccSatEXT`), applying the weight and activation
+//!   scales in f32 per 32 values. F32, F16 and BF16 stacks keep the f32 matvec (as the CPU's
+//!   fast mode computes them exactly). The CPU's fast mode quantizes the k-quants' and
+//!   IQ4_XS' activations per 256 values, this backend per 32 (finer, so at least as close
+//!   to Exact; for Q8_0 and IQ4_NL the same blocks), so Fast results agree with the CPU's
+//!   Fast in faithfulness, not value for value. On a device without
+//!   `shaderIntegerDotProduct` the fast mode falls back to the exact shaders
+//!   ([`VulkanCompute::has_fast_shaders`] says which).
 //!
 //! The trait fits as it is: the upload happens in [`VulkanCompute::new`] (the model is given
 //! there), and device failures come back as [`ModelError::Backend`].
 
 use std::sync::{Arc, Mutex};
 
+use moe_kernels::NumericMode;
 use moe_model::forward::{ExpertCompute, Route};
 use moe_model::model::Model;
 use moe_model::ModelError;
@@ -25,7 +40,9 @@ use moe_model::ModelError;
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
 use crate::expert_weights::{ExpertStack, ExpertWeights, LayerStacks, Slot, CHUNK_BYTES_MAX};
-use crate::kernels::{Kernels, ELEMENTWISE_GROUP_THREADS};
+use crate::kernels::{
+    Kernel, Kernels, ELEMENTWISE_GROUP_THREADS, MATVEC_CHUNK_VALUES, QBLOCK_WORDS,
+};
 use crate::VulkanError;
 
 /// Routed experts on a Vulkan device.
@@ -51,6 +68,10 @@ struct Scratch {
     commands: Commands,
     /// Gathered activations `[R, D]`.
     x: Option<Buffer>,
+    /// The gathered activations quantized (fast mode), `[R, D / 32]` blocks.
+    xq: Option<Buffer>,
+    /// The SwiGLU output quantized (fast mode), `[R, F / 32]` blocks.
+    gq: Option<Buffer>,
     /// Gate outputs, then SwiGLU `[R, F]`.
     g: Option<Buffer>,
     /// Up outputs `[R, F]`.
@@ -129,6 +150,8 @@ impl VulkanCompute {
             state: Mutex::new(Scratch {
                 commands,
                 x: None,
+                xq: None,
+                gq: None,
                 g: None,
                 u: None,
                 y: None,
@@ -145,6 +168,12 @@ impl VulkanCompute {
     /// Bytes of expert weights on the device.
     pub fn uploaded_bytes(&self) -> u64 {
         self.weights.bytes
+    }
+
+    /// Whether [`NumericMode::Fast`] runs the integer-dot shaders here: false on a device
+    /// without `shaderIntegerDotProduct`, where the fast mode computes with the exact shaders.
+    pub fn has_fast_shaders(&self) -> bool {
+        self.kernels.has_fast()
     }
 
     /// The device.
@@ -236,8 +265,11 @@ impl ExpertCompute for VulkanCompute {
             .state
             .lock()
             .map_err(|_| VulkanError::InvalidInput("a previous Vulkan call panicked".into()))?;
-        self.run(&mut state, stacks, layer, h, routes, out, n_tokens, d, f)
-            .map_err(ModelError::from)
+        let fast = model.mode() == NumericMode::Fast;
+        self.run(
+            &mut state, stacks, layer, h, routes, out, n_tokens, d, f, fast,
+        )
+        .map_err(ModelError::from)
     }
 }
 
@@ -255,6 +287,7 @@ impl VulkanCompute {
         n_tokens: usize,
         d: usize,
         f: usize,
+        fast: bool,
     ) -> Result<(), VulkanError> {
         let dev = &self.device;
         let n_routes = routes.len();
@@ -327,9 +360,36 @@ impl VulkanCompute {
             .write(0, u32_bytes(&tok_routes));
         ensure(dev, &mut s.out, 4 * n_tokens * d, &what("routed output"))?.write(0, f32_bytes(out));
 
+        // Per stack: the integer-dot shader in fast mode where there is one, else the f32 one.
+        let kernels = [
+            self.kernel(stacks3[0], fast)?,
+            self.kernel(stacks3[1], fast)?,
+            self.kernel(stacks3[2], fast)?,
+        ];
+        let quantize_x = kernels[0].1 || kernels[1].1;
+        let quantize_g = kernels[2].1;
+        if quantize_x {
+            ensure(
+                dev,
+                &mut s.xq,
+                4 * QBLOCK_WORDS * n_routes * (d / MATVEC_CHUNK_VALUES),
+                &what("quantized activations"),
+            )?;
+        }
+        if quantize_g {
+            ensure(
+                dev,
+                &mut s.gq,
+                4 * QBLOCK_WORDS * n_routes * (f / MATVEC_CHUNK_VALUES),
+                &what("quantized SwiGLU outputs"),
+            )?;
+        }
+
         let Scratch {
             commands,
             x,
+            xq,
+            gq,
             g,
             u,
             y,
@@ -352,9 +412,30 @@ impl VulkanCompute {
             tr.as_ref().expect("ensured"),
             o.as_mut().expect("ensured"),
         );
-        for (m, (input, output)) in [(x, g), (x, u)].into_iter().enumerate() {
+        let xq = if quantize_x {
+            let xq = xq.as_ref().expect("ensured");
+            let blocks = n_routes * d / MATVEC_CHUNK_VALUES;
+            self.elementwise(
+                commands,
+                &self.kernels.quantize,
+                &[x, xq],
+                &[blocks as u32],
+                blocks,
+            )?;
+            Some(xq)
+        } else {
+            None
+        };
+        for (m, output) in [g, u].into_iter().enumerate() {
+            let (kernel, quantized) = kernels[m];
+            let input = if quantized {
+                xq.expect("quantized above")
+            } else {
+                x
+            };
             self.matvec(
                 commands,
+                kernel,
                 stacks3[m],
                 &slots[m * n_routes..(m + 1) * n_routes],
                 m * n_routes,
@@ -370,12 +451,27 @@ impl VulkanCompute {
             &[(n_routes * f) as u32],
             n_routes * f,
         )?;
+        let down_input = if quantize_g {
+            let gq = gq.as_ref().expect("ensured");
+            let blocks = n_routes * f / MATVEC_CHUNK_VALUES;
+            self.elementwise(
+                commands,
+                &self.kernels.quantize,
+                &[g, gq],
+                &[blocks as u32],
+                blocks,
+            )?;
+            gq
+        } else {
+            g
+        };
         self.matvec(
             commands,
+            kernels[2].0,
             stacks3[2],
             &slots[2 * n_routes..],
             2 * n_routes,
-            g,
+            down_input,
             y,
             offs,
         )?;
@@ -393,21 +489,15 @@ impl VulkanCompute {
         Ok(())
     }
 
-    /// Records `stack`'s matvec over every route: one dispatch per run of routes in the same
-    /// chunk (routes are sorted by expert, chunks hold ascending experts), each split to fit
-    /// `maxComputeWorkGroupCount[1]`.
-    #[allow(clippy::too_many_arguments)]
-    fn matvec(
-        &self,
-        commands: &mut Commands,
-        stack: &ExpertStack,
-        slots: &[Slot],
-        off_base: usize,
-        input: &Buffer,
-        output: &Buffer,
-        offsets: &Buffer,
-    ) -> Result<(), VulkanError> {
-        let kernel = self
+    /// `stack`'s matvec pipeline, and whether it reads quantized activations: the integer-dot
+    /// one when `fast` and the type has one on this device, else the f32 one.
+    fn kernel(&self, stack: &ExpertStack, fast: bool) -> Result<(&Kernel, bool), VulkanError> {
+        if fast {
+            if let Some(k) = self.kernels.matvec_fast(stack.ty) {
+                return Ok((k, true));
+            }
+        }
+        let k = self
             .kernels
             .matvec(stack.ty)
             .ok_or_else(|| VulkanError::UnsupportedType {
@@ -415,6 +505,24 @@ impl VulkanCompute {
                 ty: stack.ty.name(),
                 supported: crate::kernels::supported_type_names(),
             })?;
+        Ok((k, false))
+    }
+
+    /// Records `stack`'s matvec (`kernel`, f32 or integer-dot) over every route: one dispatch
+    /// per run of routes in the same chunk (routes are sorted by expert, chunks hold
+    /// ascending experts), each split to fit `maxComputeWorkGroupCount[1]`.
+    #[allow(clippy::too_many_arguments)]
+    fn matvec(
+        &self,
+        commands: &mut Commands,
+        kernel: &Kernel,
+        stack: &ExpertStack,
+        slots: &[Slot],
+        off_base: usize,
+        input: &Buffer,
+        output: &Buffer,
+        offsets: &Buffer,
+    ) -> Result<(), VulkanError> {
         let per_dispatch = self.device.max_groups[1] as usize;
         let mut start = 0;
         while start < slots.len() {
@@ -453,7 +561,7 @@ impl VulkanCompute {
     fn elementwise(
         &self,
         commands: &mut Commands,
-        kernel: &crate::kernels::Kernel,
+        kernel: &Kernel,
         buffers: &[&Buffer],
         push: &[u32],
         n: usize,

@@ -4,6 +4,10 @@
 //! - `matvec_<type>.spv` (`matvec.comp` + `dequant/<type>.glsl`, which may splice in a helper
 //!   such as `dequant/iq4_grid.glsl`): routed-expert matrix times gathered f32 activations,
 //!   dequantizing the raw GGUF blocks as it reads them.
+//! - `matvec_fast_<type>.spv` (`matvec_fast.comp` + `fast/<type>.glsl`): the fast numeric
+//!   mode's matvec over int8 activations, integer dot products per 32 values
+//!   (`GL_EXT_integer_dot_product`); built only on a device with `shaderIntegerDotProduct`.
+//! - `quantize.spv`: f32 rows to the fast matvec's int8 activation blocks.
 //! - `swiglu.spv`: `silu(gate) * up` in place.
 //! - `combine.spv`: the weighted add of every route's output into its token's row.
 //!
@@ -22,6 +26,10 @@ use crate::VulkanError;
 pub const ELEMENTWISE_GROUP_THREADS: u32 = 64;
 /// Values each matvec thread reads per step: inner dimensions must be a multiple of it.
 pub const MATVEC_CHUNK_VALUES: usize = 32;
+/// Words of one quantized 32-value activation block (`quantize.comp`): 8 words of int8
+/// codes (value `4k + i` in byte `i` of word `k`), the f32 scale's bits, and the signed code
+/// sums of values 0..16 (low 16 bits) and 16..32 (high 16 bits).
+pub const QBLOCK_WORDS: usize = 10;
 
 /// The weight types with a matvec shader, with their SPIR-V.
 const MATVEC_SPIRV: [(GgmlType, &[u8]); 11] = [
@@ -70,12 +78,54 @@ const MATVEC_SPIRV: [(GgmlType, &[u8]); 11] = [
         include_bytes!(concat!(env!("OUT_DIR"), "/matvec_iq4_xs.spv")),
     ),
 ];
+/// The weight types with an integer-dot matvec shader (the fast mode), with their SPIR-V.
+const MATVEC_FAST_SPIRV: [(GgmlType, &[u8]); 8] = [
+    (
+        GgmlType::Q8_0,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_fast_q8_0.spv")),
+    ),
+    (
+        GgmlType::Q2_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_fast_q2_k.spv")),
+    ),
+    (
+        GgmlType::Q3_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_fast_q3_k.spv")),
+    ),
+    (
+        GgmlType::Q4_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_fast_q4_k.spv")),
+    ),
+    (
+        GgmlType::Q5_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_fast_q5_k.spv")),
+    ),
+    (
+        GgmlType::Q6_K,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_fast_q6_k.spv")),
+    ),
+    (
+        GgmlType::IQ4_NL,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_fast_iq4_nl.spv")),
+    ),
+    (
+        GgmlType::IQ4_XS,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_fast_iq4_xs.spv")),
+    ),
+];
 const SWIGLU_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/swiglu.spv"));
 const COMBINE_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/combine.spv"));
+const QUANTIZE_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/quantize.spv"));
 
 /// The weight types the matvec shaders read.
 pub fn supported_types() -> impl Iterator<Item = GgmlType> {
     MATVEC_SPIRV.iter().map(|(t, _)| *t)
+}
+
+/// The weight types the fast mode computes with integer dot products on a device that has
+/// them (the other supported types, F32, F16 and BF16, use the f32 shaders in both modes).
+pub fn fast_types() -> impl Iterator<Item = GgmlType> {
+    MATVEC_FAST_SPIRV.iter().map(|(t, _)| *t)
 }
 
 /// Names of [`supported_types`], for error messages.
@@ -255,6 +305,10 @@ impl Kernel {
 /// Every pipeline of the backend.
 pub struct Kernels {
     matvec: Vec<(GgmlType, Kernel)>,
+    /// Empty on a device without `shaderIntegerDotProduct`.
+    matvec_fast: Vec<(GgmlType, Kernel)>,
+    /// `quantize.comp`: bindings x, q; push blocks, base.
+    pub quantize: Kernel,
     /// `swiglu.comp`: bindings gate, up; push n, base.
     pub swiglu: Kernel,
     /// `combine.comp`: bindings y, weights, tok_start, tok_routes, out; push tokens, dim, base.
@@ -269,6 +323,15 @@ impl Kernels {
                 .iter()
                 .map(|&(ty, spirv)| Ok((ty, Kernel::new(device, spirv, 4, 5)?)))
                 .collect::<Result<_, VulkanError>>()?,
+            matvec_fast: if device.integer_dot {
+                MATVEC_FAST_SPIRV
+                    .iter()
+                    .map(|&(ty, spirv)| Ok((ty, Kernel::new(device, spirv, 4, 5)?)))
+                    .collect::<Result<_, VulkanError>>()?
+            } else {
+                Vec::new()
+            },
+            quantize: Kernel::new(device, QUANTIZE_SPIRV, 2, 2)?,
             swiglu: Kernel::new(device, SWIGLU_SPIRV, 2, 2)?,
             combine: Kernel::new(device, COMBINE_SPIRV, 5, 3)?,
         })
@@ -278,5 +341,20 @@ impl Kernels {
     /// rows, cols, row bytes, route base, offset base), if it has one.
     pub fn matvec(&self, ty: GgmlType) -> Option<&Kernel> {
         self.matvec.iter().find(|(t, _)| *t == ty).map(|(_, k)| k)
+    }
+
+    /// The integer-dot matvec pipeline of weight type `ty` (bindings weights, quantized
+    /// activations, y, route offsets; push constants as [`Kernels::matvec`]), if it has one
+    /// and the device has integer dot products.
+    pub fn matvec_fast(&self, ty: GgmlType) -> Option<&Kernel> {
+        self.matvec_fast
+            .iter()
+            .find(|(t, _)| *t == ty)
+            .map(|(_, k)| k)
+    }
+
+    /// Whether the integer-dot pipelines were built (the device has integer dot products).
+    pub fn has_fast(&self) -> bool {
+        !self.matvec_fast.is_empty()
     }
 }

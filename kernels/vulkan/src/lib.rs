@@ -10,18 +10,24 @@
 //! device.rs          logical device, compute queue, host-visible mapped buffers
 //! kernels.rs         pipelines built from the SPIR-V that build.rs compiles from kernels/
 //! kernels/           GLSL: matvec.comp + dequant/<type>.glsl (IQ4_NL and IQ4_XS share
-//!                    dequant/iq4_grid.glsl, Q4_K and Q5_K dequant/k4_scale_min.glsl),
-//!                    swiglu.comp, combine.comp
+//!                    dequant/iq4_grid.glsl, Q4_K and Q5_K dequant/k4_scale_min.glsl);
+//!                    the fast mode's quantize.comp and matvec_fast.comp + fast/<type>.glsl
+//!                    (integer dot products); swiglu.comp, combine.comp
 //! commands.rs        one command buffer: record, submit, wait
 //! expert_weights.rs  the node's expert stacks uploaded once, in chunks within device limits
 //! expert_compute.rs  VulkanCompute: moe-model's ExpertCompute on the device
-//! matvec.rs          one matrix times rows on the device (the kernel-level tests' tool)
+//! matvec.rs          one matrix times rows on the device, f32 or fast (the kernel-level
+//!                    tests' tool)
 //! ```
 //!
 //! What runs on the device today: the routed-expert FFN (gate and up matvecs, SwiGLU, down
-//! matvec, weighted add) with f32 activations over the raw GGUF blocks of F32, F16, BF16,
-//! Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS experts. Attention, the dense layers
-//! and routing stay on the CPU.
+//! matvec, weighted add) over the raw GGUF blocks of F32, F16, BF16, Q8_0, Q2_K, Q3_K, Q4_K,
+//! Q5_K, Q6_K, IQ4_NL and IQ4_XS experts, in the calling model's numeric mode: f32
+//! activations in Exact; in Fast, activations quantized on the device to int8 per 32 values
+//! and integer dot products (`GL_EXT_integer_dot_product`) for every type but F32, F16 and
+//! BF16, which keep the f32 shaders (on a device without `shaderIntegerDotProduct`, Fast
+//! falls back to the f32 shaders: [`VulkanCompute::has_fast_shaders`]). Attention, the dense
+//! layers and routing stay on the CPU.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,7 +56,7 @@ pub use error::VulkanError;
 pub use expert_compute::VulkanCompute;
 pub use expert_weights::CHUNK_BYTES_MAX;
 pub use instance::{DeviceInfo, Instance};
-pub use kernels::{supported_type_names, supported_types};
+pub use kernels::{fast_types, supported_type_names, supported_types, QBLOCK_WORDS};
 pub use matvec::Matvec;
 
 /// Every Vulkan device with its properties, or why there is none.

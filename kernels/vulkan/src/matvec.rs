@@ -1,6 +1,8 @@
-//! [`Matvec`]: one weight matrix times f32 rows on the device through the same matvec shaders
-//! the experts use. The kernel-level tests compare it with the CPU's exact kernel for every
-//! weight type; it uploads the matrix on every call, so it is a checking tool, not a fast path.
+//! [`Matvec`]: one weight matrix times f32 rows on the device through the same shaders the
+//! experts use: the f32 matvec ([`Matvec::matmul`]), and the fast mode's quantizer
+//! ([`Matvec::quantize`]) and integer-dot matvec ([`Matvec::matmul_fast`]). The kernel-level
+//! tests compare them with the CPU's exact kernel and with an emulation of their arithmetic;
+//! it uploads the matrix on every call, so it is a checking tool, not a fast path.
 
 use std::sync::Arc;
 
@@ -8,7 +10,10 @@ use moe_kernels::QMatrix;
 
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
-use crate::kernels::{supported_type_names, Kernels, MATVEC_CHUNK_VALUES};
+use crate::kernels::{
+    fast_types, supported_type_names, Kernel, Kernels, ELEMENTWISE_GROUP_THREADS,
+    MATVEC_CHUNK_VALUES, QBLOCK_WORDS,
+};
 use crate::VulkanError;
 
 /// Pipelines and a command buffer for one-off matrix products.
@@ -37,14 +42,102 @@ impl Matvec {
         x: &[f32],
         n: usize,
     ) -> Result<Vec<f32>, VulkanError> {
-        let kernel = self
-            .kernels
-            .matvec(w.ty())
-            .ok_or_else(|| VulkanError::UnsupportedType {
+        if self.kernels.matvec(w.ty()).is_none() {
+            return Err(VulkanError::UnsupportedType {
                 tensor: name.into(),
                 ty: w.ty().name(),
                 supported: supported_type_names(),
-            })?;
+            });
+        }
+        self.run(name, false, w, x, n)
+    }
+
+    /// As [`Matvec::matmul`] in the fast mode: `x` quantized on the device by
+    /// [`Matvec::quantize`]'s shader, then the integer-dot matvec of `w`'s type. Refused for a
+    /// type without an integer-dot shader and on a device without integer dot products.
+    pub fn matmul_fast(
+        &mut self,
+        name: &str,
+        w: &QMatrix<'_>,
+        x: &[f32],
+        n: usize,
+    ) -> Result<Vec<f32>, VulkanError> {
+        self.require_fast()?;
+        if self.kernels.matvec_fast(w.ty()).is_none() {
+            return Err(VulkanError::UnsupportedType {
+                tensor: name.into(),
+                ty: w.ty().name(),
+                supported: fast_types()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        self.run(name, true, w, x, n)
+    }
+
+    /// `x` (rows of `cols` values, `cols` a multiple of 32) as the fast mode's quantized
+    /// activations: per 32 values [`QBLOCK_WORDS`] words (8 words of int8 codes, value
+    /// `4k + i` in byte `i` of word `k`; the f32 scale's bits; the signed code sums of values
+    /// 0..16 and 16..32 in the low and high 16 bits).
+    pub fn quantize(&mut self, x: &[f32], cols: usize) -> Result<Vec<u32>, VulkanError> {
+        self.require_fast()?;
+        if cols == 0 || !cols.is_multiple_of(MATVEC_CHUNK_VALUES) || !x.len().is_multiple_of(cols) {
+            return Err(VulkanError::InvalidInput(format!(
+                "quantize: {} values in rows of {cols} (a multiple of {MATVEC_CHUNK_VALUES})",
+                x.len()
+            )));
+        }
+        let blocks = x.len() / MATVEC_CHUNK_VALUES;
+        let input = self.upload_f32(x, "quantize input")?;
+        let output = Buffer::new(&self.device, 4 * QBLOCK_WORDS * blocks, "quantize output")?;
+        record_quantize(
+            &mut self.commands,
+            &self.kernels.quantize,
+            &self.device,
+            &input,
+            &output,
+            blocks,
+        )?;
+        self.commands.submit_and_wait()?;
+        Ok(output
+            .bytes()
+            .chunks_exact(4)
+            .take(QBLOCK_WORDS * blocks)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    /// The fast shaders need `shaderIntegerDotProduct`.
+    fn require_fast(&self) -> Result<(), VulkanError> {
+        if self.kernels.has_fast() {
+            return Ok(());
+        }
+        Err(VulkanError::Unusable {
+            device: self.device.info.name.clone(),
+            what: "no shaderIntegerDotProduct, which the fast mode's integer-dot shaders need"
+                .into(),
+        })
+    }
+
+    fn upload_f32(&self, x: &[f32], what: &str) -> Result<Buffer, VulkanError> {
+        let mut input = Buffer::new(&self.device, 4 * x.len(), what)?;
+        let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        input.write(0, &xb);
+        Ok(input)
+    }
+
+    /// One matvec of `w` by the `n` rows of `x` through its type's f32 shader, or (when
+    /// `quantized`) its integer-dot shader after quantizing `x`; the caller checked that the
+    /// shader exists.
+    fn run(
+        &mut self,
+        name: &str,
+        quantized: bool,
+        w: &QMatrix<'_>,
+        x: &[f32],
+        n: usize,
+    ) -> Result<Vec<f32>, VulkanError> {
         let (rows, cols) = (w.rows(), w.cols());
         if cols % MATVEC_CHUNK_VALUES != 0 || x.len() != n * cols {
             return Err(VulkanError::InvalidInput(format!(
@@ -52,19 +145,51 @@ impl Matvec {
                 x.len() / n.max(1)
             )));
         }
+        if rows as u64 > self.device.max_groups[0] as u64
+            || n as u64 > self.device.max_groups[1] as u64
+        {
+            return Err(VulkanError::DeviceLimit {
+                tensor: name.into(),
+                what: format!(
+                    "{rows} rows times {n} input rows exceed maxComputeWorkGroupCount {:?}",
+                    self.device.max_groups
+                ),
+            });
+        }
         let mut weights = Buffer::new(&self.device, w.data().len(), name)?;
         weights.write(0, w.data());
-        let mut input = Buffer::new(&self.device, 4 * x.len(), "matvec input")?;
-        let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        input.write(0, &xb);
+        let input = self.upload_f32(x, "matvec input")?;
         let output = Buffer::new(&self.device, 4 * n * rows, "matvec output")?;
         let mut offsets = Buffer::new(&self.device, 4 * n, "matvec offsets")?;
         offsets.write(0, &vec![0u8; 4 * n]);
+        let blocks = x.len() / MATVEC_CHUNK_VALUES;
+        let xq = if quantized {
+            let xq = Buffer::new(&self.device, 4 * QBLOCK_WORDS * blocks, "quantized input")?;
+            record_quantize(
+                &mut self.commands,
+                &self.kernels.quantize,
+                &self.device,
+                &input,
+                &xq,
+                blocks,
+            )?;
+            Some(xq)
+        } else {
+            None
+        };
+        let kernel = if quantized {
+            self.kernels.matvec_fast(w.ty())
+        } else {
+            self.kernels.matvec(w.ty())
+        }
+        .ok_or_else(|| {
+            VulkanError::InvalidInput(format!("{name}: no shader for {}", w.ty().name()))
+        })?;
         let (cmd, set) = self.commands.next(kernel)?;
         kernel.record(
             cmd,
             set,
-            &[&weights, &input, &output, &offsets],
+            &[&weights, xq.as_ref().unwrap_or(&input), &output, &offsets],
             &[rows as u32, cols as u32, w.row_bytes() as u32, 0, 0],
             [rows as u32, n as u32, 1],
         );
@@ -76,4 +201,31 @@ impl Matvec {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
     }
+}
+
+/// Records `quantize.comp` over `blocks` 32-value blocks of `input` into `output`, split to
+/// fit `maxComputeWorkGroupCount[0]`.
+fn record_quantize(
+    commands: &mut Commands,
+    kernel: &Kernel,
+    device: &Device,
+    input: &Buffer,
+    output: &Buffer,
+    blocks: usize,
+) -> Result<(), VulkanError> {
+    let per_dispatch = device.max_groups[0] as usize * ELEMENTWISE_GROUP_THREADS as usize;
+    let mut base = 0;
+    while base < blocks {
+        let count = (blocks - base).min(per_dispatch);
+        let (cmd, set) = commands.next(kernel)?;
+        kernel.record(
+            cmd,
+            set,
+            &[input, output],
+            &[blocks as u32, base as u32],
+            [(count as u32).div_ceil(ELEMENTWISE_GROUP_THREADS), 1, 1],
+        );
+        base += count;
+    }
+    Ok(())
 }

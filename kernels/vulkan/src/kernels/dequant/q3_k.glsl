@@ -2,11 +2,7 @@
 // values, 12 bytes of packed 6-bit signed scales (one per 16 values, minus 32), f16 d.
 // Value = d * scale * (q - (high bit ? 0 : 4)). In half n, chunk s of 32 takes bits 2s of
 // qs[32n + l], bit 4n + s of hmask[l], scale 8n + 2s + l / 16.
-int q3k_scale(uint b, uint i) {
-    uint lo = i < 8u ? (byte_at(b + 96u + i) & 15u) : (byte_at(b + 88u + i) >> 4);
-    uint hi = (byte_at(b + 104u + (i & 3u)) >> (2u * (i >> 2))) & 3u;
-    return int(lo | (hi << 4)) - 32;
-}
+#include "q3k_scale.glsl"
 
 float dot32(uint row_off, uint c, uint xo) {
     uint b = row_off + (c >> 3) * 110u;
