@@ -1,10 +1,10 @@
 //! `QMatrix`: a borrowed quantized matrix `[rows, cols]` (ggml ne = [cols, rows]) and the
 //! kernel `y[t, r] = Σ_c W[r, c] · x[t, c]`, threaded over rows.
 //!
-//! Decides: how the work is split. Rows are cut into [`MATMUL_RANGES_PER_THREAD`]
-//! contiguous ranges per thread (multiples of the row tile) that the threads claim in turn,
-//! each running the per-type row kernel chosen by `matmul/kernel_table.rs` on its range,
-//! and products below [`MATMUL_PARALLEL_MIN_MACS`]
+//! Decides: how the work is split. Rows are cut into one contiguous range per thread
+//! (multiples of the row tile; [`MATMUL_GRID_RANGES_PER_THREAD`] for the compute-bound grid
+//! panels, claimed by whichever thread is free), each running the per-type row kernel chosen
+//! by `matmul/kernel_table.rs` on its range, and products below [`MATMUL_PARALLEL_MIN_MACS`]
 //! stay on the calling thread, where handing off would cost more than it saves. The ranges
 //! run on the compute team (`team.rs`: the calling thread and persistent members that spin
 //! between regions), so no thread is spawned or woken per call; [`set_num_threads`] decides
@@ -100,11 +100,14 @@ pub const MATMUL_PARALLEL_MIN_MACS: usize = 1 << 17;
 /// Fewest rows a worker thread is given (fewer threads are used for short matrices).
 pub const MATMUL_MIN_ROWS_PER_THREAD: usize = 16;
 
-/// Row ranges per thread a parallel matmul is cut into, claimed by whichever thread is free:
-/// with one range per thread, a thread slowed by a neighbour or woken late held the others
-/// idle at the join (`perf` of the small IQ1_S file's decode on two threads: the member
-/// spinning while the caller finished its half of the output head).
-pub const MATMUL_RANGES_PER_THREAD: usize = 4;
+/// Row ranges per thread a parallel matmul of grid panels (IQ1_S .. IQ3_XXS, Fast) is cut
+/// into, claimed by whichever thread is free: with one range per thread, a thread slowed by
+/// a neighbour or woken late held the others idle at the join (`perf` of the small IQ1_S
+/// file's decode on two threads: the member spinning while the caller finished its half of
+/// the output head). Measured on two threads, tg256, interleaved: IQ1_S 427-438 -> 442-481
+/// t/s; for the memory-bound types one contiguous range per thread stays faster (Q4_K with 4
+/// ranges 752-820 vs 856-860 t/s, Q2_K 1046-1107 vs 1077-1133).
+pub const MATMUL_GRID_RANGES_PER_THREAD: usize = 4;
 
 /// Most worker threads a matmul uses, whatever [`set_num_threads`] asks for.
 pub const MATMUL_THREADS_MAX: usize = 256;
@@ -456,10 +459,13 @@ impl<'a> QMatrix<'a> {
         };
 
         // Rows per range, rounded up to whole tiles, at least the rows a thread is given.
-        let ranges = if threads > 1 {
-            threads * MATMUL_RANGES_PER_THREAD
-        } else {
-            1
+        let grid = self.mode == NumericMode::Fast
+            && self.packed.is_some()
+            && PackedMatrix::is_grid(self.ty);
+        let ranges = match threads {
+            1 => 1,
+            _ if grid => threads * MATMUL_GRID_RANGES_PER_THREAD,
+            _ => threads,
         };
         let min_rows = MATMUL_MIN_ROWS_PER_THREAD.max(tile);
         let per = (self.rows.div_ceil(ranges).div_ceil(tile) * tile).max(min_rows.min(self.rows));

@@ -106,6 +106,12 @@ impl PackedMatrix {
         by_format!(ty, F => true, _ => false) && cols.is_multiple_of(SUPER)
     }
 
+    /// Whether `ty`'s panels are a grid format, whose kernels are bound by decoding the grid
+    /// rather than by reading the weights.
+    pub fn is_grid(ty: GgmlType) -> bool {
+        by_format!(ty, F => F::GRID, _ => false)
+    }
+
     /// `m` repacked, or `None` when it does not repack ([`PackedMatrix::packs`]).
     pub fn pack(m: &QMatrix<'_>) -> Option<Self> {
         if !Self::packs(m.ty(), m.cols()) {
