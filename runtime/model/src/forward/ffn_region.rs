@@ -437,7 +437,6 @@ mod tests {
     /// enough tokens that the routes take two waves.
     #[test]
     fn shared_expert_in_the_region_keeps_the_bits() {
-        use crate::forward::moe::route;
         let path = moe_devdata::fixtures::fixtures_dir()
             .join("kimi-k25-kq")
             .join("kimi-k25-kq-Q4_K_M.gguf");
@@ -455,7 +454,20 @@ mod tests {
                 .find_map(|(l, lw)| lw.moe.as_ref().map(|m| (l, m)))
                 .expect("a MoE layer");
             let shared = moe.shared.as_ref().expect("a shared expert");
-            let routes = route(&model, moe, l, &x, n).unwrap().routes();
+            // k distinct experts per token, ascending, spread over all of them.
+            let (e, k) = (model.cfg.n_experts, model.cfg.n_experts_used);
+            let routes: Vec<Route> = (0..n)
+                .flat_map(|t| {
+                    let mut ids: Vec<u32> = (0..k).map(|j| ((t * 7 + j * 13) % e) as u32).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids.into_iter().enumerate().map(move |(j, expert)| Route {
+                        token: t as u32,
+                        expert,
+                        weight: 0.1 + j as f32 * 0.05,
+                    })
+                })
+                .collect();
             let mut want = vec![0f32; n * d];
             dense_ffn(&model, shared, &x, n, &mut want).unwrap();
             apply_routes_cpu(&model, l, &x, None, &routes, &mut want).unwrap();
