@@ -139,7 +139,7 @@ pub fn select_experts(
         .enumerate()
         .map(|(i, rows)| (i * SELECT_TOKENS_PER_JOB, rows))
         .collect();
-    let mut parts: Vec<Option<Result<(Vec<u32>, Vec<f32>), ModelError>>> =
+    let mut parts: Vec<Option<Result<Selected, ModelError>>> =
         (0..chunks.len()).map(|_| None).collect();
     let jobs: Vec<_> = chunks.into_iter().zip(parts.iter_mut()).collect();
     let threads = if n >= 2 * SELECT_TOKENS_PER_JOB {
@@ -168,15 +168,18 @@ pub fn select_experts(
 /// microseconds, and a 512-token prompt's selection ran serially for 3% of its time before.
 pub const SELECT_TOKENS_PER_JOB: usize = 32;
 
+/// Each token's experts (ascending) and weights, token-major.
+type Selected = (Vec<u32>, Vec<f32>);
+
 /// [`select_experts`] of the logit rows `logits` (checked finite), the first of which is
-/// token `first`: each token's experts (ascending) and weights.
+/// token `first`.
 fn select_rows(
     c: &ModelConfig,
     layer: usize,
     bias: &[f32],
     logits: &mut [f32],
     first: usize,
-) -> Result<(Vec<u32>, Vec<f32>), ModelError> {
+) -> Result<Selected, ModelError> {
     let e = c.n_experts;
     let k = c.n_experts_used;
     let n = logits.len() / e.max(1);
