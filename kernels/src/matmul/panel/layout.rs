@@ -43,12 +43,12 @@ pub(crate) type GridUnit = (
     (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
 );
 
-/// A grid unit against one token (AVX-512): per row (i32 lanes) `Σ (c + 128)·x` of its
-/// first and second 16 values (a format with one scale per unit may put all in the first),
-/// then the scales of the two halves.
+/// A grid unit against `T` tokens (AVX-512): per token and row (i32 lanes) `Σ (c + 128)·x`
+/// of its first and second 16 values (a format with one scale per unit may put all in the
+/// first), then the scales of the two halves.
 #[cfg(target_arch = "x86_64")]
-pub(crate) type UnitSums = (
-    (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
+pub(crate) type UnitSums<const T: usize> = (
+    [(std::arch::x86_64::__m256i, std::arch::x86_64::__m256i); T],
     (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
 );
 
@@ -165,14 +165,18 @@ pub(crate) trait PanelFormat {
     /// [`PanelFormat::grid_store_unit_512`]: IQ1_S, IQ1_M).
     const AVX512_GRID: bool = false;
 
-    /// A grid format's unit at `unit` against one token's 32 activation bytes at `x`, on
+    /// A grid format's unit at `unit` against `T` tokens' 32 activation bytes at `xs`, on
     /// AVX-512 VNNI, without the quad vectors of [`PanelFormat::grid_unit_avx`]
     /// ([`UnitSums`]).
     ///
     /// # Safety
-    /// AVX-512 F/BW/VL/VNNI; `unit` valid for [`PanelFormat::UNIT_BYTES`] reads, `x` for 32.
+    /// AVX-512 F/BW/VL/VNNI; `unit` valid for [`PanelFormat::UNIT_BYTES`] reads, each of `xs`
+    /// for 32.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn grid_unit_sums_512(_unit: *const u8, _x: *const i8) -> UnitSums {
+    unsafe fn grid_unit_sums_512<const T: usize>(
+        _unit: *const u8,
+        _xs: [*const i8; T],
+    ) -> UnitSums<T> {
         unreachable!("no AVX-512 grid kernels")
     }
 
