@@ -85,12 +85,23 @@ pub trait Observer: Send {
     fn hidden(&mut self, _index: usize, _rows: &[f32]) {}
     /// The routing of MoE layer `layer` for all tokens of the batch.
     fn routing(&mut self, _layer: usize, _routing: &Routing) {}
+    /// Whether this observer needs every row of the last layer: without one, the last
+    /// layer's FFN runs only on the rows whose logits are wanted (their logits are the same
+    /// bits; the other rows' final hidden states and last-layer routing are then not
+    /// computed).
+    fn needs_every_row(&self) -> bool {
+        true
+    }
 }
 
 /// An observer that ignores everything.
 #[derive(Debug, Default)]
 pub struct NoObserver;
-impl Observer for NoObserver {}
+impl Observer for NoObserver {
+    fn needs_every_row(&self) -> bool {
+        false
+    }
+}
 
 /// The rows of `values` (`[t, width]`) holding a NaN or an infinity, ascending, and the first
 /// such value; `None` when every value is finite. Only reads `values`.
@@ -125,6 +136,22 @@ pub fn check_finite(
             value,
             rows: rows.into_iter().map(|r| r + first_row).collect(),
         }),
+    }
+}
+
+/// `e` with the rows of a [`ModelError::NonFinite`] mapped through `batch_rows` (row `i` of
+/// the computed rows is batch row `batch_rows[i]`).
+fn in_batch_rows(e: ModelError, batch_rows: &[usize]) -> ModelError {
+    match e {
+        ModelError::NonFinite { what, value, rows } => ModelError::NonFinite {
+            what,
+            value,
+            rows: rows
+                .into_iter()
+                .map(|r| batch_rows.get(r).copied().unwrap_or(r))
+                .collect(),
+        },
+        other => other,
     }
 }
 
@@ -198,42 +225,7 @@ impl Model {
         check_finite(&x, d, 0, || "the token embeddings".into())?;
         obs.hidden(0, &x);
 
-        let mut xn = vec![0f32; t_all * d];
-        let mut y = vec![0f32; t_all * d];
-        for (l, lw) in self.layers.iter().enumerate() {
-            ops::rms_norm(&x, &lw.attn.norm, c.rms_eps, &mut xn);
-            let mut start = 0;
-            for s in batch.iter_mut() {
-                let n = s.tokens.len();
-                let rows = start * d..(start + n) * d;
-                attention::attention(self, l, &xn[rows.clone()], n, s.cache, s.kind, &mut y[rows])?;
-                start += n;
-            }
-            check_finite(&y, d, 0, || format!("the attention output of layer {l}"))?;
-            ops::add_inplace(&mut x, &y);
-
-            ops::rms_norm(&x, &lw.ffn_norm, c.rms_eps, &mut xn);
-            y.fill(0.0);
-            if let Some(dense) = &lw.dense {
-                ffn_region::dense_ffn(self, dense, &xn, t_all, &mut y)?;
-                check_finite(&y, d, 0, || format!("the dense FFN output of layer {l}"))?;
-            } else if let Some(mw) = &lw.moe {
-                let routing = moe::route(self, mw, l, &xn, t_all)?;
-                obs.routing(l, &routing);
-                experts.begin(self, l, &xn, &routing)?;
-                experts.finish_with_shared(self, l, mw.shared.as_ref(), &xn, &mut y)?;
-                check_finite(&y, d, 0, || format!("the MoE output of layer {l}"))?;
-            }
-            ops::add_inplace(&mut x, &y);
-            if l + 1 < c.n_layers {
-                obs.hidden(l + 1, &x);
-            }
-        }
-        for s in batch.iter_mut() {
-            s.cache.commit(s.tokens.len());
-        }
-
-        // Final norm and output head, only on the rows whose logits are wanted.
+        // The rows whose logits are wanted, per sequence.
         let mut rows = Vec::new();
         let mut start = 0;
         for s in batch.iter() {
@@ -246,6 +238,71 @@ impl Model {
             rows.push(first..start + n);
             start += n;
         }
+        // The batch row of each row of `x` (all of them until the last layer's FFN).
+        let mut batch_rows: Vec<usize> = (0..t_all).collect();
+
+        let mut xn = vec![0f32; t_all * d];
+        let mut y = vec![0f32; t_all * d];
+        let mut t_all = t_all;
+        for (l, lw) in self.layers.iter().enumerate() {
+            ops::rms_norm(&x, &lw.attn.norm, c.rms_eps, &mut xn);
+            let mut start = 0;
+            for s in batch.iter_mut() {
+                let n = s.tokens.len();
+                let rows = start * d..(start + n) * d;
+                attention::attention(self, l, &xn[rows.clone()], n, s.cache, s.kind, &mut y[rows])?;
+                start += n;
+            }
+            check_finite(&y, d, 0, || format!("the attention output of layer {l}"))?;
+            ops::add_inplace(&mut x, &y);
+
+            // The last layer's FFN feeds only the logits: computed on their rows alone (as
+            // llama.cpp does), unless the observer needs every row. The cache already holds
+            // every row's keys and values.
+            let kept: usize = rows.iter().map(|r| r.len()).sum();
+            if l + 1 == c.n_layers && kept < t_all && !obs.needs_every_row() {
+                let keep: Vec<usize> = rows.iter().flat_map(|r| r.clone()).collect();
+                x = keep
+                    .iter()
+                    .flat_map(|&r| x[r * d..(r + 1) * d].iter().copied())
+                    .collect();
+                let mut at = 0;
+                for r in rows.iter_mut() {
+                    *r = at..at + r.len();
+                    at += r.len();
+                }
+                batch_rows = keep;
+                t_all = batch_rows.len();
+                xn.truncate(t_all * d);
+                y.truncate(t_all * d);
+            }
+
+            ops::rms_norm(&x, &lw.ffn_norm, c.rms_eps, &mut xn);
+            y.fill(0.0);
+            // Non-finite rows are named as batch rows (the last layer may have fewer).
+            let in_batch = |e| in_batch_rows(e, &batch_rows);
+            if let Some(dense) = &lw.dense {
+                ffn_region::dense_ffn(self, dense, &xn, t_all, &mut y)?;
+                check_finite(&y, d, 0, || format!("the dense FFN output of layer {l}"))
+                    .map_err(in_batch)?;
+            } else if let Some(mw) = &lw.moe {
+                let routing = moe::route(self, mw, l, &xn, t_all).map_err(in_batch)?;
+                obs.routing(l, &routing);
+                experts.begin(self, l, &xn, &routing)?;
+                experts.finish_with_shared(self, l, mw.shared.as_ref(), &xn, &mut y)?;
+                check_finite(&y, d, 0, || format!("the MoE output of layer {l}"))
+                    .map_err(in_batch)?;
+            }
+            ops::add_inplace(&mut x, &y);
+            if l + 1 < c.n_layers {
+                obs.hidden(l + 1, &x);
+            }
+        }
+        for s in batch.iter_mut() {
+            s.cache.commit(s.tokens.len());
+        }
+
+        // Final norm and output head, only on the rows whose logits are wanted.
         ops::rms_norm(&x, &self.output_norm, c.rms_eps, &mut xn);
         obs.hidden(c.n_layers, &xn);
         let head = self.mat(&self.output)?;
@@ -258,7 +315,7 @@ impl Model {
             head.matmul(&xn[r.start * d..r.end * d], n, &mut logits)?;
             if let Some((rs, v)) = non_finite_rows(&logits, c.vocab) {
                 first_bad.get_or_insert(v);
-                bad.extend(rs.into_iter().map(|i| r.start + i));
+                bad.extend(rs.into_iter().map(|i| batch_rows[r.start + i]));
             }
             out.push(logits);
         }
