@@ -1,8 +1,9 @@
 //! Weights repacked at load for the Fast mode: [`PackedMatrix`], a matrix of the k-quants
-//! (Q2_K .. Q6_K), IQ4_XS, the grids IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S and IQ1_M, or the 32-element Q8_0,
-//! Q4_0 and IQ4_NL (rows of whole 256-element super-blocks) in 8-row panels whose codes lie
-//! rows-in-lanes, so that one `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd` on AVX2) takes 4
-//! codes of each of 8 rows and the 8 rows' sums end in the 8 lanes of a vector: no
+//! (Q2_K .. Q6_K), IQ4_XS, the grids IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S and IQ1_M, or the
+//! 32-element Q8_0, Q4_0 and IQ4_NL (rows of whole 256-element super-blocks) in 8-row panels
+//! whose codes lie rows-in-lanes, so that one `vpdpbusd` (AVX-512 VNNI; `maddubs` + `madd`
+//! on AVX2) takes 4 codes of each of 8 rows and the 8 rows' sums end in the 8 lanes of a
+//! vector: no
 //! horizontal sums per row, one unpack of a panel's codes serving up to 4 tokens, and the
 //! same kernel for decode and prompts.
 //!
