@@ -143,14 +143,7 @@ fn fast_mode_keeps_float_experts_on_the_f32_shader() {
     let fast = Model::open(&path).unwrap().with_mode(NumericMode::Fast);
     std::fs::remove_file(&path).ok();
     let vk = VulkanCompute::new(device, &exact).unwrap();
-    let d = exact.cfg.n_embd;
-    let h: Vec<f32> = (0..3 * d)
-        .map(|i| ((i * 13 % 89) as f32 - 44.0) / 60.0)
-        .collect();
-    let (mut a, mut b) = (vec![0f32; 3 * d], vec![0f32; 3 * d]);
-    vk.apply_routes(&exact, 1, &h, &routes(), &mut a).unwrap();
-    vk.apply_routes(&fast, 1, &h, &routes(), &mut b).unwrap();
-    assert!(a.iter().any(|v| *v != 0.0), "the routes added nothing");
+    let (a, b) = exact_then_fast(&vk, &exact, &fast);
     assert_eq!(a, b, "F16 experts: fast mode differs from exact mode");
 }
 
@@ -172,14 +165,7 @@ fn without_integer_dot_products_the_fast_mode_uses_the_f32_shaders() {
     let fast = Model::open(&path).unwrap().with_mode(NumericMode::Fast);
     let vk = VulkanCompute::new(device.clone(), &exact).unwrap();
     assert!(!vk.has_fast_shaders());
-    let d = exact.cfg.n_embd;
-    let h: Vec<f32> = (0..3 * d)
-        .map(|i| ((i * 13 % 89) as f32 - 44.0) / 60.0)
-        .collect();
-    let (mut a, mut b) = (vec![0f32; 3 * d], vec![0f32; 3 * d]);
-    vk.apply_routes(&exact, 1, &h, &routes(), &mut a).unwrap();
-    vk.apply_routes(&fast, 1, &h, &routes(), &mut b).unwrap();
-    assert!(a.iter().any(|v| *v != 0.0), "the routes added nothing");
+    let (a, b) = exact_then_fast(&vk, &exact, &fast);
     assert_eq!(
         a, b,
         "fast mode without integer dot products differs from exact"
@@ -195,4 +181,18 @@ fn without_integer_dot_products_the_fast_mode_uses_the_f32_shaders() {
     assert!(err.contains("shaderIntegerDotProduct"), "{err}");
     let err = mv.quantize(&[0.5; 64], 64).unwrap_err().to_string();
     assert!(err.contains("shaderIntegerDotProduct"), "{err}");
+}
+
+/// The routes of layer 1 over 3 fixed input rows through `vk`, in the exact model's mode and
+/// then the fast one's; the exact result must add something.
+fn exact_then_fast(vk: &VulkanCompute, exact: &Model, fast: &Model) -> (Vec<f32>, Vec<f32>) {
+    let d = exact.cfg.n_embd;
+    let h: Vec<f32> = (0..3 * d)
+        .map(|i| ((i * 13 % 89) as f32 - 44.0) / 60.0)
+        .collect();
+    let (mut a, mut b) = (vec![0f32; 3 * d], vec![0f32; 3 * d]);
+    vk.apply_routes(exact, 1, &h, &routes(), &mut a).unwrap();
+    vk.apply_routes(fast, 1, &h, &routes(), &mut b).unwrap();
+    assert!(a.iter().any(|v| *v != 0.0), "the routes added nothing");
+    (a, b)
 }

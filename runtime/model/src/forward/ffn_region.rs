@@ -432,16 +432,21 @@ mod tests {
 
     use super::*;
 
+    /// The k-quant fixture (a leading dense layer, MoE layers with a shared expert) in `mode`.
+    fn kq_model(mode: NumericMode) -> Model {
+        let path = moe_devdata::fixtures::fixtures_dir()
+            .join("kimi-k25-kq")
+            .join("kimi-k25-kq-Q4_K_M.gguf");
+        Model::open(&path).unwrap().with_mode(mode)
+    }
+
     /// The shared expert computed in the routed experts' region gives the bits of computing
     /// it alone first (`dense_ffn`, then the routes), both modes, one and three threads, with
     /// enough tokens that the routes take two waves.
     #[test]
     fn shared_expert_in_the_region_keeps_the_bits() {
-        let path = moe_devdata::fixtures::fixtures_dir()
-            .join("kimi-k25-kq")
-            .join("kimi-k25-kq-Q4_K_M.gguf");
         for mode in [NumericMode::Exact, NumericMode::Fast] {
-            let model = Model::open(&path).unwrap().with_mode(mode);
+            let model = kq_model(mode);
             let d = model.cfg.n_embd;
             let n = MOE_WAVE_ROUTES_MAX / model.cfg.n_experts_used + 20;
             let x: Vec<f32> = (0..n * d)
@@ -490,11 +495,8 @@ mod tests {
     /// matmuls and the SwiGLU between them.
     #[test]
     fn dense_ffn_equals_three_matmuls() {
-        let path = moe_devdata::fixtures::fixtures_dir()
-            .join("kimi-k25-kq")
-            .join("kimi-k25-kq-Q4_K_M.gguf");
         for mode in [NumericMode::Exact, NumericMode::Fast] {
-            let model = Model::open(&path).unwrap().with_mode(mode);
+            let model = kq_model(mode);
             let d = model.cfg.n_embd;
             let n = 37;
             let x: Vec<f32> = (0..n * d)
