@@ -10,7 +10,7 @@
 //!                  generation;
 //!                  stdin_router: `--role router` without `--http` (JSON lines on stdin)
 //! serve/           `serve` and `--role router --http`: the OpenAI-compatible HTTP API
-//! expert/          `--role expert`: listener, connections, shard actor and its supervisor
+//! expert/          `--role expert`: listener, connections, their worker threads
 //! router/          the router's expert backend: remote experts, peer links, re-placement,
 //!                  `--record-routing`
 //! telemetry.rs     Prometheus metrics: names, `--metrics-addr` endpoint, typed helpers

@@ -12,9 +12,9 @@
 //! ```
 //!
 //! Flow control: the router's engine has at most one step in flight per link (it waits for
-//! every reply before the next layer), and every outgoing frame goes through the link's
-//! bounded writer queue (`LINK_QUEUE_FRAMES_MAX`); a step that finds it full fails at once
-//! (counted as `send_queue_full`). Framing, MACs and encryption are
+//! every reply before the next layer) and writes each request itself, within
+//! `PEER_TIMEOUT_MS` (a node that stops reading fails the step and its link is reset);
+//! replies go from the link's reader task straight to the waiting step. Framing, MACs and encryption are
 //! `moe_cluster::wire::Connection`'s, shared with the expert nodes.
 //!
 //! May import: `options`, `telemetry`; never `expert`, `cli` or `serve`.

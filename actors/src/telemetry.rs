@@ -132,8 +132,9 @@ pub enum ErrorKind {
     StepRefused,
     /// A step got no reply within `STEP_TIMEOUT_MS`.
     StepTimeout,
-    /// A step could not be queued: the link's send queue was full or closed.
-    SendQueueFull,
+    /// A frame could not be written: the connection broke or the peer took nothing for
+    /// `PEER_TIMEOUT_MS`.
+    SendFailed,
     /// Computing a request failed on this node.
     Compute,
 }
@@ -148,7 +149,7 @@ impl ErrorKind {
         Self::BadFrame,
         Self::StepRefused,
         Self::StepTimeout,
-        Self::SendQueueFull,
+        Self::SendFailed,
         Self::Compute,
     ];
 
@@ -162,7 +163,7 @@ impl ErrorKind {
             Self::BadFrame => "bad_frame",
             Self::StepRefused => "step_refused",
             Self::StepTimeout => "step_timeout",
-            Self::SendQueueFull => "send_queue_full",
+            Self::SendFailed => "send_failed",
             Self::Compute => "compute",
         }
     }

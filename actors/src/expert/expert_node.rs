@@ -1,9 +1,10 @@
 //! `moe-node --role expert`: serves this node's experts to authenticated routers.
 //!
-//! Per accepted connection: the handshake (nothing is read past a failed one), then three
-//! tasks — a reader that checks every frame (length, MAC, sequence, archive, limits) and
-//! answers heartbeats at once, a worker that hands requests to the shard actor, and a writer
-//! that owns the sending key. A bad frame drops that connection only; other peers go on.
+//! Per accepted connection: the handshake (nothing is read past a failed one), then a reader
+//! task that checks every frame (length, MAC, sequence, archive, limits) and answers
+//! heartbeats at once, and a worker thread (`worker.rs`) that computes the requests and
+//! writes their replies; both write through the connection's one sealing writer. A bad
+//! frame drops that connection only; other peers go on.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,29 +13,25 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use moe_cluster::placement::{ExpertSet, NodeName, Placement};
 use moe_cluster::wire::{
-    server_handshake, Connection, ErrorMessage, ExpertRequest, FrameReader, HandshakeConfig,
-    Heartbeat, Message, ModelShape, Reassign, ReassignAck, ShardSummary, PEER_TIMEOUT_MS,
+    server_handshake, write_shared, Connection, FrameReader, HandshakeConfig, Heartbeat, Message,
+    ModelShape, ShardSummary, SharedWriter, PEER_TIMEOUT_MS,
 };
 use moe_model::config::ModelConfig;
 use moe_model::gguf::GgufFile;
 use moe_model::model::{Model, WeightSet};
 use moe_model::LayerExperts;
-use ractor::{Actor, ActorRef};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::expert_shard::ExpertShardMsg;
 use super::handshake_slots::{HandshakeSlot, HandshakeSlots};
 use super::live_shard::LiveShard;
-use super::supervisor::{NodeSupervisorActor, NodeSupervisorMsg};
+use super::worker::{self, NodeWork, Work};
 use crate::options::{load_placement, read_secret, ComputeArgs, ExpertArgs, DEFAULT_NODE_NAME};
 use crate::telemetry::{self, ErrorKind, LinkEnd, PeerMetrics};
 
 /// Requests a connection may read ahead of its worker.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 2;
-/// Frames queued for one connection's writer.
-pub const WRITER_QUEUE_FRAMES_MAX: usize = 8;
 /// Authenticated connections an expert node keeps at once.
 pub const CONNECTIONS_MAX: usize = 64;
 /// Pause after a failed `accept` before the next one.
@@ -119,9 +116,13 @@ pub fn run(
             shape,
         )
     };
-    let layers = (cfg.n_layers, cfg.moe_layers());
     let compute = compute.handle(&model)?;
     let live = Arc::new(LiveShard::new(model_path.clone(), model, shard, compute));
+    let node = NodeWork {
+        live: live.clone(),
+        turn: Default::default(),
+        shape: (cfg.n_experts, cfg.n_layers, cfg.moe_layers()),
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -130,7 +131,6 @@ pub fn run(
         let listener = TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("binding {}", a.listen))?;
-        let (supervisor, _) = Actor::spawn(None, NodeSupervisorActor, live.clone()).await?;
         telemetry::register_unknown_peer();
         println!("listening on {}", listener.local_addr()?);
         let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
@@ -155,11 +155,9 @@ pub fn run(
             // A node re-placed since start advertises what it owns now.
             let mut hs = hs.clone();
             hs.shards = live.summary();
-            let supervisor = supervisor.clone();
-            let layers = layers.clone();
+            let node = node.clone();
             tokio::spawn(async move {
-                if let Err(e) =
-                    serve_connection(stream, &hs, supervisor, &layers, permit, slots).await
+                if let Err(e) = serve_connection(stream, &hs, node, permit, slots).await
                 {
                     eprintln!("connection from {peer} closed: {e:#}");
                 }
@@ -172,19 +170,10 @@ fn file_bytes(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// What a connection's worker does next, in arrival order.
-pub enum Work {
-    /// Compute a step.
-    Request(ExpertRequest),
-    /// Apply a re-placement phase.
-    Reassign(Reassign),
-}
-
 async fn serve_connection<S>(
     mut stream: S,
     hs: &HandshakeConfig,
-    supervisor: ActorRef<NodeSupervisorMsg>,
-    shape_layers: &(usize, Vec<usize>),
+    node: NodeWork,
     handshake_permit: HandshakeSlot,
     slots: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()>
@@ -212,74 +201,27 @@ where
     let metrics = PeerMetrics::new(peer.name.as_str(), LinkEnd::Expert);
     metrics.connection_opened();
     let (mut reader, writer) = Connection::new(stream, mac, hs.shape).split();
-    let (out_tx, out_rx) = mpsc::channel::<Message>(WRITER_QUEUE_FRAMES_MAX);
-    let (req_tx, mut req_rx) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
-    let (n_experts, n_layers, moe_layers) =
-        (hs.shape.n_experts, shape_layers.0, shape_layers.1.clone());
-    let sent_metrics = metrics.clone();
-    let writer =
-        tokio::spawn(writer.write_loop(out_rx, move |bytes| sent_metrics.frame_sent(bytes)));
-    let worker_out = out_tx.clone();
-    let worker_metrics = metrics.clone();
-    let worker = tokio::spawn(async move {
-        while let Some(work) = req_rx.recv().await {
-            let shard = ractor::call!(supervisor, NodeSupervisorMsg::CurrentShard)?;
-            let req = match work {
-                Work::Request(req) => req,
-                Work::Reassign(r) => {
-                    let parsed = r
-                        .shards
-                        .parse(n_experts, n_layers, |l| moe_layers.contains(&l));
-                    let result = match parsed {
-                        Err(e) => Err(e.to_string()),
-                        Ok(per_layer) => {
-                            ractor::call!(shard, ExpertShardMsg::Reassign, r.phase, per_layer)
-                                .unwrap_or_else(|e| Err(e.to_string()))
-                        }
-                    };
-                    let ack = ReassignAck {
-                        epoch: r.epoch,
-                        error: result.err().unwrap_or_default(),
-                    };
-                    if worker_out.send(Message::ReassignAck(ack)).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let step_id = req.step_id;
-            let reply = match ractor::call!(shard, ExpertShardMsg::Compute, Box::new(req)) {
-                Ok(Ok(reply)) => Message::ExpertReply(reply),
-                Ok(Err(reason)) => {
-                    worker_metrics.error(ErrorKind::Compute);
-                    Message::Error(ErrorMessage::for_step(step_id, &reason))
-                }
-                Err(e) => {
-                    worker_metrics.error(ErrorKind::Compute);
-                    Message::Error(ErrorMessage::for_step(
-                        step_id,
-                        &format!("expert shard failed: {e}"),
-                    ))
-                }
-            };
-            if worker_out.send(reply).await.is_err() {
-                break;
-            }
-        }
-        anyhow::Ok(())
-    });
-    let result = read_loop(&mut reader, &out_tx, &req_tx, peer.name.as_str(), &metrics).await;
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let (req_tx, req_rx) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
+    let worker = worker::spawn(
+        node,
+        req_rx,
+        writer.clone(),
+        metrics.clone(),
+        tokio::runtime::Handle::current(),
+    )
+    .context("starting the connection's worker thread")?;
+    let result = read_loop(&mut reader, &writer, &req_tx, peer.name.as_str(), &metrics).await;
     drop(req_tx);
-    drop(out_tx);
-    let _ = worker.await;
-    let _ = writer.await;
+    // The worker ends after the request in hand (its writes are bounded by the peer timeout).
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     metrics.connection_closed();
     result
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
+async fn read_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     reader: &mut FrameReader<R>,
-    out: &mpsc::Sender<Message>,
+    out: &SharedWriter<W>,
     requests: &mpsc::Sender<Work>,
     peer: &str,
     metrics: &PeerMetrics,
@@ -320,12 +262,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 .send(Work::Reassign(r))
                 .await
                 .context("worker gone")?,
-            Message::Heartbeat(hb) => out
-                .send(Message::Heartbeat(Heartbeat {
+            Message::Heartbeat(hb) => {
+                let answer = Message::Heartbeat(Heartbeat {
                     counter: hb.counter,
-                }))
-                .await
-                .context("writer gone")?,
+                });
+                let bytes = write_shared(out, &answer, silence)
+                    .await
+                    .with_context(|| format!("answering a heartbeat of {peer}"))?;
+                metrics.frame_sent(bytes);
+            }
             Message::Error(e) => {
                 metrics.error(ErrorKind::StepRefused);
                 bail!("peer {peer} sent an error: {}", e.message)

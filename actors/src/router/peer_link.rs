@@ -4,7 +4,11 @@
 //! `HEARTBEAT_INTERVAL_MS`, declares the peer down when its connection closes or it is
 //! silent for `PEER_TIMEOUT_MS`, fails every in-flight step at that moment with an error
 //! naming the node, and keeps reconnecting with a capped backoff until the node is back.
-//! Steps arrive from the engine thread; replies go back on the step's own channel.
+//!
+//! The data path does not cross the actor: the engine thread seals and writes a step's
+//! request itself ([`LinkShared::dispatch`]), and the connection's reader task hands each
+//! reply straight to the step's channel. The actor owns the connection's life (connect,
+//! heartbeats, silence, down, reconnect) and the control frames (re-placement).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,18 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moe_cluster::wire::{
-    client_handshake, Connection, ExpertReply, ExpertRequest, HandshakeConfig, Heartbeat, Message,
-    PeerInfo, Reassign, ReassignAck, HEARTBEAT_INTERVAL_MS, PEER_TIMEOUT_MS,
+    client_handshake, write_shared, Connection, ExpertReply, ExpertRequest, HandshakeConfig,
+    Heartbeat, Message, PeerInfo, Reassign, ReassignAck, SharedWriter, HEARTBEAT_INTERVAL_MS,
+    PEER_TIMEOUT_MS,
 };
 use moe_model::LayerExperts;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::WriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::telemetry::{ErrorKind, LinkEnd, PeerMetrics};
 
-/// Frames queued for the link's writer.
-pub const LINK_QUEUE_FRAMES_MAX: usize = 8;
 /// Longest wait between reconnection attempts.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 /// Time allowed for TCP connect.
@@ -33,8 +36,9 @@ pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// Where a step's reply goes.
 pub type ReplyTx = std::sync::mpsc::SyncSender<Result<ExpertReply, String>>;
 
-/// What the engine thread can see of a link without asking the actor.
-#[derive(Debug)]
+type LinkWriter = SharedWriter<WriteHalf<TcpStream>>;
+
+/// What the engine thread, the reader task and the actor share of a link.
 pub struct LinkShared {
     /// The node's name.
     pub name: String,
@@ -45,16 +49,115 @@ pub struct LinkShared {
     /// The peer answered but refused the handshake (secret, model or version mismatch):
     /// retrying will not help until an operator fixes it.
     pub refused: AtomicBool,
+    /// Set while up; cleared (before `pending` is failed) when the link goes down.
+    conn: Mutex<Option<LinkWriter>>,
+    /// Steps awaiting a reply, with when they were written.
+    pending: Mutex<HashMap<u64, (ReplyTx, Instant)>>,
+    metrics: PeerMetrics,
 }
+
+impl std::fmt::Debug for LinkShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkShared")
+            .field("name", &self.name)
+            .field("up", &self.up)
+            .finish()
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LinkShared {
+    /// A link to node `name`, not connected yet.
+    pub fn new(name: &str) -> Self {
+        let metrics = PeerMetrics::new(name, LinkEnd::Router);
+        metrics.set_up(false);
+        metrics.set_in_flight(0);
+        Self {
+            name: name.to_string(),
+            up: false.into(),
+            last_error: Mutex::new("not connected yet".into()),
+            refused: false.into(),
+            conn: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Seals and writes one step's request on the calling thread (`rt` drives the write);
+    /// its reply, or why there is none, goes to `tx`. `Err` when the write itself failed (the
+    /// step has its error already): the caller resets the link.
+    pub fn dispatch(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        req: ExpertRequest,
+        tx: ReplyTx,
+    ) -> Result<(), String> {
+        let step = req.step_id;
+        let writer = {
+            let conn = locked(&self.conn);
+            let Some(writer) = conn.as_ref() else {
+                let why = locked(&self.last_error).clone();
+                let _ = tx.send(Err(format!("node {} is down: {why}", self.name)));
+                return Ok(());
+            };
+            let mut pending = locked(&self.pending);
+            pending.insert(step, (tx, Instant::now()));
+            self.metrics.set_in_flight(pending.len());
+            writer.clone()
+        };
+        let message = Message::ExpertRequest(req);
+        match rt.block_on(write_shared(&writer, &message, STEP_WRITE_TIMEOUT)) {
+            Ok(bytes) => {
+                self.metrics.frame_sent(bytes);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.error(ErrorKind::SendFailed);
+                let reason = format!("node {}: sending the step failed: {e}", self.name);
+                self.deliver(step, Err(reason.clone()));
+                Err(reason)
+            }
+        }
+    }
+
+    /// Hands a step's reply (or failure) to its waiter, if it still waits.
+    fn deliver(&self, step: u64, result: Result<ExpertReply, String>) {
+        let mut pending = locked(&self.pending);
+        if let Some((tx, sent)) = pending.remove(&step) {
+            if result.is_ok() {
+                self.metrics.round_trip(sent.elapsed().as_secs_f64());
+            }
+            self.metrics.set_in_flight(pending.len());
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Fails every step in flight with `reason`.
+    fn fail_all(&self, reason: &str) {
+        for (_, (tx, _)) in locked(&self.pending).drain() {
+            let _ = tx.send(Err(reason.to_string()));
+        }
+        self.metrics.set_in_flight(0);
+    }
+
+    /// The live connection's writer, while the link is up.
+    fn writer(&self) -> Option<LinkWriter> {
+        locked(&self.conn).clone()
+    }
+}
+
+/// Longest wait for a node to take one request frame.
+const STEP_WRITE_TIMEOUT: Duration = Duration::from_millis(PEER_TIMEOUT_MS);
 
 /// Messages of [`PeerLinkActor`].
 pub enum PeerLinkMsg {
-    /// Send one step's request; the reply (or the failure) goes to the sender.
-    Dispatch(Box<ExpertRequest>, ReplyTx),
     /// Periodic: heartbeat, silence check, reconnect.
     Tick,
     /// A connection attempt `gen` succeeded.
-    Connected(u64, mpsc::Sender<Message>, tokio::task::AbortHandle),
+    Connected(u64, LinkWriter, tokio::task::AbortHandle),
     /// A connection attempt `gen` failed; `true` when the peer refused the handshake.
     ConnectFailed(u64, String, bool),
     /// A frame on connection `gen`.
@@ -72,9 +175,9 @@ pub enum PeerLinkMsg {
     SetExpected(Arc<LayerExperts>),
 }
 
+/// The actor's view of the live connection.
 struct Conn {
     gen: u64,
-    tx: mpsc::Sender<Message>,
     reader: tokio::task::AbortHandle,
 }
 
@@ -87,10 +190,7 @@ pub struct PeerLinkState {
     conn: Option<Conn>,
     connecting: bool,
     gen: u64,
-    /// Steps awaiting a reply, with when they were handed to the link.
-    pending: HashMap<u64, (ReplyTx, Instant)>,
     reassigns: HashMap<u64, std::sync::mpsc::SyncSender<Result<ReassignAck, String>>>,
-    metrics: PeerMetrics,
     last_heard: Instant,
     next_attempt: Instant,
     backoff_ms: u64,
@@ -103,13 +203,10 @@ pub struct PeerLinkActor;
 
 impl PeerLinkState {
     fn fail_all(&mut self, reason: &str) {
-        for (_, (tx, _)) in self.pending.drain() {
-            let _ = tx.send(Err(reason.to_string()));
-        }
+        self.shared.fail_all(reason);
         for (_, tx) in self.reassigns.drain() {
             let _ = tx.send(Err(reason.to_string()));
         }
-        self.metrics.set_in_flight(0);
     }
 
     fn down(&mut self, reason: String, kind: ErrorKind) {
@@ -117,14 +214,13 @@ impl PeerLinkState {
             c.reader.abort();
             eprintln!("link to {} down: {reason}", self.shared.name);
         }
-        self.metrics.error(kind);
-        self.metrics.set_up(false);
+        // No new step may join `pending` once it is failed below.
+        *locked(&self.shared.conn) = None;
+        let metrics = &self.shared.metrics;
+        metrics.error(kind);
+        metrics.set_up(false);
         self.shared.up.store(false, Ordering::SeqCst);
-        *self
-            .shared
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = reason.clone();
+        *locked(&self.shared.last_error) = reason.clone();
         self.fail_all(&format!("node {}: {reason}", self.shared.name));
     }
 }
@@ -149,9 +245,6 @@ impl Actor for PeerLinkActor {
         });
         let _ = myself.cast(PeerLinkMsg::Tick);
         let now = Instant::now();
-        let metrics = PeerMetrics::new(&shared.name, LinkEnd::Router);
-        metrics.set_up(false);
-        metrics.set_in_flight(0);
         Ok(PeerLinkState {
             addr,
             hs,
@@ -160,9 +253,7 @@ impl Actor for PeerLinkActor {
             conn: None,
             connecting: false,
             gen: 0,
-            pending: HashMap::new(),
             reassigns: HashMap::new(),
-            metrics,
             last_heard: now,
             next_attempt: now,
             backoff_ms: 50,
@@ -178,33 +269,9 @@ impl Actor for PeerLinkActor {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PeerLinkMsg::Dispatch(req, tx) => match &st.conn {
-                None => {
-                    let why = st
-                        .shared
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
-                    let _ = tx.send(Err(format!("node {} is down: {why}", st.shared.name)));
-                }
-                Some(c) => {
-                    let step = req.step_id;
-                    if c.tx.try_send(Message::ExpertRequest(*req)).is_err() {
-                        st.metrics.error(ErrorKind::SendQueueFull);
-                        let _ = tx.send(Err(format!(
-                            "node {}: send queue full or closed",
-                            st.shared.name
-                        )));
-                    } else {
-                        st.pending.insert(step, (tx, Instant::now()));
-                        st.metrics.set_in_flight(st.pending.len());
-                    }
-                }
-            },
             PeerLinkMsg::Tick => {
                 let now = Instant::now();
-                if let Some(c) = &st.conn {
+                if st.conn.is_some() {
                     if now.duration_since(st.last_heard) > Duration::from_millis(PEER_TIMEOUT_MS) {
                         st.down(
                             format!("silent for more than {PEER_TIMEOUT_MS} ms"),
@@ -215,9 +282,19 @@ impl Actor for PeerLinkActor {
                     {
                         st.heartbeats += 1;
                         st.last_heartbeat = now;
-                        let _ = c.tx.try_send(Message::Heartbeat(Heartbeat {
+                        let heartbeat = Message::Heartbeat(Heartbeat {
                             counter: st.heartbeats,
-                        }));
+                        });
+                        if let Some(writer) = st.shared.writer() {
+                            // Off the actor: a step's frame may hold the writer for a while.
+                            let shared = st.shared.clone();
+                            tokio::spawn(async move {
+                                let within = Duration::from_millis(PEER_TIMEOUT_MS);
+                                if let Ok(bytes) = write_shared(&writer, &heartbeat, within).await {
+                                    shared.metrics.frame_sent(bytes);
+                                }
+                            });
+                        }
                     }
                 } else if !st.connecting && now >= st.next_attempt {
                     st.connecting = true;
@@ -227,28 +304,29 @@ impl Actor for PeerLinkActor {
                         st.gen,
                         st.addr,
                         st.hs.clone(),
-                        st.metrics.clone(),
+                        st.shared.clone(),
                         st.expected.clone(),
                     ));
                 }
             }
-            PeerLinkMsg::Connected(gen, tx, reader) => {
+            PeerLinkMsg::Connected(gen, writer, reader) => {
                 st.connecting = false;
                 if gen != st.gen {
                     reader.abort();
                     return Ok(());
                 }
-                st.conn = Some(Conn { gen, tx, reader });
+                st.conn = Some(Conn { gen, reader });
+                *locked(&st.shared.conn) = Some(writer);
                 st.last_heard = Instant::now();
                 st.backoff_ms = 50;
                 st.shared.up.store(true, Ordering::SeqCst);
                 st.shared.refused.store(false, Ordering::SeqCst);
-                st.metrics.set_up(true);
+                st.shared.metrics.set_up(true);
                 eprintln!("link to {} up ({})", st.shared.name, st.addr);
             }
             PeerLinkMsg::ConnectFailed(gen, reason, refused) => {
                 if gen == st.gen {
-                    st.metrics.error(if refused {
+                    st.shared.metrics.error(if refused {
                         ErrorKind::Handshake
                     } else {
                         ErrorKind::Connect
@@ -281,13 +359,6 @@ impl Actor for PeerLinkActor {
                 }
                 st.last_heard = Instant::now();
                 match frame {
-                    Message::ExpertReply(reply) => {
-                        if let Some((tx, sent)) = st.pending.remove(&reply.step_id) {
-                            st.metrics.round_trip(sent.elapsed().as_secs_f64());
-                            st.metrics.set_in_flight(st.pending.len());
-                            let _ = tx.send(Ok(reply));
-                        }
-                    }
                     Message::Heartbeat(_) => {}
                     Message::ReassignAck(ack) => {
                         if let Some(tx) = st.reassigns.remove(&ack.epoch) {
@@ -295,18 +366,12 @@ impl Actor for PeerLinkActor {
                         }
                     }
                     Message::Error(e) => {
-                        // The node refused a request: fail that step (or, for an error about
-                        // the connection, every step in flight) with its words.
-                        st.metrics.error(ErrorKind::StepRefused);
+                        // An error about the connection (step 0): every step in flight fails
+                        // with its words (the reader delivered those naming a step).
+                        st.shared.metrics.error(ErrorKind::StepRefused);
                         let reason =
                             format!("node {} refused the step: {}", st.shared.name, e.message);
-                        match st.pending.remove(&e.step_id) {
-                            Some((tx, _)) if e.step_id != 0 => {
-                                let _ = tx.send(Err(reason));
-                                st.metrics.set_in_flight(st.pending.len());
-                            }
-                            _ => st.fail_all(&reason),
-                        }
+                        st.fail_all(&reason);
                     }
                     other => st.down(
                         format!("unexpected {} frame", other.kind()),
@@ -324,20 +389,24 @@ impl Actor for PeerLinkActor {
                 st.down(reason, ErrorKind::StepTimeout);
                 st.next_attempt = Instant::now();
             }
-            PeerLinkMsg::Reassign(r, tx) => match &st.conn {
+            PeerLinkMsg::Reassign(r, tx) => match st.shared.writer() {
                 None => {
                     let _ = tx.send(Err(format!("node {} is down", st.shared.name)));
                 }
-                Some(c) => {
-                    let epoch = r.epoch;
-                    if c.tx.try_send(Message::Reassign(r)).is_err() {
-                        st.metrics.error(ErrorKind::SendQueueFull);
-                        let _ = tx.send(Err(format!(
-                            "node {}: send queue full or closed",
-                            st.shared.name
-                        )));
-                    } else {
-                        st.reassigns.insert(epoch, tx);
+                Some(writer) => {
+                    let within = Duration::from_millis(PEER_TIMEOUT_MS);
+                    match write_shared(&writer, &Message::Reassign(r.clone()), within).await {
+                        Ok(bytes) => {
+                            st.shared.metrics.frame_sent(bytes);
+                            st.reassigns.insert(r.epoch, tx);
+                        }
+                        Err(e) => {
+                            st.shared.metrics.error(ErrorKind::SendFailed);
+                            let _ = tx.send(Err(format!(
+                                "node {}: sending the re-placement failed: {e}",
+                                st.shared.name
+                            )));
+                        }
                     }
                 }
             },
@@ -377,7 +446,7 @@ async fn connect(
     gen: u64,
     addr: SocketAddr,
     hs: HandshakeConfig,
-    metrics: PeerMetrics,
+    shared: Arc<LinkShared>,
     expected: Arc<LayerExperts>,
 ) {
     let attempt = async {
@@ -406,29 +475,39 @@ async fn connect(
         }
         Ok((stream, mac)) => {
             let (mut frames, writer) = Connection::new(stream, mac, hs.shape).split();
-            let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES_MAX);
-            let sent_metrics = metrics.clone();
-            tokio::spawn(writer.write_loop(rx, move |bytes| sent_metrics.frame_sent(bytes)));
             let reader_link = link.clone();
             let reader = tokio::spawn(async move {
+                let metrics = &shared.metrics;
                 let (reason, kind) = loop {
                     let frame = match frames.read_frame().await {
                         Ok(f) => f,
                         Err(e) => break (format!("connection lost: {e}"), ErrorKind::Closed),
                     };
                     metrics.frame_received(frame.len());
-                    match frames.open(&frame) {
-                        Ok(m) => {
-                            if reader_link.cast(PeerLinkMsg::Frame(gen, m)).is_err() {
+                    let message = match frames.open(&frame) {
+                        Ok(m) => m,
+                        Err(e) => break (format!("bad frame: {e}"), ErrorKind::BadFrame),
+                    };
+                    // Replies go straight to their steps; the rest is the actor's.
+                    match message {
+                        Message::ExpertReply(reply) => shared.deliver(reply.step_id, Ok(reply)),
+                        Message::Error(e) if e.step_id != 0 => {
+                            metrics.error(ErrorKind::StepRefused);
+                            let reason =
+                                format!("node {} refused the step: {}", shared.name, e.message);
+                            shared.deliver(e.step_id, Err(reason));
+                        }
+                        other => {
+                            if reader_link.cast(PeerLinkMsg::Frame(gen, other)).is_err() {
                                 return;
                             }
                         }
-                        Err(e) => break (format!("bad frame: {e}"), ErrorKind::BadFrame),
                     }
                 };
                 let _ = reader_link.cast(PeerLinkMsg::Closed(gen, reason, kind));
             });
-            let _ = link.cast(PeerLinkMsg::Connected(gen, tx, reader.abort_handle()));
+            let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
+            let _ = link.cast(PeerLinkMsg::Connected(gen, writer, reader.abort_handle()));
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -158,12 +158,7 @@ impl RemoteExperts {
                         })?
                 }
             };
-            let shared = Arc::new(LinkShared {
-                name: node.name.as_str().to_string(),
-                up: false.into(),
-                last_error: Mutex::new("not connected yet".into()),
-                refused: false.into(),
-            });
+            let shared = Arc::new(LinkShared::new(node.name.as_str()));
             let idx = NodeIndex(links.len() as u16);
             let expected = expected_shards(&placement, idx);
             let actor = rt
@@ -280,15 +275,9 @@ impl RemoteExperts {
         let link = self.links[work.node.0 as usize]
             .as_ref()
             .ok_or_else(|| ModelError::InvalidInput("local node has no link".into()))?;
-        if link
-            .actor
-            .cast(PeerLinkMsg::Dispatch(Box::new(req), tx.clone()))
-            .is_err()
-        {
-            let _ = tx.send(Err(format!(
-                "node {}: link actor stopped",
-                link.shared.name
-            )));
+        if let Err(reason) = link.shared.dispatch(&self.rt, req, tx) {
+            // The step has its error; the connection is not to be trusted with the next one.
+            let _ = link.actor.cast(PeerLinkMsg::Reset(reason));
         }
         Ok(InFlight { work, rx })
     }

@@ -10,7 +10,7 @@
 //! wire/frame.rs      SendMac/RecvMac/SessionMac, encode_frame, decode_frame, seal_frame
 //! wire/io.rs         read_frame/write_frame over tokio and std streams
 //! wire/connection.rs Connection: one authenticated stream split into a FrameReader and a
-//!                    FrameWriter (with its write loop), used by both ends
+//!                    FrameWriter (shared by its senders: write_shared), used by both ends
 //! wire/hidden.rs     WireDtype and f32 <-> wire dtype (f32, bf16) conversion of hidden states
 //! wire/handshake.rs  client_handshake/server_handshake: versions, fingerprint, mutual auth
 //! ```
@@ -87,7 +87,7 @@ mod io;
 mod limits;
 mod message;
 
-pub use connection::{Connection, FrameReader, FrameWriter};
+pub use connection::{write_shared, Connection, FrameReader, FrameWriter, SharedWriter};
 pub use frame::{decode_frame, encode_frame, seal_frame, RecvMac, SendMac, SessionMac, MAC_BYTES};
 pub use handshake::{
     client_handshake, server_handshake, ClusterSecret, HandshakeConfig, PeerInfo,

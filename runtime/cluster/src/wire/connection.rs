@@ -1,14 +1,18 @@
 //! One authenticated connection, for both ends: after the handshake, [`Connection::split`]
 //! gives a [`FrameReader`] (read a frame within its limit, then open it: MAC, sequence,
-//! decryption, archive and shape checks) and a [`FrameWriter`] (seal and write, or drain a
-//! bounded queue with [`FrameWriter::write_loop`]). The expert node and the router's peer
-//! link use the same two halves, so both ends frame, authenticate and count bytes alike.
+//! decryption, archive and shape checks) and a [`FrameWriter`] (seal and write). Each end
+//! shares its writer between the threads that answer ([`SharedWriter`], written through
+//! [`write_shared`] within a deadline), so a frame is sealed and written by the thread that
+//! made it, with no hand-off to a writer task. The expert node and the router's peer link use
+//! the same two halves, so both ends frame, authenticate and count bytes alike.
 //!
 //! It leaves to its callers: timeouts, what a message means, and what a failure counts as
 //! (a read error is the stream's; an open error is the peer's frame).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
 
 use super::frame::{decode_frame, encode_frame, RecvMac, SendMac, SessionMac};
 use super::io::{read_frame, write_frame};
@@ -82,17 +86,23 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         write_frame(&mut self.stream, &frame).await?;
         Ok(frame.len())
     }
+}
 
-    /// Writes queued messages until every sender is gone, calling `sent` with each frame's
-    /// length. The queue's bound is the caller's (a bounded `mpsc` channel).
-    pub async fn write_loop(
-        mut self,
-        mut queue: mpsc::Receiver<Message>,
-        mut sent: impl FnMut(usize),
-    ) -> Result<(), ClusterError> {
-        while let Some(message) = queue.recv().await {
-            sent(self.write_message(&message).await?);
-        }
-        Ok(())
-    }
+/// A connection's writer, shared by the tasks and threads that send on it.
+pub type SharedWriter<W> = Arc<tokio::sync::Mutex<FrameWriter<W>>>;
+
+/// Seals and writes `message` through a shared writer (waiting for its turn), failing when
+/// the whole takes longer than `within` (a peer that stopped reading); the frame's length.
+pub async fn write_shared<W: AsyncWrite + Unpin>(
+    writer: &tokio::sync::Mutex<FrameWriter<W>>,
+    message: &Message,
+    within: Duration,
+) -> Result<usize, ClusterError> {
+    let write = async { writer.lock().await.write_message(message).await };
+    tokio::time::timeout(within, write).await.unwrap_or_else(|_| {
+        Err(ClusterError::WireIo(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the peer took no frame for {} ms", within.as_millis()),
+        )))
+    })
 }
