@@ -5,16 +5,15 @@
 //! expert_node.rs     `--role expert`: listener, handshake, one connection task set per peer
 //! handshake_slots.rs how many unauthenticated connections a node holds, per address, and
 //!                    which gives way to a newcomer
-//! worker.rs          a connection's worker thread: computes the weighted partial sums of
-//!                    each request and writes the reply
+//! session.rs         one connection's thread: reads frames, computes the weighted partial
+//!                    sums of each request, writes the replies
 //! live_shard.rs      LiveShard: owned experts + their mapped model, swapped by live
 //!                    re-placement
 //! ```
 //!
-//! Flow control: a connection reads at most `REQUESTS_IN_FLIGHT_MAX` requests ahead of its
-//! worker (a bounded channel); replies and heartbeat answers are written in place by whoever
-//! made them, one at a time through the connection's writer, each within `PEER_TIMEOUT_MS`.
-//! Computations take turns on the node (one compute pool). Framing, MACs and encryption are
+//! Flow control: a connection's thread reads the next frame only after answering the last
+//! one (the router's requests wait in the socket), and each frame is read and written within
+//! `PEER_TIMEOUT_MS`. Computations take turns on the node (one compute pool). Framing, MACs and encryption are
 //! `moe_cluster::wire::Connection`'s, shared with the router's peer links.
 //!
 //! May import: `options`, `telemetry`; never `router`, `cli` or `serve`.
@@ -22,4 +21,4 @@
 pub mod expert_node;
 pub mod handshake_slots;
 pub mod live_shard;
-pub mod worker;
+pub mod session;

@@ -1,37 +1,28 @@
 //! `moe-node --role expert`: serves this node's experts to authenticated routers.
 //!
-//! Per accepted connection: the handshake (nothing is read past a failed one), then a reader
-//! task that checks every frame (length, MAC, sequence, archive, limits) and answers
-//! heartbeats at once, and a worker thread (`worker.rs`) that computes the requests and
-//! writes their replies; both write through the connection's one sealing writer. A bad
-//! frame drops that connection only; other peers go on.
+//! Per accepted connection: the handshake on the async runtime (nothing is read past a failed
+//! one), then the connection's own thread (`session.rs`) that checks every frame (length,
+//! MAC, sequence, archive, limits), answers heartbeats, computes requests and writes their
+//! replies. A bad frame drops that connection only; other peers go on.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use moe_cluster::placement::{ExpertSet, NodeName, Placement};
-use moe_cluster::wire::{
-    server_handshake, write_shared, Connection, FrameReader, HandshakeConfig, Heartbeat, Message,
-    ModelShape, ShardSummary, SharedWriter, PEER_TIMEOUT_MS,
-};
+use moe_cluster::wire::{server_handshake, Connection, HandshakeConfig, ModelShape, ShardSummary};
 use moe_model::config::ModelConfig;
 use moe_model::gguf::GgufFile;
 use moe_model::model::{Model, WeightSet};
 use moe_model::LayerExperts;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake_slots::{HandshakeSlot, HandshakeSlots};
 use super::live_shard::LiveShard;
-use super::worker::{self, NodeWork, Work};
+use super::session::{self, NodeWork};
 use crate::options::{load_placement, read_secret, ComputeArgs, ExpertArgs, DEFAULT_NODE_NAME};
 use crate::telemetry::{self, ErrorKind, LinkEnd, PeerMetrics};
 
-/// Requests a connection may read ahead of its worker.
-pub const REQUESTS_IN_FLIGHT_MAX: usize = 2;
 /// Authenticated connections an expert node keeps at once.
 pub const CONNECTIONS_MAX: usize = 64;
 /// Pause after a failed `accept` before the next one.
@@ -157,8 +148,7 @@ pub fn run(
             hs.shards = live.summary();
             let node = node.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_connection(stream, &hs, node, permit, slots).await
-                {
+                if let Err(e) = serve_connection(stream, &hs, node, permit, slots).await {
                     eprintln!("connection from {peer} closed: {e:#}");
                 }
             });
@@ -170,16 +160,13 @@ fn file_bytes(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-async fn serve_connection<S>(
-    mut stream: S,
+async fn serve_connection(
+    mut stream: TcpStream,
     hs: &HandshakeConfig,
     node: NodeWork,
     handshake_permit: HandshakeSlot,
     slots: Arc<tokio::sync::Semaphore>,
-) -> anyhow::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> anyhow::Result<()> {
     let handshake = tokio::select! {
         result = server_handshake(&mut stream, hs) => result,
         () = handshake_permit.evicted() => {
@@ -200,85 +187,18 @@ where
     eprintln!("peer {} connected", peer.name.as_str());
     let metrics = PeerMetrics::new(peer.name.as_str(), LinkEnd::Expert);
     metrics.connection_opened();
-    let (mut reader, writer) = Connection::new(stream, mac, hs.shape).split();
-    let writer = Arc::new(tokio::sync::Mutex::new(writer));
-    let (req_tx, req_rx) = mpsc::channel(REQUESTS_IN_FLIGHT_MAX);
-    let worker = worker::spawn(
-        node,
-        req_rx,
-        writer.clone(),
-        metrics.clone(),
-        tokio::runtime::Handle::current(),
-    )
-    .context("starting the connection's worker thread")?;
-    let result = read_loop(&mut reader, &writer, &req_tx, peer.name.as_str(), &metrics).await;
-    drop(req_tx);
-    // The worker ends after the request in hand (its writes are bounded by the peer timeout).
-    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    let std_stream = stream
+        .into_std()
+        .context("taking the connection off the async runtime")?;
+    let (reader, writer) = Connection::new(std_stream, mac, hs.shape)
+        .split_blocking(session::PEER_TIMEOUT)
+        .context("setting up the connection")?;
+    let name = peer.name.as_str().to_string();
+    let served = metrics.clone();
+    let result =
+        tokio::task::spawn_blocking(move || session::serve(reader, writer, &node, &name, &served))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the connection's thread failed: {e}")));
     metrics.connection_closed();
     result
-}
-
-async fn read_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    reader: &mut FrameReader<R>,
-    out: &SharedWriter<W>,
-    requests: &mpsc::Sender<Work>,
-    peer: &str,
-    metrics: &PeerMetrics,
-) -> anyhow::Result<()> {
-    let silence = Duration::from_millis(PEER_TIMEOUT_MS);
-    loop {
-        let frame = match tokio::time::timeout(silence, reader.read_frame()).await {
-            Err(_) => {
-                metrics.error(ErrorKind::Timeout);
-                bail!("peer {peer} silent for {PEER_TIMEOUT_MS} ms")
-            }
-            Ok(Err(e)) => {
-                metrics.error(
-                    if matches!(e, moe_cluster::ClusterError::FrameTooLarge { .. }) {
-                        ErrorKind::BadFrame
-                    } else {
-                        ErrorKind::Closed
-                    },
-                );
-                return Err(e).with_context(|| format!("reading from {peer}"));
-            }
-            Ok(Ok(f)) => f,
-        };
-        metrics.frame_received(frame.len());
-        let message = match reader.open(&frame) {
-            Ok(m) => m,
-            Err(e) => {
-                metrics.error(ErrorKind::BadFrame);
-                return Err(e).with_context(|| format!("bad frame from {peer}"));
-            }
-        };
-        match message {
-            Message::ExpertRequest(req) => requests
-                .send(Work::Request(req))
-                .await
-                .context("worker gone")?,
-            Message::Reassign(r) => requests
-                .send(Work::Reassign(r))
-                .await
-                .context("worker gone")?,
-            Message::Heartbeat(hb) => {
-                let answer = Message::Heartbeat(Heartbeat {
-                    counter: hb.counter,
-                });
-                let bytes = write_shared(out, &answer, silence)
-                    .await
-                    .with_context(|| format!("answering a heartbeat of {peer}"))?;
-                metrics.frame_sent(bytes);
-            }
-            Message::Error(e) => {
-                metrics.error(ErrorKind::StepRefused);
-                bail!("peer {peer} sent an error: {}", e.message)
-            }
-            other => {
-                metrics.error(ErrorKind::BadFrame);
-                bail!("unexpected {} frame from {peer}", other.kind())
-            }
-        }
-    }
 }

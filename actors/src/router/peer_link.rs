@@ -2,7 +2,8 @@
 //!
 //! It connects and authenticates (client side of the handshake), sends heartbeats every
 //! `HEARTBEAT_INTERVAL_MS`, declares the peer down when its connection closes or it is
-//! silent for `PEER_TIMEOUT_MS`, fails every in-flight step at that moment with an error
+//! silent for `PEER_TIMEOUT_MS` with no step in flight (a node answers heartbeats between
+//! steps; while one computes, the step's own deadline applies), fails every in-flight step at that moment with an error
 //! naming the node, and keeps reconnecting with a capped backoff until the node is back.
 //!
 //! The data path does not cross the actor: the engine thread seals and writes a step's
@@ -53,6 +54,8 @@ pub struct LinkShared {
     conn: Mutex<Option<LinkWriter>>,
     /// Steps awaiting a reply, with when they were written.
     pending: Mutex<HashMap<u64, (ReplyTx, Instant)>>,
+    /// When the live connection last delivered a frame.
+    heard: Mutex<Instant>,
     metrics: PeerMetrics,
 }
 
@@ -82,6 +85,7 @@ impl LinkShared {
             refused: false.into(),
             conn: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
+            heard: Mutex::new(Instant::now()),
             metrics,
         }
     }
@@ -143,6 +147,12 @@ impl LinkShared {
         self.metrics.set_in_flight(0);
     }
 
+    /// How long the link has been silent, when no step waits on it (`None` while one does).
+    fn idle_silence(&self) -> Option<Duration> {
+        let pending = locked(&self.pending);
+        pending.is_empty().then(|| locked(&self.heard).elapsed())
+    }
+
     /// The live connection's writer, while the link is up.
     fn writer(&self) -> Option<LinkWriter> {
         locked(&self.conn).clone()
@@ -191,7 +201,6 @@ pub struct PeerLinkState {
     connecting: bool,
     gen: u64,
     reassigns: HashMap<u64, std::sync::mpsc::SyncSender<Result<ReassignAck, String>>>,
-    last_heard: Instant,
     next_attempt: Instant,
     backoff_ms: u64,
     heartbeats: u64,
@@ -254,7 +263,6 @@ impl Actor for PeerLinkActor {
             connecting: false,
             gen: 0,
             reassigns: HashMap::new(),
-            last_heard: now,
             next_attempt: now,
             backoff_ms: 50,
             heartbeats: 0,
@@ -272,7 +280,8 @@ impl Actor for PeerLinkActor {
             PeerLinkMsg::Tick => {
                 let now = Instant::now();
                 if st.conn.is_some() {
-                    if now.duration_since(st.last_heard) > Duration::from_millis(PEER_TIMEOUT_MS) {
+                    let silent = st.shared.idle_silence();
+                    if silent.is_some_and(|s| s > Duration::from_millis(PEER_TIMEOUT_MS)) {
                         st.down(
                             format!("silent for more than {PEER_TIMEOUT_MS} ms"),
                             ErrorKind::Timeout,
@@ -317,7 +326,7 @@ impl Actor for PeerLinkActor {
                 }
                 st.conn = Some(Conn { gen, reader });
                 *locked(&st.shared.conn) = Some(writer);
-                st.last_heard = Instant::now();
+                *locked(&st.shared.heard) = Instant::now();
                 st.backoff_ms = 50;
                 st.shared.up.store(true, Ordering::SeqCst);
                 st.shared.refused.store(false, Ordering::SeqCst);
@@ -357,7 +366,6 @@ impl Actor for PeerLinkActor {
                 if st.conn.as_ref().map(|c| c.gen) != Some(gen) {
                     return Ok(());
                 }
-                st.last_heard = Instant::now();
                 match frame {
                     Message::Heartbeat(_) => {}
                     Message::ReassignAck(ack) => {
@@ -484,6 +492,7 @@ async fn connect(
                         Err(e) => break (format!("connection lost: {e}"), ErrorKind::Closed),
                     };
                     metrics.frame_received(frame.len());
+                    *locked(&shared.heard) = Instant::now();
                     let message = match frames.open(&frame) {
                         Ok(m) => m,
                         Err(e) => break (format!("bad frame: {e}"), ErrorKind::BadFrame),

@@ -1,11 +1,14 @@
 //! Moving whole frames over byte streams: tokio (`read_frame`, `write_frame`) and blocking
-//! std (`read_frame_sync`, `write_frame_sync`) flavours of the same rules.
+//! std (`read_frame_sync`, `write_frame_sync`; [`Deadline`] bounds a whole frame's reading on
+//! a blocking TCP stream) flavours of the same rules.
 //!
 //! A reader takes the 4-byte length, refuses it when it exceeds the caller's limit (never
 //! more than [`FRAME_BYTES_MAX`]) before allocating, then reads exactly that many bytes.
 //! The frame comes back whole, length prefix included, ready for `decode_frame`.
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -83,6 +86,36 @@ pub fn read_frame_sync<R: Read>(
 pub fn write_frame_sync<W: Write>(writer: &mut W, frame: &[u8]) -> Result<(), ClusterError> {
     writer.write_all(frame).map_err(ClusterError::WireIo)?;
     writer.flush().map_err(ClusterError::WireIo)
+}
+
+/// A blocking TCP stream read against one deadline: each `read` waits at most until
+/// `deadline` (a peer that trickles bytes cannot stretch a frame past it), and one that
+/// would wait longer fails with `ErrorKind::TimedOut`.
+pub struct Deadline<'a> {
+    /// The stream (its read timeout is set before each read).
+    pub stream: &'a TcpStream,
+    /// When reading must be done.
+    pub deadline: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                "deadline passed before the frame was read",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        match (&*self.stream).read(buf) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                "deadline passed before the frame was read",
+            )),
+            other => other,
+        }
+    }
 }
 
 /// Checks the announced length, then allocates the frame with its prefix in place.

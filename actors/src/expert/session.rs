@@ -1,42 +1,36 @@
-//! A connection's worker: one thread per authenticated connection that takes the
-//! connection's requests in arrival order, computes each on the node's experts and writes its
-//! reply itself (sealed by the connection's writer, shared with the reader's heartbeat
-//! answers). A step crosses one hand-off on the node: reader task -> this thread.
+//! One authenticated connection, served on one thread with blocking I/O: read a frame
+//! (whole within `PEER_TIMEOUT_MS`), open it, and for a request compute its experts and write
+//! the reply on the same thread. A step crosses no hand-off on the node: the socket wakes the
+//! thread that computes and answers. Heartbeats are answered as they are read; while a step
+//! computes the router hears nothing on this link and waits by the step's own deadline.
 //!
 //! Every request is checked against the shard before any compute: an expert this node does
 //! not own, a layer that is not a MoE layer or a hidden size that does not match is an error
 //! reply, never a wrong answer. A panic while computing fails that request only (its error
 //! reply names it); the connection and the node go on.
 
+use std::net::TcpStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context};
 use moe_cluster::wire::{
-    decode_hidden, encode_hidden, write_shared, ErrorMessage, ExpertReply, ExpertRequest, Message,
-    Reassign, ReassignAck, SharedWriter, PEER_TIMEOUT_MS,
+    decode_hidden, encode_hidden, ErrorMessage, ExpertReply, ExpertRequest, FrameReader,
+    FrameWriter, Heartbeat, Message, Reassign, ReassignAck, PEER_TIMEOUT_MS,
 };
+use moe_cluster::ClusterError;
 use moe_model::forward::{ExpertCompute, Route};
 use moe_model::model::Model;
 use moe_model::LayerExperts;
-use tokio::io::AsyncWrite;
-use tokio::sync::mpsc;
 
 use super::live_shard::LiveShard;
 use crate::telemetry::{self, ErrorKind, PeerMetrics};
 
-/// What a connection's worker does next, in arrival order.
-pub enum Work {
-    /// Compute a step.
-    Request(ExpertRequest),
-    /// Apply a re-placement phase.
-    Reassign(Reassign),
-}
+/// Longest silence from a peer, and longest wait for it to take a frame.
+pub const PEER_TIMEOUT: Duration = Duration::from_millis(PEER_TIMEOUT_MS);
 
-/// Longest wait for the peer to take one reply.
-const PEER_TIMEOUT: Duration = Duration::from_millis(PEER_TIMEOUT_MS);
-
-/// What every worker of a node shares.
+/// What every connection of a node shares.
 #[derive(Clone)]
 pub struct NodeWork {
     /// The owned experts and their model.
@@ -48,36 +42,68 @@ pub struct NodeWork {
     pub shape: (usize, usize, Vec<usize>),
 }
 
-/// Starts the worker of one connection; it ends when `work` closes or a reply cannot be
-/// written.
-pub fn spawn<W: AsyncWrite + Unpin + Send + 'static>(
-    node: NodeWork,
-    mut work: mpsc::Receiver<Work>,
-    writer: SharedWriter<W>,
-    metrics: PeerMetrics,
-    rt: tokio::runtime::Handle,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("moe-conn-worker".into())
-        .spawn(move || {
-            while let Some(item) = work.blocking_recv() {
-                let reply = {
-                    let _turn = node.turn.lock().unwrap_or_else(|e| e.into_inner());
-                    match item {
-                        Work::Request(req) => step(&node.live, &req, &metrics),
-                        Work::Reassign(r) => Message::ReassignAck(reassign(&node, &r)),
-                    }
-                };
-                match rt.block_on(write_shared(&writer, &reply, PEER_TIMEOUT)) {
-                    Ok(bytes) => metrics.frame_sent(bytes),
-                    Err(e) => {
-                        metrics.error(ErrorKind::SendFailed);
-                        eprintln!("writing a reply failed: {e}");
-                        break;
-                    }
-                }
+/// Serves one connection until the peer closes it, goes silent, or sends a bad frame (the
+/// error says which, naming `peer`).
+pub fn serve(
+    mut reader: FrameReader<TcpStream>,
+    mut writer: FrameWriter<TcpStream>,
+    node: &NodeWork,
+    peer: &str,
+    metrics: &PeerMetrics,
+) -> anyhow::Result<()> {
+    loop {
+        let frame = match reader.read_frame_before(Instant::now() + PEER_TIMEOUT) {
+            Ok(f) => f,
+            Err(ClusterError::WireIo(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                metrics.error(ErrorKind::Timeout);
+                bail!("peer {peer} silent for {PEER_TIMEOUT_MS} ms (or slower with a frame)")
             }
-        })
+            Err(e) => {
+                metrics.error(if matches!(e, ClusterError::FrameTooLarge { .. }) {
+                    ErrorKind::BadFrame
+                } else {
+                    ErrorKind::Closed
+                });
+                return Err(e).with_context(|| format!("reading from {peer}"));
+            }
+        };
+        metrics.frame_received(frame.len());
+        let message = match reader.open(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                metrics.error(ErrorKind::BadFrame);
+                return Err(e).with_context(|| format!("bad frame from {peer}"));
+            }
+        };
+        let answer = match message {
+            Message::ExpertRequest(req) => {
+                let _turn = node.turn.lock().unwrap_or_else(|e| e.into_inner());
+                step(&node.live, &req, metrics)
+            }
+            Message::Reassign(r) => {
+                let _turn = node.turn.lock().unwrap_or_else(|e| e.into_inner());
+                Message::ReassignAck(reassign(node, &r))
+            }
+            Message::Heartbeat(hb) => Message::Heartbeat(Heartbeat {
+                counter: hb.counter,
+            }),
+            Message::Error(e) => {
+                metrics.error(ErrorKind::StepRefused);
+                bail!("peer {peer} sent an error: {}", e.message)
+            }
+            other => {
+                metrics.error(ErrorKind::BadFrame);
+                bail!("unexpected {} frame from {peer}", other.kind())
+            }
+        };
+        match writer.write_message_blocking(&answer) {
+            Ok(bytes) => metrics.frame_sent(bytes),
+            Err(e) => {
+                metrics.error(ErrorKind::SendFailed);
+                return Err(e).with_context(|| format!("writing to {peer}"));
+            }
+        }
+    }
 }
 
 /// Computes one request: its reply, or an error frame naming why (a panic included).
