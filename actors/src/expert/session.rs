@@ -52,6 +52,7 @@ pub fn serve(
     metrics: &PeerMetrics,
 ) -> anyhow::Result<()> {
     loop {
+        await_bytes(reader.stream());
         let frame = match reader.read_frame_before(Instant::now() + PEER_TIMEOUT) {
             Ok(f) => f,
             Err(ClusterError::WireIo(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -103,6 +104,34 @@ pub fn serve(
                 return Err(e).with_context(|| format!("writing to {peer}"));
             }
         }
+    }
+}
+
+/// How long a connection's thread polls for the next frame (yielding its core between polls)
+/// before it sleeps in `read`: a frame that comes sooner is taken without a wake-up of this
+/// thread, which costs tens of microseconds per MoE layer on a VM.
+pub const NEXT_FRAME_SPIN_US: u64 = 1_000;
+
+/// Returns when `stream` has bytes (or an end or error) to read, or after
+/// `NEXT_FRAME_SPIN_US`, whichever is first.
+fn await_bytes(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let until = Instant::now() + Duration::from_micros(NEXT_FRAME_SPIN_US);
+    let mut byte = 0u8;
+    while Instant::now() < until {
+        // SAFETY: a 1-byte peek into a live local buffer on an open socket.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+            return;
+        }
+        std::thread::yield_now();
     }
 }
 

@@ -85,6 +85,11 @@ impl Connection<TcpStream> {
 }
 
 impl FrameReader<TcpStream> {
+    /// The stream, to wait on.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// [`FrameReader::read_frame`] on a blocking stream, whole before `deadline`.
     pub fn read_frame_before(&mut self, deadline: Instant) -> Result<Vec<u8>, ClusterError> {
         let mut stream = Deadline {
