@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use moe_cluster::wire::{
-    decode_hidden, encode_hidden, ErrorMessage, ExpertReply, ExpertRequest, FrameReader,
-    FrameWriter, Heartbeat, Message, Reassign, ReassignAck, PEER_TIMEOUT_MS,
+    await_readable, decode_hidden, encode_hidden, ErrorMessage, ExpertReply, ExpertRequest,
+    FrameReader, FrameWriter, Heartbeat, Message, Reassign, ReassignAck, PEER_TIMEOUT_MS,
 };
 use moe_cluster::ClusterError;
 use moe_model::forward::{ExpertCompute, Route};
@@ -52,7 +52,8 @@ pub fn serve(
     metrics: &PeerMetrics,
 ) -> anyhow::Result<()> {
     loop {
-        await_bytes(reader.stream());
+        // An error here shows in the read that follows.
+        let _ = await_readable(reader.stream(), NEXT_FRAME_SPIN);
         let frame = match reader.read_frame_before(Instant::now() + PEER_TIMEOUT) {
             Ok(f) => f,
             Err(ClusterError::WireIo(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -107,33 +108,9 @@ pub fn serve(
     }
 }
 
-/// How long a connection's thread polls for the next frame (yielding its core between polls)
-/// before it sleeps in `read`: a frame that comes sooner is taken without a wake-up of this
-/// thread, which costs tens of microseconds per MoE layer on a VM.
-pub const NEXT_FRAME_SPIN_US: u64 = 1_000;
-
-/// Returns when `stream` has bytes (or an end or error) to read, or after
-/// `NEXT_FRAME_SPIN_US`, whichever is first.
-fn await_bytes(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let until = Instant::now() + Duration::from_micros(NEXT_FRAME_SPIN_US);
-    let mut byte = 0u8;
-    while Instant::now() < until {
-        // SAFETY: a 1-byte peek into a live local buffer on an open socket.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
-            return;
-        }
-        std::thread::yield_now();
-    }
-}
+/// How long a connection's thread polls for the next frame before it sleeps in `read`: a
+/// frame that comes sooner is taken without a wake-up of this thread.
+pub const NEXT_FRAME_SPIN: Duration = Duration::from_micros(1_000);
 
 /// Computes one request: its reply, or an error frame naming why (a panic included).
 fn step(live: &LiveShard, req: &ExpertRequest, metrics: &PeerMetrics) -> Message {

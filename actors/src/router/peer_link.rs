@@ -1,179 +1,50 @@
-//! `PeerLinkActor`: the router's link to one expert node.
+//! `PeerLinkActor`: the life of the router's link to one expert node.
 //!
 //! It connects and authenticates (client side of the handshake), sends heartbeats every
-//! `HEARTBEAT_INTERVAL_MS`, declares the peer down when its connection closes or it is
-//! silent for `PEER_TIMEOUT_MS` with no step in flight (a node answers heartbeats between
-//! steps; while one computes, the step's own deadline applies), fails every in-flight step at that moment with an error
-//! naming the node, and keeps reconnecting with a capped backoff until the node is back.
-//!
-//! The data path does not cross the actor: the engine thread seals and writes a step's
-//! request itself ([`LinkShared::dispatch`]), and the connection's reader task hands each
-//! reply straight to the step's channel. The actor owns the connection's life (connect,
-//! heartbeats, silence, down, reconnect) and the control frames (re-placement).
+//! `HEARTBEAT_INTERVAL_MS`, declares the peer down when its connection ends or it is silent
+//! for `PEER_TIMEOUT_MS` with no step in flight (a node answers heartbeats between steps;
+//! while one computes, the step's own deadline applies), fails every in-flight step at that
+//! moment with an error naming the node, and keeps reconnecting with a capped backoff until
+//! the node is back. Steps do not cross the actor: `link_io.rs` is their path. The actor
+//! gets the frames that are not replies (heartbeat answers, re-placement acks, errors about
+//! the connection) and the connection's end as [`LinkEvent`]s.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moe_cluster::wire::{
-    client_handshake, write_shared, Connection, ExpertReply, ExpertRequest, HandshakeConfig,
-    Heartbeat, Message, PeerInfo, Reassign, ReassignAck, SharedWriter, HEARTBEAT_INTERVAL_MS,
-    PEER_TIMEOUT_MS,
+    client_handshake, HandshakeConfig, Heartbeat, Message, PeerInfo, Reassign, ReassignAck,
+    HEARTBEAT_INTERVAL_MS, PEER_TIMEOUT_MS,
 };
 use moe_model::LayerExperts;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::io::WriteHalf;
 use tokio::net::TcpStream;
 
-use crate::telemetry::{ErrorKind, LinkEnd, PeerMetrics};
+use super::link_io::{LinkConn, LinkEvent, LinkShared};
+use crate::telemetry::ErrorKind;
 
 /// Longest wait between reconnection attempts.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 /// Time allowed for TCP connect.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 
-/// Where a step's reply goes.
-pub type ReplyTx = std::sync::mpsc::SyncSender<Result<ExpertReply, String>>;
-
-type LinkWriter = SharedWriter<WriteHalf<TcpStream>>;
-
-/// What the engine thread, the reader task and the actor share of a link.
-pub struct LinkShared {
-    /// The node's name.
-    pub name: String,
-    /// Whether the link is connected and authenticated.
-    pub up: AtomicBool,
-    /// Why it is down, if it is.
-    pub last_error: Mutex<String>,
-    /// The peer answered but refused the handshake (secret, model or version mismatch):
-    /// retrying will not help until an operator fixes it.
-    pub refused: AtomicBool,
-    /// Set while up; cleared (before `pending` is failed) when the link goes down.
-    conn: Mutex<Option<LinkWriter>>,
-    /// Steps awaiting a reply, with when they were written.
-    pending: Mutex<HashMap<u64, (ReplyTx, Instant)>>,
-    /// When the live connection last delivered a frame.
-    heard: Mutex<Instant>,
-    metrics: PeerMetrics,
-}
-
-impl std::fmt::Debug for LinkShared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkShared")
-            .field("name", &self.name)
-            .field("up", &self.up)
-            .finish()
-    }
-}
-
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
-
-impl LinkShared {
-    /// A link to node `name`, not connected yet.
-    pub fn new(name: &str) -> Self {
-        let metrics = PeerMetrics::new(name, LinkEnd::Router);
-        metrics.set_up(false);
-        metrics.set_in_flight(0);
-        Self {
-            name: name.to_string(),
-            up: false.into(),
-            last_error: Mutex::new("not connected yet".into()),
-            refused: false.into(),
-            conn: Mutex::new(None),
-            pending: Mutex::new(HashMap::new()),
-            heard: Mutex::new(Instant::now()),
-            metrics,
-        }
-    }
-
-    /// Seals and writes one step's request on the calling thread (`rt` drives the write);
-    /// its reply, or why there is none, goes to `tx`. `Err` when the write itself failed (the
-    /// step has its error already): the caller resets the link.
-    pub fn dispatch(
-        &self,
-        rt: &tokio::runtime::Runtime,
-        req: ExpertRequest,
-        tx: ReplyTx,
-    ) -> Result<(), String> {
-        let step = req.step_id;
-        let writer = {
-            let conn = locked(&self.conn);
-            let Some(writer) = conn.as_ref() else {
-                let why = locked(&self.last_error).clone();
-                let _ = tx.send(Err(format!("node {} is down: {why}", self.name)));
-                return Ok(());
-            };
-            let mut pending = locked(&self.pending);
-            pending.insert(step, (tx, Instant::now()));
-            self.metrics.set_in_flight(pending.len());
-            writer.clone()
-        };
-        let message = Message::ExpertRequest(req);
-        match rt.block_on(write_shared(&writer, &message, STEP_WRITE_TIMEOUT)) {
-            Ok(bytes) => {
-                self.metrics.frame_sent(bytes);
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.error(ErrorKind::SendFailed);
-                let reason = format!("node {}: sending the step failed: {e}", self.name);
-                self.deliver(step, Err(reason.clone()));
-                Err(reason)
-            }
-        }
-    }
-
-    /// Hands a step's reply (or failure) to its waiter, if it still waits.
-    fn deliver(&self, step: u64, result: Result<ExpertReply, String>) {
-        let mut pending = locked(&self.pending);
-        if let Some((tx, sent)) = pending.remove(&step) {
-            if result.is_ok() {
-                self.metrics.round_trip(sent.elapsed().as_secs_f64());
-            }
-            self.metrics.set_in_flight(pending.len());
-            let _ = tx.send(result);
-        }
-    }
-
-    /// Fails every step in flight with `reason`.
-    fn fail_all(&self, reason: &str) {
-        for (_, (tx, _)) in locked(&self.pending).drain() {
-            let _ = tx.send(Err(reason.to_string()));
-        }
-        self.metrics.set_in_flight(0);
-    }
-
-    /// How long the link has been silent, when no step waits on it (`None` while one does).
-    fn idle_silence(&self) -> Option<Duration> {
-        let pending = locked(&self.pending);
-        pending.is_empty().then(|| locked(&self.heard).elapsed())
-    }
-
-    /// The live connection's writer, while the link is up.
-    fn writer(&self) -> Option<LinkWriter> {
-        locked(&self.conn).clone()
-    }
-}
-
-/// Longest wait for a node to take one request frame.
-const STEP_WRITE_TIMEOUT: Duration = Duration::from_millis(PEER_TIMEOUT_MS);
 
 /// Messages of [`PeerLinkActor`].
 pub enum PeerLinkMsg {
     /// Periodic: heartbeat, silence check, reconnect.
     Tick,
     /// A connection attempt `gen` succeeded.
-    Connected(u64, LinkWriter, tokio::task::AbortHandle),
+    Connected(Arc<LinkConn>),
     /// A connection attempt `gen` failed; `true` when the peer refused the handshake.
     ConnectFailed(u64, String, bool),
-    /// A frame on connection `gen`.
-    Frame(u64, Message),
-    /// Connection `gen` closed, for a reason of `kind`.
-    Closed(u64, String, ErrorKind),
+    /// What the link's I/O reports.
+    Io(LinkEvent),
     /// The engine gave up on this node (step timeout): drop the connection and reconnect.
     Reset(String),
     /// Send one phase of a live re-placement; the node's ack (or the failure) goes back.
@@ -185,19 +56,14 @@ pub enum PeerLinkMsg {
     SetExpected(Arc<LayerExperts>),
 }
 
-/// The actor's view of the live connection.
-struct Conn {
-    gen: u64,
-    reader: tokio::task::AbortHandle,
-}
-
 /// State of one link.
 pub struct PeerLinkState {
     addr: SocketAddr,
     hs: HandshakeConfig,
     expected: Arc<LayerExperts>,
     shared: Arc<LinkShared>,
-    conn: Option<Conn>,
+    /// The live connection's `gen`.
+    conn: Option<u64>,
     connecting: bool,
     gen: u64,
     reassigns: HashMap<u64, std::sync::mpsc::SyncSender<Result<ReassignAck, String>>>,
@@ -211,26 +77,20 @@ pub struct PeerLinkState {
 pub struct PeerLinkActor;
 
 impl PeerLinkState {
-    fn fail_all(&mut self, reason: &str) {
-        self.shared.fail_all(reason);
-        for (_, tx) in self.reassigns.drain() {
-            let _ = tx.send(Err(reason.to_string()));
-        }
-    }
-
     fn down(&mut self, reason: String, kind: ErrorKind) {
-        if let Some(c) = self.conn.take() {
-            c.reader.abort();
+        if self.conn.take().is_some() {
             eprintln!("link to {} down: {reason}", self.shared.name);
         }
-        // No new step may join `pending` once it is failed below.
-        *locked(&self.shared.conn) = None;
         let metrics = &self.shared.metrics;
         metrics.error(kind);
         metrics.set_up(false);
         self.shared.up.store(false, Ordering::SeqCst);
         *locked(&self.shared.last_error) = reason.clone();
-        self.fail_all(&format!("node {}: {reason}", self.shared.name));
+        let reason = format!("node {}: {reason}", self.shared.name);
+        self.shared.disconnect(&reason);
+        for (_, tx) in self.reassigns.drain() {
+            let _ = tx.send(Err(reason.clone()));
+        }
     }
 }
 
@@ -253,6 +113,10 @@ impl Actor for PeerLinkActor {
             PeerLinkMsg::Tick
         });
         let _ = myself.cast(PeerLinkMsg::Tick);
+        let events = myself.clone();
+        shared.set_events(Box::new(move |e| {
+            let _ = events.cast(PeerLinkMsg::Io(e));
+        }));
         let now = Instant::now();
         Ok(PeerLinkState {
             addr,
@@ -294,12 +158,11 @@ impl Actor for PeerLinkActor {
                         let heartbeat = Message::Heartbeat(Heartbeat {
                             counter: st.heartbeats,
                         });
-                        if let Some(writer) = st.shared.writer() {
+                        if let Some(conn) = st.shared.conn() {
                             // Off the actor: a step's frame may hold the writer for a while.
                             let shared = st.shared.clone();
-                            tokio::spawn(async move {
-                                let within = Duration::from_millis(PEER_TIMEOUT_MS);
-                                if let Ok(bytes) = write_shared(&writer, &heartbeat, within).await {
+                            tokio::task::spawn_blocking(move || {
+                                if let Ok(bytes) = conn.send(&heartbeat) {
                                     shared.metrics.frame_sent(bytes);
                                 }
                             });
@@ -313,20 +176,23 @@ impl Actor for PeerLinkActor {
                         st.gen,
                         st.addr,
                         st.hs.clone(),
-                        st.shared.clone(),
                         st.expected.clone(),
                     ));
                 }
             }
-            PeerLinkMsg::Connected(gen, writer, reader) => {
+            PeerLinkMsg::Connected(conn) => {
                 st.connecting = false;
-                if gen != st.gen {
-                    reader.abort();
+                if conn.gen != st.gen {
+                    conn.shutdown();
                     return Ok(());
                 }
-                st.conn = Some(Conn { gen, reader });
-                *locked(&st.shared.conn) = Some(writer);
-                *locked(&st.shared.heard) = Instant::now();
+                let gen = conn.gen;
+                if let Err(e) = st.shared.connected(conn) {
+                    st.conn = Some(gen);
+                    st.down(format!("cannot start its watcher: {e}"), ErrorKind::Connect);
+                    return Ok(());
+                }
+                st.conn = Some(gen);
                 st.backoff_ms = 50;
                 st.shared.up.store(true, Ordering::SeqCst);
                 st.shared.refused.store(false, Ordering::SeqCst);
@@ -362,8 +228,8 @@ impl Actor for PeerLinkActor {
                     st.backoff_ms = (st.backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
                 }
             }
-            PeerLinkMsg::Frame(gen, frame) => {
-                if st.conn.as_ref().map(|c| c.gen) != Some(gen) {
+            PeerLinkMsg::Io(LinkEvent::Frame(gen, frame)) => {
+                if st.conn != Some(gen) {
                     return Ok(());
                 }
                 match frame {
@@ -374,12 +240,12 @@ impl Actor for PeerLinkActor {
                         }
                     }
                     Message::Error(e) => {
-                        // An error about the connection (step 0): every step in flight fails
-                        // with its words (the reader delivered those naming a step).
+                        // An error about the connection (step 0; those naming a step went to
+                        // it): the connection is dropped and every step in flight fails with
+                        // the node's words.
                         st.shared.metrics.error(ErrorKind::StepRefused);
-                        let reason =
-                            format!("node {} refused the step: {}", st.shared.name, e.message);
-                        st.fail_all(&reason);
+                        st.down(format!("refused: {}", e.message), ErrorKind::StepRefused);
+                        st.next_attempt = Instant::now();
                     }
                     other => st.down(
                         format!("unexpected {} frame", other.kind()),
@@ -387,8 +253,8 @@ impl Actor for PeerLinkActor {
                     ),
                 }
             }
-            PeerLinkMsg::Closed(gen, reason, kind) => {
-                if st.conn.as_ref().map(|c| c.gen) == Some(gen) {
+            PeerLinkMsg::Io(LinkEvent::Closed(gen, reason, kind)) => {
+                if st.conn == Some(gen) {
                     st.down(reason, kind);
                     st.next_attempt = Instant::now();
                 }
@@ -397,16 +263,21 @@ impl Actor for PeerLinkActor {
                 st.down(reason, ErrorKind::StepTimeout);
                 st.next_attempt = Instant::now();
             }
-            PeerLinkMsg::Reassign(r, tx) => match st.shared.writer() {
+            PeerLinkMsg::Reassign(r, tx) => match st.shared.conn() {
                 None => {
                     let _ = tx.send(Err(format!("node {} is down", st.shared.name)));
                 }
-                Some(writer) => {
-                    let within = Duration::from_millis(PEER_TIMEOUT_MS);
-                    match write_shared(&writer, &Message::Reassign(r.clone()), within).await {
+                Some(conn) => {
+                    let epoch = r.epoch;
+                    let sent = tokio::task::spawn_blocking(move || {
+                        conn.send(&Message::Reassign(r)).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                    match sent {
                         Ok(bytes) => {
                             st.shared.metrics.frame_sent(bytes);
-                            st.reassigns.insert(r.epoch, tx);
+                            st.reassigns.insert(epoch, tx);
                         }
                         Err(e) => {
                             st.shared.metrics.error(ErrorKind::SendFailed);
@@ -454,7 +325,6 @@ async fn connect(
     gen: u64,
     addr: SocketAddr,
     hs: HandshakeConfig,
-    shared: Arc<LinkShared>,
     expected: Arc<LayerExperts>,
 ) {
     let attempt = async {
@@ -482,41 +352,14 @@ async fn connect(
             let _ = link.cast(PeerLinkMsg::ConnectFailed(gen, reason, refused));
         }
         Ok((stream, mac)) => {
-            let (mut frames, writer) = Connection::new(stream, mac, hs.shape).split();
-            let reader_link = link.clone();
-            let reader = tokio::spawn(async move {
-                let metrics = &shared.metrics;
-                let (reason, kind) = loop {
-                    let frame = match frames.read_frame().await {
-                        Ok(f) => f,
-                        Err(e) => break (format!("connection lost: {e}"), ErrorKind::Closed),
-                    };
-                    metrics.frame_received(frame.len());
-                    *locked(&shared.heard) = Instant::now();
-                    let message = match frames.open(&frame) {
-                        Ok(m) => m,
-                        Err(e) => break (format!("bad frame: {e}"), ErrorKind::BadFrame),
-                    };
-                    // Replies go straight to their steps; the rest is the actor's.
-                    match message {
-                        Message::ExpertReply(reply) => shared.deliver(reply.step_id, Ok(reply)),
-                        Message::Error(e) if e.step_id != 0 => {
-                            metrics.error(ErrorKind::StepRefused);
-                            let reason =
-                                format!("node {} refused the step: {}", shared.name, e.message);
-                            shared.deliver(e.step_id, Err(reason));
-                        }
-                        other => {
-                            if reader_link.cast(PeerLinkMsg::Frame(gen, other)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                };
-                let _ = reader_link.cast(PeerLinkMsg::Closed(gen, reason, kind));
+            let conn = stream
+                .into_std()
+                .map_err(moe_cluster::ClusterError::WireIo)
+                .and_then(|stream| LinkConn::new(gen, stream, mac, hs.shape));
+            let _ = link.cast(match conn {
+                Ok(conn) => PeerLinkMsg::Connected(Arc::new(conn)),
+                Err(e) => PeerLinkMsg::ConnectFailed(gen, e.to_string(), false),
             });
-            let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
-            let _ = link.cast(PeerLinkMsg::Connected(gen, writer, reader.abort_handle()));
         }
     }
 }

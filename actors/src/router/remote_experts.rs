@@ -26,15 +26,12 @@ use ractor::{Actor, ActorRef};
 
 mod replace;
 
-use super::peer_link::{LinkShared, PeerLinkActor, PeerLinkMsg};
+use super::link_io::LinkShared;
+use super::peer_link::{PeerLinkActor, PeerLinkMsg};
 use crate::telemetry;
 
 /// Longest wait for one node's reply to one step.
 pub const STEP_TIMEOUT_MS: u64 = 30_000;
-/// How long the engine thread polls for a reply (yielding its core between polls) before it
-/// sleeps on it: a reply that comes sooner is taken without a thread wake-up, which costs
-/// tens of microseconds per MoE layer (measured ~40 µs on a 2-vCPU VM).
-pub const REPLY_SPIN_US: u64 = 1_000;
 /// How long [`RemoteExperts::connect`] waits for every link to come up.
 pub const CLUSTER_READY_TIMEOUT_MS: u64 = 15_000;
 
@@ -279,7 +276,7 @@ impl RemoteExperts {
         let link = self.links[work.node.0 as usize]
             .as_ref()
             .ok_or_else(|| ModelError::InvalidInput("local node has no link".into()))?;
-        if let Err(reason) = link.shared.dispatch(&self.rt, req, tx) {
+        if let Err(reason) = link.shared.dispatch(req, tx) {
             // The step has its error; the connection is not to be trusted with the next one.
             let _ = link.actor.cast(PeerLinkMsg::Reset(reason));
         }
@@ -325,23 +322,6 @@ impl RemoteExperts {
             .collect();
         telemetry::dispatch_planned(layer, &tokens);
     }
-}
-
-/// The next value of `rx` before `deadline`: polled for up to `REPLY_SPIN_US`, then waited on.
-fn recv_spinning<T>(
-    rx: &std::sync::mpsc::Receiver<T>,
-    deadline: Instant,
-) -> Result<T, std::sync::mpsc::RecvTimeoutError> {
-    use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
-    let spin_until = Instant::now() + Duration::from_micros(REPLY_SPIN_US);
-    while Instant::now() < spin_until.min(deadline) {
-        match rx.try_recv() {
-            Ok(v) => return Ok(v),
-            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => std::thread::yield_now(),
-        }
-    }
-    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
 }
 
 /// Computes a `local` node's share in-process: the partial sums of its rows, compacted.
@@ -446,7 +426,13 @@ impl ExpertBackend for RemoteExperts {
         let mut failed: Vec<NodeIndex> = Vec::new();
         while let Some(inflight) = remote.pop() {
             let node = inflight.work.node;
-            let result = match recv_spinning(&inflight.rx, deadline) {
+            let got = match self.links.get(node.0 as usize) {
+                Some(Some(link)) => link.shared.wait(&inflight.rx, deadline),
+                _ => inflight
+                    .rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            };
+            let result = match got {
                 Ok(Ok(reply)) if reply.n_tokens as usize == inflight.work.rows.len() => {
                     let mut partial = Vec::new();
                     decode_hidden(&reply.partials, reply.dtype, &mut partial)

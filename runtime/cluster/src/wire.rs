@@ -94,7 +94,7 @@ pub use handshake::{
     CLUSTER_SECRET_BYTES_MIN,
 };
 pub use hidden::{decode_hidden, encode_hidden, WireDtype};
-pub use io::{read_frame, read_frame_sync, write_frame, write_frame_sync};
+pub use io::{await_readable, read_frame, read_frame_sync, write_frame, write_frame_sync};
 pub use limits::*;
 pub use message::{
     ArchivedMessage, AuthProof, ErrorCode, ErrorMessage, ExpertReply, ExpertRequest, ExpertRoute,
