@@ -3,7 +3,8 @@
 # controller, three ggml-rpc-server, layers split across them) against moe-node (a router and
 # three expert nodes, experts split; and a router computing a quarter of the experts itself
 # plus three nodes, what four equal machines would run), the same GGUF and threads per
-# process, in one run. Also each system in one process, for reference.
+# process, in one run. Also each system in one process, for reference, and the router + 3
+# nodes with `--wire-dtype q8` (int8 hidden states out, bf16 partial sums back).
 #
 # Prints, per system: pp512 and tg (tokens/s), time to first token of a PROMPT_LONG-token
 # prompt (seconds: PROMPT_LONG / its prompt speed), and bytes on the wire per decoded token
@@ -160,6 +161,8 @@ moe_run moe
 echo "== moe-node: router + 3 expert nodes" >&2
 moe_cluster three e1=0-127 e2=128-255 e3=256-383
 moe_run moe_3 --placement "$WORK/three.toml" --secret-file "$WORK/secret"
+echo "== moe-node: router + 3 expert nodes, q8 hidden states on the wire" >&2
+moe_run moe_3q8 --placement "$WORK/three.toml" --secret-file "$WORK/secret" --wire-dtype q8
 stop_all
 echo "== moe-node: router with local experts + 3 expert nodes" >&2
 moe_cluster four router=0-95 e1=96-191 e2=192-287 e3=288-383
@@ -173,12 +176,13 @@ echo "### $(basename "$MODEL"), $THREADS thread(s) per process, loopback ${RATE:
 echo
 echo "| system | pp512 t/s | tg$TG t/s | TTFT at $PROMPT_LONG tokens (s) | wire bytes / decoded token |"
 echo "|---|---:|---:|---:|---:|"
-for s in llama llama_rpc moe moe_3 moe_4; do
+for s in llama llama_rpc moe moe_3 moe_3q8 moe_4; do
   case $s in
     llama) label="llama.cpp, one process" ;;
     llama_rpc) label="llama.cpp RPC, 3 ggml-rpc-server (layers split)" ;;
     moe) label="moe-node, one process" ;;
     moe_3) label="moe-node, router + 3 expert nodes" ;;
+    moe_3q8) label="moe-node, router + 3 expert nodes, --wire-dtype q8" ;;
     moe_4) label="moe-node, router (1/4 of experts) + 3 expert nodes" ;;
   esac
   echo "| $label | ${PP[$s]:-} | ${TGS[$s]:-} | $(ttft "${LONG[$s]:-}") | ${WIRE[$s]:--} |"
@@ -186,6 +190,6 @@ done
 echo
 echo "| ratio to llama.cpp RPC | pp512 | tg$TG | TTFT (RPC / moe-node) |"
 echo "|---|---:|---:|---:|"
-for s in moe_3 moe_4; do
+for s in moe_3 moe_3q8 moe_4; do
   echo "| $s | $(ratio "${PP[$s]:-}" "${PP[llama_rpc]:-}") | $(ratio "${TGS[$s]:-}" "${TGS[llama_rpc]:-}") | $(ratio "${LONG[$s]:-}" "${LONG[llama_rpc]:-}") |"
 done

@@ -383,9 +383,11 @@ fn killed_expert_with_replica_completes_with_the_same_tokens() {
 /// move (so the option is in force) but the predictions stay: argmax agrees on at least
 /// `BF16_ARGMAX_AGREEMENT_MIN` of all positions of all cases.
 #[test]
-fn bf16_wire_keeps_the_predictions() {
-    const BF16_ARGMAX_AGREEMENT_MIN: f64 = 0.9;
-    let dir = TempDir::new("cluster-bf16");
+fn bf16_and_q8_wire_keep_the_predictions() {
+    // Exact-mode logits through three nodes with hidden states on the wire in bf16, and in
+    // q8 (int8 blocks of 32, partial sums back in bf16), against the single process.
+    const ARGMAX_AGREEMENT_MIN: f64 = 0.9;
+    let dir = TempDir::new("cluster-wire-dtypes");
     let secret = dir.write("secret", TEST_SECRET);
     let model = fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
     let cases = fixture_files()
@@ -394,49 +396,62 @@ fn bf16_wire_keeps_the_predictions() {
         .unwrap()
         .1;
     let (_experts, placement) = start_cluster(&model, &secret, &dir, &THREE_WAY);
-    let (mut agree, mut total, mut max_diff) = (0usize, 0usize, 0f32);
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .fold(0, |m, (i, &x)| if x > v[m] { i } else { m })
+    };
+    let max_diff =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    // Per dtype: (agreeing rows, rows, max |diff| against the single process).
+    let mut stats = [(0usize, 0usize, 0f32); 2];
+    let mut q8_vs_bf16 = 0f32;
     for case in &cases {
         let (single, _) = logits(&model, &case.tokens, &dir, "single", None);
-        let toks: Vec<String> = case.tokens.iter().map(u32::to_string).collect();
-        let out = dir.path().join("bf16.npy");
-        moe_node_ok(&[
-            "logits",
-            "--model",
-            &s(&model),
-            "--tokens",
-            &toks.join(","),
-            "--out",
-            &s(&out),
-            "--placement",
-            &s(&placement),
-            "--secret-file",
-            &s(&secret),
-            "--wire-dtype",
-            "bf16",
-        ]);
-        let bf16 = npy::read_f32(&out).unwrap().data;
         let vocab = single.len() / case.tokens.len();
-        for (a, b) in single.chunks_exact(vocab).zip(bf16.chunks_exact(vocab)) {
-            let am = |v: &[f32]| {
-                v.iter()
-                    .enumerate()
-                    .fold(0, |m, (i, &x)| if x > v[m] { i } else { m })
-            };
-            agree += usize::from(am(a) == am(b));
-            total += 1;
-            max_diff = a
-                .iter()
-                .zip(b)
-                .fold(max_diff, |m, (x, y)| m.max((x - y).abs()));
+        let toks: Vec<String> = case.tokens.iter().map(u32::to_string).collect();
+        let mut outs = Vec::new();
+        for (dtype, stat) in ["bf16", "q8"].into_iter().zip(stats.iter_mut()) {
+            let out = dir.path().join(format!("{dtype}.npy"));
+            moe_node_ok(&[
+                "logits",
+                "--model",
+                &s(&model),
+                "--tokens",
+                &toks.join(","),
+                "--out",
+                &s(&out),
+                "--placement",
+                &s(&placement),
+                "--secret-file",
+                &s(&secret),
+                "--wire-dtype",
+                dtype,
+            ]);
+            let got = npy::read_f32(&out).unwrap().data;
+            for (a, b) in single.chunks_exact(vocab).zip(got.chunks_exact(vocab)) {
+                stat.0 += usize::from(argmax(a) == argmax(b));
+                stat.1 += 1;
+                stat.2 = stat.2.max(max_diff(a, b));
+            }
+            outs.push(got);
         }
+        q8_vs_bf16 = q8_vs_bf16.max(max_diff(&outs[0], &outs[1]));
+    }
+    for (dtype, (agree, total, diff)) in ["bf16", "q8"].into_iter().zip(stats) {
+        let rate = agree as f64 / total as f64;
+        eprintln!("{dtype} on the wire: argmax agreement {rate:.3}, max |diff| {diff}");
+        assert!(
+            diff > 0.0,
+            "{dtype} on the wire changed nothing: is the option ignored?"
+        );
+        assert!(
+            rate >= ARGMAX_AGREEMENT_MIN,
+            "{dtype}: argmax agreement {rate:.3} (max |diff| {diff})"
+        );
     }
     assert!(
-        max_diff > 0.0,
-        "bf16 on the wire changed nothing: is the option ignored?"
-    );
-    let rate = agree as f64 / total as f64;
-    assert!(
-        rate >= BF16_ARGMAX_AGREEMENT_MIN,
-        "argmax agreement {rate:.3} (max |diff| {max_diff})"
+        q8_vs_bf16 > 0.0,
+        "q8 gave bf16's logits: is it sent as bf16?"
     );
 }

@@ -204,11 +204,12 @@ pub fn compute_reply(
         .apply_routes(model, layer, &h, &routes, &mut out)
         .map_err(|e| e.to_string())?;
     let mut partials = Vec::new();
-    encode_hidden(&out, req.dtype, &mut partials);
+    let dtype = req.dtype.reply();
+    encode_hidden(&out, dtype, &mut partials);
     Ok(ExpertReply {
         step_id: req.step_id,
         layer: req.layer,
-        dtype: req.dtype,
+        dtype,
         n_tokens: req.n_tokens,
         hidden_dim: req.hidden_dim,
         partials,

@@ -117,6 +117,13 @@ impl RemoteExperts {
                 moe_cluster::wire::HIDDEN_DIM_MAX
             );
         }
+        if dtype.row_bytes(model.cfg.n_embd).is_none() {
+            bail!(
+                "--wire-dtype {dtype} needs a hidden size that is a multiple of {}; this model's is {}",
+                dtype.unit().0,
+                model.cfg.n_embd
+            );
+        }
         let rt = Arc::new(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -287,7 +294,7 @@ impl RemoteExperts {
     /// hidden states (plus up to `EXPERTS_PER_TOKEN_MAX` routes each) in half of
     /// `FRAME_BYTES_MAX`, which leaves room for the archive's own overhead.
     fn rows_per_frame(&self, d: usize) -> usize {
-        let row_bytes = d * self.dtype.size_bytes() + EXPERTS_PER_TOKEN_MAX * 8 + 4;
+        let row_bytes = self.dtype.row_bytes(d).unwrap_or(d * 4) + EXPERTS_PER_TOKEN_MAX * 8 + 4;
         TOKENS_PER_FRAME_MAX
             .min((FRAME_BYTES_MAX / 2) / row_bytes.max(1))
             .max(1)

@@ -74,7 +74,7 @@ proptest! {
         if let Ok(Message::ExpertRequest(request)) = decode_frame(&frame, &mut b.recv, &SHAPE) {
             // Accepted means every index is usable.
             for token in 0..request.n_tokens as usize {
-                prop_assert_eq!(request.hidden_of(token).len(), 4 * request.dtype.size_bytes());
+                prop_assert_eq!(Some(request.hidden_of(token).len()), request.dtype.row_bytes(4));
                 prop_assert!(!request.routes_of(token).is_empty());
                 for route in request.routes_of(token) {
                     prop_assert!(usize::from(route.expert) < SHAPE.n_experts);

@@ -5,7 +5,7 @@
 //! (2048 tokens x 7168 x 4 bytes of f32 is 58.7 MB).
 
 /// The wire protocol version this build speaks; both sides of a link must be equal.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame after the handshake, length prefix excluded, in bytes.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;

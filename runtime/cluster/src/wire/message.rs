@@ -238,7 +238,7 @@ pub struct ExpertRoute {
 
 /// Router -> expert node: the tokens of one MoE layer step that this node must compute.
 ///
-/// Token `t`'s hidden state is `hidden[t * hidden_dim * dtype.size_bytes() ..][..]`, its
+/// Token `t`'s hidden state is `hidden[t * dtype.row_bytes(hidden_dim) ..][..]`, its
 /// routes are `routes[token_offsets[t] .. token_offsets[t + 1]]`.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ExpertRequest {
@@ -246,13 +246,13 @@ pub struct ExpertRequest {
     pub step_id: u64,
     /// The model layer index.
     pub layer: u16,
-    /// Encoding of `hidden` (and of the reply's partials).
+    /// Encoding of `hidden` (the reply's partials are in `dtype.reply()`).
     pub dtype: WireDtype,
     /// Tokens in this frame, 1 to [`TOKENS_PER_FRAME_MAX`].
     pub n_tokens: u32,
     /// Elements per hidden state; must equal the receiver's model.
     pub hidden_dim: u32,
-    /// `n_tokens * hidden_dim` elements of `dtype`, token-major, little-endian.
+    /// `n_tokens` rows of `hidden_dim` elements in `dtype`, token-major, little-endian.
     pub hidden: Vec<u8>,
     /// `n_tokens + 1` offsets into `routes`: starts at 0, strictly increasing (every token
     /// has 1 to [`EXPERTS_PER_TOKEN_MAX`] routes), ends at `routes.len()`.
@@ -287,6 +287,14 @@ impl ExpertRequest {
                 "hidden state of {} elements, the request's hidden_dim is {}",
                 hidden.len(),
                 self.hidden_dim
+            )));
+        }
+        if self.dtype.row_bytes(hidden.len()).is_none() {
+            return Err(ClusterError::InvalidInput(format!(
+                "a hidden size of {} is not a whole number of {} units ({} elements)",
+                hidden.len(),
+                self.dtype,
+                self.dtype.unit().0
             )));
         }
         if routes.is_empty() || routes.len() > EXPERTS_PER_TOKEN_MAX {
@@ -326,7 +334,10 @@ impl ExpertRequest {
 
     /// Token `token`'s hidden state in wire bytes (empty past the last token).
     pub fn hidden_of(&self, token: usize) -> &[u8] {
-        let row = self.hidden_dim as usize * self.dtype.size_bytes();
+        let row = self
+            .dtype
+            .row_bytes(self.hidden_dim as usize)
+            .unwrap_or_default();
         self.hidden
             .get(token * row..(token + 1) * row)
             .unwrap_or(&[])
@@ -506,6 +517,7 @@ fn archived_dtype(dtype: &ArchivedWireDtype) -> WireDtype {
     match dtype {
         ArchivedWireDtype::F32 => WireDtype::F32,
         ArchivedWireDtype::Bf16 => WireDtype::Bf16,
+        ArchivedWireDtype::Q8 => WireDtype::Q8,
     }
 }
 
@@ -540,15 +552,17 @@ fn check_tensor(
             shape.hidden_dim
         )));
     }
-    // Both factors are bounded above, so this cannot overflow; checked anyway.
-    let expected = n_tokens
-        .checked_mul(hidden_dim as usize)
-        .and_then(|n| n.checked_mul(dtype.size_bytes()));
-    if expected != Some(bytes) {
+    let Some(row) = dtype.row_bytes(hidden_dim as usize) else {
         return Err(invalid(format!(
-            "{what} is {bytes} bytes, expected n_tokens {n_tokens} x hidden_dim {hidden_dim} x \
-             {} bytes ({dtype})",
-            dtype.size_bytes()
+            "hidden_dim {hidden_dim} is not a whole number of {dtype} units ({} elements)",
+            dtype.unit().0
+        )));
+    };
+    // Both factors are bounded above, so this cannot overflow; checked anyway.
+    if n_tokens.checked_mul(row) != Some(bytes) {
+        return Err(invalid(format!(
+            "{what} is {bytes} bytes, expected n_tokens {n_tokens} x {row} bytes (hidden_dim \
+             {hidden_dim} in {dtype})"
         )));
     }
     Ok(())
