@@ -44,7 +44,7 @@ impl WireDtype {
     /// of units.
     pub fn row_bytes(self, dim: usize) -> Option<usize> {
         let (elems, bytes) = self.unit();
-        (dim % elems == 0).then(|| dim / elems * bytes)
+        dim.is_multiple_of(elems).then(|| dim / elems * bytes)
     }
 
     /// The encoding of the partial sums that answer hidden states in this one.
