@@ -131,11 +131,16 @@ impl Node {
 
     /// Sends SIGHUP (e.g. to make a router re-read its placement).
     pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends the signal named `name` (`HUP`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -HUP failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// SIGKILL.

@@ -1,16 +1,19 @@
 //! One authenticated connection, served on one thread with blocking I/O: read a frame
 //! (whole within `PEER_TIMEOUT_MS`), open it, and for a request compute its experts and write
 //! the reply on the same thread. A step crosses no hand-off on the node: the socket wakes the
-//! thread that computes and answers. Heartbeats are answered as they are read; while a step
-//! computes the router hears nothing on this link and waits by the step's own deadline.
+//! thread that computes and answers. Heartbeats are answered as they are read, and while a
+//! long step computes (`KEEPER_TOKENS_MIN` tokens or more) by a keeper thread beside it,
+//! which keeps any other frame for after the step.
 //!
 //! Every request is checked against the shard before any compute: an expert this node does
 //! not own, a layer that is not a MoE layer or a hidden size that does not match is an error
 //! reply, never a wrong answer. A panic while computing fails that request only (its error
 //! reply names it); the connection and the node go on.
 
+use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,16 @@ pub struct NodeWork {
     pub shape: (usize, usize, Vec<usize>),
 }
 
+/// Requests of at least this many tokens are computed with a keeper thread beside them that
+/// answers heartbeats (a long prompt's step may compute for seconds; the router judges the
+/// link by its silence). Shorter steps take milliseconds at most.
+pub const KEEPER_TOKENS_MIN: usize = 32;
+/// How long the keeper waits for bytes at a time before it looks whether the step is done.
+pub const KEEPER_POLL: Duration = Duration::from_millis(1);
+/// Frames the keeper holds for after the step at most (a router sends one step at a time,
+/// in at most a few frames); past it, it reads nothing more until the step is done.
+pub const KEEPER_FRAMES_MAX: usize = 16;
+
 /// Serves one connection until the peer closes it, goes silent, or sends a bad frame (the
 /// error says which, naming `peer`).
 pub fn serve(
@@ -51,36 +64,38 @@ pub fn serve(
     peer: &str,
     metrics: &PeerMetrics,
 ) -> anyhow::Result<()> {
+    // Frames the keeper read while a long step computed (a big step comes in several
+    // request frames), in arrival order.
+    let mut queued: VecDeque<Message> = VecDeque::new();
     loop {
-        // An error here shows in the read that follows.
-        let _ = await_readable(reader.stream(), NEXT_FRAME_SPIN);
-        let frame = match reader.read_frame_before(Instant::now() + PEER_TIMEOUT) {
-            Ok(f) => f,
-            Err(ClusterError::WireIo(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                metrics.error(ErrorKind::Timeout);
-                bail!("peer {peer} silent for {PEER_TIMEOUT_MS} ms (or slower with a frame)")
-            }
-            Err(e) => {
-                metrics.error(if matches!(e, ClusterError::FrameTooLarge { .. }) {
-                    ErrorKind::BadFrame
-                } else {
-                    ErrorKind::Closed
-                });
-                return Err(e).with_context(|| format!("reading from {peer}"));
-            }
-        };
-        metrics.frame_received(frame.len());
-        let message = match reader.open(&frame) {
-            Ok(m) => m,
-            Err(e) => {
-                metrics.error(ErrorKind::BadFrame);
-                return Err(e).with_context(|| format!("bad frame from {peer}"));
+        let message = match queued.pop_front() {
+            Some(m) => m,
+            None => {
+                // An error here shows in the read that follows.
+                let _ = await_readable(reader.stream(), NEXT_FRAME_SPIN);
+                next_message(&mut reader, peer, metrics)?
             }
         };
         let answer = match message {
             Message::ExpertRequest(req) => {
                 let _turn = node.turn.lock().unwrap_or_else(|e| e.into_inner());
-                step(&node.live, &req, metrics)
+                if (req.n_tokens as usize) < KEEPER_TOKENS_MIN {
+                    step(&node.live, &req, metrics)
+                } else {
+                    let stop = AtomicBool::new(false);
+                    let (answer, kept) = std::thread::scope(|s| {
+                        let keeper =
+                            s.spawn(|| keep_alive(&mut reader, &mut writer, &stop, peer, metrics));
+                        let answer = step(&node.live, &req, metrics);
+                        stop.store(true, Ordering::SeqCst);
+                        let kept = keeper
+                            .join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("the keeper thread panicked")));
+                        (answer, kept)
+                    });
+                    queued.extend(kept?);
+                    answer
+                }
             }
             Message::Reassign(r) => {
                 let _turn = node.turn.lock().unwrap_or_else(|e| e.into_inner());
@@ -98,14 +113,100 @@ pub fn serve(
                 bail!("unexpected {} frame from {peer}", other.kind())
             }
         };
-        match writer.write_message_blocking(&answer) {
-            Ok(bytes) => metrics.frame_sent(bytes),
-            Err(e) => {
-                metrics.error(ErrorKind::SendFailed);
-                return Err(e).with_context(|| format!("writing to {peer}"));
-            }
+        send(&mut writer, &answer, peer, metrics)?;
+    }
+}
+
+/// Reads and opens the next frame, whole within `PEER_TIMEOUT` (errors name `peer` and are
+/// counted by kind).
+fn next_message(
+    reader: &mut FrameReader<TcpStream>,
+    peer: &str,
+    metrics: &PeerMetrics,
+) -> anyhow::Result<Message> {
+    let frame = match reader.read_frame_before(Instant::now() + PEER_TIMEOUT) {
+        Ok(f) => f,
+        Err(ClusterError::WireIo(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            metrics.error(ErrorKind::Timeout);
+            bail!("peer {peer} silent for {PEER_TIMEOUT_MS} ms (or slower with a frame)")
+        }
+        Err(e) => {
+            metrics.error(if matches!(e, ClusterError::FrameTooLarge { .. }) {
+                ErrorKind::BadFrame
+            } else {
+                ErrorKind::Closed
+            });
+            return Err(e).with_context(|| format!("reading from {peer}"));
+        }
+    };
+    metrics.frame_received(frame.len());
+    reader.open(&frame).map_err(|e| {
+        metrics.error(ErrorKind::BadFrame);
+        anyhow::Error::new(e).context(format!("bad frame from {peer}"))
+    })
+}
+
+/// Seals and writes one frame to `peer`.
+fn send(
+    writer: &mut FrameWriter<TcpStream>,
+    message: &Message,
+    peer: &str,
+    metrics: &PeerMetrics,
+) -> anyhow::Result<()> {
+    match writer.write_message_blocking(message) {
+        Ok(bytes) => {
+            metrics.frame_sent(bytes);
+            Ok(())
+        }
+        Err(e) => {
+            metrics.error(ErrorKind::SendFailed);
+            Err(e).with_context(|| format!("writing to {peer}"))
         }
     }
+}
+
+/// While a long step computes: answers heartbeats at once and keeps every other frame, in
+/// order, for after the step; returns them once `stop` is set.
+fn keep_alive(
+    reader: &mut FrameReader<TcpStream>,
+    writer: &mut FrameWriter<TcpStream>,
+    stop: &AtomicBool,
+    peer: &str,
+    metrics: &PeerMetrics,
+) -> anyhow::Result<Vec<Message>> {
+    let mut kept = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        if kept.len() >= KEEPER_FRAMES_MAX {
+            std::thread::sleep(KEEPER_POLL);
+            continue;
+        }
+        // Bytes (or the end) within a poll? A blocking peek with a short timeout; other
+        // errors show in the read that follows.
+        reader
+            .stream()
+            .set_read_timeout(Some(KEEPER_POLL))
+            .context("setting a read timeout")?;
+        if let Err(e) = reader.stream().peek(&mut [0u8; 1]) {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                continue;
+            }
+        }
+        match next_message(reader, peer, metrics)? {
+            Message::Heartbeat(hb) => send(
+                writer,
+                &Message::Heartbeat(Heartbeat {
+                    counter: hb.counter,
+                }),
+                peer,
+                metrics,
+            )?,
+            other => kept.push(other),
+        }
+    }
+    Ok(kept)
 }
 
 /// How long a connection's thread polls for the next frame before it sleeps in `read`: a

@@ -5,9 +5,10 @@
 //! The engine thread seals and writes each step's request itself ([`LinkShared::dispatch`])
 //! and, while it waits for the replies, reads the connection itself ([`LinkShared::wait`]):
 //! it polls the socket for up to `REPLY_SPIN` before it sleeps in `read`, so a reply is read
-//! by the thread that needs it, usually without a wake-up. Between steps the link's watcher
-//! thread reads what else comes (heartbeat answers, re-placement acks, the connection's
-//! end), once no step has been sent for `WATCH_AFTER_IDLE`. Every frame, whoever reads it,
+//! by the thread that needs it, usually without a wake-up. Whenever the engine is not
+//! waiting and has sent no step for `WATCH_AFTER_IDLE`, the link's watcher thread reads what
+//! comes (heartbeat answers, re-placement acks, a reply the engine will find on its channel,
+//! the connection's end). Every frame, whoever reads it,
 //! goes through one router: replies to their step's channel, the rest to the actor
 //! ([`LinkEvent`]).
 
@@ -30,8 +31,8 @@ use crate::telemetry::{ErrorKind, LinkEnd, PeerMetrics};
 /// sleeps on the socket: a reply that comes sooner is taken without a thread wake-up, which
 /// costs tens of microseconds per MoE layer (measured ~40 µs on a 2-vCPU VM).
 pub const REPLY_SPIN: Duration = Duration::from_micros(1_000);
-/// The watcher reads the connection only after no step has been sent for this long (while
-/// steps flow, the engine reads every frame).
+/// The watcher reads the connection only when the engine is not waiting on it and has sent no
+/// step for this long (while steps flow, the engine reads every frame).
 pub const WATCH_AFTER_IDLE: Duration = Duration::from_millis(100);
 /// How long the watcher sleeps or waits for bytes at a time.
 pub const WATCH_NAP: Duration = Duration::from_millis(50);
@@ -117,6 +118,8 @@ pub struct LinkShared {
     heard: Mutex<Instant>,
     /// When the last step was written.
     last_dispatch: Mutex<Instant>,
+    /// The engine thread is in [`LinkShared::wait`], reading the connection itself.
+    engine_reads: AtomicBool,
     /// The actor's inbox for everything but replies.
     events: OnceLock<Box<dyn Fn(LinkEvent) + Send + Sync>>,
 }
@@ -147,6 +150,7 @@ impl LinkShared {
             pending: Mutex::new(HashMap::new()),
             heard: Mutex::new(now),
             last_dispatch: Mutex::new(now),
+            engine_reads: AtomicBool::new(false),
             events: OnceLock::new(),
         }
     }
@@ -230,6 +234,17 @@ impl LinkShared {
         rx: &ReplyRx,
         deadline: Instant,
     ) -> Result<Result<ExpertReply, String>, RecvTimeoutError> {
+        self.engine_reads.store(true, Ordering::SeqCst);
+        let result = self.wait_reading(rx, deadline);
+        self.engine_reads.store(false, Ordering::SeqCst);
+        result
+    }
+
+    fn wait_reading(
+        &self,
+        rx: &ReplyRx,
+        deadline: Instant,
+    ) -> Result<Result<ExpertReply, String>, RecvTimeoutError> {
         loop {
             match rx.try_recv() {
                 Ok(v) => return Ok(v),
@@ -302,17 +317,16 @@ impl LinkShared {
         }
     }
 
-    /// How long the link has been silent, when no step waits on it (`None` while one does).
-    pub fn idle_silence(&self) -> Option<Duration> {
-        let pending = locked(&self.pending);
-        pending.is_empty().then(|| locked(&self.heard).elapsed())
+    /// How long the link has been silent (a node answers heartbeats while it computes).
+    pub fn silence(&self) -> Duration {
+        locked(&self.heard).elapsed()
     }
 
-    /// The watcher of `conn`: reads it while no step flows, until it ends.
+    /// The watcher of `conn`: reads it while the engine does not, until it ends.
     fn watch(&self, conn: &LinkConn) {
         while !conn.closed.load(Ordering::SeqCst) {
-            let busy = locked(&self.last_dispatch).elapsed() < WATCH_AFTER_IDLE
-                || !locked(&self.pending).is_empty();
+            let busy = self.engine_reads.load(Ordering::SeqCst)
+                || locked(&self.last_dispatch).elapsed() < WATCH_AFTER_IDLE;
             if busy {
                 std::thread::sleep(WATCH_NAP);
                 continue;

@@ -2,8 +2,8 @@
 //!
 //! It connects and authenticates (client side of the handshake), sends heartbeats every
 //! `HEARTBEAT_INTERVAL_MS`, declares the peer down when its connection ends or it is silent
-//! for `PEER_TIMEOUT_MS` with no step in flight (a node answers heartbeats between steps;
-//! while one computes, the step's own deadline applies), fails every in-flight step at that
+//! for `PEER_TIMEOUT_MS` (a node answers heartbeats while it computes), fails every in-flight
+//! step at that
 //! moment with an error naming the node, and keeps reconnecting with a capped backoff until
 //! the node is back. Steps do not cross the actor: `link_io.rs` is their path. The actor
 //! gets the frames that are not replies (heartbeat answers, re-placement acks, errors about
@@ -144,8 +144,7 @@ impl Actor for PeerLinkActor {
             PeerLinkMsg::Tick => {
                 let now = Instant::now();
                 if st.conn.is_some() {
-                    let silent = st.shared.idle_silence();
-                    if silent.is_some_and(|s| s > Duration::from_millis(PEER_TIMEOUT_MS)) {
+                    if st.shared.silence() > Duration::from_millis(PEER_TIMEOUT_MS) {
                         st.down(
                             format!("silent for more than {PEER_TIMEOUT_MS} ms"),
                             ErrorKind::Timeout,
