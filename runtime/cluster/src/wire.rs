@@ -9,9 +9,9 @@
 //! wire/message.rs    Message and its payloads (rkyv), checks of an archived message
 //! wire/frame.rs      SendMac/RecvMac/SessionMac, encode_frame, decode_frame, seal_frame
 //! wire/io.rs         read_frame/write_frame over tokio and std streams
-//! wire/connection.rs Connection: one authenticated stream split into a FrameReader and a
-//!                    FrameWriter (shared by its senders: write_shared), used by both ends
-//! wire/hidden.rs     WireDtype and f32 <-> wire dtype (f32, bf16) conversion of hidden states
+//! wire/connection.rs Connection: one authenticated TCP stream split into a blocking
+//!                    FrameReader and FrameWriter, used by both ends
+//! wire/hidden.rs     WireDtype and f32 <-> wire dtype (f32, bf16, q8) conversion of hidden states
 //! wire/handshake.rs  client_handshake/server_handshake: versions, fingerprint, mutual auth
 //! ```
 //!
@@ -87,13 +87,13 @@ mod io;
 mod limits;
 mod message;
 
-pub use connection::{write_shared, Connection, FrameReader, FrameWriter, SharedWriter};
+pub use connection::{Connection, FrameReader, FrameWriter};
 pub use frame::{decode_frame, encode_frame, seal_frame, RecvMac, SendMac, SessionMac, MAC_BYTES};
 pub use handshake::{
     client_handshake, server_handshake, ClusterSecret, HandshakeConfig, PeerInfo,
     CLUSTER_SECRET_BYTES_MIN,
 };
-pub use hidden::{decode_hidden, encode_hidden, WireDtype};
+pub use hidden::{decode_hidden, encode_hidden, WireDtype, Q8_BLOCK, Q8_BLOCK_BYTES};
 pub use io::{await_readable, read_frame, read_frame_sync, write_frame, write_frame_sync};
 pub use limits::*;
 pub use message::{
