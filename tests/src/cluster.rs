@@ -304,3 +304,36 @@ pub fn placement_toml(nodes: &[(&str, &str, &str, &str)]) -> String {
 
 /// The secret used by tests.
 pub const TEST_SECRET: &str = "moe-node-test-cluster-secret-0123456789";
+
+/// Connects to the expert node at `addr` and authenticates like a router named `name` (with
+/// [`TEST_SECRET`] and `model`'s fingerprint): the stream, its session keys and the model's
+/// shape and config, for tests that speak the wire themselves.
+pub async fn connect_as_router(
+    model: &Path,
+    addr: &str,
+    name: &str,
+) -> (
+    tokio::net::TcpStream,
+    moe_cluster::wire::SessionMac,
+    moe_cluster::wire::ModelShape,
+    moe_model::config::ModelConfig,
+) {
+    use moe_cluster::placement::{ExpertSet, NodeName};
+    use moe_cluster::wire::{client_handshake, ClusterSecret, HandshakeConfig, ShardSummary};
+    let file = moe_model::gguf::GgufFile::open(model).expect("open the model");
+    let cfg = moe_model::config::ModelConfig::from_gguf(&file).expect("model config");
+    let shape = moe_cluster::wire::ModelShape {
+        n_experts: cfg.n_experts,
+        hidden_dim: cfg.n_embd,
+    };
+    let hs = HandshakeConfig::new(
+        NodeName::new(name).expect("node name"),
+        file.fingerprint(),
+        ClusterSecret::new(TEST_SECRET.as_bytes().to_vec()).expect("secret"),
+        ShardSummary::uniform(&ExpertSet::empty(cfg.n_experts).expect("expert set")),
+        shape,
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (_, mac) = client_handshake(&mut stream, &hs).await.expect("handshake");
+    (stream, mac, shape, cfg)
+}

@@ -7,15 +7,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use moe_cluster::placement::{ExpertSet, NodeName};
 use moe_cluster::wire::{
-    client_handshake, decode_frame, encode_frame, read_frame, ClusterSecret, ExpertRequest,
-    ExpertRoute, HandshakeConfig, Heartbeat, Message, ModelShape, SessionMac, ShardSummary,
-    WireDtype, FRAME_BYTES_MAX,
+    decode_frame, encode_frame, read_frame, ExpertRequest, ExpertRoute, Heartbeat, Message,
+    ModelShape, SessionMac, WireDtype, FRAME_BYTES_MAX,
 };
 use moe_model::config::ModelConfig;
 use moe_model::gguf::GgufFile;
-use moe_tests::cluster::{placement_toml, start_expert, Node, TempDir, TEST_SECRET};
+use moe_tests::cluster::{
+    connect_as_router, placement_toml, start_expert, Node, TempDir, TEST_SECRET,
+};
 use moe_tests::fixtures_dir;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -32,21 +32,7 @@ struct Peer {
 }
 
 async fn connect(model: &Path, addr: &str) -> Peer {
-    let file = GgufFile::open(model).unwrap();
-    let cfg = ModelConfig::from_gguf(&file).unwrap();
-    let shape = ModelShape {
-        n_experts: cfg.n_experts,
-        hidden_dim: cfg.n_embd,
-    };
-    let hs = HandshakeConfig::new(
-        NodeName::new("keeper-test").unwrap(),
-        file.fingerprint(),
-        ClusterSecret::new(TEST_SECRET.as_bytes().to_vec()).unwrap(),
-        ShardSummary::uniform(&ExpertSet::empty(cfg.n_experts).unwrap()),
-        shape,
-    );
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let (_, mac) = client_handshake(&mut stream, &hs).await.unwrap();
+    let (stream, mac, shape, cfg) = connect_as_router(model, addr, "keeper-test").await;
     Peer {
         stream,
         mac,

@@ -4,35 +4,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use moe_cluster::placement::{ExpertSet, NodeName};
-use moe_cluster::wire::{
-    client_handshake, encode_frame, read_frame, ClusterSecret, HandshakeConfig, Heartbeat, Message,
-    ModelShape, ShardSummary, FRAME_BYTES_MAX,
-};
+use moe_cluster::wire::{encode_frame, read_frame, Heartbeat, Message, FRAME_BYTES_MAX};
 use moe_model::config::ModelConfig;
 use moe_model::gguf::GgufFile;
-use moe_tests::cluster::{placement_toml, start_expert, Expert, TempDir, TEST_SECRET};
+use moe_tests::cluster::{
+    connect_as_router, placement_toml, start_expert, Expert, TempDir, TEST_SECRET,
+};
 use moe_tests::{fixtures_dir, moe_node_ok};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Connects and authenticates like a router, then sends `tamper(valid heartbeat frame)`.
 async fn send_tampered(model: &Path, addr: &str, tamper: impl Fn(Vec<u8>) -> Vec<u8>) -> String {
-    let file = GgufFile::open(model).unwrap();
-    let cfg = ModelConfig::from_gguf(&file).unwrap();
-    let shape = ModelShape {
-        n_experts: cfg.n_experts,
-        hidden_dim: cfg.n_embd,
-    };
-    let hs = HandshakeConfig::new(
-        NodeName::new("tamperer").unwrap(),
-        file.fingerprint(),
-        ClusterSecret::new(TEST_SECRET.as_bytes().to_vec()).unwrap(),
-        ShardSummary::uniform(&ExpertSet::empty(cfg.n_experts).unwrap()),
-        shape,
-    );
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let (_, mut mac) = client_handshake(&mut stream, &hs).await.unwrap();
+    let (mut stream, mut mac, _, _) = connect_as_router(model, addr, "tamperer").await;
     // One good heartbeat first: the node answers it.
     let good = encode_frame(&Message::Heartbeat(Heartbeat { counter: 1 }), &mut mac.send).unwrap();
     stream.write_all(&good).await.unwrap();
