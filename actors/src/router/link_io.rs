@@ -62,7 +62,9 @@ pub struct LinkConn {
     closed: AtomicBool,
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// `m`'s guard, also after a panic elsewhere poisoned it (the data stays consistent: every
+/// critical section here is a plain read or write).
+pub(super) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moe_cluster::wire::{
@@ -23,17 +23,13 @@ use moe_model::LayerExperts;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::TcpStream;
 
-use super::link_io::{LinkConn, LinkEvent, LinkShared};
+use super::link_io::{locked, LinkConn, LinkEvent, LinkShared};
 use crate::telemetry::ErrorKind;
 
 /// Longest wait between reconnection attempts.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 /// Time allowed for TCP connect.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Messages of [`PeerLinkActor`].
 pub enum PeerLinkMsg {
@@ -207,22 +203,14 @@ impl Actor for PeerLinkActor {
                     });
                     st.shared.refused.store(refused, Ordering::SeqCst);
                     st.connecting = false;
-                    let changed = *st
-                        .shared
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        != reason;
+                    let changed = *locked(&st.shared.last_error) != reason;
                     if changed {
                         eprintln!(
                             "cannot connect to {} at {}: {reason}",
                             st.shared.name, st.addr
                         );
                     }
-                    *st.shared
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = reason;
+                    *locked(&st.shared.last_error) = reason;
                     st.next_attempt = Instant::now() + Duration::from_millis(st.backoff_ms);
                     st.backoff_ms = (st.backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
                 }
