@@ -3,9 +3,11 @@
 # run: llama-bench -ngl 99 and `moe-node bench --backend vulkan`, pp and tg, then the ratio.
 #
 # Status: a skeleton. moe-node runs only the routed experts on the device so far (attention,
-# dense layers and routing stay on the CPU, activations are f32), so the ratio measures that
-# slice, not the finished backend. It needs a real GPU: on Mesa's lavapipe (a CPU driver) the
-# numbers say nothing about speed. It has not been run on a GPU yet.
+# dense layers and routing stay on the CPU), so the ratio measures that slice, not the
+# finished backend. moe-node runs twice: with route tiles (a prompt's routes to one expert
+# share each weight read, `--route-tiles on`) and without (`off`), as the GPU default (`auto`
+# = on for GPUs) is not measured yet. It needs a real GPU: on Mesa's lavapipe (a CPU
+# driver) the numbers say nothing about speed. It has not been run on a GPU yet.
 #
 # usage: benches/vulkan_vs_llama.sh [LLAMA_DIR] [PRESET] [TYPE]
 #   LLAMA_DIR  where benches/llama_baseline.sh keeps the llama.cpp sources (default /work/llama);
@@ -32,21 +34,25 @@ fi
 
 llama_json="$(GGML_VK_VISIBLE_DEVICES="$DEVICE" "$SRC/build-vulkan/bin/llama-bench" -m "$MODEL" -ngl 99 \
   -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null)"
-moe_md="$("$BIN" bench --model "$MODEL" -p "$PP" -n "$TG" -r "$REPS" --backend vulkan --device "$DEVICE")"
-python3 - "$PP" "$TG" "$llama_json" "$moe_md" <<'PY'
+moe_on="$("$BIN" bench --model "$MODEL" -p "$PP" -n "$TG" -r "$REPS" --backend vulkan --device "$DEVICE" --route-tiles on)"
+moe_off="$("$BIN" bench --model "$MODEL" -p "$PP" -n "$TG" -r "$REPS" --backend vulkan --device "$DEVICE" --route-tiles off)"
+python3 - "$PP" "$TG" "$llama_json" "$moe_on" "$moe_off" <<'PY'
 import json, re, sys
-pp, tg, llama, moe = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+pp, tg, llama = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 ll = {(f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"): r["avg_ts"] for r in llama}
-mo = {}
-for line in moe.splitlines():
-    m = re.match(r"\|[^|]*\|[^|]*\| (\w+) \| ([0-9.]+)", line)
-    if m:
-        mo[m.group(1)] = float(m.group(2))
-print("| test | llama.cpp Vulkan t/s | moe-node --backend vulkan t/s | moe-node / llama.cpp |")
-print("|---|---:|---:|---:|")
+def rates(md):
+    out = {}
+    for line in md.splitlines():
+        m = re.match(r"\|[^|]*\|[^|]*\| (\w+) \| ([0-9.]+)", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+on, off = rates(sys.argv[4]), rates(sys.argv[5])
+print("| test | llama.cpp Vulkan t/s | moe-node tiles on t/s | ratio | moe-node tiles off t/s | ratio |")
+print("|---|---:|---:|---:|---:|---:|")
 for test in (f"pp{pp}", f"tg{tg}"):
-    a, b = ll.get(test), mo.get(test)
-    if a and b:
-        print(f"| {test} | {a:.2f} | {b:.2f} | {b / a:.3f} |")
+    a, b, c = ll.get(test), on.get(test), off.get(test)
+    if a and b and c:
+        print(f"| {test} | {a:.2f} | {b:.2f} | {b / a:.3f} | {c:.2f} | {c / a:.3f} |")
 PY
 echo "model: $MODEL; Vulkan device $DEVICE: $("$BIN" devices | sed -n "s/^device $DEVICE: //p")"

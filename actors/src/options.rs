@@ -70,7 +70,20 @@ pub enum BackendKind {
     Vulkan,
 }
 
-/// `--backend` and `--device`: the device routed experts run on.
+/// Whether a Vulkan device computes a call's routes to one expert in tiles that share each
+/// weight read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RouteTiles {
+    /// On for GPUs, off for CPU implementations such as lavapipe (whose caches already share
+    /// the reads between workgroups).
+    Auto,
+    /// Up to 8 routes of one expert per workgroup (a prompt's tokens routed to one expert).
+    On,
+    /// One route per workgroup.
+    Off,
+}
+
+/// `--backend`, `--device` and `--route-tiles`: the device routed experts run on.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct ComputeArgs {
     /// Where routed experts are computed: `cpu` or `vulkan`.
@@ -79,6 +92,25 @@ pub struct ComputeArgs {
     /// Vulkan device index for `--backend vulkan` (see `moe-node devices`).
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// With `--backend vulkan`: whether a prompt's routes to one expert are computed in
+    /// tiles that read the expert's weights once (results are the same bit for bit).
+    #[arg(long, value_enum, default_value_t = RouteTiles::Auto)]
+    pub route_tiles: RouteTiles,
+    /// With `--backend vulkan`: `import` lets the device read the experts where the page
+    /// cache holds the file (host-memory import, on devices with VK_EXT_external_memory_host;
+    /// else they are copied), `copy` always copies them into device memory (llama.cpp's
+    /// `--no-mmap`).
+    #[arg(long, value_enum, default_value_t = VulkanMemory::Import)]
+    pub vulkan_memory: VulkanMemory,
+}
+
+/// How a Vulkan device gets the expert weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VulkanMemory {
+    /// Read in place from maps of the model file where the device can import host memory.
+    Import,
+    /// Copied into device memory.
+    Copy,
 }
 
 impl ComputeArgs {
@@ -87,20 +119,33 @@ impl ComputeArgs {
     pub fn handle(&self, model: &Model) -> anyhow::Result<ComputeHandle> {
         match self.backend {
             BackendKind::Cpu => Ok(ComputeHandle::default()),
-            BackendKind::Vulkan => vulkan_handle(self.device, model),
+            BackendKind::Vulkan => vulkan_handle(self, model),
         }
     }
 }
 
 #[cfg(feature = "vulkan")]
-fn vulkan_handle(index: usize, model: &Model) -> anyhow::Result<ComputeHandle> {
+fn vulkan_handle(args: &ComputeArgs, model: &Model) -> anyhow::Result<ComputeHandle> {
+    let index = args.device;
     let device = moe_vulkan::Device::open(index)?;
-    let compute = moe_vulkan::VulkanCompute::new(device, model)
-        .with_context(|| format!("uploading the experts to Vulkan device {index}"))?;
+    let host = match args.vulkan_memory {
+        VulkanMemory::Import => moe_vulkan::HostMemory::Import,
+        VulkanMemory::Copy => moe_vulkan::HostMemory::Copy,
+    };
+    let mut compute =
+        moe_vulkan::VulkanCompute::with_upload(device, model, moe_vulkan::CHUNK_BYTES_MAX, host)
+            .with_context(|| format!("uploading the experts to Vulkan device {index}"))?;
+    match args.route_tiles {
+        RouteTiles::Auto => {}
+        RouteTiles::On => compute = compute.with_route_tiles(true),
+        RouteTiles::Off => compute = compute.with_route_tiles(false),
+    }
     eprintln!(
-        "routed experts on Vulkan device {index} ({}): {:.1} MiB uploaded{}",
+        "routed experts on Vulkan device {index} ({}): {:.1} MiB on the device ({:.1} MiB read in place from the file, the rest copied); route tiles {}{}",
         compute.device().info.name,
         compute.uploaded_bytes() as f64 / 1048576.0,
+        compute.imported_bytes() as f64 / 1048576.0,
+        if compute.route_tiles() { "on" } else { "off" },
         match (model.mode(), compute.has_fast_shaders()) {
             (NumericMode::Fast, true) => "; fast mode: int8 activations, integer dot products",
             (NumericMode::Fast, false) =>
@@ -113,7 +158,7 @@ fn vulkan_handle(index: usize, model: &Model) -> anyhow::Result<ComputeHandle> {
 }
 
 #[cfg(not(feature = "vulkan"))]
-fn vulkan_handle(_: usize, _: &Model) -> anyhow::Result<ComputeHandle> {
+fn vulkan_handle(_: &ComputeArgs, _: &Model) -> anyhow::Result<ComputeHandle> {
     bail!(
         "this moe-node was built without Vulkan: rebuild with `--features vulkan` (on by default)"
     )
@@ -183,14 +228,16 @@ impl ModelArgs {
         };
         let model =
             Model::open_with(&path, &set).with_context(|| format!("loading {}", path.display()))?;
-        Ok(with_mode_reported(model, mode).with_kv_type(kv_type))
+        Ok(with_mode_reported(model, mode, self.compute.backend).with_kv_type(kv_type))
     }
 }
 
-/// `model` in `mode`, saying on stderr what Fast mode repacked and how long it took.
-pub fn with_mode_reported(model: Model, mode: NumericMode) -> Model {
+/// `model` in `mode`, saying on stderr what Fast mode repacked and how long it took. With
+/// the routed experts on another device than the CPU (`backend`), they are not repacked for
+/// the CPU's kernels: that device reads the file's blocks.
+pub fn with_mode_reported(model: Model, mode: NumericMode, backend: BackendKind) -> Model {
     let start = std::time::Instant::now();
-    let model = model.with_mode(mode);
+    let model = model.with_mode_packing(mode, backend == BackendKind::Cpu);
     let (n, bytes) = model.packed_summary();
     if n > 0 {
         eprintln!(

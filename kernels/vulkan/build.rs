@@ -8,7 +8,9 @@
 //! (its `idot32`). A type file may itself `#include "<file>"` a helper, named relative to its
 //! own folder (IQ4_NL and IQ4_XS share `iq4_grid.glsl`, Q4_K and Q5_K
 //! `dequant/k4_scale_min.glsl`, both Q3_K files `dequant/q3k_scale.glsl`): such a line is
-//! replaced by that file's text, one level deep.
+//! replaced by that file's text, one level deep. The two matvec shaders' own `#include`
+//! lines (`tile_io.glsl`, `tile_main.glsl`: the route tiles both share) are spliced the same
+//! way, after the weight type.
 
 use std::path::{Path, PathBuf};
 
@@ -90,7 +92,7 @@ fn main() {
             &dir.join("dequant"),
             &read(&dir.join(format!("dequant/{ty}.glsl"))),
         );
-        let text = matvec.replace("#include \"WEIGHT_TYPE\"", &dequant);
+        let text = splice_includes(&dir, &matvec.replace("#include \"WEIGHT_TYPE\"", &dequant));
         compile(compiler, &format!("matvec_{ty}"), text, &out);
     }
     let matvec_fast = read(&dir.join("matvec_fast.comp"));
@@ -103,7 +105,10 @@ fn main() {
             &dir.join("fast"),
             &read(&dir.join(format!("fast/{ty}.glsl"))),
         );
-        let text = matvec_fast.replace("#include \"WEIGHT_TYPE\"", &idot);
+        let text = splice_includes(
+            &dir,
+            &matvec_fast.replace("#include \"WEIGHT_TYPE\"", &idot),
+        );
         compile(compiler, &format!("matvec_fast_{ty}"), text, &out);
     }
     for name in ["swiglu", "combine", "quantize"] {

@@ -100,7 +100,8 @@ fn no_vulkan_driver_is_a_clear_error() {
 }
 
 /// `logits`, `run` and `bench` with the experts on Vulkan, against the reference of one case
-/// of each fixture GGUF; `--device` past the last device is named.
+/// of each fixture GGUF (the kq files with `--route-tiles on --vulkan-memory copy`, the tiny
+/// ones with the defaults); `--device` past the last device is named.
 #[test]
 fn model_commands_on_vulkan_match_the_reference() {
     if !vulkan_present("model_commands_on_vulkan_match_the_reference") {
@@ -124,7 +125,13 @@ fn model_commands_on_vulkan_match_the_reference() {
                 .join(",");
             let out = scratch.path().join(format!("{checked}.npy"));
             let routing = scratch.path().join(format!("{checked}.routing.json"));
-            moe_node_ok(&[
+            // The tiny files with the defaults (experts imported from the file; lavapipe, a
+            // CPU device, computes one route per tile), the kq files with the other choices.
+            let choices: &[&str] = match dir {
+                "kimi-k25-kq" => &["--route-tiles", "on", "--vulkan-memory", "copy"],
+                _ => &[],
+            };
+            let mut args = vec![
                 "logits",
                 "-m",
                 m,
@@ -136,7 +143,9 @@ fn model_commands_on_vulkan_match_the_reference() {
                 path_str(&out),
                 "--routing",
                 path_str(&routing),
-            ]);
+            ];
+            args.extend_from_slice(choices);
+            moe_node_ok(&args);
             let got = npy::read_f32(&out).unwrap();
             let want =
                 npy::read_f32(&fc.ref_dir.join(fc.json["logits"].as_str().unwrap())).unwrap();

@@ -83,7 +83,7 @@ pub fn run(
             },
         )
         .with_context(|| format!("loading {}", model_path.display()))
-        .map(|m| crate::options::with_mode_reported(m, mode))?,
+        .map(|m| crate::options::with_mode_reported(m, mode, compute.backend))?,
     );
     drop(header);
     eprintln!(

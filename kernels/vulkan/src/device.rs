@@ -4,8 +4,11 @@
 //! a device-local type (unified memory, resizable BAR, lavapipe). That keeps uploads and
 //! read-backs to plain copies; a discrete GPU without a device-local host-visible type still
 //! works but reads its weights over the bus (staging into device-only memory is a next step).
-//! What the buffers hold and which kernels run over them is decided by `expert_weights.rs`
-//! and `expert_compute.rs`.
+//! Where the device has `VK_EXT_external_memory_host` (lavapipe, RADV, NVIDIA), a buffer can
+//! instead be a view of host memory, such as a map of the model file ([`Buffer::import`]):
+//! on unified memory the expert weights are then read where the page cache holds them, not
+//! copied. What the buffers hold and which kernels run over them is decided by
+//! `expert_weights.rs` and `expert_compute.rs`.
 
 use std::sync::Arc;
 
@@ -26,8 +29,17 @@ pub struct Device {
     pub(crate) max_groups: [u32; 3],
     /// `shaderIntegerDotProduct` enabled on this device (the fast mode's shaders need it).
     pub(crate) integer_dot: bool,
+    /// Host-memory import, where the device has it.
+    pub(crate) host_import: Option<HostImport>,
     // Dropped last: the instance outlives the device (held, never read).
     _instance: Arc<Instance>,
+}
+
+/// `VK_EXT_external_memory_host`, enabled on a device that has it.
+pub(crate) struct HostImport {
+    /// `minImportedHostPointerAlignment`: imported pointers and sizes are multiples of it.
+    pub alignment: u64,
+    fns: ash::ext::external_memory_host::Device,
 }
 
 impl std::fmt::Debug for Device {
@@ -99,14 +111,28 @@ impl Device {
         // Integer dot products (the fast mode's shaders): the feature where the device has
         // it, with its extension where the device lists it (core from Vulkan 1.3).
         let integer_dot = want_integer_dot && info.integer_dot_product;
-        let dot_ext = instance
-            .device_extensions(pd)?
-            .iter()
-            .any(|e| e.as_c_str() == ash::khr::shader_integer_dot_product::NAME);
-        let ext_ptrs: Vec<*const std::ffi::c_char> = if integer_dot && dot_ext {
+        let extensions = instance.device_extensions(pd)?;
+        let offered = |name: &std::ffi::CStr| extensions.iter().any(|e| e.as_c_str() == name);
+        let dot_ext = offered(ash::khr::shader_integer_dot_product::NAME);
+        let mut ext_ptrs: Vec<*const std::ffi::c_char> = if integer_dot && dot_ext {
             vec![ash::khr::shader_integer_dot_product::NAME.as_ptr()]
         } else {
             Vec::new()
+        };
+        let host_import_alignment = if offered(ash::ext::external_memory_host::NAME) {
+            ext_ptrs.push(ash::ext::external_memory_host::NAME.as_ptr());
+            let mut host = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
+            let mut props = vk::PhysicalDeviceProperties2::default().push_next(&mut host);
+            // SAFETY: `pd` came from this instance, which is Vulkan 1.1 or later (checked
+            // by `Instance::new`); the chain holds a structure of an extension it offers.
+            unsafe {
+                instance
+                    .instance
+                    .get_physical_device_properties2(pd, &mut props)
+            };
+            Some(host.min_imported_host_pointer_alignment.max(1))
+        } else {
+            None
         };
         let mut dot_features = vk::PhysicalDeviceShaderIntegerDotProductFeatures::default()
             .shader_integer_dot_product(true);
@@ -121,6 +147,10 @@ impl Device {
             .map_err(VulkanError::call("vkCreateDevice"))?;
         // SAFETY: the family and index were requested in `create`.
         let queue = unsafe { device.get_device_queue(queue_family, 0) };
+        let host_import = host_import_alignment.map(|alignment| HostImport {
+            alignment,
+            fns: ash::ext::external_memory_host::Device::new(&instance.instance, &device),
+        });
         Ok(Arc::new(Self {
             device,
             queue,
@@ -129,6 +159,7 @@ impl Device {
             info,
             max_groups: limits.max_compute_work_group_count,
             integer_dot,
+            host_import,
             _instance: instance,
         }))
     }
@@ -137,6 +168,12 @@ impl Device {
     /// (`shaderIntegerDotProduct`, enabled when the device was opened).
     pub fn has_integer_dot_product(&self) -> bool {
         self.integer_dot
+    }
+
+    /// `minImportedHostPointerAlignment` where the device imports host memory
+    /// ([`Buffer::import`]), else `None`.
+    pub fn host_import_alignment(&self) -> Option<u64> {
+        self.host_import.as_ref().map(|h| h.alignment)
     }
 
     /// `maxStorageBufferRange`, bytes: the most one shader binding can see.
@@ -158,13 +195,16 @@ fn pick_memory_type(mem: &vk::PhysicalDeviceMemoryProperties) -> Option<u32> {
     find(host | vk::MemoryPropertyFlags::DEVICE_LOCAL).or_else(|| find(host))
 }
 
-/// A storage buffer in host-visible memory, mapped for its whole life.
+/// A storage buffer in host-visible memory, mapped for its whole life, or a view of host
+/// memory imported read-only ([`Buffer::import`]).
 pub struct Buffer {
     pub(crate) buffer: vk::Buffer,
     memory: vk::DeviceMemory,
     ptr: *mut u8,
     /// Bytes.
     pub(crate) len: usize,
+    /// False for imported host memory, which may be a read-only file map.
+    writable: bool,
     device: Arc<Device>,
 }
 
@@ -248,6 +288,7 @@ impl Buffer {
                 memory,
                 ptr: ptr.cast(),
                 len,
+                writable: true,
                 device: device.clone(),
             }),
             Err(e) => {
@@ -258,8 +299,124 @@ impl Buffer {
         }
     }
 
+    /// A buffer over the `len` bytes of host memory at `ptr` (both multiples of
+    /// [`Device::host_import_alignment`]), which the device reads in place; `what` names it in
+    /// errors. Never written through (the memory may be a read-only file map).
+    ///
+    /// # Safety
+    /// The memory must stay mapped and unmodified for the buffer's life.
+    pub(crate) unsafe fn import(
+        device: &Arc<Device>,
+        ptr: *const u8,
+        len: usize,
+        what: &str,
+    ) -> Result<Self, VulkanError> {
+        let unusable = |why: String| VulkanError::Unusable {
+            device: device.info.name.clone(),
+            what: format!("importing {what}: {why}"),
+        };
+        let host = device
+            .host_import
+            .as_ref()
+            .ok_or_else(|| unusable("no VK_EXT_external_memory_host".into()))?;
+        if !(ptr as u64).is_multiple_of(host.alignment)
+            || !(len as u64).is_multiple_of(host.alignment)
+            || len == 0
+        {
+            return Err(unusable(format!(
+                "{len} bytes at {ptr:p} are not multiples of minImportedHostPointerAlignment ({})",
+                host.alignment
+            )));
+        }
+        let dev = &device.device;
+        let handle = vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT;
+        let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(handle);
+        let info = vk::BufferCreateInfo::default()
+            .size(len as u64)
+            .usage(vk::BufferUsageFlags::STORAGE_BUFFER)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE)
+            .push_next(&mut external);
+        // SAFETY: a valid device and create info (the extension is enabled).
+        let buffer = unsafe { dev.create_buffer(&info, None) }
+            .map_err(VulkanError::call("vkCreateBuffer"))?;
+        let destroy = || {
+            // SAFETY: `buffer` is unused and destroyed once.
+            unsafe { dev.destroy_buffer(buffer, None) }
+        };
+        // SAFETY: `buffer` was just created on this device.
+        let req = unsafe { dev.get_buffer_memory_requirements(buffer) };
+        let mut props = vk::MemoryHostPointerPropertiesEXT::default();
+        // SAFETY: `ptr` is a host allocation of at least `len` bytes (the caller's contract).
+        let queried = unsafe {
+            (host.fns.fp().get_memory_host_pointer_properties_ext)(
+                host.fns.device(),
+                handle,
+                ptr.cast(),
+                &mut props,
+            )
+        }
+        .result();
+        let bits = props.memory_type_bits & req.memory_type_bits;
+        if let Err(e) = queried {
+            destroy();
+            return Err(VulkanError::call("vkGetMemoryHostPointerPropertiesEXT")(e));
+        }
+        if bits == 0 || req.size > len as u64 {
+            destroy();
+            return Err(unusable(format!(
+                "no memory type takes it (host pointer types {:#x}, buffer types {:#x}, {} bytes needed)",
+                props.memory_type_bits, req.memory_type_bits, req.size
+            )));
+        }
+        let memory_type = if bits & (1 << device.memory_type) != 0 {
+            device.memory_type
+        } else {
+            bits.trailing_zeros()
+        };
+        let mut import = vk::ImportMemoryHostPointerInfoEXT::default()
+            .handle_type(handle)
+            .host_pointer(ptr.cast_mut().cast());
+        let alloc = vk::MemoryAllocateInfo::default()
+            .allocation_size(len as u64)
+            .memory_type_index(memory_type)
+            .push_next(&mut import);
+        // SAFETY: a valid device and allocate info; the memory outlives the allocation (the
+        // caller's contract).
+        let memory = match unsafe { dev.allocate_memory(&alloc, None) } {
+            Ok(m) => m,
+            Err(e) => {
+                destroy();
+                return Err(VulkanError::call("vkAllocateMemory (host import)")(e));
+            }
+        };
+        // SAFETY: both were created on this device; the buffer is unbound.
+        if let Err(e) = unsafe { dev.bind_buffer_memory(buffer, memory, 0) } {
+            // SAFETY: unused memory, freed once.
+            unsafe { dev.free_memory(memory, None) };
+            destroy();
+            return Err(VulkanError::call("vkBindBufferMemory")(e));
+        }
+        Ok(Self {
+            buffer,
+            memory,
+            ptr: ptr.cast_mut(),
+            len,
+            writable: false,
+            device: device.clone(),
+        })
+    }
+
+    /// Whether this buffer is imported host memory ([`Buffer::import`]).
+    pub fn is_imported(&self) -> bool {
+        !self.writable
+    }
+
     /// The mapped bytes.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
+        assert!(
+            self.writable,
+            "an imported buffer (host memory, maybe a read-only file map) is never written"
+        );
         // SAFETY: `ptr` maps at least `len` bytes for the buffer's life; `&mut self` makes the
         // slice the only view; no submission is running (callers wait on their fence).
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }

@@ -2,19 +2,25 @@
 //! uploaded once at construction ([`ExpertWeights`]); each `apply_routes` call then
 //!
 //! 1. groups the routes by expert on the host (ascending expert, tokens in order: the CPU's
-//!    order) and uploads the gathered activations, each route's expert offsets, weights and
-//!    the per-token route lists;
-//! 2. records gate and up matvecs over all routes (one dispatch per weight chunk), SwiGLU,
-//!    the down matvec, and the weighted add into the caller's `out` rows (ascending expert per
-//!    token, as the CPU adds them);
+//!    order), cuts each expert's routes into tiles of up to [`ROUTE_TILE`] (`tiles.rs`; one
+//!    route per tile on a CPU device, [`VulkanCompute::with_route_tiles`]), and uploads the token rows once (not a copy per route), each route's
+//!    expert offsets, token and weight, the tiles and the per-token route lists;
+//! 2. records gate and up matvecs over all tiles (one dispatch per weight chunk; a tile's
+//!    routes read each weight once, each its own token's row), SwiGLU, the down matvec, and
+//!    the weighted add into the caller's `out` rows (ascending expert per token, as the CPU
+//!    adds them);
 //! 3. submits once, waits, and reads `out` back.
+//!
+//! A route's result does not depend on the other routes of its call (its tile's size
+//! changes no summation order), so a prompt's experts give bit for bit what its tokens
+//! computed one at a time give.
 //!
 //! The numeric mode is the calling model's ([`Model::mode`]), per call:
 //!
 //! - **Exact**: f32 activations over the dequantized weight blocks (`matvec.comp`), so
 //!   results match the CPU's exact mode to rounding (summation order inside a dot product
 //!   differs), not bit for bit.
-//! - **Fast**: the gathered activations, and the SwiGLU output before the down matvec, are
+//! - **Fast**: the token rows, and the SwiGLU output before the down matvec, are
 //!   quantized on the device (`quantize.comp`: per 32 values int8 codes, an f32 scale
 //!   `amax / 127` and the codes' 16-value sums), and the matvecs of the quantized types
 //!   (Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS) take integer dot products of the weight codes with
@@ -39,17 +45,31 @@ use moe_model::ModelError;
 
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
-use crate::expert_weights::{ExpertStack, ExpertWeights, LayerStacks, Slot, CHUNK_BYTES_MAX};
-use crate::kernels::{
-    Kernel, Kernels, ELEMENTWISE_GROUP_THREADS, MATVEC_CHUNK_VALUES, QBLOCK_WORDS,
+use crate::expert_weights::{
+    ExpertStack, ExpertWeights, HostMemory, LayerStacks, Slot, CHUNK_BYTES_MAX,
 };
+use crate::kernels::{
+    Kernel, Kernels, ELEMENTWISE_GROUP_THREADS, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE,
+};
+use crate::tiles::{record_tiles, TileMeta};
 use crate::VulkanError;
+
+/// [`crate::DeviceInfo::kind`] of a CPU implementation (lavapipe).
+const CPU_DEVICE_KIND: &str = "CPU";
+
+/// Input kinds of the tiles' metadata: gate and up read the route's token row, down the
+/// route's own SwiGLU row.
+const INPUT_TOKEN: usize = 0;
+const INPUT_ROUTE: usize = 1;
 
 /// Routed experts on a Vulkan device.
 pub struct VulkanCompute {
     name: String,
     weights: ExpertWeights,
     kernels: Kernels,
+    /// Tiles of up to [`ROUTE_TILE`] routes (else one route per tile): see
+    /// [`VulkanCompute::with_route_tiles`].
+    route_tiles: bool,
     state: Mutex<Scratch>,
     device: Arc<Device>,
 }
@@ -66,9 +86,9 @@ impl std::fmt::Debug for VulkanCompute {
 /// Per-call buffers, grown on demand and reused.
 struct Scratch {
     commands: Commands,
-    /// Gathered activations `[R, D]`.
+    /// The token rows `[T, D]`.
     x: Option<Buffer>,
-    /// The gathered activations quantized (fast mode), `[R, D / 32]` blocks.
+    /// The token rows quantized (fast mode), `[T, D / 32]` blocks.
     xq: Option<Buffer>,
     /// The SwiGLU output quantized (fast mode), `[R, F / 32]` blocks.
     gq: Option<Buffer>,
@@ -78,8 +98,9 @@ struct Scratch {
     u: Option<Buffer>,
     /// Down outputs `[R, D]`.
     y: Option<Buffer>,
-    /// Byte offsets of each route's gate, up, down matrix `[3R]`.
-    offsets: Option<Buffer>,
+    /// The tiles' metadata ([`TileMeta`]): each route's gate, up and down matrix offsets,
+    /// its token, itself (the down matvec's input row), the tile starts.
+    meta: Option<Buffer>,
     /// Route weights `[R]`.
     route_w: Option<Buffer>,
     /// Token starts in `tok_routes` `[T + 1]`.
@@ -140,13 +161,25 @@ impl VulkanCompute {
         model: &Model,
         chunk_bytes_max: u64,
     ) -> Result<Self, ModelError> {
-        let weights = ExpertWeights::upload(&device, model, chunk_bytes_max)?;
+        Self::with_upload(device, model, chunk_bytes_max, HostMemory::Import)
+    }
+
+    /// As [`VulkanCompute::with_chunk_bytes`], saying how the weights get to the device:
+    /// imported from maps of the model file where the device can, or always copied.
+    pub fn with_upload(
+        device: Arc<Device>,
+        model: &Model,
+        chunk_bytes_max: u64,
+        host: HostMemory,
+    ) -> Result<Self, ModelError> {
+        let weights = ExpertWeights::upload(&device, model, chunk_bytes_max, host)?;
         let kernels = Kernels::new(&device)?;
         let commands = Commands::new(&device)?;
         Ok(Self {
             name: format!("vulkan ({})", device.info.name),
             weights,
             kernels,
+            route_tiles: device.info.kind != CPU_DEVICE_KIND,
             state: Mutex::new(Scratch {
                 commands,
                 x: None,
@@ -155,7 +188,7 @@ impl VulkanCompute {
                 g: None,
                 u: None,
                 y: None,
-                offsets: None,
+                meta: None,
                 route_w: None,
                 tok_start: None,
                 tok_routes: None,
@@ -165,9 +198,30 @@ impl VulkanCompute {
         })
     }
 
-    /// Bytes of expert weights on the device.
+    /// Whether a call's routes to one expert are computed in tiles of up to [`ROUTE_TILE`]
+    /// routes that share each weight read (the default on GPUs), or one route per workgroup
+    /// (the default on a CPU device such as lavapipe, whose caches already share the reads
+    /// between workgroups and which runs the tiled shaders 2x slower: `bench --backend
+    /// vulkan` pp128 5.3 against 11.4 t/s there). Results are the same bit for bit.
+    pub fn with_route_tiles(mut self, on: bool) -> Self {
+        self.route_tiles = on;
+        self
+    }
+
+    /// Whether routes are computed in tiles ([`VulkanCompute::with_route_tiles`]).
+    pub fn route_tiles(&self) -> bool {
+        self.route_tiles
+    }
+
+    /// Bytes of expert weights on the device (imported or copied).
     pub fn uploaded_bytes(&self) -> u64 {
         self.weights.bytes
+    }
+
+    /// Of [`VulkanCompute::uploaded_bytes`], those the device reads in place from maps of the
+    /// model file (host-memory import) rather than from a copy.
+    pub fn imported_bytes(&self) -> u64 {
+        self.weights.imported_bytes
     }
 
     /// Whether [`NumericMode::Fast`] runs the integer-dot shaders here: false on a device
@@ -303,7 +357,8 @@ impl VulkanCompute {
             3 * n_routes
         ];
         let mut offsets = vec![0u32; 3 * n_routes];
-        let mut x = vec![0f32; n_routes * d];
+        let mut experts = vec![0u32; n_routes];
+        let mut tokens = vec![0u32; n_routes];
         let mut route_w = vec![0f32; n_routes];
         let mut tok_start = vec![0u32; n_tokens + 1];
         for (p, &i) in order.iter().enumerate() {
@@ -313,10 +368,10 @@ impl VulkanCompute {
                 slots[m * n_routes + p] = sl;
                 offsets[m * n_routes + p] = sl.offset;
             }
-            let t = r.token as usize;
-            x[p * d..(p + 1) * d].copy_from_slice(&h[t * d..(t + 1) * d]);
+            experts[p] = r.expert;
+            tokens[p] = r.token;
             route_w[p] = r.weight;
-            tok_start[t + 1] += 1;
+            tok_start[r.token as usize + 1] += 1;
         }
         for t in 0..n_tokens {
             tok_start[t + 1] += tok_start[t];
@@ -328,25 +383,18 @@ impl VulkanCompute {
             tok_routes[fill[t] as usize] = p as u32;
             fill[t] += 1;
         }
+        let own: Vec<u32> = (0..n_routes as u32).collect();
+        let tile = if self.route_tiles { ROUTE_TILE } else { 1 };
+        let meta = TileMeta::new(&experts, &offsets, &[&tokens, &own], tile);
+        let tile = meta.pipeline_tile();
 
         let what = |b: &str| format!("{b} of MoE layer {layer}");
-        ensure(
-            dev,
-            &mut s.x,
-            4 * n_routes * d,
-            &what("gathered activations"),
-        )?
-        .write(0, f32_bytes(&x));
+        ensure(dev, &mut s.x, 4 * n_tokens * d, &what("token rows"))?.write(0, f32_bytes(h));
         ensure(dev, &mut s.g, 4 * n_routes * f, &what("gate outputs"))?;
         ensure(dev, &mut s.u, 4 * n_routes * f, &what("up outputs"))?;
         ensure(dev, &mut s.y, 4 * n_routes * d, &what("down outputs"))?;
-        ensure(
-            dev,
-            &mut s.offsets,
-            4 * 3 * n_routes,
-            &what("route offsets"),
-        )?
-        .write(0, u32_bytes(&offsets));
+        ensure(dev, &mut s.meta, 4 * meta.words.len(), &what("route tiles"))?
+            .write(0, u32_bytes(&meta.words));
         ensure(dev, &mut s.route_w, 4 * n_routes, &what("route weights"))?
             .write(0, f32_bytes(&route_w));
         ensure(
@@ -362,9 +410,9 @@ impl VulkanCompute {
 
         // Per stack: the integer-dot shader in fast mode where there is one, else the f32 one.
         let kernels = [
-            self.kernel(stacks3[0], fast)?,
-            self.kernel(stacks3[1], fast)?,
-            self.kernel(stacks3[2], fast)?,
+            self.kernel(stacks3[0], fast, tile)?,
+            self.kernel(stacks3[1], fast, tile)?,
+            self.kernel(stacks3[2], fast, tile)?,
         ];
         let quantize_x = kernels[0].1 || kernels[1].1;
         let quantize_g = kernels[2].1;
@@ -372,8 +420,8 @@ impl VulkanCompute {
             ensure(
                 dev,
                 &mut s.xq,
-                4 * QBLOCK_WORDS * n_routes * (d / MATVEC_CHUNK_VALUES),
-                &what("quantized activations"),
+                4 * QBLOCK_WORDS * n_tokens * (d / MATVEC_CHUNK_VALUES),
+                &what("quantized token rows"),
             )?;
         }
         if quantize_g {
@@ -393,18 +441,18 @@ impl VulkanCompute {
             g,
             u,
             y,
-            offsets: offs,
+            meta: meta_buf,
             route_w: rw,
             tok_start: ts,
             tok_routes: tr,
             out: o,
         } = s;
-        let (x, g, u, y, offs) = (
+        let (x, g, u, y, meta_buf) = (
             x.as_ref().expect("ensured"),
             g.as_ref().expect("ensured"),
             u.as_ref().expect("ensured"),
             y.as_ref().expect("ensured"),
-            offs.as_ref().expect("ensured"),
+            meta_buf.as_ref().expect("ensured"),
         );
         let (rw, ts, tr, o) = (
             rw.as_ref().expect("ensured"),
@@ -414,7 +462,7 @@ impl VulkanCompute {
         );
         let xq = if quantize_x {
             let xq = xq.as_ref().expect("ensured");
-            let blocks = n_routes * d / MATVEC_CHUNK_VALUES;
+            let blocks = n_tokens * d / MATVEC_CHUNK_VALUES;
             self.elementwise(
                 commands,
                 &self.kernels.quantize,
@@ -438,10 +486,9 @@ impl VulkanCompute {
                 kernel,
                 stacks3[m],
                 &slots[m * n_routes..(m + 1) * n_routes],
-                m * n_routes,
-                input,
-                output,
-                offs,
+                (m, INPUT_TOKEN),
+                [input, output, meta_buf],
+                &meta,
             )?;
         }
         self.elementwise(
@@ -470,10 +517,9 @@ impl VulkanCompute {
             kernels[2].0,
             stacks3[2],
             &slots[2 * n_routes..],
-            2 * n_routes,
-            down_input,
-            y,
-            offs,
+            (2, INPUT_ROUTE),
+            [down_input, y, meta_buf],
+            &meta,
         )?;
         self.elementwise(
             commands,
@@ -489,28 +535,35 @@ impl VulkanCompute {
         Ok(())
     }
 
-    /// `stack`'s matvec pipeline, and whether it reads quantized activations: the integer-dot
-    /// one when `fast` and the type has one on this device, else the f32 one.
-    fn kernel(&self, stack: &ExpertStack, fast: bool) -> Result<(&Kernel, bool), VulkanError> {
+    /// `stack`'s matvec pipeline for tiles of `tile` routes, and whether it reads quantized
+    /// activations: the integer-dot one when `fast` and the type has one on this device, else
+    /// the f32 one.
+    fn kernel(
+        &self,
+        stack: &ExpertStack,
+        fast: bool,
+        tile: usize,
+    ) -> Result<(&Kernel, bool), VulkanError> {
         if fast {
-            if let Some(k) = self.kernels.matvec_fast(stack.ty) {
+            if let Some(k) = self.kernels.matvec_fast(stack.ty, tile)? {
                 return Ok((k, true));
             }
         }
-        let k = self
-            .kernels
-            .matvec(stack.ty)
-            .ok_or_else(|| VulkanError::UnsupportedType {
-                tensor: stack.name.clone(),
-                ty: stack.ty.name(),
-                supported: crate::kernels::supported_type_names(),
-            })?;
+        let k =
+            self.kernels
+                .matvec(stack.ty, tile)?
+                .ok_or_else(|| VulkanError::UnsupportedType {
+                    tensor: stack.name.clone(),
+                    ty: stack.ty.name(),
+                    supported: crate::kernels::supported_type_names(),
+                })?;
         Ok((k, false))
     }
 
-    /// Records `stack`'s matvec (`kernel`, f32 or integer-dot) over every route: one dispatch
-    /// per run of routes in the same chunk (routes are sorted by expert, chunks hold
-    /// ascending experts), each split to fit `maxComputeWorkGroupCount[1]`.
+    /// Records `stack`'s matvec (`kernel`, f32 or integer-dot) over every tile of `meta`
+    /// as matrix and input kind `which`, with `io` its activations, outputs and metadata: one
+    /// dispatch per run of tiles in the same weight chunk (tiles hold one expert, sorted;
+    /// chunks hold ascending experts), split to fit `maxComputeWorkGroupCount[1]`.
     #[allow(clippy::too_many_arguments)]
     fn matvec(
         &self,
@@ -518,39 +571,27 @@ impl VulkanCompute {
         kernel: &Kernel,
         stack: &ExpertStack,
         slots: &[Slot],
-        off_base: usize,
-        input: &Buffer,
-        output: &Buffer,
-        offsets: &Buffer,
+        (matrix, input): (usize, usize),
+        [x, y, meta_buf]: [&Buffer; 3],
+        meta: &TileMeta,
     ) -> Result<(), VulkanError> {
-        let per_dispatch = self.device.max_groups[1] as usize;
+        let tiles = meta.tiles();
+        let chunk_of = |tile: usize| slots[meta.first_route(tile)].chunk;
         let mut start = 0;
-        while start < slots.len() {
-            let chunk = slots[start].chunk;
-            let end = slots[start..]
-                .iter()
-                .position(|s| s.chunk != chunk)
-                .map_or(slots.len(), |n| start + n);
-            let weights = &stack.chunks[chunk as usize];
-            let mut base = start;
-            while base < end {
-                let count = (end - base).min(per_dispatch);
-                let (cmd, set) = commands.next(kernel)?;
-                kernel.record(
-                    cmd,
-                    set,
-                    &[weights, input, output, offsets],
-                    &[
-                        stack.rows as u32,
-                        stack.cols as u32,
-                        stack.row_bytes as u32,
-                        base as u32,
-                        off_base as u32,
-                    ],
-                    [stack.rows as u32, count as u32, 1],
-                );
-                base += count;
-            }
+        while start < tiles {
+            let chunk = chunk_of(start);
+            let end = (start..tiles)
+                .find(|&t| chunk_of(t) != chunk)
+                .unwrap_or(tiles);
+            record_tiles(
+                commands,
+                kernel,
+                &self.device,
+                [&stack.chunks[chunk as usize], x, y, meta_buf],
+                stack.rows,
+                start..end,
+                |base| meta.push(stack.rows, stack.cols, stack.row_bytes, matrix, input, base),
+            )?;
             start = end;
         }
         Ok(())

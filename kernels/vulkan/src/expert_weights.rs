@@ -2,15 +2,26 @@
 //! `ffn_up_exps` and `ffn_down_exps` as raw GGUF blocks, uploaded once, only the experts this
 //! process mapped (an expert node's own; every expert in a single process).
 //!
-//! One expert stack is split into chunks of whole experts, each its own buffer no larger than
-//! the device's `maxStorageBufferRange` (and [`CHUNK_BYTES_MAX`]): a shader binds one chunk
-//! and addresses it with u32 byte offsets. Everything that does not fit (a type without a
-//! shader, one expert larger than a binding, too many rows for one dispatch, device memory)
-//! is refused here with the tensor's name, before any compute.
+//! One expert stack is split into chunks of whole experts, consecutive in the file, each its
+//! own buffer no larger than the device's `maxStorageBufferRange` (and [`CHUNK_BYTES_MAX`]):
+//! a shader binds one chunk and addresses it with u32 byte offsets. Everything that does not
+//! fit (a type without a shader, one expert larger than a binding, too many rows for one
+//! dispatch, device memory) is refused here with the tensor's name, before any compute.
+//!
+//! [`HostMemory::Import`] (the default): where the device imports host memory
+//! (`VK_EXT_external_memory_host`), a chunk is a read-only map of its span of the model file
+//! (widened to the import alignment), which the device reads in place: on a unified-memory
+//! machine the weights then exist once, in the page cache, instead of once there and once
+//! more in a device copy (a node holding 94 GB of Kimi K2.5's experts has no room for two).
+//! These maps are this module's own (the model's maps are not tied to the device's
+//! lifetime), over the same file pages. A chunk whose span cannot be imported (no extension,
+//! the span past the file's end or a binding's range, a refused import) is copied, and
+//! [`ExpertWeights::imported_bytes`] says how much was not.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use moe_kernels::GgmlType;
+use moe_kernels::{GgmlType, QMatrix};
 use moe_model::model::{MatStack, Model};
 use moe_model::ModelError;
 
@@ -20,6 +31,15 @@ use crate::VulkanError;
 
 /// Largest buffer one expert chunk gets, in bytes (1 GiB; the device limit may be lower).
 pub const CHUNK_BYTES_MAX: u64 = 1 << 30;
+
+/// How expert weights get into device-visible memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostMemory {
+    /// Import maps of the model file where the device can (else copy).
+    Import,
+    /// Always copy into buffers allocated on the device.
+    Copy,
+}
 
 /// Where one expert's matrix lives: chunk index and byte offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +87,14 @@ pub struct LayerStacks {
 pub struct ExpertWeights {
     /// Per model layer.
     pub layers: Vec<Option<LayerStacks>>,
-    /// Bytes uploaded in all.
+    /// Bytes of the experts on the device in all (imported or copied; not counting the
+    /// padding of imported spans or of copies to whole words).
     pub bytes: u64,
+    /// Of `bytes`, those imported from file maps rather than copied.
+    pub imported_bytes: u64,
+    /// The file maps imported chunks read; dropped after `layers` (declaration order), so
+    /// no buffer outlives the memory it views.
+    _maps: Vec<memmap2::Mmap>,
 }
 
 impl ExpertWeights {
@@ -78,9 +104,12 @@ impl ExpertWeights {
         device: &Arc<Device>,
         model: &Model,
         chunk_bytes_max: u64,
+        host: HostMemory,
     ) -> Result<Self, ModelError> {
         let chunk_max = chunk_bytes_max.min(device.max_binding_bytes());
         let mut bytes = 0u64;
+        let mut imported_bytes = 0u64;
+        let mut maps = Vec::new();
         let mut layers = Vec::with_capacity(model.layers.len());
         for lw in &model.layers {
             let Some(moe) = &lw.moe else {
@@ -88,8 +117,15 @@ impl ExpertWeights {
                 continue;
             };
             let mut stack = |s: &MatStack| -> Result<ExpertStack, ModelError> {
-                let st = upload_stack(device, model, s, chunk_max)?;
-                bytes += st.chunks.iter().map(|c| c.len as u64).sum::<u64>();
+                let st = upload_stack(device, model, s, chunk_max, host, &mut maps)?;
+                // The experts' own bytes (an imported chunk's buffer also spans the alignment
+                // padding around them).
+                for slot in st.slots.iter().flatten() {
+                    bytes += st.expert_bytes as u64;
+                    if st.chunks[slot.chunk as usize].is_imported() {
+                        imported_bytes += st.expert_bytes as u64;
+                    }
+                }
                 Ok(st)
             };
             layers.push(Some(LayerStacks {
@@ -98,7 +134,12 @@ impl ExpertWeights {
                 down: stack(&moe.down_exps)?,
             }));
         }
-        Ok(Self { layers, bytes })
+        Ok(Self {
+            layers,
+            bytes,
+            imported_bytes,
+            _maps: maps,
+        })
     }
 }
 
@@ -107,6 +148,8 @@ fn upload_stack(
     model: &Model,
     stack: &MatStack,
     chunk_max: u64,
+    host: HostMemory,
+    maps: &mut Vec<memmap2::Mmap>,
 ) -> Result<ExpertStack, ModelError> {
     let n = model.cfg.n_experts;
     let limit = |what: String| VulkanError::DeviceLimit {
@@ -163,34 +206,45 @@ fn upload_stack(
         ))
         .into());
     }
-    // Whole experts per chunk, greedily.
+    for (e, q) in &mapped {
+        if q.ty() != ty || q.data().len() != expert_bytes {
+            return Err(limit(format!(
+                "expert {e} has type {} and {} bytes, expert {} {} and {expert_bytes}",
+                q.ty().name(),
+                q.data().len(),
+                mapped[0].0,
+                ty.name()
+            ))
+            .into());
+        }
+    }
+    // Whole experts per chunk, consecutive ids (so consecutive in the file), greedily.
     let per_chunk = (chunk_max / expert_bytes.max(1) as u64).max(1) as usize;
+    let path = model.file().paths().get(stack.shard()).map(|p| p.as_path());
     let mut slots = vec![None; n];
     let mut chunks = Vec::new();
-    for (ci, group) in mapped.chunks(per_chunk).enumerate() {
-        let mut buf = Buffer::new(
-            device,
-            group.len() * expert_bytes,
-            &format!("{} (chunk {ci})", stack.name),
-        )?;
-        for (i, (e, q)) in group.iter().enumerate() {
-            if q.ty() != ty || q.data().len() != expert_bytes {
-                return Err(limit(format!(
-                    "expert {e} has type {} and {} bytes, expert {} {} and {expert_bytes}",
-                    q.ty().name(),
-                    q.data().len(),
-                    mapped[0].0,
-                    ty.name()
-                ))
-                .into());
+    for run in mapped.chunk_by(|a, b| b.0 == a.0 + 1) {
+        for group in run.chunks(per_chunk) {
+            let ci = chunks.len();
+            let what = format!("{} (chunk {ci})", stack.name);
+            let imported = match (host, path) {
+                (HostMemory::Import, Some(path)) => {
+                    import_span(device, path, stack, group, chunk_max, &what, maps)
+                }
+                _ => None,
+            };
+            let (buf, base) = match imported {
+                Some(done) => done,
+                None => (copy_group(device, group, expert_bytes, &what)?, 0),
+            };
+            for (i, (e, _)) in group.iter().enumerate() {
+                slots[*e] = Some(Slot {
+                    chunk: ci as u32,
+                    offset: (base + i * expert_bytes) as u32,
+                });
             }
-            buf.write(i * expert_bytes, q.data());
-            slots[*e] = Some(Slot {
-                chunk: ci as u32,
-                offset: (i * expert_bytes) as u32,
-            });
+            chunks.push(buf);
         }
-        chunks.push(buf);
     }
     Ok(ExpertStack {
         name: stack.name.clone(),
@@ -203,3 +257,66 @@ fn upload_stack(
         slots,
     })
 }
+
+/// A device buffer holding `group`'s experts back to back.
+fn copy_group(
+    device: &Arc<Device>,
+    group: &[(usize, QMatrix<'_>)],
+    expert_bytes: usize,
+    what: &str,
+) -> Result<Buffer, VulkanError> {
+    let mut buf = Buffer::new(device, group.len() * expert_bytes, what)?;
+    for (i, (_, q)) in group.iter().enumerate() {
+        buf.write(i * expert_bytes, q.data());
+    }
+    Ok(buf)
+}
+
+/// `group`'s experts (consecutive ids of `stack`) as an imported read-only map of their
+/// span of `path`, widened to the device's import alignment, with the first expert's byte
+/// offset in it; `None` where that cannot be done (the caller copies instead).
+fn import_span(
+    device: &Arc<Device>,
+    path: &Path,
+    stack: &MatStack,
+    group: &[(usize, QMatrix<'_>)],
+    chunk_max: u64,
+    what: &str,
+    maps: &mut Vec<memmap2::Mmap>,
+) -> Option<(Buffer, usize)> {
+    // Page-aligned at least: a map's offset must be.
+    let align = device.host_import_alignment()?.max(PAGE_BYTES) as usize;
+    let (first, last) = (group.first()?.0, group.last()?.0);
+    let begin = stack.expert_offset(first);
+    let end = stack.expert_offset(last) + stack.expert_bytes();
+    let start = begin / align * align;
+    let stop = end.next_multiple_of(align);
+    let file = std::fs::File::open(path).ok()?;
+    if stop as u64 > file.metadata().ok()?.len() || (stop - start) as u64 > chunk_max {
+        return None;
+    }
+    // SAFETY: a read-only map of the model file, which (as for the model's own maps) is not
+    // modified while in use.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(start as u64)
+            .len(stop - start)
+            .map(&file)
+    }
+    .ok()?;
+    // The bytes must be the ones the model reads (the same file, unchanged since it opened).
+    let same = group.iter().all(|(e, q)| {
+        map.get(stack.expert_offset(*e) - start..)
+            .is_some_and(|m| m.starts_with(q.data()))
+    });
+    if !same {
+        return None;
+    }
+    // SAFETY: `map` is kept in `maps`, which `ExpertWeights` drops after every buffer.
+    let buf = unsafe { Buffer::import(device, map.as_ptr(), map.len(), what) }.ok()?;
+    maps.push(map);
+    Some((buf, begin - start))
+}
+
+/// The host page size maps are aligned to.
+const PAGE_BYTES: u64 = 4096;

@@ -2,8 +2,10 @@
 //! GLSL beside this file), and the weight types they cover.
 //!
 //! - `matvec_<type>.spv` (`matvec.comp` + `dequant/<type>.glsl`, which may splice in a helper
-//!   such as `dequant/iq4_grid.glsl`): routed-expert matrix times gathered f32 activations,
-//!   dequantizing the raw GGUF blocks as it reads them.
+//!   such as `dequant/iq4_grid.glsl`): routed-expert matrix times f32 activation rows,
+//!   dequantizing the raw GGUF blocks as it reads them, over tiles of routes of one expert
+//!   (`tile_io.glsl`, `tile_main.glsl`; see `tiles.rs`). Each type's shader becomes two
+//!   pipelines: tiles of one route (a decode step's experts) and of up to [`ROUTE_TILE`].
 //! - `matvec_fast_<type>.spv` (`matvec_fast.comp` + `fast/<type>.glsl`): the fast numeric
 //!   mode's matvec over int8 activations, integer dot products per 32 values
 //!   (`GL_EXT_integer_dot_product`); built only on a device with `shaderIntegerDotProduct`.
@@ -14,13 +16,23 @@
 //! This module builds pipelines and records dispatches; which dispatches a MoE layer needs
 //! is `expert_compute.rs`'s decision.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ash::vk;
 use moe_kernels::GgmlType;
 
 use crate::device::{Buffer, Device};
 use crate::VulkanError;
+
+/// The most routes of one expert a tiled matvec workgroup computes (the shaders'
+/// `ROUTE_TILE` specialization constant): they share each weight read; more routes hold more
+/// accumulators per thread.
+pub const ROUTE_TILE: usize = 8;
+
+/// Push constants of the tiled matvec shaders (`tile_io.glsl`).
+const MATVEC_PUSH_WORDS: usize = 7;
+/// Storage buffers of the matvec shaders: weights, activations, outputs, route metadata.
+const MATVEC_BINDINGS: u32 = 4;
 
 /// Threads of one elementwise workgroup (`local_size_x` of swiglu.comp and combine.comp).
 pub const ELEMENTWISE_GROUP_THREADS: u32 = 64;
@@ -168,6 +180,17 @@ impl Kernel {
         bindings: u32,
         push_words: usize,
     ) -> Result<Self, VulkanError> {
+        Self::specialized(device, spirv, bindings, push_words, &[])
+    }
+
+    /// As [`Kernel::new`], with `spec[i]` the value of specialization constant `i`.
+    fn specialized(
+        device: &Arc<Device>,
+        spirv: &[u8],
+        bindings: u32,
+        push_words: usize,
+        spec: &[u32],
+    ) -> Result<Self, VulkanError> {
         let d = &device.device;
         let words: Vec<u32> = spirv
             .chunks_exact(4)
@@ -207,10 +230,22 @@ impl Kernel {
                     None,
                 )
                 .map_err(VulkanError::call("vkCreatePipelineLayout"))?;
+            let entries: Vec<_> = (0..spec.len())
+                .map(|i| vk::SpecializationMapEntry {
+                    constant_id: i as u32,
+                    offset: 4 * i as u32,
+                    size: 4,
+                })
+                .collect();
+            let spec_bytes: Vec<u8> = spec.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let spec_info = vk::SpecializationInfo::default()
+                .map_entries(&entries)
+                .data(&spec_bytes);
             let stage = vk::PipelineShaderStageCreateInfo::default()
                 .stage(vk::ShaderStageFlags::COMPUTE)
                 .module(module)
-                .name(c"main");
+                .name(c"main")
+                .specialization_info(&spec_info);
             let info = [vk::ComputePipelineCreateInfo::default()
                 .stage(stage)
                 .layout(layout)];
@@ -302,11 +337,55 @@ impl Kernel {
     }
 }
 
+/// One matvec shader's two pipelines: tiles of one route, built with the others, and tiles
+/// of up to [`ROUTE_TILE`], built on first use (a decode-only node, or a CPU device that
+/// never tiles, does not compile it).
+struct TilePair {
+    single: Kernel,
+    tiled: OnceLock<Kernel>,
+    spirv: &'static [u8],
+}
+
+impl TilePair {
+    fn new(device: &Arc<Device>, spirv: &'static [u8]) -> Result<Self, VulkanError> {
+        Ok(Self {
+            single: Self::build(device, spirv, 1)?,
+            tiled: OnceLock::new(),
+            spirv,
+        })
+    }
+
+    fn build(device: &Arc<Device>, spirv: &[u8], tile: usize) -> Result<Kernel, VulkanError> {
+        Kernel::specialized(
+            device,
+            spirv,
+            MATVEC_BINDINGS,
+            MATVEC_PUSH_WORDS,
+            &[tile as u32],
+        )
+    }
+
+    /// The pipeline for tiles of `tile` routes (1 or [`ROUTE_TILE`]).
+    fn get(&self, device: &Arc<Device>, tile: usize) -> Result<&Kernel, VulkanError> {
+        debug_assert!(tile == 1 || tile == ROUTE_TILE, "tile {tile}");
+        if tile == 1 {
+            return Ok(&self.single);
+        }
+        if let Some(k) = self.tiled.get() {
+            return Ok(k);
+        }
+        let k = Self::build(device, self.spirv, ROUTE_TILE)?;
+        // A racing caller's pipeline may have landed first; either is the same pipeline.
+        Ok(self.tiled.get_or_init(|| k))
+    }
+}
+
 /// Every pipeline of the backend.
 pub struct Kernels {
-    matvec: Vec<(GgmlType, Kernel)>,
+    matvec: Vec<(GgmlType, TilePair)>,
     /// Empty on a device without `shaderIntegerDotProduct`.
-    matvec_fast: Vec<(GgmlType, Kernel)>,
+    matvec_fast: Vec<(GgmlType, TilePair)>,
+    device: Arc<Device>,
     /// `quantize.comp`: bindings x, q; push blocks, base.
     pub quantize: Kernel,
     /// `swiglu.comp`: bindings gate, up; push n, base.
@@ -321,12 +400,12 @@ impl Kernels {
         Ok(Self {
             matvec: MATVEC_SPIRV
                 .iter()
-                .map(|&(ty, spirv)| Ok((ty, Kernel::new(device, spirv, 4, 5)?)))
+                .map(|&(ty, spirv)| Ok((ty, TilePair::new(device, spirv)?)))
                 .collect::<Result<_, VulkanError>>()?,
             matvec_fast: if device.integer_dot {
                 MATVEC_FAST_SPIRV
                     .iter()
-                    .map(|&(ty, spirv)| Ok((ty, Kernel::new(device, spirv, 4, 5)?)))
+                    .map(|&(ty, spirv)| Ok((ty, TilePair::new(device, spirv)?)))
                     .collect::<Result<_, VulkanError>>()?
             } else {
                 Vec::new()
@@ -334,23 +413,35 @@ impl Kernels {
             quantize: Kernel::new(device, QUANTIZE_SPIRV, 2, 2)?,
             swiglu: Kernel::new(device, SWIGLU_SPIRV, 2, 2)?,
             combine: Kernel::new(device, COMBINE_SPIRV, 5, 3)?,
+            device: device.clone(),
         })
     }
 
-    /// The matvec pipeline of weight type `ty` (bindings weights, x, y, route offsets; push
-    /// rows, cols, row bytes, route base, offset base), if it has one.
-    pub fn matvec(&self, ty: GgmlType) -> Option<&Kernel> {
-        self.matvec.iter().find(|(t, _)| *t == ty).map(|(_, k)| k)
+    /// The matvec pipeline of weight type `ty` (bindings weights, x, y, route metadata; push
+    /// constants [`crate::tiles::TileMeta::push`]) for tiles of up to `tile` routes (1 or
+    /// [`ROUTE_TILE`]), if it has one (`Ok(None)`), or why it could not be built.
+    pub fn matvec(&self, ty: GgmlType, tile: usize) -> Result<Option<&Kernel>, VulkanError> {
+        self.pick(&self.matvec, ty, tile)
     }
 
     /// The integer-dot matvec pipeline of weight type `ty` (bindings weights, quantized
-    /// activations, y, route offsets; push constants as [`Kernels::matvec`]), if it has one
-    /// and the device has integer dot products.
-    pub fn matvec_fast(&self, ty: GgmlType) -> Option<&Kernel> {
-        self.matvec_fast
-            .iter()
-            .find(|(t, _)| *t == ty)
-            .map(|(_, k)| k)
+    /// activations, y, route metadata; push constants and `tile` as [`Kernels::matvec`]), if
+    /// it has one and the device has integer dot products.
+    pub fn matvec_fast(&self, ty: GgmlType, tile: usize) -> Result<Option<&Kernel>, VulkanError> {
+        self.pick(&self.matvec_fast, ty, tile)
+    }
+
+    /// `ty`'s pipeline in `pairs` for tiles of `tile` routes.
+    fn pick<'a>(
+        &'a self,
+        pairs: &'a [(GgmlType, TilePair)],
+        ty: GgmlType,
+        tile: usize,
+    ) -> Result<Option<&'a Kernel>, VulkanError> {
+        match pairs.iter().find(|(t, _)| *t == ty) {
+            Some((_, pair)) => pair.get(&self.device, tile).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Whether the integer-dot pipelines were built (the device has integer dot products).

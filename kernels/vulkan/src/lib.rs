@@ -12,9 +12,13 @@
 //! kernels/           GLSL: matvec.comp + dequant/<type>.glsl (IQ4_NL and IQ4_XS share
 //!                    dequant/iq4_grid.glsl, Q4_K and Q5_K dequant/k4_scale_min.glsl);
 //!                    the fast mode's quantize.comp and matvec_fast.comp + fast/<type>.glsl
-//!                    (integer dot products); swiglu.comp, combine.comp
+//!                    (integer dot products), both over tile_io.glsl + tile_main.glsl;
+//!                    swiglu.comp, combine.comp
+//! tiles.rs           route tiles (up to ROUTE_TILE routes of one expert per matvec
+//!                    workgroup, sharing its weight reads) and the metadata the shaders read
 //! commands.rs        one command buffer: record, submit, wait
-//! expert_weights.rs  the node's expert stacks uploaded once, in chunks within device limits
+//! expert_weights.rs  the node's expert stacks on the device once, in chunks within device
+//!                    limits: imported maps of the model file where the device can, else copies
 //! expert_compute.rs  VulkanCompute: moe-model's ExpertCompute on the device
 //! matvec.rs          one matrix times rows on the device, f32 or fast (the kernel-level
 //!                    tests' tool)
@@ -50,13 +54,14 @@ mod expert_weights;
 mod instance;
 mod kernels;
 mod matvec;
+mod tiles;
 
 pub use device::Device;
 pub use error::VulkanError;
 pub use expert_compute::VulkanCompute;
-pub use expert_weights::CHUNK_BYTES_MAX;
+pub use expert_weights::{HostMemory, CHUNK_BYTES_MAX};
 pub use instance::{DeviceInfo, Instance};
-pub use kernels::{fast_types, supported_type_names, supported_types, QBLOCK_WORDS};
+pub use kernels::{fast_types, supported_type_names, supported_types, QBLOCK_WORDS, ROUTE_TILE};
 pub use matvec::Matvec;
 
 /// Every Vulkan device with its properties, or why there is none.

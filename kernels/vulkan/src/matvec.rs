@@ -1,6 +1,8 @@
 //! [`Matvec`]: one weight matrix times f32 rows on the device through the same shaders the
 //! experts use: the f32 matvec ([`Matvec::matmul`]), and the fast mode's quantizer
-//! ([`Matvec::quantize`]) and integer-dot matvec ([`Matvec::matmul_fast`]). The kernel-level
+//! ([`Matvec::quantize`]) and integer-dot matvec ([`Matvec::matmul_fast`]), the rows in
+//! tiles of [`ROUTE_TILE`] as a prompt's routes to one expert (one row: the single-route
+//! pipeline). The kernel-level
 //! tests compare them with the CPU's exact kernel and with an emulation of their arithmetic;
 //! it uploads the matrix on every call, so it is a checking tool, not a fast path.
 
@@ -12,8 +14,9 @@ use crate::commands::Commands;
 use crate::device::{Buffer, Device};
 use crate::kernels::{
     fast_types, supported_type_names, Kernel, Kernels, ELEMENTWISE_GROUP_THREADS,
-    MATVEC_CHUNK_VALUES, QBLOCK_WORDS,
+    MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE,
 };
+use crate::tiles::{record_tiles, TileMeta};
 use crate::VulkanError;
 
 /// Pipelines and a command buffer for one-off matrix products.
@@ -42,7 +45,7 @@ impl Matvec {
         x: &[f32],
         n: usize,
     ) -> Result<Vec<f32>, VulkanError> {
-        if self.kernels.matvec(w.ty()).is_none() {
+        if self.kernels.matvec(w.ty(), 1)?.is_none() {
             return Err(VulkanError::UnsupportedType {
                 tensor: name.into(),
                 ty: w.ty().name(),
@@ -63,7 +66,7 @@ impl Matvec {
         n: usize,
     ) -> Result<Vec<f32>, VulkanError> {
         self.require_fast()?;
-        if self.kernels.matvec_fast(w.ty()).is_none() {
+        if self.kernels.matvec_fast(w.ty(), 1)?.is_none() {
             return Err(VulkanError::UnsupportedType {
                 tensor: name.into(),
                 ty: w.ty().name(),
@@ -145,14 +148,12 @@ impl Matvec {
                 x.len() / n.max(1)
             )));
         }
-        if rows as u64 > self.device.max_groups[0] as u64
-            || n as u64 > self.device.max_groups[1] as u64
-        {
+        if rows as u64 > self.device.max_groups[0] as u64 {
             return Err(VulkanError::DeviceLimit {
                 tensor: name.into(),
                 what: format!(
-                    "{rows} rows times {n} input rows exceed maxComputeWorkGroupCount {:?}",
-                    self.device.max_groups
+                    "{rows} rows exceed maxComputeWorkGroupCount[0] ({})",
+                    self.device.max_groups[0]
                 ),
             });
         }
@@ -160,8 +161,12 @@ impl Matvec {
         weights.write(0, w.data());
         let input = self.upload_f32(x, "matvec input")?;
         let output = Buffer::new(&self.device, 4 * n * rows, "matvec output")?;
-        let mut offsets = Buffer::new(&self.device, 4 * n, "matvec offsets")?;
-        offsets.write(0, &vec![0u8; 4 * n]);
+        // Every input row is a route of the one matrix (offset 0), reading its own row.
+        let own: Vec<u32> = (0..n as u32).collect();
+        let meta = TileMeta::new(&vec![0; n], &vec![0; n], &[&own], ROUTE_TILE);
+        let meta_bytes: Vec<u8> = meta.words.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut meta_buf = Buffer::new(&self.device, meta_bytes.len().max(4), "matvec tiles")?;
+        meta_buf.write(0, &meta_bytes);
         let blocks = x.len() / MATVEC_CHUNK_VALUES;
         let xq = if quantized {
             let xq = Buffer::new(&self.device, 4 * QBLOCK_WORDS * blocks, "quantized input")?;
@@ -178,21 +183,22 @@ impl Matvec {
             None
         };
         let kernel = if quantized {
-            self.kernels.matvec_fast(w.ty())
+            self.kernels.matvec_fast(w.ty(), meta.pipeline_tile())?
         } else {
-            self.kernels.matvec(w.ty())
+            self.kernels.matvec(w.ty(), meta.pipeline_tile())?
         }
         .ok_or_else(|| {
             VulkanError::InvalidInput(format!("{name}: no shader for {}", w.ty().name()))
         })?;
-        let (cmd, set) = self.commands.next(kernel)?;
-        kernel.record(
-            cmd,
-            set,
-            &[&weights, xq.as_ref().unwrap_or(&input), &output, &offsets],
-            &[rows as u32, cols as u32, w.row_bytes() as u32, 0, 0],
-            [rows as u32, n as u32, 1],
-        );
+        record_tiles(
+            &mut self.commands,
+            kernel,
+            &self.device,
+            [&weights, xq.as_ref().unwrap_or(&input), &output, &meta_buf],
+            rows,
+            0..meta.tiles(),
+            |base| meta.push(rows, cols, w.row_bytes(), 0, 0, base),
+        )?;
         self.commands.submit_and_wait()?;
         Ok(output
             .bytes()

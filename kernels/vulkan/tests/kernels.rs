@@ -57,7 +57,8 @@ fn every_matvec_shader_matches_the_cpu_exact_kernel() {
         return;
     };
     let mut mv = Matvec::new(&device).expect("pipelines");
-    let (rows, cols, n) = (40, 512, 3);
+    // 11 rows: a full tile of ROUTE_TILE (8) and a partial one.
+    let (rows, cols, n) = (40, 512, 11);
     let w = values(rows * cols, 1);
     let x = values(n * cols, 2);
     let types: Vec<GgmlType> = moe_vulkan::supported_types().collect();
@@ -452,7 +453,8 @@ fn every_fast_matvec_shader_matches_its_emulation_and_the_cpu() {
         device.info.name
     );
     let mut mv = Matvec::new(&device).expect("pipelines");
-    let (rows, cols, n) = (40, 512, 3);
+    // 11 rows: a full tile of ROUTE_TILE (8) and a partial one.
+    let (rows, cols, n) = (40, 512, 11);
     let w = values(rows * cols, 1);
     let x = values(n * cols, 2);
     let act = mv.quantize(&x, cols).expect("device quantize");

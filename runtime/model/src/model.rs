@@ -169,10 +169,18 @@ impl Model {
     /// repacks the k-quant matrices this process mapped (`model/packing.rs`: the time of a
     /// copy of them, on the rayon pool, and their file pages released); Exact mode drops
     /// any packed copies and reads the file.
-    pub fn with_mode(mut self, mode: NumericMode) -> Self {
+    pub fn with_mode(self, mode: NumericMode) -> Self {
+        self.with_mode_packing(mode, true)
+    }
+
+    /// As [`Model::with_mode`]; with `pack_experts` false, Fast mode leaves the routed
+    /// experts as the file has them (not packed, their pages not released): for a process
+    /// whose experts are computed by another device (a Vulkan one reads the file's blocks),
+    /// where packing them would only double their memory.
+    pub fn with_mode_packing(mut self, mode: NumericMode, pack_experts: bool) -> Self {
         self.mode = mode;
         self.packed = match mode {
-            NumericMode::Fast => packing::Packed::build(&self),
+            NumericMode::Fast => packing::Packed::build(&self, pack_experts),
             NumericMode::Exact => packing::Packed::default(),
         };
         self

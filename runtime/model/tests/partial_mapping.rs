@@ -102,3 +102,38 @@ fn router_maps_no_remote_experts() {
         .expert_mat(&router.layers[1].moe.as_ref().unwrap().up_exps, 0)
         .is_err());
 }
+
+/// `with_mode_packing(Fast, false)` (experts computed on another device) packs everything
+/// `with_mode(Fast)` packs but the routed experts: exactly 3 matrices (gate, up, down) per
+/// expert of every MoE layer fewer, and at least their bytes less memory.
+#[test]
+fn fast_mode_without_expert_packing_leaves_exactly_the_experts_unpacked() {
+    let path = fixture();
+    let all = Model::open(&path)
+        .unwrap()
+        .with_mode(moe_kernels::NumericMode::Fast);
+    let no_experts = Model::open(&path)
+        .unwrap()
+        .with_mode_packing(moe_kernels::NumericMode::Fast, false);
+    let (n_all, bytes_all) = all.packed_summary();
+    let (n_rest, bytes_rest) = no_experts.packed_summary();
+    let cfg = &all.cfg;
+    let moe_layers = (0..cfg.n_layers).filter(|&l| cfg.is_moe_layer(l)).count();
+    assert!(moe_layers > 0 && n_rest > 0, "nothing to compare");
+    assert_eq!(n_all - n_rest, 3 * cfg.n_experts * moe_layers);
+    let expert_bytes: usize = all
+        .layers
+        .iter()
+        .filter_map(|l| l.moe.as_ref())
+        .map(|m| {
+            [&m.gate_exps, &m.up_exps, &m.down_exps]
+                .iter()
+                .map(|s| s.expert_bytes() * s.count())
+                .sum::<usize>()
+        })
+        .sum();
+    assert!(
+        bytes_all - bytes_rest >= expert_bytes,
+        "{bytes_all} - {bytes_rest} < {expert_bytes}"
+    );
+}

@@ -37,9 +37,10 @@ pub(super) struct Packed {
 }
 
 impl Packed {
-    /// Packs `model`'s matrices (see the module docs) on the rayon pool.
-    pub(super) fn build(model: &Model) -> Self {
-        let todo = matrices(model);
+    /// Packs `model`'s matrices (see the module docs; the routed experts only if
+    /// `experts`) on the rayon pool.
+    pub(super) fn build(model: &Model, experts: bool) -> Self {
+        let todo = matrices(model, experts);
         let map = todo
             .into_par_iter()
             .filter_map(|(key, m)| {
@@ -78,7 +79,7 @@ impl Packed {
 }
 
 /// Every mapped matrix of a type that repacks, once per source location, unpacked views.
-fn matrices<'a>(model: &'a Model) -> Vec<((usize, usize), QMatrix<'a>)> {
+fn matrices<'a>(model: &'a Model, experts: bool) -> Vec<((usize, usize), QMatrix<'a>)> {
     let file = &model.file;
     let mut out: HashMap<(usize, usize), QMatrix<'a>> = HashMap::new();
     let mut add = |key: (usize, usize), m: Result<QMatrix<'a>, crate::ModelError>| {
@@ -111,7 +112,7 @@ fn matrices<'a>(model: &'a Model) -> Vec<((usize, usize), QMatrix<'a>)> {
                 add(m.key(), m.view(file));
             }
         }
-        if let Some(moe) = &l.moe {
+        if let Some(moe) = l.moe.as_ref().filter(|_| experts) {
             for s in [&moe.gate_exps, &moe.up_exps, &moe.down_exps] {
                 for e in 0..s.count() {
                     add(s.key(e), s.matrix(file, e, "expert"));

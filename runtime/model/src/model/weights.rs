@@ -72,6 +72,10 @@ impl MatStack {
     pub(super) fn key(&self, e: usize) -> (usize, usize) {
         (self.shard, self.expert_offset(e))
     }
+    /// The shard (file of a split set, [`crate::gguf::GgufFile::paths`]) holding the stack.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
     /// Absolute file offset of matrix `e` (for mapping only owned experts).
     pub fn expert_offset(&self, e: usize) -> usize {
         self.offset + e * self.expert_bytes
