@@ -96,10 +96,10 @@ pub struct ComputeArgs {
     /// tiles that read the expert's weights once (results are the same bit for bit).
     #[arg(long, value_enum, default_value_t = RouteTiles::Auto)]
     pub route_tiles: RouteTiles,
-    /// With `--backend vulkan`: `import` lets the device read the experts where the page
-    /// cache holds the file (host-memory import, on devices with VK_EXT_external_memory_host;
-    /// else they are copied), `copy` always copies them into device memory (llama.cpp's
-    /// `--no-mmap`).
+    /// With `--backend vulkan`: `import` lets a unified-memory device (an integrated GPU)
+    /// read the experts where the page cache holds the file (host-memory import, with
+    /// VK_EXT_external_memory_host; a discrete GPU, or a device without it, gets a copy),
+    /// `copy` always copies them into device memory (llama.cpp's `--no-mmap`).
     #[arg(long, value_enum, default_value_t = VulkanMemory::Import)]
     pub vulkan_memory: VulkanMemory,
 }
@@ -107,7 +107,8 @@ pub struct ComputeArgs {
 /// How a Vulkan device gets the expert weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VulkanMemory {
-    /// Read in place from maps of the model file where the device can import host memory.
+    /// Read in place from maps of the model file on a unified-memory device that can import
+    /// host memory.
     Import,
     /// Copied into device memory.
     Copy,

@@ -52,6 +52,7 @@ fn devices_lists_what_vulkan_sees() {
         "device 0:",
         "driver:",
         "integer dot product:",
+        "host memory import:",
         "subgroup size:",
         "maxStorageBufferRange:",
         "memory heap 0:",

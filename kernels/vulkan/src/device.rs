@@ -1,14 +1,15 @@
 //! A logical device with one compute queue, and host-visible storage buffers on it.
 //!
-//! Memory: every buffer is host-visible and coherent, mapped once for its lifetime, preferring
-//! a device-local type (unified memory, resizable BAR, lavapipe). That keeps uploads and
-//! read-backs to plain copies; a discrete GPU without a device-local host-visible type still
-//! works but reads its weights over the bus (staging into device-only memory is a next step).
-//! Where the device has `VK_EXT_external_memory_host` (lavapipe, RADV, NVIDIA), a buffer can
-//! instead be a view of host memory, such as a map of the model file ([`Buffer::import`]):
-//! on unified memory the expert weights are then read where the page cache holds them, not
-//! copied. What the buffers hold and which kernels run over them is decided by
-//! `expert_weights.rs` and `expert_compute.rs`.
+//! Memory: every allocated buffer is host-visible and coherent, mapped once for its lifetime,
+//! preferring a device-local type (unified memory, resizable BAR, lavapipe). That keeps
+//! uploads and read-backs to plain copies; a discrete GPU without a device-local host-visible
+//! type still works but reads its weights over the bus (staging into device-only memory is a
+//! next step). Where the device has `VK_EXT_external_memory_host` (lavapipe, RADV, NVIDIA), a
+//! buffer can instead be a view of host memory, such as a map of the model file
+//! ([`Buffer::import`]): on a unified-memory device ([`Device::unified_memory`]) the expert
+//! weights are then read where the page cache holds them, not copied. What the buffers hold
+//! and which kernels run over them is decided by `expert_weights.rs` and
+//! `expert_compute.rs`.
 
 use std::sync::Arc;
 
@@ -168,6 +169,13 @@ impl Device {
     /// (`shaderIntegerDotProduct`, enabled when the device was opened).
     pub fn has_integer_dot_product(&self) -> bool {
         self.integer_dot
+    }
+
+    /// Whether the device computes out of the host's memory: an integrated GPU or a CPU
+    /// implementation (a discrete GPU reading imported host memory would read it over the
+    /// bus).
+    pub fn unified_memory(&self) -> bool {
+        matches!(self.info.kind, "integrated GPU" | "CPU")
     }
 
     /// `minImportedHostPointerAlignment` where the device imports host memory

@@ -8,8 +8,9 @@
 //! fit (a type without a shader, one expert larger than a binding, too many rows for one
 //! dispatch, device memory) is refused here with the tensor's name, before any compute.
 //!
-//! [`HostMemory::Import`] (the default): where the device imports host memory
-//! (`VK_EXT_external_memory_host`), a chunk is a read-only map of its span of the model file
+//! [`HostMemory::Import`] (the default): on a unified-memory device
+//! ([`Device::unified_memory`]) that imports host memory (`VK_EXT_external_memory_host`), a
+//! chunk is a read-only map of its span of the model file
 //! (widened to the import alignment), which the device reads in place: on a unified-memory
 //! machine the weights then exist once, in the page cache, instead of once there and once
 //! more in a device copy (a node holding 94 GB of Kimi K2.5's experts has no room for two).
@@ -35,7 +36,8 @@ pub const CHUNK_BYTES_MAX: u64 = 1 << 30;
 /// How expert weights get into device-visible memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostMemory {
-    /// Import maps of the model file where the device can (else copy).
+    /// Import maps of the model file on a unified-memory device that can (else copy: a
+    /// discrete GPU computes from its own memory).
     Import,
     /// Always copy into buffers allocated on the device.
     Copy,
@@ -284,6 +286,9 @@ fn import_span(
     what: &str,
     maps: &mut Vec<memmap2::Mmap>,
 ) -> Option<(Buffer, usize)> {
+    if !device.unified_memory() {
+        return None;
+    }
     // Page-aligned at least: a map's offset must be.
     let align = device.host_import_alignment()?.max(PAGE_BYTES) as usize;
     let (first, last) = (group.first()?.0, group.last()?.0);

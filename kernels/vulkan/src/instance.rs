@@ -55,6 +55,9 @@ pub struct DeviceInfo {
     pub integer_dot_product: bool,
     /// `VK_KHR_cooperative_matrix` offered.
     pub cooperative_matrix: bool,
+    /// `VK_EXT_external_memory_host` offered (experts read in place from the file's pages
+    /// on a unified-memory device).
+    pub host_memory_import: bool,
     /// Subgroup size (Vulkan 1.1).
     pub subgroup_size: u32,
     /// `maxStorageBufferRange`, bytes.
@@ -77,6 +80,11 @@ impl std::fmt::Display for DeviceInfo {
             f,
             "  cooperative matrix: {}",
             yes_no(self.cooperative_matrix)
+        )?;
+        writeln!(
+            f,
+            "  host memory import: {}",
+            yes_no(self.host_memory_import)
         )?;
         writeln!(f, "  subgroup size: {}", self.subgroup_size)?;
         writeln!(
@@ -280,6 +288,7 @@ impl Instance {
             api_version: version_string(base.api_version),
             integer_dot_product: has_dot_struct && dot.shader_integer_dot_product == vk::TRUE,
             cooperative_matrix: has(c"VK_KHR_cooperative_matrix"),
+            host_memory_import: has(c"VK_EXT_external_memory_host"),
             subgroup_size: subgroup.subgroup_size,
             max_storage_buffer_range_bytes: base.limits.max_storage_buffer_range,
             heaps,

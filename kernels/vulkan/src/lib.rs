@@ -30,8 +30,11 @@
 //! activations in Exact; in Fast, activations quantized on the device to int8 per 32 values
 //! and integer dot products (`GL_EXT_integer_dot_product`) for every type but F32, F16 and
 //! BF16, which keep the f32 shaders (on a device without `shaderIntegerDotProduct`, Fast
-//! falls back to the f32 shaders: [`VulkanCompute::has_fast_shaders`]). Attention, the dense
-//! layers and routing stay on the CPU.
+//! falls back to the f32 shaders: [`VulkanCompute::has_fast_shaders`]). A call's routes to
+//! one expert are computed in tiles that share each weight read (on GPUs by default:
+//! [`VulkanCompute::with_route_tiles`]); the weights are imported from maps of the model file
+//! where the device can ([`HostMemory`]). Attention, the dense layers and routing stay on the
+//! CPU.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
