@@ -191,7 +191,7 @@ async fn serve_connection(
         .into_std()
         .context("taking the connection off the async runtime")?;
     let (reader, writer) = Connection::new(std_stream, mac, hs.shape)
-        .split_blocking(session::PEER_TIMEOUT)
+        .split_blocking(moe_cluster::wire::PEER_TIMEOUT)
         .context("setting up the connection")?;
     let name = peer.name.as_str().to_string();
     let served = metrics.clone();

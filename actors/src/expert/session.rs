@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use moe_cluster::wire::{
     await_readable, decode_hidden, encode_hidden, ErrorMessage, ExpertReply, ExpertRequest,
-    FrameReader, FrameWriter, Heartbeat, Message, Reassign, ReassignAck, PEER_TIMEOUT_MS,
+    FrameReader, FrameWriter, Heartbeat, Message, Reassign, ReassignAck, PEER_TIMEOUT,
+    PEER_TIMEOUT_MS,
 };
 use moe_cluster::ClusterError;
 use moe_model::forward::{ExpertCompute, Route};
@@ -29,9 +30,6 @@ use moe_model::LayerExperts;
 
 use super::live_shard::LiveShard;
 use crate::telemetry::{self, ErrorKind, PeerMetrics};
-
-/// Longest silence from a peer, and longest wait for it to take a frame.
-pub const PEER_TIMEOUT: Duration = Duration::from_millis(PEER_TIMEOUT_MS);
 
 /// What every connection of a node shares.
 #[derive(Clone)]

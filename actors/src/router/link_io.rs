@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use moe_cluster::wire::{
     await_readable, Connection, ExpertReply, ExpertRequest, FrameReader, FrameWriter, Message,
-    ModelShape, SessionMac, PEER_TIMEOUT_MS,
+    ModelShape, SessionMac, PEER_TIMEOUT,
 };
 use moe_cluster::ClusterError;
 
@@ -36,9 +36,6 @@ pub const REPLY_SPIN: Duration = Duration::from_micros(1_000);
 pub const WATCH_AFTER_IDLE: Duration = Duration::from_millis(100);
 /// How long the watcher sleeps or waits for bytes at a time.
 pub const WATCH_NAP: Duration = Duration::from_millis(50);
-/// Longest wait for a node to take one frame, and for a started frame to arrive whole.
-pub const PEER_TIMEOUT: Duration = Duration::from_millis(PEER_TIMEOUT_MS);
-
 /// Where a step's reply goes.
 pub type ReplyTx = SyncSender<Result<ExpertReply, String>>;
 /// Where a step's reply comes from.

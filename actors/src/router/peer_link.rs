@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use moe_cluster::wire::{
     client_handshake, HandshakeConfig, Heartbeat, Message, PeerInfo, Reassign, ReassignAck,
-    HEARTBEAT_INTERVAL_MS, PEER_TIMEOUT_MS,
+    HEARTBEAT_INTERVAL_MS, PEER_TIMEOUT, PEER_TIMEOUT_MS,
 };
 use moe_model::LayerExperts;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -140,7 +140,7 @@ impl Actor for PeerLinkActor {
             PeerLinkMsg::Tick => {
                 let now = Instant::now();
                 if st.conn.is_some() {
-                    if st.shared.silence() > Duration::from_millis(PEER_TIMEOUT_MS) {
+                    if st.shared.silence() > PEER_TIMEOUT {
                         st.down(
                             format!("silent for more than {PEER_TIMEOUT_MS} ms"),
                             ErrorKind::Timeout,

@@ -33,3 +33,5 @@ pub const HANDSHAKE_HELLO_TIMEOUT_MS: u64 = 1_000;
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 /// How long a link may receive nothing before its peer is declared dead, in milliseconds.
 pub const PEER_TIMEOUT_MS: u64 = 5_000;
+/// [`PEER_TIMEOUT_MS`] as a duration (also the longest wait for a peer to take a frame).
+pub const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(PEER_TIMEOUT_MS);
