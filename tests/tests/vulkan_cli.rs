@@ -367,3 +367,78 @@ fn a_vulkan_expert_node_in_a_cpu_cluster_matches_the_single_process() {
     );
     println!("{}: cluster with a Vulkan expert node: logits max|diff| {max_diff:.2e} vs the single process, routing and greedy identical", fc.what);
 }
+
+/// Live re-placement onto an expert node computing on Vulkan: a SIGHUP during a generation
+/// swaps the two nodes' experts; the Vulkan node puts its new experts on the device (its log
+/// names the device for both phases), and the router's greedy tokens during and after the
+/// swap are the ones from before.
+#[test]
+fn a_vulkan_expert_node_is_re_placed_live() {
+    use std::time::Duration;
+
+    use moe_tests::cluster::{
+        placement_toml, start_expert, start_expert_with, start_router, TempDir, TEST_SECRET,
+    };
+    if !vulkan_present("a_vulkan_expert_node_is_re_placed_live") {
+        return;
+    }
+    let dir = TempDir::new("vulkan-replace");
+    let secret = dir.write("secret", TEST_SECRET);
+    let model = moe_tests::fixtures_dir().join("kimi-k25-tiny/kimi-k25-tiny-Q8_0.gguf");
+    let e1 = start_expert_with(
+        &model,
+        &secret,
+        "0-191",
+        "e1",
+        "127.0.0.1:0",
+        &["--backend", "vulkan"],
+    );
+    let e2 = start_expert(&model, &secret, "192-383", "e2", "127.0.0.1:0");
+    let swapped = placement_toml(&[
+        ("e1", &e1.addr, "192-383", ""),
+        ("e2", &e2.addr, "0-191", ""),
+    ]);
+    let placement = dir.write(
+        "p.toml",
+        &placement_toml(&[
+            ("e1", &e1.addr, "0-191", ""),
+            ("e2", &e2.addr, "192-383", ""),
+        ]),
+    );
+    let mut r = start_router(&model, &placement, &secret);
+    let prompt = r#"{"prompt": "def fibonacci(n):", "max_tokens": 48, "ignore_eos": true}"#;
+    r.send_line(prompt);
+    let before = r.answer(Duration::from_secs(120));
+    assert!(before.get("tokens").is_some(), "{before}");
+
+    // The router applies a new placement at its next step: swap while a generation runs.
+    r.send_line(prompt);
+    std::fs::write(&placement, swapped).unwrap();
+    r.hangup();
+    let during = r.answer(Duration::from_secs(120));
+    assert_eq!(during["tokens"], before["tokens"], "{during}");
+    assert!(
+        r.wait_stderr("placement replaced", Duration::from_secs(60)),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        e1.node
+            .wait_stderr("reassigned: Commit", Duration::from_secs(30)),
+        "{}",
+        e1.node.stderr()
+    );
+    let log = e1.node.stderr();
+    for phase in ["Prepare", "Commit"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("{phase}: now owns"))
+                    && l.contains("computed on vulkan")),
+            "{phase} not computed on Vulkan:\n{log}"
+        );
+    }
+    assert!(log.contains("Commit: now owns layer 1: 192-383"), "{log}");
+    r.send_line(prompt);
+    let after = r.answer(Duration::from_secs(120));
+    assert_eq!(after["tokens"], before["tokens"], "{after}");
+}

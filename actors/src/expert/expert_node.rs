@@ -18,9 +18,11 @@ use moe_model::LayerExperts;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake_slots::{HandshakeSlot, HandshakeSlots};
-use super::live_shard::LiveShard;
+use super::live_shard::{Current, LiveShard, Rebuild};
 use super::session::{self, NodeWork};
-use crate::options::{load_placement, read_secret, ComputeArgs, ExpertArgs, DEFAULT_NODE_NAME};
+use crate::options::{
+    load_placement, read_secret, BackendKind, ComputeArgs, ExpertArgs, DEFAULT_NODE_NAME,
+};
 use crate::telemetry::{self, ErrorKind, LinkEnd, PeerMetrics};
 
 /// Authenticated connections an expert node keeps at once.
@@ -107,8 +109,20 @@ pub fn run(
             shape,
         )
     };
-    let compute = compute.handle(&model)?;
-    let live = Arc::new(LiveShard::new(model_path.clone(), model, shard, compute));
+    let args = compute;
+    let compute = args.handle(&model)?;
+    // A re-placed model's experts go to the same device (the CPU needs nothing).
+    let rebuild: Option<Rebuild> = (args.backend != BackendKind::Cpu)
+        .then(|| Box::new(move |m: &Model| args.handle(m)) as Rebuild);
+    let live = Arc::new(LiveShard::new(
+        model_path.clone(),
+        Current {
+            model,
+            shard,
+            compute,
+        },
+        rebuild,
+    ));
     let node = NodeWork {
         live: live.clone(),
         turn: Default::default(),

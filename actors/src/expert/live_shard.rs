@@ -5,7 +5,10 @@
 //! in addition to the current ones, so steps planned with either placement succeed; `Commit`
 //! keeps only the new ones. Each phase builds a new [`Model`] mapping exactly the wanted
 //! experts and swaps it in; a step already computing keeps its `Arc` of the old one, whose
-//! maps are released when the last such step ends.
+//! maps are released when the last such step ends. On a device other than the CPU (Vulkan),
+//! each phase also puts the new model's experts on the device ([`Rebuild`]) and swaps that
+//! compute in with the model, so a step always computes with the device holding its model's
+//! experts.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -15,36 +18,41 @@ use moe_model::forward::ComputeHandle;
 use moe_model::model::{Model, WeightSet};
 use moe_model::LayerExperts;
 
-/// The model file, and what is owned and mapped now.
+/// Makes the expert compute for a newly mapped model (a Vulkan device with its experts);
+/// `None` for the CPU, which computes from whatever the model maps.
+pub type Rebuild = Box<dyn Fn(&Model) -> anyhow::Result<ComputeHandle> + Send + Sync>;
+
+/// What a step computes with: the model, its owned experts, the device holding them.
+#[derive(Clone)]
+pub struct Current {
+    /// The model mapping the owned experts.
+    pub model: Arc<Model>,
+    /// The owned experts.
+    pub shard: Arc<LayerExperts>,
+    /// Where they are computed.
+    pub compute: ComputeHandle,
+}
+
+/// The model file, and what is owned, mapped and on the device now.
 pub struct LiveShard {
     path: PathBuf,
-    current: RwLock<(Arc<Model>, Arc<LayerExperts>)>,
-    /// Where the owned experts are computed (fixed for the node's life).
-    compute: ComputeHandle,
+    current: RwLock<Current>,
+    rebuild: Option<Rebuild>,
 }
 
 impl LiveShard {
-    /// Wraps a loaded model and its shard, computed on `compute`.
-    pub fn new(
-        path: PathBuf,
-        model: Arc<Model>,
-        shard: Arc<LayerExperts>,
-        compute: ComputeHandle,
-    ) -> Self {
+    /// Wraps what a loaded model computes with; `rebuild` makes the compute of a re-placed
+    /// model (`None`: keep `current.compute`, the CPU).
+    pub fn new(path: PathBuf, current: Current, rebuild: Option<Rebuild>) -> Self {
         Self {
             path,
-            current: RwLock::new((model, shard)),
-            compute,
+            current: RwLock::new(current),
+            rebuild,
         }
     }
 
-    /// The expert-compute device.
-    pub fn compute(&self) -> ComputeHandle {
-        self.compute.clone()
-    }
-
-    /// The model and shard to compute the next request with.
-    pub fn current(&self) -> (Arc<Model>, Arc<LayerExperts>) {
+    /// The model, shard and compute to compute the next request with.
+    pub fn current(&self) -> Current {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -53,19 +61,16 @@ impl LiveShard {
 
     /// The owned experts as a hello/reassign summary (one override per MoE layer).
     pub fn summary(&self) -> ShardSummary {
-        ShardSummary::of(&self.current().1)
+        ShardSummary::of(&self.current().shard)
     }
 
     /// Applies one phase of a re-placement; on error nothing changes.
     pub fn reassign(&self, phase: ReassignPhase, new: LayerExperts) -> Result<String, String> {
-        if self.compute.name() != "cpu" {
-            // The device holds the experts uploaded at start; new ones would not be there.
-            return Err(format!(
-                "live re-placement is not supported on the {} backend yet: restart the node with the new placement",
-                self.compute.name()
-            ));
-        }
-        let (old_model, old) = self.current();
+        let Current {
+            model: old_model,
+            shard: old,
+            compute: old_compute,
+        } = self.current();
         let old_mode = old_model.mode();
         drop(old_model);
         if new.n_layers() != old.n_layers() {
@@ -86,12 +91,24 @@ impl LiveShard {
             },
         )
         .map_err(|e| e.to_string())?
-        // The node keeps the arithmetic it was started with.
-        .with_mode(old_mode);
+        // The node keeps the arithmetic it was started with (experts packed for the CPU only
+        // where the CPU computes them).
+        .with_mode_packing(old_mode, self.rebuild.is_none());
+        let compute = match &self.rebuild {
+            Some(rebuild) => rebuild(&model).map_err(|e| format!("{e:#}"))?,
+            None => old_compute,
+        };
         let mapped = model.file().mapped_bytes();
         let shard = Arc::new(owned);
-        let note = format!("{phase:?}: now owns {shard}; {mapped} bytes mapped");
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(model), shard);
+        let note = format!(
+            "{phase:?}: now owns {shard}; {mapped} bytes mapped; computed on {}",
+            compute.name()
+        );
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Current {
+            model: Arc::new(model),
+            shard,
+            compute,
+        };
         Ok(note)
     }
 }

@@ -214,8 +214,11 @@ pub const NEXT_FRAME_SPIN: Duration = Duration::from_micros(1_000);
 /// Computes one request: its reply, or an error frame naming why (a panic included).
 fn step(live: &LiveShard, req: &ExpertRequest, metrics: &PeerMetrics) -> Message {
     let started = Instant::now();
-    let (model, shard) = live.current();
-    let compute = live.compute();
+    let super::live_shard::Current {
+        model,
+        shard,
+        compute,
+    } = live.current();
     let result = catch_unwind(AssertUnwindSafe(|| {
         compute_reply(&*compute, &model, &shard, req)
     }))
