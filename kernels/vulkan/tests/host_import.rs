@@ -25,12 +25,6 @@ use moe_vulkan::{HostMemory, VulkanCompute};
 /// Expert chunks of at most this many bytes (several per stack, so several spans).
 const TEST_CHUNK_BYTES: u64 = 1 << 20;
 
-fn kq() -> std::path::PathBuf {
-    moe_devdata::fixtures::fixtures_dir()
-        .join("kimi-k25-kq")
-        .join("kimi-k25-kq-Q4_K_M.gguf")
-}
-
 fn routes() -> Vec<Route> {
     let route = |token, expert, weight| Route {
         token,
@@ -62,7 +56,7 @@ fn imported_experts_compute_as_copied_ones() {
     let Some(device) = common::device_or_skip("imported_experts_compute_as_copied_ones") else {
         return;
     };
-    let header = Model::open(kq()).unwrap();
+    let header = Model::open(common::kq_q4_k_m()).unwrap();
     let cfg = &header.cfg;
     let owned = LayerExperts::parse_uniform("0-40,100-140", cfg.n_experts, cfg.n_layers, |l| {
         cfg.is_moe_layer(l)
@@ -77,7 +71,7 @@ fn imported_experts_compute_as_copied_ones() {
     }
     for set in [WeightSet::All, WeightSet::Experts { owned }] {
         for mode in [NumericMode::Exact, NumericMode::Fast] {
-            let model = Model::open_with(kq(), &set)
+            let model = Model::open_with(common::kq_q4_k_m(), &set)
                 .unwrap()
                 .with_mode_packing(mode, false);
             let upload = |host| {

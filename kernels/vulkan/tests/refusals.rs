@@ -13,10 +13,6 @@ use moe_vulkan::{Device, VulkanCompute, VulkanError};
 /// Largest accepted |device - CPU| of one routed output value (f32 sums in another order).
 const OUTPUT_ABS_TOL: f32 = 1e-5;
 
-fn kq() -> std::path::PathBuf {
-    moe_devdata::fixtures::fixtures_dir().join("kimi-k25-kq/kimi-k25-kq-Q4_K_M.gguf")
-}
-
 #[test]
 fn an_expert_node_uploads_only_its_experts_and_names_the_others() {
     let Some(device) =
@@ -24,13 +20,13 @@ fn an_expert_node_uploads_only_its_experts_and_names_the_others() {
     else {
         return;
     };
-    let header = Model::open(kq()).unwrap();
+    let header = Model::open(common::kq_q4_k_m()).unwrap();
     let cfg = &header.cfg;
     let owned = LayerExperts::parse_uniform("0-127", cfg.n_experts, cfg.n_layers, |l| {
         cfg.is_moe_layer(l)
     })
     .unwrap();
-    let node = Model::open_with(kq(), &WeightSet::Experts { owned }).unwrap();
+    let node = Model::open_with(common::kq_q4_k_m(), &WeightSet::Experts { owned }).unwrap();
     let vk = VulkanCompute::new(device, &node).unwrap();
     let moe = node.layers[1].moe.as_ref().unwrap();
     let per_expert: u64 = [&moe.gate_exps, &moe.up_exps, &moe.down_exps]

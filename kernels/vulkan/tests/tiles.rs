@@ -61,9 +61,7 @@ fn a_prompts_tiled_routes_give_what_its_tokens_give_one_at_a_time() {
     else {
         return;
     };
-    let path = moe_devdata::fixtures::fixtures_dir()
-        .join("kimi-k25-kq")
-        .join("kimi-k25-kq-Q4_K_M.gguf");
+    let path = common::kq_q4_k_m();
     for mode in [NumericMode::Exact, NumericMode::Fast] {
         let model = Model::open(&path).unwrap().with_mode(mode);
         // Tiles on whatever the device (lavapipe computes one route per tile by default).

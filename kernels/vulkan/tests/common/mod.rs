@@ -26,3 +26,9 @@ pub fn device_or_skip(test: &str) -> Option<Arc<Device>> {
         Err(e) => panic!("{test}: opening Vulkan device 0: {e}"),
     }
 }
+
+/// The kq fixture's Q4_K_M file (Q4_K gate/up, Q6_K down experts; hidden size 256).
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn kq_q4_k_m() -> std::path::PathBuf {
+    moe_devdata::fixtures::fixtures_dir().join("kimi-k25-kq/kimi-k25-kq-Q4_K_M.gguf")
+}
