@@ -10,9 +10,8 @@
 //!
 //! [`HostMemory::Import`] (the default): on a unified-memory device
 //! ([`Device::unified_memory`]) that imports host memory (`VK_EXT_external_memory_host`), a
-//! chunk is a read-only map of its span of the model file
-//! (widened to the import alignment), which the device reads in place: on a unified-memory
-//! machine the weights then exist once, in the page cache, instead of once there and once
+//! chunk is a read-only map of its span of the model file (widened to the import alignment),
+//! which the device reads in place: on a unified-memory machine the weights then exist once, in the page cache, instead of once there and once
 //! more in a device copy (a node holding 94 GB of Kimi K2.5's experts has no room for two).
 //! These maps are this module's own (the model's maps are not tied to the device's
 //! lifetime), over the same file pages. A chunk whose span cannot be imported (no extension,
@@ -220,8 +219,14 @@ fn upload_stack(
             .into());
         }
     }
-    // Whole experts per chunk, consecutive ids (so consecutive in the file), greedily.
-    let per_chunk = (chunk_max / expert_bytes.max(1) as u64).max(1) as usize;
+    // Whole experts per chunk, consecutive ids (so consecutive in the file), greedily; an
+    // imported chunk's span also holds up to one alignment unit of padding at each end.
+    let padding = match (host, import_alignment(device)) {
+        (HostMemory::Import, Some(align)) => 2 * align,
+        _ => 0,
+    };
+    let per_chunk =
+        (chunk_max.saturating_sub(padding) / expert_bytes.max(1) as u64).max(1) as usize;
     let path = model.file().paths().get(stack.shard()).map(|p| p.as_path());
     let mut slots = vec![None; n];
     let mut chunks = Vec::new();
@@ -274,6 +279,15 @@ fn copy_group(
     Ok(buf)
 }
 
+/// The alignment of imported spans (page-aligned at least: a map's offset must be), on a
+/// unified-memory device that imports host memory; `None` elsewhere (chunks are copied).
+fn import_alignment(device: &Device) -> Option<u64> {
+    if !device.unified_memory() {
+        return None;
+    }
+    Some(device.host_import_alignment()?.max(PAGE_BYTES))
+}
+
 /// `group`'s experts (consecutive ids of `stack`) as an imported read-only map of their
 /// span of `path`, widened to the device's import alignment, with the first expert's byte
 /// offset in it; `None` where that cannot be done (the caller copies instead).
@@ -286,11 +300,7 @@ fn import_span(
     what: &str,
     maps: &mut Vec<memmap2::Mmap>,
 ) -> Option<(Buffer, usize)> {
-    if !device.unified_memory() {
-        return None;
-    }
-    // Page-aligned at least: a map's offset must be.
-    let align = device.host_import_alignment()?.max(PAGE_BYTES) as usize;
+    let align = import_alignment(device)? as usize;
     let (first, last) = (group.first()?.0, group.last()?.0);
     let begin = stack.expert_offset(first);
     let end = stack.expert_offset(last) + stack.expert_bytes();
