@@ -99,7 +99,9 @@ pub struct ComputeArgs {
     /// With `--backend vulkan`: `import` lets a unified-memory device (an integrated GPU)
     /// read the experts where the page cache holds the file (host-memory import, with
     /// VK_EXT_external_memory_host; a discrete GPU, or a device without it, gets a copy),
-    /// `copy` always copies them into device memory (llama.cpp's `--no-mmap`).
+    /// `copy` always copies them (llama.cpp's `--no-mmap`; a discrete GPU through a staging
+    /// buffer into its own memory), `stage` always through a staging buffer into memory the
+    /// host does not map.
     #[arg(long, value_enum, default_value_t = VulkanMemory::Import)]
     pub vulkan_memory: VulkanMemory,
 }
@@ -112,6 +114,8 @@ pub enum VulkanMemory {
     Import,
     /// Copied into device memory.
     Copy,
+    /// Copied through a staging buffer into device memory the host does not map.
+    Stage,
 }
 
 impl ComputeArgs {
@@ -132,6 +136,7 @@ fn vulkan_handle(args: &ComputeArgs, model: &Model) -> anyhow::Result<ComputeHan
     let host = match args.vulkan_memory {
         VulkanMemory::Import => moe_vulkan::HostMemory::Import,
         VulkanMemory::Copy => moe_vulkan::HostMemory::Copy,
+        VulkanMemory::Stage => moe_vulkan::HostMemory::Stage,
     };
     let mut compute =
         moe_vulkan::VulkanCompute::with_upload(device, model, moe_vulkan::CHUNK_BYTES_MAX, host)

@@ -101,7 +101,7 @@ fn no_vulkan_driver_is_a_clear_error() {
 }
 
 /// `logits`, `run` and `bench` with the experts on Vulkan, against the reference of one case
-/// of each fixture GGUF (the kq files with `--route-tiles on --vulkan-memory copy`, the tiny
+/// of each fixture GGUF (the kq files with `--route-tiles on --vulkan-memory stage`, the tiny
 /// ones with the defaults); `--device` past the last device is named.
 #[test]
 fn model_commands_on_vulkan_match_the_reference() {
@@ -129,7 +129,7 @@ fn model_commands_on_vulkan_match_the_reference() {
             // The tiny files with the defaults (experts imported from the file; lavapipe, a
             // CPU device, computes one route per tile), the kq files with the other choices.
             let choices: &[&str] = match dir {
-                "kimi-k25-kq" => &["--route-tiles", "on", "--vulkan-memory", "copy"],
+                "kimi-k25-kq" => &["--route-tiles", "on", "--vulkan-memory", "stage"],
                 _ => &[],
             };
             let mut args = vec![

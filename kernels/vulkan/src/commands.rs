@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ash::vk;
 
-use crate::device::Device;
+use crate::device::{Buffer, Device};
 use crate::kernels::Kernel;
 use crate::VulkanError;
 
@@ -95,24 +95,13 @@ impl Commands {
         &mut self,
         kernel: &Kernel,
     ) -> Result<(vk::CommandBuffer, vk::DescriptorSet), VulkanError> {
-        let d = &self.device.device;
         if self.used_sets >= SETS_PER_SUBMIT_MAX {
             return Err(VulkanError::InvalidInput(format!(
                 "one call needs more than {SETS_PER_SUBMIT_MAX} dispatches"
             )));
         }
-        if !self.recording {
-            // SAFETY: the buffer is not pending (the last submit waited on the fence).
-            unsafe {
-                d.begin_command_buffer(
-                    self.cmd,
-                    &vk::CommandBufferBeginInfo::default()
-                        .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
-                )
-            }
-            .map_err(VulkanError::call("vkBeginCommandBuffer"))?;
-            self.recording = true;
-        }
+        self.begin()?;
+        let d = &self.device.device;
         let layouts = [kernel.set_layout];
         // SAFETY: the pool has room (counted above) and the layout is valid.
         let set = unsafe {
@@ -125,6 +114,58 @@ impl Commands {
         .map_err(VulkanError::call("vkAllocateDescriptorSets"))?[0];
         self.used_sets += 1;
         Ok((self.cmd, set))
+    }
+
+    /// Starts recording if not already.
+    fn begin(&mut self) -> Result<(), VulkanError> {
+        if !self.recording {
+            // SAFETY: the buffer is not pending (the last submit waited on the fence).
+            unsafe {
+                self.device.device.begin_command_buffer(
+                    self.cmd,
+                    &vk::CommandBufferBeginInfo::default()
+                        .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+                )
+            }
+            .map_err(VulkanError::call("vkBeginCommandBuffer"))?;
+            self.recording = true;
+        }
+        Ok(())
+    }
+
+    /// Records a copy of `src`'s first `bytes` bytes to `dst` at `dst_offset`, then a barrier
+    /// that makes them visible to later dispatches.
+    pub(crate) fn copy(
+        &mut self,
+        src: &Buffer,
+        dst: &Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) -> Result<(), VulkanError> {
+        self.begin()?;
+        let d = &self.device.device;
+        let region = [vk::BufferCopy::default()
+            .src_offset(0)
+            .dst_offset(dst_offset)
+            .size(bytes)];
+        let barrier = [vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+            .dst_access_mask(vk::AccessFlags::SHADER_READ)];
+        // SAFETY: `cmd` is recording; both buffers were made with the transfer usages and
+        // outlive the submission (the caller waits before dropping or rewriting them).
+        unsafe {
+            d.cmd_copy_buffer(self.cmd, src.buffer, dst.buffer, &region);
+            d.cmd_pipeline_barrier(
+                self.cmd,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::COMPUTE_SHADER,
+                vk::DependencyFlags::empty(),
+                &barrier,
+                &[],
+                &[],
+            );
+        }
+        Ok(())
     }
 
     /// Submits what was recorded and waits for it; then the descriptor sets are free again.

@@ -24,6 +24,9 @@ pub struct Device {
     pub(crate) queue: vk::Queue,
     pub(crate) queue_family: u32,
     pub(crate) memory_type: u32,
+    /// A device-local type in the largest device-local heap (for device-only buffers filled
+    /// by staging copies: a discrete GPU's own memory).
+    pub(crate) device_memory_type: u32,
     /// What `moe-node devices` says about it.
     pub info: DeviceInfo,
     /// `maxComputeWorkGroupCount`.
@@ -101,6 +104,7 @@ impl Device {
             as u32;
         // SAFETY: as above.
         let mem = unsafe { instance.instance.get_physical_device_memory_properties(pd) };
+        let device_memory_type = pick_device_memory_type(&mem).unwrap_or(0);
         let memory_type = pick_memory_type(&mem)
             .ok_or_else(|| unusable("no host-visible, host-coherent memory type"))?;
         // SAFETY: as above.
@@ -157,6 +161,7 @@ impl Device {
             queue,
             queue_family,
             memory_type,
+            device_memory_type,
             info,
             max_groups: limits.max_compute_work_group_count,
             integer_dot,
@@ -190,6 +195,25 @@ impl Device {
     }
 }
 
+/// A device-local type in the largest device-local heap, preferring one the host cannot map
+/// (on a discrete GPU the host-visible device-local types may sit in a small BAR heap).
+fn pick_device_memory_type(mem: &vk::PhysicalDeviceMemoryProperties) -> Option<u32> {
+    let types = &mem.memory_types[..mem.memory_type_count as usize];
+    (0..types.len())
+        .filter(|&i| {
+            types[i]
+                .property_flags
+                .contains(vk::MemoryPropertyFlags::DEVICE_LOCAL)
+        })
+        .max_by_key(|&i| {
+            let host = types[i]
+                .property_flags
+                .contains(vk::MemoryPropertyFlags::HOST_VISIBLE);
+            (mem.memory_heaps[types[i].heap_index as usize].size, !host)
+        })
+        .map(|i| i as u32)
+}
+
 /// Host-visible and coherent, device-local if such a type exists.
 fn pick_memory_type(mem: &vk::PhysicalDeviceMemoryProperties) -> Option<u32> {
     let types = &mem.memory_types[..mem.memory_type_count as usize];
@@ -211,8 +235,8 @@ pub struct Buffer {
     ptr: *mut u8,
     /// Bytes.
     pub(crate) len: usize,
-    /// False for imported host memory, which may be a read-only file map.
-    writable: bool,
+    /// Where the bytes are.
+    kind: BufferKind,
     device: Arc<Device>,
 }
 
@@ -221,6 +245,17 @@ pub struct Buffer {
 unsafe impl Send for Buffer {}
 // SAFETY: as above.
 unsafe impl Sync for Buffer {}
+
+/// Where a [`Buffer`]'s bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BufferKind {
+    /// Host-visible memory allocated on the device, mapped for the buffer's life.
+    Mapped,
+    /// Host memory imported read-only (maybe a file map).
+    Imported,
+    /// Device memory the host does not map, filled by staging copies.
+    DeviceOnly,
+}
 
 impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -240,15 +275,41 @@ impl Drop for Buffer {
 }
 
 impl Buffer {
-    /// A buffer of `len` bytes (allocated in whole u32 words, 4 bytes at least; contents undefined until written);
-    /// `what` names it in errors (a tensor, or a scratch buffer).
+    /// A buffer of `len` bytes (allocated in whole u32 words, 4 bytes at least; contents
+    /// undefined until written) in mapped host-visible memory; `what` names it in errors (a
+    /// tensor, or a scratch buffer).
     pub fn new(device: &Arc<Device>, len: usize, what: &str) -> Result<Self, VulkanError> {
+        Self::allocate(device, len, what, BufferKind::Mapped)
+    }
+
+    /// As [`Buffer::new`], in device memory the host does not map (filled with
+    /// [`crate::commands::Commands::copy`] from a mapped buffer).
+    pub fn device_only(device: &Arc<Device>, len: usize, what: &str) -> Result<Self, VulkanError> {
+        Self::allocate(device, len, what, BufferKind::DeviceOnly)
+    }
+
+    fn allocate(
+        device: &Arc<Device>,
+        len: usize,
+        what: &str,
+        kind: BufferKind,
+    ) -> Result<Self, VulkanError> {
         // Whole u32 words: the shaders read bytes through u32 loads.
         let size = (len.max(4) as u64).next_multiple_of(4);
         let dev = &device.device;
+        let (usage, memory_type) = match kind {
+            BufferKind::DeviceOnly => (
+                vk::BufferUsageFlags::STORAGE_BUFFER | vk::BufferUsageFlags::TRANSFER_DST,
+                device.device_memory_type,
+            ),
+            _ => (
+                vk::BufferUsageFlags::STORAGE_BUFFER | vk::BufferUsageFlags::TRANSFER_SRC,
+                device.memory_type,
+            ),
+        };
         let info = vk::BufferCreateInfo::default()
             .size(size)
-            .usage(vk::BufferUsageFlags::STORAGE_BUFFER)
+            .usage(usage)
             .sharing_mode(vk::SharingMode::EXCLUSIVE);
         // SAFETY: a valid device and create info.
         let buffer = unsafe { dev.create_buffer(&info, None) }
@@ -269,7 +330,7 @@ impl Buffer {
                 VulkanError::Call { call, result }
             }
         };
-        if req.memory_type_bits & (1 << device.memory_type) == 0 {
+        if req.memory_type_bits & (1 << memory_type) == 0 {
             return Err(fail(
                 "vkGetBufferMemoryRequirements",
                 vk::Result::ERROR_FORMAT_NOT_SUPPORTED,
@@ -277,18 +338,20 @@ impl Buffer {
         }
         let alloc = vk::MemoryAllocateInfo::default()
             .allocation_size(req.size)
-            .memory_type_index(device.memory_type);
+            .memory_type_index(memory_type);
         // SAFETY: a valid device and allocate info.
         let memory = match unsafe { dev.allocate_memory(&alloc, None) } {
             Ok(m) => m,
             Err(e) => return Err(fail("vkAllocateMemory", e)),
         };
-        // SAFETY: both were created on this device and are unbound; the memory is host
+        // SAFETY: both were created on this device and are unbound; mapped memory is host
         // visible, so mapping it whole is allowed.
         let ptr = unsafe {
-            dev.bind_buffer_memory(buffer, memory, 0).and_then(|()| {
-                dev.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
-            })
+            dev.bind_buffer_memory(buffer, memory, 0)
+                .and_then(|()| match kind {
+                    BufferKind::DeviceOnly => Ok(std::ptr::null_mut()),
+                    _ => dev.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()),
+                })
         };
         match ptr {
             Ok(ptr) => Ok(Self {
@@ -296,7 +359,7 @@ impl Buffer {
                 memory,
                 ptr: ptr.cast(),
                 len,
-                writable: true,
+                kind,
                 device: device.clone(),
             }),
             Err(e) => {
@@ -409,21 +472,22 @@ impl Buffer {
             memory,
             ptr: ptr.cast_mut(),
             len,
-            writable: false,
+            kind: BufferKind::Imported,
             device: device.clone(),
         })
     }
 
-    /// Whether this buffer is imported host memory ([`Buffer::import`]).
-    pub fn is_imported(&self) -> bool {
-        !self.writable
+    /// Where this buffer's bytes are.
+    pub(crate) fn kind(&self) -> BufferKind {
+        self.kind
     }
 
     /// The mapped bytes.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        assert!(
-            self.writable,
-            "an imported buffer (host memory, maybe a read-only file map) is never written"
+        assert_eq!(
+            self.kind,
+            BufferKind::Mapped,
+            "only mapped buffers are written by the host (an imported one may be a read-only file map)"
         );
         // SAFETY: `ptr` maps at least `len` bytes for the buffer's life; `&mut self` makes the
         // slice the only view; no submission is running (callers wait on their fence).
@@ -432,6 +496,11 @@ impl Buffer {
 
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
+        assert_ne!(
+            self.kind,
+            BufferKind::DeviceOnly,
+            "a device-only buffer is not mapped"
+        );
         // SAFETY: as in `bytes_mut`, shared.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }

@@ -16,7 +16,10 @@
 //! These maps are this module's own (the model's maps are not tied to the device's
 //! lifetime), over the same file pages. A chunk whose span cannot be imported (no extension,
 //! the span past the file's end or a binding's range, a refused import) is copied, and
-//! [`ExpertWeights::imported_bytes`] says how much was not.
+//! [`ExpertWeights::imported_bytes`] says how much was not. A copy on a discrete GPU (or
+//! with [`HostMemory::Stage`]) goes through a mapped staging buffer into device memory the
+//! host does not map, the GPU's own (its host-visible device-local memory may be a 256 MiB
+//! BAR window); on a unified-memory device into mapped memory allocated on it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +28,8 @@ use moe_kernels::{GgmlType, QMatrix};
 use moe_model::model::{MatStack, Model};
 use moe_model::ModelError;
 
-use crate::device::{Buffer, Device};
+use crate::commands::Commands;
+use crate::device::{Buffer, BufferKind, Device};
 use crate::kernels::{supported_type_names, supported_types, MATVEC_CHUNK_VALUES};
 use crate::VulkanError;
 
@@ -35,12 +39,19 @@ pub const CHUNK_BYTES_MAX: u64 = 1 << 30;
 /// How expert weights get into device-visible memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostMemory {
-    /// Import maps of the model file on a unified-memory device that can (else copy: a
-    /// discrete GPU computes from its own memory).
+    /// Import maps of the model file on a unified-memory device that can; else as `Copy`.
     Import,
-    /// Always copy into buffers allocated on the device.
+    /// Copy: on a unified-memory device into mapped memory allocated on it; on a discrete
+    /// GPU as `Stage`.
     Copy,
+    /// Copy through a staging buffer into device memory the host does not map (a discrete
+    /// GPU's own memory; on a unified-memory device only to check that path).
+    Stage,
 }
+
+/// Bytes of the mapped buffer that staged uploads go through (64 MiB), and at most a quarter
+/// of the chunk limit (so that the tests' small chunks take several fills too).
+const STAGING_BYTES: usize = 64 << 20;
 
 /// Where one expert's matrix lives: chunk index and byte offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +134,7 @@ impl ExpertWeights {
                 // padding around them).
                 for slot in st.slots.iter().flatten() {
                     bytes += st.expert_bytes as u64;
-                    if st.chunks[slot.chunk as usize].is_imported() {
+                    if st.chunks[slot.chunk as usize].kind() == BufferKind::Imported {
                         imported_bytes += st.expert_bytes as u64;
                     }
                 }
@@ -240,8 +251,13 @@ fn upload_stack(
                 }
                 _ => None,
             };
+            let staged = host == HostMemory::Stage || !device.unified_memory();
             let (buf, base) = match imported {
                 Some(done) => done,
+                None if staged => {
+                    let staging = STAGING_BYTES.min(chunk_max as usize / 4);
+                    (stage_group(device, group, expert_bytes, staging, &what)?, 0)
+                }
                 None => (copy_group(device, group, expert_bytes, &what)?, 0),
             };
             for (i, (e, _)) in group.iter().enumerate() {
@@ -277,6 +293,31 @@ fn copy_group(
         buf.write(i * expert_bytes, q.data());
     }
     Ok(buf)
+}
+
+/// A device-only buffer holding `group`'s experts back to back, filled through a mapped
+/// staging buffer of about `staging_bytes` (whole experts, one at least; one submission per
+/// fill).
+fn stage_group(
+    device: &Arc<Device>,
+    group: &[(usize, QMatrix<'_>)],
+    expert_bytes: usize,
+    staging_bytes: usize,
+    what: &str,
+) -> Result<Buffer, VulkanError> {
+    let dst = Buffer::device_only(device, group.len() * expert_bytes, what)?;
+    let per_fill = (staging_bytes / expert_bytes.max(1)).max(1);
+    let mut staging = Buffer::new(device, per_fill.min(group.len()) * expert_bytes, "staging")?;
+    let mut commands = Commands::new(device)?;
+    for (f, fill) in group.chunks(per_fill).enumerate() {
+        for (i, (_, q)) in fill.iter().enumerate() {
+            staging.write(i * expert_bytes, q.data());
+        }
+        let at = (f * per_fill * expert_bytes) as u64;
+        commands.copy(&staging, &dst, at, (fill.len() * expert_bytes) as u64)?;
+        commands.submit_and_wait()?;
+    }
+    Ok(dst)
 }
 
 /// The alignment of imported spans (page-aligned at least: a map's offset must be), on a

@@ -1,4 +1,5 @@
-//! Host-memory import (`src/expert_weights.rs`, `Buffer::import`): where the device has
+//! Host-memory import and staged copies (`src/expert_weights.rs`, `Buffer::import`,
+//! `Buffer::device_only`): where the device has
 //! `VK_EXT_external_memory_host` (lavapipe does; `.ci/run` requires the device), the experts
 //! are read in place from maps of the model file instead of copied. What this proves on
 //! Vulkan device 0, on the kq fixture's Q4_K_M file, for a whole model and for an expert
@@ -9,7 +10,9 @@
 //! - routed results in both numeric modes equal those of copied weights bit for bit (a
 //!   wrong span offset reads another expert's or a neighbouring tensor's bytes and changes
 //!   them);
-//! - `HostMemory::Copy` imports nothing.
+//! - `HostMemory::Copy` and `HostMemory::Stage` (through a staging buffer into device-only
+//!   memory) import nothing and give the same results bit for bit (a staged copy landing
+//!   at a wrong offset changes them).
 //!
 //! On a discrete GPU or a device without the extension (which copy) the import half says it
 //! skipped and the copy half runs.
@@ -52,8 +55,9 @@ fn run(vk: &VulkanCompute, model: &Model) -> Vec<f32> {
 }
 
 #[test]
-fn imported_experts_compute_as_copied_ones() {
-    let Some(device) = common::device_or_skip("imported_experts_compute_as_copied_ones") else {
+fn imported_and_staged_experts_compute_as_copied_ones() {
+    let Some(device) = common::device_or_skip("imported_and_staged_experts_compute_as_copied_ones")
+    else {
         return;
     };
     let header = Model::open(common::kq_q4_k_m()).unwrap();
@@ -65,7 +69,7 @@ fn imported_experts_compute_as_copied_ones() {
     let can_import = device.host_import_alignment().is_some() && device.unified_memory();
     if !can_import {
         println!(
-            "SKIPPED the import half of imported_experts_compute_as_copied_ones: {} ({}) is not a unified-memory device with VK_EXT_external_memory_host",
+            "SKIPPED the import half of imported_and_staged_experts_compute_as_copied_ones: {} ({}) is not a unified-memory device with VK_EXT_external_memory_host",
             device.info.name, device.info.kind
         );
     }
@@ -78,8 +82,10 @@ fn imported_experts_compute_as_copied_ones() {
                 VulkanCompute::with_upload(device.clone(), &model, TEST_CHUNK_BYTES, host).unwrap()
             };
             let copied = upload(HostMemory::Copy);
+            let staged = upload(HostMemory::Stage);
             let imported = upload(HostMemory::Import);
             assert_eq!(copied.imported_bytes(), 0, "{mode:?}: Copy imported");
+            assert_eq!(staged.imported_bytes(), 0, "{mode:?}: Stage imported");
             assert_eq!(imported.uploaded_bytes(), copied.uploaded_bytes());
             let want = if can_import {
                 copied.uploaded_bytes()
@@ -91,13 +97,16 @@ fn imported_experts_compute_as_copied_ones() {
                 want,
                 "{mode:?}: not all imported"
             );
-            let (a, b) = (run(&copied, &model), run(&imported, &model));
-            assert!(
-                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{mode:?}: imported experts compute differently from copied ones"
-            );
+            let a = run(&copied, &model);
+            for (how, vk) in [("imported", &imported), ("staged", &staged)] {
+                let b = run(vk, &model);
+                assert!(
+                    a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{mode:?}: {how} experts compute differently from copied ones"
+                );
+            }
             println!(
-                "{mode:?}: {} of {} expert bytes imported; results identical",
+                "{mode:?}: {} of {} expert bytes imported; imported, staged, copied identical",
                 imported.imported_bytes(),
                 imported.uploaded_bytes()
             );
