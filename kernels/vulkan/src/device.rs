@@ -180,7 +180,12 @@ impl Device {
     /// implementation (a discrete GPU reading imported host memory would read it over the
     /// bus).
     pub fn unified_memory(&self) -> bool {
-        matches!(self.info.kind, "integrated GPU" | "CPU")
+        self.info.kind == "integrated GPU" || self.is_cpu()
+    }
+
+    /// Whether the device is a CPU implementation (lavapipe).
+    pub fn is_cpu(&self) -> bool {
+        self.info.kind == "CPU"
     }
 
     /// `minImportedHostPointerAlignment` where the device imports host memory

@@ -54,9 +54,6 @@ use crate::kernels::{
 use crate::tiles::{record_tiles, TileMeta};
 use crate::VulkanError;
 
-/// [`crate::DeviceInfo::kind`] of a CPU implementation (lavapipe).
-const CPU_DEVICE_KIND: &str = "CPU";
-
 /// Input kinds of the tiles' metadata: gate and up read the route's token row, down the
 /// route's own SwiGLU row.
 const INPUT_TOKEN: usize = 0;
@@ -179,7 +176,7 @@ impl VulkanCompute {
             name: format!("vulkan ({})", device.info.name),
             weights,
             kernels,
-            route_tiles: device.info.kind != CPU_DEVICE_KIND,
+            route_tiles: !device.is_cpu(),
             state: Mutex::new(Scratch {
                 commands,
                 x: None,
