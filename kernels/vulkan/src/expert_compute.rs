@@ -558,7 +558,7 @@ impl VulkanCompute {
     }
 
     /// Records `stack`'s matvec (`kernel`, f32 or integer-dot) over every tile of `meta`
-    /// as matrix and input kind `which`, with `io` its activations, outputs and metadata: one
+    /// as `(matrix, input kind)`, reading `x` into `y` with the tiles' metadata in `meta_buf`: one
     /// dispatch per run of tiles in the same weight chunk (tiles hold one expert, sorted;
     /// chunks hold ascending experts), split to fit `maxComputeWorkGroupCount[1]`.
     #[allow(clippy::too_many_arguments)]
