@@ -104,6 +104,20 @@ pub struct ComputeArgs {
     /// host does not map.
     #[arg(long, value_enum, default_value_t = VulkanMemory::Import)]
     pub vulkan_memory: VulkanMemory,
+    /// With `--backend vulkan`, for a router or a single process: `on` computes each layer's
+    /// attention on the device too (projections, rope, scores, softmax, values, with each
+    /// sequence's KV rows kept there), `off` keeps it on the CPU.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub vulkan_attention: OnOff,
+}
+
+/// A switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// How a Vulkan device gets the expert weights.
@@ -127,6 +141,32 @@ impl ComputeArgs {
             BackendKind::Vulkan => vulkan_handle(self, model),
         }
     }
+}
+
+#[cfg(feature = "vulkan")]
+fn with_vulkan_attention(args: &ComputeArgs, model: Model) -> anyhow::Result<Model> {
+    let index = args.device;
+    let device = moe_vulkan::Device::open(index)?;
+    let mut attention = moe_vulkan::VulkanAttention::new(device, &model)
+        .with_context(|| format!("uploading the attention weights to Vulkan device {index} (--vulkan-attention off keeps attention on the CPU)"))?;
+    match args.route_tiles {
+        RouteTiles::Auto => {}
+        RouteTiles::On => attention = attention.with_route_tiles(true),
+        RouteTiles::Off => attention = attention.with_route_tiles(false),
+    }
+    eprintln!(
+        "attention on Vulkan device {index} ({}): {:.1} MiB of weights on the device, KV cache rows copied there",
+        attention.device().info.name,
+        attention.uploaded_bytes() as f64 / 1048576.0,
+    );
+    Ok(model.with_attention_compute(std::sync::Arc::new(attention)))
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn with_vulkan_attention(_: &ComputeArgs, _: Model) -> anyhow::Result<Model> {
+    bail!(
+        "this moe-node was built without Vulkan: rebuild with `--features vulkan` (on by default)"
+    )
 }
 
 #[cfg(feature = "vulkan")]
@@ -234,7 +274,12 @@ impl ModelArgs {
         };
         let model =
             Model::open_with(&path, &set).with_context(|| format!("loading {}", path.display()))?;
-        Ok(with_mode_reported(model, mode, self.compute.backend).with_kv_type(kv_type))
+        let model = with_mode_reported(model, mode, self.compute.backend).with_kv_type(kv_type);
+        if self.compute.backend == BackendKind::Vulkan && self.compute.vulkan_attention == OnOff::On
+        {
+            return with_vulkan_attention(&self.compute, model);
+        }
+        Ok(model)
     }
 }
 

@@ -20,8 +20,9 @@ use glslang::{
 };
 
 /// The weight types with a dequantizing matvec shader (file stems of `dequant/*.glsl`).
-const WEIGHT_TYPES: [&str; 11] = [
-    "f32", "f16", "bf16", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs",
+const WEIGHT_TYPES: [&str; 15] = [
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
+    "q6_k", "iq4_nl", "iq4_xs",
 ];
 
 /// The weight types with an integer-dot matvec shader for the fast mode (file stems of
@@ -111,7 +112,9 @@ fn main() {
         );
         compile(compiler, &format!("matvec_fast_{ty}"), text, &out);
     }
-    for name in ["swiglu", "combine", "quantize"] {
+    for name in [
+        "swiglu", "combine", "quantize", "rms_norm", "rope", "gather", "attend",
+    ] {
         compile(
             compiler,
             name,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ash::vk;
 
 use crate::device::{Buffer, Device};
-use crate::kernels::Kernel;
+use crate::kernels::{Kernel, ELEMENTWISE_GROUP_THREADS};
 use crate::VulkanError;
 
 /// Dispatches (descriptor sets) one submission may record.
@@ -200,6 +200,37 @@ impl Commands {
                 .map_err(VulkanError::call("vkResetCommandBuffer"))?;
         }
         self.used_sets = 0;
+        Ok(())
+    }
+}
+
+impl Commands {
+    /// Records an elementwise kernel over `n` items (push constants `push`, then the first
+    /// item of each dispatch), split to fit `maxComputeWorkGroupCount[0]`.
+    pub(crate) fn elementwise(
+        &mut self,
+        device: &Device,
+        kernel: &Kernel,
+        buffers: &[&Buffer],
+        push: &[u32],
+        n: usize,
+    ) -> Result<(), VulkanError> {
+        let per_dispatch = device.max_groups[0] as usize * ELEMENTWISE_GROUP_THREADS as usize;
+        let mut base = 0;
+        while base < n {
+            let count = (n - base).min(per_dispatch);
+            let (cmd, set) = self.next(kernel)?;
+            let mut words = push.to_vec();
+            words.push(base as u32);
+            kernel.record(
+                cmd,
+                set,
+                buffers,
+                &words,
+                [(count as u32).div_ceil(ELEMENTWISE_GROUP_THREADS), 1, 1],
+            );
+            base += count;
+        }
         Ok(())
     }
 }

@@ -48,9 +48,8 @@ use crate::device::{Buffer, Device};
 use crate::expert_weights::{
     ExpertStack, ExpertWeights, HostMemory, LayerStacks, Slot, CHUNK_BYTES_MAX,
 };
-use crate::kernels::{
-    Kernel, Kernels, ELEMENTWISE_GROUP_THREADS, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE,
-};
+use crate::kernels::{Kernel, Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE};
+use crate::scratch::{ensure, f32_bytes, read_f32, u32_bytes};
 use crate::tiles::{record_tiles, TileMeta};
 use crate::VulkanError;
 
@@ -106,43 +105,6 @@ struct Scratch {
     tok_routes: Option<Buffer>,
     /// The accumulator `[T, D]`.
     out: Option<Buffer>,
-}
-
-/// `buf` with room for `bytes` (reallocated, doubling, when too small); `what` names it.
-fn ensure<'a>(
-    device: &Arc<Device>,
-    buf: &'a mut Option<Buffer>,
-    bytes: usize,
-    what: &str,
-) -> Result<&'a mut Buffer, VulkanError> {
-    if bytes as u64 > device.max_binding_bytes() {
-        return Err(VulkanError::DeviceLimit {
-            tensor: what.into(),
-            what: format!(
-                "this call needs {bytes} bytes in one binding, past maxStorageBufferRange ({} bytes): route fewer tokens per call",
-                device.max_binding_bytes()
-            ),
-        });
-    }
-    if buf.as_ref().is_none_or(|b| b.len < bytes) {
-        let grown = buf
-            .as_ref()
-            .map_or(bytes, |b| (b.len * 2).max(bytes))
-            .min(device.max_binding_bytes() as usize);
-        *buf = None;
-        *buf = Some(Buffer::new(device, grown, what)?);
-    }
-    Ok(buf.as_mut().expect("set above"))
-}
-
-fn f32_bytes(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and every byte of it is initialized; u8 has alignment 1.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
-}
-
-fn u32_bytes(v: &[u32]) -> &[u8] {
-    // SAFETY: as for f32.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }
 
 impl VulkanCompute {
@@ -460,8 +422,8 @@ impl VulkanCompute {
         let xq = if quantize_x {
             let xq = xq.as_ref().expect("ensured");
             let blocks = n_tokens * d / MATVEC_CHUNK_VALUES;
-            self.elementwise(
-                commands,
+            commands.elementwise(
+                &self.device,
                 &self.kernels.quantize,
                 &[x, xq],
                 &[blocks as u32],
@@ -488,8 +450,8 @@ impl VulkanCompute {
                 &meta,
             )?;
         }
-        self.elementwise(
-            commands,
+        commands.elementwise(
+            &self.device,
             &self.kernels.swiglu,
             &[g, u],
             &[(n_routes * f) as u32],
@@ -498,8 +460,8 @@ impl VulkanCompute {
         let down_input = if quantize_g {
             let gq = gq.as_ref().expect("ensured");
             let blocks = n_routes * f / MATVEC_CHUNK_VALUES;
-            self.elementwise(
-                commands,
+            commands.elementwise(
+                &self.device,
                 &self.kernels.quantize,
                 &[g, gq],
                 &[blocks as u32],
@@ -518,17 +480,15 @@ impl VulkanCompute {
             [down_input, y, meta_buf],
             &meta,
         )?;
-        self.elementwise(
-            commands,
+        commands.elementwise(
+            &self.device,
             &self.kernels.combine,
             &[y, rw, ts, tr, &*o],
             &[n_tokens as u32, d as u32],
             n_tokens * d,
         )?;
         commands.submit_and_wait()?;
-        for (v, b) in out.iter_mut().zip(o.bytes().chunks_exact(4)) {
-            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        read_f32(o, out);
         Ok(())
     }
 
@@ -590,35 +550,6 @@ impl VulkanCompute {
                 |base| meta.push(stack.rows, stack.cols, stack.row_bytes, matrix, input, base),
             )?;
             start = end;
-        }
-        Ok(())
-    }
-
-    /// Records an elementwise kernel over `n` values (push constants `push` then the base),
-    /// split to fit `maxComputeWorkGroupCount[0]`.
-    fn elementwise(
-        &self,
-        commands: &mut Commands,
-        kernel: &Kernel,
-        buffers: &[&Buffer],
-        push: &[u32],
-        n: usize,
-    ) -> Result<(), VulkanError> {
-        let per_dispatch = self.device.max_groups[0] as usize * ELEMENTWISE_GROUP_THREADS as usize;
-        let mut base = 0;
-        while base < n {
-            let count = (n - base).min(per_dispatch);
-            let (cmd, set) = commands.next(kernel)?;
-            let mut words = push.to_vec();
-            words.push(base as u32);
-            kernel.record(
-                cmd,
-                set,
-                buffers,
-                &words,
-                [(count as u32).div_ceil(ELEMENTWISE_GROUP_THREADS), 1, 1],
-            );
-            base += count;
         }
         Ok(())
     }

@@ -281,6 +281,22 @@ fn upload_stack(
     })
 }
 
+/// A device buffer holding `group`'s matrices (each `bytes_each` bytes) back to back, copied
+/// the way this device takes copies: through a staging buffer into memory the host does not
+/// map on a discrete GPU, into host-visible memory on a unified-memory one.
+pub(crate) fn to_device(
+    device: &Arc<Device>,
+    group: &[(usize, QMatrix<'_>)],
+    bytes_each: usize,
+    what: &str,
+) -> Result<Buffer, VulkanError> {
+    if device.unified_memory() {
+        copy_group(device, group, bytes_each, what)
+    } else {
+        stage_group(device, group, bytes_each, STAGING_BYTES, what)
+    }
+}
+
 /// A device buffer holding `group`'s experts back to back.
 fn copy_group(
     device: &Arc<Device>,

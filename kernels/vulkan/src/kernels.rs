@@ -12,6 +12,9 @@
 //! - `quantize.spv`: f32 rows to the fast matvec's int8 activation blocks.
 //! - `swiglu.spv`: `silu(gate) * up` in place.
 //! - `combine.spv`: the weighted add of every route's output into its token's row.
+//! - attention's (`attention.rs`): `rms_norm.spv` (rows in place), `rope.spv` (query heads'
+//!   rope parts from a host table), `gather.spv` (strided row copies between token- and
+//!   head-major layouts), `attend.spv` (scores, softmax and context over the cache rows).
 //!
 //! This module builds pipelines and records dispatches; which dispatches a MoE layer needs
 //! is `expert_compute.rs`'s decision.
@@ -44,7 +47,7 @@ pub const MATVEC_CHUNK_VALUES: usize = 32;
 pub const QBLOCK_WORDS: usize = 10;
 
 /// The weight types with a matvec shader, with their SPIR-V.
-const MATVEC_SPIRV: [(GgmlType, &[u8]); 11] = [
+const MATVEC_SPIRV: [(GgmlType, &[u8]); 15] = [
     (
         GgmlType::F32,
         include_bytes!(concat!(env!("OUT_DIR"), "/matvec_f32.spv")),
@@ -60,6 +63,22 @@ const MATVEC_SPIRV: [(GgmlType, &[u8]); 11] = [
     (
         GgmlType::Q8_0,
         include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q8_0.spv")),
+    ),
+    (
+        GgmlType::Q4_0,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q4_0.spv")),
+    ),
+    (
+        GgmlType::Q4_1,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q4_1.spv")),
+    ),
+    (
+        GgmlType::Q5_0,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q5_0.spv")),
+    ),
+    (
+        GgmlType::Q5_1,
+        include_bytes!(concat!(env!("OUT_DIR"), "/matvec_q5_1.spv")),
     ),
     (
         GgmlType::Q2_K,
@@ -128,6 +147,10 @@ const MATVEC_FAST_SPIRV: [(GgmlType, &[u8]); 8] = [
 const SWIGLU_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/swiglu.spv"));
 const COMBINE_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/combine.spv"));
 const QUANTIZE_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/quantize.spv"));
+const RMS_NORM_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rms_norm.spv"));
+const ROPE_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rope.spv"));
+const GATHER_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gather.spv"));
+const ATTEND_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attend.spv"));
 
 /// The weight types the matvec shaders read.
 pub fn supported_types() -> impl Iterator<Item = GgmlType> {
@@ -392,6 +415,15 @@ pub struct Kernels {
     pub swiglu: Kernel,
     /// `combine.comp`: bindings y, weights, tok_start, tok_routes, out; push tokens, dim, base.
     pub combine: Kernel,
+    /// `rms_norm.comp`: bindings rows, gain; push width, stride, eps bits (a workgroup a row).
+    pub rms_norm: Kernel,
+    /// `rope.comp`: bindings rows, cos/sin table; push rows, heads, stride, offset, pairs, base.
+    pub rope: Kernel,
+    /// `gather.comp`: bindings src, dst; push n_a, n_b, width, src_a, src_b, dst_a, dst_b, base.
+    pub gather: Kernel,
+    /// `attend.comp`: bindings q_abs, q, cache rows, scores, ctx; push see the shader (a
+    /// workgroup a query row).
+    pub attend: Kernel,
 }
 
 impl Kernels {
@@ -413,6 +445,10 @@ impl Kernels {
             quantize: Kernel::new(device, QUANTIZE_SPIRV, 2, 2)?,
             swiglu: Kernel::new(device, SWIGLU_SPIRV, 2, 2)?,
             combine: Kernel::new(device, COMBINE_SPIRV, 5, 3)?,
+            rms_norm: Kernel::new(device, RMS_NORM_SPIRV, 2, 3)?,
+            rope: Kernel::new(device, ROPE_SPIRV, 2, 6)?,
+            gather: Kernel::new(device, GATHER_SPIRV, 2, 8)?,
+            attend: Kernel::new(device, ATTEND_SPIRV, 5, 10)?,
             device: device.clone(),
         })
     }

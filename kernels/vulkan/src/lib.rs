@@ -13,28 +13,35 @@
 //!                    dequant/iq4_grid.glsl, Q4_K and Q5_K dequant/k4_scale_min.glsl);
 //!                    the fast mode's quantize.comp and matvec_fast.comp + fast/<type>.glsl
 //!                    (integer dot products), both over tile_io.glsl + tile_main.glsl;
-//!                    swiglu.comp, combine.comp
+//!                    swiglu.comp, combine.comp; attention's rms_norm.comp, rope.comp,
+//!                    gather.comp, attend.comp
 //! tiles.rs           route tiles (up to ROUTE_TILE routes of one expert per matvec
 //!                    workgroup, sharing its weight reads) and the metadata the shaders read
 //! commands.rs        one command buffer: record, submit, wait
 //! expert_weights.rs  the node's expert stacks on the device once, in chunks within device
 //!                    limits: imported maps of the model file where the device can, else copies
 //! expert_compute.rs  VulkanCompute: moe-model's ExpertCompute on the device
+//! attention_weights.rs  every layer's attention matrices on the device, uploaded once
+//! attention.rs       VulkanAttention: moe-model's AttentionCompute on the device (MLA,
+//!                    absorbed form, the sequence's cache rows in a device copy, VulkanKv)
+//! scratch.rs         per-call buffers grown on demand; byte views
 //! matvec.rs          one matrix times rows on the device, f32 or fast (the kernel-level
 //!                    tests' tool)
 //! ```
 //!
 //! What runs on the device today: the routed-expert FFN (gate and up matvecs, SwiGLU, down
-//! matvec, weighted add) over the raw GGUF blocks of F32, F16, BF16, Q8_0, Q2_K, Q3_K, Q4_K,
-//! Q5_K, Q6_K, IQ4_NL and IQ4_XS experts, in the calling model's numeric mode: f32
-//! activations in Exact; in Fast, activations quantized on the device to int8 per 32 values
-//! and integer dot products (`GL_EXT_integer_dot_product`) for every type but F32, F16 and
-//! BF16, which keep the f32 shaders (on a device without `shaderIntegerDotProduct`, Fast
+//! matvec, weighted add) over the raw GGUF blocks of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS experts, in the calling model's
+//! numeric mode: f32 activations in Exact; in Fast, activations quantized on the device to
+//! int8 per 32 values and integer dot products (`GL_EXT_integer_dot_product`) for Q8_0,
+//! Q2_K..Q6_K, IQ4_NL and IQ4_XS, the other types keeping the f32 shaders (on a device without `shaderIntegerDotProduct`, Fast
 //! falls back to the f32 shaders: [`VulkanCompute::has_fast_shaders`]). A call's routes to
 //! one expert are computed in tiles that share each weight read (on GPUs by default:
 //! [`VulkanCompute::with_route_tiles`]); the weights are imported from maps of the model file
-//! where the device can ([`HostMemory`]). Attention, the dense layers and routing stay on the
-//! CPU.
+//! where the device can ([`HostMemory`]). A router's or single process's MLA attention runs
+//! here too ([`VulkanAttention`]: the projections, rope, absorption, scores, softmax and
+//! context, with each sequence's cache rows on the device). The dense and shared FFNs, the
+//! norms between blocks, routing and the output head stay on the CPU.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,6 +56,8 @@
 //! # }
 //! ```
 
+mod attention;
+mod attention_weights;
 mod commands;
 mod device;
 mod error;
@@ -57,8 +66,10 @@ mod expert_weights;
 mod instance;
 mod kernels;
 mod matvec;
+mod scratch;
 mod tiles;
 
+pub use attention::{VulkanAttention, VulkanKv, SCORES_BYTES_MAX};
 pub use device::Device;
 pub use error::VulkanError;
 pub use expert_compute::VulkanCompute;

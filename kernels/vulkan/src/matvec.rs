@@ -13,8 +13,7 @@ use moe_kernels::QMatrix;
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
 use crate::kernels::{
-    fast_types, supported_type_names, Kernel, Kernels, ELEMENTWISE_GROUP_THREADS,
-    MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE,
+    fast_types, supported_type_names, Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE,
 };
 use crate::tiles::{record_tiles, TileMeta};
 use crate::VulkanError;
@@ -94,12 +93,11 @@ impl Matvec {
         let blocks = x.len() / MATVEC_CHUNK_VALUES;
         let input = self.upload_f32(x, "quantize input")?;
         let output = Buffer::new(&self.device, 4 * QBLOCK_WORDS * blocks, "quantize output")?;
-        record_quantize(
-            &mut self.commands,
-            &self.kernels.quantize,
+        self.commands.elementwise(
             &self.device,
-            &input,
-            &output,
+            &self.kernels.quantize,
+            &[&input, &output],
+            &[blocks as u32],
             blocks,
         )?;
         self.commands.submit_and_wait()?;
@@ -170,12 +168,11 @@ impl Matvec {
         let blocks = x.len() / MATVEC_CHUNK_VALUES;
         let xq = if quantized {
             let xq = Buffer::new(&self.device, 4 * QBLOCK_WORDS * blocks, "quantized input")?;
-            record_quantize(
-                &mut self.commands,
-                &self.kernels.quantize,
+            self.commands.elementwise(
                 &self.device,
-                &input,
-                &xq,
+                &self.kernels.quantize,
+                &[&input, &xq],
+                &[blocks as u32],
                 blocks,
             )?;
             Some(xq)
@@ -207,31 +204,4 @@ impl Matvec {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
     }
-}
-
-/// Records `quantize.comp` over `blocks` 32-value blocks of `input` into `output`, split to
-/// fit `maxComputeWorkGroupCount[0]`.
-fn record_quantize(
-    commands: &mut Commands,
-    kernel: &Kernel,
-    device: &Device,
-    input: &Buffer,
-    output: &Buffer,
-    blocks: usize,
-) -> Result<(), VulkanError> {
-    let per_dispatch = device.max_groups[0] as usize * ELEMENTWISE_GROUP_THREADS as usize;
-    let mut base = 0;
-    while base < blocks {
-        let count = (blocks - base).min(per_dispatch);
-        let (cmd, set) = commands.next(kernel)?;
-        kernel.record(
-            cmd,
-            set,
-            &[input, output],
-            &[blocks as u32, base as u32],
-            [(count as u32).div_ceil(ELEMENTWISE_GROUP_THREADS), 1, 1],
-        );
-        base += count;
-    }
-    Ok(())
 }

@@ -58,6 +58,11 @@ impl TileMeta {
         }
     }
 
+    /// Number of routes.
+    pub fn routes(&self) -> usize {
+        self.routes
+    }
+
     /// Number of tiles.
     pub fn tiles(&self) -> usize {
         self.starts.len() - 1

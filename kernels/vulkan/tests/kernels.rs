@@ -62,10 +62,18 @@ fn every_matvec_shader_matches_the_cpu_exact_kernel() {
     let w = values(rows * cols, 1);
     let x = values(n * cols, 2);
     let types: Vec<GgmlType> = moe_vulkan::supported_types().collect();
-    for want in [GgmlType::Q6_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+    for want in [
+        GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+    ] {
         assert!(types.contains(&want), "{want:?} missing from {types:?}");
     }
-    assert!(types.len() >= 11, "{types:?}");
+    assert!(types.len() >= 15, "{types:?}");
     for ty in types {
         let bytes = weight_bytes(ty, &w, cols);
         let q = QMatrix::new(ty, rows, cols, &bytes)
@@ -94,17 +102,17 @@ fn every_matvec_shader_matches_the_cpu_exact_kernel() {
             ty.name()
         );
     }
-    // A type without a shader is refused with its name and the tensor's.
-    let ty = GgmlType::Q4_0;
-    let mut bytes = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
-    quantize_rows(ty, &w, cols, &mut bytes).unwrap();
+    // A type without a shader is refused with its name and the tensor's (all-zero blocks
+    // are valid IQ2_XXS bytes).
+    let ty = GgmlType::IQ2_XXS;
+    let bytes = vec![0u8; ty.row_bytes(cols).unwrap() * rows];
     let q = QMatrix::new(ty, rows, cols, &bytes).unwrap();
     let err = mv
         .matmul("blk.9.ffn_up_exps.weight", &q, &x, n)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("blk.9.ffn_up_exps.weight") && err.contains("Q4_0"),
+        err.contains("blk.9.ffn_up_exps.weight") && err.contains("IQ2_XXS"),
         "{err}"
     );
 }

@@ -84,10 +84,10 @@ fn an_expert_type_without_a_shader_is_named() {
     let Some(device) = common::device_or_skip("an_expert_type_without_a_shader_is_named") else {
         return;
     };
-    let path = std::env::temp_dir().join(format!("moe-vulkan-q4_0-{}.gguf", std::process::id()));
+    let path = std::env::temp_dir().join(format!("moe-vulkan-iq2_xxs-{}.gguf", std::process::id()));
     moe_devdata::synth::synthesize(
         &moe_devdata::synth::SynthOptions {
-            ty: GgmlType::Q4_0,
+            ty: GgmlType::IQ2_XXS,
             layers: Some(2),
             ..Default::default()
         },
@@ -98,7 +98,7 @@ fn an_expert_type_without_a_shader_is_named() {
     let err = VulkanCompute::new(device, &model).unwrap_err().to_string();
     std::fs::remove_file(&path).ok();
     assert!(
-        err.contains("blk.1.ffn_gate_exps.weight") && err.contains("Q4_0"),
+        err.contains("blk.1.ffn_gate_exps.weight") && err.contains("IQ2_XXS"),
         "{err}"
     );
 }

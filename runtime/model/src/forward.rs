@@ -7,6 +7,7 @@
 //! kv_cache.rs   the MLA latent cache of one sequence
 //! prefix_cache.rs  prompt prefixes' KV kept in blocks for reuse by later prompts
 //! attention.rs  MLA attention: absorbed form (exact mode, generated tokens)
+//! attention_compute.rs  AttentionCompute, the device seam for attention (and DeviceKv)
 //! attention_prompt.rs  fast mode's prompt tokens: the decompressed form; PromptForm
 //! route.rs      Route: one (token, expert, weight) triple
 //! moe.rs        router, ExpertBackend (local or remote experts)
@@ -24,6 +25,7 @@
 //! [`ModelError::NonFinite`] naming the layer and the batch rows that hold them.
 
 mod attention;
+mod attention_compute;
 mod attention_prompt;
 mod expert_compute;
 mod ffn_region;
@@ -33,6 +35,7 @@ mod ops;
 mod prefix_cache;
 mod route;
 
+pub use attention_compute::{push_latent_rows, AttentionCompute, DeviceKv};
 pub use attention_prompt::{PromptForm, FORM_GROUP_TOKENS};
 pub use expert_compute::{ComputeHandle, CpuCompute, ExpertCompute, LocalExperts};
 pub use kv_cache::KvCache;
@@ -158,7 +161,10 @@ fn in_batch_rows(e: ModelError, batch_rows: &[usize]) -> ModelError {
 impl Model {
     /// Which prompt tokens this model's forward pass computes in the decompressed form.
     pub fn prompt_form(&self) -> PromptForm {
-        if self.mode() == moe_kernels::NumericMode::Fast && self.k_b_transposed(0, 0).is_some() {
+        if self.mode() == moe_kernels::NumericMode::Fast
+            && self.k_b_transposed(0, 0).is_some()
+            && self.attention_compute().is_none()
+        {
             PromptForm::Decompressed {
                 min_tail: attention_prompt::Dims::of(&self.cfg).decompress_min_rows(),
             }
@@ -250,7 +256,11 @@ impl Model {
             for s in batch.iter_mut() {
                 let n = s.tokens.len();
                 let rows = start * d..(start + n) * d;
-                attention::attention(self, l, &xn[rows.clone()], n, s.cache, s.kind, &mut y[rows])?;
+                let (x_s, y_s) = (&xn[rows.clone()], &mut y[rows]);
+                match self.attention_compute() {
+                    Some(dev) => dev.attention(self, l, x_s, n, s.cache, y_s)?,
+                    None => attention::attention(self, l, x_s, n, s.cache, s.kind, y_s)?,
+                }
                 start += n;
             }
             check_finite(&y, d, 0, || format!("the attention output of layer {l}"))?;

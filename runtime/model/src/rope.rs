@@ -47,12 +47,25 @@ impl Rope {
         }
     }
 
+    /// `(cos, sin)` of pair `i` at position `pos`, scaled by the attention factor.
+    fn cos_sin_of(&self, i: usize, pos: usize) -> (f32, f32) {
+        let theta = pos as f32 * self.inv_freq[i];
+        let (s, c) = theta.sin_cos();
+        (c * self.attn_factor, s * self.attn_factor)
+    }
+
+    /// The rotation [`Rope::apply`] makes at position `pos`: `cos, sin` of each pair, into
+    /// `out` (`dr` values), for a device that rotates with a table.
+    pub fn cos_sin(&self, pos: usize, out: &mut [f32]) {
+        for (i, cs) in out.chunks_exact_mut(2).enumerate() {
+            (cs[0], cs[1]) = self.cos_sin_of(i, pos);
+        }
+    }
+
     /// Rotates `x` (`dr` values) in place for position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        for (i, &f) in self.inv_freq.iter().enumerate() {
-            let theta = pos as f32 * f;
-            let (s, c) = theta.sin_cos();
-            let (c, s) = (c * self.attn_factor, s * self.attn_factor);
+        for i in 0..self.inv_freq.len() {
+            let (c, s) = self.cos_sin_of(i, pos);
             let (x0, x1) = (x[2 * i], x[2 * i + 1]);
             x[2 * i] = x0 * c - x1 * s;
             x[2 * i + 1] = x0 * s + x1 * c;

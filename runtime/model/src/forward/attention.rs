@@ -22,9 +22,10 @@ use moe_kernels::{
     flash_attend, num_threads, run_jobs, FlashState, NumericMode, MATMUL_PARALLEL_MIN_MACS,
 };
 
+use super::attention_compute::push_latent_rows;
 use super::attention_prompt;
 use super::ffn_region::{keep_first_error, take_error};
-use super::ops::{dot, rms_norm, rms_norm_inplace, softmax_inplace};
+use super::ops::{dot, rms_norm_inplace, softmax_inplace};
 use super::{KvCache, TokenKind};
 use crate::config::LATENT_NORM_EPS;
 use crate::model::Model;
@@ -99,13 +100,7 @@ fn attention_with(
     // [c | k_rot] = kv_a(x) : [t, Lkv+dr]; c normalized, k_rot roped; appended to the cache.
     let mut kv = vec![0f32; t * (lkv + dr)];
     model.mat(&w.kv_a)?.matmul(x, t, &mut kv)?;
-    let mut latent = vec![0f32; lkv];
-    for (i, row) in kv.chunks_exact_mut(lkv + dr).enumerate() {
-        let (cpart, rpart) = row.split_at_mut(lkv);
-        rms_norm(cpart, &w.kv_a_norm, LATENT_NORM_EPS, &mut latent);
-        model.rope.apply(rpart, pos0 + i);
-        cache.push(l, &latent, rpart);
-    }
+    push_latent_rows(model, l, &mut kv, pos0, cache);
 
     let scale = c.attn_scale();
     // q_rot roped in place, every head of every token (both forms read it).

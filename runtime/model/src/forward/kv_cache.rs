@@ -12,12 +12,13 @@ use std::borrow::Cow;
 
 use moe_kernels::{KvBuf, KvRowShape, KvRows, KvType};
 
+use super::attention_compute::DeviceKv;
 use crate::config::ModelConfig;
 use crate::model::Model;
 use crate::ModelError;
 
 /// One sequence's cache over every layer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KvCache {
     /// One buffer of `(c | k_rot)` rows per layer.
     layers: Vec<KvBuf>,
@@ -25,6 +26,22 @@ pub struct KvCache {
     kv_type: KvType,
     capacity: usize,
     len: usize,
+    /// An attention device's copy of the rows ([`DeviceKv`]), told of every truncation.
+    device: Option<Box<dyn DeviceKv>>,
+}
+
+impl Clone for KvCache {
+    /// The rows, without the device copy (the clone's device gets its own on first use).
+    fn clone(&self) -> Self {
+        Self {
+            layers: self.layers.clone(),
+            shape: self.shape,
+            kv_type: self.kv_type,
+            capacity: self.capacity,
+            len: self.len,
+            device: None,
+        }
+    }
 }
 
 impl KvCache {
@@ -61,7 +78,20 @@ impl KvCache {
             kv_type,
             capacity,
             len: 0,
+            device: None,
         }
+    }
+
+    /// Takes the attention device's copy of the rows out (to use it beside the cache's own
+    /// rows); [`KvCache::set_device_kv`] puts it back.
+    pub fn take_device_kv(&mut self) -> Option<Box<dyn DeviceKv>> {
+        self.device.take()
+    }
+
+    /// Gives the cache an attention device's copy of its rows, dropped with the cache and
+    /// told of every truncation.
+    pub fn set_device_kv(&mut self, device: Box<dyn DeviceKv>) {
+        self.device = Some(device);
     }
 
     /// Positions stored (the next token's position).
@@ -127,6 +157,9 @@ impl KvCache {
         for v in &mut self.layers {
             v.truncate(self.len);
         }
+        if let Some(d) = &mut self.device {
+            d.truncate(self.len);
+        }
     }
 
     /// `(c, k_rot)` of position `pos` in layer `l`, as f32 (as stored: the rounding happened
@@ -162,8 +195,11 @@ impl KvCache {
     }
 
     /// [`KvCache::layer_rows`] as f32 values (`Lkv + dr` a position): borrowed when the cache
-    /// is f32, widened otherwise.
-    pub(crate) fn layer_f32(&self, l: usize, positions: std::ops::Range<usize>) -> Cow<'_, [f32]> {
+    /// is f32, widened otherwise (what an attention device copies).
+    ///
+    /// # Panics
+    /// If `positions` reaches past the rows layer `l` holds.
+    pub fn layer_f32(&self, l: usize, positions: std::ops::Range<usize>) -> Cow<'_, [f32]> {
         self.layers[l].rows(positions).to_f32()
     }
 
@@ -198,6 +234,9 @@ impl KvCache {
                 bad.kv_type(),
                 self.kv_type
             )));
+        }
+        if let Some(d) = &mut self.device {
+            d.truncate(self.len);
         }
         for (v, rows) in self.layers.iter_mut().zip(layer_rows) {
             v.truncate(self.len);

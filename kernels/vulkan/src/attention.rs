@@ -1,0 +1,656 @@
+//! [`VulkanAttention`]: moe-model's [`AttentionCompute`] on a Vulkan device, the MLA attention
+//! of every layer in the absorbed form (exact mode's form, in both modes) with the sequence's
+//! cache rows on the device. One call (one layer, `t` new tokens of one sequence at `pos0`):
+//!
+//! 1. submit: the normalized input rows uploaded; `q = q_b(norm(q_a(x)))` and `kv = kv_a(x)`
+//!    (matvecs over the file's blocks, tokens as routes of one matrix); wait; `kv` read back;
+//! 2. host: the new rows' latent normalized and key rotated and appended to the host cache
+//!    exactly as the CPU does ([`push_latent_rows`]), then every host row the device copy
+//!    lacks written to it (widened to f32, so a narrower `--kv-type` reads the same rounded
+//!    values as on the CPU);
+//! 3. submit: the query heads' rope parts rotated (a host table of the angles), their
+//!    no-rope parts gathered head-major and absorbed through the per-head `attn_k_b`
+//!    (heads as the routes' matrices), scores, softmax and context over the cache rows
+//!    (`attend.comp`), the per-head `attn_v_b`, the heads gathered back token-major, and
+//!    `attn_output`; wait; the output read back.
+//!
+//! The device copy of a cache ([`VulkanKv`]) travels with the host [`KvCache`] and drops with
+//! it; the cache lowers its valid rows on every truncation, so it never serves dropped rows.
+//! Fast mode quantizes each matvec's input on the device and takes the integer-dot shaders
+//! (as the experts do); the attention proper is f32 in both modes.
+//!
+//! Two host round trips a layer (the host keeps the record of the cache, in its type); a
+//! device-side rounding of the rows to the cache type would save the first.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use moe_kernels::NumericMode;
+use moe_model::forward::{push_latent_rows, AttentionCompute, DeviceKv, KvCache};
+use moe_model::model::Model;
+use moe_model::ModelError;
+
+use crate::attention_weights::{AttentionWeights, DeviceMat, LayerAttention};
+use crate::commands::Commands;
+use crate::device::{Buffer, Device};
+use crate::kernels::{Kernel, Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE};
+use crate::scratch::{ensure, f32_bytes, read_f32, u32_bytes};
+use crate::tiles::{record_tiles, TileMeta};
+use crate::VulkanError;
+
+/// Bytes of the softmax scratch (scores of the query rows of one `attend` dispatch): a
+/// prompt chunk with more rows x positions than this takes several dispatches.
+pub const SCORES_BYTES_MAX: usize = 256 << 20;
+/// Positions a new device copy of a cache layer holds at least (it doubles as it fills).
+const KV_POSITIONS_MIN: usize = 256;
+
+/// Tells [`VulkanKv`]s of different [`VulkanAttention`]s apart.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A layer's cache rows on the device: `valid` positions hold the host cache's rows.
+struct LayerKv {
+    buf: Option<Buffer>,
+    positions: usize,
+    valid: usize,
+}
+
+/// One sequence's cache rows on the device (f32 `[positions, Lkv + dr]` per layer).
+pub struct VulkanKv {
+    owner: u64,
+    layers: Vec<LayerKv>,
+}
+
+impl std::fmt::Debug for VulkanKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanKv")
+            .field(
+                "valid",
+                &self.layers.iter().map(|l| l.valid).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl DeviceKv for VulkanKv {
+    fn truncate(&mut self, len: usize) {
+        for l in &mut self.layers {
+            l.valid = l.valid.min(len);
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// Per-call buffers, grown on demand and reused.
+#[derive(Default)]
+struct Scratch {
+    /// Input rows `[t, D]`.
+    x: Option<Buffer>,
+    /// One matvec input quantized (fast mode), reused by each in turn.
+    xq: Option<Buffer>,
+    /// Query LoRA `[t, q_lora]`.
+    cq: Option<Buffer>,
+    /// Queries `[t, H, qk]`.
+    q: Option<Buffer>,
+    /// `kv_a` output `[t, Lkv + dr]`.
+    kv: Option<Buffer>,
+    /// Rope table `[t, dr]` (cos, sin pairs).
+    cs: Option<Buffer>,
+    /// No-rope query parts, head-major `[H, t, dn]`.
+    qn: Option<Buffer>,
+    /// Absorbed queries `[H, t, Lkv]`.
+    q_abs: Option<Buffer>,
+    /// Softmax scratch.
+    scores: Option<Buffer>,
+    /// Context `[H, t, Lkv]`.
+    ctx: Option<Buffer>,
+    /// Per-head values `[H, t, dv]`.
+    oh: Option<Buffer>,
+    /// Values token-major `[t, H * dv]`.
+    o: Option<Buffer>,
+    /// Output `[t, D]`.
+    out: Option<Buffer>,
+    /// Tiles of the token routes (one matrix) and of the head routes (`k_b`, `v_b`).
+    meta_tokens: Option<Buffer>,
+    meta_heads: Option<Buffer>,
+}
+
+/// MLA attention on a Vulkan device.
+pub struct VulkanAttention {
+    name: String,
+    id: u64,
+    weights: AttentionWeights,
+    kernels: Kernels,
+    route_tiles: bool,
+    state: Mutex<(Commands, Scratch)>,
+    device: Arc<Device>,
+}
+
+impl std::fmt::Debug for VulkanAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanAttention")
+            .field("device", &self.device.info.name)
+            .field("uploaded_bytes", &self.weights.bytes)
+            .finish()
+    }
+}
+
+impl VulkanAttention {
+    /// Uploads `model`'s attention weights to `device` and builds the pipelines.
+    pub fn new(device: Arc<Device>, model: &Model) -> Result<Self, ModelError> {
+        let weights = AttentionWeights::upload(&device, model)?;
+        let kernels = Kernels::new(&device)?;
+        let commands = Commands::new(&device)?;
+        Ok(Self {
+            name: format!("vulkan ({})", device.info.name),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            weights,
+            kernels,
+            route_tiles: !device.is_cpu(),
+            state: Mutex::new((commands, Scratch::default())),
+            device,
+        })
+    }
+
+    /// Whether a prompt's tokens share each weight read in tiles of up to [`ROUTE_TILE`]
+    /// (as `VulkanCompute::with_route_tiles`; the same bits either way).
+    pub fn with_route_tiles(mut self, on: bool) -> Self {
+        self.route_tiles = on;
+        self
+    }
+
+    /// Bytes of attention weights on the device.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.weights.bytes
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    fn layer(&self, model: &Model, l: usize) -> Result<&LayerAttention, VulkanError> {
+        let (Some(w), Some(lw)) = (self.weights.layers.get(l), model.layers.get(l)) else {
+            return Err(VulkanError::InvalidInput(format!("no attention layer {l}")));
+        };
+        let a = &lw.attn;
+        let same = w.q_b.name == a.q_b.name
+            && w.output.name == a.output.name
+            && w.k_b.name == a.k_b.name
+            && w.q_b.buf.len >= a.q_b.bytes()
+            && w.output.buf.len >= a.output.bytes()
+            && w.q_a.is_some() == a.q_a.is_some();
+        if !same {
+            return Err(VulkanError::InvalidInput(format!(
+                "layer {l} of this model is not the one whose attention was uploaded to the Vulkan device"
+            )));
+        }
+        Ok(w)
+    }
+}
+
+/// The shapes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    t: usize,
+    d: usize,
+    h: usize,
+    dn: usize,
+    dr: usize,
+    dv: usize,
+    lkv: usize,
+    pos0: usize,
+}
+
+impl Dims {
+    fn qk(&self) -> usize {
+        self.dn + self.dr
+    }
+}
+
+impl AttentionCompute for VulkanAttention {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn attention(
+        &self,
+        model: &Model,
+        l: usize,
+        x: &[f32],
+        t: usize,
+        cache: &mut KvCache,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let c = &model.cfg;
+        let dims = Dims {
+            t,
+            d: c.n_embd,
+            h: c.n_heads,
+            dn: c.qk_nope,
+            dr: c.qk_rope,
+            dv: c.v_head,
+            lkv: c.kv_lora_rank,
+            pos0: cache.len(),
+        };
+        if x.len() != t * dims.d || out.len() != t * dims.d || t == 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "attention of {t} tokens: input {} and output {} values (rows of {})",
+                x.len(),
+                out.len(),
+                dims.d
+            )));
+        }
+        let shape = cache.row_shape();
+        if (shape.latent, shape.rope) != (dims.lkv, dims.dr) || cache.n_layers() <= l {
+            return Err(ModelError::InvalidInput(format!(
+                "a KV cache of {} layers of {}+{} values for layer {l} of {}+{}",
+                cache.n_layers(),
+                shape.latent,
+                shape.rope,
+                dims.lkv,
+                dims.dr
+            )));
+        }
+        let w = self.layer(model, l)?;
+        let fast = model.mode() == NumericMode::Fast && self.kernels.has_fast();
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| VulkanError::InvalidInput("a previous Vulkan call panicked".into()))?;
+        let (commands, s) = &mut *state;
+
+        // 1. Projections; kv read back.
+        let mut kv = vec![0f32; t * (dims.lkv + dims.dr)];
+        self.project(commands, s, w, x, dims, fast)?;
+        read_f32(s.kv.as_ref().expect("ensured"), &mut kv);
+
+        // 2. The host cache gets the new rows; the device copy every row it lacks.
+        push_latent_rows(model, l, &mut kv, dims.pos0, cache);
+        let mut mirror = cache.take_device_kv();
+        let mine = mirror
+            .as_mut()
+            .and_then(|m| m.as_any_mut().downcast_mut::<VulkanKv>())
+            .is_some_and(|m| m.owner == self.id && m.layers.len() == cache.n_layers());
+        if !mine {
+            mirror = Some(Box::new(VulkanKv {
+                owner: self.id,
+                layers: (0..cache.n_layers())
+                    .map(|_| LayerKv {
+                        buf: None,
+                        positions: 0,
+                        valid: 0,
+                    })
+                    .collect(),
+            }));
+        }
+        let mut mirror = mirror.expect("set above");
+        let vk = mirror
+            .as_any_mut()
+            .downcast_mut::<VulkanKv>()
+            .expect("ours, checked or made above");
+        let rows = self.sync_layer(&mut vk.layers[l], cache, l, dims)?;
+
+        // 3. Attention proper and the output projection.
+        let mut cs = vec![0f32; t * dims.dr];
+        for (i, row) in cs.chunks_exact_mut(dims.dr).enumerate() {
+            model.rope.cos_sin(dims.pos0 + i, row);
+        }
+        self.attend(commands, s, w, rows, &cs, dims, c.attn_scale(), fast)?;
+        read_f32(s.out.as_ref().expect("ensured"), out);
+        cache.set_device_kv(mirror);
+        Ok(())
+    }
+}
+
+impl VulkanAttention {
+    /// Submit 1: `q` and `kv` of the call's tokens into `s.q`, `s.kv`.
+    fn project(
+        &self,
+        commands: &mut Commands,
+        s: &mut Scratch,
+        w: &LayerAttention,
+        x: &[f32],
+        dims: Dims,
+        fast: bool,
+    ) -> Result<(), VulkanError> {
+        let dev = &self.device;
+        let t = dims.t;
+        let what = |b: &str| format!("attention {b}");
+        ensure(dev, &mut s.x, 4 * x.len(), &what("input rows"))?.write(0, f32_bytes(x));
+        ensure(dev, &mut s.q, 4 * t * dims.h * dims.qk(), &what("queries"))?;
+        ensure(dev, &mut s.kv, 4 * t * w.kv_a.rows, &what("kv_a output"))?;
+        if let Some((q_a, _)) = &w.q_a {
+            ensure(dev, &mut s.cq, 4 * t * q_a.rows, &what("query LoRA"))?;
+        }
+        let meta = self.token_meta(s, t)?;
+        self.ensure_quantized(s, t * dims.d.max(w.q_b.cols))?;
+        let tokens = s.meta_tokens.as_ref().expect("ensured");
+        let (xb, q, kv) = (
+            s.x.as_ref().expect("ensured"),
+            s.q.as_ref().expect("ensured"),
+            s.kv.as_ref().expect("ensured"),
+        );
+        let xq = s.xq.as_ref().expect("ensured");
+        match &w.q_a {
+            Some((q_a, gain)) => {
+                let cq = s.cq.as_ref().expect("ensured");
+                self.matmul(commands, q_a, [xb, xq, cq, tokens], &meta, 0, fast)?;
+                let eps = moe_model::config::LATENT_NORM_EPS.to_bits();
+                let (cmd, set) = commands.next(&self.kernels.rms_norm)?;
+                self.kernels.rms_norm.record(
+                    cmd,
+                    set,
+                    &[cq, gain],
+                    &[q_a.rows as u32, q_a.rows as u32, eps],
+                    [t as u32, 1, 1],
+                );
+                self.matmul(commands, &w.q_b, [cq, xq, q, tokens], &meta, 0, fast)?;
+            }
+            None => self.matmul(commands, &w.q_b, [xb, xq, q, tokens], &meta, 0, fast)?,
+        }
+        self.matmul(commands, &w.kv_a, [xb, xq, kv, tokens], &meta, 0, fast)?;
+        commands.submit_and_wait()
+    }
+
+    /// Writes the host cache's rows of layer `l` that the device copy lacks (up to the call's
+    /// last new position) into it, growing it as needed; returns its buffer.
+    fn sync_layer<'a>(
+        &self,
+        lk: &'a mut LayerKv,
+        cache: &KvCache,
+        l: usize,
+        dims: Dims,
+    ) -> Result<&'a Buffer, VulkanError> {
+        let end = dims.pos0 + dims.t;
+        let row_bytes = 4 * (dims.lkv + dims.dr);
+        if lk.positions < end {
+            let positions = end.max(2 * lk.positions).max(KV_POSITIONS_MIN);
+            let limit = self.device.max_binding_bytes() as usize / row_bytes;
+            if end > limit {
+                return Err(VulkanError::DeviceLimit {
+                    tensor: format!("the KV cache of layer {l}"),
+                    what: format!(
+                        "{end} positions of {row_bytes} bytes exceed one shader binding (maxStorageBufferRange {} bytes)",
+                        self.device.max_binding_bytes()
+                    ),
+                });
+            }
+            let positions = positions.min(limit);
+            lk.buf = None;
+            lk.buf = Some(Buffer::new(
+                &self.device,
+                positions * row_bytes,
+                &format!("the KV cache of layer {l}"),
+            )?);
+            lk.positions = positions;
+            lk.valid = 0;
+        }
+        let buf = lk.buf.as_mut().expect("allocated above");
+        if lk.valid < end {
+            let rows = cache.layer_f32(l, lk.valid..end);
+            buf.write(lk.valid * row_bytes, f32_bytes(&rows));
+            lk.valid = end;
+        }
+        Ok(buf)
+    }
+
+    /// Submit 2: rope, absorption, attention, values and output into `s.out`.
+    #[allow(clippy::too_many_arguments)] // one layer's call: weights, rows, table, shapes
+    fn attend(
+        &self,
+        commands: &mut Commands,
+        s: &mut Scratch,
+        w: &LayerAttention,
+        rows: &Buffer,
+        cs: &[f32],
+        dims: Dims,
+        scale: f32,
+        fast: bool,
+    ) -> Result<(), VulkanError> {
+        let dev = &self.device;
+        let Dims {
+            t,
+            d,
+            h,
+            dn,
+            dr,
+            dv,
+            lkv,
+            pos0,
+        } = dims;
+        let qk = dims.qk();
+        let what = |b: &str| format!("attention {b}");
+        let positions = pos0 + t;
+        let rows_per = (SCORES_BYTES_MAX / (4 * positions))
+            .min(dev.max_groups[0] as usize)
+            .min(h * t);
+        if rows_per == 0 {
+            return Err(VulkanError::DeviceLimit {
+                tensor: what("scores"),
+                what: format!(
+                    "{positions} positions exceed the softmax scratch of {SCORES_BYTES_MAX} bytes a row"
+                ),
+            });
+        }
+        ensure(dev, &mut s.cs, 4 * cs.len(), &what("rope table"))?.write(0, f32_bytes(cs));
+        ensure(dev, &mut s.qn, 4 * h * t * dn, &what("no-rope queries"))?;
+        ensure(
+            dev,
+            &mut s.q_abs,
+            4 * h * t * lkv,
+            &what("absorbed queries"),
+        )?;
+        ensure(
+            dev,
+            &mut s.scores,
+            4 * rows_per * positions,
+            &what("scores"),
+        )?;
+        ensure(dev, &mut s.ctx, 4 * h * t * lkv, &what("context"))?;
+        ensure(dev, &mut s.oh, 4 * h * t * dv, &what("head values"))?;
+        ensure(dev, &mut s.o, 4 * t * h * dv, &what("values"))?;
+        ensure(dev, &mut s.out, 4 * t * d, &what("output"))?;
+        let token_meta = self.token_meta(s, t)?;
+        let head_meta = self.head_meta(s, w, t, h)?;
+        self.ensure_quantized(s, (h * t * dn.max(lkv)).max(t * h * dv))?;
+        let (q, qn, q_abs, scores, ctx, oh, o, out, xq) = (
+            b(&s.q),
+            b(&s.qn),
+            b(&s.q_abs),
+            b(&s.scores),
+            b(&s.ctx),
+            b(&s.oh),
+            b(&s.o),
+            b(&s.out),
+            b(&s.xq),
+        );
+        let (tokens, heads) = (b(&s.meta_tokens), b(&s.meta_heads));
+        let pairs = dr / 2;
+        commands.elementwise(
+            dev,
+            &self.kernels.rope,
+            &[q, b(&s.cs)],
+            &[(t * h) as u32, h as u32, qk as u32, dn as u32, pairs as u32],
+            t * h * pairs,
+        )?;
+        // q_nope[head][i] = q[i][head][..dn]
+        let gather = |commands: &mut Commands, src: &Buffer, dst: &Buffer, push: [usize; 7]| {
+            let push: Vec<u32> = push.iter().map(|&v| v as u32).collect();
+            commands.elementwise(
+                dev,
+                &self.kernels.gather,
+                &[src, dst],
+                &push,
+                push_items(&push),
+            )
+        };
+        gather(commands, q, qn, [h, t, dn, qk, h * qk, t * dn, dn])?;
+        self.matmul(
+            commands,
+            &w.k_b,
+            [qn, xq, q_abs, heads],
+            &head_meta,
+            0,
+            fast,
+        )?;
+        let mut base = 0;
+        while base < h * t {
+            let n = rows_per.min(h * t - base);
+            let (cmd, set) = commands.next(&self.kernels.attend)?;
+            let push = [
+                t,
+                h,
+                lkv,
+                dr,
+                qk,
+                dn,
+                pos0,
+                scale.to_bits() as usize,
+                positions,
+                base,
+            ]
+            .map(|v| v as u32);
+            self.kernels.attend.record(
+                cmd,
+                set,
+                &[q_abs, q, rows, scores, ctx],
+                &push,
+                [n as u32, 1, 1],
+            );
+            base += n;
+        }
+        self.matmul(commands, &w.v_b, [ctx, xq, oh, heads], &head_meta, 1, fast)?;
+        // o[i][head] = oh[head][i]
+        gather(commands, oh, o, [h, t, dv, t * dv, dv, dv, h * dv])?;
+        self.matmul(
+            commands,
+            &w.output,
+            [o, xq, out, tokens],
+            &token_meta,
+            0,
+            fast,
+        )?;
+        commands.submit_and_wait()
+    }
+
+    /// The tiles of `t` token routes of one matrix (each reads its own row), uploaded.
+    fn token_meta(&self, s: &mut Scratch, t: usize) -> Result<TileMeta, VulkanError> {
+        let own: Vec<u32> = (0..t as u32).collect();
+        let meta = TileMeta::new(&vec![0; t], &vec![0; t], &[&own], self.tile());
+        ensure(
+            &self.device,
+            &mut s.meta_tokens,
+            4 * meta.words.len(),
+            "attention token tiles",
+        )?
+        .write(0, u32_bytes(&meta.words));
+        Ok(meta)
+    }
+
+    /// The tiles of the `h * t` head routes (route `head * t + i`, reading its own row) over
+    /// `k_b` (matrix 0) and `v_b` (matrix 1), uploaded.
+    fn head_meta(
+        &self,
+        s: &mut Scratch,
+        w: &LayerAttention,
+        t: usize,
+        h: usize,
+    ) -> Result<TileMeta, VulkanError> {
+        let heads: Vec<u32> = (0..h * t).map(|p| (p / t) as u32).collect();
+        let mut offsets: Vec<u32> = heads
+            .iter()
+            .map(|&hd| hd * w.k_b.matrix_bytes as u32)
+            .collect();
+        offsets.extend(heads.iter().map(|&hd| hd * w.v_b.matrix_bytes as u32));
+        let own: Vec<u32> = (0..(h * t) as u32).collect();
+        let meta = TileMeta::new(&heads, &offsets, &[&own], self.tile());
+        ensure(
+            &self.device,
+            &mut s.meta_heads,
+            4 * meta.words.len(),
+            "attention head tiles",
+        )?
+        .write(0, u32_bytes(&meta.words));
+        Ok(meta)
+    }
+
+    fn tile(&self) -> usize {
+        if self.route_tiles {
+            ROUTE_TILE
+        } else {
+            1
+        }
+    }
+
+    /// Room in `s.xq` for `values` activations quantized.
+    fn ensure_quantized(&self, s: &mut Scratch, values: usize) -> Result<(), VulkanError> {
+        let bytes = 4 * QBLOCK_WORDS * values.div_ceil(MATVEC_CHUNK_VALUES);
+        ensure(&self.device, &mut s.xq, bytes, "attention quantized rows")?;
+        Ok(())
+    }
+
+    /// Records `y = m · x` over every tile of `meta` as its matrix `matrix`: in fast mode
+    /// with an integer-dot shader for `m`'s type, `x` quantized into `xq` first.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        commands: &mut Commands,
+        m: &DeviceMat,
+        [x, xq, y, meta_buf]: [&Buffer; 4],
+        meta: &TileMeta,
+        matrix: usize,
+        fast: bool,
+    ) -> Result<(), VulkanError> {
+        let tile = meta.pipeline_tile();
+        let fast_kernel = if fast {
+            self.kernels.matvec_fast(m.ty, tile)?
+        } else {
+            None
+        };
+        let (kernel, input): (&Kernel, &Buffer) = match fast_kernel {
+            Some(k) => {
+                let blocks = meta.routes() * m.cols / MATVEC_CHUNK_VALUES;
+                commands.elementwise(
+                    &self.device,
+                    &self.kernels.quantize,
+                    &[x, xq],
+                    &[blocks as u32],
+                    blocks,
+                )?;
+                (k, xq)
+            }
+            None => (
+                self.kernels
+                    .matvec(m.ty, tile)?
+                    .ok_or_else(|| VulkanError::UnsupportedType {
+                        tensor: m.name.clone(),
+                        ty: m.ty.name(),
+                        supported: crate::kernels::supported_type_names(),
+                    })?,
+                x,
+            ),
+        };
+        record_tiles(
+            commands,
+            kernel,
+            &self.device,
+            [&m.buf, input, y, meta_buf],
+            m.rows,
+            0..meta.tiles(),
+            |base| meta.push(m.rows, m.cols, m.row_bytes, matrix, 0, base),
+        )
+    }
+}
+
+/// Items of a gather dispatch with push constants `push` (`n_a, n_b, width, ..`).
+fn push_items(push: &[u32]) -> usize {
+    push[0] as usize * push[1] as usize * push[2] as usize
+}
+
+/// A scratch buffer that was ensured before use.
+fn b(o: &Option<Buffer>) -> &Buffer {
+    o.as_ref().expect("ensured")
+}
