@@ -80,14 +80,18 @@ fn an_expert_node_uploads_only_its_experts_and_names_the_others() {
 }
 
 #[test]
-fn an_expert_type_without_a_shader_is_named() {
-    let Some(device) = common::device_or_skip("an_expert_type_without_a_shader_is_named") else {
+fn an_expert_or_attention_type_without_a_shader_is_named() {
+    let Some(device) =
+        common::device_or_skip("an_expert_or_attention_type_without_a_shader_is_named")
+    else {
         return;
     };
     let path = std::env::temp_dir().join(format!("moe-vulkan-iq2_xxs-{}.gguf", std::process::id()));
     moe_devdata::synth::synthesize(
         &moe_devdata::synth::SynthOptions {
             ty: GgmlType::IQ2_XXS,
+            // Whole 256-value blocks, so the experts are stored as IQ2_XXS.
+            preset: moe_devdata::synth::SynthPreset::Kq,
             layers: Some(2),
             ..Default::default()
         },
@@ -95,11 +99,21 @@ fn an_expert_type_without_a_shader_is_named() {
     )
     .unwrap();
     let model = Model::open(&path).unwrap();
-    let err = VulkanCompute::new(device, &model).unwrap_err().to_string();
+    let err = VulkanCompute::new(device.clone(), &model)
+        .unwrap_err()
+        .to_string();
+    // The attention weights too: the first one uploaded is named.
+    let attention_err = moe_vulkan::VulkanAttention::new(device, &model)
+        .unwrap_err()
+        .to_string();
     std::fs::remove_file(&path).ok();
     assert!(
         err.contains("blk.1.ffn_gate_exps.weight") && err.contains("IQ2_XXS"),
         "{err}"
+    );
+    assert!(
+        attention_err.contains("blk.0.attn_q_a.weight") && attention_err.contains("IQ2_XXS"),
+        "{attention_err}"
     );
 }
 

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use moe_kernels::{KvType, NumericMode, QMatrix};
 
 use crate::config::ModelConfig;
-use crate::forward::AttentionCompute;
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::rope::Rope;
 use crate::LayerExperts;
@@ -46,8 +45,10 @@ pub struct Model {
     kv_type: KvType,
     /// Fast mode's repacked matrices (empty in Exact mode).
     packed: packing::Packed,
-    /// Where attention runs when not on the CPU ([`Model::with_attention_compute`]).
-    attention: Option<Arc<dyn AttentionCompute>>,
+    /// Where attention runs when not on the CPU: an `Arc<dyn AttentionCompute>`, set and read
+    /// by `forward/attention_compute.rs` ([`Model::with_attention_compute`]). Typed as `Any`
+    /// so the model's definition does not depend on the forward pass built on it.
+    pub(crate) attention: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -216,19 +217,6 @@ impl Model {
     /// ([`crate::forward::KvCache::for_model`]).
     pub fn kv_type(&self) -> KvType {
         self.kv_type
-    }
-
-    /// This model with its attention computed by `device` (a GPU backend, which uploaded this
-    /// model's attention weights) instead of the CPU. Its prompt tokens then take the absorbed
-    /// form in both modes ([`Model::prompt_form`]).
-    pub fn with_attention_compute(mut self, device: Arc<dyn AttentionCompute>) -> Self {
-        self.attention = Some(device);
-        self
-    }
-
-    /// The device computing attention, `None` for the CPU.
-    pub fn attention_compute(&self) -> Option<&Arc<dyn AttentionCompute>> {
-        self.attention.as_ref()
     }
 
     /// The underlying file.

@@ -7,6 +7,8 @@
 //! cluster read it) as a [`DeviceKv`] the cache carries and drops with itself; the cache tells
 //! it when rows are dropped ([`DeviceKv::truncate`]), so a copy never serves stale rows.
 
+use std::sync::Arc;
+
 use super::KvCache;
 use crate::model::Model;
 use crate::ModelError;
@@ -32,6 +34,21 @@ pub trait AttentionCompute: Send + Sync + std::fmt::Debug {
         cache: &mut KvCache,
         out: &mut [f32],
     ) -> Result<(), ModelError>;
+}
+
+impl Model {
+    /// This model with its attention computed by `device` (a GPU backend, which uploaded this
+    /// model's attention weights) instead of the CPU. Its prompt tokens then take the absorbed
+    /// form in both modes ([`Model::prompt_form`]).
+    pub fn with_attention_compute(mut self, device: Arc<dyn AttentionCompute>) -> Self {
+        self.attention = Some(Arc::new(device));
+        self
+    }
+
+    /// The device computing attention, `None` for the CPU.
+    pub fn attention_compute(&self) -> Option<&Arc<dyn AttentionCompute>> {
+        self.attention.as_ref().and_then(|a| a.downcast_ref())
+    }
 }
 
 /// A device's copy of a [`KvCache`]'s rows, carried by the cache
