@@ -105,10 +105,11 @@ pub struct ComputeArgs {
     #[arg(long, value_enum, default_value_t = VulkanMemory::Import)]
     pub vulkan_memory: VulkanMemory,
     /// With `--backend vulkan`, for a router or a single process: `on` computes each layer's
-    /// attention on the device too (projections, rope, scores, softmax, values, with each
-    /// sequence's KV rows kept there), `off` keeps it on the CPU.
+    /// attention (projections, rope, scores, softmax, values, with each sequence's KV rows
+    /// kept there), the dense layers' FFNs and the shared experts on the device too, `off`
+    /// keeps them on the CPU (only the routed experts on the device).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
-    pub vulkan_attention: OnOff,
+    pub vulkan_layers: OnOff,
 }
 
 /// A switch.
@@ -144,26 +145,26 @@ impl ComputeArgs {
 }
 
 #[cfg(feature = "vulkan")]
-fn with_vulkan_attention(args: &ComputeArgs, model: Model) -> anyhow::Result<Model> {
+fn with_vulkan_layers(args: &ComputeArgs, model: Model) -> anyhow::Result<Model> {
     let index = args.device;
     let device = moe_vulkan::Device::open(index)?;
-    let mut attention = moe_vulkan::VulkanAttention::new(device, &model)
-        .with_context(|| format!("uploading the attention weights to Vulkan device {index} (--vulkan-attention off keeps attention on the CPU)"))?;
+    let mut layers = moe_vulkan::VulkanLayers::new(device, &model)
+        .with_context(|| format!("uploading the attention, dense FFN and shared-expert weights to Vulkan device {index} (--vulkan-layers off keeps them on the CPU)"))?;
     match args.route_tiles {
         RouteTiles::Auto => {}
-        RouteTiles::On => attention = attention.with_route_tiles(true),
-        RouteTiles::Off => attention = attention.with_route_tiles(false),
+        RouteTiles::On => layers = layers.with_route_tiles(true),
+        RouteTiles::Off => layers = layers.with_route_tiles(false),
     }
     eprintln!(
-        "attention on Vulkan device {index} ({}): {:.1} MiB of weights on the device, KV cache rows copied there",
-        attention.device().info.name,
-        attention.uploaded_bytes() as f64 / 1048576.0,
+        "attention, dense FFNs and shared experts on Vulkan device {index} ({}): {:.1} MiB of weights on the device, KV cache rows copied there",
+        layers.device().info.name,
+        layers.uploaded_bytes() as f64 / 1048576.0,
     );
-    Ok(model.with_attention_compute(std::sync::Arc::new(attention)))
+    Ok(model.with_layer_compute(std::sync::Arc::new(layers)))
 }
 
 #[cfg(not(feature = "vulkan"))]
-fn with_vulkan_attention(_: &ComputeArgs, _: Model) -> anyhow::Result<Model> {
+fn with_vulkan_layers(_: &ComputeArgs, _: Model) -> anyhow::Result<Model> {
     bail!(
         "this moe-node was built without Vulkan: rebuild with `--features vulkan` (on by default)"
     )
@@ -275,9 +276,8 @@ impl ModelArgs {
         let model =
             Model::open_with(&path, &set).with_context(|| format!("loading {}", path.display()))?;
         let model = with_mode_reported(model, mode, self.compute.backend).with_kv_type(kv_type);
-        if self.compute.backend == BackendKind::Vulkan && self.compute.vulkan_attention == OnOff::On
-        {
-            return with_vulkan_attention(&self.compute, model);
+        if self.compute.backend == BackendKind::Vulkan && self.compute.vulkan_layers == OnOff::On {
+            return with_vulkan_layers(&self.compute, model);
         }
         Ok(model)
     }

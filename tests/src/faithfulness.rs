@@ -115,22 +115,23 @@ pub fn reference_logits(case: &FixtureCase) -> Vec<f32> {
 /// Every case of one file (`cases`, all of the same GGUF) computed in `mode` with KV caches
 /// of `kv_type`: the logits of each case.
 pub fn file_logits(cases: &[&FixtureCase], mode: NumericMode, kv_type: KvType) -> Vec<Vec<f32>> {
-    file_logits_on(cases, mode, kv_type, |_| ComputeHandle::default())
+    file_logits_on(cases, mode, kv_type, |m| (m, ComputeHandle::default()))
 }
 
-/// As [`file_logits`], with the routed experts computed on `compute(&model)` (the model as
-/// opened in `mode`; e.g. a Vulkan device with its experts uploaded).
+/// As [`file_logits`], with the model and the routed experts' device that `compute` makes
+/// of the model as opened in `mode` (e.g. a Vulkan device with its experts uploaded, and the
+/// model with its layers on it).
 pub fn file_logits_on(
     cases: &[&FixtureCase],
     mode: NumericMode,
     kv_type: KvType,
-    compute: impl FnOnce(&Model) -> ComputeHandle,
+    compute: impl FnOnce(Model) -> (Model, ComputeHandle),
 ) -> Vec<Vec<f32>> {
     let model = Model::open(&cases[0].gguf)
         .expect("fixture model")
         .with_mode(mode)
         .with_kv_type(kv_type);
-    let handle = compute(&model);
+    let (model, handle) = compute(model);
     cases
         .iter()
         .map(|c| logits_with(&model, &c.tokens, &mut LocalExperts::on(handle.clone())))
@@ -139,7 +140,7 @@ pub fn file_logits_on(
 
 /// [`file_logits`] scored against the references.
 pub fn score_file(cases: &[&FixtureCase], mode: NumericMode, kv_type: KvType) -> Score {
-    score_file_on(cases, mode, kv_type, |_| ComputeHandle::default())
+    score_file_on(cases, mode, kv_type, |m| (m, ComputeHandle::default()))
 }
 
 /// [`file_logits_on`] scored against the references.
@@ -147,7 +148,7 @@ pub fn score_file_on(
     cases: &[&FixtureCase],
     mode: NumericMode,
     kv_type: KvType,
-    compute: impl FnOnce(&Model) -> ComputeHandle,
+    compute: impl FnOnce(Model) -> (Model, ComputeHandle),
 ) -> Score {
     let vocab = Model::open(&cases[0].gguf)
         .expect("fixture model")

@@ -102,7 +102,8 @@ fn no_vulkan_driver_is_a_clear_error() {
 
 /// `logits`, `run` and `bench` with the experts on Vulkan, against the reference of one case
 /// of each fixture GGUF (the kq files with `--route-tiles on --vulkan-memory stage`, the tiny
-/// ones with the defaults); `--device` past the last device is named.
+/// BF16 one with `--vulkan-layers off`, the tiny Q8_0 one with the defaults); `--device` past
+/// the last device is named.
 #[test]
 fn model_commands_on_vulkan_match_the_reference() {
     if !vulkan_present("model_commands_on_vulkan_match_the_reference") {
@@ -126,10 +127,13 @@ fn model_commands_on_vulkan_match_the_reference() {
                 .join(",");
             let out = scratch.path().join(format!("{checked}.npy"));
             let routing = scratch.path().join(format!("{checked}.routing.json"));
-            // The tiny files with the defaults (experts imported from the file; lavapipe, a
-            // CPU device, computes one route per tile), the kq files with the other choices.
+            // The tiny Q8_0 file with the defaults (experts imported from the file, attention,
+            // dense FFNs and shared experts on the device too; lavapipe, a CPU device,
+            // computes one route per tile), the tiny BF16 one with only the routed experts on
+            // the device, the kq files with the other choices.
             let choices: &[&str] = match dir {
                 "kimi-k25-kq" => &["--route-tiles", "on", "--vulkan-memory", "stage"],
+                _ if m.contains("BF16") => &["--vulkan-layers", "off"],
                 _ => &[],
             };
             let mut args = vec![

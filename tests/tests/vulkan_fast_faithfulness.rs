@@ -1,5 +1,6 @@
-//! How faithful the Vulkan backend's fast mode (routed experts on Vulkan device 0, lavapipe in
-//! CI: activations quantized per 32 values on the device, integer dot products) is on the
+//! How faithful the Vulkan backend's fast mode (`--backend vulkan`'s default: routed experts,
+//! attention, dense FFNs and shared experts on Vulkan device 0, lavapipe in CI: activations
+//! quantized per 32 values on the device, integer dot products) is on the
 //! reference fixtures, beside the CPU's fast mode on the same files, measured as
 //! `fast_faithfulness.rs` measures the CPU (`moe_tests::faithfulness`: top-1 agreement and
 //! mean `KL(reference ‖ model)` over every position of every case, teacher-forced, f32 KV
@@ -10,8 +11,8 @@
 //! - every file: top-1 ≥ [`FILE_TOP1_FLOOR`] (a single file below the pooled bars is a NOTE
 //!   line, as there).
 //!
-//! Only the routed experts move to the device; attention, the dense layers and routing run
-//! in the CPU's fast mode in both columns. The BF16 file's experts have no fast shader (they
+//! Routing, the norms and the output head run on the CPU in both columns. The BF16 file's
+//! matrices have no fast shader (they
 //! stay on the f32 one, as the CPU's fast mode computes BF16 exactly); it is printed, checked
 //! against the floor and left out of the pool, as in `fast_faithfulness.rs`.
 //!
@@ -25,7 +26,7 @@ use moe_kernels::{KvType, NumericMode};
 use moe_model::forward::ComputeHandle;
 use moe_tests::faithfulness::{score_file, score_file_on, Score};
 use moe_tests::fixtures::{all_fixture_cases, FixtureCase};
-use moe_vulkan::{Device, VulkanCompute, VulkanError};
+use moe_vulkan::{Device, VulkanCompute, VulkanError, VulkanLayers};
 
 /// Lowest accepted pooled top-1 agreement (`fast_faithfulness.rs`'s bar).
 const FAST_TOP1_MIN: f64 = 0.70;
@@ -62,7 +63,7 @@ fn device_or_skip(test: &str) -> Option<Arc<Device>> {
 }
 
 /// Every fixture GGUF (the four `kernels/vulkan/tests/fixtures.rs` runs in exact mode) in
-/// the fast mode with its routed experts on Vulkan meets `fast_faithfulness.rs`'s bars; the
+/// the fast mode with its experts and layers on Vulkan meets `fast_faithfulness.rs`'s bars; the
 /// CPU fast mode's numbers are printed beside it.
 #[test]
 fn vulkan_fast_mode_is_as_faithful_as_the_cpu_fast_mode() {
@@ -88,9 +89,11 @@ fn vulkan_fast_mode_is_as_faithful_as_the_cpu_fast_mode() {
     for file in files {
         let cases: Vec<&FixtureCase> = all.iter().filter(|c| c.gguf == file).collect();
         let vk = score_file_on(&cases, NumericMode::Fast, KvType::F32, |model| {
-            let compute = VulkanCompute::new(device.clone(), model).expect("upload");
+            let compute = VulkanCompute::new(device.clone(), &model).expect("upload");
             assert!(compute.has_fast_shaders(), "no integer-dot shaders built");
-            ComputeHandle(Arc::new(compute))
+            let layers = VulkanLayers::new(device.clone(), &model).expect("upload");
+            let model = model.with_layer_compute(Arc::new(layers));
+            (model, ComputeHandle(Arc::new(compute)))
         });
         let cpu = score_file(&cases, NumericMode::Fast, KvType::F32);
         let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("?");

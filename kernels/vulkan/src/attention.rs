@@ -1,5 +1,5 @@
-//! [`VulkanAttention`]: moe-model's [`AttentionCompute`] on a Vulkan device, the MLA attention
-//! of every layer in the absorbed form (exact mode's form, in both modes) with the sequence's
+//! The MLA attention of [`VulkanLayers`] (moe-model's `LayerCompute` on a Vulkan device), every
+//! layer's in the absorbed form (exact mode's form, in both modes) with the sequence's
 //! cache rows on the device. One call (one layer, `t` new tokens of one sequence at `pos0`):
 //!
 //! 1. submit: the normalized input rows uploaded; `q = q_b(norm(q_a(x)))` and `kv = kv_a(x)`
@@ -22,20 +22,17 @@
 //! Two host round trips a layer (the host keeps the record of the cache, in its type); a
 //! device-side rounding of the rows to the cache type would save the first.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
 use moe_kernels::NumericMode;
-use moe_model::forward::{push_latent_rows, AttentionCompute, DeviceKv, KvCache};
+use moe_model::forward::{push_latent_rows, DeviceKv, KvCache};
 use moe_model::model::Model;
 use moe_model::ModelError;
 
-use crate::attention_weights::{AttentionWeights, DeviceMat, LayerAttention};
+use crate::attention_weights::LayerAttention;
 use crate::commands::Commands;
-use crate::device::{Buffer, Device};
-use crate::kernels::{Kernel, Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE};
+use crate::device::Buffer;
+use crate::layers::{b, Scratch, VulkanLayers};
 use crate::scratch::{ensure, f32_bytes, read_f32, u32_bytes};
-use crate::tiles::{record_tiles, TileMeta};
+use crate::tiles::TileMeta;
 use crate::VulkanError;
 
 /// Bytes of the softmax scratch (scores of the query rows of one `attend` dispatch): a
@@ -43,9 +40,6 @@ use crate::VulkanError;
 pub const SCORES_BYTES_MAX: usize = 256 << 20;
 /// Positions a new device copy of a cache layer holds at least (it doubles as it fills).
 const KV_POSITIONS_MIN: usize = 256;
-
-/// Tells [`VulkanKv`]s of different [`VulkanAttention`]s apart.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A layer's cache rows on the device: `valid` positions hold the host cache's rows.
 struct LayerKv {
@@ -83,114 +77,6 @@ impl DeviceKv for VulkanKv {
     }
 }
 
-/// Per-call buffers, grown on demand and reused.
-#[derive(Default)]
-struct Scratch {
-    /// Input rows `[t, D]`.
-    x: Option<Buffer>,
-    /// One matvec input quantized (fast mode), reused by each in turn.
-    xq: Option<Buffer>,
-    /// Query LoRA `[t, q_lora]`.
-    cq: Option<Buffer>,
-    /// Queries `[t, H, qk]`.
-    q: Option<Buffer>,
-    /// `kv_a` output `[t, Lkv + dr]`.
-    kv: Option<Buffer>,
-    /// Rope table `[t, dr]` (cos, sin pairs).
-    cs: Option<Buffer>,
-    /// No-rope query parts, head-major `[H, t, dn]`.
-    qn: Option<Buffer>,
-    /// Absorbed queries `[H, t, Lkv]`.
-    q_abs: Option<Buffer>,
-    /// Softmax scratch.
-    scores: Option<Buffer>,
-    /// Context `[H, t, Lkv]`.
-    ctx: Option<Buffer>,
-    /// Per-head values `[H, t, dv]`.
-    oh: Option<Buffer>,
-    /// Values token-major `[t, H * dv]`.
-    o: Option<Buffer>,
-    /// Output `[t, D]`.
-    out: Option<Buffer>,
-    /// Tiles of the token routes (one matrix) and of the head routes (`k_b`, `v_b`).
-    meta_tokens: Option<Buffer>,
-    meta_heads: Option<Buffer>,
-}
-
-/// MLA attention on a Vulkan device.
-pub struct VulkanAttention {
-    name: String,
-    id: u64,
-    weights: AttentionWeights,
-    kernels: Kernels,
-    route_tiles: bool,
-    state: Mutex<(Commands, Scratch)>,
-    device: Arc<Device>,
-}
-
-impl std::fmt::Debug for VulkanAttention {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VulkanAttention")
-            .field("device", &self.device.info.name)
-            .field("uploaded_bytes", &self.weights.bytes)
-            .finish()
-    }
-}
-
-impl VulkanAttention {
-    /// Uploads `model`'s attention weights to `device` and builds the pipelines.
-    pub fn new(device: Arc<Device>, model: &Model) -> Result<Self, ModelError> {
-        let weights = AttentionWeights::upload(&device, model)?;
-        let kernels = Kernels::new(&device)?;
-        let commands = Commands::new(&device)?;
-        Ok(Self {
-            name: format!("vulkan ({})", device.info.name),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            weights,
-            kernels,
-            route_tiles: !device.is_cpu(),
-            state: Mutex::new((commands, Scratch::default())),
-            device,
-        })
-    }
-
-    /// Whether a prompt's tokens share each weight read in tiles of up to [`ROUTE_TILE`]
-    /// (as `VulkanCompute::with_route_tiles`; the same bits either way).
-    pub fn with_route_tiles(mut self, on: bool) -> Self {
-        self.route_tiles = on;
-        self
-    }
-
-    /// Bytes of attention weights on the device.
-    pub fn uploaded_bytes(&self) -> u64 {
-        self.weights.bytes
-    }
-
-    /// The device.
-    pub fn device(&self) -> &Arc<Device> {
-        &self.device
-    }
-
-    fn layer(&self, model: &Model, l: usize) -> Result<&LayerAttention, VulkanError> {
-        let (Some(w), Some(lw)) = (self.weights.layers.get(l), model.layers.get(l)) else {
-            return Err(VulkanError::InvalidInput(format!("no attention layer {l}")));
-        };
-        let a = &lw.attn;
-        let same = w.q_b.name == a.q_b.name
-            && w.output.name == a.output.name
-            && w.k_b.name == a.k_b.name
-            && w.q_b.buf.len >= a.q_b.bytes()
-            && w.output.buf.len >= a.output.bytes()
-            && w.q_a.is_some() == a.q_a.is_some();
-        if !same {
-            return Err(VulkanError::InvalidInput(format!(
-                "layer {l} of this model is not the one whose attention was uploaded to the Vulkan device"
-            )));
-        }
-        Ok(w)
-    }
-}
-
 /// The shapes of one call.
 #[derive(Clone, Copy)]
 struct Dims {
@@ -210,12 +96,9 @@ impl Dims {
     }
 }
 
-impl AttentionCompute for VulkanAttention {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn attention(
+impl VulkanLayers {
+    /// `LayerCompute::attention` (see the file's doc).
+    pub(crate) fn attention_on_device(
         &self,
         model: &Model,
         l: usize,
@@ -254,7 +137,7 @@ impl AttentionCompute for VulkanAttention {
                 dims.dr
             )));
         }
-        let w = self.layer(model, l)?;
+        let w = self.attention_layer(model, l)?;
         let fast = model.mode() == NumericMode::Fast && self.kernels.has_fast();
         let mut state = self
             .state
@@ -303,9 +186,7 @@ impl AttentionCompute for VulkanAttention {
         cache.set_device_kv(mirror);
         Ok(())
     }
-}
 
-impl VulkanAttention {
     /// Submit 1: `q` and `kv` of the call's tokens into `s.q`, `s.kv`.
     fn project(
         &self,
@@ -536,20 +417,6 @@ impl VulkanAttention {
         commands.submit_and_wait()
     }
 
-    /// The tiles of `t` token routes of one matrix (each reads its own row), uploaded.
-    fn token_meta(&self, s: &mut Scratch, t: usize) -> Result<TileMeta, VulkanError> {
-        let own: Vec<u32> = (0..t as u32).collect();
-        let meta = TileMeta::new(&vec![0; t], &vec![0; t], &[&own], self.tile());
-        ensure(
-            &self.device,
-            &mut s.meta_tokens,
-            4 * meta.words.len(),
-            "attention token tiles",
-        )?
-        .write(0, u32_bytes(&meta.words));
-        Ok(meta)
-    }
-
     /// The tiles of the `h * t` head routes (route `head * t + i`, reading its own row) over
     /// `k_b` (matrix 0) and `v_b` (matrix 1), uploaded.
     fn head_meta(
@@ -576,81 +443,9 @@ impl VulkanAttention {
         .write(0, u32_bytes(&meta.words));
         Ok(meta)
     }
-
-    fn tile(&self) -> usize {
-        if self.route_tiles {
-            ROUTE_TILE
-        } else {
-            1
-        }
-    }
-
-    /// Room in `s.xq` for `values` activations quantized.
-    fn ensure_quantized(&self, s: &mut Scratch, values: usize) -> Result<(), VulkanError> {
-        let bytes = 4 * QBLOCK_WORDS * values.div_ceil(MATVEC_CHUNK_VALUES);
-        ensure(&self.device, &mut s.xq, bytes, "attention quantized rows")?;
-        Ok(())
-    }
-
-    /// Records `y = m · x` over every tile of `meta` as its matrix `matrix`: in fast mode
-    /// with an integer-dot shader for `m`'s type, `x` quantized into `xq` first.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul(
-        &self,
-        commands: &mut Commands,
-        m: &DeviceMat,
-        [x, xq, y, meta_buf]: [&Buffer; 4],
-        meta: &TileMeta,
-        matrix: usize,
-        fast: bool,
-    ) -> Result<(), VulkanError> {
-        let tile = meta.pipeline_tile();
-        let fast_kernel = if fast {
-            self.kernels.matvec_fast(m.ty, tile)?
-        } else {
-            None
-        };
-        let (kernel, input): (&Kernel, &Buffer) = match fast_kernel {
-            Some(k) => {
-                let blocks = meta.routes() * m.cols / MATVEC_CHUNK_VALUES;
-                commands.elementwise(
-                    &self.device,
-                    &self.kernels.quantize,
-                    &[x, xq],
-                    &[blocks as u32],
-                    blocks,
-                )?;
-                (k, xq)
-            }
-            None => (
-                self.kernels
-                    .matvec(m.ty, tile)?
-                    .ok_or_else(|| VulkanError::UnsupportedType {
-                        tensor: m.name.clone(),
-                        ty: m.ty.name(),
-                        supported: crate::kernels::supported_type_names(),
-                    })?,
-                x,
-            ),
-        };
-        record_tiles(
-            commands,
-            kernel,
-            &self.device,
-            [&m.buf, input, y, meta_buf],
-            m.rows,
-            0..meta.tiles(),
-            |base| meta.push(m.rows, m.cols, m.row_bytes, matrix, 0, base),
-        )
-    }
 }
 
 /// Items of a gather dispatch with push constants `push` (`n_a, n_b, width, ..`).
 fn push_items(push: &[u32]) -> usize {
     push[0] as usize * push[1] as usize * push[2] as usize
-}
-
-/// A scratch buffer that was ensured before use.
-fn b(o: &Option<Buffer>) -> &Buffer {
-    o.as_ref().expect("ensured")
 }

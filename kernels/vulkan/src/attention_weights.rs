@@ -6,30 +6,12 @@
 
 use std::sync::Arc;
 
-use moe_kernels::{GgmlType, QMatrix};
 use moe_model::model::{Mat, MatStack, Model};
 use moe_model::ModelError;
 
 use crate::device::{Buffer, Device};
-use crate::expert_weights::to_device;
-use crate::kernels::{supported_type_names, supported_types, MATVEC_CHUNK_VALUES};
+use crate::device_mat::{upload, DeviceMat};
 use crate::scratch::f32_bytes;
-use crate::VulkanError;
-
-/// One matrix, or a stack of equal per-head matrices, on the device.
-pub(crate) struct DeviceMat {
-    /// Tensor name.
-    pub name: String,
-    pub ty: GgmlType,
-    /// One matrix's output features.
-    pub rows: usize,
-    /// Input features.
-    pub cols: usize,
-    pub row_bytes: usize,
-    /// Bytes of one matrix of the stack.
-    pub matrix_bytes: usize,
-    pub buf: Buffer,
-}
 
 /// One layer's attention weights.
 pub(crate) struct LayerAttention {
@@ -89,54 +71,4 @@ impl AttentionWeights {
         }
         Ok(Self { layers, bytes })
     }
-}
-
-/// `mats` (equal shapes and types) back to back on the device, checked against what the
-/// matvec shaders take.
-fn upload(
-    device: &Arc<Device>,
-    name: &str,
-    mats: &[(usize, QMatrix<'_>)],
-) -> Result<DeviceMat, VulkanError> {
-    let first = &mats[0].1;
-    let (ty, rows, cols) = (first.ty(), first.rows(), first.cols());
-    let limit = |what: String| VulkanError::DeviceLimit {
-        tensor: name.into(),
-        what,
-    };
-    if !supported_types().any(|t| t == ty) {
-        return Err(VulkanError::UnsupportedType {
-            tensor: name.into(),
-            ty: ty.name(),
-            supported: supported_type_names(),
-        });
-    }
-    if cols % MATVEC_CHUNK_VALUES != 0 {
-        return Err(limit(format!(
-            "{cols} columns are not a multiple of {MATVEC_CHUNK_VALUES}, which the matvec shader reads at a time"
-        )));
-    }
-    if rows as u64 > device.max_groups[0] as u64 {
-        return Err(limit(format!(
-            "{rows} rows exceed maxComputeWorkGroupCount[0] = {}",
-            device.max_groups[0]
-        )));
-    }
-    let matrix_bytes = first.data().len();
-    let total = (mats.len() * matrix_bytes) as u64;
-    if total > device.max_binding_bytes() {
-        return Err(limit(format!(
-            "{total} bytes, more than one shader binding may address (maxStorageBufferRange {} bytes)",
-            device.max_binding_bytes()
-        )));
-    }
-    Ok(DeviceMat {
-        name: name.into(),
-        ty,
-        rows,
-        cols,
-        row_bytes: first.row_bytes(),
-        matrix_bytes,
-        buf: to_device(device, mats, matrix_bytes, name)?,
-    })
 }

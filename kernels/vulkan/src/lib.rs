@@ -21,9 +21,14 @@
 //! expert_weights.rs  the node's expert stacks on the device once, in chunks within device
 //!                    limits: imported maps of the model file where the device can, else copies
 //! expert_compute.rs  VulkanCompute: moe-model's ExpertCompute on the device
+//! device_mat.rs      DeviceMat: one matrix (or stack) on the device, checked against limits
 //! attention_weights.rs  every layer's attention matrices on the device, uploaded once
-//! attention.rs       VulkanAttention: moe-model's AttentionCompute on the device (MLA,
-//!                    absorbed form, the sequence's cache rows in a device copy, VulkanKv)
+//! layers.rs          VulkanLayers: moe-model's LayerCompute on the device (pipelines,
+//!                    scratch, the matvec over a DeviceMat that attention and FFNs share)
+//! attention.rs       its MLA attention (absorbed form, the sequence's cache rows in a
+//!                    device copy, VulkanKv)
+//! ffn_weights.rs     every dense FFN and shared expert on the device, uploaded once
+//! ffn.rs             VulkanLayers' dense FFNs and shared experts
 //! scratch.rs         per-call buffers grown on demand; byte views
 //! matvec.rs          one matrix times rows on the device, f32 or fast (the kernel-level
 //!                    tests' tool)
@@ -38,10 +43,11 @@
 //! falls back to the f32 shaders: [`VulkanCompute::has_fast_shaders`]). A call's routes to
 //! one expert are computed in tiles that share each weight read (on GPUs by default:
 //! [`VulkanCompute::with_route_tiles`]); the weights are imported from maps of the model file
-//! where the device can ([`HostMemory`]). A router's or single process's MLA attention runs
-//! here too ([`VulkanAttention`]: the projections, rope, absorption, scores, softmax and
-//! context, with each sequence's cache rows on the device). The dense and shared FFNs, the
-//! norms between blocks, routing and the output head stay on the CPU.
+//! where the device can ([`HostMemory`]). A router's or single process's share of each layer runs
+//! here too ([`VulkanLayers`]): the MLA attention (projections, rope, absorption, scores,
+//! softmax and context, with each sequence's cache rows on the device), the leading dense
+//! layers' FFNs and the shared experts. The norms between blocks, routing, the residual adds
+//! and the output head stay on the CPU.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,22 +66,27 @@ mod attention;
 mod attention_weights;
 mod commands;
 mod device;
+mod device_mat;
 mod error;
 mod expert_compute;
 mod expert_weights;
+mod ffn;
+mod ffn_weights;
 mod instance;
 mod kernels;
+mod layers;
 mod matvec;
 mod scratch;
 mod tiles;
 
-pub use attention::{VulkanAttention, VulkanKv, SCORES_BYTES_MAX};
+pub use attention::{VulkanKv, SCORES_BYTES_MAX};
 pub use device::Device;
 pub use error::VulkanError;
 pub use expert_compute::VulkanCompute;
 pub use expert_weights::{HostMemory, CHUNK_BYTES_MAX};
 pub use instance::{DeviceInfo, Instance};
 pub use kernels::{fast_types, supported_type_names, supported_types, QBLOCK_WORDS, ROUTE_TILE};
+pub use layers::VulkanLayers;
 pub use matvec::Matvec;
 
 /// Every Vulkan device with its properties, or why there is none.

@@ -103,7 +103,7 @@ fn an_expert_or_attention_type_without_a_shader_is_named() {
         .unwrap_err()
         .to_string();
     // The attention weights too: the first one uploaded is named.
-    let attention_err = moe_vulkan::VulkanAttention::new(device, &model)
+    let attention_err = moe_vulkan::VulkanLayers::new(device, &model)
         .unwrap_err()
         .to_string();
     std::fs::remove_file(&path).ok();

@@ -7,7 +7,8 @@
 //! kv_cache.rs   the MLA latent cache of one sequence
 //! prefix_cache.rs  prompt prefixes' KV kept in blocks for reuse by later prompts
 //! attention.rs  MLA attention: absorbed form (exact mode, generated tokens)
-//! attention_compute.rs  AttentionCompute, the device seam for attention (and DeviceKv)
+//! layer_compute.rs  LayerCompute, the device seam for attention, dense FFNs and shared
+//!               experts (and DeviceKv)
 //! attention_prompt.rs  fast mode's prompt tokens: the decompressed form; PromptForm
 //! route.rs      Route: one (token, expert, weight) triple
 //! moe.rs        router, ExpertBackend (local or remote experts)
@@ -25,20 +26,20 @@
 //! [`ModelError::NonFinite`] naming the layer and the batch rows that hold them.
 
 mod attention;
-mod attention_compute;
 mod attention_prompt;
 mod expert_compute;
 mod ffn_region;
 mod kv_cache;
+mod layer_compute;
 pub mod moe;
 mod ops;
 mod prefix_cache;
 mod route;
 
-pub use attention_compute::{push_latent_rows, AttentionCompute, DeviceKv};
 pub use attention_prompt::{PromptForm, FORM_GROUP_TOKENS};
 pub use expert_compute::{ComputeHandle, CpuCompute, ExpertCompute, LocalExperts};
 pub use kv_cache::KvCache;
+pub use layer_compute::{push_latent_rows, DeviceKv, LayerCompute};
 pub use moe::{ExpertBackend, Route, Routing};
 pub use prefix_cache::{PrefixCache, Reused, PREFIX_BLOCK_TOKENS};
 
@@ -163,7 +164,7 @@ impl Model {
     pub fn prompt_form(&self) -> PromptForm {
         if self.mode() == moe_kernels::NumericMode::Fast
             && self.k_b_transposed(0, 0).is_some()
-            && self.attention_compute().is_none()
+            && self.layer_compute().is_none()
         {
             PromptForm::Decompressed {
                 min_tail: attention_prompt::Dims::of(&self.cfg).decompress_min_rows(),
@@ -257,7 +258,7 @@ impl Model {
                 let n = s.tokens.len();
                 let rows = start * d..(start + n) * d;
                 let (x_s, y_s) = (&xn[rows.clone()], &mut y[rows]);
-                match self.attention_compute() {
+                match self.layer_compute() {
                     Some(dev) => dev.attention(self, l, x_s, n, s.cache, y_s)?,
                     None => attention::attention(self, l, x_s, n, s.cache, s.kind, y_s)?,
                 }
@@ -292,7 +293,7 @@ impl Model {
             // Non-finite rows are named as batch rows (the last layer may have fewer).
             let in_batch = |e| in_batch_rows(e, &batch_rows);
             if let Some(dense) = &lw.dense {
-                ffn_region::dense_ffn(self, dense, &xn, t_all, &mut y)?;
+                layer_compute::dense_or_shared_ffn(self, l, dense, &xn, &mut y)?;
                 check_finite(&y, d, 0, || format!("the dense FFN output of layer {l}"))
                     .map_err(in_batch)?;
             } else if let Some(mw) = &lw.moe {

@@ -45,10 +45,11 @@ pub struct Model {
     kv_type: KvType,
     /// Fast mode's repacked matrices (empty in Exact mode).
     packed: packing::Packed,
-    /// Where attention runs when not on the CPU: an `Arc<dyn AttentionCompute>`, set and read
-    /// by `forward/attention_compute.rs` ([`Model::with_attention_compute`]). Typed as `Any`
-    /// so the model's definition does not depend on the forward pass built on it.
-    pub(crate) attention: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Where attention, dense FFNs and shared experts run when not on the CPU: an
+    /// `Arc<dyn LayerCompute>`, set and read by `forward/layer_compute.rs`
+    /// ([`Model::with_layer_compute`]). Typed as `Any` so the model's definition does not
+    /// depend on the forward pass built on it.
+    pub(crate) layer_device: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -168,7 +169,7 @@ impl Model {
             mode: NumericMode::Exact,
             kv_type: KvType::F32,
             packed: packing::Packed::default(),
-            attention: None,
+            layer_device: None,
         })
     }
 

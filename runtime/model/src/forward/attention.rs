@@ -22,9 +22,9 @@ use moe_kernels::{
     flash_attend, num_threads, run_jobs, FlashState, NumericMode, MATMUL_PARALLEL_MIN_MACS,
 };
 
-use super::attention_compute::push_latent_rows;
 use super::attention_prompt;
 use super::ffn_region::{keep_first_error, take_error};
+use super::layer_compute::push_latent_rows;
 use super::ops::{dot, rms_norm_inplace, softmax_inplace};
 use super::{KvCache, TokenKind};
 use crate::config::LATENT_NORM_EPS;

@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use super::ffn_region::{apply_routes_cpu, dense_ffn};
+use super::ffn_region::apply_routes_cpu;
+use super::layer_compute::dense_or_shared_ffn;
 use super::moe::{ExpertBackend, Route, Routing};
 use crate::model::{DenseFfn, Model};
 use crate::ModelError;
@@ -33,8 +34,9 @@ pub trait ExpertCompute: Send + Sync + std::fmt::Debug {
         out: &mut [f32],
     ) -> Result<(), ModelError>;
 
-    /// `out = shared(h) + Σ routes` (`out` zero on entry): the shared expert on the CPU,
-    /// then [`Self::apply_routes`]; an implementation that computes both at once must give
+    /// `out = shared(h) + Σ routes` (`out` zero on entry): the shared expert on the model's
+    /// layer device if it has one ([`Model::layer_compute`]), else the CPU, then
+    /// [`Self::apply_routes`]; an implementation that computes both at once must give
     /// these bits.
     fn apply_routes_with_shared(
         &self,
@@ -46,7 +48,7 @@ pub trait ExpertCompute: Send + Sync + std::fmt::Debug {
         out: &mut [f32],
     ) -> Result<(), ModelError> {
         if let Some(ffn) = shared {
-            dense_ffn(model, ffn, h, h.len() / model.cfg.n_embd, out)?;
+            dense_or_shared_ffn(model, layer, ffn, h, out)?;
         }
         self.apply_routes(model, layer, h, routes, out)
     }
@@ -90,7 +92,8 @@ impl ExpertCompute for CpuCompute {
     }
 
     /// The shared expert in the same parallel region as the routed ones (its jobs beside
-    /// theirs, one fork/join per phase instead of two).
+    /// theirs, one fork/join per phase instead of two), unless the model computes it on its
+    /// layer device.
     fn apply_routes_with_shared(
         &self,
         model: &Model,
@@ -100,6 +103,10 @@ impl ExpertCompute for CpuCompute {
         routes: &[Route],
         out: &mut [f32],
     ) -> Result<(), ModelError> {
+        if let (Some(ffn), Some(_)) = (shared, model.layer_compute()) {
+            dense_or_shared_ffn(model, layer, ffn, h, out)?;
+            return apply_routes_cpu(model, layer, h, None, routes, out);
+        }
         apply_routes_cpu(model, layer, h, shared, routes, out)
     }
 }

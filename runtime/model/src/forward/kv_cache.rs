@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use moe_kernels::{KvBuf, KvRowShape, KvRows, KvType};
 
-use super::attention_compute::DeviceKv;
+use super::layer_compute::DeviceKv;
 use crate::config::ModelConfig;
 use crate::model::Model;
 use crate::ModelError;

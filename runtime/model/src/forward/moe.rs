@@ -55,7 +55,8 @@ pub trait ExpertBackend: Send {
     fn finish(&mut self, model: &Model, layer: usize, out: &mut [f32]) -> Result<(), ModelError>;
 
     /// `out = shared(h) + Σ routed` (`out` zero on entry, `h` the `begin` input): the
-    /// shared expert, if the layer has one, on this process's CPU team, then [`Self::finish`].
+    /// shared expert, if the layer has one, on the model's layer device or this process's CPU
+    /// team, then [`Self::finish`].
     /// The bits must be those of this default.
     fn finish_with_shared(
         &mut self,
@@ -66,7 +67,7 @@ pub trait ExpertBackend: Send {
         out: &mut [f32],
     ) -> Result<(), ModelError> {
         if let Some(ffn) = shared {
-            super::ffn_region::dense_ffn(model, ffn, h, h.len() / model.cfg.n_embd, out)?;
+            super::layer_compute::dense_or_shared_ffn(model, layer, ffn, h, out)?;
         }
         self.finish(model, layer, out)
     }

@@ -1,6 +1,7 @@
-//! [`AttentionCompute`]: the device that computes a layer's MLA attention, the seam a GPU
-//! backend plugs into beside [`super::ExpertCompute`]. Without one ([`Model::attention_compute`]
-//! is `None`) attention runs on the CPU (`attention.rs`, `attention_prompt.rs`).
+//! [`LayerCompute`]: the device that computes the router's share of each layer (its MLA
+//! attention, and its dense FFN or its MoE's shared expert), the seam a GPU backend plugs into
+//! beside [`super::ExpertCompute`] (routed experts). Without one ([`Model::layer_compute`] is
+//! `None`) they run on the CPU (`attention.rs`, `attention_prompt.rs`, `ffn_region.rs`).
 //!
 //! A device implementation keeps its own copy of each sequence's cache rows (the host
 //! [`KvCache`] stays the record: prefix caching, truncation after a failed step and the
@@ -10,17 +11,17 @@
 use std::sync::Arc;
 
 use super::KvCache;
-use crate::model::Model;
+use crate::model::{DenseFfn, Model};
 use crate::ModelError;
 
-/// Computes the MLA attention of one layer for the new tokens of one sequence.
+/// Computes the router's share of each layer: attention, and the dense FFN or shared expert.
 ///
-/// Contract (as the CPU's `attention`): `x` is the normalized input `[t, D]` of `t` new tokens
+/// Attention's contract (as the CPU's `attention`): `x` is the normalized input `[t, D]` of `t` new tokens
 /// at positions `cache.len()..cache.len() + t`; `out` receives `[t, D]`; the new positions'
 /// rows are appended to layer `l` of `cache` ([`push_latent_rows`]), committed by the caller
 /// after the last layer. The result must depend only on the tokens and the cache (not on how
 /// a prompt is chunked into calls), in the absorbed form (the one exact mode computes).
-pub trait AttentionCompute: Send + Sync + std::fmt::Debug {
+pub trait LayerCompute: Send + Sync + std::fmt::Debug {
     /// A short name for logs, e.g. `vulkan (llvmpipe)`.
     fn name(&self) -> &str;
 
@@ -34,20 +35,40 @@ pub trait AttentionCompute: Send + Sync + std::fmt::Debug {
         cache: &mut KvCache,
         out: &mut [f32],
     ) -> Result<(), ModelError>;
+
+    /// `out = FFN(h)` for the `h.len() / D` rows of `h`, with layer `l`'s dense FFN, or its
+    /// MoE's shared expert (`out` `[t, D]`, overwritten), as the CPU's `dense_ffn` computes.
+    fn ffn(&self, model: &Model, l: usize, h: &[f32], out: &mut [f32]) -> Result<(), ModelError>;
+}
+
+/// `out = ffn(h)` (layer `l`'s dense FFN or shared expert, `out` overwritten): on the model's
+/// [`LayerCompute`] device if it has one, else on the CPU. Every path that computes one calls
+/// this: the forward pass's dense layers, and the shared expert of each expert backend.
+pub(crate) fn dense_or_shared_ffn(
+    model: &Model,
+    l: usize,
+    ffn: &DenseFfn,
+    h: &[f32],
+    out: &mut [f32],
+) -> Result<(), ModelError> {
+    match model.layer_compute() {
+        Some(device) => device.ffn(model, l, h, out),
+        None => super::ffn_region::dense_ffn(model, ffn, h, h.len() / model.cfg.n_embd, out),
+    }
 }
 
 impl Model {
-    /// This model with its attention computed by `device` (a GPU backend, which uploaded this
-    /// model's attention weights) instead of the CPU. Its prompt tokens then take the absorbed
-    /// form in both modes ([`Model::prompt_form`]).
-    pub fn with_attention_compute(mut self, device: Arc<dyn AttentionCompute>) -> Self {
-        self.attention = Some(Arc::new(device));
+    /// This model with its attention, dense FFNs and shared experts computed by `device` (a
+    /// GPU backend, which uploaded those weights) instead of the CPU. Its prompt tokens then
+    /// take the absorbed form in both modes ([`Model::prompt_form`]).
+    pub fn with_layer_compute(mut self, device: Arc<dyn LayerCompute>) -> Self {
+        self.layer_device = Some(Arc::new(device));
         self
     }
 
-    /// The device computing attention, `None` for the CPU.
-    pub fn attention_compute(&self) -> Option<&Arc<dyn AttentionCompute>> {
-        self.attention.as_ref().and_then(|a| a.downcast_ref())
+    /// The device computing attention, dense FFNs and shared experts, `None` for the CPU.
+    pub fn layer_compute(&self) -> Option<&Arc<dyn LayerCompute>> {
+        self.layer_device.as_ref().and_then(|a| a.downcast_ref())
     }
 }
 

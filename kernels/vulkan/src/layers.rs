@@ -1,0 +1,260 @@
+//! [`VulkanLayers`]: moe-model's [`LayerCompute`] on a Vulkan device, the router's share of
+//! every layer: MLA attention (`attention.rs`) and the dense FFN or shared expert (`ffn.rs`),
+//! over weights uploaded once (`attention_weights.rs`, `ffn_weights.rs`). This file holds the device
+//! state they share: the pipelines, one command buffer and the per-call scratch buffers
+//! behind one lock (the forward pass calls one layer at a time), and the matvec over a
+//! [`DeviceMat`] with the call's tokens as the routes of one matrix.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use moe_model::forward::{KvCache, LayerCompute};
+use moe_model::model::Model;
+use moe_model::ModelError;
+
+use crate::attention_weights::{AttentionWeights, LayerAttention};
+use crate::commands::Commands;
+use crate::device::{Buffer, Device};
+use crate::device_mat::DeviceMat;
+use crate::ffn_weights::FfnWeights;
+use crate::kernels::{Kernel, Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE};
+use crate::scratch::{ensure, u32_bytes};
+use crate::tiles::{record_tiles, TileMeta};
+use crate::VulkanError;
+
+/// Tells the [`crate::VulkanKv`]s of different [`VulkanLayers`] apart.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Per-call buffers, grown on demand and reused.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// Input rows `[t, D]`.
+    pub(crate) x: Option<Buffer>,
+    /// One matvec input quantized (fast mode), reused by each in turn.
+    pub(crate) xq: Option<Buffer>,
+    /// Query LoRA `[t, q_lora]`.
+    pub(crate) cq: Option<Buffer>,
+    /// Queries `[t, H, qk]`.
+    pub(crate) q: Option<Buffer>,
+    /// `kv_a` output `[t, Lkv + dr]`.
+    pub(crate) kv: Option<Buffer>,
+    /// Rope table `[t, dr]` (cos, sin pairs).
+    pub(crate) cs: Option<Buffer>,
+    /// No-rope query parts, head-major `[H, t, dn]`.
+    pub(crate) qn: Option<Buffer>,
+    /// Absorbed queries `[H, t, Lkv]`.
+    pub(crate) q_abs: Option<Buffer>,
+    /// Softmax scratch.
+    pub(crate) scores: Option<Buffer>,
+    /// Context `[H, t, Lkv]`.
+    pub(crate) ctx: Option<Buffer>,
+    /// Per-head values `[H, t, dv]`.
+    pub(crate) oh: Option<Buffer>,
+    /// Values token-major `[t, H * dv]`.
+    pub(crate) o: Option<Buffer>,
+    /// Output `[t, D]`.
+    pub(crate) out: Option<Buffer>,
+    /// FFN gate and up outputs `[t, F]` (SwiGLU in place in `g`).
+    pub(crate) g: Option<Buffer>,
+    pub(crate) u: Option<Buffer>,
+    /// Tiles of the token routes (one matrix) and of the head routes (`k_b`, `v_b`).
+    pub(crate) meta_tokens: Option<Buffer>,
+    pub(crate) meta_heads: Option<Buffer>,
+}
+
+/// A router's (or single process's) share of every layer on a Vulkan device: MLA attention
+/// and the dense FFNs and shared experts.
+pub struct VulkanLayers {
+    pub(crate) name: String,
+    pub(crate) id: u64,
+    pub(crate) weights: AttentionWeights,
+    pub(crate) ffns: FfnWeights,
+    pub(crate) kernels: Kernels,
+    pub(crate) route_tiles: bool,
+    pub(crate) state: Mutex<(Commands, Scratch)>,
+    pub(crate) device: Arc<Device>,
+}
+
+impl std::fmt::Debug for VulkanLayers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanLayers")
+            .field("device", &self.device.info.name)
+            .field("uploaded_bytes", &self.uploaded_bytes())
+            .finish()
+    }
+}
+
+impl VulkanLayers {
+    /// Uploads `model`'s attention weights, dense FFNs and shared experts to `device` and
+    /// builds the pipelines.
+    pub fn new(device: Arc<Device>, model: &Model) -> Result<Self, ModelError> {
+        let weights = AttentionWeights::upload(&device, model)?;
+        let ffns = FfnWeights::upload(&device, model)?;
+        let kernels = Kernels::new(&device)?;
+        let commands = Commands::new(&device)?;
+        Ok(Self {
+            name: format!("vulkan ({})", device.info.name),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            weights,
+            ffns,
+            kernels,
+            route_tiles: !device.is_cpu(),
+            state: Mutex::new((commands, Scratch::default())),
+            device,
+        })
+    }
+
+    /// Whether a prompt's tokens share each weight read in tiles of up to [`ROUTE_TILE`]
+    /// (as `VulkanCompute::with_route_tiles`; the same bits either way).
+    pub fn with_route_tiles(mut self, on: bool) -> Self {
+        self.route_tiles = on;
+        self
+    }
+
+    /// Bytes of weights on the device (attention, dense FFNs, shared experts).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.weights.bytes + self.ffns.bytes
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    pub(crate) fn attention_layer(
+        &self,
+        model: &Model,
+        l: usize,
+    ) -> Result<&LayerAttention, VulkanError> {
+        let (Some(w), Some(lw)) = (self.weights.layers.get(l), model.layers.get(l)) else {
+            return Err(VulkanError::InvalidInput(format!("no attention layer {l}")));
+        };
+        let a = &lw.attn;
+        let same = w.q_b.name == a.q_b.name
+            && w.output.name == a.output.name
+            && w.k_b.name == a.k_b.name
+            && w.q_b.buf.len >= a.q_b.bytes()
+            && w.output.buf.len >= a.output.bytes()
+            && w.q_a.is_some() == a.q_a.is_some();
+        if !same {
+            return Err(VulkanError::InvalidInput(format!(
+                "layer {l} of this model is not the one whose attention was uploaded to the Vulkan device"
+            )));
+        }
+        Ok(w)
+    }
+}
+
+impl LayerCompute for VulkanLayers {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn attention(
+        &self,
+        model: &Model,
+        l: usize,
+        x: &[f32],
+        t: usize,
+        cache: &mut KvCache,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        self.attention_on_device(model, l, x, t, cache, out)
+    }
+
+    fn ffn(&self, model: &Model, l: usize, h: &[f32], out: &mut [f32]) -> Result<(), ModelError> {
+        self.ffn_on_device(model, l, h, out)
+    }
+}
+
+impl VulkanLayers {
+    /// The tiles of `t` token routes of one matrix (each reads its own row), uploaded.
+    pub(crate) fn token_meta(&self, s: &mut Scratch, t: usize) -> Result<TileMeta, VulkanError> {
+        let own: Vec<u32> = (0..t as u32).collect();
+        let meta = TileMeta::new(&vec![0; t], &vec![0; t], &[&own], self.tile());
+        ensure(
+            &self.device,
+            &mut s.meta_tokens,
+            4 * meta.words.len(),
+            "attention token tiles",
+        )?
+        .write(0, u32_bytes(&meta.words));
+        Ok(meta)
+    }
+
+    pub(crate) fn tile(&self) -> usize {
+        if self.route_tiles {
+            ROUTE_TILE
+        } else {
+            1
+        }
+    }
+
+    /// Room in `s.xq` for `values` activations quantized.
+    pub(crate) fn ensure_quantized(
+        &self,
+        s: &mut Scratch,
+        values: usize,
+    ) -> Result<(), VulkanError> {
+        let bytes = 4 * QBLOCK_WORDS * values.div_ceil(MATVEC_CHUNK_VALUES);
+        ensure(&self.device, &mut s.xq, bytes, "attention quantized rows")?;
+        Ok(())
+    }
+
+    /// Records `y = m · x` over every tile of `meta` as its matrix `matrix`: in fast mode
+    /// with an integer-dot shader for `m`'s type, `x` quantized into `xq` first.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn matmul(
+        &self,
+        commands: &mut Commands,
+        m: &DeviceMat,
+        [x, xq, y, meta_buf]: [&Buffer; 4],
+        meta: &TileMeta,
+        matrix: usize,
+        fast: bool,
+    ) -> Result<(), VulkanError> {
+        let tile = meta.pipeline_tile();
+        let fast_kernel = if fast {
+            self.kernels.matvec_fast(m.ty, tile)?
+        } else {
+            None
+        };
+        let (kernel, input): (&Kernel, &Buffer) = match fast_kernel {
+            Some(k) => {
+                let blocks = meta.routes() * m.cols / MATVEC_CHUNK_VALUES;
+                commands.elementwise(
+                    &self.device,
+                    &self.kernels.quantize,
+                    &[x, xq],
+                    &[blocks as u32],
+                    blocks,
+                )?;
+                (k, xq)
+            }
+            None => (
+                self.kernels
+                    .matvec(m.ty, tile)?
+                    .ok_or_else(|| VulkanError::UnsupportedType {
+                        tensor: m.name.clone(),
+                        ty: m.ty.name(),
+                        supported: crate::kernels::supported_type_names(),
+                    })?,
+                x,
+            ),
+        };
+        record_tiles(
+            commands,
+            kernel,
+            &self.device,
+            [&m.buf, input, y, meta_buf],
+            m.rows,
+            0..meta.tiles(),
+            |base| meta.push(m.rows, m.cols, m.row_bytes, matrix, 0, base),
+        )
+    }
+}
+
+/// A scratch buffer that was ensured before use.
+pub(crate) fn b(o: &Option<Buffer>) -> &Buffer {
+    o.as_ref().expect("ensured")
+}
