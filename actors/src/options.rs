@@ -16,7 +16,7 @@ use moe_kernels::{KvType, NumericMode};
 use moe_model::config::ModelConfig;
 use moe_model::forward::ComputeHandle;
 use moe_model::gguf::GgufFile;
-use moe_model::model::{Model, WeightSet};
+use moe_model::model::{CpuShare, Model, WeightSet};
 use moe_model::LayerExperts;
 
 /// The node name of an expert when `--node` is not given.
@@ -58,13 +58,14 @@ pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
         .map_err(|e: moe_kernels::KernelError| e.to_string())
 }
 
-/// Where routed experts are computed.
+/// Where routed experts (and, with `--vulkan-layers on`, attention, dense FFNs and shared
+/// experts) are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
     /// The CPU kernels over the mapped file.
     Cpu,
-    /// A GPU through Vulkan (`moe-node devices` lists them): the experts are uploaded once and
-    /// computed there in the model's numeric mode: f32 activations with `--exact`, int8
+    /// A GPU through Vulkan (`moe-node devices` lists them): the experts (and a router's
+    /// layers, `--vulkan-layers`) are uploaded once and computed there in the model's numeric mode: f32 activations with `--exact`, int8
     /// activations and integer dot products in the fast mode (on a device with integer dot
     /// products; f32 otherwise).
     Vulkan,
@@ -107,7 +108,8 @@ pub struct ComputeArgs {
     /// With `--backend vulkan`, for a router or a single process: `on` computes each layer's
     /// attention (projections, rope, scores, softmax, values, with each sequence's KV rows
     /// kept there), the dense layers' FFNs and the shared experts on the device too, `off`
-    /// keeps them on the CPU (only the routed experts on the device).
+    /// keeps them on the CPU (only the routed experts on the device; faster on a CPU
+    /// implementation such as lavapipe, whose shaders run on the same cores).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub vulkan_layers: OnOff,
 }
@@ -134,6 +136,17 @@ pub enum VulkanMemory {
 }
 
 impl ComputeArgs {
+    /// What these options leave to the CPU: the routed experts with `--backend cpu`; the
+    /// layers (attention, dense FFNs, shared experts) unless `--backend vulkan` with
+    /// `--vulkan-layers on`.
+    pub fn cpu_share(&self) -> CpuShare {
+        let vulkan = self.backend == BackendKind::Vulkan;
+        CpuShare {
+            routed_experts: !vulkan,
+            layers: !(vulkan && self.vulkan_layers == OnOff::On),
+        }
+    }
+
     /// The expert-compute device for `model`: the CPU, or the chosen Vulkan device with
     /// `model`'s mapped experts uploaded to it.
     pub fn handle(&self, model: &Model) -> anyhow::Result<ComputeHandle> {
@@ -275,7 +288,7 @@ impl ModelArgs {
         };
         let model =
             Model::open_with(&path, &set).with_context(|| format!("loading {}", path.display()))?;
-        let model = with_mode_reported(model, mode, self.compute.backend).with_kv_type(kv_type);
+        let model = with_mode_reported(model, mode, self.compute.cpu_share()).with_kv_type(kv_type);
         if self.compute.backend == BackendKind::Vulkan && self.compute.vulkan_layers == OnOff::On {
             return with_vulkan_layers(&self.compute, model);
         }
@@ -283,12 +296,12 @@ impl ModelArgs {
     }
 }
 
-/// `model` in `mode`, saying on stderr what Fast mode repacked and how long it took. With
-/// the routed experts on another device than the CPU (`backend`), they are not repacked for
-/// the CPU's kernels: that device reads the file's blocks.
-pub fn with_mode_reported(model: Model, mode: NumericMode, backend: BackendKind) -> Model {
+/// `model` in `mode`, saying on stderr what Fast mode repacked and how long it took. What
+/// another device computes (`cpu` says what is left to the CPU) is not repacked for the
+/// CPU's kernels: that device reads the file's blocks.
+pub fn with_mode_reported(model: Model, mode: NumericMode, cpu: CpuShare) -> Model {
     let start = std::time::Instant::now();
-    let model = model.with_mode_packing(mode, backend == BackendKind::Cpu);
+    let model = model.with_mode_packing(mode, cpu);
     let (n, bytes) = model.packed_summary();
     if n > 0 {
         eprintln!(

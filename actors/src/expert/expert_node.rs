@@ -85,7 +85,7 @@ pub fn run(
             },
         )
         .with_context(|| format!("loading {}", model_path.display()))
-        .map(|m| crate::options::with_mode_reported(m, mode, compute.backend))?,
+        .map(|m| crate::options::with_mode_reported(m, mode, compute.cpu_share()))?,
     );
     drop(header);
     eprintln!(

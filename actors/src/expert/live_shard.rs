@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use moe_cluster::wire::{ReassignPhase, ShardSummary};
 use moe_model::forward::ComputeHandle;
-use moe_model::model::{Model, WeightSet};
+use moe_model::model::{CpuShare, Model, WeightSet};
 use moe_model::LayerExperts;
 
 /// Makes the expert compute for a newly mapped model (a Vulkan device with its experts);
@@ -93,7 +93,13 @@ impl LiveShard {
         .map_err(|e| e.to_string())?
         // The node keeps the arithmetic it was started with (experts packed for the CPU only
         // where the CPU computes them).
-        .with_mode_packing(old_mode, self.rebuild.is_none());
+        .with_mode_packing(
+            old_mode,
+            CpuShare {
+                routed_experts: self.rebuild.is_none(),
+                layers: true,
+            },
+        );
         let compute = match &self.rebuild {
             Some(rebuild) => rebuild(&model).map_err(|e| format!("{e:#}"))?,
             None => old_compute,

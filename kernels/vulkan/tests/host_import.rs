@@ -77,7 +77,13 @@ fn imported_and_staged_experts_compute_as_copied_ones() {
         for mode in [NumericMode::Exact, NumericMode::Fast] {
             let model = Model::open_with(common::kq_q4_k_m(), &set)
                 .unwrap()
-                .with_mode_packing(mode, false);
+                .with_mode_packing(
+                    mode,
+                    moe_model::model::CpuShare {
+                        routed_experts: false,
+                        layers: true,
+                    },
+                );
             let upload = |host| {
                 VulkanCompute::with_upload(device.clone(), &model, TEST_CHUNK_BYTES, host).unwrap()
             };

@@ -52,6 +52,24 @@ pub struct Model {
     pub(crate) layer_device: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
+/// Which of a model's matrices the CPU multiplies (Fast mode repacks those for its kernels).
+/// The router gates and the output head always run on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuShare {
+    /// The routed experts (else another device computes them: an `ExpertCompute`).
+    pub routed_experts: bool,
+    /// Attention, the dense FFNs and the shared experts (else a `LayerCompute` does).
+    pub layers: bool,
+}
+
+impl CpuShare {
+    /// Everything on the CPU.
+    pub const ALL: Self = Self {
+        routed_experts: true,
+        layers: true,
+    };
+}
+
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
@@ -178,17 +196,17 @@ impl Model {
     /// copy of them, on the rayon pool, and their file pages released); Exact mode drops
     /// any packed copies and reads the file.
     pub fn with_mode(self, mode: NumericMode) -> Self {
-        self.with_mode_packing(mode, true)
+        self.with_mode_packing(mode, CpuShare::ALL)
     }
 
-    /// As [`Model::with_mode`]; with `pack_experts` false, Fast mode leaves the routed
-    /// experts as the file has them (not packed, their pages not released): for a process
-    /// whose experts are computed by another device (a Vulkan one reads the file's blocks),
-    /// where packing them would only double their memory.
-    pub fn with_mode_packing(mut self, mode: NumericMode, pack_experts: bool) -> Self {
+    /// As [`Model::with_mode`], repacking only what the CPU computes (`cpu`): the rest stays
+    /// as the file has it (not packed, its pages not released), for a process that computes
+    /// it on another device (a Vulkan one reads the file's blocks), where packing it would
+    /// only double its memory.
+    pub fn with_mode_packing(mut self, mode: NumericMode, cpu: CpuShare) -> Self {
         self.mode = mode;
         self.packed = match mode {
-            NumericMode::Fast => packing::Packed::build(&self, pack_experts),
+            NumericMode::Fast => packing::Packed::build(&self, cpu),
             NumericMode::Exact => packing::Packed::default(),
         };
         self

@@ -103,7 +103,7 @@ fn router_maps_no_remote_experts() {
         .is_err());
 }
 
-/// `with_mode_packing(Fast, false)` (experts computed on another device) packs everything
+/// `with_mode_packing` without the routed experts (computed on another device) packs everything
 /// `with_mode(Fast)` packs but the routed experts: exactly 3 matrices (gate, up, down) per
 /// expert of every MoE layer fewer, and at least their bytes less memory.
 #[test]
@@ -112,9 +112,13 @@ fn fast_mode_without_expert_packing_leaves_exactly_the_experts_unpacked() {
     let all = Model::open(&path)
         .unwrap()
         .with_mode(moe_kernels::NumericMode::Fast);
-    let no_experts = Model::open(&path)
-        .unwrap()
-        .with_mode_packing(moe_kernels::NumericMode::Fast, false);
+    let no_experts = Model::open(&path).unwrap().with_mode_packing(
+        moe_kernels::NumericMode::Fast,
+        moe_model::model::CpuShare {
+            routed_experts: false,
+            layers: true,
+        },
+    );
     let (n_all, bytes_all) = all.packed_summary();
     let (n_rest, bytes_rest) = no_experts.packed_summary();
     let cfg = &all.cfg;
@@ -136,4 +140,61 @@ fn fast_mode_without_expert_packing_leaves_exactly_the_experts_unpacked() {
         bytes_all - bytes_rest >= expert_bytes,
         "{bytes_all} - {bytes_rest} < {expert_bytes}"
     );
+}
+
+/// `with_mode_packing` without the layers (attention, dense FFNs and shared experts computed
+/// on another device) packs the routed experts and the output head only: exactly the layers'
+/// matrices fewer (attention's q_a, q_b, kv_a, output and every k_b, v_b head; three per dense
+/// FFN or shared expert), no transposed `attn_k_b`, so prompts take the absorbed form.
+#[test]
+fn fast_mode_without_layer_packing_leaves_exactly_the_layers_unpacked() {
+    use moe_kernels::NumericMode::Fast;
+    use moe_kernels::PackedMatrix;
+    use moe_model::forward::PromptForm;
+    let path = moe_devdata::fixtures::fixtures_dir().join("kimi-k25-kq/kimi-k25-kq-Q4_K_M.gguf");
+    let all = Model::open(&path).unwrap().with_mode(Fast);
+    let no_layers = Model::open(&path).unwrap().with_mode_packing(
+        Fast,
+        moe_model::model::CpuShare {
+            routed_experts: true,
+            layers: false,
+        },
+    );
+    // The layers' matrices of a type and width that packs (`PackedMatrix::packs`).
+    let packs = |q: moe_kernels::QMatrix<'_>| usize::from(PackedMatrix::packs(q.ty(), q.cols()));
+    let layer_mats: usize = all
+        .layers
+        .iter()
+        .map(|l| {
+            let a = &l.attn;
+            let shared = l.moe.as_ref().and_then(|m| m.shared.as_ref());
+            let mats = [a.q_a.as_ref(), Some(&a.q_b), Some(&a.kv_a), Some(&a.output)]
+                .into_iter()
+                .flatten()
+                .chain(
+                    [l.dense.as_ref(), shared]
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|f| [&f.gate, &f.up, &f.down]),
+                );
+            let heads = [&a.k_b, &a.v_b]
+                .into_iter()
+                .flat_map(|s| (0..s.count()).map(move |h| (s, h)));
+            mats.map(|m| packs(all.mat(m).unwrap())).sum::<usize>()
+                + heads
+                    .map(|(s, h)| packs(all.head_mat(s, h).unwrap()))
+                    .sum::<usize>()
+        })
+        .sum();
+    let (n_all, _) = all.packed_summary();
+    let (n_rest, _) = no_layers.packed_summary();
+    assert!(n_rest > 0 && layer_mats > 0, "nothing to compare");
+    assert_eq!(
+        n_all - n_rest,
+        layer_mats,
+        "{n_all} packed with the layers, {n_rest} without"
+    );
+    assert!(all.k_b_transposed(0, 0).is_some());
+    assert!(no_layers.k_b_transposed(0, 0).is_none());
+    assert_eq!(no_layers.prompt_form(), PromptForm::Absorbed);
 }

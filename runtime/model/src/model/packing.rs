@@ -21,7 +21,7 @@ use hashbrown::HashMap;
 use moe_kernels::{quantize_rows, GgmlType, PackedMatrix, QMatrix};
 use rayon::prelude::*;
 
-use super::Model;
+use super::{CpuShare, Model};
 
 /// Type of the transposed `attn_k_b` heads (see the module docs).
 pub(super) const K_B_T_TYPE: GgmlType = GgmlType::F32;
@@ -37,10 +37,10 @@ pub(super) struct Packed {
 }
 
 impl Packed {
-    /// Packs `model`'s matrices (see the module docs; the routed experts only if
-    /// `experts`) on the rayon pool.
-    pub(super) fn build(model: &Model, experts: bool) -> Self {
-        let todo = matrices(model, experts);
+    /// Packs `model`'s matrices that the CPU computes (`cpu`; see the module docs) on the
+    /// rayon pool.
+    pub(super) fn build(model: &Model, cpu: CpuShare) -> Self {
+        let todo = matrices(model, cpu);
         let map = todo
             .into_par_iter()
             .filter_map(|(key, m)| {
@@ -54,7 +54,7 @@ impl Packed {
         let k_b_t = model
             .layers
             .par_iter()
-            .map(|l| transposed(model, l))
+            .map(|l| transposed(model, l).filter(|_| cpu.layers))
             .collect();
         Self { map, k_b_t }
     }
@@ -79,7 +79,7 @@ impl Packed {
 }
 
 /// Every mapped matrix of a type that repacks, once per source location, unpacked views.
-fn matrices<'a>(model: &'a Model, experts: bool) -> Vec<((usize, usize), QMatrix<'a>)> {
+fn matrices<'a>(model: &'a Model, cpu: CpuShare) -> Vec<((usize, usize), QMatrix<'a>)> {
     let file = &model.file;
     let mut out: HashMap<(usize, usize), QMatrix<'a>> = HashMap::new();
     let mut add = |key: (usize, usize), m: Result<QMatrix<'a>, crate::ModelError>| {
@@ -93,6 +93,16 @@ fn matrices<'a>(model: &'a Model, experts: bool) -> Vec<((usize, usize), QMatrix
     };
     add(model.output.key(), model.output.view(file));
     for l in &model.layers {
+        if let Some(moe) = l.moe.as_ref().filter(|_| cpu.routed_experts) {
+            for s in [&moe.gate_exps, &moe.up_exps, &moe.down_exps] {
+                for e in 0..s.count() {
+                    add(s.key(e), s.matrix(file, e, "expert"));
+                }
+            }
+        }
+        if !cpu.layers {
+            continue;
+        }
         let a = &l.attn;
         let mats = [a.q_a.as_ref(), Some(&a.q_b), Some(&a.kv_a), Some(&a.output)];
         for m in mats.into_iter().flatten() {
@@ -110,13 +120,6 @@ fn matrices<'a>(model: &'a Model, experts: bool) -> Vec<((usize, usize), QMatrix
         for f in ffns.into_iter().flatten() {
             for m in [&f.gate, &f.up, &f.down] {
                 add(m.key(), m.view(file));
-            }
-        }
-        if let Some(moe) = l.moe.as_ref().filter(|_| experts) {
-            for s in [&moe.gate_exps, &moe.up_exps, &moe.down_exps] {
-                for e in 0..s.count() {
-                    add(s.key(e), s.matrix(file, e, "expert"));
-                }
             }
         }
     }
