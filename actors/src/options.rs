@@ -160,7 +160,7 @@ impl ComputeArgs {
 #[cfg(feature = "vulkan")]
 fn with_vulkan_layers(args: &ComputeArgs, model: Model) -> anyhow::Result<Model> {
     let index = args.device;
-    let device = moe_vulkan::Device::open(index)?;
+    let device = moe_vulkan::Device::shared(index)?;
     let mut layers = moe_vulkan::VulkanLayers::new(device, &model)
         .with_context(|| format!("uploading the attention, dense FFN and shared-expert weights to Vulkan device {index} (--vulkan-layers off keeps them on the CPU)"))?;
     match args.route_tiles {
@@ -186,7 +186,7 @@ fn with_vulkan_layers(_: &ComputeArgs, _: Model) -> anyhow::Result<Model> {
 #[cfg(feature = "vulkan")]
 fn vulkan_handle(args: &ComputeArgs, model: &Model) -> anyhow::Result<ComputeHandle> {
     let index = args.device;
-    let device = moe_vulkan::Device::open(index)?;
+    let device = moe_vulkan::Device::shared(index)?;
     let host = match args.vulkan_memory {
         VulkanMemory::Import => moe_vulkan::HostMemory::Import,
         VulkanMemory::Copy => moe_vulkan::HostMemory::Copy,

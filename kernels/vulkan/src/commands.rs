@@ -2,7 +2,7 @@
 //! pool that is reset after each wait, so a recording may use up to [`SETS_PER_SUBMIT_MAX`]
 //! dispatches. Calls are serialized by the owner (one `Commands` per lock).
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use ash::vk;
 
@@ -181,12 +181,18 @@ impl Commands {
         unsafe {
             d.end_command_buffer(self.cmd)
                 .map_err(VulkanError::call("vkEndCommandBuffer"))?;
+            let queue = self
+                .device
+                .submit_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             d.queue_submit(
                 self.device.queue,
                 &[vk::SubmitInfo::default().command_buffers(&cmds)],
                 self.fence,
             )
             .map_err(VulkanError::call("vkQueueSubmit"))?;
+            drop(queue);
             let waited = d.wait_for_fences(&[self.fence], true, SUBMIT_TIMEOUT_NS);
             if let Err(e) = waited {
                 // A hung or lost device: leave the fence as it is, the error says which.

@@ -1,17 +1,18 @@
-//! A logical device with one compute queue, and host-visible storage buffers on it.
+//! A logical device with one compute queue, and storage buffers on it. A process opens each
+//! device once ([`Device::shared`]): its experts and its layers share the device's memory
+//! and queue (submissions serialized, as Vulkan asks).
 //!
-//! Memory: every allocated buffer is host-visible and coherent, mapped once for its lifetime,
-//! preferring a device-local type (unified memory, resizable BAR, lavapipe). That keeps
-//! uploads and read-backs to plain copies; a discrete GPU without a device-local host-visible
-//! type still works but reads its weights over the bus (staging into device-only memory is a
-//! next step). Where the device has `VK_EXT_external_memory_host` (lavapipe, RADV, NVIDIA), a
+//! Memory: a buffer is host-visible and coherent, mapped once for its lifetime, preferring a
+//! device-local type (unified memory, resizable BAR, lavapipe), which keeps uploads and
+//! read-backs to plain copies; or device-only, filled through a staging buffer
+//! ([`Buffer::device_only`], a discrete GPU's weights). Where the device has `VK_EXT_external_memory_host` (lavapipe, RADV, NVIDIA), a
 //! buffer can instead be a view of host memory, such as a map of the model file
 //! ([`Buffer::import`]): on a unified-memory device ([`Device::unified_memory`]) the expert
 //! weights are then read where the page cache holds them, not copied. What the buffers hold
 //! and which kernels run over them is decided by `expert_weights.rs` and
 //! `expert_compute.rs`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use ash::vk;
 
@@ -22,6 +23,9 @@ use crate::VulkanError;
 pub struct Device {
     pub(crate) device: ash::Device,
     pub(crate) queue: vk::Queue,
+    /// Held around `vkQueueSubmit` on `queue`, which must be externally synchronized: several
+    /// command buffers (the experts', the layers') submit to it.
+    pub(crate) submit_lock: Mutex<()>,
     pub(crate) queue_family: u32,
     pub(crate) memory_type: u32,
     /// A device-local type in the largest device-local heap (for device-only buffers filled
@@ -63,8 +67,27 @@ impl Drop for Device {
     }
 }
 
+/// The devices [`Device::shared`] handed out, by index, while anything holds them.
+static SHARED: Mutex<Vec<(usize, Weak<Device>)>> = Mutex::new(Vec::new());
+
 impl Device {
-    /// Opens device `index` (as `moe-node devices` numbers them).
+    /// Device `index` as the process's one logical device for it: the first call opens it
+    /// ([`Device::open`]), later calls get the same device as long as anything holds it, so
+    /// a process's experts and layers share its memory and queue.
+    pub fn shared(index: usize) -> Result<Arc<Self>, VulkanError> {
+        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.retain(|(_, d)| d.strong_count() > 0);
+        let held = shared.iter().find(|(i, _)| *i == index);
+        if let Some(device) = held.and_then(|(_, d)| d.upgrade()) {
+            return Ok(device);
+        }
+        let device = Self::open(index)?;
+        shared.push((index, Arc::downgrade(&device)));
+        Ok(device)
+    }
+
+    /// Opens device `index` (as `moe-node devices` numbers them): a logical device of its
+    /// own (see [`Device::shared`]).
     pub fn open(index: usize) -> Result<Arc<Self>, VulkanError> {
         Self::open_with(index, true)
     }
@@ -159,6 +182,7 @@ impl Device {
         Ok(Arc::new(Self {
             device,
             queue,
+            submit_lock: Mutex::new(()),
             queue_family,
             memory_type,
             device_memory_type,
