@@ -260,7 +260,9 @@ fn model_commands_on_vulkan_match_the_reference() {
 }
 
 /// A 3-node cluster where expert node e1 computes on Vulkan and e2, e3 on the CPU gives the
-/// single CPU process's routing and greedy output, with logits within [`LOGIT_ABS_TOL`].
+/// single CPU process's routing and greedy output, with logits within [`LOGIT_ABS_TOL`]; so
+/// does the same cluster with the router on Vulkan too (its attention, dense FFN and shared
+/// experts there, the shared expert computed while the nodes' frames are in flight).
 #[test]
 fn a_vulkan_expert_node_in_a_cpu_cluster_matches_the_single_process() {
     use moe_tests::cluster::{
@@ -308,8 +310,14 @@ fn a_vulkan_expert_node_in_a_cpu_cluster_matches_the_single_process() {
         "--secret-file",
         path_str(&secret),
     ];
+    let mut vulkan_router = cluster.to_vec();
+    vulkan_router.extend_from_slice(&["--backend", "vulkan"]);
     let mut outputs = Vec::new();
-    for (tag, extra) in [("single", &[][..]), ("cluster", &cluster[..])] {
+    for (tag, extra) in [
+        ("single", &[][..]),
+        ("cluster", &cluster[..]),
+        ("vulkan router", &vulkan_router[..]),
+    ] {
         let out = dir.path().join(format!("{tag}.npy"));
         let routing = dir.path().join(format!("{tag}.json"));
         let mut args = vec![
@@ -324,7 +332,14 @@ fn a_vulkan_expert_node_in_a_cpu_cluster_matches_the_single_process() {
             path_str(&routing),
         ];
         args.extend_from_slice(extra);
-        moe_node_ok(&args);
+        let logits = moe_node(&args);
+        let stderr = String::from_utf8_lossy(&logits.stderr);
+        assert!(logits.status.success(), "{tag}: {stderr}");
+        assert_eq!(
+            stderr.contains("attention, dense FFNs and shared experts on Vulkan device 0"),
+            tag == "vulkan router",
+            "{tag}: {stderr}"
+        );
         let mut run = vec![
             "run",
             "-m",
@@ -343,25 +358,29 @@ fn a_vulkan_expert_node_in_a_cpu_cluster_matches_the_single_process() {
             moe_node_ok(&run),
         ));
     }
-    let (single, cluster) = (&outputs[0], &outputs[1]);
-    let max_diff = single
-        .0
-        .iter()
-        .zip(&cluster.0)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(max_diff <= LOGIT_ABS_TOL, "{}: {max_diff:e}", fc.what);
-    let (a, b): (Value, Value) = (
-        serde_json::from_str(&single.1).unwrap(),
-        serde_json::from_str(&cluster.1).unwrap(),
-    );
-    for (layer, r) in a.as_object().unwrap() {
-        assert_eq!(
-            r["experts"], b[layer]["experts"],
-            "{}: routing of layer {layer}",
-            fc.what
+    let single = &outputs[0];
+    let mut max_diffs = Vec::new();
+    for (tag, cluster) in ["cluster", "vulkan router"].iter().zip(&outputs[1..]) {
+        let max_diff = single
+            .0
+            .iter()
+            .zip(&cluster.0)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(max_diff <= LOGIT_ABS_TOL, "{} {tag}: {max_diff:e}", fc.what);
+        let (a, b): (Value, Value) = (
+            serde_json::from_str(&single.1).unwrap(),
+            serde_json::from_str(&cluster.1).unwrap(),
         );
+        for (layer, r) in a.as_object().unwrap() {
+            assert_eq!(
+                r["experts"], b[layer]["experts"],
+                "{} {tag}: routing of layer {layer}",
+                fc.what
+            );
+        }
+        assert_eq!(single.2, cluster.2, "{} {tag}: greedy output", fc.what);
+        max_diffs.push(max_diff);
     }
-    assert_eq!(single.2, cluster.2, "{}: greedy output", fc.what);
     assert!(
         e1.node
             .stderr()
@@ -369,7 +388,7 @@ fn a_vulkan_expert_node_in_a_cpu_cluster_matches_the_single_process() {
         "e1 did not run on Vulkan: {}",
         e1.node.stderr()
     );
-    println!("{}: cluster with a Vulkan expert node: logits max|diff| {max_diff:.2e} vs the single process, routing and greedy identical", fc.what);
+    println!("{}: cluster with a Vulkan expert node, router on the CPU / on Vulkan: logits max|diff| {:.2e} / {:.2e} vs the single process, routing and greedy identical", fc.what, max_diffs[0], max_diffs[1]);
 }
 
 /// Live re-placement onto an expert node computing on Vulkan: a SIGHUP during a generation
