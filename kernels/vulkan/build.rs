@@ -113,7 +113,7 @@ fn main() {
         compile(compiler, &format!("matvec_fast_{ty}"), text, &out);
     }
     for name in [
-        "swiglu", "combine", "quantize", "rms_norm", "rope", "gather", "attend",
+        "swiglu", "combine", "quantize", "rms_norm", "rope", "gather", "attend", "kv_store",
     ] {
         compile(
             compiler,

@@ -2,34 +2,42 @@
 //! layer's in the absorbed form (exact mode's form, in both modes) with the sequence's
 //! cache rows on the device. One call (one layer, `t` new tokens of one sequence at `pos0`):
 //!
-//! 1. submit: the normalized input rows uploaded; `q = q_b(norm(q_a(x)))` and `kv = kv_a(x)`
-//!    (matvecs over the file's blocks, tokens as routes of one matrix); wait; `kv` read back;
-//! 2. host: the new rows' latent normalized and key rotated and appended to the host cache
-//!    exactly as the CPU does ([`push_latent_rows`]), then every host row the device copy
-//!    lacks written to it (widened to f32, so a narrower `--kv-type` reads the same rounded
-//!    values as on the CPU);
-//! 3. submit: the query heads' rope parts rotated (a host table of the angles), their
+//! 1. record: the normalized input rows uploaded; `q = q_b(norm(q_a(x)))` and `kv = kv_a(x)`
+//!    (matvecs over the file's blocks, tokens as routes of one matrix);
+//! 2. record: the new rows completed as the CPU completes them ([`push_latent_rows`]: the
+//!    latent normalized, the key rotated), rounded to the cache's element type
+//!    (`kv_store.comp`) and stored into the device copy of the cache, after every older row
+//!    the copy lacked was written to it from the host cache (widened to f32, so a narrower
+//!    `--kv-type` reads the same rounded values as on the CPU);
+//! 3. record: the query heads' rope parts rotated (a host table of the angles), their
 //!    no-rope parts gathered head-major and absorbed through the per-head `attn_k_b`
 //!    (heads as the routes' matrices), scores, softmax and context over the cache rows
 //!    (`attend.comp`), the per-head `attn_v_b`, the heads gathered back token-major, and
-//!    `attn_output`; wait; the output read back.
+//!    `attn_output`; submit once and wait; the output and the new rows read back, the rows
+//!    appended to the host cache (already in its type, so it keeps them as they are: the
+//!    host record and the device copy hold the same values).
+//!
+//! One host round trip a layer. A Q8_0 cache (whose block scales the device does not
+//! round as the host does) takes two: the projections are submitted first and the new rows
+//! completed on the host ([`push_latent_rows`]), then copied to the device with the older
+//! ones.
 //!
 //! The device copy of a cache ([`VulkanKv`]) travels with the host [`KvCache`] and drops with
 //! it; the cache lowers its valid rows on every truncation, so it never serves dropped rows.
 //! Fast mode quantizes each matvec's input on the device and takes the integer-dot shaders
 //! (as the experts do); the attention proper is f32 in both modes.
-//!
-//! Two host round trips a layer (the host keeps the record of the cache, in its type); a
-//! device-side rounding of the rows to the cache type would save the first.
 
-use moe_kernels::NumericMode;
+use std::sync::Arc;
+
+use moe_kernels::{KvType, NumericMode};
 use moe_model::forward::{push_latent_rows, DeviceKv, KvCache};
 use moe_model::model::Model;
 use moe_model::ModelError;
 
 use crate::attention_weights::LayerAttention;
 use crate::commands::Commands;
-use crate::device::Buffer;
+use crate::device::{Buffer, Device};
+use crate::kernels::Kernels;
 use crate::layers::{b, Scratch, VulkanLayers};
 use crate::scratch::{ensure, f32_bytes, read_f32, u32_bytes};
 use crate::tiles::TileMeta;
@@ -96,6 +104,67 @@ impl Dims {
     }
 }
 
+/// Values of the largest matvec input of one call, quantized in turn into one scratch
+/// buffer: the projections' (`[t, D]`, `[t, q_lora]`) and the heads' (`[H, t, dn]`,
+/// `[H, t, Lkv]`, `[t, H * dv]`). One size for the whole call, ensured before anything is
+/// recorded: growing the buffer between recordings of one submission would free the one
+/// the earlier dispatches were recorded with.
+fn quantized_values(w: &LayerAttention, dims: Dims) -> usize {
+    let Dims {
+        t,
+        d,
+        h,
+        dn,
+        dv,
+        lkv,
+        ..
+    } = dims;
+    (t * d.max(w.q_b.cols))
+        .max(h * t * dn.max(lkv))
+        .max(t * h * dv)
+}
+
+/// How `kv_store.comp` rounds rows for a cache of `ty`, or `None` where the device does not
+/// round to it (Q8_0: the new rows go through the host first).
+fn kv_store_kind(ty: KvType) -> Option<u32> {
+    match ty {
+        KvType::F32 => Some(0),
+        KvType::Bf16 => Some(1),
+        KvType::F16 => Some(2),
+        KvType::Q8_0 => None,
+    }
+}
+
+/// `values` rounded to `ty` by `kv_store.comp` on `device`, as the device copy of a cache of
+/// that type stores new rows (the kernel-level tests' tool; Q8_0, which the device does not
+/// round, is an error).
+pub fn round_kv_on_device(
+    device: &Arc<Device>,
+    values: &[f32],
+    ty: KvType,
+) -> Result<Vec<f32>, VulkanError> {
+    let kind = kv_store_kind(ty).ok_or_else(|| {
+        VulkanError::InvalidInput(format!("the device does not round to a {ty} cache"))
+    })?;
+    let kernels = Kernels::new(device)?;
+    let mut commands = Commands::new(device)?;
+    let n = values.len();
+    let mut rows = Buffer::new(device, 4 * n.max(1), "rows to round")?;
+    rows.write(0, f32_bytes(values));
+    let dst = Buffer::new(device, 4 * n.max(1), "rounded rows")?;
+    commands.elementwise(
+        device,
+        &kernels.kv_store,
+        &[&rows, &dst],
+        &[n as u32, 0, kind],
+        n,
+    )?;
+    commands.submit_and_wait()?;
+    let mut out = vec![0f32; n];
+    read_f32(&dst, &mut out);
+    Ok(out)
+}
+
 impl VulkanLayers {
     /// `LayerCompute::attention` (see the file's doc).
     pub(crate) fn attention_on_device(
@@ -144,14 +213,21 @@ impl VulkanLayers {
             .lock()
             .map_err(|_| VulkanError::InvalidInput("a previous Vulkan call panicked".into()))?;
         let (commands, s) = &mut *state;
-
-        // 1. Projections; kv read back.
+        let mut cs = vec![0f32; t * dims.dr];
+        for (i, row) in cs.chunks_exact_mut(dims.dr).enumerate() {
+            model.rope.cos_sin(dims.pos0 + i, row);
+        }
         let mut kv = vec![0f32; t * (dims.lkv + dims.dr)];
+        let on_device = kv_store_kind(cache.kv_type());
         self.project(commands, s, w, x, dims, fast)?;
-        read_f32(s.kv.as_ref().expect("ensured"), &mut kv);
+        if on_device.is_none() {
+            // The new rows through the host first (see the file's doc).
+            commands.submit_and_wait()?;
+            read_f32(b(&s.kv), &mut kv);
+            push_latent_rows(model, l, &mut kv, dims.pos0, cache);
+        }
 
-        // 2. The host cache gets the new rows; the device copy every row it lacks.
-        push_latent_rows(model, l, &mut kv, dims.pos0, cache);
+        // The device copy gets every host row it lacks.
         let mut mirror = cache.take_device_kv();
         let mine = mirror
             .as_mut()
@@ -174,20 +250,33 @@ impl VulkanLayers {
             .as_any_mut()
             .downcast_mut::<VulkanKv>()
             .expect("ours, checked or made above");
-        let rows = self.sync_layer(&mut vk.layers[l], cache, l, dims)?;
+        let end = dims.pos0 + t;
+        let lk = &mut vk.layers[l];
+        let rows = match on_device {
+            Some(kind) => {
+                let rows = self.sync_layer(lk, cache, l, dims.pos0, end)?;
+                self.store_rows(commands, s, w, rows, &cs, dims, kind)?;
+                rows
+            }
+            None => self.sync_layer(lk, cache, l, end, end)?,
+        };
 
-        // 3. Attention proper and the output projection.
-        let mut cs = vec![0f32; t * dims.dr];
-        for (i, row) in cs.chunks_exact_mut(dims.dr).enumerate() {
-            model.rope.cos_sin(dims.pos0 + i, row);
-        }
+        // Attention proper and the output projection; the new rows to the host's record.
         self.attend(commands, s, w, rows, &cs, dims, c.attn_scale(), fast)?;
-        read_f32(s.out.as_ref().expect("ensured"), out);
+        lk.valid = end;
+        if on_device.is_some() {
+            read_f32(b(&s.kv), &mut kv);
+            let lkv = dims.lkv;
+            for row in kv.chunks_exact(lkv + dims.dr) {
+                cache.push(l, &row[..lkv], &row[lkv..]);
+            }
+        }
+        read_f32(b(&s.out), out);
         cache.set_device_kv(mirror);
         Ok(())
     }
 
-    /// Submit 1: `q` and `kv` of the call's tokens into `s.q`, `s.kv`.
+    /// Records `q` and `kv` of the call's tokens into `s.q`, `s.kv`.
     fn project(
         &self,
         commands: &mut Commands,
@@ -207,7 +296,7 @@ impl VulkanLayers {
             ensure(dev, &mut s.cq, 4 * t * q_a.rows, &what("query LoRA"))?;
         }
         let meta = self.token_meta(s, t)?;
-        self.ensure_quantized(s, t * dims.d.max(w.q_b.cols))?;
+        self.ensure_quantized(s, quantized_values(w, dims))?;
         let tokens = s.meta_tokens.as_ref().expect("ensured");
         let (xb, q, kv) = (
             s.x.as_ref().expect("ensured"),
@@ -232,21 +321,65 @@ impl VulkanLayers {
             }
             None => self.matmul(commands, &w.q_b, [xb, xq, q, tokens], &meta, 0, fast)?,
         }
-        self.matmul(commands, &w.kv_a, [xb, xq, kv, tokens], &meta, 0, fast)?;
-        commands.submit_and_wait()
+        self.matmul(commands, &w.kv_a, [xb, xq, kv, tokens], &meta, 0, fast)
     }
 
-    /// Writes the host cache's rows of layer `l` that the device copy lacks (up to the call's
-    /// last new position) into it, growing it as needed; returns its buffer.
+    /// Records the new rows' completion as `push_latent_rows` does on the host (the latent
+    /// normalized, the key rotated), their rounding to the cache type (`kind`, as
+    /// `kv_store.comp` numbers them) and their store into the device copy `rows`.
+    #[allow(clippy::too_many_arguments)] // one layer's call: weights, rows, table, shapes
+    fn store_rows(
+        &self,
+        commands: &mut Commands,
+        s: &mut Scratch,
+        w: &LayerAttention,
+        rows: &Buffer,
+        cs: &[f32],
+        dims: Dims,
+        kind: u32,
+    ) -> Result<(), VulkanError> {
+        let dev = &self.device;
+        let (t, lkv, dr) = (dims.t, dims.lkv, dims.dr);
+        ensure(dev, &mut s.cs, 4 * cs.len(), "attention rope table")?.write(0, f32_bytes(cs));
+        let kv = b(&s.kv);
+        let eps = moe_model::config::LATENT_NORM_EPS.to_bits();
+        let (cmd, set) = commands.next(&self.kernels.rms_norm)?;
+        self.kernels.rms_norm.record(
+            cmd,
+            set,
+            &[kv, &w.kv_norm],
+            &[lkv as u32, (lkv + dr) as u32, eps],
+            [t as u32, 1, 1],
+        );
+        let pairs = dr / 2;
+        commands.elementwise(
+            dev,
+            &self.kernels.rope,
+            &[kv, b(&s.cs)],
+            &[t as u32, 1, (lkv + dr) as u32, lkv as u32, pairs as u32],
+            t * pairs,
+        )?;
+        let n = t * (lkv + dr);
+        commands.elementwise(
+            dev,
+            &self.kernels.kv_store,
+            &[kv, rows],
+            &[n as u32, (dims.pos0 * (lkv + dr)) as u32, kind],
+            n,
+        )
+    }
+
+    /// Makes the device copy of layer `l` hold `end` positions (growing it as needed) and
+    /// writes the host cache's rows it lacks up to `host_end` into it; returns its buffer.
     fn sync_layer<'a>(
         &self,
         lk: &'a mut LayerKv,
         cache: &KvCache,
         l: usize,
-        dims: Dims,
+        host_end: usize,
+        end: usize,
     ) -> Result<&'a Buffer, VulkanError> {
-        let end = dims.pos0 + dims.t;
-        let row_bytes = 4 * (dims.lkv + dims.dr);
+        let row_bytes = 4 * cache.row_shape().width();
         if lk.positions < end {
             let positions = end.max(2 * lk.positions).max(KV_POSITIONS_MIN);
             let limit = self.device.max_binding_bytes() as usize / row_bytes;
@@ -270,10 +403,10 @@ impl VulkanLayers {
             lk.valid = 0;
         }
         let buf = lk.buf.as_mut().expect("allocated above");
-        if lk.valid < end {
-            let rows = cache.layer_f32(l, lk.valid..end);
+        if lk.valid < host_end {
+            let rows = cache.layer_f32(l, lk.valid..host_end);
             buf.write(lk.valid * row_bytes, f32_bytes(&rows));
-            lk.valid = end;
+            lk.valid = host_end;
         }
         Ok(buf)
     }
@@ -336,7 +469,7 @@ impl VulkanLayers {
         ensure(dev, &mut s.out, 4 * t * d, &what("output"))?;
         let token_meta = self.token_meta(s, t)?;
         let head_meta = self.head_meta(s, w, t, h)?;
-        self.ensure_quantized(s, (h * t * dn.max(lkv)).max(t * h * dv))?;
+        self.ensure_quantized(s, quantized_values(w, dims))?;
         let (q, qn, q_abs, scores, ctx, oh, o, out, xq) = (
             b(&s.q),
             b(&s.qn),

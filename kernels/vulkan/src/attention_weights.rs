@@ -1,7 +1,7 @@
 //! The attention weights of every layer on the device, uploaded once: `attn_q_a` (when the
 //! model has a query LoRA), `attn_q_b`, `attn_kv_a_mqa`, the per-head `attn_k_b` and
 //! `attn_v_b` stacks and `attn_output` as the file's raw blocks (the matvec shaders read
-//! them), and the query LoRA's norm gain as f32. Copied (through a staging buffer on a
+//! them), and the query LoRA's and the latent's norm gains as f32. Copied (through a staging buffer on a
 //! discrete GPU): they are a few percent of a MoE model's bytes.
 
 use std::sync::Arc;
@@ -18,6 +18,8 @@ pub(crate) struct LayerAttention {
     pub q_a: Option<(DeviceMat, Buffer)>,
     pub q_b: DeviceMat,
     pub kv_a: DeviceMat,
+    /// The latent norm's gain (`attn_kv_a_norm`), f32.
+    pub kv_norm: Buffer,
     pub k_b: DeviceMat,
     pub v_b: DeviceMat,
     pub output: DeviceMat,
@@ -60,10 +62,13 @@ impl AttentionWeights {
                 Ok(dm)
             };
             let (k_b, v_b) = (stack(&a.k_b)?, stack(&a.v_b)?);
+            let mut kv_norm = Buffer::new(device, 4 * a.kv_a_norm.len(), "attn_kv_a_norm")?;
+            kv_norm.write(0, f32_bytes(&a.kv_a_norm));
             layers.push(LayerAttention {
                 q_a,
                 q_b,
                 kv_a,
+                kv_norm,
                 k_b,
                 v_b,
                 output,

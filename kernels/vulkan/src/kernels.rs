@@ -14,7 +14,8 @@
 //! - `combine.spv`: the weighted add of every route's output into its token's row.
 //! - attention's (`attention.rs`): `rms_norm.spv` (rows in place), `rope.spv` (query heads'
 //!   rope parts from a host table), `gather.spv` (strided row copies between token- and
-//!   head-major layouts), `attend.spv` (scores, softmax and context over the cache rows).
+//!   head-major layouts), `attend.spv` (scores, softmax and context over the cache rows),
+//!   `kv_store.spv` (new cache rows rounded to the cache type into the device copy).
 //!
 //! This module builds pipelines and records dispatches; which dispatches a MoE layer needs
 //! is `expert_compute.rs`'s decision.
@@ -151,6 +152,7 @@ const RMS_NORM_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rms_norm
 const ROPE_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rope.spv"));
 const GATHER_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gather.spv"));
 const ATTEND_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attend.spv"));
+const KV_STORE_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_store.spv"));
 
 /// The weight types the matvec shaders read.
 pub fn supported_types() -> impl Iterator<Item = GgmlType> {
@@ -424,6 +426,8 @@ pub struct Kernels {
     /// `attend.comp`: bindings q_abs, q, cache rows, scores, ctx; push see the shader (a
     /// workgroup a query row).
     pub attend: Kernel,
+    /// `kv_store.comp`: bindings new rows, device cache copy; push n, at, kind, base.
+    pub kv_store: Kernel,
 }
 
 impl Kernels {
@@ -449,6 +453,7 @@ impl Kernels {
             rope: Kernel::new(device, ROPE_SPIRV, 2, 6)?,
             gather: Kernel::new(device, GATHER_SPIRV, 2, 8)?,
             attend: Kernel::new(device, ATTEND_SPIRV, 5, 10)?,
+            kv_store: Kernel::new(device, KV_STORE_SPIRV, 2, 4)?,
             device: device.clone(),
         })
     }

@@ -25,7 +25,9 @@ use crate::VulkanError;
 /// Tells the [`crate::VulkanKv`]s of different [`VulkanLayers`] apart.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Per-call buffers, grown on demand and reused.
+/// Per-call buffers, grown on demand and reused. Every buffer a submission uses must be
+/// ensured at its size for the submission before its first dispatch is recorded: `ensure`
+/// replaces a buffer that is too small, and a recorded dispatch would then use freed memory.
 #[derive(Default)]
 pub(crate) struct Scratch {
     /// Input rows `[t, D]`.

@@ -79,7 +79,7 @@ mod matvec;
 mod scratch;
 mod tiles;
 
-pub use attention::{VulkanKv, SCORES_BYTES_MAX};
+pub use attention::{round_kv_on_device, VulkanKv, SCORES_BYTES_MAX};
 pub use device::Device;
 pub use error::VulkanError;
 pub use expert_compute::VulkanCompute;

@@ -532,3 +532,65 @@ fn every_fast_matvec_shader_matches_its_emulation_and_the_cpu() {
         );
     }
 }
+
+/// `kv_store.comp` rounds new cache rows to BF16 and F16 exactly as the host's cache
+/// (`moe_kernels::KvBuf`) does: round to nearest even (halfway cases both ways), F16
+/// saturating at ±65504 and keeping its subnormals, signed zeros kept; on values across every
+/// magnitude the caches meet and on each edge. (Equal values are what keep a cache's host
+/// record and device copy equal: `layers.rs`' narrow-cache test checks that end to end.)
+#[test]
+fn the_kv_store_shader_rounds_as_the_host_cache() {
+    use moe_kernels::{KvBuf, KvRowShape, KvType};
+    let Some(device) = common::device_or_skip("the_kv_store_shader_rounds_as_the_host_cache")
+    else {
+        return;
+    };
+    let mut v: Vec<f32> = values(4096, 7)
+        .into_iter()
+        .enumerate()
+        .map(|(i, x)| x * 2f32.powi((i % 48) as i32 - 30))
+        .collect();
+    let halfway = |bits: u32, drop: u32| f32::from_bits(bits | (1 << (drop - 1)));
+    v.extend([
+        0.0,
+        -0.0,
+        65504.0,
+        65519.9,
+        65520.0,
+        -65520.0,
+        70000.0,
+        -1e30,
+        6.0e-5,                   // just below f16's smallest normal
+        6.1e-5,                   // just above it
+        -3.0e-8,                  // below half of f16's smallest subnormal
+        3.0e-8,                   // above it
+        2f32.powi(-24),           // f16's smallest subnormal, exactly
+        2f32.powi(-25),           // exactly half of it: rounds to even (zero)
+        1.5 * 2f32.powi(-24),     // 1.5 subnormals: rounds to even (2)
+        halfway(0x3f80_0000, 13), // 1 + half an f16 ulp: to even (1)
+        halfway(0x3f80_2000, 13), // (1 + 1 ulp) + half: to even (1 + 2 ulp)
+        halfway(0x3f80_0000, 16), // the same for bf16
+        halfway(0x3f81_0000, 16),
+    ]);
+    for ty in [KvType::Bf16, KvType::F16] {
+        let got = moe_vulkan::round_kv_on_device(&device, &v, ty).unwrap();
+        let mut host = KvBuf::new(
+            ty,
+            KvRowShape {
+                latent: v.len(),
+                rope: 0,
+            },
+        );
+        host.push(&v, &[]);
+        let want = host.all().to_f32().into_owned();
+        for (i, ((&x, w), g)) in v.iter().zip(&want).zip(&got).enumerate() {
+            assert_eq!(
+                w.to_bits(),
+                g.to_bits(),
+                "{ty:?} value {i} ({x:e}): host {w:e}, device {g:e}"
+            );
+        }
+        println!("{ty:?}: {} values rounded as the host rounds them", v.len());
+    }
+    assert!(moe_vulkan::round_kv_on_device(&device, &v, KvType::Q8_0).is_err());
+}

@@ -12,6 +12,9 @@
 //!   step, and the same top token. The rollback proves the device copy of the cache drops
 //!   truncated rows (if it kept its rows 10..16, the new tokens would attend to the old
 //!   ones and the logits would move far past the tolerance);
+//! - with a BF16, F16 or Q8_0 cache the host cache and the device copy hold the same rows
+//!   (the new rows rounded on the device for the first two, on the host for Q8_0), and the
+//!   logits stay within `NARROW_KV_ABS_TOL` of the CPU's with the same cache type;
 //! - the prompt in one call and in chunks of 5, 1 and 7 tokens give the same bits on the
 //!   device (a row's result does not depend on the call's other rows: what makes a prompt's
 //!   bits independent of how a server chunks it);
@@ -23,7 +26,7 @@ mod common;
 
 use std::sync::Arc;
 
-use moe_kernels::NumericMode;
+use moe_kernels::{KvType, NumericMode};
 use moe_model::forward::{KvCache, LocalExperts, NoObserver, SeqInput, TokenKind};
 use moe_model::model::{DenseFfn, Model};
 use moe_vulkan::VulkanLayers;
@@ -259,5 +262,66 @@ fn layers_on_vulkan_match_the_cpu_through_prompt_decode_and_rollback() {
             kl_gpu <= FAST_KL_RATIO_MAX * kl_cpu.max(FAST_KL_FLOOR),
             "{name}: fast mode with the layers on Vulkan drifts from exact by mean KL {kl_gpu:e} (on the CPU {kl_cpu:e})"
         );
+    }
+}
+
+/// Largest accepted |device - CPU| of one logit with a narrow KV cache (exact arithmetic
+/// otherwise): a cached value whose device and CPU computations straddle a rounding
+/// boundary of the narrow type lands one unit of it apart.
+const NARROW_KV_ABS_TOL: f32 = 2e-3;
+
+/// With a BF16, F16 or Q8_0 cache (the first two rounded on the device by `kv_store.comp`,
+/// the last on the host), the host cache holds exactly the rows the device copy holds: a
+/// decode step from a clone of the cache (no device copy: rebuilt from the host rows) gives
+/// the bits of the same step from the original; and the logits stay within
+/// `NARROW_KV_ABS_TOL` of the CPU with the same cache type.
+#[test]
+fn narrow_kv_caches_keep_the_host_record_equal_to_the_device_copy() {
+    let Some(device) =
+        common::device_or_skip("narrow_kv_caches_keep_the_host_record_equal_to_the_device_copy")
+    else {
+        return;
+    };
+    let path = common::kq_q4_k_m();
+    for kv_type in [KvType::Bf16, KvType::F16, KvType::Q8_0] {
+        let cpu = Model::open(&path).unwrap().with_kv_type(kv_type);
+        let gpu = on_device(&path, &device, NumericMode::Exact).with_kv_type(kv_type);
+        let vocab = cpu.cfg.vocab;
+        let prompt = tokens(PROMPT, 5, vocab);
+        let step = |model: &Model, cache: &mut KvCache, toks: &[u32]| {
+            let kind = TokenKind::Generated;
+            let mut batch = [SeqInput {
+                cache,
+                tokens: toks,
+                all_logits: false,
+                kind,
+            }];
+            let mut experts = LocalExperts::default();
+            let logits = model
+                .forward(&mut batch, &mut experts, &mut NoObserver)
+                .unwrap();
+            logits.into_iter().next().unwrap()
+        };
+        let mut on_gpu = KvCache::for_model(&gpu, 64);
+        let mut on_cpu = KvCache::for_model(&cpu, 64);
+        let mut diffs = String::new();
+        for toks in [&prompt[..], &[3], &[11]] {
+            let mut from_host = on_gpu.clone();
+            let got = step(&gpu, &mut on_gpu, toks);
+            let again = step(&gpu, &mut from_host, toks);
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                again.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{kv_type:?}: the device copy and the host rows differ"
+            );
+            let want = step(&cpu, &mut on_cpu, toks);
+            let diff = want
+                .iter()
+                .zip(&got)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= NARROW_KV_ABS_TOL, "{kv_type:?}: {diff}");
+            diffs += &format!(" {diff:.2e}");
+        }
+        println!("{kv_type:?} cache: max |vulkan - cpu| logit per call{diffs}");
     }
 }
