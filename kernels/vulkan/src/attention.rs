@@ -29,7 +29,7 @@
 
 use std::sync::Arc;
 
-use moe_kernels::{KvType, NumericMode};
+use moe_kernels::KvType;
 use moe_model::forward::{push_latent_rows, DeviceKv, KvCache};
 use moe_model::model::Model;
 use moe_model::ModelError;
@@ -207,11 +207,8 @@ impl VulkanLayers {
             )));
         }
         let w = self.attention_layer(model, l)?;
-        let fast = model.mode() == NumericMode::Fast && self.kernels.has_fast();
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| VulkanError::InvalidInput("a previous Vulkan call panicked".into()))?;
+        let fast = self.fast(model);
+        let mut state = self.lock()?;
         let (commands, s) = &mut *state;
         let mut cs = vec![0f32; t * dims.dr];
         for (i, row) in cs.chunks_exact_mut(dims.dr).enumerate() {
@@ -411,7 +408,8 @@ impl VulkanLayers {
         Ok(buf)
     }
 
-    /// Submit 2: rope, absorption, attention, values and output into `s.out`.
+    /// Records rope, absorption, attention, values and the output into `s.out`; submits
+    /// everything recorded since the last submission and waits.
     #[allow(clippy::too_many_arguments)] // one layer's call: weights, rows, table, shapes
     fn attend(
         &self,

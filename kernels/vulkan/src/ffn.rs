@@ -5,7 +5,6 @@
 //! down matvec, submits once and reads the output back. Fast mode quantizes each matvec's
 //! input on the device and takes the integer-dot shaders, as the experts do.
 
-use moe_kernels::NumericMode;
 use moe_model::model::Model;
 use moe_model::ModelError;
 
@@ -33,11 +32,8 @@ impl VulkanLayers {
         }
         let w = self.ffn_layer(model, l)?;
         let (t, f) = (h.len() / d, w.gate.rows);
-        let fast = model.mode() == NumericMode::Fast && self.kernels.has_fast();
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| VulkanError::InvalidInput("a previous Vulkan call panicked".into()))?;
+        let fast = self.fast(model);
+        let mut state = self.lock()?;
         let (commands, s) = &mut *state;
         let dev = &self.device;
         let what = |buf: &str| format!("{buf} of the FFN of layer {l}");

@@ -6,8 +6,9 @@
 //! [`DeviceMat`] with the call's tokens as the routes of one matrix.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use moe_kernels::NumericMode;
 use moe_model::forward::{KvCache, LayerCompute};
 use moe_model::model::Model;
 use moe_model::ModelError;
@@ -170,6 +171,19 @@ impl LayerCompute for VulkanLayers {
 }
 
 impl VulkanLayers {
+    /// The device state, for one call at a time.
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, (Commands, Scratch)>, VulkanError> {
+        self.state
+            .lock()
+            .map_err(|_| VulkanError::InvalidInput("a previous Vulkan call panicked".into()))
+    }
+
+    /// Whether `model`'s calls take the integer-dot shaders (its fast mode, on a device that
+    /// has them).
+    pub(crate) fn fast(&self, model: &Model) -> bool {
+        model.mode() == NumericMode::Fast && self.kernels.has_fast()
+    }
+
     /// The tiles of `t` token routes of one matrix (each reads its own row), uploaded.
     pub(crate) fn token_meta(&self, s: &mut Scratch, t: usize) -> Result<TileMeta, VulkanError> {
         let own: Vec<u32> = (0..t as u32).collect();
