@@ -2,12 +2,13 @@
 # moe-node's Vulkan backend beside llama.cpp's Vulkan build on the same synth GGUF, in one
 # run: llama-bench -ngl 99 and `moe-node bench --backend vulkan`, pp and tg, then the ratio.
 #
-# Status: a skeleton. moe-node runs only the routed experts on the device so far (attention,
-# dense layers and routing stay on the CPU), so the ratio measures that slice, not the
-# finished backend. moe-node runs twice: with route tiles (a prompt's routes to one expert
-# share each weight read, `--route-tiles on`) and without (`off`), as the GPU default (`auto`
-# = on for GPUs) is not measured yet. It needs a real GPU: on Mesa's lavapipe (a CPU
-# driver) the numbers say nothing about speed. It has not been run on a GPU yet.
+# moe-node runs the routed experts, attention, the dense FFNs and the shared experts on the
+# device (norms, routing and the output head stay on the CPU). It runs three times: with
+# route tiles (a prompt's routes to one expert share each weight read, `--route-tiles on`),
+# without (`off`), as the GPU default (`auto` = on for GPUs) is not measured yet, and with
+# tiles but the layers on the CPU (`--vulkan-layers off`), to show what moving them to the
+# device buys. It needs a real GPU: on Mesa's lavapipe (a CPU driver) the numbers say
+# nothing about speed. It has not been run on a GPU yet.
 #
 # usage: benches/vulkan_vs_llama.sh [LLAMA_DIR] [PRESET] [TYPE]
 #   LLAMA_DIR  where benches/llama_baseline.sh keeps the llama.cpp sources (default /work/llama);
@@ -34,9 +35,11 @@ fi
 
 llama_json="$(GGML_VK_VISIBLE_DEVICES="$DEVICE" "$SRC/build-vulkan/bin/llama-bench" -m "$MODEL" -ngl 99 \
   -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null)"
-moe_on="$("$BIN" bench --model "$MODEL" -p "$PP" -n "$TG" -r "$REPS" --backend vulkan --device "$DEVICE" --route-tiles on)"
-moe_off="$("$BIN" bench --model "$MODEL" -p "$PP" -n "$TG" -r "$REPS" --backend vulkan --device "$DEVICE" --route-tiles off)"
-python3 - "$PP" "$TG" "$llama_json" "$moe_on" "$moe_off" <<'PY'
+moe() { "$BIN" bench --model "$MODEL" -p "$PP" -n "$TG" -r "$REPS" --backend vulkan --device "$DEVICE" "$@"; }
+tiles_on="$(moe --route-tiles on)"
+tiles_off="$(moe --route-tiles off)"
+layers_cpu="$(moe --route-tiles on --vulkan-layers off)"
+python3 - "$PP" "$TG" "$llama_json" "$tiles_on" "$tiles_off" "$layers_cpu" <<'PY'
 import json, re, sys
 pp, tg, llama = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 ll = {(f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"): r["avg_ts"] for r in llama}
@@ -47,12 +50,14 @@ def rates(md):
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
-on, off = rates(sys.argv[4]), rates(sys.argv[5])
-print("| test | llama.cpp Vulkan t/s | moe-node tiles on t/s | ratio | moe-node tiles off t/s | ratio |")
-print("|---|---:|---:|---:|---:|---:|")
+runs = [("tiles on", rates(sys.argv[4])), ("tiles off", rates(sys.argv[5])),
+        ("tiles on, layers on the CPU", rates(sys.argv[6]))]
+print("| test | llama.cpp Vulkan t/s | " + " | ".join(f"moe-node {n} t/s | ratio" for n, _ in runs) + " |")
+print("|---|---:|" + "---:|---:|" * len(runs))
 for test in (f"pp{pp}", f"tg{tg}"):
-    a, b, c = ll.get(test), on.get(test), off.get(test)
-    if a and b and c:
-        print(f"| {test} | {a:.2f} | {b:.2f} | {b / a:.3f} | {c:.2f} | {c / a:.3f} |")
+    a = ll.get(test)
+    got = [r.get(test) for _, r in runs]
+    if a and all(got):
+        print(f"| {test} | {a:.2f} | " + " | ".join(f"{b:.2f} | {b / a:.3f}" for b in got) + " |")
 PY
 echo "model: $MODEL; Vulkan device $DEVICE: $("$BIN" devices | sed -n "s/^device $DEVICE: //p")"
