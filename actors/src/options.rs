@@ -107,7 +107,8 @@ pub struct ComputeArgs {
     pub vulkan_memory: VulkanMemory,
     /// With `--backend vulkan`, for a router or a single process: `on` computes each layer's
     /// attention (projections, rope, scores, softmax, values, with each sequence's KV rows
-    /// kept there), the dense layers' FFNs and the shared experts on the device too, `off`
+    /// kept there), the dense layers' FFNs, the shared experts and the output head on the
+    /// device too, `off`
     /// keeps them on the CPU (only the routed experts on the device; faster on a CPU
     /// implementation such as lavapipe, whose shaders run on the same cores).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
@@ -169,10 +170,13 @@ fn with_vulkan_layers(args: &ComputeArgs, model: Model) -> anyhow::Result<Model>
         RouteTiles::Off => layers = layers.with_route_tiles(false),
     }
     eprintln!(
-        "attention, dense FFNs and shared experts on Vulkan device {index} ({}): {:.1} MiB of weights on the device, KV cache rows copied there",
+        "attention, dense FFNs, shared experts and the output head on Vulkan device {index} ({}): {:.1} MiB of weights on the device, KV cache rows copied there",
         layers.device().info.name,
         layers.uploaded_bytes() as f64 / 1048576.0,
     );
+    if let Some(why) = layers.head_on_cpu() {
+        eprintln!("the output head stays on the CPU: {why}");
+    }
     Ok(model.with_layer_compute(std::sync::Arc::new(layers)))
 }
 

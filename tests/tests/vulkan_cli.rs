@@ -336,7 +336,9 @@ fn a_vulkan_expert_node_in_a_cpu_cluster_matches_the_single_process() {
         let stderr = String::from_utf8_lossy(&logits.stderr);
         assert!(logits.status.success(), "{tag}: {stderr}");
         assert_eq!(
-            stderr.contains("attention, dense FFNs and shared experts on Vulkan device 0"),
+            stderr.contains(
+                "attention, dense FFNs, shared experts and the output head on Vulkan device 0"
+            ),
             tag == "vulkan router",
             "{tag}: {stderr}"
         );

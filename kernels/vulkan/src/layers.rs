@@ -1,6 +1,7 @@
 //! [`VulkanLayers`]: moe-model's [`LayerCompute`] on a Vulkan device, the router's share of
 //! every layer: MLA attention (`attention.rs`) and the dense FFN or shared expert (`ffn.rs`),
-//! over weights uploaded once (`attention_weights.rs`, `ffn_weights.rs`). This file holds the device
+//! over weights uploaded once (`attention_weights.rs`, `ffn_weights.rs`), and the output
+//! head (`head.rs`). This file holds the device
 //! state they share: the pipelines, one command buffer and the per-call scratch buffers
 //! behind one lock (the forward pass calls one layer at a time), and the matvec over a
 //! [`DeviceMat`] with the call's tokens as the routes of one matrix.
@@ -16,7 +17,7 @@ use moe_model::ModelError;
 use crate::attention_weights::{AttentionWeights, LayerAttention};
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
-use crate::device_mat::DeviceMat;
+use crate::device_mat::{upload, DeviceMat};
 use crate::ffn_weights::FfnWeights;
 use crate::kernels::{Kernel, Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE};
 use crate::scratch::{ensure, u32_bytes};
@@ -57,6 +58,8 @@ pub(crate) struct Scratch {
     pub(crate) o: Option<Buffer>,
     /// Output `[t, D]`.
     pub(crate) out: Option<Buffer>,
+    /// Logits `[t, vocab]`.
+    pub(crate) logits: Option<Buffer>,
     /// FFN gate and up outputs `[t, F]` (SwiGLU in place in `g`).
     pub(crate) g: Option<Buffer>,
     pub(crate) u: Option<Buffer>,
@@ -72,6 +75,8 @@ pub struct VulkanLayers {
     pub(crate) id: u64,
     pub(crate) weights: AttentionWeights,
     pub(crate) ffns: FfnWeights,
+    /// `output.weight`, or why it stays on the CPU.
+    pub(crate) head: Result<DeviceMat, VulkanError>,
     pub(crate) kernels: Kernels,
     pub(crate) route_tiles: bool,
     pub(crate) state: Mutex<(Commands, Scratch)>,
@@ -93,6 +98,10 @@ impl VulkanLayers {
     pub fn new(device: Arc<Device>, model: &Model) -> Result<Self, ModelError> {
         let weights = AttentionWeights::upload(&device, model)?;
         let ffns = FfnWeights::upload(&device, model)?;
+        let head = model
+            .mat(&model.output)
+            .map_err(|e| VulkanError::InvalidInput(e.to_string()))
+            .and_then(|m| upload(&device, &model.output.name, &[(0, m)]));
         let kernels = Kernels::new(&device)?;
         let commands = Commands::new(&device)?;
         Ok(Self {
@@ -100,6 +109,7 @@ impl VulkanLayers {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             weights,
             ffns,
+            head,
             kernels,
             route_tiles: !device.is_cpu(),
             state: Mutex::new((commands, Scratch::default())),
@@ -114,9 +124,16 @@ impl VulkanLayers {
         self
     }
 
-    /// Bytes of weights on the device (attention, dense FFNs, shared experts).
+    /// Why the output head is computed on the CPU (it exceeds a device limit, or its type
+    /// has no shader), or `None` where the device computes it.
+    pub fn head_on_cpu(&self) -> Option<String> {
+        self.head.as_ref().err().map(ToString::to_string)
+    }
+
+    /// Bytes of weights on the device (attention, dense FFNs, shared experts, the head).
     pub fn uploaded_bytes(&self) -> u64 {
-        self.weights.bytes + self.ffns.bytes
+        let head = self.head.as_ref().map_or(0, |h| h.buf.len as u64);
+        self.weights.bytes + self.ffns.bytes + head
     }
 
     /// The device.
@@ -167,6 +184,14 @@ impl LayerCompute for VulkanLayers {
 
     fn ffn(&self, model: &Model, l: usize, h: &[f32], out: &mut [f32]) -> Result<(), ModelError> {
         self.ffn_on_device(model, l, h, out)
+    }
+
+    fn computes_head(&self) -> bool {
+        self.head.is_ok()
+    }
+
+    fn head(&self, model: &Model, x: &[f32], out: &mut [f32]) -> Result<(), ModelError> {
+        self.head_on_device(model, x, out)
     }
 }
 

@@ -29,6 +29,7 @@
 //!                    device copy, VulkanKv)
 //! ffn_weights.rs     every dense FFN and shared expert on the device, uploaded once
 //! ffn.rs             VulkanLayers' dense FFNs and shared experts
+//! head.rs            VulkanLayers' output head (where it fits the device's limits)
 //! scratch.rs         per-call buffers grown on demand; byte views
 //! matvec.rs          one matrix times rows on the device, f32 or fast (the kernel-level
 //!                    tests' tool)
@@ -46,8 +47,8 @@
 //! where the device can ([`HostMemory`]). A router's or single process's share of each layer runs
 //! here too ([`VulkanLayers`]): the MLA attention (projections, rope, absorption, scores,
 //! softmax and context, with each sequence's cache rows on the device), the leading dense
-//! layers' FFNs and the shared experts. The norms between blocks, routing, the residual adds
-//! and the output head stay on the CPU.
+//! layers' FFNs, the shared experts and the output head. The norms between blocks, routing
+//! and the residual adds stay on the CPU.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -72,6 +73,7 @@ mod expert_compute;
 mod expert_weights;
 mod ffn;
 mod ffn_weights;
+mod head;
 mod instance;
 mod kernels;
 mod layers;

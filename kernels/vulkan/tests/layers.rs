@@ -1,5 +1,6 @@
-//! A router's share of each layer on Vulkan (`VulkanLayers`: `src/attention.rs`, `src/ffn.rs`):
-//! a model whose attention, dense FFNs and shared experts run on device 0 against the same
+//! A router's share of each layer on Vulkan (`VulkanLayers`: `src/attention.rs`, `src/ffn.rs`,
+//! `src/head.rs`): a model whose attention, dense FFNs, shared experts and output head run on
+//! device 0 against the same
 //! model on the CPU, through the whole forward pass (the routed experts on the CPU in both,
 //! so the difference is the layer device alone). What this proves, on the fixture files whose
 //! types the shaders read (tiny Q8_0 and BF16, kq Q4_K_M: Q8_0, BF16, Q4_K and Q6_K
@@ -216,6 +217,10 @@ fn layers_on_vulkan_match_the_cpu_through_prompt_decode_and_rollback() {
         calls.push(tokens(1, 4, vocab));
         let want = run(&cpu, &calls, Some(rollback_at));
         let gpu = on_device(&path, &device, NumericMode::Exact);
+        assert!(
+            gpu.layer_compute().unwrap().computes_head(),
+            "{name}: the output head stayed on the CPU"
+        );
         let got = run(&gpu, &calls, Some(rollback_at));
         for (k, (w, g)) in want.iter().zip(&got).enumerate() {
             let diff = w

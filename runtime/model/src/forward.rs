@@ -316,14 +316,14 @@ impl Model {
         // Final norm and output head, only on the rows whose logits are wanted.
         ops::rms_norm(&x, &self.output_norm, c.rms_eps, &mut xn);
         obs.hidden(c.n_layers, &xn);
-        let head = self.mat(&self.output)?;
+        let head = layer_compute::Head::of(self)?;
         let mut out = Vec::with_capacity(rows.len());
         // Every sequence's logits are checked, so one error names all rows at fault.
         let (mut bad, mut first_bad) = (Vec::new(), None);
         for r in rows {
             let n = r.len();
             let mut logits = vec![0f32; n * c.vocab];
-            head.matmul(&xn[r.start * d..r.end * d], n, &mut logits)?;
+            head.logits(self, &xn[r.start * d..r.end * d], n, &mut logits)?;
             if let Some((rs, v)) = non_finite_rows(&logits, c.vocab) {
                 first_bad.get_or_insert(v);
                 bad.extend(rs.into_iter().map(|i| batch_rows[r.start + i]));

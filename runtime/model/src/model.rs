@@ -53,12 +53,14 @@ pub struct Model {
 }
 
 /// Which of a model's matrices the CPU multiplies (Fast mode repacks those for its kernels).
-/// The router gates and the output head always run on the CPU.
+/// The router gates always run on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuShare {
     /// The routed experts (else another device computes them: an `ExpertCompute`).
     pub routed_experts: bool,
-    /// Attention, the dense FFNs and the shared experts (else a `LayerCompute` does).
+    /// Attention, the dense FFNs, the shared experts and the output head (else a
+    /// `LayerCompute` does; where it leaves the head to the CPU, the CPU computes it from
+    /// the file's blocks).
     pub layers: bool,
 }
 

@@ -1,6 +1,6 @@
 //! The layer-device seam (`forward/layer_compute.rs`): with a `LayerCompute` attached, the
 //! forward pass hands it every layer's attention and every layer's dense FFN or shared expert,
-//! in layer order, whichever expert backend computes the routed experts: the CPU's expert
+//! in layer order, then the output head (of the one row whose logits are wanted), whichever expert backend computes the routed experts: the CPU's expert
 //! compute (whose region would otherwise take the shared expert, `CpuCompute`'s override) and
 //! a backend on `ExpertBackend`'s default `finish_with_shared` (a remote one's path). A device
 //! that records its calls stands in for a GPU.
@@ -45,6 +45,20 @@ impl LayerCompute for Recorder {
 
     fn ffn(&self, _: &Model, l: usize, _h: &[f32], out: &mut [f32]) -> Result<(), ModelError> {
         self.calls.lock().unwrap().push(("ffn", l));
+        out.fill(0.0);
+        Ok(())
+    }
+
+    fn computes_head(&self) -> bool {
+        true
+    }
+
+    /// Records the rows it was given; logits of zeros.
+    fn head(&self, model: &Model, x: &[f32], out: &mut [f32]) -> Result<(), ModelError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(("head", x.len() / model.cfg.n_embd));
         out.fill(0.0);
         Ok(())
     }
@@ -106,6 +120,7 @@ fn a_layer_device_gets_every_attention_dense_ffn_and_shared_expert() {
                 .unwrap();
             let want: Vec<(&str, usize)> = (0..n_layers)
                 .flat_map(|l| [("attention", l), ("ffn", l)])
+                .chain([("head", 1)])
                 .collect();
             assert_eq!(*recorder.calls.lock().unwrap(), want, "{what}");
         }

@@ -142,10 +142,11 @@ fn fast_mode_without_expert_packing_leaves_exactly_the_experts_unpacked() {
     );
 }
 
-/// `with_mode_packing` without the layers (attention, dense FFNs and shared experts computed
-/// on another device) packs the routed experts and the output head only: exactly the layers'
+/// `with_mode_packing` without the layers (attention, dense FFNs, shared experts and the
+/// output head computed on another device) packs the routed experts only: exactly the layers'
 /// matrices fewer (attention's q_a, q_b, kv_a, output and every k_b, v_b head; three per dense
-/// FFN or shared expert), no transposed `attn_k_b`, so prompts take the absorbed form.
+/// FFN or shared expert; the head), no transposed `attn_k_b`, so prompts take the absorbed
+/// form.
 #[test]
 fn fast_mode_without_layer_packing_leaves_exactly_the_layers_unpacked() {
     use moe_kernels::NumericMode::Fast;
@@ -185,7 +186,8 @@ fn fast_mode_without_layer_packing_leaves_exactly_the_layers_unpacked() {
                     .map(|(s, h)| packs(all.head_mat(s, h).unwrap()))
                     .sum::<usize>()
         })
-        .sum();
+        .sum::<usize>()
+        + packs(all.mat(&all.output).unwrap());
     let (n_all, _) = all.packed_summary();
     let (n_rest, _) = no_layers.packed_summary();
     assert!(n_rest > 0 && layer_mats > 0, "nothing to compare");

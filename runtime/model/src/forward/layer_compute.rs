@@ -1,6 +1,6 @@
 //! [`LayerCompute`]: the device that computes the router's share of each layer (its MLA
-//! attention, and its dense FFN or its MoE's shared expert), the seam a GPU backend plugs into
-//! beside [`super::ExpertCompute`] (routed experts). Without one ([`Model::layer_compute`] is
+//! attention, and its dense FFN or its MoE's shared expert) and the output head, the seam a
+//! GPU backend plugs into beside [`super::ExpertCompute`] (routed experts). Without one ([`Model::layer_compute`] is
 //! `None`) they run on the CPU (`attention.rs`, `attention_prompt.rs`, `ffn_region.rs`).
 //!
 //! A device implementation keeps its own copy of each sequence's cache rows (the host
@@ -39,6 +39,52 @@ pub trait LayerCompute: Send + Sync + std::fmt::Debug {
     /// `out = FFN(h)` for the `h.len() / D` rows of `h`, with layer `l`'s dense FFN, or its
     /// MoE's shared expert (`out` `[t, D]`, overwritten), as the CPU's `dense_ffn` computes.
     fn ffn(&self, model: &Model, l: usize, h: &[f32], out: &mut [f32]) -> Result<(), ModelError>;
+
+    /// Whether this device computes the output head ([`LayerCompute::head`]); else the CPU
+    /// does (e.g. a head past a device limit).
+    fn computes_head(&self) -> bool {
+        false
+    }
+
+    /// `out = output · x` for the rows of `x` (`[n, D]`, the final norm's output; `out`
+    /// `[n, vocab]`), as the CPU's head matmul computes. Called only where
+    /// [`LayerCompute::computes_head`].
+    fn head(&self, model: &Model, x: &[f32], out: &mut [f32]) -> Result<(), ModelError> {
+        let _ = (model, x, out);
+        Err(ModelError::InvalidInput(format!(
+            "{} does not compute the output head",
+            self.name()
+        )))
+    }
+}
+
+/// Where the output head runs: the model's layer device if it computes it, else the CPU.
+pub(crate) enum Head<'a> {
+    Cpu(moe_kernels::QMatrix<'a>),
+    Device(&'a dyn LayerCompute),
+}
+
+impl<'a> Head<'a> {
+    pub(crate) fn of(model: &'a Model) -> Result<Self, ModelError> {
+        match model.layer_compute() {
+            Some(device) if device.computes_head() => Ok(Self::Device(device.as_ref())),
+            _ => Ok(Self::Cpu(model.mat(&model.output)?)),
+        }
+    }
+
+    /// The logits `[n, vocab]` of the `n` rows of `x`.
+    pub(crate) fn logits(
+        &self,
+        model: &Model,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        match self {
+            Self::Cpu(head) => Ok(head.matmul(x, n, out)?),
+            Self::Device(device) => device.head(model, x, out),
+        }
+    }
 }
 
 /// `out = ffn(h)` (layer `l`'s dense FFN or shared expert, `out` overwritten): on the model's

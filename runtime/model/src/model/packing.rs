@@ -91,7 +91,9 @@ fn matrices<'a>(model: &'a Model, cpu: CpuShare) -> Vec<((usize, usize), QMatrix
             }
         }
     };
-    add(model.output.key(), model.output.view(file));
+    if cpu.layers {
+        add(model.output.key(), model.output.view(file));
+    }
     for l in &model.layers {
         if let Some(moe) = l.moe.as_ref().filter(|_| cpu.routed_experts) {
             for s in [&moe.gate_exps, &moe.up_exps, &moe.down_exps] {
