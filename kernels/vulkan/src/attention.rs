@@ -146,7 +146,7 @@ pub fn round_kv_on_device(
     let kind = kv_store_kind(ty).ok_or_else(|| {
         VulkanError::InvalidInput(format!("the device does not round to a {ty} cache"))
     })?;
-    let kernels = Kernels::new(device)?;
+    let kernels = Kernels::shared(device)?;
     let mut commands = Commands::new(device)?;
     let n = values.len();
     let mut rows = Buffer::new(device, 4 * n.max(1), "rows to round")?;

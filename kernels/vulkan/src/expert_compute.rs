@@ -62,7 +62,7 @@ const INPUT_ROUTE: usize = 1;
 pub struct VulkanCompute {
     name: String,
     weights: ExpertWeights,
-    kernels: Kernels,
+    kernels: Arc<Kernels>,
     /// Tiles of up to [`ROUTE_TILE`] routes (else one route per tile): see
     /// [`VulkanCompute::with_route_tiles`].
     route_tiles: bool,
@@ -132,7 +132,7 @@ impl VulkanCompute {
         host: HostMemory,
     ) -> Result<Self, ModelError> {
         let weights = ExpertWeights::upload(&device, model, chunk_bytes_max, host)?;
-        let kernels = Kernels::new(&device)?;
+        let kernels = Kernels::shared(&device)?;
         let commands = Commands::new(&device)?;
         Ok(Self {
             name: format!("vulkan ({})", device.info.name),

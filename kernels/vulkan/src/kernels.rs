@@ -20,7 +20,7 @@
 //! This module builds pipelines and records dispatches; which dispatches a MoE layer needs
 //! is `expert_compute.rs`'s decision.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use ash::vk;
 use moe_kernels::GgmlType;
@@ -430,7 +430,25 @@ pub struct Kernels {
     pub kv_store: Kernel,
 }
 
+/// The pipelines [`Kernels::shared`] built, by device, while anything holds them.
+static SHARED: Mutex<Vec<(Weak<Device>, Weak<Kernels>)>> = Mutex::new(Vec::new());
+
 impl Kernels {
+    /// `device`'s pipelines, built once for every user of the device (the experts, the
+    /// layers) while anything holds them.
+    pub fn shared(device: &Arc<Device>) -> Result<Arc<Self>, VulkanError> {
+        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.retain(|(_, k)| k.strong_count() > 0);
+        let mine = Arc::downgrade(device);
+        let held = shared.iter().find(|(d, _)| d.ptr_eq(&mine));
+        if let Some(kernels) = held.and_then(|(_, k)| k.upgrade()) {
+            return Ok(kernels);
+        }
+        let kernels = Arc::new(Self::new(device)?);
+        shared.push((mine, Arc::downgrade(&kernels)));
+        Ok(kernels)
+    }
+
     /// Builds every pipeline on `device`.
     pub fn new(device: &Arc<Device>) -> Result<Self, VulkanError> {
         Ok(Self {

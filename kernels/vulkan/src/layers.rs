@@ -77,7 +77,7 @@ pub struct VulkanLayers {
     pub(crate) ffns: FfnWeights,
     /// `output.weight`, or why it stays on the CPU.
     pub(crate) head: Result<DeviceMat, VulkanError>,
-    pub(crate) kernels: Kernels,
+    pub(crate) kernels: Arc<Kernels>,
     pub(crate) route_tiles: bool,
     pub(crate) state: Mutex<(Commands, Scratch)>,
     pub(crate) device: Arc<Device>,
@@ -102,7 +102,7 @@ impl VulkanLayers {
             .mat(&model.output)
             .map_err(|e| VulkanError::InvalidInput(e.to_string()))
             .and_then(|m| upload(&device, &model.output.name, &[(0, m)]));
-        let kernels = Kernels::new(&device)?;
+        let kernels = Kernels::shared(&device)?;
         let commands = Commands::new(&device)?;
         Ok(Self {
             name: format!("vulkan ({})", device.info.name),

@@ -20,7 +20,7 @@ use crate::VulkanError;
 
 /// Pipelines and a command buffer for one-off matrix products.
 pub struct Matvec {
-    kernels: Kernels,
+    kernels: Arc<Kernels>,
     commands: Commands,
     device: Arc<Device>,
 }
@@ -29,7 +29,7 @@ impl Matvec {
     /// Builds the pipelines on `device`.
     pub fn new(device: &Arc<Device>) -> Result<Self, VulkanError> {
         Ok(Self {
-            kernels: Kernels::new(device)?,
+            kernels: Kernels::shared(device)?,
             commands: Commands::new(device)?,
             device: device.clone(),
         })
