@@ -2,6 +2,7 @@
 //! pool that is reset after each wait, so a recording may use up to [`SETS_PER_SUBMIT_MAX`]
 //! dispatches. Calls are serialized by the owner (one `Commands` per lock).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use ash::vk;
@@ -193,6 +194,7 @@ impl Commands {
             )
             .map_err(VulkanError::call("vkQueueSubmit"))?;
             drop(queue);
+            self.device.submitted.fetch_add(1, Ordering::Relaxed);
             let waited = d.wait_for_fences(&[self.fence], true, SUBMIT_TIMEOUT_NS);
             if let Err(e) = waited {
                 // A hung or lost device: leave the fence as it is, the error says which.

@@ -12,6 +12,7 @@
 //! and which kernels run over them is decided by `expert_weights.rs` and
 //! `expert_compute.rs`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use ash::vk;
@@ -26,6 +27,8 @@ pub struct Device {
     /// Held around `vkQueueSubmit` on `queue`, which must be externally synchronized: several
     /// command buffers (the experts', the layers') submit to it.
     pub(crate) submit_lock: Mutex<()>,
+    /// Submissions so far ([`Device::submissions`]).
+    pub(crate) submitted: AtomicU64,
     pub(crate) queue_family: u32,
     pub(crate) memory_type: u32,
     /// A device-local type in the largest device-local heap (for device-only buffers filled
@@ -183,6 +186,7 @@ impl Device {
             device,
             queue,
             submit_lock: Mutex::new(()),
+            submitted: AtomicU64::new(0),
             queue_family,
             memory_type,
             device_memory_type,
@@ -192,6 +196,12 @@ impl Device {
             host_import,
             _instance: instance,
         }))
+    }
+
+    /// Command buffers submitted to this device so far (each one a host round trip: the
+    /// host waits for it).
+    pub fn submissions(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed)
     }
 
     /// Whether the fast numeric mode's integer-dot shaders can run here

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use moe_kernels::{GgmlType, QMatrix};
 
+use crate::commands::Commands;
 use crate::device::{Buffer, Device};
 use crate::expert_weights::to_device;
-use crate::kernels::{supported_type_names, supported_types, MATVEC_CHUNK_VALUES};
+use crate::kernels::{supported_type_names, supported_types, Kernel, Kernels, MATVEC_CHUNK_VALUES};
+use crate::tiles::{record_tiles, TileMeta};
 use crate::VulkanError;
 
 /// One matrix, or a stack of equal per-head matrices, on the device.
@@ -76,4 +78,57 @@ pub(crate) fn upload(
         matrix_bytes,
         buf: to_device(device, mats, matrix_bytes, name)?,
     })
+}
+
+/// Records `y = m · x` over every tile of `meta` as its matrix `matrix`: in fast mode
+/// with an integer-dot shader for `m`'s type, `x` quantized into `xq` first. The routes of
+/// `meta` read their own rows of `x` and write their own rows of `y`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_matmul(
+    commands: &mut Commands,
+    kernels: &Kernels,
+    m: &DeviceMat,
+    [x, xq, y, meta_buf]: [&Buffer; 4],
+    meta: &TileMeta,
+    matrix: usize,
+    fast: bool,
+) -> Result<(), VulkanError> {
+    let tile = meta.pipeline_tile();
+    let fast_kernel = if fast {
+        kernels.matvec_fast(m.ty, tile)?
+    } else {
+        None
+    };
+    let (kernel, input): (&Kernel, &Buffer) = match fast_kernel {
+        Some(k) => {
+            let blocks = meta.routes() * m.cols / MATVEC_CHUNK_VALUES;
+            commands.elementwise(
+                &kernels.device,
+                &kernels.quantize,
+                &[x, xq],
+                &[blocks as u32],
+                blocks,
+            )?;
+            (k, xq)
+        }
+        None => (
+            kernels
+                .matvec(m.ty, tile)?
+                .ok_or_else(|| VulkanError::UnsupportedType {
+                    tensor: m.name.clone(),
+                    ty: m.ty.name(),
+                    supported: crate::kernels::supported_type_names(),
+                })?,
+            x,
+        ),
+    };
+    record_tiles(
+        commands,
+        kernel,
+        &kernels.device,
+        [&m.buf, input, y, meta_buf],
+        m.rows,
+        0..meta.tiles(),
+        |base| meta.push(m.rows, m.cols, m.row_bytes, matrix, 0, base),
+    )
 }

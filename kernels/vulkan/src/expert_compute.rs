@@ -11,6 +11,11 @@
 //!    adds them);
 //! 3. submits once, waits, and reads `out` back.
 //!
+//! With the model's layers on a [`VulkanLayers`] of the same device, a MoE layer's shared
+//! expert is recorded first into the same submission (gate, up, SwiGLU and down over the
+//! layers' uploaded weights, the down matvec writing the accumulator the routes then add
+//! to): one host round trip for both, the bits of the two computed apart.
+//!
 //! A route's result does not depend on the other routes of its call (its tile's size
 //! changes no summation order), so a prompt's experts give bit for bit what its tokens
 //! computed one at a time give.
@@ -39,16 +44,19 @@
 use std::sync::{Arc, Mutex};
 
 use moe_kernels::NumericMode;
-use moe_model::forward::{ExpertCompute, Route};
-use moe_model::model::Model;
+use moe_model::forward::{dense_or_shared_ffn, ExpertCompute, Route};
+use moe_model::model::{DenseFfn, Model};
 use moe_model::ModelError;
 
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
+use crate::device_mat::record_matmul;
 use crate::expert_weights::{
     ExpertStack, ExpertWeights, HostMemory, LayerStacks, Slot, CHUNK_BYTES_MAX,
 };
+use crate::ffn_weights::LayerFfn;
 use crate::kernels::{Kernel, Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE};
+use crate::layers::VulkanLayers;
 use crate::scratch::{ensure, f32_bytes, read_f32, u32_bytes};
 use crate::tiles::{record_tiles, TileMeta};
 use crate::VulkanError;
@@ -105,6 +113,19 @@ struct Scratch {
     tok_routes: Option<Buffer>,
     /// The accumulator `[T, D]`.
     out: Option<Buffer>,
+    /// The shared expert's, when it is recorded with the routes.
+    shared: SharedScratch,
+}
+
+/// The shared expert's buffers: gate and up outputs `[T, F_s]` (SwiGLU in place in `g`), its
+/// quantized inputs (fast mode; the token rows, then the SwiGLU output), the tiles of its
+/// `T` token routes.
+#[derive(Default)]
+struct SharedScratch {
+    g: Option<Buffer>,
+    u: Option<Buffer>,
+    q: Option<Buffer>,
+    meta: Option<Buffer>,
 }
 
 impl VulkanCompute {
@@ -152,6 +173,7 @@ impl VulkanCompute {
                 tok_start: None,
                 tok_routes: None,
                 out: None,
+                shared: SharedScratch::default(),
             }),
             device,
         })
@@ -243,6 +265,47 @@ impl ExpertCompute for VulkanCompute {
         routes: &[Route],
         out: &mut [f32],
     ) -> Result<(), ModelError> {
+        self.routed(model, layer, h, routes, out, None)
+    }
+
+    /// With the model's layers on a [`VulkanLayers`] of this same device, the shared expert
+    /// is recorded into the routed experts' submission, its output written where the routes
+    /// then add theirs: one host round trip for both, the bits of the two calls apart.
+    fn apply_routes_with_shared(
+        &self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        shared: Option<&DenseFfn>,
+        routes: &[Route],
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let layers = model
+            .layer_compute()
+            .and_then(|d| d.as_any().downcast_ref::<VulkanLayers>())
+            .filter(|l| Arc::ptr_eq(l.device(), &self.device));
+        if let (Some(_), Some(layers), false) = (shared, layers, routes.is_empty()) {
+            let ffn = layers.ffn_layer(model, layer)?;
+            return self.routed(model, layer, h, routes, out, Some(ffn));
+        }
+        if let Some(ffn) = shared {
+            dense_or_shared_ffn(model, layer, ffn, h, out)?;
+        }
+        self.routed(model, layer, h, routes, out, None)
+    }
+}
+
+impl VulkanCompute {
+    /// `out += Σ routes` (`out = shared(h) + Σ routes` with `shared`, `out` zero on entry).
+    fn routed(
+        &self,
+        model: &Model,
+        layer: usize,
+        h: &[f32],
+        routes: &[Route],
+        out: &mut [f32],
+        shared: Option<&LayerFfn>,
+    ) -> Result<(), ModelError> {
         let stacks = self.layer(model, layer)?;
         let d = model.cfg.n_embd;
         let n_experts = model.cfg.n_experts;
@@ -280,13 +343,11 @@ impl ExpertCompute for VulkanCompute {
             .map_err(|_| VulkanError::InvalidInput("a previous Vulkan call panicked".into()))?;
         let fast = model.mode() == NumericMode::Fast;
         self.run(
-            &mut state, stacks, layer, h, routes, out, n_tokens, d, f, fast,
+            &mut state, stacks, layer, h, routes, out, n_tokens, d, f, fast, shared,
         )
         .map_err(ModelError::from)
     }
-}
 
-impl VulkanCompute {
     /// The device part of `apply_routes` (inputs checked by the caller).
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -301,6 +362,7 @@ impl VulkanCompute {
         d: usize,
         f: usize,
         fast: bool,
+        shared: Option<&LayerFfn>,
     ) -> Result<(), VulkanError> {
         let dev = &self.device;
         let n_routes = routes.len();
@@ -365,7 +427,14 @@ impl VulkanCompute {
         .write(0, u32_bytes(&tok_start));
         ensure(dev, &mut s.tok_routes, 4 * n_routes, &what("token routes"))?
             .write(0, u32_bytes(&tok_routes));
-        ensure(dev, &mut s.out, 4 * n_tokens * d, &what("routed output"))?.write(0, f32_bytes(out));
+        let o = ensure(dev, &mut s.out, 4 * n_tokens * d, &what("routed output"))?;
+        if shared.is_none() {
+            o.write(0, f32_bytes(out));
+        }
+        let shared_meta = match shared {
+            Some(ffn) => Some(self.ensure_shared(s, ffn, n_tokens, tile, layer)?),
+            None => None,
+        };
 
         // Per stack: the integer-dot shader in fast mode where there is one, else the f32 one.
         let kernels = [
@@ -405,6 +474,7 @@ impl VulkanCompute {
             tok_start: ts,
             tok_routes: tr,
             out: o,
+            shared: sh,
         } = s;
         let (x, g, u, y, meta_buf) = (
             x.as_ref().expect("ensured"),
@@ -433,6 +503,44 @@ impl VulkanCompute {
         } else {
             None
         };
+        if let (Some(ffn), Some(meta)) = (shared, &shared_meta) {
+            // The shared expert first, its output into the accumulator the routes add to.
+            let (sg, su, sq, sm) = (
+                sh.g.as_ref().expect("ensured"),
+                sh.u.as_ref().expect("ensured"),
+                sh.q.as_ref().expect("ensured"),
+                sh.meta.as_ref().expect("ensured"),
+            );
+            record_matmul(
+                commands,
+                &self.kernels,
+                &ffn.gate,
+                [x, sq, sg, sm],
+                meta,
+                0,
+                fast,
+            )?;
+            record_matmul(
+                commands,
+                &self.kernels,
+                &ffn.up,
+                [x, sq, su, sm],
+                meta,
+                0,
+                fast,
+            )?;
+            let n = n_tokens * ffn.gate.rows;
+            commands.elementwise(dev, &self.kernels.swiglu, &[sg, su], &[n as u32], n)?;
+            record_matmul(
+                commands,
+                &self.kernels,
+                &ffn.down,
+                [sg, sq, &*o, sm],
+                meta,
+                0,
+                fast,
+            )?;
+        }
         for (m, output) in [g, u].into_iter().enumerate() {
             let (kernel, quantized) = kernels[m];
             let input = if quantized {
@@ -490,6 +598,38 @@ impl VulkanCompute {
         commands.submit_and_wait()?;
         read_f32(o, out);
         Ok(())
+    }
+
+    /// Room in `s.shared` for `ffn` over `n_tokens` rows, and its tiles (each token a route
+    /// reading and writing its own row), uploaded; before anything is recorded (a buffer
+    /// replaced later would free one a recorded dispatch uses).
+    fn ensure_shared(
+        &self,
+        s: &mut Scratch,
+        ffn: &LayerFfn,
+        n_tokens: usize,
+        tile: usize,
+        layer: usize,
+    ) -> Result<TileMeta, VulkanError> {
+        let dev = &self.device;
+        let what = |b: &str| format!("shared expert {b} of MoE layer {layer}");
+        let (d, f) = (ffn.gate.cols, ffn.gate.rows);
+        let sh = &mut s.shared;
+        ensure(dev, &mut sh.g, 4 * n_tokens * f, &what("gate outputs"))?;
+        ensure(dev, &mut sh.u, 4 * n_tokens * f, &what("up outputs"))?;
+        let blocks = n_tokens * d.max(f) / MATVEC_CHUNK_VALUES;
+        ensure(
+            dev,
+            &mut sh.q,
+            4 * QBLOCK_WORDS * blocks,
+            &what("quantized inputs"),
+        )?;
+        let own: Vec<u32> = (0..n_tokens as u32).collect();
+        let zeros = vec![0u32; n_tokens];
+        let meta = TileMeta::new(&zeros, &zeros, &[&own], tile);
+        ensure(dev, &mut sh.meta, 4 * meta.words.len(), &what("tiles"))?
+            .write(0, u32_bytes(&meta.words));
+        Ok(meta)
     }
 
     /// `stack`'s matvec pipeline for tiles of `tile` routes, and whether it reads quantized

@@ -61,7 +61,7 @@ impl VulkanLayers {
     }
 
     /// Layer `l`'s FFN on the device, checked to be `model`'s.
-    fn ffn_layer(&self, model: &Model, l: usize) -> Result<&LayerFfn, VulkanError> {
+    pub(crate) fn ffn_layer(&self, model: &Model, l: usize) -> Result<&LayerFfn, VulkanError> {
         let on_device = self.ffns.layers.get(l).and_then(Option::as_ref);
         let of_model = model.layers.get(l).and_then(ffn_of);
         let (Some(w), Some(ffn)) = (on_device, of_model) else {

@@ -410,7 +410,7 @@ pub struct Kernels {
     matvec: Vec<(GgmlType, TilePair)>,
     /// Empty on a device without `shaderIntegerDotProduct`.
     matvec_fast: Vec<(GgmlType, TilePair)>,
-    device: Arc<Device>,
+    pub(crate) device: Arc<Device>,
     /// `quantize.comp`: bindings x, q; push blocks, base.
     pub quantize: Kernel,
     /// `swiglu.comp`: bindings gate, up; push n, base.

@@ -17,11 +17,11 @@ use moe_model::ModelError;
 use crate::attention_weights::{AttentionWeights, LayerAttention};
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
-use crate::device_mat::{upload, DeviceMat};
+use crate::device_mat::{record_matmul, upload, DeviceMat};
 use crate::ffn_weights::FfnWeights;
-use crate::kernels::{Kernel, Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE};
+use crate::kernels::{Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE};
 use crate::scratch::{ensure, u32_bytes};
-use crate::tiles::{record_tiles, TileMeta};
+use crate::tiles::TileMeta;
 use crate::VulkanError;
 
 /// Tells the [`crate::VulkanKv`]s of different [`VulkanLayers`] apart.
@@ -170,6 +170,10 @@ impl LayerCompute for VulkanLayers {
         &self.name
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn attention(
         &self,
         model: &Model,
@@ -242,56 +246,19 @@ impl VulkanLayers {
         Ok(())
     }
 
-    /// Records `y = m · x` over every tile of `meta` as its matrix `matrix`: in fast mode
-    /// with an integer-dot shader for `m`'s type, `x` quantized into `xq` first.
+    /// Records `y = m · x` over every tile of `meta` ([`record_matmul`] on this device's
+    /// pipelines).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         &self,
         commands: &mut Commands,
         m: &DeviceMat,
-        [x, xq, y, meta_buf]: [&Buffer; 4],
+        bufs: [&Buffer; 4],
         meta: &TileMeta,
         matrix: usize,
         fast: bool,
     ) -> Result<(), VulkanError> {
-        let tile = meta.pipeline_tile();
-        let fast_kernel = if fast {
-            self.kernels.matvec_fast(m.ty, tile)?
-        } else {
-            None
-        };
-        let (kernel, input): (&Kernel, &Buffer) = match fast_kernel {
-            Some(k) => {
-                let blocks = meta.routes() * m.cols / MATVEC_CHUNK_VALUES;
-                commands.elementwise(
-                    &self.device,
-                    &self.kernels.quantize,
-                    &[x, xq],
-                    &[blocks as u32],
-                    blocks,
-                )?;
-                (k, xq)
-            }
-            None => (
-                self.kernels
-                    .matvec(m.ty, tile)?
-                    .ok_or_else(|| VulkanError::UnsupportedType {
-                        tensor: m.name.clone(),
-                        ty: m.ty.name(),
-                        supported: crate::kernels::supported_type_names(),
-                    })?,
-                x,
-            ),
-        };
-        record_tiles(
-            commands,
-            kernel,
-            &self.device,
-            [&m.buf, input, y, meta_buf],
-            m.rows,
-            0..meta.tiles(),
-            |base| meta.push(m.rows, m.cols, m.row_bytes, matrix, 0, base),
-        )
+        record_matmul(commands, &self.kernels, m, bufs, meta, matrix, fast)
     }
 }
 

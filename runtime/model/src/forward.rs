@@ -39,7 +39,7 @@ mod route;
 pub use attention_prompt::{PromptForm, FORM_GROUP_TOKENS};
 pub use expert_compute::{ComputeHandle, CpuCompute, ExpertCompute, LocalExperts};
 pub use kv_cache::KvCache;
-pub use layer_compute::{push_latent_rows, DeviceKv, LayerCompute};
+pub use layer_compute::{dense_or_shared_ffn, push_latent_rows, DeviceKv, LayerCompute};
 pub use moe::{ExpertBackend, Route, Routing};
 pub use prefix_cache::{PrefixCache, Reused, PREFIX_BLOCK_TOKENS};
 

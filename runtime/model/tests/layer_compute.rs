@@ -26,6 +26,10 @@ impl LayerCompute for Recorder {
         "recorder"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn attention(
         &self,
         model: &Model,

@@ -25,6 +25,10 @@ pub trait LayerCompute: Send + Sync + std::fmt::Debug {
     /// A short name for logs, e.g. `vulkan (llvmpipe)`.
     fn name(&self) -> &str;
 
+    /// For a backend to find its own type again (e.g. to record a shared expert into the
+    /// routed experts' submission on the same device).
+    fn as_any(&self) -> &dyn std::any::Any;
+
     /// The attention of layer `l` (see the trait's contract).
     fn attention(
         &self,
@@ -89,8 +93,9 @@ impl<'a> Head<'a> {
 
 /// `out = ffn(h)` (layer `l`'s dense FFN or shared expert, `out` overwritten): on the model's
 /// [`LayerCompute`] device if it has one, else on the CPU. Every path that computes one calls
-/// this: the forward pass's dense layers, and the shared expert of each expert backend.
-pub(crate) fn dense_or_shared_ffn(
+/// this (the forward pass's dense layers, the shared expert of each expert backend) unless it
+/// computes the shared expert with the routed ones on that same device.
+pub fn dense_or_shared_ffn(
     model: &Model,
     l: usize,
     ffn: &DenseFfn,
