@@ -64,10 +64,10 @@ pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
 pub enum BackendKind {
     /// The CPU kernels over the mapped file.
     Cpu,
-    /// A GPU through Vulkan (`moe-node devices` lists them): the experts (and a router's
-    /// layers, `--vulkan-layers`) are uploaded once and computed there in the model's numeric mode: f32 activations with `--exact`, int8
-    /// activations and integer dot products in the fast mode (on a device with integer dot
-    /// products; f32 otherwise).
+    /// A GPU through Vulkan (`moe-node devices` lists them): the experts (and a router's layers,
+    /// `--vulkan-layers`) are uploaded once and computed there in the model's numeric mode: f32
+    /// activations with `--exact`, int8 activations and integer dot products in the fast mode (on a
+    /// device with integer dot products; f32 otherwise).
     Vulkan,
 }
 

@@ -1,7 +1,7 @@
 //! The attention weights of every layer on the device, uploaded once: `attn_q_a` (when the
 //! model has a query LoRA), `attn_q_b`, `attn_kv_a_mqa`, the per-head `attn_k_b` and
-//! `attn_v_b` stacks and `attn_output` as the file's raw blocks (the matvec shaders read
-//! them), and the query LoRA's and the latent's norm gains as f32. Copied (through a staging buffer on a
+//! `attn_v_b` stacks and `attn_output` as the file's raw blocks (the matvec shaders read them), and
+//! the query LoRA's and the latent's norm gains as f32. Copied (through a staging buffer on a
 //! discrete GPU): they are a few percent of a MoE model's bytes.
 
 use std::sync::Arc;

@@ -3,14 +3,13 @@
 //! and queue (submissions serialized, as Vulkan asks).
 //!
 //! Memory: a buffer is host-visible and coherent, mapped once for its lifetime, preferring a
-//! device-local type (unified memory, resizable BAR, lavapipe), which keeps uploads and
-//! read-backs to plain copies; or device-only, filled through a staging buffer
-//! ([`Buffer::device_only`], a discrete GPU's weights). Where the device has `VK_EXT_external_memory_host` (lavapipe, RADV, NVIDIA), a
-//! buffer can instead be a view of host memory, such as a map of the model file
-//! ([`Buffer::import`]): on a unified-memory device ([`Device::unified_memory`]) the expert
-//! weights are then read where the page cache holds them, not copied. What the buffers hold
-//! and which kernels run over them is decided by `expert_weights.rs` and
-//! `expert_compute.rs`.
+//! device-local type (unified memory, resizable BAR, lavapipe), which keeps uploads and read-backs
+//! to plain copies; or device-only, filled through a staging buffer ([`Buffer::device_only`], a
+//! discrete GPU's weights). Where the device has `VK_EXT_external_memory_host` (lavapipe, RADV,
+//! NVIDIA), a buffer can instead be a view of host memory, such as a map of the model file
+//! ([`Buffer::import`]): on a unified-memory device ([`Device::unified_memory`]) the expert weights
+//! are then read where the page cache holds them, not copied. What the buffers hold and which
+//! kernels run over them is decided by `expert_weights.rs` and `expert_compute.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};

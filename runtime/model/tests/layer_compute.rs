@@ -1,9 +1,9 @@
-//! The layer-device seam (`forward/layer_compute.rs`): with a `LayerCompute` attached, the
-//! forward pass hands it every layer's attention and every layer's dense FFN or shared expert,
-//! in layer order, then the output head (of the one row whose logits are wanted), whichever expert backend computes the routed experts: the CPU's expert
-//! compute (whose region would otherwise take the shared expert, `CpuCompute`'s override) and
-//! a backend on `ExpertBackend`'s default `finish_with_shared` (a remote one's path). A device
-//! that records its calls stands in for a GPU.
+//! The layer-device seam (`forward/layer_compute.rs`): with a `LayerCompute` attached, the forward
+//! pass hands it every layer's attention and every layer's dense FFN or shared expert, in layer
+//! order, then the output head (of the one row whose logits are wanted), whichever expert backend
+//! computes the routed experts: the CPU's expert compute (whose region would otherwise take the
+//! shared expert, `CpuCompute`'s override) and a backend on `ExpertBackend`'s default
+//! `finish_with_shared` (a remote one's path). A device that records its calls stands in for a GPU.
 
 use std::sync::{Arc, Mutex};
 

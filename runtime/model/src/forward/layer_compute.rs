@@ -1,7 +1,8 @@
 //! [`LayerCompute`]: the device that computes the router's share of each layer (its MLA
 //! attention, and its dense FFN or its MoE's shared expert) and the output head, the seam a
-//! GPU backend plugs into beside [`super::ExpertCompute`] (routed experts). Without one ([`Model::layer_compute`] is
-//! `None`) they run on the CPU (`attention.rs`, `attention_prompt.rs`, `ffn_region.rs`).
+//! GPU backend plugs into beside [`super::ExpertCompute`] (routed experts). Without one
+//! ([`Model::layer_compute`] is `None`) they run on the CPU (`attention.rs`,
+//! `attention_prompt.rs`, `ffn_region.rs`, the head's matmul).
 //!
 //! A device implementation keeps its own copy of each sequence's cache rows (the host
 //! [`KvCache`] stays the record: prefix caching, truncation after a failed step and the
@@ -16,11 +17,11 @@ use crate::ModelError;
 
 /// Computes the router's share of each layer: attention, and the dense FFN or shared expert.
 ///
-/// Attention's contract (as the CPU's `attention`): `x` is the normalized input `[t, D]` of `t` new tokens
-/// at positions `cache.len()..cache.len() + t`; `out` receives `[t, D]`; the new positions'
-/// rows are appended to layer `l` of `cache` ([`push_latent_rows`]), committed by the caller
-/// after the last layer. The result must depend only on the tokens and the cache (not on how
-/// a prompt is chunked into calls), in the absorbed form (the one exact mode computes).
+/// Attention's contract (as the CPU's `attention`): `x` is the normalized input `[t, D]` of `t` new
+/// tokens at positions `cache.len()..cache.len() + t`; `out` receives `[t, D]`; the new positions'
+/// rows are appended to layer `l` of `cache` ([`push_latent_rows`]), committed by the caller after
+/// the last layer. The result must depend only on the tokens and the cache (not on how a prompt is
+/// chunked into calls), in the absorbed form (the one exact mode computes).
 pub trait LayerCompute: Send + Sync + std::fmt::Debug {
     /// A short name for logs, e.g. `vulkan (llvmpipe)`.
     fn name(&self) -> &str;
