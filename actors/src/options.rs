@@ -162,7 +162,8 @@ impl ComputeArgs {
 fn with_vulkan_layers(args: &ComputeArgs, model: Model) -> anyhow::Result<Model> {
     let index = args.device;
     let device = moe_vulkan::Device::shared(index)?;
-    let mut layers = moe_vulkan::VulkanLayers::new(device, &model)
+    let host = host_memory(args.vulkan_memory);
+    let mut layers = moe_vulkan::VulkanLayers::with_upload(device, &model, host)
         .with_context(|| format!("uploading the attention, dense FFN and shared-expert weights to Vulkan device {index} (--vulkan-layers off keeps them on the CPU)"))?;
     match args.route_tiles {
         RouteTiles::Auto => {}
@@ -170,9 +171,10 @@ fn with_vulkan_layers(args: &ComputeArgs, model: Model) -> anyhow::Result<Model>
         RouteTiles::Off => layers = layers.with_route_tiles(false),
     }
     eprintln!(
-        "attention, dense FFNs, shared experts and the output head on Vulkan device {index} ({}): {:.1} MiB of weights on the device, KV cache rows copied there",
+        "attention, dense FFNs, shared experts and the output head on Vulkan device {index} ({}): {:.1} MiB of weights on the device ({:.1} MiB read in place from the file), KV cache rows copied there",
         layers.device().info.name,
         layers.uploaded_bytes() as f64 / 1048576.0,
+        layers.imported_bytes() as f64 / 1048576.0,
     );
     if let Some(why) = layers.head_on_cpu() {
         eprintln!("the output head stays on the CPU: {why}");
@@ -187,15 +189,21 @@ fn with_vulkan_layers(_: &ComputeArgs, _: Model) -> anyhow::Result<Model> {
     )
 }
 
+/// The Vulkan crate's name for `--vulkan-memory`'s choice.
+#[cfg(feature = "vulkan")]
+fn host_memory(choice: VulkanMemory) -> moe_vulkan::HostMemory {
+    match choice {
+        VulkanMemory::Import => moe_vulkan::HostMemory::Import,
+        VulkanMemory::Copy => moe_vulkan::HostMemory::Copy,
+        VulkanMemory::Stage => moe_vulkan::HostMemory::Stage,
+    }
+}
+
 #[cfg(feature = "vulkan")]
 fn vulkan_handle(args: &ComputeArgs, model: &Model) -> anyhow::Result<ComputeHandle> {
     let index = args.device;
     let device = moe_vulkan::Device::shared(index)?;
-    let host = match args.vulkan_memory {
-        VulkanMemory::Import => moe_vulkan::HostMemory::Import,
-        VulkanMemory::Copy => moe_vulkan::HostMemory::Copy,
-        VulkanMemory::Stage => moe_vulkan::HostMemory::Stage,
-    };
+    let host = host_memory(args.vulkan_memory);
     let mut compute =
         moe_vulkan::VulkanCompute::with_upload(device, model, moe_vulkan::CHUNK_BYTES_MAX, host)
             .with_context(|| format!("uploading the experts to Vulkan device {index}"))?;

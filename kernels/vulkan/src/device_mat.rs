@@ -1,16 +1,19 @@
 //! [`DeviceMat`]: one matrix, or a stack of equal matrices, uploaded once as the file's raw
 //! blocks (the matvec shaders read them) and checked against the shaders' and the device's
-//! limits; the layer weights (`attention_weights.rs`, `ffn.rs`) are made of them. Copied
-//! (through a staging buffer on a discrete GPU): they are a few percent of a MoE model's
-//! bytes.
+//! limits; the layer weights (`attention_weights.rs`, `ffn_weights.rs`, the head) are made of
+//! them ([`Uploader`]: imported in place from the model file on a unified-memory device that
+//! can, as the experts are, else copied, through a staging buffer on a discrete GPU); and
+//! [`record_matmul`], their matvec over tiles of routes.
 
 use std::sync::Arc;
 
 use moe_kernels::{GgmlType, QMatrix};
+use moe_model::model::{Mat, MatStack, Model};
+use moe_model::ModelError;
 
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
-use crate::expert_weights::to_device;
+use crate::expert_weights::{import_bytes, to_device, HostMemory};
 use crate::kernels::{supported_type_names, supported_types, Kernel, Kernels, MATVEC_CHUNK_VALUES};
 use crate::tiles::{record_tiles, TileMeta};
 use crate::VulkanError;
@@ -28,56 +31,135 @@ pub(crate) struct DeviceMat {
     /// Bytes of one matrix of the stack.
     pub matrix_bytes: usize,
     pub buf: Buffer,
+    /// Where the first matrix starts in `buf` (an imported span's lead-in; 0 for a copy).
+    pub base: usize,
 }
 
-/// `mats` (equal shapes and types) back to back on the device, checked against what the
-/// matvec shaders take.
-pub(crate) fn upload(
-    device: &Arc<Device>,
-    name: &str,
-    mats: &[(usize, QMatrix<'_>)],
-) -> Result<DeviceMat, VulkanError> {
-    let first = &mats[0].1;
-    let (ty, rows, cols) = (first.ty(), first.rows(), first.cols());
-    let limit = |what: String| VulkanError::DeviceLimit {
-        tensor: name.into(),
-        what,
-    };
-    if !supported_types().any(|t| t == ty) {
-        return Err(VulkanError::UnsupportedType {
+/// Puts one model's matrices on the device: imported in place from maps of the model file
+/// where the device can and `host` asks for it (a unified-memory device with
+/// `VK_EXT_external_memory_host`), else copied. Holds the maps, which must outlive the
+/// buffers: its owner keeps it after its [`DeviceMat`]s.
+pub(crate) struct Uploader<'a> {
+    device: &'a Arc<Device>,
+    model: &'a Model,
+    host: HostMemory,
+    /// The imported maps.
+    pub maps: Vec<memmap2::Mmap>,
+    /// Bytes on the device, and of them imported.
+    pub bytes: u64,
+    pub imported: u64,
+}
+
+impl<'a> Uploader<'a> {
+    pub fn new(device: &'a Arc<Device>, model: &'a Model, host: HostMemory) -> Self {
+        Self {
+            device,
+            model,
+            host,
+            maps: Vec::new(),
+            bytes: 0,
+            imported: 0,
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &'a Arc<Device> {
+        self.device
+    }
+
+    /// Matrix `m`.
+    pub fn mat(&mut self, m: &Mat) -> Result<DeviceMat, ModelError> {
+        let q = self.model.mat(m)?;
+        self.upload(&m.name, &[(0, q)], m.shard(), m.file_offset())
+    }
+
+    /// Every matrix of the stack `s` (attention heads).
+    pub fn stack(&mut self, s: &MatStack) -> Result<DeviceMat, ModelError> {
+        let heads = (0..s.count())
+            .map(|h| Ok((h, self.model.head_mat(s, h)?)))
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        self.upload(&s.name, &heads, s.shard(), s.expert_offset(0))
+    }
+
+    /// `mats` (equal shapes and types, back to back in shard `shard` from `offset`) on the
+    /// device, checked against what the matvec shaders take.
+    fn upload(
+        &mut self,
+        name: &str,
+        mats: &[(usize, QMatrix<'_>)],
+        shard: usize,
+        offset: usize,
+    ) -> Result<DeviceMat, ModelError> {
+        let device = self.device;
+        let first = &mats[0].1;
+        let (ty, rows, cols) = (first.ty(), first.rows(), first.cols());
+        let limit = |what: String| VulkanError::DeviceLimit {
             tensor: name.into(),
-            ty: ty.name(),
-            supported: supported_type_names(),
-        });
+            what,
+        };
+        if !supported_types().any(|t| t == ty) {
+            return Err(VulkanError::UnsupportedType {
+                tensor: name.into(),
+                ty: ty.name(),
+                supported: supported_type_names(),
+            }
+            .into());
+        }
+        if cols % MATVEC_CHUNK_VALUES != 0 {
+            return Err(limit(format!(
+                "{cols} columns are not a multiple of {MATVEC_CHUNK_VALUES}, which the matvec shader reads at a time"
+            ))
+            .into());
+        }
+        if rows as u64 > device.max_groups[0] as u64 {
+            return Err(limit(format!(
+                "{rows} rows exceed maxComputeWorkGroupCount[0] = {}",
+                device.max_groups[0]
+            ))
+            .into());
+        }
+        let matrix_bytes = first.data().len();
+        let total = mats.len() * matrix_bytes;
+        if total as u64 > device.max_binding_bytes() {
+            return Err(limit(format!(
+                "{total} bytes, more than one shader binding may address (maxStorageBufferRange {} bytes)",
+                device.max_binding_bytes()
+            ))
+            .into());
+        }
+        let path = self.model.file().paths().get(shard).map(|p| p.as_path());
+        let imported = match (self.host, path) {
+            (HostMemory::Import, Some(path)) => {
+                let views: Vec<(usize, &[u8])> = mats
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, q))| (offset + i * matrix_bytes, q.data()))
+                    .collect();
+                let span = offset..offset + total;
+                let max = device.max_binding_bytes();
+                import_bytes(device, path, span, &views, max, name, &mut self.maps)
+            }
+            _ => None,
+        };
+        let (buf, base) = match imported {
+            Some((buf, base)) => {
+                self.imported += buf.len as u64;
+                (buf, base)
+            }
+            None => (to_device(device, mats, matrix_bytes, name)?, 0),
+        };
+        self.bytes += buf.len as u64;
+        Ok(DeviceMat {
+            name: name.into(),
+            ty,
+            rows,
+            cols,
+            row_bytes: first.row_bytes(),
+            matrix_bytes,
+            buf,
+            base,
+        })
     }
-    if cols % MATVEC_CHUNK_VALUES != 0 {
-        return Err(limit(format!(
-            "{cols} columns are not a multiple of {MATVEC_CHUNK_VALUES}, which the matvec shader reads at a time"
-        )));
-    }
-    if rows as u64 > device.max_groups[0] as u64 {
-        return Err(limit(format!(
-            "{rows} rows exceed maxComputeWorkGroupCount[0] = {}",
-            device.max_groups[0]
-        )));
-    }
-    let matrix_bytes = first.data().len();
-    let total = (mats.len() * matrix_bytes) as u64;
-    if total > device.max_binding_bytes() {
-        return Err(limit(format!(
-            "{total} bytes, more than one shader binding may address (maxStorageBufferRange {} bytes)",
-            device.max_binding_bytes()
-        )));
-    }
-    Ok(DeviceMat {
-        name: name.into(),
-        ty,
-        rows,
-        cols,
-        row_bytes: first.row_bytes(),
-        matrix_bytes,
-        buf: to_device(device, mats, matrix_bytes, name)?,
-    })
 }
 
 /// Records `y = m · x` over every tile of `meta` as its matrix `matrix`: in fast mode
@@ -129,6 +211,6 @@ pub(crate) fn record_matmul(
         [&m.buf, input, y, meta_buf],
         m.rows,
         0..meta.tiles(),
-        |base| meta.push(m.rows, m.cols, m.row_bytes, matrix, 0, base),
+        |base| meta.push(m.rows, m.cols, m.row_bytes, matrix, 0, base, m.base),
     )
 }

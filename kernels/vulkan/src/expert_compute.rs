@@ -687,7 +687,17 @@ impl VulkanCompute {
                 [&stack.chunks[chunk as usize], x, y, meta_buf],
                 stack.rows,
                 start..end,
-                |base| meta.push(stack.rows, stack.cols, stack.row_bytes, matrix, input, base),
+                |base| {
+                    meta.push(
+                        stack.rows,
+                        stack.cols,
+                        stack.row_bytes,
+                        matrix,
+                        input,
+                        base,
+                        0,
+                    )
+                },
             )?;
             start = end;
         }

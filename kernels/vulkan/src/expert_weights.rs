@@ -357,14 +357,35 @@ fn import_span(
     what: &str,
     maps: &mut Vec<memmap2::Mmap>,
 ) -> Option<(Buffer, usize)> {
-    let align = import_alignment(device)? as usize;
     let (first, last) = (group.first()?.0, group.last()?.0);
     let begin = stack.expert_offset(first);
     let end = stack.expert_offset(last) + stack.expert_bytes();
-    let start = begin / align * align;
-    let stop = end.next_multiple_of(align);
+    let views: Vec<(usize, &[u8])> = group
+        .iter()
+        .map(|(e, q)| (stack.expert_offset(*e), q.data()))
+        .collect();
+    import_bytes(device, path, begin..end, &views, chunk_max, what, maps)
+}
+
+/// Bytes `span` of `path` as an imported read-only map, widened to the device's import
+/// alignment, with `span.start`'s offset in it; `None` where that cannot be done (no import
+/// on this device, a span past the file or `limit`, or bytes that are not the model's:
+/// `views`, each a file offset and the bytes the model reads there, are sampled). The map is
+/// pushed to `maps`, which must outlive the buffer.
+pub(crate) fn import_bytes(
+    device: &Arc<Device>,
+    path: &Path,
+    span: std::ops::Range<usize>,
+    views: &[(usize, &[u8])],
+    limit: u64,
+    what: &str,
+    maps: &mut Vec<memmap2::Mmap>,
+) -> Option<(Buffer, usize)> {
+    let align = import_alignment(device)? as usize;
+    let start = span.start / align * align;
+    let stop = span.end.next_multiple_of(align);
     let file = std::fs::File::open(path).ok()?;
-    if stop as u64 > file.metadata().ok()?.len() || (stop - start) as u64 > chunk_max {
+    if stop as u64 > file.metadata().ok()?.len() || (stop - start) as u64 > limit {
         return None;
     }
     // SAFETY: a read-only map of the model file, which (as for the model's own maps) is not
@@ -377,21 +398,21 @@ fn import_span(
     }
     .ok()?;
     // The bytes must be the ones the model reads (the same file, not replaced since it was
-    // opened): each expert's first and last SAMPLE_BYTES compared (a whole comparison would
+    // opened): each view's first and last SAMPLE_BYTES compared (a whole comparison would
     // read the file once more at start-up).
-    let same = group.iter().all(|(e, q)| {
-        let at = stack.expert_offset(*e) - start;
-        let (data, n) = (q.data(), q.data().len().min(SAMPLE_BYTES));
+    let same = views.iter().all(|&(offset, data)| {
+        let at = offset - start;
+        let n = data.len().min(SAMPLE_BYTES);
         map.get(at..at + data.len())
             .is_some_and(|m| m[..n] == data[..n] && m[m.len() - n..] == data[data.len() - n..])
     });
     if !same {
         return None;
     }
-    // SAFETY: `map` is kept in `maps`, which `ExpertWeights` drops after every buffer.
+    // SAFETY: `map` is kept in `maps`, which the caller drops after the buffer.
     let buf = unsafe { Buffer::import(device, map.as_ptr(), map.len(), what) }.ok()?;
     maps.push(map);
-    Some((buf, begin - start))
+    Some((buf, span.start - start))
 }
 
 /// The host page size maps are aligned to.

@@ -1,13 +1,10 @@
 //! The dense FFN of every leading dense layer and the shared expert of every MoE layer on the
-//! device, uploaded once as the file's raw blocks ([`DeviceMat`]s).
+//! device, uploaded once as the file's raw blocks ([`DeviceMat`]s, [`Uploader`]).
 
-use std::sync::Arc;
-
-use moe_model::model::{DenseFfn, LayerWeights, Mat, Model};
+use moe_model::model::{DenseFfn, LayerWeights, Model};
 use moe_model::ModelError;
 
-use crate::device::Device;
-use crate::device_mat::{upload, DeviceMat};
+use crate::device_mat::{DeviceMat, Uploader};
 
 /// One layer's dense FFN or shared expert.
 pub(crate) struct LayerFfn {
@@ -19,8 +16,6 @@ pub(crate) struct LayerFfn {
 /// Every layer's (`None` for a MoE layer without a shared expert).
 pub(crate) struct FfnWeights {
     pub layers: Vec<Option<LayerFfn>>,
-    /// Bytes on the device.
-    pub bytes: u64,
 }
 
 /// Layer `lw`'s dense FFN, or its MoE's shared expert.
@@ -31,25 +26,22 @@ pub(crate) fn ffn_of(lw: &LayerWeights) -> Option<&DenseFfn> {
 }
 
 impl FfnWeights {
-    pub fn upload(device: &Arc<Device>, model: &Model) -> Result<Self, ModelError> {
-        let mut bytes = 0u64;
-        let mut layers = Vec::with_capacity(model.layers.len());
-        for lw in &model.layers {
-            let Some(ffn) = ffn_of(lw) else {
-                layers.push(None);
-                continue;
-            };
-            let mut mat = |m: &Mat| -> Result<DeviceMat, ModelError> {
-                let dm = upload(device, &m.name, &[(0, model.mat(m)?)])?;
-                bytes += dm.buf.len as u64;
-                Ok(dm)
-            };
-            layers.push(Some(LayerFfn {
-                gate: mat(&ffn.gate)?,
-                up: mat(&ffn.up)?,
-                down: mat(&ffn.down)?,
-            }));
-        }
-        Ok(Self { layers, bytes })
+    pub fn upload(up: &mut Uploader<'_>, model: &Model) -> Result<Self, ModelError> {
+        let layers = model
+            .layers
+            .iter()
+            .map(|lw| {
+                ffn_of(lw)
+                    .map(|ffn| {
+                        Ok(LayerFfn {
+                            gate: up.mat(&ffn.gate)?,
+                            up: up.mat(&ffn.up)?,
+                            down: up.mat(&ffn.down)?,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Self { layers })
     }
 }

@@ -34,7 +34,7 @@ use crate::VulkanError;
 pub const ROUTE_TILE: usize = 8;
 
 /// Push constants of the tiled matvec shaders (`tile_io.glsl`).
-const MATVEC_PUSH_WORDS: usize = 7;
+const MATVEC_PUSH_WORDS: usize = 8;
 /// Storage buffers of the matvec shaders: weights, activations, outputs, route metadata.
 const MATVEC_BINDINGS: u32 = 4;
 

@@ -17,7 +17,8 @@ use moe_model::ModelError;
 use crate::attention_weights::{AttentionWeights, LayerAttention};
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
-use crate::device_mat::{record_matmul, upload, DeviceMat};
+use crate::device_mat::{record_matmul, DeviceMat, Uploader};
+use crate::expert_weights::HostMemory;
 use crate::ffn_weights::FfnWeights;
 use crate::kernels::{Kernels, MATVEC_CHUNK_VALUES, QBLOCK_WORDS, ROUTE_TILE};
 use crate::scratch::{ensure, u32_bytes};
@@ -76,11 +77,16 @@ pub struct VulkanLayers {
     pub(crate) weights: AttentionWeights,
     pub(crate) ffns: FfnWeights,
     /// `output.weight`, or why it stays on the CPU.
-    pub(crate) head: Result<DeviceMat, VulkanError>,
+    pub(crate) head: Result<DeviceMat, String>,
+    /// Bytes on the device, and of them imported from the file.
+    uploaded: u64,
+    imported: u64,
     pub(crate) kernels: Arc<Kernels>,
     pub(crate) route_tiles: bool,
     pub(crate) state: Mutex<(Commands, Scratch)>,
     pub(crate) device: Arc<Device>,
+    /// The imported maps of the model file: dropped after the buffers above.
+    _maps: Vec<memmap2::Mmap>,
 }
 
 impl std::fmt::Debug for VulkanLayers {
@@ -93,15 +99,25 @@ impl std::fmt::Debug for VulkanLayers {
 }
 
 impl VulkanLayers {
-    /// Uploads `model`'s attention weights, dense FFNs and shared experts to `device` and
+    /// Puts `model`'s attention weights, dense FFNs, shared experts and output head on
+    /// `device` (imported from the model file where it can: [`HostMemory::Import`]) and
     /// builds the pipelines.
     pub fn new(device: Arc<Device>, model: &Model) -> Result<Self, ModelError> {
-        let weights = AttentionWeights::upload(&device, model)?;
-        let ffns = FfnWeights::upload(&device, model)?;
-        let head = model
-            .mat(&model.output)
-            .map_err(|e| VulkanError::InvalidInput(e.to_string()))
-            .and_then(|m| upload(&device, &model.output.name, &[(0, m)]));
+        Self::with_upload(device, model, HostMemory::Import)
+    }
+
+    /// As [`VulkanLayers::new`], the weights imported or copied as `host` says (as the
+    /// experts' `--vulkan-memory`).
+    pub fn with_upload(
+        device: Arc<Device>,
+        model: &Model,
+        host: HostMemory,
+    ) -> Result<Self, ModelError> {
+        let mut up = Uploader::new(&device, model, host);
+        let weights = AttentionWeights::upload(&mut up, model)?;
+        let ffns = FfnWeights::upload(&mut up, model)?;
+        let head = up.mat(&model.output).map_err(|e| e.to_string());
+        let (uploaded, imported, maps) = (up.bytes, up.imported, up.maps);
         let kernels = Kernels::shared(&device)?;
         let commands = Commands::new(&device)?;
         Ok(Self {
@@ -110,10 +126,13 @@ impl VulkanLayers {
             weights,
             ffns,
             head,
+            uploaded,
+            imported,
             kernels,
             route_tiles: !device.is_cpu(),
             state: Mutex::new((commands, Scratch::default())),
             device,
+            _maps: maps,
         })
     }
 
@@ -127,13 +146,17 @@ impl VulkanLayers {
     /// Why the output head is computed on the CPU (it exceeds a device limit, or its type
     /// has no shader), or `None` where the device computes it.
     pub fn head_on_cpu(&self) -> Option<String> {
-        self.head.as_ref().err().map(ToString::to_string)
+        self.head.as_ref().err().cloned()
     }
 
     /// Bytes of weights on the device (attention, dense FFNs, shared experts, the head).
     pub fn uploaded_bytes(&self) -> u64 {
-        let head = self.head.as_ref().map_or(0, |h| h.buf.len as u64);
-        self.weights.bytes + self.ffns.bytes + head
+        self.uploaded
+    }
+
+    /// Of [`VulkanLayers::uploaded_bytes`], those read in place from the model file.
+    pub fn imported_bytes(&self) -> u64 {
+        self.imported
     }
 
     /// The device.

@@ -194,7 +194,7 @@ impl Matvec {
             [&weights, xq.as_ref().unwrap_or(&input), &output, &meta_buf],
             rows,
             0..meta.tiles(),
-            |base| meta.push(rows, cols, w.row_bytes(), 0, 0, base),
+            |base| meta.push(rows, cols, w.row_bytes(), 0, 0, base, 0),
         )?;
         self.commands.submit_and_wait()?;
         Ok(output

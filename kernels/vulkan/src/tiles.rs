@@ -84,7 +84,8 @@ impl TileMeta {
     }
 
     /// Push constants of a dispatch of matrix `matrix` (`rows` x `cols`, `row_bytes` a row)
-    /// reading input kind `input`, from tile `tile_base` on.
+    /// reading input kind `input`, from tile `tile_base` on, the matrices `w_base` bytes into
+    /// the weight buffer (an imported span's lead-in; 0 elsewhere).
     pub fn push(
         &self,
         rows: usize,
@@ -93,7 +94,8 @@ impl TileMeta {
         matrix: usize,
         input: usize,
         tile_base: usize,
-    ) -> [u32; 7] {
+        w_base: usize,
+    ) -> [u32; 8] {
         debug_assert!(matrix < self.matrices && input < self.inputs);
         [
             rows as u32,
@@ -103,6 +105,7 @@ impl TileMeta {
             (matrix * self.routes) as u32,
             ((self.matrices + input) * self.routes) as u32,
             ((self.matrices + self.inputs) * self.routes) as u32,
+            w_base as u32,
         ]
     }
 }
@@ -117,7 +120,7 @@ pub(crate) fn record_tiles(
     buffers: [&Buffer; 4],
     rows: usize,
     tiles: std::ops::Range<usize>,
-    push: impl Fn(usize) -> [u32; 7],
+    push: impl Fn(usize) -> [u32; 8],
 ) -> Result<(), VulkanError> {
     let per_dispatch = device.max_groups[1] as usize;
     let mut base = tiles.start;

@@ -330,3 +330,41 @@ fn narrow_kv_caches_keep_the_host_record_equal_to_the_device_copy() {
         println!("{kv_type:?} cache: max |vulkan - cpu| logit per call{diffs}");
     }
 }
+
+/// The layers' weights read in place from the model file (`HostMemory::Import`, the default,
+/// on a unified-memory device that imports host memory) give the bits of copied ones, through
+/// prompt, decode and rollback, in both modes (each matrix's lead-in within its imported span
+/// is the shaders' `w_base`).
+#[test]
+fn imported_and_copied_layers_compute_identically() {
+    use moe_vulkan::HostMemory;
+    let Some(device) = common::device_or_skip("imported_and_copied_layers_compute_identically")
+    else {
+        return;
+    };
+    let path = common::kq_q4_k_m();
+    let vocab = Model::open(&path).unwrap().cfg.vocab;
+    let mut calls = vec![tokens(PROMPT, 6, vocab)];
+    calls.extend(tokens(2, 7, vocab).into_iter().map(|t| vec![t]));
+    for mode in [NumericMode::Exact, NumericMode::Fast] {
+        let run_with = |host: HostMemory| {
+            let model = Model::open(&path).unwrap().with_mode(mode);
+            let layers = VulkanLayers::with_upload(device.clone(), &model, host).unwrap();
+            let imported = layers.imported_bytes();
+            let model = model.with_layer_compute(Arc::new(layers));
+            (run(&model, &calls, Some(2)), imported)
+        };
+        let (copied, none) = run_with(HostMemory::Copy);
+        assert_eq!(none, 0, "Copy imported {none} bytes");
+        let (imported, bytes) = run_with(HostMemory::Import);
+        if device.unified_memory() && device.host_import_alignment().is_some() {
+            assert!(bytes > 0, "{mode:?}: nothing was imported");
+        } else {
+            println!("SKIPPED the import half: this device copies (not unified, or no import)");
+        }
+        let bits =
+            |v: &[Vec<f32>]| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+        assert_eq!(bits(&copied), bits(&imported), "{mode:?}");
+        println!("{mode:?}: {bytes} bytes of layer weights imported, the bits of copied ones");
+    }
+}

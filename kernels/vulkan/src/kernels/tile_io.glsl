@@ -22,4 +22,5 @@ layout(push_constant) uniform Push {
     uint off_base;  // where this matrix's offsets start in meta
     uint in_base;   // where this matrix's input rows start in meta
     uint tiles_at;  // where the tile starts are in meta
+    uint w_base;    // bytes before every matrix in `w` (an imported span's lead-in)
 } pc;

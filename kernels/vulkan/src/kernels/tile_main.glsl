@@ -13,7 +13,7 @@ void main() {
     uint first = meta[pc.tiles_at + tile];
     uint n = meta[pc.tiles_at + tile + 1u] - first;
     uint tid = gl_LocalInvocationID.x;
-    uint row_off = meta[pc.off_base + first] + row * pc.row_bytes;
+    uint row_off = pc.w_base + meta[pc.off_base + first] + row * pc.row_bytes;
     uint in_rows[ROUTE_TILE];
     float acc[ROUTE_TILE];
     [[unroll]] for (uint t = 0u; t < ROUTE_TILE; t++) {

@@ -37,6 +37,14 @@ impl Mat {
     pub(super) fn key(&self) -> (usize, usize) {
         (self.shard, self.offset)
     }
+    /// The shard (file of a split set, [`crate::gguf::GgufFile::paths`]) holding the matrix.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+    /// Absolute file offset of its bytes (for mapping them in place).
+    pub fn file_offset(&self) -> usize {
+        self.offset
+    }
     pub(super) fn view<'a>(&self, file: &'a GgufFile) -> Result<QMatrix<'a>, ModelError> {
         let data = file.range(&self.name, self.shard, self.offset, self.size)?;
         Ok(QMatrix::new(self.ty, self.rows, self.cols, data)?)
