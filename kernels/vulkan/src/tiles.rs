@@ -86,6 +86,7 @@ impl TileMeta {
     /// Push constants of a dispatch of matrix `matrix` (`rows` x `cols`, `row_bytes` a row)
     /// reading input kind `input`, from tile `tile_base` on, the matrices `w_base` bytes into
     /// the weight buffer (an imported span's lead-in; 0 elsewhere).
+    #[allow(clippy::too_many_arguments)] // one per push-constant word the shaders read
     pub fn push(
         &self,
         rows: usize,
