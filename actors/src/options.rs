@@ -137,6 +137,18 @@ pub enum VulkanMemory {
 }
 
 impl ComputeArgs {
+    /// Submissions to the Vulkan device so far (each a host round trip), with `--backend
+    /// vulkan` while this process holds the device; `None` otherwise.
+    pub fn device_submissions(&self) -> Option<u64> {
+        #[cfg(feature = "vulkan")]
+        if self.backend == BackendKind::Vulkan {
+            return moe_vulkan::Device::shared(self.device)
+                .ok()
+                .map(|d| d.submissions());
+        }
+        None
+    }
+
     /// What these options leave to the CPU: the routed experts with `--backend cpu`; the
     /// layers (attention, dense FFNs, shared experts) unless `--backend vulkan` with
     /// `--vulkan-layers on`.

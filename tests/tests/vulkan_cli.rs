@@ -234,6 +234,14 @@ fn model_commands_on_vulkan_match_the_reference() {
     );
     assert!(bench.status.success(), "bench failed: {log}");
     assert!(table.contains("pp16") && table.contains("tg4"), "{table}");
+    // A decoded token of this 2-layer file (a dense layer, a MoE layer) is five host round
+    // trips with everything on the device: one attention per layer (the new KV rows
+    // completed on the device), the dense FFN, the MoE layer's experts with its shared expert
+    // in the same submission, the head.
+    assert!(
+        table.contains("tg4: 5.0 Vulkan submissions (host round trips) per decoded token"),
+        "{table}"
+    );
     assert!(
         log.contains("fast mode: int8 activations, integer dot products"),
         "bench did not report the integer-dot shaders: {log}"

@@ -145,6 +145,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // Context tokens for the depths: the same generator, continued.
     let context: Vec<u32> = (0..max_depth).map(|_| next_id()).collect();
     let mut rows = Vec::new();
+    // Per tg test, the Vulkan submissions per generated token (with `--backend vulkan`).
+    let mut round_trips = Vec::new();
     for &depth in &a.depths {
         let mut at_depth = KvCache::for_model(&model, ctx);
         // The context at depth, computed once and cloned into every measured run.
@@ -213,6 +215,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 run_engine(&model, &tok, experts.as_mut(), &at_depth, tokens, 1)?;
             }
             let mut samples = Vec::new();
+            let submitted = a.model.compute.device_submissions();
             for _ in 0..a.repetitions {
                 // The first prompt token continues the context; each generated token is one
                 // forward call, as in llama-bench's tg.
@@ -224,6 +227,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     bail!("tg{g}: the engine generated {generated} tokens");
                 }
                 samples.push(g as f64 / t.elapsed().as_secs_f64());
+            }
+            if let (Some(before), Some(after)) = (submitted, a.model.compute.device_submissions()) {
+                let per_token = (after - before) as f64 / (g * a.repetitions) as f64;
+                round_trips.push((format!("tg{g}{suffix}"), per_token));
             }
             rows.push(Row {
                 test: format!("tg{g}{suffix}"),
@@ -263,6 +270,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.cluster.placement.is_none() && !decode.is_empty() {
         print_weight_traffic(&model, &decode);
+    }
+    for (test, per_token) in &round_trips {
+        println!(
+            "\n{test}: {per_token:.1} Vulkan submissions (host round trips) per decoded token"
+        );
     }
     let per_layer = KvCache::for_model(&model, 0).bytes_per_position_per_layer();
     println!(
