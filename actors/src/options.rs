@@ -98,7 +98,8 @@ pub struct ComputeArgs {
     #[arg(long, value_enum, default_value_t = RouteTiles::Auto)]
     pub route_tiles: RouteTiles,
     /// With `--backend vulkan`: `import` lets a unified-memory device (an integrated GPU)
-    /// read the experts where the page cache holds the file (host-memory import, with
+    /// read the weights (the experts, and the layers with `--vulkan-layers on`) where the
+    /// page cache holds the file (host-memory import, with
     /// VK_EXT_external_memory_host; a discrete GPU, or a device without it, gets a copy),
     /// `copy` always copies them (llama.cpp's `--no-mmap`; a discrete GPU through a staging
     /// buffer into its own memory), `stage` always through a staging buffer into memory the
@@ -124,7 +125,7 @@ pub enum OnOff {
     Off,
 }
 
-/// How a Vulkan device gets the expert weights.
+/// How a Vulkan device gets the expert (and layer) weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VulkanMemory {
     /// Read in place from maps of the model file on a unified-memory device that can import

@@ -146,7 +146,7 @@ impl<'a> Uploader<'a> {
                 self.imported += buf.len as u64;
                 (buf, base)
             }
-            None => (to_device(device, mats, matrix_bytes, name)?, 0),
+            None => (to_device(device, mats, matrix_bytes, self.host, name)?, 0),
         };
         self.bytes += buf.len as u64;
         Ok(DeviceMat {

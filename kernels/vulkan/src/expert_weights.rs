@@ -282,18 +282,19 @@ fn upload_stack(
 }
 
 /// A device buffer holding `group`'s matrices (each `bytes_each` bytes) back to back, copied
-/// the way this device takes copies: through a staging buffer into memory the host does not
-/// map on a discrete GPU, into host-visible memory on a unified-memory one.
+/// as `host` and the device ask: through a staging buffer into memory the host does not map
+/// on a discrete GPU or with [`HostMemory::Stage`], else into host-visible memory.
 pub(crate) fn to_device(
     device: &Arc<Device>,
     group: &[(usize, QMatrix<'_>)],
     bytes_each: usize,
+    host: HostMemory,
     what: &str,
 ) -> Result<Buffer, VulkanError> {
-    if device.unified_memory() {
-        copy_group(device, group, bytes_each, what)
-    } else {
+    if host == HostMemory::Stage || !device.unified_memory() {
         stage_group(device, group, bytes_each, STAGING_BYTES, what)
+    } else {
+        copy_group(device, group, bytes_each, what)
     }
 }
 

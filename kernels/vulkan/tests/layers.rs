@@ -332,7 +332,8 @@ fn narrow_kv_caches_keep_the_host_record_equal_to_the_device_copy() {
 }
 
 /// The layers' weights read in place from the model file (`HostMemory::Import`, the default,
-/// on a unified-memory device that imports host memory) give the bits of copied ones, through
+/// on a unified-memory device that imports host memory) give the bits of copied ones (and of
+/// ones staged into device-only memory, `HostMemory::Stage`), through
 /// prompt, decode and rollback, in both modes (each matrix's lead-in within its imported span
 /// is the shaders' `w_base`).
 #[test]
@@ -356,6 +357,8 @@ fn imported_and_copied_layers_compute_identically() {
         };
         let (copied, none) = run_with(HostMemory::Copy);
         assert_eq!(none, 0, "Copy imported {none} bytes");
+        let (staged, none) = run_with(HostMemory::Stage);
+        assert_eq!(none, 0, "Stage imported {none} bytes");
         let (imported, bytes) = run_with(HostMemory::Import);
         if device.unified_memory() && device.host_import_alignment().is_some() {
             assert!(bytes > 0, "{mode:?}: nothing was imported");
@@ -365,6 +368,9 @@ fn imported_and_copied_layers_compute_identically() {
         let bits =
             |v: &[Vec<f32>]| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
         assert_eq!(bits(&copied), bits(&imported), "{mode:?}");
-        println!("{mode:?}: {bytes} bytes of layer weights imported, the bits of copied ones");
+        assert_eq!(bits(&copied), bits(&staged), "{mode:?}: staged");
+        println!(
+            "{mode:?}: {bytes} bytes of layer weights imported, the bits of copied and staged ones"
+        );
     }
 }
