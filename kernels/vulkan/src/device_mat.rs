@@ -13,8 +13,8 @@ use moe_model::ModelError;
 
 use crate::commands::Commands;
 use crate::device::{Buffer, Device};
-use crate::expert_weights::{import_bytes, to_device, HostMemory};
-use crate::kernels::{supported_type_names, supported_types, Kernel, Kernels, MATVEC_CHUNK_VALUES};
+use crate::expert_weights::{import_bytes, matvec_fits, to_device, HostMemory};
+use crate::kernels::{Kernel, Kernels, MATVEC_CHUNK_VALUES};
 use crate::tiles::{record_tiles, TileMeta};
 use crate::VulkanError;
 
@@ -97,27 +97,7 @@ impl<'a> Uploader<'a> {
             tensor: name.into(),
             what,
         };
-        if !supported_types().any(|t| t == ty) {
-            return Err(VulkanError::UnsupportedType {
-                tensor: name.into(),
-                ty: ty.name(),
-                supported: supported_type_names(),
-            }
-            .into());
-        }
-        if cols % MATVEC_CHUNK_VALUES != 0 {
-            return Err(limit(format!(
-                "{cols} columns are not a multiple of {MATVEC_CHUNK_VALUES}, which the matvec shader reads at a time"
-            ))
-            .into());
-        }
-        if rows as u64 > device.max_groups[0] as u64 {
-            return Err(limit(format!(
-                "{rows} rows exceed maxComputeWorkGroupCount[0] = {}",
-                device.max_groups[0]
-            ))
-            .into());
-        }
+        matvec_fits(device, name, ty, rows, cols)?;
         let matrix_bytes = first.data().len();
         let total = mats.len() * matrix_bytes;
         if total as u64 > device.max_binding_bytes() {

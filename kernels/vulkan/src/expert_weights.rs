@@ -190,27 +190,7 @@ fn upload_stack(
         });
     };
     let (ty, rows, cols, row_bytes) = (first.ty(), first.rows(), first.cols(), first.row_bytes());
-    if !supported_types().any(|t| t == ty) {
-        return Err(VulkanError::UnsupportedType {
-            tensor: stack.name.clone(),
-            ty: ty.name(),
-            supported: supported_type_names(),
-        }
-        .into());
-    }
-    if cols % MATVEC_CHUNK_VALUES != 0 {
-        return Err(limit(format!(
-            "{cols} columns are not a multiple of {MATVEC_CHUNK_VALUES}, which the matvec shader reads at a time"
-        ))
-        .into());
-    }
-    if rows as u64 > device.max_groups[0] as u64 {
-        return Err(limit(format!(
-            "{rows} rows exceed maxComputeWorkGroupCount[0] = {}",
-            device.max_groups[0]
-        ))
-        .into());
-    }
+    matvec_fits(device, &stack.name, ty, rows, cols)?;
     let expert_bytes = stack.expert_bytes();
     if expert_bytes as u64 > chunk_max {
         return Err(limit(format!(
@@ -279,6 +259,41 @@ fn upload_stack(
         chunks,
         slots,
     })
+}
+
+/// Whether the matvec shaders take a `rows` x `cols` matrix of `ty` (tensor `name`) on
+/// `device`: a type with a shader, whole 32-value chunks per row, and rows within one
+/// dispatch's workgroups; else an error naming the tensor and the limit.
+pub(crate) fn matvec_fits(
+    device: &Device,
+    name: &str,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+) -> Result<(), VulkanError> {
+    let limit = |what: String| VulkanError::DeviceLimit {
+        tensor: name.into(),
+        what,
+    };
+    if !supported_types().any(|t| t == ty) {
+        return Err(VulkanError::UnsupportedType {
+            tensor: name.into(),
+            ty: ty.name(),
+            supported: supported_type_names(),
+        });
+    }
+    if !cols.is_multiple_of(MATVEC_CHUNK_VALUES) {
+        return Err(limit(format!(
+            "{cols} columns are not a multiple of {MATVEC_CHUNK_VALUES}, which the matvec shader reads at a time"
+        )));
+    }
+    if rows as u64 > device.max_groups[0] as u64 {
+        return Err(limit(format!(
+            "{rows} rows exceed maxComputeWorkGroupCount[0] = {}",
+            device.max_groups[0]
+        )));
+    }
+    Ok(())
 }
 
 /// A device buffer holding `group`'s matrices (each `bytes_each` bytes) back to back, copied
